@@ -1,0 +1,143 @@
+//! If/then conditions (SPEC §2.3): contact properties, list membership,
+//! engagement with an earlier step of this enrollment, goal reached.
+
+use rusqlite::params;
+use serde_json::Value;
+
+use super::Ctx;
+use super::contacts::Contact;
+use super::enrollment::Enrollment;
+use crate::error::Result;
+use crate::model::automation::{CompareOp, Condition, StepEngagement};
+use crate::model::contact::value_matches;
+
+/// Evaluates a condition for one enrollment.
+pub fn evaluate(
+    ctx: &Ctx<'_>,
+    e: &Enrollment,
+    contact: &Contact,
+    cond: &Condition,
+) -> Result<bool> {
+    Ok(match cond {
+        Condition::Property {
+            property,
+            op,
+            value,
+        } => {
+            let actual = contact.property(property, ctx.now, ctx.settings.tz);
+            compare(actual.as_ref(), *op, value.as_ref())
+        }
+        Condition::ListMembership { list_id, member } => {
+            let is: bool = ctx
+                .conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM list_members WHERE list_id = ?1 AND contact_id = ?2)")?
+                .query_row(params![list_id, contact.id], |r| r.get(0))?;
+            is == *member
+        }
+        Condition::StepEngagement {
+            step_id,
+            engagement,
+        } => {
+            let kind = match engagement {
+                StepEngagement::Opened => "message_opened",
+                StepEngagement::Clicked => "message_clicked",
+                StepEngagement::Replied => "message_replied",
+            };
+            ctx.conn
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM events WHERE enrollment_id = ?1 AND step_id = ?2 AND kind = ?3)",
+                )?
+                .query_row(params![e.id, step_id, kind], |r| r.get(0))?
+        }
+        Condition::GoalReached => e.goal_reached_at.is_some(),
+        Condition::All { conditions } => {
+            for c in conditions {
+                if !evaluate(ctx, e, contact, c)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        Condition::Any { conditions } => {
+            for c in conditions {
+                if evaluate(ctx, e, contact, c)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+    })
+}
+
+/// Compares a property value; missing values only satisfy `is_not_set` and `not_equals`.
+pub fn compare(actual: Option<&Value>, op: CompareOp, expected: Option<&Value>) -> bool {
+    let present = actual.is_some_and(|v| {
+        !v.is_null() && v != &Value::String(String::new()) && v != &Value::Array(vec![])
+    });
+    match op {
+        CompareOp::IsSet => present,
+        CompareOp::IsNotSet => !present,
+        CompareOp::Equals => match (actual, expected) {
+            (Some(a), Some(e)) => value_matches(a, e),
+            _ => false,
+        },
+        CompareOp::NotEquals => match (actual, expected) {
+            (Some(a), Some(e)) => !value_matches(a, e),
+            _ => true,
+        },
+        CompareOp::Contains => match (actual, expected) {
+            (Some(Value::String(a)), Some(Value::String(e))) => {
+                a.to_lowercase().contains(&e.to_lowercase())
+            }
+            (Some(Value::Array(_)), Some(e)) => actual.is_some_and(|a| value_matches(a, e)),
+            _ => false,
+        },
+        CompareOp::GreaterThan | CompareOp::LessThan => {
+            let num = |v: Option<&Value>| -> Option<f64> {
+                match v? {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.parse().ok(),
+                    _ => None,
+                }
+            };
+            match (num(actual), num(expected)) {
+                (Some(a), Some(e)) if op == CompareOp::GreaterThan => a > e,
+                (Some(a), Some(e)) => a < e,
+                _ => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn comparisons() {
+        assert!(compare(
+            Some(&json!("patient")),
+            CompareOp::Equals,
+            Some(&json!("Patient"))
+        ));
+        assert!(compare(None, CompareOp::NotEquals, Some(&json!("x"))));
+        assert!(!compare(None, CompareOp::Equals, Some(&json!("x"))));
+        assert!(compare(
+            Some(&json!(["vip"])),
+            CompareOp::Contains,
+            Some(&json!("vip"))
+        ));
+        assert!(compare(
+            Some(&json!(120.5)),
+            CompareOp::GreaterThan,
+            Some(&json!(100))
+        ));
+        assert!(compare(Some(&json!("")), CompareOp::IsNotSet, None));
+        assert!(!compare(
+            Some(&json!(3)),
+            CompareOp::LessThan,
+            Some(&json!("abc"))
+        ));
+    }
+}

@@ -1,0 +1,323 @@
+//! The mirrored contact record: load, save, diff, touch, subscriptions.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+
+use super::log::Entry;
+use super::{Ctx, Signal};
+use crate::clock::{DAY, Millis};
+use crate::error::{Error, Result};
+use crate::event::UpsertMode;
+
+/// Contact-initiated inactivity after which activity counts as reactivation.
+pub const REACTIVATION_GAP: Millis = 90 * DAY;
+
+/// A contact as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    /// Host id.
+    pub id: String,
+    /// Host and custom properties (canonical values).
+    pub props: Map<String, Value>,
+    /// Insurance verification status.
+    pub insurance_verification: Option<String>,
+    /// Portal account active.
+    pub portal_active: bool,
+    /// When the module first saw it.
+    pub created_at: Millis,
+    /// Last touch of any kind.
+    pub last_activity: Millis,
+    /// Last contact-initiated activity.
+    pub last_engaged_at: Option<Millis>,
+    /// Host time of the newest applied update.
+    pub source_updated_at: Option<Millis>,
+}
+
+impl Contact {
+    /// A text property.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.props
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// `lead` or `patient`.
+    pub fn status(&self) -> &str {
+        self.text("status").unwrap_or("lead")
+    }
+
+    /// A subscription value (`unknown` when unset).
+    pub fn subscription(&self, channel: &str) -> &str {
+        self.text(&format!("{channel}_subscription"))
+            .unwrap_or("unknown")
+    }
+
+    /// A property by name for conditions and filters, including the derived ones.
+    pub fn property(&self, name: &str, now: Millis, tz: chrono_tz::Tz) -> Option<Value> {
+        match name {
+            "id" => Some(Value::String(self.id.clone())),
+            "status" => Some(Value::String(self.status().to_string())),
+            "email_subscription" | "sms_subscription" => Some(Value::String(
+                self.subscription(&name[..name.len() - 13]).to_string(),
+            )),
+            "last_activity" => Some(Value::from(self.last_activity)),
+            "created_at" => Some(Value::from(self.created_at)),
+            "insurance_verification" => self.insurance_verification.clone().map(Value::String),
+            "portal_active" => Some(Value::Bool(self.portal_active)),
+            "age" => {
+                let dob = chrono::NaiveDate::parse_from_str(self.text("dob")?, "%Y-%m-%d").ok()?;
+                let today = crate::schedule::local_date(now, tz);
+                let years = today.years_since(dob)?;
+                Some(Value::from(years))
+            }
+            other => self.props.get(other).cloned().filter(|v| !v.is_null()),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, props, insurance_verification, portal_active, created_at, last_activity, last_engaged_at, source_updated_at";
+
+type RawContact = (
+    String,
+    String,
+    Option<String>,
+    bool,
+    Millis,
+    Millis,
+    Option<Millis>,
+    Option<Millis>,
+);
+
+fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawContact> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+/// Loads a contact.
+pub fn load(conn: &Connection, id: &str) -> Result<Option<Contact>> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM contacts WHERE id = ?1"))?
+        .query_row([id], read)
+        .optional()?;
+    let Some((id, props, iv, portal, created, last, engaged, src)) = row else {
+        return Ok(None);
+    };
+    let props: Map<String, Value> = serde_json::from_str(&props)
+        .map_err(|_| Error::Internal(format!("contact {id}: stored properties unreadable")))?;
+    Ok(Some(Contact {
+        id,
+        props,
+        insurance_verification: iv,
+        portal_active: portal,
+        created_at: created,
+        last_activity: last,
+        last_engaged_at: engaged,
+        source_updated_at: src,
+    }))
+}
+
+/// Loads a contact that an event names, or a clear NotFound error.
+pub fn require(conn: &Connection, id: &str) -> Result<Contact> {
+    load(conn, id)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "contact {id} is unknown: push contact.upserted first"
+        ))
+    })
+}
+
+/// Finds a contact by phone number (digits compared, national or E.164).
+pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 7 {
+        return Ok(None);
+    }
+    // The index holds the host's formatting; compare on the last 10 digits.
+    let tail = &digits[digits.len().saturating_sub(10)..];
+    let mut stmt =
+        conn.prepare_cached("SELECT id, phone FROM contacts WHERE phone LIKE ?1 ORDER BY id")?;
+    let rows = stmt.query_map(
+        [format!("%{}", &tail[tail.len().saturating_sub(4)..])],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    for row in rows {
+        let (id, p) = row?;
+        let d: String = p.chars().filter(char::is_ascii_digit).collect();
+        if d.ends_with(tail) || tail.ends_with(&d) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.
+pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
+    let text = |k: &str| c.props.get(k).and_then(Value::as_str).map(str::to_string);
+    conn.prepare_cached(
+        "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
+                               insurance_verification, portal_active, created_at, last_activity,
+                               last_engaged_at, source_updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT(id) DO UPDATE SET props = excluded.props, status = excluded.status,
+             email = excluded.email, phone = excluded.phone, dob = excluded.dob,
+             email_subscription = excluded.email_subscription, sms_subscription = excluded.sms_subscription,
+             insurance_verification = excluded.insurance_verification, portal_active = excluded.portal_active,
+             last_activity = excluded.last_activity, last_engaged_at = excluded.last_engaged_at,
+             source_updated_at = excluded.source_updated_at",
+    )?
+    .execute(params![
+        c.id,
+        Value::Object(c.props.clone()).to_string(),
+        c.status(),
+        text("email"),
+        text("phone"),
+        text("dob"),
+        c.subscription("email"),
+        c.subscription("sms"),
+        c.insurance_verification,
+        c.portal_active,
+        c.created_at,
+        c.last_activity,
+        c.last_engaged_at,
+        c.source_updated_at,
+    ])?;
+    Ok(())
+}
+
+/// Marks activity: moves Last Activity; `inbound` (contact-initiated) also
+/// moves the engagement clock and reports a reactivation when the previous
+/// contact-initiated activity is more than 90 days old.
+pub fn touch(c: &mut Contact, now: Millis, inbound: bool) -> Option<Signal> {
+    c.last_activity = c.last_activity.max(now);
+    if !inbound {
+        return None;
+    }
+    let previous = c.last_engaged_at.unwrap_or(c.created_at);
+    c.last_engaged_at = Some(now.max(previous));
+    (now - previous > REACTIVATION_GAP).then_some(Signal::Reactivated)
+}
+
+/// Who changed a subscription, and why, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditSource<'a> {
+    /// `host`, `contact`, `automation:<id>`, `staff:<id>`.
+    pub actor: &'a str,
+    /// `stop_reply`, `start_reply`, `unsubscribe_link`, `staff`, `import`, `host_update`, `automation`.
+    pub reason: &'a str,
+    /// The message that prompted it.
+    pub message_key: Option<&'a str>,
+}
+
+/// Applies a property map to a contact and returns the change signals.
+/// Subscription changes are audited. Status Lead → Patient yields
+/// [`Signal::BecamePatient`] as well.
+pub fn apply_props(
+    ctx: &Ctx<'_>,
+    c: &mut Contact,
+    new: Map<String, Value>,
+    mode: UpsertMode,
+    audit: AuditSource<'_>,
+) -> Result<Vec<Signal>> {
+    let mut merged = match mode {
+        UpsertMode::Full => Map::new(),
+        UpsertMode::Partial => c.props.clone(),
+    };
+    if mode == UpsertMode::Full {
+        // Subscriptions are consent: a full replace that omits them keeps them.
+        for k in ["email_subscription", "sms_subscription"] {
+            if let Some(v) = c.props.get(k) {
+                merged.insert(k.into(), v.clone());
+            }
+        }
+    }
+    for (k, v) in new {
+        if k == "id" {
+            continue;
+        }
+        if v.is_null() {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    let mut keys: Vec<&String> = c.props.keys().chain(merged.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut signals = Vec::new();
+    let old_status = c.status().to_string();
+    for k in keys {
+        let (old, new) = (c.props.get(k), merged.get(k));
+        if old == new {
+            continue;
+        }
+        if k == "email_subscription" || k == "sms_subscription" {
+            let channel = &k[..k.len() - 13];
+            let old_v = old.and_then(Value::as_str).unwrap_or("unknown");
+            let new_v = new.and_then(Value::as_str).unwrap_or("unknown");
+            audit_subscription(ctx, &c.id, channel, old_v, new_v, audit)?;
+        }
+        signals.push(Signal::PropertyChanged {
+            property: k.clone(),
+            new_value: new.cloned().unwrap_or(Value::Null),
+        });
+    }
+    c.props = merged;
+    if old_status == "lead" && c.status() == "patient" {
+        signals.push(Signal::BecamePatient);
+    }
+    Ok(signals)
+}
+
+/// Appends a subscription change to the audit log (and the event log).
+pub fn audit_subscription(
+    ctx: &Ctx<'_>,
+    contact_id: &str,
+    channel: &str,
+    old: &str,
+    new: &str,
+    src: AuditSource<'_>,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO subscription_audit (contact_id, channel, old_value, new_value, actor, reason, message_key, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![contact_id, channel, old, new, src.actor, src.reason, src.message_key, ctx.now])?;
+    Entry {
+        channel: Some(channel),
+        message_key: src.message_key,
+        detail: Some(
+            serde_json::json!({"from": old, "to": new, "reason": src.reason, "actor": src.actor}),
+        ),
+        ..Entry::new("subscription_changed", contact_id)
+    }
+    .write(ctx.conn, ctx.now)
+}
+
+/// Sets one channel's subscription, auditing the change; returns whether it changed.
+pub fn set_subscription(
+    ctx: &Ctx<'_>,
+    c: &mut Contact,
+    channel: &str,
+    value: &str,
+    src: AuditSource<'_>,
+) -> Result<bool> {
+    let old = c.subscription(channel).to_string();
+    if old == value {
+        return Ok(false);
+    }
+    audit_subscription(ctx, &c.id, channel, &old, value, src)?;
+    c.props.insert(
+        format!("{channel}_subscription"),
+        Value::String(value.to_string()),
+    );
+    Ok(true)
+}

@@ -1,0 +1,675 @@
+//! Enrollments: a contact's walk through one automation.
+//!
+//! An enrollment sits at one step (`step_id`; none means End) in one of two
+//! phases: `ready` (run the step as soon as the run window is open) or
+//! `waiting` (a Delay is counting down). `wake_at` tells the worker when to
+//! come back. An enrollment ends by completing (reaching End) or exiting
+//! (an unenrollment toggle, a global opt-out, the automation being deleted).
+//! Steps of a paused automation hold where they are and resume on reactivation.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::contacts::{self, AuditSource};
+use super::log::Entry as Log;
+use super::{Ctx, Signal, conditions, lists, triggers};
+use crate::catalog::{Entry, Version};
+use crate::clock::{MINUTE, Millis};
+use crate::error::{Error, Result};
+use crate::model::automation::{Assignee, AutomationStatus, SettableProperty, Step, StepKind};
+use crate::outbox::{Effect, EffectKind};
+
+/// Where an enrollment is in its current step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Run the step when the window is open.
+    Ready,
+    /// A delay is counting down.
+    Waiting,
+}
+
+/// One enrollment as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrollment {
+    /// Row id.
+    pub id: i64,
+    /// Automation.
+    pub automation_id: String,
+    /// Contact.
+    pub contact_id: String,
+    /// Version it runs.
+    pub version: i64,
+    /// `active`, `completed`, `exited`.
+    pub state: String,
+    /// Current step (None: at End).
+    pub step_id: Option<String>,
+    /// Phase in the current step.
+    pub phase: Phase,
+    /// When the current step started executing.
+    pub step_started_at: Option<Millis>,
+    /// When the worker should come back.
+    pub wake_at: Option<Millis>,
+    /// Enrollment time.
+    pub enrolled_at: Millis,
+    /// When the goal was reached.
+    pub goal_reached_at: Option<Millis>,
+}
+
+const COLUMNS: &str = "id, automation_id, contact_id, version, state, step_id, step_phase, step_started_at, wake_at, enrolled_at, goal_reached_at";
+
+fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
+    Ok(Enrollment {
+        id: r.get(0)?,
+        automation_id: r.get(1)?,
+        contact_id: r.get(2)?,
+        version: r.get(3)?,
+        state: r.get(4)?,
+        step_id: r.get(5)?,
+        phase: if r.get::<_, String>(6)? == "waiting" {
+            Phase::Waiting
+        } else {
+            Phase::Ready
+        },
+        step_started_at: r.get(7)?,
+        wake_at: r.get(8)?,
+        enrolled_at: r.get(9)?,
+        goal_reached_at: r.get(10)?,
+    })
+}
+
+/// Loads an enrollment.
+pub fn load(conn: &rusqlite::Connection, id: i64) -> Result<Option<Enrollment>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = ?1"))?
+        .query_row([id], read)
+        .optional()?)
+}
+
+/// Enrollments of a contact matching an extra SQL condition.
+pub fn of_contact(
+    conn: &rusqlite::Connection,
+    contact_id: &str,
+    filter: &str,
+    since: Millis,
+) -> Result<Vec<Enrollment>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE contact_id = ?1 AND enrolled_at >= ?2 AND {filter} ORDER BY id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![contact_id, since], read)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Active enrollments of an automation.
+pub fn active_of_automation(
+    conn: &rusqlite::Connection,
+    automation_id: &str,
+) -> Result<Vec<Enrollment>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE automation_id = ?1 AND state = 'active' ORDER BY id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([automation_id], read)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Persists the mutable part of an enrollment.
+pub fn save(conn: &rusqlite::Connection, e: &Enrollment) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE enrollments SET version = ?2, step_id = ?3, step_phase = ?4, step_started_at = ?5,
+                                wake_at = ?6, goal_reached_at = ?7 WHERE id = ?1",
+    )?
+    .execute(params![
+        e.id,
+        e.version,
+        e.step_id,
+        if e.phase == Phase::Waiting {
+            "waiting"
+        } else {
+            "ready"
+        },
+        e.step_started_at,
+        e.wake_at,
+        e.goal_reached_at
+    ])?;
+    Ok(())
+}
+
+fn log_for<'a>(kind: &'a str, e: &'a Enrollment) -> Log<'a> {
+    Log {
+        automation_id: Some(&e.automation_id),
+        version: Some(e.version),
+        enrollment_id: Some(e.id),
+        ..Log::new(kind, &e.contact_id)
+    }
+}
+
+/// Enrolls a contact unless they are already active in the automation (or a
+/// once-only `mark` was already used). Runs the first steps at once.
+/// Returns the new enrollment id.
+pub fn enroll(
+    ctx: &mut Ctx<'_>,
+    entry: &Entry,
+    contact_id: &str,
+    mark: Option<&str>,
+    cause: &str,
+) -> Result<Option<i64>> {
+    if entry.status != AutomationStatus::Active {
+        return Ok(None);
+    }
+    let already: Option<i64> = ctx
+        .conn
+        .prepare_cached("SELECT id FROM enrollments WHERE automation_id = ?1 AND contact_id = ?2 AND state = 'active'")?
+        .query_row(params![entry.id, contact_id], |r| r.get(0))
+        .optional()?;
+    let ignored = |reason: &str| Log {
+        automation_id: Some(&entry.id),
+        detail: Some(json!({"reason": reason, "cause": cause})),
+        ..Log::new("trigger_ignored", contact_id)
+    };
+    if already.is_some() {
+        ignored("already_enrolled").write(ctx.conn, ctx.now)?;
+        return Ok(None);
+    }
+    if let Some(mark) = mark {
+        let fresh = ctx
+            .conn
+            .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+            .execute(params![entry.id, contact_id, mark, ctx.now])?;
+        if fresh == 0 {
+            ignored("already_fired").write(ctx.conn, ctx.now)?;
+            return Ok(None);
+        }
+    }
+    let version = &entry.current;
+    let first = version.flow.first().map(str::to_string);
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, step_id, enrolled_at)
+             VALUES (?1, ?2, ?3, ?3, 'active', ?4, ?5)",
+        )?
+        .execute(params![entry.id, contact_id, version.number, first, ctx.now])?;
+    let id = ctx.conn.last_insert_rowid();
+    Log {
+        automation_id: Some(&entry.id),
+        version: Some(version.number),
+        enrollment_id: Some(id),
+        detail: Some(json!({"cause": cause})),
+        ..Log::new("enrolled", contact_id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    advance(ctx, id)?;
+    Ok(Some(id))
+}
+
+/// Ends an enrollment as exited with a reason.
+pub fn exit(ctx: &Ctx<'_>, e: &Enrollment, reason: &str) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE enrollments SET state = 'exited', ended_at = ?2, exit_reason = ?3, wake_at = NULL
+             WHERE id = ?1 AND state = 'active'",
+        )?
+        .execute(params![e.id, ctx.now, reason])?;
+    Log {
+        step_id: e.step_id.as_deref(),
+        detail: Some(json!({"reason": reason})),
+        ..log_for("exited", e)
+    }
+    .write(ctx.conn, ctx.now)
+}
+
+fn complete(ctx: &Ctx<'_>, e: &Enrollment) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE enrollments SET state = 'completed', ended_at = ?2, step_id = NULL, wake_at = NULL
+             WHERE id = ?1 AND state = 'active'",
+        )?
+        .execute(params![e.id, ctx.now])?;
+    log_for("completed", e).write(ctx.conn, ctx.now)
+}
+
+/// Called by the worker when `wake_at` is due.
+pub fn wake(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
+    let Some(mut e) = load(ctx.conn, id)? else {
+        return Ok(());
+    };
+    if e.state != "active" || e.wake_at.is_none_or(|w| w > ctx.now) {
+        return Ok(());
+    }
+    e.wake_at = None;
+    save(ctx.conn, &e)?;
+    advance(ctx, id)
+}
+
+/// Runs an enrollment forward from where it stands until it waits, holds or ends.
+pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
+    let Some(mut e) = load(ctx.conn, id)? else {
+        return Ok(());
+    };
+    if e.state != "active" {
+        return Ok(());
+    }
+    let catalog = ctx.catalog;
+    let Some(entry) = catalog.get(&e.automation_id) else {
+        return Ok(());
+    };
+    if entry.status != AutomationStatus::Active {
+        return Ok(()); // paused: hold here until reactivated
+    }
+    let version = entry.current.clone();
+    if e.version != version.number {
+        // Edits migrate enrollments eagerly; this is a safety net.
+        return Err(Error::Internal(format!(
+            "enrollment {} runs version {} of {}, current is {}",
+            e.id, e.version, e.automation_id, version.number
+        )));
+    }
+    let window = version
+        .def
+        .window(&ctx.settings.doc.default_run_window)
+        .clone();
+    loop {
+        let Some(step_id) = e.step_id.clone() else {
+            return complete(ctx, &e);
+        };
+        let Some(step) = version.flow.step(&step_id).cloned() else {
+            return Err(Error::Internal(format!(
+                "enrollment {} is at unknown step {step_id}",
+                e.id
+            )));
+        };
+        if e.phase == Phase::Waiting {
+            if e.wake_at.is_some_and(|w| w > ctx.now) {
+                return save(ctx.conn, &e);
+            }
+            step_done(ctx, &e, &step_id, None)?;
+            e.step_id = version.flow.next_after(&step_id).map(str::to_string);
+            e.phase = Phase::Ready;
+            e.step_started_at = None;
+            continue;
+        }
+        let open_at = window
+            .next_open(ctx.now, ctx.settings.tz)
+            .unwrap_or(ctx.now);
+        if open_at > ctx.now {
+            e.wake_at = Some(open_at);
+            return save(ctx.conn, &e);
+        }
+        e.step_started_at = Some(ctx.now);
+        Log {
+            step_id: Some(&step_id),
+            detail: Some(json!({"type": step.kind.type_id()})),
+            ..log_for("step_executed", &e)
+        }
+        .write(ctx.conn, ctx.now)?;
+        // Persist position before running the step: steps may cascade into other
+        // automations that read this enrollment.
+        save(ctx.conn, &e)?;
+        let next = match run_step(ctx, &e, &step, &version)? {
+            StepOutcome::Wait(until) => {
+                e.phase = Phase::Waiting;
+                e.wake_at = Some(until);
+                return save(ctx.conn, &e);
+            }
+            StepOutcome::Next => version.flow.next_after(&step_id).map(str::to_string),
+            StepOutcome::Goto(next) => next,
+            StepOutcome::Exited => return Ok(()),
+        };
+        // A cascade may have ended this enrollment (e.g. a global opt-out).
+        match load(ctx.conn, e.id)? {
+            Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
+            _ => return Ok(()),
+        }
+        e.step_id = next;
+        e.step_started_at = None;
+    }
+}
+
+enum StepOutcome {
+    Next,
+    Goto(Option<String>),
+    Wait(Millis),
+    Exited,
+}
+
+fn step_done(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, detail: Option<Value>) -> Result<()> {
+    let duration = e.step_started_at.map(|s| ctx.now - s).unwrap_or(0);
+    let mut d = detail.unwrap_or_else(|| json!({}));
+    d["duration_ms"] = json!(duration);
+    Log {
+        step_id: Some(step_id),
+        detail: Some(d),
+        ..log_for("step_completed", e)
+    }
+    .write(ctx.conn, ctx.now)
+}
+
+fn step_failed(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, reason: &str) -> Result<()> {
+    Log {
+        step_id: Some(step_id),
+        detail: Some(json!({"reason": reason})),
+        ..log_for("step_failed", e)
+    }
+    .write(ctx.conn, ctx.now)
+}
+
+/// The idempotency key of the effect of one step of one enrollment.
+pub fn effect_key(install_id: &str, enrollment_id: i64, step_id: &str) -> String {
+    format!("{install_id}-e{enrollment_id}-{step_id}")
+}
+
+fn run_step(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    step: &Step,
+    version: &Version,
+) -> Result<StepOutcome> {
+    let sid = step.id.as_str();
+    match &step.kind {
+        StepKind::Delay { amount, unit } => Ok(StepOutcome::Wait(
+            ctx.now + (*amount as i64) * unit.millis(),
+        )),
+        StepKind::Branch { condition, .. } => {
+            let contact = contacts::require(ctx.conn, &e.contact_id)?;
+            let yes = conditions::evaluate(ctx, e, &contact, condition)?;
+            step_done(
+                ctx,
+                e,
+                sid,
+                Some(json!({"path": if yes { "yes" } else { "no" }})),
+            )?;
+            Ok(StepOutcome::Goto(
+                version.flow.branch_head(sid, yes).map(str::to_string),
+            ))
+        }
+        StepKind::SendEmail { .. } | StepKind::SendSms { .. } => {
+            send_message(ctx, e, step)?;
+            Ok(StepOutcome::Next)
+        }
+        StepKind::CreateTask {
+            title,
+            assignee,
+            due_in_minutes,
+        } => {
+            let contact = contacts::require(ctx.conn, &e.contact_id)?;
+            let assignee = match assignee {
+                Assignee::ContactOwner => match contact.props.get("owner") {
+                    Some(Value::Object(o)) => {
+                        json!({"kind": "staff", "id": o.get("id"), "name": o.get("name")})
+                    }
+                    _ => {
+                        json!({"kind": "queue", "name": "front_desk", "note": "contact has no owner"})
+                    }
+                },
+                other => serde_json::to_value(other).map_err(|e| Error::Internal(e.to_string()))?,
+            };
+            let key = effect_key(ctx.install_id, e.id, sid);
+            let due_at = ctx.now + (*due_in_minutes as i64) * MINUTE;
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO tasks (idempotency_key, contact_id, automation_id, enrollment_id, title, assignee, due_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![key, e.contact_id, e.automation_id, e.id, title, assignee.to_string(), due_at, ctx.now])?;
+            ctx.effects.push(Effect {
+                payload: json!({
+                    "key": key, "kind": "task", "contact_id": e.contact_id, "title": title,
+                    "assignee": assignee, "due_at": crate::clock::to_rfc3339(due_at),
+                    "automation_id": e.automation_id, "step_id": sid,
+                }),
+                ..effect_base(&key, EffectKind::Task, e, sid)
+            });
+            step_done(ctx, e, sid, None)?;
+            Ok(StepOutcome::Next)
+        }
+        StepKind::SetProperty { property, value } => set_property(ctx, e, sid, *property, value),
+        StepKind::AddToList { list_id } => {
+            match lists::add_member(
+                ctx,
+                list_id,
+                &e.contact_id,
+                &format!("automation:{}", e.automation_id),
+            ) {
+                Ok(signals) => {
+                    step_done(ctx, e, sid, None)?;
+                    triggers::fire(ctx, &e.contact_id, &signals)?;
+                }
+                Err(Error::NotFound(_)) => step_failed(ctx, e, sid, "list_not_found")?,
+                Err(other) => return Err(other),
+            }
+            Ok(StepOutcome::Next)
+        }
+    }
+}
+
+fn effect_base(key: &str, kind: EffectKind, e: &Enrollment, sid: &str) -> Effect {
+    Effect {
+        key: key.to_string(),
+        kind,
+        payload: Value::Null,
+        contact_id: e.contact_id.clone(),
+        automation_id: Some(e.automation_id.clone()),
+        enrollment_id: Some(e.id),
+        step_id: Some(sid.to_string()),
+        channel: None,
+        asset_id: None,
+    }
+}
+
+fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
+    let sid = step.id.as_str();
+    let contact = contacts::require(ctx.conn, &e.contact_id)?;
+    let channel = step.kind.channel().unwrap_or("email");
+    let (address_field, template_id) = match &step.kind {
+        StepKind::SendEmail { template_id, .. } => ("email", template_id),
+        StepKind::SendSms { template_id, .. } => ("phone", template_id),
+        _ => return Ok(()),
+    };
+    let asset_id = template_id
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", e.automation_id, sid));
+    let Some(to) = contact.text(address_field).map(str::to_string) else {
+        return step_failed(ctx, e, sid, &format!("no_{address_field}"));
+    };
+    if contact.subscription(channel) == "unsubscribed" {
+        let key = effect_key(ctx.install_id, e.id, sid);
+        Log {
+            step_id: Some(sid),
+            channel: Some(channel),
+            message_key: Some(&key),
+            detail: Some(json!({"reason": "unsubscribed"})),
+            ..log_for("message_suppressed", e)
+        }
+        .write(ctx.conn, ctx.now)?;
+        return step_failed(ctx, e, sid, "unsubscribed");
+    }
+    let owner = match contact.props.get("owner") {
+        Some(Value::Object(o)) => o.get("name").cloned().unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let placeholders = json!({
+        "firstname": contact.text("first_name").unwrap_or(""),
+        "lastname": contact.text("last_name").unwrap_or(""),
+        "practice": ctx.settings.doc.practice_name,
+        "owner": owner,
+    });
+    let key = effect_key(ctx.install_id, e.id, sid);
+    let content = match &step.kind {
+        StepKind::SendEmail {
+            template_id,
+            subject,
+            preheader,
+            body,
+            sender,
+        } => json!({
+            "template_id": template_id, "subject": subject, "preheader": preheader, "body": body, "sender": sender,
+        }),
+        StepKind::SendSms {
+            template_id,
+            message,
+            sender_number,
+        } => json!({
+            "template_id": template_id, "message": message, "sender_number": sender_number,
+        }),
+        _ => Value::Null,
+    };
+    ctx.effects.push(Effect {
+        payload: json!({
+            "key": key, "kind": "message", "channel": channel, "category": "marketing",
+            "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders,
+            "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
+        }),
+        channel: Some(channel.to_string()),
+        asset_id: Some(asset_id),
+        ..effect_base(&key, EffectKind::Message, e, sid)
+    });
+    Log {
+        step_id: Some(sid),
+        channel: Some(channel),
+        message_key: Some(&key),
+        ..log_for("message_queued", e)
+    }
+    .write(ctx.conn, ctx.now)?;
+    // Outbound communication touches the record.
+    let mut c = contact;
+    contacts::touch(&mut c, ctx.now, false);
+    contacts::save(ctx.conn, &c)?;
+    step_done(ctx, e, sid, None)
+}
+
+fn set_property(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    sid: &str,
+    property: SettableProperty,
+    value: &Value,
+) -> Result<StepOutcome> {
+    let mut contact = contacts::require(ctx.conn, &e.contact_id)?;
+    let name = property.property();
+    let new_value = match property {
+        SettableProperty::Tags => {
+            let mut tags: Vec<String> = contact
+                .props
+                .get("tags")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let list = |k: &str| -> Vec<String> {
+                value
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|s| s.trim().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for t in list("add") {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            let remove = list("remove");
+            tags.retain(|t| !remove.contains(t));
+            crate::model::contact::normalize_property("tags", json!(tags))?
+        }
+        _ => crate::model::contact::normalize_property(name, value.clone())?,
+    };
+    let actor = format!("automation:{}", e.automation_id);
+    let mut map = serde_json::Map::new();
+    map.insert(name.to_string(), new_value.clone());
+    let signals = contacts::apply_props(
+        ctx,
+        &mut contact,
+        map,
+        crate::event::UpsertMode::Partial,
+        AuditSource {
+            actor: &actor,
+            reason: "automation",
+            message_key: None,
+        },
+    )?;
+    contacts::touch(&mut contact, ctx.now, false);
+    contacts::save(ctx.conn, &contact)?;
+    let key = effect_key(ctx.install_id, e.id, sid);
+    ctx.effects.push(Effect {
+        payload: json!({
+            "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
+            "automation_id": e.automation_id, "step_id": sid,
+        }),
+        ..effect_base(&key, EffectKind::Property, e, sid)
+    });
+    step_done(ctx, e, sid, None)?;
+    let mut signals = signals;
+    if matches!(property, SettableProperty::SmsSubscription)
+        && signals
+            .iter()
+            .any(|s| matches!(s, Signal::PropertyChanged { .. }))
+    {
+        signals.push(Signal::SmsOptedOut);
+    }
+    triggers::fire(ctx, &e.contact_id, &signals)?;
+    match load(ctx.conn, e.id)? {
+        Some(fresh) if fresh.state == "active" => Ok(StepOutcome::Next),
+        _ => Ok(StepOutcome::Exited),
+    }
+}
+
+/// Moves the active enrollments of an automation to a new version (issue 2
+/// §4: stable step ids; a removed step continues at the next surviving step
+/// on its old path, or ends).
+pub fn migrate(
+    ctx: &mut Ctx<'_>,
+    automation_id: &str,
+    old: &Version,
+    new: &Version,
+) -> Result<usize> {
+    let mut moved = 0;
+    for mut e in active_of_automation(ctx.conn, automation_id)? {
+        if e.version == new.number {
+            continue;
+        }
+        let from = e.step_id.clone();
+        let to = match &from {
+            Some(step) => old.flow.migrate_position(step, &new.flow),
+            None => None,
+        };
+        if to != from {
+            // The step it was in is gone: it continues at the survivor, ready to run.
+            e.phase = Phase::Ready;
+            e.step_started_at = None;
+            e.wake_at = Some(ctx.now);
+        }
+        e.step_id = to.clone();
+        let old_version = e.version;
+        e.version = new.number;
+        save(ctx.conn, &e)?;
+        Log {
+            step_id: to.as_deref(),
+            detail: Some(json!({"from_version": old_version, "from_step": from})),
+            ..log_for("version_migrated", &e)
+        }
+        .write(ctx.conn, ctx.now)?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Clears `wake_at` of enrollments whose automation was reactivated and are
+/// overdue, so they run at once (the worker's due query finds them).
+pub fn resume(ctx: &Ctx<'_>, automation_id: &str) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE enrollments SET wake_at = ?2 WHERE automation_id = ?1 AND state = 'active'
+               AND (wake_at IS NULL OR wake_at < ?2) AND step_phase = 'ready'",
+        )?
+        .execute(params![automation_id, ctx.now])?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Automation goals (SPEC §2.5): a measurement per enrollment within the
+//! lookback window after enrolling; an exit only when *Goal met* is on.
+//! With no goal defined, the conversion counted is Lead → Patient.
+
+use serde_json::json;
+
+use super::enrollment::{self, Enrollment};
+use super::log::Entry as Log;
+use super::{Ctx, Signal};
+use crate::clock::DAY;
+use crate::error::Result;
+use crate::model::automation::GoalKind;
+
+/// The goals a signal satisfies.
+pub fn goals_of(signal: &Signal) -> &'static [GoalKind] {
+    match signal {
+        Signal::BecamePatient => &[GoalKind::BookAppointment],
+        Signal::AppointmentBooked { was_patient: true } => &[GoalKind::RebookAppointment],
+        Signal::Reactivated => &[GoalKind::PatientReactivation],
+        Signal::ReviewSubmitted => &[GoalKind::ReviewSubmitted],
+        Signal::VerificationComplete => &[GoalKind::VerificationComplete],
+        Signal::PortalActivated => &[GoalKind::PortalActivated],
+        Signal::EmailEngaged { .. }
+        | Signal::SmsReplied { .. }
+        | Signal::EmailReplied { .. }
+        | Signal::FormSubmitted { .. }
+        | Signal::PageVisited => &[GoalKind::Engagement],
+        _ => &[],
+    }
+}
+
+/// Marks the goal reached on every enrollment of the contact whose goal one of
+/// the signals satisfies, inside its lookback.
+pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<()> {
+    let hit: Vec<GoalKind> = signals
+        .iter()
+        .flat_map(|s| goals_of(s).iter().copied())
+        .collect();
+    let flipped = signals.contains(&Signal::BecamePatient);
+    if hit.is_empty() {
+        return Ok(());
+    }
+    let catalog = ctx.catalog;
+    let since = ctx.now - 365 * DAY;
+    for e in enrollment::of_contact(ctx.conn, contact_id, "goal_reached_at IS NULL", since)? {
+        let Some(entry) = catalog.get(&e.automation_id) else {
+            continue;
+        };
+        let def = &entry.current.def;
+        let reached = match def.goal {
+            Some(goal) => hit.contains(&goal),
+            None => flipped,
+        };
+        if !reached
+            || e.enrolled_at > ctx.now
+            || ctx.now > e.enrolled_at + def.goal_lookback_days as i64 * DAY
+        {
+            continue;
+        }
+        reach(ctx, &e, def.goal)?;
+        if e.state == "active" && def.goal.is_some() && def.unenrollment.goal_met {
+            enrollment::exit(ctx, &e, "goal_met")?;
+        }
+    }
+    Ok(())
+}
+
+fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE enrollments SET goal_reached_at = ?2 WHERE id = ?1 AND goal_reached_at IS NULL",
+        )?
+        .execute(rusqlite::params![e.id, ctx.now])?;
+    Log {
+        automation_id: Some(&e.automation_id),
+        version: Some(e.version),
+        enrollment_id: Some(e.id),
+        step_id: e.step_id.as_deref(),
+        detail: Some(
+            json!({"goal": goal.map(GoalKind::id).unwrap_or("lead_to_patient"), "while": e.state}),
+        ),
+        ..Log::new("goal_reached", &e.contact_id)
+    }
+    .write(ctx.conn, ctx.now)
+}

@@ -1,0 +1,528 @@
+//! Applying one pushed event to the state (SPEC §1, issue 2 §3).
+
+use rusqlite::params;
+use serde_json::{Value, json};
+
+use super::contacts::{self, AuditSource, Contact};
+use super::log::Entry as Log;
+use super::{Ctx, Signal, triggers};
+use crate::clock::{Millis, parse_rfc3339};
+use crate::error::{Error, Result};
+use crate::event::{
+    Appointment, DeliveryStatus, Event, EventBody, OptOutChannel, UpsertMode, VerificationStatus,
+};
+use crate::outbox;
+
+/// What happened to a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied.
+    Applied,
+    /// This event id was seen before: nothing happened.
+    Duplicate,
+    /// A contact update older than the stored one: recorded, properties kept.
+    Stale,
+}
+
+/// Applies one event. Errors leave the caller to roll the savepoint back.
+pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
+    let fresh = ctx
+        .conn
+        .prepare_cached("INSERT INTO ingested_events (event_id, type, received_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+        .execute(params![ev.event_id, ev.type_name(), ctx.now])?;
+    if fresh == 0 {
+        return Ok(Outcome::Duplicate);
+    }
+    match &ev.body {
+        EventBody::ContactUpserted {
+            contact,
+            mode,
+            reason,
+        } => upsert(ctx, ev, contact, *mode, reason.as_deref()),
+        EventBody::AppointmentBooked { appointment } => {
+            appointment_event(ctx, appointment, "booked").map(|_| Outcome::Applied)
+        }
+        EventBody::AppointmentRescheduled { appointment } => {
+            appointment_event(ctx, appointment, "rescheduled").map(|_| Outcome::Applied)
+        }
+        EventBody::AppointmentCancelled { appointment } => {
+            appointment_event(ctx, appointment, "cancelled").map(|_| Outcome::Applied)
+        }
+        EventBody::AppointmentCompleted { appointment } => {
+            appointment_event(ctx, appointment, "completed").map(|_| Outcome::Applied)
+        }
+        EventBody::AppointmentNoShow { appointment } => {
+            appointment_event(ctx, appointment, "no_show").map(|_| Outcome::Applied)
+        }
+        EventBody::FormSubmitted { submission: s } => {
+            let mut c = contacts::require(ctx.conn, &s.contact_id)?;
+            ctx.conn
+                .prepare_cached("INSERT INTO forms (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET name = excluded.name")?
+                .execute(params![s.form_id, s.form_name.trim()])?;
+            let n = ctx
+                .conn
+                .prepare_cached("INSERT INTO form_submissions (id, form_id, contact_id, answers, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")?
+                .execute(params![s.id, s.form_id, s.contact_id, Value::Object(s.answers.clone()).to_string(), ctx.now])?;
+            if n == 0 {
+                return Err(Error::Conflict(format!(
+                    "form submission {} was already recorded under another event id",
+                    s.id
+                )));
+            }
+            Log {
+                detail: Some(json!({"form_id": s.form_id, "submission_id": s.id})),
+                ..Log::new("form_submitted", &c.id)
+            }
+            .write(ctx.conn, ctx.now)?;
+            let mut signals = vec![Signal::FormSubmitted {
+                form_id: s.form_id.clone(),
+            }];
+            inbound(ctx, &mut c, &mut signals)?;
+            triggers::fire(ctx, &c.id, &signals)?;
+            Ok(Outcome::Applied)
+        }
+        EventBody::ReviewSubmitted { review: r } => {
+            let mut c = contacts::require(ctx.conn, &r.contact_id)?;
+            let source = serde_json::to_value(r.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let n = ctx
+                .conn
+                .prepare_cached("INSERT INTO reviews (id, contact_id, source, rating, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")?
+                .execute(params![r.id, r.contact_id, source, r.rating, ctx.now])?;
+            if n == 0 {
+                return Err(Error::Conflict(format!(
+                    "review {} was already recorded under another event id",
+                    r.id
+                )));
+            }
+            Log {
+                detail: Some(json!({"review_id": r.id, "source": source})),
+                ..Log::new("review_submitted", &c.id)
+            }
+            .write(ctx.conn, ctx.now)?;
+            let mut signals = vec![Signal::ReviewSubmitted];
+            inbound(ctx, &mut c, &mut signals)?;
+            triggers::fire(ctx, &c.id, &signals)?;
+            Ok(Outcome::Applied)
+        }
+        EventBody::InsuranceVerification { contact_id, status } => {
+            let mut c = contacts::require(ctx.conn, contact_id)?;
+            let value = match status {
+                VerificationStatus::Pending => "pending",
+                VerificationStatus::Verified => "verified",
+                VerificationStatus::Failed => "failed",
+            };
+            let flipped =
+                c.insurance_verification.as_deref() != Some("verified") && value == "verified";
+            c.insurance_verification = Some(value.to_string());
+            contacts::touch(&mut c, ctx.now, false);
+            contacts::save(ctx.conn, &c)?;
+            Log {
+                detail: Some(json!({"status": value})),
+                ..Log::new("insurance_verification", &c.id)
+            }
+            .write(ctx.conn, ctx.now)?;
+            if flipped {
+                triggers::fire(ctx, &c.id, &[Signal::VerificationComplete])?;
+            }
+            Ok(Outcome::Applied)
+        }
+        EventBody::PortalActivated { contact_id } => {
+            let mut c = contacts::require(ctx.conn, contact_id)?;
+            let first = !c.portal_active;
+            c.portal_active = true;
+            let mut signals = if first {
+                vec![Signal::PortalActivated]
+            } else {
+                vec![]
+            };
+            Log::new("portal_activated", &c.id).write(ctx.conn, ctx.now)?;
+            inbound(ctx, &mut c, &mut signals)?;
+            triggers::fire(ctx, &c.id, &signals)?;
+            Ok(Outcome::Applied)
+        }
+        EventBody::PageVisited { contact_id, page } => {
+            let mut c = contacts::require(ctx.conn, contact_id)?;
+            Log {
+                detail: Some(json!({"page": page})),
+                ..Log::new("page_visited", &c.id)
+            }
+            .write(ctx.conn, ctx.now)?;
+            let mut signals = vec![Signal::PageVisited];
+            inbound(ctx, &mut c, &mut signals)?;
+            triggers::fire(ctx, &c.id, &signals)?;
+            Ok(Outcome::Applied)
+        }
+        EventBody::EmailOpened { message_key } => {
+            engagement(ctx, message_key, "message_opened").map(|_| Outcome::Applied)
+        }
+        EventBody::EmailClicked { message_key } => {
+            engagement(ctx, message_key, "message_clicked").map(|_| Outcome::Applied)
+        }
+        EventBody::EmailReplied { message_key } => {
+            engagement(ctx, message_key, "message_replied").map(|_| Outcome::Applied)
+        }
+        EventBody::SmsReceived {
+            contact_id,
+            from,
+            body,
+            in_reply_to,
+        } => sms_received(
+            ctx,
+            contact_id.as_deref(),
+            from.as_deref(),
+            body,
+            in_reply_to.as_deref(),
+        )
+        .map(|_| Outcome::Applied),
+        EventBody::DeliveryReceipt {
+            message_key,
+            status,
+            bounce,
+        } => {
+            let row = message(ctx, message_key)?;
+            let (kind, detail) = match status {
+                DeliveryStatus::Delivered => ("message_delivered", json!({})),
+                DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
+                DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
+            };
+            Log {
+                automation_id: row.automation_id.as_deref(),
+                enrollment_id: row.enrollment_id,
+                step_id: row.step_id.as_deref(),
+                channel: row.channel.as_deref(),
+                message_key: Some(message_key),
+                detail: Some(detail),
+                ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
+            }
+            .write(ctx.conn, ctx.now)?;
+            Ok(Outcome::Applied)
+        }
+        EventBody::ContactOptedOut {
+            contact_id,
+            channel,
+            reason,
+        } => {
+            let mut c = contacts::require(ctx.conn, contact_id)?;
+            let reason = reason.as_deref().unwrap_or("host_opt_out");
+            let src = AuditSource {
+                actor: "host",
+                reason,
+                message_key: None,
+            };
+            let mut signals = Vec::new();
+            let channels: &[&str] = match channel {
+                OptOutChannel::Email => &["email"],
+                OptOutChannel::Sms => &["sms"],
+                OptOutChannel::All => &["email", "sms"],
+            };
+            for ch in channels {
+                if contacts::set_subscription(ctx, &mut c, ch, "unsubscribed", src)? {
+                    signals.push(Signal::PropertyChanged {
+                        property: format!("{ch}_subscription"),
+                        new_value: json!("unsubscribed"),
+                    });
+                }
+            }
+            if *channel == OptOutChannel::Sms {
+                signals.push(Signal::SmsOptedOut);
+            }
+            if *channel == OptOutChannel::All {
+                signals.push(Signal::GlobalOptOut);
+            }
+            contacts::touch(&mut c, ctx.now, false);
+            contacts::save(ctx.conn, &c)?;
+            triggers::fire(ctx, &c.id, &signals)?;
+            Ok(Outcome::Applied)
+        }
+    }
+}
+
+/// Contact-initiated activity: moves both clocks, may add the reactivation signal, saves.
+fn inbound(ctx: &Ctx<'_>, c: &mut Contact, signals: &mut Vec<Signal>) -> Result<()> {
+    if let Some(s) = contacts::touch(c, ctx.now, true) {
+        signals.push(s);
+    }
+    contacts::save(ctx.conn, c)
+}
+
+fn upsert(
+    ctx: &mut Ctx<'_>,
+    ev: &Event,
+    props: &serde_json::Map<String, Value>,
+    mode: UpsertMode,
+    reason: Option<&str>,
+) -> Result<Outcome> {
+    let id = props
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let occurred = ev.occurred_at.unwrap_or(ctx.now);
+    let audit = AuditSource {
+        actor: "host",
+        reason: reason.unwrap_or("host_update"),
+        message_key: None,
+    };
+    let Some(mut c) = contacts::load(ctx.conn, &id)? else {
+        let mut c = Contact {
+            id: id.clone(),
+            props: serde_json::Map::new(),
+            insurance_verification: None,
+            portal_active: false,
+            created_at: ctx.now,
+            last_activity: ctx.now,
+            last_engaged_at: None,
+            source_updated_at: Some(occurred),
+        };
+        let mut initial = props.clone();
+        initial.remove("id");
+        initial.retain(|_, v| !v.is_null());
+        for ch in ["email", "sms"] {
+            if let Some(v) = initial
+                .get(&format!("{ch}_subscription"))
+                .and_then(Value::as_str)
+                && v != "unknown"
+            {
+                contacts::audit_subscription(ctx, &id, ch, "unknown", v, audit)?;
+            }
+        }
+        c.props = initial;
+        contacts::save(ctx.conn, &c)?;
+        Log::new("contact_created", &id).write(ctx.conn, ctx.now)?;
+        let source = c.text("lead_source").map(str::to_string);
+        triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;
+        return Ok(Outcome::Applied);
+    };
+    if c.source_updated_at.is_some_and(|s| occurred < s) {
+        Log {
+            detail: Some(json!({"event_id": ev.event_id})),
+            ..Log::new("contact_update_stale", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+        return Ok(Outcome::Stale);
+    }
+    c.source_updated_at = Some(occurred);
+    let signals = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
+    if !signals.is_empty() {
+        contacts::touch(&mut c, ctx.now, false);
+        let changed: Vec<&str> = signals
+            .iter()
+            .filter_map(|s| match s {
+                Signal::PropertyChanged { property, .. } => Some(property.as_str()),
+                _ => None,
+            })
+            .collect();
+        Log {
+            detail: Some(json!({"properties": changed})),
+            ..Log::new("contact_updated", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+    }
+    contacts::save(ctx.conn, &c)?;
+    let mut signals = signals;
+    if signals.contains(&Signal::BecamePatient) {
+        Log {
+            detail: Some(json!({"from": "lead", "to": "patient", "by": "host"})),
+            ..Log::new("status_changed", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+    }
+    if signals.iter().any(|s| matches!(s, Signal::PropertyChanged { property, new_value } if property == "sms_subscription" && new_value == "unsubscribed")) {
+        signals.push(Signal::SmsOptedOut);
+    }
+    if c.subscription("email") == "unsubscribed" && c.subscription("sms") == "unsubscribed"
+        && signals.iter().any(|s| matches!(s, Signal::PropertyChanged { property, .. } if property.ends_with("_subscription")))
+    {
+        signals.push(Signal::GlobalOptOut);
+    }
+    triggers::fire(ctx, &id, &signals)?;
+    Ok(Outcome::Applied)
+}
+
+fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result<()> {
+    let mut c = contacts::require(ctx.conn, &a.contact_id)?;
+    let starts: Option<Millis> = a.starts_at.as_deref().and_then(|s| parse_rfc3339(s).ok());
+    let owner: Option<String> = ctx
+        .conn
+        .prepare_cached("SELECT contact_id FROM appointments WHERE id = ?1")?
+        .query_row([&a.id], |r| r.get(0))
+        .ok();
+    if owner.as_deref().is_some_and(|o| o != c.id) {
+        return Err(Error::Conflict(format!(
+            "appointment {} belongs to another contact",
+            a.id
+        )));
+    }
+    // A change to an appointment the module never saw booked is recorded as it stands.
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO appointments (id, contact_id, status, starts_at, provider_id, clinic_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status,
+                 starts_at = COALESCE(excluded.starts_at, appointments.starts_at),
+                 provider_id = COALESCE(excluded.provider_id, appointments.provider_id),
+                 clinic_id = COALESCE(excluded.clinic_id, appointments.clinic_id),
+                 updated_at = excluded.updated_at",
+        )?
+        .execute(params![a.id, c.id, status, starts, a.provider_id, a.clinic_id, ctx.now])?;
+    Log {
+        detail: Some(
+            json!({"appointment_id": a.id, "provider_id": a.provider_id, "clinic_id": a.clinic_id}),
+        ),
+        ..Log::new(&format!("appointment_{status}") as &str, &c.id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    let mut signals = Vec::new();
+    let inbound_activity = matches!(status, "booked" | "rescheduled" | "completed");
+    if status == "booked" {
+        let was_patient = c.status() == "patient";
+        signals.push(Signal::AppointmentBooked { was_patient });
+        if !was_patient {
+            c.props.insert("status".into(), json!("patient"));
+            Log {
+                detail: Some(json!({"from": "lead", "to": "patient", "by": "first_booking"})),
+                ..Log::new("status_changed", &c.id)
+            }
+            .write(ctx.conn, ctx.now)?;
+            signals.push(Signal::PropertyChanged {
+                property: "status".into(),
+                new_value: json!("patient"),
+            });
+            signals.push(Signal::BecamePatient);
+        }
+    }
+    if inbound_activity {
+        inbound(ctx, &mut c, &mut signals)?;
+    } else {
+        contacts::touch(&mut c, ctx.now, false);
+        contacts::save(ctx.conn, &c)?;
+    }
+    triggers::fire(ctx, &c.id, &signals)
+}
+
+fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
+    match outbox::by_key(ctx.conn, key)? {
+        Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
+        _ => Err(Error::not_found(format!("message {key}"))),
+    }
+}
+
+fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
+    let row = message(ctx, key)?;
+    let contact_id = row.contact_id.clone().unwrap_or_default();
+    let mut c = contacts::require(ctx.conn, &contact_id)?;
+    Log {
+        automation_id: row.automation_id.as_deref(),
+        enrollment_id: row.enrollment_id,
+        step_id: row.step_id.as_deref(),
+        channel: row.channel.as_deref(),
+        message_key: Some(key),
+        ..Log::new(kind, &contact_id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    let mut signals = vec![match kind {
+        "message_opened" => Signal::EmailEngaged {
+            clicked: false,
+            asset_id: row.asset_id.clone(),
+            enrollment_id: row.enrollment_id,
+        },
+        "message_clicked" => Signal::EmailEngaged {
+            clicked: true,
+            asset_id: row.asset_id.clone(),
+            enrollment_id: row.enrollment_id,
+        },
+        _ => Signal::EmailReplied {
+            enrollment_id: row.enrollment_id,
+        },
+    }];
+    inbound(ctx, &mut c, &mut signals)?;
+    triggers::fire(ctx, &contact_id, &signals)
+}
+
+fn sms_received(
+    ctx: &mut Ctx<'_>,
+    contact_id: Option<&str>,
+    from: Option<&str>,
+    body: &str,
+    in_reply_to: Option<&str>,
+) -> Result<()> {
+    let id = match (contact_id, from) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(phone)) => contacts::find_by_phone(ctx.conn, phone)?
+            .ok_or_else(|| Error::not_found("no contact has the sending number"))?,
+        (None, None) => return Err(Error::invalid("sms.received needs contact_id or from")),
+    };
+    let mut c = contacts::require(ctx.conn, &id)?;
+    let replied_to = match in_reply_to {
+        Some(k) => Some(message(ctx, k)?),
+        None => outbox::last_message(ctx.conn, &id, "sms")?,
+    };
+    let key = replied_to.as_ref().map(|r| r.key.clone());
+    if ctx.settings.is_opt_out(body) {
+        let src = AuditSource {
+            actor: "contact",
+            reason: "stop_reply",
+            message_key: key.as_deref(),
+        };
+        let changed = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
+        contacts::touch(&mut c, ctx.now, false);
+        contacts::save(ctx.conn, &c)?;
+        Log {
+            channel: Some("sms"),
+            message_key: key.as_deref(),
+            ..Log::new("sms_opt_out", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+        let mut signals = vec![Signal::SmsOptedOut];
+        if changed {
+            signals.push(Signal::PropertyChanged {
+                property: "sms_subscription".into(),
+                new_value: json!("unsubscribed"),
+            });
+        }
+        return triggers::fire(ctx, &id, &signals);
+    }
+    if ctx.settings.is_opt_in(body) {
+        let src = AuditSource {
+            actor: "contact",
+            reason: "start_reply",
+            message_key: key.as_deref(),
+        };
+        let changed = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)?;
+        contacts::touch(&mut c, ctx.now, false);
+        contacts::save(ctx.conn, &c)?;
+        Log {
+            channel: Some("sms"),
+            message_key: key.as_deref(),
+            ..Log::new("sms_opt_in", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+        let signals = if changed {
+            vec![Signal::PropertyChanged {
+                property: "sms_subscription".into(),
+                new_value: json!("subscribed"),
+            }]
+        } else {
+            vec![]
+        };
+        return triggers::fire(ctx, &id, &signals);
+    }
+    Log {
+        automation_id: replied_to.as_ref().and_then(|r| r.automation_id.as_deref()),
+        enrollment_id: replied_to.as_ref().and_then(|r| r.enrollment_id),
+        step_id: replied_to.as_ref().and_then(|r| r.step_id.as_deref()),
+        channel: Some("sms"),
+        message_key: key.as_deref(),
+        ..Log::new("message_replied", &id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    let mut signals = vec![Signal::SmsReplied {
+        asset_id: replied_to.as_ref().and_then(|r| r.asset_id.clone()),
+    }];
+    inbound(ctx, &mut c, &mut signals)?;
+    triggers::fire(ctx, &id, &signals)
+}

@@ -1,0 +1,77 @@
+//! Static list membership, shared by commands and the Add to list step.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
+
+use super::contacts;
+use super::log::Entry as Log;
+use super::{Ctx, Signal};
+use crate::error::{Error, Result};
+
+fn require_list(ctx: &Ctx<'_>, list_id: &str) -> Result<()> {
+    let live: Option<Option<i64>> = ctx
+        .conn
+        .prepare_cached("SELECT deleted_at FROM lists WHERE id = ?1")?
+        .query_row([list_id], |r| r.get(0))
+        .optional()?;
+    match live {
+        Some(None) => Ok(()),
+        _ => Err(Error::not_found(format!("list {list_id}"))),
+    }
+}
+
+/// Adds a contact to a static list. Returns the signals (empty if already a member).
+pub fn add_member(
+    ctx: &Ctx<'_>,
+    list_id: &str,
+    contact_id: &str,
+    source: &str,
+) -> Result<Vec<Signal>> {
+    require_list(ctx, list_id)?;
+    let mut c = contacts::require(ctx.conn, contact_id)?;
+    let n = ctx
+        .conn
+        .prepare_cached("INSERT INTO list_members (list_id, contact_id, added_at, source) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+        .execute(params![list_id, contact_id, ctx.now, source])?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Log {
+        detail: Some(json!({"list_id": list_id, "source": source})),
+        ..Log::new("list_joined", contact_id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    contacts::touch(&mut c, ctx.now, false);
+    contacts::save(ctx.conn, &c)?;
+    Ok(vec![Signal::ListJoined {
+        list_id: list_id.to_string(),
+    }])
+}
+
+/// Removes a contact from a static list. Returns the signals (empty if not a member).
+pub fn remove_member(
+    ctx: &Ctx<'_>,
+    list_id: &str,
+    contact_id: &str,
+    source: &str,
+) -> Result<Vec<Signal>> {
+    require_list(ctx, list_id)?;
+    let mut c = contacts::require(ctx.conn, contact_id)?;
+    let n = ctx
+        .conn
+        .prepare_cached("DELETE FROM list_members WHERE list_id = ?1 AND contact_id = ?2")?
+        .execute(params![list_id, contact_id])?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Log {
+        detail: Some(json!({"list_id": list_id, "source": source})),
+        ..Log::new("list_left", contact_id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    contacts::touch(&mut c, ctx.now, false);
+    contacts::save(ctx.conn, &c)?;
+    Ok(vec![Signal::ListLeft {
+        list_id: list_id.to_string(),
+    }])
+}

@@ -1,0 +1,151 @@
+//! The deterministic core: `(state, event, now) → (new state, effects)`.
+//!
+//! The state is the database, read and written through the open transaction
+//! in [`Ctx`]; `now` is the instant the worker chose from the host's clock;
+//! the effects are returned to the caller, which writes them to the outbox in
+//! the same transaction. Nothing here reads the wall clock, spawns a thread,
+//! sleeps or generates randomness: the same state, input and `now` always give
+//! the same new state and the same effects (with the same idempotency keys).
+//!
+//! Inside one event the order is fixed: update the mirrored record, then
+//! evaluate goals (so an event never counts as the goal of an enrollment it
+//! creates), then unenrollment toggles, then triggers.
+
+pub mod conditions;
+pub mod contacts;
+pub mod dates;
+pub mod enrollment;
+pub mod goals;
+pub mod ingest;
+pub mod lists;
+pub mod log;
+pub mod triggers;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+use crate::clock::Millis;
+use crate::outbox::Effect;
+use crate::settings::Resolved;
+
+/// How deep triggers may cascade inside one event (an automation setting a
+/// property that fires another automation, …).
+pub const MAX_CASCADE: u32 = 8;
+
+/// Everything the core works with while handling one input.
+pub struct Ctx<'a> {
+    /// The open transaction.
+    pub conn: &'a Connection,
+    /// The instant being processed.
+    pub now: Millis,
+    /// Automations.
+    pub catalog: &'a Catalog,
+    /// Settings.
+    pub settings: &'a Resolved,
+    /// Prefix of every idempotency key: this database's install id.
+    pub install_id: &'a str,
+    /// Effects produced so far.
+    pub effects: Vec<Effect>,
+    /// Current cascade depth.
+    pub depth: u32,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for one input.
+    pub fn new(
+        conn: &'a Connection,
+        now: Millis,
+        catalog: &'a Catalog,
+        settings: &'a Resolved,
+        install_id: &'a str,
+    ) -> Self {
+        Ctx {
+            conn,
+            now,
+            catalog,
+            settings,
+            install_id,
+            effects: Vec::new(),
+            depth: 0,
+        }
+    }
+
+    /// Takes the effects produced so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+}
+
+/// Something that happened to a contact that triggers, goals and
+/// unenrollment toggles react to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// First time the module sees the contact.
+    ContactCreated {
+        /// Lead Source at creation.
+        source: Option<String>,
+    },
+    /// Status flipped Lead → Patient.
+    BecamePatient,
+    /// An appointment was booked; `was_patient` tells rebook from first booking.
+    AppointmentBooked {
+        /// Status was already Patient before this booking.
+        was_patient: bool,
+    },
+    /// A form was submitted.
+    FormSubmitted {
+        /// The form.
+        form_id: String,
+    },
+    /// Joined a list.
+    ListJoined {
+        /// The list.
+        list_id: String,
+    },
+    /// Left a list.
+    ListLeft {
+        /// The list.
+        list_id: String,
+    },
+    /// A property changed.
+    PropertyChanged {
+        /// The property.
+        property: String,
+        /// Its new value (`null` when cleared).
+        new_value: Value,
+    },
+    /// An email was opened or clicked.
+    EmailEngaged {
+        /// True for a click, false for an open.
+        clicked: bool,
+        /// The email asset.
+        asset_id: Option<String>,
+        /// The enrollment whose message it was.
+        enrollment_id: Option<i64>,
+    },
+    /// A non-keyword SMS reply.
+    SmsReplied {
+        /// The SMS asset replied to.
+        asset_id: Option<String>,
+    },
+    /// An email reply.
+    EmailReplied {
+        /// The enrollment whose message was answered.
+        enrollment_id: Option<i64>,
+    },
+    /// The contact opted out of SMS (a STOP reply or the host's opt-out).
+    SmsOptedOut,
+    /// The contact opted out of everything.
+    GlobalOptOut,
+    /// A review was attached.
+    ReviewSubmitted,
+    /// Insurance verification flipped to Verified.
+    VerificationComplete,
+    /// The portal account became active.
+    PortalActivated,
+    /// A page visit.
+    PageVisited,
+    /// Contact-initiated activity after more than 90 days of none.
+    Reactivated,
+}

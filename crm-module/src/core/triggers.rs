@@ -1,0 +1,140 @@
+//! Matching signals against the enrollment triggers of active automations
+//! (SPEC §2.2), after goals and unenrollment toggles have had their turn.
+
+use serde_json::json;
+
+use super::enrollment::{self, Enrollment};
+use super::log::Entry as Log;
+use super::{Ctx, MAX_CASCADE, Signal, goals};
+use crate::error::Result;
+use crate::model::automation::{EmailEngagement, Trigger};
+use crate::model::contact::value_matches;
+
+/// Folds a lead source for comparison: "Website form" == "website_form".
+pub fn fold_source(s: &str) -> String {
+    s.trim().to_lowercase().replace([' ', '-'], "_")
+}
+
+/// Whether `signal` fires `trigger`; returns the once-only mark if the trigger has one.
+pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str>> {
+    let hit = match (trigger, signal) {
+        (Trigger::ContactCreated { source }, Signal::ContactCreated { source: got }) => {
+            return match source {
+                None => Some(Some("created")),
+                Some(want) => got
+                    .as_deref()
+                    .is_some_and(|g| fold_source(g) == fold_source(want))
+                    .then_some(Some("created")),
+            };
+        }
+        (Trigger::StatusChangedToPatient, Signal::BecamePatient) => return Some(Some("patient")),
+        (Trigger::FormSubmitted { form_id }, Signal::FormSubmitted { form_id: got }) => {
+            form_id.as_ref().is_none_or(|f| f == got)
+        }
+        (Trigger::AddedToList { list_id }, Signal::ListJoined { list_id: got }) => list_id == got,
+        (Trigger::RemovedFromList { list_id }, Signal::ListLeft { list_id: got }) => list_id == got,
+        (
+            Trigger::PropertyChanged {
+                property,
+                new_value,
+            },
+            Signal::PropertyChanged {
+                property: p,
+                new_value: v,
+            },
+        ) => property == p && new_value.as_ref().is_none_or(|want| value_matches(v, want)),
+        (
+            Trigger::EmailEngagement {
+                engagement,
+                email_id,
+            },
+            Signal::EmailEngaged {
+                clicked, asset_id, ..
+            },
+        ) => {
+            let kind_ok = match engagement {
+                EmailEngagement::Opened => !clicked,
+                EmailEngagement::Clicked => *clicked,
+                EmailEngagement::Either => true,
+            };
+            kind_ok
+                && email_id
+                    .as_ref()
+                    .is_none_or(|want| asset_id.as_deref() == Some(want.as_str()))
+        }
+        (Trigger::SmsReply { sms_id }, Signal::SmsReplied { asset_id }) => sms_id
+            .as_ref()
+            .is_none_or(|want| asset_id.as_deref() == Some(want.as_str())),
+        _ => false,
+    };
+    hit.then_some(None)
+}
+
+/// Reacts to signals about one contact: goals, unenrollment toggles, then triggers.
+pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<()> {
+    if signals.is_empty() {
+        return Ok(());
+    }
+    goals::evaluate(ctx, contact_id, signals)?;
+    unenroll(ctx, contact_id, signals)?;
+    if ctx.depth >= MAX_CASCADE {
+        return Log {
+            detail: Some(json!({"depth": ctx.depth})),
+            ..Log::new("cascade_limited", contact_id)
+        }
+        .write(ctx.conn, ctx.now);
+    }
+    ctx.depth += 1;
+    let catalog = ctx.catalog;
+    let result = (|| {
+        for entry in catalog.active() {
+            for s in signals {
+                if let Some(mark) = matches(&entry.current.def.trigger, s) {
+                    let cause = entry.current.def.trigger.kind_id();
+                    enrollment::enroll(ctx, entry, contact_id, mark, cause)?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })();
+    ctx.depth -= 1;
+    result
+}
+
+fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<()> {
+    let catalog = ctx.catalog;
+    for s in signals {
+        type Pick<'c> = Box<dyn Fn(&Enrollment) -> bool + 'c>;
+        let (reason, pick): (&str, Pick<'_>) = match s {
+            Signal::GlobalOptOut => ("global_opt_out", Box::new(|_| true)),
+            Signal::SmsOptedOut => (
+                "sms_opt_out",
+                Box::new(|e: &Enrollment| {
+                    catalog
+                        .get(&e.automation_id)
+                        .is_some_and(|a| a.current.def.unenrollment.sms_opt_out)
+                }),
+            ),
+            Signal::EmailReplied { enrollment_id } => {
+                let only = *enrollment_id;
+                (
+                    "email_reply",
+                    Box::new(move |e: &Enrollment| {
+                        only.is_none_or(|id| id == e.id)
+                            && catalog
+                                .get(&e.automation_id)
+                                .is_some_and(|a| a.current.def.unenrollment.email_reply)
+                    }),
+                )
+            }
+            _ => continue,
+        };
+        for e in enrollment::of_contact(ctx.conn, contact_id, "state = 'active'", i64::MIN)? {
+            if pick(&e) {
+                enrollment::exit(ctx, &e, reason)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,563 @@
+//! Events the host pushes (SPEC §1, issue 2 §3).
+//!
+//! Every event is a JSON object with the host's own `event_id` (idempotency:
+//! a duplicate has no second effect), a `type`, an optional `occurred_at`
+//! (RFC 3339, the host's time; used to ignore stale contact updates) and the
+//! fields of its type. [`IncomingEvent::parse`] validates structure and sizes;
+//! the core then validates against state (unknown contacts, unknown messages).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clock::{Millis, parse_rfc3339};
+use crate::error::{Error, Result, parse_json};
+use crate::model::contact::{normalize_properties, validate_id};
+
+/// Largest accepted single event, in bytes.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// Largest accepted batch, in bytes.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Whether a contact upsert replaces the record or patches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsertMode {
+    /// Only the properties present change; `null` clears one.
+    #[default]
+    Partial,
+    /// The record becomes exactly the properties given.
+    Full,
+}
+
+/// An appointment as the host sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Appointment {
+    /// The host's appointment id.
+    pub id: String,
+    /// The contact.
+    pub contact_id: String,
+    /// Start time, RFC 3339.
+    #[serde(default)]
+    pub starts_at: Option<String>,
+    /// Provider id.
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// Clinic id.
+    #[serde(default)]
+    pub clinic_id: Option<String>,
+}
+
+/// A form submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FormSubmission {
+    /// Submission id.
+    pub id: String,
+    /// Form id.
+    pub form_id: String,
+    /// Form name as the practice calls it.
+    pub form_name: String,
+    /// The contact.
+    pub contact_id: String,
+    /// Answers, by question id.
+    #[serde(default)]
+    pub answers: Map<String, Value>,
+}
+
+/// A review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    /// Review id.
+    pub id: String,
+    /// The contact.
+    pub contact_id: String,
+    /// Where it came from.
+    pub source: ReviewSource,
+    /// Stars, 1–5.
+    #[serde(default)]
+    pub rating: Option<u8>,
+}
+
+/// Where a review came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewSource {
+    /// Google.
+    Google,
+    /// The practice's own review form.
+    Internal,
+    /// The intake form.
+    IntakeForm,
+}
+
+/// Insurance verification states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationStatus {
+    /// Waiting.
+    Pending,
+    /// Verified.
+    Verified,
+    /// Verification failed.
+    Failed,
+}
+
+/// Delivery outcomes reported by the host's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Accepted by the receiving server.
+    Delivered,
+    /// Bounced (see `bounce`).
+    Bounced,
+    /// An internal failure in the host's channel (API error, rate limit).
+    Failed,
+}
+
+/// Hard or soft bounce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceKind {
+    /// Invalid recipient.
+    Hard,
+    /// Mailbox full, server error.
+    Soft,
+}
+
+/// Opt-out scope of an account-level opt-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutChannel {
+    /// Email only.
+    Email,
+    /// SMS only.
+    Sms,
+    /// Every channel: a global opt-out, which also ends every enrollment.
+    All,
+}
+
+/// The body of an event, by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum EventBody {
+    /// A contact was created or changed in the host. `contact` holds `id` and properties.
+    #[serde(rename = "contact.upserted")]
+    ContactUpserted {
+        /// `id` plus properties.
+        contact: Map<String, Value>,
+        /// Partial (default) or full.
+        #[serde(default)]
+        mode: UpsertMode,
+        /// Why subscriptions changed, for the audit log (e.g. `staff`, `import`).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// An appointment was booked.
+    #[serde(rename = "appointment.booked")]
+    AppointmentBooked {
+        /// The appointment.
+        appointment: Appointment,
+    },
+    /// An appointment moved.
+    #[serde(rename = "appointment.rescheduled")]
+    AppointmentRescheduled {
+        /// The appointment.
+        appointment: Appointment,
+    },
+    /// An appointment was cancelled.
+    #[serde(rename = "appointment.cancelled")]
+    AppointmentCancelled {
+        /// The appointment.
+        appointment: Appointment,
+    },
+    /// The patient came.
+    #[serde(rename = "appointment.completed")]
+    AppointmentCompleted {
+        /// The appointment.
+        appointment: Appointment,
+    },
+    /// The patient did not come.
+    #[serde(rename = "appointment.no_show")]
+    AppointmentNoShow {
+        /// The appointment.
+        appointment: Appointment,
+    },
+    /// A form was submitted.
+    #[serde(rename = "form.submitted")]
+    FormSubmitted {
+        /// The submission.
+        submission: FormSubmission,
+    },
+    /// A review was attached to a contact.
+    #[serde(rename = "review.submitted")]
+    ReviewSubmitted {
+        /// The review.
+        review: Review,
+    },
+    /// Insurance verification changed.
+    #[serde(rename = "insurance.verification")]
+    InsuranceVerification {
+        /// The contact.
+        contact_id: String,
+        /// New status.
+        status: VerificationStatus,
+    },
+    /// The patient portal account became active.
+    #[serde(rename = "portal.activated")]
+    PortalActivated {
+        /// The contact.
+        contact_id: String,
+    },
+    /// A tracked page was visited.
+    #[serde(rename = "page.visited")]
+    PageVisited {
+        /// The contact.
+        contact_id: String,
+        /// A page id or path (no query strings: they may carry patient data).
+        page: String,
+    },
+    /// A module email was opened.
+    #[serde(rename = "email.opened")]
+    EmailOpened {
+        /// The message's idempotency key.
+        message_key: String,
+    },
+    /// A link in a module email was clicked.
+    #[serde(rename = "email.clicked")]
+    EmailClicked {
+        /// The message's idempotency key.
+        message_key: String,
+    },
+    /// The contact replied to a module email.
+    #[serde(rename = "email.replied")]
+    EmailReplied {
+        /// The message's idempotency key.
+        message_key: String,
+    },
+    /// An inbound SMS.
+    #[serde(rename = "sms.received")]
+    SmsReceived {
+        /// The contact, when the host knows it.
+        #[serde(default)]
+        contact_id: Option<String>,
+        /// The sender's number, used when `contact_id` is absent.
+        #[serde(default)]
+        from: Option<String>,
+        /// The text.
+        body: String,
+        /// The module message it answers, when the host knows it.
+        #[serde(default)]
+        in_reply_to: Option<String>,
+    },
+    /// What happened to a message the host sent.
+    #[serde(rename = "delivery.receipt")]
+    DeliveryReceipt {
+        /// The message's idempotency key.
+        message_key: String,
+        /// Outcome.
+        status: DeliveryStatus,
+        /// For bounces: hard or soft.
+        #[serde(default)]
+        bounce: Option<BounceKind>,
+    },
+    /// An account-level opt-out recorded by the host.
+    #[serde(rename = "contact.opted_out")]
+    ContactOptedOut {
+        /// The contact.
+        contact_id: String,
+        /// Which channels.
+        channel: OptOutChannel,
+        /// Why (e.g. `unsubscribe_link`, `staff`).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// One pushed event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncomingEvent {
+    /// The host's id of this event (idempotency key of ingestion).
+    pub event_id: String,
+    /// When it happened in the host, RFC 3339.
+    #[serde(default)]
+    pub occurred_at: Option<String>,
+    /// Type and fields.
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// A validated event ready for the core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The host's event id.
+    pub event_id: String,
+    /// Host time, if given.
+    pub occurred_at: Option<Millis>,
+    /// Type and fields; contact properties already normalized.
+    pub body: EventBody,
+}
+
+impl Event {
+    /// The event's `type` string.
+    pub fn type_name(&self) -> &'static str {
+        match &self.body {
+            EventBody::ContactUpserted { .. } => "contact.upserted",
+            EventBody::AppointmentBooked { .. } => "appointment.booked",
+            EventBody::AppointmentRescheduled { .. } => "appointment.rescheduled",
+            EventBody::AppointmentCancelled { .. } => "appointment.cancelled",
+            EventBody::AppointmentCompleted { .. } => "appointment.completed",
+            EventBody::AppointmentNoShow { .. } => "appointment.no_show",
+            EventBody::FormSubmitted { .. } => "form.submitted",
+            EventBody::ReviewSubmitted { .. } => "review.submitted",
+            EventBody::InsuranceVerification { .. } => "insurance.verification",
+            EventBody::PortalActivated { .. } => "portal.activated",
+            EventBody::PageVisited { .. } => "page.visited",
+            EventBody::EmailOpened { .. } => "email.opened",
+            EventBody::EmailClicked { .. } => "email.clicked",
+            EventBody::EmailReplied { .. } => "email.replied",
+            EventBody::SmsReceived { .. } => "sms.received",
+            EventBody::DeliveryReceipt { .. } => "delivery.receipt",
+            EventBody::ContactOptedOut { .. } => "contact.opted_out",
+        }
+    }
+
+    /// Parses and validates one event from JSON text.
+    pub fn parse(text: &str) -> Result<Event> {
+        if text.len() > MAX_EVENT_BYTES {
+            return Err(Error::TooLarge(format!(
+                "an event is limited to {MAX_EVENT_BYTES} bytes"
+            )));
+        }
+        let raw: IncomingEvent = parse_json(text)?;
+        Event::validate(raw)
+    }
+
+    /// Parses a JSON array of events; the whole batch is refused if one is invalid.
+    pub fn parse_batch(text: &str) -> Result<Vec<Event>> {
+        if text.len() > MAX_BATCH_BYTES {
+            return Err(Error::TooLarge(format!(
+                "a batch is limited to {MAX_BATCH_BYTES} bytes"
+            )));
+        }
+        let items: Vec<Value> = parse_json(text)?;
+        if items.len() > MAX_BATCH_EVENTS {
+            return Err(Error::TooLarge(format!(
+                "a batch is limited to {MAX_BATCH_EVENTS} events"
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let raw: IncomingEvent =
+                crate::error::from_value(item).map_err(|e| e.at(&format!("events[{i}]")))?;
+            let ev = Event::validate(raw).map_err(|e| e.at(&format!("events[{i}]")))?;
+            if !seen.insert(ev.event_id.clone()) {
+                // The same id twice in one batch: the second is a duplicate, kept so
+                // that the result reports it as such.
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Validates structure, ids and sizes; normalizes contact properties.
+    pub fn validate(raw: IncomingEvent) -> Result<Event> {
+        validate_id("event_id", &raw.event_id)?;
+        let occurred_at = match &raw.occurred_at {
+            Some(s) => {
+                Some(parse_rfc3339(s).map_err(|m| Error::invalid(format!("occurred_at: {m}")))?)
+            }
+            None => None,
+        };
+        let mut body = raw.body;
+        match &mut body {
+            EventBody::ContactUpserted {
+                contact, reason, ..
+            } => {
+                let id = match contact.remove("id") {
+                    Some(Value::String(s)) => s,
+                    _ => return Err(Error::invalid("contact.id: required string")),
+                };
+                validate_id("contact.id", &id)?;
+                let props =
+                    normalize_properties(std::mem::take(contact)).map_err(|e| e.at("contact"))?;
+                *contact = props;
+                contact.insert("id".into(), Value::String(id));
+                if let Some(r) = reason {
+                    validate_id("reason", r)?;
+                }
+            }
+            EventBody::AppointmentBooked { appointment }
+            | EventBody::AppointmentRescheduled { appointment }
+            | EventBody::AppointmentCancelled { appointment }
+            | EventBody::AppointmentCompleted { appointment }
+            | EventBody::AppointmentNoShow { appointment } => {
+                validate_id("appointment.id", &appointment.id)?;
+                validate_id("appointment.contact_id", &appointment.contact_id)?;
+                if let Some(s) = &appointment.starts_at {
+                    parse_rfc3339(s)
+                        .map_err(|m| Error::invalid(format!("appointment.starts_at: {m}")))?;
+                }
+                for (n, v) in [
+                    ("provider_id", &appointment.provider_id),
+                    ("clinic_id", &appointment.clinic_id),
+                ] {
+                    if let Some(v) = v {
+                        validate_id(&format!("appointment.{n}"), v)?;
+                    }
+                }
+            }
+            EventBody::FormSubmitted { submission } => {
+                validate_id("submission.id", &submission.id)?;
+                validate_id("submission.form_id", &submission.form_id)?;
+                validate_id("submission.contact_id", &submission.contact_id)?;
+                let n = submission.form_name.trim();
+                if n.is_empty() || n.chars().count() > 200 {
+                    return Err(Error::invalid(
+                        "submission.form_name: must be 1 to 200 characters",
+                    ));
+                }
+                if Value::Object(submission.answers.clone()).to_string().len() > 64 * 1024 {
+                    return Err(Error::TooLarge(
+                        "submission.answers: limited to 64 KiB".into(),
+                    ));
+                }
+            }
+            EventBody::ReviewSubmitted { review } => {
+                validate_id("review.id", &review.id)?;
+                validate_id("review.contact_id", &review.contact_id)?;
+                if review.rating.is_some_and(|r| !(1..=5).contains(&r)) {
+                    return Err(Error::invalid("review.rating: must be 1 to 5"));
+                }
+            }
+            EventBody::InsuranceVerification { contact_id, .. }
+            | EventBody::PortalActivated { contact_id } => validate_id("contact_id", contact_id)?,
+            EventBody::PageVisited { contact_id, page } => {
+                validate_id("contact_id", contact_id)?;
+                if page.is_empty() || page.len() > 512 || page.contains('?') {
+                    return Err(Error::invalid(
+                        "page: a page id or path of 1 to 512 characters, without a query string",
+                    ));
+                }
+            }
+            EventBody::EmailOpened { message_key }
+            | EventBody::EmailClicked { message_key }
+            | EventBody::EmailReplied { message_key }
+            | EventBody::DeliveryReceipt { message_key, .. } => {
+                validate_id("message_key", message_key)?
+            }
+            EventBody::SmsReceived {
+                contact_id,
+                from,
+                body,
+                in_reply_to,
+            } => {
+                match (contact_id.as_ref(), from.as_ref()) {
+                    (Some(c), _) => validate_id("contact_id", c)?,
+                    (None, Some(f)) => {
+                        crate::model::contact::normalize_property(
+                            "phone",
+                            Value::String(f.clone()),
+                        )
+                        .map_err(|_| Error::invalid("from: must be a phone number"))?;
+                    }
+                    (None, None) => {
+                        return Err(Error::invalid("sms.received needs contact_id or from"));
+                    }
+                }
+                if body.chars().count() > 1600 {
+                    return Err(Error::TooLarge("body: limited to 1600 characters".into()));
+                }
+                if let Some(k) = in_reply_to {
+                    validate_id("in_reply_to", k)?;
+                }
+            }
+            EventBody::ContactOptedOut {
+                contact_id, reason, ..
+            } => {
+                validate_id("contact_id", contact_id)?;
+                if let Some(r) = reason {
+                    validate_id("reason", r)?;
+                }
+            }
+        }
+        if let EventBody::DeliveryReceipt {
+            status: DeliveryStatus::Bounced,
+            bounce: None,
+            ..
+        } = &body
+        {
+            return Err(Error::invalid(
+                "bounce: required (hard or soft) when status is bounced",
+            ));
+        }
+        Ok(Event {
+            event_id: raw.event_id,
+            occurred_at,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_normalizes() {
+        let e = Event::parse(
+            r#"{"event_id":"h1","type":"contact.upserted","occurred_at":"2026-01-05T09:00:00Z",
+                "contact":{"id":"c1","first_name":"Ann","status":"Lead","favorite":"teal"}}"#,
+        )
+        .unwrap();
+        let EventBody::ContactUpserted { contact, mode, .. } = &e.body else {
+            panic!()
+        };
+        assert_eq!(contact["status"], "lead");
+        assert_eq!(contact["favorite"], "teal");
+        assert_eq!(*mode, UpsertMode::Partial);
+        assert!(e.occurred_at.is_some());
+    }
+
+    #[test]
+    fn refuses_bad_events_with_clear_errors() {
+        let cases = [
+            (
+                r#"{"type":"portal.activated","contact_id":"c1"}"#,
+                "event_id",
+            ),
+            (r#"{"event_id":"x","type":"nope"}"#, "unknown variant"),
+            (
+                r#"{"event_id":"x","type":"contact.upserted","contact":{"first_name":"Ann"}}"#,
+                "contact.id",
+            ),
+            (
+                r#"{"event_id":"x","type":"page.visited","contact_id":"c1","page":"/a?ssn=1"}"#,
+                "query",
+            ),
+            (
+                r#"{"event_id":"x","type":"delivery.receipt","message_key":"k","status":"bounced"}"#,
+                "bounce",
+            ),
+            (
+                r#"{"event_id":"x","type":"sms.received","body":"hi"}"#,
+                "contact_id or from",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Event::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let e = Event::parse_batch(
+            r#"[{"event_id":"a","type":"portal.activated","contact_id":"c"},{"event_id":"b"}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("invalid input: events[1]"), "{e}");
+    }
+}

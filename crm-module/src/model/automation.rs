@@ -1,0 +1,1133 @@
+//! Automation definitions (SPEC §2): details, one trigger, a tree of steps.
+//!
+//! A definition is a versioned document: every save of an automation stores a
+//! new version, and every enrollment records the version it runs. Steps carry
+//! stable ids chosen by the builder (or assigned on create), which is what
+//! lets in-flight contacts follow an edit (see [`Flow::migrate_position`]).
+//!
+//! The canvas is a tree: `steps` is the main path; an If/then branch ends its
+//! chain and splits into a YES chain and a NO chain, each ending in its own
+//! End node.
+
+use std::collections::HashMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::contact::{normalize_property, validate_id};
+use crate::schedule::{BirthdayOffset, RunWindow};
+
+/// Lifecycle state of an automation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AutomationStatus {
+    /// Saved but never activated.
+    Draft,
+    /// Enrolling and running.
+    Active,
+    /// Paused: no new enrollments; in-flight contacts hold at their step until reactivated.
+    Inactive,
+}
+
+impl AutomationStatus {
+    /// The value stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutomationStatus::Draft => "draft",
+            AutomationStatus::Active => "active",
+            AutomationStatus::Inactive => "inactive",
+        }
+    }
+
+    /// Parses a stored value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "draft" => Some(AutomationStatus::Draft),
+            "active" => Some(AutomationStatus::Active),
+            "inactive" => Some(AutomationStatus::Inactive),
+            _ => None,
+        }
+    }
+
+    /// The label the UI shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            AutomationStatus::Draft => "Draft",
+            AutomationStatus::Active => "Active",
+            AutomationStatus::Inactive => "Inactive",
+        }
+    }
+}
+
+/// The seven automation goals (SPEC §2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GoalKind {
+    /// First appointment, any provider: Status flips Lead → Patient.
+    BookAppointment,
+    /// An existing Patient books another appointment after enrolling.
+    RebookAppointment,
+    /// A contact whose last contact-initiated activity is over 90 days old does something again.
+    PatientReactivation,
+    /// A review is attached to the contact.
+    ReviewSubmitted,
+    /// Insurance verification flips to Verified.
+    VerificationComplete,
+    /// The patient portal account becomes active.
+    PortalActivated,
+    /// Any open, click, reply, form submission or page visit.
+    Engagement,
+}
+
+impl GoalKind {
+    /// All goals, in the order the UI lists them.
+    pub const ALL: [GoalKind; 7] = [
+        GoalKind::BookAppointment,
+        GoalKind::RebookAppointment,
+        GoalKind::PatientReactivation,
+        GoalKind::ReviewSubmitted,
+        GoalKind::VerificationComplete,
+        GoalKind::PortalActivated,
+        GoalKind::Engagement,
+    ];
+
+    /// The label the UI shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            GoalKind::BookAppointment => "Book appointment",
+            GoalKind::RebookAppointment => "Rebook appointment",
+            GoalKind::PatientReactivation => "Patient reactivation",
+            GoalKind::ReviewSubmitted => "Review submitted",
+            GoalKind::VerificationComplete => "Verification complete",
+            GoalKind::PortalActivated => "Patient portal activated",
+            GoalKind::Engagement => "Engagement",
+        }
+    }
+
+    /// The stable id.
+    pub fn id(self) -> &'static str {
+        match self {
+            GoalKind::BookAppointment => "book_appointment",
+            GoalKind::RebookAppointment => "rebook_appointment",
+            GoalKind::PatientReactivation => "patient_reactivation",
+            GoalKind::ReviewSubmitted => "review_submitted",
+            GoalKind::VerificationComplete => "verification_complete",
+            GoalKind::PortalActivated => "portal_activated",
+            GoalKind::Engagement => "engagement",
+        }
+    }
+}
+
+/// Unenrollment toggles (SPEC §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unenrollment {
+    /// Exit as soon as the goal is reached (off by default).
+    #[serde(default)]
+    pub goal_met: bool,
+    /// Exit when the contact replies to an email.
+    #[serde(default)]
+    pub email_reply: bool,
+    /// Exit when the contact replies STOP (or another opt-out keyword) by SMS.
+    #[serde(default = "yes")]
+    pub sms_opt_out: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Unenrollment {
+    fn default() -> Self {
+        Unenrollment {
+            goal_met: false,
+            email_reply: false,
+            sms_opt_out: true,
+        }
+    }
+}
+
+/// Email engagement kinds of the Email engagement trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailEngagement {
+    /// An open (tracking pixel).
+    Opened,
+    /// A click on a tracked link.
+    Clicked,
+    /// Either an open or a click.
+    Either,
+}
+
+/// The enrollment trigger: 10 criteria in 5 themes (SPEC §2.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// Lifecycle: the first time the module sees a contact. `source` narrows by
+    /// Lead Source (`website_form`, `walk_in`, `manual_entry`, `import`, or a
+    /// host-defined value); absent means any source.
+    ContactCreated {
+        /// Lead Source to match, or none for any.
+        #[serde(default)]
+        source: Option<String>,
+    },
+    /// Lifecycle: Status flips Lead → Patient.
+    StatusChangedToPatient,
+    /// Forms & lists: a form submission; `form_id` absent means any form.
+    FormSubmitted {
+        /// The form to watch, or none for any.
+        #[serde(default)]
+        form_id: Option<String>,
+    },
+    /// Forms & lists: the contact joins the list.
+    AddedToList {
+        /// The list to watch.
+        list_id: String,
+    },
+    /// Forms & lists: the contact leaves the list.
+    RemovedFromList {
+        /// The list to watch.
+        list_id: String,
+    },
+    /// Properties: a property changes; `new_value` narrows to a change to that value.
+    PropertyChanged {
+        /// The property to watch.
+        property: String,
+        /// Only fire when the new value is this one.
+        #[serde(default)]
+        new_value: Option<Value>,
+    },
+    /// Engagement: an open and/or click on a marketing email.
+    EmailEngagement {
+        /// What counts as engaged.
+        engagement: EmailEngagement,
+        /// The email (template id) to watch, or none for any marketing email.
+        #[serde(default)]
+        email_id: Option<String>,
+    },
+    /// Engagement: an SMS reply that is not an opt-out keyword.
+    SmsReply {
+        /// The SMS (template id) to watch, or none for any marketing SMS.
+        #[serde(default)]
+        sms_id: Option<String>,
+    },
+    /// Date-based: yearly around the contact's date of birth.
+    Birthday {
+        /// When, relative to the birthday.
+        offset: BirthdayOffset,
+    },
+    /// Date-based: Last Activity older than `days`.
+    InactiveForDays {
+        /// Days without activity (default 90).
+        #[serde(default = "ninety")]
+        days: u32,
+    },
+}
+
+fn ninety() -> u32 {
+    90
+}
+
+impl Trigger {
+    /// True for the date-based triggers, which are evaluated once per practice day.
+    pub fn is_date_based(&self) -> bool {
+        matches!(
+            self,
+            Trigger::Birthday { .. } | Trigger::InactiveForDays { .. }
+        )
+    }
+
+    /// The stable id of the criterion.
+    pub fn kind_id(&self) -> &'static str {
+        match self {
+            Trigger::ContactCreated { .. } => "contact_created",
+            Trigger::StatusChangedToPatient => "status_changed_to_patient",
+            Trigger::FormSubmitted { .. } => "form_submitted",
+            Trigger::AddedToList { .. } => "added_to_list",
+            Trigger::RemovedFromList { .. } => "removed_from_list",
+            Trigger::PropertyChanged { .. } => "property_changed",
+            Trigger::EmailEngagement { .. } => "email_engagement",
+            Trigger::SmsReply { .. } => "sms_reply",
+            Trigger::Birthday { .. } => "birthday",
+            Trigger::InactiveForDays { .. } => "inactive_for_days",
+        }
+    }
+}
+
+/// Unit of a Delay step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayUnit {
+    /// Minutes.
+    Minutes,
+    /// Hours.
+    Hours,
+    /// Days.
+    Days,
+    /// Weeks.
+    Weeks,
+}
+
+impl DelayUnit {
+    /// Length of one unit in milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            DelayUnit::Minutes => crate::clock::MINUTE,
+            DelayUnit::Hours => crate::clock::HOUR,
+            DelayUnit::Days => crate::clock::DAY,
+            DelayUnit::Weeks => 7 * crate::clock::DAY,
+        }
+    }
+}
+
+/// Who a Create task step assigns the task to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Assignee {
+    /// A named staff member.
+    Staff {
+        /// Staff id in the host.
+        id: String,
+        /// Display name.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Whoever owns the contact when the step runs.
+    ContactOwner,
+    /// A shared queue such as `front_desk`.
+    Queue {
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// Email sender identity override of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SenderOverride {
+    /// Display name.
+    #[serde(default)]
+    pub from_name: Option<String>,
+    /// From address.
+    #[serde(default)]
+    pub from_address: Option<String>,
+    /// Reply-to address.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+/// The seven properties Set property may write (SPEC §2.3 decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SettableProperty {
+    /// `lead` or `patient`.
+    Status,
+    /// A lead source.
+    LeadSource,
+    /// `{ "id", "name" }` of a staff member.
+    Owner,
+    /// `{ "id", "name" }` of a provider.
+    Provider,
+    /// `{ "add": [..], "remove": [..] }`.
+    Tags,
+    /// Only `unsubscribed`: automations may not re-subscribe.
+    SmsSubscription,
+    /// Only `unsubscribed`: automations may not re-subscribe.
+    EmailSubscription,
+}
+
+impl SettableProperty {
+    /// The contact property it writes.
+    pub fn property(self) -> &'static str {
+        match self {
+            SettableProperty::Status => "status",
+            SettableProperty::LeadSource => "lead_source",
+            SettableProperty::Owner => "owner",
+            SettableProperty::Provider => "provider",
+            SettableProperty::Tags => "tags",
+            SettableProperty::SmsSubscription => "sms_subscription",
+            SettableProperty::EmailSubscription => "email_subscription",
+        }
+    }
+}
+
+/// Comparison of a property condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareOp {
+    /// Equal (case-insensitive for text; membership for tags).
+    Equals,
+    /// Not equal.
+    NotEquals,
+    /// Text contains (case-insensitive) or list contains.
+    Contains,
+    /// Numerically greater.
+    GreaterThan,
+    /// Numerically smaller.
+    LessThan,
+    /// Has a value.
+    IsSet,
+    /// Has no value.
+    IsNotSet,
+}
+
+/// Engagement with an earlier step, for If/then conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepEngagement {
+    /// The message of that step was opened.
+    Opened,
+    /// A link in it was clicked.
+    Clicked,
+    /// The contact replied to it.
+    Replied,
+}
+
+/// An If/then condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Condition {
+    /// A contact property compared with a value.
+    Property {
+        /// Property name (known or custom).
+        property: String,
+        /// Comparison.
+        op: CompareOp,
+        /// Value to compare with (not used by is_set / is_not_set).
+        #[serde(default)]
+        value: Option<Value>,
+    },
+    /// Membership of a static list.
+    ListMembership {
+        /// The list.
+        list_id: String,
+        /// True: is a member; false: is not.
+        #[serde(default = "yes")]
+        member: bool,
+    },
+    /// Engagement with an earlier message step of this automation.
+    StepEngagement {
+        /// The earlier step.
+        step_id: String,
+        /// The engagement looked for.
+        engagement: StepEngagement,
+    },
+    /// Whether this enrollment has reached the automation's goal.
+    GoalReached,
+    /// All of the conditions hold.
+    All {
+        /// The conditions.
+        conditions: Vec<Condition>,
+    },
+    /// Any of the conditions holds.
+    Any {
+        /// The conditions.
+        conditions: Vec<Condition>,
+    },
+}
+
+/// A step on the canvas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Step {
+    /// Stable id, unique within the automation across versions.
+    #[serde(default)]
+    pub id: String,
+    /// Title on the canvas card; a default is derived from the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the step does.
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+/// The step types of SPEC §2.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    /// Send an email (a saved template, or inline content).
+    SendEmail {
+        /// Saved email template (asset) id.
+        #[serde(default)]
+        template_id: Option<String>,
+        /// Subject (inline content).
+        #[serde(default)]
+        subject: String,
+        /// Preheader (inline content).
+        #[serde(default)]
+        preheader: String,
+        /// Body (inline content).
+        #[serde(default)]
+        body: String,
+        /// Sender identity override.
+        #[serde(default)]
+        sender: Option<SenderOverride>,
+    },
+    /// Send an SMS.
+    SendSms {
+        /// Saved SMS template (asset) id.
+        #[serde(default)]
+        template_id: Option<String>,
+        /// Message text (inline content).
+        #[serde(default)]
+        message: String,
+        /// Sender number override.
+        #[serde(default)]
+        sender_number: Option<String>,
+    },
+    /// Wait.
+    Delay {
+        /// How many units.
+        amount: u32,
+        /// The unit.
+        unit: DelayUnit,
+    },
+    /// If/then: YES and NO paths, each ending.
+    Branch {
+        /// The condition.
+        condition: Condition,
+        /// Steps when the condition holds.
+        #[serde(default)]
+        yes: Vec<Step>,
+        /// Steps when it does not.
+        #[serde(default)]
+        no: Vec<Step>,
+    },
+    /// Drop a task in the host's queue.
+    CreateTask {
+        /// Task title.
+        title: String,
+        /// Who gets it.
+        assignee: Assignee,
+        /// Due this many minutes after the step runs.
+        #[serde(default)]
+        due_in_minutes: u32,
+    },
+    /// Write a property back to the host's contact record.
+    SetProperty {
+        /// Which property.
+        property: SettableProperty,
+        /// The value (for tags: `{ "add": [...], "remove": [...] }`).
+        value: Value,
+    },
+    /// Add the contact to a static list.
+    AddToList {
+        /// The list.
+        list_id: String,
+    },
+}
+
+impl StepKind {
+    /// The stable id of the step type.
+    pub fn type_id(&self) -> &'static str {
+        match self {
+            StepKind::SendEmail { .. } => "send_email",
+            StepKind::SendSms { .. } => "send_sms",
+            StepKind::Delay { .. } => "delay",
+            StepKind::Branch { .. } => "branch",
+            StepKind::CreateTask { .. } => "create_task",
+            StepKind::SetProperty { .. } => "set_property",
+            StepKind::AddToList { .. } => "add_to_list",
+        }
+    }
+
+    /// The label of the step type in the palette.
+    pub fn type_label(&self) -> &'static str {
+        match self {
+            StepKind::SendEmail { .. } => "Send email",
+            StepKind::SendSms { .. } => "Send SMS",
+            StepKind::Delay { .. } => "Delay",
+            StepKind::Branch { .. } => "If / then branch",
+            StepKind::CreateTask { .. } => "Create task",
+            StepKind::SetProperty { .. } => "Set property",
+            StepKind::AddToList { .. } => "Add to list",
+        }
+    }
+
+    /// The message channel of a communication step.
+    pub fn channel(&self) -> Option<&'static str> {
+        match self {
+            StepKind::SendEmail { .. } => Some("email"),
+            StepKind::SendSms { .. } => Some("sms"),
+            _ => None,
+        }
+    }
+}
+
+impl Step {
+    /// The title shown on the canvas: the given name, else derived from the type.
+    pub fn title(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match &self.kind {
+            StepKind::Delay { amount, unit } => {
+                let u = match unit {
+                    DelayUnit::Minutes => "minute",
+                    DelayUnit::Hours => "hour",
+                    DelayUnit::Days => "day",
+                    DelayUnit::Weeks => "week",
+                };
+                format!("Wait {amount} {u}{}", if *amount == 1 { "" } else { "s" })
+            }
+            StepKind::CreateTask { title, .. } => format!("Task: {title}"),
+            k => k.type_label().to_string(),
+        }
+    }
+}
+
+/// Maximum steps in one automation.
+pub const MAX_STEPS: usize = 200;
+/// Maximum branch nesting.
+pub const MAX_DEPTH: usize = 16;
+
+/// A whole automation definition: Details + Trigger + Build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationDefinition {
+    /// Name (kept in sync with the builder's title).
+    pub name: String,
+    /// Goal, optional.
+    #[serde(default)]
+    pub goal: Option<GoalKind>,
+    /// Goal lookback window in days after enrollment (default 30).
+    #[serde(default = "thirty")]
+    pub goal_lookback_days: u32,
+    /// Notes and context for the team.
+    #[serde(default)]
+    pub notes: String,
+    /// When the automation may run; absent takes the module-wide default at creation.
+    #[serde(default)]
+    pub run_window: Option<RunWindow>,
+    /// Unenrollment toggles.
+    #[serde(default)]
+    pub unenrollment: Unenrollment,
+    /// The one enrollment trigger.
+    pub trigger: Trigger,
+    /// The main path of the canvas.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+impl AutomationDefinition {
+    /// Validates the definition and assigns ids to steps that have none
+    /// (`s1`, `s2`, … skipping ids in use). Errors name the step by its path.
+    pub fn validate_and_assign_ids(&mut self) -> Result<()> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::invalid("name: must be 1 to 200 characters"));
+        }
+        self.name = name.to_string();
+        if self.notes.chars().count() > 5000 {
+            return Err(Error::invalid("notes: at most 5000 characters"));
+        }
+        if self.goal_lookback_days == 0 || self.goal_lookback_days > 365 {
+            return Err(Error::invalid("goal_lookback_days: must be 1 to 365"));
+        }
+        if let Some(w) = &self.run_window {
+            w.validate()
+                .map_err(|m| Error::invalid(format!("run_window: {m}")))?;
+        }
+        validate_trigger(&self.trigger)?;
+        let mut used: Vec<String> = Vec::new();
+        collect_ids(&self.steps, &mut used);
+        let mut seen = std::collections::HashSet::new();
+        for id in used.iter().filter(|i| !i.is_empty()) {
+            validate_id("step id", id)?;
+            if !seen.insert(id.clone()) {
+                return Err(Error::invalid(format!("steps: duplicate step id {id}")));
+            }
+        }
+        let mut next = 1usize;
+        assign_ids(&mut self.steps, &mut seen, &mut next);
+        let total = seen.len();
+        if total > MAX_STEPS {
+            return Err(Error::TooLarge(format!("steps: at most {MAX_STEPS} steps")));
+        }
+        validate_chain(&self.steps, "steps", 0)?;
+        // Conditions may refer to earlier steps only by known ids.
+        let ids: Vec<&str> = seen.iter().map(String::as_str).collect();
+        check_condition_refs(&self.steps, &ids)
+    }
+
+    /// The run window, falling back to `default`.
+    pub fn window<'a>(&'a self, default: &'a RunWindow) -> &'a RunWindow {
+        self.run_window.as_ref().unwrap_or(default)
+    }
+}
+
+fn validate_trigger(t: &Trigger) -> Result<()> {
+    let loc = |e: Error| e.at("trigger");
+    match t {
+        Trigger::ContactCreated { source: Some(s) } if s.is_empty() || s.len() > 64 => {
+            Err(loc(Error::invalid("source: must be 1 to 64 characters")))
+        }
+        Trigger::FormSubmitted { form_id: Some(id) } => validate_id("form_id", id).map_err(loc),
+        Trigger::AddedToList { list_id } | Trigger::RemovedFromList { list_id } => {
+            validate_id("list_id", list_id).map_err(loc)
+        }
+        Trigger::PropertyChanged {
+            property,
+            new_value,
+        } => {
+            crate::model::contact::validate_key(property).map_err(loc)?;
+            if let Some(v) = new_value
+                && !crate::model::contact::DERIVED_PROPERTIES.contains(&property.as_str())
+            {
+                normalize_property(property, v.clone()).map_err(loc)?;
+            }
+            Ok(())
+        }
+        Trigger::EmailEngagement {
+            email_id: Some(id), ..
+        } => validate_id("email_id", id).map_err(loc),
+        Trigger::SmsReply { sms_id: Some(id) } => validate_id("sms_id", id).map_err(loc),
+        Trigger::InactiveForDays { days } if *days == 0 || *days > 3650 => {
+            Err(loc(Error::invalid("days: must be 1 to 3650")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn collect_ids(steps: &[Step], out: &mut Vec<String>) {
+    for s in steps {
+        out.push(s.id.clone());
+        if let StepKind::Branch { yes, no, .. } = &s.kind {
+            collect_ids(yes, out);
+            collect_ids(no, out);
+        }
+    }
+}
+
+fn assign_ids(steps: &mut [Step], used: &mut std::collections::HashSet<String>, next: &mut usize) {
+    for s in steps {
+        if s.id.is_empty() {
+            while used.contains(&format!("s{next}")) {
+                *next += 1;
+            }
+            s.id = format!("s{next}");
+            used.insert(s.id.clone());
+        }
+        if let StepKind::Branch { yes, no, .. } = &mut s.kind {
+            assign_ids(yes, used, next);
+            assign_ids(no, used, next);
+        }
+    }
+}
+
+fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::invalid(format!(
+            "{path}: branches nest at most {MAX_DEPTH} deep"
+        )));
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let here = format!("{path}[{i}] ({})", s.id);
+        if let Some(n) = &s.name
+            && (n.trim().is_empty() || n.chars().count() > 200)
+        {
+            return Err(Error::invalid(format!(
+                "{here}.name: must be 1 to 200 characters"
+            )));
+        }
+        let err = |m: &str| Err(Error::invalid(format!("{here}: {m}")));
+        match &s.kind {
+            StepKind::SendEmail {
+                template_id,
+                subject,
+                body,
+                ..
+            } => {
+                if template_id.is_none() && (subject.trim().is_empty() || body.trim().is_empty()) {
+                    return err("an email needs a template_id or a subject and a body");
+                }
+                if subject.chars().count() > 500 || body.len() > 512 * 1024 {
+                    return err("subject is limited to 500 characters and body to 512 KiB");
+                }
+            }
+            StepKind::SendSms {
+                template_id,
+                message,
+                sender_number,
+            } => {
+                if template_id.is_none() && message.trim().is_empty() {
+                    return err("an SMS needs a template_id or a message");
+                }
+                if message.chars().count() > 1600 {
+                    return err("message: at most 1600 characters");
+                }
+                if let Some(n) = sender_number {
+                    normalize_property("phone", Value::String(n.clone())).map_err(|_| {
+                        Error::invalid(format!("{here}.sender_number: must be a phone number"))
+                    })?;
+                }
+            }
+            StepKind::Delay { amount, unit } => {
+                let ms = (*amount as i64) * unit.millis();
+                if *amount == 0 || ms > 365 * crate::clock::DAY {
+                    return err("delay: amount must be at least 1 and at most 365 days in total");
+                }
+            }
+            StepKind::Branch { condition, yes, no } => {
+                if i + 1 != steps.len() {
+                    return err(
+                        "an If/then branch ends its path: put the following steps inside its YES or NO path",
+                    );
+                }
+                validate_condition(condition, &format!("{here}.condition"))?;
+                validate_chain(yes, &format!("{here}.yes"), depth + 1)?;
+                validate_chain(no, &format!("{here}.no"), depth + 1)?;
+            }
+            StepKind::CreateTask {
+                title,
+                assignee,
+                due_in_minutes,
+            } => {
+                if title.trim().is_empty() || title.chars().count() > 300 {
+                    return err("title: must be 1 to 300 characters");
+                }
+                if *due_in_minutes > 60 * 24 * 365 {
+                    return err("due_in_minutes: at most a year");
+                }
+                match assignee {
+                    Assignee::Staff { id, .. } => {
+                        validate_id("assignee.id", id).map_err(|e| e.at(&here))?
+                    }
+                    Assignee::Queue { name } if name.trim().is_empty() || name.len() > 100 => {
+                        return err("assignee.name: must be 1 to 100 characters");
+                    }
+                    _ => {}
+                }
+            }
+            StepKind::SetProperty { property, value } => {
+                validate_set_property(*property, value).map_err(|e| e.at(&here))?;
+            }
+            StepKind::AddToList { list_id } => {
+                validate_id("list_id", list_id).map_err(|e| e.at(&here))?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates the value of a Set property step.
+pub fn validate_set_property(property: SettableProperty, value: &Value) -> Result<()> {
+    match property {
+        SettableProperty::Tags => {
+            let Value::Object(o) = value else {
+                return Err(Error::invalid(
+                    "value: tags take {\"add\": [..], \"remove\": [..]}",
+                ));
+            };
+            if o.keys().any(|k| k != "add" && k != "remove") || o.is_empty() {
+                return Err(Error::invalid(
+                    "value: tags take {\"add\": [..], \"remove\": [..]}",
+                ));
+            }
+            for k in ["add", "remove"] {
+                if let Some(v) = o.get(k) {
+                    normalize_property("tags", v.clone()).map_err(|e| e.at("value"))?;
+                }
+            }
+            Ok(())
+        }
+        SettableProperty::SmsSubscription | SettableProperty::EmailSubscription => {
+            if value.as_str() != Some("unsubscribed") {
+                return Err(Error::invalid(
+                    "value: automations may only unsubscribe; re-subscribing needs the person's own action",
+                ));
+            }
+            Ok(())
+        }
+        p => normalize_property(p.property(), value.clone())
+            .map(|_| ())
+            .and_then(|_| {
+                if value.is_null() {
+                    Err(Error::invalid("value: required"))
+                } else {
+                    Ok(())
+                }
+            }),
+    }
+}
+
+fn validate_condition(c: &Condition, path: &str) -> Result<()> {
+    match c {
+        Condition::Property {
+            property,
+            op,
+            value,
+        } => {
+            crate::model::contact::validate_key(property).map_err(|e| e.at(path))?;
+            let needs_value = !matches!(op, CompareOp::IsSet | CompareOp::IsNotSet);
+            if needs_value && value.is_none() {
+                return Err(Error::invalid(format!(
+                    "{path}.value: required for this comparison"
+                )));
+            }
+            Ok(())
+        }
+        Condition::ListMembership { list_id, .. } => {
+            validate_id("list_id", list_id).map_err(|e| e.at(path))
+        }
+        Condition::StepEngagement { step_id, .. } => {
+            validate_id("step_id", step_id).map_err(|e| e.at(path))
+        }
+        Condition::GoalReached => Ok(()),
+        Condition::All { conditions } | Condition::Any { conditions } => {
+            if conditions.is_empty() || conditions.len() > 20 {
+                return Err(Error::invalid(format!(
+                    "{path}.conditions: 1 to 20 conditions"
+                )));
+            }
+            for (i, c) in conditions.iter().enumerate() {
+                validate_condition(c, &format!("{path}.conditions[{i}]"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_condition_refs(steps: &[Step], ids: &[&str]) -> Result<()> {
+    fn walk(c: &Condition, ids: &[&str], here: &str) -> Result<()> {
+        match c {
+            Condition::StepEngagement { step_id, .. } if !ids.contains(&step_id.as_str()) => {
+                Err(Error::invalid(format!(
+                    "{here}: condition refers to unknown step {step_id}"
+                )))
+            }
+            Condition::All { conditions } | Condition::Any { conditions } => {
+                conditions.iter().try_for_each(|c| walk(c, ids, here))
+            }
+            _ => Ok(()),
+        }
+    }
+    for s in steps {
+        if let StepKind::Branch { condition, yes, no } = &s.kind {
+            walk(condition, ids, &format!("step {}", s.id))?;
+            check_condition_refs(yes, ids)?;
+            check_condition_refs(no, ids)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a step sits in the tree: its chain and index in it.
+#[derive(Debug, Clone)]
+struct Position {
+    chain: usize,
+    index: usize,
+}
+
+/// Navigation index over a definition's step tree.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    chains: Vec<Vec<String>>,
+    positions: HashMap<String, Position>,
+    steps: HashMap<String, Step>,
+    branch_heads: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+impl Flow {
+    /// Builds the index of a (validated) definition.
+    pub fn new(def: &AutomationDefinition) -> Self {
+        let mut flow = Flow {
+            chains: Vec::new(),
+            positions: HashMap::new(),
+            steps: HashMap::new(),
+            branch_heads: HashMap::new(),
+        };
+        flow.add_chain(&def.steps);
+        flow
+    }
+
+    fn add_chain(&mut self, steps: &[Step]) -> usize {
+        let chain = self.chains.len();
+        self.chains
+            .push(steps.iter().map(|s| s.id.clone()).collect());
+        for (index, s) in steps.iter().enumerate() {
+            self.positions
+                .insert(s.id.clone(), Position { chain, index });
+            if let StepKind::Branch { yes, no, .. } = &s.kind {
+                let y = yes.first().map(|s| s.id.clone());
+                let n = no.first().map(|s| s.id.clone());
+                self.branch_heads.insert(s.id.clone(), (y, n));
+                self.add_chain(yes);
+                self.add_chain(no);
+            }
+            let mut shallow = s.clone();
+            if let StepKind::Branch { yes, no, .. } = &mut shallow.kind {
+                yes.clear();
+                no.clear();
+            }
+            self.steps.insert(s.id.clone(), shallow);
+        }
+        chain
+    }
+
+    /// The first step of the main path (None: the canvas is empty).
+    pub fn first(&self) -> Option<&str> {
+        self.chains
+            .first()
+            .and_then(|c| c.first())
+            .map(String::as_str)
+    }
+
+    /// A step by id (branches without their children).
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.get(id)
+    }
+
+    /// True when the step exists in this version.
+    pub fn contains(&self, id: &str) -> bool {
+        self.positions.contains_key(id)
+    }
+
+    /// The step after `id` in its chain (None: End of that path).
+    pub fn next_after(&self, id: &str) -> Option<&str> {
+        let p = self.positions.get(id)?;
+        self.chains[p.chain].get(p.index + 1).map(String::as_str)
+    }
+
+    /// The first step of a branch's YES or NO path (None: that path is empty and ends at once).
+    pub fn branch_head(&self, id: &str, yes: bool) -> Option<&str> {
+        let (y, n) = self.branch_heads.get(id)?;
+        if yes { y.as_deref() } else { n.as_deref() }
+    }
+
+    /// Where an in-flight contact at `step_id` of this (old) version continues in
+    /// `new`: the same step if it survived, else the next surviving step after it
+    /// on its old path, else End (None).
+    pub fn migrate_position(&self, step_id: &str, new: &Flow) -> Option<String> {
+        if new.contains(step_id) {
+            return Some(step_id.to_string());
+        }
+        let mut cur = self.next_after(step_id);
+        while let Some(id) = cur {
+            if new.contains(id) {
+                return Some(id.to_string());
+            }
+            cur = self.next_after(id);
+        }
+        None
+    }
+
+    /// All step ids in canvas order (depth first, YES before NO).
+    pub fn ordered_ids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.walk_chain(0, &mut out);
+        out
+    }
+
+    fn walk_chain(&self, chain: usize, out: &mut Vec<String>) {
+        let Some(ids) = self.chains.get(chain) else {
+            return;
+        };
+        for id in ids {
+            out.push(id.clone());
+            if let Some((y, n)) = self.branch_heads.get(id) {
+                for head in [y, n].into_iter().flatten() {
+                    if let Some(p) = self.positions.get(head) {
+                        self.walk_chain(p.chain, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn welcome() -> AutomationDefinition {
+        serde_json::from_value(json!({
+            "name": "New lead welcome series",
+            "goal": "book_appointment",
+            "trigger": {"type": "contact_created"},
+            "steps": [
+                {"type": "send_email", "subject": "Welcome", "body": "Hi {{firstname}}"},
+                {"type": "delay", "amount": 2, "unit": "days"},
+                {"type": "send_sms", "message": "Book with {{practice}}"},
+                {"type": "branch", "condition": {"type": "property", "property": "status", "op": "equals", "value": "patient"},
+                 "yes": [], "no": [{"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"}}]}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ids_are_assigned_and_flow_navigates() {
+        let mut d = welcome();
+        d.validate_and_assign_ids().unwrap();
+        let f = Flow::new(&d);
+        assert_eq!(f.first(), Some("s1"));
+        assert_eq!(f.next_after("s1"), Some("s2"));
+        assert_eq!(f.next_after("s4"), None);
+        assert_eq!(f.branch_head("s4", true), None);
+        assert_eq!(f.branch_head("s4", false), Some("s5"));
+        assert_eq!(f.next_after("s5"), None);
+        assert_eq!(f.ordered_ids(), vec!["s1", "s2", "s3", "s4", "s5"]);
+    }
+
+    #[test]
+    fn removed_step_continues_at_next_survivor() {
+        let mut old = welcome();
+        old.validate_and_assign_ids().unwrap();
+        let mut new = old.clone();
+        new.steps.remove(1); // drop the delay s2
+        new.steps.remove(1); // and the SMS s3
+        let (fo, fnew) = (Flow::new(&old), Flow::new(&new));
+        assert_eq!(fo.migrate_position("s1", &fnew).as_deref(), Some("s1"));
+        assert_eq!(fo.migrate_position("s2", &fnew).as_deref(), Some("s4"));
+        let mut tail = old.clone();
+        tail.steps.truncate(2);
+        assert_eq!(fo.migrate_position("s3", &Flow::new(&tail)), None);
+    }
+
+    #[test]
+    fn invalid_definitions_are_refused() {
+        let mut d = welcome();
+        d.steps.swap(2, 3);
+        let e = d.validate_and_assign_ids().unwrap_err().to_string();
+        assert!(e.contains("branch ends its path"), "{e}");
+
+        let mut d = welcome();
+        d.steps[0].id = "x".into();
+        d.steps[1].id = "x".into();
+        assert!(
+            d.validate_and_assign_ids()
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate")
+        );
+
+        let mut d = welcome();
+        d.steps.push(Step {
+            id: String::new(),
+            name: None,
+            kind: StepKind::SetProperty {
+                property: SettableProperty::EmailSubscription,
+                value: json!("subscribed"),
+            },
+        });
+        let mut d2 = d.clone();
+        d2.steps.swap(3, 4);
+        assert!(
+            d2.validate_and_assign_ids()
+                .unwrap_err()
+                .to_string()
+                .contains("only unsubscribe")
+        );
+
+        let mut d = welcome();
+        d.name = "  ".into();
+        assert!(d.validate_and_assign_ids().is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! Contacts mirrored from the host (SPEC §1).
+//!
+//! A contact is an id plus a map of properties. Known properties are validated
+//! against [`KNOWN_PROPERTIES`]; any other key is a custom property, kept and
+//! usable in filters, conditions and templates. Values are canonical JSON:
+//! `status` is `"lead"`/`"patient"`, subscriptions are
+//! `"subscribed"`/`"unsubscribed"`/`"unknown"`, dates are `YYYY-MM-DD`.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The type of a known contact property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropertyType {
+    /// Free text up to the given length.
+    Text(usize),
+    /// An email address.
+    Email,
+    /// A phone number as the host stores it.
+    Phone,
+    /// A calendar date `YYYY-MM-DD`.
+    Date,
+    /// One of a fixed set of values.
+    Choice(&'static [&'static str]),
+    /// A staff member `{ "id": "...", "name": "..." }`.
+    Staff,
+    /// A list of tags (strings).
+    Tags,
+    /// `true` / `false`.
+    Bool,
+    /// A non-negative integer.
+    Count,
+    /// A number (money, benefits).
+    Number,
+    /// An IANA time zone name.
+    TimeZone,
+}
+
+/// Contact status values.
+pub const STATUSES: &[&str] = &["lead", "patient"];
+/// Subscription values of the email and SMS channels.
+pub const SUBSCRIPTIONS: &[&str] = &["subscribed", "unsubscribed", "unknown"];
+/// Lead sources the UI offers; hosts may send others.
+pub const LEAD_SOURCES: &[&str] = &["website_form", "walk_in", "manual_entry", "import"];
+
+/// Every property the module understands, with its type.
+pub const KNOWN_PROPERTIES: &[(&str, PropertyType)] = &[
+    ("first_name", PropertyType::Text(200)),
+    ("last_name", PropertyType::Text(200)),
+    ("email", PropertyType::Email),
+    ("phone", PropertyType::Phone),
+    ("dob", PropertyType::Date),
+    ("status", PropertyType::Choice(STATUSES)),
+    ("lead_source", PropertyType::Text(64)),
+    ("owner", PropertyType::Staff),
+    ("provider", PropertyType::Staff),
+    ("sms_subscription", PropertyType::Choice(SUBSCRIPTIONS)),
+    ("email_subscription", PropertyType::Choice(SUBSCRIPTIONS)),
+    ("tags", PropertyType::Tags),
+    ("default_clinic", PropertyType::Text(200)),
+    ("default_practitioner", PropertyType::Text(200)),
+    ("marketing_only", PropertyType::Bool),
+    ("recall_scheduled", PropertyType::Bool),
+    ("no_show_count", PropertyType::Count),
+    ("balance", PropertyType::Number),
+    ("benefits_remaining", PropertyType::Number),
+    ("time_zone", PropertyType::TimeZone),
+];
+
+/// Properties the module computes itself; a host may read them in filters but
+/// not push them.
+pub const DERIVED_PROPERTIES: &[&str] = &[
+    "last_activity",
+    "created_at",
+    "age",
+    "insurance_verification",
+    "portal_active",
+];
+
+/// Maximum number of properties on one contact.
+pub const MAX_PROPERTIES: usize = 200;
+/// Maximum length of a custom property's key.
+pub const MAX_KEY_LEN: usize = 64;
+/// Maximum serialized size of one custom value.
+pub const MAX_CUSTOM_VALUE_BYTES: usize = 4096;
+
+/// The type of a known property, if `name` is one.
+pub fn property_type(name: &str) -> Option<PropertyType> {
+    KNOWN_PROPERTIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+}
+
+/// Validates an id (contact, list, automation, step, event): 1–128 visible
+/// characters, no whitespace or control characters.
+pub fn validate_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Error::invalid(format!(
+            "{what}: must be 1 to 128 characters"
+        )));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::invalid(format!(
+            "{what}: must not contain spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a custom property key.
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "property names must be 1 to {MAX_KEY_LEN} characters"
+        )));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(Error::invalid(format!(
+            "property {key}: names may use letters, digits, '_', '-' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates and canonicalizes one property value. `Value::Null` clears the
+/// property and is always valid. The error names the property, never the value.
+pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    if DERIVED_PROPERTIES.contains(&name) {
+        return Err(Error::invalid(format!(
+            "{name}: computed by the module and cannot be set"
+        )));
+    }
+    let Some(ty) = property_type(name) else {
+        validate_key(name)?;
+        return normalize_custom(name, value);
+    };
+    let bad = |expect: &str| Error::invalid(format!("{name}: must be {expect}"));
+    match ty {
+        PropertyType::Text(max) => match value {
+            Value::String(s) if s.chars().count() <= max => Ok(Value::String(s.trim().to_string())),
+            _ => Err(bad(&format!("a string of at most {max} characters"))),
+        },
+        PropertyType::Email => match value {
+            Value::String(s) => {
+                let s = s.trim().to_string();
+                let ok = s.len() <= 254
+                    && s.split_once('@').is_some_and(|(l, d)| {
+                        !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+                    })
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+                if ok {
+                    Ok(Value::String(s))
+                } else {
+                    Err(bad("an email address"))
+                }
+            }
+            _ => Err(bad("an email address")),
+        },
+        PropertyType::Phone => match value {
+            Value::String(s) => {
+                let digits = s.chars().filter(|c| c.is_ascii_digit()).count();
+                let ok = (7..=15).contains(&digits)
+                    && s.chars()
+                        .all(|c| c.is_ascii_digit() || " +-().".contains(c));
+                if ok {
+                    Ok(Value::String(s.trim().to_string()))
+                } else {
+                    Err(bad("a phone number"))
+                }
+            }
+            _ => Err(bad("a phone number")),
+        },
+        PropertyType::Date => match value {
+            Value::String(s) if chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").is_ok() => {
+                Ok(Value::String(s))
+            }
+            _ => Err(bad("a date YYYY-MM-DD")),
+        },
+        PropertyType::Choice(values) => match value {
+            Value::String(s) => {
+                let lower = s.trim().to_ascii_lowercase();
+                values
+                    .iter()
+                    .find(|v| **v == lower)
+                    .map(|v| Value::String((*v).to_string()))
+                    .ok_or_else(|| bad(&format!("one of {}", values.join(", "))))
+            }
+            _ => Err(bad(&format!("one of {}", values.join(", ")))),
+        },
+        PropertyType::Staff => {
+            let Value::Object(o) = value else {
+                return Err(bad("a staff member {\"id\", \"name\"}"));
+            };
+            let id = o.get("id").and_then(Value::as_str).unwrap_or("");
+            validate_id(&format!("{name}.id"), id)?;
+            let display = o.get("name").and_then(Value::as_str).unwrap_or(id);
+            if display.chars().count() > 200 || o.len() > 2 {
+                return Err(bad("a staff member {\"id\", \"name\"}"));
+            }
+            let mut m = Map::new();
+            m.insert("id".into(), Value::String(id.to_string()));
+            m.insert("name".into(), Value::String(display.to_string()));
+            Ok(Value::Object(m))
+        }
+        PropertyType::Tags => {
+            let Value::Array(items) = value else {
+                return Err(bad("an array of tag strings"));
+            };
+            let mut tags: Vec<String> = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) if !s.trim().is_empty() && s.len() <= 100 => {
+                        let t = s.trim().to_string();
+                        if !tags.contains(&t) {
+                            tags.push(t);
+                        }
+                    }
+                    _ => return Err(bad("an array of tag strings (1 to 100 characters)")),
+                }
+            }
+            if tags.len() > 100 {
+                return Err(bad("at most 100 tags"));
+            }
+            tags.sort();
+            Ok(Value::Array(tags.into_iter().map(Value::String).collect()))
+        }
+        PropertyType::Bool => match value {
+            Value::Bool(_) => Ok(value),
+            _ => Err(bad("true or false")),
+        },
+        PropertyType::Count => match value.as_u64() {
+            Some(n) if n <= u32::MAX as u64 => Ok(Value::from(n)),
+            _ => Err(bad("a non-negative integer")),
+        },
+        PropertyType::Number => match value {
+            Value::Number(_) => Ok(value),
+            _ => Err(bad("a number")),
+        },
+        PropertyType::TimeZone => match value {
+            Value::String(s) if s.parse::<chrono_tz::Tz>().is_ok() => Ok(Value::String(s)),
+            _ => Err(bad("an IANA time zone such as America/New_York")),
+        },
+    }
+}
+
+fn normalize_custom(name: &str, value: Value) -> Result<Value> {
+    let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
+    let ok = match &value {
+        Value::Array(items) => items.iter().all(scalar),
+        Value::Object(_) => false,
+        v => scalar(v),
+    };
+    if !ok {
+        return Err(Error::invalid(format!(
+            "{name}: custom properties must be a string, number, boolean or an array of those"
+        )));
+    }
+    if value.to_string().len() > MAX_CUSTOM_VALUE_BYTES {
+        return Err(Error::TooLarge(format!(
+            "{name}: custom values are limited to {MAX_CUSTOM_VALUE_BYTES} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+/// Validates a whole property map (as pushed by the host).
+pub fn normalize_properties(props: Map<String, Value>) -> Result<Map<String, Value>> {
+    if props.len() > MAX_PROPERTIES {
+        return Err(Error::TooLarge(format!(
+            "a contact may carry at most {MAX_PROPERTIES} properties"
+        )));
+    }
+    let mut out = Map::new();
+    for (k, v) in props {
+        let v = normalize_property(&k, v)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// A contact's display name for staff-facing screens and task titles.
+pub fn display_name(props: &Map<String, Value>) -> String {
+    let first = props
+        .get("first_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let last = props.get("last_name").and_then(Value::as_str).unwrap_or("");
+    format!("{first} {last}").trim().to_string()
+}
+
+/// Compares two property values for filters: numbers numerically, strings
+/// case-insensitively, arrays by membership of `expected`.
+pub fn value_matches(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::String(a), Value::String(b)) => a.eq_ignore_ascii_case(b),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Array(items), e) if !e.is_array() => items.iter().any(|i| value_matches(i, e)),
+        (Value::Object(a), Value::String(b)) => {
+            // Staff members match by id or display name.
+            a.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|i| i.eq_ignore_ascii_case(b))
+                || a.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b))
+        }
+        (a, b) => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn known_properties_are_canonicalized() {
+        assert_eq!(
+            normalize_property("status", json!("Patient")).unwrap(),
+            json!("patient")
+        );
+        assert_eq!(
+            normalize_property("tags", json!(["b", "a", "b"])).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            normalize_property("owner", json!({"id": "s1", "name": "Sarah"})).unwrap(),
+            json!({"id": "s1", "name": "Sarah"})
+        );
+        assert_eq!(
+            normalize_property("email", Value::Null).unwrap(),
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_without_echoing_them() {
+        for (k, v) in [
+            ("status", json!("VIP")),
+            ("email", json!("jane.doe")),
+            ("dob", json!("31/12/1980")),
+            ("phone", json!("call me")),
+            ("no_show_count", json!(-1)),
+            ("time_zone", json!("Mars/Olympus")),
+            ("last_activity", json!("2026-01-01")),
+            ("nested", json!({"a": 1})),
+        ] {
+            let e = normalize_property(k, v.clone()).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(k), "{msg}");
+            if let Value::String(s) = &v {
+                assert!(!msg.contains(s.as_str()), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn custom_properties_are_kept() {
+        assert_eq!(
+            normalize_property("favorite_color", json!("teal")).unwrap(),
+            json!("teal")
+        );
+        assert!(normalize_property("bad key", json!(1)).is_err());
+    }
+
+    #[test]
+    fn matching_rules() {
+        assert!(value_matches(&json!("Patient"), &json!("patient")));
+        assert!(value_matches(&json!(["vip", "diabetes"]), &json!("vip")));
+        assert!(value_matches(
+            &json!({"id": "s1", "name": "Sarah"}),
+            &json!("sarah")
+        ));
+        assert!(value_matches(&json!(2), &json!(2.0)));
+        assert!(!value_matches(&json!("lead"), &json!("patient")));
+    }
+}

@@ -1,0 +1,259 @@
+//! Versioned schema migrations. Each entry runs once, in order, inside one
+//! transaction with the `user_version` bump; a database newer than this build
+//! is refused rather than misread.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// The migrations, oldest first. Never edit a released entry: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the engine's first schema (issue 2).
+    r#"
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+-- Idempotent ingestion: one row per host event id ever accepted.
+CREATE TABLE ingested_events (
+    event_id    TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE contacts (
+    id                     TEXT PRIMARY KEY,
+    props                  TEXT NOT NULL,           -- JSON object: host + custom properties
+    status                 TEXT NOT NULL DEFAULT 'lead' CHECK (status IN ('lead','patient')),
+    email                  TEXT,
+    phone                  TEXT,
+    dob                    TEXT,                    -- YYYY-MM-DD
+    email_subscription     TEXT NOT NULL DEFAULT 'unknown',
+    sms_subscription       TEXT NOT NULL DEFAULT 'unknown',
+    insurance_verification TEXT,
+    portal_active          INTEGER NOT NULL DEFAULT 0,
+    created_at             INTEGER NOT NULL,
+    last_activity          INTEGER NOT NULL,
+    last_engaged_at        INTEGER,                 -- last contact-initiated activity
+    source_updated_at      INTEGER                  -- host time of the newest applied update
+) STRICT;
+CREATE INDEX contacts_phone ON contacts(phone) WHERE phone IS NOT NULL;
+CREATE INDEX contacts_email ON contacts(email) WHERE email IS NOT NULL;
+CREATE INDEX contacts_birthday ON contacts(substr(dob, 6, 5)) WHERE dob IS NOT NULL;
+CREATE INDEX contacts_last_activity ON contacts(last_activity);
+
+CREATE TABLE subscription_audit (
+    id          INTEGER PRIMARY KEY,
+    contact_id  TEXT NOT NULL REFERENCES contacts(id),
+    channel     TEXT NOT NULL CHECK (channel IN ('email','sms')),
+    old_value   TEXT NOT NULL,
+    new_value   TEXT NOT NULL,
+    actor       TEXT NOT NULL,                      -- host, automation:<id>, contact, staff:<id>
+    reason      TEXT NOT NULL,                      -- stop_reply, unsubscribe_link, staff, import, ...
+    message_key TEXT,
+    at          INTEGER NOT NULL
+) STRICT;
+CREATE INDEX subscription_audit_contact ON subscription_audit(contact_id, at);
+
+CREATE TABLE appointments (
+    id          TEXT PRIMARY KEY,
+    contact_id  TEXT NOT NULL REFERENCES contacts(id),
+    status      TEXT NOT NULL CHECK (status IN ('booked','rescheduled','cancelled','completed','no_show')),
+    starts_at   INTEGER,
+    provider_id TEXT,
+    clinic_id   TEXT,
+    updated_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX appointments_contact ON appointments(contact_id);
+
+CREATE TABLE forms (
+    id   TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE form_submissions (
+    id           TEXT PRIMARY KEY,
+    form_id      TEXT NOT NULL REFERENCES forms(id),
+    contact_id   TEXT NOT NULL REFERENCES contacts(id),
+    answers      TEXT NOT NULL,
+    submitted_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX form_submissions_contact ON form_submissions(contact_id);
+
+CREATE TABLE reviews (
+    id           TEXT PRIMARY KEY,
+    contact_id   TEXT NOT NULL REFERENCES contacts(id),
+    source       TEXT NOT NULL,
+    rating       INTEGER,
+    submitted_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE lists (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL DEFAULT 'static',
+    created_at INTEGER NOT NULL,
+    deleted_at INTEGER
+) STRICT;
+
+CREATE TABLE list_members (
+    list_id    TEXT NOT NULL REFERENCES lists(id),
+    contact_id TEXT NOT NULL REFERENCES contacts(id),
+    added_at   INTEGER NOT NULL,
+    source     TEXT NOT NULL,
+    PRIMARY KEY (list_id, contact_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX list_members_contact ON list_members(contact_id);
+
+CREATE TABLE automations (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('draft','active','inactive')),
+    current_version INTEGER NOT NULL,
+    entered_by      TEXT NOT NULL,
+    updated_by      TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    activated_at    INTEGER,
+    next_eval_at    INTEGER,                        -- next date-based trigger evaluation
+    deleted_at      INTEGER
+) STRICT;
+
+CREATE TABLE automation_versions (
+    automation_id TEXT NOT NULL REFERENCES automations(id),
+    version       INTEGER NOT NULL,
+    definition    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (automation_id, version)
+) STRICT;
+
+CREATE TABLE enrollments (
+    id               INTEGER PRIMARY KEY,
+    automation_id    TEXT NOT NULL REFERENCES automations(id),
+    contact_id       TEXT NOT NULL REFERENCES contacts(id),
+    enrolled_version INTEGER NOT NULL,              -- version at enrollment
+    version          INTEGER NOT NULL,              -- version it runs now
+    state            TEXT NOT NULL CHECK (state IN ('active','completed','exited')),
+    step_id          TEXT,                          -- current step; NULL at End
+    step_phase       TEXT NOT NULL DEFAULT 'ready' CHECK (step_phase IN ('ready','waiting')),
+    step_started_at  INTEGER,
+    wake_at          INTEGER,                       -- when the current step is due again
+    enrolled_at      INTEGER NOT NULL,
+    ended_at         INTEGER,
+    exit_reason      TEXT,
+    goal_reached_at  INTEGER
+) STRICT;
+CREATE UNIQUE INDEX enrollments_one_active ON enrollments(automation_id, contact_id) WHERE state = 'active';
+CREATE INDEX enrollments_contact ON enrollments(contact_id, enrolled_at);
+CREATE INDEX enrollments_automation ON enrollments(automation_id, state);
+CREATE INDEX enrollments_due ON enrollments(wake_at, id) WHERE state = 'active' AND wake_at IS NOT NULL;
+
+-- Marks for triggers that fire once: per contact ever, per year, per dormancy period.
+CREATE TABLE trigger_marks (
+    automation_id TEXT NOT NULL,
+    contact_id    TEXT NOT NULL,
+    mark          TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    PRIMARY KEY (automation_id, contact_id, mark)
+) STRICT, WITHOUT ROWID;
+
+-- Every effect that leaves the module, written with the state change that caused it.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL CHECK (kind IN ('message','property','task')),
+    payload         TEXT NOT NULL,
+    contact_id      TEXT,
+    automation_id   TEXT,
+    enrollment_id   INTEGER,
+    step_id         TEXT,
+    channel         TEXT,
+    asset_id        TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('pending','retry','accepted','failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_error      TEXT
+) STRICT;
+CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE status IN ('pending','retry');
+CREATE INDEX outbox_contact ON outbox(contact_id, channel, created_at);
+
+CREATE TABLE tasks (
+    id              INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    contact_id      TEXT NOT NULL,
+    automation_id   TEXT,
+    enrollment_id   INTEGER,
+    title           TEXT NOT NULL,
+    assignee        TEXT NOT NULL,                  -- JSON
+    due_at          INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) STRICT;
+
+-- Append-only event log: the source of every analytics figure.
+CREATE TABLE events (
+    id            INTEGER PRIMARY KEY,
+    at            INTEGER NOT NULL,
+    kind          TEXT NOT NULL,
+    contact_id    TEXT,
+    automation_id TEXT,
+    version       INTEGER,
+    enrollment_id INTEGER,
+    step_id       TEXT,
+    channel       TEXT,
+    message_key   TEXT,
+    detail        TEXT
+) STRICT;
+CREATE INDEX events_automation ON events(automation_id, kind, at) WHERE automation_id IS NOT NULL;
+CREATE INDEX events_enrollment ON events(enrollment_id, step_id, kind) WHERE enrollment_id IS NOT NULL;
+CREATE INDEX events_contact ON events(contact_id, at);
+"#,
+];
+
+/// Brings the database to the newest schema.
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let target = MIGRATIONS.len() as i64;
+    if current > target {
+        return Err(Error::Conflict(format!(
+            "the database was written by a newer module (schema {current}, this build knows {target})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = conn
+            .execute_batch(sql)
+            .and_then(|_| conn.execute_batch(&format!("PRAGMA user_version = {version}")));
+        match applied {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(Error::Storage(format!("migration {version} failed: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = Connection::open(&path).unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.execute_batch("PRAGMA user_version = 999").unwrap();
+        assert!(matches!(migrate(&conn), Err(Error::Conflict(_))));
+    }
+}
