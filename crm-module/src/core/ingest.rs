@@ -281,17 +281,14 @@ fn upsert(
         let mut initial = props.clone();
         initial.remove("id");
         initial.retain(|_, v| !v.is_null());
-        for ch in ["email", "sms"] {
-            if let Some(v) = initial
-                .get(&format!("{ch}_subscription"))
-                .and_then(Value::as_str)
-                && v != "unknown"
-            {
-                contacts::audit_subscription(ctx, &id, ch, "unknown", v, audit)?;
-            }
-        }
         c.props = initial;
         contacts::save(ctx.conn, &c)?;
+        for ch in ["email", "sms"] {
+            let v = c.subscription(ch).to_string();
+            if v != "unknown" {
+                contacts::audit_subscription(ctx, &id, ch, "unknown", &v, audit)?;
+            }
+        }
         Log::new("contact_created", &id).write(ctx.conn, ctx.now)?;
         let source = c.text("lead_source").map(str::to_string);
         triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;

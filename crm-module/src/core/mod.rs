@@ -14,12 +14,18 @@
 pub mod conditions;
 pub mod contacts;
 pub mod dates;
+pub mod due;
 pub mod enrollment;
 pub mod goals;
 pub mod ingest;
 pub mod lists;
 pub mod log;
 pub mod triggers;
+
+#[cfg(test)]
+pub mod sim;
+#[cfg(test)]
+mod tests;
 
 use rusqlite::Connection;
 use serde_json::Value;

@@ -676,12 +676,15 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
             new_value,
         } => {
             crate::model::contact::validate_key(property).map_err(loc)?;
-            if let Some(v) = new_value
-                && !crate::model::contact::DERIVED_PROPERTIES.contains(&property.as_str())
-            {
-                normalize_property(property, v.clone()).map_err(loc)?;
+            match (property.as_str(), new_value) {
+                // A list property changes "to" a value when it comes to contain it.
+                ("tags", Some(v)) if !v.is_string() => {
+                    Err(loc(Error::invalid("new_value: a tag (string) for tags")))
+                }
+                ("tags", _) | (_, None) => Ok(()),
+                (p, Some(_)) if crate::model::contact::DERIVED_PROPERTIES.contains(&p) => Ok(()),
+                (p, Some(v)) => normalize_property(p, v.clone()).map(|_| ()).map_err(loc),
             }
-            Ok(())
         }
         Trigger::EmailEngagement {
             email_id: Some(id), ..

@@ -9,7 +9,8 @@ pub mod migrations;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+pub use rusqlite::Connection;
+use rusqlite::{OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 

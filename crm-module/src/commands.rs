@@ -1,0 +1,530 @@
+//! Commands the host UI sends (JSON in, JSON out): automations, static lists,
+//! settings. Each runs inside the worker's transaction, within a savepoint: an
+//! error changes nothing.
+
+use rusqlite::{OptionalExtension, params};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalog::{self, Catalog};
+use crate::core::{Ctx, dates, enrollment, lists, triggers};
+use crate::error::{Error, Result};
+use crate::model::automation::{AutomationDefinition, AutomationStatus};
+use crate::model::contact::validate_id;
+use crate::settings::Settings;
+
+/// A command, tagged by `command`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "command", deny_unknown_fields)]
+pub enum Command {
+    /// Creates an automation in Draft.
+    #[serde(rename = "automation.create")]
+    AutomationCreate {
+        /// Optional id; generated when absent.
+        #[serde(default)]
+        automation_id: Option<String>,
+        /// The definition.
+        definition: AutomationDefinition,
+        /// Staff member creating it (shown as Entered By).
+        #[serde(default)]
+        entered_by: Option<String>,
+    },
+    /// Saves a new version of an automation; in-flight contacts follow it.
+    #[serde(rename = "automation.update")]
+    AutomationUpdate {
+        /// The automation.
+        automation_id: String,
+        /// The whole new definition.
+        definition: AutomationDefinition,
+        /// Staff member saving it.
+        #[serde(default)]
+        updated_by: Option<String>,
+    },
+    /// Turns an automation on (Draft or Inactive → Active).
+    #[serde(rename = "automation.activate")]
+    AutomationActivate {
+        /// The automation.
+        automation_id: String,
+    },
+    /// Pauses an automation (Active → Inactive).
+    #[serde(rename = "automation.pause")]
+    AutomationPause {
+        /// The automation.
+        automation_id: String,
+    },
+    /// Deletes an automation: active contacts exit; history stays for analytics.
+    #[serde(rename = "automation.delete")]
+    AutomationDelete {
+        /// The automation.
+        automation_id: String,
+    },
+    /// Creates a static list.
+    #[serde(rename = "list.create")]
+    ListCreate {
+        /// Optional id; generated when absent.
+        #[serde(default)]
+        list_id: Option<String>,
+        /// Name.
+        name: String,
+    },
+    /// Renames a list.
+    #[serde(rename = "list.rename")]
+    ListRename {
+        /// The list.
+        list_id: String,
+        /// New name.
+        name: String,
+    },
+    /// Deletes a list (members leave it; the contacts stay).
+    #[serde(rename = "list.delete")]
+    ListDelete {
+        /// The list.
+        list_id: String,
+    },
+    /// Adds contacts to a static list.
+    #[serde(rename = "list.add_contacts")]
+    ListAddContacts {
+        /// The list.
+        list_id: String,
+        /// Contacts (at most 10,000).
+        contact_ids: Vec<String>,
+        /// How they got there: `manual` (default) or `import`.
+        #[serde(default)]
+        source: Option<String>,
+    },
+    /// Removes contacts from a static list.
+    #[serde(rename = "list.remove_contacts")]
+    ListRemoveContacts {
+        /// The list.
+        list_id: String,
+        /// Contacts.
+        contact_ids: Vec<String>,
+    },
+    /// Returns the settings.
+    #[serde(rename = "settings.get")]
+    SettingsGet,
+    /// Replaces the settings (validated as a whole).
+    #[serde(rename = "settings.update")]
+    SettingsUpdate {
+        /// The new settings.
+        settings: Settings,
+    },
+}
+
+impl Command {
+    /// True when the command changes automations (the catalog must reload).
+    pub fn touches_catalog(&self) -> bool {
+        matches!(
+            self,
+            Command::AutomationCreate { .. }
+                | Command::AutomationUpdate { .. }
+                | Command::AutomationActivate { .. }
+                | Command::AutomationPause { .. }
+                | Command::AutomationDelete { .. }
+        )
+    }
+}
+
+/// Result of an automation command.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AutomationResult {
+    /// The automation.
+    pub automation_id: String,
+    /// Its current version.
+    pub version: i64,
+    /// Its status.
+    pub status: AutomationStatus,
+    /// Enrollments moved to the new version (update) or exited (delete).
+    pub enrollments_affected: usize,
+}
+
+/// Result of a list command.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ListResult {
+    /// The list.
+    pub list_id: String,
+    /// Contacts whose membership changed.
+    pub changed: usize,
+}
+
+/// Most contacts in one list command.
+pub const MAX_LIST_BATCH: usize = 10_000;
+
+fn to_json<T: Serialize>(v: T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
+struct Row {
+    status: AutomationStatus,
+    version: i64,
+    deleted: bool,
+}
+
+fn automation_row(ctx: &Ctx<'_>, id: &str) -> Result<Row> {
+    let row: Option<(String, i64, Option<i64>)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT status, current_version, deleted_at FROM automations WHERE id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (status, version, deleted) =
+        row.ok_or_else(|| Error::not_found(format!("automation {id}")))?;
+    if deleted.is_some() {
+        return Err(Error::not_found(format!("automation {id} (deleted)")));
+    }
+    let status =
+        AutomationStatus::parse(&status).ok_or_else(|| Error::Internal("bad status".into()))?;
+    Ok(Row {
+        status,
+        version,
+        deleted: deleted.is_some(),
+    })
+}
+
+fn staff(who: &Option<String>) -> Result<String> {
+    match who {
+        Some(w) if w.trim().is_empty() || w.chars().count() > 200 => {
+            Err(Error::invalid("entered_by/updated_by: 1 to 200 characters"))
+        }
+        Some(w) => Ok(w.trim().to_string()),
+        None => Ok("host".into()),
+    }
+}
+
+fn next_id(ctx: &Ctx<'_>, table: &str, prefix: &str) -> Result<String> {
+    let n: i64 = ctx
+        .conn
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+    let mut k = n + 1;
+    loop {
+        let id = format!("{prefix}{k}");
+        let taken: bool = ctx.conn.query_row(
+            &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"),
+            [&id],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            return Ok(id);
+        }
+        k += 1;
+    }
+}
+
+fn prepare_definition(
+    ctx: &Ctx<'_>,
+    mut def: AutomationDefinition,
+) -> Result<AutomationDefinition> {
+    def.validate_and_assign_ids()
+        .map_err(|e| e.at("definition"))?;
+    if def.run_window.is_none() {
+        def.run_window = Some(ctx.settings.doc.default_run_window.clone());
+    }
+    Ok(def)
+}
+
+fn definition_text(def: &AutomationDefinition) -> Result<String> {
+    serde_json::to_string(def).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Schedules (or clears) the next date-based evaluation of an active automation.
+fn schedule_evaluation(
+    ctx: &Ctx<'_>,
+    id: &str,
+    def: &AutomationDefinition,
+    active: bool,
+) -> Result<()> {
+    let next = if active && def.trigger.is_date_based() {
+        dates::next_evaluation(
+            def.window(&ctx.settings.doc.default_run_window),
+            ctx.now,
+            ctx.settings.tz,
+        )
+    } else {
+        None
+    };
+    ctx.conn.execute(
+        "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
+        params![id, next],
+    )?;
+    Ok(())
+}
+
+/// Runs a command. `catalog_after` reloads the catalog within the transaction
+/// so that later work in the same transaction sees the change.
+pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog>)> {
+    match cmd {
+        Command::AutomationCreate {
+            automation_id,
+            definition,
+            entered_by,
+        } => {
+            let id = match automation_id {
+                Some(id) => {
+                    validate_id("automation_id", &id)?;
+                    let exists: bool = ctx.conn.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM automations WHERE id = ?1)",
+                        [&id],
+                        |r| r.get(0),
+                    )?;
+                    if exists {
+                        return Err(Error::Conflict(format!("automation {id} already exists")));
+                    }
+                    id
+                }
+                None => next_id(ctx, "automations", "a")?,
+            };
+            let def = prepare_definition(ctx, definition)?;
+            let by = staff(&entered_by)?;
+            ctx.conn.execute(
+                "INSERT INTO automations (id, name, status, current_version, entered_by, updated_by, created_at, updated_at)
+                 VALUES (?1, ?2, 'draft', 1, ?3, ?3, ?4, ?4)",
+                params![id, def.name, by, ctx.now],
+            )?;
+            ctx.conn.execute(
+                "INSERT INTO automation_versions (automation_id, version, definition, created_at) VALUES (?1, 1, ?2, ?3)",
+                params![id, definition_text(&def)?, ctx.now],
+            )?;
+            let out = AutomationResult {
+                automation_id: id,
+                version: 1,
+                status: AutomationStatus::Draft,
+                enrollments_affected: 0,
+            };
+            Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
+        }
+        Command::AutomationUpdate {
+            automation_id: id,
+            definition,
+            updated_by,
+        } => {
+            let row = automation_row(ctx, &id)?;
+            let def = prepare_definition(ctx, definition)?;
+            let by = staff(&updated_by)?;
+            let version = row.version + 1;
+            ctx.conn.execute(
+                "INSERT INTO automation_versions (automation_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, version, definition_text(&def)?, ctx.now],
+            )?;
+            ctx.conn.execute(
+                "UPDATE automations SET name = ?2, current_version = ?3, updated_by = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, def.name, version, by, ctx.now],
+            )?;
+            schedule_evaluation(ctx, &id, &def, row.status == AutomationStatus::Active)?;
+            let old = catalog::load_version(ctx.conn, &id, row.version)?;
+            let new = catalog::load_version(ctx.conn, &id, version)?;
+            let cat = Catalog::load(ctx.conn)?;
+            let moved = {
+                let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
+                let moved = enrollment::migrate(&mut sub, &id, &old, &new)?;
+                ctx.effects.extend(sub.take_effects());
+                moved
+            };
+            let out = AutomationResult {
+                automation_id: id,
+                version,
+                status: row.status,
+                enrollments_affected: moved,
+            };
+            Ok((to_json(out)?, Some(cat)))
+        }
+        Command::AutomationActivate { automation_id: id } => {
+            let row = automation_row(ctx, &id)?;
+            if row.status != AutomationStatus::Active {
+                ctx.conn.execute(
+                    "UPDATE automations SET status = 'active', activated_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    params![id, ctx.now],
+                )?;
+                let v = catalog::load_version(ctx.conn, &id, row.version)?;
+                schedule_evaluation(ctx, &id, &v.def, true)?;
+                let cat = Catalog::load(ctx.conn)?;
+                let sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
+                enrollment::resume(&sub, &id)?;
+                let out = AutomationResult {
+                    automation_id: id,
+                    version: row.version,
+                    status: AutomationStatus::Active,
+                    enrollments_affected: 0,
+                };
+                return Ok((to_json(out)?, Some(cat)));
+            }
+            let out = AutomationResult {
+                automation_id: id,
+                version: row.version,
+                status: row.status,
+                enrollments_affected: 0,
+            };
+            Ok((to_json(out)?, None))
+        }
+        Command::AutomationPause { automation_id: id } => {
+            let row = automation_row(ctx, &id)?;
+            if row.status == AutomationStatus::Draft {
+                return Err(Error::Conflict(format!(
+                    "automation {id} is a draft: activate it first"
+                )));
+            }
+            ctx.conn.execute(
+                "UPDATE automations SET status = 'inactive', updated_at = ?2 WHERE id = ?1",
+                params![id, ctx.now],
+            )?;
+            let out = AutomationResult {
+                automation_id: id,
+                version: row.version,
+                status: AutomationStatus::Inactive,
+                enrollments_affected: 0,
+            };
+            Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
+        }
+        Command::AutomationDelete { automation_id: id } => {
+            let row = automation_row(ctx, &id)?;
+            debug_assert!(!row.deleted);
+            let active = enrollment::active_of_automation(ctx.conn, &id)?;
+            for e in &active {
+                enrollment::exit(ctx, e, "automation_deleted")?;
+            }
+            ctx.conn.execute(
+                "UPDATE automations SET deleted_at = ?2, next_eval_at = NULL, updated_at = ?2 WHERE id = ?1",
+                params![id, ctx.now],
+            )?;
+            let out = AutomationResult {
+                automation_id: id,
+                version: row.version,
+                status: row.status,
+                enrollments_affected: active.len(),
+            };
+            Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
+        }
+        Command::ListCreate { list_id, name } => {
+            let name = list_name(&name)?;
+            let id = match list_id {
+                Some(id) => {
+                    validate_id("list_id", &id)?;
+                    let exists: bool = ctx.conn.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1)",
+                        [&id],
+                        |r| r.get(0),
+                    )?;
+                    if exists {
+                        return Err(Error::Conflict(format!("list {id} already exists")));
+                    }
+                    id
+                }
+                None => next_id(ctx, "lists", "l")?,
+            };
+            ctx.conn.execute(
+                "INSERT INTO lists (id, name, kind, created_at) VALUES (?1, ?2, 'static', ?3)",
+                params![id, name, ctx.now],
+            )?;
+            Ok((
+                to_json(ListResult {
+                    list_id: id,
+                    changed: 0,
+                })?,
+                None,
+            ))
+        }
+        Command::ListRename { list_id, name } => {
+            let name = list_name(&name)?;
+            let n = ctx.conn.execute(
+                "UPDATE lists SET name = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![list_id, name],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found(format!("list {list_id}")));
+            }
+            Ok((
+                to_json(ListResult {
+                    list_id,
+                    changed: 0,
+                })?,
+                None,
+            ))
+        }
+        Command::ListDelete { list_id } => {
+            let members: Vec<String> = {
+                let mut stmt = ctx.conn.prepare(
+                    "SELECT contact_id FROM list_members WHERE list_id = ?1 ORDER BY contact_id",
+                )?;
+                stmt.query_map([&list_id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            // Members leave (firing Removed from list), then the list goes.
+            let mut changed = 0;
+            for c in &members {
+                let signals = lists::remove_member(ctx, &list_id, c, "list_deleted")?;
+                changed += signals.len();
+                triggers::fire(ctx, c, &signals)?;
+            }
+            let n = ctx.conn.execute(
+                "UPDATE lists SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![list_id, ctx.now],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found(format!("list {list_id}")));
+            }
+            Ok((to_json(ListResult { list_id, changed })?, None))
+        }
+        Command::ListAddContacts {
+            list_id,
+            contact_ids,
+            source,
+        } => {
+            check_batch(&contact_ids)?;
+            let source = match source.as_deref() {
+                None | Some("manual") => "manual",
+                Some("import") => "import",
+                Some(_) => return Err(Error::invalid("source: manual or import")),
+            };
+            let mut changed = 0;
+            for c in &contact_ids {
+                let signals = lists::add_member(ctx, &list_id, c, source)?;
+                changed += signals.len();
+                triggers::fire(ctx, c, &signals)?;
+            }
+            Ok((to_json(ListResult { list_id, changed })?, None))
+        }
+        Command::ListRemoveContacts {
+            list_id,
+            contact_ids,
+        } => {
+            check_batch(&contact_ids)?;
+            let mut changed = 0;
+            for c in &contact_ids {
+                let signals = lists::remove_member(ctx, &list_id, c, "manual")?;
+                changed += signals.len();
+                triggers::fire(ctx, c, &signals)?;
+            }
+            Ok((to_json(ListResult { list_id, changed })?, None))
+        }
+        Command::SettingsGet => Ok((to_json(&ctx.settings.doc)?, None)),
+        Command::SettingsUpdate { settings } => {
+            settings.validate()?;
+            crate::store::put_setting(ctx.conn, "settings", &to_json(&settings)?)?;
+            Ok((to_json(&settings)?, None))
+        }
+    }
+}
+
+fn list_name(name: &str) -> Result<String> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > 200 {
+        return Err(Error::invalid("name: must be 1 to 200 characters"));
+    }
+    Ok(n.to_string())
+}
+
+fn check_batch(ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Err(Error::invalid("contact_ids: at least one contact"));
+    }
+    if ids.len() > MAX_LIST_BATCH {
+        return Err(Error::TooLarge(format!(
+            "contact_ids: at most {MAX_LIST_BATCH} per command"
+        )));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        validate_id(&format!("contact_ids[{i}]"), id)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Scheduled work: enrollment wake-ups and date-based trigger evaluations,
+//! found and run in time order. The worker drives this with the host's clock;
+//! tests drive it directly.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Ctx, dates, enrollment};
+use crate::clock::Millis;
+use crate::error::Result;
+
+/// One scheduled item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// When it is due.
+    pub due: Millis,
+    /// An enrollment to wake.
+    pub enrollment_id: Option<i64>,
+    /// An automation whose date trigger to evaluate.
+    pub automation_id: Option<String>,
+}
+
+/// The earliest item due at or before `until` (active automations only).
+pub fn next(conn: &rusqlite::Connection, until: Millis) -> Result<Option<Item>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT due, enrollment_id, automation_id FROM (
+                SELECT e.wake_at AS due, e.id AS enrollment_id, NULL AS automation_id
+                  FROM enrollments e JOIN automations a ON a.id = e.automation_id
+                 WHERE e.state = 'active' AND e.wake_at IS NOT NULL AND e.wake_at <= ?1
+                   AND a.status = 'active' AND a.deleted_at IS NULL
+                UNION ALL
+                SELECT next_eval_at, NULL, id FROM automations
+                 WHERE status = 'active' AND deleted_at IS NULL AND next_eval_at IS NOT NULL AND next_eval_at <= ?1
+             ) ORDER BY due, automation_id IS NULL, enrollment_id, automation_id LIMIT 1",
+        )?
+        .query_row([until], |r| Ok(Item { due: r.get(0)?, enrollment_id: r.get(1)?, automation_id: r.get(2)? }))
+        .optional()?)
+}
+
+/// The earliest due instant of any item, however far ahead.
+pub fn earliest(conn: &rusqlite::Connection) -> Result<Option<Millis>> {
+    Ok(next(conn, Millis::MAX)?.map(|i| i.due))
+}
+
+/// Runs one item at `ctx.now`; returns how many contacts a date trigger enrolled.
+pub fn run(ctx: &mut Ctx<'_>, item: &Item) -> Result<usize> {
+    if let Some(id) = item.enrollment_id {
+        enrollment::wake(ctx, id)?;
+        return Ok(0);
+    }
+    let Some(aid) = item.automation_id.as_deref() else {
+        return Ok(0);
+    };
+    let catalog = ctx.catalog;
+    let (n, next) = match catalog.get(aid) {
+        Some(entry) => {
+            let n = dates::evaluate(ctx, entry)?;
+            let window = entry
+                .current
+                .def
+                .window(&ctx.settings.doc.default_run_window);
+            (n, dates::next_evaluation(window, ctx.now, ctx.settings.tz))
+        }
+        None => (0, None),
+    };
+    ctx.conn.execute(
+        "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
+        params![aid, next],
+    )?;
+    Ok(n)
+}

@@ -1,0 +1,172 @@
+//! A thread-free driver of the core for tests: a real SQLite file, the real
+//! core, and a manual "now" — no worker, no sleeps.
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use super::{Ctx, due, ingest};
+use crate::catalog::Catalog;
+use crate::clock::{Millis, parse_rfc3339};
+use crate::commands::{self, Command};
+use crate::error::Result;
+use crate::event::Event;
+use crate::outbox::{self, Effect};
+use crate::settings::{Resolved, Settings};
+use crate::store::{self, Access};
+
+/// The simulator.
+pub struct Sim {
+    _dir: tempfile::TempDir,
+    /// The write connection.
+    pub conn: Connection,
+    catalog: Catalog,
+    /// Settings in force.
+    pub settings: Resolved,
+    /// Current instant.
+    pub now: Millis,
+    /// Every effect produced, in order.
+    pub effects: Vec<Effect>,
+    seq: u64,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim::new()
+    }
+}
+
+impl Sim {
+    /// A practice in America/New_York, starting Monday 2026-01-05 09:00 local.
+    pub fn new() -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("sim.db"), Access::Write).unwrap();
+        let settings = Settings {
+            practice_name: "Riverside Family Practice".into(),
+            time_zone: "America/New_York".into(),
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap();
+        Sim {
+            _dir: dir,
+            conn,
+            catalog: Catalog::default(),
+            settings,
+            now: parse_rfc3339("2026-01-05T14:00:00Z").unwrap(),
+            effects: vec![],
+            seq: 0,
+        }
+    }
+
+    fn in_tx<T>(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (r, effects) = {
+            let mut ctx = Ctx::new(&self.conn, self.now, &self.catalog, &self.settings, "t");
+            let r = f(&mut ctx);
+            (r, ctx.take_effects())
+        };
+        match r {
+            Ok(v) => {
+                outbox::write(&self.conn, &effects, self.now).unwrap();
+                self.conn.execute_batch("COMMIT").unwrap();
+                self.effects.extend(effects);
+                self.catalog = Catalog::load(&self.conn).unwrap();
+                Ok(v)
+            }
+            Err(e) => {
+                self.conn.execute_batch("ROLLBACK").unwrap();
+                Err(e)
+            }
+        }
+    }
+
+    /// Pushes an event; `event_id` is added when absent.
+    pub fn push(&mut self, mut ev: Value) -> Result<ingest::Outcome> {
+        if ev.get("event_id").is_none() {
+            self.seq += 1;
+            ev["event_id"] = json!(format!("ev{}", self.seq));
+        }
+        let ev = Event::parse(&ev.to_string())?;
+        self.in_tx(|ctx| ingest::apply(ctx, &ev))
+    }
+
+    /// Runs a command.
+    pub fn cmd(&mut self, v: Value) -> Result<Value> {
+        let c: Command = crate::error::from_value(v)?;
+        self.in_tx(|ctx| commands::execute(ctx, c).map(|(v, _)| v))
+    }
+
+    /// Creates and activates an automation; returns its id.
+    pub fn automation(&mut self, def: Value) -> String {
+        let out = self
+            .cmd(json!({"command": "automation.create", "definition": def}))
+            .unwrap();
+        let id = out["automation_id"].as_str().unwrap().to_string();
+        self.cmd(json!({"command": "automation.activate", "automation_id": id}))
+            .unwrap();
+        id
+    }
+
+    /// Moves time forward, running every due item at its own instant.
+    pub fn advance(&mut self, ms: Millis) {
+        let until = self.now + ms;
+        while let Some(item) = due::next(&self.conn, until).unwrap() {
+            self.now = self.now.max(item.due);
+            self.in_tx(|ctx| due::run(ctx, &item)).unwrap();
+        }
+        self.now = until;
+    }
+
+    /// Pushes a contact with email, phone and both channels subscribed.
+    pub fn contact(&mut self, id: &str, extra: Value) {
+        let mut c = json!({"id": id, "first_name": "Pat", "last_name": id, "email": format!("{id}@example.com"),
+                           "phone": "+1 555 010 0000", "email_subscription": "subscribed", "sms_subscription": "subscribed"});
+        c["phone"] = json!(format!(
+            "+1555{:07}",
+            id.bytes().map(u32::from).sum::<u32>() * 7 % 10_000_000
+        ));
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                c[k] = v;
+            }
+        }
+        self.push(json!({"type": "contact.upserted", "contact": c}))
+            .unwrap();
+    }
+
+    /// Books an appointment.
+    pub fn book(&mut self, contact: &str, appt: &str) {
+        self.push(json!({"type": "appointment.booked", "appointment": {"id": appt, "contact_id": contact}})).unwrap();
+    }
+
+    /// Count of event-log rows of a kind for an automation (or any, with None).
+    pub fn count(&self, kind: &str, automation: Option<&str>) -> i64 {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE kind = ?1 AND (?2 IS NULL OR automation_id = ?2)",
+                rusqlite::params![kind, automation],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// (state, exit_reason, goal reached?) of the newest enrollment.
+    pub fn enrollment(&self, automation: &str, contact: &str) -> (String, Option<String>, bool) {
+        self.conn
+            .query_row(
+                "SELECT state, exit_reason, goal_reached_at IS NOT NULL FROM enrollments
+                 WHERE automation_id = ?1 AND contact_id = ?2 ORDER BY id DESC LIMIT 1",
+                rusqlite::params![automation, contact],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    }
+
+    /// Message effects to a contact, in order.
+    pub fn messages_to(&self, contact: &str) -> Vec<&Effect> {
+        self.effects
+            .iter()
+            .filter(|e| e.kind == outbox::EffectKind::Message && e.contact_id == contact)
+            .collect()
+    }
+}

@@ -1,0 +1,584 @@
+//! Behaviour of the core, driven by [`super::sim::Sim`]: no threads, no sleeps.
+
+use serde_json::{Value, json};
+
+use super::sim::Sim;
+use crate::clock::{DAY, HOUR, MINUTE, parse_rfc3339};
+
+fn five_steps(goal_met: bool) -> Value {
+    json!({
+        "name": "Five step nurture",
+        "goal": "book_appointment",
+        "run_window": {"mode": "any_time"},
+        "unenrollment": {"goal_met": goal_met},
+        "trigger": {"type": "contact_created"},
+        "steps": [
+            {"id": "s1", "type": "send_email", "subject": "Welcome", "body": "Hi {{firstname}}"},
+            {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
+            {"id": "s3", "type": "send_email", "subject": "How to book", "body": "Book now"},
+            {"id": "s4", "type": "delay", "amount": 2, "unit": "days"},
+            {"id": "s5", "type": "send_sms", "message": "Still there, {{firstname}}?"}
+        ]
+    })
+}
+
+#[test]
+fn worked_example_1_every_message_never_books() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.advance(10 * DAY);
+    assert_eq!(s.messages_to("c1").len(), 3);
+    assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, false));
+    assert_eq!(s.count("completed", Some(&a)), 1);
+    assert_eq!(s.count("goal_reached", Some(&a)), 0);
+}
+
+#[test]
+fn worked_example_2_books_at_step_2_goal_met_off_keeps_going() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.advance(DAY); // inside the first delay (step 2)
+    s.book("c1", "ap1");
+    s.advance(10 * DAY);
+    assert_eq!(s.messages_to("c1").len(), 3, "steps 3-5 still run");
+    assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, true));
+    assert_eq!(s.count("goal_reached", Some(&a)), 1);
+    assert_eq!(s.count("completed", Some(&a)), 1);
+}
+
+#[test]
+fn worked_example_3_books_at_step_2_goal_met_on_exits() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(true));
+    s.contact("c1", json!({}));
+    s.advance(DAY);
+    s.book("c1", "ap1");
+    s.advance(10 * DAY);
+    assert_eq!(s.messages_to("c1").len(), 1, "no step after the goal");
+    assert_eq!(
+        s.enrollment(&a, "c1"),
+        ("exited".into(), Some("goal_met".into()), true)
+    );
+    assert_eq!(s.count("completed", Some(&a)), 0);
+    assert_eq!(s.count("goal_reached", Some(&a)), 1);
+}
+
+#[test]
+fn worked_example_4_completes_first_goal_later_within_lookback() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.advance(21 * DAY);
+    assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, false));
+    s.advance(7 * DAY); // day 28 after enrolling
+    s.book("c1", "ap1");
+    assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, true));
+    let order: Vec<String> = s
+        .conn
+        .prepare("SELECT kind FROM events WHERE automation_id = ?1 AND kind IN ('completed','goal_reached') ORDER BY id")
+        .unwrap()
+        .query_map([&a], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(order, vec!["completed", "goal_reached"]);
+}
+
+#[test]
+fn goal_outside_lookback_is_not_counted() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.advance(31 * DAY);
+    s.book("c1", "ap1");
+    assert!(!s.enrollment(&a, "c1").2);
+}
+
+#[test]
+fn no_goal_counts_lead_to_patient_only() {
+    let mut s = Sim::new();
+    let mut def = five_steps(false);
+    def.as_object_mut().unwrap().remove("goal");
+    let a = s.automation(def);
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({"status": "patient"}));
+    s.push(json!({"type": "review.submitted", "review": {"id": "r1", "contact_id": "c1", "source": "google"}})).unwrap();
+    assert_eq!(s.count("goal_reached", Some(&a)), 0);
+    s.book("c2", "ap2"); // already a patient: no flip
+    s.book("c1", "ap1");
+    assert_eq!(s.count("goal_reached", Some(&a)), 1);
+    assert!(s.enrollment(&a, "c1").2);
+}
+
+#[test]
+fn status_flips_on_first_booking_and_fires_once_ever() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "First visit", "run_window": {"mode": "any_time"}, "trigger": {"type": "status_changed_to_patient"},
+        "steps": [{"type": "send_email", "subject": "See you", "body": "Parking info"}]}));
+    s.contact("c1", json!({}));
+    s.book("c1", "ap1");
+    s.book("c1", "ap2");
+    let status: String = s
+        .conn
+        .query_row("SELECT status FROM contacts WHERE id='c1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "patient");
+    // The host sets Lead again and Patient again: still once ever.
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "status": "lead"}}))
+        .unwrap();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "status": "patient"}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+}
+
+#[test]
+fn contact_created_respects_source_and_fires_once() {
+    let mut s = Sim::new();
+    let web = s.automation(
+        json!({"name": "Web leads", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created", "source": "website_form"}, "steps": []}),
+    );
+    let any = s.automation(json!({"name": "All leads", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": []}));
+    s.contact("c1", json!({"lead_source": "Website form"}));
+    s.contact("c2", json!({"lead_source": "walk_in"}));
+    s.contact("c1", json!({"first_name": "Again"})); // an update is not a creation
+    assert_eq!(s.count("enrolled", Some(&web)), 1);
+    assert_eq!(s.count("enrolled", Some(&any)), 2);
+    // Empty canvas: completes at once.
+    assert_eq!(s.count("completed", Some(&any)), 2);
+}
+
+#[test]
+fn dedup_while_active_and_reenroll_after_end() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Form follow-up", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted", "form_id": "intake"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}, {"type": "create_task", "title": "Call back", "assignee": {"kind": "contact_owner"}, "due_in_minutes": 5}]}));
+    s.contact("c1", json!({"owner": {"id": "u7", "name": "Sarah"}}));
+    let form = |id: &str, form: &str| json!({"type": "form.submitted", "submission": {"id": id, "form_id": form, "form_name": "Intake", "contact_id": "c1", "answers": {"q1": "yes"}}});
+    s.push(form("f1", "intake")).unwrap();
+    s.push(form("f2", "intake")).unwrap(); // active: recorded and ignored
+    s.push(form("f3", "allergy")).unwrap(); // other form
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    assert_eq!(s.count("trigger_ignored", Some(&a)), 1);
+    s.advance(2 * DAY);
+    let task = s
+        .effects
+        .iter()
+        .find(|e| e.kind == crate::outbox::EffectKind::Task)
+        .unwrap();
+    assert_eq!(task.payload["assignee"]["id"], "u7");
+    s.push(form("f4", "intake")).unwrap();
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        2,
+        "re-enrolls after the previous enrollment ended"
+    );
+}
+
+#[test]
+fn list_triggers_fire_on_join_and_leave() {
+    let mut s = Sim::new();
+    s.cmd(json!({"command": "list.create", "list_id": "allergy", "name": "Allergy season"}))
+        .unwrap();
+    let join = s.automation(json!({"name": "Join", "run_window": {"mode": "any_time"}, "trigger": {"type": "added_to_list", "list_id": "allergy"}, "steps": []}));
+    let leave = s.automation(json!({"name": "Leave", "run_window": {"mode": "any_time"}, "trigger": {"type": "removed_from_list", "list_id": "allergy"}, "steps": []}));
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "list.add_contacts", "list_id": "allergy", "contact_ids": ["c1"]}))
+        .unwrap();
+    s.cmd(json!({"command": "list.add_contacts", "list_id": "allergy", "contact_ids": ["c1"]}))
+        .unwrap();
+    s.cmd(json!({"command": "list.remove_contacts", "list_id": "allergy", "contact_ids": ["c1"]}))
+        .unwrap();
+    assert_eq!(
+        (
+            s.count("enrolled", Some(&join)),
+            s.count("enrolled", Some(&leave))
+        ),
+        (1, 1)
+    );
+    let e = s
+        .cmd(json!({"command": "list.add_contacts", "list_id": "nope", "contact_ids": ["c1"]}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+}
+
+#[test]
+fn property_changed_with_and_without_value_and_set_property_cascades() {
+    let mut s = Sim::new();
+    let any = s.automation(json!({"name": "Owner changed", "run_window": {"mode": "any_time"}, "trigger": {"type": "property_changed", "property": "owner"}, "steps": []}));
+    let vip = s.automation(json!({"name": "Tagged VIP", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "tags", "new_value": "vip"}, "steps": []}));
+    let setter = s.automation(json!({"name": "Tagger", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "set_property", "property": "tags", "value": {"add": ["vip"]}},
+                  {"type": "set_property", "property": "email_subscription", "value": "unsubscribed"}]}));
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "u1", "name": "Sarah"}}})).unwrap();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "u1", "name": "Sarah"}}})).unwrap(); // no change
+    assert_eq!(s.count("enrolled", Some(&any)), 1);
+    s.push(json!({"type": "form.submitted", "submission": {"id": "f1", "form_id": "x", "form_name": "X", "contact_id": "c1"}})).unwrap();
+    assert_eq!(s.count("enrolled", Some(&setter)), 1);
+    assert_eq!(
+        s.count("enrolled", Some(&vip)),
+        1,
+        "a write-back fires Property changed"
+    );
+    let writes: Vec<_> = s
+        .effects
+        .iter()
+        .filter(|e| e.kind == crate::outbox::EffectKind::Property)
+        .collect();
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[0].payload["value"], json!(["vip"]));
+    let audit: (String, String) = s.conn.query_row("SELECT actor, new_value FROM subscription_audit WHERE channel='email' ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(
+        audit,
+        (format!("automation:{setter}"), "unsubscribed".into())
+    );
+}
+
+#[test]
+fn email_engagement_trigger_and_branch_on_step_engagement() {
+    let mut s = Sim::new();
+    let news = s.automation(json!({"name": "Newsletter", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "template_id": "newsletter-1"},
+                  {"type": "delay", "amount": 1, "unit": "days"},
+                  {"id": "b", "type": "branch", "condition": {"type": "step_engagement", "step_id": "mail", "engagement": "clicked"},
+                   "yes": [{"id": "hot", "type": "create_task", "title": "Hot lead", "assignee": {"kind": "queue", "name": "front_desk"}}],
+                   "no": [{"id": "cold", "type": "send_sms", "message": "Did you see our news?"}]}]}));
+    let hot = s.automation(json!({"name": "Clicked newsletter", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "email_engagement", "engagement": "clicked", "email_id": "newsletter-1"}, "steps": []}));
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    let key = s.messages_to("c1")[0].key.clone();
+    s.push(json!({"type": "email.opened", "message_key": key}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&hot)), 0, "an open is not a click");
+    s.push(json!({"type": "email.clicked", "message_key": key}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&hot)), 1);
+    s.advance(2 * DAY);
+    let paths: Vec<String> = s.conn.prepare("SELECT contact_id || ':' || json_extract(detail, '$.path') FROM events WHERE kind='step_completed' AND step_id='b' ORDER BY contact_id").unwrap()
+        .query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(paths, vec!["c1:yes", "c2:no"]);
+    assert_eq!(s.count("completed", Some(&news)), 2, "both paths end");
+    let e = s
+        .push(json!({"type": "email.opened", "message_key": "t-e999-x"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+}
+
+#[test]
+fn sms_stop_is_an_opt_out_not_a_reply() {
+    let mut s = Sim::new();
+    let seq = s.automation(json!({"name": "SMS drip", "run_window": {"mode": "any_time"}, "unenrollment": {"sms_opt_out": true},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_sms", "template_id": "sms-1", "message": "Hi"}, {"type": "delay", "amount": 3, "unit": "days"}, {"type": "send_sms", "message": "Again"}]}));
+    let keep = s.automation(json!({"name": "Email drip", "run_window": {"mode": "any_time"}, "unenrollment": {"sms_opt_out": false},
+        "trigger": {"type": "contact_created"}, "steps": [{"type": "delay", "amount": 5, "unit": "days"}]}));
+    let reply = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply", "sms_id": "sms-1"}, "steps": []}));
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    let phone1: String = s
+        .conn
+        .query_row("SELECT phone FROM contacts WHERE id='c1'", [], |r| r.get(0))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "from": phone1, "body": " Stop "}))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "contact_id": "c2", "body": "can you book me Tuesday"}))
+        .unwrap();
+    assert_eq!(
+        s.enrollment(&seq, "c1"),
+        ("exited".into(), Some("sms_opt_out".into()), false)
+    );
+    assert_eq!(s.enrollment(&keep, "c1").0, "active", "toggle off: stays");
+    assert_eq!(
+        s.count("enrolled", Some(&reply)),
+        1,
+        "only the real reply fires"
+    );
+    assert_eq!(s.enrollment(&reply, "c2").0, "completed");
+    let (reason, actor): (String, String) = s.conn.query_row("SELECT reason, actor FROM subscription_audit WHERE contact_id='c1' AND channel='sms' AND new_value='unsubscribed'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!((reason.as_str(), actor.as_str()), ("stop_reply", "contact"));
+    s.advance(4 * DAY);
+    assert_eq!(s.messages_to("c1").len(), 1, "nothing after STOP");
+    assert_eq!(s.messages_to("c2").len(), 2);
+}
+
+#[test]
+fn global_opt_out_and_email_reply_exit() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Drip", "run_window": {"mode": "any_time"}, "unenrollment": {"email_reply": true, "sms_opt_out": false},
+        "trigger": {"type": "contact_created"}, "steps": [{"type": "send_email", "subject": "s", "body": "b"}, {"type": "delay", "amount": 3, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    let key = s.messages_to("c1")[0].key.clone();
+    s.push(json!({"type": "email.replied", "message_key": key}))
+        .unwrap();
+    s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "all", "reason": "unsubscribe_link"})).unwrap();
+    assert_eq!(s.enrollment(&a, "c1").1.as_deref(), Some("email_reply"));
+    assert_eq!(s.enrollment(&a, "c2").1.as_deref(), Some("global_opt_out"));
+}
+
+#[test]
+fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Birthday", "run_window": {"mode": "any_time"}, "trigger": {"type": "birthday", "offset": "on_the_day"},
+        "steps": [{"type": "send_sms", "message": "Happy birthday!"}]}));
+    s.contact("leap", json!({"dob": "1988-02-29"}));
+    s.contact("jan", json!({"dob": "1990-01-10"}));
+    // 2027 is not a leap year: 28 Feb.
+    s.advance(parse_rfc3339("2027-03-01T12:00:00Z").unwrap() - s.now);
+    let dates: Vec<(String, String)> = s.conn.prepare("SELECT contact_id, date(at/1000, 'unixepoch', '-5 hours') FROM events WHERE kind='enrolled' AND automation_id=?1 ORDER BY at").unwrap()
+        .query_map([&a], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(
+        dates,
+        vec![
+            ("jan".to_string(), "2026-01-10".to_string()),
+            ("leap".to_string(), "2026-02-28".to_string()),
+            ("jan".to_string(), "2027-01-10".to_string()),
+            ("leap".to_string(), "2027-02-28".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn inactive_for_n_fires_once_per_dormancy_period_without_backfill() {
+    let mut s = Sim::new();
+    s.contact("old", json!({}));
+    s.advance(40 * DAY);
+    // Activated after "old" went quiet; it enrolls at the next evaluation, not at activation.
+    let a = s.automation(json!({"name": "Win-back", "run_window": {"mode": "any_time"}, "trigger": {"type": "inactive_for_days", "days": 30},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        0,
+        "no back-fill at activation"
+    );
+    s.advance(DAY);
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    s.advance(20 * DAY);
+    assert_eq!(s.count("enrolled", Some(&a)), 1, "once per dormancy period");
+    s.push(json!({"type": "page.visited", "contact_id": "old", "page": "/book"}))
+        .unwrap();
+    s.advance(29 * DAY);
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    s.advance(2 * DAY);
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        2,
+        "new activity then another N days"
+    );
+}
+
+#[test]
+fn run_window_defers_to_next_open_minute_across_dst() {
+    let mut s = Sim::new();
+    // Mon-Fri 09:00-17:00 New York.
+    let a = s.automation(json!({"name": "Office hours", "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 9, "unit": "hours"}, {"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]}));
+    // Friday 2026-03-06 16:00 EST = 21:00Z: the delay ends 01:00 Saturday; the email waits for Monday 09:00 EDT (13:00Z) after the DST change.
+    s.now = parse_rfc3339("2026-03-06T21:00:00Z").unwrap();
+    s.contact("c1", json!({}));
+    s.advance(4 * DAY);
+    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    assert_eq!(at, parse_rfc3339("2026-03-09T13:00:00Z").unwrap());
+}
+
+#[test]
+fn paused_automation_holds_then_resumes_and_does_not_enroll() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "automation.pause", "automation_id": a}))
+        .unwrap();
+    s.contact("c2", json!({}));
+    s.advance(10 * DAY);
+    assert_eq!(
+        s.messages_to("c1").len(),
+        1,
+        "held at the delay while paused"
+    );
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        1,
+        "no enrollment while paused"
+    );
+    s.cmd(json!({"command": "automation.activate", "automation_id": a}))
+        .unwrap();
+    s.advance(MINUTE);
+    assert_eq!(
+        s.messages_to("c1").len(),
+        2,
+        "resumes: the overdue delay ends at once"
+    );
+    s.advance(3 * DAY);
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+}
+
+#[test]
+fn editing_a_live_automation_migrates_in_flight_contacts() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({})); // at s2 (delay)
+    s.advance(3 * DAY); // c1 now at s4 (second delay)
+    s.contact("c2", json!({})); // at s2
+    let mut v2 = five_steps(false);
+    // Drop s3 and s4; add s6 after s5.
+    let steps = v2["steps"].as_array_mut().unwrap();
+    steps.remove(3);
+    steps.remove(2);
+    steps.push(json!({"id": "s6", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"}}));
+    let out = s
+        .cmd(json!({"command": "automation.update", "automation_id": a, "definition": v2}))
+        .unwrap();
+    assert_eq!(
+        (
+            out["version"].as_i64(),
+            out["enrollments_affected"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    let (v, step): (i64, String) = s
+        .conn
+        .query_row(
+            "SELECT version, step_id FROM enrollments WHERE contact_id='c1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (v, step.as_str()),
+        (2, "s5"),
+        "removed step: next survivor on its path"
+    );
+    s.advance(MINUTE);
+    assert_eq!(s.messages_to("c1").len(), 3, "s5 ran right away");
+    s.advance(3 * DAY);
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+    assert_eq!(s.enrollment(&a, "c2").0, "completed");
+    let enrolled_version: i64 = s
+        .conn
+        .query_row(
+            "SELECT enrolled_version FROM enrollments WHERE contact_id='c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(enrolled_version, 1);
+}
+
+#[test]
+fn delete_exits_active_contacts() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "automation.delete", "automation_id": a}))
+        .unwrap();
+    assert_eq!(
+        s.enrollment(&a, "c1").1.as_deref(),
+        Some("automation_deleted")
+    );
+    s.advance(5 * DAY);
+    assert_eq!(s.messages_to("c1").len(), 1);
+    assert_eq!(
+        s.cmd(json!({"command": "automation.activate", "automation_id": a}))
+            .unwrap_err()
+            .code(),
+        crate::ErrorCode::NotFound
+    );
+}
+
+#[test]
+fn ingestion_is_idempotent_and_ignores_stale_updates() {
+    let mut s = Sim::new();
+    let ev = json!({"event_id": "h1", "type": "contact.upserted", "occurred_at": "2026-01-05T10:00:00Z", "contact": {"id": "c1", "first_name": "Ann"}});
+    assert_eq!(s.push(ev.clone()).unwrap(), super::ingest::Outcome::Applied);
+    assert_eq!(s.push(ev).unwrap(), super::ingest::Outcome::Duplicate);
+    let older = json!({"event_id": "h0", "type": "contact.upserted", "occurred_at": "2026-01-05T09:00:00Z", "contact": {"id": "c1", "first_name": "Annie"}});
+    assert_eq!(s.push(older).unwrap(), super::ingest::Outcome::Stale);
+    let name: String = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.first_name') FROM contacts WHERE id='c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(name, "Ann");
+    assert_eq!(s.count("contact_update_stale", None), 1);
+    // An unknown contact is refused and changes nothing.
+    let e = s
+        .push(json!({"event_id": "h9", "type": "portal.activated", "contact_id": "ghost"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+    let seen: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM ingested_events WHERE event_id='h9'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn last_activity_moves_on_touch_and_reactivation_goal() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({}));
+    let a = s.automation(json!({"name": "Win-back", "goal": "patient_reactivation", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "inactive_for_days", "days": 90}, "steps": [{"type": "send_email", "subject": "We miss you", "body": "b"}, {"type": "delay", "amount": 20, "unit": "days"}]}));
+    s.advance(92 * DAY);
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    let last: i64 = s
+        .conn
+        .query_row(
+            "SELECT last_activity FROM contacts WHERE id='c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(last > s.now - 2 * DAY, "the email touched the record");
+    s.advance(HOUR);
+    s.push(json!({"type": "page.visited", "contact_id": "c1", "page": "/book"}))
+        .unwrap();
+    assert!(
+        s.enrollment(&a, "c1").2,
+        "activity after >90 quiet days is a reactivation"
+    );
+}
+
+#[test]
+fn effects_have_deterministic_keys() {
+    let run = || {
+        let mut s = Sim::new();
+        s.automation(five_steps(false));
+        s.contact("c1", json!({}));
+        s.contact("c2", json!({}));
+        s.advance(6 * DAY);
+        s.effects
+            .iter()
+            .map(|e| (e.key.clone(), e.payload.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b);
+    let keys: std::collections::HashSet<_> = a.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 6);
+}
+
+#[test]
+fn unsubscribed_channel_is_suppressed_and_counted_failed() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({"email_subscription": "unsubscribed"}));
+    assert_eq!(s.messages_to("c1").len(), 0);
+    assert_eq!(s.count("message_suppressed", Some(&a)), 1);
+    assert_eq!(s.count("step_failed", Some(&a)), 1);
+}

@@ -1,0 +1,313 @@
+//! The embeddable module: open a database, push events, run commands, query
+//! views, advance the clock, wait until idle.
+//!
+//! # Threads
+//! [`Module`] is `Send + Sync`: every method may be called from any thread,
+//! concurrently, except that [`Module::close`] consumes it. Writes are
+//! serialized through the worker thread; views read through their own
+//! connection and see the last committed state. Host callbacks run on the
+//! module's dispatcher thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded, unbounded};
+use parking_lot::{Mutex, RwLock};
+use rusqlite::Connection;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::{Clock, Millis, parse_rfc3339};
+use crate::commands::Command;
+use crate::core::ingest::Outcome;
+use crate::error::{Error, Result, parse_json};
+use crate::event::Event;
+use crate::host::{Host, HostSlot};
+use crate::settings::{Resolved, Settings};
+use crate::store::{self, Access};
+use crate::worker::{Request, Worker, load_settings};
+
+/// Which clock the module reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClockConfig {
+    /// Wall-clock time.
+    #[default]
+    System,
+    /// Time moves only when the host advances it.
+    Manual {
+        /// Start instant, RFC 3339.
+        start: String,
+    },
+}
+
+/// The JSON configuration given to [`Module::open`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenConfig {
+    /// The clock.
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// Settings to store when the database is new (ignored afterwards: use the
+    /// `settings.update` command).
+    #[serde(default)]
+    pub initial_settings: Option<Settings>,
+}
+
+/// What one pushed event came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct PushResult {
+    /// The host's event id.
+    pub event_id: String,
+    /// `applied`, `duplicate` (seen before: no effect) or `stale` (an older
+    /// contact update: recorded, properties kept).
+    pub outcome: String,
+}
+
+/// The module.
+pub struct Module {
+    tx: Sender<Request>,
+    clock: Arc<Clock>,
+    host: HostSlot,
+    settings: Arc<RwLock<Resolved>>,
+    reader: Mutex<Option<Connection>>,
+    path: PathBuf,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Applied => "applied",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Stale => "stale",
+    }
+}
+
+impl Module {
+    /// Opens (creating if needed) the database at `path` with a JSON config.
+    pub fn open(path: &Path, config_json: &str) -> Result<Module> {
+        let config: OpenConfig = if config_json.trim().is_empty() {
+            OpenConfig::default()
+        } else {
+            parse_json(config_json)?
+        };
+        Module::open_with(path, config)
+    }
+
+    /// Opens with a typed config.
+    pub fn open_with(path: &Path, config: OpenConfig) -> Result<Module> {
+        let clock = Arc::new(match &config.clock {
+            ClockConfig::System => Clock::System,
+            ClockConfig::Manual { start } => Clock::manual(
+                parse_rfc3339(start).map_err(|m| Error::invalid(format!("clock.start: {m}")))?,
+            ),
+        });
+        if let Some(s) = &config.initial_settings {
+            s.validate().map_err(|e| e.at("initial_settings"))?;
+        }
+        let conn = store::open(path, Access::Write)?;
+        let install_id = match store::get_setting(&conn, "install_id")? {
+            Some(Value::String(s)) => s,
+            _ => {
+                let id = new_install_id(path);
+                store::put_setting(&conn, "install_id", &Value::String(id.clone()))?;
+                id
+            }
+        };
+        if store::get_setting(&conn, "settings")?.is_none() {
+            let doc = config.initial_settings.clone().unwrap_or_default();
+            let v = serde_json::to_value(&doc).map_err(|e| Error::Internal(e.to_string()))?;
+            store::put_setting(&conn, "settings", &v)?;
+        }
+        let settings = Arc::new(RwLock::new(load_settings(&conn)?));
+        let host: HostSlot = Arc::new(RwLock::new(None));
+        let (tx, rx) = unbounded();
+        let (jobs_tx, jobs_rx) = bounded(1024);
+        let worker = Worker::new(
+            conn,
+            clock.clone(),
+            settings.clone(),
+            install_id,
+            host.clone(),
+            jobs_tx,
+        )?;
+        let reader = store::open(path, Access::Read)?;
+        let w = std::thread::Builder::new()
+            .name("crm-worker".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| Error::Internal(format!("cannot start the worker: {e}")))?;
+        let (host2, tx2) = (host.clone(), tx.clone());
+        let d = std::thread::Builder::new()
+            .name("crm-dispatcher".into())
+            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, tx2))
+            .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
+        Ok(Module {
+            tx,
+            clock,
+            host,
+            settings,
+            reader: Mutex::new(Some(reader)),
+            path: path.to_path_buf(),
+            threads: Mutex::new(vec![w, d]),
+        })
+    }
+
+    /// Sets (or clears) the host callbacks. Pending effects are delivered once set.
+    pub fn set_host(&self, host: Option<Arc<dyn Host>>) -> Result<()> {
+        *self.host.write() = host;
+        self.tx
+            .send(Request::HostChanged)
+            .map_err(|_| Error::Closed)
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, rx) = bounded(1);
+        self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Pushes one event (JSON). Durable when it returns `Ok`.
+    pub fn push(&self, event_json: &str) -> Result<PushResult> {
+        let ev = Event::parse(event_json)?;
+        let id = ev.event_id.clone();
+        let out = self.call(|reply| Request::Push {
+            events: vec![ev],
+            reply,
+        })?;
+        Ok(PushResult {
+            event_id: id,
+            outcome: outcome_name(out[0]).into(),
+        })
+    }
+
+    /// Pushes a JSON array of events atomically: all are applied or none.
+    pub fn push_batch(&self, events_json: &str) -> Result<Vec<PushResult>> {
+        let events = Event::parse_batch(events_json)?;
+        self.push_events(events)
+    }
+
+    /// Pushes already validated events atomically.
+    pub fn push_events(&self, events: Vec<Event>) -> Result<Vec<PushResult>> {
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        let out = self.call(|reply| Request::Push { events, reply })?;
+        Ok(ids
+            .into_iter()
+            .zip(out)
+            .map(|(event_id, o)| PushResult {
+                event_id,
+                outcome: outcome_name(o).into(),
+            })
+            .collect())
+    }
+
+    /// Runs a command (JSON in, JSON out).
+    pub fn execute(&self, command_json: &str) -> Result<Value> {
+        if command_json.len() > crate::event::MAX_BATCH_BYTES {
+            return Err(Error::TooLarge("a command is limited to 64 MiB".into()));
+        }
+        let command: Command = parse_json(command_json)?;
+        self.execute_command(command)
+    }
+
+    /// Runs a typed command.
+    pub fn execute_command(&self, command: Command) -> Result<Value> {
+        self.call(|reply| Request::Command { command, reply })
+    }
+
+    /// Builds a view model (JSON) by screen name.
+    pub fn view(&self, name: &str, params_json: &str) -> Result<Value> {
+        let params: Value = if params_json.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            parse_json(params_json)?
+        };
+        if name == "schemas" {
+            return Ok(crate::schema::all());
+        }
+        let settings = self.settings.read().clone();
+        let mut guard = self.reader.lock();
+        if guard.is_none() {
+            *guard = Some(store::open(&self.path, Access::Read)?);
+        }
+        let conn = guard.as_ref().ok_or(Error::Closed)?;
+        // One consistent snapshot for the whole view.
+        conn.execute_batch("BEGIN")?;
+        let r = crate::views::query(conn, &settings, name, &params, self.clock.now());
+        let _ = conn.execute_batch("COMMIT");
+        r
+    }
+
+    /// The module's current time.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Advances the manual clock by `ms`, running everything that falls due on
+    /// the way, each at its own instant. Errors on the system clock.
+    pub fn advance_clock(&self, ms: i64) -> Result<()> {
+        if !self.clock.is_manual() {
+            return Err(Error::Conflict(
+                "the clock is the system clock: only a manual clock can be advanced".into(),
+            ));
+        }
+        if !(0..=10 * 366 * crate::clock::DAY).contains(&ms) {
+            return Err(Error::invalid("ms: must be 0 to ten years"));
+        }
+        let to = self.clock.now() + ms;
+        self.call(|reply| Request::AdvanceTo { to, reply })
+    }
+
+    /// Waits until nothing is queued, due or being delivered (or `timeout`).
+    pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        let (reply, rx) = bounded(1);
+        self.tx
+            .send(Request::WaitIdle { reply })
+            .map_err(|_| Error::Closed)?;
+        match rx.recv_timeout(timeout) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout(
+                "the module did not become idle in time".into(),
+            )),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Stops the threads and closes the database. Effects not yet answered by
+    /// the host stay in the outbox and are delivered after the next open.
+    pub fn close(self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        // The worker exits on Shutdown; dropping its job sender ends the dispatcher.
+        for t in threads {
+            let _ = t.join();
+        }
+        self.reader.lock().take();
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn new_install_id(path: &Path) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(path.to_string_lossy().as_bytes());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}

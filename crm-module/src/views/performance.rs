@@ -1,0 +1,1289 @@
+//! `automation_performance`: the Performance tab of one automation. Every
+//! figure is computed from the append-only `events` table (plus the
+//! `enrollments` table for time in flow) with a fixed handful of aggregate
+//! queries grouped by kind / step / channel, so the page stays fast with
+//! millions of event rows: each query is a range scan of the
+//! `events_automation(automation_id, kind, at)` index for one automation.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Days;
+use rusqlite::params;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::builder::{Header, TabItem, header, tabs};
+use super::{
+    Action, Column, Ctx, DASH, GoalCell, Label, StatCard, fmt_count, fmt_duration,
+    fmt_duration_short, fmt_rate, humanize, load_automation, num_f, num_u, rate, round1,
+};
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::model::automation::{AutomationDefinition, Flow, Step, StepKind};
+use crate::schedule::{local_date, local_to_utc_ms};
+
+/// Days shown by the engagement-over-time chart.
+pub const CHART_DAYS: u32 = 30;
+
+/// Parameters of `automation_performance`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceParams {
+    /// The automation.
+    pub automation_id: String,
+}
+
+/// The Performance tab of an automation.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PerformanceView {
+    /// The automation.
+    pub automation_id: String,
+    /// The builder's top bar.
+    pub header: Header,
+    /// The builder's tabs, Performance selected.
+    pub tabs: Vec<TabItem>,
+    /// The automation's goal (id null with label "—" when none).
+    pub goal: GoalCell,
+    /// Exactly four cards: Enrolled, Completed, Goal reached, Conversion.
+    pub stat_cards: Vec<StatCard>,
+    /// Enrolled / completed / goal reached per practice-local day.
+    pub engagement_over_time: EngagementOverTime,
+    /// The best steps by conversion (up to three).
+    pub top_steps: Vec<TopStep>,
+    /// Messages per channel.
+    pub channel_breakdown: Vec<ChannelRow>,
+    /// Enrolled → Completed → Goal reached.
+    pub goal_funnel: Vec<FunnelStage>,
+    /// The per-step performance table.
+    pub steps: StepsTable,
+    /// Average (and median) time in flow.
+    pub time_in_flow: TimeInFlow,
+    /// Why contacts left before the End.
+    pub exits: Exits,
+}
+
+/// The engagement-over-time chart.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EngagementOverTime {
+    /// Chart title.
+    pub title: String,
+    /// The three lines: `enrolled`, `completed`, `goal_reached`.
+    pub series: Vec<Label>,
+    /// One point per practice-local day, oldest first, ending today.
+    pub points: Vec<DayPoint>,
+}
+
+/// One day of the chart.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DayPoint {
+    /// Practice-local date `YYYY-MM-DD`.
+    pub date: String,
+    /// Axis label ("Mar 8").
+    pub label: String,
+    /// Enrollments that day.
+    pub enrolled: u64,
+    /// Completions that day.
+    pub completed: u64,
+    /// Goals reached that day.
+    pub goal_reached: u64,
+}
+
+/// A top performing step.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TopStep {
+    /// Step id.
+    pub step_id: String,
+    /// Step title.
+    pub title: String,
+    /// Completed ÷ executed × 100.
+    pub conversion: Option<f64>,
+    /// Formatted conversion.
+    pub conversion_display: String,
+    /// Times executed.
+    pub executed: u64,
+}
+
+/// Message counts of one channel.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ChannelRow {
+    /// `email` or `sms`.
+    pub channel: Label,
+    /// Send attempts (messages handed to the host).
+    pub queued: u64,
+    /// Accepted by the host's channel.
+    pub sent: u64,
+    /// Delivery receipts.
+    pub delivered: u64,
+    /// Opens (every open event).
+    pub opened: u64,
+    /// Clicks (every click event).
+    pub clicked: u64,
+    /// Replies.
+    pub replied: u64,
+    /// Bounces (hard and soft).
+    pub bounced: u64,
+    /// Internal or channel failures.
+    pub failed: u64,
+    /// Not sent because the contact is unsubscribed.
+    pub suppressed: u64,
+    /// Delivered ÷ send attempts × 100.
+    pub delivery_rate: Option<f64>,
+    /// Formatted delivery rate.
+    pub delivery_rate_display: String,
+}
+
+/// A bar of the goal funnel.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FunnelStage {
+    /// `enrolled`, `completed` or `goal_reached`.
+    pub id: String,
+    /// Label.
+    pub label: String,
+    /// Count.
+    pub value: u64,
+    /// Formatted count.
+    pub display: String,
+    /// Share of enrolled, × 100.
+    pub share: Option<f64>,
+    /// Formatted share.
+    pub share_display: String,
+}
+
+/// The per-step performance table.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepsTable {
+    /// Title.
+    pub title: String,
+    /// Step, Executed, Completed, Failed, Avg. time, Conversion, Actions.
+    pub columns: Vec<Column>,
+    /// One row per step of the current version in canvas order, then steps
+    /// removed by later versions that have history (marked `removed`).
+    pub rows: Vec<StepRow>,
+}
+
+/// One step's figures.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepRow {
+    /// Step id.
+    pub step_id: String,
+    /// Title (as on the canvas).
+    pub title: String,
+    /// Step type.
+    pub step_type: Label,
+    /// Font Awesome icon name.
+    pub icon: String,
+    /// Nesting depth: 0 on the main path, 1 inside a branch, …
+    pub depth: u32,
+    /// "YES path of …" / "NO path of …" inside a branch.
+    pub path_label: Option<String>,
+    /// Removed from the current version (history only).
+    pub removed: bool,
+    /// Times the step started (`step_executed`).
+    pub executed: u64,
+    /// Formatted.
+    pub executed_display: String,
+    /// Times it finished (`step_completed`).
+    pub completed: u64,
+    /// Formatted.
+    pub completed_display: String,
+    /// Times it failed (`step_failed`).
+    pub failed: u64,
+    /// Formatted.
+    pub failed_display: String,
+    /// Mean time from start to completion, in milliseconds.
+    pub avg_time_ms: Option<f64>,
+    /// Formatted ("2 min", "2 days", "—").
+    pub avg_time_display: String,
+    /// Completed ÷ executed × 100 (one decimal).
+    pub conversion: Option<f64>,
+    /// Formatted ("97.9%", "—").
+    pub conversion_display: String,
+    /// If/then branches: how many went each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch_paths: Option<BranchSplit>,
+    /// Row actions (step analytics for message and wait steps).
+    pub actions: Vec<Action>,
+}
+
+/// Counts of a branch's two paths.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BranchSplit {
+    /// Took the YES path.
+    pub yes: u64,
+    /// Took the NO path.
+    pub no: u64,
+    /// "YES 120 · NO 80".
+    pub display: String,
+}
+
+/// Average time in flow.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TimeInFlow {
+    /// Title.
+    pub label: String,
+    /// Mean milliseconds from enrollment to the end of the flow.
+    pub mean_ms: Option<f64>,
+    /// Median milliseconds.
+    pub median_ms: Option<f64>,
+    /// "3.2d".
+    pub mean_display: String,
+    /// "2.6d".
+    pub median_display: String,
+    /// "3.2d median 2.6d".
+    pub display: String,
+    /// Enrollments measured (ended).
+    pub ended: u64,
+    /// Enrollments still active (excluded).
+    pub active: u64,
+    /// How it is computed.
+    pub definition: String,
+}
+
+/// Exits before the End, by reason.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Exits {
+    /// All exits.
+    pub total: u64,
+    /// Formatted.
+    pub total_display: String,
+    /// Per reason, most frequent first.
+    pub reasons: Vec<ExitReason>,
+    /// What counts as an exit.
+    pub definition: String,
+}
+
+/// One exit reason.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ExitReason {
+    /// `goal_met`, `email_reply`, `sms_opt_out`, `global_opt_out`, `automation_deleted`, `error`, …
+    pub reason: Label,
+    /// Exits with it.
+    pub count: u64,
+    /// Formatted.
+    pub count_display: String,
+    /// Share of all exits, × 100.
+    pub share: Option<f64>,
+    /// Formatted share.
+    pub share_display: String,
+}
+
+const CONVERSION_DEFINITION: &str = "(goals reached ÷ contacts enrolled) × 100. Goals are counted when a contact meets the automation's goal criteria inside the lookback window (default 30 days). If no goal is defined, conversion only counts leads whose Status changed to Patient.";
+
+#[derive(Default, Clone, Copy)]
+struct StepCounts {
+    executed: u64,
+    completed: u64,
+    failed: u64,
+    avg_ms: Option<f64>,
+    yes: u64,
+    no: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct ChannelCounts {
+    queued: u64,
+    sent: u64,
+    delivered: u64,
+    opened: u64,
+    clicked: u64,
+    replied: u64,
+    bounced: u64,
+    failed: u64,
+    suppressed: u64,
+}
+
+pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
+    let rec = load_automation(ctx.conn, &p.automation_id)?;
+    let id = rec.id.as_str();
+    let def = &rec.current.def;
+
+    // 1. Totals per kind and channel.
+    let mut totals: HashMap<String, u64> = HashMap::new();
+    let mut channels: Vec<(String, ChannelCounts)> = Vec::new();
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT kind, channel, count(*) FROM events
+             WHERE automation_id = ?1 AND kind IN (
+               'enrolled', 'completed', 'goal_reached', 'exited',
+               'message_queued', 'message_sent', 'message_delivered', 'message_opened',
+               'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
+               'message_suppressed')
+             GROUP BY kind, channel",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, channel, n) = row?;
+            let n = n as u64;
+            *totals.entry(kind.clone()).or_default() += n;
+            let Some(channel) = channel else { continue };
+            if !kind.starts_with("message_") {
+                continue;
+            }
+            let idx = match channels.iter().position(|(c, _)| *c == channel) {
+                Some(i) => i,
+                None => {
+                    channels.push((channel.clone(), ChannelCounts::default()));
+                    channels.len() - 1
+                }
+            };
+            let c = &mut channels[idx].1;
+            match kind.as_str() {
+                "message_queued" => c.queued += n,
+                "message_sent" => c.sent += n,
+                "message_delivered" => c.delivered += n,
+                "message_opened" => c.opened += n,
+                "message_clicked" => c.clicked += n,
+                "message_replied" => c.replied += n,
+                "message_bounced" => c.bounced += n,
+                "message_failed" => c.failed += n,
+                "message_suppressed" => c.suppressed += n,
+                _ => {}
+            }
+        }
+    }
+    let total = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let (enrolled, completed, goals, exited) = (
+        total("enrolled"),
+        total("completed"),
+        total("goal_reached"),
+        total("exited"),
+    );
+
+    // 2. Per step.
+    let mut per_step: HashMap<String, StepCounts> = HashMap::new();
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT step_id, kind, count(*),
+                    avg(CASE WHEN kind = 'step_completed' THEN json_extract(detail, '$.duration_ms') END),
+                    sum(CASE WHEN kind = 'step_completed' AND json_extract(detail, '$.path') = 'yes' THEN 1 ELSE 0 END),
+                    sum(CASE WHEN kind = 'step_completed' AND json_extract(detail, '$.path') = 'no' THEN 1 ELSE 0 END)
+             FROM events
+             WHERE automation_id = ?1
+               AND kind IN ('step_executed', 'step_completed', 'step_failed')
+               AND step_id IS NOT NULL
+             GROUP BY step_id, kind",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<f64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (step, kind, n, avg, yes, no) = row?;
+            let c = per_step.entry(step).or_default();
+            match kind.as_str() {
+                "step_executed" => c.executed = n as u64,
+                "step_failed" => c.failed = n as u64,
+                _ => {
+                    c.completed = n as u64;
+                    c.avg_ms = avg;
+                    c.yes = yes.unwrap_or(0) as u64;
+                    c.no = no.unwrap_or(0) as u64;
+                }
+            }
+        }
+    }
+
+    // 3. Exits by reason.
+    let mut reasons: Vec<(String, u64)> = Vec::new();
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT coalesce(json_extract(detail, '$.reason'), 'unknown'), count(*) FROM events
+             WHERE automation_id = ?1 AND kind = 'exited'
+             GROUP BY 1 ORDER BY 2 DESC, 1",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (reason, n) = row?;
+            reasons.push((reason, n as u64));
+        }
+    }
+
+    // 4. Time in flow.
+    let time_in_flow = time_in_flow(ctx, id)?;
+
+    // 5. Engagement over time.
+    let engagement_over_time = engagement_over_time(ctx, id)?;
+
+    // Steps table.
+    let rows = step_rows(ctx, id, &rec.current.flow, def, &per_step)?;
+    let mut top: Vec<&StepRow> = rows
+        .iter()
+        .filter(|r| !r.removed && r.executed > 0)
+        .collect();
+    top.sort_by(|a, b| {
+        b.conversion
+            .partial_cmp(&a.conversion)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(b.executed.cmp(&a.executed))
+    });
+    let top_steps = top
+        .into_iter()
+        .take(3)
+        .map(|r| TopStep {
+            step_id: r.step_id.clone(),
+            title: r.title.clone(),
+            conversion: r.conversion,
+            conversion_display: r.conversion_display.clone(),
+            executed: r.executed,
+        })
+        .collect();
+
+    let goal_label = match def.goal {
+        Some(g) => format!("Goal: {}", g.label()),
+        None => "No goal: counts Lead → Patient".to_string(),
+    };
+    let conversion = rate(goals, enrolled);
+    let stat_cards = vec![
+        StatCard {
+            id: "enrolled".into(),
+            label: "Enrolled".into(),
+            value: Some(num_u(enrolled)),
+            display: fmt_count(enrolled),
+            hint: "All time".into(),
+            definition: Some(
+                "Contacts who joined the flow because the trigger fired. The starting line."
+                    .into(),
+            ),
+        },
+        StatCard {
+            id: "completed".into(),
+            label: "Completed".into(),
+            value: Some(num_u(completed)),
+            display: fmt_count(completed),
+            hint: format!("{} of enrolled", fmt_rate(rate(completed, enrolled))),
+            definition: Some(
+                "Contacts who walked through every step and reached the End of automation node. Structural finish line."
+                    .into(),
+            ),
+        },
+        StatCard {
+            id: "goal_reached".into(),
+            label: "Goal reached".into(),
+            value: Some(num_u(goals)),
+            display: fmt_count(goals),
+            hint: goal_label,
+            definition: Some(format!(
+                "Contacts who did the converting event (booked, reactivated, etc.) within the lookback ({} days after enrolling). Business finish line.",
+                def.goal_lookback_days
+            )),
+        },
+        StatCard {
+            id: "conversion".into(),
+            label: "Conversion".into(),
+            value: conversion.and_then(num_f),
+            display: fmt_rate(conversion),
+            hint: format!(
+                "{} of {} enrolled",
+                fmt_count(goals),
+                fmt_count(enrolled)
+            ),
+            definition: Some(CONVERSION_DEFINITION.into()),
+        },
+    ];
+
+    let goal_funnel = [
+        ("enrolled", "Enrolled", enrolled),
+        ("completed", "Completed", completed),
+        ("goal_reached", "Goal reached", goals),
+    ]
+    .into_iter()
+    .map(|(id, label, value)| {
+        let share = rate(value, enrolled);
+        FunnelStage {
+            id: id.into(),
+            label: label.into(),
+            value,
+            display: fmt_count(value),
+            share,
+            share_display: fmt_rate(share),
+        }
+    })
+    .collect();
+
+    channels.sort_by(|a, b| {
+        channel_rank(&a.0)
+            .cmp(&channel_rank(&b.0))
+            .then(a.0.cmp(&b.0))
+    });
+    let channel_breakdown = channels
+        .into_iter()
+        .map(|(ch, c)| {
+            let delivery = rate(c.delivered, c.queued);
+            ChannelRow {
+                channel: Label::new(&ch, &channel_label(&ch)),
+                queued: c.queued,
+                sent: c.sent,
+                delivered: c.delivered,
+                opened: c.opened,
+                clicked: c.clicked,
+                replied: c.replied,
+                bounced: c.bounced,
+                failed: c.failed,
+                suppressed: c.suppressed,
+                delivery_rate: delivery,
+                delivery_rate_display: fmt_rate(delivery),
+            }
+        })
+        .collect();
+
+    let exits = Exits {
+        total: exited,
+        total_display: fmt_count(exited),
+        reasons: reasons
+            .into_iter()
+            .map(|(reason, count)| {
+                let share = rate(count, exited);
+                ExitReason {
+                    reason: Label::new(&reason, &exit_label(&reason)),
+                    count,
+                    count_display: fmt_count(count),
+                    share,
+                    share_display: fmt_rate(share),
+                }
+            })
+            .collect(),
+        definition: "Contacts who left before reaching an End: an Unenrollment toggle (Goal met, Email reply, SMS opt-out), a global opt-out, the automation being deleted, or an error.".into(),
+    };
+
+    Ok(PerformanceView {
+        automation_id: rec.id.clone(),
+        header: header(Some(&rec)),
+        tabs: tabs(&rec.id, "performance"),
+        goal: GoalCell::of(def.goal),
+        stat_cards,
+        engagement_over_time,
+        top_steps,
+        channel_breakdown,
+        goal_funnel,
+        steps: StepsTable {
+            title: "Per-step performance".into(),
+            columns: step_columns(),
+            rows,
+        },
+        time_in_flow,
+        exits,
+    })
+}
+
+fn step_columns() -> Vec<Column> {
+    let def = |mut c: Column, d: &str| {
+        c.definition = Some(d.to_string());
+        c
+    };
+    vec![
+        Column::new("step", "Step", false, false),
+        def(
+            Column::new("executed", "Executed", true, true),
+            "Times contacts started the step.",
+        ),
+        def(
+            Column::new("completed", "Completed", true, true),
+            "Times the step finished and the contact moved on.",
+        ),
+        def(
+            Column::new("failed", "Failed", true, true),
+            "Times the step could not run (e.g. the contact is unsubscribed, the list was deleted).",
+        ),
+        def(
+            Column::new("avg_time", "Avg. time", true, true),
+            "Mean time from the step starting to it completing; a Delay's time is its wait, run window included.",
+        ),
+        def(
+            Column::new("conversion", "Conversion", true, true),
+            "(completed ÷ executed) × 100: the share of contacts who started the step and finished it.",
+        ),
+        Column::new("actions", "Actions", false, false),
+    ]
+}
+
+/// Depth and branch path label of every step of a definition.
+fn positions(def: &AutomationDefinition) -> HashMap<String, (u32, Option<String>)> {
+    fn walk(
+        steps: &[Step],
+        depth: u32,
+        path: Option<String>,
+        out: &mut HashMap<String, (u32, Option<String>)>,
+    ) {
+        for s in steps {
+            out.insert(s.id.clone(), (depth, path.clone()));
+            if let StepKind::Branch { yes, no, .. } = &s.kind {
+                let title = s.title();
+                walk(
+                    yes,
+                    depth + 1,
+                    Some(format!("YES path of \"{title}\"")),
+                    out,
+                );
+                walk(no, depth + 1, Some(format!("NO path of \"{title}\"")), out);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    walk(&def.steps, 0, None, &mut out);
+    out
+}
+
+fn step_rows(
+    ctx: &Ctx<'_>,
+    automation_id: &str,
+    flow: &Flow,
+    def: &AutomationDefinition,
+    per_step: &HashMap<String, StepCounts>,
+) -> Result<Vec<StepRow>> {
+    let pos = positions(def);
+    let mut rows = Vec::new();
+    for id in flow.ordered_ids() {
+        let Some(step) = flow.step(&id) else { continue };
+        let (depth, path) = pos.get(&id).cloned().unwrap_or((0, None));
+        rows.push(step_row(
+            step,
+            depth,
+            path,
+            false,
+            per_step.get(&id).copied().unwrap_or_default(),
+        ));
+    }
+    // Steps with history that the current version no longer has: titles from
+    // the newest version that still had them.
+    let mut missing: HashSet<&str> = per_step
+        .keys()
+        .map(String::as_str)
+        .filter(|s| !flow.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT definition FROM automation_versions
+             WHERE automation_id = ?1 AND version < (SELECT current_version FROM automations WHERE id = ?1)
+             ORDER BY version DESC",
+        )?;
+        let defs = stmt.query_map(params![automation_id], |r| r.get::<_, String>(0))?;
+        for text in defs {
+            if missing.is_empty() {
+                break;
+            }
+            let Ok(old) = serde_json::from_str::<AutomationDefinition>(&text?) else {
+                continue;
+            };
+            let old_flow = Flow::new(&old);
+            for id in old_flow.ordered_ids() {
+                if missing.remove(id.as_str())
+                    && let Some(step) = old_flow.step(&id)
+                {
+                    rows.push(step_row(
+                        step,
+                        0,
+                        None,
+                        true,
+                        per_step.get(&id).copied().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        // History whose definition is gone entirely.
+        let mut rest: Vec<&str> = missing.into_iter().collect();
+        rest.sort_unstable();
+        for id in rest {
+            let c = per_step.get(id).copied().unwrap_or_default();
+            let mut row = step_row(
+                &Step {
+                    id: id.to_string(),
+                    name: Some(format!("Step {id}")),
+                    kind: StepKind::AddToList {
+                        list_id: String::new(),
+                    },
+                },
+                0,
+                None,
+                true,
+                c,
+            );
+            row.step_type = Label::new("unknown", "Unknown");
+            row.icon = "fa-circle-question".into();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn step_row(
+    step: &Step,
+    depth: u32,
+    path_label: Option<String>,
+    removed: bool,
+    c: StepCounts,
+) -> StepRow {
+    let conversion = rate(c.completed, c.executed);
+    let type_id = step.kind.type_id();
+    let mut actions = Vec::new();
+    if matches!(
+        step.kind,
+        StepKind::SendEmail { .. } | StepKind::SendSms { .. } | StepKind::Delay { .. }
+    ) {
+        actions.push(Action::new(
+            "step_analytics",
+            "Step analytics",
+            Some("fa-chart-column"),
+        ));
+    }
+    StepRow {
+        step_id: step.id.clone(),
+        title: if removed {
+            format!("{} (removed)", step.title())
+        } else {
+            step.title()
+        },
+        step_type: Label::new(type_id, step.kind.type_label()),
+        icon: super::builder::step_icon(type_id).into(),
+        depth,
+        path_label,
+        removed,
+        executed: c.executed,
+        executed_display: fmt_count(c.executed),
+        completed: c.completed,
+        completed_display: fmt_count(c.completed),
+        failed: c.failed,
+        failed_display: fmt_count(c.failed),
+        avg_time_ms: c.avg_ms.map(round1),
+        avg_time_display: c.avg_ms.map(fmt_duration).unwrap_or_else(|| DASH.into()),
+        conversion,
+        conversion_display: fmt_rate(conversion),
+        branch_paths: matches!(step.kind, StepKind::Branch { .. }).then(|| BranchSplit {
+            yes: c.yes,
+            no: c.no,
+            display: format!("YES {} · NO {}", fmt_count(c.yes), fmt_count(c.no)),
+        }),
+        actions,
+    }
+}
+
+fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
+    let (ended, mean, active): (i64, Option<f64>, i64) = ctx
+        .conn
+        .prepare_cached(
+            "SELECT count(*) FILTER (WHERE state != 'active' AND ended_at IS NOT NULL),
+                    avg(ended_at - enrolled_at) FILTER (WHERE state != 'active' AND ended_at IS NOT NULL),
+                    count(*) FILTER (WHERE state = 'active')
+             FROM enrollments WHERE automation_id = ?1",
+        )?
+        .query_row(params![automation_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let median = if ended > 0 {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT ended_at - enrolled_at AS d FROM enrollments
+             WHERE automation_id = ?1 AND state != 'active' AND ended_at IS NOT NULL
+             ORDER BY d LIMIT ?2 OFFSET ?3",
+        )?;
+        let take = if ended % 2 == 0 { 2 } else { 1 };
+        let mid: Vec<i64> = stmt
+            .query_map(params![automation_id, take, (ended - 1) / 2], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        (!mid.is_empty()).then(|| mid.iter().sum::<i64>() as f64 / mid.len() as f64)
+    } else {
+        None
+    };
+    let mean_display = mean.map(fmt_duration_short).unwrap_or_else(|| DASH.into());
+    let median_display = median
+        .map(fmt_duration_short)
+        .unwrap_or_else(|| DASH.into());
+    Ok(TimeInFlow {
+        label: "Average time in flow".into(),
+        mean_ms: mean.map(round1),
+        median_ms: median,
+        display: if mean.is_some() {
+            format!("{mean_display} median {median_display}")
+        } else {
+            DASH.into()
+        },
+        mean_display,
+        median_display,
+        ended: ended as u64,
+        active: active as u64,
+        definition: "Mean elapsed time from enrollment to leaving the flow (reaching an End or exiting). Includes scheduled waits between steps. Excludes contacts still active in the flow.".into(),
+    })
+}
+
+fn engagement_over_time(ctx: &Ctx<'_>, automation_id: &str) -> Result<EngagementOverTime> {
+    let tz = ctx.settings.tz;
+    let today = local_date(ctx.now, tz);
+    let first = today
+        .checked_sub_days(Days::new(u64::from(CHART_DAYS - 1)))
+        .unwrap_or(today);
+    let dates: Vec<chrono::NaiveDate> = first.iter_days().take(CHART_DAYS as usize).collect();
+    let start: Millis = local_to_utc_ms(first, 0, tz);
+    let end: Millis = local_to_utc_ms(today, 24 * 60, tz);
+    let mut points: Vec<DayPoint> = dates
+        .iter()
+        .map(|d| DayPoint {
+            date: d.format("%Y-%m-%d").to_string(),
+            label: d.format("%b %-d").to_string(),
+            enrolled: 0,
+            completed: 0,
+            goal_reached: 0,
+        })
+        .collect();
+    // Quarter-hour buckets: every zone offset is a multiple of 15 minutes, so
+    // a bucket never straddles a local midnight.
+    const BUCKET: i64 = 15 * crate::clock::MINUTE;
+    let mut stmt = ctx.conn.prepare_cached(
+        "SELECT kind, at / ?4, count(*) FROM events
+         WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached')
+           AND at >= ?2 AND at < ?3
+         GROUP BY kind, at / ?4",
+    )?;
+    let rows = stmt.query_map(params![automation_id, start, end, BUCKET], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (kind, bucket, n) = row?;
+        let date = local_date(bucket * BUCKET, tz);
+        let Some(i) = dates.iter().position(|d| *d == date) else {
+            continue;
+        };
+        let p = &mut points[i];
+        match kind.as_str() {
+            "enrolled" => p.enrolled += n as u64,
+            "completed" => p.completed += n as u64,
+            _ => p.goal_reached += n as u64,
+        }
+    }
+    Ok(EngagementOverTime {
+        title: "Engagement over time".into(),
+        series: vec![
+            Label::new("enrolled", "Enrolled"),
+            Label::new("completed", "Completed"),
+            Label::new("goal_reached", "Goal reached"),
+        ],
+        points,
+    })
+}
+
+fn channel_rank(c: &str) -> u8 {
+    match c {
+        "email" => 0,
+        "sms" => 1,
+        _ => 2,
+    }
+}
+
+fn channel_label(c: &str) -> String {
+    match c {
+        "email" => "Email".into(),
+        "sms" => "SMS".into(),
+        other => humanize(other),
+    }
+}
+
+fn exit_label(reason: &str) -> String {
+    match reason {
+        "goal_met" => "Goal met".into(),
+        "email_reply" => "Email reply".into(),
+        "sms_opt_out" => "SMS opt-out".into(),
+        "global_opt_out" => "Global opt-out".into(),
+        "automation_deleted" => "Automation deleted".into(),
+        "error" => "Error".into(),
+        other => humanize(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::test_support::{Db, NOW};
+    use crate::clock::{DAY, MINUTE};
+    use crate::error::ErrorCode;
+
+    fn v1() -> Value {
+        json!({
+            "name": "New lead welcome series",
+            "goal": "book_appointment",
+            "trigger": {"type": "contact_created"},
+            "steps": [
+                {"id": "s1", "name": "Welcome email", "type": "send_email", "subject": "Welcome", "body": "Hi"},
+                {"id": "old", "name": "Old SMS", "type": "send_sms", "message": "Hello"},
+                {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
+                {"id": "s3", "name": "Follow-up SMS", "type": "send_sms", "message": "Book now"}
+            ]
+        })
+    }
+
+    fn v2() -> Value {
+        json!({
+            "name": "New lead welcome series",
+            "goal": "book_appointment",
+            "trigger": {"type": "contact_created"},
+            "steps": [
+                {"id": "s1", "name": "Welcome email", "type": "send_email", "subject": "Welcome", "body": "Hi"},
+                {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
+                {"id": "s3", "name": "Follow-up SMS", "type": "send_sms", "message": "Book now"},
+                {"id": "s4", "type": "branch", "condition": {"type": "goal_reached"},
+                 "yes": [], "no": [{"id": "s5", "type": "create_task", "title": "Call", "assignee": {"kind": "contact_owner"}}]}
+            ]
+        })
+    }
+
+    fn seeded() -> Db {
+        let db = Db::new();
+        db.automation("a1", "active", NOW - DAY, &[v1(), v2()]);
+        let at = NOW - 2 * DAY;
+        db.events("a1", "enrolled", None, 342, at, None);
+        db.events(
+            "a1",
+            "completed",
+            None,
+            300,
+            NOW - 3 * crate::clock::HOUR,
+            None,
+        );
+        db.events("a1", "goal_reached", None, 62, at, None);
+        db.events(
+            "a1",
+            "exited",
+            None,
+            20,
+            at,
+            Some(json!({"reason": "goal_met"})),
+        );
+        db.events(
+            "a1",
+            "exited",
+            None,
+            5,
+            at,
+            Some(json!({"reason": "sms_opt_out"})),
+        );
+        let s = |step: &str, kind: &str, n: usize, detail: Option<Value>| {
+            db.events("a1", kind, Some(step), n, at, detail)
+        };
+        s("s1", "step_executed", 342, None);
+        s(
+            "s1",
+            "step_completed",
+            335,
+            Some(json!({"duration_ms": 2 * MINUTE})),
+        );
+        s(
+            "s1",
+            "step_failed",
+            7,
+            Some(json!({"reason": "unsubscribed"})),
+        );
+        s("s2", "step_executed", 335, None);
+        s(
+            "s2",
+            "step_completed",
+            335,
+            Some(json!({"duration_ms": 2 * DAY})),
+        );
+        s("s3", "step_executed", 335, None);
+        s(
+            "s3",
+            "step_completed",
+            331,
+            Some(json!({"duration_ms": MINUTE})),
+        );
+        s("s3", "step_failed", 4, None);
+        s("s4", "step_executed", 10, None);
+        s(
+            "s4",
+            "step_completed",
+            6,
+            Some(json!({"path": "yes", "duration_ms": 0})),
+        );
+        s(
+            "s4",
+            "step_completed",
+            4,
+            Some(json!({"path": "no", "duration_ms": 0})),
+        );
+        s("old", "step_executed", 3, None);
+        s("old", "step_completed", 3, Some(json!({"duration_ms": 0})));
+        db.events("a1", "message_queued", Some("s1"), 342, at, None);
+        db.conn
+            .execute(
+                "UPDATE events SET channel = 'email' WHERE kind = 'message_queued'",
+                [],
+            )
+            .unwrap();
+        db.events("a1", "message_delivered", Some("s1"), 300, at, None);
+        db.conn
+            .execute(
+                "UPDATE events SET channel = 'email' WHERE kind = 'message_delivered'",
+                [],
+            )
+            .unwrap();
+        // Enrollments for time in flow: 1, 2 and 4 days; one still active.
+        for (i, (days, state)) in [
+            (1, "completed"),
+            (2, "exited"),
+            (4, "completed"),
+            (0, "active"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let cid = format!("c{i}");
+            db.conn
+                .execute(
+                    "INSERT INTO contacts (id, props, created_at, last_activity) VALUES (?1, '{}', 0, 0)",
+                    [&cid],
+                )
+                .unwrap();
+            let ended = (state != "active").then_some(NOW - 10 * DAY + days * DAY);
+            db.conn
+                .execute(
+                    "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, enrolled_at, ended_at)
+                     VALUES ('a1', ?1, 2, 2, ?2, ?3, ?4)",
+                    rusqlite::params![cid, state, NOW - 10 * DAY, ended],
+                )
+                .unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn stat_cards_and_step_table() {
+        let db = seeded();
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let cards = v["stat_cards"].as_array().unwrap();
+        assert_eq!(cards.len(), 4);
+        let labels: Vec<&str> = cards.iter().map(|c| c["label"].as_str().unwrap()).collect();
+        assert_eq!(
+            labels,
+            ["Enrolled", "Completed", "Goal reached", "Conversion"]
+        );
+        assert_eq!(cards[0]["value"], 342);
+        assert_eq!(cards[1]["value"], 300);
+        assert_eq!(cards[2]["value"], 62);
+        assert_eq!(cards[3]["value"], 18.1);
+        assert_eq!(cards[3]["display"], "18.1%");
+        assert!(
+            cards[3]["definition"]
+                .as_str()
+                .unwrap()
+                .contains("only counts leads whose Status changed to Patient")
+        );
+
+        let cols: Vec<&str> = v["steps"]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                "Step",
+                "Executed",
+                "Completed",
+                "Failed",
+                "Avg. time",
+                "Conversion",
+                "Actions"
+            ]
+        );
+        assert!(
+            v["steps"]["columns"][5]["definition"]
+                .as_str()
+                .unwrap()
+                .contains("completed ÷ executed")
+        );
+        let rows = v["steps"]["rows"].as_array().unwrap();
+        let ids: Vec<&str> = rows
+            .iter()
+            .map(|r| r["step_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["s1", "s2", "s3", "s4", "s5", "old"]);
+        let s1 = &rows[0];
+        assert_eq!(s1["title"], "Welcome email");
+        assert_eq!(
+            (
+                s1["executed"].clone(),
+                s1["completed"].clone(),
+                s1["failed"].clone()
+            ),
+            (json!(342), json!(335), json!(7))
+        );
+        assert_eq!(s1["avg_time_display"], "2 min");
+        assert_eq!(s1["conversion"], 97.9);
+        assert_eq!(s1["conversion_display"], "97.9%");
+        assert_eq!(rows[1]["title"], "Wait 2 days");
+        assert_eq!(rows[1]["avg_time_display"], "2 days");
+        assert_eq!(rows[1]["conversion_display"], "100%");
+        assert_eq!(rows[2]["avg_time_display"], "1 min");
+        assert_eq!(rows[2]["conversion_display"], "98.8%");
+        assert_eq!(rows[3]["branch_paths"]["yes"], 6);
+        assert_eq!(rows[3]["branch_paths"]["no"], 4);
+        assert_eq!(rows[4]["depth"], 1);
+        assert_eq!(rows[4]["executed"], 0);
+        assert_eq!(rows[4]["avg_time_display"], "—");
+        assert_eq!(rows[4]["conversion_display"], "—");
+        assert_eq!(rows[5]["removed"], true);
+        assert_eq!(rows[5]["title"], "Old SMS (removed)");
+        assert_eq!(rows[5]["removed"], true);
+        assert_eq!(rows[0]["actions"][0]["id"], "step_analytics");
+
+        assert_eq!(v["top_steps"][0]["step_id"], "s2");
+        assert_eq!(v["goal_funnel"][2]["share_display"], "18.1%");
+        assert_eq!(v["channel_breakdown"][0]["channel"]["label"], "Email");
+        assert_eq!(v["channel_breakdown"][0]["delivery_rate_display"], "87.7%");
+        assert_eq!(v["tabs"][2]["selected"], true);
+        assert_eq!(v["header"]["title"], "New lead welcome series");
+    }
+
+    #[test]
+    fn time_in_flow_exits_and_chart() {
+        let db = seeded();
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let t = &v["time_in_flow"];
+        assert_eq!(t["ended"], 3);
+        assert_eq!(t["active"], 1);
+        assert_eq!(t["mean_display"], "2.3d");
+        assert_eq!(t["median_ms"], 2.0 * DAY as f64);
+        assert_eq!(t["display"], "2.3d median 2d");
+
+        let exits = &v["exits"];
+        assert_eq!(exits["total"], 25);
+        assert_eq!(exits["reasons"][0]["reason"]["label"], "Goal met");
+        assert_eq!(exits["reasons"][0]["count"], 20);
+        assert_eq!(exits["reasons"][0]["share_display"], "80%");
+        assert_eq!(exits["reasons"][1]["reason"]["id"], "sms_opt_out");
+
+        let points = v["engagement_over_time"]["points"].as_array().unwrap();
+        assert_eq!(points.len(), 30);
+        assert_eq!(points[29]["date"], "2026-03-08");
+        assert_eq!(points[29]["completed"], 300);
+        assert_eq!(points[27]["enrolled"], 342);
+        let total: u64 = points.iter().map(|p| p["enrolled"].as_u64().unwrap()).sum();
+        assert_eq!(total, 342);
+    }
+
+    #[test]
+    fn empty_automation_shows_dashes() {
+        let db = Db::new();
+        db.automation("a1", "draft", NOW, &[v2()]);
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        assert_eq!(v["stat_cards"][0]["value"], 0);
+        assert!(v["stat_cards"][3]["value"].is_null());
+        assert_eq!(v["stat_cards"][3]["display"], "—");
+        assert_eq!(v["time_in_flow"]["display"], "—");
+        assert_eq!(v["steps"]["rows"].as_array().unwrap().len(), 5);
+        assert!(v["top_steps"].as_array().unwrap().is_empty());
+        assert!(v["exits"]["reasons"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors() {
+        let db = seeded();
+        let e = db
+            .query("automation_performance", json!({"automation_id": "zzz"}))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound);
+        assert!(e.to_string().contains("automation zzz"), "{e}");
+        let e = db.query("automation_performance", json!({})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid);
+        assert!(e.to_string().contains("automation_id"), "{e}");
+        let e = db
+            .query("automation_performance", json!({"automation_id": 7}))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn step_query_uses_the_event_index() {
+        let db = seeded();
+        let plan: Vec<String> = db
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT step_id, kind, count(*) FROM events
+                 WHERE automation_id = 'a1'
+                   AND kind IN ('step_executed', 'step_completed', 'step_failed')
+                   AND step_id IS NOT NULL
+                 GROUP BY step_id, kind",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("events_automation")),
+            "{plan:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod scale {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::super::test_support::{Db, NOW};
+
+    /// Views over millions of event rows (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn millions_of_events() {
+        let db = Db::new();
+        let def = json!({
+            "name": "Big", "trigger": {"type": "contact_created"},
+            "steps": [
+                {"id": "s1", "type": "send_email", "subject": "Welcome", "body": "Hi"},
+                {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
+                {"id": "s3", "type": "send_sms", "message": "Book now"}
+            ]
+        });
+        db.automation("big", "active", NOW, &[def.clone()]);
+        db.automation("other", "active", NOW, &[def]);
+        let t = Instant::now();
+        db.conn
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000)
+                 INSERT INTO events (at, kind, contact_id, automation_id, version, step_id, channel, detail)
+                 SELECT 1772971200000 - (i % 40) * 86400000,
+                        CASE i % 6 WHEN 0 THEN 'enrolled' WHEN 1 THEN 'step_executed' WHEN 2 THEN 'step_completed'
+                                   WHEN 3 THEN 'message_queued' WHEN 4 THEN 'completed' ELSE 'message_opened' END,
+                        'c' || (i % 50000), CASE WHEN i % 3 = 0 THEN 'other' ELSE 'big' END, 1,
+                        's' || (1 + i % 3), 'email',
+                        CASE i % 6 WHEN 2 THEN '{\"duration_ms\":120000}' ELSE NULL END
+                 FROM n;",
+            )
+            .unwrap();
+        eprintln!("inserted 3M events in {:?}", t.elapsed());
+        for (view, params) in [
+            ("automation_performance", json!({"automation_id": "big"})),
+            ("automation_list", json!({})),
+        ] {
+            let t = Instant::now();
+            let v = db.query(view, params).unwrap();
+            eprintln!("{view}: {:?}", t.elapsed());
+            assert!(v.is_object());
+        }
+    }
+}

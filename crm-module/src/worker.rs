@@ -1,0 +1,552 @@
+//! The worker: the one thread that writes the database.
+//!
+//! Requests arrive over a crossbeam channel. The worker drains what is
+//! queued, applies it all in one `BEGIN IMMEDIATE` transaction (each request
+//! in its own savepoint, so a bad one changes nothing and the others still
+//! land), commits once — group commit: one fsync for many pushes — and only
+//! then replies. After each round it runs the scheduled work that is due
+//! (enrollment wake-ups, date-based trigger evaluations) and hands due
+//! outbox rows to the dispatcher.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::RwLock;
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+use crate::catalog::Catalog;
+use crate::clock::{Clock, Millis};
+use crate::commands::{self, Command};
+use crate::core::ingest::{self, Outcome};
+use crate::core::log::Entry as Log;
+use crate::core::{Ctx, due, enrollment};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::host::{HostSlot, LogLevel};
+use crate::outbox::{self, DueEffect, EffectKind, HostAnswer};
+use crate::settings::{Resolved, Settings};
+
+/// Requests to the worker.
+pub enum Request {
+    /// Ingest events (all or nothing).
+    Push {
+        /// Validated events.
+        events: Vec<Event>,
+        /// Where the outcome goes, after commit.
+        reply: Sender<Result<Vec<Outcome>>>,
+    },
+    /// Run a command.
+    Command {
+        /// The command.
+        command: Command,
+        /// Where the result goes, after commit.
+        reply: Sender<Result<Value>>,
+    },
+    /// Advance the manual clock, running everything due on the way.
+    AdvanceTo {
+        /// Target instant.
+        to: Millis,
+        /// Done.
+        reply: Sender<Result<()>>,
+    },
+    /// The host answered a delivery.
+    Answer {
+        /// Outbox row.
+        outbox_id: i64,
+        /// The answer.
+        answer: HostAnswer,
+        /// Optional reason.
+        error: Option<String>,
+    },
+    /// Host callbacks were set or cleared.
+    HostChanged,
+    /// Reply once nothing is queued, due or in flight.
+    WaitIdle {
+        /// Signalled when idle.
+        reply: Sender<()>,
+    },
+    /// Stop after finishing the current round.
+    Shutdown,
+}
+
+/// A reply to send once the transaction's fate is known.
+type Reply = Box<dyn FnOnce(Option<&Error>)>;
+
+/// Most requests folded into one transaction.
+const MAX_GROUP: usize = 512;
+/// Most scheduled items handled per transaction.
+const DUE_CHUNK: usize = 500;
+/// Most effects in flight at the dispatcher.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The worker's state.
+pub struct Worker {
+    conn: Connection,
+    clock: Arc<Clock>,
+    catalog: Catalog,
+    settings: Arc<RwLock<Resolved>>,
+    install_id: String,
+    host: HostSlot,
+    jobs: Sender<DueEffect>,
+    in_flight: HashSet<i64>,
+    idle_waiters: Vec<Sender<()>>,
+}
+
+impl Worker {
+    /// Creates the worker around the write connection.
+    pub fn new(
+        conn: Connection,
+        clock: Arc<Clock>,
+        settings: Arc<RwLock<Resolved>>,
+        install_id: String,
+        host: HostSlot,
+        jobs: Sender<DueEffect>,
+    ) -> Result<Worker> {
+        let catalog = Catalog::load(&conn)?;
+        Ok(Worker {
+            conn,
+            clock,
+            catalog,
+            settings,
+            install_id,
+            host,
+            jobs,
+            in_flight: HashSet::new(),
+            idle_waiters: Vec::new(),
+        })
+    }
+
+    /// Runs until [`Request::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Request>) {
+        loop {
+            let first = match self.wait_time() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d),
+            };
+            let mut batch = Vec::new();
+            match first {
+                Ok(r) => batch.push(r),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
+            let advances = self.round(batch);
+            for (to, reply) in advances {
+                let r = self.run_due(to);
+                self.clock.advance_to(to);
+                let _ = reply.send(r);
+            }
+            if !self.clock.is_manual() {
+                let now = self.clock.now();
+                if let Err(e) = self.run_due(now) {
+                    self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
+                }
+            }
+            self.dispatch();
+            self.check_idle(&rx);
+            if stop {
+                break;
+            }
+        }
+        // Wake anyone still waiting.
+        self.idle_waiters.clear();
+    }
+
+    fn log(&self, level: LogLevel, msg: &str) {
+        crate::host::log(&self.host, level, msg);
+    }
+
+    /// How long to sleep before scheduled work is due (system clock only).
+    fn wait_time(&self) -> Option<Duration> {
+        if self.clock.is_manual() {
+            return None;
+        }
+        let now = self.clock.now();
+        let next = [self.next_due().ok().flatten(), self.next_outbox_due()]
+            .into_iter()
+            .flatten()
+            .min();
+        let ms = next.map(|t| (t - now).clamp(0, 60_000)).unwrap_or(60_000);
+        Some(Duration::from_millis(ms as u64))
+    }
+
+    fn next_outbox_due(&self) -> Option<Millis> {
+        if self.host.read().is_none() {
+            return None;
+        }
+        outbox::next_due(&self.conn).ok().flatten()
+    }
+
+    /// Applies a group of requests in one transaction; returns the clock advances to run after it.
+    fn round(&mut self, batch: Vec<Request>) -> Vec<(Millis, Sender<Result<()>>)> {
+        let mut advances = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        if batch.is_empty() {
+            return advances;
+        }
+        let begun = self.conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = begun {
+            let err = Error::from(e);
+            for r in batch {
+                reply_error(r, &err, &mut advances);
+            }
+            return advances;
+        }
+        let mut settings_changed = false;
+        for req in batch {
+            match req {
+                Request::Push { events, reply } => {
+                    let r = self.in_savepoint(|w| w.push(&events));
+                    replies.push(Box::new(move |fail| {
+                        let _ = reply.send(match fail {
+                            Some(e) => Err(clone_err(e)),
+                            None => r,
+                        });
+                    }));
+                }
+                Request::Command { command, reply } => {
+                    settings_changed |= matches!(command, Command::SettingsUpdate { .. });
+                    let r = self.in_savepoint(|w| w.command(command));
+                    replies.push(Box::new(move |fail| {
+                        let _ = reply.send(match fail {
+                            Some(e) => Err(clone_err(e)),
+                            None => r,
+                        });
+                    }));
+                }
+                Request::Answer {
+                    outbox_id,
+                    answer,
+                    error,
+                } => {
+                    self.in_flight.remove(&outbox_id);
+                    if let Err(e) =
+                        self.in_savepoint(|w| w.record_answer(outbox_id, answer, error.as_deref()))
+                    {
+                        self.log(
+                            LogLevel::Error,
+                            &format!("recording the answer for outbox row {outbox_id} failed: {e}"),
+                        );
+                    }
+                }
+                Request::AdvanceTo { to, reply } => advances.push((to, reply)),
+                Request::WaitIdle { reply } => self.idle_waiters.push(reply),
+                Request::HostChanged | Request::Shutdown => {}
+            }
+        }
+        let committed = self.conn.execute_batch("COMMIT").map_err(Error::from);
+        let failure = committed.err();
+        if let Some(e) = &failure {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.log(LogLevel::Error, &format!("commit failed: {e}"));
+            self.reload();
+        } else if settings_changed {
+            self.reload();
+        }
+        for reply in replies {
+            reply(failure.as_ref());
+        }
+        advances
+    }
+
+    fn reload(&mut self) {
+        match Catalog::load(&self.conn) {
+            Ok(c) => self.catalog = c,
+            Err(e) => self.log(
+                LogLevel::Error,
+                &format!("reloading automations failed: {e}"),
+            ),
+        }
+        match load_settings(&self.conn) {
+            Ok(s) => *self.settings.write() = s,
+            Err(e) => self.log(LogLevel::Error, &format!("reloading settings failed: {e}")),
+        }
+    }
+
+    fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("SAVEPOINT req")?;
+        let before = self.catalog.clone();
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("RELEASE req")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.conn.execute_batch("ROLLBACK TO req; RELEASE req")?;
+                self.catalog = before;
+                Err(e)
+            }
+        }
+    }
+
+    fn push(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let settings = self.settings.read().clone();
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(events.len());
+        for (i, ev) in events.iter().enumerate() {
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            let located = |e: Error| {
+                if events.len() > 1 {
+                    e.at(&format!("events[{i}] ({})", ev.event_id))
+                } else {
+                    e
+                }
+            };
+            let outcome = ingest::apply(&mut ctx, ev).map_err(located)?;
+            let effects = ctx.take_effects();
+            outbox::write(&self.conn, &effects, now)?;
+            out.push(outcome);
+        }
+        Ok(out)
+    }
+
+    fn command(&mut self, command: Command) -> Result<Value> {
+        let settings = self.settings.read().clone();
+        let now = self.clock.now();
+        let (value, catalog, effects) = {
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            let (value, catalog) = commands::execute(&mut ctx, command)?;
+            (value, catalog, ctx.take_effects())
+        };
+        outbox::write(&self.conn, &effects, now)?;
+        if let Some(c) = catalog {
+            self.catalog = c;
+        }
+        Ok(value)
+    }
+
+    fn record_answer(&mut self, id: i64, answer: HostAnswer, error: Option<&str>) -> Result<()> {
+        let now = self.clock.now();
+        let Some(row) = outbox::by_id(&self.conn, id)? else {
+            return Ok(());
+        };
+        if row.status != "pending" && row.status != "retry" {
+            return Ok(());
+        }
+        let status = outbox::record_answer(&self.conn, id, answer, error, now)?;
+        let kind = match (row.kind, status) {
+            (EffectKind::Message, "accepted") => "message_sent",
+            (EffectKind::Message, "failed") => "message_failed",
+            (_, "accepted") => "effect_accepted",
+            (_, "failed") => "effect_failed",
+            _ => "effect_retry",
+        };
+        let detail = match (status, error) {
+            ("accepted", _) => None,
+            (_, Some(e)) => {
+                Some(json!({"source": "host", "error": e, "attempts": row.attempts + 1}))
+            }
+            _ => Some(json!({"source": "host", "attempts": row.attempts + 1})),
+        };
+        Log {
+            automation_id: row.automation_id.as_deref(),
+            enrollment_id: row.enrollment_id,
+            step_id: row.step_id.as_deref(),
+            channel: row.channel.as_deref(),
+            message_key: Some(&row.key),
+            detail,
+            ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
+        }
+        .write(&self.conn, now)
+    }
+
+    /// The earliest scheduled item of an active automation.
+    fn next_due(&self) -> Result<Option<Millis>> {
+        due::earliest(&self.conn)
+    }
+
+    /// Runs every scheduled item due at or before `until`, in time order. With
+    /// the manual clock each item runs at its own due instant.
+    fn run_due(&mut self, until: Millis) -> Result<()> {
+        loop {
+            let Some(first) = self.next_due()? else {
+                return Ok(());
+            };
+            if first > until {
+                return Ok(());
+            }
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let r = self.run_due_chunk(until);
+            match r {
+                Ok(()) => self.conn.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn run_due_chunk(&mut self, until: Millis) -> Result<()> {
+        let settings = self.settings.read().clone();
+        let manual = self.clock.is_manual();
+        let mut last: Option<(Millis, Option<i64>, Option<String>)> = None;
+        for _ in 0..DUE_CHUNK {
+            let Some(item) = due::next(&self.conn, until)? else {
+                return Ok(());
+            };
+            let (at, enrollment_id, automation_id) =
+                (item.due, item.enrollment_id, item.automation_id.clone());
+            let this = Some((at, enrollment_id, automation_id.clone()));
+            if this == last {
+                // The item did not move: never spin on it.
+                let err = Error::Internal("scheduled item did not advance".into());
+                self.quarantine(
+                    self.clock.now(),
+                    enrollment_id,
+                    automation_id.as_deref(),
+                    &err,
+                )?;
+                continue;
+            }
+            last = this;
+            let now = if manual {
+                self.clock.advance_to(at);
+                at.max(self.clock.now())
+            } else {
+                self.clock.now()
+            };
+            self.conn.execute_batch("SAVEPOINT item")?;
+            let r = self.run_item(now, &settings, &item);
+            match r {
+                Ok(()) => self.conn.execute_batch("RELEASE item")?,
+                Err(e) => {
+                    self.conn.execute_batch("ROLLBACK TO item; RELEASE item")?;
+                    self.quarantine(now, enrollment_id, automation_id.as_deref(), &e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one scheduled item at `now`.
+    fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<()> {
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
+        let n = due::run(&mut ctx, item)?;
+        let effects = ctx.take_effects();
+        outbox::write(&self.conn, &effects, now)?;
+        if n > 0 {
+            self.log(
+                LogLevel::Info,
+                &format!(
+                    "automation {:?}: date trigger enrolled {n} contacts",
+                    item.automation_id
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A scheduled item failed: it must not run again in a loop. An enrollment
+    /// exits with reason `error`; a date evaluation moves to the next day.
+    /// Both are logged (ids only).
+    fn quarantine(
+        &mut self,
+        now: Millis,
+        enrollment_id: Option<i64>,
+        automation_id: Option<&str>,
+        err: &Error,
+    ) -> Result<()> {
+        self.log(LogLevel::Error, &format!("scheduled item failed (enrollment {enrollment_id:?}, automation {automation_id:?}): {err}"));
+        if let Some(id) = enrollment_id {
+            self.conn.execute(
+                "UPDATE enrollments SET state = 'exited', exit_reason = 'error', ended_at = ?2, wake_at = NULL WHERE id = ?1",
+                params![id, now],
+            )?;
+            let e = enrollment::load(&self.conn, id)?;
+            if let Some(e) = e {
+                Log {
+                    automation_id: Some(&e.automation_id),
+                    version: Some(e.version),
+                    enrollment_id: Some(e.id),
+                    step_id: e.step_id.as_deref(),
+                    detail: Some(json!({"reason": "error", "error": err.to_string()})),
+                    ..Log::new("exited", &e.contact_id)
+                }
+                .write(&self.conn, now)?;
+            }
+        }
+        if let Some(aid) = automation_id {
+            self.conn.execute(
+                "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
+                params![aid, now + crate::clock::DAY],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Hands due outbox rows to the dispatcher.
+    fn dispatch(&mut self) {
+        if self.host.read().is_none() || self.in_flight.len() >= MAX_IN_FLIGHT {
+            return;
+        }
+        let now = self.clock.now();
+        let room = MAX_IN_FLIGHT - self.in_flight.len();
+        match outbox::due(&self.conn, now, room, &self.in_flight) {
+            Ok(rows) => {
+                for row in rows {
+                    self.in_flight.insert(row.id);
+                    if self.jobs.send(row).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => self.log(LogLevel::Error, &format!("reading the outbox failed: {e}")),
+        }
+    }
+
+    fn check_idle(&mut self, rx: &Receiver<Request>) {
+        if self.idle_waiters.is_empty() || !rx.is_empty() || !self.in_flight.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let due_work = self.next_due().ok().flatten().is_some_and(|t| t <= now);
+        let due_out = self.next_outbox_due().is_some_and(|t| t <= now);
+        if due_work || due_out {
+            return;
+        }
+        for w in self.idle_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Storage(m) => Error::Storage(m.clone()),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn reply_error(r: Request, err: &Error, advances: &mut Vec<(Millis, Sender<Result<()>>)>) {
+    match r {
+        Request::Push { reply, .. } => {
+            let _ = reply.send(Err(clone_err(err)));
+        }
+        Request::Command { reply, .. } => {
+            let _ = reply.send(Err(clone_err(err)));
+        }
+        Request::AdvanceTo { to, reply } => advances.push((to, reply)),
+        _ => {}
+    }
+}
+
+/// Loads the stored settings (defaults when none).
+pub fn load_settings(conn: &Connection) -> Result<Resolved> {
+    let doc: Settings = match crate::store::get_setting(conn, "settings")? {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|_| Error::Internal("stored settings unreadable".into()))?,
+        None => Settings::default(),
+    };
+    doc.validate()
+}

@@ -1,0 +1,228 @@
+//! Scenarios through the public [`crm_module::Module`] API: the worker thread,
+//! group commit, the dispatcher and host callbacks, the manual clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crm_module::{Delivery, EffectKind, Host, HostAnswer, Module};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Collect {
+    got: Mutex<Vec<(String, EffectKind, Value)>>,
+    retry_first: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Host for Collect {
+    fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        // The first attempt of every task is answered "retry later".
+        if d.kind == EffectKind::Task && self.retry_first.lock().unwrap().insert(d.key.to_string())
+        {
+            return (HostAnswer::RetryLater, Some("queue busy".into()));
+        }
+        self.got.lock().unwrap().push((
+            d.key.to_string(),
+            d.kind,
+            serde_json::from_str(d.payload).unwrap(),
+        ));
+        (HostAnswer::Accepted, None)
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Module {
+    Module::open(
+        &dir.path().join("practice.db"),
+        r#"{"clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
+            "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York"}}"#,
+    )
+    .unwrap()
+}
+
+const WELCOME: &str = r#"{"command": "automation.create", "automation_id": "welcome", "entered_by": "Dr. Lee", "definition": {
+    "name": "New lead welcome series", "goal": "book_appointment",
+    "trigger": {"type": "contact_created"},
+    "steps": [
+        {"id": "hello", "name": "Welcome email", "type": "send_email", "subject": "Welcome to {{practice}}", "body": "Hi {{firstname}}"},
+        {"id": "wait", "type": "delay", "amount": 2, "unit": "days"},
+        {"id": "sms", "name": "Follow-up SMS", "type": "send_sms", "message": "Hi {{firstname}}, book with {{practice}}"},
+        {"id": "booked", "type": "branch", "condition": {"type": "property", "property": "status", "op": "equals", "value": "patient"},
+         "yes": [],
+         "no": [{"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 5}]}
+    ]}}"#;
+
+fn contact(i: usize) -> String {
+    json!({"event_id": format!("c{i}"), "type": "contact.upserted", "occurred_at": "2026-01-05T14:00:00Z",
+           "contact": {"id": format!("p{i}"), "first_name": format!("Pat{i}"), "email": format!("p{i}@example.com"),
+                       "phone": format!("+1555{i:07}"), "email_subscription": "subscribed", "sms_subscription": "subscribed",
+                       "lead_source": "website_form"}})
+    .to_string()
+}
+
+#[test]
+fn welcome_series_end_to_end_through_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(WELCOME).unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+        .unwrap();
+    // Monday 09:00 New York: inside the default business-hours window.
+    let batch: Vec<Value> = (0..20)
+        .map(|i| serde_json::from_str(&contact(i)).unwrap())
+        .collect();
+    let out = m.push_batch(&Value::Array(batch).to_string()).unwrap();
+    assert!(out.iter().all(|r| r.outcome == "applied"));
+    assert_eq!(m.push(&contact(3)).unwrap().outcome, "duplicate");
+    // Half of them book during the delay.
+    for i in 0..10 {
+        m.push(&json!({"event_id": format!("b{i}"), "type": "appointment.booked", "appointment": {"id": format!("ap{i}"), "contact_id": format!("p{i}")}}).to_string())
+            .unwrap();
+    }
+    for _ in 0..4 {
+        m.advance_clock(24 * 3600 * 1000).unwrap();
+        m.wait_idle(Duration::from_secs(30)).unwrap();
+    }
+    // The first task attempt was answered "retry later": it comes back after the backoff.
+    m.advance_clock(10 * 60 * 1000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+
+    let got = host.got.lock().unwrap();
+    let count = |k: EffectKind| got.iter().filter(|(_, kind, _)| *kind == k).count();
+    assert_eq!(count(EffectKind::Message), 40, "20 emails + 20 SMS");
+    assert_eq!(
+        count(EffectKind::Task),
+        10,
+        "only leads who did not book get a call task"
+    );
+    let email = got
+        .iter()
+        .find(|(_, k, p)| *k == EffectKind::Message && p["channel"] == "email")
+        .unwrap();
+    assert_eq!(
+        email.2["placeholders"]["practice"],
+        "Riverside Family Practice"
+    );
+    assert_eq!(email.2["content"]["subject"], "Welcome to {{practice}}");
+    drop(got);
+
+    let perf = m
+        .view("automation_performance", r#"{"automation_id": "welcome"}"#)
+        .unwrap();
+    let text = perf.to_string();
+    assert!(
+        text.contains("New lead welcome series") || perf.get("automation").is_some(),
+        "{text}"
+    );
+    let list = m.view("automation_list", "{}").unwrap();
+    let row = &list["rows"][0];
+    assert_eq!(row["name"], "New lead welcome series");
+    assert_eq!(row["enrolled"], 20);
+    assert_eq!(list["columns"].as_array().unwrap().len(), 7);
+    assert_eq!(list["stat_cards"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    m.execute(WELCOME).unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+        .unwrap();
+    // A batch with one bad event is refused whole.
+    let batch = format!(
+        "[{}, {}]",
+        contact(1),
+        r#"{"event_id": "x", "type": "portal.activated", "contact_id": "nobody"}"#
+    );
+    let e = m.push_batch(&batch).unwrap_err();
+    assert_eq!(e.code(), crm_module::ErrorCode::NotFound);
+    assert!(e.to_string().contains("events[1]"), "{e}");
+    assert_eq!(
+        m.push(&contact(1)).unwrap().outcome,
+        "applied",
+        "the good event of the refused batch was not kept"
+    );
+    for bad in [
+        "",
+        "{",
+        "[]",
+        r#"{"event_id": "z", "type": "contact.upserted", "contact": {"id": "p9", "email": "not-an-address"}}"#,
+    ] {
+        assert!(m.push(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        m.execute(r#"{"command": "automation.pause", "automation_id": "ghost"}"#)
+            .unwrap_err()
+            .code(),
+        crm_module::ErrorCode::NotFound
+    );
+    assert_eq!(
+        m.execute(r#"{"command": "nope"}"#).unwrap_err().code(),
+        crm_module::ErrorCode::Invalid
+    );
+    assert_eq!(
+        m.view("no_such_screen", "{}").unwrap_err().code(),
+        crm_module::ErrorCode::NotFound
+    );
+    let list = m.view("automation_list", "{}").unwrap();
+    assert_eq!(list["rows"][0]["enrolled"], 1);
+}
+
+#[test]
+fn concurrent_pushes_from_many_threads_all_land_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Arc::new(open(&dir));
+    m.execute(WELCOME).unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+        .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let n = t * 50 + i;
+                    assert_eq!(m.push(&contact(n)).unwrap().outcome, "applied");
+                    // Everyone pushes contact 0 too: exactly one applies.
+                    let _ = m.push(&contact(0));
+                    m.view("automation_list", "{}").unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let list = m.view("automation_list", "{}").unwrap();
+    assert_eq!(list["rows"][0]["enrolled"], 400);
+}
+
+#[test]
+fn restart_keeps_state_and_pending_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let m = open(&dir);
+        m.execute(WELCOME).unwrap();
+        m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+            .unwrap();
+        m.push(&contact(1)).unwrap();
+        // No host yet: the email waits in the outbox.
+        m.close();
+    }
+    let m = open(&dir);
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        host.got.lock().unwrap().len(),
+        1,
+        "the pending email is delivered after reopening"
+    );
+    m.advance_clock(3 * 24 * 3600 * 1000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        host.got.lock().unwrap().len(),
+        2,
+        "the delay survived the restart"
+    );
+}
