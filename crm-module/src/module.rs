@@ -256,8 +256,7 @@ impl Module {
         if !(0..=10 * 366 * crate::clock::DAY).contains(&ms) {
             return Err(Error::invalid("ms: must be 0 to ten years"));
         }
-        let to = self.clock.now() + ms;
-        self.call(|reply| Request::AdvanceTo { to, reply })
+        self.call(|reply| Request::AdvanceBy { by: ms, reply })
     }
 
     /// Waits until nothing is queued, due or being delivered (or `timeout`).

@@ -45,10 +45,12 @@ pub enum Request {
         /// Where the result goes, after commit.
         reply: Sender<Result<Value>>,
     },
-    /// Advance the manual clock, running everything due on the way.
-    AdvanceTo {
-        /// Target instant.
-        to: Millis,
+    /// Advance the manual clock by `by` milliseconds from wherever it stands
+    /// when the worker takes the request (so concurrent advances add up),
+    /// running everything due on the way.
+    AdvanceBy {
+        /// Milliseconds to add.
+        by: Millis,
         /// Done.
         reply: Sender<Result<()>>,
     },
@@ -140,7 +142,8 @@ impl Worker {
             }
             let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
             let advances = self.round(batch);
-            for (to, reply) in advances {
+            for (by, reply) in advances {
+                let to = self.clock.now() + by;
                 let r = self.run_due(to);
                 self.clock.advance_to(to);
                 let _ = reply.send(r);
@@ -186,7 +189,7 @@ impl Worker {
         outbox::next_due(&self.conn).ok().flatten()
     }
 
-    /// Applies a group of requests in one transaction; returns the clock advances to run after it.
+    /// Applies a group of requests in one transaction; returns the clock advances (by how much) to run after it.
     fn round(&mut self, batch: Vec<Request>) -> Vec<(Millis, Sender<Result<()>>)> {
         let mut advances = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
@@ -238,7 +241,7 @@ impl Worker {
                         );
                     }
                 }
-                Request::AdvanceTo { to, reply } => advances.push((to, reply)),
+                Request::AdvanceBy { by, reply } => advances.push((by, reply)),
                 Request::WaitIdle { reply } => self.idle_waiters.push(reply),
                 Request::HostChanged | Request::Shutdown => {}
             }
@@ -536,7 +539,7 @@ fn reply_error(r: Request, err: &Error, advances: &mut Vec<(Millis, Sender<Resul
         Request::Command { reply, .. } => {
             let _ = reply.send(Err(clone_err(err)));
         }
-        Request::AdvanceTo { to, reply } => advances.push((to, reply)),
+        Request::AdvanceBy { by, reply } => advances.push((by, reply)),
         _ => {}
     }
 }

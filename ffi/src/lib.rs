@@ -1,1 +1,910 @@
+//! # crm-ffi: the C ABI of the CRM module
+//!
+//! A thin layer over [`crm_module::Module`]: it converts C strings, validates
+//! pointers, UTF-8 and sizes, catches panics and maps errors to status codes.
+//! It holds no engine logic. The C header `include/crm_module.h` is generated
+//! from this file by cbindgen (see `ffi/cbindgen.toml`); `tests/header.rs`
+//! fails when the committed header is stale and rewrites it when run with
+//! `CRM_UPDATE_HEADER=1`.
+//!
+//! The conventions follow SQLite and libgit2:
+//! - an opaque handle ([`crm_module`]) created by [`crm_open`] and destroyed
+//!   by [`crm_close`];
+//! - every fallible function returns a [`crm_status`] (`CRM_OK` = 0);
+//! - the details of the last failure are kept per thread
+//!   ([`crm_last_error_code`], [`crm_last_error_message`]), so they are safe
+//!   on a host thread pool;
+//! - every string the library returns is freed with [`crm_string_free`];
+//! - no panic crosses the boundary: it becomes `CRM_ERR_INTERNAL`.
 
+#![allow(non_camel_case_types)]
+#![warn(missing_docs)]
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::ptr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
+use parking_lot::RwLock;
+
+// ---------------------------------------------------------------------------
+// Status codes
+// ---------------------------------------------------------------------------
+
+/// The status every fallible function returns: `CRM_OK` (0) or one of the
+/// `CRM_ERR_*` codes. On failure the calling thread's last error
+/// (crm_last_error_code(), crm_last_error_message()) describes it.
+pub type crm_status = c_int;
+
+/// Success.
+pub const CRM_OK: crm_status = 0;
+/// A required pointer argument was NULL. Nothing changed.
+pub const CRM_ERR_NULL: crm_status = 1;
+/// The input was malformed or failed validation (bad JSON, bad field, bad
+/// argument value, wrong crm_host_callbacks version). Nothing changed.
+pub const CRM_ERR_INVALID: crm_status = 2;
+/// An id named by the input (automation, list, view name, ...) does not
+/// exist. Nothing changed.
+pub const CRM_ERR_NOT_FOUND: crm_status = 3;
+/// The request conflicts with the current state (e.g. advancing a system
+/// clock, editing a deleted automation, calling a forbidden function from a
+/// host callback). Nothing changed.
+pub const CRM_ERR_CONFLICT: crm_status = 4;
+/// The input is larger than a limit (CRM_MAX_INPUT_BYTES for any string, or
+/// the module's own event/batch limits). Nothing changed.
+pub const CRM_ERR_TOO_LARGE: crm_status = 5;
+/// The database failed (disk full, corruption, locked past the timeout).
+pub const CRM_ERR_STORAGE: crm_status = 6;
+/// The module was closed or its worker stopped.
+pub const CRM_ERR_CLOSED: crm_status = 7;
+/// A wait ran out of time (crm_wait_idle()).
+pub const CRM_ERR_TIMEOUT: crm_status = 8;
+/// A bug: an internal invariant failed or a panic was caught at the
+/// boundary. The call did not complete.
+pub const CRM_ERR_INTERNAL: crm_status = 9;
+/// A string argument was not valid UTF-8. Nothing changed.
+pub const CRM_ERR_UTF8: crm_status = 10;
+
+/// The longest string argument accepted, in bytes (64 MiB, not counting the
+/// terminating NUL). Longer strings are rejected with CRM_ERR_TOO_LARGE
+/// before anything is copied. Single events have a smaller limit of their
+/// own (256 KiB).
+pub const CRM_MAX_INPUT_BYTES: usize = 67108864;
+
+/// The library version as a number: MAJOR*10000 + MINOR*100 + PATCH. Compare
+/// it with crm_version_number() to detect a header/library mismatch.
+pub const CRM_VERSION_NUMBER: u32 = 100;
+
+/// The only accepted value of crm_host_callbacks.version.
+pub const CRM_HOST_CALLBACKS_VERSION: u32 = 1;
+
+/// Effect callback answer: the host took the effect (it will deliver it, or
+/// has applied it). The module will not offer it again.
+pub const CRM_EFFECT_ACCEPTED: c_int = 0;
+/// Effect callback answer: not now; the module offers the same effect again
+/// later (with backoff) under the same idempotency key.
+pub const CRM_EFFECT_RETRY: c_int = 1;
+/// Effect callback answer: refused for good. Any value other than
+/// CRM_EFFECT_ACCEPTED or CRM_EFFECT_RETRY means the same.
+pub const CRM_EFFECT_FAILED: c_int = 2;
+
+/// Log level: something failed.
+pub const CRM_LOG_ERROR: c_int = 1;
+/// Log level: something unexpected that the module handled.
+pub const CRM_LOG_WARN: c_int = 2;
+/// Log level: lifecycle facts.
+pub const CRM_LOG_INFO: c_int = 3;
+/// Log level: detail for debugging.
+pub const CRM_LOG_DEBUG: c_int = 4;
+
+const _: () = {
+    assert!(CRM_MAX_INPUT_BYTES == ::crm_module::event::MAX_BATCH_BYTES);
+    assert!(CRM_VERSION_NUMBER == version_number());
+    assert!(CRM_ERR_INVALID == ::crm_module::ErrorCode::Invalid as c_int);
+    assert!(CRM_ERR_NOT_FOUND == ::crm_module::ErrorCode::NotFound as c_int);
+    assert!(CRM_ERR_CONFLICT == ::crm_module::ErrorCode::Conflict as c_int);
+    assert!(CRM_ERR_TOO_LARGE == ::crm_module::ErrorCode::TooLarge as c_int);
+    assert!(CRM_ERR_STORAGE == ::crm_module::ErrorCode::Storage as c_int);
+    assert!(CRM_ERR_CLOSED == ::crm_module::ErrorCode::Closed as c_int);
+    assert!(CRM_ERR_TIMEOUT == ::crm_module::ErrorCode::Timeout as c_int);
+    assert!(CRM_ERR_INTERNAL == ::crm_module::ErrorCode::Internal as c_int);
+    assert!(CRM_LOG_ERROR == LogLevel::Error as c_int);
+    assert!(CRM_LOG_WARN == LogLevel::Warn as c_int);
+    assert!(CRM_LOG_INFO == LogLevel::Info as c_int);
+    assert!(CRM_LOG_DEBUG == LogLevel::Debug as c_int);
+};
+
+const fn parse_decimal(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0u32;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit());
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
+
+const fn version_number() -> u32 {
+    parse_decimal(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + parse_decimal(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + parse_decimal(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
+const VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("the package version contains a NUL byte"),
+    };
+
+// ---------------------------------------------------------------------------
+// Handle and callbacks
+// ---------------------------------------------------------------------------
+
+/// An open module: the opaque handle crm_open() returns and crm_close()
+/// destroys.
+pub struct crm_module {
+    module: Module,
+    /// The callbacks currently registered. The [`CallbackHost`] registered in
+    /// the module reads them under this lock, so replacing or clearing them
+    /// waits for callbacks in flight.
+    callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+}
+
+/// Hands one effect (a message, a property write-back or a task) to the host.
+/// `idempotency_key` is stable across retries and restarts: the host must
+/// carry out each key at most once. `payload_json` is the effect as a JSON
+/// object (it repeats the key and the kind). Both strings are valid only
+/// during the call. Returns CRM_EFFECT_ACCEPTED, CRM_EFFECT_RETRY or
+/// CRM_EFFECT_FAILED.
+pub type crm_effect_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        idempotency_key: *const c_char,
+        payload_json: *const c_char,
+    ) -> c_int,
+>;
+
+/// Receives a log line from the module (ids only, never patient data).
+/// `level` is one of CRM_LOG_*. `message` is valid only during the call.
+pub type crm_log_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, level: c_int, message: *const c_char)>;
+
+/// The host's callbacks, registered with crm_set_host_callbacks().
+///
+/// The struct is copied: the caller's copy may be freed after the call.
+/// `user_data` is passed to every callback and must stay valid until the
+/// callbacks are replaced or cleared, or the module is closed (both wait for
+/// callbacks in flight, so it may be freed as soon as they return).
+///
+/// Threads: the effect callbacks (deliver_message, write_property,
+/// create_task) run on the module's dispatcher thread, one at a time; `log`
+/// runs on the module's internal threads (worker or dispatcher). A callback
+/// may call crm_push_event(), crm_push_events(), crm_execute(),
+/// crm_query_view(), crm_clock_now() and the error functions; it must not
+/// call crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
+/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
+/// itself until the timeout) or crm_clock_advance().
+///
+/// A NULL effect callback means "not handled": effects of that kind are
+/// answered CRM_EFFECT_RETRY and stay in the module's durable outbox until a
+/// callback takes them. A NULL `log` discards log lines.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct crm_host_callbacks {
+    /// Must be CRM_HOST_CALLBACKS_VERSION, else crm_set_host_callbacks()
+    /// returns CRM_ERR_INVALID.
+    pub version: u32,
+    /// Passed unchanged as the first argument of every callback.
+    pub user_data: *mut c_void,
+    /// Delivers a message (email, SMS). `payload_json` is the message.
+    pub deliver_message: crm_effect_fn,
+    /// Writes a property back to the host's contact record.
+    pub write_property: crm_effect_fn,
+    /// Creates a task in the host's task queue.
+    pub create_task: crm_effect_fn,
+    /// Receives log lines.
+    pub log: crm_log_fn,
+}
+
+/// The `Host` the module calls. It reads the callbacks from the handle's
+/// shared slot.
+struct CallbackHost {
+    callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+}
+
+// SAFETY: the struct only holds function pointers and the host's `user_data`
+// pointer. The C contract (documented on crm_host_callbacks) is that the
+// callbacks are thread-safe and that `user_data` may be used from the
+// module's threads until the callbacks are replaced or the module closed;
+// replacing and closing wait for callbacks in flight (the write lock of the
+// slot, and the dispatcher join in Module::close).
+unsafe impl Send for crm_host_callbacks {}
+// SAFETY: see the `Send` impl: shared access only ever calls the callbacks.
+unsafe impl Sync for crm_host_callbacks {}
+
+thread_local! {
+    /// Set while this thread runs a host callback: re-entrant calls that
+    /// would deadlock (crm_set_host_callbacks, crm_close) are refused.
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+struct CallbackScope;
+
+impl CallbackScope {
+    fn enter() -> CallbackScope {
+        IN_CALLBACK.with(|c| c.set(true));
+        CallbackScope
+    }
+}
+
+impl Drop for CallbackScope {
+    fn drop(&mut self) {
+        IN_CALLBACK.with(|c| c.set(false));
+    }
+}
+
+fn in_callback() -> bool {
+    IN_CALLBACK.with(|c| c.get())
+}
+
+/// A C string for a callback argument. JSON and keys never hold NUL bytes;
+/// should one appear it is dropped rather than truncating silently.
+fn c_arg(s: &str) -> CString {
+    CString::new(s).unwrap_or_else(|e| {
+        let mut bytes = e.into_vec();
+        bytes.retain(|&b| b != 0);
+        CString::new(bytes).unwrap_or_default()
+    })
+}
+
+impl Host for CallbackHost {
+    fn deliver(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        // `read_recursive`: a callback may re-enter the module, whose threads
+        // may log (a read) while a writer waits in crm_set_host_callbacks.
+        let guard = self.callbacks.read_recursive();
+        let Some(cb) = guard.as_ref() else {
+            return (
+                HostAnswer::RetryLater,
+                Some("no host callbacks registered".into()),
+            );
+        };
+        let f = match delivery.kind {
+            EffectKind::Message => cb.deliver_message,
+            EffectKind::Property => cb.write_property,
+            EffectKind::Task => cb.create_task,
+        };
+        let Some(f) = f else {
+            return (
+                HostAnswer::RetryLater,
+                Some(format!(
+                    "no host callback registered for {} effects",
+                    delivery.kind.as_str()
+                )),
+            );
+        };
+        let key = c_arg(delivery.key);
+        let payload = c_arg(delivery.payload);
+        let _scope = CallbackScope::enter();
+        // SAFETY: the host registered `f` and `user_data` for this purpose;
+        // the strings outlive the call.
+        let rc = unsafe { f(cb.user_data, key.as_ptr(), payload.as_ptr()) };
+        match rc {
+            CRM_EFFECT_ACCEPTED => (HostAnswer::Accepted, None),
+            CRM_EFFECT_RETRY => (
+                HostAnswer::RetryLater,
+                Some("the host callback asked to retry".into()),
+            ),
+            other => (
+                HostAnswer::Failed,
+                Some(format!("the host callback failed (returned {other})")),
+            ),
+        }
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let guard = self.callbacks.read_recursive();
+        let Some(cb) = guard.as_ref() else { return };
+        let Some(f) = cb.log else { return };
+        let message = c_arg(message);
+        let _scope = CallbackScope::enter();
+        // SAFETY: as in `deliver`.
+        unsafe { f(cb.user_data, level as c_int, message.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Error state and call wrapper
+// ---------------------------------------------------------------------------
+
+struct LastError {
+    code: c_int,
+    message: CString,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<LastError> = RefCell::new(LastError { code: CRM_OK, message: CString::default() });
+}
+
+fn clear_error() {
+    let _ = LAST_ERROR.try_with(|e| {
+        let mut e = e.borrow_mut();
+        e.code = CRM_OK;
+        if !e.message.as_bytes().is_empty() {
+            e.message = CString::default();
+        }
+    });
+}
+
+fn set_error(code: c_int, message: &str) {
+    let message = c_arg(message);
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = LastError { code, message });
+}
+
+/// A failure on its way to the caller.
+struct Failure {
+    code: crm_status,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: crm_status, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<::crm_module::Error> for Failure {
+    fn from(e: ::crm_module::Error) -> Self {
+        Failure {
+            code: e.code() as crm_status,
+            message: e.to_string(),
+        }
+    }
+}
+
+type FfiResult<T = ()> = Result<T, Failure>;
+
+/// Runs the body of an entry point: clears the thread's last error, catches
+/// panics, records the failure.
+fn guard(body: impl FnOnce() -> FfiResult) -> crm_status {
+    clear_error();
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => CRM_OK,
+        Ok(Err(f)) => {
+            set_error(f.code, &f.message);
+            f.code
+        }
+        Err(_) => {
+            set_error(
+                CRM_ERR_INTERNAL,
+                "internal error: a panic was caught at the C boundary; the call did not complete",
+            );
+            CRM_ERR_INTERNAL
+        }
+    }
+}
+
+/// The handle behind `m`.
+///
+/// # Safety
+/// `m` is NULL or a live handle from crm_open().
+unsafe fn handle<'a>(m: *mut crm_module) -> FfiResult<&'a crm_module> {
+    // SAFETY: per the contract, a non-NULL `m` points to a live handle.
+    unsafe { m.as_ref() }.ok_or_else(|| Failure::new(CRM_ERR_NULL, "m: the module handle is NULL"))
+}
+
+/// Borrows a C string argument, checking NULL, size and UTF-8 before anything
+/// is copied.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string (or to at least
+/// CRM_MAX_INPUT_BYTES + 1 readable bytes).
+unsafe fn read_str<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        return Err(Failure::new(CRM_ERR_NULL, format!("{what}: NULL pointer")));
+    }
+    // SAFETY: `p` is readable up to its NUL or the bound.
+    let len = unsafe { libc::strnlen(p, CRM_MAX_INPUT_BYTES + 1) };
+    if len > CRM_MAX_INPUT_BYTES {
+        return Err(Failure::new(
+            CRM_ERR_TOO_LARGE,
+            format!("{what}: longer than the limit of {CRM_MAX_INPUT_BYTES} bytes"),
+        ));
+    }
+    // SAFETY: `len` bytes are readable (strnlen found the NUL after them).
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    std::str::from_utf8(bytes).map_err(|e| {
+        Failure::new(
+            CRM_ERR_UTF8,
+            format!(
+                "{what}: not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Sets an out-pointer to NULL (if there is one) so it is NULL on failure.
+///
+/// # Safety
+/// `out` is NULL or writable.
+unsafe fn reset_out(out: *mut *mut c_char) {
+    if !out.is_null() {
+        // SAFETY: per the contract.
+        unsafe { out.write(ptr::null_mut()) };
+    }
+}
+
+/// Turns a serialized result into a new library-owned C string.
+fn to_c_json(text: serde_json::Result<String>) -> FfiResult<CString> {
+    let text = text.map_err(|e| {
+        Failure::new(
+            CRM_ERR_INTERNAL,
+            format!("internal error: cannot serialize the result: {e}"),
+        )
+    })?;
+    // serde_json escapes control characters, so there is no NUL inside.
+    CString::new(text).map_err(|_| {
+        Failure::new(
+            CRM_ERR_INTERNAL,
+            "internal error: the result holds a NUL byte",
+        )
+    })
+}
+
+/// Hands a string to the caller.
+///
+/// # Safety
+/// `out` is NULL or writable.
+unsafe fn give(out: *mut *mut c_char, s: CString) {
+    if !out.is_null() {
+        // SAFETY: per the contract.
+        unsafe { out.write(s.into_raw()) };
+    }
+}
+
+fn require_out<T>(out: *mut T, what: &str) -> FfiResult {
+    if out.is_null() {
+        Err(Failure::new(CRM_ERR_NULL, format!("{what}: NULL pointer")))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------
+
+/// Opens (creating if needed) the module's database at `db_path` and starts
+/// its threads. `config_json` is the open configuration, e.g.
+/// `{"clock":{"mode":"manual","start":"2026-01-05T08:00:00Z"}}`; NULL or ""
+/// means the defaults (system clock). On success `*out` receives the handle,
+/// to be closed with crm_close(); on failure `*out` is NULL.
+///
+/// Errors: CRM_ERR_NULL (db_path or out NULL), CRM_ERR_UTF8, CRM_ERR_TOO_LARGE,
+/// CRM_ERR_INVALID (bad config, empty path), CRM_ERR_STORAGE (cannot open or
+/// migrate the database).
+///
+/// Thread safety: may be called from any thread, concurrently (each call
+/// makes its own handle; open one handle per database file).
+///
+/// # Safety
+/// `db_path` and `config_json` are NULL or NUL-terminated strings; `out` is
+/// NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_open(
+    db_path: *const c_char,
+    config_json: *const c_char,
+    out: *mut *mut crm_module,
+) -> crm_status {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: `out` is writable per the contract.
+        unsafe { out.write(ptr::null_mut()) };
+        // SAFETY: per the contract.
+        let path = unsafe { read_str(db_path, "db_path") }?;
+        let config = if config_json.is_null() {
+            ""
+        } else {
+            // SAFETY: per the contract.
+            unsafe { read_str(config_json, "config_json") }?
+        };
+        if path.is_empty() {
+            return Err(Failure::new(CRM_ERR_INVALID, "db_path: empty"));
+        }
+        let module = Module::open(Path::new(path), config)?;
+        let handle = Box::new(crm_module {
+            module,
+            callbacks: Arc::new(RwLock::new(None)),
+        });
+        // SAFETY: `out` is writable per the contract.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Closes the module: stops its threads (waiting for a host callback in
+/// flight), closes the database and frees the handle. Effects the host has
+/// not yet accepted stay in the database and are offered again after the
+/// next crm_open(). NULL is a no-op. Strings returned earlier stay valid
+/// (free them with crm_string_free()).
+///
+/// Called from inside a host callback it does nothing (the handle stays
+/// open) and sets the thread's last error to CRM_ERR_CONFLICT.
+///
+/// Thread safety: must not run concurrently with any other call on the same
+/// handle, and the handle must not be used afterwards. Other handles are
+/// unaffected.
+///
+/// # Safety
+/// `m` is NULL or a live handle from crm_open(), not used by any other
+/// thread during or after the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
+    let _ = guard(|| {
+        if m.is_null() {
+            return Ok(());
+        }
+        if in_callback() {
+            return Err(Failure::new(
+                CRM_ERR_CONFLICT,
+                "conflict: crm_close cannot be called from a host callback",
+            ));
+        }
+        // SAFETY: `m` came from Box::into_raw in crm_open and is used by no
+        // one else (per the contract).
+        let handle = unsafe { Box::from_raw(m) };
+        let crm_module {
+            module, callbacks, ..
+        } = *handle;
+        module.close();
+        drop(callbacks);
+        Ok(())
+    });
+}
+
+/// Pushes one event (a JSON object with `event_id` and `type`). Durable when
+/// it returns CRM_OK. If `out_result_json` is not NULL it receives
+/// `{"event_id":"...","outcome":"applied"|"duplicate"|"stale"}` (free with
+/// crm_string_free()); on failure it is set to NULL.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE (over 256 KiB),
+/// CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
+/// rejected event changes nothing (its event_id is not consumed).
+///
+/// Thread safety: safe to call concurrently on one handle; also from a host
+/// callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `event_json` is NULL or NUL-terminated;
+/// `out_result_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_push_event(
+    m: *mut crm_module,
+    event_json: *const c_char,
+    out_result_json: *mut *mut c_char,
+) -> crm_status {
+    guard(|| {
+        // SAFETY (all blocks): per the contract.
+        unsafe { reset_out(out_result_json) };
+        let h = unsafe { handle(m) }?;
+        let text = unsafe { read_str(event_json, "event_json") }?;
+        let result = h.module.push(text)?;
+        let json = to_c_json(serde_json::to_string(&result))?;
+        unsafe { give(out_result_json, json) };
+        Ok(())
+    })
+}
+
+/// Pushes a JSON array of events atomically: all are applied or none. If
+/// `out_results_json` is not NULL it receives a JSON array with one
+/// `{"event_id","outcome"}` object per event, in order (free with
+/// crm_string_free()); on failure it is set to NULL.
+///
+/// Errors: as crm_push_event(); batches are limited to 10,000 events and
+/// 64 MiB. On any error no event of the batch is applied.
+///
+/// Thread safety: safe to call concurrently on one handle; also from a host
+/// callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `events_json_array` is NULL or
+/// NUL-terminated; `out_results_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_push_events(
+    m: *mut crm_module,
+    events_json_array: *const c_char,
+    out_results_json: *mut *mut c_char,
+) -> crm_status {
+    guard(|| {
+        // SAFETY (all blocks): per the contract.
+        unsafe { reset_out(out_results_json) };
+        let h = unsafe { handle(m) }?;
+        let text = unsafe { read_str(events_json_array, "events_json_array") }?;
+        let results = h.module.push_batch(text)?;
+        let json = to_c_json(serde_json::to_string(&results))?;
+        unsafe { give(out_results_json, json) };
+        Ok(())
+    })
+}
+
+/// Runs a command, e.g. `{"command":"automation.activate","automation_id":"a1"}`.
+/// `*out_json` receives the command's JSON result (free with
+/// crm_string_free()); on failure it is NULL.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
+/// CRM_ERR_NOT_FOUND (unknown automation/list id), CRM_ERR_CONFLICT,
+/// CRM_ERR_STORAGE, CRM_ERR_CLOSED. A failed command changes nothing.
+///
+/// Thread safety: safe to call concurrently on one handle; also from a host
+/// callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `command_json` is NULL or NUL-terminated;
+/// `out_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_execute(
+    m: *mut crm_module,
+    command_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> crm_status {
+    guard(|| {
+        require_out(out_json, "out_json")?;
+        // SAFETY (all blocks): per the contract.
+        unsafe { reset_out(out_json) };
+        let h = unsafe { handle(m) }?;
+        let text = unsafe { read_str(command_json, "command_json") }?;
+        let result = h.module.execute(text)?;
+        let json = to_c_json(serde_json::to_string(&result))?;
+        unsafe { give(out_json, json) };
+        Ok(())
+    })
+}
+
+/// Builds the view model of a screen, by name (e.g. "automation_list"), with
+/// JSON parameters (NULL means `{}`). `*out_json` receives the view model as
+/// JSON (free with crm_string_free()); on failure it is NULL. Views read the
+/// last committed state and never change anything.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
+/// CRM_ERR_NOT_FOUND (unknown view or id), CRM_ERR_STORAGE.
+///
+/// Thread safety: safe to call concurrently on one handle (view queries are
+/// serialized on the handle's read connection); also from a host callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `view_name` and `params_json` are NULL or
+/// NUL-terminated; `out_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_query_view(
+    m: *mut crm_module,
+    view_name: *const c_char,
+    params_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> crm_status {
+    guard(|| {
+        require_out(out_json, "out_json")?;
+        // SAFETY (all blocks): per the contract.
+        unsafe { reset_out(out_json) };
+        let h = unsafe { handle(m) }?;
+        let name = unsafe { read_str(view_name, "view_name") }?;
+        let params = if params_json.is_null() {
+            "{}"
+        } else {
+            unsafe { read_str(params_json, "params_json") }?
+        };
+        let result = h.module.view(name, params)?;
+        let json = to_c_json(serde_json::to_string(&result))?;
+        unsafe { give(out_json, json) };
+        Ok(())
+    })
+}
+
+/// Advances the manual clock by `ms` milliseconds (0 to ten years), running
+/// everything that falls due on the way, each at its own instant. Effects it
+/// produces are handed to the callbacks asynchronously: call crm_wait_idle()
+/// to wait for them.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_CONFLICT (the module runs on the system
+/// clock), CRM_ERR_INVALID (`ms` out of range), CRM_ERR_STORAGE,
+/// CRM_ERR_CLOSED.
+///
+/// Thread safety: safe to call concurrently on one handle (advances are
+/// serialized); not from a host callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_clock_advance(m: *mut crm_module, ms: i64) -> crm_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(m) }?;
+        h.module.advance_clock(ms)?;
+        Ok(())
+    })
+}
+
+/// Reads the module's current time, in milliseconds since the Unix epoch
+/// (UTC), into `*out_ms` (0 on failure).
+///
+/// Errors: CRM_ERR_NULL.
+///
+/// Thread safety: safe to call concurrently on one handle; also from a host
+/// callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `out_ms` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_clock_now(m: *mut crm_module, out_ms: *mut i64) -> crm_status {
+    guard(|| {
+        require_out(out_ms, "out_ms")?;
+        // SAFETY: per the contract.
+        unsafe { out_ms.write(0) };
+        // SAFETY: per the contract.
+        let h = unsafe { handle(m) }?;
+        let now = h.module.now();
+        // SAFETY: per the contract.
+        unsafe { out_ms.write(now) };
+        Ok(())
+    })
+}
+
+/// Waits until nothing is queued, due or being delivered, or until
+/// `timeout_ms` milliseconds (>= 0) have passed. Effects answered
+/// CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
+/// CRM_ERR_CLOSED.
+///
+/// Thread safety: safe to call concurrently on one handle; not from a host
+/// callback (it would wait for itself until the timeout).
+///
+/// # Safety
+/// `m` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_wait_idle(m: *mut crm_module, timeout_ms: i64) -> crm_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(m) }?;
+        let ms = u64::try_from(timeout_ms).map_err(|_| {
+            Failure::new(
+                CRM_ERR_INVALID,
+                "invalid input: timeout_ms: must not be negative",
+            )
+        })?;
+        h.module.wait_idle(Duration::from_millis(ms))?;
+        Ok(())
+    })
+}
+
+/// Registers the host's callbacks (copied), replacing any previous ones, or
+/// clears them when `callbacks` is NULL. Effects waiting in the outbox are
+/// offered as soon as callbacks are set. When this returns, no callback of
+/// the previous registration is running or will run: its `user_data` may be
+/// freed.
+///
+/// Errors: CRM_ERR_NULL (m), CRM_ERR_INVALID (`version` is not
+/// CRM_HOST_CALLBACKS_VERSION; nothing changed), CRM_ERR_CONFLICT (called
+/// from a host callback), CRM_ERR_CLOSED.
+///
+/// Thread safety: safe to call concurrently on one handle (the last call
+/// wins); not from a host callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `callbacks` is NULL or points to a
+/// crm_host_callbacks whose function pointers and user_data follow the
+/// contract documented on the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_set_host_callbacks(
+    m: *mut crm_module,
+    callbacks: *const crm_host_callbacks,
+) -> crm_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(m) }?;
+        if in_callback() {
+            return Err(Failure::new(
+                CRM_ERR_CONFLICT,
+                "conflict: crm_set_host_callbacks cannot be called from a host callback",
+            ));
+        }
+        let new = if callbacks.is_null() {
+            None
+        } else {
+            // Read the version alone first: a struct of another version may
+            // have another size.
+            // SAFETY: `callbacks` points to at least the version field.
+            let version = unsafe { ptr::addr_of!((*callbacks).version).read_unaligned() };
+            if version != CRM_HOST_CALLBACKS_VERSION {
+                return Err(Failure::new(
+                    CRM_ERR_INVALID,
+                    format!(
+                        "invalid input: callbacks.version is {version}; this library expects CRM_HOST_CALLBACKS_VERSION ({CRM_HOST_CALLBACKS_VERSION})"
+                    ),
+                ));
+            }
+            // SAFETY: a version-1 struct is a whole crm_host_callbacks.
+            Some(unsafe { callbacks.read_unaligned() })
+        };
+        let set = new.is_some();
+        // The write lock waits for callbacks in flight.
+        *h.callbacks.write() = new;
+        let host: Option<Arc<dyn Host>> = if set {
+            Some(Arc::new(CallbackHost {
+                callbacks: h.callbacks.clone(),
+            }))
+        } else {
+            None
+        };
+        h.module.set_host(host)?;
+        Ok(())
+    })
+}
+
+/// Frees a string returned by the library (crm_push_event(),
+/// crm_push_events(), crm_execute(), crm_query_view()). NULL is a no-op.
+/// Never pass it a string from anywhere else, nor the pointers of
+/// crm_version() or crm_last_error_message().
+///
+/// Thread safety: any thread; does not touch the last error.
+///
+/// # Safety
+/// `s` is NULL or a string returned by this library, not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_string_free(s: *mut c_char) {
+    if s.is_null() {
+        return;
+    }
+    // SAFETY: `s` came from CString::into_raw in this library.
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { CString::from_raw(s) })));
+}
+
+/// The status code of the calling thread's last failed call, or CRM_OK when
+/// the last call succeeded. Every function that returns a crm_status, and
+/// crm_close(), resets it on entry.
+///
+/// Thread safety: any thread; the error state is per thread, so a host thread
+/// pool sees each thread's own errors.
+#[unsafe(no_mangle)]
+pub extern "C" fn crm_last_error_code() -> c_int {
+    LAST_ERROR.try_with(|e| e.borrow().code).unwrap_or(CRM_OK)
+}
+
+/// A description of the calling thread's last failure (ids, field names and
+/// limits only, never patient data), or "" when the last call succeeded.
+/// Never NULL. Owned by the library: do not free it. It stays valid until
+/// the next crm_* call on the same thread other than crm_last_error_code()
+/// and crm_last_error_message() (copy it to keep it).
+///
+/// Thread safety: any thread; the error state is per thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn crm_last_error_message() -> *const c_char {
+    LAST_ERROR
+        .try_with(|e| e.borrow().message.as_ptr())
+        .unwrap_or(c"".as_ptr())
+}
+
+/// The library version, e.g. "0.1.0": a static string (do not free).
+///
+/// Thread safety: any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn crm_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// The library version as MAJOR*10000 + MINOR*100 + PATCH (equal to the
+/// header's CRM_VERSION_NUMBER when header and library match).
+///
+/// Thread safety: any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn crm_version_number() -> u32 {
+    version_number()
+}

@@ -210,6 +210,10 @@ CREATE INDEX events_automation ON events(automation_id, kind, at) WHERE automati
 CREATE INDEX events_enrollment ON events(enrollment_id, step_id, kind) WHERE enrollment_id IS NOT NULL;
 CREATE INDEX events_contact ON events(contact_id, at);
 "#,
+    // 2: per-step and per-channel counts of the performance view read only the index.
+    r#"
+CREATE INDEX events_automation_step ON events(automation_id, kind, step_id, channel) WHERE automation_id IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema.

@@ -91,7 +91,8 @@ pub struct BuilderView {
 pub struct Header {
     /// Breadcrumb ("CRM", "Automation").
     pub breadcrumb: Vec<String>,
-    /// The back arrow. In edit mode it saves like Update, then returns to the list.
+    /// The back arrow. On the builder's editing tabs it saves like Update
+    /// (`command`), then returns to the list (`view`).
     pub back: Action,
     /// The title: the automation's name (kept in sync with the Name field).
     pub title: String,
@@ -366,10 +367,10 @@ pub struct Field {
     /// Placeholder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placeholder: Option<String>,
-    /// Smallest number allowed.
+    /// Smallest number allowed (number fields) or shortest length (text fields).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min: Option<i64>,
-    /// Largest number allowed.
+    /// Largest number allowed (number fields) or longest length (text fields).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<i64>,
     /// Shown but not editable.
@@ -803,7 +804,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     Ok(BuilderView {
         mode,
         automation_id: rec.as_ref().map(|r| r.id.clone()),
-        header: header(rec.as_ref()),
+        header: header(rec.as_ref(), true),
         tabs,
         step_rail,
         active_tab: tab,
@@ -819,15 +820,24 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     })
 }
 
-/// The top bar of an automation's builder (or of the wizard when `rec` is None).
-pub(crate) fn header(rec: Option<&AutomationRecord>) -> Header {
+/// The top bar of an automation's builder (or of the wizard when `rec` is
+/// None). With `back_saves`, the back arrow saves like Update before
+/// returning to the list (the builder's editing tabs); otherwise it only
+/// returns (the Performance tab, which edits nothing).
+pub(crate) fn header(rec: Option<&AutomationRecord>, back_saves: bool) -> Header {
     let list = ViewRef::new("automation_list", None, None);
     match rec {
         Some(r) => Header {
             breadcrumb: vec!["CRM".into(), "Automation".into()],
-            back: Action::new("back", "Back to automations", Some("fa-arrow-left"))
-                .command("automation.update", Some(&r.id))
-                .view(list.clone()),
+            back: {
+                let back = Action::new("back", "Back to automations", Some("fa-arrow-left"))
+                    .view(list.clone());
+                if back_saves {
+                    back.command("automation.update", Some(&r.id))
+                } else {
+                    back
+                }
+            },
             title: r.name.clone(),
             title_placeholder: "Untitled automation".into(),
             status: Some(Label::status(r.status)),

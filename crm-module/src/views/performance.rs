@@ -297,38 +297,70 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let id = rec.id.as_str();
     let def = &rec.current.def;
 
-    // 1. Totals per kind and channel.
+    // 1. Automation-wide totals: served by the events_automation index alone.
     let mut totals: HashMap<String, u64> = HashMap::new();
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT kind, count(*) FROM events
+             WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached', 'exited')
+             GROUP BY kind",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (kind, n) = row?;
+            totals.insert(kind, n as u64);
+        }
+    }
+    let total = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let (enrolled, completed, goals, exited) = (
+        total("enrolled"),
+        total("completed"),
+        total("goal_reached"),
+        total("exited"),
+    );
+
+    // 2. Step and message counts per (kind, step, channel), in one pass.
+    let mut per_step: HashMap<String, StepCounts> = HashMap::new();
     let mut channels: Vec<(String, ChannelCounts)> = Vec::new();
     {
         let mut stmt = ctx.conn.prepare_cached(
-            "SELECT kind, channel, count(*) FROM events
+            "SELECT kind, step_id, channel, count(*) FROM events
              WHERE automation_id = ?1 AND kind IN (
-               'enrolled', 'completed', 'goal_reached', 'exited',
+               'step_executed', 'step_completed', 'step_failed',
                'message_queued', 'message_sent', 'message_delivered', 'message_opened',
                'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
                'message_suppressed')
-             GROUP BY kind, channel",
+             GROUP BY kind, step_id, channel",
         )?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         for row in rows {
-            let (kind, channel, n) = row?;
+            let (kind, step, channel, n) = row?;
             let n = n as u64;
-            *totals.entry(kind.clone()).or_default() += n;
-            let Some(channel) = channel else { continue };
-            if !kind.starts_with("message_") {
+            if let Some(step) = step
+                && kind.starts_with("step_")
+            {
+                let c = per_step.entry(step).or_default();
+                match kind.as_str() {
+                    "step_executed" => c.executed += n,
+                    "step_completed" => c.completed += n,
+                    _ => c.failed += n,
+                }
                 continue;
             }
+            let Some(channel) = channel else { continue };
             let idx = match channels.iter().position(|(c, _)| *c == channel) {
                 Some(i) => i,
                 None => {
-                    channels.push((channel.clone(), ChannelCounts::default()));
+                    channels.push((channel, ChannelCounts::default()));
                     channels.len() - 1
                 }
             };
@@ -347,51 +379,31 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             }
         }
     }
-    let total = |k: &str| totals.get(k).copied().unwrap_or(0);
-    let (enrolled, completed, goals, exited) = (
-        total("enrolled"),
-        total("completed"),
-        total("goal_reached"),
-        total("exited"),
-    );
-
-    // 2. Per step.
-    let mut per_step: HashMap<String, StepCounts> = HashMap::new();
+    // Durations and branch paths: the details of completed steps only.
     {
         let mut stmt = ctx.conn.prepare_cached(
-            "SELECT step_id, kind, count(*),
-                    avg(CASE WHEN kind = 'step_completed' THEN json_extract(detail, '$.duration_ms') END),
-                    sum(CASE WHEN kind = 'step_completed' AND json_extract(detail, '$.path') = 'yes' THEN 1 ELSE 0 END),
-                    sum(CASE WHEN kind = 'step_completed' AND json_extract(detail, '$.path') = 'no' THEN 1 ELSE 0 END)
+            "SELECT step_id,
+                    avg(json_extract(detail, '$.duration_ms')),
+                    sum(json_extract(detail, '$.path') = 'yes'),
+                    sum(json_extract(detail, '$.path') = 'no')
              FROM events
-             WHERE automation_id = ?1
-               AND kind IN ('step_executed', 'step_completed', 'step_failed')
-               AND step_id IS NOT NULL
-             GROUP BY step_id, kind",
+             WHERE automation_id = ?1 AND kind = 'step_completed' AND step_id IS NOT NULL
+             GROUP BY step_id",
         )?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<f64>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<f64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })?;
         for row in rows {
-            let (step, kind, n, avg, yes, no) = row?;
+            let (step, avg, yes, no) = row?;
             let c = per_step.entry(step).or_default();
-            match kind.as_str() {
-                "step_executed" => c.executed = n as u64,
-                "step_failed" => c.failed = n as u64,
-                _ => {
-                    c.completed = n as u64;
-                    c.avg_ms = avg;
-                    c.yes = yes.unwrap_or(0) as u64;
-                    c.no = no.unwrap_or(0) as u64;
-                }
-            }
+            c.avg_ms = avg;
+            c.yes = yes.unwrap_or(0) as u64;
+            c.no = no.unwrap_or(0) as u64;
         }
     }
 
@@ -464,7 +476,11 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             label: "Completed".into(),
             value: Some(num_u(completed)),
             display: fmt_count(completed),
-            hint: format!("{} of enrolled", fmt_rate(rate(completed, enrolled))),
+            hint: if enrolled == 0 {
+                "No enrollments yet".into()
+            } else {
+                format!("{} of enrolled", fmt_rate(rate(completed, enrolled)))
+            },
             definition: Some(
                 "Contacts who walked through every step and reached the End of automation node. Structural finish line."
                     .into(),
@@ -486,11 +502,11 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             label: "Conversion".into(),
             value: conversion.and_then(num_f),
             display: fmt_rate(conversion),
-            hint: format!(
-                "{} of {} enrolled",
-                fmt_count(goals),
-                fmt_count(enrolled)
-            ),
+            hint: if enrolled == 0 {
+                "No enrollments yet".into()
+            } else {
+                format!("{} of {} enrolled", fmt_count(goals), fmt_count(enrolled))
+            },
             definition: Some(CONVERSION_DEFINITION.into()),
         },
     ];
@@ -561,7 +577,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
 
     Ok(PerformanceView {
         automation_id: rec.id.clone(),
-        header: header(Some(&rec)),
+        header: header(Some(&rec), false),
         tabs: tabs(&rec.id, "performance"),
         goal: GoalCell::of(def.goal),
         stat_cards,
@@ -1259,7 +1275,7 @@ mod scale {
                 {"id": "s3", "type": "send_sms", "message": "Book now"}
             ]
         });
-        db.automation("big", "active", NOW, &[def.clone()]);
+        db.automation("big", "active", NOW, std::slice::from_ref(&def));
         db.automation("other", "active", NOW, &[def]);
         let t = Instant::now();
         db.conn

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job: builds the C ABI library and the demo C host, then runs a
+# simulated practice (2,200 contacts, 90 days) through the module and prints
+# the Automation list and each automation's Performance view.
+#
+#   bash examples/run-demo.sh [CONTACTS] [DAYS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+[ -f /usr/include/jansson.h ] || need_apt+=(libjansson-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing ${need_apt[*]} ..."
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+cargo build --release -p crm-ffi
+mkdir -p examples/build
+lib="$root/target/release"
+cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic -pthread -Iinclude \
+    examples/demo_host.c -o examples/build/demo_host \
+    -L"$lib" -lcrm -ljansson -Wl,-rpath,"$lib"
+
+db="examples/build/demo.db"
+rm -f "$db" "$db-wal" "$db-shm"
+time examples/build/demo_host "$db" "$@"

@@ -1,0 +1,697 @@
+//! The C ABI (`ffi/`, `include/crm_module.h`):
+//! - a real C host (`tests/c/test_abi.c`) compiled with
+//!   `-std=c99 -Wall -Wextra -Werror -pedantic`, run natively and under
+//!   valgrind memcheck (no errors, no definite/indirect leaks);
+//! - the header compiles as C++ (`tests/c/header_cpp.cpp`);
+//! - the extern functions called from Rust: from several threads on one
+//!   handle, and every error case leaving the database unchanged.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::Path;
+use std::process::Command;
+use std::ptr;
+use std::sync::Mutex;
+
+use crm_ffi::*;
+use crm_integration_tests as support;
+
+// ---------------------------------------------------------------------------
+// C programs
+// ---------------------------------------------------------------------------
+
+fn run_c_test(args: &[&str], wrapper: Option<&[&str]>) -> std::process::Output {
+    // One executable per test: the tests run in parallel.
+    let name = if wrapper.is_some() {
+        "test_abi_valgrind"
+    } else {
+        "test_abi"
+    };
+    let exe = support::compile_c_against_ffi("tests/c/test_abi.c", name);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w[0]);
+            c.args(&w[1..]).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args(args).env("TMPDIR", tmp.path());
+    let out = cmd.output().expect("run the C test");
+    drop(tmp);
+    out
+}
+
+fn assert_c_summary(out: &std::process::Output) {
+    let last = support::last_line(out);
+    let summary = support::parse_summary(&last);
+    assert!(
+        out.status.success() && matches!(summary, Some((p, 0)) if p > 0),
+        "the C test failed (last line {last:?}):\n{}",
+        support::describe(out)
+    );
+}
+
+#[test]
+fn c_host_program_passes() {
+    let out = run_c_test(&["8", "20"], None);
+    assert_c_summary(&out);
+    eprintln!("C test: {}", support::last_line(&out));
+}
+
+#[test]
+fn header_compiles_as_cpp() {
+    support::check_cxx_syntax("tests/c/header_cpp.cpp");
+}
+
+#[test]
+fn c_host_program_is_clean_under_valgrind() {
+    let Some(valgrind) = support::on_path("valgrind") else {
+        panic!(
+            "valgrind is not installed: the C ABI must be checked under memcheck. \
+             Install it (e.g. `apt-get install -y valgrind`) and run again."
+        );
+    };
+    let valgrind = valgrind.to_string_lossy().into_owned();
+    let wrapper = [
+        valgrind.as_str(),
+        "--tool=memcheck",
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite,indirect",
+        "--show-leak-kinds=definite,indirect",
+        "--track-origins=yes",
+        "--num-callers=30",
+    ];
+    // Fewer iterations: memcheck serializes the threads and runs slower.
+    let out = run_c_test(&["8", "10"], Some(&wrapper));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stderr
+        .lines()
+        .rfind(|l| l.contains("ERROR SUMMARY"))
+        .unwrap_or("");
+    eprintln!("valgrind: {}", summary.trim());
+    for l in stderr
+        .lines()
+        .filter(|l| l.contains("definitely lost") || l.contains("indirectly lost"))
+    {
+        eprintln!("valgrind: {}", l.trim());
+    }
+    assert_c_summary(&out);
+    assert!(
+        summary.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind reported errors:\n{}",
+        support::describe(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The extern functions from Rust
+// ---------------------------------------------------------------------------
+
+const MANUAL: &CStr = c"{\"clock\":{\"mode\":\"manual\",\"start\":\"2026-01-05T08:00:00Z\"}}";
+const START_MS: i64 = 1_767_600_000_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn cs(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn last_message() -> String {
+    // SAFETY: never NULL, valid until the next call on this thread.
+    unsafe { CStr::from_ptr(crm_last_error_message()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Takes a library string.
+fn take(p: *mut c_char) -> String {
+    assert!(!p.is_null());
+    // SAFETY: a library string, freed once here.
+    let s = unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string();
+    unsafe { crm_string_free(p) };
+    s
+}
+
+struct Handle(*mut crm_module);
+
+// SAFETY: the C ABI documents every function but crm_close as safe to call
+// concurrently on one handle; crm_close runs in Drop, after the threads.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+
+impl Handle {
+    fn open(path: &Path, config: Option<&CStr>) -> Handle {
+        let p = cs(path.to_str().unwrap());
+        let mut m = ptr::null_mut();
+        let rc = unsafe {
+            crm_open(
+                p.as_ptr(),
+                config.map_or(ptr::null(), |c| c.as_ptr()),
+                &mut m,
+            )
+        };
+        assert_eq!(rc, CRM_OK, "{}", last_message());
+        assert!(!m.is_null());
+        Handle(m)
+    }
+
+    fn execute(&self, cmd: &str) -> Result<String, (c_int, String)> {
+        let c = cs(cmd);
+        let mut out = ptr::null_mut();
+        match unsafe { crm_execute(self.0, c.as_ptr(), &mut out) } {
+            CRM_OK => Ok(take(out)),
+            rc => {
+                assert!(out.is_null());
+                Err((rc, last_message()))
+            }
+        }
+    }
+
+    fn push(&self, event: &str) -> Result<String, (c_int, String)> {
+        let c = cs(event);
+        let mut out = ptr::null_mut();
+        match unsafe { crm_push_event(self.0, c.as_ptr(), &mut out) } {
+            CRM_OK => Ok(take(out)),
+            rc => {
+                assert!(out.is_null());
+                Err((rc, last_message()))
+            }
+        }
+    }
+
+    fn view(&self, name: &str, params: Option<&str>) -> Result<String, (c_int, String)> {
+        let n = cs(name);
+        let p = params.map(cs);
+        let mut out = ptr::null_mut();
+        let rc = unsafe {
+            crm_query_view(
+                self.0,
+                n.as_ptr(),
+                p.as_ref().map_or(ptr::null(), |p| p.as_ptr()),
+                &mut out,
+            )
+        };
+        match rc {
+            CRM_OK => Ok(take(out)),
+            rc => {
+                assert!(out.is_null());
+                Err((rc, last_message()))
+            }
+        }
+    }
+
+    fn now(&self) -> i64 {
+        let mut t = 0;
+        assert_eq!(unsafe { crm_clock_now(self.0, &mut t) }, CRM_OK);
+        t
+    }
+
+    fn wait_idle(&self) {
+        assert_eq!(
+            unsafe { crm_wait_idle(self.0, 30_000) },
+            CRM_OK,
+            "{}",
+            last_message()
+        );
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        unsafe { crm_close(self.0) };
+    }
+}
+
+/// What the Rust host's callbacks saw.
+#[derive(Default)]
+struct Seen {
+    keys: Mutex<Vec<String>>,
+    logs: Mutex<usize>,
+}
+
+unsafe extern "C" fn deliver(
+    user_data: *mut c_void,
+    key: *const c_char,
+    payload: *const c_char,
+) -> c_int {
+    let seen = unsafe { &*(user_data as *const Seen) };
+    let key = unsafe { CStr::from_ptr(key) }.to_str().unwrap().to_string();
+    let payload = unsafe { CStr::from_ptr(payload) }.to_str().unwrap();
+    assert!(payload.contains(&key));
+    seen.keys.lock().unwrap().push(key);
+    CRM_EFFECT_ACCEPTED
+}
+
+unsafe extern "C" fn log_line(user_data: *mut c_void, level: c_int, message: *const c_char) {
+    let seen = unsafe { &*(user_data as *const Seen) };
+    assert!((CRM_LOG_ERROR..=CRM_LOG_DEBUG).contains(&level));
+    assert!(!message.is_null());
+    *seen.logs.lock().unwrap() += 1;
+}
+
+fn callbacks(seen: &Seen) -> crm_host_callbacks {
+    crm_host_callbacks {
+        version: CRM_HOST_CALLBACKS_VERSION,
+        user_data: seen as *const Seen as *mut c_void,
+        deliver_message: Some(deliver),
+        write_property: None,
+        create_task: None,
+        log: Some(log_line),
+    }
+}
+
+const CREATE_AUTOMATION: &str = r#"{"command":"automation.create","automation_id":"a1","definition":{"name":"Welcome","trigger":{"type":"contact_created"},"run_window":{"mode":"any_time"},"steps":[{"type":"send_email","subject":"Hi","body":"Hello {{firstname}}"},{"type":"delay","amount":1,"unit":"days"},{"type":"send_sms","message":"Hi"}]}}"#;
+const ACTIVATE: &str = r#"{"command":"automation.activate","automation_id":"a1"}"#;
+
+fn contact_event(event_id: &str, contact_id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event_id}","type":"contact.upserted","contact":{{"id":"{contact_id}","first_name":"Ann","email":"{contact_id}@example.com","phone":"+15555550101","email_subscription":"subscribed","sms_subscription":"subscribed"}}}}"#
+    )
+}
+
+fn setup(dir: &Path, seen: &Seen) -> Handle {
+    let h = Handle::open(&dir.join("crm.db"), Some(MANUAL));
+    let cb = callbacks(seen);
+    assert_eq!(
+        unsafe { crm_set_host_callbacks(h.0, &cb) },
+        CRM_OK,
+        "{}",
+        last_message()
+    );
+    h.execute(CREATE_AUTOMATION).unwrap();
+    h.execute(ACTIVATE).unwrap();
+    h
+}
+
+#[test]
+fn rust_host_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Seen::default();
+    let h = setup(dir.path(), &seen);
+    assert_eq!(h.now(), START_MS);
+    assert!(
+        h.push(&contact_event("e1", "c1"))
+            .unwrap()
+            .contains(r#""outcome":"applied""#)
+    );
+    assert!(
+        h.push(&contact_event("e1", "c1"))
+            .unwrap()
+            .contains(r#""outcome":"duplicate""#)
+    );
+    assert_eq!(
+        unsafe { crm_clock_advance(h.0, 2 * DAY_MS) },
+        CRM_OK,
+        "{}",
+        last_message()
+    );
+    h.wait_idle();
+    let keys = seen.keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_ne!(keys[0], keys[1]);
+    let list = h.view("automation_list", None).unwrap();
+    assert!(list.contains("Welcome"));
+    let version = unsafe { CStr::from_ptr(crm_version()) }.to_str().unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(crm_version_number(), CRM_VERSION_NUMBER);
+    // Clearing the callbacks, then closing, while `seen` is alive.
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, ptr::null()) }, CRM_OK);
+    drop(h);
+}
+
+#[test]
+fn rust_threads_share_one_handle() {
+    const THREADS: usize = 8;
+    const ITERATIONS: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Seen::default();
+    let h = setup(dir.path(), &seen);
+    h.execute(r#"{"command":"list.create","list_id":"l1","name":"VIP"}"#)
+        .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (h, seen, dir) = (&h, &seen, dir.path());
+            s.spawn(move || {
+                // A handle of this thread's own, opened and closed concurrently.
+                let own = Handle::open(&dir.join(format!("own{t}.db")), Some(MANUAL));
+                assert_eq!(unsafe { crm_clock_advance(own.0, DAY_MS) }, CRM_OK);
+                assert_eq!(own.now(), START_MS + DAY_MS);
+                drop(own);
+                for i in 0..ITERATIONS {
+                    let out = h
+                        .push(&contact_event(&format!("t{t}-{i}"), &format!("c{t}-{i}")))
+                        .unwrap();
+                    assert!(out.contains(r#""outcome":"applied""#), "{out}");
+                    assert!(
+                        h.view("automation_list", Some("{}"))
+                            .unwrap()
+                            .contains("Welcome")
+                    );
+                    assert!(h.now() >= START_MS);
+                    if i == 0 {
+                        // This thread's error stays this thread's.
+                        assert_eq!(h.push("{oops").unwrap_err().0, CRM_ERR_INVALID);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        assert_eq!(crm_last_error_code(), CRM_ERR_INVALID);
+                        assert!(!last_message().is_empty());
+                    }
+                    let added = h
+                        .execute(&format!(
+                            r#"{{"command":"list.add_contacts","list_id":"l1","contact_ids":["c{t}-{i}"]}}"#
+                        ))
+                        .unwrap();
+                    assert!(added.contains(r#""changed":1"#), "{added}");
+                    // 1 ms: nothing falls due, but every advance must count.
+                    assert_eq!(unsafe { crm_clock_advance(h.0, 1) }, CRM_OK);
+                    if i % 5 == 0 {
+                        let cb = callbacks(seen);
+                        assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+                        assert_eq!(unsafe { crm_wait_idle(h.0, 60_000) }, CRM_OK);
+                    }
+                }
+                let batch = format!(
+                    "[{},{}]",
+                    contact_event(&format!("b{t}-0"), &format!("bc{t}-0")),
+                    contact_event(&format!("b{t}-1"), &format!("bc{t}-1"))
+                );
+                let c = cs(&batch);
+                let mut out = ptr::null_mut();
+                assert_eq!(
+                    unsafe { crm_push_events(h.0, c.as_ptr(), &mut out) },
+                    CRM_OK,
+                    "{}",
+                    last_message()
+                );
+                assert_eq!(take(out).matches(r#""outcome":"applied""#).count(), 2);
+                assert_eq!(unsafe { crm_wait_idle(h.0, 30_000) }, CRM_OK);
+            });
+        }
+    });
+    h.wait_idle();
+    assert_eq!(h.now(), START_MS + (THREADS * ITERATIONS) as i64);
+    let expected = THREADS * (ITERATIONS + 2);
+    let list: serde_json::Value =
+        serde_json::from_str(&h.view("automation_list", None).unwrap()).unwrap();
+    assert_eq!(
+        list["rows"][0]["enrolled"].as_u64(),
+        Some(expected as u64),
+        "{list}"
+    );
+    let keys = seen.keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), expected, "one welcome email per contact");
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len());
+    assert!(
+        h.push(&contact_event("t3-7", "c3-7"))
+            .unwrap()
+            .contains("duplicate")
+    );
+}
+
+/// Every row of every table, as text: the database's whole state.
+fn dump(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for t in tables {
+        out.push_str(&format!("== {t}\n"));
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(" | "))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        for r in rows {
+            out.push_str(&r);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_error_leaves_the_database_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let seen = Seen::default();
+    let h = setup(dir.path(), &seen);
+    h.push(&contact_event("e1", "c1")).unwrap();
+    h.wait_idle();
+    let before = dump(&db);
+    let now = h.now();
+    let keys = seen.keys.lock().unwrap().len();
+
+    let huge = CString::new(vec![b' '; CRM_MAX_INPUT_BYTES + 1]).unwrap();
+    let bad_utf8 = CString::new(
+        b"{\"event_id\":\"x1\",\"type\":\"contact.upserted\",\"contact\":{\"id\":\"c1\",\"first_name\":\"\xff\"}}".to_vec(),
+    )
+    .unwrap();
+    let big_event = cs(&contact_event("x2", "c1").replace("Ann", &"A".repeat(300 * 1024)));
+    let new_contact = cs(&contact_event("x3", "c9"));
+    let bad_json = cs("{\"event_id\":");
+    let unknown_type = cs(r#"{"event_id":"x4","type":"nope"}"#);
+    let bad_batch = cs(&format!(
+        "[{},{{\"event_id\":\"x6\",\"type\":\"nope\"}}]",
+        contact_event("x5", "c5")
+    ));
+    let list_create = cs(r#"{"command":"list.create","list_id":"l9","name":"X"}"#);
+    let pause_unknown = cs(r#"{"command":"automation.pause","automation_id":"zz"}"#);
+    let add_to_unknown =
+        cs(r#"{"command":"list.add_contacts","list_id":"zz","contact_ids":["c1"]}"#);
+    let m = h.0;
+    let bad_cb = crm_host_callbacks {
+        version: 7,
+        ..callbacks(&seen)
+    };
+
+    type Call<'a> = Box<dyn Fn(&mut *mut c_char, &mut i64) -> c_int + 'a>;
+    let cases: Vec<(&str, c_int, Call)> = vec![
+        (
+            "push NULL handle",
+            CRM_ERR_NULL,
+            Box::new(|o, _| unsafe { crm_push_event(ptr::null_mut(), new_contact.as_ptr(), o) }),
+        ),
+        (
+            "push NULL event",
+            CRM_ERR_NULL,
+            Box::new(|o, _| unsafe { crm_push_event(m, ptr::null(), o) }),
+        ),
+        (
+            "push bad UTF-8",
+            CRM_ERR_UTF8,
+            Box::new(|o, _| unsafe { crm_push_event(m, bad_utf8.as_ptr(), o) }),
+        ),
+        (
+            "push bad JSON",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe { crm_push_event(m, bad_json.as_ptr(), o) }),
+        ),
+        (
+            "push unknown type",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe { crm_push_event(m, unknown_type.as_ptr(), o) }),
+        ),
+        (
+            "push over 64 MiB",
+            CRM_ERR_TOO_LARGE,
+            Box::new(|o, _| unsafe { crm_push_event(m, huge.as_ptr(), o) }),
+        ),
+        (
+            "push over the event limit",
+            CRM_ERR_TOO_LARGE,
+            Box::new(|o, _| unsafe { crm_push_event(m, big_event.as_ptr(), o) }),
+        ),
+        (
+            "batch with a bad event",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe { crm_push_events(m, bad_batch.as_ptr(), o) }),
+        ),
+        (
+            "batch not an array",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe { crm_push_events(m, c"{}".as_ptr(), o) }),
+        ),
+        (
+            "batch over 64 MiB",
+            CRM_ERR_TOO_LARGE,
+            Box::new(|o, _| unsafe { crm_push_events(m, huge.as_ptr(), o) }),
+        ),
+        (
+            "execute NULL out",
+            CRM_ERR_NULL,
+            Box::new(|_, _| unsafe { crm_execute(m, list_create.as_ptr(), ptr::null_mut()) }),
+        ),
+        (
+            "execute bad JSON",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe { crm_execute(m, c"[".as_ptr(), o) }),
+        ),
+        (
+            "execute bad UTF-8",
+            CRM_ERR_UTF8,
+            Box::new(|o, _| unsafe {
+                crm_execute(
+                    m,
+                    c"{\"command\":\"list.create\",\"name\":\"\xfe\"}".as_ptr(),
+                    o,
+                )
+            }),
+        ),
+        (
+            "execute unknown automation",
+            CRM_ERR_NOT_FOUND,
+            Box::new(|o, _| unsafe { crm_execute(m, pause_unknown.as_ptr(), o) }),
+        ),
+        (
+            "execute unknown list",
+            CRM_ERR_NOT_FOUND,
+            Box::new(|o, _| unsafe { crm_execute(m, add_to_unknown.as_ptr(), o) }),
+        ),
+        (
+            "execute over 64 MiB",
+            CRM_ERR_TOO_LARGE,
+            Box::new(|o, _| unsafe { crm_execute(m, huge.as_ptr(), o) }),
+        ),
+        (
+            "view unknown",
+            CRM_ERR_NOT_FOUND,
+            Box::new(|o, _| unsafe { crm_query_view(m, c"nope".as_ptr(), ptr::null(), o) }),
+        ),
+        (
+            "view bad params",
+            CRM_ERR_INVALID,
+            Box::new(|o, _| unsafe {
+                crm_query_view(m, c"automation_list".as_ptr(), c"{".as_ptr(), o)
+            }),
+        ),
+        (
+            "view NULL name",
+            CRM_ERR_NULL,
+            Box::new(|o, _| unsafe { crm_query_view(m, ptr::null(), ptr::null(), o) }),
+        ),
+        (
+            "advance negative",
+            CRM_ERR_INVALID,
+            Box::new(|_, _| unsafe { crm_clock_advance(m, -1) }),
+        ),
+        (
+            "advance NULL",
+            CRM_ERR_NULL,
+            Box::new(|_, _| unsafe { crm_clock_advance(ptr::null_mut(), 1) }),
+        ),
+        (
+            "now NULL out",
+            CRM_ERR_NULL,
+            Box::new(|_, _| unsafe { crm_clock_now(m, ptr::null_mut()) }),
+        ),
+        (
+            "now NULL handle",
+            CRM_ERR_NULL,
+            Box::new(|_, t| unsafe { crm_clock_now(ptr::null_mut(), t) }),
+        ),
+        (
+            "wait negative",
+            CRM_ERR_INVALID,
+            Box::new(|_, _| unsafe { crm_wait_idle(m, -5) }),
+        ),
+        (
+            "callbacks wrong version",
+            CRM_ERR_INVALID,
+            Box::new(|_, _| unsafe { crm_set_host_callbacks(m, &bad_cb) }),
+        ),
+    ];
+    let sentinel = c"sentinel".as_ptr() as *mut c_char;
+    for (name, want, call) in &cases {
+        let mut out = sentinel;
+        let mut t = 42;
+        let rc = call(&mut out, &mut t);
+        assert_eq!(rc, *want, "{name}: {}", last_message());
+        assert_eq!(crm_last_error_code(), *want, "{name}");
+        assert!(!last_message().is_empty(), "{name}: empty message");
+        // Calls given the out-pointer set it to NULL; the others leave it.
+        assert!(out.is_null() || out == sentinel, "{name}");
+        if *name == "now NULL handle" {
+            assert_eq!(t, 0, "{name}: out_ms must be 0 on failure");
+        }
+        h.wait_idle();
+        assert_eq!(dump(&db), before, "{name} changed the database");
+        assert_eq!(h.now(), now, "{name} moved the clock");
+        assert_eq!(
+            seen.keys.lock().unwrap().len(),
+            keys,
+            "{name} delivered something"
+        );
+    }
+    // Calls that fail with an out-pointer set it to NULL.
+    let mut out = sentinel;
+    assert_eq!(
+        unsafe { crm_push_event(m, c"{".as_ptr(), &mut out) },
+        CRM_ERR_INVALID
+    );
+    assert!(out.is_null());
+    // The callbacks are still the registered ones, and the rejected event ids were not consumed.
+    for id in ["x1", "x2", "x3", "x4", "x5", "x6"] {
+        let r = h.push(&format!(r#"{{"event_id":"{id}","type":"contact.upserted","contact":{{"id":"c1","first_name":"Ann"}}}}"#)).unwrap();
+        assert!(r.contains(r#""outcome":"applied""#), "{id}: {r}");
+    }
+    // A success clears the thread's error.
+    assert_eq!(crm_last_error_code(), CRM_OK);
+    assert_eq!(last_message(), "");
+}
+
+#[test]
+fn open_errors_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let p = cs(db.to_str().unwrap());
+    let mut m: *mut crm_module = ptr::NonNull::dangling().as_ptr();
+    for (config, want) in [
+        (c"{".as_ptr(), CRM_ERR_INVALID),
+        (
+            c"{\"clock\":{\"mode\":\"manual\",\"start\":\"yesterday\"}}".as_ptr(),
+            CRM_ERR_INVALID,
+        ),
+        (c"{\"clock\":\"\xff\"}".as_ptr(), CRM_ERR_UTF8),
+    ] {
+        assert_eq!(
+            unsafe { crm_open(p.as_ptr(), config, &mut m) },
+            want,
+            "{}",
+            last_message()
+        );
+        assert!(m.is_null());
+        assert!(!last_message().is_empty());
+    }
+    assert_eq!(
+        unsafe { crm_open(ptr::null(), ptr::null(), &mut m) },
+        CRM_ERR_NULL
+    );
+    assert_eq!(
+        unsafe { crm_open(p.as_ptr(), ptr::null(), ptr::null_mut()) },
+        CRM_ERR_NULL
+    );
+    assert!(!db.exists());
+    // The system clock cannot be advanced.
+    let h = Handle::open(&db, None);
+    assert_eq!(unsafe { crm_clock_advance(h.0, 1000) }, CRM_ERR_CONFLICT);
+    assert!(last_message().contains("clock"));
+    drop(h);
+    unsafe { crm_close(ptr::null_mut()) };
+    unsafe { crm_string_free(ptr::null_mut()) };
+}

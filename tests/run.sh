@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: runs every check this project has, on a fresh machine.
+#
+#   bash tests/run.sh
+#
+# - installs what the tests need when missing (gcc/g++, valgrind, jansson for
+#   the demo host) with apt-get;
+# - cargo fmt --check and clippy with -D warnings;
+# - cargo test for the whole workspace: unit tests, the core's behaviour
+#   tests, scenario tests through the worker, the SIGKILL crash test, the C
+#   header staleness check, the C ABI test program (C99, -Werror -pedantic),
+#   the header compiled as C++, and the C programs under valgrind memcheck.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
+[ -f /usr/include/jansson.h ] || need_apt+=(libjansson-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing ${need_apt[*]} ..."
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
