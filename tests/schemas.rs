@@ -22,14 +22,30 @@ fn published_schemas_are_up_to_date() {
 #[test]
 fn schemas_cover_events_commands_and_every_view() {
     let all = crm_module::schema::all();
-    for key in ["event", "event_batch", "command", "open_config", "settings", "automation_definition", "push_result"] {
+    for key in [
+        "event",
+        "event_batch",
+        "command",
+        "open_config",
+        "settings",
+        "automation_definition",
+        "push_result",
+    ] {
         assert!(all[key].is_object(), "{key}");
     }
     for view in crm_module::views::VIEW_NAMES {
         assert!(all["views"][view].is_object(), "{view}");
     }
     let commands = all["command"].to_string();
-    for c in ["automation.create", "automation.update", "automation.activate", "automation.pause", "automation.delete", "list.add_contacts", "settings.update"] {
+    for c in [
+        "automation.create",
+        "automation.update",
+        "automation.activate",
+        "automation.pause",
+        "automation.delete",
+        "list.add_contacts",
+        "settings.update",
+    ] {
         assert!(commands.contains(c), "{c}");
     }
 }

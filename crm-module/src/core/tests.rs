@@ -582,3 +582,62 @@ fn unsubscribed_channel_is_suppressed_and_counted_failed() {
     assert_eq!(s.count("message_suppressed", Some(&a)), 1);
     assert_eq!(s.count("step_failed", Some(&a)), 1);
 }
+
+#[test]
+fn each_goal_fires_on_its_own_event_only() {
+    let cases: [(&str, Value); 5] = [
+        (
+            "rebook_appointment",
+            json!({"type": "appointment.booked", "appointment": {"id": "ap2", "contact_id": "c1"}}),
+        ),
+        (
+            "review_submitted",
+            json!({"type": "review.submitted", "review": {"id": "r1", "contact_id": "c1", "source": "google", "rating": 5}}),
+        ),
+        (
+            "verification_complete",
+            json!({"type": "insurance.verification", "contact_id": "c1", "status": "verified"}),
+        ),
+        (
+            "portal_activated",
+            json!({"type": "portal.activated", "contact_id": "c1"}),
+        ),
+        (
+            "engagement",
+            json!({"type": "page.visited", "contact_id": "c1", "page": "/services"}),
+        ),
+    ];
+    for (goal, event) in cases {
+        let mut s = Sim::new();
+        // c1 is already a patient (booked before enrolling).
+        s.contact("c1", json!({}));
+        s.book("c1", "ap1");
+        let a = s.automation(json!({"name": goal, "goal": goal, "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "tags"}, "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+        s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["enroll"]}}))
+            .unwrap();
+        // Events of the other goals do not count.
+        for (other, ev) in cases_other(goal) {
+            s.push(ev).unwrap();
+            assert!(!s.enrollment(&a, "c1").2, "{goal} reached by {other}");
+        }
+        s.push(event).unwrap();
+        assert!(s.enrollment(&a, "c1").2, "{goal} not reached");
+        assert_eq!(s.count("goal_reached", Some(&a)), 1);
+    }
+}
+
+/// Events that must not satisfy `goal` (none of them is its own event).
+fn cases_other(goal: &str) -> Vec<(&'static str, Value)> {
+    let mut v = vec![];
+    if goal != "verification_complete" {
+        v.push((
+            "verification_pending",
+            json!({"type": "insurance.verification", "contact_id": "c1", "status": "pending"}),
+        ));
+    }
+    if goal != "engagement" && goal != "rebook_appointment" {
+        v.push(("cancellation", json!({"type": "appointment.cancelled", "appointment": {"id": "ap1", "contact_id": "c1"}})));
+    }
+    v
+}
