@@ -134,28 +134,35 @@ pub fn require(conn: &Connection, id: &str) -> Result<Contact> {
     })
 }
 
-/// Finds a contact by phone number (digits compared, national or E.164).
-pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
+/// The key inbound numbers are matched on: the last 10 digits (national
+/// number of NANP numbers; the whole number when shorter).
+pub fn phone_key(phone: &str) -> Option<String> {
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 7 {
+    (digits.len() >= 7).then(|| digits[digits.len().saturating_sub(10)..].to_string())
+}
+
+/// Finds a contact by phone number (national or E.164 formatting), through
+/// the `phone_key` index. When several contacts share a number (a family
+/// phone), the one created first wins.
+pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
+    let Some(key) = phone_key(phone) else {
         return Ok(None);
-    }
-    // The index holds the host's formatting; compare on the last 10 digits.
-    let tail = &digits[digits.len().saturating_sub(10)..];
-    let mut stmt =
-        conn.prepare_cached("SELECT id, phone FROM contacts WHERE phone LIKE ?1 ORDER BY id")?;
-    let rows = stmt.query_map(
-        [format!("%{}", &tail[tail.len().saturating_sub(4)..])],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-    )?;
-    for row in rows {
-        let (id, p) = row?;
-        let d: String = p.chars().filter(char::is_ascii_digit).collect();
-        if d.ends_with(tail) || tail.ends_with(&d) {
-            return Ok(Some(id));
-        }
-    }
-    Ok(None)
+    };
+    Ok(conn
+        .prepare_cached(
+            "SELECT id FROM contacts WHERE phone_key = ?1 ORDER BY created_at, id LIMIT 1",
+        )?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Moves Last Activity forward without rewriting the record.
+pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE contacts SET last_activity = max(last_activity, ?2) WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    Ok(())
 }
 
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.
@@ -164,14 +171,14 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
                                insurance_verification, portal_active, created_at, last_activity,
-                               last_engaged_at, source_updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                               last_engaged_at, source_updated_at, phone_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(id) DO UPDATE SET props = excluded.props, status = excluded.status,
              email = excluded.email, phone = excluded.phone, dob = excluded.dob,
              email_subscription = excluded.email_subscription, sms_subscription = excluded.sms_subscription,
              insurance_verification = excluded.insurance_verification, portal_active = excluded.portal_active,
              last_activity = excluded.last_activity, last_engaged_at = excluded.last_engaged_at,
-             source_updated_at = excluded.source_updated_at",
+             source_updated_at = excluded.source_updated_at, phone_key = excluded.phone_key",
     )?
     .execute(params![
         c.id,
@@ -188,6 +195,7 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
         c.last_activity,
         c.last_engaged_at,
         c.source_updated_at,
+        text("phone").as_deref().and_then(phone_key),
     ])?;
     Ok(())
 }

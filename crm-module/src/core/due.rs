@@ -20,21 +20,48 @@ pub struct Item {
 }
 
 /// The earliest item due at or before `until` (active automations only).
+///
+/// Two index-ordered probes (enrollments by `wake_at`, automations by
+/// `next_eval_at`), never a sort of every waiting enrollment: this runs once
+/// per scheduled item and on every worker loop with the system clock. On a
+/// tie the date evaluation goes first.
 pub fn next(conn: &rusqlite::Connection, until: Millis) -> Result<Option<Item>> {
-    Ok(conn
+    let enrollment: Option<(Millis, i64)> = conn
         .prepare_cached(
-            "SELECT due, enrollment_id, automation_id FROM (
-                SELECT e.wake_at AS due, e.id AS enrollment_id, NULL AS automation_id
-                  FROM enrollments e JOIN automations a ON a.id = e.automation_id
-                 WHERE e.state = 'active' AND e.wake_at IS NOT NULL AND e.wake_at <= ?1
-                   AND a.status = 'active' AND a.deleted_at IS NULL
-                UNION ALL
-                SELECT next_eval_at, NULL, id FROM automations
-                 WHERE status = 'active' AND deleted_at IS NULL AND next_eval_at IS NOT NULL AND next_eval_at <= ?1
-             ) ORDER BY due, automation_id IS NULL, enrollment_id, automation_id LIMIT 1",
+            "SELECT e.wake_at, e.id FROM enrollments e INDEXED BY enrollments_due
+              WHERE e.state = 'active' AND e.wake_at IS NOT NULL AND e.wake_at <= ?1
+                AND EXISTS (SELECT 1 FROM automations a WHERE a.id = e.automation_id
+                              AND a.status = 'active' AND a.deleted_at IS NULL)
+              ORDER BY e.wake_at, e.id LIMIT 1",
         )?
-        .query_row([until], |r| Ok(Item { due: r.get(0)?, enrollment_id: r.get(1)?, automation_id: r.get(2)? }))
-        .optional()?)
+        .query_row([until], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let evaluation: Option<(Millis, String)> = conn
+        .prepare_cached(
+            "SELECT next_eval_at, id FROM automations
+              WHERE status = 'active' AND deleted_at IS NULL AND next_eval_at IS NOT NULL AND next_eval_at <= ?1
+              ORDER BY next_eval_at, id LIMIT 1",
+        )?
+        .query_row([until], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match (enrollment, evaluation) {
+        (Some((e_due, _)), Some((d_due, aid))) if d_due <= e_due => Some(Item {
+            due: d_due,
+            enrollment_id: None,
+            automation_id: Some(aid),
+        }),
+        (Some((due, id)), _) => Some(Item {
+            due,
+            enrollment_id: Some(id),
+            automation_id: None,
+        }),
+        (None, Some((due, aid))) => Some(Item {
+            due,
+            enrollment_id: None,
+            automation_id: Some(aid),
+        }),
+        (None, None) => None,
+    })
 }
 
 /// The earliest due instant of any item, however far ahead.

@@ -531,9 +531,7 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
     }
     .write(ctx.conn, ctx.now)?;
     // Outbound communication touches the record.
-    let mut c = contact;
-    contacts::touch(&mut c, ctx.now, false);
-    contacts::save(ctx.conn, &c)?;
+    contacts::touch_only(ctx.conn, &e.contact_id, ctx.now)?;
     step_done(ctx, e, sid, None)
 }
 

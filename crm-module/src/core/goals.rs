@@ -41,7 +41,13 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         return Ok(());
     }
     let catalog = ctx.catalog;
-    let since = ctx.now - 365 * DAY;
+    // Only enrollments whose lookback can still be open.
+    let longest = catalog
+        .all()
+        .map(|a| a.current.def.goal_lookback_days)
+        .max()
+        .unwrap_or(0) as i64;
+    let since = ctx.now - longest * DAY;
     for e in enrollment::of_contact(ctx.conn, contact_id, "goal_reached_at IS NULL", since)? {
         let Some(entry) = catalog.get(&e.automation_id) else {
             continue;

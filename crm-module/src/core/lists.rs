@@ -28,7 +28,7 @@ pub fn add_member(
     source: &str,
 ) -> Result<Vec<Signal>> {
     require_list(ctx, list_id)?;
-    let mut c = contacts::require(ctx.conn, contact_id)?;
+    contacts::require(ctx.conn, contact_id)?;
     let n = ctx
         .conn
         .prepare_cached("INSERT INTO list_members (list_id, contact_id, added_at, source) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
@@ -41,8 +41,7 @@ pub fn add_member(
         ..Log::new("list_joined", contact_id)
     }
     .write(ctx.conn, ctx.now)?;
-    contacts::touch(&mut c, ctx.now, false);
-    contacts::save(ctx.conn, &c)?;
+    contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
     Ok(vec![Signal::ListJoined {
         list_id: list_id.to_string(),
     }])
@@ -56,7 +55,7 @@ pub fn remove_member(
     source: &str,
 ) -> Result<Vec<Signal>> {
     require_list(ctx, list_id)?;
-    let mut c = contacts::require(ctx.conn, contact_id)?;
+    contacts::require(ctx.conn, contact_id)?;
     let n = ctx
         .conn
         .prepare_cached("DELETE FROM list_members WHERE list_id = ?1 AND contact_id = ?2")?
@@ -69,8 +68,7 @@ pub fn remove_member(
         ..Log::new("list_left", contact_id)
     }
     .write(ctx.conn, ctx.now)?;
-    contacts::touch(&mut c, ctx.now, false);
-    contacts::save(ctx.conn, &c)?;
+    contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
     Ok(vec![Signal::ListLeft {
         list_id: list_id.to_string(),
     }])

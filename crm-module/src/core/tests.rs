@@ -641,3 +641,27 @@ fn cases_other(goal: &str) -> Vec<(&'static str, Value)> {
     }
     v
 }
+
+#[test]
+fn inbound_sms_matches_the_number_whatever_its_formatting() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({"phone": "+1 (617) 555-0123"}));
+    s.contact("c2", json!({"phone": "617.555.0199"}));
+    s.push(json!({"type": "sms.received", "from": "6175550123", "body": "STOP"}))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "from": "+16175550199", "body": "STOP"}))
+        .unwrap();
+    let unsubscribed: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM contacts WHERE sms_subscription = 'unsubscribed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unsubscribed, 2);
+    let e = s
+        .push(json!({"type": "sms.received", "from": "+16175550100", "body": "hi"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+}

@@ -214,6 +214,13 @@ CREATE INDEX events_contact ON events(contact_id, at);
     r#"
 CREATE INDEX events_automation_step ON events(automation_id, kind, step_id, channel) WHERE automation_id IS NOT NULL;
 "#,
+    // 3: inbound SMS are matched on the last 10 digits of the number, through an index.
+    r#"
+ALTER TABLE contacts ADD COLUMN phone_key TEXT;
+UPDATE contacts SET phone_key = substr(replace(replace(replace(replace(replace(replace(phone,
+    ' ', ''), '+', ''), '-', ''), '(', ''), ')', ''), '.', ''), -10) WHERE phone IS NOT NULL;
+CREATE INDEX contacts_phone_key ON contacts(phone_key) WHERE phone_key IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema.
