@@ -459,53 +459,39 @@ fn sms_received(
         None => outbox::last_message(ctx.conn, &id, "sms")?,
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());
-    if ctx.settings.is_opt_out(body) {
+    // Keywords change consent and are never replies.
+    let keyword = if ctx.settings.is_opt_out(body) {
+        Some(("unsubscribed", "stop_reply", "sms_opt_out"))
+    } else if ctx.settings.is_opt_in(body) {
+        Some(("subscribed", "start_reply", "sms_opt_in"))
+    } else {
+        None
+    };
+    if let Some((value, reason, kind)) = keyword {
         let src = AuditSource {
             actor: "contact",
-            reason: "stop_reply",
+            reason,
             message_key: key.as_deref(),
         };
-        let changed = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
+        let changed = contacts::set_subscription(ctx, &mut c, "sms", value, src)?;
         contacts::touch(&mut c, ctx.now, false);
         contacts::save(ctx.conn, &c)?;
         Log {
             channel: Some("sms"),
             message_key: key.as_deref(),
-            ..Log::new("sms_opt_out", &id)
+            ..Log::new(kind, &id)
         }
         .write(ctx.conn, ctx.now)?;
-        let mut signals = vec![Signal::SmsOptedOut];
+        let mut signals = Vec::new();
+        if value == "unsubscribed" {
+            signals.push(Signal::SmsOptedOut);
+        }
         if changed {
             signals.push(Signal::PropertyChanged {
                 property: "sms_subscription".into(),
-                new_value: json!("unsubscribed"),
+                new_value: json!(value),
             });
         }
-        return triggers::fire(ctx, &id, &signals);
-    }
-    if ctx.settings.is_opt_in(body) {
-        let src = AuditSource {
-            actor: "contact",
-            reason: "start_reply",
-            message_key: key.as_deref(),
-        };
-        let changed = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)?;
-        contacts::touch(&mut c, ctx.now, false);
-        contacts::save(ctx.conn, &c)?;
-        Log {
-            channel: Some("sms"),
-            message_key: key.as_deref(),
-            ..Log::new("sms_opt_in", &id)
-        }
-        .write(ctx.conn, ctx.now)?;
-        let signals = if changed {
-            vec![Signal::PropertyChanged {
-                property: "sms_subscription".into(),
-                new_value: json!("subscribed"),
-            }]
-        } else {
-            vec![]
-        };
         return triggers::fire(ctx, &id, &signals);
     }
     Log {

@@ -27,24 +27,7 @@ pub fn add_member(
     contact_id: &str,
     source: &str,
 ) -> Result<Vec<Signal>> {
-    require_list(ctx, list_id)?;
-    contacts::require(ctx.conn, contact_id)?;
-    let n = ctx
-        .conn
-        .prepare_cached("INSERT INTO list_members (list_id, contact_id, added_at, source) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
-        .execute(params![list_id, contact_id, ctx.now, source])?;
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    Log {
-        detail: Some(json!({"list_id": list_id, "source": source})),
-        ..Log::new("list_joined", contact_id)
-    }
-    .write(ctx.conn, ctx.now)?;
-    contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
-    Ok(vec![Signal::ListJoined {
-        list_id: list_id.to_string(),
-    }])
+    change(ctx, list_id, contact_id, source, true)
 }
 
 /// Removes a contact from a static list. Returns the signals (empty if not a member).
@@ -54,22 +37,44 @@ pub fn remove_member(
     contact_id: &str,
     source: &str,
 ) -> Result<Vec<Signal>> {
+    change(ctx, list_id, contact_id, source, false)
+}
+
+/// Joins or leaves: the membership row, the event log, Last Activity, the signal.
+fn change(
+    ctx: &Ctx<'_>,
+    list_id: &str,
+    contact_id: &str,
+    source: &str,
+    join: bool,
+) -> Result<Vec<Signal>> {
     require_list(ctx, list_id)?;
     contacts::require(ctx.conn, contact_id)?;
-    let n = ctx
-        .conn
-        .prepare_cached("DELETE FROM list_members WHERE list_id = ?1 AND contact_id = ?2")?
-        .execute(params![list_id, contact_id])?;
+    let n = if join {
+        ctx.conn
+            .prepare_cached(
+                "INSERT INTO list_members (list_id, contact_id, added_at, source) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![list_id, contact_id, ctx.now, source])?
+    } else {
+        ctx.conn
+            .prepare_cached("DELETE FROM list_members WHERE list_id = ?1 AND contact_id = ?2")?
+            .execute(params![list_id, contact_id])?
+    };
     if n == 0 {
         return Ok(Vec::new());
     }
     Log {
         detail: Some(json!({"list_id": list_id, "source": source})),
-        ..Log::new("list_left", contact_id)
+        ..Log::new(if join { "list_joined" } else { "list_left" }, contact_id)
     }
     .write(ctx.conn, ctx.now)?;
     contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
-    Ok(vec![Signal::ListLeft {
-        list_id: list_id.to_string(),
+    let list_id = list_id.to_string();
+    Ok(vec![if join {
+        Signal::ListJoined { list_id }
+    } else {
+        Signal::ListLeft { list_id }
     }])
 }
