@@ -25,6 +25,7 @@ pub mod core;
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod messaging;
 pub mod model;
 pub mod module;
 pub mod outbox;

@@ -141,7 +141,7 @@ pub fn due(
     exclude: &std::collections::HashSet<i64>,
 ) -> Result<Vec<DueEffect>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, idempotency_key, kind, payload FROM outbox
+        "SELECT id, idempotency_key, kind, payload, attempts FROM outbox
          WHERE status IN ('pending','retry') AND next_attempt_at <= ?1
          ORDER BY next_attempt_at, id LIMIT ?2",
     )?;
@@ -151,13 +151,22 @@ pub fn due(
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, key, kind, payload) = row?;
+        let (id, key, kind, mut payload, attempts) = row?;
         if exclude.contains(&id) {
             continue;
+        }
+        // A retried effect (host said retry, or a soft bounce) keeps its key;
+        // `attempt` tells the host it is asked again on purpose.
+        if attempts > 0
+            && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&payload)
+        {
+            m.insert("attempt".into(), Value::from(attempts + 1));
+            payload = Value::Object(m).to_string();
         }
         if let Some(kind) = EffectKind::parse(&kind) {
             out.push(DueEffect {

@@ -43,6 +43,12 @@ pub struct Settings {
     /// SMS replies that opt the number back in.
     #[serde(default = "default_opt_in")]
     pub sms_opt_in_keywords: Vec<String>,
+    /// SMS replies answered with the practice's name, contact and opt-out instructions.
+    #[serde(default = "default_help")]
+    pub sms_help_keywords: Vec<String>,
+    /// The practice's phone number, given in HELP answers.
+    #[serde(default)]
+    pub practice_phone: Option<String>,
 }
 
 fn default_module_name() -> String {
@@ -54,6 +60,10 @@ fn default_opt_out() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+fn default_help() -> Vec<String> {
+    ["HELP", "INFO"].iter().map(|s| s.to_string()).collect()
 }
 
 fn default_opt_in() -> Vec<String> {
@@ -72,6 +82,8 @@ impl Default for Settings {
             default_run_window: RunWindow::business_hours(),
             sms_opt_out_keywords: default_opt_out(),
             sms_opt_in_keywords: default_opt_in(),
+            sms_help_keywords: default_help(),
+            practice_phone: None,
         }
     }
 }
@@ -103,6 +115,7 @@ impl Settings {
         for (field, list) in [
             ("sms_opt_out_keywords", &self.sms_opt_out_keywords),
             ("sms_opt_in_keywords", &self.sms_opt_in_keywords),
+            ("sms_help_keywords", &self.sms_help_keywords),
         ] {
             if list.is_empty() || list.len() > 50 {
                 return Err(Error::invalid(format!("{field}: 1 to 50 keywords")));
@@ -142,6 +155,39 @@ impl Resolved {
                 .sms_opt_out_keywords
                 .iter()
                 .any(|k| fold_keyword(k) == b)
+    }
+
+    /// True when an SMS body is a HELP keyword.
+    pub fn is_help(&self, body: &str) -> bool {
+        let b = fold_keyword(body);
+        !b.is_empty()
+            && self
+                .doc
+                .sms_help_keywords
+                .iter()
+                .any(|k| fold_keyword(k) == b)
+    }
+
+    /// The answer to a STOP: no marketing, how to come back.
+    pub fn stop_confirmation(&self) -> String {
+        format!(
+            "{}: you are unsubscribed and will receive no more text messages. Reply START to resubscribe.",
+            self.doc.practice_name
+        )
+    }
+
+    /// The answer to HELP: who we are, how to reach us, how to stop.
+    pub fn help_answer(&self) -> String {
+        match &self.doc.practice_phone {
+            Some(p) => format!(
+                "{}: for help call {p}. Reply STOP to opt out.",
+                self.doc.practice_name
+            ),
+            None => format!(
+                "{}: for help contact the practice. Reply STOP to opt out.",
+                self.doc.practice_name
+            ),
+        }
     }
 
     /// True when an SMS body is an opt-in keyword.

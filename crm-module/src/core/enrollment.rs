@@ -16,6 +16,7 @@ use super::{Ctx, Signal, conditions, lists, triggers};
 use crate::catalog::{Entry, Version};
 use crate::clock::{MINUTE, Millis};
 use crate::error::{Error, Result};
+use crate::messaging::consent;
 use crate::model::automation::{Assignee, AutomationStatus, SettableProperty, Step, StepKind};
 use crate::outbox::{Effect, EffectKind};
 
@@ -460,29 +461,39 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
     let sid = step.id.as_str();
     let contact = contacts::require(ctx.conn, &e.contact_id)?;
     let channel = step.kind.channel().unwrap_or("email");
-    let (address_field, template_id) = match &step.kind {
-        StepKind::SendEmail { template_id, .. } => ("email", template_id),
-        StepKind::SendSms { template_id, .. } => ("phone", template_id),
+    let (template_id, category, bypass) = match &step.kind {
+        StepKind::SendEmail {
+            template_id,
+            category,
+            bypass_preferences,
+            ..
+        }
+        | StepKind::SendSms {
+            template_id,
+            category,
+            bypass_preferences,
+            ..
+        } => (template_id, *category, *bypass_preferences),
         _ => return Ok(()),
     };
     let asset_id = template_id
         .clone()
         .unwrap_or_else(|| format!("{}/{}", e.automation_id, sid));
-    let Some(to) = contact.text(address_field).map(str::to_string) else {
-        return step_failed(ctx, e, sid, &format!("no_{address_field}"));
-    };
-    if contact.subscription(channel) == "unsubscribed" {
-        let key = effect_key(ctx.install_id, e.id, sid);
-        Log {
-            step_id: Some(sid),
-            channel: Some(channel),
-            message_key: Some(&key),
-            detail: Some(json!({"reason": "unsubscribed"})),
-            ..log_for("message_suppressed", e)
+    let to = match consent::check(&contact, channel, category, bypass) {
+        Ok(to) => to,
+        Err(reason) => {
+            let key = effect_key(ctx.install_id, e.id, sid);
+            Log {
+                step_id: Some(sid),
+                channel: Some(channel),
+                message_key: Some(&key),
+                detail: Some(json!({"reason": reason.as_str(), "category": category.as_str()})),
+                ..log_for("message_suppressed", e)
+            }
+            .write(ctx.conn, ctx.now)?;
+            return step_failed(ctx, e, sid, reason.as_str());
         }
-        .write(ctx.conn, ctx.now)?;
-        return step_failed(ctx, e, sid, "unsubscribed");
-    }
+    };
     let owner = match contact.props.get("owner") {
         Some(Value::Object(o)) => o.get("name").cloned().unwrap_or(Value::Null),
         _ => Value::Null,
@@ -501,6 +512,7 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             preheader,
             body,
             sender,
+            ..
         } => json!({
             "template_id": template_id, "subject": subject, "preheader": preheader, "body": body, "sender": sender,
         }),
@@ -508,6 +520,7 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             template_id,
             message,
             sender_number,
+            ..
         } => json!({
             "template_id": template_id, "message": message, "sender_number": sender_number,
         }),
@@ -515,7 +528,7 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
     };
     ctx.effects.push(Effect {
         payload: json!({
-            "key": key, "kind": "message", "channel": channel, "category": "marketing",
+            "key": key, "kind": "message", "channel": channel, "category": category.as_str(),
             "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders,
             "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
         }),

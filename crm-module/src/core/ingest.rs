@@ -9,8 +9,10 @@ use super::{Ctx, Signal, triggers};
 use crate::clock::{Millis, parse_rfc3339};
 use crate::error::{Error, Result};
 use crate::event::{
-    Appointment, DeliveryStatus, Event, EventBody, OptOutChannel, UpsertMode, VerificationStatus,
+    Appointment, BounceKind, DeliveryStatus, Event, EventBody, OptOutChannel, UpsertMode,
+    VerificationStatus,
 };
+use crate::messaging::consent;
 use crate::outbox;
 
 /// What happened to a pushed event.
@@ -172,6 +174,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             in_reply_to,
         } => sms_received(
             ctx,
+            &ev.event_id,
             contact_id.as_deref(),
             from.as_deref(),
             body,
@@ -183,22 +186,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             status,
             bounce,
         } => {
-            let row = message(ctx, message_key)?;
-            let (kind, detail) = match status {
-                DeliveryStatus::Delivered => ("message_delivered", json!({})),
-                DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
-                DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
-            };
-            Log {
-                automation_id: row.automation_id.as_deref(),
-                enrollment_id: row.enrollment_id,
-                step_id: row.step_id.as_deref(),
-                channel: row.channel.as_deref(),
-                message_key: Some(message_key),
-                detail: Some(detail),
-                ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
-            }
-            .write(ctx.conn, ctx.now)?;
+            receipt(ctx, message_key, *status, *bounce)?;
             Ok(Outcome::Applied)
         }
         EventBody::ContactOptedOut {
@@ -442,6 +430,7 @@ fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
 
 fn sms_received(
     ctx: &mut Ctx<'_>,
+    event_id: &str,
     contact_id: Option<&str>,
     from: Option<&str>,
     body: &str,
@@ -492,7 +481,22 @@ fn sms_received(
                 new_value: json!(value),
             });
         }
+        if value == "unsubscribed" {
+            let text = ctx.settings.stop_confirmation();
+            compliance_sms(ctx, event_id, &c, &text, "stop_confirmation");
+        }
         return triggers::fire(ctx, &id, &signals);
+    }
+    if ctx.settings.is_help(body) {
+        Log {
+            channel: Some("sms"),
+            message_key: key.as_deref(),
+            ..Log::new("sms_help", &id)
+        }
+        .write(ctx.conn, ctx.now)?;
+        let text = ctx.settings.help_answer();
+        compliance_sms(ctx, event_id, &c, &text, "help_answer");
+        return Ok(());
     }
     Log {
         automation_id: replied_to.as_ref().and_then(|r| r.automation_id.as_deref()),
@@ -508,4 +512,94 @@ fn sms_received(
     }];
     inbound(ctx, &mut c, &mut signals)?;
     triggers::fire(ctx, &id, &signals)
+}
+
+/// Soft bounces of one message retried before it is suppressed.
+pub const MAX_SOFT_BOUNCES: i64 = 3;
+
+/// A delivery receipt: logged; a hard bounce marks the email address
+/// undeliverable (consent then suppresses every later email to it); a soft
+/// bounce hands the message back to the host with backoff, under the same
+/// key, until [`MAX_SOFT_BOUNCES`], then records it suppressed.
+fn receipt(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    status: DeliveryStatus,
+    bounce: Option<BounceKind>,
+) -> Result<()> {
+    let row = message(ctx, key)?;
+    let contact_id = row.contact_id.clone().unwrap_or_default();
+    let (kind, detail) = match status {
+        DeliveryStatus::Delivered => ("message_delivered", json!({})),
+        DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
+        DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
+    };
+    let log = |kind: &'static str, detail: Value| Log {
+        automation_id: row.automation_id.as_deref(),
+        enrollment_id: row.enrollment_id,
+        step_id: row.step_id.as_deref(),
+        channel: row.channel.as_deref(),
+        message_key: Some(key),
+        detail: Some(detail),
+        ..Log::new(kind, &contact_id)
+    };
+    log(kind, detail).write(ctx.conn, ctx.now)?;
+    match (status, bounce, row.channel.as_deref()) {
+        (DeliveryStatus::Bounced, Some(BounceKind::Hard), Some("email")) => {
+            let mut c = contacts::require(ctx.conn, &contact_id)?;
+            if let Some(address) = c.text("email").map(str::to_string) {
+                c.props
+                    .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
+                contacts::save(ctx.conn, &c)?;
+                log("address_undeliverable", json!({"reason": "hard_bounce"}))
+                    .write(ctx.conn, ctx.now)?;
+            }
+        }
+        (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
+            let soft: i64 = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM events WHERE message_key = ?1 AND kind = 'message_bounced'
+                       AND json_extract(detail, '$.bounce') = 'soft'",
+                )?
+                .query_row([key], |r| r.get(0))?;
+            // `soft` counts this bounce too: bounces 1..=MAX are retried.
+            if soft <= MAX_SOFT_BOUNCES {
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3 WHERE idempotency_key = ?1",
+                    )?
+                    .execute(params![key, ctx.now + crate::outbox::backoff(soft + 1), ctx.now])?;
+            } else {
+                ctx.conn
+                    .prepare_cached("UPDATE outbox SET status = 'failed', updated_at = ?2 WHERE idempotency_key = ?1")?
+                    .execute(params![key, ctx.now])?;
+                log("message_suppressed", json!({"reason": "soft_bounce_limit"}))
+                    .write(ctx.conn, ctx.now)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):
+/// no marketing content, keyed by the inbound event so it is sent once.
+fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, purpose: &str) {
+    let Some(to) = c.text("phone") else { return };
+    let key = format!("{}-kw-{event_id}", ctx.install_id);
+    ctx.effects.push(crate::outbox::Effect {
+        key: key.clone(),
+        kind: crate::outbox::EffectKind::Message,
+        payload: json!({
+            "key": key, "kind": "message", "channel": "sms", "category": "compliance", "purpose": purpose,
+            "contact_id": c.id, "to": to, "content": {"message": text}, "placeholders": {},
+        }),
+        contact_id: c.id.clone(),
+        automation_id: None,
+        enrollment_id: None,
+        step_id: None,
+        channel: Some("sms".into()),
+        asset_id: None,
+    });
 }

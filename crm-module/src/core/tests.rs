@@ -305,8 +305,19 @@ fn sms_stop_is_an_opt_out_not_a_reply() {
     let (reason, actor): (String, String) = s.conn.query_row("SELECT reason, actor FROM subscription_audit WHERE contact_id='c1' AND channel='sms' AND new_value='unsubscribed'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!((reason.as_str(), actor.as_str()), ("stop_reply", "contact"));
     s.advance(4 * DAY);
-    assert_eq!(s.messages_to("c1").len(), 1, "nothing after STOP");
-    assert_eq!(s.messages_to("c2").len(), 2);
+    let flow_msgs = |s: &Sim, c: &str| {
+        s.messages_to(c)
+            .iter()
+            .filter(|m| m.automation_id.is_some())
+            .count()
+    };
+    assert_eq!(
+        flow_msgs(&s, "c1"),
+        1,
+        "nothing after STOP but the confirmation"
+    );
+    assert_eq!(s.messages_to("c1").len(), 2);
+    assert_eq!(flow_msgs(&s, "c2"), 2);
 }
 
 #[test]
@@ -664,4 +675,142 @@ fn inbound_sms_matches_the_number_whatever_its_formatting() {
         .push(json!({"type": "sms.received", "from": "+16175550100", "body": "hi"}))
         .unwrap_err();
     assert_eq!(e.code(), crate::ErrorCode::NotFound);
+}
+
+#[test]
+fn consent_suppresses_with_reasons_and_care_bypass_reaches_unknown_only() {
+    let mut s = Sim::new();
+    let steps = |category: &str, bypass: bool| json!([{"id": "m", "type": "send_sms", "message": "Your visit is tomorrow", "category": category, "bypass_preferences": bypass}]);
+    let mk = s.automation(json!({"name": "Promo", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"}, "steps": steps("marketing", false)}));
+    let care = s.automation(json!({"name": "Reminder", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"}, "steps": steps("care", false)}));
+    let bypass = s.automation(json!({"name": "Reminder+", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"}, "steps": steps("care", true)}));
+    // Marketing with a bypass is refused at save.
+    let e = s.cmd(json!({"command": "automation.create", "definition": {"name": "x", "trigger": {"type": "form_submitted"}, "steps": steps("marketing", true)}})).unwrap_err();
+    assert!(e.to_string().contains("only to care"), "{e}");
+    s.contact("unknown", json!({"sms_subscription": "unknown"}));
+    s.contact("stopped", json!({"sms_subscription": "unsubscribed"}));
+    for c in ["unknown", "stopped"] {
+        s.push(json!({"type": "form.submitted", "submission": {"id": format!("f-{c}"), "form_id": "x", "form_name": "X", "contact_id": c}})).unwrap();
+    }
+    let reasons: Vec<(String, String, String)> = s
+        .conn
+        .prepare("SELECT automation_id, contact_id, json_extract(detail, '$.reason') FROM events WHERE kind = 'message_suppressed' ORDER BY automation_id, contact_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let r = |a: &str, c: &str, why: &str| (a.to_string(), c.to_string(), why.to_string());
+    let mut expected = vec![
+        r(&mk, "stopped", "unsubscribed"),
+        r(&mk, "unknown", "unknown_consent"),
+        r(&care, "stopped", "unsubscribed"),
+        r(&care, "unknown", "unknown_consent"),
+        r(&bypass, "stopped", "unsubscribed"),
+    ];
+    expected.sort();
+    assert_eq!(reasons, expected);
+    let sent: Vec<_> = s
+        .effects
+        .iter()
+        .filter(|e| e.kind == crate::outbox::EffectKind::Message)
+        .collect();
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the care message with bypass to the unknown-consent number"
+    );
+    assert_eq!(
+        (
+            sent[0].contact_id.as_str(),
+            sent[0].payload["category"].as_str()
+        ),
+        ("unknown", Some("care"))
+    );
+}
+
+#[test]
+fn stop_gets_one_confirmation_and_help_gets_an_answer() {
+    let mut s = Sim::new();
+    let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
+    s.contact("c1", json!({}));
+    let stop =
+        json!({"event_id": "in-1", "type": "sms.received", "contact_id": "c1", "body": "stop"});
+    s.push(stop.clone()).unwrap();
+    s.push(stop).unwrap(); // the host pushes it twice: one confirmation
+    s.push(json!({"event_id": "in-2", "type": "sms.received", "contact_id": "c1", "body": "Help"}))
+        .unwrap();
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0].payload["purpose"], "stop_confirmation");
+    assert_eq!(msgs[0].payload["category"], "compliance");
+    let text = msgs[0].payload["content"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("Riverside Family Practice") && text.contains("START"),
+        "{text}"
+    );
+    assert_eq!(msgs[1].payload["purpose"], "help_answer");
+    assert!(
+        msgs[1].payload["content"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("STOP")
+    );
+    assert_eq!(
+        s.count("enrolled", Some(&replies)),
+        0,
+        "keywords are not replies"
+    );
+}
+
+#[test]
+fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppress() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Two emails", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "One", "body": "b"}, {"type": "delay", "amount": 1, "unit": "days"},
+                  {"type": "send_email", "subject": "Two", "body": "b"}]}));
+    s.contact("hard", json!({}));
+    s.contact("soft", json!({}));
+    let hard_key = s.messages_to("hard")[0].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": hard_key, "status": "bounced", "bounce": "hard"})).unwrap();
+    s.advance(2 * DAY);
+    assert_eq!(
+        s.messages_to("hard").len(),
+        1,
+        "no email to an address that hard-bounced"
+    );
+    let why: String = s.conn.query_row("SELECT json_extract(detail, '$.reason') FROM events WHERE kind='message_suppressed' AND contact_id='hard'", [], |r| r.get(0)).unwrap();
+    assert_eq!(why, "undeliverable");
+    // A new address clears it.
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "hard", "email": "new@example.com"}}),
+    )
+    .unwrap();
+    let soft_key = s.messages_to("soft")[0].key.clone();
+    for i in 1..=4 {
+        s.push(json!({"type": "delivery.receipt", "message_key": soft_key, "status": "bounced", "bounce": "soft"})).unwrap();
+        let status: String = s
+            .conn
+            .query_row(
+                "SELECT status FROM outbox WHERE idempotency_key = ?1",
+                [&soft_key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let expect = if i <= 3 { "retry" } else { "failed" };
+        assert_eq!(status, expect);
+    }
+    let suppressed: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE kind='message_suppressed' AND message_key = ?1",
+            [&soft_key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        suppressed, 1,
+        "after 3 soft bounces the message is suppressed"
+    );
+    let _ = a;
 }

@@ -463,6 +463,12 @@ pub enum StepKind {
         /// Sender identity override.
         #[serde(default)]
         sender: Option<SenderOverride>,
+        /// Marketing (default) or care.
+        #[serde(default)]
+        category: crate::messaging::consent::Category,
+        /// Care only: send to a channel with no recorded consent. Never overrides an unsubscribe or STOP.
+        #[serde(default)]
+        bypass_preferences: bool,
     },
     /// Send an SMS.
     SendSms {
@@ -475,6 +481,12 @@ pub enum StepKind {
         /// Sender number override.
         #[serde(default)]
         sender_number: Option<String>,
+        /// Marketing (default) or care.
+        #[serde(default)]
+        category: crate::messaging::consent::Category,
+        /// Care only: send to a channel with no recorded consent. Never overrides an unsubscribe or STOP.
+        #[serde(default)]
+        bypass_preferences: bool,
     },
     /// Wait.
     Delay {
@@ -739,6 +751,20 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
             )));
         }
         let err = |m: &str| Err(Error::invalid(format!("{here}: {m}")));
+        if let StepKind::SendEmail {
+            category,
+            bypass_preferences: true,
+            ..
+        }
+        | StepKind::SendSms {
+            category,
+            bypass_preferences: true,
+            ..
+        } = &s.kind
+            && *category == crate::messaging::consent::Category::Marketing
+        {
+            return err("bypass_preferences applies only to care messages, never to marketing");
+        }
         match &s.kind {
             StepKind::SendEmail {
                 template_id,
@@ -757,6 +783,7 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 template_id,
                 message,
                 sender_number,
+                ..
             } => {
                 if template_id.is_none() && message.trim().is_empty() {
                     return err("an SMS needs a template_id or a message");

@@ -1677,6 +1677,8 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
             preheader,
             body,
             sender,
+            category,
+            bypass_preferences,
         } => {
             let sender = sender
                 .clone()
@@ -1704,6 +1706,7 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                 Field::new("sender.reply_to", "Reply-to", FieldKind::Text, any_or(&sender.reply_to))
                     .placeholder("Module default"),
             ]);
+            fields.extend(consent_fields(*category, *bypass_preferences));
             actions.push(Action::new("preview", "Preview", Some("fa-eye")));
             actions.push(Action::new(
                 "open_editor",
@@ -1715,6 +1718,8 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
             template_id,
             message,
             sender_number,
+            category,
+            bypass_preferences,
         } => {
             fields.extend([
                 Field::new("template_id", "Saved SMS", FieldKind::Text, any_or(template_id))
@@ -1726,6 +1731,7 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                 Field::new("sender_number", "Sender number", FieldKind::Text, any_or(sender_number))
                     .placeholder("Module default number"),
             ]);
+            fields.extend(consent_fields(*category, *bypass_preferences));
         }
         StepKind::Delay { amount, unit } => {
             fields.extend([
@@ -1933,6 +1939,21 @@ fn condition_options(
         .unwrap_or_else(|| "Goal reached (Lead → Patient)".into());
     out.push(grouped(json!({"type": "goal_reached"}), &goal, "Goal"));
     out
+}
+
+/// The message category and the care-only bypass of a communication step.
+fn consent_fields(category: crate::messaging::consent::Category, bypass: bool) -> [Field; 2] {
+    [
+        Field::new("category", "Message type", FieldKind::Select, to_value(&category))
+            .required()
+            .options(vec![
+                opt(json!("marketing"), "Marketing"),
+                opt(json!("care"), "Care (appointment and treatment notices)"),
+            ])
+            .help("Marketing reaches only contacts who subscribed to the channel."),
+        Field::new("bypass_preferences", "Bypass preferences", FieldKind::Toggle, json!(bypass))
+            .help("Care messages only: also send when the contact has no recorded preference. Never overrides an unsubscribe or a STOP."),
+    ]
 }
 
 #[cfg(test)]
