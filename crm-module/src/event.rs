@@ -3,7 +3,7 @@
 //! Every event is a JSON object with the host's own `event_id` (idempotency:
 //! a duplicate has no second effect), a `type`, an optional `occurred_at`
 //! (RFC 3339, the host's time; used to ignore stale contact updates) and the
-//! fields of its type. [`IncomingEvent::parse`] validates structure and sizes;
+//! fields of its type. [`Event::parse`] validates structure and sizes;
 //! the core then validates against state (unknown contacts, unknown messages).
 
 use schemars::JsonSchema;

@@ -1,6 +1,6 @@
 //! # crm-ffi: the C ABI of the CRM module
 //!
-//! A thin layer over [`crm_module::Module`]: it converts C strings, validates
+//! A thin layer over [`::crm_module::Module`]: it converts C strings, validates
 //! pointers, UTF-8 and sizes, catches panics and maps errors to status codes.
 //! It holds no engine logic. The C header `include/crm_module.h` is generated
 //! from this file by cbindgen (see `ffi/cbindgen.toml`); `tests/header.rs`

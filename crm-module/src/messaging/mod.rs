@@ -1,5 +1,8 @@
-//! Messaging: who may receive what (consent), and, as they land, rendering,
-//! composition, tracking and delivery of email and SMS (issue 3).
+//! Messaging: who may receive what (consent), SMS segments and numbers,
+//! templates, email composition and tracking tokens (issue 3).
 
 pub mod consent;
+pub mod email;
 pub mod sms;
+pub mod template;
+pub mod tracking;
