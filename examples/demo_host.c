@@ -387,7 +387,13 @@ int main(int argc, char **argv) {
     /* Monday 6 Oct 2025, 08:00 in New York. */
     check(crm_open(argv[1],
                    "{\"clock\":{\"mode\":\"manual\",\"start\":\"2025-10-06T12:00:00Z\"},"
-                   "\"initial_settings\":{\"practice_name\":\"Riverside Family Practice\",\"time_zone\":\"America/New_York\"}}",
+                   "\"initial_settings\":{\"practice_name\":\"Riverside Family Practice\",\"time_zone\":\"America/New_York\","
+                   "\"practice_phone\":\"+16175550100\","
+                   "\"email_sender\":{\"from_name\":\"Riverside Family Practice\",\"from_address\":\"hello@riverside.example\"},"
+                   "\"email_footer\":{\"postal_address\":\"12 River Road, Boston, MA 02118\","
+                   "\"text\":\"You receive this email because you are a patient of {{practice}}. Unsubscribe: {{unsubscribe_link}}\"},"
+                   "\"sms\":{\"sender_number\":\"+16175550100\"},"
+                   "\"tracking\":{\"base_url\":\"https://t.riverside.example\",\"email_opens\":true,\"email_clicks\":true,\"sms_clicks\":true}}}",
                    &crm),
           "crm_open");
     crm_host_callbacks cb = {CRM_HOST_CALLBACKS_VERSION, NULL, on_message, on_property, on_task, on_log};

@@ -109,7 +109,7 @@ fn c_host_program_is_clean_under_valgrind() {
 // The extern functions from Rust
 // ---------------------------------------------------------------------------
 
-const MANUAL: &CStr = c"{\"clock\":{\"mode\":\"manual\",\"start\":\"2026-01-05T08:00:00Z\"}}";
+const MANUAL: &CStr = c"{\"clock\":{\"mode\":\"manual\",\"start\":\"2026-01-05T08:00:00Z\"},\"initial_settings\":{\"practice_name\":\"Riverside\",\"time_zone\":\"UTC\",\"email_footer\":{\"postal_address\":\"12 River Road, Boston\",\"text\":\"Unsubscribe: {{unsubscribe_link}}\"},\"tracking\":{\"base_url\":\"https://t.example.org\",\"email_opens\":true}}}";
 const START_MS: i64 = 1_767_600_000_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -266,7 +266,7 @@ const ACTIVATE: &str = r#"{"command":"automation.activate","automation_id":"a1"}
 
 fn contact_event(event_id: &str, contact_id: &str) -> String {
     format!(
-        r#"{{"event_id":"{event_id}","type":"contact.upserted","contact":{{"id":"{contact_id}","first_name":"Ann","email":"{contact_id}@example.com","phone":"+15555550101","email_subscription":"subscribed","sms_subscription":"subscribed"}}}}"#
+        r#"{{"event_id":"{event_id}","type":"contact.upserted","contact":{{"id":"{contact_id}","first_name":"Ann","email":"{contact_id}@example.com","phone":"+16175550101","email_subscription":"subscribed","sms_subscription":"subscribed"}}}}"#
     )
 }
 

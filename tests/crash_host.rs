@@ -52,7 +52,7 @@ fn main() {
     let m = Module::open(
         std::path::Path::new(db),
         r#"{"clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
-            "initial_settings": {"practice_name": "Riverside", "time_zone": "America/New_York"}}"#,
+            "initial_settings": {"practice_name": "Riverside", "time_zone": "America/New_York", "email_footer": {"postal_address": "12 River Road, Boston, MA 02118", "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"}, "tracking": {"base_url": "https://t.riverside.example", "email_opens": true, "email_clicks": true, "sms_clicks": false}}}"#,
     )
     .unwrap();
     let block_at = (mode == "run").then_some(40);
@@ -81,7 +81,8 @@ fn main() {
     for i in 0..100_000 {
         let ev = format!(
             r#"{{"event_id": "c{i}", "type": "contact.upserted", "contact": {{"id": "p{i}", "first_name": "Pat",
-                "email": "p{i}@example.com", "phone": "+1555{i:07}", "email_subscription": "subscribed", "sms_subscription": "subscribed"}}}}"#
+                "email": "p{i}@example.com", "phone": "+1617555{:04}", "email_subscription": "subscribed", "sms_subscription": "subscribed"}}}}"#,
+            i % 10_000
         );
         m.push(&ev).unwrap();
         println!("pushed c{i}");

@@ -25,6 +25,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+python3 -c "import aiosmtpd" 2>/dev/null || pip install --quiet aiosmtpd
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 echo "== cargo fmt --check"

@@ -33,7 +33,7 @@ fn open(dir: &tempfile::TempDir) -> Module {
     Module::open(
         &dir.path().join("practice.db"),
         r#"{"clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
-            "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York"}}"#,
+            "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York", "email_footer": {"postal_address": "12 River Road, Boston, MA 02118", "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"}, "tracking": {"base_url": "https://t.riverside.example", "email_opens": true, "email_clicks": true, "sms_clicks": false}}}"#,
     )
     .unwrap()
 }
@@ -53,7 +53,7 @@ const WELCOME: &str = r#"{"command": "automation.create", "automation_id": "welc
 fn contact(i: usize) -> String {
     json!({"event_id": format!("c{i}"), "type": "contact.upserted", "occurred_at": "2026-01-05T14:00:00Z",
            "contact": {"id": format!("p{i}"), "first_name": format!("Pat{i}"), "email": format!("p{i}@example.com"),
-                       "phone": format!("+1555{i:07}"), "email_subscription": "subscribed", "sms_subscription": "subscribed",
+                       "phone": format!("+1617555{:04}", i % 10_000), "email_subscription": "subscribed", "sms_subscription": "subscribed",
                        "lead_source": "website_form"}})
     .to_string()
 }

@@ -204,7 +204,7 @@ fn contact_event(n: usize) -> Value {
         c["email"] = json!(format!("patient{n}@example.com"));
     }
     if pct(n, 2) < 85 {
-        c["phone"] = json!(format!("+1555{n:07}"));
+        c["phone"] = json!(format!("+1617{:07}", 2_000_000 + n));
     }
     if pct(n, 3) < 80 {
         let month = (h >> 12) % 12;
@@ -805,7 +805,7 @@ fn main() -> BoxResult<()> {
     }
 
     let config = json!({"clock": {"mode": "manual", "start": START},
-        "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York"}});
+        "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York", "email_footer": {"postal_address": "12 River Road, Boston, MA 02118", "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"}, "tracking": {"base_url": "https://t.riverside.example", "email_opens": true, "email_clicks": true, "sms_clicks": false}}});
     // Raw SQLite first, on a fresh file (it is measured again at the end).
     let raw_rows = (args.contacts * 30).max(100_000).div_ceil(BATCH) * BATCH;
     eprintln!(
@@ -919,7 +919,7 @@ fn main() -> BoxResult<()> {
     let b3 = bench.phase(&module, "B3 one batch: SMS replies by phone number", |m| {
         push_batches(m, by_phone.len(), clock_ms, &mut advancing, |i| {
             let n = by_phone[i];
-            json!({"event_id": format!("ev-p{n}"), "type": "sms.received", "from": format!("+1555{n:07}"),
+            json!({"event_id": format!("ev-p{n}"), "type": "sms.received", "from": format!("+1617{:07}", 2_000_000 + n),
                    "body": "What time is my appointment?"})
         })
     })?;

@@ -101,6 +101,29 @@ pub enum Command {
         /// Contacts.
         contact_ids: Vec<String>,
     },
+    /// Saves a new email or SMS template (validated: unknown placeholders are refused).
+    #[serde(rename = "template.create")]
+    TemplateCreate {
+        /// Optional id; generated when absent.
+        #[serde(default)]
+        template_id: Option<String>,
+        /// The template.
+        template: TemplateInput,
+    },
+    /// Replaces a template's content.
+    #[serde(rename = "template.update")]
+    TemplateUpdate {
+        /// The template.
+        template_id: String,
+        /// The new content.
+        template: TemplateInput,
+    },
+    /// Deletes a template (steps using it then fail with `template_not_found`).
+    #[serde(rename = "template.delete")]
+    TemplateDelete {
+        /// The template.
+        template_id: String,
+    },
     /// Returns the settings.
     #[serde(rename = "settings.get")]
     SettingsGet,
@@ -108,7 +131,7 @@ pub enum Command {
     #[serde(rename = "settings.update")]
     SettingsUpdate {
         /// The new settings.
-        settings: Settings,
+        settings: Box<Settings>,
     },
 }
 
@@ -124,6 +147,141 @@ impl Command {
                 | Command::AutomationDelete { .. }
         )
     }
+}
+
+/// A saved email or SMS template.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateInput {
+    /// `email` or `sms`.
+    pub channel: String,
+    /// Name in the library.
+    pub name: String,
+    /// Email subject.
+    #[serde(default)]
+    pub subject: String,
+    /// Email preheader.
+    #[serde(default)]
+    pub preheader: String,
+    /// Email HTML body.
+    #[serde(default)]
+    pub html_body: String,
+    /// Email plain-text part (derived from the HTML when absent).
+    #[serde(default)]
+    pub text_body: Option<String>,
+    /// SMS text.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Result of a template command.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TemplateResult {
+    /// The template.
+    pub template_id: String,
+}
+
+/// Custom property names seen on contacts: placeholders templates may use.
+pub fn custom_properties(conn: &rusqlite::Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT key FROM custom_properties ORDER BY key")?;
+    let keys = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(keys)
+}
+
+/// Validates every template field; the error names the field, the
+/// placeholder and its line and column.
+pub fn validate_template_fields(fields: &[(&str, &str)], custom: &[String]) -> Result<()> {
+    for (field, source) in fields {
+        crate::messaging::template::validate(field, source, custom)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn check_template(t: &TemplateInput, custom: &[String]) -> Result<()> {
+    let name = t.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(Error::invalid("template.name: must be 1 to 200 characters"));
+    }
+    match t.channel.as_str() {
+        "email" => {
+            if t.subject.trim().is_empty() || t.html_body.trim().is_empty() {
+                return Err(Error::invalid(
+                    "template: an email template needs a subject and an html_body",
+                ));
+            }
+            if t.subject.chars().count() > 500 || t.html_body.len() > 512 * 1024 {
+                return Err(Error::TooLarge(
+                    "template: subject up to 500 characters, body up to 512 KiB".into(),
+                ));
+            }
+            let mut fields = vec![
+                ("subject", t.subject.as_str()),
+                ("preheader", t.preheader.as_str()),
+                ("html_body", t.html_body.as_str()),
+            ];
+            if let Some(text) = &t.text_body {
+                fields.push(("text_body", text.as_str()));
+            }
+            validate_template_fields(&fields, custom)
+        }
+        "sms" => {
+            if t.message.trim().is_empty() || t.message.chars().count() > 1600 {
+                return Err(Error::invalid("template.message: 1 to 1600 characters"));
+            }
+            validate_template_fields(&[("message", t.message.as_str())], custom)
+        }
+        _ => Err(Error::invalid("template.channel: email or sms")),
+    }
+}
+
+/// Validates the inline content and template references of an automation's message steps.
+fn check_message_steps(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
+    let custom = custom_properties(ctx.conn)?;
+    let flow = crate::model::automation::Flow::new(def);
+    for id in flow.ordered_ids() {
+        let Some(step) = flow.step(&id) else { continue };
+        let here = format!("definition: step {id}");
+        let (template_id, channel, fields): (&Option<String>, &str, Vec<(&str, &str)>) =
+            match &step.kind {
+                crate::model::automation::StepKind::SendEmail {
+                    template_id,
+                    subject,
+                    preheader,
+                    body,
+                    ..
+                } => (
+                    template_id,
+                    "email",
+                    vec![
+                        ("subject", subject),
+                        ("preheader", preheader),
+                        ("body", body),
+                    ],
+                ),
+                crate::model::automation::StepKind::SendSms {
+                    template_id,
+                    message,
+                    ..
+                } => (template_id, "sms", vec![("message", message)]),
+                _ => continue,
+            };
+        if let Some(t) = template_id {
+            let ok: bool = ctx.conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL)",
+                params![t, channel],
+                |r| r.get(0),
+            )?;
+            if !ok {
+                return Err(Error::not_found(format!("{here}: {channel} template {t}")));
+            }
+        } else {
+            validate_template_fields(&fields, &custom).map_err(|e| e.at(&here))?;
+        }
+    }
+    Ok(())
 }
 
 /// Result of an automation command.
@@ -218,6 +376,7 @@ fn prepare_definition(
 ) -> Result<AutomationDefinition> {
     def.validate_and_assign_ids()
         .map_err(|e| e.at("definition"))?;
+    check_message_steps(ctx, &def)?;
     if def.run_window.is_none() {
         def.run_window = Some(ctx.settings.doc.default_run_window.clone());
     }
@@ -497,11 +656,69 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             }
             Ok((to_json(ListResult { list_id, changed })?, None))
         }
+        Command::TemplateCreate {
+            template_id,
+            template,
+        } => {
+            let custom = custom_properties(ctx.conn)?;
+            check_template(&template, &custom)?;
+            let id = match template_id {
+                Some(id) => {
+                    validate_id("template_id", &id)?;
+                    let exists: bool = ctx.conn.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1)",
+                        [&id],
+                        |r| r.get(0),
+                    )?;
+                    if exists {
+                        return Err(Error::Conflict(format!("template {id} already exists")));
+                    }
+                    id
+                }
+                None => next_id(ctx, "templates", "t")?,
+            };
+            ctx.conn.execute(
+                "INSERT INTO templates (id, channel, name, subject, preheader, html_body, text_body, message, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![id, template.channel, template.name.trim(), template.subject, template.preheader, template.html_body, template.text_body, template.message, ctx.now],
+            )?;
+            Ok((to_json(TemplateResult { template_id: id })?, None))
+        }
+        Command::TemplateUpdate {
+            template_id,
+            template,
+        } => {
+            let custom = custom_properties(ctx.conn)?;
+            check_template(&template, &custom)?;
+            let n = ctx.conn.execute(
+                "UPDATE templates SET name = ?3, subject = ?4, preheader = ?5, html_body = ?6, text_body = ?7, message = ?8, updated_at = ?9
+                 WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL",
+                params![template_id, template.channel, template.name.trim(), template.subject, template.preheader, template.html_body, template.text_body, template.message, ctx.now],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found(format!(
+                    "{} template {template_id}",
+                    template.channel
+                )));
+            }
+            Ok((to_json(TemplateResult { template_id })?, None))
+        }
+        Command::TemplateDelete { template_id } => {
+            let n = ctx.conn.execute(
+                "UPDATE templates SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![template_id, ctx.now],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found(format!("template {template_id}")));
+            }
+            Ok((to_json(TemplateResult { template_id })?, None))
+        }
         Command::SettingsGet => Ok((to_json(&ctx.settings.doc)?, None)),
         Command::SettingsUpdate { settings } => {
-            settings.validate()?;
-            crate::store::put_setting(ctx.conn, "settings", &to_json(&settings)?)?;
-            Ok((to_json(&settings)?, None))
+            // Store the canonical form (trimmed, E.164 numbers).
+            let doc = settings.validate()?.doc;
+            crate::store::put_setting(ctx.conn, "settings", &to_json(&doc)?)?;
+            Ok((to_json(&doc)?, None))
         }
     }
 }

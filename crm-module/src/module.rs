@@ -117,6 +117,7 @@ impl Module {
                 id
             }
         };
+        crate::messaging::compose::ensure_key_ring(&conn, clock.now())?;
         if store::get_setting(&conn, "settings")?.is_none() {
             let doc = config.initial_settings.clone().unwrap_or_default();
             let v = serde_json::to_value(&doc).map_err(|e| Error::Internal(e.to_string()))?;

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::messaging::sms::normalize_e164;
 use crate::schedule::{RunWindow, parse_tz};
 
 /// Default SMS opt-out keywords (matched case- and space-insensitively).
@@ -49,6 +50,149 @@ pub struct Settings {
     /// The practice's phone number, given in HELP answers.
     #[serde(default)]
     pub practice_phone: Option<String>,
+    /// Who recipients see an email from (a step may override).
+    #[serde(default)]
+    pub email_sender: EmailSender,
+    /// The compliant footer appended to every marketing email.
+    #[serde(default)]
+    pub email_footer: EmailFooter,
+    /// SMS sender and consent footer.
+    #[serde(default)]
+    pub sms: SmsSettings,
+    /// Open and click tracking.
+    #[serde(default)]
+    pub tracking: TrackingSettings,
+    /// Sending limits per channel (excess waits for the next slot, never dropped).
+    #[serde(default)]
+    pub limits: SendingLimits,
+}
+
+/// Email sender identity (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSender {
+    /// Display name.
+    pub from_name: String,
+    /// From address.
+    pub from_address: String,
+    /// Reply-to address.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+impl Default for EmailSender {
+    fn default() -> Self {
+        EmailSender {
+            from_name: "Our practice".into(),
+            from_address: "no-reply@practice.example".into(),
+            reply_to: None,
+        }
+    }
+}
+
+/// The compliant email footer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailFooter {
+    /// The practice's postal address, required in marketing email.
+    pub postal_address: String,
+    /// Footer text; `{{unsubscribe_link}}` and `{{practice}}` are replaced when the email sends.
+    pub text: String,
+}
+
+impl Default for EmailFooter {
+    fn default() -> Self {
+        EmailFooter {
+            postal_address: String::new(),
+            text: "You receive this email from {{practice}}. Unsubscribe: {{unsubscribe_link}}"
+                .into(),
+        }
+    }
+}
+
+/// SMS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    /// The number recipients see and reply to (E.164), unless a step overrides it.
+    #[serde(default)]
+    pub sender_number: Option<String>,
+    /// Appended to the first message of a thread.
+    #[serde(default = "default_consent_footer")]
+    pub consent_footer: String,
+    /// Region used to read national numbers (ISO 3166 alpha-2).
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    /// Earliest local time an SMS may go out, in the recipient's time zone.
+    #[serde(default = "default_sms_start")]
+    pub send_from: crate::schedule::LocalTime,
+    /// Latest local time (exclusive) an SMS may go out.
+    #[serde(default = "default_sms_end")]
+    pub send_until: crate::schedule::LocalTime,
+}
+
+fn default_consent_footer() -> String {
+    "Reply STOP to opt out".into()
+}
+
+fn default_region() -> String {
+    "US".into()
+}
+
+fn default_sms_start() -> crate::schedule::LocalTime {
+    crate::schedule::LocalTime { minutes: 8 * 60 }
+}
+
+fn default_sms_end() -> crate::schedule::LocalTime {
+    crate::schedule::LocalTime { minutes: 21 * 60 }
+}
+
+impl Default for SmsSettings {
+    fn default() -> Self {
+        SmsSettings {
+            sender_number: None,
+            consent_footer: default_consent_footer(),
+            default_region: default_region(),
+            send_from: default_sms_start(),
+            send_until: default_sms_end(),
+        }
+    }
+}
+
+/// Tracking switches. Without a base URL nothing is tracked by the module.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// Public https base of the host's tracking endpoints, e.g. `https://t.practice.example`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Open pixel in email.
+    #[serde(default)]
+    pub email_opens: bool,
+    /// Link wrapping in email.
+    #[serde(default)]
+    pub email_clicks: bool,
+    /// Link wrapping in SMS.
+    #[serde(default)]
+    pub sms_clicks: bool,
+}
+
+/// Per-channel sending limits.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendingLimits {
+    /// Emails per hour (none: unlimited).
+    #[serde(default)]
+    pub email_per_hour: Option<u32>,
+    /// Emails per day.
+    #[serde(default)]
+    pub email_per_day: Option<u32>,
+    /// SMS per hour.
+    #[serde(default)]
+    pub sms_per_hour: Option<u32>,
+    /// SMS per day.
+    #[serde(default)]
+    pub sms_per_day: Option<u32>,
 }
 
 fn default_module_name() -> String {
@@ -84,6 +228,11 @@ impl Default for Settings {
             sms_opt_in_keywords: default_opt_in(),
             sms_help_keywords: default_help(),
             practice_phone: None,
+            email_sender: EmailSender::default(),
+            email_footer: EmailFooter::default(),
+            sms: SmsSettings::default(),
+            tracking: TrackingSettings::default(),
+            limits: SendingLimits::default(),
         }
     }
 }
@@ -97,42 +246,562 @@ pub struct Resolved {
     pub tz: chrono_tz::Tz,
 }
 
+/// One field's validation problem, for the settings screen to show next to
+/// the field. `field` is the JSON path of the field in [`Settings`]
+/// (`email_sender.from_address`, `limits.sms_per_hour`,
+/// `sms_opt_in_keywords[2]`, `default_run_window.days[4].end`); `message`
+/// says what is wrong without quoting the value (a keyword, a region or a
+/// time may be named).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct FieldError {
+    /// JSON path of the field in the settings document.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Longest practice name, in characters.
+pub const MAX_PRACTICE_NAME: usize = 200;
+/// Longest module name, in characters.
+pub const MAX_MODULE_NAME: usize = 100;
+/// Longest sender display name, in characters.
+pub const MAX_FROM_NAME: usize = 100;
+/// Longest email address (RFC 5321 path limit).
+pub const MAX_EMAIL_ADDRESS: usize = 254;
+/// Longest postal address, in characters.
+pub const MAX_POSTAL_ADDRESS: usize = 500;
+/// Longest email footer template, in characters.
+pub const MAX_EMAIL_FOOTER: usize = 2000;
+/// Longest SMS consent footer, in characters (one GSM-7 segment).
+pub const MAX_CONSENT_FOOTER: usize = 160;
+/// Most keywords in one SMS keyword list.
+pub const MAX_KEYWORDS: usize = 50;
+/// Longest SMS keyword, in characters.
+pub const MAX_KEYWORD_CHARS: usize = 30;
+/// Longest tracking base URL, in characters.
+pub const MAX_TRACKING_URL: usize = 500;
+
+/// A text field that is blank counts as not set.
+fn is_blank(value: &Option<String>) -> bool {
+    value.as_deref().is_none_or(|s| s.trim().is_empty())
+}
+
+/// Required one-line text: not blank, at most `max` characters, no line
+/// breaks or other control characters.
+fn check_line(value: &str, max: usize) -> std::result::Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("required".into());
+    }
+    if value.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain line breaks or other control characters".into());
+    }
+    Ok(())
+}
+
+/// An email address as the composer reads it (trimmed, RFC 5322 addr-spec
+/// by `lettre`), with a dotted domain so that it can be delivered on the
+/// internet.
+fn check_email(value: &str) -> std::result::Result<(), String> {
+    const INVALID: &str = "not a valid email address";
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("required".into());
+    }
+    if value.len() > MAX_EMAIL_ADDRESS {
+        return Err(format!(
+            "{INVALID} (at most {MAX_EMAIL_ADDRESS} characters)"
+        ));
+    }
+    let address: lettre::Address = value.parse().map_err(|_| INVALID.to_owned())?;
+    let domain = address.domain();
+    if domain.starts_with('[')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
+        return Err(INVALID.into());
+    }
+    Ok(())
+}
+
+/// A public https base URL without user info, query or fragment.
+fn check_https_url(value: &str) -> std::result::Result<(), String> {
+    let value = value.trim();
+    if value.chars().count() > MAX_TRACKING_URL {
+        return Err(format!("must be at most {MAX_TRACKING_URL} characters"));
+    }
+    if !value.is_ascii() {
+        return Err(
+            "must be plain ASCII (write an international domain name in its xn-- form)".into(),
+        );
+    }
+    if value
+        .chars()
+        .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err("must not contain spaces or control characters".into());
+    }
+    let rest = match value.get(..8) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https://") => &value[8..],
+        _ => {
+            return Err(
+                "must be an https URL, such as https://t.practice.example (links and the open pixel are only served over https)"
+                    .into(),
+            );
+        }
+    };
+    if value.contains(['?', '#']) {
+        return Err("must not contain a query (?) or a fragment (#)".into());
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not contain a user name or password".into());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if let Some(port) = port
+        && (port.is_empty()
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || !matches!(port.parse::<u16>(), Ok(p) if p > 0))
+    {
+        return Err("has an invalid port".into());
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let host_ok = host.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()));
+    if !host_ok {
+        return Err(
+            "must name a public host by its domain name, such as https://t.practice.example".into(),
+        );
+    }
+    Ok(())
+}
+
+/// True when `source` holds the placeholder `{{ name }}` (spaces inside the
+/// braces allowed, no filters).
+fn has_placeholder(source: &str, name: &str) -> bool {
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return false;
+        };
+        let inner = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
+        if inner == name {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
+/// True when the words of `keyword` appear, in order and as whole words, in
+/// `text` (both compared upper case, punctuation ignored).
+fn mentions_keyword(text: &str, keyword: &str) -> bool {
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| w.to_uppercase())
+            .collect()
+    };
+    let text = words(text);
+    let keyword = words(keyword);
+    !keyword.is_empty() && text.windows(keyword.len()).any(|w| w == keyword.as_slice())
+}
+
+/// The region code when it is a two-letter ISO 3166 code `phonenumber` knows
+/// (case-insensitive), upper case.
+fn known_region(code: &str) -> Option<String> {
+    let code = code.trim();
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let upper = code.to_ascii_uppercase();
+    upper
+        .parse::<phonenumber::country::Id>()
+        .ok()
+        .map(|_| upper)
+}
+
 impl Settings {
-    /// Validates every field; errors name the field.
-    pub fn validate(&self) -> Result<Resolved> {
-        let name = self.practice_name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(Error::invalid("practice_name: must be 1 to 200 characters"));
+    /// Checks the whole document and returns every problem, each naming its
+    /// field by JSON path (see [`FieldError`]); empty when the document is
+    /// valid. At most one error is reported per field. The rules:
+    ///
+    /// * `practice_name` (1 to 200 characters), `module_name` (1 to 100) and
+    ///   `email_sender.from_name` (1 to 100): required, one line.
+    /// * `time_zone`: an IANA time zone name.
+    /// * `default_run_window`: a valid run window (errors point into it,
+    ///   e.g. `default_run_window.days[2].end`).
+    /// * `email_sender.from_address`: required, a valid email address with a
+    ///   dotted domain; `email_sender.reply_to`: the same when set.
+    /// * `email_footer.postal_address`: may be blank — blank means *not set
+    ///   yet*, so that a new database's default settings validate. Until it
+    ///   is set the engine holds back marketing email (reason
+    ///   `no_postal_address`), since a marketing email must carry the
+    ///   practice's postal address. When set: at most 500 characters.
+    /// * `email_footer.text`: required, at most 2000 characters, a valid
+    ///   template ([`crate::messaging::template::validate`], standard
+    ///   placeholders only) that contains `{{unsubscribe_link}}`.
+    /// * `limits.*`: at least 1 when set (unset = no limit); a per-hour limit
+    ///   not above the per-day limit of the same channel.
+    /// * `tracking.base_url`: when set, an https URL naming a public host,
+    ///   without user info, query or fragment. `tracking.email_opens`,
+    ///   `tracking.email_clicks` and `tracking.sms_clicks` require it.
+    /// * `sms.default_region`: a two-letter ISO 3166 region code known to the
+    ///   phone number library (`US`, `CA`, `DE`, …).
+    /// * `sms.sender_number` and `practice_phone`: when set, a valid phone
+    ///   number, read in `sms.default_region` when national
+    ///   ([`crate::messaging::sms::normalize_e164`]).
+    /// * `sms.consent_footer`: required, one line of at most 160 characters,
+    ///   naming one of the opt-out keywords (e.g. "Reply STOP to opt out").
+    /// * `sms.send_from` before `sms.send_until` (`24:00` only as the end).
+    /// * `sms_opt_out_keywords`, `sms_opt_in_keywords`, `sms_help_keywords`:
+    ///   1 to 50 keywords of 1 to 30 characters with at least one letter or
+    ///   digit; the opt-out list contains `STOP` (carriers require it); no
+    ///   keyword in two lists (compared as SMS replies are: case, spaces and
+    ///   punctuation ignored).
+    ///
+    /// A text field left blank counts as not set (`reply_to`,
+    /// `practice_phone`, `sms.sender_number`, `tracking.base_url`).
+    pub fn validate_all(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut check = |field: &str, result: std::result::Result<(), String>| {
+            if let Err(message) = result {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+
+        // Module identity.
+        check(
+            "module_name",
+            check_line(&self.module_name, MAX_MODULE_NAME),
+        );
+        check(
+            "practice_name",
+            check_line(&self.practice_name, MAX_PRACTICE_NAME),
+        );
+        if self.time_zone.trim().is_empty() {
+            check("time_zone", Err("required".into()));
+        } else if parse_tz(&self.time_zone).is_err() {
+            check(
+                "time_zone",
+                Err("unknown IANA time zone (use a name such as America/New_York)".into()),
+            );
         }
-        if self.module_name.trim().is_empty() || self.module_name.chars().count() > 100 {
-            return Err(Error::invalid("module_name: must be 1 to 100 characters"));
+
+        // Default run window: its messages start with their own path.
+        if let Err(m) = self.default_run_window.validate() {
+            match m.split_once(": ") {
+                Some((path, message)) => {
+                    check(&format!("default_run_window.{path}"), Err(message.into()))
+                }
+                None => check("default_run_window", Err(m)),
+            }
         }
-        let tz =
-            parse_tz(&self.time_zone).map_err(|m| Error::invalid(format!("time_zone: {m}")))?;
-        self.default_run_window
-            .validate()
-            .map_err(|m| Error::invalid(format!("default_run_window: {m}")))?;
-        for (field, list) in [
+
+        // Email sender identity.
+        check(
+            "email_sender.from_name",
+            check_line(&self.email_sender.from_name, MAX_FROM_NAME),
+        );
+        check(
+            "email_sender.from_address",
+            check_email(&self.email_sender.from_address),
+        );
+        if !is_blank(&self.email_sender.reply_to) {
+            check(
+                "email_sender.reply_to",
+                check_email(self.email_sender.reply_to.as_deref().unwrap_or_default()),
+            );
+        }
+
+        // Email footer.
+        let postal = &self.email_footer.postal_address;
+        if postal.chars().count() > MAX_POSTAL_ADDRESS {
+            check(
+                "email_footer.postal_address",
+                Err(format!("must be at most {MAX_POSTAL_ADDRESS} characters")),
+            );
+        }
+        check("email_footer.text", self.check_footer_text());
+
+        // Sending limits.
+        for (hour_field, per_hour, day_field, per_day) in [
+            (
+                "limits.email_per_hour",
+                self.limits.email_per_hour,
+                "limits.email_per_day",
+                self.limits.email_per_day,
+            ),
+            (
+                "limits.sms_per_hour",
+                self.limits.sms_per_hour,
+                "limits.sms_per_day",
+                self.limits.sms_per_day,
+            ),
+        ] {
+            const AT_LEAST_ONE: &str = "must be at least 1 (leave it empty for no limit)";
+            if per_hour == Some(0) {
+                check(hour_field, Err(AT_LEAST_ONE.into()));
+            }
+            if per_day == Some(0) {
+                check(day_field, Err(AT_LEAST_ONE.into()));
+            }
+            if let (Some(h), Some(d)) = (per_hour, per_day)
+                && h > 0
+                && d > 0
+                && h > d
+            {
+                check(
+                    hour_field,
+                    Err(format!("must not be more than the daily limit ({d})")),
+                );
+            }
+        }
+
+        // Tracking.
+        let has_base = !is_blank(&self.tracking.base_url);
+        if has_base {
+            check(
+                "tracking.base_url",
+                check_https_url(self.tracking.base_url.as_deref().unwrap_or_default()),
+            );
+        }
+        for (field, on, what) in [
+            (
+                "tracking.email_opens",
+                self.tracking.email_opens,
+                "open tracking",
+            ),
+            (
+                "tracking.email_clicks",
+                self.tracking.email_clicks,
+                "email click tracking",
+            ),
+            (
+                "tracking.sms_clicks",
+                self.tracking.sms_clicks,
+                "SMS click tracking",
+            ),
+        ] {
+            if on && !has_base {
+                check(
+                    field,
+                    Err(format!(
+                        "{what} needs a tracking address (set tracking.base_url)"
+                    )),
+                );
+            }
+        }
+
+        // SMS sender number and region.
+        let region = known_region(&self.sms.default_region);
+        if region.is_none() {
+            check(
+                "sms.default_region",
+                Err("must be a two-letter ISO 3166 region code, such as US".into()),
+            );
+        }
+        for (field, number) in [
+            ("sms.sender_number", &self.sms.sender_number),
+            ("practice_phone", &self.practice_phone),
+        ] {
+            if is_blank(number) {
+                continue;
+            }
+            let number = number.as_deref().unwrap_or_default();
+            match &region {
+                Some(region) => check(field, normalize_e164(number, region).map(|_| ())),
+                // Without a region only international numbers can be read.
+                None if number.trim().starts_with('+') => {
+                    check(field, normalize_e164(number, "US").map(|_| ()))
+                }
+                None => {}
+            }
+        }
+
+        // Opt-out & consent.
+        let lists = [
             ("sms_opt_out_keywords", &self.sms_opt_out_keywords),
             ("sms_opt_in_keywords", &self.sms_opt_in_keywords),
             ("sms_help_keywords", &self.sms_help_keywords),
-        ] {
-            if list.is_empty() || list.len() > 50 {
-                return Err(Error::invalid(format!("{field}: 1 to 50 keywords")));
-            }
-            if list
-                .iter()
-                .any(|k| k.trim().is_empty() || k.chars().count() > 30)
-            {
-                return Err(Error::invalid(format!(
-                    "{field}: keywords are 1 to 30 characters"
-                )));
+        ];
+        for (i, (field, list)) in lists.iter().enumerate() {
+            check(
+                field,
+                Self::check_keywords(list).and_then(|()| {
+                    if *field == "sms_opt_out_keywords"
+                        && !list.iter().any(|k| fold_keyword(k) == "STOP")
+                    {
+                        Err("must include STOP (carriers require it to opt out)".into())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            );
+            // A keyword already in an earlier list.
+            for (k, keyword) in list.iter().enumerate() {
+                let folded = fold_keyword(keyword);
+                if folded.is_empty() {
+                    continue;
+                }
+                if let Some((other, _)) = lists[..i]
+                    .iter()
+                    .find(|(_, earlier)| earlier.iter().any(|e| fold_keyword(e) == folded))
+                {
+                    check(
+                        &format!("{field}[{k}]"),
+                        Err(format!(
+                            "{folded} is already in {other}; a keyword can be in one list only"
+                        )),
+                    );
+                }
             }
         }
-        Ok(Resolved {
-            doc: self.clone(),
-            tz,
-        })
+        check("sms.consent_footer", self.check_consent_footer());
+
+        // SMS sending hours.
+        let (from, until) = (self.sms.send_from, self.sms.send_until);
+        if !from.is_in_range() || from.is_end_of_day() {
+            check(
+                "sms.send_from",
+                Err("must be a time between 00:00 and 23:59".into()),
+            );
+        } else if !until.is_in_range() {
+            check(
+                "sms.send_until",
+                Err("must be a time between 00:01 and 24:00".into()),
+            );
+        } else if until <= from {
+            check(
+                "sms.send_until",
+                Err(format!("must be later than sms.send_from ({from})")),
+            );
+        }
+
+        errors
+    }
+
+    /// Validates the document ([`Settings::validate_all`]) and resolves it
+    /// for the engine: the time zone parsed, text fields left blank set to
+    /// `None` (`email_sender.reply_to`, `practice_phone`,
+    /// `sms.sender_number`, `tracking.base_url`) and `sms.sender_number` in
+    /// E.164 form.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] with the first problem, `"<field>: <message>"`, e.g.
+    /// `email_sender.from_address: not a valid email address`.
+    pub fn validate(&self) -> Result<Resolved> {
+        if let Some(first) = self.validate_all().into_iter().next() {
+            return Err(Error::invalid(first.to_string()));
+        }
+        let tz =
+            parse_tz(&self.time_zone).map_err(|m| Error::invalid(format!("time_zone: {m}")))?;
+        let mut doc = self.clone();
+        for value in [
+            &mut doc.email_sender.reply_to,
+            &mut doc.practice_phone,
+            &mut doc.sms.sender_number,
+            &mut doc.tracking.base_url,
+        ] {
+            if is_blank(value) {
+                *value = None;
+            }
+        }
+        if let Some(number) = &doc.sms.sender_number {
+            let e164 = normalize_e164(number, &doc.sms.default_region)
+                .map_err(|m| Error::invalid(format!("sms.sender_number: {m}")))?;
+            doc.sms.sender_number = Some(e164);
+        }
+        Ok(Resolved { doc, tz })
+    }
+
+    fn check_footer_text(&self) -> std::result::Result<(), String> {
+        let text = &self.email_footer.text;
+        if text.trim().is_empty() {
+            return Err("required (a marketing email must carry an unsubscribe link)".into());
+        }
+        if text.chars().count() > MAX_EMAIL_FOOTER {
+            return Err(format!("must be at most {MAX_EMAIL_FOOTER} characters"));
+        }
+        crate::messaging::template::validate("email_footer.text", text, &[]).map_err(|e| {
+            if e.line > 0 {
+                format!("{} at line {}, column {}", e.message, e.line, e.column)
+            } else {
+                e.message
+            }
+        })?;
+        if !has_placeholder(text, "unsubscribe_link") {
+            return Err(
+                "must contain {{unsubscribe_link}} (every marketing email needs a working unsubscribe link)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_consent_footer(&self) -> std::result::Result<(), String> {
+        let footer = &self.sms.consent_footer;
+        check_line(footer, MAX_CONSENT_FOOTER)?;
+        if !self
+            .sms_opt_out_keywords
+            .iter()
+            .any(|k| mentions_keyword(footer, k))
+        {
+            return Err(
+                "must tell recipients how to opt out with one of the opt-out keywords, e.g. \"Reply STOP to opt out\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_keywords(list: &[String]) -> std::result::Result<(), String> {
+        if list.is_empty() || list.len() > MAX_KEYWORDS {
+            return Err(format!("must have 1 to {MAX_KEYWORDS} keywords"));
+        }
+        if list.iter().any(|k| {
+            k.trim().is_empty()
+                || k.chars().count() > MAX_KEYWORD_CHARS
+                || fold_keyword(k).is_empty()
+        }) {
+            return Err(format!(
+                "each keyword must be 1 to {MAX_KEYWORD_CHARS} characters with a letter or digit"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +885,508 @@ mod tests {
             assert!(!r.is_opt_out(b), "{b}");
         }
         assert!(r.is_opt_in("start"));
+    }
+
+    use crate::error::ErrorCode;
+    use crate::schedule::{DayHours, LocalTime, Weekday};
+
+    /// The errors of `s`, as `"field: message"` lines.
+    fn errors(s: &Settings) -> Vec<String> {
+        s.validate_all().iter().map(ToString::to_string).collect()
+    }
+
+    /// Asserts that `s` has exactly one error, on `field`, containing `needle`.
+    #[track_caller]
+    fn only_error(s: &Settings, field: &str, needle: &str) {
+        let all = s.validate_all();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].field, field, "{all:?}");
+        assert!(all[0].message.contains(needle), "{all:?}");
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid);
+        assert_eq!(e.to_string(), format!("invalid input: {}", all[0]));
+    }
+
+    fn hhmm(h: u16, m: u16) -> LocalTime {
+        LocalTime::from_hm(h, m).unwrap()
+    }
+
+    #[test]
+    fn default_settings_validate() {
+        let d = Settings::default();
+        assert!(d.validate_all().is_empty(), "{:?}", errors(&d));
+        let r = d.validate().unwrap();
+        assert_eq!(r.doc, d);
+        assert_eq!(r.tz, chrono_tz::UTC);
+        // The defaults also survive a JSON round trip with every field absent.
+        let minimal: Settings = serde_json::from_value(
+            serde_json::json!({"practice_name": "Our practice", "time_zone": "UTC"}),
+        )
+        .unwrap();
+        assert!(minimal.validate_all().is_empty(), "{:?}", errors(&minimal));
+    }
+
+    #[test]
+    fn identity_rules() {
+        let d = Settings::default;
+        only_error(
+            &Settings {
+                practice_name: "  ".into(),
+                ..d()
+            },
+            "practice_name",
+            "required",
+        );
+        only_error(
+            &Settings {
+                practice_name: "x".repeat(201),
+                ..d()
+            },
+            "practice_name",
+            "at most 200",
+        );
+        only_error(
+            &Settings {
+                module_name: String::new(),
+                ..d()
+            },
+            "module_name",
+            "required",
+        );
+        only_error(
+            &Settings {
+                module_name: "CRM\nTwo".into(),
+                ..d()
+            },
+            "module_name",
+            "line breaks",
+        );
+        only_error(
+            &Settings {
+                time_zone: "Nowhere/Land".into(),
+                ..d()
+            },
+            "time_zone",
+            "unknown IANA time zone",
+        );
+        let mut days = match RunWindow::business_hours() {
+            RunWindow::SpecificHours { days } => days,
+            RunWindow::AnyTime => unreachable!(),
+        };
+        days[2] = DayHours {
+            day: Weekday::Wed,
+            enabled: true,
+            start: hhmm(17, 0),
+            end: hhmm(9, 0),
+        };
+        only_error(
+            &Settings {
+                default_run_window: RunWindow::SpecificHours { days },
+                ..d()
+            },
+            "default_run_window.days[2].end",
+            "later than start",
+        );
+        assert!(
+            Settings {
+                default_run_window: RunWindow::AnyTime,
+                ..d()
+            }
+            .validate_all()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn email_sender_rules() {
+        let with = |f: fn(&mut EmailSender)| {
+            let mut s = Settings::default();
+            f(&mut s.email_sender);
+            s
+        };
+        only_error(
+            &with(|e| e.from_name = " ".into()),
+            "email_sender.from_name",
+            "required",
+        );
+        only_error(
+            &with(|e| e.from_name = "Dr. A\r\nBcc: x@y.z".into()),
+            "email_sender.from_name",
+            "line breaks",
+        );
+        for bad in [
+            "praxis",
+            "a@b",
+            "a b@c.de",
+            "@practice.example",
+            "a@[10.0.0.1]",
+            "a@practice.example.",
+        ] {
+            let mut s = Settings::default();
+            s.email_sender.from_address = bad.into();
+            only_error(&s, "email_sender.from_address", "not a valid email address");
+        }
+        only_error(
+            &with(|e| e.from_address = String::new()),
+            "email_sender.from_address",
+            "required",
+        );
+        only_error(
+            &with(|e| e.reply_to = Some("front desk".into())),
+            "email_sender.reply_to",
+            "not a valid email address",
+        );
+        // A blank reply-to is "not set"; the resolved document says so.
+        let s = with(|e| e.reply_to = Some("  ".into()));
+        assert!(s.validate_all().is_empty());
+        assert_eq!(s.validate().unwrap().doc.email_sender.reply_to, None);
+        assert!(
+            with(|e| e.reply_to = Some("desk@praxis-mueller.de".into()))
+                .validate_all()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn email_footer_rules() {
+        let with = |text: &str, postal: &str| Settings {
+            email_footer: EmailFooter {
+                postal_address: postal.into(),
+                text: text.into(),
+            },
+            ..Settings::default()
+        };
+        // An empty postal address is allowed (the engine holds marketing email back).
+        assert!(
+            with("Unsubscribe: {{unsubscribe_link}}", "")
+                .validate_all()
+                .is_empty()
+        );
+        assert!(
+            with(
+                "{{ practice }}, Main St 1. Unsubscribe: {{ unsubscribe_link }}",
+                "1 Main St, Boston, MA"
+            )
+            .validate_all()
+            .is_empty()
+        );
+        only_error(
+            &with("{{unsubscribe_link}}", &"x".repeat(501)),
+            "email_footer.postal_address",
+            "at most 500",
+        );
+        only_error(&with("  ", ""), "email_footer.text", "required");
+        only_error(
+            &with("You receive this email from {{practice}}.", ""),
+            "email_footer.text",
+            "{{unsubscribe_link}}",
+        );
+        only_error(
+            &with("Hi {{fistname}} {{unsubscribe_link}}", ""),
+            "email_footer.text",
+            "unknown placeholder fistname",
+        );
+        only_error(
+            &with("{% for x in y %}{{unsubscribe_link}}", ""),
+            "email_footer.text",
+            "line 1",
+        );
+        only_error(
+            &with(&format!("{{{{unsubscribe_link}}}}{}", "x".repeat(2000)), ""),
+            "email_footer.text",
+            "at most 2000",
+        );
+    }
+
+    #[test]
+    fn limit_rules() {
+        let with = |l: SendingLimits| Settings {
+            limits: l,
+            ..Settings::default()
+        };
+        only_error(
+            &with(SendingLimits {
+                email_per_hour: Some(0),
+                ..Default::default()
+            }),
+            "limits.email_per_hour",
+            "at least 1",
+        );
+        only_error(
+            &with(SendingLimits {
+                sms_per_day: Some(0),
+                ..Default::default()
+            }),
+            "limits.sms_per_day",
+            "at least 1",
+        );
+        only_error(
+            &with(SendingLimits {
+                email_per_hour: Some(600),
+                email_per_day: Some(500),
+                ..Default::default()
+            }),
+            "limits.email_per_hour",
+            "daily limit (500)",
+        );
+        only_error(
+            &with(SendingLimits {
+                sms_per_hour: Some(61),
+                sms_per_day: Some(60),
+                ..Default::default()
+            }),
+            "limits.sms_per_hour",
+            "daily limit (60)",
+        );
+        assert!(
+            with(SendingLimits {
+                email_per_hour: Some(500),
+                email_per_day: Some(500),
+                sms_per_hour: Some(1),
+                sms_per_day: None,
+            })
+            .validate_all()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn tracking_rules() {
+        let with = |base: Option<&str>, opens: bool, clicks: bool, sms: bool| Settings {
+            tracking: TrackingSettings {
+                base_url: base.map(str::to_string),
+                email_opens: opens,
+                email_clicks: clicks,
+                sms_clicks: sms,
+            },
+            ..Settings::default()
+        };
+        for good in [
+            "https://t.practice.example",
+            "https://t.practice.example/",
+            "HTTPS://ehr.example.com:8443/crm/t",
+        ] {
+            assert!(
+                with(Some(good), true, true, true).validate_all().is_empty(),
+                "{good}"
+            );
+        }
+        for (bad, needle) in [
+            ("http://t.practice.example", "https URL"),
+            ("t.practice.example", "https URL"),
+            ("https://t.practice.example/?a=1", "query"),
+            ("https://t.practice.example/#top", "fragment"),
+            ("https://user:pw@t.practice.example", "user name"),
+            ("https://localhost", "public host"),
+            ("https://10.0.0.1", "public host"),
+            ("https://t.practice.example:99999", "port"),
+            ("https://t.prac tice.example", "spaces"),
+            ("https://bücher.example", "ASCII"),
+        ] {
+            only_error(
+                &with(Some(bad), false, false, false),
+                "tracking.base_url",
+                needle,
+            );
+        }
+        only_error(
+            &with(None, true, false, false),
+            "tracking.email_opens",
+            "tracking.base_url",
+        );
+        only_error(
+            &with(Some(" "), false, true, false),
+            "tracking.email_clicks",
+            "tracking.base_url",
+        );
+        only_error(
+            &with(None, false, false, true),
+            "tracking.sms_clicks",
+            "tracking.base_url",
+        );
+        assert_eq!(with(None, true, true, true).validate_all().len(), 3);
+    }
+
+    #[test]
+    fn sms_rules() {
+        let with = |f: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s
+        };
+        only_error(
+            &with(|s| s.sms.sender_number = Some("1234567".into())),
+            "sms.sender_number",
+            "not a valid phone number for region US",
+        );
+        only_error(
+            &with(|s| s.practice_phone = Some("617-555-0123 ext. 4".into())),
+            "practice_phone",
+            "extensions",
+        );
+        for bad in ["USA", "XX", "1", ""] {
+            let mut s = Settings::default();
+            s.sms.default_region = bad.into();
+            only_error(&s, "sms.default_region", "two-letter");
+        }
+        // The number is read in the practice's region and resolved to E.164.
+        let s = with(|s| {
+            s.sms.default_region = "fr".into();
+            s.sms.sender_number = Some("06 12 34 56 78".into());
+        });
+        assert!(s.validate_all().is_empty(), "{:?}", errors(&s));
+        assert_eq!(
+            s.validate().unwrap().doc.sms.sender_number.as_deref(),
+            Some("+33612345678")
+        );
+        let s = with(|s| s.sms.sender_number = Some("(617) 555-0123".into()));
+        assert_eq!(
+            s.validate().unwrap().doc.sms.sender_number.as_deref(),
+            Some("+16175550123")
+        );
+        // Bad region: an international number is still checked, a national one is not guessed at.
+        let s = with(|s| {
+            s.sms.default_region = "ZZ".into();
+            s.sms.sender_number = Some("+999 1".into());
+            s.practice_phone = Some("6175550123".into());
+        });
+        let fields: Vec<_> = s.validate_all().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["sms.default_region", "sms.sender_number"]);
+
+        only_error(
+            &with(|s| s.sms.send_until = hhmm(8, 0)),
+            "sms.send_until",
+            "later than sms.send_from (08:00)",
+        );
+        only_error(
+            &with(|s| s.sms.send_from = LocalTime::END_OF_DAY),
+            "sms.send_from",
+            "00:00 and 23:59",
+        );
+        assert!(
+            with(|s| {
+                s.sms.send_from = LocalTime::MIDNIGHT;
+                s.sms.send_until = LocalTime::END_OF_DAY;
+            })
+            .validate_all()
+            .is_empty()
+        );
+
+        only_error(
+            &with(|s| s.sms.consent_footer = String::new()),
+            "sms.consent_footer",
+            "required",
+        );
+        only_error(
+            &with(|s| s.sms.consent_footer = "Msg & data rates may apply".into()),
+            "sms.consent_footer",
+            "opt out",
+        );
+        assert!(
+            with(|s| s.sms.consent_footer = "Text opt-out to stop.".into())
+                .validate_all()
+                .is_empty()
+        );
+        only_error(
+            &with(|s| s.sms.consent_footer = "Reply STOP to opt out. ".repeat(8)),
+            "sms.consent_footer",
+            "at most 160",
+        );
+    }
+
+    #[test]
+    fn keyword_rules() {
+        let with = |f: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s
+        };
+        only_error(
+            &with(|s| s.sms_help_keywords.clear()),
+            "sms_help_keywords",
+            "1 to 50 keywords",
+        );
+        only_error(
+            &with(|s| s.sms_opt_in_keywords = vec!["START".into(); 51]),
+            "sms_opt_in_keywords",
+            "1 to 50 keywords",
+        );
+        only_error(
+            &with(|s| s.sms_opt_in_keywords.push(" ".into())),
+            "sms_opt_in_keywords",
+            "1 to 30 characters",
+        );
+        only_error(
+            &with(|s| s.sms_opt_in_keywords.push("!!".into())),
+            "sms_opt_in_keywords",
+            "letter or digit",
+        );
+        only_error(
+            &with(|s| {
+                s.sms_opt_out_keywords = vec!["UNSUBSCRIBE".into()];
+                s.sms.consent_footer = "Reply UNSUBSCRIBE to opt out".into();
+            }),
+            "sms_opt_out_keywords",
+            "must include STOP",
+        );
+        // "Stop!" folds to STOP, which is an opt-out keyword: the later list's entry is named.
+        only_error(
+            &with(|s| s.sms_help_keywords.push("Stop!".into())),
+            "sms_help_keywords[2]",
+            "STOP is already in sms_opt_out_keywords",
+        );
+        only_error(
+            &with(|s| s.sms_help_keywords.insert(0, "yes".into())),
+            "sms_help_keywords[0]",
+            "YES is already in sms_opt_in_keywords",
+        );
+    }
+
+    #[test]
+    fn validate_all_reports_every_field_at_once() {
+        let mut s = Settings {
+            practice_name: String::new(),
+            time_zone: "Mars/Olympus".into(),
+            ..Settings::default()
+        };
+        s.email_sender.from_address = "praxis".into();
+        s.email_footer.text = "No link here".into();
+        s.limits.sms_per_hour = Some(0);
+        s.tracking.email_opens = true;
+        s.sms.sender_number = Some("1234567".into());
+        s.sms_opt_in_keywords.push("quit".into());
+        let all = s.validate_all();
+        let fields: Vec<&str> = all.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "practice_name",
+                "time_zone",
+                "email_sender.from_address",
+                "email_footer.text",
+                "limits.sms_per_hour",
+                "tracking.email_opens",
+                "sms.sender_number",
+                "sms_opt_in_keywords[3]",
+            ],
+            "{all:?}"
+        );
+        // validate() reports the first one.
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid);
+        assert_eq!(e.to_string(), "invalid input: practice_name: required");
+        // The errors serialize as {field, message}.
+        let v = serde_json::to_value(&all[2]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"field": "email_sender.from_address", "message": "not a valid email address"})
+        );
+        // No message quotes the values it judged.
+        for e in &all {
+            for value in ["praxis", "1234567", "Mars", "No link here"] {
+                assert!(!e.message.contains(value), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -551,5 +551,13 @@ pub fn load_settings(conn: &Connection) -> Result<Resolved> {
             .map_err(|_| Error::Internal("stored settings unreadable".into()))?,
         None => Settings::default(),
     };
-    doc.validate()
+    match doc.validate() {
+        Ok(r) => Ok(r),
+        // A document stored under older, looser rules still opens the module:
+        // the settings screen shows its field errors for staff to fix.
+        Err(_) => {
+            let tz = crate::schedule::parse_tz(&doc.time_zone).unwrap_or(chrono_tz::UTC);
+            Ok(Resolved { doc, tz })
+        }
+    }
 }

@@ -197,7 +197,7 @@ static int keys_distinct(recorder *r) {
 /* Helpers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static const char *CONFIG_MANUAL = "{\"clock\":{\"mode\":\"manual\",\"start\":\"2026-01-05T08:00:00Z\"}}";
+static const char *CONFIG_MANUAL = "{\"clock\":{\"mode\":\"manual\",\"start\":\"2026-01-05T08:00:00Z\"},\"initial_settings\":{\"practice_name\":\"Riverside\",\"time_zone\":\"UTC\",\"email_footer\":{\"postal_address\":\"12 River Road, Boston\",\"text\":\"Unsubscribe: {{unsubscribe_link}}\"},\"tracking\":{\"base_url\":\"https://t.example.org\",\"email_opens\":true}}}";
 static const int64_t START_MS = INT64_C(1767600000000); /* 2026-01-05T08:00:00Z */
 static const int64_t DAY_MS = INT64_C(86400000);
 
@@ -212,7 +212,7 @@ static const char *CREATE_AUTOMATION =
 static const char *ACTIVATE = "{\"command\":\"automation.activate\",\"automation_id\":\"a1\"}";
 static const char *EVENT_C1 =
     "{\"event_id\":\"e1\",\"type\":\"contact.upserted\",\"contact\":{\"id\":\"c1\","
-    "\"first_name\":\"Ann\",\"email\":\"ann@example.com\",\"phone\":\"+15555550101\","
+    "\"first_name\":\"Ann\",\"email\":\"ann@example.com\",\"phone\":\"+16175550101\","
     "\"email_subscription\":\"subscribed\",\"sms_subscription\":\"subscribed\"}}";
 
 /* A view as a fresh string (NULL on failure). */

@@ -16,7 +16,7 @@ use super::{Ctx, Signal, conditions, lists, triggers};
 use crate::catalog::{Entry, Version};
 use crate::clock::{MINUTE, Millis};
 use crate::error::{Error, Result};
-use crate::messaging::consent;
+use crate::messaging::{compose, consent};
 use crate::model::automation::{Assignee, AutomationStatus, SettableProperty, Step, StepKind};
 use crate::outbox::{Effect, EffectKind};
 
@@ -494,42 +494,61 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             return step_failed(ctx, e, sid, reason.as_str());
         }
     };
-    let owner = match contact.props.get("owner") {
-        Some(Value::Object(o)) => o.get("name").cloned().unwrap_or(Value::Null),
-        _ => Value::Null,
+    let key = effect_key(ctx.install_id, e.id, sid);
+    let content = match compose::content_of(ctx.conn, &step.kind) {
+        Ok(c) => c,
+        Err(Error::NotFound(_)) => return step_failed(ctx, e, sid, "template_not_found"),
+        Err(other) => return Err(other),
     };
+    let rendered = match &step.kind {
+        StepKind::SendEmail { sender, .. } => compose::email(
+            ctx,
+            &key,
+            &contact,
+            &to,
+            &content,
+            category,
+            sender.as_ref(),
+        )?,
+        StepKind::SendSms { sender_number, .. } => {
+            compose::sms_message(ctx, &key, &contact, &to, &content, sender_number.as_deref())?
+        }
+        _ => return Ok(()),
+    };
+    let rendered = match rendered {
+        Ok(r) => r,
+        Err(err) => {
+            // A render or compliance failure is an internal error (error rate), not a bounce.
+            Log {
+                step_id: Some(sid),
+                channel: Some(channel),
+                message_key: Some(&key),
+                detail: Some(json!({"source": "compose", "reason": err.reason()})),
+                ..log_for("message_failed", e)
+            }
+            .write(ctx.conn, ctx.now)?;
+            return step_failed(ctx, e, sid, err.reason());
+        }
+    };
+    let to = rendered
+        .get("to")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or(to);
     let placeholders = json!({
         "firstname": contact.text("first_name").unwrap_or(""),
         "lastname": contact.text("last_name").unwrap_or(""),
         "practice": ctx.settings.doc.practice_name,
-        "owner": owner,
+        "owner": compose::variables(ctx, &contact, "").get("owner"),
     });
-    let key = effect_key(ctx.install_id, e.id, sid);
-    let content = match &step.kind {
-        StepKind::SendEmail {
-            template_id,
-            subject,
-            preheader,
-            body,
-            sender,
-            ..
-        } => json!({
-            "template_id": template_id, "subject": subject, "preheader": preheader, "body": body, "sender": sender,
-        }),
-        StepKind::SendSms {
-            template_id,
-            message,
-            sender_number,
-            ..
-        } => json!({
-            "template_id": template_id, "message": message, "sender_number": sender_number,
-        }),
-        _ => Value::Null,
-    };
+    let content = json!({
+        "template_id": template_id, "subject": content.subject, "preheader": content.preheader,
+        "body": content.html_body, "message": content.message,
+    });
     ctx.effects.push(Effect {
         payload: json!({
             "key": key, "kind": "message", "channel": channel, "category": category.as_str(),
-            "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders,
+            "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders, "rendered": rendered,
             "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
         }),
         channel: Some(channel.to_string()),

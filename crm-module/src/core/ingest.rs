@@ -249,6 +249,14 @@ fn upsert(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    for key in props
+        .keys()
+        .filter(|k| *k != "id" && crate::model::contact::property_type(k).is_none())
+    {
+        ctx.conn
+            .prepare_cached("INSERT INTO custom_properties (key, first_seen) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+            .execute(params![key, ctx.now])?;
+    }
     let occurred = ev.occurred_at.unwrap_or(ctx.now);
     let audit = AuditSource {
         actor: "host",

@@ -40,9 +40,33 @@ impl Sim {
     pub fn new() -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let conn = store::open(&dir.path().join("sim.db"), Access::Write).unwrap();
+        // A fixed key: the same inputs give byte-identical messages across runs.
+        let ring = crate::messaging::tracking::KeyRing {
+            keys: vec![crate::messaging::tracking::SigningKey {
+                version: 1,
+                secret: [7; 32],
+                created_at_ms: 0,
+            }],
+        };
+        crate::store::put_setting(
+            &conn,
+            "tracking_keys",
+            &serde_json::to_value(&ring).unwrap(),
+        )
+        .unwrap();
         let settings = Settings {
             practice_name: "Riverside Family Practice".into(),
             time_zone: "America/New_York".into(),
+            email_footer: crate::settings::EmailFooter {
+                postal_address: "12 River Road, Boston, MA 02118".into(),
+                ..Default::default()
+            },
+            tracking: crate::settings::TrackingSettings {
+                base_url: Some("https://t.riverside.example".into()),
+                email_opens: true,
+                email_clicks: true,
+                sms_clicks: true,
+            },
             ..Settings::default()
         }
         .validate()
@@ -122,8 +146,8 @@ impl Sim {
         let mut c = json!({"id": id, "first_name": "Pat", "last_name": id, "email": format!("{id}@example.com"),
                            "phone": "+1 555 010 0000", "email_subscription": "subscribed", "sms_subscription": "subscribed"});
         c["phone"] = json!(format!(
-            "+1555{:07}",
-            id.bytes().map(u32::from).sum::<u32>() * 7 % 10_000_000
+            "+1617555{:04}",
+            id.bytes().map(u32::from).sum::<u32>() * 7 % 10_000
         ));
         if let Value::Object(m) = extra {
             for (k, v) in m {

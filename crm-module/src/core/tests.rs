@@ -244,6 +244,9 @@ fn property_changed_with_and_without_value_and_set_property_cascades() {
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
+    s.cmd(json!({"command": "template.create", "template_id": "newsletter-1", "template": {"channel": "email", "name": "Newsletter",
+        "subject": "News from {{practice}}", "html_body": "<p>Hi {{firstname}}, <a href=\"https://riverside.example/book\">book</a></p>"}}))
+        .unwrap();
     let news = s.automation(json!({"name": "Newsletter", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
         "steps": [{"id": "mail", "type": "send_email", "template_id": "newsletter-1"},
                   {"type": "delay", "amount": 1, "unit": "days"},
@@ -275,6 +278,8 @@ fn email_engagement_trigger_and_branch_on_step_engagement() {
 #[test]
 fn sms_stop_is_an_opt_out_not_a_reply() {
     let mut s = Sim::new();
+    s.cmd(json!({"command": "template.create", "template_id": "sms-1", "template": {"channel": "sms", "name": "Hi", "message": "Hi {{firstname}}"}}))
+        .unwrap();
     let seq = s.automation(json!({"name": "SMS drip", "run_window": {"mode": "any_time"}, "unenrollment": {"sms_opt_out": true},
         "trigger": {"type": "contact_created"},
         "steps": [{"type": "send_sms", "template_id": "sms-1", "message": "Hi"}, {"type": "delay", "amount": 3, "unit": "days"}, {"type": "send_sms", "message": "Again"}]}));
@@ -813,4 +818,50 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
         "after 3 soft bounces the message is suppressed"
     );
     let _ = a;
+}
+
+#[test]
+fn composed_email_carries_a_real_unsubscribe_link_and_rendered_placeholders() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "Hi {{firstname}}", "body": "<p>Dear {{firstname}} <a href=\"https://riverside.example/book\">book</a></p>"}]}));
+    s.contact("c1", json!({"first_name": "<b>Ann</b>"}));
+    let m = s.messages_to("c1")[0];
+    let r = &m.payload["rendered"];
+    let html = r["html"].as_str().unwrap();
+    let url = r["unsubscribe_url"].as_str().unwrap();
+    assert!(url.starts_with("https://t.riverside.example/u/"), "{url}");
+    assert!(html.contains(&format!("<a href=\"{url}\">")), "{html}");
+    assert!(
+        !html.contains("<b>Ann</b>"),
+        "contact data is escaped: {html}"
+    );
+    assert!(
+        !html.contains("https://riverside.example/book"),
+        "links are wrapped for click tracking"
+    );
+    assert_eq!(
+        r["subject"], "Hi <b>Ann</b>",
+        "the subject is text, not HTML"
+    );
+    assert!(
+        r["text"].as_str().unwrap().contains("12 River Road"),
+        "postal address in the footer"
+    );
+    let raw = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        r["rfc5322_base64"].as_str().unwrap(),
+    )
+    .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert!(raw.contains(&format!("Message-ID: <{}@practice.example>", m.key)));
+    let stored: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM message_links", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stored, 1,
+        "the original link target is stored for the redirect"
+    );
 }

@@ -221,6 +221,44 @@ UPDATE contacts SET phone_key = substr(replace(replace(replace(replace(replace(r
     ' ', ''), '+', ''), '-', ''), '(', ''), ')', ''), '.', ''), -10) WHERE phone IS NOT NULL;
 CREATE INDEX contacts_phone_key ON contacts(phone_key) WHERE phone_key IS NOT NULL;
 "#,
+    // 4: saved templates, custom property names for template validation,
+    // numbered messages and their links for tracking.
+    r#"
+CREATE TABLE templates (
+    id          TEXT PRIMARY KEY,
+    channel     TEXT NOT NULL CHECK (channel IN ('email','sms')),
+    name        TEXT NOT NULL,
+    subject     TEXT NOT NULL DEFAULT '',
+    preheader   TEXT NOT NULL DEFAULT '',
+    html_body   TEXT NOT NULL DEFAULT '',
+    text_body   TEXT,
+    message     TEXT NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    deleted_at  INTEGER
+) STRICT;
+
+CREATE TABLE custom_properties (
+    key        TEXT PRIMARY KEY,
+    first_seen INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE messages (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    contact_id  TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    segments    INTEGER,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE message_links (
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    idx        INTEGER NOT NULL,
+    url        TEXT NOT NULL,
+    PRIMARY KEY (message_id, idx)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the newest schema.

@@ -15,6 +15,7 @@
 pub mod automation_list;
 pub mod builder;
 pub mod performance;
+pub mod settings;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
@@ -33,13 +34,15 @@ pub const VIEW_NAMES: &[&str] = &[
     "automation_list",
     "automation_builder",
     "automation_performance",
+    "settings",
 ];
 
 /// Builds the view `name` with JSON `params`, reading through `conn` (a read connection or transaction).
 ///
 /// `params` may be `null` (every parameter at its default) or an object; see
 /// [`automation_list::ListParams`], [`builder::BuilderParams`] and
-/// [`performance::PerformanceParams`].
+/// [`performance::PerformanceParams`]; `settings` takes none
+/// ([`settings::SettingsParams`]).
 ///
 /// # Errors
 ///
@@ -63,6 +66,7 @@ pub fn query(
         "automation_list" => to_json(&automation_list::build(&ctx, parse_params(params)?)?),
         "automation_builder" => to_json(&builder::build(&ctx, parse_params(params)?)?),
         "automation_performance" => to_json(&performance::build(&ctx, parse_params(params)?)?),
+        "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(Error::not_found(format!(
@@ -87,6 +91,10 @@ pub fn schemas() -> Value {
     out.insert(
         "automation_performance".into(),
         schemars::schema_for!(performance::PerformanceView).to_value(),
+    );
+    out.insert(
+        "settings".into(),
+        schemars::schema_for!(settings::SettingsView).to_value(),
     );
     Value::Object(out)
 }

@@ -1,0 +1,424 @@
+//! Turning a step's content into the message the host (or a sender) delivers:
+//! placeholders rendered per contact, the email composed (sender identity,
+//! compliant footer, List-Unsubscribe, Message-ID from the idempotency key),
+//! the SMS given its consent footer on the first message of a thread and its
+//! segment count, links wrapped and the open pixel added when tracking is on.
+//! Runs inside the core's transaction: the numbered message and its links are
+//! stored with the outbox row that carries it.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::consent::Category;
+use super::email::{EmailParts, SenderIdentity};
+use super::tracking::{self, KeyRing, TokenKind};
+use super::{email, sms, template};
+use crate::clock::Millis;
+use crate::core::Ctx;
+use crate::core::contacts::Contact;
+use crate::error::{Error, Result};
+use crate::model::automation::{SenderOverride, StepKind};
+
+/// The editable content of a message: a saved template's or a step's own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Content {
+    /// Email subject.
+    pub subject: String,
+    /// Email preheader.
+    pub preheader: String,
+    /// Email HTML body.
+    pub html_body: String,
+    /// Email plain-text body (derived from HTML when absent).
+    pub text_body: Option<String>,
+    /// SMS text.
+    pub message: String,
+}
+
+/// Why a message could not be composed. Counted as an error (render failure),
+/// not as a bounce.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComposeError {
+    /// A placeholder failed to render.
+    Render(String),
+    /// The recipient's address is not usable (e.g. a phone number that is not E.164-normalizable).
+    Address(String),
+    /// A marketing email needs the practice's postal address and an unsubscribe link.
+    Compliance(&'static str),
+}
+
+impl ComposeError {
+    /// Stable reason id for the event log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ComposeError::Render(_) => "render_failed",
+            ComposeError::Address(_) => "invalid_address",
+            ComposeError::Compliance(r) => r,
+        }
+    }
+}
+
+/// Loads the content of a communication step (its saved template, if any).
+pub fn content_of(conn: &rusqlite::Connection, kind: &StepKind) -> Result<Content> {
+    let (template_id, channel) = match kind {
+        StepKind::SendEmail { template_id, .. } => (template_id, "email"),
+        StepKind::SendSms { template_id, .. } => (template_id, "sms"),
+        _ => return Ok(Content::default()),
+    };
+    if let Some(id) = template_id {
+        let row: Option<(String, String, String, Option<String>, String)> = conn
+            .prepare_cached(
+                "SELECT subject, preheader, html_body, text_body, message FROM templates
+                 WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL",
+            )?
+            .query_row(params![id, channel], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let (subject, preheader, html_body, text_body, message) =
+            row.ok_or_else(|| Error::not_found(format!("{channel} template {id}")))?;
+        return Ok(Content {
+            subject,
+            preheader,
+            html_body,
+            text_body,
+            message,
+        });
+    }
+    Ok(match kind {
+        StepKind::SendEmail {
+            subject,
+            preheader,
+            body,
+            ..
+        } => Content {
+            subject: subject.clone(),
+            preheader: preheader.clone(),
+            html_body: body.clone(),
+            ..Content::default()
+        },
+        StepKind::SendSms { message, .. } => Content {
+            message: message.clone(),
+            ..Content::default()
+        },
+        _ => Content::default(),
+    })
+}
+
+/// The values of every placeholder for one contact.
+pub fn variables(
+    ctx: &Ctx<'_>,
+    contact: &Contact,
+    unsubscribe_link: &str,
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for (k, v) in &contact.props {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| i.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => continue,
+        };
+        vars.insert(k.clone(), text);
+    }
+    let owner = contact
+        .props
+        .get("owner")
+        .and_then(|o| o.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    vars.insert(
+        "firstname".into(),
+        contact.text("first_name").unwrap_or("").into(),
+    );
+    vars.insert(
+        "lastname".into(),
+        contact.text("last_name").unwrap_or("").into(),
+    );
+    vars.insert("practice".into(), ctx.settings.doc.practice_name.clone());
+    vars.insert("owner".into(), owner.into());
+    vars.insert("unsubscribe_link".into(), unsubscribe_link.into());
+    vars
+}
+
+fn render(
+    field: &str,
+    source: &str,
+    vars: &BTreeMap<String, String>,
+    html: bool,
+) -> std::result::Result<String, ComposeError> {
+    template::render(field, source, vars, html).map_err(|e| ComposeError::Render(e.to_string()))
+}
+
+/// Numbers a message for tracking tokens (same transaction as its outbox row).
+fn number(
+    ctx: &Ctx<'_>,
+    key: &str,
+    contact_id: &str,
+    channel: &str,
+    segments: Option<usize>,
+) -> Result<i64> {
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO messages (key, contact_id, channel, segments, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(key) DO UPDATE SET segments = excluded.segments",
+        )?
+        .execute(params![key, contact_id, channel, segments.map(|s| s as i64), ctx.now])?;
+    Ok(ctx
+        .conn
+        .prepare_cached("SELECT id FROM messages WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))?)
+}
+
+fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {
+    let mut stmt = ctx.conn.prepare_cached(
+        "INSERT OR REPLACE INTO message_links (message_id, idx, url) VALUES (?1, ?2, ?3)",
+    )?;
+    for l in links {
+        stmt.execute(params![message_id, l.index, l.url])?;
+    }
+    Ok(())
+}
+
+/// The tracking key ring of this database (created at open).
+pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<KeyRing>> {
+    match crate::store::get_setting(conn, "tracking_keys")? {
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|_| Error::Internal("tracking keys unreadable".into())),
+        None => Ok(None),
+    }
+}
+
+/// Creates the key ring when missing.
+pub fn ensure_key_ring(conn: &rusqlite::Connection, now: Millis) -> Result<()> {
+    if key_ring(conn)?.is_none() {
+        let ring = KeyRing::generate(now).map_err(Error::Internal)?;
+        let v = serde_json::to_value(&ring).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::store::put_setting(conn, "tracking_keys", &v)?;
+    }
+    Ok(())
+}
+
+/// Composes an email for `to`; returns the payload's `rendered` part.
+#[allow(clippy::too_many_arguments)]
+pub fn email(
+    ctx: &Ctx<'_>,
+    key: &str,
+    contact: &Contact,
+    to: &str,
+    content: &Content,
+    category: Category,
+    sender: Option<&SenderOverride>,
+) -> Result<std::result::Result<Value, ComposeError>> {
+    let s = &ctx.settings.doc;
+    let marketing = category == Category::Marketing;
+    let tracking = &s.tracking;
+    let ring = key_ring(ctx.conn)?;
+    let base = tracking.base_url.as_deref().filter(|_| ring.is_some());
+    let message_id = number(ctx, key, &contact.id, "email", None)?;
+    let sign = |kind: TokenKind, link: u16| {
+        ring.as_ref()
+            .map(|r| r.sign(kind, message_id, link, ctx.now))
+            .unwrap_or_default()
+    };
+    let unsubscribe_url =
+        base.map(|b| tracking::unsubscribe_url(b, &sign(TokenKind::Unsubscribe, 0)));
+    if marketing && unsubscribe_url.is_none() {
+        return Ok(Err(ComposeError::Compliance("no_unsubscribe_link")));
+    }
+    if marketing && s.email_footer.postal_address.trim().is_empty() {
+        return Ok(Err(ComposeError::Compliance("no_postal_address")));
+    }
+    let vars = variables(ctx, contact, unsubscribe_url.as_deref().unwrap_or(""));
+    let subject = match render("subject", &content.subject, &vars, false) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let preheader = match render("preheader", &content.preheader, &vars, false) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut html = match render("html_body", &content.html_body, &vars, true) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut text = match &content.text_body {
+        Some(t) => match render("text_body", t, &vars, false) {
+            Ok(v) => Some(v),
+            Err(e) => return Ok(Err(e)),
+        },
+        None => None,
+    };
+    if let Some(b) = base.filter(|_| tracking.email_clicks) {
+        let (wrapped, links) = tracking::wrap_html_links(&html, b, &|i| sign(TokenKind::Click, i));
+        html = wrapped;
+        if let Some(t) = &text {
+            // The text part's links get the same indexes only when they are the same links.
+            let offset = links.len() as u16;
+            let (wt, tlinks) =
+                tracking::wrap_text_links(t, b, &|i| sign(TokenKind::Click, offset + i));
+            text = Some(wt);
+            let tlinks: Vec<_> = tlinks
+                .into_iter()
+                .map(|l| tracking::Link {
+                    index: offset + l.index,
+                    url: l.url,
+                })
+                .collect();
+            store_links(ctx, message_id, &tlinks)?;
+        }
+        store_links(ctx, message_id, &links)?;
+    }
+    if let Some(b) = base.filter(|_| tracking.email_opens) {
+        html.push_str(&tracking::open_pixel_tag(b, &sign(TokenKind::Open, 0)));
+    }
+    let footer_vars = vars.clone();
+    let footer_text = match render(
+        "email_footer.text",
+        &s.email_footer.text,
+        &footer_vars,
+        false,
+    ) {
+        Ok(v) => format!("{v}\n{}", s.email_footer.postal_address),
+        Err(e) => return Ok(Err(e)),
+    };
+    // The link is ours (a signed https URL): render the footer escaped with a
+    // marker in its place, then put a real anchor there.
+    const MARKER: &str = "CRMUNSUBSCRIBELINKMARKER";
+    let mut marked = footer_vars.clone();
+    marked.insert("unsubscribe_link".into(), MARKER.into());
+    let footer_html = match render("email_footer.text", &s.email_footer.text, &marked, true) {
+        Ok(v) => {
+            let link = unsubscribe_url
+                .as_deref()
+                .map(|u| format!("<a href=\"{0}\">{0}</a>", html_escape(u)))
+                .unwrap_or_default();
+            format!(
+                "<p style=\"color:#666;font-size:12px\">{}<br>{}</p>",
+                v.replace(MARKER, &link),
+                html_escape(&s.email_footer.postal_address)
+            )
+        }
+        Err(e) => return Ok(Err(e)),
+    };
+    let identity = SenderIdentity {
+        from_name: sender
+            .and_then(|o| o.from_name.clone())
+            .unwrap_or_else(|| s.email_sender.from_name.clone()),
+        from_address: sender
+            .and_then(|o| o.from_address.clone())
+            .unwrap_or_else(|| s.email_sender.from_address.clone()),
+        reply_to: sender
+            .and_then(|o| o.reply_to.clone())
+            .or_else(|| s.email_sender.reply_to.clone()),
+    };
+    let parts = EmailParts {
+        message_key: key,
+        to,
+        sender: &identity,
+        subject: &subject,
+        preheader: &preheader,
+        html_body: &html,
+        text_body: text.as_deref(),
+        footer_html: &footer_html,
+        footer_text: &footer_text,
+        unsubscribe_url: unsubscribe_url.as_deref(),
+        unsubscribe_mailto: None,
+        marketing,
+        date: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.now.max(0) as u64),
+    };
+    Ok(match email::compose(&parts) {
+        Ok(m) => Ok(json!({
+            "message_id": m.message_id,
+            "from": identity,
+            "subject": subject,
+            "html": m.html,
+            "text": m.text,
+            "unsubscribe_url": unsubscribe_url,
+            "rfc5322_base64": base64::engine::general_purpose::STANDARD.encode(&m.rfc5322),
+            "envelope_from": m.envelope_from,
+        })),
+        Err(reason) => Err(ComposeError::Address(reason)),
+    })
+}
+
+/// Composes an SMS for `to`; returns the payload's `rendered` part.
+pub fn sms_message(
+    ctx: &Ctx<'_>,
+    key: &str,
+    contact: &Contact,
+    to: &str,
+    content: &Content,
+    sender_number: Option<&str>,
+) -> Result<std::result::Result<Value, ComposeError>> {
+    let s = &ctx.settings.doc;
+    let to = match sms::normalize_e164(to, &s.sms.default_region) {
+        Ok(n) => n,
+        Err(m) => return Ok(Err(ComposeError::Address(format!("to: {m}")))),
+    };
+    let vars = variables(ctx, contact, "");
+    let mut text = match render("message", &content.message, &vars, false) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    // First message of a thread (nothing sent to this number before): the consent footer.
+    let earlier: bool = ctx
+        .conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE contact_id = ?1 AND channel = 'sms' AND key != ?2)")?
+        .query_row(params![contact.id, key], |r| r.get(0))?;
+    let first = !earlier;
+    if first
+        && !s.sms.consent_footer.trim().is_empty()
+        && !text.contains(s.sms.consent_footer.trim())
+    {
+        text = format!("{} {}", text.trim_end(), s.sms.consent_footer.trim());
+    }
+    let ring = key_ring(ctx.conn)?;
+    let message_id = number(ctx, key, &contact.id, "sms", None)?;
+    if let (Some(b), Some(r)) = (
+        s.tracking
+            .base_url
+            .as_deref()
+            .filter(|_| s.tracking.sms_clicks),
+        ring.as_ref(),
+    ) {
+        let (wrapped, links) = tracking::wrap_text_links(&text, b, &|i| {
+            r.sign(TokenKind::Click, message_id, i, ctx.now)
+        });
+        text = wrapped;
+        store_links(ctx, message_id, &links)?;
+    }
+    let measure = sms::measure(&text);
+    number(ctx, key, &contact.id, "sms", Some(measure.segments))?;
+    let from = sender_number
+        .map(str::to_string)
+        .or_else(|| s.sms.sender_number.clone());
+    Ok(Ok(json!({
+        "to": to,
+        "from": from,
+        "text": text,
+        "first_in_thread": first,
+        "encoding": measure.encoding,
+        "segments": measure.segments,
+        "credits": measure.credits,
+    })))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
