@@ -356,6 +356,29 @@ crm_status crm_push_events(struct crm_module *m,
 crm_status crm_execute(struct crm_module *m, const char *command_json, char **out_json);
 
 /**
+ * Answers a request the host's web tier received on a tracking URL (open
+ * pixel `/o/…`, wrapped link `/c/…`, unsubscribe link `/u/…`) and records it.
+ * `request_json` is `{"method":"GET","path":"/c/<token>","user_agent":"…",
+ * "ip_class":null}`; `*out_json` receives what to answer:
+ * `{"status":302,"location":"https://…","content_type":…,"body_base64":…,
+ * "body_text":…,"cache_control":"no-store…"}` (free with crm_string_free()).
+ * A click only redirects to a link that was in the message; a GET never
+ * unsubscribes (the one-click POST does); an unknown or forged token gets a
+ * 404 answer, not an error.
+ *
+ * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
+ * CRM_ERR_STORAGE, CRM_ERR_CLOSED.
+ *
+ * Thread safety: safe to call concurrently on one handle; also from a host
+ * callback.
+ *
+ * # Safety
+ * `m` is NULL or a live handle; `request_json` is NULL or NUL-terminated;
+ * `out_json` is NULL or writable.
+ */
+crm_status crm_tracking_hit(struct crm_module *m, const char *request_json, char **out_json);
+
+/**
  * Builds the view model of a screen, by name (e.g. "automation_list"), with
  * JSON parameters (NULL means `{}`). `*out_json` receives the view model as
  * JSON (free with crm_string_free()); on failure it is NULL. Views read the

@@ -226,3 +226,89 @@ fn restart_keeps_state_and_pending_effects() {
         "the delay survived the restart"
     );
 }
+
+#[test]
+fn tracking_hits_open_click_and_unsubscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "News", "body": "<p>See <a href=\"https://riverside.example/flu-shots\">flu shots</a></p>"}]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    m.push(&contact(1)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let payload = host.got.lock().unwrap()[0].2.clone();
+    let html = payload["rendered"]["html"].as_str().unwrap().to_string();
+    let path_of = |prefix: &str| -> String {
+        let start = html
+            .find(&format!("https://t.riverside.example{prefix}"))
+            .unwrap()
+            + "https://t.riverside.example".len();
+        html[start..].split('"').next().unwrap().to_string()
+    };
+    let hit = |method: &str, path: &str, ua: &str| -> Value {
+        m.tracking_hit(&json!({"method": method, "path": path, "user_agent": ua}).to_string())
+            .unwrap()
+    };
+    let browser =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+    // A privacy proxy's open is recorded as such, and is not engagement.
+    let r = hit("GET", &path_of("/o/"), "Mozilla/5.0");
+    assert_eq!(r["status"], 200);
+    // A person's click redirects to the link that was in the message.
+    let r = hit("GET", &path_of("/c/"), browser);
+    assert_eq!(
+        (r["status"].as_u64(), r["location"].as_str()),
+        (Some(302), Some("https://riverside.example/flu-shots"))
+    );
+    // A forged or unknown token gets a 404 answer, never a redirect.
+    let forged = format!("{}x", &path_of("/c/")[..path_of("/c/").len() - 1]);
+    assert_eq!(hit("GET", &forged, browser)["status"], 404);
+    assert_eq!(hit("GET", "/c/not-a-token", browser)["status"], 404);
+    // GET on the unsubscribe link asks; only POST unsubscribes.
+    let unsub = payload["rendered"]["unsubscribe_url"]
+        .as_str()
+        .unwrap()
+        .replace("https://t.riverside.example", "");
+    let r = hit("GET", &unsub, browser);
+    assert!(r["body_text"].as_str().unwrap().contains("Confirm"));
+    let conn = crm_module::store::open(
+        &dir.path().join("practice.db"),
+        crm_module::store::Access::Read,
+    )
+    .unwrap();
+    let sub = |conn: &crm_module::store::Connection| -> String {
+        conn.query_row(
+            "SELECT email_subscription FROM contacts WHERE id = 'p1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(sub(&conn), "subscribed");
+    let r = hit("POST", &unsub, browser);
+    assert!(r["body_text"].as_str().unwrap().contains("unsubscribed"));
+    assert_eq!(sub(&conn), "unsubscribed");
+    let opens: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT kind, json_extract(detail, '$.machine') FROM events WHERE kind IN ('message_opened', 'message_clicked') ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        opens,
+        vec![
+            ("message_opened".into(), Some("proxy".into())),
+            ("message_clicked".into(), None)
+        ]
+    );
+    let reason: String = conn
+        .query_row("SELECT reason FROM subscription_audit WHERE contact_id = 'p1' AND new_value = 'unsubscribed'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reason, "unsubscribe_link");
+}

@@ -124,6 +124,22 @@ pub enum Command {
         /// The template.
         template_id: String,
     },
+    /// Sends a test of a saved template to an address (email) or number
+    /// (SMS), rendered with a contact's data or sample data, subject prefixed
+    /// "[Test] ". Not a real send: no consent check, no analytics (no event
+    /// rows), no tracking; the message effect has category `test` and
+    /// purpose `test_send`.
+    #[serde(rename = "template.test_send")]
+    TemplateTestSend {
+        /// The template.
+        template_id: String,
+        /// Email address (email template) or phone number, E.164 or national
+        /// in `sms.default_region` (SMS template).
+        to: String,
+        /// Render with this contact's data; sample data when absent.
+        #[serde(default)]
+        contact_id: Option<String>,
+    },
     /// Returns the settings.
     #[serde(rename = "settings.get")]
     SettingsGet,
@@ -179,6 +195,19 @@ pub struct TemplateInput {
 pub struct TemplateResult {
     /// The template.
     pub template_id: String,
+}
+
+/// Result of `template.test_send`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TestSendResult {
+    /// The template.
+    pub template_id: String,
+    /// The idempotency key of the queued test message.
+    pub key: String,
+    /// `email` or `sms`.
+    pub channel: String,
+    /// The normalized recipient.
+    pub to: String,
 }
 
 /// Custom property names seen on contacts: placeholders templates may use.
@@ -712,6 +741,67 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 return Err(Error::not_found(format!("template {template_id}")));
             }
             Ok((to_json(TemplateResult { template_id })?, None))
+        }
+        Command::TemplateTestSend {
+            template_id,
+            to,
+            contact_id,
+        } => {
+            validate_id("template_id", &template_id)?;
+            if let Some(c) = &contact_id {
+                validate_id("contact_id", c)?;
+            }
+            let n: i64 = ctx.conn.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE idempotency_key LIKE '%-test-%'",
+                [],
+                |r| r.get(0),
+            )?;
+            let queued = ctx
+                .effects
+                .iter()
+                .filter(|e| e.key.contains("-test-"))
+                .count() as i64;
+            let key = format!(
+                "{}-test-{}-{}-{}",
+                ctx.install_id,
+                template_id,
+                ctx.now,
+                n + queued + 1
+            );
+            let (channel, rendered) = crate::views::template_preview::test_message(
+                ctx.conn,
+                ctx.settings,
+                ctx.now,
+                &template_id,
+                contact_id.as_deref(),
+                &to,
+                &key,
+            )?;
+            let to = rendered["to"].as_str().unwrap_or_default().to_string();
+            ctx.effects.push(crate::outbox::Effect {
+                key: key.clone(),
+                kind: crate::outbox::EffectKind::Message,
+                payload: serde_json::json!({
+                    "key": key, "kind": "message", "channel": channel, "category": "test",
+                    "purpose": "test_send", "contact_id": contact_id, "to": to,
+                    "template_id": template_id, "rendered": rendered,
+                }),
+                contact_id: contact_id.clone().unwrap_or_default(),
+                automation_id: None,
+                enrollment_id: None,
+                step_id: None,
+                channel: Some(channel.clone()),
+                asset_id: None,
+            });
+            Ok((
+                to_json(TestSendResult {
+                    template_id,
+                    key,
+                    channel,
+                    to,
+                })?,
+                None,
+            ))
         }
         Command::SettingsGet => Ok((to_json(&ctx.settings.doc)?, None)),
         Command::SettingsUpdate { settings } => {

@@ -218,6 +218,15 @@ impl Module {
         self.call(|reply| Request::Command { command, reply })
     }
 
+    /// Answers a tracking hit from the host's web tier (JSON in: `method`,
+    /// `path`, `user_agent`, `ip_class`; JSON out: `status`, `content_type`,
+    /// `location`, `body_base64`, `body_text`, `cache_control`) and records
+    /// the open, click or unsubscribe. See [`crate::core::hits`].
+    pub fn tracking_hit(&self, request_json: &str) -> Result<Value> {
+        let hit: crate::core::hits::Hit = parse_json(request_json)?;
+        self.call(|reply| Request::Hit { hit, reply })
+    }
+
     /// Builds a view model (JSON) by screen name.
     pub fn view(&self, name: &str, params_json: &str) -> Result<Value> {
         let params: Value = if params_json.trim().is_empty() {

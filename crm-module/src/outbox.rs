@@ -80,6 +80,13 @@ pub enum HostAnswer {
     Failed,
 }
 
+/// True for the key of a "Test to" sample (`template.test_send`): it never
+/// reaches analytics, consent or engagement.
+pub fn is_test_send(install_id: &str, key: &str) -> bool {
+    key.strip_prefix(install_id)
+        .is_some_and(|rest| rest.starts_with("-test-"))
+}
+
 /// Attempts before a retried effect is marked failed.
 pub const MAX_ATTEMPTS: i64 = 8;
 

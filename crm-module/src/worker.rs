@@ -45,6 +45,13 @@ pub enum Request {
         /// Where the result goes, after commit.
         reply: Sender<Result<Value>>,
     },
+    /// A tracking hit from the host's web tier.
+    Hit {
+        /// The request.
+        hit: crate::core::hits::Hit,
+        /// What to answer, after commit.
+        reply: Sender<Result<Value>>,
+    },
     /// Advance the manual clock by `by` milliseconds from wherever it stands
     /// when the worker takes the request (so concurrent advances add up),
     /// running everything due on the way.
@@ -226,6 +233,15 @@ impl Worker {
                         });
                     }));
                 }
+                Request::Hit { hit, reply } => {
+                    let r = self.in_savepoint(|w| w.hit(&hit));
+                    replies.push(Box::new(move |fail| {
+                        let _ = reply.send(match fail {
+                            Some(e) => Err(clone_err(e)),
+                            None => r,
+                        });
+                    }));
+                }
                 Request::Answer {
                     outbox_id,
                     answer,
@@ -327,6 +343,16 @@ impl Worker {
         Ok(value)
     }
 
+    fn hit(&mut self, hit: &crate::core::hits::Hit) -> Result<Value> {
+        let settings = self.settings.read().clone();
+        let now = self.clock.now();
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+        let response = crate::core::hits::handle(&mut ctx, hit)?;
+        let effects = ctx.take_effects();
+        outbox::write(&self.conn, &effects, now)?;
+        serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
+    }
+
     fn record_answer(&mut self, id: i64, answer: HostAnswer, error: Option<&str>) -> Result<()> {
         let now = self.clock.now();
         let Some(row) = outbox::by_id(&self.conn, id)? else {
@@ -336,6 +362,10 @@ impl Worker {
             return Ok(());
         }
         let status = outbox::record_answer(&self.conn, id, answer, error, now)?;
+        if crate::outbox::is_test_send(&self.install_id, &row.key) {
+            // "Test to" samples never reach analytics.
+            return Ok(());
+        }
         let kind = match (row.kind, status) {
             (EffectKind::Message, "accepted") => "message_sent",
             (EffectKind::Message, "failed") => "message_failed",
@@ -536,7 +566,7 @@ fn reply_error(r: Request, err: &Error, advances: &mut Vec<(Millis, Sender<Resul
         Request::Push { reply, .. } => {
             let _ = reply.send(Err(clone_err(err)));
         }
-        Request::Command { reply, .. } => {
+        Request::Command { reply, .. } | Request::Hit { reply, .. } => {
             let _ = reply.send(Err(clone_err(err)));
         }
         Request::AdvanceBy { by, reply } => advances.push((by, reply)),

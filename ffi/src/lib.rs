@@ -669,6 +669,44 @@ pub unsafe extern "C" fn crm_execute(
     })
 }
 
+/// Answers a request the host's web tier received on a tracking URL (open
+/// pixel `/o/…`, wrapped link `/c/…`, unsubscribe link `/u/…`) and records it.
+/// `request_json` is `{"method":"GET","path":"/c/<token>","user_agent":"…",
+/// "ip_class":null}`; `*out_json` receives what to answer:
+/// `{"status":302,"location":"https://…","content_type":…,"body_base64":…,
+/// "body_text":…,"cache_control":"no-store…"}` (free with crm_string_free()).
+/// A click only redirects to a link that was in the message; a GET never
+/// unsubscribes (the one-click POST does); an unknown or forged token gets a
+/// 404 answer, not an error.
+///
+/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
+/// CRM_ERR_STORAGE, CRM_ERR_CLOSED.
+///
+/// Thread safety: safe to call concurrently on one handle; also from a host
+/// callback.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `request_json` is NULL or NUL-terminated;
+/// `out_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crm_tracking_hit(
+    m: *mut crm_module,
+    request_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> crm_status {
+    guard(|| {
+        require_out(out_json, "out_json")?;
+        // SAFETY (all blocks): per the contract.
+        unsafe { reset_out(out_json) };
+        let h = unsafe { handle(m) }?;
+        let text = unsafe { read_str(request_json, "request_json") }?;
+        let result = h.module.tracking_hit(text)?;
+        let json = to_c_json(serde_json::to_string(&result))?;
+        unsafe { give(out_json, json) };
+        Ok(())
+    })
+}
+
 /// Builds the view model of a screen, by name (e.g. "automation_list"), with
 /// JSON parameters (NULL means `{}`). `*out_json` receives the view model as
 /// JSON (free with crm_string_free()); on failure it is NULL. Views read the

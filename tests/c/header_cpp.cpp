@@ -25,6 +25,7 @@ extern "C" int crm_header_cpp_check(const char *path) {
     has_type<crm_status (*)(crm_module *, const char *, char **)>(&crm_push_event);
     has_type<crm_status (*)(crm_module *, const char *, char **)>(&crm_push_events);
     has_type<crm_status (*)(crm_module *, const char *, char **)>(&crm_execute);
+    has_type<crm_status (*)(crm_module *, const char *, char **)>(&crm_tracking_hit);
     has_type<crm_status (*)(crm_module *, const char *, const char *, char **)>(&crm_query_view);
     has_type<crm_status (*)(crm_module *, int64_t)>(&crm_clock_advance);
     has_type<crm_status (*)(crm_module *, int64_t *)>(&crm_clock_now);

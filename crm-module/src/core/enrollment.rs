@@ -289,9 +289,12 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
             e.step_started_at = None;
             continue;
         }
-        let open_at = window
-            .next_open(ctx.now, ctx.settings.tz)
-            .unwrap_or(ctx.now);
+        let open_at = match &step.kind {
+            StepKind::SendSms { .. } => sms_open_at(ctx, &window, &e.contact_id)?,
+            _ => window
+                .next_open(ctx.now, ctx.settings.tz)
+                .unwrap_or(ctx.now),
+        };
         if open_at > ctx.now {
             e.wake_at = Some(open_at);
             return save(ctx.conn, &e);
@@ -702,4 +705,43 @@ pub fn resume(ctx: &Ctx<'_>, automation_id: &str) -> Result<()> {
         )?
         .execute(params![automation_id, ctx.now])?;
     Ok(())
+}
+
+/// When an SMS step may run: the automation's run window (practice time zone)
+/// and the SMS sending hours (08:00–21:00 by default) in the recipient's time
+/// zone, or the practice's when the contact has none, must both be open.
+fn sms_open_at(
+    ctx: &Ctx<'_>,
+    window: &crate::schedule::RunWindow,
+    contact_id: &str,
+) -> Result<Millis> {
+    use crate::schedule::{DayHours, RunWindow, Weekday};
+    let sms = &ctx.settings.doc.sms;
+    let contact = contacts::require(ctx.conn, contact_id)?;
+    let tz = contact
+        .text("time_zone")
+        .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(ctx.settings.tz);
+    let hours = RunWindow::SpecificHours {
+        days: Weekday::ALL
+            .iter()
+            .map(|d| DayHours {
+                day: *d,
+                enabled: true,
+                start: sms.send_from,
+                end: sms.send_until,
+            })
+            .collect(),
+    };
+    let mut t = ctx.now;
+    // Alternate between the two windows until both are open at the same instant.
+    for _ in 0..32 {
+        let a = window.next_open(t, ctx.settings.tz).unwrap_or(t);
+        let b = hours.next_open(a, tz).unwrap_or(a);
+        if b == a {
+            return Ok(a);
+        }
+        t = b;
+    }
+    Ok(t)
 }

@@ -405,7 +405,22 @@ fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
 }
 
 fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
+    engagement_from(ctx, key, kind, None)
+}
+
+/// Records an open, click or reply of a module message. `machine` names a
+/// machine source (privacy proxy, link scanner): such a hit is logged with
+/// that flag but is not engagement — it fires no trigger and no goal.
+pub fn engagement_from(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    kind: &'static str,
+    machine: Option<&str>,
+) -> Result<()> {
     let row = message(ctx, key)?;
+    if outbox::is_test_send(ctx.install_id, key) {
+        return Ok(()); // "Test to" samples never reach analytics
+    }
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let mut c = contacts::require(ctx.conn, &contact_id)?;
     Log {
@@ -414,9 +429,13 @@ fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
         step_id: row.step_id.as_deref(),
         channel: row.channel.as_deref(),
         message_key: Some(key),
+        detail: machine.map(|m| json!({"machine": m})),
         ..Log::new(kind, &contact_id)
     }
     .write(ctx.conn, ctx.now)?;
+    if machine.is_some() {
+        return Ok(());
+    }
     let mut signals = vec![match kind {
         "message_opened" => Signal::EmailEngaged {
             clicked: false,
@@ -536,6 +555,9 @@ fn receipt(
     bounce: Option<BounceKind>,
 ) -> Result<()> {
     let row = message(ctx, key)?;
+    if outbox::is_test_send(ctx.install_id, key) {
+        return Ok(()); // "Test to" samples never reach analytics
+    }
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let (kind, detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),

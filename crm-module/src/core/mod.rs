@@ -17,6 +17,7 @@ pub mod dates;
 pub mod due;
 pub mod enrollment;
 pub mod goals;
+pub mod hits;
 pub mod ingest;
 pub mod lists;
 pub mod log;

@@ -865,3 +865,245 @@ fn composed_email_carries_a_real_unsubscribe_link_and_rendered_placeholders() {
         "the original link target is stored for the redirect"
     );
 }
+
+#[test]
+fn sms_waits_for_the_recipients_sending_hours() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Late", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "sms", "type": "send_sms", "message": "Hi"}, {"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]}));
+    // 22:30 in New York (03:30Z): too late for a New York number, the email waits for nothing...
+    s.now = parse_rfc3339("2026-01-06T03:30:00Z").unwrap();
+    s.contact("ny", json!({}));
+    // ...and a Los Angeles contact at the same instant (19:30 local) gets it at once.
+    s.contact("la", json!({"time_zone": "America/Los_Angeles"}));
+    s.advance(DAY);
+    let at = |c: &str| -> i64 {
+        s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='sms' AND contact_id=?1 AND automation_id=?2", [c, a.as_str()], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(at("la"), parse_rfc3339("2026-01-06T03:30:00Z").unwrap());
+    assert_eq!(
+        at("ny"),
+        parse_rfc3339("2026-01-06T13:00:00Z").unwrap(),
+        "08:00 New York"
+    );
+}
+
+fn preview(s: &Sim, params: Value) -> crate::error::Result<Value> {
+    crate::views::query(&s.conn, &s.settings, "template_preview", &params, s.now)
+}
+
+fn preview_templates(s: &mut Sim) {
+    s.cmd(json!({"command": "template.create", "template_id": "welcome", "template": {"channel": "email", "name": "Welcome",
+        "subject": "Hello {{ firstname }}", "preheader": "From {{ owner }}",
+        "html_body": "<p>Hi {{ firstname }} {{ lastname }}</p><p><a href=\"https://practice.example/book\">Book</a></p>"}}))
+        .unwrap();
+    s.cmd(json!({"command": "template.create", "template_id": "ping", "template": {"channel": "sms", "name": "Ping",
+        "message": "Hi {{ firstname }} 😀"}}))
+        .unwrap();
+}
+
+#[test]
+fn template_preview_email_with_sample_data() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    let v = preview(&s, json!({"template_id": "welcome"})).unwrap();
+    assert_eq!(v["header"]["name"], "Welcome");
+    assert_eq!(v["header"]["channel"]["id"], "email");
+    assert_eq!(v["header"]["data_label"], "Sample data");
+    let e = &v["email"];
+    assert_eq!(e["inbox"]["subject"], "Hello Alex");
+    assert_eq!(e["inbox"]["preheader"], "From Dr. Lee");
+    assert_eq!(e["inbox"]["from_address"], "no-reply@practice.example");
+    assert_eq!(e["desktop"]["width"], 600);
+    assert_eq!(e["mobile"]["width"], 375);
+    assert_eq!(e["desktop"]["html"], e["mobile"]["html"]);
+    let html = e["desktop"]["html"].as_str().unwrap();
+    assert!(html.contains("Hi Alex Sample"), "{html}");
+    assert!(html.contains("12 River Road"), "footer: {html}");
+    assert!(html.contains("https://…/u/preview"), "{html}");
+    assert!(
+        html.contains("href=\"https://practice.example/book\""),
+        "links are not wrapped in a preview: {html}"
+    );
+    assert!(!html.contains("t.riverside.example"), "no tracking: {html}");
+    assert!(e["text"].as_str().unwrap().contains("Hi Alex Sample"));
+    assert_eq!(e["unsubscribe"]["clickable"], false);
+    assert!(v["sms"].is_null());
+    assert_eq!(v["problems"], json!([]));
+    let send = v["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "send_test")
+        .unwrap();
+    assert_eq!(send["command"]["command"], "template.test_send");
+    // A view only reads: nothing numbered, nothing queued.
+    let messages: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(messages, 0);
+}
+
+#[test]
+fn template_preview_email_with_contact_escapes_its_data() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    s.contact("c1", json!({"first_name": "<b>Pat</b>"}));
+    let v = preview(&s, json!({"template_id": "welcome", "contact_id": "c1"})).unwrap();
+    assert_eq!(v["header"]["contact_id"], "c1");
+    let html = v["email"]["desktop"]["html"].as_str().unwrap();
+    assert!(html.contains("&lt;b&gt;Pat"), "{html}");
+    assert!(!html.contains("<b>Pat"), "{html}");
+    // The subject is plain text: shown as typed.
+    assert_eq!(v["email"]["inbox"]["subject"], "Hello <b>Pat</b>");
+    let e = preview(
+        &s,
+        json!({"template_id": "welcome", "contact_id": "nobody"}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::NotFound);
+}
+
+#[test]
+fn template_preview_sms_counter() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    let v = preview(&s, json!({"template_id": "ping"})).unwrap();
+    assert_eq!(v["header"]["channel"]["id"], "sms");
+    let sms = &v["sms"];
+    assert_eq!(sms["text"], "Hi Alex 😀 Reply STOP to opt out");
+    assert_eq!(sms["consent_footer_appended"], true);
+    let c = &sms["counter"];
+    assert_eq!(c["encoding"], "ucs2");
+    assert_eq!(c["characters"], 31);
+    assert_eq!(c["units"], 32);
+    assert_eq!(c["segments"], 1);
+    assert_eq!(c["credits"], 1);
+    assert_eq!(c["remaining_in_segment"], 38);
+    assert_eq!(c["non_gsm"], json!(["😀"]));
+    assert!(v["email"].is_null());
+}
+
+#[test]
+fn template_preview_unknown_template_and_bad_params() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    let e = preview(&s, json!({"template_id": "nope"})).unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::NotFound);
+    s.cmd(json!({"command": "template.delete", "template_id": "ping"}))
+        .unwrap();
+    let e = preview(&s, json!({"template_id": "ping"})).unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::NotFound);
+    let e = preview(&s, json!({"template_id": "welcome", "bogus": 1})).unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::Invalid);
+    assert!(e.to_string().contains("bogus"), "{e}");
+}
+
+#[test]
+fn template_test_send_queues_one_test_message_without_analytics_or_consent() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    s.contact(
+        "c1",
+        json!({"email_subscription": "unsubscribed", "sms_subscription": "unsubscribed"}),
+    );
+    let events = |s: &Sim| -> i64 {
+        s.conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before_events = events(&s);
+    let before_effects = s.effects.len();
+    let out = s
+        .cmd(json!({"command": "template.test_send", "template_id": "welcome", "to": " staff@practice.example ", "contact_id": "c1"}))
+        .unwrap();
+    assert_eq!(out["channel"], "email");
+    assert_eq!(out["to"], "staff@practice.example");
+    assert_eq!(s.effects.len(), before_effects + 1);
+    let m = s.effects.last().unwrap();
+    assert_eq!(m.kind, crate::outbox::EffectKind::Message);
+    assert_eq!(m.payload["category"], "test");
+    assert_eq!(m.payload["purpose"], "test_send");
+    assert_eq!(m.payload["to"], "staff@practice.example");
+    assert_eq!(m.payload["rendered"]["subject"], "[Test] Hello Pat");
+    assert!(m.key.starts_with("t-test-welcome-"), "{}", m.key);
+    assert_eq!(events(&s), before_events, "no event rows");
+    assert_eq!(s.count("message_queued", None), 0);
+
+    // Twice at the same instant: two distinct messages.
+    s.cmd(json!({"command": "template.test_send", "template_id": "welcome", "to": "staff@practice.example"}))
+        .unwrap();
+    assert_eq!(s.effects.len(), before_effects + 2);
+    assert_ne!(
+        s.effects[s.effects.len() - 1].key,
+        s.effects[s.effects.len() - 2].key
+    );
+    let queued: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE idempotency_key LIKE '%-test-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, 2);
+
+    // SMS: the number is normalized, the consent footer is there.
+    let out = s
+        .cmd(json!({"command": "template.test_send", "template_id": "ping", "to": "(617) 555-0100", "contact_id": "c1"}))
+        .unwrap();
+    assert_eq!(out["to"], "+16175550100");
+    let m = s.effects.last().unwrap();
+    assert_eq!(
+        m.payload["rendered"]["text"],
+        "Hi Pat 😀 Reply STOP to opt out"
+    );
+    assert_eq!(events(&s), before_events);
+}
+
+#[test]
+fn template_test_send_refuses_a_bad_recipient() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    for (template, to) in [
+        ("welcome", "not-an-address"),
+        ("welcome", ""),
+        ("ping", "abc"),
+        ("ping", "staff@practice.example"),
+    ] {
+        let e = s
+            .cmd(json!({"command": "template.test_send", "template_id": template, "to": to}))
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            crate::error::ErrorCode::Invalid,
+            "{template} {to}"
+        );
+        assert!(e.to_string().contains("to:"), "{e}");
+    }
+    let e = s
+        .cmd(json!({"command": "template.test_send", "template_id": "nope", "to": "staff@practice.example"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::NotFound);
+    assert!(s.effects.is_empty());
+}
+
+#[test]
+fn test_send_receipts_and_opens_stay_out_of_analytics() {
+    let mut s = Sim::new();
+    s.cmd(json!({"command": "template.create", "template_id": "w", "template": {"channel": "email", "name": "W", "subject": "Hi", "html_body": "<p>Hi</p>"}}))
+        .unwrap();
+    s.cmd(json!({"command": "template.test_send", "template_id": "w", "to": "staff@riverside.example"})).unwrap();
+    let key = s.effects.last().unwrap().key.clone();
+    assert!(crate::outbox::is_test_send("t", &key), "{key}");
+    let before = s.count("message_delivered", None) + s.count("message_opened", None);
+    s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "delivered"}))
+        .unwrap();
+    s.push(json!({"type": "email.opened", "message_key": key}))
+        .unwrap();
+    assert_eq!(
+        s.count("message_delivered", None) + s.count("message_opened", None),
+        before
+    );
+}

@@ -16,6 +16,7 @@ pub mod automation_list;
 pub mod builder;
 pub mod performance;
 pub mod settings;
+pub mod template_preview;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
@@ -35,19 +36,22 @@ pub const VIEW_NAMES: &[&str] = &[
     "automation_builder",
     "automation_performance",
     "settings",
+    "template_preview",
 ];
 
 /// Builds the view `name` with JSON `params`, reading through `conn` (a read connection or transaction).
 ///
 /// `params` may be `null` (every parameter at its default) or an object; see
 /// [`automation_list::ListParams`], [`builder::BuilderParams`] and
-/// [`performance::PerformanceParams`]; `settings` takes none
+/// [`performance::PerformanceParams`] and
+/// [`template_preview::TemplatePreviewParams`]; `settings` takes none
 /// ([`settings::SettingsParams`]).
 ///
 /// # Errors
 ///
 /// * [`Error::NotFound`] for an unknown view name (the message lists the known
-///   ones), an unknown or deleted automation, or an unknown canvas node.
+///   ones), an unknown or deleted automation, an unknown canvas node, or an
+///   unknown template or contact (`template_preview`).
 /// * [`Error::Invalid`] naming the parameter when `params` do not fit the view.
 /// * [`Error::Storage`] when the database fails.
 pub fn query(
@@ -67,6 +71,7 @@ pub fn query(
         "automation_builder" => to_json(&builder::build(&ctx, parse_params(params)?)?),
         "automation_performance" => to_json(&performance::build(&ctx, parse_params(params)?)?),
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
+        "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(Error::not_found(format!(
@@ -95,6 +100,10 @@ pub fn schemas() -> Value {
     out.insert(
         "settings".into(),
         schemars::schema_for!(settings::SettingsView).to_value(),
+    );
+    out.insert(
+        "template_preview".into(),
+        schemars::schema_for!(template_preview::TemplatePreviewView).to_value(),
     );
     Value::Object(out)
 }

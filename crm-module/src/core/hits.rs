@@ -1,0 +1,161 @@
+//! Tracking hits from the host's web tier: an open pixel, a wrapped link, an
+//! unsubscribe link. The host passes the request; the module answers what to
+//! send back (the pixel, a redirect to a link that was in the message, the
+//! unsubscribe confirmation) and records the engagement.
+//!
+//! - Tokens are verified with the key ring; a bad or foreign token gets 404.
+//! - A click only ever redirects to a target stored for that message: no open
+//!   redirect.
+//! - A GET on an unsubscribe link never unsubscribes (mail scanners fetch
+//!   every link); it answers the confirmation page. The one-click POST
+//!   (RFC 8058) or the page's confirm button unsubscribes.
+//! - Opens and clicks from privacy proxies and link scanners are logged with
+//!   `detail.machine` and are not engagement: they fire no trigger, reach no
+//!   goal and do not move Last Activity.
+
+use rusqlite::{OptionalExtension, params};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::contacts::{self, AuditSource};
+use super::{Ctx, Signal, ingest, triggers};
+use crate::error::{Error, Result};
+use crate::messaging::compose::key_ring;
+use crate::messaging::tracking::{self, HitResponse, OpenClass, OpenContext, TokenKind};
+
+/// A request the host's web tier received on a tracking URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hit {
+    /// `GET`, `HEAD` or `POST`.
+    pub method: String,
+    /// The path after the tracking base URL: `/o/<token>`, `/c/<token>` or `/u/<token>`.
+    pub path: String,
+    /// The request's User-Agent, for flagging machine opens and scanner clicks.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// The host's classification of the source address, if it has one
+    /// (e.g. `apple_mpp`, `google_proxy`, `scanner`).
+    #[serde(default)]
+    pub ip_class: Option<String>,
+}
+
+fn class_name(c: OpenClass) -> Option<&'static str> {
+    match c {
+        OpenClass::Human => None,
+        OpenClass::MachineProxy => Some("proxy"),
+        OpenClass::Scanner => Some("scanner"),
+    }
+}
+
+fn message_key(ctx: &Ctx<'_>, message_id: i64) -> Result<Option<(String, String)>> {
+    Ok(ctx
+        .conn
+        .prepare_cached("SELECT key, contact_id FROM messages WHERE id = ?1")?
+        .query_row([message_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Answers one hit and records what it means.
+pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
+    let method = hit.method.to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "HEAD" | "POST") {
+        return Err(Error::invalid("method: GET, HEAD or POST"));
+    }
+    if hit.path.len() > 512 || hit.user_agent.as_ref().is_some_and(|u| u.len() > 1024) {
+        return Err(Error::TooLarge(
+            "path (512) or user_agent (1024 bytes) too long".into(),
+        ));
+    }
+    let Some(ring) = key_ring(ctx.conn)? else {
+        return Ok(HitResponse::not_found());
+    };
+    let (kind, token) = match hit.path.trim_start_matches('/').split_once('/') {
+        Some(("o", t)) => ("o", t),
+        Some(("c", t)) => ("c", t),
+        Some(("u", t)) => ("u", t),
+        _ => return Ok(HitResponse::not_found()),
+    };
+    let context = OpenContext {
+        user_agent: hit.user_agent.clone(),
+        seconds_since_delivery: None,
+        ip_class: hit.ip_class.clone(),
+    };
+    match kind {
+        "o" => {
+            let (response, claims) = tracking::answer_open(&ring, token, ctx.now);
+            if let Some(claims) = claims
+                && let Some((key, _)) = message_key(ctx, claims.message_id)?
+            {
+                let machine = class_name(tracking::classify_open(&context));
+                ingest::engagement_from(ctx, &key, "message_opened", machine)?;
+            }
+            Ok(response)
+        }
+        "c" => {
+            let conn = ctx.conn;
+            let resolve = |message_id: i64, link: u16| -> Option<String> {
+                conn.prepare_cached(
+                    "SELECT url FROM message_links WHERE message_id = ?1 AND idx = ?2",
+                )
+                .ok()?
+                .query_row(params![message_id, link], |r| r.get(0))
+                .ok()
+            };
+            let (response, claims) = tracking::answer_click(&ring, token, ctx.now, &resolve);
+            if let Some(claims) = claims
+                && let Some((key, _)) = message_key(ctx, claims.message_id)?
+            {
+                let machine = class_name(tracking::classify_click(&context));
+                ingest::engagement_from(ctx, &key, "message_clicked", machine)?;
+            }
+            Ok(response)
+        }
+        _ => {
+            let Ok(claims) = ring.authenticate(token) else {
+                return Ok(HitResponse::not_found());
+            };
+            if claims.kind != TokenKind::Unsubscribe {
+                return Ok(HitResponse::not_found());
+            }
+            let Some((key, contact_id)) = message_key(ctx, claims.message_id)? else {
+                return Ok(HitResponse::not_found());
+            };
+            let practice = ctx.settings.doc.practice_name.clone();
+            if method != "POST" {
+                return Ok(page(&format!(
+                    "Unsubscribe from {practice} emails? Confirm with the button below (POST to this address)."
+                )));
+            }
+            let mut c = contacts::require(ctx.conn, &contact_id)?;
+            let src = AuditSource {
+                actor: "contact",
+                reason: "unsubscribe_link",
+                message_key: Some(&key),
+            };
+            if contacts::set_subscription(ctx, &mut c, "email", "unsubscribed", src)? {
+                contacts::save(ctx.conn, &c)?;
+                let signals = [Signal::PropertyChanged {
+                    property: "email_subscription".into(),
+                    new_value: json!("unsubscribed"),
+                }];
+                triggers::fire(ctx, &contact_id, &signals)?;
+            }
+            Ok(page(&format!(
+                "You are unsubscribed from {practice} emails."
+            )))
+        }
+    }
+}
+
+fn page(text: &str) -> HitResponse {
+    HitResponse {
+        status: 200,
+        content_type: Some("text/plain; charset=utf-8".into()),
+        location: None,
+        body_base64: None,
+        body_text: Some(text.to_string()),
+        cache_control: tracking::NO_STORE.to_string(),
+    }
+}
