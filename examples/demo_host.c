@@ -67,7 +67,7 @@ static size_t queue_len, queue_cap;
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static long delivered_messages, delivered_tasks, delivered_properties;
-static char *sample_email, *sample_sms;
+static char *sample_email, *sample_sms, *sample_stop;
 
 static void enqueue(int day, const char *fmt, ...) {
     char buf[1024];
@@ -103,8 +103,19 @@ static int on_message(void *user, const char *key, const char *payload) {
     int winback = automation && strcmp(automation, "winback") == 0;
     pthread_mutex_lock(&queue_lock);
     delivered_messages++;
-    if (channel && strcmp(channel, "email") == 0 && !sample_email) sample_email = json_dumps(msg, JSON_INDENT(2));
+    if (channel && strcmp(channel, "email") == 0 && !sample_email) {
+        /* The full payload carries the HTML and the RFC 5322 message; show the essentials. */
+        json_t *r = json_object_get(msg, "rendered");
+        json_t *brief = json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}", "key", json_object_get(msg, "key"), "to",
+                                  json_object_get(msg, "to"), "category", json_object_get(msg, "category"), "message_id",
+                                  json_object_get(r, "message_id"), "subject", json_object_get(r, "subject"), "text",
+                                  json_object_get(r, "text"), "unsubscribe_url", json_object_get(r, "unsubscribe_url"));
+        sample_email = json_dumps(brief, JSON_INDENT(2));
+        json_decref(brief);
+    }
     if (channel && strcmp(channel, "sms") == 0 && !sample_sms) sample_sms = json_dumps(msg, JSON_INDENT(2));
+    const char *purpose = json_string_value(json_object_get(msg, "purpose"));
+    if (purpose && strcmp(purpose, "stop_confirmation") == 0 && !sample_stop) sample_stop = json_dumps(msg, JSON_INDENT(2));
     pthread_mutex_unlock(&queue_lock);
 
     double r = rnd();
@@ -332,6 +343,12 @@ static void print_performance(const char *id) {
     json_t *flow = json_object_get(v, "time_in_flow");
     printf("\n  %s: %s (median %s) over %lld ended enrollments; %lld still active\n", s(flow, "label"), s(flow, "mean_display"),
            s(flow, "median_display"), json_integer_value(json_object_get(flow, "ended")), json_integer_value(json_object_get(flow, "active")));
+    json_t *supp = json_object_get(v, "suppressions");
+    if (json_array_size(json_object_get(supp, "reasons"))) {
+        printf("  Not sent (suppressed):");
+        json_array_foreach(json_object_get(supp, "reasons"), i, r) printf("  %s %s", s(json_object_get(r, "reason"), "label"), s(r, "count_display"));
+        printf("\n");
+    }
     json_t *exits = json_object_get(v, "exits");
     json_t *reasons = json_object_get(exits, "reasons");
     if (json_array_size(reasons)) {
@@ -432,8 +449,9 @@ int main(int argc, char **argv) {
     check(crm_wait_idle(crm, 120000), "crm_wait_idle");
 
     printf("\nHost received %ld messages, %ld tasks, %ld property write-backs.\n", delivered_messages, delivered_tasks, delivered_properties);
-    if (sample_email) printf("\nA message as the host receives it (email):\n%s\n", sample_email);
+    if (sample_email) printf("\nAn email as the host receives it (rendered; the payload also carries the HTML and the RFC 5322 message):\n%s\n", sample_email);
     if (sample_sms) printf("\nA message as the host receives it (SMS):\n%s\n", sample_sms);
+    if (sample_stop) printf("\nAn opt-out: a patient replied STOP; the one confirmation the module sends:\n%s\n", sample_stop);
 
     print_list();
     print_performance("welcome");
@@ -442,6 +460,7 @@ int main(int argc, char **argv) {
     crm_close(crm);
     free(sample_email);
     free(sample_sms);
+    free(sample_stop);
     for (size_t k = 0; k < queue_len; k++) free(queue[k].json);
     free(queue);
     free(batch);

@@ -312,3 +312,64 @@ fn tracking_hits_open_click_and_unsubscribe() {
         .unwrap();
     assert_eq!(reason, "unsubscribe_link");
 }
+
+#[test]
+fn sending_limits_hold_the_excess_in_order_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_in_order = |host: &Collect| -> Vec<String> {
+        host.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _, _)| k.clone())
+            .collect()
+    };
+    let limited = |dir: &tempfile::TempDir| -> Module {
+        let m = open(dir);
+        let mut settings = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+        settings["limits"] = json!({"email_per_hour": 2, "email_per_day": 5});
+        m.execute(&json!({"command": "settings.update", "settings": settings}).to_string())
+            .unwrap();
+        m
+    };
+    let host = Arc::new(Collect::default());
+    {
+        let m = limited(&dir);
+        m.set_host(Some(host.clone())).unwrap();
+        m.execute(r#"{"command": "automation.create", "automation_id": "a", "definition": {
+            "name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"type": "send_email", "subject": "Hi", "body": "Hello"}]}}"#)
+            .unwrap();
+        m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
+            .unwrap();
+        for i in 0..7 {
+            m.push(&contact(i)).unwrap();
+        }
+        m.wait_idle(Duration::from_secs(30)).unwrap();
+        assert_eq!(keys_in_order(&host).len(), 2, "2 per hour");
+        m.close();
+    }
+    // After a restart the count still holds: nothing more in this hour.
+    let m = limited(&dir);
+    m.set_host(Some(host.clone())).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(keys_in_order(&host).len(), 2);
+    m.advance_clock(3_600_001).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(keys_in_order(&host).len(), 4);
+    m.advance_clock(3_600_001).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(keys_in_order(&host).len(), 5, "5 per day");
+    m.advance_clock(24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let keys = keys_in_order(&host);
+    assert_eq!(keys.len(), 7, "nothing dropped");
+    let mut sorted = keys.clone();
+    sorted.sort_by_key(|k| {
+        k.split("-e")
+            .nth(1)
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    assert_eq!(keys, sorted, "in order");
+}

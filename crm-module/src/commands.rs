@@ -297,6 +297,16 @@ fn check_message_steps(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> 
                 } => (template_id, "sms", vec![("message", message)]),
                 _ => continue,
             };
+        let fallback: Vec<(&str, &str)> = match &step.kind {
+            crate::model::automation::StepKind::SendEmail {
+                fallback: Some(f), ..
+            } => vec![("fallback.message", &f.message)],
+            crate::model::automation::StepKind::SendSms {
+                fallback: Some(f), ..
+            } => vec![("fallback.subject", &f.subject), ("fallback.body", &f.body)],
+            _ => vec![],
+        };
+        validate_template_fields(&fallback, &custom).map_err(|e| e.at(&here))?;
         if let Some(t) = template_id {
             let ok: bool = ctx.conn.query_row(
                 "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL)",

@@ -5,13 +5,23 @@
 //! records it. Host callbacks therefore run on the dispatcher thread, never on
 //! the caller's thread and never while the database is locked, and they may
 //! call back into the module (push an event, run a command) without deadlock.
+//!
+//! Every effect goes through one [`Sender`]: the host's callbacks ([`Host`])
+//! by default, or, for email messages when the settings say
+//! `email_delivery: {"mode": "smtp", ...}`, the built-in SMTP sender
+//! ([`SmtpEmailSender`]). The SMTP sender is built once per settings change.
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use base64::Engine as _;
+use crossbeam_channel::Receiver;
 use parking_lot::RwLock;
+use serde_json::Value;
 
+use crate::messaging::email::ComposedEmail;
+use crate::messaging::smtp::{SmtpOutcome, SmtpSender, SmtpSettings};
 use crate::outbox::{DueEffect, EffectKind, HostAnswer};
+use crate::settings::{EmailDelivery, Resolved};
 use crate::worker::Request;
 
 /// Severity of a log line handed to the host.
@@ -55,28 +65,143 @@ pub trait Host: Send + Sync {
 /// The host slot shared by the worker, the dispatcher and the API.
 pub type HostSlot = Arc<RwLock<Option<Arc<dyn Host>>>>;
 
-/// Runs the dispatcher loop until the job channel closes.
-pub fn run_dispatcher(jobs: Receiver<DueEffect>, host: HostSlot, worker: Sender<Request>) {
+/// Something that delivers effects: the host's callbacks, the built-in SMTP
+/// sender, later plugins. Same contract as [`Host::deliver`].
+pub trait Sender: Send + Sync {
+    /// Delivers one effect; the string is an optional reason (codes and ids
+    /// only, no patient data).
+    fn send(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>);
+}
+
+impl<H: Host + ?Sized> Sender for H {
+    fn send(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        self.deliver(delivery)
+    }
+}
+
+/// Sends email message effects through an SMTP relay: decodes
+/// `rendered.rfc5322_base64` and sends it with the envelope
+/// `rendered.envelope_from` → `to`.
+#[derive(Debug)]
+pub struct SmtpEmailSender {
+    smtp: SmtpSender,
+}
+
+impl SmtpEmailSender {
+    /// Builds the relay's pooled transport (nothing is connected yet).
+    ///
+    /// # Errors
+    ///
+    /// The [`SmtpSender::new`] message.
+    pub fn new(settings: &SmtpSettings) -> Result<SmtpEmailSender, String> {
+        Ok(SmtpEmailSender {
+            smtp: SmtpSender::new(settings)?,
+        })
+    }
+}
+
+impl Sender for SmtpEmailSender {
+    fn send(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        let email = match email_from_payload(delivery.payload) {
+            Ok(email) => email,
+            Err(reason) => return (HostAnswer::Failed, Some(reason.to_owned())),
+        };
+        match self.smtp.send(&email) {
+            SmtpOutcome::Accepted { .. } => (HostAnswer::Accepted, None),
+            SmtpOutcome::RetryLater { reason } => (HostAnswer::RetryLater, Some(reason)),
+            SmtpOutcome::Failed { reason } => (HostAnswer::Failed, Some(reason)),
+        }
+    }
+}
+
+/// The composed email inside an email message payload.
+fn email_from_payload(payload: &str) -> Result<ComposedEmail, &'static str> {
+    let v: Value = serde_json::from_str(payload).map_err(|_| "payload: not JSON")?;
+    let rendered = &v["rendered"];
+    let field = |v: &Value, name: &'static str| -> Result<String, &'static str> {
+        v[name].as_str().map(str::to_owned).ok_or(name)
+    };
+    let raw = rendered["rfc5322_base64"]
+        .as_str()
+        .ok_or("rendered.rfc5322_base64: missing")?;
+    let rfc5322 = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| "rendered.rfc5322_base64: not base64")?;
+    Ok(ComposedEmail {
+        message_id: field(rendered, "message_id").unwrap_or_default(),
+        rfc5322,
+        html: String::new(),
+        text: String::new(),
+        envelope_from: field(rendered, "envelope_from")
+            .map_err(|_| "rendered.envelope_from: missing")?,
+        envelope_to: field(&v, "to").map_err(|_| "to: missing")?,
+    })
+}
+
+/// Whether an effect is an email message.
+fn is_email(kind: EffectKind, payload: &str) -> bool {
+    kind == EffectKind::Message
+        && serde_json::from_str::<Value>(payload)
+            .is_ok_and(|v| v["channel"].as_str() == Some("email"))
+}
+
+/// The SMTP sender for the current settings, rebuilt when they change.
+#[derive(Default)]
+struct SmtpCache {
+    current: Option<(SmtpSettings, Result<Arc<SmtpEmailSender>, String>)>,
+}
+
+impl SmtpCache {
+    fn get(&mut self, settings: &SmtpSettings) -> Result<Arc<SmtpEmailSender>, String> {
+        match &self.current {
+            Some((cached, sender)) if cached == settings => sender.clone(),
+            _ => {
+                let sender = SmtpEmailSender::new(settings).map(Arc::new);
+                self.current = Some((settings.clone(), sender.clone()));
+                sender
+            }
+        }
+    }
+}
+
+/// Runs the dispatcher loop until the job channel closes. Email messages go
+/// to the SMTP relay when `email_delivery` says so; everything else (and all
+/// email otherwise) goes to the host.
+pub fn run_dispatcher(
+    jobs: Receiver<DueEffect>,
+    host: HostSlot,
+    settings: Arc<RwLock<Resolved>>,
+    worker: crossbeam_channel::Sender<Request>,
+) {
+    let mut smtp = SmtpCache::default();
     for job in jobs {
-        let current = host.read().clone();
-        let (answer, error) = match current {
-            None => (
-                HostAnswer::RetryLater,
-                Some("no host callbacks registered".to_string()),
-            ),
-            Some(h) => {
+        let smtp_settings = match &settings.read().doc.email_delivery {
+            EmailDelivery::Smtp { smtp } => Some(smtp.clone()),
+            EmailDelivery::Host => None,
+        };
+        let sender: Result<Arc<dyn Sender>, String> = match smtp_settings {
+            Some(s) if is_email(job.kind, &job.payload) => smtp
+                .get(&s)
+                .map(|s| s as Arc<dyn Sender>)
+                .map_err(|e| format!("email_delivery.smtp.{e}")),
+            _ => match host.read().clone() {
+                Some(h) => Ok(Arc::new(HostSender(h)) as Arc<dyn Sender>),
+                None => Err("no host callbacks registered".to_string()),
+            },
+        };
+        let (answer, error) = match sender {
+            Err(reason) => (HostAnswer::RetryLater, Some(reason)),
+            Ok(sender) => {
                 let delivery = Delivery {
                     key: &job.key,
                     kind: job.kind,
                     payload: &job.payload,
                 };
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.deliver(delivery)))
-                {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sender.send(delivery)
+                })) {
                     Ok(r) => r,
-                    Err(_) => (
-                        HostAnswer::RetryLater,
-                        Some("host callback panicked".to_string()),
-                    ),
+                    Err(_) => (HostAnswer::RetryLater, Some("sender panicked".to_string())),
                 }
             }
         };
@@ -93,6 +218,15 @@ pub fn run_dispatcher(jobs: Receiver<DueEffect>, host: HostSlot, worker: Sender<
     }
 }
 
+/// The registered host as a [`Sender`].
+struct HostSender(Arc<dyn Host>);
+
+impl Sender for HostSender {
+    fn send(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        self.0.deliver(delivery)
+    }
+}
+
 /// Sends a log line to the host (if any) and to `tracing`.
 pub fn log(host: &HostSlot, level: LogLevel, message: &str) {
     match level {
@@ -103,5 +237,54 @@ pub fn log(host: &HostSlot, level: LogLevel, message: &str) {
     }
     if let Some(h) = host.read().clone() {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.log(level, message)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_payload_decodes_to_the_envelope_and_bytes() {
+        let payload = serde_json::json!({
+            "key": "k1", "kind": "message", "channel": "email", "to": "pat@example.com",
+            "rendered": {"message_id": "<k1@practice.example>", "envelope_from": "news@practice.example",
+                         "rfc5322_base64": base64::engine::general_purpose::STANDARD.encode(b"Subject: x\r\n\r\nhi\r\n")}
+        })
+        .to_string();
+        let email = email_from_payload(&payload).unwrap();
+        assert_eq!(email.envelope_from, "news@practice.example");
+        assert_eq!(email.envelope_to, "pat@example.com");
+        assert_eq!(email.rfc5322, b"Subject: x\r\n\r\nhi\r\n");
+        assert!(is_email(EffectKind::Message, &payload));
+        assert!(!is_email(EffectKind::Task, &payload));
+        assert!(!is_email(EffectKind::Message, r#"{"channel": "sms"}"#));
+        assert_eq!(
+            email_from_payload(r#"{"to": "a@b.c", "rendered": {}}"#).unwrap_err(),
+            "rendered.rfc5322_base64: missing"
+        );
+    }
+
+    #[test]
+    fn a_broken_email_payload_fails_without_connecting() {
+        let sender = SmtpEmailSender::new(&SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: 9,
+            security: crate::messaging::smtp::SmtpSecurity::None,
+            username: None,
+            password: None,
+            timeout_seconds: 1,
+        })
+        .unwrap();
+        let (answer, reason) = sender.send(Delivery {
+            key: "k1",
+            kind: EffectKind::Message,
+            payload: r#"{"to": "a@b.c", "rendered": {"rfc5322_base64": "!!"}}"#,
+        });
+        assert_eq!(answer, HostAnswer::Failed);
+        assert_eq!(
+            reason.as_deref(),
+            Some("rendered.rfc5322_base64: not base64")
+        );
     }
 }

@@ -140,10 +140,10 @@ impl Module {
             .name("crm-worker".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the worker: {e}")))?;
-        let (host2, tx2) = (host.clone(), tx.clone());
+        let (host2, settings2, tx2) = (host.clone(), settings.clone(), tx.clone());
         let d = std::thread::Builder::new()
             .name("crm-dispatcher".into())
-            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, tx2))
+            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2))
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
         Ok(Module {
             tx,

@@ -138,20 +138,26 @@ pub struct DueEffect {
     pub kind: EffectKind,
     /// JSON payload text.
     pub payload: String,
+    /// `email` / `sms` for messages.
+    pub channel: Option<String>,
 }
 
-/// Rows due at `now`, oldest first, skipping `exclude` (in flight).
+/// Rows due at `now`, oldest first, skipping `exclude` (in flight) and the
+/// messages of `blocked` channels (over their sending limit).
 pub fn due(
     conn: &Connection,
     now: Millis,
     limit: usize,
     exclude: &std::collections::HashSet<i64>,
+    blocked: &[&str],
 ) -> Result<Vec<DueEffect>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, idempotency_key, kind, payload, attempts FROM outbox
-         WHERE status IN ('pending','retry') AND next_attempt_at <= ?1
+    let sql = format!(
+        "SELECT id, idempotency_key, kind, payload, attempts, channel FROM outbox
+         WHERE status IN ('pending','retry') AND next_attempt_at <= ?1 {}
          ORDER BY next_attempt_at, id LIMIT ?2",
-    )?;
+        blocked_clause(blocked)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![now, (limit + exclude.len()) as i64], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -159,11 +165,12 @@ pub fn due(
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, i64>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, key, kind, mut payload, attempts) = row?;
+        let (id, key, kind, mut payload, attempts, channel) = row?;
         if exclude.contains(&id) {
             continue;
         }
@@ -181,6 +188,7 @@ pub fn due(
                 key,
                 kind,
                 payload,
+                channel,
             });
         }
         if out.len() >= limit {
@@ -191,15 +199,34 @@ pub fn due(
 }
 
 /// The earliest `next_attempt_at` of a pending row, if any.
-pub fn next_due(conn: &Connection) -> Result<Option<Millis>> {
+pub fn next_due(conn: &Connection, blocked: &[&str]) -> Result<Option<Millis>> {
+    let sql = format!(
+        "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending','retry') {}",
+        blocked_clause(blocked)
+    );
     Ok(conn
-        .query_row(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending','retry')",
-            [],
-            |r| r.get::<_, Option<Millis>>(0),
-        )
+        .prepare_cached(&sql)?
+        .query_row([], |r| r.get::<_, Option<Millis>>(0))
         .optional()?
         .flatten())
+}
+
+/// SQL excluding the messages of blocked channels (channel names are ours:
+/// `email`, `sms`; anything else is ignored).
+fn blocked_clause(blocked: &[&str]) -> String {
+    let names: Vec<String> = blocked
+        .iter()
+        .filter(|c| matches!(**c, "email" | "sms"))
+        .map(|c| format!("'{c}'"))
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "AND NOT (kind = 'message' AND channel IN ({}))",
+            names.join(",")
+        )
+    }
 }
 
 /// Facts of an outbox row needed to log its outcome.

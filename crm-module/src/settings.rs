@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::messaging::sms::normalize_e164;
+use crate::messaging::smtp::SmtpSettings;
 use crate::schedule::{RunWindow, parse_tz};
 
 /// Default SMS opt-out keywords (matched case- and space-insensitively).
@@ -65,6 +66,25 @@ pub struct Settings {
     /// Sending limits per channel (excess waits for the next slot, never dropped).
     #[serde(default)]
     pub limits: SendingLimits,
+    /// How email messages leave the module: handed to the host (default) or
+    /// sent by the module itself through an SMTP relay.
+    #[serde(default)]
+    pub email_delivery: EmailDelivery,
+}
+
+/// How email messages are delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EmailDelivery {
+    /// Email effects go to the host's `deliver` callback, like every other effect.
+    #[default]
+    Host,
+    /// The module sends email itself through this SMTP relay; the host still
+    /// gets SMS, property and task effects.
+    Smtp {
+        /// The relay.
+        smtp: SmtpSettings,
+    },
 }
 
 /// Email sender identity (SPEC §6).
@@ -233,6 +253,7 @@ impl Default for Settings {
             sms: SmsSettings::default(),
             tracking: TrackingSettings::default(),
             limits: SendingLimits::default(),
+            email_delivery: EmailDelivery::default(),
         }
     }
 }
@@ -492,6 +513,9 @@ impl Settings {
     ///   keyword in two lists (compared as SMS replies are: case, spaces and
     ///   punctuation ignored).
     ///
+    /// * `email_delivery.smtp.*` (SMTP mode): the relay's settings, as
+    ///   [`SmtpSettings::validate`] checks them.
+    ///
     /// A text field left blank counts as not set (`reply_to`,
     /// `practice_phone`, `sms.sender_number`, `tracking.base_url`).
     pub fn validate_all(&self) -> Vec<FieldError> {
@@ -708,6 +732,18 @@ impl Settings {
                 "sms.send_until",
                 Err(format!("must be later than sms.send_from ({from})")),
             );
+        }
+
+        // Email delivery.
+        if let EmailDelivery::Smtp { smtp } = &self.email_delivery
+            && let Err(m) = smtp.validate()
+        {
+            match m.split_once(": ") {
+                Some((path, message)) => {
+                    check(&format!("email_delivery.smtp.{path}"), Err(message.into()))
+                }
+                None => check("email_delivery.smtp", Err(m)),
+            }
         }
 
         errors
@@ -1340,6 +1376,40 @@ mod tests {
             "sms_help_keywords[0]",
             "YES is already in sms_opt_in_keywords",
         );
+    }
+
+    #[test]
+    fn email_delivery_defaults_to_host_and_checks_smtp_with_field_paths() {
+        let s: Settings =
+            serde_json::from_value(serde_json::json!({"practice_name": "P", "time_zone": "UTC"}))
+                .unwrap();
+        assert_eq!(s.email_delivery, EmailDelivery::Host);
+        assert_eq!(
+            serde_json::to_value(&s.email_delivery).unwrap(),
+            serde_json::json!({"mode": "host"})
+        );
+        let mut s: Settings = serde_json::from_value(serde_json::json!({
+            "practice_name": "P", "time_zone": "UTC",
+            "email_delivery": {"mode": "smtp", "smtp": {"host": "smtp.example", "port": 587}}
+        }))
+        .unwrap();
+        assert!(s.validate().is_ok());
+        if let EmailDelivery::Smtp { smtp } = &mut s.email_delivery {
+            smtp.port = 0;
+            smtp.username = Some("user".into());
+        }
+        let fields: Vec<String> = s.validate_all().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["email_delivery.smtp.port"]);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("email_delivery.smtp.port: ")
+        );
+        let bad = serde_json::from_value::<Settings>(serde_json::json!({
+            "practice_name": "P", "time_zone": "UTC", "email_delivery": {"mode": "smtp"}
+        }));
+        assert!(bad.is_err());
     }
 
     #[test]

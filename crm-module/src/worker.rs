@@ -101,6 +101,7 @@ pub struct Worker {
     host: HostSlot,
     jobs: Sender<DueEffect>,
     in_flight: HashSet<i64>,
+    in_flight_channel: std::collections::HashMap<i64, String>,
     idle_waiters: Vec<Sender<()>>,
 }
 
@@ -124,6 +125,7 @@ impl Worker {
             host,
             jobs,
             in_flight: HashSet::new(),
+            in_flight_channel: std::collections::HashMap::new(),
             idle_waiters: Vec::new(),
         })
     }
@@ -193,7 +195,27 @@ impl Worker {
         if self.host.read().is_none() {
             return None;
         }
-        outbox::next_due(&self.conn).ok().flatten()
+        let blocked = self.blocked_channels(self.clock.now());
+        outbox::next_due(&self.conn, &blocked).ok().flatten()
+    }
+
+    /// How many more messages each limited channel may hand over now.
+    fn budgets(&self, now: Millis) -> std::collections::HashMap<&'static str, i64> {
+        let mut flying: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        for ch in self.in_flight_channel.values() {
+            *flying.entry(ch.clone()).or_default() += 1;
+        }
+        let limits = self.settings.read().doc.limits.clone();
+        crate::messaging::limits::remaining(&self.conn, &limits, now, &flying).unwrap_or_default()
+    }
+
+    /// Channels over their sending limit right now.
+    fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
+        self.budgets(now)
+            .into_iter()
+            .filter(|(_, left)| *left <= 0)
+            .map(|(c, _)| c)
+            .collect()
     }
 
     /// Applies a group of requests in one transaction; returns the clock advances (by how much) to run after it.
@@ -248,6 +270,7 @@ impl Worker {
                     error,
                 } => {
                     self.in_flight.remove(&outbox_id);
+                    self.in_flight_channel.remove(&outbox_id);
                     if let Err(e) =
                         self.in_savepoint(|w| w.record_answer(outbox_id, answer, error.as_deref()))
                     {
@@ -525,10 +548,31 @@ impl Worker {
         }
         let now = self.clock.now();
         let room = MAX_IN_FLIGHT - self.in_flight.len();
-        match outbox::due(&self.conn, now, room, &self.in_flight) {
+        let mut budgets = self.budgets(now);
+        let blocked: Vec<&str> = budgets
+            .iter()
+            .filter(|(_, left)| **left <= 0)
+            .map(|(c, _)| *c)
+            .collect();
+        match outbox::due(&self.conn, now, room, &self.in_flight, &blocked) {
             Ok(rows) => {
                 for row in rows {
+                    // Over a limit: the rest of that channel waits, in order.
+                    if let Some(left) = row
+                        .channel
+                        .as_deref()
+                        .filter(|_| row.kind == EffectKind::Message)
+                        .and_then(|c| budgets.get_mut(c))
+                    {
+                        if *left <= 0 {
+                            continue;
+                        }
+                        *left -= 1;
+                    }
                     self.in_flight.insert(row.id);
+                    if let Some(ch) = &row.channel {
+                        self.in_flight_channel.insert(row.id, ch.clone());
+                    }
                     if self.jobs.send(row).is_err() {
                         return;
                     }

@@ -289,11 +289,12 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
             e.step_started_at = None;
             continue;
         }
-        let open_at = match &step.kind {
-            StepKind::SendSms { .. } => sms_open_at(ctx, &window, &e.contact_id)?,
-            _ => window
+        let open_at = if goes_by_sms(ctx, &e.contact_id, &step.kind)? {
+            sms_open_at(ctx, &window, &e.contact_id)?
+        } else {
+            window
                 .next_open(ctx.now, ctx.settings.tz)
-                .unwrap_or(ctx.now),
+                .unwrap_or(ctx.now)
         };
         if open_at > ctx.now {
             e.wake_at = Some(open_at);
@@ -460,11 +461,16 @@ fn effect_base(key: &str, kind: EffectKind, e: &Enrollment, sid: &str) -> Effect
     }
 }
 
-fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
-    let sid = step.id.as_str();
-    let contact = contacts::require(ctx.conn, &e.contact_id)?;
-    let channel = step.kind.channel().unwrap_or("email");
-    let (template_id, category, bypass) = match &step.kind {
+/// What became of one attempt to queue a message.
+enum Sent {
+    Queued,
+    Suppressed(consent::Suppression),
+    Failed(&'static str),
+}
+
+/// The template, category and preference bypass of a communication step.
+fn message_params(kind: &StepKind) -> Option<(&Option<String>, consent::Category, bool)> {
+    match kind {
         StepKind::SendEmail {
             template_id,
             category,
@@ -476,47 +482,147 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             category,
             bypass_preferences,
             ..
-        } => (template_id, *category, *bypass_preferences),
-        _ => return Ok(()),
+        } => Some((template_id, *category, *bypass_preferences)),
+        _ => None,
+    }
+}
+
+/// The idempotency key of the fallback message of the message keyed `primary`.
+pub fn fallback_key(primary: &str) -> String {
+    format!("{primary}-fallback")
+}
+
+/// True when an email step will go out by its SMS fallback (the email is
+/// suppressed, the SMS is not): the step then waits for SMS sending hours.
+fn goes_by_sms(ctx: &Ctx<'_>, contact_id: &str, kind: &StepKind) -> Result<bool> {
+    match (kind, kind.fallback(), message_params(kind)) {
+        (StepKind::SendSms { .. }, _, _) => Ok(true),
+        (StepKind::SendEmail { .. }, Some(_), Some((_, category, bypass))) => {
+            let contact = contacts::require(ctx.conn, contact_id)?;
+            Ok(consent::check(&contact, "email", category, bypass).is_err()
+                && consent::check(&contact, "sms", category, bypass).is_ok())
+        }
+        _ => Ok(false),
+    }
+}
+
+fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
+    let sid = step.id.as_str();
+    let contact = contacts::require(ctx.conn, &e.contact_id)?;
+    let key = effect_key(ctx.install_id, e.id, sid);
+    let primary = step.kind.channel().unwrap_or("email");
+    let reason = match queue_message(ctx, e, sid, &step.kind, &contact, &key, None)? {
+        Sent::Queued => return step_done(ctx, e, sid, None),
+        Sent::Failed(reason) => return step_failed(ctx, e, sid, reason),
+        Sent::Suppressed(reason) => reason,
     };
-    let asset_id = template_id
-        .clone()
-        .unwrap_or_else(|| format!("{}/{}", e.automation_id, sid));
-    let to = match consent::check(&contact, channel, category, bypass) {
+    // Channel fallback (issue 3 §7): the primary channel may not be used; try the other one.
+    let Some(fallback) = step.kind.fallback() else {
+        return step_failed(ctx, e, sid, reason.as_str());
+    };
+    let fb_key = fallback_key(&key);
+    match queue_message(ctx, e, sid, &fallback, &contact, &fb_key, Some(primary))? {
+        Sent::Queued => step_done(
+            ctx,
+            e,
+            sid,
+            Some(json!({"fallback": fallback.channel(), "primary_reason": reason.as_str()})),
+        ),
+        Sent::Suppressed(fb_reason) => Log {
+            step_id: Some(sid),
+            detail: Some(json!({"reason": reason.as_str(), "fallback_reason": fb_reason.as_str()})),
+            ..log_for("step_failed", e)
+        }
+        .write(ctx.conn, ctx.now),
+        Sent::Failed(fb_reason) => step_failed(ctx, e, sid, fb_reason),
+    }
+}
+
+/// Queues the fallback of a step whose message hard-failed after it was sent
+/// (a hard bounce or a failed delivery), once per enrollment and step.
+/// Returns true when a fallback was attempted (queued or suppressed).
+pub fn send_fallback(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<bool> {
+    let Some(fallback) = step.kind.fallback() else {
+        return Ok(false);
+    };
+    let sid = step.id.as_str();
+    let key = effect_key(ctx.install_id, e.id, sid);
+    let fb_key = fallback_key(&key);
+    let tried: bool = ctx
+        .conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM events WHERE message_key = ?1)")?
+        .query_row([&fb_key], |r| r.get(0))?;
+    if tried
+        || ctx.effects.iter().any(|x| x.key == fb_key)
+        || crate::outbox::by_key(ctx.conn, &fb_key)?.is_some()
+    {
+        return Ok(false);
+    }
+    let contact = contacts::require(ctx.conn, &e.contact_id)?;
+    let primary = step.kind.channel().unwrap_or("email");
+    queue_message(ctx, e, sid, &fallback, &contact, &fb_key, Some(primary))?;
+    Ok(true)
+}
+
+/// Checks consent, composes and queues one message of a step (its own, or
+/// its fallback when `fallback_for` names the primary channel), with the logs.
+#[allow(clippy::too_many_arguments)]
+fn queue_message(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    sid: &str,
+    kind: &StepKind,
+    contact: &contacts::Contact,
+    key: &str,
+    fallback_for: Option<&str>,
+) -> Result<Sent> {
+    let channel = kind.channel().unwrap_or("email");
+    let Some((template_id, category, bypass)) = message_params(kind) else {
+        return Ok(Sent::Failed("not_a_message"));
+    };
+    let asset_id = template_id.clone().unwrap_or_else(|| {
+        let own = format!("{}/{}", e.automation_id, sid);
+        if fallback_for.is_some() {
+            fallback_key(&own)
+        } else {
+            own
+        }
+    });
+    let with_fallback = |mut d: Value| {
+        if let Some(p) = fallback_for {
+            d["fallback_for"] = json!(p);
+        }
+        d
+    };
+    let to = match consent::check(contact, channel, category, bypass) {
         Ok(to) => to,
         Err(reason) => {
-            let key = effect_key(ctx.install_id, e.id, sid);
             Log {
                 step_id: Some(sid),
                 channel: Some(channel),
-                message_key: Some(&key),
-                detail: Some(json!({"reason": reason.as_str(), "category": category.as_str()})),
+                message_key: Some(key),
+                detail: Some(with_fallback(
+                    json!({"reason": reason.as_str(), "category": category.as_str()}),
+                )),
                 ..log_for("message_suppressed", e)
             }
             .write(ctx.conn, ctx.now)?;
-            return step_failed(ctx, e, sid, reason.as_str());
+            return Ok(Sent::Suppressed(reason));
         }
     };
-    let key = effect_key(ctx.install_id, e.id, sid);
-    let content = match compose::content_of(ctx.conn, &step.kind) {
+    let content = match compose::content_of(ctx.conn, kind) {
         Ok(c) => c,
-        Err(Error::NotFound(_)) => return step_failed(ctx, e, sid, "template_not_found"),
+        Err(Error::NotFound(_)) => return Ok(Sent::Failed("template_not_found")),
         Err(other) => return Err(other),
     };
-    let rendered = match &step.kind {
-        StepKind::SendEmail { sender, .. } => compose::email(
-            ctx,
-            &key,
-            &contact,
-            &to,
-            &content,
-            category,
-            sender.as_ref(),
-        )?,
-        StepKind::SendSms { sender_number, .. } => {
-            compose::sms_message(ctx, &key, &contact, &to, &content, sender_number.as_deref())?
+    let rendered = match kind {
+        StepKind::SendEmail { sender, .. } => {
+            compose::email(ctx, key, contact, &to, &content, category, sender.as_ref())?
         }
-        _ => return Ok(()),
+        StepKind::SendSms { sender_number, .. } => {
+            compose::sms_message(ctx, key, contact, &to, &content, sender_number.as_deref())?
+        }
+        _ => return Ok(Sent::Failed("not_a_message")),
     };
     let rendered = match rendered {
         Ok(r) => r,
@@ -525,12 +631,14 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             Log {
                 step_id: Some(sid),
                 channel: Some(channel),
-                message_key: Some(&key),
-                detail: Some(json!({"source": "compose", "reason": err.reason()})),
+                message_key: Some(key),
+                detail: Some(with_fallback(
+                    json!({"source": "compose", "reason": err.reason()}),
+                )),
                 ..log_for("message_failed", e)
             }
             .write(ctx.conn, ctx.now)?;
-            return step_failed(ctx, e, sid, err.reason());
+            return Ok(Sent::Failed(err.reason()));
         }
     };
     let to = rendered
@@ -542,32 +650,37 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
         "firstname": contact.text("first_name").unwrap_or(""),
         "lastname": contact.text("last_name").unwrap_or(""),
         "practice": ctx.settings.doc.practice_name,
-        "owner": compose::variables(ctx, &contact, "").get("owner"),
+        "owner": compose::variables(ctx, contact, "").get("owner"),
     });
     let content = json!({
         "template_id": template_id, "subject": content.subject, "preheader": content.preheader,
         "body": content.html_body, "message": content.message,
     });
+    let mut payload = json!({
+        "key": key, "kind": "message", "channel": channel, "category": category.as_str(),
+        "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders, "rendered": rendered,
+        "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
+    });
+    if let Some(p) = fallback_for {
+        payload["fallback_for"] = json!(p);
+    }
     ctx.effects.push(Effect {
-        payload: json!({
-            "key": key, "kind": "message", "channel": channel, "category": category.as_str(),
-            "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders, "rendered": rendered,
-            "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
-        }),
+        payload,
         channel: Some(channel.to_string()),
         asset_id: Some(asset_id),
-        ..effect_base(&key, EffectKind::Message, e, sid)
+        ..effect_base(key, EffectKind::Message, e, sid)
     });
     Log {
         step_id: Some(sid),
         channel: Some(channel),
-        message_key: Some(&key),
+        message_key: Some(key),
+        detail: fallback_for.map(|p| json!({"fallback_for": p})),
         ..log_for("message_queued", e)
     }
     .write(ctx.conn, ctx.now)?;
     // Outbound communication touches the record.
     contacts::touch_only(ctx.conn, &e.contact_id, ctx.now)?;
-    step_done(ctx, e, sid, None)
+    Ok(Sent::Queued)
 }
 
 fn set_property(

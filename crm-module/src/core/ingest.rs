@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::contacts::{self, AuditSource, Contact};
 use super::log::Entry as Log;
-use super::{Ctx, Signal, triggers};
+use super::{Ctx, Signal, enrollment, triggers};
 use crate::clock::{Millis, parse_rfc3339};
 use crate::error::{Error, Result};
 use crate::event::{
@@ -574,6 +574,11 @@ fn receipt(
         ..Log::new(kind, &contact_id)
     };
     log(kind, detail).write(ctx.conn, ctx.now)?;
+    // A hard bounce or a failed delivery is final: the step's channel fallback (if any) goes out.
+    let mut failed_for_good = matches!(
+        (status, bounce),
+        (DeliveryStatus::Bounced, Some(BounceKind::Hard)) | (DeliveryStatus::Failed, _)
+    );
     match (status, bounce, row.channel.as_deref()) {
         (DeliveryStatus::Bounced, Some(BounceKind::Hard), Some("email")) => {
             let mut c = contacts::require(ctx.conn, &contact_id)?;
@@ -606,11 +611,45 @@ fn receipt(
                     .execute(params![key, ctx.now])?;
                 log("message_suppressed", json!({"reason": "soft_bounce_limit"}))
                     .write(ctx.conn, ctx.now)?;
+                failed_for_good = true;
             }
         }
         _ => {}
     }
+    if failed_for_good {
+        fallback_after_failure(ctx, &row, key)?;
+    }
     Ok(())
+}
+
+/// Channel fallback after a final delivery failure (issue 3 §7): when the
+/// failed message is a step's own message and the step (in the automation's
+/// current version) has a fallback, it is queued once per enrollment and step.
+fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Result<()> {
+    let (Some(enrollment_id), Some(automation_id), Some(step_id)) = (
+        row.enrollment_id,
+        row.automation_id.as_deref(),
+        row.step_id.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    // Only the step's own message: not a fallback, a keyword answer or a test send.
+    if key != enrollment::effect_key(ctx.install_id, enrollment_id, step_id) {
+        return Ok(());
+    }
+    let catalog = ctx.catalog;
+    let Some(step) = catalog
+        .get(automation_id)
+        .and_then(|a| a.current.flow.step(step_id))
+        .cloned()
+    else {
+        return Ok(());
+    };
+    match enrollment::load(ctx.conn, enrollment_id)? {
+        // A contact who left the automation gets no late message from it.
+        Some(e) if e.state != "exited" => enrollment::send_fallback(ctx, &e, &step).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):

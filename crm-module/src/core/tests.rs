@@ -1107,3 +1107,140 @@ fn test_send_receipts_and_opens_stay_out_of_analytics() {
         before
     );
 }
+
+fn fallback_events(s: &Sim, kind: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    s.conn
+        .prepare("SELECT channel, message_key, json_extract(detail, '$.reason') FROM events WHERE kind = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([kind], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn email_then_sms() -> Value {
+    json!({"name": "Email, SMS fallback", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "m", "type": "send_email", "subject": "Hi {{firstname}}", "body": "<p>Book now</p>",
+                   "fallback": {"message": "Hi {{firstname}}, book now"}}]})
+}
+
+#[test]
+fn email_with_sms_fallback_goes_by_sms_when_there_is_no_email() {
+    let mut s = Sim::new();
+    let a = s.automation(email_then_sms());
+    s.contact("c1", json!({"email": null}));
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 1);
+    let m = msgs[0];
+    assert_eq!(m.channel.as_deref(), Some("sms"));
+    assert!(m.key.ends_with("-m-fallback"), "{}", m.key);
+    assert_eq!(m.payload["fallback_for"], "email");
+    assert!(
+        m.payload["rendered"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hi Pat, book now"),
+        "{}",
+        m.payload["rendered"]
+    );
+    let suppressed = fallback_events(&s, "message_suppressed");
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(
+        (suppressed[0].0.as_str(), suppressed[0].2.as_deref()),
+        ("email", Some("no_address"))
+    );
+    let queued = fallback_events(&s, "message_queued");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].0.as_str(), queued[0].1.as_deref()),
+        ("sms", Some(m.key.as_str()))
+    );
+    assert_eq!(s.count("step_completed", Some(&a)), 1);
+    assert_eq!(s.count("step_failed", Some(&a)), 0);
+    assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, false));
+}
+
+#[test]
+fn unsubscribed_sms_with_email_fallback_goes_by_email() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "SMS, email fallback", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "m", "type": "send_sms", "message": "Book now",
+                   "fallback": {"subject": "Book, {{firstname}}", "body": "<p>Book now</p>"}}]}));
+    s.contact("c1", json!({"sms_subscription": "unsubscribed"}));
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].channel.as_deref(), Some("email"));
+    assert_eq!(msgs[0].payload["fallback_for"], "sms");
+    assert_eq!(msgs[0].payload["rendered"]["subject"], "Book, Pat");
+    assert_eq!(
+        fallback_events(&s, "message_suppressed")[0].2.as_deref(),
+        Some("unsubscribed")
+    );
+    assert_eq!(s.count("step_completed", Some(&a)), 1);
+    assert_eq!(s.count("step_failed", Some(&a)), 0);
+    // Unknown fields of a fallback are refused.
+    let e = s
+        .cmd(json!({"command": "automation.create", "definition": {"name": "x", "trigger": {"type": "contact_created"},
+            "steps": [{"type": "send_sms", "message": "m", "fallback": {"subject": "s", "body": "b", "message": "m"}}]}}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::Invalid, "{e}");
+}
+
+#[test]
+fn both_channels_unusable_suppresses_both_and_fails_the_step() {
+    let mut s = Sim::new();
+    let a = s.automation(email_then_sms());
+    s.contact(
+        "c1",
+        json!({"email_subscription": "unsubscribed", "sms_subscription": "unknown"}),
+    );
+    assert!(s.messages_to("c1").is_empty());
+    let suppressed = fallback_events(&s, "message_suppressed");
+    let got: Vec<(&str, Option<&str>)> = suppressed
+        .iter()
+        .map(|(c, _, r)| (c.as_str(), r.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("email", Some("unsubscribed")),
+            ("sms", Some("unknown_consent"))
+        ]
+    );
+    assert!(suppressed[1].1.as_deref().unwrap().ends_with("-fallback"));
+    assert_eq!(s.count("step_failed", Some(&a)), 1);
+    assert_eq!(s.count("step_completed", Some(&a)), 0);
+    assert_eq!(s.count("message_queued", Some(&a)), 0);
+}
+
+#[test]
+fn hard_bounce_sends_the_sms_fallback_once() {
+    let mut s = Sim::new();
+    let a = s.automation(email_then_sms());
+    s.contact("c1", json!({}));
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].channel.as_deref(), Some("email"));
+    let key = msgs[0].key.clone();
+    for _ in 0..2 {
+        s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "hard"}))
+            .unwrap();
+    }
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 2, "one fallback, however many bounces");
+    assert_eq!(msgs[1].channel.as_deref(), Some("sms"));
+    assert_eq!(msgs[1].key, format!("{key}-fallback"));
+    assert_eq!(msgs[1].payload["fallback_for"], "email");
+    // The fallback failing in turn has no fallback of its own.
+    let fb = msgs[1].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": fb, "status": "failed"}))
+        .unwrap();
+    assert_eq!(s.messages_to("c1").len(), 2);
+    assert_eq!(s.count("message_queued", Some(&a)), 2);
+    // A soft bounce is not final: no fallback for it.
+    s.contact("c2", json!({}));
+    let key2 = s.messages_to("c2")[0].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": key2, "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    assert_eq!(s.messages_to("c2").len(), 1);
+}

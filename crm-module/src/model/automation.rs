@@ -318,6 +318,26 @@ pub struct SenderOverride {
     pub reply_to: Option<String>,
 }
 
+/// The SMS an email step falls back to (issue 3 §7). Same category and
+/// preference bypass as its step; sent from the module's default number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmsFallback {
+    /// Message text (placeholders as in an SMS step).
+    pub message: String,
+}
+
+/// The email an SMS step falls back to (issue 3 §7). Same category and
+/// preference bypass as its step; sent with the module's sender identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailFallback {
+    /// Subject.
+    pub subject: String,
+    /// HTML body (placeholders as in an email step).
+    pub body: String,
+}
+
 /// The seven properties Set property may write (SPEC §2.3 decision).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -469,6 +489,10 @@ pub enum StepKind {
         /// Care only: send to a channel with no recorded consent. Never overrides an unsubscribe or STOP.
         #[serde(default)]
         bypass_preferences: bool,
+        /// Email → SMS fallback: the SMS sent instead when the email may not
+        /// go out (no address, no consent, undeliverable) or hard-fails.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<SmsFallback>,
     },
     /// Send an SMS.
     SendSms {
@@ -487,6 +511,10 @@ pub enum StepKind {
         /// Care only: send to a channel with no recorded consent. Never overrides an unsubscribe or STOP.
         #[serde(default)]
         bypass_preferences: bool,
+        /// SMS → email fallback: the email sent instead when the SMS may not
+        /// go out (no number, no consent) or fails.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<EmailFallback>,
     },
     /// Wait.
     Delay {
@@ -554,6 +582,42 @@ impl StepKind {
             StepKind::CreateTask { .. } => "Create task",
             StepKind::SetProperty { .. } => "Set property",
             StepKind::AddToList { .. } => "Add to list",
+        }
+    }
+
+    /// The fallback message of a communication step, as the step that would
+    /// send it (inline content, same category and bypass, no fallback of its own).
+    pub fn fallback(&self) -> Option<StepKind> {
+        match self {
+            StepKind::SendEmail {
+                category,
+                bypass_preferences,
+                fallback: Some(f),
+                ..
+            } => Some(StepKind::SendSms {
+                template_id: None,
+                message: f.message.clone(),
+                sender_number: None,
+                category: *category,
+                bypass_preferences: *bypass_preferences,
+                fallback: None,
+            }),
+            StepKind::SendSms {
+                category,
+                bypass_preferences,
+                fallback: Some(f),
+                ..
+            } => Some(StepKind::SendEmail {
+                template_id: None,
+                subject: f.subject.clone(),
+                preheader: String::new(),
+                body: f.body.clone(),
+                sender: None,
+                category: *category,
+                bypass_preferences: *bypass_preferences,
+                fallback: None,
+            }),
+            _ => None,
         }
     }
 
@@ -770,6 +834,7 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 template_id,
                 subject,
                 body,
+                fallback,
                 ..
             } => {
                 if template_id.is_none() && (subject.trim().is_empty() || body.trim().is_empty()) {
@@ -778,11 +843,20 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 if subject.chars().count() > 500 || body.len() > 512 * 1024 {
                     return err("subject is limited to 500 characters and body to 512 KiB");
                 }
+                if let Some(f) = fallback {
+                    if f.message.trim().is_empty() {
+                        return err("fallback.message: the fallback SMS needs a message");
+                    }
+                    if f.message.chars().count() > 1600 {
+                        return err("fallback.message: at most 1600 characters");
+                    }
+                }
             }
             StepKind::SendSms {
                 template_id,
                 message,
                 sender_number,
+                fallback,
                 ..
             } => {
                 if template_id.is_none() && message.trim().is_empty() {
@@ -790,6 +864,16 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 }
                 if message.chars().count() > 1600 {
                     return err("message: at most 1600 characters");
+                }
+                if let Some(f) = fallback {
+                    if f.subject.trim().is_empty() || f.body.trim().is_empty() {
+                        return err("fallback: the fallback email needs a subject and a body");
+                    }
+                    if f.subject.chars().count() > 500 || f.body.len() > 512 * 1024 {
+                        return err(
+                            "fallback: subject is limited to 500 characters and body to 512 KiB",
+                        );
+                    }
                 }
                 if let Some(n) = sender_number {
                     normalize_property("phone", Value::String(n.clone())).map_err(|_| {

@@ -1679,6 +1679,7 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
             sender,
             category,
             bypass_preferences,
+            fallback,
         } => {
             let sender = sender
                 .clone()
@@ -1707,6 +1708,17 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                     .placeholder("Module default"),
             ]);
             fields.extend(consent_fields(*category, *bypass_preferences));
+            fields.push(
+                Field::new(
+                    "fallback.message",
+                    "Fallback SMS",
+                    FieldKind::Textarea,
+                    fallback.as_ref().map(|f| json!(f.message)).unwrap_or(Value::Null),
+                )
+                .range(0, 1600)
+                .placeholder("No fallback")
+                .help("Email → SMS fallback: sent by SMS instead when the contact has no usable email address or no email consent, or when the email hard-bounces."),
+            );
             actions.push(Action::new("preview", "Preview", Some("fa-eye")));
             actions.push(Action::new(
                 "open_editor",
@@ -1720,6 +1732,7 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
             sender_number,
             category,
             bypass_preferences,
+            fallback,
         } => {
             fields.extend([
                 Field::new("template_id", "Saved SMS", FieldKind::Text, any_or(template_id))
@@ -1732,6 +1745,25 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                     .placeholder("Module default number"),
             ]);
             fields.extend(consent_fields(*category, *bypass_preferences));
+            let fb = |v: Option<&String>| v.map(|t| json!(t)).unwrap_or(Value::Null);
+            fields.extend([
+                Field::new(
+                    "fallback.subject",
+                    "Fallback email subject",
+                    FieldKind::Text,
+                    fb(fallback.as_ref().map(|f| &f.subject)),
+                )
+                .range(0, 500)
+                .placeholder("No fallback")
+                .help("SMS → email fallback: sent by email instead when the contact has no usable number or no SMS consent, or when the SMS fails. Set both subject and body."),
+                Field::new(
+                    "fallback.body",
+                    "Fallback email body",
+                    FieldKind::Textarea,
+                    fb(fallback.as_ref().map(|f| &f.body)),
+                )
+                .placeholder("No fallback"),
+            ]);
         }
         StepKind::Delay { amount, unit } => {
             fields.extend([

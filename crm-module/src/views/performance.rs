@@ -60,6 +60,8 @@ pub struct PerformanceView {
     pub time_in_flow: TimeInFlow,
     /// Why contacts left before the End.
     pub exits: Exits,
+    /// Messages not sent, by reason (consent, compliance): never silently dropped.
+    pub suppressions: Exits,
 }
 
 /// The engagement-over-time chart.
@@ -407,6 +409,23 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         }
     }
 
+    // 3b. Suppressed messages by reason.
+    let mut suppressed: Vec<(String, u64)> = Vec::new();
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT coalesce(json_extract(detail, '$.reason'), 'unknown'), count(*) FROM events
+             WHERE automation_id = ?1 AND kind = 'message_suppressed'
+             GROUP BY 1 ORDER BY 2 DESC, 1",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (reason, n) = row?;
+            suppressed.push((reason, n as u64));
+        }
+    }
+
     // 3. Exits by reason.
     let mut reasons: Vec<(String, u64)> = Vec::new();
     {
@@ -575,6 +594,26 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         definition: "Contacts who left before reaching an End: an Unenrollment toggle (Goal met, Email reply, SMS opt-out), a global opt-out, the automation being deleted, or an error.".into(),
     };
 
+    let suppressed_total: u64 = suppressed.iter().map(|(_, n)| n).sum();
+    let suppressions = Exits {
+        total: suppressed_total,
+        total_display: fmt_count(suppressed_total),
+        reasons: suppressed
+            .into_iter()
+            .map(|(reason, count)| {
+                let share = rate(count, suppressed_total);
+                ExitReason {
+                    reason: Label::new(&reason, &humanize(&reason)),
+                    count,
+                    count_display: fmt_count(count),
+                    share,
+                    share_display: fmt_rate(share),
+                }
+            })
+            .collect(),
+        definition: "Messages a step did not send because consent or compliance forbade it (no recorded consent, unsubscribed, undeliverable address, no unsubscribe link or postal address), recorded with the reason.".into(),
+    };
+
     Ok(PerformanceView {
         automation_id: rec.id.clone(),
         header: header(Some(&rec), false),
@@ -592,6 +631,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         },
         time_in_flow,
         exits,
+        suppressions,
     })
 }
 

@@ -24,11 +24,12 @@ use serde_json::{Value, json};
 use super::builder::FieldOption;
 use super::{Action, ActionStyle, Ctx};
 use crate::error::{Error, Result};
+use crate::messaging::smtp::{MAX_TIMEOUT_SECONDS, SmtpSecurity, SmtpSettings};
 use crate::schedule::{RunWindow, Weekday};
 use crate::settings::{
-    FieldError, MAX_CONSENT_FOOTER, MAX_EMAIL_ADDRESS, MAX_EMAIL_FOOTER, MAX_FROM_NAME,
-    MAX_KEYWORD_CHARS, MAX_KEYWORDS, MAX_MODULE_NAME, MAX_POSTAL_ADDRESS, MAX_PRACTICE_NAME,
-    MAX_TRACKING_URL, Settings,
+    EmailDelivery, FieldError, MAX_CONSENT_FOOTER, MAX_EMAIL_ADDRESS, MAX_EMAIL_FOOTER,
+    MAX_FROM_NAME, MAX_KEYWORD_CHARS, MAX_KEYWORDS, MAX_MODULE_NAME, MAX_POSTAL_ADDRESS,
+    MAX_PRACTICE_NAME, MAX_TRACKING_URL, Settings,
 };
 
 /// Parameters of `settings`: none (send `null` or `{}`).
@@ -108,6 +109,8 @@ pub enum SettingsFieldKind {
     TimeZone,
     /// A local time `"HH:MM"`.
     Time,
+    /// A secret; the stored value is never shown (the value is null).
+    Password,
     /// A list of SMS keywords (tags input); the value is an array of strings.
     Keywords,
     /// The seven weekday rows of a run window: an array of
@@ -260,6 +263,100 @@ fn opt_num(value: Option<u32>) -> Value {
 
 fn to_value<T: Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Internal(format!("settings view: {e}")))
+}
+
+/// The `email_delivery` fields: the mode, then the SMTP relay's fields
+/// (shown only in SMTP mode; null while the mode is `host`).
+fn delivery_fields(delivery: &EmailDelivery) -> Result<Vec<SettingsField>> {
+    use SettingsFieldKind as K;
+    let smtp: Option<&SmtpSettings> = match delivery {
+        EmailDelivery::Smtp { smtp } => Some(smtp),
+        EmailDelivery::Host => None,
+    };
+    let mode = SettingsField::new(
+        "email_delivery.mode",
+        "Email delivery",
+        K::Select,
+        json!(if smtp.is_some() { "smtp" } else { "host" }),
+    )
+    .required()
+    .options(vec![
+        opt(json!("host"), "Through PracticeEHR"),
+        opt(json!("smtp"), "Through an SMTP relay"),
+    ])
+    .help("How emails leave the CRM: handed to PracticeEHR, or sent directly through your email provider's SMTP relay.");
+    let or_null = |f: &dyn Fn(&SmtpSettings) -> Value| smtp.map(f).unwrap_or(Value::Null);
+    let security = match smtp {
+        Some(s) => to_value(&s.security)?,
+        None => Value::Null,
+    };
+    let mut fields = vec![
+        SettingsField::new(
+            "email_delivery.smtp.host",
+            "SMTP host",
+            K::Text,
+            or_null(&|s| text(&s.host)),
+        )
+        .required()
+        .placeholder("smtp.provider.example")
+        .help("Host name or IP address of the relay, without the port."),
+        SettingsField::new(
+            "email_delivery.smtp.port",
+            "SMTP port",
+            K::Number,
+            or_null(&|s| json!(s.port)),
+        )
+        .required()
+        .range(1, 65535)
+        .placeholder("587")
+        .help("Usually 587 (STARTTLS) or 465 (TLS)."),
+        SettingsField::new(
+            "email_delivery.smtp.security",
+            "Connection security",
+            K::Select,
+            security,
+        )
+        .options(vec![
+            opt(to_value(&SmtpSecurity::Starttls)?, "STARTTLS"),
+            opt(to_value(&SmtpSecurity::Tls)?, "TLS"),
+            opt(
+                to_value(&SmtpSecurity::None)?,
+                "None (trusted local relay only)",
+            ),
+        ])
+        .help("STARTTLS or TLS verify the relay's certificate. None sends in plain text."),
+        SettingsField::new(
+            "email_delivery.smtp.username",
+            "SMTP username",
+            K::Text,
+            smtp.map(|s| opt_text(&s.username)).unwrap_or(Value::Null),
+        )
+        .help("Leave empty when the relay needs no login."),
+        SettingsField::new(
+            "email_delivery.smtp.password",
+            "SMTP password",
+            K::Password,
+            Value::Null,
+        )
+        .help("Required with a username. The stored password is never shown."),
+        SettingsField::new(
+            "email_delivery.smtp.timeout_seconds",
+            "Timeout (seconds)",
+            K::Number,
+            or_null(&|s| json!(s.timeout_seconds)),
+        )
+        .range(1, i64::from(MAX_TIMEOUT_SECONDS))
+        .placeholder("30")
+        .help("How long to wait for the relay before trying again later."),
+    ];
+    for f in &mut fields {
+        f.visible_when = Some(VisibleWhen {
+            field: "email_delivery.mode".into(),
+            equals: json!("smtp"),
+        });
+    }
+    fields.insert(0, mode);
+    Ok(fields)
 }
 
 /// The stored settings document (the module's current settings when none is stored yet).
@@ -474,7 +571,10 @@ fn sections(doc: &Settings) -> Result<Vec<SettingsSection>> {
             .max_len(MAX_EMAIL_ADDRESS)
             .placeholder("frontdesk@practice.example")
             .help("Where replies go. Leave empty to receive replies at the from address."),
-        ],
+        ]
+        .into_iter()
+        .chain(delivery_fields(&doc.email_delivery)?)
+        .collect(),
         None,
     );
 
@@ -807,6 +907,13 @@ mod tests {
             "email_sender.from_name",
             "email_sender.from_address",
             "email_sender.reply_to",
+            "email_delivery.mode",
+            "email_delivery.smtp.host",
+            "email_delivery.smtp.port",
+            "email_delivery.smtp.security",
+            "email_delivery.smtp.username",
+            "email_delivery.smtp.password",
+            "email_delivery.smtp.timeout_seconds",
         ],
         &["email_footer.postal_address", "email_footer.text"],
         &["limits.email_per_hour", "limits.email_per_day"],
@@ -916,6 +1023,12 @@ mod tests {
             assert!(f["label"].as_str().is_some_and(|l| !l.is_empty()), "{id}");
             assert!(f["help"].is_string(), "{id} has no help");
             // Every id is a path into the document, and the value is the stored one.
+            if id.starts_with("email_delivery.smtp.") {
+                // Host mode: the relay's fields are empty (and hidden).
+                assert!(f["value"].is_null(), "{id}");
+                assert_eq!(f["visible_when"]["field"], "email_delivery.mode", "{id}");
+                continue;
+            }
             let stored = at(&doc, id).unwrap_or_else(|| panic!("{id} is not a settings path"));
             if id == "default_run_window.days" {
                 assert_eq!(f["value"].as_array().unwrap().len(), 7);
@@ -1046,6 +1159,47 @@ mod tests {
             .filter(|f| !f["error"].is_null())
             .count();
         assert_eq!(with_error, expected.len());
+    }
+
+    #[test]
+    fn shows_smtp_delivery_without_the_password() {
+        let db = Db::new();
+        let mut doc = Settings {
+            time_zone: "UTC".into(),
+            ..Settings::default()
+        };
+        doc.email_delivery = crate::settings::EmailDelivery::Smtp {
+            smtp: crate::messaging::smtp::SmtpSettings {
+                host: "smtp.example".into(),
+                port: 0,
+                security: crate::messaging::smtp::SmtpSecurity::Tls,
+                username: Some("relay-user".into()),
+                password: Some("hunter2-secret".into()),
+                timeout_seconds: 30,
+            },
+        };
+        store(&db, &doc);
+        let v = db.query("settings", json!({})).unwrap();
+        assert!(!v.to_string().contains("hunter2-secret"));
+        assert_eq!(field(&v, "email_delivery.mode")["value"], "smtp");
+        assert_eq!(
+            field(&v, "email_delivery.smtp.host")["value"],
+            "smtp.example"
+        );
+        assert_eq!(field(&v, "email_delivery.smtp.security")["value"], "tls");
+        assert_eq!(
+            field(&v, "email_delivery.smtp.username")["value"],
+            "relay-user"
+        );
+        let password = field(&v, "email_delivery.smtp.password");
+        assert_eq!(password["kind"], "password");
+        assert!(password["value"].is_null());
+        assert_eq!(v["valid"], false);
+        assert!(
+            field(&v, "email_delivery.smtp.port")["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("1 to 65535"))
+        );
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! Sending limits per channel (SPEC §6): at most N messages handed over per
+//! rolling hour and per rolling day. Excess never drops: it stays in the
+//! outbox, in order, and goes out when the window frees a slot. The count
+//! comes from the outbox itself, so limits hold across a restart.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use crate::clock::{DAY, HOUR, Millis};
+use crate::error::Result;
+use crate::settings::SendingLimits;
+
+/// The channels that have limits set, with how many more messages may go now.
+pub fn remaining(
+    conn: &rusqlite::Connection,
+    limits: &SendingLimits,
+    now: Millis,
+    in_flight: &HashMap<String, i64>,
+) -> Result<HashMap<&'static str, i64>> {
+    let mut out = HashMap::new();
+    for (channel, per_hour, per_day) in [
+        ("email", limits.email_per_hour, limits.email_per_day),
+        ("sms", limits.sms_per_hour, limits.sms_per_day),
+    ] {
+        if per_hour.is_none() && per_day.is_none() {
+            continue;
+        }
+        let flying = in_flight.get(channel).copied().unwrap_or(0);
+        let mut left = i64::MAX;
+        for (limit, window) in [(per_hour, HOUR), (per_day, DAY)] {
+            let Some(limit) = limit else { continue };
+            left =
+                left.min(limit as i64 - handed_over_since(conn, channel, now - window)? - flying);
+        }
+        out.insert(channel, left.max(0));
+    }
+    Ok(out)
+}
+
+/// Messages of a channel handed to the sender after `since`.
+fn handed_over_since(conn: &rusqlite::Connection, channel: &str, since: Millis) -> Result<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM outbox WHERE kind = 'message' AND channel = ?1 AND attempts > 0 AND updated_at > ?2",
+        )?
+        .query_row(params![channel, since], |r| r.get(0))?)
+}

@@ -1,0 +1,243 @@
+//! Email delivery through the built-in SMTP sender, end to end: a [`Module`]
+//! with `email_delivery: {"mode": "smtp"}` sends its email messages to a real
+//! SMTP server (`tests/smtp_server.py`, Python's aiosmtpd) while the host
+//! still gets the other effects.
+//!
+//! Requirements: `python3` with the `aiosmtpd` package (`tests/run.sh`
+//! installs it). Without them the test fails saying so.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crm_integration_tests as support;
+use crm_module::{Delivery, EffectKind, Host, HostAnswer, Module};
+use serde_json::{Value, json};
+
+/// A running `tests/smtp_server.py` on 127.0.0.1; killed when dropped.
+struct SmtpServer {
+    child: Child,
+    /// Kept open: the server exits when it is closed.
+    _stdin: Option<ChildStdin>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    fn start() -> SmtpServer {
+        let python = support::on_path("python3").expect(
+            "python3 is not on PATH: the delivery tests need python3 with aiosmtpd \
+             (tests/run.sh installs it)",
+        );
+        let out = Command::new(&python)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "the Python package aiosmtpd is missing: run `pip install aiosmtpd`\n{}",
+            support::describe(&out)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
+        let mut child = Command::new(python)
+            .arg(support::workspace_root().join("tests/smtp_server.py"))
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--out")
+            .arg(dir.path().join("mail"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tests/smtp_server.py");
+        let stdin = child.stdin.take();
+        let mut server = SmtpServer {
+            child,
+            _stdin: stdin,
+            port,
+            dir,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().expect("try_wait") {
+                panic!("tests/smtp_server.py exited ({status}):\n{}", server.log());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no SMTP server on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The JSON summaries of the messages received so far, in order.
+    fn received(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records what the host is asked to deliver.
+#[derive(Default)]
+struct Collect {
+    got: Mutex<Vec<(EffectKind, Value)>>,
+}
+
+impl Host for Collect {
+    fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        self.got
+            .lock()
+            .unwrap()
+            .push((d.kind, serde_json::from_str(d.payload).unwrap()));
+        (HostAnswer::Accepted, None)
+    }
+}
+
+fn contact(id: &str, email: &str) -> String {
+    json!({"event_id": format!("e-{id}"), "type": "contact.upserted", "occurred_at": "2026-01-05T14:00:00Z",
+           "contact": {"id": id, "first_name": "Pat", "email": email, "email_subscription": "subscribed",
+                       "lead_source": "website_form"}})
+    .to_string()
+}
+
+/// The header's value in a server summary.
+fn header<'a>(summary: &'a Value, name: &str) -> Option<&'a str> {
+    summary["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str())
+}
+
+#[test]
+fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
+    let server = SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
+        "initial_settings": {
+            "practice_name": "Riverside Family Practice",
+            "time_zone": "America/New_York",
+            "email_sender": {"from_name": "Riverside", "from_address": "news@riverside.example"},
+            "email_footer": {"postal_address": "12 River Road, Boston, MA 02118",
+                             "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"},
+            "tracking": {"base_url": "https://t.riverside.example"},
+            "email_delivery": {"mode": "smtp", "smtp": {
+                "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10}}
+        }
+    });
+    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": "News from {{practice}}", "body": "<p>Hi {{firstname}}</p>"},
+            {"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 5}
+        ]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    m.push(&contact("p1", "pat@patients.example")).unwrap();
+    m.push(&contact("p2", "reject550@patients.example"))
+        .unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+
+    // The relay got exactly the accepted message, with the module's envelope.
+    let received = server.received();
+    assert_eq!(received.len(), 1, "{received:?}\n{}", server.log());
+    let mail = &received[0];
+    assert_eq!(mail["mail_from"], "news@riverside.example");
+    assert_eq!(mail["rcpt_tos"], json!(["pat@patients.example"]));
+    assert_eq!(header(mail, "To"), Some("pat@patients.example"));
+    assert_eq!(
+        header(mail, "Subject"),
+        Some("News from Riverside Family Practice")
+    );
+
+    let conn = crm_module::store::open(
+        &dir.path().join("practice.db"),
+        crm_module::store::Access::Read,
+    )
+    .unwrap();
+    let row = |contact: &str| -> (String, String, String) {
+        conn.query_row(
+            "SELECT idempotency_key, status, payload FROM outbox WHERE kind = 'message' AND contact_id = ?1",
+            [contact],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    let (key, status, payload) = row("p1");
+    assert_eq!(status, "accepted");
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    let message_id = header(mail, "Message-ID").unwrap();
+    assert_eq!(message_id, payload["rendered"]["message_id"]);
+    let local: String = key
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.') {
+                char::from(b).to_string()
+            } else {
+                format!("={b:02X}")
+            }
+        })
+        .collect();
+    assert_eq!(message_id, format!("<{local}@riverside.example>"));
+
+    // 550 at RCPT: failed for good, with a message_failed event.
+    let (_, status, _) = row("p2");
+    assert_eq!(status, "failed");
+    let failed: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE kind = 'message_failed' AND contact_id = 'p2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed, 1);
+
+    // The host never saw an email, but got both tasks.
+    let got = host.got.lock().unwrap();
+    assert!(
+        got.iter()
+            .all(|(k, p)| !(*k == EffectKind::Message && p["channel"] == "email")),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|(k, _)| *k == EffectKind::Task).count(),
+        2
+    );
+}
