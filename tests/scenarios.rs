@@ -311,6 +311,15 @@ fn tracking_hits_open_click_and_unsubscribe() {
         .query_row("SELECT reason FROM subscription_audit WHERE contact_id = 'p1' AND new_value = 'unsubscribed'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(reason, "unsubscribe_link");
+    let perf = m
+        .view("automation_performance", r#"{"automation_id": "news"}"#)
+        .unwrap();
+    let email = &perf["channel_breakdown"][0];
+    assert_eq!(
+        (email["channel"]["id"].as_str(), email["opt_outs"].as_u64()),
+        (Some("email"), Some(1))
+    );
+    assert_eq!(email["send_attempts"], 1);
 }
 
 #[test]

@@ -128,6 +128,22 @@ pub struct ChannelRow {
     pub failed: u64,
     /// Not sent because the contact is unsubscribed.
     pub suppressed: u64,
+    /// Send attempts: hand-overs the sender accepted plus those that failed at or before the hand-over.
+    pub send_attempts: u64,
+    /// Bounced (hard + soft) ÷ send attempts × 100.
+    pub bounce_rate: Option<f64>,
+    /// Formatted.
+    pub bounce_rate_display: String,
+    /// Internal failures (sender refusals, render failures, channel errors) ÷ send attempts × 100; bounces excluded.
+    pub error_rate: Option<f64>,
+    /// Formatted.
+    pub error_rate_display: String,
+    /// Unsubscribes by link and STOP replies to these messages.
+    pub opt_outs: u64,
+    /// Opt-outs ÷ delivered × 100.
+    pub opt_out_rate: Option<f64>,
+    /// Formatted.
+    pub opt_out_rate_display: String,
     /// Delivered ÷ send attempts × 100.
     pub delivery_rate: Option<f64>,
     /// Formatted delivery rate.
@@ -292,6 +308,9 @@ struct ChannelCounts {
     bounced: u64,
     failed: u64,
     suppressed: u64,
+    /// Failures before or at the hand-over (the sender refused, the message could not be composed).
+    failed_before_handover: u64,
+    opt_outs: u64,
 }
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
@@ -378,6 +397,45 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 "message_failed" => c.failed += n,
                 "message_suppressed" => c.suppressed += n,
                 _ => {}
+            }
+        }
+    }
+    // Send attempts and opt-outs per channel, for the SPEC §5 rates.
+    {
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT channel, count(*) FROM events
+             WHERE automation_id = ?1 AND kind = 'message_failed'
+               AND coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'compose')
+             GROUP BY channel",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (channel, n) = row?;
+            if let Some((_, c)) = channels
+                .iter_mut()
+                .find(|(ch, _)| Some(ch) == channel.as_ref())
+            {
+                c.failed_before_handover += n as u64;
+            }
+        }
+        let mut stmt = ctx.conn.prepare_cached(
+            "SELECT o.channel, count(*) FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
+             WHERE o.automation_id = ?1 AND (e.kind = 'sms_opt_out'
+               OR (e.kind = 'subscription_changed' AND json_extract(e.detail, '$.reason') = 'unsubscribe_link'))
+             GROUP BY o.channel",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (channel, n) = row?;
+            if let Some((_, c)) = channels
+                .iter_mut()
+                .find(|(ch, _)| Some(ch) == channel.as_ref())
+            {
+                c.opt_outs += n as u64;
             }
         }
     }
@@ -557,8 +615,24 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let channel_breakdown = channels
         .into_iter()
         .map(|(ch, c)| {
-            let delivery = rate(c.delivered, c.queued);
+            // Send attempts: every hand-over the sender accepted, plus the ones
+            // that failed at or before it (SPEC §5).
+            let attempts = c.sent + c.failed_before_handover;
+            let delivery = rate(c.delivered, attempts);
+            let (bounce, error, opt_out) = (
+                rate(c.bounced, attempts),
+                rate(c.failed, attempts),
+                rate(c.opt_outs, c.delivered),
+            );
             ChannelRow {
+                send_attempts: attempts,
+                bounce_rate: bounce,
+                bounce_rate_display: fmt_rate(bounce),
+                error_rate: error,
+                error_rate_display: fmt_rate(error),
+                opt_outs: c.opt_outs,
+                opt_out_rate: opt_out,
+                opt_out_rate_display: fmt_rate(opt_out),
                 channel: Label::new(&ch, &channel_label(&ch)),
                 queued: c.queued,
                 sent: c.sent,
@@ -1087,6 +1161,15 @@ mod tests {
                 [],
             )
             .unwrap();
+        // Every queued email was handed over; 7 bounced.
+        db.events("a1", "message_sent", Some("s1"), 342, at, None);
+        db.events("a1", "message_bounced", Some("s1"), 7, at, None);
+        db.conn
+            .execute(
+                "UPDATE events SET channel = 'email' WHERE kind IN ('message_sent', 'message_bounced')",
+                [],
+            )
+            .unwrap();
         // Enrollments for time in flow: 1, 2 and 4 days; one still active.
         for (i, (days, state)) in [
             (1, "completed"),
@@ -1204,6 +1287,9 @@ mod tests {
         assert_eq!(v["goal_funnel"][2]["share_display"], "18.1%");
         assert_eq!(v["channel_breakdown"][0]["channel"]["label"], "Email");
         assert_eq!(v["channel_breakdown"][0]["delivery_rate_display"], "87.7%");
+        assert_eq!(v["channel_breakdown"][0]["send_attempts"], 342);
+        assert_eq!(v["channel_breakdown"][0]["bounce_rate_display"], "2%");
+        assert_eq!(v["channel_breakdown"][0]["error_rate_display"], "0%");
         assert_eq!(v["tabs"][2]["selected"], true);
         assert_eq!(v["header"]["title"], "New lead welcome series");
     }
