@@ -6,108 +6,13 @@
 //! Requirements: `python3` with the `aiosmtpd` package (`tests/run.sh`
 //! installs it). Without them the test fails saying so.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crm_integration_tests as support;
 use crm_module::{Delivery, EffectKind, Host, HostAnswer, Module};
 use serde_json::{Value, json};
-
-/// A running `tests/smtp_server.py` on 127.0.0.1; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    /// Kept open: the server exits when it is closed.
-    _stdin: Option<ChildStdin>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    fn start() -> SmtpServer {
-        let python = support::on_path("python3").expect(
-            "python3 is not on PATH: the delivery tests need python3 with aiosmtpd \
-             (tests/run.sh installs it)",
-        );
-        let out = Command::new(&python)
-            .args(["-c", "import aiosmtpd"])
-            .output()
-            .expect("run python3");
-        assert!(
-            out.status.success(),
-            "the Python package aiosmtpd is missing: run `pip install aiosmtpd`\n{}",
-            support::describe(&out)
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
-        let mut child = Command::new(python)
-            .arg(support::workspace_root().join("tests/smtp_server.py"))
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--out")
-            .arg(dir.path().join("mail"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tests/smtp_server.py");
-        let stdin = child.stdin.take();
-        let mut server = SmtpServer {
-            child,
-            _stdin: stdin,
-            port,
-            dir,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!("tests/smtp_server.py exited ({status}):\n{}", server.log());
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no SMTP server on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// The JSON summaries of the messages received so far, in order.
-    fn received(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::SmtpServer;
 
 /// Records what the host is asked to deliver.
 #[derive(Default)]
@@ -143,7 +48,7 @@ fn header<'a>(summary: &'a Value, name: &str) -> Option<&'a str> {
 
 #[test]
 fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
-    let server = SmtpServer::start();
+    let server = SmtpServer::start(None);
     let dir = tempfile::tempdir().unwrap();
     let config = json!({
         "clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},

@@ -11,174 +11,18 @@
 //! a message saying so: they are never skipped silently.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crm_integration_tests as support;
 use crm_module::messaging::email::{ComposedEmail, EmailParts, SenderIdentity, compose};
 use crm_module::messaging::smtp::{SmtpOutcome, SmtpSecurity, SmtpSender, SmtpSettings};
 use crm_module::messaging::template::render;
 use serde_json::Value;
+use support::SmtpServer;
 
 /// Username and password the server accepts (`--auth`).
 const AUTH_USER: &str = "crm-relay";
 const AUTH_PASSWORD: &str = "s3cret-Pässword";
-
-/// The Python interpreter, or a failure explaining what is missing.
-fn python() -> PathBuf {
-    let Some(python) = support::on_path("python3") else {
-        panic!(
-            "python3 is not on PATH: the SMTP tests need python3 with the aiosmtpd package \
-             (tests/run.sh installs aiosmtpd with pip)"
-        );
-    };
-    let out = Command::new(&python)
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "the Python package aiosmtpd is missing: run `pip install aiosmtpd` \
-         (tests/run.sh does)\n{}",
-        support::describe(&out)
-    );
-    python
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// A running `tests/smtp_server.py`; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    /// Kept open: the server exits when it is closed (e.g. this process dies).
-    _stdin: Option<ChildStdin>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    fn start(auth: bool) -> SmtpServer {
-        let python = python();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
-        let mut cmd = Command::new(python);
-        cmd.arg(support::workspace_root().join("tests/smtp_server.py"))
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--out")
-            .arg(dir.path().join("mail"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if auth {
-            cmd.arg("--auth")
-                .arg(format!("{AUTH_USER}:{AUTH_PASSWORD}"));
-        }
-        let mut child = cmd.spawn().expect("spawn tests/smtp_server.py");
-        let stdin = child.stdin.take();
-        let mut server = SmtpServer {
-            child,
-            _stdin: stdin,
-            port,
-            dir,
-        };
-        server.wait_until_listening();
-        server
-    }
-
-    /// Polls a TCP connect for at most 10 s; fails early if the server died.
-    fn wait_until_listening(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "tests/smtp_server.py exited ({status}) before listening:\n{}",
-                    self.log()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tests/smtp_server.py did not listen on {addr} within 10 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn settings(&self) -> SmtpSettings {
-        SmtpSettings {
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
-            security: SmtpSecurity::None,
-            username: None,
-            password: None,
-            timeout_seconds: 10,
-        }
-    }
-
-    /// The JSON summaries of the messages received so far, in order.
-    fn received(&self) -> Vec<Value> {
-        self.received_files("json")
-            .iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(path).expect("read summary");
-                serde_json::from_str(&text).expect("summary is JSON")
-            })
-            .collect()
-    }
-
-    /// The raw messages received so far, in order.
-    fn received_raw(&self) -> Vec<Vec<u8>> {
-        self.received_files("eml")
-            .iter()
-            .map(|path| {
-                let mut bytes = Vec::new();
-                std::fs::File::open(path)
-                    .and_then(|mut f| f.read_to_end(&mut bytes))
-                    .expect("read raw message");
-                bytes
-            })
-            .collect()
-    }
-
-    fn received_files(&self, ext: &str) -> Vec<PathBuf> {
-        let mail = self.dir.path().join("mail");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&mail)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == ext))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn sender() -> SenderIdentity {
     SenderIdentity {
@@ -296,7 +140,7 @@ fn assert_accepted(outcome: &SmtpOutcome) -> String {
 
 #[test]
 fn marketing_email_arrives_intact() {
-    let server = SmtpServer::start(false);
+    let server = SmtpServer::start(None);
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
     let email = marketing_email("juergen.weiss@example.org", "out_7:step-1");
 
@@ -436,7 +280,7 @@ fn marketing_email_arrives_intact() {
 
 #[test]
 fn pooled_connection_sends_several_messages() {
-    let server = SmtpServer::start(false);
+    let server = SmtpServer::start(None);
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
     for i in 1..=3 {
         let email = marketing_email(&format!("patient{i}@example.org"), &format!("out_{i}"));
@@ -456,7 +300,7 @@ fn pooled_connection_sends_several_messages() {
 
 #[test]
 fn refusals_map_to_failed_and_retry_later() {
-    let server = SmtpServer::start(false);
+    let server = SmtpServer::start(None);
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
 
     // 550 at RCPT: permanent
@@ -492,7 +336,7 @@ fn relay_not_listening_is_retry_later() {
     // No server needed: a port nobody listens on.
     let settings = SmtpSettings {
         host: "127.0.0.1".to_owned(),
-        port: free_port(),
+        port: support::free_port(),
         security: SmtpSecurity::None,
         username: None,
         password: None,
@@ -509,7 +353,7 @@ fn relay_not_listening_is_retry_later() {
 
 #[test]
 fn relay_login() {
-    let server = SmtpServer::start(true);
+    let server = SmtpServer::start(Some(&format!("{AUTH_USER}:{AUTH_PASSWORD}")));
     let good = SmtpSettings {
         username: Some(AUTH_USER.to_owned()),
         password: Some(AUTH_PASSWORD.to_owned()),

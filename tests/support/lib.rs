@@ -202,3 +202,172 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
 }
+
+// ---- a real SMTP server for the sender tests -------------------------------
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, Instant};
+
+use crm_module::messaging::smtp::{SmtpSecurity, SmtpSettings};
+use serde_json::Value;
+use std::io::Read as _;
+
+/// python3 with the aiosmtpd package, or a clear failure saying how to get it.
+pub fn python() -> PathBuf {
+    let Some(python) = on_path("python3") else {
+        panic!(
+            "python3 is not on PATH: the SMTP tests need python3 with the aiosmtpd package \
+             (tests/run.sh installs aiosmtpd with pip)"
+        );
+    };
+    let out = Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the Python package aiosmtpd is missing: run `pip install aiosmtpd` \
+         (tests/run.sh does)\n{}",
+        describe(&out)
+    );
+    python
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A running `tests/smtp_server.py`; killed when dropped.
+pub struct SmtpServer {
+    child: Child,
+    /// Kept open: the server exits when it is closed (e.g. this process dies).
+    _stdin: Option<ChildStdin>,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    /// Starts `tests/smtp_server.py` on a free port; `auth` is `USER:PASS` to require a login.
+    pub fn start(auth: Option<&str>) -> SmtpServer {
+        let python = python();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
+        let mut cmd = Command::new(python);
+        cmd.arg(workspace_root().join("tests/smtp_server.py"))
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--out")
+            .arg(dir.path().join("mail"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(auth) = auth {
+            cmd.arg("--auth").arg(auth);
+        }
+        let mut child = cmd.spawn().expect("spawn tests/smtp_server.py");
+        let stdin = child.stdin.take();
+        let mut server = SmtpServer {
+            child,
+            _stdin: stdin,
+            port,
+            dir,
+        };
+        server.wait_until_listening();
+        server
+    }
+
+    /// Polls a TCP connect for at most 10 s; fails early if the server died.
+    fn wait_until_listening(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "tests/smtp_server.py exited ({status}) before listening:\n{}",
+                    self.log()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tests/smtp_server.py did not listen on {addr} within 10 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// See the test server's output.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// See the test server's output.
+    pub fn settings(&self) -> SmtpSettings {
+        SmtpSettings {
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+            security: SmtpSecurity::None,
+            username: None,
+            password: None,
+            timeout_seconds: 10,
+        }
+    }
+
+    /// The JSON summaries of the messages received so far, in order.
+    /// See the test server's output.
+    pub fn received(&self) -> Vec<Value> {
+        self.received_files("json")
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).expect("read summary");
+                serde_json::from_str(&text).expect("summary is JSON")
+            })
+            .collect()
+    }
+
+    /// The raw messages received so far, in order.
+    /// See the test server's output.
+    pub fn received_raw(&self) -> Vec<Vec<u8>> {
+        self.received_files("eml")
+            .iter()
+            .map(|path| {
+                let mut bytes = Vec::new();
+                std::fs::File::open(path)
+                    .and_then(|mut f| f.read_to_end(&mut bytes))
+                    .expect("read raw message");
+                bytes
+            })
+            .collect()
+    }
+
+    /// See the test server's output.
+    pub fn received_files(&self, ext: &str) -> Vec<PathBuf> {
+        let mail = self.dir.path().join("mail");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&mail)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == ext))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
