@@ -732,6 +732,11 @@ impl Settings {
                 "sms.send_until",
                 Err(format!("must be later than sms.send_from ({from})")),
             );
+        } else if from.minutes < 8 * 60 {
+            // The quiet hours may only be made stricter than 08:00-21:00.
+            check("sms.send_from", Err("may not be earlier than 08:00".into()));
+        } else if until.minutes > 21 * 60 {
+            check("sms.send_until", Err("may not be later than 21:00".into()));
         }
 
         // Email delivery.
@@ -1299,13 +1304,27 @@ mod tests {
             "sms.send_from",
             "00:00 and 23:59",
         );
-        assert!(
-            with(|s| {
+        only_error(
+            &with(|s| {
                 s.sms.send_from = LocalTime::MIDNIGHT;
                 s.sms.send_until = LocalTime::END_OF_DAY;
+            }),
+            "sms.send_from",
+            "earlier than 08:00",
+        );
+        only_error(
+            &with(|s| s.sms.send_until = hhmm(22, 0)),
+            "sms.send_until",
+            "later than 21:00",
+        );
+        assert!(
+            with(|s| {
+                s.sms.send_from = hhmm(9, 0);
+                s.sms.send_until = hhmm(20, 0);
             })
             .validate_all()
-            .is_empty()
+            .is_empty(),
+            "stricter hours are fine"
         );
 
         only_error(

@@ -1244,3 +1244,33 @@ fn hard_bounce_sends_the_sms_fallback_once() {
         .unwrap();
     assert_eq!(s.messages_to("c2").len(), 1);
 }
+
+#[test]
+fn builder_sms_panel_shows_characters_segments_and_credits() {
+    let mut s = Sim::new();
+    let text = "€".repeat(81); // 81 × 2 septets = 162 > 160: two segments of GSM-7
+    let a = s.automation(json!({"name": "Long SMS", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "sms", "type": "send_sms", "message": text}]}));
+    let v = crate::views::query(
+        &s.conn,
+        &s.settings,
+        "automation_builder",
+        &json!({"automation_id": a, "selected_node": "sms"}),
+        s.now,
+    )
+    .unwrap();
+    let fields = v["build"]["config_panel"]["fields"].as_array().unwrap();
+    let counter = fields
+        .iter()
+        .find(|f| f["id"] == "sms_counter")
+        .expect("counter field");
+    assert_eq!(counter["kind"], "sms_counter");
+    assert_eq!(
+        (
+            counter["value"]["encoding"].as_str(),
+            counter["value"]["segments"].as_u64()
+        ),
+        (Some("gsm7"), Some(2))
+    );
+    assert_eq!(counter["value"]["credits"], 2);
+}

@@ -343,6 +343,8 @@ pub enum FieldKind {
     StaffPicker,
     /// An If/then condition builder; `options` are the subjects it can test.
     Condition,
+    /// Read-only SMS counter: encoding, characters, segments and credits of the text.
+    SmsCounter,
 }
 
 /// A form field.
@@ -1744,6 +1746,15 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                 Field::new("sender_number", "Sender number", FieldKind::Text, any_or(sender_number))
                     .placeholder("Module default number"),
             ]);
+            let mut counter = Field::new(
+                "sms_counter",
+                "Characters · segments · credits",
+                FieldKind::SmsCounter,
+                to_value(&crate::messaging::sms::measure(message)),
+            )
+            .help("Counted by the GSM-7 / UCS-2 rules as written; placeholders change the count per contact, and the first message of a thread adds the consent footer.");
+            counter.disabled = true;
+            fields.push(counter);
             fields.extend(consent_fields(*category, *bypass_preferences));
             let fb = |v: Option<&String>| v.map(|t| json!(t)).unwrap_or(Value::Null);
             fields.extend([
