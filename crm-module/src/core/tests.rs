@@ -766,6 +766,24 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
         0,
         "keywords are not replies"
     );
+    // START brings the number back, audited as the contact's own action.
+    s.push(
+        json!({"event_id": "in-3", "type": "sms.received", "contact_id": "c1", "body": " start "}),
+    )
+    .unwrap();
+    let (sub, reason): (String, String) = s
+        .conn
+        .query_row(
+            "SELECT c.sms_subscription, a.reason FROM contacts c JOIN subscription_audit a ON a.contact_id = c.id
+             WHERE c.id = 'c1' ORDER BY a.id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (sub.as_str(), reason.as_str()),
+        ("subscribed", "start_reply")
+    );
 }
 
 #[test]
