@@ -646,11 +646,12 @@ fn queue_message(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or(to);
+    let vars = compose::variables(ctx, contact, "");
     let placeholders = json!({
-        "firstname": contact.text("first_name").unwrap_or(""),
-        "lastname": contact.text("last_name").unwrap_or(""),
-        "practice": ctx.settings.doc.practice_name,
-        "owner": compose::variables(ctx, contact, "").get("owner"),
+        "firstname": vars.get("firstname"),
+        "lastname": vars.get("lastname"),
+        "practice": vars.get("practice"),
+        "owner": vars.get("owner"),
     });
     let content = json!({
         "template_id": template_id, "subject": content.subject, "preheader": content.preheader,

@@ -162,23 +162,15 @@ fn render(
 }
 
 /// Numbers a message for tracking tokens (same transaction as its outbox row).
-fn number(
-    ctx: &Ctx<'_>,
-    key: &str,
-    contact_id: &str,
-    channel: &str,
-    segments: Option<usize>,
-) -> Result<i64> {
-    ctx.conn
-        .prepare_cached(
-            "INSERT INTO messages (key, contact_id, channel, segments, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(key) DO UPDATE SET segments = excluded.segments",
-        )?
-        .execute(params![key, contact_id, channel, segments.map(|s| s as i64), ctx.now])?;
+fn number(ctx: &Ctx<'_>, key: &str, contact_id: &str, channel: &str) -> Result<i64> {
+    // One statement: insert, or (the same message composed again) keep the row; either way its id.
     Ok(ctx
         .conn
-        .prepare_cached("SELECT id FROM messages WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))?)
+        .prepare_cached(
+            "INSERT INTO messages (key, contact_id, channel, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET key = excluded.key RETURNING id",
+        )?
+        .query_row(params![key, contact_id, channel, ctx.now], |r| r.get(0))?)
 }
 
 fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {
@@ -227,7 +219,7 @@ pub fn email(
     let tracking = &s.tracking;
     let ring = key_ring(ctx.conn)?;
     let base = tracking.base_url.as_deref().filter(|_| ring.is_some());
-    let message_id = number(ctx, key, &contact.id, "email", None)?;
+    let message_id = number(ctx, key, &contact.id, "email")?;
     let sign = |kind: TokenKind, link: u16| {
         ring.as_ref()
             .map(|r| r.sign(kind, message_id, link, ctx.now))
@@ -386,7 +378,7 @@ pub fn sms_message(
         text = format!("{} {}", text.trim_end(), s.sms.consent_footer.trim());
     }
     let ring = key_ring(ctx.conn)?;
-    let message_id = number(ctx, key, &contact.id, "sms", None)?;
+    let message_id = number(ctx, key, &contact.id, "sms")?;
     if let (Some(b), Some(r)) = (
         s.tracking
             .base_url
@@ -401,7 +393,9 @@ pub fn sms_message(
         store_links(ctx, message_id, &links)?;
     }
     let measure = sms::measure(&text);
-    number(ctx, key, &contact.id, "sms", Some(measure.segments))?;
+    ctx.conn
+        .prepare_cached("UPDATE messages SET segments = ?2 WHERE id = ?1")?
+        .execute(params![message_id, measure.segments as i64])?;
     let from = sender_number
         .map(str::to_string)
         .or_else(|| s.sms.sender_number.clone());

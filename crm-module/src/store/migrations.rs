@@ -259,6 +259,11 @@ CREATE TABLE message_links (
     PRIMARY KEY (message_id, idx)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // 5: the sending-limit count (messages handed over per channel since a time)
+    // runs on every dispatch round when limits are set: serve it from an index.
+    r#"
+CREATE INDEX outbox_handed_over ON outbox(channel, updated_at) WHERE kind = 'message' AND attempts > 0;
+"#,
 ];
 
 /// Brings the database to the newest schema.
