@@ -9,7 +9,9 @@
 # - cargo test for the whole workspace: unit tests, the core's behaviour
 #   tests, scenario tests through the worker, the SIGKILL crash test, the C
 #   header staleness check, the C ABI test program (C99, -Werror -pedantic),
-#   the header compiled as C++, and the C programs under valgrind memcheck.
+#   the header compiled as C++, the C programs under valgrind memcheck, and
+#   the WebAssembly plugins (built here from plugins/ for wasm32-wasip2) run
+#   by the module's wasmtime host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +30,15 @@ fi
 python3 -c "import aiosmtpd" 2>/dev/null || pip install --quiet aiosmtpd
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
+echo "== plugins (wasm32-wasip2)"
+# Adds the wasm32-wasip2 target with rustup when missing, builds every plugin
+# into plugins/dist, and runs the guest crates' own tests natively.
+bash plugins/build.sh
+cargo test --quiet --manifest-path plugins/Cargo.toml --workspace
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"

@@ -149,6 +149,85 @@ pub enum Command {
         /// The new settings.
         settings: Box<Settings>,
     },
+    /// Installs a WebAssembly plugin (a step plugin or a sender adapter),
+    /// or upgrades an installed one with `replace`. The component is
+    /// compiled, its contract version checked and its declaration validated
+    /// before anything is stored.
+    #[serde(rename = "plugin.install")]
+    PluginInstall {
+        /// Path of the `.wasm` component on the host's disk.
+        #[serde(default)]
+        path: Option<String>,
+        /// Or the component itself, base64.
+        #[serde(default)]
+        wasm_base64: Option<String>,
+        /// Origins a sender adapter may fetch (`https://api.provider.example`).
+        #[serde(default)]
+        grants: Vec<String>,
+        /// Limits of each call (defaults apply to fields left out).
+        #[serde(default)]
+        limits: crate::plugins::limits::Limits,
+        /// Plain settings the plugin reads (`config.get`).
+        #[serde(default)]
+        config: std::collections::BTreeMap<String, String>,
+        /// Secrets the plugin reads (`config.secret`); never shown back.
+        #[serde(default)]
+        secrets: std::collections::BTreeMap<String, String>,
+        /// Enabled once installed (default true).
+        #[serde(default = "default_true")]
+        enabled: bool,
+        /// Upgrade the installed plugin with the same id.
+        #[serde(default)]
+        replace: bool,
+        /// The compiled and described component (filled by the module).
+        #[serde(skip)]
+        #[schemars(skip)]
+        prepared: Option<Box<crate::plugins::Prepared>>,
+    },
+    /// Replaces what the practice grants an installed plugin; fields left
+    /// out keep their stored value.
+    #[serde(rename = "plugin.configure")]
+    PluginConfigure {
+        /// The plugin.
+        plugin_id: String,
+        /// Granted origins.
+        #[serde(default)]
+        grants: Option<Vec<String>>,
+        /// Limits.
+        #[serde(default)]
+        limits: Option<crate::plugins::limits::Limits>,
+        /// Plain settings.
+        #[serde(default)]
+        config: Option<std::collections::BTreeMap<String, String>>,
+        /// Secrets.
+        #[serde(default)]
+        secrets: Option<std::collections::BTreeMap<String, String>>,
+    },
+    /// Enables a plugin.
+    #[serde(rename = "plugin.enable")]
+    PluginEnable {
+        /// The plugin.
+        plugin_id: String,
+    },
+    /// Disables a plugin: its calls wait (retried with backoff).
+    #[serde(rename = "plugin.disable")]
+    PluginDisable {
+        /// The plugin.
+        plugin_id: String,
+    },
+    /// Removes a plugin no automation or setting uses.
+    #[serde(rename = "plugin.remove")]
+    PluginRemove {
+        /// The plugin.
+        plugin_id: String,
+    },
+    /// Lists the installed plugins with their figures (the `plugins` view).
+    #[serde(rename = "plugin.list")]
+    PluginList,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Command {
@@ -161,6 +240,18 @@ impl Command {
                 | Command::AutomationActivate { .. }
                 | Command::AutomationPause { .. }
                 | Command::AutomationDelete { .. }
+        )
+    }
+
+    /// True when the command changes installed plugins (the plugin host must reload).
+    pub fn touches_plugins(&self) -> bool {
+        matches!(
+            self,
+            Command::PluginInstall { .. }
+                | Command::PluginConfigure { .. }
+                | Command::PluginEnable { .. }
+                | Command::PluginDisable { .. }
+                | Command::PluginRemove { .. }
         )
     }
 }
@@ -413,6 +504,7 @@ fn prepare_definition(
     ctx: &Ctx<'_>,
     mut def: AutomationDefinition,
 ) -> Result<AutomationDefinition> {
+    crate::plugins::admin::check_custom_steps(ctx.conn, &mut def.steps)?;
     def.validate_and_assign_ids()
         .map_err(|e| e.at("definition"))?;
     check_message_steps(ctx, &def)?;
@@ -817,9 +909,55 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         Command::SettingsUpdate { settings } => {
             // Store the canonical form (trimmed, E.164 numbers).
             let doc = settings.validate()?.doc;
+            crate::plugins::admin::check_adapters(ctx.conn, &doc)?;
             crate::store::put_setting(ctx.conn, "settings", &to_json(&doc)?)?;
             Ok((to_json(&doc)?, None))
         }
+        Command::PluginInstall {
+            grants,
+            limits,
+            config,
+            secrets,
+            enabled,
+            replace,
+            prepared,
+            ..
+        } => {
+            let grants = crate::plugins::registry::Grants {
+                grants,
+                limits,
+                config,
+                secrets,
+            };
+            let v =
+                crate::plugins::admin::install(ctx, prepared.as_deref(), grants, enabled, replace)?;
+            Ok((v, None))
+        }
+        Command::PluginConfigure {
+            plugin_id,
+            grants,
+            limits,
+            config,
+            secrets,
+        } => Ok((
+            crate::plugins::admin::configure(ctx, &plugin_id, grants, limits, config, secrets)?,
+            None,
+        )),
+        Command::PluginEnable { plugin_id } => Ok((
+            crate::plugins::admin::set_enabled(ctx, &plugin_id, true)?,
+            None,
+        )),
+        Command::PluginDisable { plugin_id } => Ok((
+            crate::plugins::admin::set_enabled(ctx, &plugin_id, false)?,
+            None,
+        )),
+        Command::PluginRemove { plugin_id } => {
+            Ok((crate::plugins::admin::remove(ctx, &plugin_id)?, None))
+        }
+        Command::PluginList => Ok((
+            to_json(crate::views::plugins::build(ctx.conn, ctx.now)?)?,
+            None,
+        )),
     }
 }
 

@@ -66,7 +66,8 @@ pub trait Host: Send + Sync {
 pub type HostSlot = Arc<RwLock<Option<Arc<dyn Host>>>>;
 
 /// Something that delivers effects: the host's callbacks, the built-in SMTP
-/// sender, later plugins. Same contract as [`Host::deliver`].
+/// sender. Same contract as [`Host::deliver`]. (Sender adapter plugins run
+/// on the plugin pool: [`crate::plugins::pool`].)
 pub trait Sender: Send + Sync {
     /// Delivers one effect; the string is an optional reason (codes and ids
     /// only, no patient data).
@@ -167,17 +168,47 @@ impl SmtpCache {
 /// Runs the dispatcher loop until the job channel closes. Email messages go
 /// to the SMTP relay when `email_delivery` says so; everything else (and all
 /// email otherwise) goes to the host.
+///
+/// Custom steps, and messages whose channel has a sender adapter in
+/// settings, go to the plugin pool instead: plugin calls never hold up the
+/// host's deliveries.
 pub fn run_dispatcher(
     jobs: Receiver<DueEffect>,
     host: HostSlot,
     settings: Arc<RwLock<Resolved>>,
     worker: crossbeam_channel::Sender<Request>,
+    plugin_jobs: crossbeam_channel::Sender<crate::plugins::pool::Job>,
 ) {
+    use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
     for job in jobs {
+        if job.kind == EffectKind::PluginStep {
+            if plugin_jobs.send(Job::Step(job)).is_err() {
+                break;
+            }
+            continue;
+        }
+        let adapter = match (job.kind, job.channel.as_deref()) {
+            (EffectKind::Message, Some(channel)) => {
+                settings.read().doc.adapter_for(channel).map(str::to_string)
+            }
+            _ => None,
+        };
+        if let Some(plugin_id) = adapter {
+            if plugin_jobs
+                .send(Job::Send {
+                    effect: job,
+                    plugin_id,
+                })
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let smtp_settings = match &settings.read().doc.email_delivery {
             EmailDelivery::Smtp { smtp } => Some(smtp.clone()),
-            EmailDelivery::Host => None,
+            _ => None,
         };
         let sender: Result<Arc<dyn Sender>, String> = match smtp_settings {
             Some(s) if is_email(job.kind, &job.payload) => smtp
@@ -210,6 +241,7 @@ pub fn run_dispatcher(
                 outbox_id: job.id,
                 answer,
                 error,
+                call: None,
             })
             .is_err()
         {

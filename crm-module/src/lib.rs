@@ -29,6 +29,7 @@ pub mod messaging;
 pub mod model;
 pub mod module;
 pub mod outbox;
+pub mod plugins;
 pub mod schedule;
 pub mod schema;
 pub mod settings;

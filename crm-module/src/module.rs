@@ -74,6 +74,7 @@ pub struct Module {
     host: HostSlot,
     settings: Arc<RwLock<Resolved>>,
     reader: Mutex<Option<Connection>>,
+    plugins: Arc<crate::plugins::PluginHost>,
     path: PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -125,15 +126,24 @@ impl Module {
         }
         let settings = Arc::new(RwLock::new(load_settings(&conn)?));
         let host: HostSlot = Arc::new(RwLock::new(None));
+        let plugins = Arc::new(crate::plugins::PluginHost::new(host.clone()));
         let (tx, rx) = unbounded();
         let (jobs_tx, jobs_rx) = bounded(1024);
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             conn,
             clock.clone(),
             settings.clone(),
             install_id,
             host.clone(),
+            plugins.clone(),
             jobs_tx,
+        )?;
+        // Installed plugins are compiled now (the engine starts only if there are any).
+        worker.reload_plugins();
+        let (plugin_jobs, mut threads) = crate::plugins::pool::spawn(
+            crate::plugins::pool::default_threads(),
+            plugins.clone(),
+            tx.clone(),
         )?;
         let reader = store::open(path, Access::Read)?;
         let w = std::thread::Builder::new()
@@ -143,16 +153,19 @@ impl Module {
         let (host2, settings2, tx2) = (host.clone(), settings.clone(), tx.clone());
         let d = std::thread::Builder::new()
             .name("crm-dispatcher".into())
-            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2))
+            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs))
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
+        threads.insert(0, d);
+        threads.insert(0, w);
         Ok(Module {
             tx,
             clock,
             host,
             settings,
             reader: Mutex::new(Some(reader)),
+            plugins,
             path: path.to_path_buf(),
-            threads: Mutex::new(vec![w, d]),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -213,8 +226,21 @@ impl Module {
         self.execute_command(command)
     }
 
-    /// Runs a typed command.
-    pub fn execute_command(&self, command: Command) -> Result<Value> {
+    /// Runs a typed command. `plugin.install` compiles and describes the
+    /// component here, on the caller's thread, before the worker stores it.
+    pub fn execute_command(&self, mut command: Command) -> Result<Value> {
+        if let Command::PluginInstall {
+            path,
+            wasm_base64,
+            prepared,
+            ..
+        } = &mut command
+        {
+            let wasm = read_component(path.as_deref(), wasm_base64.as_deref())?;
+            *prepared = Some(Box::new(self.plugins.prepare(wasm)?));
+            // The bytes travel in `prepared`; the base64 copy is not needed.
+            *wasm_base64 = None;
+        }
         self.call(|reply| Request::Command { command, reply })
     }
 
@@ -304,6 +330,39 @@ impl Module {
 impl Drop for Module {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The component bytes of `plugin.install`: from a path or base64, exactly one.
+fn read_component(path: Option<&str>, base64_text: Option<&str>) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let max = crate::plugins::runtime::MAX_COMPONENT_BYTES;
+    match (path, base64_text) {
+        (Some(p), None) => {
+            let meta = std::fs::metadata(p)
+                .map_err(|e| Error::invalid(format!("path: cannot read {p}: {e}")))?;
+            if meta.len() > max as u64 {
+                return Err(Error::TooLarge(format!(
+                    "path: a plugin is limited to {} MiB",
+                    max / (1024 * 1024)
+                )));
+            }
+            std::fs::read(p).map_err(|e| Error::invalid(format!("path: cannot read {p}: {e}")))
+        }
+        (None, Some(b)) => {
+            if b.len() > max / 3 * 4 + 4 {
+                return Err(Error::TooLarge(format!(
+                    "wasm_base64: a plugin is limited to {} MiB",
+                    max / (1024 * 1024)
+                )));
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| Error::invalid("wasm_base64: not base64"))
+        }
+        _ => Err(Error::invalid(
+            "plugin.install takes either path or wasm_base64",
+        )),
     }
 }
 

@@ -23,6 +23,8 @@ pub enum EffectKind {
     Property,
     /// A task for the host's queue.
     Task,
+    /// A custom step, run by a WebAssembly plugin (never handed to the host).
+    PluginStep,
 }
 
 impl EffectKind {
@@ -32,6 +34,7 @@ impl EffectKind {
             EffectKind::Message => "message",
             EffectKind::Property => "property",
             EffectKind::Task => "task",
+            EffectKind::PluginStep => "plugin_step",
         }
     }
 
@@ -41,6 +44,7 @@ impl EffectKind {
             "message" => Some(EffectKind::Message),
             "property" => Some(EffectKind::Property),
             "task" => Some(EffectKind::Task),
+            "plugin_step" => Some(EffectKind::PluginStep),
             _ => None,
         }
     }
@@ -142,20 +146,31 @@ pub struct DueEffect {
     pub channel: Option<String>,
 }
 
-/// Rows due at `now`, oldest first, skipping `exclude` (in flight) and the
-/// messages of `blocked` channels (over their sending limit).
+/// Who can take effects right now.
+#[derive(Debug, Clone, Copy)]
+pub struct Takers<'a> {
+    /// Host callbacks are registered: every kind can go.
+    pub host: bool,
+    /// Message channels delivered by a sender adapter (no host needed).
+    pub plugin_channels: &'a [&'a str],
+    /// Channels over their sending limit: their messages wait.
+    pub blocked: &'a [&'a str],
+}
+
+/// Rows due at `now`, oldest first, skipping `exclude` (in flight) and rows
+/// no taker can take now.
 pub fn due(
     conn: &Connection,
     now: Millis,
     limit: usize,
     exclude: &std::collections::HashSet<i64>,
-    blocked: &[&str],
+    takers: Takers<'_>,
 ) -> Result<Vec<DueEffect>> {
     let sql = format!(
         "SELECT id, idempotency_key, kind, payload, attempts, channel FROM outbox
          WHERE status IN ('pending','retry') AND next_attempt_at <= ?1 {}
          ORDER BY next_attempt_at, id LIMIT ?2",
-        blocked_clause(blocked)
+        takers_clause(takers)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![now, (limit + exclude.len()) as i64], |r| {
@@ -198,11 +213,11 @@ pub fn due(
     Ok(out)
 }
 
-/// The earliest `next_attempt_at` of a pending row, if any.
-pub fn next_due(conn: &Connection, blocked: &[&str]) -> Result<Option<Millis>> {
+/// The earliest `next_attempt_at` of a pending row some taker can take, if any.
+pub fn next_due(conn: &Connection, takers: Takers<'_>) -> Result<Option<Millis>> {
     let sql = format!(
         "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending','retry') {}",
-        blocked_clause(blocked)
+        takers_clause(takers)
     );
     Ok(conn
         .prepare_cached(&sql)?
@@ -211,22 +226,31 @@ pub fn next_due(conn: &Connection, blocked: &[&str]) -> Result<Option<Millis>> {
         .flatten())
 }
 
-/// SQL excluding the messages of blocked channels (channel names are ours:
-/// `email`, `sms`; anything else is ignored).
-fn blocked_clause(blocked: &[&str]) -> String {
-    let names: Vec<String> = blocked
-        .iter()
-        .filter(|c| matches!(**c, "email" | "sms"))
-        .map(|c| format!("'{c}'"))
-        .collect();
-    if names.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "AND NOT (kind = 'message' AND channel IN ({}))",
-            names.join(",")
-        )
+/// SQL keeping the rows some taker can take: without a host only custom
+/// steps and messages of adapter channels; never messages of blocked
+/// channels (channel names are ours: `email`, `sms`; anything else is ignored).
+fn takers_clause(t: Takers<'_>) -> String {
+    let names = |list: &[&str]| -> String {
+        list.iter()
+            .filter(|c| matches!(**c, "email" | "sms"))
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut sql = String::new();
+    if !t.host {
+        sql.push_str(&format!(
+            "AND (kind = 'plugin_step' OR (kind = 'message' AND channel IN ({}))) ",
+            names(t.plugin_channels)
+        ));
     }
+    let blocked = names(t.blocked);
+    if !blocked.is_empty() {
+        sql.push_str(&format!(
+            "AND NOT (kind = 'message' AND channel IN ({blocked}))"
+        ));
+    }
+    sql
 }
 
 /// Facts of an outbox row needed to log its outcome.

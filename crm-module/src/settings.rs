@@ -70,6 +70,10 @@ pub struct Settings {
     /// sent by the module itself through an SMTP relay.
     #[serde(default)]
     pub email_delivery: EmailDelivery,
+    /// How SMS leaves the module: through the host (default) or a sender
+    /// adapter plugin.
+    #[serde(default)]
+    pub sms_delivery: SmsDelivery,
 }
 
 /// How email messages are delivered.
@@ -85,6 +89,38 @@ pub enum EmailDelivery {
         /// The relay.
         smtp: SmtpSettings,
     },
+    /// The module sends email through an installed sender adapter (a
+    /// WebAssembly plugin declaring the `email` channel).
+    Plugin {
+        /// The adapter's plugin id.
+        plugin_id: String,
+    },
+}
+
+/// How SMS messages are delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SmsDelivery {
+    /// SMS effects go to the host's `deliver` callback.
+    #[default]
+    Host,
+    /// The module sends SMS through an installed sender adapter (a
+    /// WebAssembly plugin declaring the `sms` channel).
+    Plugin {
+        /// The adapter's plugin id.
+        plugin_id: String,
+    },
+}
+
+impl Settings {
+    /// The sender adapter chosen for a channel (`email`, `sms`), if any.
+    pub fn adapter_for(&self, channel: &str) -> Option<&str> {
+        match (channel, &self.email_delivery, &self.sms_delivery) {
+            ("email", EmailDelivery::Plugin { plugin_id }, _) => Some(plugin_id),
+            ("sms", _, SmsDelivery::Plugin { plugin_id }) => Some(plugin_id),
+            _ => None,
+        }
+    }
 }
 
 /// Email sender identity (SPEC §6).
@@ -254,6 +290,7 @@ impl Default for Settings {
             tracking: TrackingSettings::default(),
             limits: SendingLimits::default(),
             email_delivery: EmailDelivery::default(),
+            sms_delivery: SmsDelivery::default(),
         }
     }
 }
@@ -748,6 +785,16 @@ impl Settings {
                     check(&format!("email_delivery.smtp.{path}"), Err(message.into()))
                 }
                 None => check("email_delivery.smtp", Err(m)),
+            }
+        }
+        for (path, id) in [
+            ("email_delivery.plugin_id", self.adapter_for("email")),
+            ("sms_delivery.plugin_id", self.adapter_for("sms")),
+        ] {
+            if let Some(id) = id
+                && id.trim().is_empty()
+            {
+                check(path, Err("choose a sender adapter".into()));
             }
         }
 

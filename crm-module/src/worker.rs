@@ -69,6 +69,15 @@ pub enum Request {
         answer: HostAnswer,
         /// Optional reason.
         error: Option<String>,
+        /// The sender adapter call's figures, when a plugin delivered it.
+        call: Option<crate::plugins::registry::CallFigures>,
+    },
+    /// A custom step's plugin call finished.
+    PluginStep {
+        /// Outbox row (kind `plugin_step`).
+        outbox_id: i64,
+        /// The result and figures.
+        report: crate::plugins::Report<crate::plugins::StepResult>,
     },
     /// Host callbacks were set or cleared.
     HostChanged,
@@ -99,6 +108,7 @@ pub struct Worker {
     settings: Arc<RwLock<Resolved>>,
     install_id: String,
     host: HostSlot,
+    plugins: Arc<crate::plugins::PluginHost>,
     jobs: Sender<DueEffect>,
     in_flight: HashSet<i64>,
     in_flight_channel: std::collections::HashMap<i64, String>,
@@ -113,6 +123,7 @@ impl Worker {
         settings: Arc<RwLock<Resolved>>,
         install_id: String,
         host: HostSlot,
+        plugins: Arc<crate::plugins::PluginHost>,
         jobs: Sender<DueEffect>,
     ) -> Result<Worker> {
         let catalog = Catalog::load(&conn)?;
@@ -123,6 +134,7 @@ impl Worker {
             settings,
             install_id,
             host,
+            plugins,
             jobs,
             in_flight: HashSet::new(),
             in_flight_channel: std::collections::HashMap::new(),
@@ -192,11 +204,23 @@ impl Worker {
     }
 
     fn next_outbox_due(&self) -> Option<Millis> {
-        if self.host.read().is_none() {
-            return None;
-        }
         let blocked = self.blocked_channels(self.clock.now());
-        outbox::next_due(&self.conn, &blocked).ok().flatten()
+        let adapters = self.adapter_channels();
+        let takers = outbox::Takers {
+            host: self.host.read().is_some(),
+            plugin_channels: &adapters,
+            blocked: &blocked,
+        };
+        outbox::next_due(&self.conn, takers).ok().flatten()
+    }
+
+    /// Channels whose messages go to a sender adapter rather than the host.
+    fn adapter_channels(&self) -> Vec<&'static str> {
+        let settings = self.settings.read();
+        ["email", "sms"]
+            .into_iter()
+            .filter(|c| settings.doc.adapter_for(c).is_some())
+            .collect()
     }
 
     /// How many more messages each limited channel may hand over now.
@@ -234,6 +258,7 @@ impl Worker {
             return advances;
         }
         let mut settings_changed = false;
+        let mut plugins_changed = false;
         for req in batch {
             match req {
                 Request::Push { events, reply } => {
@@ -247,6 +272,7 @@ impl Worker {
                 }
                 Request::Command { command, reply } => {
                     settings_changed |= matches!(command, Command::SettingsUpdate { .. });
+                    plugins_changed |= command.touches_plugins();
                     let r = self.in_savepoint(|w| w.command(command));
                     replies.push(Box::new(move |fail| {
                         let _ = reply.send(match fail {
@@ -268,15 +294,34 @@ impl Worker {
                     outbox_id,
                     answer,
                     error,
+                    call,
                 } => {
                     self.in_flight.remove(&outbox_id);
                     self.in_flight_channel.remove(&outbox_id);
-                    if let Err(e) =
-                        self.in_savepoint(|w| w.record_answer(outbox_id, answer, error.as_deref()))
-                    {
+                    if let Err(e) = self.in_savepoint(|w| {
+                        if let Some(figures) = &call {
+                            crate::plugins::registry::record_call(&w.conn, figures, w.clock.now())?;
+                        }
+                        let source = match &call {
+                            Some(f) => format!("plugin:{}", f.plugin_id),
+                            None => "host".to_string(),
+                        };
+                        w.record_answer(outbox_id, answer, error.as_deref(), &source)
+                    }) {
                         self.log(
                             LogLevel::Error,
                             &format!("recording the answer for outbox row {outbox_id} failed: {e}"),
+                        );
+                    }
+                }
+                Request::PluginStep { outbox_id, report } => {
+                    self.in_flight.remove(&outbox_id);
+                    if let Err(e) = self.in_savepoint(|w| w.plugin_step(outbox_id, report)) {
+                        self.log(
+                            LogLevel::Error,
+                            &format!(
+                                "recording the custom step of outbox row {outbox_id} failed: {e}"
+                            ),
                         );
                     }
                 }
@@ -293,6 +338,9 @@ impl Worker {
             self.reload();
         } else if settings_changed {
             self.reload();
+        }
+        if failure.is_none() && plugins_changed {
+            self.reload_plugins();
         }
         for reply in replies {
             reply(failure.as_ref());
@@ -312,6 +360,64 @@ impl Worker {
             Ok(s) => *self.settings.write() = s,
             Err(e) => self.log(LogLevel::Error, &format!("reloading settings failed: {e}")),
         }
+    }
+
+    /// Loads the stored plugins into the plugin host (after a plugin command
+    /// committed, and at start).
+    pub fn reload_plugins(&mut self) {
+        match crate::plugins::registry::all(&self.conn) {
+            Ok(stored) => self.plugins.load(stored),
+            Err(e) => self.log(LogLevel::Error, &format!("reading plugins failed: {e}")),
+        }
+    }
+
+    /// Records a custom step's result and moves its enrollment on. A
+    /// transient failure (plugin disabled, no free instance) is retried with
+    /// backoff under the same key; after the last attempt it counts as failed.
+    fn plugin_step(
+        &mut self,
+        outbox_id: i64,
+        report: crate::plugins::Report<crate::plugins::StepResult>,
+    ) -> Result<()> {
+        use crate::plugins::StepResult;
+        let now = self.clock.now();
+        crate::plugins::registry::record_call(&self.conn, &report.figures, now)?;
+        let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
+            return Ok(());
+        };
+        if row.status != "pending" && row.status != "retry" {
+            return Ok(());
+        }
+        let result: std::result::Result<StepResult, String> = match report.result {
+            Ok(r) => {
+                outbox::record_answer(&self.conn, outbox_id, HostAnswer::Accepted, None, now)?;
+                Ok(r)
+            }
+            Err(f) => {
+                let answer = if f.transient {
+                    HostAnswer::RetryLater
+                } else {
+                    HostAnswer::Failed
+                };
+                let status =
+                    outbox::record_answer(&self.conn, outbox_id, answer, Some(&f.reason), now)?;
+                if status != "failed" {
+                    return Ok(());
+                }
+                Err(f.reason)
+            }
+        };
+        let (Some(enrollment_id), Some(step_id)) = (row.enrollment_id, row.step_id.as_deref())
+        else {
+            return Ok(());
+        };
+        let settings = self.settings.read().clone();
+        let effects = {
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            enrollment::finish_custom_step(&mut ctx, enrollment_id, step_id, &row.key, result)?;
+            ctx.take_effects()
+        };
+        outbox::write(&self.conn, &effects, now)
     }
 
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
@@ -376,7 +482,13 @@ impl Worker {
         serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
     }
 
-    fn record_answer(&mut self, id: i64, answer: HostAnswer, error: Option<&str>) -> Result<()> {
+    fn record_answer(
+        &mut self,
+        id: i64,
+        answer: HostAnswer,
+        error: Option<&str>,
+        source: &str,
+    ) -> Result<()> {
         let now = self.clock.now();
         let Some(row) = outbox::by_id(&self.conn, id)? else {
             return Ok(());
@@ -399,9 +511,9 @@ impl Worker {
         let detail = match (status, error) {
             ("accepted", _) => None,
             (_, Some(e)) => {
-                Some(json!({"source": "host", "error": e, "attempts": row.attempts + 1}))
+                Some(json!({"source": source, "error": e, "attempts": row.attempts + 1}))
             }
-            _ => Some(json!({"source": "host", "attempts": row.attempts + 1})),
+            _ => Some(json!({"source": source, "attempts": row.attempts + 1})),
         };
         Log {
             automation_id: row.automation_id.as_deref(),
@@ -543,7 +655,12 @@ impl Worker {
 
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
-        if self.host.read().is_none() || self.in_flight.len() >= MAX_IN_FLIGHT {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return;
+        }
+        let host = self.host.read().is_some();
+        let adapters = self.adapter_channels();
+        if !host && adapters.is_empty() && !self.plugins.started() {
             return;
         }
         let now = self.clock.now();
@@ -554,7 +671,12 @@ impl Worker {
             .filter(|(_, left)| **left <= 0)
             .map(|(c, _)| *c)
             .collect();
-        match outbox::due(&self.conn, now, room, &self.in_flight, &blocked) {
+        let takers = outbox::Takers {
+            host,
+            plugin_channels: &adapters,
+            blocked: &blocked,
+        };
+        match outbox::due(&self.conn, now, room, &self.in_flight, takers) {
             Ok(rows) => {
                 for row in rows {
                     // Over a limit: the rest of that channel waits, in order.

@@ -184,7 +184,8 @@ pub type crm_log_fn =
 ///
 /// Threads: the effect callbacks (deliver_message, write_property,
 /// create_task) run on the module's dispatcher thread, one at a time; `log`
-/// runs on the module's internal threads (worker or dispatcher). A callback
+/// runs on the module's internal threads (worker, dispatcher, or a plugin
+/// thread forwarding a WebAssembly plugin's log line). A callback
 /// may call crm_push_event(), crm_push_events(), crm_execute(),
 /// crm_query_view(), crm_clock_now() and the error functions; it must not
 /// call crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
@@ -278,6 +279,8 @@ impl Host for CallbackHost {
             EffectKind::Message => cb.deliver_message,
             EffectKind::Property => cb.write_property,
             EffectKind::Task => cb.create_task,
+            // Custom steps run in the module's plugin host, never in the host.
+            EffectKind::PluginStep => None,
         };
         let Some(f) = f else {
             return (
@@ -638,10 +641,16 @@ pub unsafe extern "C" fn crm_push_events(
 
 /// Runs a command, e.g. `{"command":"automation.activate","automation_id":"a1"}`.
 /// `*out_json` receives the command's JSON result (free with
-/// crm_string_free()); on failure it is NULL.
+/// crm_string_free()); on failure it is NULL. The commands: automation.*,
+/// list.*, template.*, settings.get/update, and plugin.install / configure /
+/// enable / disable / remove / list for WebAssembly plugins
+/// (`plugin.install` compiles the component on the calling thread). Their
+/// JSON Schemas are in include/crm_schemas.json.
 ///
-/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
-/// CRM_ERR_NOT_FOUND (unknown automation/list id), CRM_ERR_CONFLICT,
+/// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID
+/// (including a plugin component that does not load or was built against
+/// another contract version), CRM_ERR_NOT_FOUND (unknown automation, list
+/// or plugin id), CRM_ERR_CONFLICT,
 /// CRM_ERR_STORAGE, CRM_ERR_CLOSED. A failed command changes nothing.
 ///
 /// Thread safety: safe to call concurrently on one handle; also from a host

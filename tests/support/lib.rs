@@ -240,45 +240,67 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr").port()
 }
 
-/// A running `tests/smtp_server.py`; killed when dropped.
-pub struct SmtpServer {
+/// A Python test server from `tests/` on a free 127.0.0.1 port, writing what
+/// it receives under `out`; killed when dropped (and it exits by itself when
+/// its stdin closes, i.e. when this process dies).
+pub struct ScriptServer {
     child: Child,
-    /// Kept open: the server exits when it is closed (e.g. this process dies).
     _stdin: Option<ChildStdin>,
+    script: &'static str,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: tempfile::TempDir,
 }
 
-impl SmtpServer {
-    /// Starts `tests/smtp_server.py` on a free port; `auth` is `USER:PASS` to require a login.
-    pub fn start(auth: Option<&str>) -> SmtpServer {
-        let python = python();
+impl ScriptServer {
+    /// Starts `python3 tests/<script> --port P --out DIR/<out> <extra>` and
+    /// waits until it listens.
+    pub fn start(python: PathBuf, script: &'static str, out: &str, extra: &[&str]) -> ScriptServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
-        let mut cmd = Command::new(python);
-        cmd.arg(workspace_root().join("tests/smtp_server.py"))
+        let mut child = Command::new(python)
+            .arg(workspace_root().join("tests").join(script))
             .arg("--port")
             .arg(port.to_string())
             .arg("--out")
-            .arg(dir.path().join("mail"))
+            .arg(dir.path().join(out))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(auth) = auth {
-            cmd.arg("--auth").arg(auth);
-        }
-        let mut child = cmd.spawn().expect("spawn tests/smtp_server.py");
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tests/{script}: {e}"));
         let stdin = child.stdin.take();
-        let mut server = SmtpServer {
+        let mut server = ScriptServer {
             child,
             _stdin: stdin,
+            script,
             port,
             dir,
         };
         server.wait_until_listening();
         server
+    }
+
+    /// The server's stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Files with extension `ext` under the output folder `out`, in name order.
+    pub fn files(&self, out: &str, ext: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join(out))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == ext))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
     }
 
     /// Polls a TCP connect for at most 10 s; fails early if the server died.
@@ -288,7 +310,8 @@ impl SmtpServer {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!(
-                    "tests/smtp_server.py exited ({status}) before listening:\n{}",
+                    "tests/{} exited ({status}) before listening:\n{}",
+                    self.script,
                     self.log()
                 );
             }
@@ -297,16 +320,43 @@ impl SmtpServer {
             }
             assert!(
                 Instant::now() < deadline,
-                "tests/smtp_server.py did not listen on {addr} within 10 s:\n{}",
+                "tests/{} did not listen on {addr} within 10 s:\n{}",
+                self.script,
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `tests/smtp_server.py` (aiosmtpd).
+pub struct SmtpServer {
+    server: ScriptServer,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl SmtpServer {
+    /// Starts `tests/smtp_server.py` on a free port; `auth` is `USER:PASS` to require a login.
+    pub fn start(auth: Option<&str>) -> SmtpServer {
+        let extra: Vec<&str> = auth.map(|a| vec!["--auth", a]).unwrap_or_default();
+        let server = ScriptServer::start(python(), "smtp_server.py", "mail", &extra);
+        SmtpServer {
+            port: server.port,
+            server,
+        }
+    }
 
     /// See the test server's output.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        self.server.log()
     }
 
     /// See the test server's output.
@@ -350,24 +400,73 @@ impl SmtpServer {
 
     /// See the test server's output.
     pub fn received_files(&self, ext: &str) -> Vec<PathBuf> {
-        let mail = self.dir.path().join("mail");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&mail)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == ext))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
+        self.server.files("mail", ext)
     }
 }
 
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A running `tests/http_provider.py`: a real HTTP server on 127.0.0.1 that
+/// plays an SMS provider (standard library Python only).
+pub struct HttpProvider {
+    server: ScriptServer,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl HttpProvider {
+    /// Starts it on a free port.
+    pub fn start() -> HttpProvider {
+        let Some(python) = on_path("python3") else {
+            panic!("python3 is not on PATH: the sender adapter tests need it");
+        };
+        let server = ScriptServer::start(python, "http_provider.py", "requests", &[]);
+        HttpProvider {
+            port: server.port,
+            server,
+        }
     }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The requests received so far, in order: method, path, headers (lower-case names), body.
+    pub fn requests(&self) -> Vec<Value> {
+        self.server
+            .files("requests", "json")
+            .iter()
+            .map(|p| {
+                serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("JSON")
+            })
+            .collect()
+    }
+
+    /// The server's stderr.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+}
+
+// ---- the WebAssembly plugins built from plugins/ ----------------------------
+
+/// Builds every plugin with `plugins/build.sh` (once per test process; it is
+/// quick when up to date) and returns `plugins/dist`, where each component
+/// is `<crate name with underscores>.wasm`.
+pub fn plugins_dist() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let out = Command::new("bash")
+                .arg(root.join("plugins/build.sh"))
+                .output()
+                .expect("run plugins/build.sh");
+            assert!(
+                out.status.success(),
+                "plugins/build.sh failed:\n{}",
+                describe(&out)
+            );
+            root.join("plugins/dist")
+        })
+        .clone()
 }

@@ -9,6 +9,30 @@ use crate::clock::{DAY, Millis};
 use crate::error::{Error, Result};
 use crate::event::UpsertMode;
 
+/// The contact as a custom step plugin sees it: the stored properties (SPEC
+/// fields and custom properties), `id`, `status`, the insurance and portal
+/// facts, and the module's timestamps in RFC 3339.
+pub fn plugin_view(c: &Contact) -> Value {
+    let mut m = c.props.clone();
+    m.insert("id".into(), Value::String(c.id.clone()));
+    m.insert("status".into(), Value::String(c.status().to_string()));
+    m.insert(
+        "insurance_verification".into(),
+        c.insurance_verification
+            .clone()
+            .map_or(Value::Null, Value::String),
+    );
+    m.insert("portal_active".into(), Value::Bool(c.portal_active));
+    let time = |t: Millis| Value::String(crate::clock::to_rfc3339(t));
+    m.insert("created_at".into(), time(c.created_at));
+    m.insert("last_activity_at".into(), time(c.last_activity));
+    m.insert(
+        "last_engaged_at".into(),
+        c.last_engaged_at.map_or(Value::Null, time),
+    );
+    Value::Object(m)
+}
+
 /// Contact-initiated inactivity after which activity counts as reactivation.
 pub const REACTIVATION_GAP: Millis = 90 * DAY;
 

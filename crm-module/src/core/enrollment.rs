@@ -1,8 +1,9 @@
 //! Enrollments: a contact's walk through one automation.
 //!
-//! An enrollment sits at one step (`step_id`; none means End) in one of two
-//! phases: `ready` (run the step as soon as the run window is open) or
-//! `waiting` (a Delay is counting down). `wake_at` tells the worker when to
+//! An enrollment sits at one step (`step_id`; none means End) in one of three
+//! phases: `ready` (run the step as soon as the run window is open),
+//! `waiting` (a Delay is counting down) or `calling` (a custom step's plugin
+//! call is in the outbox; the worker moves it on when the answer comes). `wake_at` tells the worker when to
 //! come back. An enrollment ends by completing (reaching End) or exiting
 //! (an unenrollment toggle, a global opt-out, the automation being deleted).
 //! Steps of a paused automation hold where they are and resume on reactivation.
@@ -27,6 +28,18 @@ pub enum Phase {
     Ready,
     /// A delay is counting down.
     Waiting,
+    /// A custom step's plugin call is under way.
+    Calling,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Ready => "ready",
+            Phase::Waiting => "waiting",
+            Phase::Calling => "calling",
+        }
+    }
 }
 
 /// One enrollment as stored.
@@ -66,10 +79,10 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
         version: r.get(3)?,
         state: r.get(4)?,
         step_id: r.get(5)?,
-        phase: if r.get::<_, String>(6)? == "waiting" {
-            Phase::Waiting
-        } else {
-            Phase::Ready
+        phase: match r.get_ref(6)?.as_str()? {
+            "waiting" => Phase::Waiting,
+            "calling" => Phase::Calling,
+            _ => Phase::Ready,
         },
         step_started_at: r.get(7)?,
         wake_at: r.get(8)?,
@@ -124,11 +137,7 @@ pub fn save(conn: &rusqlite::Connection, e: &Enrollment) -> Result<()> {
         e.id,
         e.version,
         e.step_id,
-        if e.phase == Phase::Waiting {
-            "waiting"
-        } else {
-            "ready"
-        },
+        e.phase.as_str(),
         e.step_started_at,
         e.wake_at,
         e.goal_reached_at
@@ -279,6 +288,10 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
                 e.id
             )));
         };
+        if e.phase == Phase::Calling {
+            // The plugin's answer moves it on (finish_custom_step).
+            return save(ctx.conn, &e);
+        }
         if e.phase == Phase::Waiting {
             if e.wake_at.is_some_and(|w| w > ctx.now) {
                 return save(ctx.conn, &e);
@@ -316,6 +329,11 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
                 e.wake_at = Some(until);
                 return save(ctx.conn, &e);
             }
+            StepOutcome::Call => {
+                e.phase = Phase::Calling;
+                e.wake_at = None;
+                return save(ctx.conn, &e);
+            }
             StepOutcome::Next => version.flow.next_after(&step_id).map(str::to_string),
             StepOutcome::Goto(next) => next,
             StepOutcome::Exited => return Ok(()),
@@ -334,6 +352,8 @@ enum StepOutcome {
     Next,
     Goto(Option<String>),
     Wait(Millis),
+    /// A plugin call was queued: hold until its answer.
+    Call,
     Exited,
 }
 
@@ -428,6 +448,25 @@ fn run_step(
             Ok(StepOutcome::Next)
         }
         StepKind::SetProperty { property, value } => set_property(ctx, e, sid, *property, value),
+        StepKind::Custom {
+            plugin_id,
+            step_type,
+            config,
+            ..
+        } => {
+            let contact = contacts::require(ctx.conn, &e.contact_id)?;
+            let key = effect_key(ctx.install_id, e.id, sid);
+            ctx.effects.push(Effect {
+                payload: json!({
+                    "key": key, "kind": "plugin_step", "plugin_id": plugin_id, "step_type": step_type,
+                    "config": config, "contact": contacts::plugin_view(&contact),
+                    "automation_id": e.automation_id, "enrollment_id": e.id, "step_id": sid,
+                    "now": crate::clock::to_rfc3339(ctx.now),
+                }),
+                ..effect_base(&key, EffectKind::PluginStep, e, sid)
+            });
+            Ok(StepOutcome::Call)
+        }
         StepKind::AddToList { list_id } => {
             match lists::add_member(
                 ctx,
@@ -695,37 +734,7 @@ fn set_property(
     let name = property.property();
     let new_value = match property {
         SettableProperty::Tags => {
-            let mut tags: Vec<String> = contact
-                .props
-                .get("tags")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let list = |k: &str| -> Vec<String> {
-                value
-                    .get(k)
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(|s| s.trim().to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for t in list("add") {
-                if !tags.contains(&t) {
-                    tags.push(t);
-                }
-            }
-            let remove = list("remove");
-            tags.retain(|t| !remove.contains(t));
-            crate::model::contact::normalize_property("tags", json!(tags))?
+            crate::model::contact::normalize_property("tags", json!(merge_tags(&contact, value)))?
         }
         _ => crate::model::contact::normalize_property(name, value.clone())?,
     };
@@ -767,6 +776,29 @@ fn set_property(
         Some(fresh) if fresh.state == "active" => Ok(StepOutcome::Next),
         _ => Ok(StepOutcome::Exited),
     }
+}
+
+/// The contact's tags after a `{"add": [..], "remove": [..]}` change.
+fn merge_tags(contact: &contacts::Contact, change: &Value) -> Vec<String> {
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut tags = strings(contact.props.get("tags"));
+    for t in strings(change.get("add")) {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    let remove = strings(change.get("remove"));
+    tags.retain(|t| !remove.contains(t));
+    tags
 }
 
 /// Moves the active enrollments of an automation to a new version (issue 2
@@ -858,4 +890,182 @@ fn sms_open_at(
         t = b;
     }
     Ok(t)
+}
+
+/// Moves an enrollment on after its custom step's plugin answered (or failed
+/// for good): applies the property changes, logs the step, takes the next
+/// step, the YES / NO path, or (on failure with `on_failure: exit`) exits.
+/// An enrollment that has moved since (edited away, exited) is left alone.
+pub fn finish_custom_step(
+    ctx: &mut Ctx<'_>,
+    enrollment_id: i64,
+    step_id: &str,
+    key: &str,
+    result: std::result::Result<crate::plugins::StepResult, String>,
+) -> Result<()> {
+    use crate::model::automation::OnFailure;
+    use crate::plugins::StepResult;
+    let Some(mut e) = load(ctx.conn, enrollment_id)? else {
+        return Ok(());
+    };
+    if e.state != "active" || e.phase != Phase::Calling || e.step_id.as_deref() != Some(step_id) {
+        return Ok(());
+    }
+    let catalog = ctx.catalog;
+    let Some(entry) = catalog.get(&e.automation_id) else {
+        return Ok(());
+    };
+    let version = entry.current.clone();
+    let Some(StepKind::Custom {
+        plugin_id,
+        branches,
+        on_failure,
+        ..
+    }) = version.flow.step(step_id).map(|s| s.kind.clone())
+    else {
+        return Ok(());
+    };
+    // A plugin's own failure and a change it asks for that may not be made
+    // both fail the step.
+    let outcome = match result {
+        Ok(StepResult::Failed(reason)) => Err(reason),
+        Ok(StepResult::Continue(changes)) => {
+            apply_plugin_changes(ctx, &e, step_id, key, &plugin_id, &changes)?.map(|()| None)
+        }
+        Ok(StepResult::Branch(yes, changes)) => {
+            apply_plugin_changes(ctx, &e, step_id, key, &plugin_id, &changes)?.map(|()| Some(yes))
+        }
+        Err(reason) => Err(reason),
+    };
+    let next = match outcome {
+        Ok(path) => {
+            let detail = match path {
+                Some(yes) => {
+                    json!({"plugin_id": plugin_id, "path": if yes { "yes" } else { "no" }})
+                }
+                None => json!({"plugin_id": plugin_id}),
+            };
+            step_done(ctx, &e, step_id, Some(detail))?;
+            match path {
+                Some(yes) => version.flow.branch_head(step_id, yes).map(str::to_string),
+                None => version.flow.next_after(step_id).map(str::to_string),
+            }
+        }
+        Err(reason) => {
+            Log {
+                step_id: Some(step_id),
+                detail: Some(json!({"reason": reason, "plugin_id": plugin_id})),
+                ..log_for("step_failed", &e)
+            }
+            .write(ctx.conn, ctx.now)?;
+            if on_failure == OnFailure::Exit {
+                return exit(ctx, &e, "step_failed");
+            }
+            if branches {
+                version.flow.branch_head(step_id, false).map(str::to_string)
+            } else {
+                version.flow.next_after(step_id).map(str::to_string)
+            }
+        }
+    };
+    // Property changes may have cascaded (e.g. an opt-out ended this enrollment).
+    match load(ctx.conn, e.id)? {
+        Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
+        _ => return Ok(()),
+    }
+    e.step_id = next;
+    e.phase = Phase::Ready;
+    e.step_started_at = None;
+    e.wake_at = None;
+    save(ctx.conn, &e)?;
+    advance(ctx, e.id)
+}
+
+/// Applies the property changes a custom step returned, all or none: each
+/// must be a settable SPEC property (subscriptions only to `unsubscribed`)
+/// or a custom property. Each change is also written back to the host. The
+/// inner error is the reason the step fails; the outer one a storage error.
+fn apply_plugin_changes(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    sid: &str,
+    key: &str,
+    plugin_id: &str,
+    changes: &[(String, Value)],
+) -> Result<std::result::Result<(), String>> {
+    if changes.is_empty() {
+        return Ok(Ok(()));
+    }
+    let mut contact = contacts::require(ctx.conn, &e.contact_id)?;
+    let map = match plugin_changes(&contact, changes) {
+        Ok(map) => map,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let actor = format!("plugin:{plugin_id}");
+    let written = map.clone();
+    let signals = contacts::apply_props(
+        ctx,
+        &mut contact,
+        map,
+        crate::event::UpsertMode::Partial,
+        AuditSource {
+            actor: &actor,
+            reason: "automation",
+            message_key: None,
+        },
+    )?;
+    contacts::touch(&mut contact, ctx.now, false);
+    contacts::save(ctx.conn, &contact)?;
+    for (name, value) in written {
+        let effect_key = format!("{key}-{name}");
+        ctx.effects.push(Effect {
+            payload: json!({
+                "key": effect_key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": value,
+                "automation_id": e.automation_id, "step_id": sid, "plugin_id": plugin_id,
+            }),
+            ..effect_base(&effect_key, EffectKind::Property, e, sid)
+        });
+    }
+    let mut signals = signals;
+    if changes.iter().any(|(n, _)| n == "sms_subscription")
+        && signals
+            .iter()
+            .any(|s| matches!(s, Signal::PropertyChanged { .. }))
+    {
+        signals.push(Signal::SmsOptedOut);
+    }
+    triggers::fire(ctx, &e.contact_id, &signals)?;
+    Ok(Ok(()))
+}
+
+/// The normalized values of a plugin's property changes, or why one may not be made.
+fn plugin_changes(
+    contact: &contacts::Contact,
+    changes: &[(String, Value)],
+) -> std::result::Result<serde_json::Map<String, Value>, String> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in changes {
+        let settable: Option<SettableProperty> =
+            serde_json::from_value(Value::String(name.clone())).ok();
+        let normalized = match settable {
+            Some(SettableProperty::Tags) => {
+                crate::model::automation::validate_set_property(SettableProperty::Tags, value)
+                    .map_err(|e| format!("property change {name}: {e}"))?;
+                crate::model::contact::normalize_property("tags", json!(merge_tags(contact, value)))
+            }
+            Some(p) => crate::model::automation::validate_set_property(p, value)
+                .and_then(|()| crate::model::contact::normalize_property(p.property(), value.clone())),
+            None if crate::model::contact::property_type(name).is_some()
+                || crate::model::contact::DERIVED_PROPERTIES.contains(&name.as_str()) =>
+            {
+                return Err(format!(
+                    "property change {name}: not settable by a plugin (settable: status, lead_source, owner, provider, tags, sms_subscription, email_subscription, or a custom property)"
+                ));
+            }
+            None => crate::model::contact::normalize_property(name, value.clone()),
+        }
+        .map_err(|e| format!("property change {name}: {e}"))?;
+        map.insert(name.clone(), normalized);
+    }
+    Ok(map)
 }

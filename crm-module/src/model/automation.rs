@@ -556,6 +556,47 @@ pub enum StepKind {
         /// The list.
         list_id: String,
     },
+    /// A custom step type of an installed step plugin (WebAssembly), run
+    /// through the outbox; the contact waits at it until the plugin answers.
+    Custom {
+        /// The plugin.
+        plugin_id: String,
+        /// The plugin's step type.
+        step_type: String,
+        /// Config, validated against the step type's JSON Schema on save and
+        /// again before each run.
+        #[serde(default = "empty_object")]
+        config: Value,
+        /// True for a step type that returns YES / NO (set on save from the
+        /// plugin's declaration): the step then ends its path.
+        #[serde(default)]
+        branches: bool,
+        /// Steps when a branching step answers YES.
+        #[serde(default)]
+        yes: Vec<Step>,
+        /// Steps when it answers NO (or fails, unless `on_failure` is `exit`).
+        #[serde(default)]
+        no: Vec<Step>,
+        /// What a failed call does: `continue` (default: the next step, or
+        /// the NO path of a branching step) or `exit` the automation.
+        #[serde(default)]
+        on_failure: OnFailure,
+    },
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// What a failed custom step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Go on: the next step, or the NO path of a branching step.
+    #[default]
+    Continue,
+    /// The contact exits the automation (reason `step_failed`).
+    Exit,
 }
 
 impl StepKind {
@@ -569,6 +610,7 @@ impl StepKind {
             StepKind::CreateTask { .. } => "create_task",
             StepKind::SetProperty { .. } => "set_property",
             StepKind::AddToList { .. } => "add_to_list",
+            StepKind::Custom { .. } => "custom",
         }
     }
 
@@ -582,6 +624,36 @@ impl StepKind {
             StepKind::CreateTask { .. } => "Create task",
             StepKind::SetProperty { .. } => "Set property",
             StepKind::AddToList { .. } => "Add to list",
+            StepKind::Custom { .. } => "Custom step",
+        }
+    }
+
+    /// The YES and NO paths of a step that splits the canvas: an If/then
+    /// branch, or a branching custom step.
+    pub fn paths(&self) -> Option<(&Vec<Step>, &Vec<Step>)> {
+        match self {
+            StepKind::Branch { yes, no, .. } => Some((yes, no)),
+            StepKind::Custom {
+                branches: true,
+                yes,
+                no,
+                ..
+            } => Some((yes, no)),
+            _ => None,
+        }
+    }
+
+    /// [`StepKind::paths`], mutable.
+    pub fn paths_mut(&mut self) -> Option<(&mut Vec<Step>, &mut Vec<Step>)> {
+        match self {
+            StepKind::Branch { yes, no, .. } => Some((yes, no)),
+            StepKind::Custom {
+                branches: true,
+                yes,
+                no,
+                ..
+            } => Some((yes, no)),
+            _ => None,
         }
     }
 
@@ -776,7 +848,7 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
 fn collect_ids(steps: &[Step], out: &mut Vec<String>) {
     for s in steps {
         out.push(s.id.clone());
-        if let StepKind::Branch { yes, no, .. } = &s.kind {
+        if let Some((yes, no)) = s.kind.paths() {
             collect_ids(yes, out);
             collect_ids(no, out);
         }
@@ -792,7 +864,7 @@ fn assign_ids(steps: &mut [Step], used: &mut std::collections::HashSet<String>, 
             s.id = format!("s{next}");
             used.insert(s.id.clone());
         }
-        if let StepKind::Branch { yes, no, .. } = &mut s.kind {
+        if let Some((yes, no)) = s.kind.paths_mut() {
             assign_ids(yes, used, next);
             assign_ids(no, used, next);
         }
@@ -924,6 +996,35 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
             StepKind::AddToList { list_id } => {
                 validate_id("list_id", list_id).map_err(|e| e.at(&here))?
             }
+            StepKind::Custom {
+                plugin_id,
+                step_type,
+                config,
+                branches,
+                yes,
+                no,
+                ..
+            } => {
+                validate_id("plugin_id", plugin_id).map_err(|e| e.at(&here))?;
+                validate_id("step_type", step_type).map_err(|e| e.at(&here))?;
+                if !config.is_object() {
+                    return err("config: must be an object");
+                }
+                if config.to_string().len() > 64 * 1024 {
+                    return err("config: at most 64 KiB");
+                }
+                if *branches {
+                    if i + 1 != steps.len() {
+                        return err(
+                            "a branching custom step ends its path: put the following steps inside its YES or NO path",
+                        );
+                    }
+                    validate_chain(yes, &format!("{here}.yes"), depth + 1)?;
+                    validate_chain(no, &format!("{here}.no"), depth + 1)?;
+                } else if !yes.is_empty() || !no.is_empty() {
+                    return err("yes/no paths belong to branching step types only");
+                }
+            }
         }
     }
     Ok(())
@@ -1022,8 +1123,10 @@ fn check_condition_refs(steps: &[Step], ids: &[&str]) -> Result<()> {
         }
     }
     for s in steps {
-        if let StepKind::Branch { condition, yes, no } = &s.kind {
+        if let StepKind::Branch { condition, .. } = &s.kind {
             walk(condition, ids, &format!("step {}", s.id))?;
+        }
+        if let Some((yes, no)) = s.kind.paths() {
             check_condition_refs(yes, ids)?;
             check_condition_refs(no, ids)?;
         }
@@ -1067,7 +1170,7 @@ impl Flow {
         for (index, s) in steps.iter().enumerate() {
             self.positions
                 .insert(s.id.clone(), Position { chain, index });
-            if let StepKind::Branch { yes, no, .. } = &s.kind {
+            if let Some((yes, no)) = s.kind.paths() {
                 let y = yes.first().map(|s| s.id.clone());
                 let n = no.first().map(|s| s.id.clone());
                 self.branch_heads.insert(s.id.clone(), (y, n));
@@ -1075,7 +1178,7 @@ impl Flow {
                 self.add_chain(no);
             }
             let mut shallow = s.clone();
-            if let StepKind::Branch { yes, no, .. } = &mut shallow.kind {
+            if let Some((yes, no)) = shallow.kind.paths_mut() {
                 yes.clear();
                 no.clear();
             }

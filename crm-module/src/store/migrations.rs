@@ -264,6 +264,89 @@ CREATE TABLE message_links (
     r#"
 CREATE INDEX outbox_handed_over ON outbox(channel, updated_at) WHERE kind = 'message' AND attempts > 0;
 "#,
+    // 6: WebAssembly plugins (issue 4): installed plugins and their call
+    // figures; a custom step is an outbox effect of kind 'plugin_step' and its
+    // enrollment waits in phase 'calling'. SQLite cannot change a CHECK
+    // constraint in place, so enrollments and outbox are rebuilt (same
+    // columns, same rows, same indexes).
+    r#"
+CREATE TABLE plugins (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL CHECK (kind IN ('step','sender')),
+    descriptor   TEXT NOT NULL,                     -- JSON: what the plugin declares
+    wasm         BLOB NOT NULL,                     -- the component
+    sha256       TEXT NOT NULL,
+    grants       TEXT NOT NULL,                     -- JSON list of origins
+    limits       TEXT NOT NULL,                     -- JSON
+    config       TEXT NOT NULL,                     -- JSON object of strings
+    secrets      TEXT NOT NULL,                     -- JSON object of strings
+    enabled      INTEGER NOT NULL,
+    installed_at INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE plugin_stats (
+    plugin_id       TEXT NOT NULL,
+    operation       TEXT NOT NULL,                  -- step type id, or 'send'
+    calls           INTEGER NOT NULL,
+    failures        INTEGER NOT NULL,
+    total_micros    INTEGER NOT NULL,
+    max_micros      INTEGER NOT NULL,
+    last_failure    TEXT,
+    last_failure_at INTEGER,
+    last_call_at    INTEGER,
+    PRIMARY KEY (plugin_id, operation)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE enrollments_v6 (
+    id               INTEGER PRIMARY KEY,
+    automation_id    TEXT NOT NULL REFERENCES automations(id),
+    contact_id       TEXT NOT NULL REFERENCES contacts(id),
+    enrolled_version INTEGER NOT NULL,
+    version          INTEGER NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('active','completed','exited')),
+    step_id          TEXT,
+    step_phase       TEXT NOT NULL DEFAULT 'ready' CHECK (step_phase IN ('ready','waiting','calling')),
+    step_started_at  INTEGER,
+    wake_at          INTEGER,
+    enrolled_at      INTEGER NOT NULL,
+    ended_at         INTEGER,
+    exit_reason      TEXT,
+    goal_reached_at  INTEGER
+) STRICT;
+INSERT INTO enrollments_v6 SELECT * FROM enrollments;
+DROP TABLE enrollments;
+ALTER TABLE enrollments_v6 RENAME TO enrollments;
+CREATE UNIQUE INDEX enrollments_one_active ON enrollments(automation_id, contact_id) WHERE state = 'active';
+CREATE INDEX enrollments_contact ON enrollments(contact_id, enrolled_at);
+CREATE INDEX enrollments_automation ON enrollments(automation_id, state);
+CREATE INDEX enrollments_due ON enrollments(wake_at, id) WHERE state = 'active' AND wake_at IS NOT NULL;
+
+CREATE TABLE outbox_v6 (
+    id              INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL CHECK (kind IN ('message','property','task','plugin_step')),
+    payload         TEXT NOT NULL,
+    contact_id      TEXT,
+    automation_id   TEXT,
+    enrollment_id   INTEGER,
+    step_id         TEXT,
+    channel         TEXT,
+    asset_id        TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('pending','retry','accepted','failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_error      TEXT
+) STRICT;
+INSERT INTO outbox_v6 SELECT * FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v6 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE status IN ('pending','retry');
+CREATE INDEX outbox_contact ON outbox(contact_id, channel, created_at);
+CREATE INDEX outbox_handed_over ON outbox(channel, updated_at) WHERE kind = 'message' AND attempts > 0;
+"#,
 ];
 
 /// Brings the database to the newest schema.

@@ -257,7 +257,8 @@ pub struct PaletteGroup {
 /// A step type the palette can add.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PaletteItem {
-    /// The step `type` of the definition (`send_email`, …).
+    /// The step `type` of the definition (`send_email`, …; `custom` for a
+    /// plugin's step type).
     #[serde(rename = "type")]
     pub step_type: String,
     /// Label.
@@ -266,6 +267,18 @@ pub struct PaletteItem {
     pub icon: String,
     /// What the step does.
     pub description: String,
+    /// Custom steps: the plugin (the definition's `plugin_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_id: Option<String>,
+    /// Custom steps: the plugin's step type (the definition's `step_type`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_type: Option<String>,
+    /// Custom steps: the plugin's name, shown as the source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_name: Option<String>,
+    /// Custom steps: true when it splits into YES / NO paths.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub branches: bool,
 }
 
 /// The canvas: the trigger, then the main path; branches nest their paths.
@@ -812,7 +825,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
         active_tab: tab,
         details: details(ctx, rec.as_ref()),
         build: BuildTab {
-            palette: palette(),
+            palette: palette(&names),
             canvas,
             selected_node: selected,
             config_panel,
@@ -923,7 +936,9 @@ fn wizard_footer(tab: BuilderTab) -> Vec<Action> {
     }
 }
 
-fn palette() -> Palette {
+/// The palette: the built-in step types, then the custom step types of the
+/// enabled step plugins in the group each declares.
+fn palette(names: &Names) -> Palette {
     Palette {
         title: "ADD STEP".into(),
         groups: PALETTE
@@ -938,7 +953,29 @@ fn palette() -> Palette {
                         label: l.to_string(),
                         icon: i.to_string(),
                         description: d.to_string(),
+                        plugin_id: None,
+                        custom_type: None,
+                        plugin_name: None,
+                        branches: false,
                     })
+                    .chain(
+                        names
+                            .step_plugins
+                            .iter()
+                            .filter(|(_, enabled)| *enabled)
+                            .flat_map(|(d, _)| d.step_types.iter().map(move |t| (d, t)))
+                            .filter(|(_, t)| t.palette_group == *id)
+                            .map(|(d, t)| PaletteItem {
+                                step_type: "custom".into(),
+                                label: t.display_name.clone(),
+                                icon: t.icon.clone(),
+                                description: t.description.clone(),
+                                plugin_id: Some(d.id.clone()),
+                                custom_type: Some(t.id.clone()),
+                                plugin_name: Some(d.name.clone()),
+                                branches: t.branches(),
+                            }),
+                    )
                     .collect(),
             })
             .collect(),
@@ -1134,7 +1171,7 @@ fn chain(
         .iter()
         .map(|s| step_node(s, names, flow, selected))
         .collect();
-    let ends_in_branch = matches!(steps.last().map(|s| &s.kind), Some(StepKind::Branch { .. }));
+    let ends_in_branch = steps.last().and_then(|s| s.kind.paths()).is_some();
     if !ends_in_branch {
         out.push(CanvasNode {
             id: end_id.into(),
@@ -1152,8 +1189,8 @@ fn chain(
 }
 
 fn step_node(s: &Step, names: &Names, flow: Option<&Flow>, selected: &str) -> CanvasNode {
-    let (yes, no) = match &s.kind {
-        StepKind::Branch { yes, no, .. } => (
+    let (yes, no) = match s.kind.paths() {
+        Some((yes, no)) => (
             Some(chain(
                 yes,
                 &format!("{}.yes.end", s.id),
@@ -1171,12 +1208,26 @@ fn step_node(s: &Step, names: &Names, flow: Option<&Flow>, selected: &str) -> Ca
         ),
         _ => (None, None),
     };
+    let custom = match &s.kind {
+        StepKind::Custom {
+            plugin_id,
+            step_type,
+            ..
+        } => names.step_type(plugin_id, step_type),
+        _ => None,
+    };
     CanvasNode {
         id: s.id.clone(),
         node_type: s.kind.type_id().into(),
-        title: s.title(),
+        title: match (&s.name, custom) {
+            (None, Some((t, _))) => t.display_name.clone(),
+            _ => s.title(),
+        },
         summary: step_summary(s, names, flow),
-        icon: step_icon(s.kind.type_id()).into(),
+        icon: custom.map_or_else(
+            || step_icon(s.kind.type_id()).into(),
+            |(t, _)| t.icon.clone(),
+        ),
         selected: selected == s.id,
         deletable: true,
         yes,
@@ -1273,6 +1324,14 @@ fn step_summary(s: &Step, names: &Names, flow: Option<&Flow>) -> String {
         StepKind::Branch { condition, .. } => {
             format!("If {}", condition_summary(condition, names, flow))
         }
+        StepKind::Custom {
+            plugin_id,
+            step_type,
+            ..
+        } => match names.step_type(plugin_id, step_type) {
+            Some((t, plugin)) => format!("{} · {plugin}", t.display_name),
+            None => format!("{step_type} · plugin {plugin_id} (not installed)"),
+        },
         StepKind::CreateTask {
             assignee,
             due_in_minutes,
@@ -1429,15 +1488,51 @@ fn config_panel(
     Err(Error::not_found(format!("node {shown}")))
 }
 
+/// A config field of a custom step, rendered from its JSON Schema property
+/// (`config.<name>`), showing the stored value or the schema's default.
+fn custom_field(f: crate::plugins::descriptor::ConfigField, config: &Value) -> Field {
+    let kind = match f.kind.as_str() {
+        "number" | "integer" => FieldKind::Number,
+        "toggle" => FieldKind::Toggle,
+        "select" => FieldKind::Select,
+        _ => FieldKind::Text,
+    };
+    let value = config
+        .get(&f.name)
+        .cloned()
+        .or(f.default.clone())
+        .unwrap_or(Value::Null);
+    let mut field = Field::new(&format!("config.{}", f.name), &f.label, kind, value);
+    if f.required {
+        field = field.required();
+    }
+    if let Some(h) = f.help {
+        field = field.help(h);
+    }
+    if !f.options.is_empty() {
+        field = field.options(
+            f.options
+                .iter()
+                .map(|o| opt(o.clone(), o.as_str().unwrap_or_default()))
+                .collect(),
+        );
+    }
+    match (f.minimum, f.maximum, f.max_length) {
+        (_, _, Some(max)) => field.range(0, max as i64),
+        (Some(min), Some(max), _) => field.range(min as i64, max as i64),
+        _ => field,
+    }
+}
+
 fn end_ids(steps: &[Step], end_id: &str) -> Vec<String> {
     let mut out = Vec::new();
     for s in steps {
-        if let StepKind::Branch { yes, no, .. } = &s.kind {
+        if let Some((yes, no)) = s.kind.paths() {
             out.extend(end_ids(yes, &format!("{}.yes.end", s.id)));
             out.extend(end_ids(no, &format!("{}.no.end", s.id)));
         }
     }
-    if !matches!(steps.last().map(|s| &s.kind), Some(StepKind::Branch { .. })) {
+    if steps.last().and_then(|s| s.kind.paths()).is_none() {
         out.push(end_id.to_string());
     }
     out
@@ -1791,6 +1886,42 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                     ]),
             ]);
             description = Some("The run window still applies after the wait: a step that falls due outside it waits for the next open minute. At most 365 days in total.".into());
+        }
+        StepKind::Custom {
+            plugin_id,
+            step_type,
+            config,
+            on_failure,
+            branches,
+            ..
+        } => {
+            match names.step_type(plugin_id, step_type) {
+                Some((t, plugin)) => {
+                    description = Some(format!("{} (plugin {plugin})", t.description));
+                    if let Ok(schema_fields) =
+                        crate::plugins::descriptor::config_fields(&t.config_schema, &t.field_order)
+                    {
+                        fields.extend(schema_fields.into_iter().map(|f| custom_field(f, config)));
+                    }
+                }
+                None => {
+                    description = Some(format!(
+                        "Plugin {plugin_id} (step type {step_type}) is not installed: contacts reaching this step wait and it fails after the retries."
+                    ));
+                }
+            }
+            fields.push(
+                Field::new("on_failure", "If the plugin fails", FieldKind::Select, to_value(on_failure))
+                    .required()
+                    .options(vec![
+                        opt(
+                            json!("continue"),
+                            if *branches { "Take the NO path" } else { "Continue to the next step" },
+                        ),
+                        opt(json!("exit"), "Exit the automation"),
+                    ])
+                    .help("A plugin fails when it reports a failure, traps, runs past its deadline or memory cap, or returns too much."),
+            );
         }
         StepKind::Branch { condition, .. } => {
             fields.push(

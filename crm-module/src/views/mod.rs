@@ -15,6 +15,7 @@
 pub mod automation_list;
 pub mod builder;
 pub mod performance;
+pub mod plugins;
 pub mod settings;
 pub mod template_preview;
 
@@ -37,6 +38,7 @@ pub const VIEW_NAMES: &[&str] = &[
     "automation_performance",
     "settings",
     "template_preview",
+    "plugins",
 ];
 
 /// Builds the view `name` with JSON `params`, reading through `conn` (a read connection or transaction).
@@ -72,6 +74,7 @@ pub fn query(
         "automation_performance" => to_json(&performance::build(&ctx, parse_params(params)?)?),
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
+        "plugins" => to_json(&plugins::build(ctx.conn, ctx.now)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(Error::not_found(format!(
@@ -104,6 +107,10 @@ pub fn schemas() -> Value {
     out.insert(
         "template_preview".into(),
         schemars::schema_for!(template_preview::TemplatePreviewView).to_value(),
+    );
+    out.insert(
+        "plugins".into(),
+        schemars::schema_for!(plugins::PluginsView).to_value(),
     );
     Value::Object(out)
 }
@@ -434,6 +441,8 @@ pub(crate) fn load_automation(conn: &Connection, id: &str) -> Result<AutomationR
 pub(crate) struct Names {
     pub(crate) lists: Vec<(String, String)>,
     pub(crate) forms: Vec<(String, String)>,
+    /// Installed step plugins and whether each is enabled.
+    pub(crate) step_plugins: Vec<(crate::plugins::descriptor::Descriptor, bool)>,
 }
 
 /// Most lists/forms a picker offers.
@@ -453,7 +462,23 @@ impl Names {
                 "SELECT id, name FROM lists WHERE deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
             forms: read("SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1")?,
+            step_plugins: crate::plugins::registry::descriptors(conn)?
+                .into_iter()
+                .filter(|(d, _)| d.kind == crate::plugins::contract::PluginKind::Step)
+                .collect(),
         })
+    }
+
+    /// A custom step type's declaration and its plugin's name.
+    pub(crate) fn step_type(
+        &self,
+        plugin_id: &str,
+        step_type: &str,
+    ) -> Option<(&crate::plugins::descriptor::StepTypeDecl, &str)> {
+        self.step_plugins
+            .iter()
+            .find(|(d, _)| d.id == plugin_id)
+            .and_then(|(d, _)| d.step_type(step_type).map(|t| (t, d.name.as_str())))
     }
 
     pub(crate) fn list(&self, id: &str) -> String {

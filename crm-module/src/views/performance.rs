@@ -750,7 +750,7 @@ fn positions(def: &AutomationDefinition) -> HashMap<String, (u32, Option<String>
     ) {
         for s in steps {
             out.insert(s.id.clone(), (depth, path.clone()));
-            if let StepKind::Branch { yes, no, .. } = &s.kind {
+            if let Some((yes, no)) = s.kind.paths() {
                 let title = s.title();
                 walk(
                     yes,
@@ -891,7 +891,7 @@ fn step_row(
         avg_time_display: c.avg_ms.map(fmt_duration).unwrap_or_else(|| DASH.into()),
         conversion,
         conversion_display: fmt_rate(conversion),
-        branch_paths: matches!(step.kind, StepKind::Branch { .. }).then(|| BranchSplit {
+        branch_paths: step.kind.paths().is_some().then(|| BranchSplit {
             yes: c.yes,
             no: c.no,
             display: format!("YES {} · NO {}", fmt_count(c.yes), fmt_count(c.no)),

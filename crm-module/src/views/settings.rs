@@ -29,7 +29,7 @@ use crate::schedule::{RunWindow, Weekday};
 use crate::settings::{
     EmailDelivery, FieldError, MAX_CONSENT_FOOTER, MAX_EMAIL_ADDRESS, MAX_EMAIL_FOOTER,
     MAX_FROM_NAME, MAX_KEYWORD_CHARS, MAX_KEYWORDS, MAX_MODULE_NAME, MAX_POSTAL_ADDRESS,
-    MAX_PRACTICE_NAME, MAX_TRACKING_URL, Settings,
+    MAX_PRACTICE_NAME, MAX_TRACKING_URL, Settings, SmsDelivery,
 };
 
 /// Parameters of `settings`: none (send `null` or `{}`).
@@ -267,22 +267,31 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value> {
 
 /// The `email_delivery` fields: the mode, then the SMTP relay's fields
 /// (shown only in SMTP mode; null while the mode is `host`).
-fn delivery_fields(delivery: &EmailDelivery) -> Result<Vec<SettingsField>> {
+fn delivery_fields(
+    delivery: &EmailDelivery,
+    adapters: &[(String, String, Vec<String>)],
+) -> Result<Vec<SettingsField>> {
     use SettingsFieldKind as K;
     let smtp: Option<&SmtpSettings> = match delivery {
         EmailDelivery::Smtp { smtp } => Some(smtp),
-        EmailDelivery::Host => None,
+        _ => None,
+    };
+    let mode_value = match delivery {
+        EmailDelivery::Host => "host",
+        EmailDelivery::Smtp { .. } => "smtp",
+        EmailDelivery::Plugin { .. } => "plugin",
     };
     let mode = SettingsField::new(
         "email_delivery.mode",
         "Email delivery",
         K::Select,
-        json!(if smtp.is_some() { "smtp" } else { "host" }),
+        json!(mode_value),
     )
     .required()
     .options(vec![
         opt(json!("host"), "Through PracticeEHR"),
         opt(json!("smtp"), "Through an SMTP relay"),
+        opt(json!("plugin"), "Through a sender adapter plugin"),
     ])
     .help("How emails leave the CRM: handed to PracticeEHR, or sent directly through your email provider's SMTP relay.");
     let or_null = |f: &dyn Fn(&SmtpSettings) -> Value| smtp.map(f).unwrap_or(Value::Null);
@@ -356,7 +365,70 @@ fn delivery_fields(delivery: &EmailDelivery) -> Result<Vec<SettingsField>> {
         });
     }
     fields.insert(0, mode);
+    fields.push(adapter_field(
+        "email",
+        match delivery {
+            EmailDelivery::Plugin { plugin_id } => Some(plugin_id),
+            _ => None,
+        },
+        adapters,
+    ));
     Ok(fields)
+}
+
+/// The sender adapter select of a channel, shown while its mode is `plugin`;
+/// options are the installed adapters that send the channel.
+fn adapter_field(
+    channel: &str,
+    current: Option<&String>,
+    adapters: &[(String, String, Vec<String>)],
+) -> SettingsField {
+    let mut f = SettingsField::new(
+        &format!("{channel}_delivery.plugin_id"),
+        "Sender adapter",
+        SettingsFieldKind::Select,
+        current.map_or(Value::Null, |id| json!(id)),
+    )
+    .required()
+    .options(
+        adapters
+            .iter()
+            .filter(|(_, _, channels)| channels.iter().any(|c| c == channel))
+            .map(|(id, name, _)| opt(json!(id), name))
+            .collect(),
+    )
+    .help("An installed WebAssembly plugin that delivers through your provider's API. Install one from the Plugins screen.");
+    f.visible_when = Some(VisibleWhen {
+        field: format!("{channel}_delivery.mode"),
+        equals: json!("plugin"),
+    });
+    f
+}
+
+/// The SMS delivery fields: the mode, then the adapter select.
+fn sms_delivery_fields(
+    delivery: &SmsDelivery,
+    adapters: &[(String, String, Vec<String>)],
+) -> Vec<SettingsField> {
+    let current = match delivery {
+        SmsDelivery::Plugin { plugin_id } => Some(plugin_id),
+        SmsDelivery::Host => None,
+    };
+    vec![
+        SettingsField::new(
+            "sms_delivery.mode",
+            "SMS delivery",
+            SettingsFieldKind::Select,
+            json!(if current.is_some() { "plugin" } else { "host" }),
+        )
+        .required()
+        .options(vec![
+            opt(json!("host"), "Through PracticeEHR"),
+            opt(json!("plugin"), "Through a sender adapter plugin"),
+        ])
+        .help("How text messages leave the CRM: handed to PracticeEHR, or sent through your SMS provider's API by a sender adapter plugin."),
+        adapter_field("sms", current, adapters),
+    ]
 }
 
 /// The stored settings document (the module's current settings when none is stored yet).
@@ -391,7 +463,13 @@ fn day_rows(window: &RunWindow) -> Result<Value> {
 pub(crate) fn build(ctx: &Ctx<'_>, _params: SettingsParams) -> Result<SettingsView> {
     let doc = stored(ctx)?;
     let errors = doc.validate_all();
-    let mut sections = sections(&doc)?;
+    let adapters: Vec<(String, String, Vec<String>)> =
+        crate::plugins::registry::descriptors(ctx.conn)?
+            .into_iter()
+            .filter(|(d, _)| d.kind == crate::plugins::contract::PluginKind::Sender)
+            .map(|(d, _)| (d.id, d.name, d.channels))
+            .collect();
+    let mut sections = sections(&doc, &adapters)?;
     for field in sections.iter_mut().flat_map(|s| s.fields.iter_mut()) {
         field.error = error_for(&field.id, &errors);
     }
@@ -461,7 +539,10 @@ fn place_leftovers(sections: &mut [SettingsSection], errors: &[FieldError]) {
     }
 }
 
-fn sections(doc: &Settings) -> Result<Vec<SettingsSection>> {
+fn sections(
+    doc: &Settings,
+    adapters: &[(String, String, Vec<String>)],
+) -> Result<Vec<SettingsSection>> {
     use SettingsFieldKind as K;
 
     let module_identity = section(
@@ -573,7 +654,7 @@ fn sections(doc: &Settings) -> Result<Vec<SettingsSection>> {
             .help("Where replies go. Leave empty to receive replies at the from address."),
         ]
         .into_iter()
-        .chain(delivery_fields(&doc.email_delivery)?)
+        .chain(delivery_fields(&doc.email_delivery, adapters)?)
         .collect(),
         None,
     );
@@ -696,7 +777,10 @@ fn sections(doc: &Settings) -> Result<Vec<SettingsSection>> {
             .range(2, 2)
             .placeholder("US")
             .help("Two-letter country code used to read phone numbers written without a +country code."),
-        ],
+        ]
+        .into_iter()
+        .chain(sms_delivery_fields(&doc.sms_delivery, adapters))
+        .collect(),
         None,
     );
 
@@ -914,6 +998,7 @@ mod tests {
             "email_delivery.smtp.username",
             "email_delivery.smtp.password",
             "email_delivery.smtp.timeout_seconds",
+            "email_delivery.plugin_id",
         ],
         &["email_footer.postal_address", "email_footer.text"],
         &["limits.email_per_hour", "limits.email_per_day"],
@@ -922,7 +1007,12 @@ mod tests {
             "tracking.email_clicks",
             "tracking.base_url",
         ],
-        &["sms.sender_number", "sms.default_region"],
+        &[
+            "sms.sender_number",
+            "sms.default_region",
+            "sms_delivery.mode",
+            "sms_delivery.plugin_id",
+        ],
         &[
             "sms_opt_out_keywords",
             "sms_opt_in_keywords",
@@ -1023,10 +1113,11 @@ mod tests {
             assert!(f["label"].as_str().is_some_and(|l| !l.is_empty()), "{id}");
             assert!(f["help"].is_string(), "{id} has no help");
             // Every id is a path into the document, and the value is the stored one.
-            if id.starts_with("email_delivery.smtp.") {
-                // Host mode: the relay's fields are empty (and hidden).
+            if id.starts_with("email_delivery.smtp.") || id.ends_with("_delivery.plugin_id") {
+                // Host mode: the relay's and the adapter's fields are empty (and hidden).
                 assert!(f["value"].is_null(), "{id}");
-                assert_eq!(f["visible_when"]["field"], "email_delivery.mode", "{id}");
+                let mode = format!("{}.mode", id.split('.').next().unwrap());
+                assert_eq!(f["visible_when"]["field"], json!(mode), "{id}");
                 continue;
             }
             let stored = at(&doc, id).unwrap_or_else(|| panic!("{id} is not a settings path"));
@@ -1220,7 +1311,7 @@ mod tests {
             field: "default_run_window".into(),
             message: "broken".into(),
         }];
-        let mut sections = super::sections(&Settings::default()).unwrap();
+        let mut sections = super::sections(&Settings::default(), &[]).unwrap();
         super::place_leftovers(&mut sections, &errors);
         assert_eq!(sections[1].fields[0].id, "default_run_window.mode");
         assert_eq!(sections[1].fields[0].error.as_deref(), Some("broken"));

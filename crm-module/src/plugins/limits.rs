@@ -1,0 +1,120 @@
+//! What one plugin call may use: time, instructions, memory, bytes in and out.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The largest memory cap a practice may grant (the pooling allocator's slot size).
+pub const MAX_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// The longest wall-clock deadline a practice may grant.
+pub const MAX_DEADLINE_MS: u64 = 30_000;
+/// The largest input, output or fetched body a practice may grant.
+pub const MAX_IO_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Per-plugin limits, set at install (every field optional: the defaults
+/// below apply). One call of the plugin (a step run, a send, a describe)
+/// gets all of them afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline of one call, fetches included (default 1,000 ms;
+    /// at most 30,000). Enforced by epoch interruption.
+    pub deadline_ms: u64,
+    /// Instruction budget of one call, in wasmtime fuel units (about one per
+    /// WebAssembly instruction; default 500 million). Deterministic.
+    pub fuel: u64,
+    /// Linear memory cap of one instance (default 64 MiB; at most 256 MiB).
+    pub memory_bytes: u64,
+    /// Cap on the input handed to the plugin: contact and config JSON, or
+    /// the rendered message (default 1 MiB).
+    pub input_bytes: u64,
+    /// Cap on what the plugin returns: property changes, reasons, ids
+    /// (default 1 MiB).
+    pub output_bytes: u64,
+    /// Cap on one fetched response body (default 1 MiB).
+    pub fetch_response_bytes: u64,
+    /// Fetches per call (default 8).
+    pub fetches_per_call: u32,
+    /// Let `fetch` reach private, loopback and link-local addresses (default
+    /// false). For a provider inside the practice's network, and for tests.
+    pub allow_private_network: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 1_000,
+            fuel: 500_000_000,
+            memory_bytes: 64 * 1024 * 1024,
+            input_bytes: 1024 * 1024,
+            output_bytes: 1024 * 1024,
+            fetch_response_bytes: 1024 * 1024,
+            fetches_per_call: 8,
+            allow_private_network: false,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every field is within what the host can enforce.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let range = |name: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "limits.{name}: must be {min} to {max}"
+                )))
+            }
+        };
+        range("deadline_ms", self.deadline_ms, 1, MAX_DEADLINE_MS)?;
+        range("fuel", self.fuel, 10_000, 100_000_000_000)?;
+        range(
+            "memory_bytes",
+            self.memory_bytes,
+            1024 * 1024,
+            MAX_MEMORY_BYTES,
+        )?;
+        range("input_bytes", self.input_bytes, 1024, MAX_IO_BYTES)?;
+        range("output_bytes", self.output_bytes, 1024, MAX_IO_BYTES)?;
+        range(
+            "fetch_response_bytes",
+            self.fetch_response_bytes,
+            1024,
+            MAX_IO_BYTES,
+        )?;
+        range("fetches_per_call", u64::from(self.fetches_per_call), 0, 64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bounds_are_named() {
+        Limits::default().validate().unwrap();
+        let e = Limits {
+            memory_bytes: MAX_MEMORY_BYTES + 1,
+            ..Limits::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.memory_bytes"), "{e}");
+        let e = Limits {
+            deadline_ms: 0,
+            ..Limits::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.deadline_ms"), "{e}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The plugin pool: threads that run plugin calls off the worker and the
+//! dispatcher, so a slow plugin delays only its own step or message. Each
+//! answer goes back to the worker, which records it in one transaction with
+//! the enrollment's next move.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use base64::Engine as _;
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+
+use super::runtime::CallFailure;
+use super::{Outgoing, PluginHost, Report, SendResult, StepCall};
+use crate::error::{Error, Result};
+use crate::outbox::{DueEffect, HostAnswer};
+use crate::worker::Request;
+
+/// A plugin call to make.
+pub enum Job {
+    /// A custom step (an outbox row of kind `plugin_step`).
+    Step(DueEffect),
+    /// A message for a sender adapter.
+    Send {
+        /// The outbox row.
+        effect: DueEffect,
+        /// The adapter chosen for its channel in settings.
+        plugin_id: String,
+    },
+}
+
+/// Threads in the pool: calls that may run at once.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4)
+}
+
+/// Starts `threads` pool threads; they end when every job sender is gone.
+///
+/// # Errors
+///
+/// [`Error::Internal`] when a thread cannot start.
+pub fn spawn(
+    threads: usize,
+    plugins: Arc<PluginHost>,
+    worker: Sender<Request>,
+) -> Result<(Sender<Job>, Vec<JoinHandle<()>>)> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let mut handles = Vec::new();
+    for i in 0..threads.max(1) {
+        let (rx, plugins, worker) = (rx.clone(), plugins.clone(), worker.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("crm-plugin-{i}"))
+                .spawn(move || run(rx, &plugins, &worker))
+                .map_err(|e| Error::Internal(format!("cannot start a plugin thread: {e}")))?,
+        );
+    }
+    Ok((tx, handles))
+}
+
+fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
+    for job in jobs {
+        let request = match job {
+            Job::Step(effect) => Request::PluginStep {
+                outbox_id: effect.id,
+                report: step(plugins, &effect),
+            },
+            Job::Send { effect, plugin_id } => {
+                let report = send(plugins, &plugin_id, &effect);
+                let (answer, error) = match &report.result {
+                    Ok(SendResult::Accepted(_)) => (HostAnswer::Accepted, None),
+                    Ok(SendResult::RetryLater(r)) => (HostAnswer::RetryLater, Some(r.clone())),
+                    Ok(SendResult::Failed(r)) => (HostAnswer::Failed, Some(r.clone())),
+                    Err(f) if f.transient => (HostAnswer::RetryLater, Some(f.reason.clone())),
+                    Err(f) => (HostAnswer::Failed, Some(f.reason.clone())),
+                };
+                Request::Answer {
+                    outbox_id: effect.id,
+                    answer,
+                    error: error.map(|e| format!("plugin {plugin_id}: {e}")),
+                    call: Some(report.figures),
+                }
+            }
+        };
+        if worker.send(request).is_err() {
+            return;
+        }
+    }
+}
+
+fn bad_payload(plugin_id: &str, operation: &str, why: &str) -> Report<super::StepResult> {
+    Report {
+        result: Err(CallFailure {
+            reason: format!("payload: {why}"),
+            transient: false,
+        }),
+        figures: super::registry::CallFigures {
+            plugin_id: plugin_id.to_string(),
+            operation: operation.to_string(),
+            micros: 0,
+            failure: Some(format!("payload: {why}")),
+        },
+    }
+}
+
+/// Runs the custom step an outbox row describes.
+fn step(plugins: &PluginHost, effect: &DueEffect) -> Report<super::StepResult> {
+    let Ok(v) = serde_json::from_str::<Value>(&effect.payload) else {
+        return bad_payload("", "", "not JSON");
+    };
+    let s = |k: &str| v[k].as_str().unwrap_or_default();
+    let (plugin_id, step_type) = (s("plugin_id"), s("step_type"));
+    if plugin_id.is_empty() || step_type.is_empty() {
+        return bad_payload(plugin_id, step_type, "plugin_id and step_type are required");
+    }
+    plugins.run_step(
+        plugin_id,
+        &StepCall {
+            step_type,
+            key: &effect.key,
+            automation_id: s("automation_id"),
+            step_id: s("step_id"),
+            now: s("now"),
+            contact: &v["contact"],
+            config: &v["config"],
+        },
+    )
+}
+
+/// Sends the message an outbox row holds through the adapter.
+fn send(plugins: &PluginHost, plugin_id: &str, effect: &DueEffect) -> Report<SendResult> {
+    match outgoing(effect) {
+        Ok(m) => plugins.send(plugin_id, &m),
+        Err(why) => Report {
+            result: Err(CallFailure {
+                reason: format!("payload: {why}"),
+                transient: false,
+            }),
+            figures: super::registry::CallFigures {
+                plugin_id: plugin_id.to_string(),
+                operation: "send".into(),
+                micros: 0,
+                failure: Some(format!("payload: {why}")),
+            },
+        },
+    }
+}
+
+/// The rendered message of a message payload.
+pub fn outgoing(effect: &DueEffect) -> std::result::Result<Outgoing, &'static str> {
+    let v: Value = serde_json::from_str(&effect.payload).map_err(|_| "not JSON")?;
+    let r = &v["rendered"];
+    let text = |x: &Value| x.as_str().map(str::to_string);
+    let channel = text(&v["channel"]).ok_or("channel: missing")?;
+    let to = text(&v["to"]).ok_or("to: missing")?;
+    Ok(match channel.as_str() {
+        "sms" => Outgoing {
+            key: effect.key.clone(),
+            channel,
+            to,
+            from: text(&r["from"]).unwrap_or_default(),
+            subject: None,
+            text: text(&r["text"]).ok_or("rendered.text: missing")?,
+            html: None,
+            rfc5322: None,
+        },
+        "email" => Outgoing {
+            key: effect.key.clone(),
+            channel,
+            to,
+            from: text(&r["envelope_from"]).ok_or("rendered.envelope_from: missing")?,
+            subject: text(&r["subject"]),
+            text: text(&r["text"]).unwrap_or_default(),
+            html: text(&r["html"]),
+            rfc5322: Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(
+                        r["rfc5322_base64"]
+                            .as_str()
+                            .ok_or("rendered.rfc5322_base64: missing")?,
+                    )
+                    .map_err(|_| "rendered.rfc5322_base64: not base64")?,
+            ),
+        },
+        _ => return Err("channel: not email or sms"),
+    })
+}

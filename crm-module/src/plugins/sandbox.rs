@@ -1,0 +1,226 @@
+//! The store of one plugin call: WASI with nothing granted, the memory cap,
+//! and the host imports (`log`, `config`, `http`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::contract::sender_world::crm::plugin::http;
+use super::contract::step_world::crm::plugin::{config, log, types};
+use super::fetch::{FetchFailure, FetchPolicy, FetchRequest};
+use super::limits::Limits;
+use crate::host::LogLevel;
+
+/// Log lines kept per call; more are counted and dropped.
+const MAX_LOG_LINES: usize = 32;
+/// Longest log line kept (bytes); longer lines are cut.
+const MAX_LOG_LINE: usize = 1024;
+/// What the plugin's stderr may hold per call (a panic message, say).
+const STDERR_CAPACITY: usize = 2048;
+
+/// What the practice set for one plugin, shared by its calls.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    /// Plain settings (`config.get`).
+    pub config: BTreeMap<String, String>,
+    /// Secrets (`config.secret`).
+    pub secrets: BTreeMap<String, String>,
+    /// Limits of each call.
+    pub limits: Limits,
+    /// Where `fetch` may go (sender adapters only).
+    pub fetch: Option<FetchPolicy>,
+}
+
+/// Refuses memory growth past the plugin's cap and remembers that it did.
+#[derive(Debug)]
+pub struct MemoryCap {
+    cap: u64,
+    /// The size a refused growth asked for.
+    pub refused: Option<u64>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            self.refused = Some(desired as u64);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The state of one call's store.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+    /// The memory cap (installed as the store's limiter).
+    pub memory: MemoryCap,
+    settings: Arc<PluginSettings>,
+    deadline: Instant,
+    /// Log lines the plugin wrote, forwarded after the call.
+    pub logs: Vec<(LogLevel, String)>,
+    /// Log lines dropped over the cap.
+    pub logs_dropped: usize,
+    fetches: u32,
+    /// Fetch failures, by code, for the call's record.
+    pub fetch_failures: Vec<&'static str>,
+}
+
+impl CallState {
+    /// A fresh state: WASI with no files, no environment, no arguments, no
+    /// sockets and no name lookups; the host's clocks and randomness.
+    pub fn new(settings: Arc<PluginSettings>, deadline: Instant) -> CallState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            memory: MemoryCap {
+                cap: settings.limits.memory_bytes,
+                refused: None,
+            },
+            settings,
+            deadline,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            fetches: 0,
+            fetch_failures: Vec::new(),
+        }
+    }
+
+    /// What the plugin wrote to stderr (cut at a small cap), lossily decoded.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for CallState {}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String) {
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.logs_dropped += 1;
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let level = match level {
+            log::Level::Error => LogLevel::Error,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Debug => LogLevel::Debug,
+        };
+        self.logs.push((level, message));
+    }
+}
+
+impl config::Host for CallState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.settings.config.get(&key).cloned()
+    }
+
+    fn secret(&mut self, key: String) -> Option<String> {
+        self.settings.secrets.get(&key).cloned()
+    }
+}
+
+impl http::Host for CallState {
+    fn fetch(&mut self, request: http::Request) -> Result<http::Response, http::FetchError> {
+        let outcome = self.fetch_inner(request);
+        if let Err(e) = &outcome {
+            self.fetch_failures.push(match e {
+                http::FetchError::InvalidRequest(_) => "invalid_request",
+                http::FetchError::NotGranted(_) => "not_granted",
+                http::FetchError::PrivateAddress(_) => "private_address",
+                http::FetchError::RedirectRefused(_) => "redirect_refused",
+                http::FetchError::TooLarge(_) => "too_large",
+                http::FetchError::Timeout => "timeout",
+                http::FetchError::Connection(_) => "connection",
+            });
+        }
+        outcome
+    }
+}
+
+impl CallState {
+    fn fetch_inner(&mut self, request: http::Request) -> Result<http::Response, http::FetchError> {
+        let Some(policy) = self.settings.fetch.clone() else {
+            return Err(http::FetchError::NotGranted(
+                "this plugin has no fetch grants".into(),
+            ));
+        };
+        if self.fetches >= self.settings.limits.fetches_per_call {
+            return Err(http::FetchError::InvalidRequest(format!(
+                "at most {} fetches per call",
+                self.settings.limits.fetches_per_call
+            )));
+        }
+        self.fetches += 1;
+        let req = FetchRequest {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+        };
+        match policy.fetch(&req, self.deadline) {
+            Ok(r) => Ok(http::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }),
+            Err(e) => Err(match e {
+                FetchFailure::InvalidRequest(m) => http::FetchError::InvalidRequest(m),
+                FetchFailure::NotGranted(m) => http::FetchError::NotGranted(m),
+                FetchFailure::PrivateAddress(m) => http::FetchError::PrivateAddress(m),
+                FetchFailure::RedirectRefused(m) => http::FetchError::RedirectRefused(m),
+                FetchFailure::TooLarge(n) => http::FetchError::TooLarge(n),
+                FetchFailure::Timeout => http::FetchError::Timeout,
+                FetchFailure::Connection(m) => http::FetchError::Connection(m),
+            }),
+        }
+    }
+}
