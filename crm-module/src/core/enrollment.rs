@@ -738,22 +738,14 @@ fn set_property(
         }
         _ => crate::model::contact::normalize_property(name, value.clone())?,
     };
-    let actor = format!("automation:{}", e.automation_id);
     let mut map = serde_json::Map::new();
     map.insert(name.to_string(), new_value.clone());
-    let signals = contacts::apply_props(
+    let signals = write_props(
         ctx,
         &mut contact,
         map,
-        crate::event::UpsertMode::Partial,
-        AuditSource {
-            actor: &actor,
-            reason: "automation",
-            message_key: None,
-        },
+        &format!("automation:{}", e.automation_id),
     )?;
-    contacts::touch(&mut contact, ctx.now, false);
-    contacts::save(ctx.conn, &contact)?;
     let key = effect_key(ctx.install_id, e.id, sid);
     ctx.effects.push(Effect {
         payload: json!({
@@ -776,6 +768,30 @@ fn set_property(
         Some(fresh) if fresh.state == "active" => Ok(StepOutcome::Next),
         _ => Ok(StepOutcome::Exited),
     }
+}
+
+/// Applies property changes an automation makes (audited as `actor`,
+/// reason `automation`), touches and saves the contact; returns the signals.
+fn write_props(
+    ctx: &mut Ctx<'_>,
+    contact: &mut contacts::Contact,
+    map: serde_json::Map<String, Value>,
+    actor: &str,
+) -> Result<Vec<Signal>> {
+    let signals = contacts::apply_props(
+        ctx,
+        contact,
+        map,
+        crate::event::UpsertMode::Partial,
+        AuditSource {
+            actor,
+            reason: "automation",
+            message_key: None,
+        },
+    )?;
+    contacts::touch(contact, ctx.now, false);
+    contacts::save(ctx.conn, contact)?;
+    Ok(signals)
 }
 
 /// The contact's tags after a `{"add": [..], "remove": [..]}` change.
@@ -1001,21 +1017,8 @@ fn apply_plugin_changes(
         Ok(map) => map,
         Err(reason) => return Ok(Err(reason)),
     };
-    let actor = format!("plugin:{plugin_id}");
     let written = map.clone();
-    let signals = contacts::apply_props(
-        ctx,
-        &mut contact,
-        map,
-        crate::event::UpsertMode::Partial,
-        AuditSource {
-            actor: &actor,
-            reason: "automation",
-            message_key: None,
-        },
-    )?;
-    contacts::touch(&mut contact, ctx.now, false);
-    contacts::save(ctx.conn, &contact)?;
+    let signals = write_props(ctx, &mut contact, map, &format!("plugin:{plugin_id}"))?;
     for (name, value) in written {
         let effect_key = format!("{key}-{name}");
         ctx.effects.push(Effect {
