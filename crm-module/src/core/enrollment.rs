@@ -93,12 +93,16 @@ pub fn of_contact(
     filter: &str,
     since: Millis,
 ) -> Result<Vec<Enrollment>> {
+    // Sorted here rather than with ORDER BY id: with that ORDER BY and the
+    // range on enrolled_at, SQLite re-prepares the statement at every bind.
     let sql = format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE contact_id = ?1 AND enrolled_at >= ?2 AND {filter} ORDER BY id"
+        "SELECT {COLUMNS} FROM enrollments WHERE contact_id = ?1 AND enrolled_at >= ?2 AND {filter}"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![contact_id, since], read)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut v = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    v.sort_unstable_by_key(|e| e.id);
+    Ok(v)
 }
 
 /// Active enrollments of an automation.
