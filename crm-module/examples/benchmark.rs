@@ -61,7 +61,9 @@
 //! A2, 2000, at most a fifth of the contacts), `--threads N` (A2, 4),
 //! `--clock-per-batch-secs N` (30; 0 keeps the clock still during
 //! ingestion), `--advance-step-minutes N` (0: to each due instant; N: fixed
-//! steps), `--live-host`. Figures depend on the disk's fsync latency and on
+//! steps), `--live-host`, `--ingest-only` (stop after phase B3 and print
+//! one line of ingestion figures: for quick comparisons and profiling runs).
+//! Figures depend on the disk's fsync latency and on
 //! other load: run it on a quiet machine, on a disk (not tmpfs).
 
 use std::collections::BTreeMap;
@@ -97,6 +99,7 @@ struct Args {
     clock_per_batch_secs: i64,
     advance_step_minutes: i64,
     live_host: bool,
+    ingest_only: bool,
 }
 
 fn parse_args() -> BoxResult<Args> {
@@ -109,6 +112,7 @@ fn parse_args() -> BoxResult<Args> {
         clock_per_batch_secs: 30,
         advance_step_minutes: 0,
         live_host: false,
+        ingest_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -122,10 +126,11 @@ fn parse_args() -> BoxResult<Args> {
             "--clock-per-batch-secs" => a.clock_per_batch_secs = value()?.parse()?,
             "--advance-step-minutes" => a.advance_step_minutes = value()?.parse()?,
             "--live-host" => a.live_host = true,
+            "--ingest-only" => a.ingest_only = true,
             "-h" | "--help" => {
                 println!(
                     "usage: benchmark [--contacts N] [--automations N] [--dir PATH] [--single N] \
-                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host]"
+                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host] [--ingest-only]"
                 );
                 std::process::exit(0);
             }
@@ -932,6 +937,27 @@ fn main() -> BoxResult<()> {
                    "body": "What time is my appointment?"})
         })
     })?;
+
+    if args.ingest_only {
+        // A quick figure for profiling runs: the batched ingestion only.
+        let (pb1, pb2) = (&bench.phases[b1], &bench.phases[b2]);
+        let secs = pb1.secs() + pb2.secs();
+        let rows = pb1.rows() + pb2.rows();
+        let raw_rate = raw_rows as f64 / raw_first.as_secs_f64();
+        println!(
+            "ingest-only: batched {} events/s, {} rows/s ({:.1} rows/event), raw {} rows/s, {:.1} %; single push {} events/s; B3 {} events/s",
+            group((pb1.events + pb2.events) as f64 / secs),
+            group(rows as f64 / secs),
+            rows as f64 / (pb1.events + pb2.events) as f64,
+            group(raw_rate),
+            100.0 * rows as f64 / secs / raw_rate,
+            group(bench.phases[a1].events as f64 / bench.phases[a1].secs()),
+            group(bench.phases[b3].events as f64 / bench.phases[b3].secs()),
+        );
+        drop(bench);
+        module.close();
+        return Ok(());
+    }
 
     // The worker's scheduler query, timed on the loaded database.
     let waiting: i64 = bench.reader.query_row(

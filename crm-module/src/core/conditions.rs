@@ -11,6 +11,14 @@ use crate::error::Result;
 use crate::model::automation::{CompareOp, Condition, StepEngagement};
 use crate::model::contact::value_matches;
 
+/// Did the contact open, click or reply to the message of a step of this
+/// enrollment. The last term repeats the WHERE of the partial index
+/// `events_step_engagement`, which holds only those rows, so that SQLite
+/// uses it.
+pub(crate) const STEP_ENGAGEMENT_SQL: &str = "SELECT EXISTS(SELECT 1 FROM events
+    WHERE enrollment_id = ?1 AND step_id = ?2 AND kind = ?3
+      AND (kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied'))";
+
 /// Evaluates a condition for one enrollment.
 pub fn evaluate(
     ctx: &Ctx<'_>,
@@ -44,9 +52,7 @@ pub fn evaluate(
                 StepEngagement::Replied => "message_replied",
             };
             ctx.conn
-                .prepare_cached(
-                    "SELECT EXISTS(SELECT 1 FROM events WHERE enrollment_id = ?1 AND step_id = ?2 AND kind = ?3)",
-                )?
+                .prepare_cached(STEP_ENGAGEMENT_SQL)?
                 .query_row(params![e.id, step_id, kind], |r| r.get(0))?
         }
         Condition::GoalReached => e.goal_reached_at.is_some(),

@@ -191,7 +191,10 @@ pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
 
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.
 pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
-    let text = |k: &str| c.props.get(k).and_then(Value::as_str).map(str::to_string);
+    let text = |k: &str| c.props.get(k).and_then(Value::as_str);
+    let props = serde_json::to_string(&c.props)
+        .map_err(|e| Error::Internal(format!("contact {}: {e}", c.id)))?;
+    let phone = text("phone");
     conn.prepare_cached(
         "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
                                insurance_verification, portal_active, created_at, last_activity,
@@ -206,10 +209,10 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
     )?
     .execute(params![
         c.id,
-        Value::Object(c.props.clone()).to_string(),
+        props,
         c.status(),
         text("email"),
-        text("phone"),
+        phone,
         text("dob"),
         c.subscription("email"),
         c.subscription("sms"),
@@ -219,7 +222,7 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
         c.last_activity,
         c.last_engaged_at,
         c.source_updated_at,
-        text("phone").as_deref().and_then(phone_key),
+        phone.and_then(phone_key),
     ])?;
     Ok(())
 }

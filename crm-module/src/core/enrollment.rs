@@ -106,12 +106,16 @@ pub fn of_contact(
     filter: &str,
     since: Millis,
 ) -> Result<Vec<Enrollment>> {
+    // Sorted here rather than with ORDER BY id: with that ORDER BY and the
+    // range on enrolled_at, SQLite re-prepares the statement at every bind.
     let sql = format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE contact_id = ?1 AND enrolled_at >= ?2 AND {filter} ORDER BY id"
+        "SELECT {COLUMNS} FROM enrollments WHERE contact_id = ?1 AND enrolled_at >= ?2 AND {filter}"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![contact_id, since], read)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut v = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    v.sort_unstable_by_key(|e| e.id);
+    Ok(v)
 }
 
 /// Active enrollments of an automation.
@@ -208,7 +212,21 @@ pub fn enroll(
         ..Log::new("enrolled", contact_id)
     }
     .write(ctx.conn, ctx.now)?;
-    advance(ctx, id)?;
+    // The row just inserted, without reading it back.
+    let e = Enrollment {
+        id,
+        automation_id: entry.id.clone(),
+        contact_id: contact_id.to_string(),
+        version: version.number,
+        state: "active".into(),
+        step_id: first,
+        phase: Phase::Ready,
+        step_started_at: None,
+        wake_at: None,
+        enrolled_at: ctx.now,
+        goal_reached_at: None,
+    };
+    advance_loaded(ctx, e)?;
     Ok(Some(id))
 }
 
@@ -253,9 +271,14 @@ pub fn wake(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
 
 /// Runs an enrollment forward from where it stands until it waits, holds or ends.
 pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
-    let Some(mut e) = load(ctx.conn, id)? else {
+    let Some(e) = load(ctx.conn, id)? else {
         return Ok(());
     };
+    advance_loaded(ctx, e)
+}
+
+/// [`advance`] for an enrollment as it stands in the database.
+fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
     if e.state != "active" {
         return Ok(());
     }
@@ -321,8 +344,12 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
         }
         .write(ctx.conn, ctx.now)?;
         // Persist position before running the step: steps may cascade into other
-        // automations that read this enrollment.
-        save(ctx.conn, &e)?;
+        // automations that read this enrollment. (A delay only waits: the
+        // save below writes the same position.)
+        let delay = matches!(step.kind, StepKind::Delay { .. });
+        if !delay {
+            save(ctx.conn, &e)?;
+        }
         let next = match run_step(ctx, &e, &step, &version)? {
             StepOutcome::Wait(until) => {
                 e.phase = Phase::Waiting;
@@ -338,10 +365,16 @@ pub fn advance(ctx: &mut Ctx<'_>, id: i64) -> Result<()> {
             StepOutcome::Goto(next) => next,
             StepOutcome::Exited => return Ok(()),
         };
-        // A cascade may have ended this enrollment (e.g. a global opt-out).
-        match load(ctx.conn, e.id)? {
-            Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
-            _ => return Ok(()),
+        // A cascade may have ended this enrollment (e.g. a global opt-out) or
+        // reached its goal. Only these steps fire triggers.
+        if matches!(
+            step.kind,
+            StepKind::SetProperty { .. } | StepKind::AddToList { .. }
+        ) {
+            match load(ctx.conn, e.id)? {
+                Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
+                _ => return Ok(()),
+            }
         }
         e.step_id = next;
         e.step_started_at = None;
@@ -685,12 +718,12 @@ fn queue_message(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or(to);
-    let vars = compose::variables(ctx, contact, "");
+    // The values compose::variables gives these four placeholders.
     let placeholders = json!({
-        "firstname": vars.get("firstname"),
-        "lastname": vars.get("lastname"),
-        "practice": vars.get("practice"),
-        "owner": vars.get("owner"),
+        "firstname": contact.text("first_name").unwrap_or(""),
+        "lastname": contact.text("last_name").unwrap_or(""),
+        "practice": ctx.settings.doc.practice_name,
+        "owner": contact.props.get("owner").and_then(|o| o.get("name")).and_then(Value::as_str).unwrap_or(""),
     });
     let content = json!({
         "template_id": template_id, "subject": content.subject, "preheader": content.preheader,

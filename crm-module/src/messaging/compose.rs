@@ -6,7 +6,9 @@
 //! Runs inside the core's transaction: the numbered message and its links are
 //! stored with the outbox row that carries it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use rusqlite::{OptionalExtension, params};
@@ -155,22 +157,32 @@ pub fn variables(
 fn render(
     field: &str,
     source: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &minijinja::Value,
     html: bool,
 ) -> std::result::Result<String, ComposeError> {
-    template::render(field, source, vars, html).map_err(|e| ComposeError::Render(e.to_string()))
+    template::render_value(field, source, vars, html)
+        .map_err(|e| ComposeError::Render(e.to_string()))
 }
 
 /// Numbers a message for tracking tokens (same transaction as its outbox row).
 fn number(ctx: &Ctx<'_>, key: &str, contact_id: &str, channel: &str) -> Result<i64> {
-    // One statement: insert, or (the same message composed again) keep the row; either way its id.
-    Ok(ctx
+    // Insert, or (the same message composed again) keep the row; either way its id.
+    // Not one statement with RETURNING: SQLite builds a temporary table for
+    // the returned rows on every execution.
+    let inserted = ctx
         .conn
         .prepare_cached(
             "INSERT INTO messages (key, contact_id, channel, created_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(key) DO UPDATE SET key = excluded.key RETURNING id",
+             ON CONFLICT(key) DO NOTHING",
         )?
-        .query_row(params![key, contact_id, channel, ctx.now], |r| r.get(0))?)
+        .execute(params![key, contact_id, channel, ctx.now])?;
+    if inserted == 1 {
+        return Ok(ctx.conn.last_insert_rowid());
+    }
+    Ok(ctx
+        .conn
+        .prepare_cached("SELECT id FROM messages WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))?)
 }
 
 fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {
@@ -184,13 +196,34 @@ fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Resu
 }
 
 /// The tracking key ring of this database (created at open).
-pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<KeyRing>> {
-    match crate::store::get_setting(conn, "tracking_keys")? {
-        Some(v) => serde_json::from_value(v)
-            .map(Some)
-            .map_err(|_| Error::Internal("tracking keys unreadable".into())),
-        None => Ok(None),
+///
+/// Every message step needs it, so the parsed ring is kept per thread with
+/// the stored text it came from: each call still reads the setting (one
+/// cached statement on the primary key, inside the caller's transaction) but
+/// parses it again only when the text changed.
+pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<Arc<KeyRing>>> {
+    thread_local! {
+        static PARSED: RefCell<Option<(String, Arc<KeyRing>)>> = const { RefCell::new(None) };
     }
+    let text: Option<String> = conn
+        .prepare_cached("SELECT value FROM settings WHERE key = 'tracking_keys'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    if let Some(ring) = PARSED.with_borrow(|p| {
+        p.as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, r)| r.clone())
+    }) {
+        return Ok(Some(ring));
+    }
+    let ring: KeyRing = serde_json::from_str(&text)
+        .map_err(|_| Error::Internal("tracking keys unreadable".into()))?;
+    let ring = Arc::new(ring);
+    PARSED.set(Some((text, ring.clone())));
+    Ok(Some(ring))
 }
 
 /// Creates the key ring when missing.
@@ -233,21 +266,22 @@ pub fn email(
     if marketing && s.email_footer.postal_address.trim().is_empty() {
         return Ok(Err(ComposeError::Compliance("no_postal_address")));
     }
-    let vars = variables(ctx, contact, unsubscribe_url.as_deref().unwrap_or(""));
-    let subject = match render("subject", &content.subject, &vars, false) {
+    let mut vars = variables(ctx, contact, unsubscribe_url.as_deref().unwrap_or(""));
+    let values = minijinja::Value::from(vars.clone());
+    let subject = match render("subject", &content.subject, &values, false) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
-    let preheader = match render("preheader", &content.preheader, &vars, false) {
+    let preheader = match render("preheader", &content.preheader, &values, false) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
-    let mut html = match render("html_body", &content.html_body, &vars, true) {
+    let mut html = match render("html_body", &content.html_body, &values, true) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
     let mut text = match &content.text_body {
-        Some(t) => match render("text_body", t, &vars, false) {
+        Some(t) => match render("text_body", t, &values, false) {
             Ok(v) => Some(v),
             Err(e) => return Ok(Err(e)),
         },
@@ -276,21 +310,15 @@ pub fn email(
     if let Some(b) = base.filter(|_| tracking.email_opens) {
         html.push_str(&tracking::open_pixel_tag(b, &sign(TokenKind::Open, 0)));
     }
-    let footer_vars = vars.clone();
-    let footer_text = match render(
-        "email_footer.text",
-        &s.email_footer.text,
-        &footer_vars,
-        false,
-    ) {
+    let footer_text = match render("email_footer.text", &s.email_footer.text, &values, false) {
         Ok(v) => format!("{v}\n{}", s.email_footer.postal_address),
         Err(e) => return Ok(Err(e)),
     };
     // The link is ours (a signed https URL): render the footer escaped with a
     // marker in its place, then put a real anchor there.
     const MARKER: &str = "CRMUNSUBSCRIBELINKMARKER";
-    let mut marked = footer_vars.clone();
-    marked.insert("unsubscribe_link".into(), MARKER.into());
+    vars.insert("unsubscribe_link".into(), MARKER.into());
+    let marked = minijinja::Value::from(vars);
     let footer_html = match render("email_footer.text", &s.email_footer.text, &marked, true) {
         Ok(v) => {
             let link = unsubscribe_url
@@ -360,7 +388,7 @@ pub fn sms_message(
         Ok(n) => n,
         Err(m) => return Ok(Err(ComposeError::Address(format!("to: {m}")))),
     };
-    let vars = variables(ctx, contact, "");
+    let vars = minijinja::Value::from(variables(ctx, contact, ""));
     let mut text = match render("message", &content.message, &vars, false) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),

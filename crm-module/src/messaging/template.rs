@@ -14,7 +14,8 @@
 //! line and column inside that field; they never contain contact data (values
 //! are not part of any message).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
@@ -185,14 +186,53 @@ pub fn render(
     vars: &BTreeMap<String, String>,
     html: bool,
 ) -> Result<String, TemplateError> {
-    let env = environment(html);
-    let template = env
-        .template_from_str(source)
-        .map_err(|err| map_engine_error(field, source, &err, true))?;
-    template
-        .render(Value::from(vars.clone()))
-        .map_err(|err| map_engine_error(field, source, &err, false))
+    render_value(field, source, &Value::from(vars.clone()), html)
 }
+
+/// Like [`render`], with the values already converted (the fields of one
+/// message share one conversion).
+///
+/// Compiled templates are kept per thread, keyed by their source (each in
+/// its own environment, under the name a template compiled from a string
+/// gets, so errors read the same): a message step renders the same few
+/// templates for every contact. At most [`COMPILED_PER_THREAD`] are kept.
+///
+/// # Errors
+///
+/// As [`render`].
+pub fn render_value(
+    field: &str,
+    source: &str,
+    vars: &Value,
+    html: bool,
+) -> Result<String, TemplateError> {
+    thread_local! {
+        static COMPILED: RefCell<[HashMap<String, Environment<'static>>; 2]> =
+            RefCell::new([HashMap::new(), HashMap::new()]);
+    }
+    COMPILED.with_borrow_mut(|compiled| {
+        let cache = &mut compiled[usize::from(html)];
+        if !cache.contains_key(source) {
+            let mut env = environment(html);
+            env.add_template_owned(STRING_TEMPLATE, source.to_owned())
+                .map_err(|err| map_engine_error(field, source, &err, true))?;
+            if cache.len() >= COMPILED_PER_THREAD {
+                cache.clear();
+            }
+            cache.insert(source.to_owned(), env);
+        }
+        let env = &cache[source];
+        env.get_template(STRING_TEMPLATE)
+            .and_then(|t| t.render(vars.clone()))
+            .map_err(|err| map_engine_error(field, source, &err, false))
+    })
+}
+
+/// The name minijinja gives a template compiled from a string.
+const STRING_TEMPLATE: &str = "<string>";
+
+/// Compiled templates kept per thread by [`render_value`].
+pub const COMPILED_PER_THREAD: usize = 256;
 
 /// The restrictive environment: no loader, no globals, no functions, only the
 /// allowed filters and tests, chainable undefined values, a fuel budget and

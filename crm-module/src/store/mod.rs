@@ -57,9 +57,8 @@ pub fn open(path: &Path, access: Access) -> Result<Connection> {
 /// Reads a setting's JSON value.
 pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<serde_json::Value>> {
     let text: Option<String> = conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     match text {
         Some(t) => serde_json::from_str(&t)

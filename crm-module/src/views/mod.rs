@@ -9,7 +9,7 @@
 //! Views only read: `query` takes any connection (a read-only connection or an
 //! open transaction) and never writes. Analytics come from the append-only
 //! `events` table through a handful of aggregate queries per view (never one
-//! query per row), which the `events_automation(automation_id, kind, at)`
+//! query per row), which the `events_automation(automation_id, kind, step_id, channel, at)`
 //! index serves.
 
 pub mod automation_list;

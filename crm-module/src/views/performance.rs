@@ -3,7 +3,8 @@
 //! `enrollments` table for time in flow) with a fixed handful of aggregate
 //! queries grouped by kind / step / channel, so the page stays fast with
 //! millions of event rows: each query is a range scan of the
-//! `events_automation(automation_id, kind, at)` index for one automation.
+//! `events_automation(automation_id, kind, step_id, channel, at)` index for
+//! one automation.
 
 use std::collections::{HashMap, HashSet};
 
