@@ -451,8 +451,12 @@ impl Worker {
             return match f(self) {
                 Ok(v) => Ok(v),
                 Err(e) => {
-                    self.conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE")?;
+                    // SQLite may already have rolled back (a full disk, an I/O error).
+                    if !self.conn.is_autocommit() {
+                        self.conn.execute_batch("ROLLBACK")?;
+                    }
                     self.catalog = before;
+                    self.conn.execute_batch("BEGIN IMMEDIATE")?;
                     Err(e)
                 }
             };
