@@ -72,16 +72,28 @@ impl StepTypeDecl {
 }
 
 impl Descriptor {
+    /// The identity part, with no step types or channels yet.
+    fn identity(
+        info: super::contract::step_world::crm::plugin::types::PluginInfo,
+        kind: PluginKind,
+        contract: &str,
+    ) -> Descriptor {
+        Descriptor {
+            id: info.id,
+            name: info.name,
+            version: info.version,
+            vendor: info.vendor,
+            description: info.description,
+            kind,
+            contract: contract.to_string(),
+            step_types: Vec::new(),
+            channels: Vec::new(),
+        }
+    }
+
     /// From a step plugin's `describe`.
     pub fn from_step(d: step::Description, contract: &str) -> Descriptor {
         Descriptor {
-            id: d.info.id,
-            name: d.info.name,
-            version: d.info.version,
-            vendor: d.info.vendor,
-            description: d.info.description,
-            kind: PluginKind::Step,
-            contract: contract.to_string(),
             step_types: d
                 .step_types
                 .into_iter()
@@ -115,7 +127,7 @@ impl Descriptor {
                         .collect(),
                 })
                 .collect(),
-            channels: Vec::new(),
+            ..Descriptor::identity(d.info, PluginKind::Step, contract)
         }
     }
 
@@ -123,14 +135,6 @@ impl Descriptor {
     pub fn from_sender(d: sender::Description, contract: &str) -> Descriptor {
         use super::contract::step_world::crm::plugin::types::Channel;
         Descriptor {
-            id: d.info.id,
-            name: d.info.name,
-            version: d.info.version,
-            vendor: d.info.vendor,
-            description: d.info.description,
-            kind: PluginKind::Sender,
-            contract: contract.to_string(),
-            step_types: Vec::new(),
             channels: d
                 .channels
                 .into_iter()
@@ -139,6 +143,7 @@ impl Descriptor {
                     Channel::Sms => "sms".to_string(),
                 })
                 .collect(),
+            ..Descriptor::identity(d.info, PluginKind::Sender, contract)
         }
     }
 
