@@ -728,4 +728,20 @@ fn the_sms_adapter_sends_through_a_real_http_provider() {
     assert_eq!(failed[0]["source"], "plugin:http-sms");
     // Only the redirect, the reject, the busy and the huge answers reached the server.
     assert_eq!(provider.requests().len(), before + 2);
+
+    // The adapter's refusals are send attempts in the Performance view, like the host's.
+    let perf = p
+        .m()
+        .view("automation_performance", r#"{"automation_id": "texts"}"#)
+        .unwrap();
+    let sms = perf["channel_breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"]["id"] == "sms")
+        .cloned()
+        .unwrap_or_else(|| panic!("no sms row: {perf}"));
+    assert_eq!(sms["sent"], 1, "{sms}");
+    assert_eq!(sms["failed"], 5, "{sms}");
+    assert_eq!(sms["send_attempts"], 6, "{sms}");
 }

@@ -298,6 +298,31 @@ struct StepCounts {
     no: u64,
 }
 
+/// Adds the `(channel, count)` rows of `sql` (bound to the automation id) to
+/// one field of the channels already counted.
+fn add_by_channel(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    automation_id: &str,
+    channels: &mut [(String, ChannelCounts)],
+    field: impl Fn(&mut ChannelCounts) -> &mut u64,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![automation_id], |r| {
+        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (channel, n) = row?;
+        if let Some((_, c)) = channels
+            .iter_mut()
+            .find(|(ch, _)| Some(ch) == channel.as_ref())
+        {
+            *field(c) += n as u64;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Default, Clone, Copy)]
 struct ChannelCounts {
     queued: u64,
@@ -403,42 +428,29 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     }
     // Send attempts and opt-outs per channel, for the SPEC §5 rates.
     {
-        let mut stmt = ctx.conn.prepare_cached(
+        // A sender's refusal counts: the host's, the SMTP relay's (source
+        // `host`), or a sender adapter plugin's (`plugin:<id>`).
+        add_by_channel(
+            ctx.conn,
             "SELECT channel, count(*) FROM events
              WHERE automation_id = ?1 AND kind = 'message_failed'
-               AND coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'compose')
+               AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'compose')
+                    OR json_extract(detail, '$.source') LIKE 'plugin:%')
              GROUP BY channel",
+            id,
+            &mut channels,
+            |c| &mut c.failed_before_handover,
         )?;
-        let rows = stmt.query_map(params![id], |r| {
-            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (channel, n) = row?;
-            if let Some((_, c)) = channels
-                .iter_mut()
-                .find(|(ch, _)| Some(ch) == channel.as_ref())
-            {
-                c.failed_before_handover += n as u64;
-            }
-        }
-        let mut stmt = ctx.conn.prepare_cached(
+        add_by_channel(
+            ctx.conn,
             "SELECT o.channel, count(*) FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
              WHERE o.automation_id = ?1 AND (e.kind = 'sms_opt_out'
                OR (e.kind = 'subscription_changed' AND json_extract(e.detail, '$.reason') = 'unsubscribe_link'))
              GROUP BY o.channel",
+            id,
+            &mut channels,
+            |c| &mut c.opt_outs,
         )?;
-        let rows = stmt.query_map(params![id], |r| {
-            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (channel, n) = row?;
-            if let Some((_, c)) = channels
-                .iter_mut()
-                .find(|(ch, _)| Some(ch) == channel.as_ref())
-            {
-                c.opt_outs += n as u64;
-            }
-        }
     }
     // Durations and branch paths: the details of completed steps only.
     {
