@@ -639,6 +639,32 @@ pub unsafe extern "C" fn crm_push_events(
     })
 }
 
+/// A JSON-in, JSON-out entry point: validates `out_json`, the handle and
+/// the input string, runs `f`, and hands the answer to the caller.
+///
+/// # Safety
+/// `m` is NULL or a live handle; `input` is NULL or NUL-terminated;
+/// `out_json` is NULL or writable.
+unsafe fn json_call(
+    m: *mut crm_module,
+    input: *const c_char,
+    input_name: &'static str,
+    out_json: *mut *mut c_char,
+    f: impl FnOnce(&Module, &str) -> ::crm_module::Result<serde_json::Value>,
+) -> crm_status {
+    guard(|| {
+        require_out(out_json, "out_json")?;
+        // SAFETY (all blocks): per this function's contract.
+        unsafe { reset_out(out_json) };
+        let h = unsafe { handle(m) }?;
+        let text = unsafe { read_str(input, input_name) }?;
+        let result = f(&h.module, text)?;
+        let json = to_c_json(serde_json::to_string(&result))?;
+        unsafe { give(out_json, json) };
+        Ok(())
+    })
+}
+
 /// Runs a command, e.g. `{"command":"automation.activate","automation_id":"a1"}`.
 /// `*out_json` receives the command's JSON result (free with
 /// crm_string_free()); on failure it is NULL. The commands: automation.*,
@@ -665,17 +691,12 @@ pub unsafe extern "C" fn crm_execute(
     command_json: *const c_char,
     out_json: *mut *mut c_char,
 ) -> crm_status {
-    guard(|| {
-        require_out(out_json, "out_json")?;
-        // SAFETY (all blocks): per the contract.
-        unsafe { reset_out(out_json) };
-        let h = unsafe { handle(m) }?;
-        let text = unsafe { read_str(command_json, "command_json") }?;
-        let result = h.module.execute(text)?;
-        let json = to_c_json(serde_json::to_string(&result))?;
-        unsafe { give(out_json, json) };
-        Ok(())
-    })
+    // SAFETY: the caller's contract is the one `json_call` needs.
+    unsafe {
+        json_call(m, command_json, "command_json", out_json, |module, text| {
+            module.execute(text)
+        })
+    }
 }
 
 /// Answers a request the host's web tier received on a tracking URL (open
@@ -703,17 +724,12 @@ pub unsafe extern "C" fn crm_tracking_hit(
     request_json: *const c_char,
     out_json: *mut *mut c_char,
 ) -> crm_status {
-    guard(|| {
-        require_out(out_json, "out_json")?;
-        // SAFETY (all blocks): per the contract.
-        unsafe { reset_out(out_json) };
-        let h = unsafe { handle(m) }?;
-        let text = unsafe { read_str(request_json, "request_json") }?;
-        let result = h.module.tracking_hit(text)?;
-        let json = to_c_json(serde_json::to_string(&result))?;
-        unsafe { give(out_json, json) };
-        Ok(())
-    })
+    // SAFETY: the caller's contract is the one `json_call` needs.
+    unsafe {
+        json_call(m, request_json, "request_json", out_json, |module, text| {
+            module.tracking_hit(text)
+        })
+    }
 }
 
 /// Builds the view model of a screen, by name (e.g. "automation_list"), with

@@ -160,20 +160,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn transient(reason: String) -> CallFailure {
-    CallFailure {
-        reason,
-        transient: true,
-    }
-}
-
-fn permanent(reason: String) -> CallFailure {
-    CallFailure {
-        reason,
-        transient: false,
-    }
-}
-
 impl PluginHost {
     /// A host with nothing loaded; log lines go to the module's host.
     pub fn new(host: HostSlot) -> PluginHost {
@@ -305,8 +291,8 @@ impl PluginHost {
     fn usable(&self, id: &str) -> std::result::Result<Arc<Loaded>, CallFailure> {
         match self.get(id) {
             Some(l) if l.enabled => Ok(l),
-            Some(_) => Err(transient(format!("plugin {id} is disabled"))),
-            None => Err(transient(format!(
+            Some(_) => Err(CallFailure::transient(format!("plugin {id} is disabled"))),
+            None => Err(CallFailure::transient(format!(
                 "plugin {id} is not installed or does not load"
             ))),
         }
@@ -352,23 +338,24 @@ impl PluginHost {
     ) -> std::result::Result<StepResult, CallFailure> {
         let plugin = self.usable(plugin_id)?;
         let Linked::Step(pre) = &plugin.linked else {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} is not a step plugin"
             )));
         };
         let Some(decl) = plugin.descriptor.step_type(call.step_type) else {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} has no step type {:?}",
                 call.step_type
             )));
         };
-        descriptor::validate_config(decl, call.config).map_err(|e| permanent(e.to_string()))?;
+        descriptor::validate_config(decl, call.config)
+            .map_err(|e| CallFailure::permanent(e.to_string()))?;
         let contact = call.contact.to_string();
         let config = call.config.to_string();
         let limits = plugin.settings.limits;
         let input = (contact.len() + config.len()) as u64;
         if input > limits.input_bytes {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "input of {input} bytes exceeds the cap of {} bytes",
                 limits.input_bytes
             )));
@@ -382,7 +369,9 @@ impl PluginHost {
             contact,
             config,
         };
-        let runtime = self.runtime().map_err(|e| transient(e.to_string()))?;
+        let runtime = self
+            .runtime()
+            .map_err(|e| CallFailure::transient(e.to_string()))?;
         let called = runtime.with_step(pre, &plugin.settings, |g, s| g.call_run(s, &request));
         self.forward_logs(plugin_id, &called);
         let outcome = called.result?;
@@ -392,7 +381,7 @@ impl PluginHost {
             wit_step::StepOutcome::Failed(r) => r.len(),
         } as u64;
         if size > limits.output_bytes {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "output of {size} bytes exceeds the cap of {} bytes",
                 limits.output_bytes
             )));
@@ -400,7 +389,7 @@ impl PluginHost {
         let declared = |o: &str| decl.outcomes.iter().any(|d| d == o);
         let changes = |c: Vec<wit_types::PropertyChange>| {
             if !c.is_empty() && !declared("property_changes") {
-                return Err(permanent(format!(
+                return Err(CallFailure::permanent(format!(
                     "returned property changes, which step type {:?} does not declare",
                     decl.id
                 )));
@@ -410,7 +399,10 @@ impl PluginHost {
                     serde_json::from_str::<Value>(&p.value)
                         .map(|v| (p.name.clone(), v))
                         .map_err(|_| {
-                            permanent(format!("property change {:?}: value is not JSON", p.name))
+                            CallFailure::permanent(format!(
+                                "property change {:?}: value is not JSON",
+                                p.name
+                            ))
                         })
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
@@ -423,11 +415,11 @@ impl PluginHost {
                 Ok(StepResult::Branch(b.yes, changes(b.changes)?))
             }
             wit_step::StepOutcome::Failed(reason) => Ok(StepResult::Failed(reason)),
-            wit_step::StepOutcome::Continue(_) => Err(permanent(format!(
+            wit_step::StepOutcome::Continue(_) => Err(CallFailure::permanent(format!(
                 "returned continue, which step type {:?} does not declare",
                 decl.id
             ))),
-            wit_step::StepOutcome::Branch(_) => Err(permanent(format!(
+            wit_step::StepOutcome::Branch(_) => Err(CallFailure::permanent(format!(
                 "returned branch, which step type {:?} does not declare",
                 decl.id
             ))),
@@ -461,12 +453,12 @@ impl PluginHost {
     ) -> std::result::Result<SendResult, CallFailure> {
         let plugin = self.usable(plugin_id)?;
         let Linked::Sender(pre) = &plugin.linked else {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} is not a sender adapter"
             )));
         };
         if !plugin.descriptor.channels.contains(&m.channel) {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} does not send {}",
                 m.channel
             )));
@@ -479,7 +471,7 @@ impl PluginHost {
             + m.html.as_ref().map_or(0, String::len)
             + m.rfc5322.as_ref().map_or(0, Vec::len)) as u64;
         if input > limits.input_bytes {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "input of {input} bytes exceeds the cap of {} bytes",
                 limits.input_bytes
             )));
@@ -498,7 +490,9 @@ impl PluginHost {
             html: m.html.clone(),
             rfc5322: m.rfc5322.clone(),
         };
-        let runtime = self.runtime().map_err(|e| transient(e.to_string()))?;
+        let runtime = self
+            .runtime()
+            .map_err(|e| CallFailure::transient(e.to_string()))?;
         let called = runtime.with_sender(pre, &plugin.settings, |g, s| g.call_send(s, &message));
         self.forward_logs(plugin_id, &called);
         let fetch_failures = called.fetch_failures.clone();
@@ -509,7 +503,7 @@ impl PluginHost {
             | wit_sender::SendOutcome::Failed(s) => s.len() as u64,
         };
         if size > limits.output_bytes {
-            return Err(permanent(format!(
+            return Err(CallFailure::permanent(format!(
                 "output of {size} bytes exceeds the cap of {} bytes",
                 limits.output_bytes
             )));

@@ -91,17 +91,16 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
     }
 }
 
-fn bad_payload(plugin_id: &str, operation: &str, why: &str) -> Report<super::StepResult> {
+/// A report for a call that never reached the plugin: its payload was unusable.
+fn bad_payload<T>(plugin_id: &str, operation: &str, why: &str) -> Report<T> {
+    let reason = format!("payload: {why}");
     Report {
-        result: Err(CallFailure {
-            reason: format!("payload: {why}"),
-            transient: false,
-        }),
+        result: Err(CallFailure::permanent(reason.clone())),
         figures: super::registry::CallFigures {
             plugin_id: plugin_id.to_string(),
             operation: operation.to_string(),
             micros: 0,
-            failure: Some(format!("payload: {why}")),
+            failure: Some(reason),
         },
     }
 }
@@ -134,18 +133,7 @@ fn step(plugins: &PluginHost, effect: &DueEffect) -> Report<super::StepResult> {
 fn send(plugins: &PluginHost, plugin_id: &str, effect: &DueEffect) -> Report<SendResult> {
     match outgoing(effect) {
         Ok(m) => plugins.send(plugin_id, &m),
-        Err(why) => Report {
-            result: Err(CallFailure {
-                reason: format!("payload: {why}"),
-                transient: false,
-            }),
-            figures: super::registry::CallFigures {
-                plugin_id: plugin_id.to_string(),
-                operation: "send".into(),
-                micros: 0,
-                failure: Some(format!("payload: {why}")),
-            },
-        },
+        Err(why) => bad_payload(plugin_id, "send", why),
     }
 }
 

@@ -59,10 +59,19 @@ pub struct CallFailure {
 }
 
 impl CallFailure {
-    fn permanent(reason: impl Into<String>) -> CallFailure {
+    /// The plugin's own fault: not retried.
+    pub fn permanent(reason: impl Into<String>) -> CallFailure {
         CallFailure {
             reason: reason.into(),
             transient: false,
+        }
+    }
+
+    /// May succeed later: retried with the outbox backoff.
+    pub fn transient(reason: impl Into<String>) -> CallFailure {
+        CallFailure {
+            reason: reason.into(),
+            transient: true,
         }
     }
 }
@@ -297,10 +306,9 @@ fn classify(
             CallFailure::permanent("trap: unreachable executed (the plugin panicked or aborted)")
         }
         Some(trap) => CallFailure::permanent(format!("trap: {trap}")),
-        None if instantiating => CallFailure {
-            reason: format!("could not instantiate the plugin: {e}"),
-            transient: true,
-        },
+        None if instantiating => {
+            CallFailure::transient(format!("could not instantiate the plugin: {e}"))
+        }
         None => CallFailure::permanent(format!("the call failed: {e}")),
     }
 }

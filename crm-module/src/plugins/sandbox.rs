@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::contract::sender_world::crm::plugin::http;
 use super::contract::step_world::crm::plugin::{config, log, types};
-use super::fetch::{FetchFailure, FetchPolicy, FetchRequest};
+use super::fetch::{FetchFailure, FetchPolicy, FetchRequest, FetchResponse};
 use super::limits::Limits;
 use crate::host::LogLevel;
 
@@ -170,31 +170,37 @@ impl config::Host for CallState {
 
 impl http::Host for CallState {
     fn fetch(&mut self, request: http::Request) -> Result<http::Response, http::FetchError> {
-        let outcome = self.fetch_inner(request);
-        if let Err(e) = &outcome {
-            self.fetch_failures.push(match e {
-                http::FetchError::InvalidRequest(_) => "invalid_request",
-                http::FetchError::NotGranted(_) => "not_granted",
-                http::FetchError::PrivateAddress(_) => "private_address",
-                http::FetchError::RedirectRefused(_) => "redirect_refused",
-                http::FetchError::TooLarge(_) => "too_large",
-                http::FetchError::Timeout => "timeout",
-                http::FetchError::Connection(_) => "connection",
-            });
+        match self.fetch_inner(request) {
+            Ok(r) => Ok(http::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }),
+            Err(e) => {
+                self.fetch_failures.push(e.code());
+                Err(match e {
+                    FetchFailure::InvalidRequest(m) => http::FetchError::InvalidRequest(m),
+                    FetchFailure::NotGranted(m) => http::FetchError::NotGranted(m),
+                    FetchFailure::PrivateAddress(m) => http::FetchError::PrivateAddress(m),
+                    FetchFailure::RedirectRefused(m) => http::FetchError::RedirectRefused(m),
+                    FetchFailure::TooLarge(n) => http::FetchError::TooLarge(n),
+                    FetchFailure::Timeout => http::FetchError::Timeout,
+                    FetchFailure::Connection(m) => http::FetchError::Connection(m),
+                })
+            }
         }
-        outcome
     }
 }
 
 impl CallState {
-    fn fetch_inner(&mut self, request: http::Request) -> Result<http::Response, http::FetchError> {
+    fn fetch_inner(&mut self, request: http::Request) -> Result<FetchResponse, FetchFailure> {
         let Some(policy) = self.settings.fetch.clone() else {
-            return Err(http::FetchError::NotGranted(
+            return Err(FetchFailure::NotGranted(
                 "this plugin has no fetch grants".into(),
             ));
         };
         if self.fetches >= self.settings.limits.fetches_per_call {
-            return Err(http::FetchError::InvalidRequest(format!(
+            return Err(FetchFailure::InvalidRequest(format!(
                 "at most {} fetches per call",
                 self.settings.limits.fetches_per_call
             )));
@@ -206,21 +212,6 @@ impl CallState {
             headers: request.headers,
             body: request.body,
         };
-        match policy.fetch(&req, self.deadline) {
-            Ok(r) => Ok(http::Response {
-                status: r.status,
-                headers: r.headers,
-                body: r.body,
-            }),
-            Err(e) => Err(match e {
-                FetchFailure::InvalidRequest(m) => http::FetchError::InvalidRequest(m),
-                FetchFailure::NotGranted(m) => http::FetchError::NotGranted(m),
-                FetchFailure::PrivateAddress(m) => http::FetchError::PrivateAddress(m),
-                FetchFailure::RedirectRefused(m) => http::FetchError::RedirectRefused(m),
-                FetchFailure::TooLarge(n) => http::FetchError::TooLarge(n),
-                FetchFailure::Timeout => http::FetchError::Timeout,
-                FetchFailure::Connection(m) => http::FetchError::Connection(m),
-            }),
-        }
+        policy.fetch(&req, self.deadline)
     }
 }
