@@ -2,7 +2,7 @@
 # Builds every plugin in this workspace as a WebAssembly component for
 # wasm32-wasip2 and copies each to dist/<crate_name>.wasm, the crate name
 # with underscores as cargo names the artifact: lead_score.wasm,
-# http_sms.wasm, test_steps.wasm, future_contract.wasm.
+# http_sms.wasm, test_steps.wasm, future_contract.wasm, trivial_step.wasm.
 #
 # Works from any directory; idempotent (an up-to-date dist/ file is left
 # untouched) and fast when nothing changed.
@@ -16,7 +16,7 @@ dist="$here/dist"
 # The plugin packages. Each is built by its own cargo invocation: one build of
 # several members would unify the SDK's `step` and `sender` features and
 # compile both worlds' bindings into every plugin (see Cargo.toml).
-plugins=(lead-score http-sms test-steps future-contract)
+plugins=(lead-score http-sms test-steps future-contract trivial-step)
 
 if command -v rustup >/dev/null 2>&1; then
     if ! rustup target list --installed | grep -qx "$target"; then

@@ -358,30 +358,62 @@ pub fn config_fields(
     Ok(out)
 }
 
-/// Checks a step's config against its type's schema.
+/// Checks a step's config against its type's schema (compiling the schema:
+/// for a one-off check, such as saving an automation).
 ///
 /// # Errors
 ///
 /// [`Error::Invalid`] listing each failing field (`/threshold: 500 is
 /// greater than the maximum of 100`).
 pub fn validate_config(decl: &StepTypeDecl, config: &Value) -> Result<()> {
-    let validator = jsonschema::validator_for(&decl.config_schema)
-        .map_err(|e| Error::invalid(format!("config schema of {:?}: {e}", decl.id)))?;
-    let problems: Vec<String> = validator
-        .iter_errors(config)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+    ConfigCheck::compile(decl)?.check(config)
+}
+
+/// A step type's config schema compiled once, to check every call's config
+/// (compiling a schema costs far more than checking against it).
+pub struct ConfigCheck {
+    step_type: String,
+    validator: jsonschema::Validator,
+}
+
+impl ConfigCheck {
+    /// Compiles the step type's schema.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when the schema does not compile.
+    pub fn compile(decl: &StepTypeDecl) -> Result<ConfigCheck> {
+        let validator = jsonschema::validator_for(&decl.config_schema)
+            .map_err(|e| Error::invalid(format!("config schema of {:?}: {e}", decl.id)))?;
+        Ok(ConfigCheck {
+            step_type: decl.id.clone(),
+            validator,
         })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "config of {:?}: {}",
-            decl.id,
-            problems.join("; ")
-        )))
+    }
+
+    /// Checks a config.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] listing each failing field.
+    pub fn check(&self, config: &Value) -> Result<()> {
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(config)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "config of {:?}: {}",
+                self.step_type,
+                problems.join("; ")
+            )))
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use self::contract::PluginKind;
 use self::contract::sender_world::exports::crm::plugin::sender as wit_sender;
 use self::contract::step_world::crm::plugin::types as wit_types;
 use self::contract::step_world::exports::crm::plugin::step as wit_step;
-use self::descriptor::Descriptor;
+use self::descriptor::{ConfigCheck, Descriptor};
 use self::fetch::{FetchPolicy, Grant};
 use self::registry::{CallFigures, StoredPlugin};
 use self::runtime::{CallFailure, Called, Linked, Runtime};
@@ -72,6 +72,8 @@ pub struct Loaded {
     pub enabled: bool,
     settings: Arc<PluginSettings>,
     linked: Linked,
+    /// Each step type's config schema, compiled once.
+    config_checks: HashMap<String, ConfigCheck>,
 }
 
 /// What a custom step returned.
@@ -270,7 +272,14 @@ impl PluginHost {
             }),
             PluginKind::Step => None,
         };
+        let config_checks = p
+            .descriptor
+            .step_types
+            .iter()
+            .map(|t| Ok((t.id.clone(), ConfigCheck::compile(t)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(Loaded {
+            config_checks,
             descriptor: p.descriptor,
             enabled: p.enabled,
             settings: Arc::new(PluginSettings {
@@ -342,13 +351,17 @@ impl PluginHost {
                 "plugin {plugin_id} is not a step plugin"
             )));
         };
-        let Some(decl) = plugin.descriptor.step_type(call.step_type) else {
+        let (Some(decl), Some(config_check)) = (
+            plugin.descriptor.step_type(call.step_type),
+            plugin.config_checks.get(call.step_type),
+        ) else {
             return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} has no step type {:?}",
                 call.step_type
             )));
         };
-        descriptor::validate_config(decl, call.config)
+        config_check
+            .check(call.config)
             .map_err(|e| CallFailure::permanent(e.to_string()))?;
         let contact = call.contact.to_string();
         let config = call.config.to_string();
