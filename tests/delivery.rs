@@ -146,3 +146,77 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
         2
     );
 }
+
+#[test]
+fn saving_the_settings_unchanged_keeps_the_smtp_password() {
+    let (user, password) = ("crm-relay", "k33p-Më-Stored");
+    let server = SmtpServer::start(Some(&format!("{user}:{password}")));
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
+        "initial_settings": {
+            "practice_name": "Riverside Family Practice",
+            "time_zone": "America/New_York",
+            "email_sender": {"from_name": "Riverside", "from_address": "news@riverside.example"},
+            "email_footer": {"postal_address": "12 River Road, Boston, MA 02118",
+                             "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"},
+            "tracking": {"base_url": "https://t.riverside.example"},
+            "email_delivery": {"mode": "smtp", "smtp": {
+                "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10,
+                "username": user, "password": password}}
+        }
+    });
+    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
+    m.set_host(Some(Arc::new(Collect::default()))).unwrap();
+
+    // settings.get never returns the password; the settings view says one is stored.
+    let mut settings = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+    assert!(!settings.to_string().contains(password));
+    assert_eq!(settings["email_delivery"]["smtp"]["password"], Value::Null);
+    let view = m.view("settings", "{}").unwrap();
+    assert!(!view.to_string().contains(password));
+    assert!(
+        view.to_string().contains("Stored (leave empty to keep it)"),
+        "{view}"
+    );
+
+    // Saving the document back (one other field edited) keeps the password.
+    settings["practice_name"] = json!("Riverside Family Practice & Annex");
+    let saved = m
+        .execute(&json!({"command": "settings.update", "settings": settings}).to_string())
+        .unwrap();
+    assert_eq!(saved["email_delivery"]["smtp"]["password"], Value::Null);
+    assert!(!saved.to_string().contains(password));
+
+    // Another username needs its own password: refused, nothing changed.
+    let mut other = settings.clone();
+    other["email_delivery"]["smtp"]["username"] = json!("someone-else");
+    let err = m
+        .execute(&json!({"command": "settings.update", "settings": other}).to_string())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("email_delivery.smtp.password: required with username"),
+        "{err}"
+    );
+
+    // The relay still accepts the module's login: the stored password was kept.
+    m.execute(
+        r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "News", "body": "<p>Hi</p>"}]}}"#,
+    )
+    .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    m.push(&contact("p1", "pat@patients.example")).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let received = server.received();
+    assert_eq!(received.len(), 1, "{received:?}\n{}", server.log());
+    assert_eq!(received[0]["rcpt_tos"], json!(["pat@patients.example"]));
+    let practice = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+    assert_eq!(
+        practice["practice_name"],
+        "Riverside Family Practice & Annex"
+    );
+}

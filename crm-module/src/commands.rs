@@ -140,10 +140,12 @@ pub enum Command {
         #[serde(default)]
         contact_id: Option<String>,
     },
-    /// Returns the settings.
+    /// Returns the settings, without the SMTP password (`null`).
     #[serde(rename = "settings.get")]
     SettingsGet,
-    /// Replaces the settings (validated as a whole).
+    /// Replaces the settings (validated as a whole). An SMTP password left
+    /// out keeps the stored one when the relay host and username are
+    /// unchanged, so the document `settings.get` returns saves back as is.
     #[serde(rename = "settings.update")]
     SettingsUpdate {
         /// The new settings.
@@ -905,13 +907,14 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 None,
             ))
         }
-        Command::SettingsGet => Ok((to_json(&ctx.settings.doc)?, None)),
-        Command::SettingsUpdate { settings } => {
+        Command::SettingsGet => Ok((to_json(ctx.settings.doc.without_secrets())?, None)),
+        Command::SettingsUpdate { mut settings } => {
+            settings.keep_stored_password(&ctx.settings.doc);
             // Store the canonical form (trimmed, E.164 numbers).
             let doc = settings.validate()?.doc;
             crate::plugins::admin::check_adapters(ctx.conn, &doc)?;
             crate::store::put_setting(ctx.conn, "settings", &to_json(&doc)?)?;
-            Ok((to_json(&doc)?, None))
+            Ok((to_json(doc.without_secrets())?, None))
         }
         Command::PluginInstall {
             grants,

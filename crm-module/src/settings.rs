@@ -801,6 +801,35 @@ impl Settings {
         errors
     }
 
+    /// The SMTP relay's stored password, carried over to this new document
+    /// when it leaves `email_delivery.smtp.password` out and keeps the same
+    /// relay host and username: the settings screen never shows the stored
+    /// password, so saving the screen unchanged must not drop it. A new
+    /// password replaces it; a new host or username needs its own.
+    pub fn keep_stored_password(&mut self, stored: &Settings) {
+        if let (EmailDelivery::Smtp { smtp: new }, EmailDelivery::Smtp { smtp: old }) =
+            (&mut self.email_delivery, &stored.email_delivery)
+            && new.password.is_none()
+            && new.username.is_some()
+            && new.username == old.username
+            && new.host.trim().eq_ignore_ascii_case(old.host.trim())
+        {
+            new.password.clone_from(&old.password);
+        }
+    }
+
+    /// The document as `settings.get` returns it: the SMTP password left
+    /// out (`null`); whether one is stored shows in the settings view (the
+    /// password field's placeholder). Saving this document back keeps the stored password
+    /// ([`Settings::keep_stored_password`]).
+    pub fn without_secrets(&self) -> Settings {
+        let mut doc = self.clone();
+        if let EmailDelivery::Smtp { smtp } = &mut doc.email_delivery {
+            smtp.password = None;
+        }
+        doc
+    }
+
     /// Validates the document ([`Settings::validate_all`]) and resolves it
     /// for the engine: the time zone parsed, text fields left blank set to
     /// `None` (`email_sender.reply_to`, `practice_phone`,

@@ -347,7 +347,12 @@ fn delivery_fields(
             K::Password,
             Value::Null,
         )
-        .help("Required with a username. The stored password is never shown."),
+        .placeholder(if smtp.is_some_and(|s| s.password.is_some()) {
+            "Stored (leave empty to keep it)"
+        } else {
+            "Not set"
+        })
+        .help("Required with a username. The stored password is never shown; leave the field empty to keep it while the host and username stay the same."),
         SettingsField::new(
             "email_delivery.smtp.timeout_seconds",
             "Timeout (seconds)",
