@@ -896,6 +896,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 step_id: None,
                 channel: Some(channel.clone()),
                 asset_id: None,
+                not_before: None,
             });
             Ok((
                 to_json(TestSendResult {

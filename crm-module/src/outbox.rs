@@ -71,6 +71,9 @@ pub struct Effect {
     pub channel: Option<String>,
     /// The email/SMS asset (template) id, for engagement triggers.
     pub asset_id: Option<String>,
+    /// Not handed over before this instant (an SMS held until the
+    /// recipient's sending hours open); `None`: at once.
+    pub not_before: Option<Millis>,
 }
 
 /// The host's answer to one delivery attempt.
@@ -111,7 +114,7 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id,
              enrollment_id, step_id, channel, asset_id, status, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?10, ?10)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, ?11)
          ON CONFLICT(idempotency_key) DO NOTHING",
     )?;
     for e in effects {
@@ -125,6 +128,7 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
             e.step_id,
             e.channel,
             e.asset_id,
+            e.not_before.map_or(now, |t| t.max(now)),
             now
         ])?;
     }

@@ -530,6 +530,7 @@ fn effect_base(key: &str, kind: EffectKind, e: &Enrollment, sid: &str) -> Effect
         step_id: Some(sid.to_string()),
         channel: None,
         asset_id: None,
+        not_before: None,
     }
 }
 
@@ -632,7 +633,28 @@ pub fn send_fallback(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<b
     }
     let contact = contacts::require(ctx.conn, &e.contact_id)?;
     let primary = step.kind.channel().unwrap_or("email");
-    queue_message(ctx, e, sid, &fallback, &contact, &fb_key, Some(primary))?;
+    if let Sent::Queued = queue_message(ctx, e, sid, &fallback, &contact, &fb_key, Some(primary))?
+        && fallback.channel() == Some("sms")
+    {
+        // A receipt can come at any hour: the SMS waits for the recipient's
+        // sending hours (and the automation's run window), as an SMS step does.
+        let window = ctx
+            .catalog
+            .get(&e.automation_id)
+            .map(|a| {
+                a.current
+                    .def
+                    .window(&ctx.settings.doc.default_run_window)
+                    .clone()
+            })
+            .unwrap_or_else(|| ctx.settings.doc.default_run_window.clone());
+        let open_at = sms_open_at(ctx, &window, &e.contact_id)?;
+        if open_at > ctx.now
+            && let Some(queued) = ctx.effects.iter_mut().rev().find(|x| x.key == fb_key)
+        {
+            queued.not_before = Some(open_at);
+        }
+    }
     Ok(true)
 }
 

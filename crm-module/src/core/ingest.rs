@@ -670,5 +670,7 @@ fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, pu
         step_id: None,
         channel: Some("sms".into()),
         asset_id: None,
+        // A reply to the contact's own message: at once, at any hour.
+        not_before: None,
     });
 }

@@ -1264,6 +1264,45 @@ fn hard_bounce_sends_the_sms_fallback_once() {
 }
 
 #[test]
+fn sms_fallback_after_a_late_bounce_waits_for_sending_hours() {
+    let mut s = Sim::new();
+    s.automation(email_then_sms());
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({"time_zone": "America/Los_Angeles"}));
+    let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
+    let (k1, k2) = (key(&s, "c1"), key(&s, "c2"));
+    // 21:30 in New York (02:30Z): past the 08:00-21:00 SMS hours there.
+    s.advance(parse_rfc3339("2026-01-06T02:30:00Z").unwrap() - s.now);
+    for k in [&k1, &k2] {
+        s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "hard"}))
+            .unwrap();
+    }
+    let held = |s: &Sim, c: &str| {
+        let m = s.messages_to(c);
+        assert_eq!(m.len(), 2, "{c}: the email and its SMS fallback");
+        assert_eq!(m[1].channel.as_deref(), Some("sms"));
+        let next: i64 = s
+            .conn
+            .query_row(
+                "SELECT next_attempt_at FROM outbox WHERE idempotency_key = ?1",
+                [&m[1].key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(m[1].not_before.unwrap_or(s.now), next, "{c}: outbox row");
+        next
+    };
+    // New York opens at 08:00 EST the next morning (13:00Z).
+    assert_eq!(
+        held(&s, "c1"),
+        parse_rfc3339("2026-01-06T13:00:00Z").unwrap()
+    );
+    // 18:30 in Los Angeles is inside its hours: at once.
+    assert_eq!(held(&s, "c2"), s.now);
+    assert_eq!(s.messages_to("c2")[1].not_before, None);
+}
+
+#[test]
 fn builder_sms_panel_shows_characters_segments_and_credits() {
     let mut s = Sim::new();
     let text = "€".repeat(81); // 81 × 2 septets = 162 > 160: two segments of GSM-7
