@@ -46,11 +46,9 @@ fn header<'a>(summary: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
-#[test]
-fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
-    let server = SmtpServer::start(None);
-    let dir = tempfile::tempdir().unwrap();
-    let config = json!({
+/// A practice whose email goes through the SMTP relay `smtp`.
+fn practice_config(smtp: Value) -> Value {
+    json!({
         "clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
         "initial_settings": {
             "practice_name": "Riverside Family Practice",
@@ -59,10 +57,17 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
             "email_footer": {"postal_address": "12 River Road, Boston, MA 02118",
                              "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"},
             "tracking": {"base_url": "https://t.riverside.example"},
-            "email_delivery": {"mode": "smtp", "smtp": {
-                "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10}}
+            "email_delivery": {"mode": "smtp", "smtp": smtp}
         }
-    });
+    })
+}
+
+#[test]
+fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
+    let server = SmtpServer::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = practice_config(json!({
+        "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10}));
     let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
     let host = Arc::new(Collect::default());
     m.set_host(Some(host.clone())).unwrap();
@@ -152,20 +157,9 @@ fn saving_the_settings_unchanged_keeps_the_smtp_password() {
     let (user, password) = ("crm-relay", "k33p-Më-Stored");
     let server = SmtpServer::start(Some(&format!("{user}:{password}")));
     let dir = tempfile::tempdir().unwrap();
-    let config = json!({
-        "clock": {"mode": "manual", "start": "2026-01-05T14:00:00Z"},
-        "initial_settings": {
-            "practice_name": "Riverside Family Practice",
-            "time_zone": "America/New_York",
-            "email_sender": {"from_name": "Riverside", "from_address": "news@riverside.example"},
-            "email_footer": {"postal_address": "12 River Road, Boston, MA 02118",
-                             "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"},
-            "tracking": {"base_url": "https://t.riverside.example"},
-            "email_delivery": {"mode": "smtp", "smtp": {
-                "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10,
-                "username": user, "password": password}}
-        }
-    });
+    let config = practice_config(json!({
+        "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10,
+        "username": user, "password": password}));
     let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
     m.set_host(Some(Arc::new(Collect::default()))).unwrap();
 
