@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::consent::Category;
 use super::email::{EmailParts, SenderIdentity};
@@ -378,16 +378,23 @@ pub fn email(
         date: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.now.max(0) as u64),
     };
     Ok(match email::compose(&parts) {
-        Ok(m) => Ok(json!({
-            "message_id": m.message_id,
-            "from": identity,
-            "subject": subject,
-            "html": m.html,
-            "text": m.text,
-            "unsubscribe_url": unsubscribe_url,
-            "rfc5322_base64": base64::engine::general_purpose::STANDARD.encode(&m.rfc5322),
-            "envelope_from": m.envelope_from,
-        })),
+        // The composed parts move into the payload (json! would copy each).
+        Ok(m) => Ok(Value::Object(Map::from_iter([
+            ("message_id".to_owned(), Value::String(m.message_id)),
+            ("from".to_owned(), json!(identity)),
+            ("subject".to_owned(), Value::String(subject)),
+            ("html".to_owned(), Value::String(m.html)),
+            ("text".to_owned(), Value::String(m.text)),
+            (
+                "unsubscribe_url".to_owned(),
+                unsubscribe_url.map_or(Value::Null, Value::String),
+            ),
+            (
+                "rfc5322_base64".to_owned(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&m.rfc5322)),
+            ),
+            ("envelope_from".to_owned(), Value::String(m.envelope_from)),
+        ]))),
         Err(reason) => Err(ComposeError::Address(reason)),
     })
 }
