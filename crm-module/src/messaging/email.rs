@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lettre::Address;
+use lettre::address::Envelope;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
@@ -199,7 +200,12 @@ pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
     if let Some(reply_to) = reply_to {
         builder = builder.reply_to(Mailbox::new(None, reply_to));
     }
+    // The envelope lettre would otherwise derive by parsing the From and To
+    // headers back (it is not part of the formatted message).
+    let envelope = Envelope::new(Some(from_address.clone()), vec![to.clone()])
+        .map_err(|_| "message: could not be built".to_owned())?;
     builder = builder
+        .envelope(envelope)
         .to(Mailbox::new(None, to.clone()))
         .subject(subject)
         .date(parts.date)
