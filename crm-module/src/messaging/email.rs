@@ -355,14 +355,18 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// ASCII case-insensitive search.
+/// ASCII case-insensitive search. The rest of the needle is compared only
+/// where its first byte matches (the needles here start with `<`).
 fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     let h = haystack.as_bytes();
     let n = needle.as_bytes();
-    if n.is_empty() || h.len() < n.len() {
+    let (first, rest) = n.split_first()?;
+    if h.len() < n.len() {
         return None;
     }
-    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+    (0..=h.len() - n.len()).find(|&i| {
+        h[i].eq_ignore_ascii_case(first) && h[i + 1..i + n.len()].eq_ignore_ascii_case(rest)
+    })
 }
 
 /// ASCII case-insensitive search for the last occurrence.
