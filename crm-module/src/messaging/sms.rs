@@ -253,8 +253,7 @@ fn plan_segments(text: &str, encoding: Encoding, total_units: usize) -> Vec<Segm
 /// over). The result depends on nothing else.
 pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, String> {
     thread_local! {
-        static NORMALIZED: RefCell<HashMap<String, HashMap<String, Result<String, String>>>> =
-            RefCell::new(HashMap::new());
+        static NORMALIZED: RefCell<Normalized> = RefCell::new(HashMap::new());
     }
     let raw = raw.trim();
     if let Some(known) = NORMALIZED.with_borrow(|c| c.get(default_region)?.get(raw).cloned()) {
@@ -271,6 +270,9 @@ pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, String>
     });
     result
 }
+
+/// Results of [`normalize_e164`] by region, then number.
+type Normalized = HashMap<String, HashMap<String, Result<String, String>>>;
 
 /// Numbers [`normalize_e164`] keeps per thread.
 pub const NORMALIZED_KEPT: usize = 4096;
