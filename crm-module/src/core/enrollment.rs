@@ -9,7 +9,7 @@
 //! Steps of a paused automation hold where they are and resume on reactivation.
 
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::contacts::{self, AuditSource};
 use super::log::Entry as Log;
@@ -747,20 +747,33 @@ fn queue_message(
         "practice": ctx.settings.doc.practice_name,
         "owner": contact.props.get("owner").and_then(|o| o.get("name")).and_then(Value::as_str).unwrap_or(""),
     });
-    let content = json!({
-        "template_id": template_id, "subject": content.subject, "preheader": content.preheader,
-        "body": content.html_body, "message": content.message,
-    });
-    let mut payload = json!({
-        "key": key, "kind": "message", "channel": channel, "category": category.as_str(),
-        "contact_id": e.contact_id, "to": to, "content": content, "placeholders": placeholders, "rendered": rendered,
-        "automation_id": e.automation_id, "step_id": sid, "asset_id": asset_id,
-    });
+    let content = Value::Object(Map::from_iter([
+        ("template_id".to_owned(), json!(template_id)),
+        ("subject".to_owned(), Value::String(content.subject)),
+        ("preheader".to_owned(), Value::String(content.preheader)),
+        ("body".to_owned(), Value::String(content.html_body)),
+        ("message".to_owned(), Value::String(content.message)),
+    ]));
+    // Built by moving the parts in: json! would copy the whole rendered message.
+    let mut payload = Map::from_iter([
+        ("key".to_owned(), json!(key)),
+        ("kind".to_owned(), json!("message")),
+        ("channel".to_owned(), json!(channel)),
+        ("category".to_owned(), json!(category.as_str())),
+        ("contact_id".to_owned(), json!(e.contact_id)),
+        ("to".to_owned(), Value::String(to)),
+        ("content".to_owned(), content),
+        ("placeholders".to_owned(), placeholders),
+        ("rendered".to_owned(), rendered),
+        ("automation_id".to_owned(), json!(e.automation_id)),
+        ("step_id".to_owned(), json!(sid)),
+        ("asset_id".to_owned(), json!(asset_id)),
+    ]);
     if let Some(p) = fallback_for {
-        payload["fallback_for"] = json!(p);
+        payload.insert("fallback_for".to_owned(), json!(p));
     }
     ctx.effects.push(Effect {
-        payload,
+        payload: Value::Object(payload),
         channel: Some(channel.to_string()),
         asset_id: Some(asset_id),
         ..effect_base(key, EffectKind::Message, e, sid)

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One row of the event log. Build it with struct update syntax over
 /// [`Entry::new`].
@@ -43,6 +43,12 @@ impl<'a> Entry<'a> {
 
     /// Appends it at `at`.
     pub fn write(&self, conn: &Connection, at: Millis) -> Result<()> {
+        let detail = self
+            .detail
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         conn.prepare_cached(
             "INSERT INTO events (at, kind, contact_id, automation_id, version, enrollment_id,
                                  step_id, channel, message_key, detail)
@@ -58,7 +64,7 @@ impl<'a> Entry<'a> {
             self.step_id,
             self.channel,
             self.message_key,
-            self.detail.as_ref().map(Value::to_string),
+            detail,
         ])?;
         Ok(())
     }

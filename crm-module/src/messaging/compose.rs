@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::consent::Category;
 use super::email::{EmailParts, SenderIdentity};
-use super::tracking::{self, KeyRing, TokenKind};
+use super::tracking::{self, KeyRing, Signer, TokenKind};
 use super::{email, sms, template};
 use crate::clock::Millis;
 use crate::core::Ctx;
@@ -195,15 +195,19 @@ fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Resu
     Ok(())
 }
 
-/// The tracking key ring of this database (created at open).
+/// A parsed key ring and the signer of its newest key.
+type ParsedRing = (Arc<KeyRing>, Arc<Signer>);
+
+/// The tracking key ring of this database (created at open) and its signer.
 ///
-/// Every message step needs it, so the parsed ring is kept per thread with
-/// the stored text it came from: each call still reads the setting (one
-/// cached statement on the primary key, inside the caller's transaction) but
-/// parses it again only when the text changed.
-pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<Arc<KeyRing>>> {
+/// Every message step needs them, so the parsed ring is kept per thread with
+/// the stored text it came from, and with its newest key's HMAC state keyed
+/// once: each call still reads the setting (one cached statement on the
+/// primary key, inside the caller's transaction) but parses it again only
+/// when the text changed.
+fn parsed_ring(conn: &rusqlite::Connection) -> Result<Option<ParsedRing>> {
     thread_local! {
-        static PARSED: RefCell<Option<(String, Arc<KeyRing>)>> = const { RefCell::new(None) };
+        static PARSED: RefCell<Option<(String, ParsedRing)>> = const { RefCell::new(None) };
     }
     let text: Option<String> = conn
         .prepare_cached("SELECT value FROM settings WHERE key = 'tracking_keys'")?
@@ -212,18 +216,31 @@ pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<Arc<KeyRing>>> {
     let Some(text) = text else {
         return Ok(None);
     };
-    if let Some(ring) = PARSED.with_borrow(|p| {
+    if let Some(parsed) = PARSED.with_borrow(|p| {
         p.as_ref()
             .filter(|(t, _)| *t == text)
-            .map(|(_, r)| r.clone())
+            .map(|(_, parsed)| parsed.clone())
     }) {
-        return Ok(Some(ring));
+        return Ok(Some(parsed));
     }
     let ring: KeyRing = serde_json::from_str(&text)
         .map_err(|_| Error::Internal("tracking keys unreadable".into()))?;
-    let ring = Arc::new(ring);
-    PARSED.set(Some((text, ring.clone())));
-    Ok(Some(ring))
+    let signer = Arc::new(ring.signer());
+    let parsed = (Arc::new(ring), signer);
+    PARSED.set(Some((text, parsed.clone())));
+    Ok(Some(parsed))
+}
+
+/// The tracking key ring of this database (created at open), parsed once
+/// per stored text and thread.
+pub fn key_ring(conn: &rusqlite::Connection) -> Result<Option<Arc<KeyRing>>> {
+    Ok(parsed_ring(conn)?.map(|(ring, _)| ring))
+}
+
+/// The signer of the tracking key ring's newest key, keyed once per stored
+/// ring and thread.
+fn signer(conn: &rusqlite::Connection) -> Result<Option<Arc<Signer>>> {
+    Ok(parsed_ring(conn)?.map(|(_, signer)| signer))
 }
 
 /// Creates the key ring when missing.
@@ -250,12 +267,13 @@ pub fn email(
     let s = &ctx.settings.doc;
     let marketing = category == Category::Marketing;
     let tracking = &s.tracking;
-    let ring = key_ring(ctx.conn)?;
-    let base = tracking.base_url.as_deref().filter(|_| ring.is_some());
+    let signer = signer(ctx.conn)?;
+    let base = tracking.base_url.as_deref().filter(|_| signer.is_some());
     let message_id = number(ctx, key, &contact.id, "email")?;
     let sign = |kind: TokenKind, link: u16| {
-        ring.as_ref()
-            .map(|r| r.sign(kind, message_id, link, ctx.now))
+        signer
+            .as_ref()
+            .map(|signer| signer.sign(kind, message_id, link, ctx.now))
             .unwrap_or_default()
     };
     let unsubscribe_url =
@@ -360,16 +378,23 @@ pub fn email(
         date: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.now.max(0) as u64),
     };
     Ok(match email::compose(&parts) {
-        Ok(m) => Ok(json!({
-            "message_id": m.message_id,
-            "from": identity,
-            "subject": subject,
-            "html": m.html,
-            "text": m.text,
-            "unsubscribe_url": unsubscribe_url,
-            "rfc5322_base64": base64::engine::general_purpose::STANDARD.encode(&m.rfc5322),
-            "envelope_from": m.envelope_from,
-        })),
+        // The composed parts move into the payload (json! would copy each).
+        Ok(m) => Ok(Value::Object(Map::from_iter([
+            ("message_id".to_owned(), Value::String(m.message_id)),
+            ("from".to_owned(), json!(identity)),
+            ("subject".to_owned(), Value::String(subject)),
+            ("html".to_owned(), Value::String(m.html)),
+            ("text".to_owned(), Value::String(m.text)),
+            (
+                "unsubscribe_url".to_owned(),
+                unsubscribe_url.map_or(Value::Null, Value::String),
+            ),
+            (
+                "rfc5322_base64".to_owned(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&m.rfc5322)),
+            ),
+            ("envelope_from".to_owned(), Value::String(m.envelope_from)),
+        ]))),
         Err(reason) => Err(ComposeError::Address(reason)),
     })
 }
@@ -405,14 +430,14 @@ pub fn sms_message(
     {
         text = format!("{} {}", text.trim_end(), s.sms.consent_footer.trim());
     }
-    let ring = key_ring(ctx.conn)?;
+    let signer = signer(ctx.conn)?;
     let message_id = number(ctx, key, &contact.id, "sms")?;
     if let (Some(b), Some(r)) = (
         s.tracking
             .base_url
             .as_deref()
             .filter(|_| s.tracking.sms_clicks),
-        ring.as_ref(),
+        signer.as_ref(),
     ) {
         let (wrapped, links) = tracking::wrap_text_links(&text, b, &|i| {
             r.sign(TokenKind::Click, message_id, i, ctx.now)

@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lettre::Address;
+use lettre::address::Envelope;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
@@ -199,7 +200,12 @@ pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
     if let Some(reply_to) = reply_to {
         builder = builder.reply_to(Mailbox::new(None, reply_to));
     }
+    // The envelope lettre would otherwise derive by parsing the From and To
+    // headers back (it is not part of the formatted message).
+    let envelope = Envelope::new(Some(from_address.clone()), vec![to.clone()])
+        .map_err(|_| "message: could not be built".to_owned())?;
     builder = builder
+        .envelope(envelope)
         .to(Mailbox::new(None, to.clone()))
         .subject(subject)
         .date(parts.date)
@@ -349,14 +355,18 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// ASCII case-insensitive search.
+/// ASCII case-insensitive search. The rest of the needle is compared only
+/// where its first byte matches (the needles here start with `<`).
 fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     let h = haystack.as_bytes();
     let n = needle.as_bytes();
-    if n.is_empty() || h.len() < n.len() {
+    let (first, rest) = n.split_first()?;
+    if h.len() < n.len() {
         return None;
     }
-    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+    (0..=h.len() - n.len()).find(|&i| {
+        h[i].eq_ignore_ascii_case(first) && h[i + 1..i + n.len()].eq_ignore_ascii_case(rest)
+    })
 }
 
 /// ASCII case-insensitive search for the last occurrence.

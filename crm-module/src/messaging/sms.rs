@@ -18,6 +18,8 @@
 //!
 //! One segment costs one credit.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// Septets in a single (non-concatenated) GSM-7 message.
@@ -243,8 +245,40 @@ fn plan_segments(text: &str, encoding: Encoding, total_units: usize) -> Vec<Segm
 /// Only digits, spaces, `+ - . / ( )` are accepted: extensions (`ext. 45`,
 /// `x45`, `#45`), letters and `tel:` URIs are rejected, because an SMS cannot
 /// reach an extension and sending to the main line could reach someone else.
+///
+/// Parsing and the validity check cost about 200,000 instructions per
+/// number, and every SMS to a contact normalizes the same stored number
+/// again: results (refusals included) are kept per thread, by region and
+/// number, for up to [`NORMALIZED_KEPT`] numbers (then the cache starts
+/// over). The result depends on nothing else.
 pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, String> {
+    thread_local! {
+        static NORMALIZED: RefCell<Normalized> = RefCell::new(HashMap::new());
+    }
     let raw = raw.trim();
+    if let Some(known) = NORMALIZED.with_borrow(|c| c.get(default_region)?.get(raw).cloned()) {
+        return known;
+    }
+    let result = parse_e164(raw, default_region);
+    NORMALIZED.with_borrow_mut(|c| {
+        if c.values().map(HashMap::len).sum::<usize>() >= NORMALIZED_KEPT {
+            c.clear();
+        }
+        c.entry(default_region.to_owned())
+            .or_default()
+            .insert(raw.to_owned(), result.clone());
+    });
+    result
+}
+
+/// Results of [`normalize_e164`] by region, then number.
+type Normalized = HashMap<String, HashMap<String, Result<String, String>>>;
+
+/// Numbers [`normalize_e164`] keeps per thread.
+pub const NORMALIZED_KEPT: usize = 4096;
+
+/// [`normalize_e164`] without its cache.
+fn parse_e164(raw: &str, default_region: &str) -> Result<String, String> {
     if raw.is_empty() {
         return Err("phone number is empty".to_owned());
     }
@@ -668,6 +702,25 @@ mod tests {
             normalize_e164(" 1 617.555.0123 ", "us").as_deref(),
             Ok("+16175550123")
         );
+    }
+
+    #[test]
+    fn normalizing_again_answers_as_the_parser_does() {
+        for (raw, region) in [
+            ("(617) 555-0123", "US"),
+            ("(617) 555-0123", "GB"),
+            ("+16175550123", "FR"),
+            (" 1 617.555.0123 ", "us"),
+            ("0612345678", "FR"),
+            ("0612345678", "US"),
+            ("617-555-0123 ext. 45", "US"),
+            ("12", "US"),
+            ("+16175550123", "ZZ"),
+        ] {
+            let parsed = parse_e164(raw.trim(), region);
+            assert_eq!(normalize_e164(raw, region), parsed, "{raw} {region}");
+            assert_eq!(normalize_e164(raw, region), parsed, "{raw} {region}, again");
+        }
     }
 
     #[test]

@@ -321,26 +321,23 @@ impl KeyRing {
     /// never verifies ([`TokenError::Malformed`]) rather than panicking.
     /// Deserialized rings always have a key; call [`KeyRing::validate`]
     /// on hand-built ones.
+    ///
+    /// This sets the HMAC key up for the one token; to sign several, take a
+    /// [`KeyRing::signer`] once.
     pub fn sign(&self, kind: TokenKind, message_id: i64, link: u16, issued_ms: i64) -> String {
-        let Some(key) = self.newest() else {
-            return UNSIGNABLE_TOKEN.into();
-        };
-        let mut payload = [0u8; PAYLOAD_LEN];
-        payload[0] = kind.to_byte();
-        payload[1..5].copy_from_slice(&key.version.to_le_bytes());
-        payload[5..13].copy_from_slice(&message_id.to_le_bytes());
-        payload[13..15].copy_from_slice(&link.to_le_bytes());
-        payload[15..23].copy_from_slice(&issued_ms.div_euclid(1000).to_le_bytes());
-        let Some(mac) = mac_over(&key.secret, &payload) else {
-            return UNSIGNABLE_TOKEN.into();
-        };
-        let tag = mac.finalize().into_bytes();
-        let tag = tag.get(..TAG_LEN).unwrap_or_default();
-        format!(
-            "{TOKEN_PREFIX}.{}.{}",
-            URL_SAFE_NO_PAD.encode(payload),
-            URL_SAFE_NO_PAD.encode(tag)
-        )
+        self.signer().sign(kind, message_id, link, issued_ms)
+    }
+
+    /// The newest key with its HMAC key schedule computed once: signing
+    /// with it gives the same tokens as [`KeyRing::sign`] at the cost of a
+    /// copy of the keyed state per token instead of a key setup (two SHA-256
+    /// blocks). It does not follow later changes to the ring.
+    pub fn signer(&self) -> Signer {
+        Signer {
+            keyed: self
+                .newest()
+                .and_then(|k| keyed_mac(&k.secret).map(|mac| (k.version, mac))),
+        }
     }
 
     /// Checks a token's format, key and signature — but not its age — and
@@ -438,12 +435,59 @@ impl KeyRing {
     }
 }
 
-/// The MAC state after absorbing the label and `payload`.
-fn mac_over(secret: &[u8; 32], payload: &[u8]) -> Option<HmacSha256> {
+/// The MAC state keyed with `secret`, the label absorbed.
+fn keyed_mac(secret: &[u8; 32]) -> Option<HmacSha256> {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).ok()?;
     mac.update(MAC_LABEL);
+    Some(mac)
+}
+
+/// The MAC state after absorbing the label and `payload`.
+fn mac_over(secret: &[u8; 32], payload: &[u8]) -> Option<HmacSha256> {
+    let mut mac = keyed_mac(secret)?;
     mac.update(payload);
     Some(mac)
+}
+
+/// Signs tokens with one key whose HMAC state was keyed once (see
+/// [`KeyRing::signer`]). `Debug` never prints the keyed state.
+#[derive(Clone)]
+pub struct Signer {
+    /// The key's version and its keyed MAC state; `None` for a ring
+    /// without keys.
+    keyed: Option<(u32, HmacSha256)>,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("version", &self.keyed.as_ref().map(|(v, _)| *v))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// The token [`KeyRing::sign`] gives for the same arguments.
+    pub fn sign(&self, kind: TokenKind, message_id: i64, link: u16, issued_ms: i64) -> String {
+        let Some((version, keyed)) = &self.keyed else {
+            return UNSIGNABLE_TOKEN.into();
+        };
+        let mut payload = [0u8; PAYLOAD_LEN];
+        payload[0] = kind.to_byte();
+        payload[1..5].copy_from_slice(&version.to_le_bytes());
+        payload[5..13].copy_from_slice(&message_id.to_le_bytes());
+        payload[13..15].copy_from_slice(&link.to_le_bytes());
+        payload[15..23].copy_from_slice(&issued_ms.div_euclid(1000).to_le_bytes());
+        let mut mac = keyed.clone();
+        mac.update(&payload);
+        let tag = mac.finalize().into_bytes();
+        let tag = tag.get(..TAG_LEN).unwrap_or_default();
+        format!(
+            "{TOKEN_PREFIX}.{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(tag)
+        )
+    }
 }
 
 /// Reads fixed-size little-endian fields without panicking.
@@ -1193,6 +1237,40 @@ mod tests {
 
     fn ring() -> KeyRing {
         KeyRing::generate(NOW).unwrap()
+    }
+
+    #[test]
+    fn signer_gives_the_known_tokens_repeatedly() {
+        // HMAC-SHA256(secret, label || payload) truncated to 16 bytes,
+        // computed independently (Python's hmac module).
+        let r = KeyRing {
+            keys: vec![SigningKey {
+                version: 7,
+                secret: std::array::from_fn(|i| i as u8),
+                created_at_ms: 0,
+            }],
+        };
+        let signer = r.signer();
+        for _ in 0..2 {
+            assert_eq!(
+                signer.sign(TokenKind::Click, 42, 3, 1_767_225_600_999),
+                "t1.AQcAAAAqAAAAAAAAAAMAALlVaQAAAAA.8QmczknZiIXZgaRDbTEgcg"
+            );
+            assert_eq!(
+                signer.sign(TokenKind::Unsubscribe, 42, 0, 1_767_225_600_999),
+                "t1.AgcAAAAqAAAAAAAAAAAAALlVaQAAAAA.moILOmstk4sj37xkoH8-pA"
+            );
+        }
+        assert_eq!(
+            r.sign(TokenKind::Click, 42, 3, 1_767_225_600_999),
+            signer.sign(TokenKind::Click, 42, 3, 1_767_225_600_999)
+        );
+        assert_eq!(
+            KeyRing { keys: vec![] }
+                .signer()
+                .sign(TokenKind::Open, 1, 0, 0),
+            UNSIGNABLE_TOKEN
+        );
     }
 
     #[test]

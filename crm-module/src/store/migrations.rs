@@ -368,6 +368,85 @@ CREATE INDEX events_step_engagement ON events(enrollment_id, step_id, kind)
 -- Whether an SMS is the first of its thread was a scan of every message ever numbered.
 CREATE INDEX messages_contact ON messages(contact_id, channel);
 "#,
+    // 8 (ingest-cpu): CHECK constraints as ORs. `CHECK (x IN (...))` with more
+    // than two constants makes SQLite build a temporary b-tree of the list on
+    // every INSERT (and every UPDATE of the column): two per new enrollment and
+    // per outbox row, one per enrollment move and per appointment. `x = 'a' OR
+    // x = 'b'` accepts and refuses exactly the same values (NULL included)
+    // without one. SQLite cannot change a CHECK in place, so the three tables
+    // are rebuilt as in migration 6 (same columns, same rows, same indexes).
+    // `automations.status` keeps its IN: the table is written by commands only,
+    // and it is referenced by foreign keys, which a rebuild would trip.
+    r#"
+CREATE TABLE enrollments_v8 (
+    id               INTEGER PRIMARY KEY,
+    automation_id    TEXT NOT NULL REFERENCES automations(id),
+    contact_id       TEXT NOT NULL REFERENCES contacts(id),
+    enrolled_version INTEGER NOT NULL,
+    version          INTEGER NOT NULL,
+    state            TEXT NOT NULL CHECK (state = 'active' OR state = 'completed' OR state = 'exited'),
+    step_id          TEXT,
+    step_phase       TEXT NOT NULL DEFAULT 'ready'
+                     CHECK (step_phase = 'ready' OR step_phase = 'waiting' OR step_phase = 'calling'),
+    step_started_at  INTEGER,
+    wake_at          INTEGER,
+    enrolled_at      INTEGER NOT NULL,
+    ended_at         INTEGER,
+    exit_reason      TEXT,
+    goal_reached_at  INTEGER
+) STRICT;
+INSERT INTO enrollments_v8 SELECT * FROM enrollments;
+DROP TABLE enrollments;
+ALTER TABLE enrollments_v8 RENAME TO enrollments;
+CREATE UNIQUE INDEX enrollments_one_active ON enrollments(automation_id, contact_id) WHERE state = 'active';
+CREATE INDEX enrollments_contact ON enrollments(contact_id, enrolled_at);
+CREATE INDEX enrollments_automation ON enrollments(automation_id, state);
+CREATE INDEX enrollments_due ON enrollments(wake_at, id) WHERE state = 'active' AND wake_at IS NOT NULL;
+
+CREATE TABLE outbox_v8 (
+    id              INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL
+                    CHECK (kind = 'message' OR kind = 'property' OR kind = 'task' OR kind = 'plugin_step'),
+    payload         TEXT NOT NULL,
+    contact_id      TEXT,
+    automation_id   TEXT,
+    enrollment_id   INTEGER,
+    step_id         TEXT,
+    channel         TEXT,
+    asset_id        TEXT,
+    status          TEXT NOT NULL
+                    CHECK (status = 'pending' OR status = 'retry' OR status = 'accepted' OR status = 'failed'),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_error      TEXT
+) STRICT;
+INSERT INTO outbox_v8 SELECT * FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v8 RENAME TO outbox;
+-- Two constants: no temporary b-tree. The dispatcher's queries say the same
+-- `status IN ('pending','retry')`, which is what lets them use this index.
+CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE status IN ('pending','retry');
+CREATE INDEX outbox_contact ON outbox(contact_id, channel, created_at);
+CREATE INDEX outbox_handed_over ON outbox(channel, updated_at) WHERE kind = 'message' AND attempts > 0;
+
+CREATE TABLE appointments_v8 (
+    id          TEXT PRIMARY KEY,
+    contact_id  TEXT NOT NULL REFERENCES contacts(id),
+    status      TEXT NOT NULL CHECK (status = 'booked' OR status = 'rescheduled' OR status = 'cancelled'
+                                     OR status = 'completed' OR status = 'no_show'),
+    starts_at   INTEGER,
+    provider_id TEXT,
+    clinic_id   TEXT,
+    updated_at  INTEGER NOT NULL
+) STRICT;
+INSERT INTO appointments_v8 SELECT * FROM appointments;
+DROP TABLE appointments;
+ALTER TABLE appointments_v8 RENAME TO appointments;
+CREATE INDEX appointments_contact ON appointments(contact_id);
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -413,6 +492,126 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
         conn.execute_batch("PRAGMA user_version = 999").unwrap();
         assert!(matches!(migrate(&conn), Err(Error::Conflict(_))));
+    }
+
+    /// The opcodes of `sql` (EXPLAIN), one per row.
+    fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn writing_a_row_builds_no_temporary_btree() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        for table in tables {
+            // Written by commands only, and kept (see migration 8).
+            if table == "automations" {
+                continue;
+            }
+            // (name, position in the primary key or 0)
+            let columns: Vec<(String, i64)> = conn
+                .prepare(&format!(
+                    "SELECT name, pk FROM pragma_table_info('{table}')"
+                ))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+            let insert = format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                vec!["?"; names.len()].join(", ")
+            );
+            // Every column but the key (the engine never rewrites a key; doing
+            // so in a WITHOUT ROWID table takes a temporary table anyway).
+            let update = format!(
+                "UPDATE {table} SET {} WHERE {} = ?",
+                columns
+                    .iter()
+                    .filter(|(_, pk)| *pk == 0)
+                    .map(|(c, _)| format!("{c} = ?"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                names[0]
+            );
+            let has_non_key = columns.iter().any(|(_, pk)| *pk == 0);
+            for sql in [Some(insert), has_non_key.then_some(update)]
+                .into_iter()
+                .flatten()
+            {
+                let ops = opcodes(&conn, &sql);
+                assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{sql}: {ops:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn or_checks_refuse_what_the_in_checks_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity) VALUES ('c1', '{}', 0, 0);
+             INSERT INTO automations (id, name, status, current_version, entered_by, updated_by, created_at, updated_at)
+             VALUES ('a1', 'A', 'active', 1, 'x', 'x', 0, 0);",
+        )
+        .unwrap();
+        let enrollment = |state: &str, phase: &str| {
+            conn.execute(
+                "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, step_phase, enrolled_at)
+                 VALUES ('a1', 'c1', 1, 1, ?1, ?2, 0)",
+                [state, phase],
+            )
+        };
+        for (state, phase) in [
+            ("completed", "ready"),
+            ("exited", "waiting"),
+            ("active", "calling"),
+        ] {
+            enrollment(state, phase).unwrap();
+        }
+        assert!(enrollment("paused", "ready").is_err());
+        assert!(enrollment("Active", "ready").is_err());
+        assert!(enrollment("exited", "sleeping").is_err());
+        let outbox = |kind: &str, status: &str| {
+            conn.execute(
+                "INSERT INTO outbox (idempotency_key, kind, payload, status, next_attempt_at, created_at, updated_at)
+                 VALUES (?1 || ?2 || random(), ?1, '{}', ?2, 0, 0, 0)",
+                [kind, status],
+            )
+        };
+        for kind in ["message", "property", "task", "plugin_step"] {
+            for status in ["pending", "retry", "accepted", "failed"] {
+                outbox(kind, status).unwrap();
+            }
+        }
+        assert!(outbox("email", "pending").is_err());
+        assert!(outbox("message", "sent").is_err());
+        let appointment = |status: &str| {
+            conn.execute(
+                "INSERT INTO appointments (id, contact_id, status, updated_at) VALUES (?1 || random(), 'c1', ?1, 0)",
+                [status],
+            )
+        };
+        for status in ["booked", "rescheduled", "cancelled", "completed", "no_show"] {
+            appointment(status).unwrap();
+        }
+        assert!(appointment("noshow").is_err());
     }
 
     #[test]
