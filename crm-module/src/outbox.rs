@@ -165,6 +165,29 @@ pub struct Takers<'a> {
     pub blocked: &'a [&'a str],
 }
 
+/// The outbox's lanes: each kind of effect, and messages by channel. The
+/// due rows are indexed by lane (`outbox_due`), so every question below is
+/// one index probe per lane that can go now.
+const LANES: [(EffectKind, Option<&str>); 5] = [
+    (EffectKind::Message, Some("email")),
+    (EffectKind::Message, Some("sms")),
+    (EffectKind::Property, None),
+    (EffectKind::Task, None),
+    (EffectKind::PluginStep, None),
+];
+
+/// The lanes some taker can take now: with a host every lane, without one
+/// custom steps and the messages of adapter channels; never the messages of
+/// blocked channels.
+fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'static str>)> + '_ {
+    LANES
+        .into_iter()
+        .filter(move |(kind, channel)| match channel {
+            Some(c) => (t.host || t.plugin_channels.contains(c)) && !t.blocked.contains(c),
+            None => t.host || *kind == EffectKind::PluginStep,
+        })
+}
+
 /// Rows due at `now`, oldest first, skipping `exclude` (in flight) and rows
 /// no taker can take now.
 pub fn due(
@@ -174,29 +197,39 @@ pub fn due(
     exclude: &std::collections::HashSet<i64>,
     takers: Takers<'_>,
 ) -> Result<Vec<DueEffect>> {
-    let sql = format!(
-        "SELECT id, idempotency_key, kind, payload, attempts, channel FROM outbox
-         WHERE status IN ('pending','retry') AND next_attempt_at <= ?1 {}
-         ORDER BY next_attempt_at, id LIMIT ?2",
-        takers_clause(takers)
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![now, (limit + exclude.len()) as i64], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, Option<String>>(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, key, kind, mut payload, attempts, channel) = row?;
-        if exclude.contains(&id) {
-            continue;
+    let mut stmt = conn.prepare_cached(
+        "SELECT next_attempt_at, id, idempotency_key, kind, payload, attempts, channel FROM outbox
+         WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
+         ORDER BY next_attempt_at, id LIMIT ?4",
+    )?;
+    let mut rows = Vec::new();
+    for (kind, channel) in open_lanes(takers) {
+        let lane = stmt.query_map(
+            params![kind.as_str(), channel, now, (limit + exclude.len()) as i64],
+            |r| {
+                Ok((
+                    r.get::<_, Millis>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            },
+        )?;
+        for row in lane {
+            let row = row?;
+            if !exclude.contains(&row.1) {
+                rows.push(row);
+            }
         }
+    }
+    // Oldest first across the lanes, as one queue.
+    rows.sort_unstable_by_key(|r| (r.0, r.1));
+    rows.truncate(limit);
+    let mut out = Vec::with_capacity(rows.len());
+    for (_, id, key, kind, mut payload, attempts, channel) in rows {
         // A retried effect (host said retry, or a soft bounce) keeps its key;
         // `attempt` tells the host it is asked again on purpose.
         if attempts > 0
@@ -214,51 +247,22 @@ pub fn due(
                 channel,
             });
         }
-        if out.len() >= limit {
-            break;
-        }
     }
     Ok(out)
 }
 
 /// The earliest `next_attempt_at` of a pending row some taker can take, if any.
 pub fn next_due(conn: &Connection, takers: Takers<'_>) -> Result<Option<Millis>> {
-    let sql = format!(
-        "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('pending','retry') {}",
-        takers_clause(takers)
-    );
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row([], |r| r.get::<_, Option<Millis>>(0))
-        .optional()?
-        .flatten())
-}
-
-/// SQL keeping the rows some taker can take: without a host only custom
-/// steps and messages of adapter channels; never messages of blocked
-/// channels (channel names are ours: `email`, `sms`; anything else is ignored).
-fn takers_clause(t: Takers<'_>) -> String {
-    let names = |list: &[&str]| -> String {
-        list.iter()
-            .filter(|c| matches!(**c, "email" | "sms"))
-            .map(|c| format!("'{c}'"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let mut sql = String::new();
-    if !t.host {
-        sql.push_str(&format!(
-            "AND (kind = 'plugin_step' OR (kind = 'message' AND channel IN ({}))) ",
-            names(t.plugin_channels)
-        ));
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM outbox
+         WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2",
+    )?;
+    let mut earliest: Option<Millis> = None;
+    for (kind, channel) in open_lanes(takers) {
+        let lane: Option<Millis> = stmt.query_row(params![kind.as_str(), channel], |r| r.get(0))?;
+        earliest = earliest.into_iter().chain(lane).min();
     }
-    let blocked = names(t.blocked);
-    if !blocked.is_empty() {
-        sql.push_str(&format!(
-            "AND NOT (kind = 'message' AND channel IN ({blocked}))"
-        ));
-    }
-    sql
+    Ok(earliest)
 }
 
 /// Facts of an outbox row needed to log its outcome.
@@ -360,4 +364,132 @@ pub fn record_answer(
     )?
     .execute(params![id, status, attempts, next, now, error])?;
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn effect(key: &str, kind: EffectKind, channel: Option<&str>, at: Millis) -> Effect {
+        Effect {
+            key: key.into(),
+            kind,
+            payload: serde_json::json!({"key": key}),
+            contact_id: "c1".into(),
+            automation_id: None,
+            enrollment_id: None,
+            step_id: None,
+            channel: channel.map(str::to_string),
+            asset_id: None,
+            not_before: Some(at),
+        }
+    }
+
+    fn keys(rows: &[DueEffect]) -> Vec<&str> {
+        rows.iter().map(|r| r.key.as_str()).collect()
+    }
+
+    #[test]
+    fn due_rows_come_oldest_first_across_the_lanes_a_taker_can_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            crate::store::open(&dir.path().join("o.db"), crate::store::Access::Write).unwrap();
+        let effects = [
+            effect("email-1", EffectKind::Message, Some("email"), 10),
+            effect("sms-1", EffectKind::Message, Some("sms"), 20),
+            effect("task-1", EffectKind::Task, None, 30),
+            effect("step-1", EffectKind::PluginStep, None, 40),
+            effect("email-2", EffectKind::Message, Some("email"), 50),
+            effect("later", EffectKind::Property, None, 1_000),
+        ];
+        write(&conn, &effects, 0).unwrap();
+        let none = HashSet::new();
+        let host = Takers {
+            host: true,
+            plugin_channels: &[],
+            blocked: &[],
+        };
+        let rows = due(&conn, 100, 10, &none, host).unwrap();
+        assert_eq!(
+            keys(&rows),
+            ["email-1", "sms-1", "task-1", "step-1", "email-2"]
+        );
+        assert_eq!(
+            keys(&due(&conn, 100, 2, &none, host).unwrap()),
+            ["email-1", "sms-1"]
+        );
+        assert_eq!(next_due(&conn, host).unwrap(), Some(10));
+
+        // Email over its limit: the other lanes go on, in order.
+        let limited = Takers {
+            blocked: &["email"],
+            ..host
+        };
+        assert_eq!(
+            keys(&due(&conn, 100, 10, &none, limited).unwrap()),
+            ["sms-1", "task-1", "step-1"]
+        );
+        assert_eq!(next_due(&conn, limited).unwrap(), Some(20));
+
+        // No host: custom steps, and messages only of adapter channels.
+        let no_host = Takers {
+            host: false,
+            plugin_channels: &["sms"],
+            blocked: &[],
+        };
+        assert_eq!(
+            keys(&due(&conn, 100, 10, &none, no_host).unwrap()),
+            ["sms-1", "step-1"]
+        );
+        assert_eq!(next_due(&conn, no_host).unwrap(), Some(20));
+        let nobody = Takers {
+            plugin_channels: &[],
+            ..no_host
+        };
+        assert_eq!(next_due(&conn, nobody).unwrap(), Some(40));
+
+        // In-flight rows are skipped; rows not yet due are not returned.
+        let in_flight: HashSet<i64> = rows.iter().take(2).map(|r| r.id).collect();
+        assert_eq!(
+            keys(&due(&conn, 35, 10, &in_flight, host).unwrap()),
+            ["task-1"]
+        );
+    }
+
+    #[test]
+    fn every_lane_question_is_an_index_probe() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&conn).unwrap();
+        use rusqlite::types::Value::{Integer, Text};
+        let lane = || vec![Text("message".into()), Text("email".into())];
+        for (sql, bound) in [
+            (
+                "SELECT next_attempt_at, id FROM outbox
+                 WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
+                 ORDER BY next_attempt_at, id LIMIT ?4",
+                [lane(), vec![Integer(100), Integer(10)]].concat(),
+            ),
+            (
+                "SELECT MIN(next_attempt_at) FROM outbox
+                 WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2",
+                lane(),
+            ),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(bound), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("USING INDEX outbox_due (kind=? AND channel=?")
+                    || plan.contains("USING COVERING INDEX outbox_due (kind=? AND channel=?"),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
 }

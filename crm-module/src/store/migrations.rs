@@ -447,6 +447,16 @@ DROP TABLE appointments;
 ALTER TABLE appointments_v8 RENAME TO appointments;
 CREATE INDEX appointments_contact ON appointments(contact_id);
 "#,
+    // 9: the outbox's due rows indexed by lane (kind and channel) first. The
+    // dispatcher asks per lane it can hand over now (no host: custom steps
+    // and adapter channels only; a channel over its sending limit: not that
+    // channel), so each question is an index probe; ordered by time alone, a
+    // lane that could not go (an absent host, a limited channel) was scanned
+    // row by row in every worker loop.
+    r#"
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox(kind, channel, next_attempt_at, id) WHERE status IN ('pending','retry');
+"#,
 ];
 
 /// Brings the database to the newest schema.
