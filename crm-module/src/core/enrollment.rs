@@ -611,6 +611,12 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
     }
 }
 
+/// Whether a fallback (`?1`: its key) was tried and never queued: suppressed
+/// or failed to compose (a queued one has its outbox row). Through the
+/// partial index `events_message_outcome`.
+pub const FALLBACK_TRIED_SQL: &str = "SELECT EXISTS(SELECT 1 FROM events WHERE message_key = ?1
+    AND (kind = 'message_bounced' OR kind = 'message_suppressed' OR kind = 'message_failed'))";
+
 /// Queues the fallback of a step whose message hard-failed after it was sent
 /// (a hard bounce or a failed delivery), once per enrollment and step.
 /// Returns true when a fallback was attempted (queued or suppressed).
@@ -623,7 +629,7 @@ pub fn send_fallback(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<b
     let fb_key = fallback_key(&key);
     let tried: bool = ctx
         .conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM events WHERE message_key = ?1)")?
+        .prepare_cached(FALLBACK_TRIED_SQL)?
         .query_row([&fb_key], |r| r.get(0))?;
     if tried
         || ctx.effects.iter().any(|x| x.key == fb_key)

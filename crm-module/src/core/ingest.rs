@@ -544,6 +544,11 @@ fn sms_received(
 /// Soft bounces of one message retried before it is suppressed.
 pub const MAX_SOFT_BOUNCES: i64 = 3;
 
+/// The soft bounces recorded for a message (`?1`: its key), through the
+/// partial index `events_message_outcome`.
+pub const SOFT_BOUNCES_SQL: &str = "SELECT COUNT(*) FROM events WHERE message_key = ?1
+    AND kind = 'message_bounced' AND json_extract(detail, '$.bounce') = 'soft'";
+
 /// A delivery receipt: logged; a hard bounce marks the email address
 /// undeliverable (consent then suppresses every later email to it); a soft
 /// bounce hands the message back to the host with backoff, under the same
@@ -593,10 +598,7 @@ fn receipt(
         (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
             let soft: i64 = ctx
                 .conn
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM events WHERE message_key = ?1 AND kind = 'message_bounced'
-                       AND json_extract(detail, '$.bounce') = 'soft'",
-                )?
+                .prepare_cached(SOFT_BOUNCES_SQL)?
                 .query_row([key], |r| r.get(0))?;
             // `soft` counts this bounce too: bounces 1..=MAX are retried.
             if soft <= MAX_SOFT_BOUNCES {

@@ -457,6 +457,14 @@ CREATE INDEX appointments_contact ON appointments(contact_id);
 DROP INDEX outbox_due;
 CREATE INDEX outbox_due ON outbox(kind, channel, next_attempt_at, id) WHERE status IN ('pending','retry');
 "#,
+    // 10: a message's bounces, suppressions and failures by its key. A
+    // receipt counts the message's soft bounces, and a hard bounce asks
+    // whether its fallback was already tried: both read the whole event log
+    // without it. Only these rare rows enter the index.
+    r#"
+CREATE INDEX events_message_outcome ON events(message_key, kind)
+    WHERE kind = 'message_bounced' OR kind = 'message_suppressed' OR kind = 'message_failed';
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -622,6 +630,28 @@ mod tests {
             appointment(status).unwrap();
         }
         assert!(appointment("noshow").is_err());
+    }
+
+    #[test]
+    fn receipt_lookups_by_message_key_use_their_partial_index() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        for sql in [
+            crate::core::ingest::SOFT_BOUNCES_SQL,
+            crate::core::enrollment::FALLBACK_TRIED_SQL,
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(["k1"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|l| l.contains("events_message_outcome")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 
     #[test]
