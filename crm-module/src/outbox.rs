@@ -188,6 +188,17 @@ fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'stati
         })
 }
 
+/// One lane's due rows (`?1` kind, `?2` channel, `?3` now, `?4` limit),
+/// oldest first: a range of the `outbox_due` index.
+const DUE_SQL: &str = "SELECT next_attempt_at, id, idempotency_key, payload, attempts FROM outbox
+    WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
+    ORDER BY next_attempt_at, id LIMIT ?4";
+
+/// One lane's earliest due time (`?1` kind, `?2` channel): an `outbox_due`
+/// index probe.
+const NEXT_DUE_SQL: &str = "SELECT MIN(next_attempt_at) FROM outbox
+    WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2";
+
 /// Rows due at `now`, oldest first, skipping `exclude` (in flight) and rows
 /// no taker can take now.
 pub fn due(
@@ -197,11 +208,7 @@ pub fn due(
     exclude: &std::collections::HashSet<i64>,
     takers: Takers<'_>,
 ) -> Result<Vec<DueEffect>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT next_attempt_at, id, idempotency_key, kind, payload, attempts, channel FROM outbox
-         WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
-         ORDER BY next_attempt_at, id LIMIT ?4",
-    )?;
+    let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let mut rows = Vec::new();
     for (kind, channel) in open_lanes(takers) {
         let lane = stmt.query_map(
@@ -212,51 +219,46 @@ pub fn due(
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, i64>(4)?,
                 ))
             },
         )?;
         for row in lane {
-            let row = row?;
-            if !exclude.contains(&row.1) {
-                rows.push(row);
+            let (at, id, key, payload, attempts) = row?;
+            if !exclude.contains(&id) {
+                rows.push((at, id, key, payload, attempts, kind, channel));
             }
         }
     }
     // Oldest first across the lanes, as one queue.
     rows.sort_unstable_by_key(|r| (r.0, r.1));
     rows.truncate(limit);
-    let mut out = Vec::with_capacity(rows.len());
-    for (_, id, key, kind, mut payload, attempts, channel) in rows {
-        // A retried effect (host said retry, or a soft bounce) keeps its key;
-        // `attempt` tells the host it is asked again on purpose.
-        if attempts > 0
-            && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&payload)
-        {
-            m.insert("attempt".into(), Value::from(attempts + 1));
-            payload = Value::Object(m).to_string();
-        }
-        if let Some(kind) = EffectKind::parse(&kind) {
-            out.push(DueEffect {
+    let out = rows
+        .into_iter()
+        .map(|(_, id, key, mut payload, attempts, kind, channel)| {
+            // A retried effect (host said retry, or a soft bounce) keeps its
+            // key; `attempt` tells the host it is asked again on purpose.
+            if attempts > 0
+                && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&payload)
+            {
+                m.insert("attempt".into(), Value::from(attempts + 1));
+                payload = Value::Object(m).to_string();
+            }
+            DueEffect {
                 id,
                 key,
                 kind,
                 payload,
-                channel,
-            });
-        }
-    }
+                channel: channel.map(str::to_string),
+            }
+        })
+        .collect();
     Ok(out)
 }
 
 /// The earliest `next_attempt_at` of a pending row some taker can take, if any.
 pub fn next_due(conn: &Connection, takers: Takers<'_>) -> Result<Option<Millis>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT MIN(next_attempt_at) FROM outbox
-         WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(NEXT_DUE_SQL)?;
     let mut earliest: Option<Millis> = None;
     for (kind, channel) in open_lanes(takers) {
         let lane: Option<Millis> = stmt.query_row(params![kind.as_str(), channel], |r| r.get(0))?;
@@ -461,28 +463,10 @@ mod tests {
     fn every_lane_question_is_an_index_probe() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         crate::store::migrations::migrate(&conn).unwrap();
-        use rusqlite::types::Value::{Integer, Text};
-        let lane = || vec![Text("message".into()), Text("email".into())];
-        for (sql, bound) in [
-            (
-                "SELECT next_attempt_at, id FROM outbox
-                 WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
-                 ORDER BY next_attempt_at, id LIMIT ?4",
-                [lane(), vec![Integer(100), Integer(10)]].concat(),
-            ),
-            (
-                "SELECT MIN(next_attempt_at) FROM outbox
-                 WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2",
-                lane(),
-            ),
+        for plan in [
+            crate::store::query_plan(&conn, DUE_SQL, params!["message", "email", 100, 10]),
+            crate::store::query_plan(&conn, NEXT_DUE_SQL, params!["message", "email"]),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(bound), |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<std::result::Result<_, _>>()
-                .unwrap();
             let plan = plan.join("; ");
             assert!(
                 plan.contains("USING INDEX outbox_due (kind=? AND channel=?")

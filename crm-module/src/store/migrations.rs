@@ -640,13 +640,7 @@ mod tests {
             crate::core::ingest::SOFT_BOUNCES_SQL,
             crate::core::enrollment::FALLBACK_TRIED_SQL,
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(["k1"], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<std::result::Result<_, _>>()
-                .unwrap();
+            let plan = crate::store::query_plan(&conn, sql, ["k1"]);
             assert!(
                 plan.iter().any(|l| l.contains("events_message_outcome")),
                 "{sql}: {plan:?}"
@@ -658,16 +652,11 @@ mod tests {
     fn step_engagement_condition_uses_its_partial_index() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::core::conditions::STEP_ENGAGEMENT_SQL
-            ))
-            .unwrap()
-            .query_map((1, "s1", "message_clicked"), |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<std::result::Result<_, _>>()
-            .unwrap();
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::core::conditions::STEP_ENGAGEMENT_SQL,
+            (1, "s1", "message_clicked"),
+        );
         assert!(
             plan.iter().any(|l| l.contains("events_step_engagement")),
             "{plan:?}"

@@ -77,3 +77,19 @@ pub fn put_setting(conn: &Connection, key: &str, value: &serde_json::Value) -> R
     )?;
     Ok(())
 }
+
+/// The plan SQLite picks for `sql` with `params` bound (`EXPLAIN QUERY
+/// PLAN`, one detail line per row), for tests that pin a query to its index.
+#[cfg(test)]
+pub(crate) fn query_plan(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Vec<String> {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
