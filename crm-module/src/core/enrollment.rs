@@ -618,9 +618,16 @@ pub const FALLBACK_TRIED_SQL: &str = "SELECT EXISTS(SELECT 1 FROM events WHERE m
     AND (kind = 'message_bounced' OR kind = 'message_suppressed' OR kind = 'message_failed'))";
 
 /// Queues the fallback of a step whose message hard-failed after it was sent
-/// (a hard bounce or a failed delivery), once per enrollment and step.
+/// (a hard bounce or a failed delivery), once per enrollment and step; an
+/// SMS waits for its sending hours within `window` (the automation's run
+/// window).
 /// Returns true when a fallback was attempted (queued or suppressed).
-pub fn send_fallback(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<bool> {
+pub fn send_fallback(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    step: &Step,
+    window: &crate::schedule::RunWindow,
+) -> Result<bool> {
     let Some(fallback) = step.kind.fallback() else {
         return Ok(false);
     };
@@ -644,17 +651,7 @@ pub fn send_fallback(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<b
     {
         // A receipt can come at any hour: the SMS waits for the recipient's
         // sending hours (and the automation's run window), as an SMS step does.
-        let window = ctx
-            .catalog
-            .get(&e.automation_id)
-            .map(|a| {
-                a.current
-                    .def
-                    .window(&ctx.settings.doc.default_run_window)
-                    .clone()
-            })
-            .unwrap_or_else(|| ctx.settings.doc.default_run_window.clone());
-        let open_at = sms_open_at(ctx, &window, &e.contact_id)?;
+        let open_at = sms_open_at(ctx, window, &e.contact_id)?;
         if open_at > ctx.now
             && let Some(queued) = ctx.effects.iter_mut().rev().find(|x| x.key == fb_key)
         {

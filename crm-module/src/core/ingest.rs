@@ -640,16 +640,21 @@ fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Re
         return Ok(());
     }
     let catalog = ctx.catalog;
-    let Some(step) = catalog
-        .get(automation_id)
-        .and_then(|a| a.current.flow.step(step_id))
-        .cloned()
-    else {
+    let Some(version) = catalog.get(automation_id).map(|a| &a.current) else {
         return Ok(());
     };
+    let Some(step) = version.flow.step(step_id).cloned() else {
+        return Ok(());
+    };
+    let window = version
+        .def
+        .window(&ctx.settings.doc.default_run_window)
+        .clone();
     match enrollment::load(ctx.conn, enrollment_id)? {
         // A contact who left the automation gets no late message from it.
-        Some(e) if e.state != "exited" => enrollment::send_fallback(ctx, &e, &step).map(|_| ()),
+        Some(e) if e.state != "exited" => {
+            enrollment::send_fallback(ctx, &e, &step, &window).map(|_| ())
+        }
         _ => Ok(()),
     }
 }
