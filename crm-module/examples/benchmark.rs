@@ -33,7 +33,9 @@
 //!   instant at which work is scheduled (what the worker does with the system
 //!   clock) or in fixed steps, then `wait_idle`: delays expire, steps run,
 //!   birthday triggers evaluate;
-//! * **D** a host that accepts everything is attached and the outbox drains.
+//! * **D** a host that accepts everything is attached and the outbox drains;
+//! * **views** on the loaded database: the automation list, and every
+//!   automation's builder and performance views (the median of 3 builds each).
 //!
 //! Ingestion is spread over simulated time: the clock moves 30 s after every
 //! 1,000 events (untimed), as when a host syncs a practice over a while, so
@@ -763,6 +765,60 @@ fn time_ms<T, E: Into<Box<dyn std::error::Error>>>(
     Ok((t.elapsed().as_secs_f64() * 1000.0, v))
 }
 
+/// How often each view is built; the median is reported.
+const VIEW_RUNS: usize = 3;
+
+/// Build times of the host's screens on the loaded database.
+struct ViewTimes {
+    events: i64,
+    /// (label, figures) lines for the report.
+    rows: Vec<(String, String)>,
+}
+
+/// The median of `VIEW_RUNS` builds of one view, in ms.
+fn view_ms(m: &Module, name: &str, params: &Value) -> BoxResult<f64> {
+    let params = params.to_string();
+    let mut runs = Vec::with_capacity(VIEW_RUNS);
+    for _ in 0..VIEW_RUNS {
+        let t = Instant::now();
+        m.view(name, &params)?;
+        runs.push(t.elapsed());
+    }
+    runs.sort();
+    Ok(percentile(&runs, 0.5))
+}
+
+/// Times the automation list, and the builder and performance views of every
+/// automation (mean and slowest).
+fn view_times(m: &Module, reader: &Connection) -> BoxResult<ViewTimes> {
+    let events: i64 = reader.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+    let ids: Vec<String> = reader
+        .prepare("SELECT id FROM automations ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut rows = vec![(
+        "automation_list".to_string(),
+        format!("{:>10.2} ms", view_ms(m, "automation_list", &json!({}))?),
+    )];
+    for name in ["automation_builder", "automation_performance"] {
+        let mut each = Vec::with_capacity(ids.len());
+        for id in &ids {
+            each.push((view_ms(m, name, &json!({"automation_id": id}))?, id));
+        }
+        let mean = each.iter().map(|(t, _)| t).sum::<f64>() / each.len().max(1) as f64;
+        let (max, slowest) =
+            each.iter().fold(
+                (0.0, ""),
+                |acc, (t, id)| if *t > acc.0 { (*t, id.as_str()) } else { acc },
+            );
+        rows.push((
+            format!("{name} (each of {})", ids.len()),
+            format!("{mean:>10.2} ms mean, {max:.2} ms slowest ({slowest})"),
+        ));
+    }
+    Ok(ViewTimes { events, rows })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -1067,6 +1123,10 @@ fn main() -> BoxResult<()> {
     })?;
     let engine_time = total_start.elapsed();
 
+    // The screens the host renders, on the loaded database (event log, outbox
+    // and enrollments of the whole run).
+    let views = view_times(&module, &bench.reader)?;
+
     // Raw SQLite again, after the engine phases, once the engine's dirty pages
     // are on disk (they would otherwise slow this run's fsyncs).
     let _ = std::process::Command::new("sync").status();
@@ -1280,6 +1340,14 @@ fn main() -> BoxResult<()> {
     println!(
         "  index-ordered MIN(wake_at) probe     {index_ms:>10.3} ms        (same question through enrollments_due, for comparison)"
     );
+    println!();
+    println!(
+        "Views on the loaded database ({} events in the log; each view built {VIEW_RUNS} times, median)",
+        group(views.events as f64)
+    );
+    for (label, t) in &views.rows {
+        println!("  {label:<36} {t}");
+    }
     println!();
     println!("Rows written per table (new rows; updates in place are not counted)");
     print!("{:<22}", "table");

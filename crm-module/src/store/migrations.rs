@@ -465,6 +465,20 @@ CREATE INDEX outbox_due ON outbox(kind, channel, next_attempt_at, id) WHERE stat
 CREATE INDEX events_message_outcome ON events(message_key, kind)
     WHERE kind = 'message_bounced' OR kind = 'message_suppressed' OR kind = 'message_failed';
 "#,
+    // 11: the performance view's reads that went past `events_automation`.
+    // Consent changes caused by a message (an SMS STOP, an unsubscribe link)
+    // by the message's key: counting an automation's opt-outs scanned the
+    // whole event log. (The condition reads no JSON: it is evaluated for
+    // every event written.) Completed steps' duration and branch path by automation and step,
+    // so that their averages are read from the index alone, not from every
+    // row's JSON.
+    r#"
+CREATE INDEX events_opt_outs ON events(message_key)
+    WHERE message_key IS NOT NULL AND (kind = 'sms_opt_out' OR kind = 'subscription_changed');
+CREATE INDEX events_step_completed ON events(
+    automation_id, kind, step_id, json_extract(detail, '$.duration_ms'), json_extract(detail, '$.path'))
+    WHERE kind = 'step_completed';
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -646,6 +660,25 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
+    }
+
+    #[test]
+    fn performance_view_reads_opt_outs_and_step_details_from_their_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let plan = crate::store::query_plan(&conn, crate::views::performance::OPT_OUTS_SQL, ["a1"]);
+        assert!(
+            plan.iter().any(|l| l.contains("events_opt_outs"))
+                && !plan.iter().any(|l| l == "SCAN e"),
+            "{plan:?}"
+        );
+        let plan =
+            crate::store::query_plan(&conn, crate::views::performance::STEP_DETAILS_SQL, ["a1"]);
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("COVERING INDEX events_step_completed")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -339,6 +339,29 @@ struct ChannelCounts {
     opt_outs: u64,
 }
 
+/// Opt-outs per channel caused by the automation's messages (an SMS STOP
+/// reply, an unsubscribe link), from the rare rows of the partial index
+/// `events_opt_outs` (its condition, repeated on the first line, is what lets
+/// SQLite use it) joined to the outbox by message key.
+pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.channel, count(*)
+     FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
+     WHERE e.message_key IS NOT NULL AND (e.kind = 'sms_opt_out' OR e.kind = 'subscription_changed')
+       AND (e.kind = 'sms_opt_out' OR json_extract(e.detail, '$.reason') = 'unsubscribe_link')
+       AND o.automation_id = ?1
+     GROUP BY o.channel";
+
+/// Completed steps' mean duration and branch paths per step, read from the
+/// covering index `events_step_completed` (the same expressions). Named
+/// because the planner would otherwise pick `events_automation`, which has
+/// both equalities too but not the details.
+pub(crate) const STEP_DETAILS_SQL: &str = "SELECT step_id,
+            avg(json_extract(detail, '$.duration_ms')),
+            sum(json_extract(detail, '$.path') = 'yes'),
+            sum(json_extract(detail, '$.path') = 'no')
+     FROM events INDEXED BY events_step_completed
+     WHERE kind = 'step_completed' AND automation_id = ?1 AND step_id IS NOT NULL
+     GROUP BY step_id";
+
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
     let rec = load_automation(ctx.conn, &p.automation_id)?;
     let id = rec.id.as_str();
@@ -441,28 +464,13 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             &mut channels,
             |c| &mut c.failed_before_handover,
         )?;
-        add_by_channel(
-            ctx.conn,
-            "SELECT o.channel, count(*) FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
-             WHERE o.automation_id = ?1 AND (e.kind = 'sms_opt_out'
-               OR (e.kind = 'subscription_changed' AND json_extract(e.detail, '$.reason') = 'unsubscribe_link'))
-             GROUP BY o.channel",
-            id,
-            &mut channels,
-            |c| &mut c.opt_outs,
-        )?;
+        add_by_channel(ctx.conn, OPT_OUTS_SQL, id, &mut channels, |c| {
+            &mut c.opt_outs
+        })?;
     }
     // Durations and branch paths: the details of completed steps only.
     {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT step_id,
-                    avg(json_extract(detail, '$.duration_ms')),
-                    sum(json_extract(detail, '$.path') = 'yes'),
-                    sum(json_extract(detail, '$.path') = 'no')
-             FROM events
-             WHERE automation_id = ?1 AND kind = 'step_completed' AND step_id IS NOT NULL
-             GROUP BY step_id",
-        )?;
+        let mut stmt = ctx.conn.prepare_cached(STEP_DETAILS_SQL)?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -1210,6 +1218,74 @@ mod tests {
                 .unwrap();
         }
         db
+    }
+
+    #[test]
+    fn opt_outs_count_the_stops_and_unsubscribe_links_this_automations_messages_caused() {
+        let db = seeded();
+        db.events("a1", "message_queued", Some("s3"), 10, NOW - DAY, None);
+        db.conn
+            .execute(
+                "UPDATE events SET channel = 'sms' WHERE kind = 'message_queued' AND step_id = 's3'",
+                [],
+            )
+            .unwrap();
+        for (key, automation, channel) in [
+            ("k-email", "a1", "email"),
+            ("k-sms", "a1", "sms"),
+            ("k-sms-2", "a1", "sms"),
+            ("k-other", "a2", "sms"),
+        ] {
+            db.conn
+                .execute(
+                    "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id, channel, status, next_attempt_at, created_at, updated_at)
+                     VALUES (?1, 'message', '{}', 'c1', ?2, ?3, 'accepted', 0, 0, 0)",
+                    [key, automation, channel],
+                )
+                .unwrap();
+        }
+        for (kind, key, reason) in [
+            ("sms_opt_out", Some("k-sms"), None),
+            ("sms_opt_out", Some("k-sms-2"), None),
+            // Another automation's message: not this one's opt-out.
+            ("sms_opt_out", Some("k-other"), None),
+            (
+                "subscription_changed",
+                Some("k-email"),
+                Some("unsubscribe_link"),
+            ),
+            // A consent change the host made, not the message's link.
+            ("subscription_changed", Some("k-email"), Some("host_update")),
+            // Not caused by a message.
+            ("subscription_changed", None, Some("unsubscribe_link")),
+        ] {
+            db.conn
+                .execute(
+                    "INSERT INTO events (at, kind, contact_id, message_key, detail) VALUES (?1, ?2, 'c1', ?3, ?4)",
+                    rusqlite::params![
+                        NOW - DAY,
+                        kind,
+                        key,
+                        reason.map(|r| json!({"reason": r}).to_string())
+                    ],
+                )
+                .unwrap();
+        }
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let opt_outs: Vec<(&str, u64)> = v["channel_breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["channel"]["id"].as_str().unwrap(),
+                    c["opt_outs"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(opt_outs, [("email", 1), ("sms", 2)]);
     }
 
     #[test]
