@@ -466,12 +466,13 @@ CREATE INDEX events_message_outcome ON events(message_key, kind)
     WHERE kind = 'message_bounced' OR kind = 'message_suppressed' OR kind = 'message_failed';
 "#,
     // 11: the performance view's reads that went past `events_automation`.
-    // Consent changes caused by a message (an SMS STOP, an unsubscribe link)
-    // by the message's key: counting an automation's opt-outs scanned the
-    // whole event log. (The condition reads no JSON: it is evaluated for
-    // every event written.) Completed steps' duration and branch path by automation and step,
-    // so that their averages are read from the index alone, not from every
-    // row's JSON.
+    // - Consent changes caused by a message (an SMS STOP, an unsubscribe
+    //   link) by the message's key: counting an automation's opt-outs scanned
+    //   the whole event log. The condition reads no JSON: it is evaluated
+    //   for every event written.
+    // - Completed steps' duration and branch path by automation and step, so
+    //   that their averages are read from the index alone, not from every
+    //   row's JSON.
     r#"
 CREATE INDEX events_opt_outs ON events(message_key)
     WHERE message_key IS NOT NULL AND (kind = 'sms_opt_out' OR kind = 'subscription_changed');

@@ -10,7 +10,8 @@
 //! open transaction) and never writes. Analytics come from the append-only
 //! `events` table through a handful of aggregate queries per view (never one
 //! query per row), which the `events_automation(automation_id, kind, step_id, channel, at)`
-//! index serves.
+//! index serves; partial indexes serve the rarer questions (opt-outs by the
+//! message that caused them, completed steps' durations and paths).
 
 pub mod automation_list;
 pub mod builder;
