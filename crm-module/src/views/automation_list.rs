@@ -748,19 +748,14 @@ mod tests {
     #[test]
     fn counts_use_the_event_index() {
         let db = seeded();
-        let plan: Vec<String> = db
-            .conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT automation_id, kind, count(*) FROM events
+        let plan = crate::store::query_plan(
+            &db.conn,
+            "SELECT automation_id, kind, count(*) FROM events
                  WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
                    AND kind IN ('enrolled', 'goal_reached')
                  GROUP BY automation_id, kind",
-            )
-            .unwrap()
-            .query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            [],
+        );
         assert!(
             plan.iter().any(|l| l.contains("events_automation")),
             "{plan:?}"

@@ -1448,20 +1448,15 @@ mod tests {
     #[test]
     fn step_query_uses_the_event_index() {
         let db = seeded();
-        let plan: Vec<String> = db
-            .conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT step_id, kind, count(*) FROM events
+        let plan = crate::store::query_plan(
+            &db.conn,
+            "SELECT step_id, kind, count(*) FROM events
                  WHERE automation_id = 'a1'
                    AND kind IN ('step_executed', 'step_completed', 'step_failed')
                    AND step_id IS NOT NULL
                  GROUP BY step_id, kind",
-            )
-            .unwrap()
-            .query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            [],
+        );
         assert!(
             plan.iter().any(|l| l.contains("events_automation")),
             "{plan:?}"
