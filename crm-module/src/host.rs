@@ -181,7 +181,26 @@ pub fn run_dispatcher(
 ) {
     use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
-    for job in jobs {
+    for mut job in jobs {
+        // An email is stored as its parts; its MIME is written here, on the
+        // dispatcher's thread, whoever delivers it.
+        if job.kind == EffectKind::Message && job.channel.as_deref() == Some("email") {
+            match crate::messaging::compose::with_mime(&job.payload) {
+                Ok(payload) => job.payload = payload,
+                Err(reason) => {
+                    let answer = Request::Answer {
+                        outbox_id: job.id,
+                        answer: HostAnswer::Failed,
+                        error: Some(reason),
+                        call: None,
+                    };
+                    if worker.send(answer).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         if job.kind == EffectKind::PluginStep {
             if plugin_jobs.send(Job::Step(job)).is_err() {
                 break;

@@ -866,9 +866,17 @@ fn composed_email_carries_a_real_unsubscribe_link_and_rendered_placeholders() {
         r["text"].as_str().unwrap().contains("12 River Road"),
         "postal address in the footer"
     );
+    assert!(
+        r.get("rfc5322_base64").is_none(),
+        "the outbox keeps the parts; the MIME is written when the message is handed over"
+    );
+    let handed_over: Value = serde_json::from_str(
+        &crate::messaging::compose::with_mime(&m.payload.to_string()).unwrap(),
+    )
+    .unwrap();
     let raw = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
-        r["rfc5322_base64"].as_str().unwrap(),
+        handed_over["rendered"]["rfc5322_base64"].as_str().unwrap(),
     )
     .unwrap();
     let raw = String::from_utf8(raw).unwrap();

@@ -4,7 +4,9 @@
 //! the SMS given its consent footer on the first message of a thread and its
 //! segment count, links wrapped and the open pixel added when tracking is on.
 //! Runs inside the core's transaction: the numbered message and its links are
-//! stored with the outbox row that carries it.
+//! stored with the outbox row that carries it. An email is stored assembled
+//! (its parts and headers); [`with_mime`] writes its MIME on the
+//! dispatcher's thread when the row is handed over.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -377,26 +379,83 @@ pub fn email(
         marketing,
         date: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.now.max(0) as u64),
     };
-    Ok(match email::compose(&parts) {
-        // The composed parts move into the payload (json! would copy each).
-        Ok(m) => Ok(Value::Object(Map::from_iter([
-            ("message_id".to_owned(), Value::String(m.message_id)),
-            ("from".to_owned(), json!(identity)),
-            ("subject".to_owned(), Value::String(subject)),
-            ("html".to_owned(), Value::String(m.html)),
-            ("text".to_owned(), Value::String(m.text)),
-            (
-                "unsubscribe_url".to_owned(),
-                unsubscribe_url.map_or(Value::Null, Value::String),
-            ),
-            (
-                "rfc5322_base64".to_owned(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&m.rfc5322)),
-            ),
-            ("envelope_from".to_owned(), Value::String(m.envelope_from)),
-        ]))),
+    Ok(match email::assemble(&parts) {
+        Ok(a) => Ok(rendered_email(a, unsubscribe_url)),
         Err(reason) => Err(ComposeError::Address(reason)),
     })
+}
+
+/// An email message payload's `rendered` object: the [`email::Assembled`]
+/// fields, moved in (`json!` would copy each), and the unsubscribe URL.
+fn rendered_email(a: email::Assembled, unsubscribe_url: Option<String>) -> Value {
+    let email::Assembled {
+        message_id,
+        from,
+        envelope_from,
+        envelope_to,
+        subject,
+        html,
+        text,
+        date_ms,
+        list_unsubscribe,
+        list_unsubscribe_post,
+        boundary,
+    } = a;
+    Value::Object(Map::from_iter([
+        ("message_id".to_owned(), Value::String(message_id)),
+        ("from".to_owned(), json!(from)),
+        ("envelope_from".to_owned(), Value::String(envelope_from)),
+        ("envelope_to".to_owned(), Value::String(envelope_to)),
+        ("subject".to_owned(), Value::String(subject)),
+        ("html".to_owned(), Value::String(html)),
+        ("text".to_owned(), Value::String(text)),
+        ("date_ms".to_owned(), Value::from(date_ms)),
+        (
+            "list_unsubscribe".to_owned(),
+            list_unsubscribe.map_or(Value::Null, Value::String),
+        ),
+        (
+            "list_unsubscribe_post".to_owned(),
+            Value::Bool(list_unsubscribe_post),
+        ),
+        ("boundary".to_owned(), Value::String(boundary)),
+        (
+            "unsubscribe_url".to_owned(),
+            unsubscribe_url.map_or(Value::Null, Value::String),
+        ),
+    ]))
+}
+
+/// The payload an email message is handed over with: the stored payload
+/// plus `rendered.rfc5322_base64`, the MIME written from the stored parts
+/// ([`email::Assembled::rfc5322`]). The outbox keeps only the parts, so the
+/// message is encoded on the dispatcher's thread rather than inside the
+/// ingesting transaction; every attempt writes the same bytes. A payload
+/// that already carries the MIME (a test send, a row queued by an earlier
+/// version) is handed over as it is.
+///
+/// # Errors
+///
+/// A reason naming the field at fault (ids and field names only), for a
+/// payload that is not an email message's.
+pub fn with_mime(payload: &str) -> std::result::Result<String, String> {
+    use serde::Deserialize as _;
+    let mut v: Value = serde_json::from_str(payload).map_err(|_| "payload: not JSON".to_owned())?;
+    if v["rendered"].get("rfc5322_base64").is_some() {
+        return Ok(payload.to_owned());
+    }
+    // serde's message could quote a value: the reason names the object only.
+    let raw = email::Assembled::deserialize(&v["rendered"])
+        .map_err(|_| "rendered: not an assembled email".to_owned())?
+        .rfc5322()?;
+    let Some(rendered) = v.get_mut("rendered").and_then(Value::as_object_mut) else {
+        return Err("rendered: not an assembled email".to_owned());
+    };
+    rendered.insert(
+        "rfc5322_base64".to_owned(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(raw)),
+    );
+    serde_json::to_string(&v).map_err(|e| e.to_string())
 }
 
 /// Composes an SMS for `to`; returns the payload's `rendered` part.
@@ -468,4 +527,55 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_mime_writes_the_stored_parts_out_and_leaves_composed_payloads_alone() {
+        let sender = SenderIdentity {
+            from_name: "Riverside".to_owned(),
+            from_address: "news@riverside.example".to_owned(),
+            reply_to: None,
+        };
+        let parts = EmailParts {
+            message_key: "k1",
+            to: "pat@example.org",
+            sender: &sender,
+            subject: "Hello",
+            preheader: "",
+            html_body: "<p>Hi</p>",
+            text_body: None,
+            footer_html: "",
+            footer_text: "",
+            unsubscribe_url: None,
+            unsubscribe_mailto: None,
+            marketing: false,
+            date: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000),
+        };
+        let rendered = rendered_email(email::assemble(&parts).unwrap(), None);
+        let payload =
+            json!({"key": "k1", "channel": "email", "to": "pat@example.org", "rendered": rendered});
+        let out: Value = serde_json::from_str(&with_mime(&payload.to_string()).unwrap()).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(out["rendered"]["rfc5322_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, email::compose(&parts).unwrap().rfc5322);
+        assert_eq!(out["rendered"]["html"], payload["rendered"]["html"]);
+
+        // Already composed (a test send, an older row): handed over unchanged.
+        let composed = out.to_string();
+        assert_eq!(with_mime(&composed).unwrap(), composed);
+
+        // Not an email's parts: a reason naming the object, no values.
+        let mut broken = payload.clone();
+        broken["rendered"]["date_ms"] = json!("pat@example.org");
+        assert_eq!(
+            with_mime(&broken.to_string()).unwrap_err(),
+            "rendered: not an assembled email"
+        );
+        assert_eq!(with_mime("{").unwrap_err(), "payload: not JSON");
+    }
 }

@@ -1,6 +1,9 @@
 //! Composing one marketing (or care) email with lettre's message builder.
 //!
-//! [`compose`] turns already-rendered parts into an RFC 5322 message:
+//! [`compose`] turns already-rendered parts into an RFC 5322 message, in two
+//! stages: [`assemble`] validates and builds the parts and headers (what
+//! the outbox stores), [`Assembled::rfc5322`] writes the MIME (what the
+//! dispatcher does when it hands a message over). The message is
 //! `multipart/alternative` with a text/plain part then a text/html part, the
 //! compliant footer appended to both, a hidden preheader at the top of the
 //! HTML, `List-Unsubscribe` / `List-Unsubscribe-Post` (RFC 2369, RFC 8058) for
@@ -135,7 +138,44 @@ impl Header for ListUnsubscribePost {
     }
 }
 
-/// Composes one email.
+/// An email validated and assembled, not yet written out as MIME: the final
+/// HTML and text parts and every header value. This is what an outbox
+/// message payload stores as `rendered` (field for field); the dispatcher
+/// writes the MIME with [`Assembled::rfc5322`] when it hands the message
+/// over, so the costly encoding stays out of the ingesting transaction.
+/// Writing out is deterministic: the same `Assembled` gives the same bytes
+/// on every delivery attempt.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Assembled {
+    /// The `Message-ID` header value, angle brackets included: `<KEY@DOMAIN>`.
+    pub message_id: String,
+    /// Who sends it (`From`, `Reply-To`).
+    pub from: SenderIdentity,
+    /// SMTP envelope sender (`MAIL FROM`): the sender's address.
+    pub envelope_from: String,
+    /// The recipient (`To`, and SMTP `RCPT TO`).
+    pub envelope_to: String,
+    /// The subject as sent (on one line).
+    pub subject: String,
+    /// The final HTML part (preheader and footer included), before encoding.
+    pub html: String,
+    /// The final text part (footer included), before encoding.
+    pub text: String,
+    /// The `Date` header, milliseconds since the Unix epoch.
+    pub date_ms: i64,
+    /// The `List-Unsubscribe` value (marketing email only).
+    pub list_unsubscribe: Option<String>,
+    /// Whether `List-Unsubscribe-Post: List-Unsubscribe=One-Click` is sent.
+    pub list_unsubscribe_post: bool,
+    /// The `multipart/alternative` boundary (derived from the key; in
+    /// neither part).
+    pub boundary: String,
+}
+
+/// Validates and assembles one email: everything [`compose`] does except
+/// writing the MIME.
 ///
 /// # Errors
 ///
@@ -144,7 +184,7 @@ impl Header for ListUnsubscribePost {
 /// `reply_to`, empty `subject` or `message_key`, a `date` outside 1970–9999,
 /// an `unsubscribe_url` that is not https or an `unsubscribe_mailto` that is
 /// not `mailto:` (for marketing email).
-pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
+pub fn assemble(parts: &EmailParts<'_>) -> Result<Assembled, String> {
     if parts.message_key.is_empty() {
         return Err("message_key: empty".to_owned());
     }
@@ -159,19 +199,18 @@ pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
         .trim()
         .parse()
         .map_err(|_| "sender.from_address: not a valid address".to_owned())?;
-    let reply_to: Option<Address> = match &parts.sender.reply_to {
-        Some(r) if !r.trim().is_empty() => Some(
-            r.trim()
-                .parse()
-                .map_err(|_| "sender.reply_to: not a valid address".to_owned())?,
-        ),
-        _ => None,
-    };
+    if let Some(r) = &parts.sender.reply_to
+        && !r.trim().is_empty()
+    {
+        r.trim()
+            .parse::<Address>()
+            .map_err(|_| "sender.reply_to: not a valid address".to_owned())?;
+    }
     let subject = single_line(parts.subject);
     if subject.trim().is_empty() {
         return Err("subject: empty".to_owned());
     }
-    check_date(parts.date)?;
+    let date_ms = check_date(parts.date)?;
     let list_unsubscribe = if parts.marketing {
         list_unsubscribe_value(parts.unsubscribe_url, parts.unsubscribe_mailto)?
     } else {
@@ -189,48 +228,112 @@ pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
         None => assemble_text(&html_to_text(parts.html_body), parts.footer_text),
     };
     let boundary = boundary_for(parts.message_key, &[&text, &html]);
-
-    let from_name = single_line(&parts.sender.from_name);
-    let from_name = from_name.trim();
-    let from = Mailbox::new(
-        (!from_name.is_empty()).then(|| from_name.to_owned()),
-        from_address.clone(),
-    );
-    let mut builder = lettre::Message::builder().from(from);
-    if let Some(reply_to) = reply_to {
-        builder = builder.reply_to(Mailbox::new(None, reply_to));
-    }
-    // The envelope lettre would otherwise derive by parsing the From and To
-    // headers back (it is not part of the formatted message).
-    let envelope = Envelope::new(Some(from_address.clone()), vec![to.clone()])
-        .map_err(|_| "message: could not be built".to_owned())?;
-    builder = builder
-        .envelope(envelope)
-        .to(Mailbox::new(None, to.clone()))
-        .subject(subject)
-        .date(parts.date)
-        .message_id(Some(message_id.clone()));
-    if let Some((value, one_click)) = list_unsubscribe {
-        builder = builder.header(ListUnsubscribe(value));
-        if one_click {
-            builder = builder.header(ListUnsubscribePost);
-        }
-    }
-    let body = MultiPart::alternative()
-        .boundary(boundary)
-        .singlepart(SinglePart::plain(text.clone()))
-        .singlepart(SinglePart::html(html.clone()));
-    let message = builder
-        .multipart(body)
-        .map_err(|_| "message: could not be built".to_owned())?;
-
-    Ok(ComposedEmail {
+    let (list_unsubscribe, list_unsubscribe_post) = match list_unsubscribe {
+        Some((value, one_click)) => (Some(value), one_click),
+        None => (None, false),
+    };
+    Ok(Assembled {
         message_id,
-        rfc5322: message.formatted(),
-        html,
-        text,
+        from: parts.sender.clone(),
         envelope_from: from_address.to_string(),
         envelope_to: to.to_string(),
+        subject,
+        html,
+        text,
+        date_ms,
+        list_unsubscribe,
+        list_unsubscribe_post,
+        boundary,
+    })
+}
+
+impl Assembled {
+    /// Writes the message out: `multipart/alternative` (text, then HTML),
+    /// CRLF line endings, ready for SMTP `DATA`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the field at fault, as [`assemble`] gives: only
+    /// possible when the parts did not come from [`assemble`] (an outbox
+    /// payload edited by hand, say).
+    pub fn rfc5322(&self) -> Result<Vec<u8>, String> {
+        let address = |value: &str, field: &str| -> Result<Address, String> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{field}: not a valid address"))
+        };
+        let from_address = address(&self.from.from_address, "sender.from_address")?;
+        let to = address(&self.envelope_to, "to")?;
+        let subject = single_line(&self.subject);
+        if subject.trim().is_empty() {
+            return Err("subject: empty".to_owned());
+        }
+        let date = UNIX_EPOCH + Duration::from_millis(u64::try_from(self.date_ms).unwrap_or(0));
+        check_date(date)?;
+        if self.boundary.is_empty() || !header_safe(&self.boundary) {
+            return Err("boundary: not a valid MIME boundary".to_owned());
+        }
+        if let Some(value) = &self.list_unsubscribe
+            && value.chars().any(char::is_control)
+        {
+            return Err("list_unsubscribe: not a valid header value".to_owned());
+        }
+
+        let from_name = single_line(&self.from.from_name);
+        let from_name = from_name.trim();
+        let from = Mailbox::new(
+            (!from_name.is_empty()).then(|| from_name.to_owned()),
+            from_address.clone(),
+        );
+        let mut builder = lettre::Message::builder().from(from);
+        if let Some(r) = &self.from.reply_to
+            && !r.trim().is_empty()
+        {
+            builder = builder.reply_to(Mailbox::new(None, address(r, "sender.reply_to")?));
+        }
+        // The envelope lettre would otherwise derive by parsing the From and
+        // To headers back (it is not part of the formatted message).
+        let envelope = Envelope::new(Some(from_address), vec![to.clone()])
+            .map_err(|_| "message: could not be built".to_owned())?;
+        builder = builder
+            .envelope(envelope)
+            .to(Mailbox::new(None, to))
+            .subject(subject)
+            .date(date)
+            .message_id(Some(self.message_id.clone()));
+        if let Some(value) = &self.list_unsubscribe {
+            builder = builder.header(ListUnsubscribe(value.clone()));
+            if self.list_unsubscribe_post {
+                builder = builder.header(ListUnsubscribePost);
+            }
+        }
+        let body = MultiPart::alternative()
+            .boundary(self.boundary.clone())
+            .singlepart(SinglePart::plain(self.text.clone()))
+            .singlepart(SinglePart::html(self.html.clone()));
+        let message = builder
+            .multipart(body)
+            .map_err(|_| "message: could not be built".to_owned())?;
+        Ok(message.formatted())
+    }
+}
+
+/// Composes one email: [`assemble`], then [`Assembled::rfc5322`].
+///
+/// # Errors
+///
+/// As [`assemble`].
+pub fn compose(parts: &EmailParts<'_>) -> Result<ComposedEmail, String> {
+    let assembled = assemble(parts)?;
+    let rfc5322 = assembled.rfc5322()?;
+    Ok(ComposedEmail {
+        message_id: assembled.message_id,
+        rfc5322,
+        html: assembled.html,
+        text: assembled.text,
+        envelope_from: assembled.envelope_from,
+        envelope_to: assembled.envelope_to,
     })
 }
 
@@ -241,12 +344,13 @@ fn single_line(s: &str) -> String {
         .collect()
 }
 
-/// lettre's date formatting only covers 1970 ..= 9999.
-fn check_date(date: SystemTime) -> Result<(), String> {
+/// lettre's date formatting only covers 1970 ..= 9999; the date in
+/// milliseconds since the epoch.
+fn check_date(date: SystemTime) -> Result<i64, String> {
     // 10000-01-01T00:00:00Z (253 402 300 800 s after the epoch).
     const YEAR_10000: Duration = Duration::from_hours(70_389_528);
     match date.duration_since(UNIX_EPOCH) {
-        Ok(since) if since < YEAR_10000 => Ok(()),
+        Ok(since) if since < YEAR_10000 => Ok(since.as_millis() as i64),
         _ => Err("date: out of range".to_owned()),
     }
 }
@@ -884,6 +988,31 @@ mod tests {
                 .to_owned()
         };
         assert_ne!(boundary(&raw(&a)), boundary(&raw(&c)));
+    }
+
+    #[test]
+    fn assembled_parts_write_out_the_same_message_after_a_round_trip_through_json() {
+        let s = sender();
+        for marketing in [true, false] {
+            let p = parts(&s, marketing);
+            let assembled = assemble(&p).unwrap();
+            // What the outbox stores, read back by the dispatcher.
+            let stored = serde_json::to_string(&assembled).unwrap();
+            let back: Assembled = serde_json::from_str(&stored).unwrap();
+            assert_eq!(back, assembled);
+            assert_eq!(back.rfc5322().unwrap(), compose(&p).unwrap().rfc5322);
+            assert_eq!(back.rfc5322().unwrap(), back.rfc5322().unwrap());
+        }
+        // A stored payload altered by hand is refused, naming the field only.
+        let mut bad = assemble(&parts(&s, true)).unwrap();
+        bad.envelope_to = "not an address".to_owned();
+        assert_eq!(bad.rfc5322().unwrap_err(), "to: not a valid address");
+        let mut bad = assemble(&parts(&s, true)).unwrap();
+        bad.boundary = "a\r\nBcc: x@y.z".to_owned();
+        assert_eq!(
+            bad.rfc5322().unwrap_err(),
+            "boundary: not a valid MIME boundary"
+        );
     }
 
     #[test]
