@@ -190,11 +190,45 @@ pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
 }
 
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.
+///
+/// Most saves change neither the email, the phone number nor the date of
+/// birth (a touch, a status, a subscription): they are written by an
+/// `UPDATE` that leaves those columns, and so their four indexes, alone; it
+/// applies only while the stored row holds the same values (and the phone
+/// key derived from that number), so the columns always mirror the
+/// properties. Otherwise (a new contact, one of them changed) the whole row
+/// is written.
 pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
     let text = |k: &str| c.props.get(k).and_then(Value::as_str);
     let props = serde_json::to_string(&c.props)
         .map_err(|e| Error::Internal(format!("contact {}: {e}", c.id)))?;
     let phone = text("phone");
+    let updated = conn
+        .prepare_cached(
+            "UPDATE contacts SET props = ?2, status = ?3, email_subscription = ?4, sms_subscription = ?5,
+                 insurance_verification = ?6, portal_active = ?7, last_activity = ?8,
+                 last_engaged_at = ?9, source_updated_at = ?10
+             WHERE id = ?1 AND email IS ?11 AND phone IS ?12 AND dob IS ?13 AND phone_key IS ?14",
+        )?
+        .execute(params![
+            c.id,
+            props,
+            c.status(),
+            c.subscription("email"),
+            c.subscription("sms"),
+            c.insurance_verification,
+            c.portal_active,
+            c.last_activity,
+            c.last_engaged_at,
+            c.source_updated_at,
+            text("email"),
+            phone,
+            text("dob"),
+            phone.and_then(phone_key),
+        ])?;
+    if updated == 1 {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
                                insurance_verification, portal_active, created_at, last_activity,
@@ -355,4 +389,116 @@ pub fn set_subscription(
         Value::String(value.to_string()),
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Access};
+    use serde_json::json;
+
+    fn contact(id: &str, props: Value) -> Contact {
+        Contact {
+            id: id.to_owned(),
+            props: props.as_object().unwrap().clone(),
+            insurance_verification: None,
+            portal_active: false,
+            created_at: 1_000,
+            last_activity: 1_000,
+            last_engaged_at: None,
+            source_updated_at: None,
+        }
+    }
+
+    /// The indexed columns as stored, and what the indexes find.
+    fn columns(
+        conn: &Connection,
+        id: &str,
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+    ) {
+        conn.query_row(
+            "SELECT email, phone, dob, phone_key, last_activity FROM contacts WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_save_keeps_the_indexed_columns_equal_to_the_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("c.db"), Access::Write).unwrap();
+        let mut c = contact(
+            "c1",
+            json!({"email": "ann@example.org", "phone": "(617) 555-0100", "dob": "1980-03-04", "status": "lead"}),
+        );
+        save(&conn, &c).unwrap();
+        assert_eq!(
+            columns(&conn, "c1"),
+            (
+                Some("ann@example.org".into()),
+                Some("(617) 555-0100".into()),
+                Some("1980-03-04".into()),
+                Some("6175550100".into()),
+                1_000
+            )
+        );
+
+        // Same email, phone and birth date: the other columns still move.
+        c.last_activity = 2_000;
+        c.props.insert("status".into(), json!("patient"));
+        save(&conn, &c).unwrap();
+        assert_eq!(columns(&conn, "c1").4, 2_000);
+        assert_eq!(load(&conn, "c1").unwrap().unwrap().status(), "patient");
+
+        // A new number and address reach their columns and indexes.
+        c.props.insert("phone".into(), json!("+1 508 555 0199"));
+        c.props.insert("email".into(), json!("ann@new.example"));
+        c.props.remove("dob");
+        save(&conn, &c).unwrap();
+        assert_eq!(
+            columns(&conn, "c1"),
+            (
+                Some("ann@new.example".into()),
+                Some("+1 508 555 0199".into()),
+                None,
+                Some("5085550199".into()),
+                2_000
+            )
+        );
+        assert_eq!(
+            find_by_phone(&conn, "508-555-0199").unwrap(),
+            Some("c1".into())
+        );
+        assert!(find_by_phone(&conn, "617-555-0100").unwrap().is_none());
+        let by_email: Option<String> = conn
+            .query_row(
+                "SELECT id FROM contacts WHERE email = 'ann@new.example'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(by_email.as_deref(), Some("c1"));
+
+        // A stored phone key that does not match the number (an older
+        // database's back-fill) is rewritten by the next save.
+        conn.execute(
+            "UPDATE contacts SET phone_key = 'stale' WHERE id = 'c1'",
+            [],
+        )
+        .unwrap();
+        c.last_activity = 3_000;
+        save(&conn, &c).unwrap();
+        assert_eq!(columns(&conn, "c1").3.as_deref(), Some("5085550199"));
+        assert_eq!(columns(&conn, "c1").4, 3_000);
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
 }
