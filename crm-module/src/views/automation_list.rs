@@ -367,17 +367,19 @@ fn columns() -> Vec<Column> {
     ]
 }
 
+/// Enrolled and goal-reached counts of every live automation, from the
+/// `events_automation` index.
+const LIVE_COUNTS_SQL: &str = "SELECT automation_id, kind, count(*) FROM events
+     WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
+       AND kind IN ('enrolled', 'goal_reached')
+     GROUP BY automation_id, kind";
+
 /// Every live automation with its all-time counts: one query for the rows,
 /// one aggregate over the event log.
 fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
     let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
     {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT automation_id, kind, count(*) FROM events
-             WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
-               AND kind IN ('enrolled', 'goal_reached')
-             GROUP BY automation_id, kind",
-        )?;
+        let mut stmt = ctx.conn.prepare_cached(LIVE_COUNTS_SQL)?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -748,14 +750,7 @@ mod tests {
     #[test]
     fn counts_use_the_event_index() {
         let db = seeded();
-        let plan = crate::store::query_plan(
-            &db.conn,
-            "SELECT automation_id, kind, count(*) FROM events
-                 WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
-                   AND kind IN ('enrolled', 'goal_reached')
-                 GROUP BY automation_id, kind",
-            [],
-        );
+        let plan = crate::store::query_plan(&db.conn, super::LIVE_COUNTS_SQL, []);
         assert!(
             plan.iter().any(|l| l.contains("events_automation")),
             "{plan:?}"

@@ -362,6 +362,17 @@ pub(crate) const STEP_DETAILS_SQL: &str = "SELECT step_id,
      WHERE kind = 'step_completed' AND automation_id = ?1 AND step_id IS NOT NULL
      GROUP BY step_id";
 
+/// Step and message counts per (kind, step, channel) of automation `?1`, in
+/// one pass over `events_automation` (automation, kind, step, channel, at),
+/// which covers it.
+pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND kind IN (
+       'step_executed', 'step_completed', 'step_failed',
+       'message_queued', 'message_sent', 'message_delivered', 'message_opened',
+       'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
+       'message_suppressed')
+     GROUP BY kind, step_id, channel";
+
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
     let rec = load_automation(ctx.conn, &p.automation_id)?;
     let id = rec.id.as_str();
@@ -395,15 +406,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let mut per_step: HashMap<String, StepCounts> = HashMap::new();
     let mut channels: Vec<(String, ChannelCounts)> = Vec::new();
     {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT kind, step_id, channel, count(*) FROM events
-             WHERE automation_id = ?1 AND kind IN (
-               'step_executed', 'step_completed', 'step_failed',
-               'message_queued', 'message_sent', 'message_delivered', 'message_opened',
-               'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-               'message_suppressed')
-             GROUP BY kind, step_id, channel",
-        )?;
+        let mut stmt = ctx.conn.prepare_cached(STEP_COUNTS_SQL)?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -1448,19 +1451,13 @@ mod tests {
     #[test]
     fn step_query_uses_the_event_index() {
         let db = seeded();
-        let plan = crate::store::query_plan(
-            &db.conn,
-            "SELECT step_id, kind, count(*) FROM events
-                 WHERE automation_id = 'a1'
-                   AND kind IN ('step_executed', 'step_completed', 'step_failed')
-                   AND step_id IS NOT NULL
-                 GROUP BY step_id, kind",
-            [],
-        );
+        let plan = crate::store::query_plan(&db.conn, super::STEP_COUNTS_SQL, ["a1"]);
         assert!(
-            plan.iter().any(|l| l.contains("events_automation")),
+            plan.iter()
+                .any(|l| l.contains("COVERING INDEX events_automation ")),
             "{plan:?}"
         );
+        assert!(!plan.iter().any(|l| l.contains("SCAN events")), "{plan:?}");
     }
 }
 
