@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::consent::Category;
 use super::email::{EmailParts, SenderIdentity};
@@ -380,50 +380,18 @@ pub fn email(
         date: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.now.max(0) as u64),
     };
     Ok(match email::assemble(&parts) {
-        Ok(a) => Ok(rendered_email(a, unsubscribe_url)),
+        Ok(a) => Ok(rendered_email(&a, unsubscribe_url)?),
         Err(reason) => Err(ComposeError::Address(reason)),
     })
 }
 
 /// An email message payload's `rendered` object: the [`email::Assembled`]
-/// fields, moved in (`json!` would copy each), and the unsubscribe URL.
-fn rendered_email(a: email::Assembled, unsubscribe_url: Option<String>) -> Value {
-    let email::Assembled {
-        message_id,
-        from,
-        envelope_from,
-        envelope_to,
-        subject,
-        html,
-        text,
-        date_ms,
-        list_unsubscribe,
-        list_unsubscribe_post,
-        boundary,
-    } = a;
-    Value::Object(Map::from_iter([
-        ("message_id".to_owned(), Value::String(message_id)),
-        ("from".to_owned(), json!(from)),
-        ("envelope_from".to_owned(), Value::String(envelope_from)),
-        ("envelope_to".to_owned(), Value::String(envelope_to)),
-        ("subject".to_owned(), Value::String(subject)),
-        ("html".to_owned(), Value::String(html)),
-        ("text".to_owned(), Value::String(text)),
-        ("date_ms".to_owned(), Value::from(date_ms)),
-        (
-            "list_unsubscribe".to_owned(),
-            list_unsubscribe.map_or(Value::Null, Value::String),
-        ),
-        (
-            "list_unsubscribe_post".to_owned(),
-            Value::Bool(list_unsubscribe_post),
-        ),
-        ("boundary".to_owned(), Value::String(boundary)),
-        (
-            "unsubscribe_url".to_owned(),
-            unsubscribe_url.map_or(Value::Null, Value::String),
-        ),
-    ]))
+/// fields, serialized by the same derive that [`with_mime`] reads them back
+/// with, and the unsubscribe URL.
+fn rendered_email(a: &email::Assembled, unsubscribe_url: Option<String>) -> Result<Value> {
+    let mut rendered = serde_json::to_value(a).map_err(|e| Error::Internal(e.to_string()))?;
+    rendered["unsubscribe_url"] = unsubscribe_url.map_or(Value::Null, Value::String);
+    Ok(rendered)
 }
 
 /// The payload an email message is handed over with: the stored payload
@@ -555,7 +523,7 @@ mod tests {
             marketing: false,
             date: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000),
         };
-        let rendered = rendered_email(email::assemble(&parts).unwrap(), None);
+        let rendered = rendered_email(&email::assemble(&parts).unwrap(), None).unwrap();
         let payload =
             json!({"key": "k1", "channel": "email", "to": "pat@example.org", "rendered": rendered});
         let out: Value = serde_json::from_str(&with_mime(&payload.to_string()).unwrap()).unwrap();
