@@ -139,11 +139,27 @@ fn email_from_payload(payload: &str) -> Result<ComposedEmail, &'static str> {
     })
 }
 
-/// Whether an effect is an email message.
-fn is_email(kind: EffectKind, payload: &str) -> bool {
-    kind == EffectKind::Message
-        && serde_json::from_str::<Value>(payload)
-            .is_ok_and(|v| v["channel"].as_str() == Some("email"))
+/// Whether an effect is an email message (the outbox row's channel, which
+/// the payload's `channel` repeats).
+fn is_email(job: &DueEffect) -> bool {
+    job.kind == EffectKind::Message && job.channel.as_deref() == Some("email")
+}
+
+/// Tells the worker how a row's delivery went; false once the worker is gone.
+fn answer(
+    worker: &crossbeam_channel::Sender<Request>,
+    outbox_id: i64,
+    answer: HostAnswer,
+    error: Option<String>,
+) -> bool {
+    worker
+        .send(Request::Answer {
+            outbox_id,
+            answer,
+            error,
+            call: None,
+        })
+        .is_ok()
 }
 
 /// The SMTP sender for the current settings, rebuilt when they change.
@@ -184,17 +200,11 @@ pub fn run_dispatcher(
     for mut job in jobs {
         // An email is stored as its parts; its MIME is written here, on the
         // dispatcher's thread, whoever delivers it.
-        if job.kind == EffectKind::Message && job.channel.as_deref() == Some("email") {
+        if is_email(&job) {
             match crate::messaging::compose::with_mime(&job.payload) {
                 Ok(payload) => job.payload = payload,
                 Err(reason) => {
-                    let answer = Request::Answer {
-                        outbox_id: job.id,
-                        answer: HostAnswer::Failed,
-                        error: Some(reason),
-                        call: None,
-                    };
-                    if worker.send(answer).is_err() {
+                    if !answer(&worker, job.id, HostAnswer::Failed, Some(reason)) {
                         break;
                     }
                     continue;
@@ -230,7 +240,7 @@ pub fn run_dispatcher(
             _ => None,
         };
         let sender: Result<Arc<dyn Sender>, String> = match smtp_settings {
-            Some(s) if is_email(job.kind, &job.payload) => smtp
+            Some(s) if is_email(&job) => smtp
                 .get(&s)
                 .map(|s| s as Arc<dyn Sender>)
                 .map_err(|e| format!("email_delivery.smtp.{e}")),
@@ -239,7 +249,7 @@ pub fn run_dispatcher(
                 None => Err("no host callbacks registered".to_string()),
             },
         };
-        let (answer, error) = match sender {
+        let (outcome, error) = match sender {
             Err(reason) => (HostAnswer::RetryLater, Some(reason)),
             Ok(sender) => {
                 let delivery = Delivery {
@@ -255,15 +265,7 @@ pub fn run_dispatcher(
                 }
             }
         };
-        if worker
-            .send(Request::Answer {
-                outbox_id: job.id,
-                answer,
-                error,
-                call: None,
-            })
-            .is_err()
-        {
+        if !answer(&worker, job.id, outcome, error) {
             break;
         }
     }
@@ -307,9 +309,16 @@ mod tests {
         assert_eq!(email.envelope_from, "news@practice.example");
         assert_eq!(email.envelope_to, "pat@example.com");
         assert_eq!(email.rfc5322, b"Subject: x\r\n\r\nhi\r\n");
-        assert!(is_email(EffectKind::Message, &payload));
-        assert!(!is_email(EffectKind::Task, &payload));
-        assert!(!is_email(EffectKind::Message, r#"{"channel": "sms"}"#));
+        let job = |kind, channel: &str| DueEffect {
+            id: 1,
+            key: "k1".into(),
+            kind,
+            payload: payload.clone(),
+            channel: Some(channel.into()),
+        };
+        assert!(is_email(&job(EffectKind::Message, "email")));
+        assert!(!is_email(&job(EffectKind::Task, "email")));
+        assert!(!is_email(&job(EffectKind::Message, "sms")));
         assert_eq!(
             email_from_payload(r#"{"to": "a@b.c", "rendered": {}}"#).unwrap_err(),
             "rendered.rfc5322_base64: missing"
