@@ -392,23 +392,31 @@ pub fn set_subscription(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{self, Access};
-    use serde_json::json;
-
-    fn contact(id: &str, props: Value) -> Contact {
+impl Contact {
+    /// A contact with these properties (a JSON object), first seen and last
+    /// active at 0, nothing else recorded: for tests.
+    pub(crate) fn with_props(id: &str, props: Value) -> Contact {
+        let Value::Object(props) = props else {
+            panic!("contact properties must be a JSON object")
+        };
         Contact {
             id: id.to_owned(),
-            props: props.as_object().unwrap().clone(),
+            props,
             insurance_verification: None,
             portal_active: false,
-            created_at: 1_000,
-            last_activity: 1_000,
+            created_at: 0,
+            last_activity: 0,
             last_engaged_at: None,
             source_updated_at: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Access};
+    use serde_json::json;
 
     /// The indexed columns as stored, and what the indexes find.
     fn columns(
@@ -433,10 +441,12 @@ mod tests {
     fn every_save_keeps_the_indexed_columns_equal_to_the_properties() {
         let dir = tempfile::tempdir().unwrap();
         let conn = store::open(&dir.path().join("c.db"), Access::Write).unwrap();
-        let mut c = contact(
+        let mut c = Contact::with_props(
             "c1",
             json!({"email": "ann@example.org", "phone": "(617) 555-0100", "dob": "1980-03-04", "status": "lead"}),
         );
+        c.created_at = 1_000;
+        c.last_activity = 1_000;
         save(&conn, &c).unwrap();
         assert_eq!(
             columns(&conn, "c1"),

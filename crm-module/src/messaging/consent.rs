@@ -99,22 +99,10 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Map, Value, json};
+    use serde_json::{Value, json};
 
     fn contact(props: Value) -> Contact {
-        let Value::Object(props) = props else {
-            unreachable!()
-        };
-        Contact {
-            id: "c1".into(),
-            props: Map::from_iter(props),
-            insurance_verification: None,
-            portal_active: false,
-            created_at: 0,
-            last_activity: 0,
-            last_engaged_at: None,
-            source_updated_at: None,
-        }
+        Contact::with_props("c1", props)
     }
 
     #[test]
