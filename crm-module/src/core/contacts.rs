@@ -391,14 +391,10 @@ pub fn set_subscription(
     Ok(true)
 }
 
-#[cfg(test)]
 impl Contact {
-    /// A contact with these properties (a JSON object), first seen and last
-    /// active at 0, nothing else recorded: for tests.
-    pub(crate) fn with_props(id: &str, props: Value) -> Contact {
-        let Value::Object(props) = props else {
-            panic!("contact properties must be a JSON object")
-        };
+    /// A contact with these properties, first seen and last active at 0,
+    /// nothing else recorded: sample data for previews, and tests.
+    pub(crate) fn with_props(id: &str, props: Map<String, Value>) -> Contact {
         Contact {
             id: id.to_owned(),
             props,
@@ -441,10 +437,8 @@ mod tests {
     fn every_save_keeps_the_indexed_columns_equal_to_the_properties() {
         let dir = tempfile::tempdir().unwrap();
         let conn = store::open(&dir.path().join("c.db"), Access::Write).unwrap();
-        let mut c = Contact::with_props(
-            "c1",
-            json!({"email": "ann@example.org", "phone": "(617) 555-0100", "dob": "1980-03-04", "status": "lead"}),
-        );
+        let props = json!({"email": "ann@example.org", "phone": "(617) 555-0100", "dob": "1980-03-04", "status": "lead"});
+        let mut c = Contact::with_props("c1", props.as_object().unwrap().clone());
         c.created_at = 1_000;
         c.last_activity = 1_000;
         save(&conn, &c).unwrap();

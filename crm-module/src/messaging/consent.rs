@@ -102,6 +102,9 @@ mod tests {
     use serde_json::{Value, json};
 
     fn contact(props: Value) -> Contact {
+        let Value::Object(props) = props else {
+            unreachable!()
+        };
         Contact::with_props("c1", props)
     }
 

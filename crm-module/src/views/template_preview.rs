@@ -210,16 +210,7 @@ pub(crate) fn sample_contact() -> Contact {
     props.insert("first_name".into(), json!("Alex"));
     props.insert("last_name".into(), json!("Sample"));
     props.insert("owner".into(), json!({"name": "Dr. Lee"}));
-    Contact {
-        id: "sample".into(),
-        props,
-        insurance_verification: None,
-        portal_active: false,
-        created_at: 0,
-        last_activity: 0,
-        last_engaged_at: None,
-        source_updated_at: None,
-    }
+    Contact::with_props("sample", props)
 }
 
 /// The placeholder values a real send uses ([`compose::variables`]), with
