@@ -78,6 +78,11 @@
 //! Figures depend on the disk's fsync latency and on
 //! other load: run it on a quiet machine, on a disk (not tmpfs).
 
+/// The allocator the shipped library uses for its own allocations
+/// (`ffi/src/lib.rs`): the figures are the embedded module's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

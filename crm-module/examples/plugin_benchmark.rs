@@ -26,6 +26,11 @@
 //! cargo run --release -p crm-module --example plugin_benchmark -- --wasm my_plugin.wasm
 //! ```
 
+/// The allocator the shipped library uses for its own allocations
+/// (`ffi/src/lib.rs`): the figures are the embedded module's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -31,6 +31,19 @@ use std::time::Duration;
 use ::crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
 use parking_lot::RwLock;
 
+/// The library's own Rust allocations go through mimalloc in release builds:
+/// the engine allocates small, short-lived values on every event (JSON,
+/// rendered messages, rows), and glibc's malloc costs a tenth of the worker's
+/// time there (the benchmark ingests 7-11 % more events per second with
+/// mimalloc). Only this library's allocations change: the host's `malloc`
+/// is untouched, and every string the library returns is still freed by
+/// [`crm_string_free`]. Debug builds keep the system allocator, so that the
+/// C tests under valgrind's memcheck see every allocation (mimalloc's own
+/// arenas hide leaks from it).
+#[cfg(not(debug_assertions))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // ---------------------------------------------------------------------------
 // Status codes
 // ---------------------------------------------------------------------------
