@@ -286,8 +286,11 @@ pub fn email(
     if marketing && s.email_footer.postal_address.trim().is_empty() {
         return Ok(Err(ComposeError::Compliance("no_postal_address")));
     }
-    let mut vars = variables(ctx, contact, unsubscribe_url.as_deref().unwrap_or(""));
-    let values = minijinja::Value::from(vars.clone());
+    let values = minijinja::Value::from(variables(
+        ctx,
+        contact,
+        unsubscribe_url.as_deref().unwrap_or(""),
+    ));
     let subject = match render("subject", &content.subject, &values, false) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
@@ -337,8 +340,7 @@ pub fn email(
     // The link is ours (a signed https URL): render the footer escaped with a
     // marker in its place, then put a real anchor there.
     const MARKER: &str = "CRMUNSUBSCRIBELINKMARKER";
-    vars.insert("unsubscribe_link".into(), MARKER.into());
-    let marked = minijinja::Value::from(vars);
+    let marked = minijinja::context! { unsubscribe_link => MARKER, ..values.clone() };
     let footer_html = match render("email_footer.text", &s.email_footer.text, &marked, true) {
         Ok(v) => {
             let link = unsubscribe_url

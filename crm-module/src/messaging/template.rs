@@ -210,21 +210,26 @@ pub fn render_value(
         static COMPILED: RefCell<[HashMap<String, Environment<'static>>; 2]> =
             RefCell::new([HashMap::new(), HashMap::new()]);
     }
-    COMPILED.with_borrow_mut(|compiled| {
-        let cache = &mut compiled[usize::from(html)];
-        if !cache.contains_key(source) {
-            let mut env = environment(html);
-            env.add_template_owned(STRING_TEMPLATE, source.to_owned())
-                .map_err(|err| map_engine_error(field, source, &err, true))?;
-            if cache.len() >= COMPILED_PER_THREAD {
-                cache.clear();
-            }
-            cache.insert(source.to_owned(), env);
-        }
-        let env = &cache[source];
+    let render = |env: &Environment<'static>| {
         env.get_template(STRING_TEMPLATE)
             .and_then(|t| t.render(vars.clone()))
             .map_err(|err| map_engine_error(field, source, &err, false))
+    };
+    COMPILED.with_borrow_mut(|compiled| {
+        let cache = &mut compiled[usize::from(html)];
+        // One lookup (one hash of the source) for a template seen before.
+        if let Some(env) = cache.get(source) {
+            return render(env);
+        }
+        let mut env = environment(html);
+        env.add_template_owned(STRING_TEMPLATE, source.to_owned())
+            .map_err(|err| map_engine_error(field, source, &err, true))?;
+        if cache.len() >= COMPILED_PER_THREAD {
+            cache.clear();
+        }
+        let rendered = render(&env);
+        cache.insert(source.to_owned(), env);
+        rendered
     })
 }
 
