@@ -109,7 +109,7 @@ impl Module {
         if let Some(s) = &config.initial_settings {
             s.validate().map_err(|e| e.at("initial_settings"))?;
         }
-        let conn = store::open(path, Access::Write)?;
+        let mut conn = store::open(path, Access::Write)?;
         let install_id = match store::get_setting(&conn, "install_id")? {
             Some(Value::String(s)) => s,
             _ => {
@@ -129,6 +129,9 @@ impl Module {
         let plugins = Arc::new(crate::plugins::PluginHost::new(host.clone()));
         let (tx, rx) = unbounded();
         let (jobs_tx, jobs_rx) = bounded(1024);
+        // Checkpoints off the worker's thread; it ends when the worker's
+        // connection is dropped (so it is joined after the worker).
+        let checkpointer = store::checkpoint::start(path, &mut conn)?;
         let mut worker = Worker::new(
             conn,
             clock.clone(),
@@ -157,6 +160,7 @@ impl Module {
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
         threads.insert(0, d);
         threads.insert(0, w);
+        threads.push(checkpointer);
         Ok(Module {
             tx,
             clock,

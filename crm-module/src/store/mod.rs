@@ -4,6 +4,7 @@
 //! power loss, not only a process crash), writers use `BEGIN IMMEDIATE`.
 //! The schema is versioned by [`migrations`] through `PRAGMA user_version`.
 
+pub mod checkpoint;
 pub mod migrations;
 
 use std::path::Path;
@@ -21,12 +22,16 @@ pub enum Access {
     Write,
     /// A read-only connection for views.
     Read,
+    /// The checkpoint thread's connection ([`checkpoint`]): read-write, no
+    /// migrations.
+    Checkpoint,
 }
 
 /// Opens a connection with the module's pragmas. The writer also runs migrations.
 pub fn open(path: &Path, access: Access) -> Result<Connection> {
     let flags = match access {
         Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        Access::Checkpoint => OpenFlags::SQLITE_OPEN_READ_WRITE,
         Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
