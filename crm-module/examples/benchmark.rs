@@ -1479,31 +1479,39 @@ fn main() -> BoxResult<()> {
         ratio,
         met(ratio)
     );
-    let same_ratio = 100.0 * ingest_rate / same.rate();
-    println!(
-        "  raw SQLite, the same rows            {:>10} rows/s     (the {} rows in the database after B3, copied into the module's schema; the faster of {} and {} rows/s)",
-        group(same.rate()),
-        group(same.rows as f64),
-        group(same.rows as f64 / same.times[0].as_secs_f64()),
-        group(same.rows as f64 / same.times[1].as_secs_f64())
-    );
-    println!(
-        "  ingest rows/s ÷ same-rows rows/s     {:>9.1} %          aim ≥ 50 %: {} against the same rows",
-        same_ratio,
-        met(same_ratio)
-    );
-    let background_ratio = 100.0 * ingest_rate / same.background_rate();
-    println!(
-        "  the same rows, checkpoint thread     {:>10} rows/s     (the copy checkpointing as the engine does, on a thread of its own; the faster of {} and {} rows/s)",
-        group(same.background_rate()),
-        group(same.rows as f64 / same.background[0].as_secs_f64()),
-        group(same.rows as f64 / same.background[1].as_secs_f64())
-    );
-    println!(
-        "  ingest rows/s ÷ those rows/s         {:>9.1} %          aim ≥ 50 %: {} against the same rows and checkpoints",
-        background_ratio,
-        met(background_ratio)
-    );
+    for (rate, times, label, detail, ratio_label, against) in [
+        (
+            same.rate(),
+            same.times,
+            "raw SQLite, the same rows          ",
+            format!(
+                "the {} rows in the database after B3, copied into the module's schema",
+                group(same.rows as f64)
+            ),
+            "same-rows rows/s",
+            "the same rows",
+        ),
+        (
+            same.background_rate(),
+            same.background,
+            "the same rows, checkpoint thread   ",
+            "the copy checkpointing as the engine does, on a thread of its own".to_owned(),
+            "those rows/s",
+            "the same rows and checkpoints",
+        ),
+    ] {
+        println!(
+            "  {label} {:>10} rows/s     ({detail}; the faster of {} and {} rows/s)",
+            group(rate),
+            group(same.rows as f64 / times[0].as_secs_f64()),
+            group(same.rows as f64 / times[1].as_secs_f64())
+        );
+        let r = 100.0 * ingest_rate / rate;
+        println!(
+            "  ingest rows/s ÷ {ratio_label:<20} {r:>9.1} %          aim ≥ 50 %: {} against {against}",
+            met(r)
+        );
+    }
     println!(
         "  enrollments during batched ingestion {:>10} /s         ({} enrollments)",
         group((pb1.enrolled() + pb2.enrolled()) as f64 / batch_secs),

@@ -162,14 +162,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_thread_copies_the_log_into_the_database_and_ends_with_the_writer() {
+    /// A fresh database (its directory, path and write connection) with a
+    /// table for [`write_pages`].
+    fn blob_database() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let mut writer = open(&path, Access::Write).unwrap();
+        let writer = open(&path, Access::Write).unwrap();
         writer
             .execute_batch("CREATE TABLE blobs (id INTEGER PRIMARY KEY, v BLOB)")
             .unwrap();
+        (dir, path, writer)
+    }
+
+    #[test]
+    fn the_thread_copies_the_log_into_the_database_and_ends_with_the_writer() {
+        let (_dir, path, mut writer) = blob_database();
         let handle = start_with(&path, &mut writer, 50, 100_000).unwrap();
         let before = file_pages(&path);
         write_pages(&writer, 30);
@@ -194,12 +201,7 @@ mod tests {
 
     #[test]
     fn a_writer_past_the_limit_waits_so_the_log_stays_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let mut writer = open(&path, Access::Write).unwrap();
-        writer
-            .execute_batch("CREATE TABLE blobs (id INTEGER PRIMARY KEY, v BLOB)")
-            .unwrap();
+        let (dir, path, mut writer) = blob_database();
         // The schema's own pages out of the log first (its file then starts empty).
         writer
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
