@@ -230,43 +230,41 @@ mod tests {
         assert_eq!(rows, 300);
     }
 
-    #[test]
-    fn a_small_commit_that_fills_the_log_checkpoints_inline() {
-        let (dir, path, mut writer) = blob_database();
-        writer
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        // Every commit counts as small and no limit applies: only inline
-        // checkpoints can keep the log this short.
-        let handle = start_with(&path, &mut writer, 30, 100_000, 1_000).unwrap();
-        write_pages(&writer, 200);
-        let wal_pages = file_pages(&dir.path().join("db.sqlite-wal"));
-        assert!(
-            wal_pages <= 30 + 20,
-            "small commits checkpoint as they fill the log: {wal_pages} pages"
-        );
-        drop(writer);
-        handle.join().unwrap();
-    }
-
-    #[test]
-    fn a_writer_past_the_limit_waits_so_the_log_stays_bounded() {
+    /// Log pages (the file's size) after 200 commits of about 10 pages
+    /// each, through a log emptied first, with these sizes.
+    fn log_pages_after_200_commits(threshold: i32, limit: i32, small_commit: i32) -> u64 {
         let (dir, path, mut writer) = blob_database();
         // The schema's own pages out of the log first (its file then starts empty).
         writer
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
             .unwrap();
-        let handle = start_with(&path, &mut writer, 20, 60, 0).unwrap();
+        let handle = start_with(&path, &mut writer, threshold, limit, small_commit).unwrap();
         write_pages(&writer, 200);
-        // 2,000 pages went through a log that restarts once checkpointed:
-        // the file never held much more than the limit and one transaction.
-        let wal = dir.path().join("db.sqlite-wal");
-        let wal_pages = file_pages(&wal);
-        assert!(
-            wal_pages <= 60 + 20,
-            "the log stays near its limit: {wal_pages} pages"
-        );
+        let pages = file_pages(&dir.path().join("db.sqlite-wal"));
         drop(writer);
         handle.join().unwrap();
+        pages
+    }
+
+    #[test]
+    fn a_small_commit_that_fills_the_log_checkpoints_inline() {
+        // Every commit counts as small and no limit applies: only inline
+        // checkpoints can keep the log this short.
+        let pages = log_pages_after_200_commits(30, 100_000, 1_000);
+        assert!(
+            pages <= 30 + 20,
+            "small commits checkpoint as they fill the log: {pages} pages"
+        );
+    }
+
+    #[test]
+    fn a_writer_past_the_limit_waits_so_the_log_stays_bounded() {
+        // 2,000 pages go through a log that restarts once checkpointed: the
+        // file never holds much more than the limit and one transaction.
+        let pages = log_pages_after_200_commits(20, 60, 0);
+        assert!(
+            pages <= 60 + 20,
+            "the log stays near its limit: {pages} pages"
+        );
     }
 }
