@@ -858,14 +858,19 @@ impl SameRows {
         })
     }
 
+    /// Rows per second of the faster of two copies.
+    fn faster(&self, times: [Duration; 2]) -> f64 {
+        self.rows as f64 / times[0].min(times[1]).as_secs_f64()
+    }
+
     /// Rows per second of the faster copy with SQLite's own checkpoints.
     fn rate(&self) -> f64 {
-        self.rows as f64 / self.times[0].min(self.times[1]).as_secs_f64()
+        self.faster(self.times)
     }
 
     /// Rows per second of the faster copy with the engine's checkpoint thread.
     fn background_rate(&self) -> f64 {
-        self.rows as f64 / self.background[0].min(self.background[1]).as_secs_f64()
+        self.faster(self.background)
     }
 }
 

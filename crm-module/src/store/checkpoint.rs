@@ -59,7 +59,7 @@ struct Progress {
     requested: u64,
     /// The request number the last finished checkpoint started after.
     finished: u64,
-    /// The thread has stopped (its connection failed or it was told to end).
+    /// The thread has ended (the writer's hook was dropped, or it panicked).
     stopped: bool,
 }
 
@@ -85,7 +85,7 @@ pub fn start(path: &Path, writer: &mut Connection) -> Result<JoinHandle<()>> {
 }
 
 /// [`start`] with other sizes (tests use small ones).
-pub fn start_with(
+fn start_with(
     path: &Path,
     writer: &mut Connection,
     threshold_pages: i32,
