@@ -5,7 +5,7 @@
 #
 # - installs what the tests need when missing (gcc/g++, valgrind, jansson for
 #   the demo host) with apt-get;
-# - cargo fmt --check and clippy with -D warnings;
+# - cargo fmt --check, clippy with -D warnings, and rustdoc with -D warnings;
 # - cargo test for the whole workspace: unit tests, the core's behaviour
 #   tests, scenario tests through the worker, the SIGKILL crash test, the C
 #   header staleness check, the C ABI test program (C99, -Werror -pedantic),
@@ -41,5 +41,7 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (warnings are errors: broken or private links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace

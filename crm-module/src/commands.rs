@@ -126,7 +126,7 @@ pub enum Command {
     },
     /// Sends a test of a saved template to an address (email) or number
     /// (SMS), rendered with a contact's data or sample data, subject prefixed
-    /// "[Test] ". Not a real send: no consent check, no analytics (no event
+    /// `"[Test] "`. Not a real send: no consent check, no analytics (no event
     /// rows), no tracking; the message effect has category `test` and
     /// purpose `test_send`.
     #[serde(rename = "template.test_send")]

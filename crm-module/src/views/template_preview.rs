@@ -13,7 +13,7 @@
 //!
 //! A rendering problem does not fail the view: it is listed in `problems`
 //! (field and message) and the field renders empty. The same rendering serves
-//! the `template.test_send` command ([`render_email`], [`render_sms`]).
+//! the `template.test_send` command (`render_email` and `render_sms`, crate-private).
 
 use std::collections::BTreeMap;
 
