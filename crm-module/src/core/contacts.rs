@@ -180,10 +180,13 @@ pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
         .optional()?)
 }
 
-/// Moves Last Activity forward without rewriting the record.
+/// Moves Last Activity forward without rewriting the record. A contact
+/// already touched at `now` (the event that runs the step touched it) is
+/// not written at all: the row and its `last_activity` index entry stay
+/// as they are.
 pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE contacts SET last_activity = max(last_activity, ?2) WHERE id = ?1",
+        "UPDATE contacts SET last_activity = ?2 WHERE id = ?1 AND last_activity < ?2",
     )?
     .execute(params![id, now])?;
     Ok(())

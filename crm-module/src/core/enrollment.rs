@@ -171,39 +171,43 @@ pub fn enroll(
     if entry.status != AutomationStatus::Active {
         return Ok(None);
     }
-    let already: Option<i64> = ctx
-        .conn
-        .prepare_cached("SELECT id FROM enrollments WHERE automation_id = ?1 AND contact_id = ?2 AND state = 'active'")?
-        .query_row(params![entry.id, contact_id], |r| r.get(0))
-        .optional()?;
     let ignored = |reason: &str| Log {
         automation_id: Some(&entry.id),
         detail: Some(json!({"reason": reason, "cause": cause})),
         ..Log::new("trigger_ignored", contact_id)
     };
-    if already.is_some() {
+    // One statement both asks and enrolls: an active enrollment in this
+    // automation makes the insert a no-op (the partial unique index
+    // `enrollments_one_active`).
+    let version = &entry.current;
+    let first = version.flow.first().map(str::to_string);
+    let inserted = ctx
+        .conn
+        .prepare_cached(
+            "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, step_id, enrolled_at)
+             VALUES (?1, ?2, ?3, ?3, 'active', ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![entry.id, contact_id, version.number, first, ctx.now])?;
+    if inserted == 0 {
         ignored("already_enrolled").write(ctx.conn, ctx.now)?;
         return Ok(None);
     }
+    let id = ctx.conn.last_insert_rowid();
     if let Some(mark) = mark {
         let fresh = ctx
             .conn
             .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
             .execute(params![entry.id, contact_id, mark, ctx.now])?;
         if fresh == 0 {
+            // A once-only trigger that already fired: take the enrollment
+            // back (nothing has read it; no effect carries its id yet).
+            ctx.conn
+                .prepare_cached("DELETE FROM enrollments WHERE id = ?1")?
+                .execute([id])?;
             ignored("already_fired").write(ctx.conn, ctx.now)?;
             return Ok(None);
         }
     }
-    let version = &entry.current;
-    let first = version.flow.first().map(str::to_string);
-    ctx.conn
-        .prepare_cached(
-            "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, step_id, enrolled_at)
-             VALUES (?1, ?2, ?3, ?3, 'active', ?4, ?5)",
-        )?
-        .execute(params![entry.id, contact_id, version.number, first, ctx.now])?;
-    let id = ctx.conn.last_insert_rowid();
     Log {
         automation_id: Some(&entry.id),
         version: Some(version.number),
@@ -343,11 +347,16 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             ..log_for("step_executed", &e)
         }
         .write(ctx.conn, ctx.now)?;
-        // Persist position before running the step: steps may cascade into other
-        // automations that read this enrollment. (A delay only waits: the
-        // save below writes the same position.)
-        let delay = matches!(step.kind, StepKind::Delay { .. });
-        if !delay {
+        // Persist position before a step that can cascade: a property change
+        // or a list join fires triggers and goals, which read this
+        // enrollment. Other steps (messages, tasks, branches, delays, plugin
+        // calls) read and write no enrollment row, so their position is
+        // written once, by the save or the completion that ends this run.
+        let cascades = matches!(
+            step.kind,
+            StepKind::SetProperty { .. } | StepKind::AddToList { .. }
+        );
+        if cascades {
             save(ctx.conn, &e)?;
         }
         let next = match run_step(ctx, &e, &step, &version)? {
@@ -367,10 +376,7 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
         };
         // A cascade may have ended this enrollment (e.g. a global opt-out) or
         // reached its goal. Only these steps fire triggers.
-        if matches!(
-            step.kind,
-            StepKind::SetProperty { .. } | StepKind::AddToList { .. }
-        ) {
+        if cascades {
             match load(ctx.conn, e.id)? {
                 Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
                 _ => return Ok(()),

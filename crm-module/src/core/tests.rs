@@ -133,6 +133,61 @@ fn status_flips_on_first_booking_and_fires_once_ever() {
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "status": "patient"}}))
         .unwrap();
     assert_eq!(s.count("enrolled", Some(&a)), 1);
+    // The second firing was refused as already fired, and left no row.
+    let reasons: Vec<String> = s
+        .conn
+        .prepare("SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'trigger_ignored' AND automation_id = ?1")
+        .unwrap()
+        .query_map([&a], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(reasons, ["already_fired"]);
+    let rows: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM enrollments WHERE automation_id = ?1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn a_trigger_firing_for_an_active_contact_is_ignored_and_enrolls_again_once_ended() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Forms", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted"}, "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    let submit = |s: &mut Sim, id: &str| {
+        s.push(json!({"type": "form.submitted", "submission": {"id": id, "form_id": "f1", "form_name": "Intake", "contact_id": "c1", "answers": {}}}))
+            .unwrap();
+    };
+    submit(&mut s, "sub1");
+    submit(&mut s, "sub2"); // still waiting in the delay
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    let reason: String = s
+        .conn
+        .query_row(
+            "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'trigger_ignored' AND automation_id = ?1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reason, "already_enrolled");
+    s.advance(2 * DAY); // the delay ends, the enrollment completes
+    submit(&mut s, "sub3");
+    assert_eq!(s.count("enrolled", Some(&a)), 2);
+    let states: Vec<String> = s
+        .conn
+        .prepare("SELECT state FROM enrollments WHERE automation_id = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([&a], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(states, ["completed", "active"]);
 }
 
 #[test]
