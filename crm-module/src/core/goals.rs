@@ -41,6 +41,14 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         return Ok(());
     }
     let catalog = ctx.catalog;
+    // No automation has a goal these signals reach: no enrollment to read.
+    let reachable = |goal: Option<GoalKind>| match goal {
+        Some(goal) => hit.contains(&goal),
+        None => flipped,
+    };
+    if !catalog.all().any(|a| reachable(a.current.def.goal)) {
+        return Ok(());
+    }
     // Only enrollments whose lookback can still be open.
     let longest = catalog
         .all()
@@ -53,11 +61,7 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
             continue;
         };
         let def = &entry.current.def;
-        let reached = match def.goal {
-            Some(goal) => hit.contains(&goal),
-            None => flipped,
-        };
-        if !reached
+        if !reachable(def.goal)
             || e.enrolled_at > ctx.now
             || ctx.now > e.enrolled_at + def.goal_lookback_days as i64 * DAY
         {
