@@ -174,6 +174,17 @@ impl Sim {
             .unwrap()
     }
 
+    /// The first column of `sql`'s rows, as text, with `param` bound to `?1`.
+    pub fn texts(&self, sql: &str, param: &str) -> Vec<String> {
+        self.conn
+            .prepare(sql)
+            .unwrap()
+            .query_map([param], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// (state, exit_reason, goal reached?) of the newest enrollment.
     pub fn enrollment(&self, automation: &str, contact: &str) -> (String, Option<String>, bool) {
         self.conn

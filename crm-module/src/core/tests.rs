@@ -112,6 +112,10 @@ fn no_goal_counts_lead_to_patient_only() {
     assert!(s.enrollment(&a, "c1").2);
 }
 
+/// Why an automation's triggers were ignored, in order.
+const IGNORED_REASONS: &str = "SELECT json_extract(detail, '$.reason') FROM events
+                               WHERE kind = 'trigger_ignored' AND automation_id = ?1 ORDER BY id";
+
 #[test]
 fn status_flips_on_first_booking_and_fires_once_ever() {
     let mut s = Sim::new();
@@ -134,24 +138,9 @@ fn status_flips_on_first_booking_and_fires_once_ever() {
         .unwrap();
     assert_eq!(s.count("enrolled", Some(&a)), 1);
     // The second firing was refused as already fired, and left no row.
-    let reasons: Vec<String> = s
-        .conn
-        .prepare("SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'trigger_ignored' AND automation_id = ?1")
-        .unwrap()
-        .query_map([&a], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert_eq!(reasons, ["already_fired"]);
-    let rows: i64 = s
-        .conn
-        .query_row(
-            "SELECT COUNT(*) FROM enrollments WHERE automation_id = ?1",
-            [&a],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(s.texts(IGNORED_REASONS, &a), ["already_fired"]);
+    let states = s.texts("SELECT state FROM enrollments WHERE automation_id = ?1", &a);
+    assert_eq!(states.len(), 1);
 }
 
 #[test]
@@ -167,26 +156,14 @@ fn a_trigger_firing_for_an_active_contact_is_ignored_and_enrolls_again_once_ende
     submit(&mut s, "sub1");
     submit(&mut s, "sub2"); // still waiting in the delay
     assert_eq!(s.count("enrolled", Some(&a)), 1);
-    let reason: String = s
-        .conn
-        .query_row(
-            "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'trigger_ignored' AND automation_id = ?1",
-            [&a],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(reason, "already_enrolled");
+    assert_eq!(s.texts(IGNORED_REASONS, &a), ["already_enrolled"]);
     s.advance(2 * DAY); // the delay ends, the enrollment completes
     submit(&mut s, "sub3");
     assert_eq!(s.count("enrolled", Some(&a)), 2);
-    let states: Vec<String> = s
-        .conn
-        .prepare("SELECT state FROM enrollments WHERE automation_id = ?1 ORDER BY id")
-        .unwrap()
-        .query_map([&a], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let states = s.texts(
+        "SELECT state FROM enrollments WHERE automation_id = ?1 ORDER BY id",
+        &a,
+    );
     assert_eq!(states, ["completed", "active"]);
 }
 
