@@ -41,21 +41,21 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         return Ok(());
     }
     let catalog = ctx.catalog;
-    // No automation has a goal these signals reach: no enrollment to read.
     let reachable = |goal: Option<GoalKind>| match goal {
         Some(goal) => hit.contains(&goal),
         None => flipped,
     };
-    if !catalog.all().any(|a| reachable(a.current.def.goal)) {
-        return Ok(());
-    }
-    // Only enrollments whose lookback can still be open.
-    let longest = catalog
+    // Only enrollments whose lookback can still be open, in an automation
+    // whose goal these signals reach; none such: no enrollment to read.
+    let Some(longest) = catalog
         .all()
+        .filter(|a| reachable(a.current.def.goal))
         .map(|a| a.current.def.goal_lookback_days)
         .max()
-        .unwrap_or(0) as i64;
-    let since = ctx.now - longest * DAY;
+    else {
+        return Ok(());
+    };
+    let since = ctx.now - longest as i64 * DAY;
     for e in enrollment::of_contact(ctx.conn, contact_id, "goal_reached_at IS NULL", since)? {
         let Some(entry) = catalog.get(&e.automation_id) else {
             continue;
