@@ -157,6 +157,12 @@ fn bad_input_changes_nothing() {
             .code(),
         crm_module::ErrorCode::NotFound
     );
+    // A malformed id is refused as invalid and never quoted back.
+    let e = m
+        .execute(r#"{"command": "automation.pause", "automation_id": "Pat Lee\n"}"#)
+        .unwrap_err();
+    assert_eq!(e.code(), crm_module::ErrorCode::Invalid);
+    assert!(!e.to_string().contains("Pat"), "{e}");
     assert_eq!(
         m.execute(r#"{"command": "nope"}"#).unwrap_err().code(),
         crm_module::ErrorCode::Invalid

@@ -245,6 +245,61 @@ impl Command {
         )
     }
 
+    /// Checks the syntax of every id the command names (1 to 128
+    /// characters, no spaces or control characters) before anything is
+    /// looked up, so that a malformed id is refused as invalid input and is
+    /// never quoted back in a "not found" or "conflict" message (which hosts
+    /// log).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the field at fault.
+    pub fn validate_ids(&self) -> Result<()> {
+        let (field, id) = match self {
+            Command::AutomationCreate { automation_id, .. } => {
+                ("automation_id", automation_id.as_deref())
+            }
+            Command::AutomationUpdate { automation_id, .. }
+            | Command::AutomationActivate { automation_id }
+            | Command::AutomationPause { automation_id }
+            | Command::AutomationDelete { automation_id } => {
+                ("automation_id", Some(automation_id.as_str()))
+            }
+            Command::ListCreate { list_id, .. } => ("list_id", list_id.as_deref()),
+            Command::ListRename { list_id, .. }
+            | Command::ListDelete { list_id }
+            | Command::ListAddContacts { list_id, .. }
+            | Command::ListRemoveContacts { list_id, .. } => ("list_id", Some(list_id.as_str())),
+            Command::TemplateCreate { template_id, .. } => ("template_id", template_id.as_deref()),
+            Command::TemplateUpdate { template_id, .. }
+            | Command::TemplateDelete { template_id } => {
+                ("template_id", Some(template_id.as_str()))
+            }
+            Command::TemplateTestSend {
+                template_id,
+                contact_id,
+                ..
+            } => {
+                if let Some(c) = contact_id {
+                    validate_id("contact_id", c)?;
+                }
+                ("template_id", Some(template_id.as_str()))
+            }
+            Command::PluginConfigure { plugin_id, .. }
+            | Command::PluginEnable { plugin_id }
+            | Command::PluginDisable { plugin_id }
+            | Command::PluginRemove { plugin_id } => ("plugin_id", Some(plugin_id.as_str())),
+            Command::SettingsGet
+            | Command::SettingsUpdate { .. }
+            | Command::PluginInstall { .. }
+            | Command::PluginList => ("", None),
+        };
+        match id {
+            Some(id) => validate_id(field, id),
+            None => Ok(()),
+        }
+    }
+
     /// True when the command changes installed plugins (the plugin host must reload).
     pub fn touches_plugins(&self) -> bool {
         matches!(
@@ -546,6 +601,7 @@ fn schedule_evaluation(
 /// Runs a command. `catalog_after` reloads the catalog within the transaction
 /// so that later work in the same transaction sees the change.
 pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog>)> {
+    cmd.validate_ids()?;
     match cmd {
         Command::AutomationCreate {
             automation_id,
@@ -554,7 +610,6 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         } => {
             let id = match automation_id {
                 Some(id) => {
-                    validate_id("automation_id", &id)?;
                     let exists: bool = ctx.conn.query_row(
                         "SELECT EXISTS(SELECT 1 FROM automations WHERE id = ?1)",
                         [&id],
@@ -691,7 +746,6 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let name = list_name(&name)?;
             let id = match list_id {
                 Some(id) => {
-                    validate_id("list_id", &id)?;
                     let exists: bool = ctx.conn.query_row(
                         "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1)",
                         [&id],
@@ -797,7 +851,6 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             check_template(&template, &custom)?;
             let id = match template_id {
                 Some(id) => {
-                    validate_id("template_id", &id)?;
                     let exists: bool = ctx.conn.query_row(
                         "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1)",
                         [&id],
@@ -851,10 +904,6 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             to,
             contact_id,
         } => {
-            validate_id("template_id", &template_id)?;
-            if let Some(c) = &contact_id {
-                validate_id("contact_id", c)?;
-            }
             let n: i64 = ctx.conn.query_row(
                 "SELECT COUNT(*) FROM outbox WHERE idempotency_key LIKE '%-test-%'",
                 [],
