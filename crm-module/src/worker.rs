@@ -448,7 +448,7 @@ impl Worker {
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         if self.lone_write {
             let before = self.catalog.clone();
-            return match f(self) {
+            return match contained(|| f(self)) {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     // SQLite may already have rolled back (a full disk, an I/O error).
@@ -463,7 +463,7 @@ impl Worker {
         }
         self.conn.execute_batch("SAVEPOINT req")?;
         let before = self.catalog.clone();
-        match f(self) {
+        match contained(|| f(self)) {
             Ok(v) => {
                 self.conn.execute_batch("RELEASE req")?;
                 Ok(v)
@@ -625,7 +625,7 @@ impl Worker {
                 self.clock.now()
             };
             self.conn.execute_batch("SAVEPOINT item")?;
-            let r = self.run_item(now, &settings, &item);
+            let r = contained(|| self.run_item(now, &settings, &item));
             match r {
                 Ok(()) => self.conn.execute_batch("RELEASE item")?,
                 Err(e) => {
@@ -780,6 +780,20 @@ fn reply_error(r: Request, err: &Error, advances: &mut Vec<(Millis, Sender<Resul
     }
 }
 
+/// Runs one request's or scheduled item's engine logic, turning a panic (a
+/// defect) into [`Error::Internal`]: the caller's savepoint then rolls the
+/// work back as for any error (a request is refused, a scheduled item is
+/// quarantined), and the worker carries on, so one input that meets a bug
+/// never takes the module down. The panic's own message goes to the
+/// process's panic hook, not into the error (it could quote data).
+fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Internal(
+            "a defect in the module stopped this work; it was rolled back".into(),
+        ))
+    })
+}
+
 /// Loads the stored settings (defaults when none).
 pub fn load_settings(conn: &Connection) -> Result<Resolved> {
     let doc: Settings = match crate::store::get_setting(conn, "settings")? {
@@ -794,6 +808,80 @@ pub fn load_settings(conn: &Connection) -> Result<Resolved> {
         Err(_) => {
             let tz = crate::schedule::parse_tz(&doc.time_zone).unwrap_or(chrono_tz::UTC);
             Ok(Resolved { doc, tz })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker on a fresh database file, with the manual clock.
+    fn worker(dir: &tempfile::TempDir) -> Worker {
+        let conn = crate::store::open(&dir.path().join("w.db"), crate::store::Access::Write)
+            .expect("open the store");
+        let settings = Arc::new(RwLock::new(load_settings(&conn).expect("settings")));
+        let host: HostSlot = Arc::new(RwLock::new(None));
+        let plugins = Arc::new(crate::plugins::PluginHost::new(host.clone()));
+        let (jobs, _) = crossbeam_channel::bounded(1);
+        Worker::new(
+            conn,
+            Arc::new(Clock::manual(0)),
+            settings,
+            "test".into(),
+            host,
+            plugins,
+            jobs,
+        )
+        .expect("worker")
+    }
+
+    fn lists(w: &Worker) -> i64 {
+        w.conn
+            .query_row("SELECT count(*) FROM lists", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    fn add_list(w: &Worker, id: &str) -> Result<()> {
+        w.conn.execute(
+            "INSERT INTO lists (id, name, created_at) VALUES (?1, ?1, 0)",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_panic_in_a_request_is_an_internal_error_that_rolls_back_only_that_request() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        for lone in [false, true] {
+            w.conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+            w.lone_write = lone;
+            let before = lists(&w);
+            if !lone {
+                w.in_savepoint(|w| add_list(w, &format!("kept-{lone}")))
+                    .expect("a good request");
+            }
+            let r: Result<()> = w.in_savepoint(|w| {
+                add_list(w, &format!("lost-{lone}"))?;
+                panic!("a defect");
+            });
+            assert!(matches!(r, Err(Error::Internal(_))), "{r:?}");
+            // The transaction is still usable and holds the good request only.
+            w.in_savepoint(|w| add_list(w, &format!("after-{lone}")))
+                .expect("the next request");
+            w.conn.execute_batch("COMMIT").expect("commit");
+            let kept = if lone { 1 } else { 2 };
+            assert_eq!(lists(&w), before + kept, "lone write: {lone}");
+            let lost: i64 = w
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM lists WHERE id LIKE 'lost-%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(lost, 0, "lone write: {lone}");
         }
     }
 }
