@@ -1,11 +1,13 @@
-//! Hostile input: thousands of valid events, commands and view requests,
+//! Hostile input: thousands of valid events, commands, view requests and
+//! tracking hits (the web tier's, with their signed tokens mangled),
 //! each mutated at random (a seeded generator: the same inputs every run),
 //! go through the module's public API. Whatever comes in:
 //! - every call answers, with a result or a clean error of an input kind
 //!   (invalid, not found, conflict, too large), never an internal, storage
 //!   or closed error, and the module keeps answering valid pushes;
-//! - a refused input commits nothing (the database's `data_version`, read
-//!   from a separate connection, does not move);
+//! - a refused input, and a hit whose token was tampered with, commit
+//!   nothing (the database's `data_version`, read from a separate
+//!   connection, does not move);
 //! - an error message quotes no contact data, no control characters and
 //!   no malformed id, and stays short.
 //!
@@ -174,6 +176,29 @@ fn mutate(r: &mut Rng, seed: &Value) -> Value {
     v
 }
 
+/// One edit to a tracking path: a character replaced, dropped or doubled,
+/// the token cut short or repeated, the kind letter changed, a query added.
+fn mutate_path(r: &mut Rng, path: &str) -> String {
+    let mut chars: Vec<char> = path.chars().collect();
+    let at = r.below(chars.len().max(1));
+    let odd = ['A', 'z', '0', '-', '_', '.', '/', '%', '\u{0}', 'é', '='];
+    match r.below(6) {
+        0 if !chars.is_empty() => chars[at] = odd[r.below(odd.len())],
+        1 if !chars.is_empty() => {
+            chars.remove(at);
+        }
+        2 => chars.insert(at, odd[r.below(odd.len())]),
+        3 => chars.truncate(at),
+        4 => return format!("{path}{path}"),
+        _ => {
+            let kinds = ["/o/", "/c/", "/u/", "/x/", "//", "/"];
+            let rest = path.get(3..).unwrap_or("");
+            return format!("{}{rest}", kinds[r.below(kinds.len())]);
+        }
+    }
+    chars.into_iter().collect()
+}
+
 fn contact(n: usize) -> Value {
     json!({"event_id": format!("c{n}"), "type": "contact.upserted", "occurred_at": "2026-03-07T14:00:00Z",
         "contact": {"id": format!("p{n}"), "first_name": "Pat", "last_name": "Lee", "email": format!("p{n}@example.com"),
@@ -327,6 +352,29 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             r.get(0)
         })
         .unwrap();
+    // The open pixel, the wrapped link and the unsubscribe link of a queued email.
+    let payload: String = watch
+        .query_row(
+            "SELECT payload FROM outbox WHERE channel = 'email' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let html = serde_json::from_str::<Value>(&payload).unwrap()["rendered"]["html"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tracking_paths: Vec<String> = html
+        .split("https://t.example")
+        .skip(1)
+        .map(|rest| rest.split(['"', '<', ' ']).next().unwrap().to_string())
+        .collect();
+    for kind in ["/o/", "/c/", "/u/"] {
+        assert!(
+            tracking_paths.iter().any(|p| p.starts_with(kind)),
+            "no {kind} link in {tracking_paths:?}"
+        );
+    }
     let data_version = || -> i64 {
         watch
             .query_row("PRAGMA data_version", [], |r| r.get(0))
@@ -346,6 +394,8 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
 
     let mut r = Rng(SEED);
     let (mut accepted, mut refused) = (0usize, 0usize);
+    // Tracking hits: answered 404, and answered otherwise (pixel, redirect, page).
+    let (mut not_found, mut answered) = (0usize, 0usize);
     for i in 0..inputs {
         let seed = &seeds[r.below(seeds.len())];
         let mut v = mutate(&mut r, seed);
@@ -373,6 +423,51 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
                     before,
                     "refused ({e}) but the database changed\n  input: {input}"
                 );
+            }
+        }
+        if r.below(8) == 0 {
+            // A tracking hit from the web: the token mangled, or the request.
+            let path = &tracking_paths[r.below(tracking_paths.len())];
+            let methods = ["GET", "HEAD", "POST"];
+            let mut hit = json!({"method": methods[r.below(3)], "path": path, "user_agent": "Mozilla/5.0 (Macintosh)"});
+            match r.below(3) {
+                0 => hit["path"] = json!(mutate_path(&mut r, path)),
+                1 => hit = mutate(&mut r, &hit),
+                _ => {}
+            }
+            let forged = hit["path"]
+                .as_str()
+                .is_none_or(|p| !tracking_paths.iter().any(|t| t == p));
+            let input = hit.to_string();
+            let before = data_version();
+            match m.tracking_hit(&input) {
+                Ok(response) => {
+                    let status = response["status"].as_u64().unwrap_or(0);
+                    if status == 404 {
+                        not_found += 1;
+                    } else {
+                        answered += 1;
+                    }
+                    assert!(
+                        matches!(status, 200 | 302 | 303 | 404),
+                        "{response}\n  input: {input}"
+                    );
+                    if forged {
+                        assert_eq!(
+                            data_version(),
+                            before,
+                            "a forged hit changed the database ({response})\n  input: {input}"
+                        );
+                    }
+                }
+                Err(e) => {
+                    check_refusal(&e, &input);
+                    assert_eq!(
+                        data_version(),
+                        before,
+                        "refused ({e}) but the database changed\n  input: {input}"
+                    );
+                }
             }
         }
         if r.below(10) == 0 {
@@ -406,8 +501,14 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
         }
     }
     m.wait_idle(Duration::from_secs(60)).unwrap();
-    eprintln!("{inputs} inputs: {accepted} accepted, {refused} refused");
+    eprintln!(
+        "{inputs} inputs: {accepted} accepted, {refused} refused; hits: {answered} answered, {not_found} not found"
+    );
     // The mutations must reach past validation too, not only be refused.
     assert!(accepted * 10 >= inputs, "{accepted} of {inputs} accepted");
     assert!(refused * 2 >= inputs, "{refused} of {inputs} refused");
+    assert!(
+        answered > 0 && not_found > 0,
+        "hits: {answered} answered, {not_found} not found"
+    );
 }
