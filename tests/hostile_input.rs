@@ -380,6 +380,15 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .unwrap()
     };
+    // A refusal: an input kind of error, a message fit for a log, nothing committed.
+    let refused_cleanly = |e: &crm_module::Error, input: &str, before: i64| {
+        check_refusal(e, input);
+        assert_eq!(
+            data_version(),
+            before,
+            "refused ({e}) but the database changed\n  input: {input}"
+        );
+    };
     let seeds = seeds(&message_key, &commands);
     let views = [
         ("automation_list", json!({})),
@@ -417,12 +426,7 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             Ok(()) => accepted += 1,
             Err(e) => {
                 refused += 1;
-                check_refusal(&e, &input);
-                assert_eq!(
-                    data_version(),
-                    before,
-                    "refused ({e}) but the database changed\n  input: {input}"
-                );
+                refused_cleanly(&e, &input, before);
             }
         }
         if r.below(8) == 0 {
@@ -461,12 +465,7 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
                     }
                 }
                 Err(e) => {
-                    check_refusal(&e, &input);
-                    assert_eq!(
-                        data_version(),
-                        before,
-                        "refused ({e}) but the database changed\n  input: {input}"
-                    );
+                    refused_cleanly(&e, &input, before);
                 }
             }
         }
