@@ -163,6 +163,12 @@ fn bad_input_changes_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), crm_module::ErrorCode::Invalid);
     assert!(!e.to_string().contains("Pat"), "{e}");
+    // So is a malformed property name (a host's log line could be forged).
+    let e = m
+        .execute(r#"{"command": "automation.create", "definition": {"name": "P", "trigger": {"type": "property_changed", "property": "x\nFORGED LOG LINE"}, "steps": []}}"#)
+        .unwrap_err();
+    assert_eq!(e.code(), crm_module::ErrorCode::Invalid);
+    assert!(!e.to_string().contains("FORGED"), "{e}");
     assert_eq!(
         m.execute(r#"{"command": "nope"}"#).unwrap_err().code(),
         crm_module::ErrorCode::Invalid

@@ -109,7 +109,9 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Validates a custom property key.
+/// Validates a custom property key. A refused key is not quoted in the
+/// error: it is host input that failed the rules (it may hold control
+/// characters, or data put in the wrong place).
 pub fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::invalid(format!(
@@ -120,9 +122,9 @@ pub fn validate_key(key: &str) -> Result<()> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
     {
-        return Err(Error::invalid(format!(
-            "property {key}: names may use letters, digits, '_', '-' and '.'"
-        )));
+        return Err(Error::invalid(
+            "property names may use only letters, digits, '_', '-' and '.'",
+        ));
     }
     Ok(())
 }
