@@ -77,9 +77,10 @@ pub fn query(
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
         "plugins" => to_json(&plugins::build(ctx.conn, ctx.now)?),
         other => {
-            let shown: String = other.chars().take(64).collect();
+            // A malformed name is refused as invalid, unquoted.
+            crate::model::contact::validate_id("view", other)?;
             Err(Error::not_found(format!(
-                "view {shown}; known views: {}",
+                "view {other}; known views: {}",
                 VIEW_NAMES.join(", ")
             )))
         }
