@@ -393,7 +393,10 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
     let seeds = seeds(&message_key, &commands);
     let views = [
         ("automation_list", json!({})),
-        ("automation_builder", json!({"automation_id": "a1"})),
+        (
+            "automation_builder",
+            json!({"automation_id": "a1", "selected_node": "b1.yes.end"}),
+        ),
         ("automation_performance", json!({"automation_id": "a1"})),
         ("settings", json!({})),
         (
@@ -481,7 +484,12 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             } else {
                 params.clone()
             };
-            if let Err(e) = m.view(name, &params.to_string()) {
+            // Now and then an unknown or malformed screen name.
+            let name = match r.below(8) {
+                0 => nasty(&mut r).as_str().unwrap_or("no_such_view").to_string(),
+                _ => name.to_string(),
+            };
+            if let Err(e) = m.view(&name, &params.to_string()) {
                 check_refusal(&e, &format!("view {name} {params}"));
             }
         }
