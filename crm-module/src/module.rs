@@ -344,14 +344,14 @@ fn read_component(path: Option<&str>, base64_text: Option<&str>) -> Result<Vec<u
     match (path, base64_text) {
         (Some(p), None) => {
             let meta = std::fs::metadata(p)
-                .map_err(|e| Error::invalid(format!("path: cannot read {p}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("path: cannot read {p:?}: {e}")))?;
             if meta.len() > max as u64 {
                 return Err(Error::TooLarge(format!(
                     "path: a plugin is limited to {} MiB",
                     max / (1024 * 1024)
                 )));
             }
-            std::fs::read(p).map_err(|e| Error::invalid(format!("path: cannot read {p}: {e}")))
+            std::fs::read(p).map_err(|e| Error::invalid(format!("path: cannot read {p:?}: {e}")))
         }
         (None, Some(b)) => {
             if b.len() > max / 3 * 4 + 4 {
