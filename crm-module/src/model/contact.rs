@@ -96,9 +96,15 @@ pub fn property_type(name: &str) -> Option<PropertyType> {
 /// Validates an id (contact, list, automation, step, event): 1–128 visible
 /// characters, no whitespace or control characters.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 128 {
+    validate_id_up_to(what, id, 128)
+}
+
+/// [`validate_id`] with another length limit, for names built from ids
+/// (a builder node such as `<branch>.yes.end`).
+pub fn validate_id_up_to(what: &str, id: &str, max_len: usize) -> Result<()> {
+    if id.is_empty() || id.len() > max_len {
         return Err(Error::invalid(format!(
-            "{what}: must be 1 to 128 characters"
+            "{what}: must be 1 to {max_len} characters"
         )));
     }
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {

@@ -784,16 +784,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     let names = Names::load(ctx.conn)?;
     let tab = p.tab.unwrap_or(BuilderTab::Build);
     let selected = p.selected_node.unwrap_or_else(|| "trigger".to_string());
-    if selected.is_empty()
-        || selected.len() > 300
-        || selected
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(Error::invalid(
-            "params: selected_node: must be 1 to 300 characters, without spaces or control characters",
-        ));
-    }
+    crate::model::contact::validate_id_up_to("params: selected_node", &selected, 300)?;
     let def = rec.as_ref().map(|r| &r.current.def);
     let flow = rec.as_ref().map(|r| &r.current.flow);
 
