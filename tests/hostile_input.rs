@@ -321,12 +321,17 @@ fn check_refusal(e: &crm_module::Error, input: &str) {
     );
 }
 
-#[test]
-fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_change_nothing() {
-    let inputs: usize = std::env::var("CRM_HOSTILE_INPUTS")
+/// A number from the environment, or `default` when unset or unreadable.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_INPUTS);
+        .unwrap_or(default)
+}
+
+#[test]
+fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_change_nothing() {
+    let inputs: usize = env_number("CRM_HOSTILE_INPUTS", DEFAULT_INPUTS);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hostile.db");
     let m = Module::open(
@@ -405,11 +410,7 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
         ),
     ];
 
-    let seed = std::env::var("CRM_HOSTILE_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(SEED);
-    let mut r = Rng(seed);
+    let mut r = Rng(env_number("CRM_HOSTILE_SEED", SEED));
     let (mut accepted, mut refused) = (0usize, 0usize);
     // Tracking hits: answered 404, and answered otherwise (pixel, redirect, page).
     let (mut not_found, mut answered) = (0usize, 0usize);
