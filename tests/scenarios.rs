@@ -210,6 +210,57 @@ fn concurrent_pushes_from_many_threads_all_land_once() {
     assert_eq!(list["rows"][0]["enrolled"], 401);
 }
 
+/// Every row of every table, counted from a separate connection.
+fn rows_in_database(dir: &tempfile::TempDir) -> i64 {
+    let conn = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    crm_integration_tests::table_names(&conn)
+        .iter()
+        .map(|t| {
+            conn.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn rows_written_counts_new_rows_and_updates_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    assert_eq!(m.rows_written(), 0, "the open's own writes are not counted");
+
+    // A new contact, no automation: only new rows.
+    let (rows, written) = (rows_in_database(&dir), m.rows_written());
+    m.push(&contact(1)).unwrap();
+    let new_rows = rows_in_database(&dir) - rows;
+    assert!(new_rows >= 3, "the contact, its event id and its log rows");
+    assert_eq!(m.rows_written() - written, new_rows as u64);
+
+    // A verification of that contact: its event id and a log row are new,
+    // the contact row is updated in place, and the count includes it.
+    let (rows, written) = (rows_in_database(&dir), m.rows_written());
+    m.push(
+        &json!({"event_id": "v1", "type": "insurance.verification", "contact_id": "p1", "status": "verified"})
+            .to_string(),
+    )
+    .unwrap();
+    let new_rows = rows_in_database(&dir) - rows;
+    assert_eq!(new_rows, 2);
+    assert_eq!(m.rows_written() - written, new_rows as u64 + 1);
+
+    // A duplicate writes nothing; a refused event writes nothing that stays.
+    let written = m.rows_written();
+    assert_eq!(m.push(&contact(1)).unwrap().outcome, "duplicate");
+    assert_eq!(m.rows_written(), written);
+    let rows = rows_in_database(&dir);
+    assert!(
+        m.push(r#"{"event_id": "x1", "type": "form.submitted", "submission": {"id": "s1", "form_id": "f", "form_name": "F", "contact_id": "nobody", "answers": {}}}"#)
+            .is_err()
+    );
+    assert_eq!(rows_in_database(&dir), rows);
+}
+
 #[test]
 fn restart_keeps_state_and_pending_effects() {
     let dir = tempfile::tempdir().unwrap();

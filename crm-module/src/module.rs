@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ pub struct Module {
     plugins: Arc<crate::plugins::PluginHost>,
     path: PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    rows_written: Arc<AtomicU64>,
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -143,6 +145,7 @@ impl Module {
         )?;
         // Installed plugins are compiled now (the engine starts only if there are any).
         worker.reload_plugins();
+        let rows_written = worker.rows_written();
         let (plugin_jobs, mut threads) = crate::plugins::pool::spawn(
             crate::plugins::pool::default_threads(),
             plugins.clone(),
@@ -170,6 +173,7 @@ impl Module {
             plugins,
             path: path.to_path_buf(),
             threads: Mutex::new(threads),
+            rows_written,
         })
     }
 
@@ -184,7 +188,17 @@ impl Module {
     fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
         let (reply, rx) = bounded(1);
         self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        rx.recv().map_err(|_| self.dropped())?
+    }
+
+    /// Why a request's reply was dropped: the worker is gone (closed), or,
+    /// when it still takes requests, a defect stopped the turn that held
+    /// this one and the worker rolled it back (see `Worker::run`).
+    fn dropped(&self) -> Error {
+        if self.tx.send(Request::HostChanged).is_err() {
+            return Error::Closed;
+        }
+        Error::Internal("a defect in the module stopped this request; it was rolled back".into())
     }
 
     /// Pushes one event (JSON). Durable when it returns `Ok`.
@@ -278,6 +292,18 @@ impl Module {
         let r = crate::views::query(conn, &settings, name, &params, self.clock.now());
         let _ = conn.execute_batch("COMMIT");
         r
+    }
+
+    /// The rows the engine has written since this module opened: every row
+    /// its writer inserted, updated or deleted, as SQLite counts them
+    /// (`sqlite3_total_changes64` on the worker's connection, so updates in
+    /// place count as well as new rows; rows of a refused request count even
+    /// though they were rolled back; a row an `ON CONFLICT DO NOTHING`
+    /// skipped does not). Published after each of the worker's rounds,
+    /// before it answers them: once a push or [`Module::wait_idle`] returns,
+    /// the count includes its writes. For monitoring and benchmarks.
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written.load(Ordering::Acquire)
     }
 
     /// The module's current time.
@@ -382,4 +408,22 @@ fn new_install_id(path: &Path) -> String {
     );
     h.write_u32(std::process::id());
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_reply_is_internal_while_the_worker_runs_and_closed_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(&dir.path().join("m.db"), "").expect("open");
+        assert!(matches!(m.dropped(), Error::Internal(_)));
+        m.shutdown();
+        assert!(matches!(m.dropped(), Error::Closed));
+        assert!(matches!(
+            m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#),
+            Err(Error::Closed)
+        ));
+    }
 }

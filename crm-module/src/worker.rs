@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -116,6 +117,17 @@ pub struct Worker {
     /// The current round holds one write request only: it runs without a
     /// savepoint (see [`Worker::in_savepoint`]).
     lone_write: bool,
+    /// SQLite's count of rows this connection has inserted, updated or
+    /// deleted since the worker was made, published after every round (see
+    /// [`Worker::rows_written`]).
+    rows_written: Arc<AtomicU64>,
+    /// The connection's count when the worker was made (the migrations and
+    /// the open's own writes).
+    rows_before: u64,
+    /// Tests: points at which the worker panics, once each (see
+    /// [`Worker::inject`]).
+    #[cfg(test)]
+    faults: Vec<&'static str>,
 }
 
 impl Worker {
@@ -130,6 +142,7 @@ impl Worker {
         jobs: Sender<DueEffect>,
     ) -> Result<Worker> {
         let catalog = Catalog::load(&conn)?;
+        let conn_changes = conn.total_changes();
         Ok(Worker {
             conn,
             clock,
@@ -143,13 +156,42 @@ impl Worker {
             in_flight_channel: std::collections::HashMap::new(),
             idle_waiters: Vec::new(),
             lone_write: false,
+            rows_written: Arc::new(AtomicU64::new(0)),
+            rows_before: conn_changes,
+            #[cfg(test)]
+            faults: Vec::new(),
         })
     }
 
+    /// The count the worker publishes after every round, before it answers
+    /// the round's requests: the rows its connection has inserted, updated
+    /// or deleted since the worker was made, as SQLite counts them
+    /// (`sqlite3_total_changes64`: rows changed by statements, including
+    /// those of a refused request that were rolled back; not the rows a
+    /// conflict clause skipped).
+    pub fn rows_written(&self) -> Arc<AtomicU64> {
+        self.rows_written.clone()
+    }
+
+    fn publish_rows_written(&self) {
+        self.rows_written.store(
+            self.conn.total_changes() - self.rows_before,
+            Ordering::Release,
+        );
+    }
+
     /// Runs until [`Request::Shutdown`] or until every sender is gone.
+    ///
+    /// A panic anywhere in a turn of the loop (a defect: the requests'
+    /// and scheduled items' own logic is contained closer, see
+    /// `contained`) is caught here: the turn's open transaction is rolled
+    /// back, the replies it had not sent are dropped (their callers see an
+    /// error), it is logged, and the worker goes on with the next turn.
     pub fn run(mut self, rx: Receiver<Request>) {
         loop {
-            let first = match self.wait_time() {
+            let wait = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.wait_time()))
+                .unwrap_or(Some(Duration::from_secs(1)));
+            let first = match wait {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(d) => rx.recv_timeout(d),
             };
@@ -166,21 +208,11 @@ impl Worker {
                 }
             }
             let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
-            let advances = self.round(batch);
-            for (by, reply) in advances {
-                let to = self.clock.now() + by;
-                let r = self.run_due(to);
-                self.clock.advance_to(to);
-                let _ = reply.send(r);
+            let turn =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(batch, &rx)));
+            if turn.is_err() {
+                self.recover("a turn of its loop");
             }
-            if !self.clock.is_manual() {
-                let now = self.clock.now();
-                if let Err(e) = self.run_due(now) {
-                    self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
-                }
-            }
-            self.dispatch();
-            self.check_idle(&rx);
             if stop {
                 break;
             }
@@ -188,6 +220,68 @@ impl Worker {
         // Wake anyone still waiting.
         self.idle_waiters.clear();
     }
+
+    /// One turn of the loop: the round of requests, the clock advances it
+    /// asked for, due work (system clock), hand-overs, idle waiters.
+    fn turn(&mut self, batch: Vec<Request>, rx: &Receiver<Request>) {
+        let advances = self.round(batch);
+        for (by, reply) in advances {
+            let to = self.clock.now() + by;
+            let r = self.guarded("scheduled work", |w| w.run_due(to));
+            self.clock.advance_to(to);
+            let _ = reply.send(r);
+        }
+        if !self.clock.is_manual() {
+            let now = self.clock.now();
+            if let Err(e) = self.guarded("scheduled work", |w| w.run_due(now)) {
+                self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
+            }
+        }
+        self.dispatch();
+        self.publish_rows_written();
+        self.check_idle(rx);
+    }
+
+    /// Runs `f`; a panic in it becomes [`Error::Internal`] after
+    /// [`Worker::recover`], so that a clock advance is answered rather than
+    /// dropped.
+    fn guarded<T>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.recover(what);
+                Err(Error::Internal(format!(
+                    "a defect stopped the module's {what}; it was rolled back"
+                )))
+            }
+        }
+    }
+
+    /// After a caught panic outside a request's savepoint: rolls back the
+    /// transaction it left open (if any) and logs it (no panic message:
+    /// it could quote data).
+    fn recover(&mut self, what: &str) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.log(
+            LogLevel::Error,
+            &format!("a defect stopped the worker's {what}; rolled back, the worker carries on"),
+        );
+    }
+
+    /// Tests: panics if `at` is one of the points a test asked for (once).
+    #[cfg(test)]
+    fn inject(&mut self, at: &str) {
+        if let Some(i) = self.faults.iter().position(|f| *f == at) {
+            self.faults.remove(i);
+            panic!("a fault injected at {at}");
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn inject(&mut self, _at: &str) {}
 
     fn log(&self, level: LogLevel, msg: &str) {
         crate::host::log(&self.host, level, msg);
@@ -348,7 +442,9 @@ impl Worker {
                 Request::HostChanged | Request::Shutdown => {}
             }
         }
+        self.inject("commit");
         let committed = self.conn.execute_batch("COMMIT").map_err(Error::from);
+        self.publish_rows_written();
         let failure = committed.err();
         if let Some(e) = &failure {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -575,6 +671,7 @@ impl Worker {
     /// Runs every scheduled item due at or before `until`, in time order. With
     /// the manual clock each item runs at its own due instant.
     fn run_due(&mut self, until: Millis) -> Result<()> {
+        self.inject("run_due");
         loop {
             let Some(first) = self.next_due()? else {
                 return Ok(());
@@ -695,6 +792,7 @@ impl Worker {
 
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
+        self.inject("dispatch");
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
         }
@@ -848,6 +946,66 @@ mod tests {
             [id],
         )?;
         Ok(())
+    }
+
+    fn list_create(id: &str) -> Command {
+        serde_json::from_value(json!({"command": "list.create", "list_id": id, "name": id}))
+            .expect("a command")
+    }
+
+    fn command(tx: &Sender<Request>, id: &str) -> std::result::Result<Result<Value>, String> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        tx.send(Request::Command {
+            command: list_create(id),
+            reply,
+        })
+        .expect("the worker is listening");
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_panic_in_the_workers_loop_rolls_back_its_turn_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        w.faults = vec!["commit", "dispatch", "run_due"];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+
+        // The first round panics before its commit: the command's reply is
+        // dropped, and nothing of it is kept.
+        assert!(command(&tx, "lost").is_err(), "no reply from a failed turn");
+        // The transaction was rolled back: the next round begins its own,
+        // commits, and answers; then dispatch panics after the reply.
+        command(&tx, "kept").expect("a reply").expect("created");
+        command(&tx, "after-dispatch")
+            .expect("a reply")
+            .expect("created");
+        // A clock advance whose scheduled work panics is answered with an
+        // internal error, not dropped.
+        let (reply, done) = crossbeam_channel::bounded(1);
+        tx.send(Request::AdvanceBy { by: 1_000, reply })
+            .expect("the worker is listening");
+        let r = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("answered");
+        assert!(matches!(r, Err(Error::Internal(_))), "{r:?}");
+        command(&tx, "after-advance")
+            .expect("a reply")
+            .expect("created");
+
+        tx.send(Request::Shutdown).expect("shutdown");
+        thread.join().expect("the worker thread ends normally");
+        let conn =
+            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM lists ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<std::result::Result<_, _>>()
+            .expect("rows");
+        assert_eq!(ids, ["after-advance", "after-dispatch", "kept"]);
     }
 
     #[test]

@@ -470,3 +470,13 @@ pub fn plugins_dist() -> PathBuf {
         })
         .clone()
 }
+
+/// The names of a database's own tables (not SQLite's), in order.
+pub fn table_names(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
