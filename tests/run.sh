@@ -15,6 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A run from scratch gains nothing from incremental compilation, whose caches
+# took 2.1 GB of the 9.9 GB target directory; set CARGO_INCREMENTAL=1 to keep
+# them between runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)

@@ -50,9 +50,17 @@ pub fn cdylib_name() -> &'static str {
 /// directory.
 ///
 /// Cargo builds crm-ffi for the tests only as an rlib: `target/<profile>/
-/// libcrm.so` may be missing or stale. So this runs
-/// `cargo build -p crm-ffi --lib` for the same profile and target directory
-/// (a no-op when it is up to date).
+/// libcrm.so` may be missing or stale. So this runs cargo again for the same
+/// profile and target directory (a no-op when it is up to date), in a way
+/// that reuses what the test run itself compiled:
+///
+/// - it selects the `header` test beside crm-ffi's library, so that cargo
+///   resolves features as it did for `cargo test` (that test's
+///   dev-dependency cbindgen turns on a feature of indexmap, which wasmtime
+///   uses: resolved for crm-ffi alone, wasmtime and everything above it would
+///   compile a second time, gigabytes of disk);
+/// - it runs without the variables cargo set for this test process (see
+///   [`nested_cargo_env`]).
 pub fn ensure_ffi_built() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(build_ffi).clone()
@@ -63,8 +71,17 @@ fn build_ffi() -> PathBuf {
     let lib = dir.join(cdylib_name());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "-p", "crm-ffi", "--lib"]);
+    nested_cargo_env(&mut cmd);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "crm-ffi",
+        "-p",
+        "crm-integration-tests",
+        "--lib",
+        "--test",
+        "header",
+    ]);
     if profile_name(&dir) == "release" {
         cmd.arg("--release");
     }
@@ -79,6 +96,33 @@ fn build_ffi() -> PathBuf {
     );
     assert!(lib.exists(), "{} was not built", lib.display());
     dir
+}
+
+/// Removes from `cmd`'s environment the variables cargo sets for the crate it
+/// runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...), so that a cargo
+/// started by a test sees the environment the test run's own cargo saw.
+/// Build scripts ask to rerun when such a variable changes (ring's does for
+/// `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME` and seven more): inherited from this test process, they would recompile
+/// ring and everything above it.
+pub fn nested_cargo_env(cmd: &mut Command) {
+    const SET_BY_CARGO: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_CFG_"];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if SET_BY_CARGO.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(name);
+        }
+    }
 }
 
 /// Where compiled test programs go (`target/<profile>/c-tests`).
@@ -457,7 +501,9 @@ pub fn plugins_dist() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let root = workspace_root();
-            let out = Command::new("bash")
+            let mut cmd = Command::new("bash");
+            nested_cargo_env(&mut cmd);
+            let out = cmd
                 .arg(root.join("plugins/build.sh"))
                 .output()
                 .expect("run plugins/build.sh");
