@@ -208,11 +208,12 @@ impl Worker {
                 }
             }
             let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
-            let turn =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(batch, &rx)));
-            if turn.is_err() {
-                self.recover("a turn of its loop");
-            }
+            // A panic was logged and rolled back; the replies it dropped
+            // tell their callers.
+            let _ = self.guarded("a turn of its loop", |w| {
+                w.turn(batch, &rx);
+                Ok(())
+            });
             if stop {
                 break;
             }
@@ -243,8 +244,8 @@ impl Worker {
     }
 
     /// Runs `f`; a panic in it becomes [`Error::Internal`] after
-    /// [`Worker::recover`], so that a clock advance is answered rather than
-    /// dropped.
+    /// [`Worker::recover`] (so that a clock advance is answered rather than
+    /// dropped, and the loop goes on with its next turn).
     fn guarded<T>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(r) => r,

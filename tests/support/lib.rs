@@ -49,7 +49,8 @@ pub fn cdylib_name() -> &'static str {
 /// Builds the C ABI shared library (once per test process) and returns its
 /// directory.
 ///
-/// Cargo builds crm-ffi for the tests only as an rlib: `target/<profile>/
+/// A run that selects only this package (`cargo test -p
+/// crm-integration-tests`) builds crm-ffi only as an rlib: `target/<profile>/
 /// libcrm.so` may be missing or stale. So this runs cargo again for the same
 /// profile and target directory (a no-op when it is up to date), in a way
 /// that reuses what the test run itself compiled:
@@ -102,8 +103,8 @@ fn build_ffi() -> PathBuf {
 /// runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...), so that a cargo
 /// started by a test sees the environment the test run's own cargo saw.
 /// Build scripts ask to rerun when such a variable changes (ring's does for
-/// `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME` and seven more): inherited from this test process, they would recompile
-/// ring and everything above it.
+/// `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME` and seven more): inherited from
+/// this test process, they would recompile ring and everything above it.
 pub fn nested_cargo_env(cmd: &mut Command) {
     const SET_BY_CARGO: &[&str] = &[
         "CARGO_MANIFEST_DIR",
