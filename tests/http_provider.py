@@ -83,6 +83,8 @@ def main():
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The socket listens once the constructor returns: tell the test.
+    print("listening on 127.0.0.1:%d" % args.port, flush=True)
     sys.stdin.read()  # until the test closes our stdin
     server.shutdown()
 

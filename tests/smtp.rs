@@ -1,7 +1,7 @@
 //! `crm_module::messaging::smtp` against a real SMTP server.
 //!
 //! Each test starts `tests/smtp_server.py` (Python's aiosmtpd) on a free port
-//! of 127.0.0.1, waits until it accepts connections and kills it on drop.
+//! of 127.0.0.1, waits until it says it listens and kills it on drop.
 //! The server stores every accepted message as raw bytes plus a JSON summary
 //! made with Python's `email` package (decoded headers and MIME parts), so
 //! the checks below see the message the way a mail client would.
@@ -131,10 +131,14 @@ fn trim_crlf(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn assert_accepted(outcome: &SmtpOutcome) -> String {
+/// The server's response of an accepted send; a failure shows the server's log.
+fn assert_accepted(outcome: &SmtpOutcome, server: &SmtpServer) -> String {
     match outcome {
         SmtpOutcome::Accepted { response } => response.clone(),
-        other => panic!("expected Accepted, got {other:?}"),
+        other => panic!(
+            "expected Accepted, got {other:?}\nserver log:\n{}",
+            server.log()
+        ),
     }
 }
 
@@ -144,7 +148,7 @@ fn marketing_email_arrives_intact() {
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
     let email = marketing_email("juergen.weiss@example.org", "out_7:step-1");
 
-    let response = assert_accepted(&smtp.send(&email));
+    let response = assert_accepted(&smtp.send(&email), &server);
     assert!(
         response.starts_with("250 2.0.0 Ok: queued as TEST0001"),
         "{response}"
@@ -284,7 +288,7 @@ fn pooled_connection_sends_several_messages() {
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
     for i in 1..=3 {
         let email = marketing_email(&format!("patient{i}@example.org"), &format!("out_{i}"));
-        assert_accepted(&smtp.send(&email));
+        assert_accepted(&smtp.send(&email), &server);
     }
     let received = server.received();
     let recipients: Vec<&Value> = received.iter().map(|m| &m["rcpt_tos"][0]).collect();
@@ -325,7 +329,10 @@ fn refusals_map_to_failed_and_retry_later() {
     assert_eq!(reason, "smtp 554 5.7.1: permanently refused");
 
     // The sender still works after refusals (broken connections are not reused).
-    assert_accepted(&smtp.send(&marketing_email("ok@example.org", "out_ok")));
+    assert_accepted(
+        &smtp.send(&marketing_email("ok@example.org", "out_ok")),
+        &server,
+    );
     let received = server.received();
     assert_eq!(received.len(), 1, "only the accepted message is stored");
     assert_eq!(received[0]["rcpt_tos"][0], "ok@example.org");
@@ -360,7 +367,10 @@ fn relay_login() {
         ..server.settings()
     };
     let smtp = SmtpSender::new(&good).expect("sender");
-    assert_accepted(&smtp.send(&marketing_email("ann@example.org", "out_auth")));
+    assert_accepted(
+        &smtp.send(&marketing_email("ann@example.org", "out_auth")),
+        &server,
+    );
 
     let bad = SmtpSettings {
         password: Some("wrong".to_owned()),

@@ -250,8 +250,10 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
 
 // ---- a real SMTP server for the sender tests -------------------------------
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Stdio};
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crm_module::messaging::smtp::{SmtpSecurity, SmtpSettings};
@@ -288,6 +290,14 @@ pub fn free_port() -> u16 {
 /// A Python test server from `tests/` on a free 127.0.0.1 port, writing what
 /// it receives under `out`; killed when dropped (and it exits by itself when
 /// its stdin closes, i.e. when this process dies).
+///
+/// Readiness is the server's own word: each script prints `listening on
+/// 127.0.0.1:PORT` on stdout once it serves. Probing the port with a TCP
+/// connect is not enough: `free_port` releases the port before the server
+/// binds it, so a probe can reach another process that took it meanwhile
+/// (and this server then fails to bind and exits); and aiosmtpd listens
+/// before its `Controller.start()` has finished, which can still fail and
+/// close the socket.
 pub struct ScriptServer {
     child: Child,
     _stdin: Option<ChildStdin>,
@@ -297,10 +307,36 @@ pub struct ScriptServer {
     dir: tempfile::TempDir,
 }
 
+/// How often `ScriptServer::start` tries a new port when the server could not
+/// bind the one it was given (another process took it after `free_port`).
+const SERVER_START_ATTEMPTS: usize = 3;
+
 impl ScriptServer {
     /// Starts `python3 tests/<script> --port P --out DIR/<out> <extra>` and
-    /// waits until it listens.
+    /// waits until it says it listens.
     pub fn start(python: PathBuf, script: &'static str, out: &str, extra: &[&str]) -> ScriptServer {
+        let mut failures = Vec::new();
+        for _ in 0..SERVER_START_ATTEMPTS {
+            match Self::try_start(&python, script, out, extra) {
+                Ok(server) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "tests/{script} did not start in {SERVER_START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    /// One attempt on one free port: `Err` with the server's log when it
+    /// exited before listening; a panic when it neither listens nor exits
+    /// within 10 s.
+    fn try_start(
+        python: &Path,
+        script: &'static str,
+        out: &str,
+        extra: &[&str],
+    ) -> Result<ScriptServer, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server.log");
@@ -312,11 +348,12 @@ impl ScriptServer {
             .arg(dir.path().join(out))
             .args(extra)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn tests/{script}: {e}"));
         let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
         let mut server = ScriptServer {
             child,
             _stdin: stdin,
@@ -324,8 +361,9 @@ impl ScriptServer {
             port,
             dir,
         };
-        server.wait_until_listening();
-        server
+        let ready = watch_stdout(stdout, format!("listening on 127.0.0.1:{port}"));
+        server.wait_until_listening(&ready)?;
+        Ok(server)
     }
 
     /// The server's stderr.
@@ -348,30 +386,55 @@ impl ScriptServer {
         files
     }
 
-    /// Polls a TCP connect for at most 10 s; fails early if the server died.
-    fn wait_until_listening(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+    /// Waits at most 10 s for the ready line; `Err` if the server exited first.
+    fn wait_until_listening(&mut self, ready: &Receiver<()>) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "tests/{} exited ({status}) before listening:\n{}",
-                    self.script,
-                    self.log()
-                );
+            match ready.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => {}
+                // stdout closed without the line: the server is exiting.
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().expect("wait");
+                    return Err(self.exited_early(status));
+                }
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(self.exited_early(status));
             }
             assert!(
                 Instant::now() < deadline,
-                "tests/{} did not listen on {addr} within 10 s:\n{}",
+                "tests/{} did not listen on 127.0.0.1:{} within 10 s:\n{}",
                 self.script,
+                self.port,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    fn exited_early(&self, status: std::process::ExitStatus) -> String {
+        format!(
+            "tests/{} exited ({status}) before listening on port {}:\n{}",
+            self.script,
+            self.port,
+            self.log()
+        )
+    }
+}
+
+/// Reads a child's stdout on a thread until it closes (so the child never
+/// blocks on a full pipe); the receiver gets one message when `line` appears.
+fn watch_stdout(stdout: ChildStdout, line: String) -> Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for read in BufReader::new(stdout).lines() {
+            let Ok(text) = read else { break };
+            if text.trim_end() == line {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx
 }
 
 impl Drop for ScriptServer {
