@@ -80,7 +80,9 @@
 //! `--clock-per-batch-secs N` (30; 0 keeps the clock still during
 //! ingestion), `--advance-step-minutes N` (0: to each due instant; N: fixed
 //! steps), `--live-host`, `--ingest-only` (stop after phase B3 and print
-//! one line of ingestion figures: for quick comparisons and profiling runs).
+//! one line of ingestion figures: for quick comparisons and profiling runs),
+//! `--mmap-mib N` (the module's `storage.mmap_mib`, default 0: every page
+//! read with `pread`), used by every connection, the references' too.
 //! Figures depend on the disk's fsync latency and on
 //! other load: run it on a quiet machine, on a disk (not tmpfs).
 
@@ -95,7 +97,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crm_module::store::{self, Access, Connection};
+use crm_module::store::{self, Access, Connection, StorageConfig};
 use crm_module::{Delivery, Host, HostAnswer, Module};
 use serde_json::{Value, json};
 
@@ -123,6 +125,21 @@ struct Args {
     advance_step_minutes: i64,
     live_host: bool,
     ingest_only: bool,
+    mmap_mib: Option<u32>,
+}
+
+/// The page cache and memory mapping of every connection the benchmark opens,
+/// the module's and the references' alike (`--mmap-mib`; the module's
+/// defaults otherwise).
+static STORAGE: std::sync::OnceLock<StorageConfig> = std::sync::OnceLock::new();
+
+fn storage() -> &'static StorageConfig {
+    STORAGE.get_or_init(StorageConfig::default)
+}
+
+/// A connection with the module's pragmas and the benchmark's storage sizes.
+fn open_db(path: &Path, access: Access) -> crm_module::Result<Connection> {
+    store::open_with(path, access, storage())
 }
 
 fn parse_args() -> BoxResult<Args> {
@@ -136,6 +153,7 @@ fn parse_args() -> BoxResult<Args> {
         advance_step_minutes: 0,
         live_host: false,
         ingest_only: false,
+        mmap_mib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -150,10 +168,11 @@ fn parse_args() -> BoxResult<Args> {
             "--advance-step-minutes" => a.advance_step_minutes = value()?.parse()?,
             "--live-host" => a.live_host = true,
             "--ingest-only" => a.ingest_only = true,
+            "--mmap-mib" => a.mmap_mib = Some(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
                     "usage: benchmark [--contacts N] [--automations N] [--dir PATH] [--single N] \
-                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host] [--ingest-only]"
+                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host] [--ingest-only] [--mmap-mib N]"
                 );
                 std::process::exit(0);
             }
@@ -172,6 +191,14 @@ fn parse_args() -> BoxResult<Args> {
     }
     // A1 and A2 take at most a fifth of the contacts each; the rest go in batches.
     a.single = a.single.min(a.contacts / 5);
+    let mut storage = StorageConfig::default();
+    if let Some(mib) = a.mmap_mib {
+        storage.mmap_mib = mib;
+    }
+    storage.validate()?;
+    STORAGE
+        .set(storage)
+        .map_err(|_| "the storage sizes were already set")?;
     Ok(a)
 }
 
@@ -710,7 +737,7 @@ fn next_scheduled(conn: &Connection, now: i64) -> BoxResult<Option<i64>> {
 /// The plain SQLite rate: same pragmas (opened through the module's store),
 /// 1,000 rows per transaction, one prepared statement.
 fn raw_sqlite(path: &Path, rows: usize) -> BoxResult<Duration> {
-    let conn = store::open(path, Access::Write)?;
+    let conn = open_db(path, Access::Write)?;
     conn.execute_batch(
         "CREATE TABLE raw_rows (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INTEGER)",
     )?;
@@ -747,10 +774,10 @@ fn raw_same_rows(
     dst: &Path,
     background_checkpoints: bool,
 ) -> BoxResult<(usize, Duration)> {
-    let from = store::open(src, Access::Read)?;
-    let mut to = store::open(dst, Access::Write)?;
+    let from = open_db(src, Access::Read)?;
+    let mut to = open_db(dst, Access::Write)?;
     let checkpointer = if background_checkpoints {
-        Some(store::checkpoint::start(dst, &mut to)?)
+        Some(store::checkpoint::start(dst, &mut to, storage())?)
     } else {
         None
     };
@@ -1069,7 +1096,7 @@ fn main() -> BoxResult<()> {
         );
     }
 
-    let config = json!({"clock": {"mode": "manual", "start": START},
+    let config = json!({"clock": {"mode": "manual", "start": START}, "storage": storage(),
         "initial_settings": {"practice_name": "Riverside Family Practice", "time_zone": "America/New_York", "email_footer": {"postal_address": "12 River Road, Boston, MA 02118", "text": "{{practice}}: unsubscribe at {{unsubscribe_link}}"}, "tracking": {"base_url": "https://t.riverside.example", "email_opens": true, "email_clicks": true, "sms_clicks": false}}});
     // Raw SQLite first, on a fresh file (it is measured again at the end).
     let raw_rows = (args.contacts * 30).max(100_000).div_ceil(BATCH) * BATCH;
@@ -1085,7 +1112,7 @@ fn main() -> BoxResult<()> {
         module.set_host(Some(host.clone() as Arc<dyn Host>))?;
     }
     let (any_time_count, business_count) = setup(&module, args.automations)?;
-    let reader = store::open(&db, Access::Read)?;
+    let reader = open_db(&db, Access::Read)?;
     let mut bench = Bench {
         reader,
         host: host.clone(),
@@ -1266,14 +1293,18 @@ fn main() -> BoxResult<()> {
     let e2 = if module.now() > crm_module::clock::system_now() + DAY_MS {
         let resume_at = crm_module::clock::to_rfc3339(module.now());
         module.close();
-        module = Module::open(&db, r#"{"clock": {"mode": "system"}}"#)?;
+        module = Module::open(
+            &db,
+            &json!({"clock": {"mode": "system"}, "storage": storage()}).to_string(),
+        )?;
         let e2 = bench.phase(&module, "E2 single push, system clock, loaded db", |m| {
             single_pushes(m, "e2")
         })?;
         module.close();
         module = Module::open(
             &db,
-            &json!({"clock": {"mode": "manual", "start": resume_at}}).to_string(),
+            &json!({"clock": {"mode": "manual", "start": resume_at}, "storage": storage()})
+                .to_string(),
         )?;
         if args.live_host {
             module.set_host(Some(host.clone() as Arc<dyn Host>))?;
@@ -1286,7 +1317,7 @@ fn main() -> BoxResult<()> {
 
     // C: three days of the manual clock, moved to each instant at which work
     // is scheduled (as the worker does with the system clock), or in fixed steps.
-    let probe = store::open(&db, Access::Read)?;
+    let probe = open_db(&db, Access::Read)?;
     let step_ms = args.advance_step_minutes * 60_000;
     let c_label = if step_ms > 0 {
         format!("C  clock +3 days ({} min steps)", args.advance_step_minutes)
@@ -1352,6 +1383,9 @@ fn main() -> BoxResult<()> {
     let db_bytes = file_size(&db) + file_size(&dir.join("practice.db-wal"));
     let peak = kib_field("VmHWM").unwrap_or(0.0).max(peak_before_copies) * 1024.0;
     let rss = kib_field("VmRSS").unwrap_or(0.0) * 1024.0;
+    // Resident pages of mapped files (the database through the mapping, the
+    // executable) are the kernel's file cache, shared and droppable.
+    let rss_file = kib_field("RssFile").unwrap_or(0.0) * 1024.0;
 
     // ---- Report ----------------------------------------------------------
     let p = &bench.phases;
@@ -1360,8 +1394,14 @@ fn main() -> BoxResult<()> {
     println!("  machine      {cpus} CPUs, {cpu}, {mem}");
     println!("  storage      {fs} at {}", dir.display());
     println!(
-        "  SQLite       {} (bundled), WAL, synchronous=FULL: every push is durable when it returns",
-        rusqlite::version()
+        "  SQLite       {} (bundled), WAL, synchronous=FULL: every push is durable when it returns; page cache {} MiB, memory-mapped reads {} per connection",
+        rusqlite::version(),
+        storage().cache_mib,
+        if storage().mmap_mib == 0 {
+            "off".to_string()
+        } else {
+            format!("{} MiB", storage().mmap_mib)
+        }
     );
     println!(
         "  practice     {} contacts, {} active automations ({} any time, {} business hours), manual clock from {START}",
@@ -1614,9 +1654,10 @@ fn main() -> BoxResult<()> {
         group(pending as f64)
     );
     println!(
-        "  peak RSS (VmHWM)                     {:>14}    (RSS at the end {})",
+        "  peak RSS (VmHWM)                     {:>14}    (RSS at the end {}, of which {} file-backed: mapped database pages and the executable)",
         mib(peak),
-        mib(rss)
+        mib(rss),
+        mib(rss_file)
     );
     println!(
         "  database size                        {:>14}    (practice.db + WAL)",

@@ -28,7 +28,7 @@ use crate::error::{Error, Result, parse_json};
 use crate::event::Event;
 use crate::host::{Host, HostSlot};
 use crate::settings::{Resolved, Settings};
-use crate::store::{self, Access};
+use crate::store::{self, Access, StorageConfig};
 use crate::worker::{Request, Worker, load_settings};
 
 /// Which clock the module reads.
@@ -56,6 +56,10 @@ pub struct OpenConfig {
     /// `settings.update` command).
     #[serde(default)]
     pub initial_settings: Option<Settings>,
+    /// SQLite's page cache and memory-mapped reads (defaults: 32 MiB cache,
+    /// no mapping).
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 /// What one pushed event came to.
@@ -77,6 +81,7 @@ pub struct Module {
     reader: Mutex<Option<Connection>>,
     plugins: Arc<crate::plugins::PluginHost>,
     path: PathBuf,
+    storage: StorageConfig,
     threads: Mutex<Vec<JoinHandle<()>>>,
     rows_written: Arc<AtomicU64>,
 }
@@ -111,7 +116,9 @@ impl Module {
         if let Some(s) = &config.initial_settings {
             s.validate().map_err(|e| e.at("initial_settings"))?;
         }
-        let mut conn = store::open(path, Access::Write)?;
+        let storage = config.storage;
+        storage.validate()?;
+        let mut conn = store::open_with(path, Access::Write, &storage)?;
         let install_id = match store::get_setting(&conn, "install_id")? {
             Some(Value::String(s)) => s,
             _ => {
@@ -133,7 +140,7 @@ impl Module {
         let (jobs_tx, jobs_rx) = bounded(1024);
         // Checkpoints off the worker's thread; it ends when the worker's
         // connection is dropped (so it is joined after the worker).
-        let checkpointer = store::checkpoint::start(path, &mut conn)?;
+        let checkpointer = store::checkpoint::start(path, &mut conn, &storage)?;
         let mut worker = Worker::new(
             conn,
             clock.clone(),
@@ -151,7 +158,7 @@ impl Module {
             plugins.clone(),
             tx.clone(),
         )?;
-        let reader = store::open(path, Access::Read)?;
+        let reader = store::open_with(path, Access::Read, &storage)?;
         let w = std::thread::Builder::new()
             .name("crm-worker".into())
             .spawn(move || worker.run(rx))
@@ -172,6 +179,7 @@ impl Module {
             reader: Mutex::new(Some(reader)),
             plugins,
             path: path.to_path_buf(),
+            storage,
             threads: Mutex::new(threads),
             rows_written,
         })
@@ -284,7 +292,7 @@ impl Module {
         let settings = self.settings.read().clone();
         let mut guard = self.reader.lock();
         if guard.is_none() {
-            *guard = Some(store::open(&self.path, Access::Read)?);
+            *guard = Some(store::open_with(&self.path, Access::Read, &self.storage)?);
         }
         let conn = guard.as_ref().ok_or(Error::Closed)?;
         // One consistent snapshot for the whole view.
@@ -425,5 +433,32 @@ mod tests {
             m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#),
             Err(Error::Closed)
         ));
+    }
+
+    #[test]
+    fn storage_sizes_out_of_bounds_are_refused_before_the_database_is_touched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        for (config, field) in [
+            (r#"{"storage": {"mmap_mib": 2048}}"#, "storage.mmap_mib"),
+            (r#"{"storage": {"cache_mib": 0}}"#, "storage.cache_mib"),
+            (r#"{"storage": {"cache_mib": 4097}}"#, "storage.cache_mib"),
+        ] {
+            match Module::open(&path, config) {
+                Err(Error::Invalid(message)) => assert!(message.contains(field), "{message}"),
+                Err(other) => panic!("{config}: {other:?}"),
+                Ok(_) => panic!("{config} was accepted"),
+            }
+            assert!(!path.exists(), "{config} created the database");
+        }
+        assert!(matches!(
+            Module::open(&path, r#"{"storage": {"mmap": 1}}"#),
+            Err(Error::Invalid(_))
+        ));
+        // In bounds, and the mapping off: the module works.
+        let m =
+            Module::open(&path, r#"{"storage": {"mmap_mib": 0, "cache_mib": 8}}"#).expect("open");
+        m.view("automation_list", "").expect("view");
+        m.shutdown();
     }
 }

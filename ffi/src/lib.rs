@@ -502,8 +502,10 @@ fn require_out<T>(out: *mut T, what: &str) -> FfiResult {
 /// Opens (creating if needed) the module's database at `db_path` and starts
 /// its threads. `config_json` is the open configuration, e.g.
 /// `{"clock":{"mode":"manual","start":"2026-01-05T08:00:00Z"}}`; NULL or ""
-/// means the defaults (system clock). On success `*out` receives the handle,
-/// to be closed with crm_close(); on failure `*out` is NULL.
+/// means the defaults (system clock; `"storage"`: 32 MiB page cache per
+/// connection, no memory-mapped reads). The schema is `open_config` in
+/// include/crm_schemas.json. On success `*out` receives the handle, to be
+/// closed with crm_close(); on failure `*out` is NULL.
 ///
 /// Errors: CRM_ERR_NULL (db_path or out NULL), CRM_ERR_UTF8, CRM_ERR_TOO_LARGE,
 /// CRM_ERR_INVALID (bad config, empty path), CRM_ERR_STORAGE (cannot open or

@@ -38,6 +38,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 use rusqlite::wal::CheckpointMode;
 
+use super::StorageConfig;
 use crate::error::{Error, Result};
 
 /// Log size (pages) at which the thread is woken: SQLite's own default.
@@ -74,9 +75,14 @@ struct Shared {
 /// # Errors
 ///
 /// The thread's connection cannot be opened, or the thread cannot start.
-pub fn start(path: &Path, writer: &mut Connection) -> Result<JoinHandle<()>> {
+pub fn start(
+    path: &Path,
+    writer: &mut Connection,
+    storage: &StorageConfig,
+) -> Result<JoinHandle<()>> {
+    let conn = super::open_with(path, super::Access::Checkpoint, storage)?;
     start_with(
-        path,
+        conn,
         writer,
         THRESHOLD_PAGES,
         LIMIT_PAGES,
@@ -86,13 +92,12 @@ pub fn start(path: &Path, writer: &mut Connection) -> Result<JoinHandle<()>> {
 
 /// [`start`] with other sizes (tests use small ones).
 fn start_with(
-    path: &Path,
+    conn: Connection,
     writer: &mut Connection,
     threshold_pages: i32,
     limit_pages: i32,
     small_commit_pages: i32,
 ) -> Result<JoinHandle<()>> {
-    let conn = super::open(path, super::Access::Checkpoint)?;
     let shared = Arc::new(Shared {
         progress: Mutex::new(Progress::default()),
         done: Condvar::new(),
@@ -208,7 +213,14 @@ mod tests {
     #[test]
     fn the_thread_copies_the_log_into_the_database_and_ends_with_the_writer() {
         let (_dir, path, mut writer) = blob_database();
-        let handle = start_with(&path, &mut writer, 50, 100_000, 0).unwrap();
+        let handle = start_with(
+            open(&path, Access::Checkpoint).unwrap(),
+            &mut writer,
+            50,
+            100_000,
+            0,
+        )
+        .unwrap();
         let before = file_pages(&path);
         write_pages(&writer, 30);
         // The thread copies in the background: wait for it (bounded).
@@ -238,7 +250,14 @@ mod tests {
         writer
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
             .unwrap();
-        let handle = start_with(&path, &mut writer, threshold, limit, small_commit).unwrap();
+        let handle = start_with(
+            open(&path, Access::Checkpoint).unwrap(),
+            &mut writer,
+            threshold,
+            limit,
+            small_commit,
+        )
+        .unwrap();
         write_pages(&writer, 200);
         let pages = file_pages(&dir.path().join("db.sqlite-wal"));
         drop(writer);
