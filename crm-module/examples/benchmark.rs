@@ -125,7 +125,6 @@ struct Args {
     advance_step_minutes: i64,
     live_host: bool,
     ingest_only: bool,
-    mmap_mib: Option<u32>,
 }
 
 /// The page cache and memory mapping of every connection the benchmark opens,
@@ -153,8 +152,8 @@ fn parse_args() -> BoxResult<Args> {
         advance_step_minutes: 0,
         live_host: false,
         ingest_only: false,
-        mmap_mib: None,
     };
+    let mut storage = StorageConfig::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -168,7 +167,7 @@ fn parse_args() -> BoxResult<Args> {
             "--advance-step-minutes" => a.advance_step_minutes = value()?.parse()?,
             "--live-host" => a.live_host = true,
             "--ingest-only" => a.ingest_only = true,
-            "--mmap-mib" => a.mmap_mib = Some(value()?.parse()?),
+            "--mmap-mib" => storage.mmap_mib = value()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "usage: benchmark [--contacts N] [--automations N] [--dir PATH] [--single N] \
@@ -191,10 +190,6 @@ fn parse_args() -> BoxResult<Args> {
     }
     // A1 and A2 take at most a fifth of the contacts each; the rest go in batches.
     a.single = a.single.min(a.contacts / 5);
-    let mut storage = StorageConfig::default();
-    if let Some(mib) = a.mmap_mib {
-        storage.mmap_mib = mib;
-    }
     storage.validate()?;
     STORAGE
         .set(storage)

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// How much memory SQLite uses for the database's pages, per connection (the
-/// module opens three: the worker's, the views' and the checkpoints'). Part of the open config (`"storage"`).
+/// module opens three: the worker's, the views' and the checkpoints'). Part
+/// of the open config (`"storage"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -32,18 +33,15 @@ pub struct StorageConfig {
     /// file cache instead of a `pread` and a copy per page (`PRAGMA
     /// mmap_size`). 0 to 2047 (SQLite's own limit); default 0 (off).
     ///
-    /// Off by default because it is no clear gain here and has two costs.
-    /// Measured with the benchmark (2-core VM, back-to-back pairs, 1024 MiB
-    /// against off): batched ingestion ran 18 % faster with it at 50,000
-    /// contacts (7,136 against 6,070 and 6,368 against 5,355 events/s) and
-    /// 18 % slower at 100,000 (4,248 against 5,194). The costs: the mapped
+    /// Off by default: in the benchmark it sped batched ingestion up at
+    /// 50,000 contacts and slowed it down at 100,000 (figures in
+    /// `crm-module/examples/BENCHMARK.md`), and it has two costs. The mapped
     /// pages count in the process's resident size, once per connection
-    /// (3.2 GiB peak against 0.2 GiB at 100,000 contacts, though they are
-    /// file cache the kernel can drop); and an I/O error while reading a
-    /// mapped page (a failing disk, a network file system going away)
-    /// raises `SIGBUS` in the host process instead of returning an error.
-    /// Writes never go through the mapping, so nothing committed is at
-    /// risk either way.
+    /// (file cache the kernel can drop, but it shows); and an I/O error
+    /// while reading a mapped page (a failing disk, a network file system
+    /// going away) raises `SIGBUS` in the host process instead of returning
+    /// an error. Writes never go through the mapping, so nothing committed
+    /// is at risk either way.
     pub mmap_mib: u32,
 }
 
