@@ -82,7 +82,8 @@
 //! steps), `--live-host`, `--ingest-only` (stop after phase B3 and print
 //! one line of ingestion figures: for quick comparisons and profiling runs),
 //! `--mmap-mib N` (the module's `storage.mmap_mib`, default 0: every page
-//! read with `pread`), used by every connection, the references' too.
+//! read with `pread`) and `--cache-mib N` (`storage.cache_mib`, default
+//! 32), used by every connection, the references' too.
 //! Figures depend on the disk's fsync latency and on
 //! other load: run it on a quiet machine, on a disk (not tmpfs).
 
@@ -128,7 +129,7 @@ struct Args {
 }
 
 /// The page cache and memory mapping of every connection the benchmark opens,
-/// the module's and the references' alike (`--mmap-mib`; the module's
+/// the module's and the references' alike (`--mmap-mib`, `--cache-mib`; the module's
 /// defaults otherwise).
 static STORAGE: std::sync::OnceLock<StorageConfig> = std::sync::OnceLock::new();
 
@@ -168,10 +169,11 @@ fn parse_args() -> BoxResult<Args> {
             "--live-host" => a.live_host = true,
             "--ingest-only" => a.ingest_only = true,
             "--mmap-mib" => storage.mmap_mib = value()?.parse()?,
+            "--cache-mib" => storage.cache_mib = value()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "usage: benchmark [--contacts N] [--automations N] [--dir PATH] [--single N] \
-                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host] [--ingest-only] [--mmap-mib N]"
+                     [--threads N] [--clock-per-batch-secs N] [--advance-step-minutes N] [--live-host] [--ingest-only] [--mmap-mib N] [--cache-mib N]"
                 );
                 std::process::exit(0);
             }

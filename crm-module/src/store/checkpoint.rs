@@ -43,8 +43,18 @@ use crate::error::{Error, Result};
 
 /// Log size (pages) at which the thread is woken: SQLite's own default.
 pub const THRESHOLD_PAGES: i32 = 1_000;
-/// Log size (pages) at which a committing writer waits for a checkpoint.
-pub const LIMIT_PAGES: i32 = 8_000;
+/// Log size (pages) at which a committing writer waits for a checkpoint:
+/// 32,000 pages of 4 KiB, so the log file stays under about 128 MiB (plus
+/// the last transaction) during a burst of writes and is reused after it.
+///
+/// Batches of activity events dirty pages of random contacts and
+/// enrollments (about 3,000 per batch of 1,000 events), faster than the
+/// thread copies them into the database file; a larger log gives the
+/// thread time to catch up and lets one checkpoint write a page that
+/// several commits changed once. At 8,000 pages the worker waited for the
+/// thread for 16 % of a run of activity batches (benchmark, 50,000
+/// contacts); at 32,000, for 4 % (`crm-module/examples/BENCHMARK.md`).
+pub const LIMIT_PAGES: i32 = 32_000;
 /// A commit that added fewer pages than this (a single push, a small group)
 /// and took the log past [`THRESHOLD_PAGES`] checkpoints inline, as SQLite
 /// does: such a writer waits on the disk rather than the CPU, so a
