@@ -129,8 +129,8 @@ struct Args {
 }
 
 /// The page cache and memory mapping of every connection the benchmark opens,
-/// the module's and the references' alike (`--mmap-mib`, `--cache-mib`; the module's
-/// defaults otherwise).
+/// the module's and the references' alike (`--cache-mib`, `--mmap-mib`; the
+/// module's defaults otherwise).
 static STORAGE: std::sync::OnceLock<StorageConfig> = std::sync::OnceLock::new();
 
 fn storage() -> &'static StorageConfig {

@@ -52,8 +52,8 @@ pub const THRESHOLD_PAGES: i32 = 1_000;
 /// thread copies them into the database file; a larger log gives the
 /// thread time to catch up and lets one checkpoint write a page that
 /// several commits changed once. At 8,000 pages the worker waited for the
-/// thread for 16 % of a run of activity batches (benchmark, 50,000
-/// contacts); at 32,000, for 4 % (`crm-module/examples/BENCHMARK.md`).
+/// thread for 18 % of the benchmark's activity batches at 100,000
+/// contacts, at 32,000 for 6 % (`crm-module/examples/BENCHMARK.md`).
 pub const LIMIT_PAGES: i32 = 32_000;
 /// A commit that added fewer pages than this (a single push, a small group)
 /// and took the log past [`THRESHOLD_PAGES`] checkpoints inline, as SQLite
