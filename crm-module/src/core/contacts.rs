@@ -203,8 +203,7 @@ pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
 /// is written.
 pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
     let text = |k: &str| c.props.get(k).and_then(Value::as_str);
-    let props = serde_json::to_string(&c.props)
-        .map_err(|e| Error::Internal(format!("contact {}: {e}", c.id)))?;
+    let props = props_text(c)?;
     let phone = text("phone");
     let updated = conn
         .prepare_cached(
@@ -232,6 +231,24 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
     if updated == 1 {
         return Ok(());
     }
+    write_row(conn, c, &props)
+}
+
+/// Writes a new contact (a whole row, without first trying the `UPDATE`
+/// that [`save`] tries).
+pub fn insert(conn: &Connection, c: &Contact) -> Result<()> {
+    write_row(conn, c, &props_text(c)?)
+}
+
+/// The stored text of a contact's properties.
+fn props_text(c: &Contact) -> Result<String> {
+    serde_json::to_string(&c.props).map_err(|e| Error::Internal(format!("contact {}: {e}", c.id)))
+}
+
+/// Writes a contact's whole row (insert, or replace every column).
+fn write_row(conn: &Connection, c: &Contact, props: &str) -> Result<()> {
+    let text = |k: &str| c.props.get(k).and_then(Value::as_str);
+    let phone = text("phone");
     conn.prepare_cached(
         "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
                                insurance_verification, portal_active, created_at, last_activity,

@@ -795,8 +795,12 @@ fn queue_message(
         ..log_for("message_queued", e)
     }
     .write(ctx.conn, ctx.now)?;
-    // Outbound communication touches the record.
-    contacts::touch_only(ctx.conn, &e.contact_id, ctx.now)?;
+    // Outbound communication touches the record. `contact` was read in this
+    // transaction and Last Activity only moves forward: one already at `now`
+    // needs no statement at all.
+    if contact.last_activity < ctx.now {
+        contacts::touch_only(ctx.conn, &e.contact_id, ctx.now)?;
+    }
     Ok(Sent::Queued)
 }
 

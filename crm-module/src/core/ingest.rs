@@ -278,7 +278,7 @@ fn upsert(
         initial.remove("id");
         initial.retain(|_, v| !v.is_null());
         c.props = initial;
-        contacts::save(ctx.conn, &c)?;
+        contacts::insert(ctx.conn, &c)?;
         for ch in ["email", "sms"] {
             let v = c.subscription(ch).to_string();
             if v != "unknown" {
