@@ -41,7 +41,9 @@
 //!   untimed transactions of their own, so that each timed one goes into
 //!   tables of the same size), with the engine's checkpoint thread
 //!   (`store::checkpoint`). Nothing differs from ingestion but the
-//!   engine's own work: the ratio against it is the strictest;
+//!   engine's own work: the ratio against it is the strictest. (The
+//!   tables without rowids are placed by the time stamped on their rows,
+//!   so it is not measured with `--clock-per-batch-secs 0`);
 //! * **E1/E2** single pushes on the loaded database with the manual clock,
 //!   then after reopening it with the system clock (the worker then looks for
 //!   due work in every loop; the simulated time, from Monday 7 January 2036,
@@ -792,6 +794,19 @@ impl Transactions {
         Ok(())
     }
 
+    /// Whether the stretches can be told apart: the tables without rowids
+    /// are placed by time, so every batch must have been pushed at a later
+    /// instant than the one before (not so with `--clock-per-batch-secs 0`).
+    fn replayable(&self) -> bool {
+        let pushes: Vec<i64> = self
+            .marks
+            .iter()
+            .filter(|m| m.written == Written::Push)
+            .map(|m| m.at)
+            .collect();
+        !pushes.is_empty() && pushes.windows(2).all(|w| w[0] < w[1])
+    }
+
     /// The rows of table `t` written in the stretch ending at mark `i`, as a
     /// `WHERE` clause on `t`.
     fn stretch(&self, t: &str, i: usize) -> BoxResult<String> {
@@ -1053,15 +1068,21 @@ fn finish_copy(to: Connection, checkpointer: Option<std::thread::JoinHandle<()>>
 /// two alternating: [`raw_same_rows`] (every row after B3, table by table,
 /// 1,000 rows a transaction, SQLite's own checkpoints) and [`replay`] (the
 /// rows of B1's and B2's batches, each batch's in one transaction, the
-/// engine's checkpoint thread).
+/// engine's checkpoint thread; not measured when the clock stays still
+/// during ingestion, see [`Transactions::replayable`]).
 struct SameRows {
     /// Rows in the database after B3: what each copy writes.
     rows: usize,
     times: [Duration; 2],
+    replays: Option<Replays>,
+}
+
+/// Two replays of B1's and B2's transactions.
+struct Replays {
     /// Rows of the replayed transactions of B1 and of B2.
-    replayed: [usize; 2],
+    rows: [usize; 2],
     /// Each replay's time for B1's transactions and for B2's.
-    replays: [[Duration; 2]; 2],
+    times: [[Duration; 2]; 2],
 }
 
 impl SameRows {
@@ -1072,31 +1093,33 @@ impl SameRows {
         b1_marks: usize,
     ) -> BoxResult<SameRows> {
         let mut times = [Duration::ZERO; 2];
-        let mut replays = [[Duration::ZERO; 2]; 2];
         let mut rows = 0;
-        let mut replayed = [0; 2];
-        for i in 0..2 {
+        let mut replays = marks.replayable().then_some(Replays {
+            rows: [0; 2],
+            times: [[Duration::ZERO; 2]; 2],
+        });
+        for (i, time) in times.iter_mut().enumerate() {
             let copy = dir.join(format!("same-rows-{i}.db"));
             remove_database(&copy)?;
             eprintln!("  raw SQLite, the same rows (copy {}) ...", i + 1);
-            (rows, times[i]) = raw_same_rows(db, &copy)?;
+            (rows, *time) = raw_same_rows(db, &copy)?;
             remove_database(&copy)?;
+            let Some(r) = replays.as_mut() else { continue };
             eprintln!(
                 "  raw SQLite, the same rows in the engine's transactions (replay {}) ...",
                 i + 1
             );
-            replayed = [0; 2];
+            r.rows = [0; 2];
             for (mark, n, time) in replay(db, &copy, marks)? {
                 let part = usize::from(mark >= b1_marks);
-                replayed[part] += n;
-                replays[i][part] += time;
+                r.rows[part] += n;
+                r.times[i][part] += time;
             }
             remove_database(&copy)?;
         }
         Ok(SameRows {
             rows,
             times,
-            replayed,
             replays,
         })
     }
@@ -1105,25 +1128,27 @@ impl SameRows {
     fn rate(&self) -> f64 {
         self.rows as f64 / self.times[0].min(self.times[1]).as_secs_f64()
     }
+}
 
+impl Replays {
     /// Rows replayed, B1's and B2's.
-    fn replayed_rows(&self) -> usize {
-        self.replayed[0] + self.replayed[1]
+    fn total(&self) -> usize {
+        self.rows[0] + self.rows[1]
     }
 
     /// The time of each replay, B1's and B2's transactions together.
-    fn replay_times(&self) -> [Duration; 2] {
-        self.replays.map(|[a, b]| a + b)
+    fn each(&self) -> [Duration; 2] {
+        self.times.map(|[a, b]| a + b)
     }
 
     /// The faster replay: its rows per second, then B1's and B2's.
-    fn replay_rates(&self) -> [f64; 3] {
-        let [t0, t1] = self.replay_times();
-        let fast = self.replays[usize::from(t1 < t0)];
+    fn rates(&self) -> [f64; 3] {
+        let [t0, t1] = self.each();
+        let fast = self.times[usize::from(t1 < t0)];
         [
-            self.replayed_rows() as f64 / t0.min(t1).as_secs_f64(),
-            self.replayed[0] as f64 / fast[0].as_secs_f64(),
-            self.replayed[1] as f64 / fast[1].as_secs_f64(),
+            self.total() as f64 / t0.min(t1).as_secs_f64(),
+            self.rows[0] as f64 / fast[0].as_secs_f64(),
+            self.rows[1] as f64 / fast[1].as_secs_f64(),
         ]
     }
 }
@@ -1459,9 +1484,23 @@ fn main() -> BoxResult<()> {
         let rows = pb1.rows() + pb2.rows();
         let written = (pb1.written + pb2.written) as f64 / secs;
         let raw_rate = raw_rows as f64 / raw_first.as_secs_f64();
-        let [replay_rate, ..] = same.replay_rates();
+        let replayed = match &same.replays {
+            Some(r) => {
+                let [rate, ..] = r.rates();
+                format!(
+                    "{} rows/s, {:.1} %",
+                    group(rate),
+                    100.0 * r.total() as f64 / secs / rate
+                )
+            }
+            None => "not measured".to_owned(),
+        };
+        let with_updates = match &same.replays {
+            Some(r) => format!(" / {:.1} %", 100.0 * written / r.rates()[0]),
+            None => String::new(),
+        };
         println!(
-            "ingest-only: batched {} events/s, {} rows/s ({:.1} rows/event), raw {} rows/s, {:.1} %; same rows {} rows/s, {:.1} %; in the engine's transactions {} rows/s, {:.1} %; updates in place counted {} rows/s: {:.1} % / {:.1} % / {:.1} %; single push {} events/s; B3 {} events/s",
+            "ingest-only: batched {} events/s, {} rows/s ({:.1} rows/event), raw {} rows/s, {:.1} %; same rows {} rows/s, {:.1} %; in the engine's transactions {replayed}; updates in place counted {} rows/s: {:.1} % / {:.1} %{with_updates}; single push {} events/s; B3 {} events/s",
             group((pb1.events + pb2.events) as f64 / secs),
             group(rows as f64 / secs),
             rows as f64 / (pb1.events + pb2.events) as f64,
@@ -1469,12 +1508,9 @@ fn main() -> BoxResult<()> {
             100.0 * rows as f64 / secs / raw_rate,
             group(same.rate()),
             100.0 * rows as f64 / secs / same.rate(),
-            group(replay_rate),
-            100.0 * same.replayed_rows() as f64 / secs / replay_rate,
             group(written),
             100.0 * written / raw_rate,
             100.0 * written / same.rate(),
-            100.0 * written / replay_rate,
             group(bench.phases[a1].events as f64 / bench.phases[a1].secs()),
             group(bench.phases[b3].events as f64 / bench.phases[b3].secs()),
         );
@@ -1679,7 +1715,7 @@ fn main() -> BoxResult<()> {
             group(ph.steps() as f64),
         );
     }
-    for (label, rows, time) in [
+    let mut references = vec![
         (
             "raw SQLite, 1,000 rows/tx (before the engine)",
             raw_rows,
@@ -1700,17 +1736,20 @@ fn main() -> BoxResult<()> {
             same.rows,
             same.times[1],
         ),
-        (
+    ];
+    if let Some(r) = &same.replays {
+        references.push((
             "  in the engine's transactions (replay 1)",
-            same.replayed_rows(),
-            same.replay_times()[0],
-        ),
-        (
+            r.total(),
+            r.each()[0],
+        ));
+        references.push((
             "  in the engine's transactions (replay 2)",
-            same.replayed_rows(),
-            same.replay_times()[1],
-        ),
-    ] {
+            r.total(),
+            r.each()[1],
+        ));
+    }
+    for (label, rows, time) in references {
         println!(
             "{:<44} {:>9} {:>9.2} {:>10} {:>10} {:>7} {:>10}",
             label,
@@ -1786,25 +1825,28 @@ fn main() -> BoxResult<()> {
     );
     // The replay wrote the rows of the batches' own transactions; the
     // engine's rate on those rows is the ratio of the two times.
-    let [replay_rate, replay_b1, replay_b2] = same.replay_rates();
-    let [t0, t1] = same.replay_times();
-    println!(
-        "  the same rows, the same transactions {:>9} rows/s     (the {} rows of B1's and B2's batches, each batch's in one transaction, with the engine's checkpoint thread; the faster of {} and {} rows/s; contacts {}, activity {} rows/s)",
-        group(replay_rate),
-        group(same.replayed_rows() as f64),
-        group(same.replayed_rows() as f64 / t0.as_secs_f64()),
-        group(same.replayed_rows() as f64 / t1.as_secs_f64()),
-        group(replay_b1),
-        group(replay_b2)
-    );
-    let per_part = |rows: usize, secs: f64, reference: f64| 100.0 * rows as f64 / secs / reference;
-    let r = per_part(same.replayed_rows(), batch_secs, replay_rate);
-    println!(
-        "  ingest rows/s ÷ those rows/s         {r:>9.1} %          aim ≥ 50 %: {} against the same rows in the same transactions (contacts {:.1} %, activity {:.1} %)",
-        met(r),
-        per_part(same.replayed[0], pb1.secs(), replay_b1),
-        per_part(same.replayed[1], pb2.secs(), replay_b2)
-    );
+    if let Some(replays) = &same.replays {
+        let [rate, rate_b1, rate_b2] = replays.rates();
+        let [t0, t1] = replays.each();
+        let total = replays.total() as f64;
+        println!(
+            "  the same rows, the same transactions {:>9} rows/s     (the {} rows of B1's and B2's batches, each batch's in one transaction, with the engine's checkpoint thread; the faster of {} and {} rows/s; contacts {}, activity {} rows/s)",
+            group(rate),
+            group(total),
+            group(total / t0.as_secs_f64()),
+            group(total / t1.as_secs_f64()),
+            group(rate_b1),
+            group(rate_b2)
+        );
+        let ratio = |rows: usize, secs: f64, reference: f64| 100.0 * rows as f64 / secs / reference;
+        let r = ratio(replays.total(), batch_secs, rate);
+        println!(
+            "  ingest rows/s ÷ those rows/s         {r:>9.1} %          aim ≥ 50 %: {} against the same rows in the same transactions (contacts {:.1} %, activity {:.1} %)",
+            met(r),
+            ratio(replays.rows[0], pb1.secs(), rate_b1),
+            ratio(replays.rows[1], pb2.secs(), rate_b2)
+        );
+    }
     // The same figures with every row SQLite writes for the engine, updates
     // in place included; the references still insert only the new rows.
     let batch_written = pb1.written + pb2.written;
@@ -1816,15 +1858,18 @@ fn main() -> BoxResult<()> {
         group((pb1.updated() + pb2.updated()) as f64),
         batch_written as f64 / batch_events as f64
     );
-    for (rate, label, against) in [
+    let mut rates = vec![
         (raw_rate, "raw rows/s", "3-column rows"),
         (same.rate(), "same-rows rows/s", "the same rows"),
-        (
-            replay_rate,
+    ];
+    if let Some(r) = &same.replays {
+        rates.push((
+            r.rates()[0],
             "those rows/s",
             "the same rows in the same transactions",
-        ),
-    ] {
+        ));
+    }
+    for (rate, label, against) in rates {
         let r = 100.0 * written_rate / rate;
         println!(
             "  with updates ÷ {label:<21} {r:>9.1} %          aim ≥ 50 %: {} against {against}, updates in place counted",
