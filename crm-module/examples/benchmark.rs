@@ -811,20 +811,18 @@ impl Transactions {
     /// `WHERE` clause on `t`.
     fn stretch(&self, t: &str, i: usize) -> BoxResult<String> {
         let mark = &self.marks[i];
-        if let Some(end) = mark.ends.get(t) {
-            let start = if i == 0 { 0 } else { self.marks[i - 1].ends[t] };
-            return Ok(format!("rowid > {start} AND rowid <= {end}"));
+        // The rowids a rowid table gained in the stretch: (after, up to).
+        let rowids = |table: &str| {
+            let after = i.checked_sub(1).map_or(0, |p| self.marks[p].ends[table]);
+            (after, mark.ends[table])
+        };
+        if mark.ends.contains_key(t) {
+            let (after, end) = rowids(t);
+            return Ok(format!("rowid > {after} AND rowid <= {end}"));
         }
         if t == "message_links" {
-            let start = if i == 0 {
-                0
-            } else {
-                self.marks[i - 1].ends["messages"]
-            };
-            return Ok(format!(
-                "message_id > {start} AND message_id <= {}",
-                mark.ends["messages"]
-            ));
+            let (after, end) = rowids("messages");
+            return Ok(format!("message_id > {after} AND message_id <= {end}"));
         }
         let column = match t {
             "trigger_marks" => "at",
@@ -945,7 +943,8 @@ fn raw_same_rows(src: &Path, dst: &Path) -> BoxResult<(usize, Duration)> {
 /// The same rows as [`raw_same_rows`] copies, written in the engine's own
 /// transactions of batched ingestion (`marks`): each `push_batch` of B1 and
 /// B2 becomes one transaction holding the rows it wrote, every table's in
-/// turn (parents first); the rows written before B1 and by the clock moves
+/// turn (parents first) through one prepared `INSERT`, as the copy does;
+/// the rows written before B1 and by the clock moves
 /// between batches are written untimed in transactions of their own, so
 /// that each timed one goes into the same tables the engine's went into.
 /// The copy checkpoints as the engine does (`store::checkpoint`). Returns
@@ -965,27 +964,34 @@ fn replay(
     }
     let mut timed = Vec::new();
     for (i, mark) in marks.marks.iter().enumerate() {
-        let mut stretch: Vec<(usize, Vec<rusqlite::types::Value>)> = Vec::new();
-        for (n, t) in order.iter().enumerate() {
+        // Each table's rows of the stretch, in `order`.
+        let mut stretch: Vec<Vec<Vec<rusqlite::types::Value>>> = Vec::with_capacity(order.len());
+        for (t, (_, width)) in order.iter().zip(&statements) {
             let mut read = from.prepare(&format!(
                 "SELECT * FROM \"{t}\" WHERE {}",
                 marks.stretch(t, i)?
             ))?;
-            let width = statements[n].1;
             let mut rows = read.query([])?;
+            let mut table = Vec::new();
             while let Some(row) = rows.next()? {
-                stretch.push((n, (0..width).map(|c| row.get(c)).collect::<Result<_, _>>()?));
+                table.push((0..*width).map(|c| row.get(c)).collect::<Result<_, _>>()?);
             }
+            stretch.push(table);
         }
         let start = Instant::now();
         to.execute_batch("BEGIN IMMEDIATE")?;
-        for (n, values) in &stretch {
-            to.prepare_cached(&statements[*n].0)?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
+        for ((insert, _), rows) in statements.iter().zip(&stretch) {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut stmt = to.prepare_cached(insert)?;
+            for values in rows {
+                stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+            }
         }
         to.execute_batch("COMMIT")?;
         if mark.written == Written::Push {
-            timed.push((i, stretch.len(), start.elapsed()));
+            timed.push((i, stretch.iter().map(Vec::len).sum(), start.elapsed()));
         }
     }
     finish_copy(to, checkpointer)?;
@@ -1484,20 +1490,19 @@ fn main() -> BoxResult<()> {
         let rows = pb1.rows() + pb2.rows();
         let written = (pb1.written + pb2.written) as f64 / secs;
         let raw_rate = raw_rows as f64 / raw_first.as_secs_f64();
-        let replayed = match &same.replays {
+        let (replayed, with_updates) = match &same.replays {
             Some(r) => {
                 let [rate, ..] = r.rates();
-                format!(
-                    "{} rows/s, {:.1} %",
-                    group(rate),
-                    100.0 * r.total() as f64 / secs / rate
+                (
+                    format!(
+                        "{} rows/s, {:.1} %",
+                        group(rate),
+                        100.0 * r.total() as f64 / secs / rate
+                    ),
+                    format!(" / {:.1} %", 100.0 * written / rate),
                 )
             }
-            None => "not measured".to_owned(),
-        };
-        let with_updates = match &same.replays {
-            Some(r) => format!(" / {:.1} %", 100.0 * written / r.rates()[0]),
-            None => String::new(),
+            None => ("not measured".to_owned(), String::new()),
         };
         println!(
             "ingest-only: batched {} events/s, {} rows/s ({:.1} rows/event), raw {} rows/s, {:.1} %; same rows {} rows/s, {:.1} %; in the engine's transactions {replayed}; updates in place counted {} rows/s: {:.1} % / {:.1} %{with_updates}; single push {} events/s; B3 {} events/s",
