@@ -129,7 +129,9 @@ fn bad_input_changes_nothing() {
     m.execute(WELCOME).unwrap();
     m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
         .unwrap();
-    // A batch with one bad event is refused whole.
+    // A batch with one bad event is refused whole: no row of it stays,
+    // the event-log rows its good event staged included.
+    let rows = rows_in_database(&dir);
     let batch = format!(
         "[{}, {}]",
         contact(1),
@@ -138,10 +140,23 @@ fn bad_input_changes_nothing() {
     let e = m.push_batch(&batch).unwrap_err();
     assert_eq!(e.code(), crm_module::ErrorCode::NotFound);
     assert!(e.to_string().contains("events[1]"), "{e}");
+    assert_eq!(rows_in_database(&dir), rows);
     assert_eq!(
         m.push(&contact(1)).unwrap().outcome,
         "applied",
         "the good event of the refused batch was not kept"
+    );
+    let log = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let created: i64 = log
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'contact_created' AND contact_id = 'p1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        created, 1,
+        "the refused batch's staged log rows were dropped"
     );
     for bad in [
         "",
@@ -179,6 +194,75 @@ fn bad_input_changes_nothing() {
     );
     let list = m.view("automation_list", "{}").unwrap();
     assert_eq!(list["rows"][0]["enrolled"], 1);
+}
+
+/// The event log and the outbox are written at the end of each request (a
+/// batch), but a later event of the same batch still sees the rows of the
+/// earlier ones: the soft bounces of one message, pushed in one batch, are
+/// counted one by one as when pushed apart; an SMS reply is matched to the
+/// text queued by the batch's earlier event.
+#[test]
+fn a_batch_sees_the_log_rows_of_its_own_earlier_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(WELCOME).unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+        .unwrap();
+    m.push(&contact(1)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let key = host.got.lock().unwrap()[0].0.clone();
+    let bounces: Vec<Value> = (0..4)
+        .map(|i| json!({"event_id": format!("sb{i}"), "type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "soft"}))
+        .collect();
+    let out = m.push_batch(&Value::Array(bounces).to_string()).unwrap();
+    assert!(out.iter().all(|r| r.outcome == "applied"), "{out:?}");
+    let db = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let suppressed: i64 = db
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'message_suppressed' AND message_key = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        suppressed, 1,
+        "the fourth soft bounce suppresses the message"
+    );
+    let status: String = db
+        .query_row(
+            "SELECT status FROM outbox WHERE idempotency_key = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "failed");
+
+    m.execute(
+        r#"{"command": "automation.create", "automation_id": "text", "definition": {
+        "name": "Text", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "hi", "type": "send_sms", "message": "Hi from {{practice}}"}]}}"#,
+    )
+    .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "text"}"#)
+        .unwrap();
+    let batch = format!(
+        "[{}, {}]",
+        contact(2),
+        json!({"event_id": "r2", "type": "sms.received", "contact_id": "p2", "body": "Thanks!"})
+    );
+    m.push_batch(&batch).unwrap();
+    let (replied_to, queued): (Option<String>, String) = db
+        .query_row(
+            "SELECT e.message_key, o.idempotency_key FROM events e, outbox o
+             WHERE e.kind = 'message_replied' AND e.contact_id = 'p2'
+               AND o.contact_id = 'p2' AND o.channel = 'sms'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(replied_to.as_deref(), Some(queued.as_str()));
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::clock::{Clock, Millis};
 use crate::commands::{self, Command};
 use crate::core::ingest::{self, Outcome};
 use crate::core::log::Entry as Log;
+use crate::core::staged::Staged;
 use crate::core::{Ctx, due, enrollment};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -124,6 +125,10 @@ pub struct Worker {
     /// The connection's count when the worker was made (the migrations and
     /// the open's own writes).
     rows_before: u64,
+    /// The event-log rows and effects of the request being applied (see
+    /// [`crate::core::staged`]): flushed before each savepoint is released
+    /// and before each commit, discarded on rollback.
+    staged: Staged,
     /// Tests: points at which the worker panics, once each (see
     /// [`Worker::inject`]).
     #[cfg(test)]
@@ -158,6 +163,7 @@ impl Worker {
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
             rows_before: conn_changes,
+            staged: Staged::new(),
             #[cfg(test)]
             faults: Vec::new(),
         })
@@ -444,11 +450,14 @@ impl Worker {
             }
         }
         self.inject("commit");
-        let committed = self.conn.execute_batch("COMMIT").map_err(Error::from);
+        let committed = self
+            .flush_staged()
+            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(Error::from));
         self.publish_rows_written();
         let failure = committed.err();
         if let Some(e) = &failure {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.staged.discard();
             self.log(LogLevel::Error, &format!("commit failed: {e}"));
             self.reload();
         } else if settings_changed {
@@ -528,11 +537,24 @@ impl Worker {
         };
         let settings = self.settings.read().clone();
         let effects = {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            let mut ctx = Ctx::new(
+                &self.conn,
+                now,
+                &self.catalog,
+                &settings,
+                &self.install_id,
+                &self.staged,
+            );
             enrollment::finish_custom_step(&mut ctx, enrollment_id, step_id, &row.key, result)?;
             ctx.take_effects()
         };
-        outbox::write(&self.conn, &effects, now)
+        self.staged.effects(effects, now);
+        Ok(())
+    }
+
+    /// Writes the staged event-log rows and effects into the open transaction.
+    fn flush_staged(&self) -> Result<()> {
+        self.staged.flush(&self.conn)
     }
 
     /// Runs one request so that, if it fails, it changes nothing while the
@@ -545,9 +567,10 @@ impl Worker {
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         if self.lone_write {
             let before = self.catalog.clone();
-            return match contained(|| f(self)) {
+            return match contained(|| f(self).and_then(|v| self.flush_staged().map(|()| v))) {
                 Ok(v) => Ok(v),
                 Err(e) => {
+                    self.staged.discard();
                     // SQLite may already have rolled back (a full disk, an I/O error).
                     if !self.conn.is_autocommit() {
                         self.conn.execute_batch("ROLLBACK")?;
@@ -560,12 +583,13 @@ impl Worker {
         }
         self.conn.execute_batch("SAVEPOINT req")?;
         let before = self.catalog.clone();
-        match contained(|| f(self)) {
+        match contained(|| f(self).and_then(|v| self.flush_staged().map(|()| v))) {
             Ok(v) => {
                 self.conn.execute_batch("RELEASE req")?;
                 Ok(v)
             }
             Err(e) => {
+                self.staged.discard();
                 self.conn.execute_batch("ROLLBACK TO req; RELEASE req")?;
                 self.catalog = before;
                 Err(e)
@@ -578,7 +602,14 @@ impl Worker {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            let mut ctx = Ctx::new(
+                &self.conn,
+                now,
+                &self.catalog,
+                &settings,
+                &self.install_id,
+                &self.staged,
+            );
             let located = |e: Error| {
                 if events.len() > 1 {
                     e.at(&format!("events[{i}] ({})", ev.event_id))
@@ -588,7 +619,7 @@ impl Worker {
             };
             let outcome = ingest::apply(&mut ctx, ev).map_err(located)?;
             let effects = ctx.take_effects();
-            outbox::write(&self.conn, &effects, now)?;
+            self.staged.effects(effects, now);
             out.push(outcome);
         }
         Ok(out)
@@ -598,11 +629,18 @@ impl Worker {
         let settings = self.settings.read().clone();
         let now = self.clock.now();
         let (value, catalog, effects) = {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            let mut ctx = Ctx::new(
+                &self.conn,
+                now,
+                &self.catalog,
+                &settings,
+                &self.install_id,
+                &self.staged,
+            );
             let (value, catalog) = commands::execute(&mut ctx, command)?;
             (value, catalog, ctx.take_effects())
         };
-        outbox::write(&self.conn, &effects, now)?;
+        self.staged.effects(effects, now);
         if let Some(c) = catalog {
             self.catalog = c;
         }
@@ -612,10 +650,17 @@ impl Worker {
     fn hit(&mut self, hit: &crate::core::hits::Hit) -> Result<Value> {
         let settings = self.settings.read().clone();
         let now = self.clock.now();
-        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+        let mut ctx = Ctx::new(
+            &self.conn,
+            now,
+            &self.catalog,
+            &settings,
+            &self.install_id,
+            &self.staged,
+        );
         let response = crate::core::hits::handle(&mut ctx, hit)?;
         let effects = ctx.take_effects();
-        outbox::write(&self.conn, &effects, now)?;
+        self.staged.effects(effects, now);
         serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
     }
 
@@ -661,7 +706,7 @@ impl Worker {
             detail,
             ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
         }
-        .write(&self.conn, now)
+        .write(&self.staged, now)
     }
 
     /// The earliest scheduled item of an active automation.
@@ -681,10 +726,11 @@ impl Worker {
                 return Ok(());
             }
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            let r = self.run_due_chunk(until);
+            let r = self.run_due_chunk(until).and_then(|()| self.flush_staged());
             match r {
                 Ok(()) => self.conn.execute_batch("COMMIT")?,
                 Err(e) => {
+                    self.staged.discard();
                     let _ = self.conn.execute_batch("ROLLBACK");
                     return Err(e);
                 }
@@ -723,10 +769,14 @@ impl Worker {
                 self.clock.now()
             };
             self.conn.execute_batch("SAVEPOINT item")?;
-            let r = contained(|| self.run_item(now, &settings, &item));
+            let r = contained(|| {
+                self.run_item(now, &settings, &item)?;
+                self.flush_staged()
+            });
             match r {
                 Ok(()) => self.conn.execute_batch("RELEASE item")?,
                 Err(e) => {
+                    self.staged.discard();
                     self.conn.execute_batch("ROLLBACK TO item; RELEASE item")?;
                     self.quarantine(now, enrollment_id, automation_id.as_deref(), &e)?;
                 }
@@ -737,10 +787,17 @@ impl Worker {
 
     /// Runs one scheduled item at `now`.
     fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<()> {
-        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
+        let mut ctx = Ctx::new(
+            &self.conn,
+            now,
+            &self.catalog,
+            settings,
+            &self.install_id,
+            &self.staged,
+        );
         let n = due::run(&mut ctx, item)?;
         let effects = ctx.take_effects();
-        outbox::write(&self.conn, &effects, now)?;
+        self.staged.effects(effects, now);
         if n > 0 {
             self.log(
                 LogLevel::Info,
@@ -779,7 +836,7 @@ impl Worker {
                     detail: Some(json!({"reason": "error", "error": err.to_string()})),
                     ..Log::new("exited", &e.contact_id)
                 }
-                .write(&self.conn, now)?;
+                .write(&self.staged, now)?;
             }
         }
         if let Some(aid) = automation_id {

@@ -388,7 +388,7 @@ pub fn audit_subscription(
         ),
         ..Entry::new("subscription_changed", contact_id)
     }
-    .write(ctx.conn, ctx.now)
+    .write(ctx.staged, ctx.now)
 }
 
 /// Sets one channel's subscription, auditing the change; returns whether it changed.

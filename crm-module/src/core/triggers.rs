@@ -82,7 +82,7 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
             detail: Some(json!({"depth": ctx.depth})),
             ..Log::new("cascade_limited", contact_id)
         }
-        .write(ctx.conn, ctx.now);
+        .write(ctx.staged, ctx.now);
     }
     ctx.depth += 1;
     let catalog = ctx.catalog;
