@@ -563,8 +563,13 @@ impl Worker {
     /// then rolled back and begun again on failure. (A savepoint makes SQLite
     /// copy every page the request modifies into a sub-journal, and close
     /// every statement journal by walking that sub-journal: for a batch of
-    /// 1,000 events that was a large part of the cost.)
+    /// 1,000 events that was a large part of the cost.) What the request
+    /// staged is written before it ends, or dropped with it.
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        debug_assert!(
+            self.staged.is_empty(),
+            "a request begins with nothing staged"
+        );
         if self.lone_write {
             let before = self.catalog.clone();
             return match contained(|| f(self).and_then(|v| self.flush_staged().map(|()| v))) {
@@ -768,6 +773,7 @@ impl Worker {
             } else {
                 self.clock.now()
             };
+            debug_assert!(self.staged.is_empty(), "an item begins with nothing staged");
             self.conn.execute_batch("SAVEPOINT item")?;
             let r = contained(|| {
                 self.run_item(now, &settings, &item)?;
@@ -787,6 +793,7 @@ impl Worker {
 
     /// Runs one scheduled item at `now`.
     fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<()> {
+        self.inject("run_item");
         let mut ctx = Ctx::new(
             &self.conn,
             now,
@@ -845,7 +852,8 @@ impl Worker {
                 params![aid, now + crate::clock::DAY],
             )?;
         }
-        Ok(())
+        // Written now: the next item's rollback discards what is staged.
+        self.flush_staged()
     }
 
     /// Hands due outbox rows to the dispatcher.
@@ -1099,5 +1107,70 @@ mod tests {
                 .expect("count");
             assert_eq!(lost, 0, "lone write: {lone}");
         }
+    }
+
+    fn request<T>(
+        tx: &Sender<Request>,
+        make: impl FnOnce(Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        tx.send(make(reply)).expect("the worker is listening");
+        rx.recv_timeout(Duration::from_secs(30)).expect("answered")
+    }
+
+    #[test]
+    fn each_failed_scheduled_item_keeps_its_exit_in_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        // The first two of three due items fail; each is quarantined, and
+        // the second's rollback must not drop the first one's log row.
+        w.faults = vec!["run_item", "run_item"];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+        for text in [
+            r#"{"command": "automation.create", "automation_id": "a", "definition": {
+                "name": "Later", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                "steps": [{"id": "wait", "type": "delay", "amount": 1, "unit": "hours"},
+                          {"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "desk"}}]}}"#,
+            r#"{"command": "automation.activate", "automation_id": "a"}"#,
+        ] {
+            let command: Command = serde_json::from_str(text).expect("a command");
+            request(&tx, |reply| Request::Command { command, reply }).expect("done");
+        }
+        let events = Event::parse_batch(
+            &json!(
+                (0..3)
+                    .map(
+                        |i| json!({"event_id": format!("c{i}"), "type": "contact.upserted",
+                                "contact": {"id": format!("p{i}"), "first_name": "Pat"}})
+                    )
+                    .collect::<Vec<_>>()
+            )
+            .to_string(),
+        )
+        .expect("events");
+        request(&tx, |reply| Request::Push { events, reply }).expect("pushed");
+        request(&tx, |reply| Request::AdvanceBy {
+            by: 2 * crate::clock::HOUR,
+            reply,
+        })
+        .expect("advanced");
+        tx.send(Request::Shutdown).expect("shutdown");
+        thread.join().expect("the worker thread ends normally");
+
+        let conn =
+            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect("count") };
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM events WHERE kind = 'exited' AND json_extract(detail, '$.reason') = 'error'"
+            ),
+            2
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM enrollments WHERE exit_reason = 'error'"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM tasks"), 1, "the third item ran");
     }
 }
