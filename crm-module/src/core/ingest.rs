@@ -398,7 +398,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
-    ctx.staged.flush(ctx.conn)?;
+    ctx.staged.flush_effects(ctx.conn)?;
     match outbox::by_key(ctx.conn, key)? {
         Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
         _ => Err(Error::not_found(format!("message {key}"))),
@@ -474,7 +474,7 @@ fn sms_received(
     let replied_to = match in_reply_to {
         Some(k) => Some(message(ctx, k)?),
         None => {
-            ctx.staged.flush(ctx.conn)?;
+            ctx.staged.flush_effects(ctx.conn)?;
             outbox::last_message(ctx.conn, &id, "sms")?
         }
     };
@@ -600,7 +600,7 @@ fn receipt(
             }
         }
         (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
-            ctx.staged.flush(ctx.conn)?;
+            ctx.staged.flush_log(ctx.conn)?;
             let soft: i64 = ctx
                 .conn
                 .prepare_cached(SOFT_BOUNCES_SQL)?

@@ -57,10 +57,23 @@ impl Staged {
     /// Writes everything staged, in the order staged, through `conn` (inside
     /// its open transaction), and empties the set.
     pub fn flush(&self, conn: &Connection) -> Result<()> {
+        self.flush_log(conn)?;
+        self.flush_effects(conn)
+    }
+
+    /// Writes the staged event-log rows (before a read of the log).
+    pub fn flush_log(&self, conn: &Connection) -> Result<()> {
         let rows = std::mem::take(&mut *self.log.borrow_mut());
-        if !rows.is_empty() {
-            log::append(conn, &rows)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        log::append(conn, &rows)
+    }
+
+    /// Writes the staged effects (before a read of the outbox). The log
+    /// rows stay staged: an activity event that looks its message up
+    /// leaves the batch's log rows to be written together.
+    pub fn flush_effects(&self, conn: &Connection) -> Result<()> {
         let effects = std::mem::take(&mut *self.effects.borrow_mut());
         for (effects, now) in &effects {
             outbox::write(conn, effects, *now)?;
