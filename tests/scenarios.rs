@@ -196,11 +196,10 @@ fn bad_input_changes_nothing() {
     assert_eq!(list["rows"][0]["enrolled"], 1);
 }
 
-/// The event log and the outbox are written at the end of each request (a
-/// batch), but a later event of the same batch still sees the rows of the
-/// earlier ones: the soft bounces of one message, pushed in one batch, are
-/// counted one by one as when pushed apart; an SMS reply is matched to the
-/// text queued by the batch's earlier event.
+/// A later event of a batch sees the log and outbox rows of the earlier
+/// ones, as when pushed apart: the soft bounces of one message, pushed in
+/// one batch, are counted one by one; an SMS reply is matched to the text
+/// queued by the batch's earlier event.
 #[test]
 fn a_batch_sees_the_log_rows_of_its_own_earlier_events() {
     let dir = tempfile::tempdir().unwrap();

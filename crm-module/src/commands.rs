@@ -663,14 +663,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let new = catalog::load_version(ctx.conn, &id, version)?;
             let cat = Catalog::load(ctx.conn)?;
             let moved = {
-                let mut sub = Ctx::new(
-                    ctx.conn,
-                    ctx.now,
-                    &cat,
-                    ctx.settings,
-                    ctx.install_id,
-                    ctx.staged,
-                );
+                let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 let moved = enrollment::migrate(&mut sub, &id, &old, &new)?;
                 ctx.effects.extend(sub.take_effects());
                 moved
@@ -693,14 +686,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 let v = catalog::load_version(ctx.conn, &id, row.version)?;
                 schedule_evaluation(ctx, &id, &v.def, true)?;
                 let cat = Catalog::load(ctx.conn)?;
-                let sub = Ctx::new(
-                    ctx.conn,
-                    ctx.now,
-                    &cat,
-                    ctx.settings,
-                    ctx.install_id,
-                    ctx.staged,
-                );
+                let sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 enrollment::resume(&sub, &id)?;
                 let out = AutomationResult {
                     automation_id: id,

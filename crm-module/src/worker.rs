@@ -23,7 +23,6 @@ use crate::clock::{Clock, Millis};
 use crate::commands::{self, Command};
 use crate::core::ingest::{self, Outcome};
 use crate::core::log::Entry as Log;
-use crate::core::staged::Staged;
 use crate::core::{Ctx, due, enrollment};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -125,10 +124,6 @@ pub struct Worker {
     /// The connection's count when the worker was made (the migrations and
     /// the open's own writes).
     rows_before: u64,
-    /// The event-log rows and effects of the request being applied (see
-    /// [`crate::core::staged`]): flushed before each savepoint is released
-    /// and before each commit, discarded on rollback.
-    staged: Staged,
     /// Tests: points at which the worker panics, once each (see
     /// [`Worker::inject`]).
     #[cfg(test)]
@@ -163,7 +158,6 @@ impl Worker {
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
             rows_before: conn_changes,
-            staged: Staged::new(),
             #[cfg(test)]
             faults: Vec::new(),
         })
@@ -450,14 +444,11 @@ impl Worker {
             }
         }
         self.inject("commit");
-        let committed = self
-            .flush_staged()
-            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(Error::from));
+        let committed = self.conn.execute_batch("COMMIT").map_err(Error::from);
         self.publish_rows_written();
         let failure = committed.err();
         if let Some(e) = &failure {
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.staged.discard();
             self.log(LogLevel::Error, &format!("commit failed: {e}"));
             self.reload();
         } else if settings_changed {
@@ -537,24 +528,11 @@ impl Worker {
         };
         let settings = self.settings.read().clone();
         let effects = {
-            let mut ctx = Ctx::new(
-                &self.conn,
-                now,
-                &self.catalog,
-                &settings,
-                &self.install_id,
-                &self.staged,
-            );
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
             enrollment::finish_custom_step(&mut ctx, enrollment_id, step_id, &row.key, result)?;
             ctx.take_effects()
         };
-        self.staged.effects(effects, now);
-        Ok(())
-    }
-
-    /// Writes the staged event-log rows and effects into the open transaction.
-    fn flush_staged(&self) -> Result<()> {
-        self.staged.flush(&self.conn)
+        outbox::write(&self.conn, &effects, now)
     }
 
     /// Runs one request so that, if it fails, it changes nothing while the
@@ -563,19 +541,13 @@ impl Worker {
     /// then rolled back and begun again on failure. (A savepoint makes SQLite
     /// copy every page the request modifies into a sub-journal, and close
     /// every statement journal by walking that sub-journal: for a batch of
-    /// 1,000 events that was a large part of the cost.) What the request
-    /// staged is written before it ends, or dropped with it.
+    /// 1,000 events that was a large part of the cost.)
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        debug_assert!(
-            self.staged.is_empty(),
-            "a request begins with nothing staged"
-        );
         if self.lone_write {
             let before = self.catalog.clone();
-            return match contained(|| f(self).and_then(|v| self.flush_staged().map(|()| v))) {
+            return match contained(|| f(self)) {
                 Ok(v) => Ok(v),
                 Err(e) => {
-                    self.staged.discard();
                     // SQLite may already have rolled back (a full disk, an I/O error).
                     if !self.conn.is_autocommit() {
                         self.conn.execute_batch("ROLLBACK")?;
@@ -588,13 +560,12 @@ impl Worker {
         }
         self.conn.execute_batch("SAVEPOINT req")?;
         let before = self.catalog.clone();
-        match contained(|| f(self).and_then(|v| self.flush_staged().map(|()| v))) {
+        match contained(|| f(self)) {
             Ok(v) => {
                 self.conn.execute_batch("RELEASE req")?;
                 Ok(v)
             }
             Err(e) => {
-                self.staged.discard();
                 self.conn.execute_batch("ROLLBACK TO req; RELEASE req")?;
                 self.catalog = before;
                 Err(e)
@@ -607,14 +578,7 @@ impl Worker {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let mut ctx = Ctx::new(
-                &self.conn,
-                now,
-                &self.catalog,
-                &settings,
-                &self.install_id,
-                &self.staged,
-            );
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
             let located = |e: Error| {
                 if events.len() > 1 {
                     e.at(&format!("events[{i}] ({})", ev.event_id))
@@ -624,7 +588,7 @@ impl Worker {
             };
             let outcome = ingest::apply(&mut ctx, ev).map_err(located)?;
             let effects = ctx.take_effects();
-            self.staged.effects(effects, now);
+            outbox::write(&self.conn, &effects, now)?;
             out.push(outcome);
         }
         Ok(out)
@@ -634,18 +598,11 @@ impl Worker {
         let settings = self.settings.read().clone();
         let now = self.clock.now();
         let (value, catalog, effects) = {
-            let mut ctx = Ctx::new(
-                &self.conn,
-                now,
-                &self.catalog,
-                &settings,
-                &self.install_id,
-                &self.staged,
-            );
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
             let (value, catalog) = commands::execute(&mut ctx, command)?;
             (value, catalog, ctx.take_effects())
         };
-        self.staged.effects(effects, now);
+        outbox::write(&self.conn, &effects, now)?;
         if let Some(c) = catalog {
             self.catalog = c;
         }
@@ -655,17 +612,10 @@ impl Worker {
     fn hit(&mut self, hit: &crate::core::hits::Hit) -> Result<Value> {
         let settings = self.settings.read().clone();
         let now = self.clock.now();
-        let mut ctx = Ctx::new(
-            &self.conn,
-            now,
-            &self.catalog,
-            &settings,
-            &self.install_id,
-            &self.staged,
-        );
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
         let response = crate::core::hits::handle(&mut ctx, hit)?;
         let effects = ctx.take_effects();
-        self.staged.effects(effects, now);
+        outbox::write(&self.conn, &effects, now)?;
         serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
     }
 
@@ -711,7 +661,7 @@ impl Worker {
             detail,
             ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
         }
-        .write(&self.staged, now)
+        .write(&self.conn, now)
     }
 
     /// The earliest scheduled item of an active automation.
@@ -731,11 +681,10 @@ impl Worker {
                 return Ok(());
             }
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            let r = self.run_due_chunk(until).and_then(|()| self.flush_staged());
+            let r = self.run_due_chunk(until);
             match r {
                 Ok(()) => self.conn.execute_batch("COMMIT")?,
                 Err(e) => {
-                    self.staged.discard();
                     let _ = self.conn.execute_batch("ROLLBACK");
                     return Err(e);
                 }
@@ -773,16 +722,11 @@ impl Worker {
             } else {
                 self.clock.now()
             };
-            debug_assert!(self.staged.is_empty(), "an item begins with nothing staged");
             self.conn.execute_batch("SAVEPOINT item")?;
-            let r = contained(|| {
-                self.run_item(now, &settings, &item)?;
-                self.flush_staged()
-            });
+            let r = contained(|| self.run_item(now, &settings, &item));
             match r {
                 Ok(()) => self.conn.execute_batch("RELEASE item")?,
                 Err(e) => {
-                    self.staged.discard();
                     self.conn.execute_batch("ROLLBACK TO item; RELEASE item")?;
                     self.quarantine(now, enrollment_id, automation_id.as_deref(), &e)?;
                 }
@@ -794,17 +738,10 @@ impl Worker {
     /// Runs one scheduled item at `now`.
     fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<()> {
         self.inject("run_item");
-        let mut ctx = Ctx::new(
-            &self.conn,
-            now,
-            &self.catalog,
-            settings,
-            &self.install_id,
-            &self.staged,
-        );
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
         let n = due::run(&mut ctx, item)?;
         let effects = ctx.take_effects();
-        self.staged.effects(effects, now);
+        outbox::write(&self.conn, &effects, now)?;
         if n > 0 {
             self.log(
                 LogLevel::Info,
@@ -843,7 +780,7 @@ impl Worker {
                     detail: Some(json!({"reason": "error", "error": err.to_string()})),
                     ..Log::new("exited", &e.contact_id)
                 }
-                .write(&self.staged, now)?;
+                .write(&self.conn, now)?;
             }
         }
         if let Some(aid) = automation_id {
@@ -852,8 +789,7 @@ impl Worker {
                 params![aid, now + crate::clock::DAY],
             )?;
         }
-        // Written now: the next item's rollback discards what is staged.
-        self.flush_staged()
+        Ok(())
     }
 
     /// Hands due outbox rows to the dispatcher.

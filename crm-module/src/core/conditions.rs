@@ -51,7 +51,6 @@ pub fn evaluate(
                 StepEngagement::Clicked => "message_clicked",
                 StepEngagement::Replied => "message_replied",
             };
-            ctx.staged.flush_log(ctx.conn)?;
             ctx.conn
                 .prepare_cached(STEP_ENGAGEMENT_SQL)?
                 .query_row(params![e.id, step_id, kind], |r| r.get(0))?

@@ -388,7 +388,7 @@ pub fn audit_subscription(
         ),
         ..Entry::new("subscription_changed", contact_id)
     }
-    .write(ctx.staged, ctx.now)
+    .write(ctx.conn, ctx.now)
 }
 
 /// Sets one channel's subscription, auditing the change; returns whether it changed.

@@ -189,7 +189,7 @@ pub fn enroll(
         )?
         .execute(params![entry.id, contact_id, version.number, first, ctx.now])?;
     if inserted == 0 {
-        ignored("already_enrolled").write(ctx.staged, ctx.now)?;
+        ignored("already_enrolled").write(ctx.conn, ctx.now)?;
         return Ok(None);
     }
     let id = ctx.conn.last_insert_rowid();
@@ -204,7 +204,7 @@ pub fn enroll(
             ctx.conn
                 .prepare_cached("DELETE FROM enrollments WHERE id = ?1")?
                 .execute([id])?;
-            ignored("already_fired").write(ctx.staged, ctx.now)?;
+            ignored("already_fired").write(ctx.conn, ctx.now)?;
             return Ok(None);
         }
     }
@@ -215,7 +215,7 @@ pub fn enroll(
         detail: Some(json!({"cause": cause})),
         ..Log::new("enrolled", contact_id)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     // The row just inserted, without reading it back.
     let e = Enrollment {
         id,
@@ -247,7 +247,7 @@ pub fn exit(ctx: &Ctx<'_>, e: &Enrollment, reason: &str) -> Result<()> {
         detail: Some(json!({"reason": reason})),
         ..log_for("exited", e)
     }
-    .write(ctx.staged, ctx.now)
+    .write(ctx.conn, ctx.now)
 }
 
 fn complete(ctx: &Ctx<'_>, e: &Enrollment) -> Result<()> {
@@ -257,7 +257,7 @@ fn complete(ctx: &Ctx<'_>, e: &Enrollment) -> Result<()> {
              WHERE id = ?1 AND state = 'active'",
         )?
         .execute(params![e.id, ctx.now])?;
-    log_for("completed", e).write(ctx.staged, ctx.now)
+    log_for("completed", e).write(ctx.conn, ctx.now)
 }
 
 /// Called by the worker when `wake_at` is due.
@@ -346,7 +346,7 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             detail: Some(json!({"type": step.kind.type_id()})),
             ..log_for("step_executed", &e)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
         // Persist position before a step that can cascade: a property change
         // or a list join fires triggers and goals, which read this
         // enrollment. Other steps (messages, tasks, branches, delays, plugin
@@ -405,7 +405,7 @@ fn step_done(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, detail: Option<Value>
         detail: Some(d),
         ..log_for("step_completed", e)
     }
-    .write(ctx.staged, ctx.now)
+    .write(ctx.conn, ctx.now)
 }
 
 fn step_failed(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, reason: &str) -> Result<()> {
@@ -414,7 +414,7 @@ fn step_failed(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, reason: &str) -> Re
         detail: Some(json!({"reason": reason})),
         ..log_for("step_failed", e)
     }
-    .write(ctx.staged, ctx.now)
+    .write(ctx.conn, ctx.now)
 }
 
 /// The idempotency key of the effect of one step of one enrollment.
@@ -612,7 +612,7 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             detail: Some(json!({"reason": reason.as_str(), "fallback_reason": fb_reason.as_str()})),
             ..log_for("step_failed", e)
         }
-        .write(ctx.staged, ctx.now),
+        .write(ctx.conn, ctx.now),
         Sent::Failed(fb_reason) => step_failed(ctx, e, sid, fb_reason),
     }
 }
@@ -640,7 +640,6 @@ pub fn send_fallback(
     let sid = step.id.as_str();
     let key = effect_key(ctx.install_id, e.id, sid);
     let fb_key = fallback_key(&key);
-    ctx.staged.flush(ctx.conn)?;
     let tried: bool = ctx
         .conn
         .prepare_cached(FALLBACK_TRIED_SQL)?
@@ -710,7 +709,7 @@ fn queue_message(
                 )),
                 ..log_for("message_suppressed", e)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             return Ok(Sent::Suppressed(reason));
         }
     };
@@ -741,7 +740,7 @@ fn queue_message(
                 )),
                 ..log_for("message_failed", e)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             return Ok(Sent::Failed(err.reason()));
         }
     };
@@ -795,7 +794,7 @@ fn queue_message(
         detail: fallback_for.map(|p| json!({"fallback_for": p})),
         ..log_for("message_queued", e)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     // Outbound communication touches the record. `contact` was read in this
     // transaction and Last Activity only moves forward: one already at `now`
     // needs no statement at all.
@@ -933,7 +932,7 @@ pub fn migrate(
             detail: Some(json!({"from_version": old_version, "from_step": from})),
             ..log_for("version_migrated", &e)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
         moved += 1;
     }
     Ok(moved)
@@ -1055,7 +1054,7 @@ pub fn finish_custom_step(
                 detail: Some(json!({"reason": reason, "plugin_id": plugin_id})),
                 ..log_for("step_failed", &e)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             if on_failure == OnFailure::Exit {
                 return exit(ctx, &e, "step_failed");
             }

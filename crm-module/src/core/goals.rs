@@ -91,5 +91,5 @@ fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>) -> Result<()> {
         ),
         ..Log::new("goal_reached", &e.contact_id)
     }
-    .write(ctx.staged, ctx.now)
+    .write(ctx.conn, ctx.now)
 }

@@ -76,7 +76,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 detail: Some(json!({"form_id": s.form_id, "submission_id": s.id})),
                 ..Log::new("form_submitted", &c.id)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             let mut signals = vec![Signal::FormSubmitted {
                 form_id: s.form_id.clone(),
             }];
@@ -104,7 +104,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 detail: Some(json!({"review_id": r.id, "source": source})),
                 ..Log::new("review_submitted", &c.id)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             let mut signals = vec![Signal::ReviewSubmitted];
             inbound(ctx, &mut c, &mut signals)?;
             triggers::fire(ctx, &c.id, &signals)?;
@@ -126,7 +126,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 detail: Some(json!({"status": value})),
                 ..Log::new("insurance_verification", &c.id)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             if flipped {
                 triggers::fire(ctx, &c.id, &[Signal::VerificationComplete])?;
             }
@@ -141,7 +141,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             } else {
                 vec![]
             };
-            Log::new("portal_activated", &c.id).write(ctx.staged, ctx.now)?;
+            Log::new("portal_activated", &c.id).write(ctx.conn, ctx.now)?;
             inbound(ctx, &mut c, &mut signals)?;
             triggers::fire(ctx, &c.id, &signals)?;
             Ok(Outcome::Applied)
@@ -152,7 +152,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 detail: Some(json!({"page": page})),
                 ..Log::new("page_visited", &c.id)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             let mut signals = vec![Signal::PageVisited];
             inbound(ctx, &mut c, &mut signals)?;
             triggers::fire(ctx, &c.id, &signals)?;
@@ -285,7 +285,7 @@ fn upsert(
                 contacts::audit_subscription(ctx, &id, ch, "unknown", &v, audit)?;
             }
         }
-        Log::new("contact_created", &id).write(ctx.staged, ctx.now)?;
+        Log::new("contact_created", &id).write(ctx.conn, ctx.now)?;
         let source = c.text("lead_source").map(str::to_string);
         triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;
         return Ok(Outcome::Applied);
@@ -295,7 +295,7 @@ fn upsert(
             detail: Some(json!({"event_id": ev.event_id})),
             ..Log::new("contact_update_stale", &id)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
@@ -313,7 +313,7 @@ fn upsert(
             detail: Some(json!({"properties": changed})),
             ..Log::new("contact_updated", &id)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
     }
     contacts::save(ctx.conn, &c)?;
     let mut signals = signals;
@@ -322,7 +322,7 @@ fn upsert(
             detail: Some(json!({"from": "lead", "to": "patient", "by": "host"})),
             ..Log::new("status_changed", &id)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
     }
     if signals.iter().any(|s| matches!(s, Signal::PropertyChanged { property, new_value } if property == "sms_subscription" && new_value == "unsubscribed")) {
         signals.push(Signal::SmsOptedOut);
@@ -368,7 +368,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
         ),
         ..Log::new(&format!("appointment_{status}") as &str, &c.id)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     let mut signals = Vec::new();
     let inbound_activity = matches!(status, "booked" | "rescheduled" | "completed");
     if status == "booked" {
@@ -380,7 +380,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
                 detail: Some(json!({"from": "lead", "to": "patient", "by": "first_booking"})),
                 ..Log::new("status_changed", &c.id)
             }
-            .write(ctx.staged, ctx.now)?;
+            .write(ctx.conn, ctx.now)?;
             signals.push(Signal::PropertyChanged {
                 property: "status".into(),
                 new_value: json!("patient"),
@@ -398,7 +398,6 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
-    ctx.staged.flush_effects(ctx.conn)?;
     match outbox::by_key(ctx.conn, key)? {
         Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
         _ => Err(Error::not_found(format!("message {key}"))),
@@ -433,7 +432,7 @@ pub fn engagement_from(
         detail: machine.map(|m| json!({"machine": m})),
         ..Log::new(kind, &contact_id)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     if machine.is_some() {
         return Ok(());
     }
@@ -473,10 +472,7 @@ fn sms_received(
     let mut c = contacts::require(ctx.conn, &id)?;
     let replied_to = match in_reply_to {
         Some(k) => Some(message(ctx, k)?),
-        None => {
-            ctx.staged.flush_effects(ctx.conn)?;
-            outbox::last_message(ctx.conn, &id, "sms")?
-        }
+        None => outbox::last_message(ctx.conn, &id, "sms")?,
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());
     // Keywords change consent and are never replies.
@@ -501,7 +497,7 @@ fn sms_received(
             message_key: key.as_deref(),
             ..Log::new(kind, &id)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
         let mut signals = Vec::new();
         if value == "unsubscribed" {
             signals.push(Signal::SmsOptedOut);
@@ -524,7 +520,7 @@ fn sms_received(
             message_key: key.as_deref(),
             ..Log::new("sms_help", &id)
         }
-        .write(ctx.staged, ctx.now)?;
+        .write(ctx.conn, ctx.now)?;
         let text = ctx.settings.help_answer();
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
         return Ok(());
@@ -537,7 +533,7 @@ fn sms_received(
         message_key: key.as_deref(),
         ..Log::new("message_replied", &id)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     let mut signals = vec![Signal::SmsReplied {
         asset_id: replied_to.as_ref().and_then(|r| r.asset_id.clone()),
     }];
@@ -582,7 +578,7 @@ fn receipt(
         detail: Some(detail),
         ..Log::new(kind, &contact_id)
     };
-    log(kind, detail).write(ctx.staged, ctx.now)?;
+    log(kind, detail).write(ctx.conn, ctx.now)?;
     // A hard bounce or a failed delivery is final: the step's channel fallback (if any) goes out.
     let mut failed_for_good = matches!(
         (status, bounce),
@@ -596,11 +592,10 @@ fn receipt(
                     .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
                 contacts::save(ctx.conn, &c)?;
                 log("address_undeliverable", json!({"reason": "hard_bounce"}))
-                    .write(ctx.staged, ctx.now)?;
+                    .write(ctx.conn, ctx.now)?;
             }
         }
         (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
-            ctx.staged.flush_log(ctx.conn)?;
             let soft: i64 = ctx
                 .conn
                 .prepare_cached(SOFT_BOUNCES_SQL)?
@@ -617,7 +612,7 @@ fn receipt(
                     .prepare_cached("UPDATE outbox SET status = 'failed', updated_at = ?2 WHERE idempotency_key = ?1")?
                     .execute(params![key, ctx.now])?;
                 log("message_suppressed", json!({"reason": "soft_bounce_limit"}))
-                    .write(ctx.staged, ctx.now)?;
+                    .write(ctx.conn, ctx.now)?;
                 failed_for_good = true;
             }
         }

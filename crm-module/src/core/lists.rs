@@ -69,7 +69,7 @@ fn change(
         detail: Some(json!({"list_id": list_id, "source": source})),
         ..Log::new(if join { "list_joined" } else { "list_left" }, contact_id)
     }
-    .write(ctx.staged, ctx.now)?;
+    .write(ctx.conn, ctx.now)?;
     contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
     let list_id = list_id.to_string();
     Ok(vec![if join {

@@ -21,7 +21,6 @@ pub mod hits;
 pub mod ingest;
 pub mod lists;
 pub mod log;
-pub mod staged;
 pub mod triggers;
 
 #[cfg(test)]
@@ -53,8 +52,6 @@ pub struct Ctx<'a> {
     pub settings: &'a Resolved,
     /// Prefix of every idempotency key: this database's install id.
     pub install_id: &'a str,
-    /// The request's event-log rows and effects, written at its end.
-    pub staged: &'a staged::Staged,
     /// Effects produced so far.
     pub effects: Vec<Effect>,
     /// Current cascade depth.
@@ -69,7 +66,6 @@ impl<'a> Ctx<'a> {
         catalog: &'a Catalog,
         settings: &'a Resolved,
         install_id: &'a str,
-        staged: &'a staged::Staged,
     ) -> Self {
         Ctx {
             conn,
@@ -77,7 +73,6 @@ impl<'a> Ctx<'a> {
             catalog,
             settings,
             install_id,
-            staged,
             effects: Vec::new(),
             depth: 0,
         }

@@ -84,23 +84,14 @@ impl Sim {
 
     fn in_tx<T>(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let staged = crate::core::staged::Staged::new();
         let (r, effects) = {
-            let mut ctx = Ctx::new(
-                &self.conn,
-                self.now,
-                &self.catalog,
-                &self.settings,
-                "t",
-                &staged,
-            );
+            let mut ctx = Ctx::new(&self.conn, self.now, &self.catalog, &self.settings, "t");
             let r = f(&mut ctx);
             (r, ctx.take_effects())
         };
         match r {
             Ok(v) => {
-                staged.effects(effects.clone(), self.now);
-                staged.flush(&self.conn).unwrap();
+                outbox::write(&self.conn, &effects, self.now).unwrap();
                 self.conn.execute_batch("COMMIT").unwrap();
                 self.effects.extend(effects);
                 self.catalog = Catalog::load(&self.conn).unwrap();

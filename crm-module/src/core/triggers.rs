@@ -82,7 +82,7 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
             detail: Some(json!({"depth": ctx.depth})),
             ..Log::new("cascade_limited", contact_id)
         }
-        .write(ctx.staged, ctx.now);
+        .write(ctx.conn, ctx.now);
     }
     ctx.depth += 1;
     let catalog = ctx.catalog;

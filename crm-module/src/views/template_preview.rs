@@ -222,9 +222,7 @@ fn variables(
     contact: &Contact,
 ) -> BTreeMap<String, String> {
     let catalog = Catalog::default();
-    // Reads only: nothing is staged, and nothing staged would be written.
-    let staged = crate::core::staged::Staged::new();
-    let ctx = crate::core::Ctx::new(conn, now, &catalog, settings, "preview", &staged);
+    let ctx = crate::core::Ctx::new(conn, now, &catalog, settings, "preview");
     compose::variables(&ctx, contact, PREVIEW_UNSUBSCRIBE_URL)
 }
 
