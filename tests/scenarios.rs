@@ -58,15 +58,21 @@ fn contact(i: usize) -> String {
     .to_string()
 }
 
-#[test]
-fn welcome_series_end_to_end_through_the_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = open(&dir);
+/// A module with the welcome series active and a collecting host attached.
+fn welcome_practice(dir: &tempfile::TempDir) -> (Module, Arc<Collect>) {
+    let m = open(dir);
     let host = Arc::new(Collect::default());
     m.set_host(Some(host.clone())).unwrap();
     m.execute(WELCOME).unwrap();
     m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
         .unwrap();
+    (m, host)
+}
+
+#[test]
+fn welcome_series_end_to_end_through_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, host) = welcome_practice(&dir);
     // Monday 09:00 New York: inside the default business-hours window.
     let batch: Vec<Value> = (0..20)
         .map(|i| serde_json::from_str(&contact(i)).unwrap())
@@ -203,12 +209,7 @@ fn bad_input_changes_nothing() {
 #[test]
 fn a_batch_sees_the_log_rows_of_its_own_earlier_events() {
     let dir = tempfile::tempdir().unwrap();
-    let m = open(&dir);
-    let host = Arc::new(Collect::default());
-    m.set_host(Some(host.clone())).unwrap();
-    m.execute(WELCOME).unwrap();
-    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
-        .unwrap();
+    let (m, host) = welcome_practice(&dir);
     m.push(&contact(1)).unwrap();
     m.wait_idle(Duration::from_secs(30)).unwrap();
     let key = host.got.lock().unwrap()[0].0.clone();
