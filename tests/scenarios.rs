@@ -136,7 +136,7 @@ fn bad_input_changes_nothing() {
     m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
         .unwrap();
     // A batch with one bad event is refused whole: no row of it stays,
-    // the event-log rows its good event staged included.
+    // the event-log rows its good event wrote included.
     let rows = rows_in_database(&dir);
     let batch = format!(
         "[{}, {}]",
@@ -160,10 +160,7 @@ fn bad_input_changes_nothing() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(
-        created, 1,
-        "the refused batch's staged log rows were dropped"
-    );
+    assert_eq!(created, 1, "the refused batch's log rows were rolled back");
     for bad in [
         "",
         "{",
@@ -207,7 +204,7 @@ fn bad_input_changes_nothing() {
 /// one batch, are counted one by one; an SMS reply is matched to the text
 /// queued by the batch's earlier event.
 #[test]
-fn a_batch_sees_the_log_rows_of_its_own_earlier_events() {
+fn a_batch_sees_the_log_and_outbox_rows_of_its_earlier_events() {
     let dir = tempfile::tempdir().unwrap();
     let (m, host) = welcome_practice(&dir);
     m.push(&contact(1)).unwrap();

@@ -1058,8 +1058,8 @@ mod tests {
     fn each_failed_scheduled_item_keeps_its_exit_in_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = worker(&dir);
-        // The first two of three due items fail; each is quarantined, and
-        // the second's rollback must not drop the first one's log row.
+        // The first two of three due items fail; each is quarantined and
+        // keeps its exit row through the other's rollback.
         w.faults = vec!["run_item", "run_item"];
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::spawn(move || w.run(rx));
