@@ -2,6 +2,8 @@
 //! settings. Each runs inside the worker's transaction, within a savepoint: an
 //! error changes nothing.
 
+use std::collections::HashSet;
+
 use rusqlite::{OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -557,18 +559,44 @@ fn next_id(ctx: &Ctx<'_>, table: &str, prefix: &str) -> Result<String> {
     }
 }
 
+/// Validates a definition and gives its new steps ids; for a new version of
+/// `saved` (an automation's id), none that an earlier version used.
 fn prepare_definition(
     ctx: &Ctx<'_>,
     mut def: AutomationDefinition,
+    saved: Option<&str>,
 ) -> Result<AutomationDefinition> {
     crate::plugins::admin::check_custom_steps(ctx.conn, &mut def.steps)?;
-    def.validate_and_assign_ids()
+    let retired = match saved {
+        Some(id) => earlier_step_ids(ctx, id)?,
+        None => HashSet::new(),
+    };
+    def.validate_and_assign_ids_avoiding(&retired)
         .map_err(|e| e.at("definition"))?;
     check_message_steps(ctx, &def)?;
     if def.run_window.is_none() {
         def.run_window = Some(ctx.settings.doc.default_run_window.clone());
     }
     Ok(def)
+}
+
+/// The step ids of every saved version of an automation.
+fn earlier_step_ids(ctx: &Ctx<'_>, automation_id: &str) -> Result<HashSet<String>> {
+    let mut stmt = ctx
+        .conn
+        .prepare("SELECT version FROM automation_versions WHERE automation_id = ?1")?;
+    let versions = stmt
+        .query_map([automation_id], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ids = HashSet::new();
+    for v in versions {
+        ids.extend(
+            catalog::load_version(ctx.conn, automation_id, v)?
+                .def
+                .step_ids(),
+        );
+    }
+    Ok(ids)
 }
 
 fn definition_text(def: &AutomationDefinition) -> Result<String> {
@@ -622,7 +650,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 }
                 None => next_id(ctx, "automations", "a")?,
             };
-            let def = prepare_definition(ctx, definition)?;
+            let def = prepare_definition(ctx, definition, None)?;
             let by = staff(&entered_by)?;
             ctx.conn.execute(
                 "INSERT INTO automations (id, name, status, current_version, entered_by, updated_by, created_at, updated_at)
@@ -647,7 +675,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             updated_by,
         } => {
             let row = automation_row(ctx, &id)?;
-            let def = prepare_definition(ctx, definition)?;
+            let def = prepare_definition(ctx, definition, Some(&id))?;
             let by = staff(&updated_by)?;
             let version = row.version + 1;
             ctx.conn.execute(

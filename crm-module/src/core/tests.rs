@@ -521,6 +521,59 @@ fn editing_a_live_automation_migrates_in_flight_contacts() {
 }
 
 #[test]
+fn a_step_added_in_an_edit_never_takes_a_removed_steps_id() {
+    let mut s = Sim::new();
+    // v1: email, delay, email; ids given by the module (s1, s2, s3).
+    let mut v1 = five_steps(false);
+    let mut v1_steps = v1["steps"].as_array().unwrap().clone();
+    v1_steps.truncate(3);
+    for step in &mut v1_steps {
+        step.as_object_mut().unwrap().remove("id");
+    }
+    v1["steps"] = json!(v1_steps);
+    let a = s.automation(v1);
+    s.contact("c1", json!({})); // welcome email (s1) sent, waiting at the delay (s2)
+    assert_eq!(s.messages_to("c1").len(), 1);
+    // v2 drops the welcome email and appends a new email without an id.
+    let mut v2 = five_steps(false);
+    v2["steps"] = json!([
+        {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
+        {"id": "s3", "type": "send_email", "subject": "How to book", "body": "Book now"},
+        {"type": "send_email", "subject": "Last call", "body": "Still time"}
+    ]);
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": v2}))
+        .unwrap();
+    let def: Value = serde_json::from_str(
+        &s.conn
+            .query_row(
+                "SELECT definition FROM automation_versions WHERE automation_id = ?1 AND version = 2",
+                [&a],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let new_id = def["steps"][2]["id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, "s1", "s1 belonged to the removed welcome email");
+    s.advance(3 * DAY);
+    assert_eq!(
+        s.messages_to("c1").len(),
+        3,
+        "the welcome email, then both emails after the delay"
+    );
+    let queued: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE contact_id = 'c1' AND kind = 'message'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, 3, "each message in the outbox under its own key");
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+}
+
+#[test]
 fn delete_exits_active_contacts() {
     let mut s = Sim::new();
     let a = s.automation(five_steps(false));

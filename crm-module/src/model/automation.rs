@@ -766,6 +766,19 @@ impl AutomationDefinition {
     /// Validates the definition and assigns ids to steps that have none
     /// (`s1`, `s2`, … skipping ids in use). Errors name the step by its path.
     pub fn validate_and_assign_ids(&mut self) -> Result<()> {
+        self.validate_and_assign_ids_avoiding(&std::collections::HashSet::new())
+    }
+
+    /// [`validate_and_assign_ids`](Self::validate_and_assign_ids) for a new
+    /// version of a saved automation: a new step never takes an id in
+    /// `retired` (the ids of its earlier versions). A step's id keys its
+    /// effects and its per-step figures, so an id reused for another step
+    /// would let an enrollment's earlier effect swallow the new step's
+    /// message and merge the two steps' performance.
+    pub fn validate_and_assign_ids_avoiding(
+        &mut self,
+        retired: &std::collections::HashSet<String>,
+    ) -> Result<()> {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(Error::invalid("name: must be 1 to 200 characters"));
@@ -792,7 +805,7 @@ impl AutomationDefinition {
             }
         }
         let mut next = 1usize;
-        assign_ids(&mut self.steps, &mut seen, &mut next);
+        assign_ids(&mut self.steps, &mut seen, retired, &mut next);
         let total = seen.len();
         if total > MAX_STEPS {
             return Err(Error::TooLarge(format!("steps: at most {MAX_STEPS} steps")));
@@ -801,6 +814,13 @@ impl AutomationDefinition {
         // Conditions may refer to earlier steps only by known ids.
         let ids: Vec<&str> = seen.iter().map(String::as_str).collect();
         check_condition_refs(&self.steps, &ids)
+    }
+
+    /// The ids of every step on the canvas, branches included.
+    pub fn step_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        collect_ids(&self.steps, &mut ids);
+        ids
     }
 
     /// The run window, falling back to `default`.
@@ -855,18 +875,26 @@ fn collect_ids(steps: &[Step], out: &mut Vec<String>) {
     }
 }
 
-fn assign_ids(steps: &mut [Step], used: &mut std::collections::HashSet<String>, next: &mut usize) {
+fn assign_ids(
+    steps: &mut [Step],
+    used: &mut std::collections::HashSet<String>,
+    retired: &std::collections::HashSet<String>,
+    next: &mut usize,
+) {
     for s in steps {
         if s.id.is_empty() {
-            while used.contains(&format!("s{next}")) {
+            while {
+                let id = format!("s{next}");
+                used.contains(&id) || retired.contains(&id)
+            } {
                 *next += 1;
             }
             s.id = format!("s{next}");
             used.insert(s.id.clone());
         }
         if let Some((yes, no)) = s.kind.paths_mut() {
-            assign_ids(yes, used, next);
-            assign_ids(no, used, next);
+            assign_ids(yes, used, retired, next);
+            assign_ids(no, used, retired, next);
         }
     }
 }
