@@ -355,6 +355,7 @@ pub fn apply_props(
         }
         signals.push(Signal::PropertyChanged {
             property: k.clone(),
+            old_value: old.cloned().unwrap_or(Value::Null),
             new_value: new.cloned().unwrap_or(Value::Null),
         });
     }
@@ -391,24 +392,56 @@ pub fn audit_subscription(
     .write(ctx.conn, ctx.now)
 }
 
-/// Sets one channel's subscription, auditing the change; returns whether it changed.
+/// Sets one channel's subscription, auditing the change; returns the
+/// property change when it changed.
 pub fn set_subscription(
     ctx: &Ctx<'_>,
     c: &mut Contact,
     channel: &str,
     value: &str,
     src: AuditSource<'_>,
-) -> Result<bool> {
+) -> Result<Option<Signal>> {
     let old = c.subscription(channel).to_string();
     if old == value {
-        return Ok(false);
+        return Ok(None);
     }
     audit_subscription(ctx, &c.id, channel, &old, value, src)?;
-    c.props.insert(
-        format!("{channel}_subscription"),
-        Value::String(value.to_string()),
-    );
-    Ok(true)
+    let property = format!("{channel}_subscription");
+    let old_value = c
+        .props
+        .insert(property.clone(), Value::String(value.to_string()))
+        .unwrap_or(Value::Null);
+    Ok(Some(Signal::PropertyChanged {
+        property,
+        old_value,
+        new_value: Value::String(value.to_string()),
+    }))
+}
+
+/// Adds the opt-out signals that subscription changes among `signals`
+/// imply, whichever way they came (the host, a STOP reply, an unsubscribe
+/// link): SMS opt-out when SMS became unsubscribed, and a global opt-out
+/// (SPEC §2.4, it ends every enrollment) when that change leaves both
+/// channels unsubscribed.
+pub fn add_opt_out_signals(c: &Contact, signals: &mut Vec<Signal>) {
+    let unsubscribed = |channel: &str| {
+        signals.iter().any(|s| {
+            matches!(s, Signal::PropertyChanged { property, new_value, .. }
+                if property.strip_suffix("_subscription") == Some(channel) && new_value == "unsubscribed")
+        })
+    };
+    let sms = unsubscribed("sms");
+    let email = unsubscribed("email");
+    if sms && !signals.contains(&Signal::SmsOptedOut) {
+        signals.push(Signal::SmsOptedOut);
+    }
+    if (sms || email)
+        && c.subscription("email") == "unsubscribed"
+        && c.subscription("sms") == "unsubscribed"
+        && !signals.contains(&Signal::GlobalOptOut)
+    {
+        signals.push(Signal::GlobalOptOut);
+    }
 }
 
 impl Contact {

@@ -836,14 +836,6 @@ fn set_property(
         ..effect_base(&key, EffectKind::Property, e, sid)
     });
     step_done(ctx, e, sid, None)?;
-    let mut signals = signals;
-    if matches!(property, SettableProperty::SmsSubscription)
-        && signals
-            .iter()
-            .any(|s| matches!(s, Signal::PropertyChanged { .. }))
-    {
-        signals.push(Signal::SmsOptedOut);
-    }
     triggers::fire(ctx, &e.contact_id, &signals)?;
     match load(ctx.conn, e.id)? {
         Some(fresh) if fresh.state == "active" => Ok(StepOutcome::Next),
@@ -852,14 +844,15 @@ fn set_property(
 }
 
 /// Applies property changes an automation makes (audited as `actor`,
-/// reason `automation`), touches and saves the contact; returns the signals.
+/// reason `automation`), touches and saves the contact; returns the signals,
+/// opt-outs included.
 fn write_props(
     ctx: &mut Ctx<'_>,
     contact: &mut contacts::Contact,
     map: serde_json::Map<String, Value>,
     actor: &str,
 ) -> Result<Vec<Signal>> {
-    let signals = contacts::apply_props(
+    let mut signals = contacts::apply_props(
         ctx,
         contact,
         map,
@@ -870,6 +863,7 @@ fn write_props(
             message_key: None,
         },
     )?;
+    contacts::add_opt_out_signals(contact, &mut signals);
     contacts::touch(contact, ctx.now, false);
     contacts::save(ctx.conn, contact)?;
     Ok(signals)
@@ -1109,14 +1103,6 @@ fn apply_plugin_changes(
             }),
             ..effect_base(&effect_key, EffectKind::Property, e, sid)
         });
-    }
-    let mut signals = signals;
-    if changes.iter().any(|(n, _)| n == "sms_subscription")
-        && signals
-            .iter()
-            .any(|s| matches!(s, Signal::PropertyChanged { .. }))
-    {
-        signals.push(Signal::SmsOptedOut);
     }
     triggers::fire(ctx, &e.contact_id, &signals)?;
     Ok(Ok(()))

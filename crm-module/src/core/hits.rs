@@ -16,10 +16,9 @@
 use rusqlite::{OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::contacts::{self, AuditSource};
-use super::{Ctx, Signal, ingest, triggers};
+use super::{Ctx, ingest, triggers};
 use crate::error::{Error, Result};
 use crate::messaging::compose::key_ring;
 use crate::messaging::tracking::{self, HitResponse, OpenClass, OpenContext, TokenKind};
@@ -134,12 +133,12 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
                 reason: "unsubscribe_link",
                 message_key: Some(&key),
             };
-            if contacts::set_subscription(ctx, &mut c, "email", "unsubscribed", src)? {
+            if let Some(change) =
+                contacts::set_subscription(ctx, &mut c, "email", "unsubscribed", src)?
+            {
                 contacts::save(ctx.conn, &c)?;
-                let signals = [Signal::PropertyChanged {
-                    property: "email_subscription".into(),
-                    new_value: json!("unsubscribed"),
-                }];
+                let mut signals = vec![change];
+                contacts::add_opt_out_signals(&c, &mut signals);
                 triggers::fire(ctx, &contact_id, &signals)?;
             }
             Ok(page(&format!(

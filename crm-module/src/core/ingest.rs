@@ -119,6 +119,7 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             };
             let flipped =
                 c.insurance_verification.as_deref() != Some("verified") && value == "verified";
+            let old_value = json!(c.insurance_verification);
             c.insurance_verification = Some(value.to_string());
             contacts::touch(&mut c, ctx.now, false);
             contacts::save(ctx.conn, &c)?;
@@ -127,9 +128,18 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 ..Log::new("insurance_verification", &c.id)
             }
             .write(ctx.conn, ctx.now)?;
-            if flipped {
-                triggers::fire(ctx, &c.id, &[Signal::VerificationComplete])?;
+            let mut signals = Vec::new();
+            if old_value != value {
+                signals.push(Signal::PropertyChanged {
+                    property: "insurance_verification".into(),
+                    old_value,
+                    new_value: json!(value),
+                });
             }
+            if flipped {
+                signals.push(Signal::VerificationComplete);
+            }
+            triggers::fire(ctx, &c.id, &signals)?;
             Ok(Outcome::Applied)
         }
         EventBody::PortalActivated { contact_id } => {
@@ -137,7 +147,14 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             let first = !c.portal_active;
             c.portal_active = true;
             let mut signals = if first {
-                vec![Signal::PortalActivated]
+                vec![
+                    Signal::PropertyChanged {
+                        property: "portal_active".into(),
+                        old_value: json!(false),
+                        new_value: json!(true),
+                    },
+                    Signal::PortalActivated,
+                ]
             } else {
                 vec![]
             };
@@ -208,17 +225,19 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 OptOutChannel::All => &["email", "sms"],
             };
             for ch in channels {
-                if contacts::set_subscription(ctx, &mut c, ch, "unsubscribed", src)? {
-                    signals.push(Signal::PropertyChanged {
-                        property: format!("{ch}_subscription"),
-                        new_value: json!("unsubscribed"),
-                    });
-                }
+                signals.extend(contacts::set_subscription(
+                    ctx,
+                    &mut c,
+                    ch,
+                    "unsubscribed",
+                    src,
+                )?);
             }
-            if *channel == OptOutChannel::Sms {
+            contacts::add_opt_out_signals(&c, &mut signals);
+            if *channel == OptOutChannel::Sms && !signals.contains(&Signal::SmsOptedOut) {
                 signals.push(Signal::SmsOptedOut);
             }
-            if *channel == OptOutChannel::All {
+            if *channel == OptOutChannel::All && !signals.contains(&Signal::GlobalOptOut) {
                 signals.push(Signal::GlobalOptOut);
             }
             contacts::touch(&mut c, ctx.now, false);
@@ -324,14 +343,7 @@ fn upsert(
         }
         .write(ctx.conn, ctx.now)?;
     }
-    if signals.iter().any(|s| matches!(s, Signal::PropertyChanged { property, new_value } if property == "sms_subscription" && new_value == "unsubscribed")) {
-        signals.push(Signal::SmsOptedOut);
-    }
-    if c.subscription("email") == "unsubscribed" && c.subscription("sms") == "unsubscribed"
-        && signals.iter().any(|s| matches!(s, Signal::PropertyChanged { property, .. } if property.ends_with("_subscription")))
-    {
-        signals.push(Signal::GlobalOptOut);
-    }
+    contacts::add_opt_out_signals(&c, &mut signals);
     triggers::fire(ctx, &id, &signals)?;
     Ok(Outcome::Applied)
 }
@@ -383,6 +395,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
             .write(ctx.conn, ctx.now)?;
             signals.push(Signal::PropertyChanged {
                 property: "status".into(),
+                old_value: json!("lead"),
                 new_value: json!("patient"),
             });
             signals.push(Signal::BecamePatient);
@@ -489,7 +502,7 @@ fn sms_received(
             reason,
             message_key: key.as_deref(),
         };
-        let changed = contacts::set_subscription(ctx, &mut c, "sms", value, src)?;
+        let change = contacts::set_subscription(ctx, &mut c, "sms", value, src)?;
         contacts::touch(&mut c, ctx.now, false);
         contacts::save(ctx.conn, &c)?;
         Log {
@@ -498,16 +511,13 @@ fn sms_received(
             ..Log::new(kind, &id)
         }
         .write(ctx.conn, ctx.now)?;
-        let mut signals = Vec::new();
+        // STOP from a contact already unsubscribed still ends their
+        // enrollments that stop on an SMS opt-out.
+        let mut signals: Vec<Signal> = change.into_iter().collect();
         if value == "unsubscribed" {
             signals.push(Signal::SmsOptedOut);
         }
-        if changed {
-            signals.push(Signal::PropertyChanged {
-                property: "sms_subscription".into(),
-                new_value: json!(value),
-            });
-        }
+        contacts::add_opt_out_signals(&c, &mut signals);
         if value == "unsubscribed" {
             let text = ctx.settings.stop_confirmation();
             compliance_sms(ctx, event_id, &c, &text, "stop_confirmation");

@@ -119,6 +119,8 @@ pub enum Signal {
     PropertyChanged {
         /// The property.
         property: String,
+        /// Its value before (`null` when it had none).
+        old_value: Value,
         /// Its new value (`null` when cleared).
         new_value: Value,
     },

@@ -114,6 +114,26 @@ impl Sim {
         self.in_tx(|ctx| ingest::apply(ctx, &ev))
     }
 
+    /// A POST on a tracking URL the module composed (the one-click
+    /// unsubscribe of RFC 8058, or a click).
+    pub fn post(&mut self, url: &str) -> Result<crate::messaging::tracking::HitResponse> {
+        let base = self
+            .settings
+            .doc
+            .tracking
+            .base_url
+            .clone()
+            .unwrap_or_default();
+        let path = url.strip_prefix(base.as_str()).unwrap_or(url).to_string();
+        let hit = super::hits::Hit {
+            method: "POST".into(),
+            path,
+            user_agent: None,
+            ip_class: None,
+        };
+        self.in_tx(|ctx| super::hits::handle(ctx, &hit))
+    }
+
     /// Runs a command.
     pub fn cmd(&mut self, v: Value) -> Result<Value> {
         let c: Command = crate::error::from_value(v)?;

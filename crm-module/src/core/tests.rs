@@ -358,6 +358,118 @@ fn sms_stop_is_an_opt_out_not_a_reply() {
 }
 
 #[test]
+fn a_change_to_a_value_fires_only_when_the_value_is_new() {
+    let mut s = Sim::new();
+    let vip = s.automation(json!({"name": "Tagged VIP", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "tags", "new_value": "vip"}, "steps": []}));
+    s.contact("c1", json!({"tags": ["vip"]}));
+    // Another tag comes: vip was there before.
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["vip", "newsletter"]}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&vip)), 0, "vip was already a tag");
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["newsletter"]}}))
+        .unwrap();
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["newsletter", "vip"]}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&vip)), 1, "vip came back");
+}
+
+#[test]
+fn derived_properties_fire_property_changed_or_are_refused() {
+    let mut s = Sim::new();
+    let verified = s.automation(json!({"name": "Verified", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "insurance_verification", "new_value": "verified"}, "steps": []}));
+    let any = s.automation(json!({"name": "Verification moved", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "insurance_verification"}, "steps": []}));
+    let portal = s.automation(json!({"name": "Portal", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "portal_active", "new_value": true}, "steps": []}));
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "insurance.verification", "contact_id": "c1", "status": "pending"}))
+        .unwrap();
+    s.push(json!({"type": "insurance.verification", "contact_id": "c1", "status": "verified"}))
+        .unwrap();
+    s.push(json!({"type": "insurance.verification", "contact_id": "c1", "status": "verified"}))
+        .unwrap();
+    s.push(json!({"type": "portal.activated", "contact_id": "c1"}))
+        .unwrap();
+    s.push(json!({"type": "portal.activated", "contact_id": "c1"}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&verified)), 1);
+    assert_eq!(s.count("enrolled", Some(&any)), 2, "pending, then verified");
+    assert_eq!(s.count("enrolled", Some(&portal)), 1);
+    for property in ["last_activity", "created_at", "age"] {
+        let err = s
+            .cmd(
+                json!({"command": "automation.create", "definition": {"name": "Derived",
+                "trigger": {"type": "property_changed", "property": property}, "steps": []}}),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Invalid, "{property}");
+    }
+}
+
+#[test]
+fn every_way_to_the_last_open_channel_is_a_global_opt_out() {
+    let mut s = Sim::new();
+    // Toggles off: only a global opt-out (both channels closed) ends these.
+    let drip = || {
+        json!({"name": "Drip", "run_window": {"mode": "any_time"}, "unenrollment": {"email_reply": false, "sms_opt_out": false},
+            "trigger": {"type": "contact_created"}, "steps": [{"type": "delay", "amount": 30, "unit": "days"}]})
+    };
+    let a = s.automation(drip());
+    for c in ["stop", "host_sms", "link"] {
+        s.contact(c, json!({}));
+    }
+    s.contact("open", json!({}));
+    for c in ["stop", "host_sms"] {
+        s.push(json!({"type": "contact.opted_out", "contact_id": c, "channel": "email"}))
+            .unwrap();
+    }
+    s.push(json!({"type": "contact.opted_out", "contact_id": "link", "channel": "sms"}))
+        .unwrap();
+    s.push(json!({"type": "contact.opted_out", "contact_id": "open", "channel": "sms"}))
+        .unwrap();
+    for c in ["stop", "host_sms", "link", "open"] {
+        assert_eq!(
+            s.enrollment(&a, c).0,
+            "active",
+            "{c}: one channel is still open"
+        );
+    }
+    s.push(json!({"type": "sms.received", "contact_id": "stop", "body": "STOP"}))
+        .unwrap();
+    s.push(json!({"type": "contact.opted_out", "contact_id": "host_sms", "channel": "sms"}))
+        .unwrap();
+    let mailer = s.automation(json!({"name": "Mailer", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "send_email", "subject": "News", "body": "Hi"}]}));
+    s.push(json!({"type": "form.submitted", "submission": {"id": "f1", "form_id": "x", "form_name": "X", "contact_id": "link"}}))
+        .unwrap();
+    let sent = s
+        .messages_to("link")
+        .into_iter()
+        .find(|m| m.automation_id.as_deref() == Some(mailer.as_str()))
+        .expect("the mailer's email")
+        .clone();
+    let url = sent.payload["rendered"]["unsubscribe_url"]
+        .as_str()
+        .expect("an unsubscribe url")
+        .to_string();
+    s.post(&url).unwrap();
+    for c in ["stop", "host_sms", "link"] {
+        assert_eq!(
+            s.enrollment(&a, c).1.as_deref(),
+            Some("global_opt_out"),
+            "{c}: the last channel closed"
+        );
+    }
+    assert_eq!(s.enrollment(&a, "open").0, "active");
+}
+
+#[test]
 fn global_opt_out_and_email_reply_exit() {
     let mut s = Sim::new();
     let a = s.automation(json!({"name": "Drip", "run_window": {"mode": "any_time"}, "unenrollment": {"email_reply": true, "sms_opt_out": false},

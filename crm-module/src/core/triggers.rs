@@ -40,9 +40,18 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
             },
             Signal::PropertyChanged {
                 property: p,
+                old_value,
                 new_value: v,
             },
-        ) => property == p && new_value.as_ref().is_none_or(|want| value_matches(v, want)),
+        ) => {
+            // A change *to* a value: it holds now and did not before (a list
+            // property such as tags comes to contain it; a staff member
+            // renamed is not a change to them).
+            property == p
+                && new_value
+                    .as_ref()
+                    .is_none_or(|want| value_matches(v, want) && !value_matches(old_value, want))
+        }
         (
             Trigger::EmailEngagement {
                 engagement,

@@ -849,6 +849,11 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
                 ("tags", Some(v)) if !v.is_string() => {
                     Err(loc(Error::invalid("new_value: a tag (string) for tags")))
                 }
+                // Computed on every touch or from the date: no change to
+                // react to (Inactive for N days and Birthday cover them).
+                ("last_activity" | "created_at" | "age", _) => Err(loc(Error::invalid(format!(
+                    "property: {property} is computed by the module; it cannot trigger an automation"
+                )))),
                 ("tags", _) | (_, None) => Ok(()),
                 (p, Some(_)) if crate::model::contact::DERIVED_PROPERTIES.contains(&p) => Ok(()),
                 (p, Some(v)) => normalize_property(p, v.clone()).map(|_| ()).map_err(loc),
