@@ -329,7 +329,11 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             e.step_started_at = None;
             continue;
         }
-        let open_at = if goes_by_sms(ctx, &e.contact_id, &step.kind)? {
+        // A delay starts counting at once: the run window applies to the
+        // step after it (SPEC §2.3), not to the wait itself.
+        let open_at = if matches!(step.kind, StepKind::Delay { .. }) {
+            ctx.now
+        } else if goes_by_sms(ctx, &e.contact_id, &step.kind)? {
             sms_open_at(ctx, &window, &e.contact_id)?
         } else {
             window

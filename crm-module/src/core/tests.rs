@@ -550,6 +550,22 @@ fn run_window_defers_to_next_open_minute_across_dst() {
 }
 
 #[test]
+fn a_delay_counts_from_when_it_is_reached_even_outside_the_window() {
+    let mut s = Sim::new();
+    // Mon-Fri 09:00-17:00 New York (the default window).
+    let a = s.automation(json!({"name": "Nudge", "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 2, "unit": "days"}, {"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]}));
+    // Friday 2026-03-13 20:00 EDT = Saturday 00:00Z: the delay ends Sunday
+    // 20:00 EDT; the email waits for Monday 09:00 EDT (13:00Z), not for
+    // two days after the window opens (Wednesday).
+    s.now = parse_rfc3339("2026-03-14T00:00:00Z").unwrap();
+    s.contact("c1", json!({}));
+    s.advance(6 * DAY);
+    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    assert_eq!(at, parse_rfc3339("2026-03-16T13:00:00Z").unwrap());
+}
+
+#[test]
 fn paused_automation_holds_then_resumes_and_does_not_enroll() {
     let mut s = Sim::new();
     let a = s.automation(five_steps(false));
