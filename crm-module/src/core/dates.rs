@@ -1,6 +1,12 @@
 //! Date-based triggers (Birthday, Inactive for N days): evaluated once per
 //! practice-local day, at the start of the automation's run window.
 //!
+//! Birthday covers every practice-local day since the previous evaluation:
+//! the days the run window is closed (a Saturday birthday with a Monday to
+//! Friday window fires on Monday, its steps waiting for the window like
+//! any step) and the days a host on the system clock was down (at most a
+//! week back). Days before activation are not covered.
+//!
 //! Inactive for N enrolls every contact whose Last Activity is at least N
 //! days old and who has not fired for this dormancy period yet (the period
 //! is identified by the Last Activity it started from), so new activity and
@@ -28,32 +34,73 @@ pub fn next_evaluation(window: &RunWindow, now: Millis, tz: chrono_tz::Tz) -> Op
     })
 }
 
-/// Evaluates a date-based trigger at `ctx.now`; returns how many contacts enrolled.
-pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry) -> Result<usize> {
-    let today = local_date(ctx.now, ctx.settings.tz);
+/// How far back a late evaluation catches up on birthdays.
+const CATCH_UP_DAYS: u64 = 7;
+
+/// The practice-local days an evaluation due at `due` and run at `now`
+/// covers: from the day after the previous day the window opened (or the
+/// day after activation, whichever is later; never after `due`'s own day,
+/// never more than [`CATCH_UP_DAYS`] back) to `now`'s day.
+pub fn days_covered(
+    window: &RunWindow,
+    due: Millis,
+    now: Millis,
+    activated_at: Option<Millis>,
+    tz: chrono_tz::Tz,
+) -> Vec<NaiveDate> {
+    let today = local_date(now, tz);
+    let due_day = local_date(due, tz).min(today);
+    let mut first = due_day;
+    for back in 1..=CATCH_UP_DAYS {
+        let Some(day) = due_day.checked_sub_days(chrono::Days::new(back)) else {
+            break;
+        };
+        if window.day_start(day, tz).is_some() {
+            break;
+        }
+        first = day;
+    }
+    if let Some(after) = activated_at.and_then(|a| local_date(a, tz).succ_opt()) {
+        first = first.max(after).min(due_day);
+    }
+    if let Some(limit) = today.checked_sub_days(chrono::Days::new(CATCH_UP_DAYS)) {
+        first = first.max(limit);
+    }
+    first.iter_days().take_while(|d| *d <= today).collect()
+}
+
+/// Evaluates a date-based trigger at `ctx.now` (the evaluation was due at
+/// `due`); returns how many contacts enrolled.
+pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> {
     let mut enrolled = 0;
     match &entry.current.def.trigger {
         Trigger::Birthday { offset } => {
-            let mds = birthday_month_days_firing(*offset, today);
-            let mut candidates: Vec<(String, String)> = Vec::new();
+            let window = entry
+                .current
+                .def
+                .window(&ctx.settings.doc.default_run_window);
+            let days = days_covered(window, due, ctx.now, entry.activated_at, ctx.settings.tz);
+            let mut candidates: Vec<(String, String, NaiveDate)> = Vec::new();
             {
                 let mut stmt = ctx.conn.prepare_cached(
                     "SELECT id, dob FROM contacts WHERE dob IS NOT NULL AND substr(dob, 6, 5) = ?1 ORDER BY id",
                 )?;
-                for md in &mds {
-                    let rows = stmt.query_map([md], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })?;
-                    for row in rows {
-                        candidates.push(row?);
+                for day in days {
+                    for md in birthday_month_days_firing(*offset, day) {
+                        let rows = stmt.query_map([md], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, day))
+                        })?;
+                        for row in rows {
+                            candidates.push(row?);
+                        }
                     }
                 }
             }
-            for (id, dob) in candidates {
+            for (id, dob, day) in candidates {
                 let Ok(dob) = NaiveDate::parse_from_str(&dob, "%Y-%m-%d") else {
                     continue;
                 };
-                if let Some(year) = birthday_fires_on(dob, *offset, today) {
+                if let Some(year) = birthday_fires_on(dob, *offset, day) {
                     let mark = format!("birthday:{year}");
                     if enrollment::enroll(ctx, entry, &id, Some(&mark), "birthday")?.is_some() {
                         enrolled += 1;
@@ -86,4 +133,112 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry) -> Result<usize> {
         _ => {}
     }
     Ok(enrolled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::parse_rfc3339;
+
+    fn days(window: &RunWindow, due: &str, now: &str, activated: Option<&str>) -> Vec<String> {
+        let at = |s: &str| parse_rfc3339(s).unwrap();
+        days_covered(
+            window,
+            at(due),
+            at(now),
+            activated.map(at),
+            chrono_tz::America::New_York,
+        )
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn an_evaluation_covers_the_closed_days_before_it() {
+        let office = RunWindow::business_hours();
+        // Monday 2026-01-12 09:00 EST: the weekend, then Monday.
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-12T14:00:00Z",
+                "2026-01-12T14:00:00Z",
+                Some("2026-01-01T12:00:00Z")
+            ),
+            ["2026-01-10", "2026-01-11", "2026-01-12"]
+        );
+        // Tuesday: Tuesday only.
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-13T14:00:00Z",
+                "2026-01-13T14:00:00Z",
+                None
+            ),
+            ["2026-01-13"]
+        );
+        // Any time: every day is its own evaluation.
+        assert_eq!(
+            days(
+                &RunWindow::AnyTime,
+                "2026-01-12T05:00:00Z",
+                "2026-01-12T05:00:00Z",
+                None
+            ),
+            ["2026-01-12"]
+        );
+    }
+
+    #[test]
+    fn a_late_evaluation_catches_up_from_its_due_day_but_not_before_activation() {
+        let office = RunWindow::business_hours();
+        // Due Monday, run Thursday (a host on the system clock was down).
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-12T14:00:00Z",
+                "2026-01-15T15:00:00Z",
+                None
+            ),
+            [
+                "2026-01-10",
+                "2026-01-11",
+                "2026-01-12",
+                "2026-01-13",
+                "2026-01-14",
+                "2026-01-15"
+            ]
+        );
+        // Activated on Sunday: Saturday's birthdays are not back-filled.
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-12T14:00:00Z",
+                "2026-01-12T14:00:00Z",
+                Some("2026-01-11T15:00:00Z")
+            ),
+            ["2026-01-12"]
+        );
+        // Activated on Monday before the window opened: Monday still counts.
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-12T14:00:00Z",
+                "2026-01-12T14:00:00Z",
+                Some("2026-01-12T12:00:00Z")
+            ),
+            ["2026-01-12"]
+        );
+        // Down for a month: a week back at most.
+        assert_eq!(
+            days(
+                &office,
+                "2026-01-12T14:00:00Z",
+                "2026-02-12T15:00:00Z",
+                None
+            )
+            .len(),
+            8
+        );
+    }
 }

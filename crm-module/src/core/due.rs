@@ -81,7 +81,7 @@ pub fn run(ctx: &mut Ctx<'_>, item: &Item) -> Result<usize> {
     let catalog = ctx.catalog;
     let (n, next) = match catalog.get(aid) {
         Some(entry) => {
-            let n = dates::evaluate(ctx, entry)?;
+            let n = dates::evaluate(ctx, entry, item.due)?;
             let window = entry
                 .current
                 .def

@@ -507,6 +507,28 @@ fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
 }
 
 #[test]
+fn a_birthday_on_a_closed_day_fires_at_the_next_evaluation() {
+    let mut s = Sim::new();
+    // The default window, Monday to Friday; 2026-01-10 is a Saturday.
+    let a = s.automation(
+        json!({"name": "Birthday", "trigger": {"type": "birthday", "offset": "on_the_day"},
+        "steps": [{"type": "send_email", "subject": "Happy birthday", "body": "b"}]}),
+    );
+    s.contact("sat", json!({"dob": "1990-01-10"}));
+    s.contact("tue", json!({"dob": "1985-01-13"}));
+    s.advance(9 * DAY);
+    let dates: Vec<(String, String)> = s.conn.prepare("SELECT contact_id, date(at/1000, 'unixepoch', '-5 hours') FROM events WHERE kind='enrolled' AND automation_id=?1 ORDER BY at").unwrap()
+        .query_map([&a], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(
+        dates,
+        vec![
+            ("sat".to_string(), "2026-01-12".to_string()),
+            ("tue".to_string(), "2026-01-13".to_string()),
+        ]
+    );
+}
+
+#[test]
 fn inactive_for_n_fires_once_per_dormancy_period_without_backfill() {
     let mut s = Sim::new();
     s.contact("old", json!({}));
