@@ -920,6 +920,11 @@ pub fn migrate(
             e.phase = Phase::Ready;
             e.step_started_at = None;
             e.wake_at = Some(ctx.now);
+        } else if e.phase == Phase::Ready && e.wake_at.is_some_and(|w| w > ctx.now) {
+            // Held for the run window (or the recipient's sending hours):
+            // the new version's window decides again, at once, so widening
+            // the window releases it and narrowing it holds it longer.
+            e.wake_at = Some(ctx.now);
         }
         e.step_id = to.clone();
         let old_version = e.version;

@@ -588,6 +588,26 @@ fn a_delay_counts_from_when_it_is_reached_even_outside_the_window() {
 }
 
 #[test]
+fn widening_the_window_releases_contacts_held_for_it() {
+    let mut s = Sim::new();
+    let office = || {
+        json!({"name": "Office hours", "trigger": {"type": "contact_created"},
+            "steps": [{"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]})
+    };
+    let a = s.automation(office());
+    // Saturday 2026-01-10 15:00Z: held until Monday 09:00.
+    s.now = parse_rfc3339("2026-01-10T15:00:00Z").unwrap();
+    s.contact("c1", json!({}));
+    assert_eq!(s.messages_to("c1").len(), 0, "held for the window");
+    let mut any_time = office();
+    any_time["run_window"] = json!({"mode": "any_time"});
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": any_time}))
+        .unwrap();
+    s.advance(MINUTE);
+    assert_eq!(s.messages_to("c1").len(), 1, "runs now, not on Monday");
+}
+
+#[test]
 fn paused_automation_holds_then_resumes_and_does_not_enroll() {
     let mut s = Sim::new();
     let a = s.automation(five_steps(false));
