@@ -1,6 +1,6 @@
 //! Applying one pushed event to the state (SPEC §1, issue 2 §3).
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::contacts::{self, AuditSource, Contact};
@@ -351,11 +351,12 @@ fn upsert(
 fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result<()> {
     let mut c = contacts::require(ctx.conn, &a.contact_id)?;
     let starts: Option<Millis> = a.starts_at.as_deref().and_then(|s| parse_rfc3339(s).ok());
-    let owner: Option<String> = ctx
+    let stored: Option<(String, String)> = ctx
         .conn
-        .prepare_cached("SELECT contact_id FROM appointments WHERE id = ?1")?
-        .query_row([&a.id], |r| r.get(0))
-        .ok();
+        .prepare_cached("SELECT contact_id, status FROM appointments WHERE id = ?1")?
+        .query_row([&a.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (owner, was) = stored.unzip();
     if owner.as_deref().is_some_and(|o| o != c.id) {
         return Err(Error::Conflict(format!(
             "appointment {} belongs to another contact",
@@ -382,8 +383,12 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     }
     .write(ctx.conn, ctx.now)?;
     let mut signals = Vec::new();
-    let inbound_activity = matches!(status, "booked" | "rescheduled" | "completed");
-    if status == "booked" {
+    // The host sending a booked appointment again (a re-sync, under a new
+    // event id) books nothing: no trigger, no Rebook goal, no new activity.
+    // Booked again after a cancellation or a no-show is a new booking.
+    let resent = status == "booked" && matches!(was.as_deref(), Some("booked" | "rescheduled"));
+    let inbound_activity = matches!(status, "booked" | "rescheduled" | "completed") && !resent;
+    if status == "booked" && !resent {
         let was_patient = c.status() == "patient";
         signals.push(Signal::AppointmentBooked { was_patient });
         if !was_patient {

@@ -900,7 +900,11 @@ fn each_goal_fires_on_its_own_event_only() {
 
 /// Events that must not satisfy `goal` (none of them is its own event).
 fn cases_other(goal: &str) -> Vec<(&'static str, Value)> {
-    let mut v = vec![];
+    // The host re-sending ap1, booked before enrolling, under a new event id.
+    let mut v = vec![(
+        "ap1 booked again",
+        json!({"type": "appointment.booked", "appointment": {"id": "ap1", "contact_id": "c1"}}),
+    )];
     if goal != "verification_complete" {
         v.push((
             "verification_pending",
