@@ -1626,9 +1626,13 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
             property,
             new_value,
         } => {
+            // The host's facts the module mirrors change too; the properties
+            // it computes (Last Activity, created, age) do not fire.
             let options = KNOWN_PROPERTIES
                 .iter()
-                .map(|(n, _)| opt(json!(n), &property_label(n)))
+                .map(|(n, _)| *n)
+                .chain(["insurance_verification", "portal_active"])
+                .map(|n| opt(json!(n), &property_label(n)))
                 .collect();
             fields.push(
                 Field::new("property", "Property", FieldKind::Select, json!(property))
@@ -1736,6 +1740,11 @@ fn value_choices(property: &str) -> Option<Vec<FieldOption>> {
                 .map(|s| opt(json!(s), &source_label(s)))
                 .collect(),
         ),
+        "insurance_verification" => Some(vec![
+            opt(json!("pending"), "Pending"),
+            opt(json!("verified"), "Verified"),
+            opt(json!("failed"), "Failed"),
+        ]),
         "marketing_only" | "recall_scheduled" | "portal_active" => {
             Some(vec![opt(json!(true), "Yes"), opt(json!(false), "No")])
         }
@@ -2435,7 +2444,7 @@ mod tests {
             (
                 json!({"type": "property_changed", "property": "status", "new_value": "patient"}),
                 "Property",
-                20,
+                22,
             ),
         ];
         for (i, (trigger, label, n_options)) in cases.into_iter().enumerate() {
@@ -2456,6 +2465,20 @@ mod tests {
                 n_options,
                 "{trigger}"
             );
+            if label == "Property" {
+                let values: Vec<&Value> = f["options"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| &o["value"])
+                    .collect();
+                assert!(values.contains(&&json!("insurance_verification")));
+                assert!(values.contains(&&json!("portal_active")));
+                assert!(
+                    !values.contains(&&json!("last_activity")),
+                    "computed: cannot fire"
+                );
+            }
             if label == "Days" {
                 assert_eq!(f["value"], 90);
                 assert_eq!(
