@@ -180,6 +180,30 @@ pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
         .optional()?)
 }
 
+/// Every contact with this phone number (a family phone is shared), oldest
+/// first.
+pub fn all_by_phone(conn: &Connection, phone: &str) -> Result<Vec<String>> {
+    let Some(key) = phone_key(phone) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM contacts WHERE phone_key = ?1 ORDER BY created_at, id")?;
+    let ids = stmt
+        .query_map([key], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+/// Every contact with this email address, oldest first.
+pub fn all_by_email(conn: &Connection, email: &str) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM contacts WHERE email = ?1 ORDER BY created_at, id")?;
+    let ids = stmt
+        .query_map([email], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
 /// Moves Last Activity forward without rewriting the record. A contact
 /// already touched at `now` (the event that runs the step touched it) is
 /// not written at all: the row and its `last_activity` index entry stay

@@ -127,19 +127,32 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
                     "Unsubscribe from {practice} emails? Confirm with the button below (POST to this address)."
                 )));
             }
-            let mut c = contacts::require(ctx.conn, &contact_id)?;
-            let src = AuditSource {
-                actor: "contact",
-                reason: "unsubscribe_link",
-                message_key: Some(&key),
-            };
-            if let Some(change) =
-                contacts::set_subscription(ctx, &mut c, "email", "unsubscribed", src)?
-            {
-                contacts::save(ctx.conn, &c)?;
-                let mut signals = vec![change];
-                contacts::add_opt_out_signals(&c, &mut signals);
-                triggers::fire(ctx, &contact_id, &signals)?;
+            // The address unsubscribes: every contact who has it (a family
+            // address is shared), the message's own contact first.
+            let c = contacts::require(ctx.conn, &contact_id)?;
+            let mut ids = vec![contact_id.clone()];
+            if let Some(email) = c.text("email") {
+                ids.extend(
+                    contacts::all_by_email(ctx.conn, email)?
+                        .into_iter()
+                        .filter(|i| *i != contact_id),
+                );
+            }
+            for id in ids {
+                let mut c = contacts::require(ctx.conn, &id)?;
+                let src = AuditSource {
+                    actor: "contact",
+                    reason: "unsubscribe_link",
+                    message_key: Some(&key),
+                };
+                if let Some(change) =
+                    contacts::set_subscription(ctx, &mut c, "email", "unsubscribed", src)?
+                {
+                    contacts::save(ctx.conn, &c)?;
+                    let mut signals = vec![change];
+                    contacts::add_opt_out_signals(&c, &mut signals);
+                    triggers::fire(ctx, &id, &signals)?;
+                }
             }
             Ok(page(&format!(
                 "You are unsubscribed from {practice} emails."

@@ -494,39 +494,27 @@ fn sms_received(
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());
     // Keywords change consent and are never replies.
-    let keyword = if ctx.settings.is_opt_out(body) {
-        Some(("unsubscribed", "stop_reply", "sms_opt_out"))
-    } else if ctx.settings.is_opt_in(body) {
-        Some(("subscribed", "start_reply", "sms_opt_in"))
-    } else {
-        None
-    };
-    if let Some((value, reason, kind)) = keyword {
+    if ctx.settings.is_opt_out(body) {
+        return sms_stop(ctx, event_id, c, from, key.as_deref());
+    }
+    // An opt-in keyword restores a number that said STOP. From anyone else
+    // it is an answer ("Reply YES to confirm"), never marketing consent.
+    if ctx.settings.is_opt_in(body) && c.subscription("sms") == "unsubscribed" {
         let src = AuditSource {
             actor: "contact",
-            reason,
+            reason: "start_reply",
             message_key: key.as_deref(),
         };
-        let change = contacts::set_subscription(ctx, &mut c, "sms", value, src)?;
+        let change = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)?;
         contacts::touch(&mut c, ctx.now, false);
         contacts::save(ctx.conn, &c)?;
         Log {
             channel: Some("sms"),
             message_key: key.as_deref(),
-            ..Log::new(kind, &id)
+            ..Log::new("sms_opt_in", &id)
         }
         .write(ctx.conn, ctx.now)?;
-        // STOP from a contact already unsubscribed still ends their
-        // enrollments that stop on an SMS opt-out.
-        let mut signals: Vec<Signal> = change.into_iter().collect();
-        if value == "unsubscribed" {
-            signals.push(Signal::SmsOptedOut);
-        }
-        contacts::add_opt_out_signals(&c, &mut signals);
-        if value == "unsubscribed" {
-            let text = ctx.settings.stop_confirmation();
-            compliance_sms(ctx, event_id, &c, &text, "stop_confirmation");
-        }
+        let signals: Vec<Signal> = change.into_iter().collect();
         return triggers::fire(ctx, &id, &signals);
     }
     if ctx.settings.is_help(body) {
@@ -676,6 +664,65 @@ fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Re
 
 /// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):
 /// no marketing content, keyed by the inbound event so it is sent once.
+/// A STOP-type keyword: the number says stop, so every contact who has it
+/// (a family phone) is unsubscribed from SMS, and the sender gets one
+/// confirmation, the first time only. Contacts already unsubscribed still
+/// leave the automations that end on an SMS opt-out.
+fn sms_stop(
+    ctx: &mut Ctx<'_>,
+    event_id: &str,
+    sender: Contact,
+    from: Option<&str>,
+    key: Option<&str>,
+) -> Result<()> {
+    let number = from.or(sender.text("phone")).map(str::to_string);
+    let mut ids = match &number {
+        Some(n) => contacts::all_by_phone(ctx.conn, n)?,
+        None => Vec::new(),
+    };
+    ids.retain(|i| *i != sender.id);
+    let mut changed_any = false;
+    let mut confirm_to = None;
+    for (i, id) in std::iter::once(sender.id.clone()).chain(ids).enumerate() {
+        let mut c = if i == 0 {
+            sender.clone()
+        } else {
+            contacts::require(ctx.conn, &id)?
+        };
+        let src = AuditSource {
+            actor: "contact",
+            reason: "stop_reply",
+            message_key: key,
+        };
+        let change = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
+        contacts::touch(&mut c, ctx.now, false);
+        contacts::save(ctx.conn, &c)?;
+        // One opt-out per person in the figures: a second STOP changes
+        // nothing and is not counted again.
+        if change.is_some() {
+            changed_any = true;
+            Log {
+                channel: Some("sms"),
+                message_key: key,
+                ..Log::new("sms_opt_out", &id)
+            }
+            .write(ctx.conn, ctx.now)?;
+        }
+        let mut signals: Vec<Signal> = change.into_iter().collect();
+        signals.push(Signal::SmsOptedOut);
+        contacts::add_opt_out_signals(&c, &mut signals);
+        triggers::fire(ctx, &id, &signals)?;
+        if i == 0 {
+            confirm_to = Some(c);
+        }
+    }
+    if changed_any && let Some(c) = confirm_to {
+        let text = ctx.settings.stop_confirmation();
+        compliance_sms(ctx, event_id, &c, &text, "stop_confirmation");
+    }
+    Ok(())
+}
+
 fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, purpose: &str) {
     let Some(to) = c.text("phone") else { return };
     let key = format!("{}-kw-{event_id}", ctx.install_id);

@@ -424,6 +424,8 @@ fn every_way_to_the_last_open_channel_is_a_global_opt_out() {
     for c in ["stop", "host_sms", "link"] {
         s.contact(c, json!({}));
     }
+    // Shares link's address (a family email): the link unsubscribes the address.
+    s.contact("sibling", json!({"email": "link@example.com"}));
     s.contact("open", json!({}));
     for c in ["stop", "host_sms"] {
         s.push(json!({"type": "contact.opted_out", "contact_id": c, "channel": "email"}))
@@ -467,6 +469,20 @@ fn every_way_to_the_last_open_channel_is_a_global_opt_out() {
         );
     }
     assert_eq!(s.enrollment(&a, "open").0, "active");
+    let sibling: String = s
+        .conn
+        .query_row(
+            "SELECT email_subscription FROM contacts WHERE id = 'sibling'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sibling, "unsubscribed", "the address said stop");
+    assert_eq!(
+        s.enrollment(&a, "sibling").0,
+        "active",
+        "its SMS is still open"
+    );
 }
 
 #[test]
@@ -991,6 +1007,64 @@ fn consent_suppresses_with_reasons_and_care_bypass_reaches_unknown_only() {
         ),
         ("unknown", Some("care"))
     );
+}
+
+#[test]
+fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
+    let mut s = Sim::new();
+    let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
+    // A parent and a child share the family phone; a third contact has
+    // never said anything about SMS.
+    s.contact("parent", json!({"phone": "+16175550123"}));
+    s.contact("child", json!({"phone": "(617) 555-0123"}));
+    s.contact("quiet", json!({"sms_subscription": null}));
+    s.push(json!({"type": "sms.received", "from": "+1 617 555 0123", "body": "STOP"}))
+        .unwrap();
+    // Again, under a new event id: nothing changes, nothing more is sent.
+    s.push(json!({"type": "sms.received", "from": "+1 617 555 0123", "body": "stop"}))
+        .unwrap();
+    let sms: Vec<(String, String)> = s
+        .conn
+        .prepare(
+            "SELECT id, sms_subscription FROM contacts WHERE id IN ('parent', 'child') ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        sms,
+        [
+            ("child".to_string(), "unsubscribed".to_string()),
+            ("parent".to_string(), "unsubscribed".to_string())
+        ],
+        "the number said stop"
+    );
+    let confirmations = s
+        .effects
+        .iter()
+        .filter(|e| e.payload["purpose"] == "stop_confirmation")
+        .count();
+    assert_eq!(confirmations, 1, "one confirmation, to the sender");
+    assert_eq!(s.count("sms_opt_out", None), 2, "one opt-out per person");
+    // "Yes" from a contact who never consented answers a question.
+    s.push(json!({"type": "sms.received", "contact_id": "quiet", "body": "Yes!"}))
+        .unwrap();
+    let quiet: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT sms_subscription FROM contacts WHERE id = 'quiet'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(
+        quiet.as_deref(),
+        Some("subscribed"),
+        "no marketing consent from YES"
+    );
+    assert_eq!(s.count("enrolled", Some(&replies)), 1, "it is a reply");
 }
 
 #[test]
