@@ -1068,6 +1068,40 @@ fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
 }
 
 #[test]
+fn only_the_templates_own_links_are_tracked() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Book", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_sms", "message": "Hi {{firstname}}, book at https://riverside.example/book?who={{lastname}}"}]}));
+    // A web-form lead typed a link into the name field.
+    s.contact(
+        "c1",
+        json!({"first_name": "Claim https://evil.example/prize"}),
+    );
+    let msgs = s.messages_to("c1");
+    let sms = msgs[0].payload["rendered"]["text"].as_str().unwrap();
+    assert!(sms.contains("Claim https://evil.example/prize"), "{sms}");
+    assert!(
+        !sms.contains("riverside.example/book"),
+        "the template's link is wrapped: {sms}"
+    );
+    let targets: Vec<String> = s
+        .conn
+        .prepare("SELECT url FROM message_links ORDER BY url")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        targets
+            .iter()
+            .all(|u| u.starts_with("https://riverside.example/")),
+        "{targets:?}"
+    );
+    assert_eq!(targets, ["https://riverside.example/book?who=c1"]);
+}
+
+#[test]
 fn stop_gets_one_confirmation_and_help_gets_an_answer() {
     let mut s = Sim::new();
     let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));

@@ -316,8 +316,14 @@ pub fn email(
         if let Some(t) = &text {
             // The text part's links get the same indexes only when they are the same links.
             let offset = links.len() as u16;
-            let (wt, tlinks) =
-                tracking::wrap_text_links(t, b, &|i| sign(TokenKind::Click, offset + i));
+            let written = content
+                .text_body
+                .as_deref()
+                .map(tracking::TemplateLinks::of)
+                .unwrap_or_default();
+            let (wt, tlinks) = tracking::wrap_text_links(t, b, &|url| written.admits(url), &|i| {
+                sign(TokenKind::Click, offset + i)
+            });
             text = Some(wt);
             let tlinks: Vec<_> = tlinks
                 .into_iter()
@@ -468,9 +474,11 @@ pub fn sms_message(
             .filter(|_| s.tracking.sms_clicks),
         signer.as_ref(),
     ) {
-        let (wrapped, links) = tracking::wrap_text_links(&text, b, &|i| {
-            r.sign(TokenKind::Click, message_id, i, ctx.now)
-        });
+        let written = tracking::TemplateLinks::of(&content.message);
+        let (wrapped, links) =
+            tracking::wrap_text_links(&text, b, &|url| written.admits(url), &|i| {
+                r.sign(TokenKind::Click, message_id, i, ctx.now)
+            });
         text = wrapped;
         store_links(ctx, message_id, &links)?;
     }

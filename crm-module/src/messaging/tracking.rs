@@ -857,12 +857,18 @@ fn trim_url_end(mut url: &str) -> &str {
 /// A URL runs to the next whitespace, control character, `<`, `>`, `"` or
 /// `` ` ``; trailing sentence punctuation (`.,;:!?'*` and unbalanced `)`,
 /// `]`, `}`) is not part of it. URLs without a scheme (`example.com/book`)
-/// are not recognized. URLs already under `base_url` and URLs still holding
-/// a `{{…}}` placeholder are left untouched; after 65 536 links the rest
-/// stay unwrapped.
+/// are not recognized. URLs already under `base_url`, URLs still holding
+/// a `{{…}}` placeholder and URLs `admit` refuses are left untouched; after
+/// 65 536 links the rest stay unwrapped.
+///
+/// In a rendered message, `admit` is [`TemplateLinks::admits`]: only links
+/// the template wrote are tracked, so a URL a contact typed into a field
+/// (a first name such as "Claim https://…") never becomes a signed
+/// redirect on the practice's tracking domain.
 pub fn wrap_text_links(
     text: &str,
     base_url: &str,
+    admit: &dyn Fn(&str) -> bool,
     sign: &dyn Fn(u16) -> String,
 ) -> (String, Vec<Link>) {
     let base = trim_base(base_url);
@@ -894,7 +900,7 @@ pub fn wrap_text_links(
             .map_or(text.len(), |(i, _)| after_scheme + i);
         let url = trim_url_end(&text[start..end]);
         pos = start + url.len().max(4);
-        if !should_wrap(url, base) {
+        if !should_wrap(url, base) || !admit(url) {
             pos = end.max(pos);
             continue;
         }
@@ -911,6 +917,58 @@ pub fn wrap_text_links(
     }
     out.push_str(&text[copied..]);
     (out, links)
+}
+
+/// The links a text template writes, to tell them from URLs that came in
+/// with a placeholder's value (see [`wrap_text_links`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateLinks {
+    /// Links written out in full.
+    exact: Vec<String>,
+    /// The fixed start of links that continue with a placeholder, each with
+    /// its host complete (`https://portal.example/c?p=`).
+    prefixes: Vec<String>,
+}
+
+impl TemplateLinks {
+    /// Finds the `http://` and `https://` links of a template's source.
+    pub fn of(template: &str) -> TemplateLinks {
+        let mut found = TemplateLinks::default();
+        let lower = template.to_ascii_lowercase();
+        let mut pos = 0;
+        while let Some(off) = lower.get(pos..).and_then(|s| s.find("http")) {
+            let start = pos + off;
+            pos = start + 4;
+            let after_scheme = if lower[start..].starts_with("https://") {
+                start + 8
+            } else if lower[start..].starts_with("http://") {
+                start + 7
+            } else {
+                continue;
+            };
+            let end = template[after_scheme..]
+                .char_indices()
+                .find(|&(_, c)| ends_url(c))
+                .map_or(template.len(), |(i, _)| after_scheme + i);
+            let url = trim_url_end(&template[start..end]);
+            pos = end.max(pos);
+            match url.find("{{") {
+                None => found.exact.push(url.to_string()),
+                // The host must be written out: `https://{{site}}/x` is the
+                // contact's host, not the template's.
+                Some(p) if template[after_scheme..start + p].contains(['/', '?', '#']) => {
+                    found.prefixes.push(url[..p].to_string());
+                }
+                Some(_) => {}
+            }
+        }
+        found
+    }
+
+    /// Whether a URL of the rendered message is one the template wrote.
+    pub fn admits(&self, url: &str) -> bool {
+        self.exact.iter().any(|e| e == url) || self.prefixes.iter().any(|p| url.starts_with(p))
+    }
 }
 
 /// The open pixel `<img>` tag to append to an HTML body (just before
@@ -1530,6 +1588,7 @@ mod tests {
         let (sms, _) = wrap_text_links(
             &format!("Confirm: https://portal.example.com/c?p={phone}"),
             BASE,
+            &|_| true,
             &|i| r.sign(TokenKind::Click, message_id, i, NOW),
         );
         let pixel = open_pixel_tag(BASE, &r.sign(TokenKind::Open, message_id, 0, NOW));
@@ -1627,7 +1686,7 @@ mod tests {
                     <https://angle.example/p> mailto:a@b.c xhttps://glued.example \
                     https:// http://t.example-practice.com/c/keep {{unsubscribe_link}} \
                     https://ex.example/{{firstname}} end https://last.example/é";
-        let (out, links) = wrap_text_links(text, "http://t.example-practice.com", &sign);
+        let (out, links) = wrap_text_links(text, "http://t.example-practice.com", &|_| true, &sign);
         let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
         assert_eq!(
             urls,
@@ -1655,7 +1714,31 @@ mod tests {
             )
         );
         let sms = "Reply STOP to opt out";
-        assert_eq!(wrap_text_links(sms, BASE, &sign), (sms.to_string(), vec![]));
+        assert_eq!(
+            wrap_text_links(sms, BASE, &|_| true, &sign),
+            (sms.to_string(), vec![])
+        );
+    }
+
+    #[test]
+    fn template_links_are_the_ones_the_template_wrote() {
+        let t = TemplateLinks::of(
+            "Book https://practice.example/book. Or https://practice.example/c?who={{firstname}} \
+             or https://{{site}}/x or HTTP://Practice.example/Hours",
+        );
+        assert!(t.admits("https://practice.example/book"));
+        assert!(t.admits("https://practice.example/c?who=Ann"));
+        assert!(t.admits("HTTP://Practice.example/Hours"));
+        assert!(
+            !t.admits("https://practice.example/book-evil"),
+            "exact links match exactly"
+        );
+        assert!(
+            !t.admits("https://evil.example/x"),
+            "a host from a placeholder is the contact's"
+        );
+        assert!(!t.admits("https://evil.example/prize"));
+        assert!(!TemplateLinks::of("Hi {{firstname}}").admits("https://evil.example"));
     }
 
     #[test]
