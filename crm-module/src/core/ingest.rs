@@ -426,9 +426,53 @@ fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
     engagement_from(ctx, key, kind, None)
 }
 
+/// How many events of `kind` message `key` has had, through the partial
+/// index `events_message_history` (its condition is repeated so that SQLite
+/// uses it).
+pub(crate) const MESSAGE_HISTORY_SQL: &str =
+    "SELECT COUNT(*) FROM events WHERE message_key = ?1 AND kind = ?2
+    AND message_key IS NOT NULL AND (kind = 'message_delivered' OR kind = 'message_bounced'
+      OR kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied')";
+
+/// The last delivery outcome of message `?1` (and its bounce kind), through
+/// the index `events_message_history`.
+pub(crate) const LAST_OUTCOME_SQL: &str =
+    "SELECT kind, json_extract(detail, '$.bounce') FROM events
+    WHERE message_key = ?1 AND message_key IS NOT NULL
+      AND (kind = 'message_delivered' OR kind = 'message_bounced')
+    ORDER BY id DESC LIMIT 1";
+
+fn history(ctx: &Ctx<'_>, key: &str, kind: &str) -> Result<i64> {
+    Ok(ctx
+        .conn
+        .prepare_cached(MESSAGE_HISTORY_SQL)?
+        .query_row(params![key, kind], |r| r.get(0))?)
+}
+
+/// The kind an engagement of message `key` is logged as: the first open,
+/// click or reply of a message is counted (`kind`), a later one is
+/// `<kind>_again`, one from a machine `<kind>_by_machine`. Each counted
+/// event is then one message that was opened, clicked or replied to.
+fn engagement_kind(
+    ctx: &Ctx<'_>,
+    key: &str,
+    kind: &'static str,
+    machine: bool,
+) -> Result<&'static str> {
+    Ok(match (kind, machine) {
+        ("message_opened", true) => "message_opened_by_machine",
+        ("message_clicked", true) => "message_clicked_by_machine",
+        _ if history(ctx, key, kind)? == 0 => kind,
+        ("message_opened", _) => "message_opened_again",
+        ("message_clicked", _) => "message_clicked_again",
+        _ => "message_replied_again",
+    })
+}
+
 /// Records an open, click or reply of a module message. `machine` names a
-/// machine source (privacy proxy, link scanner): such a hit is logged with
-/// that flag but is not engagement — it fires no trigger and no goal.
+/// machine source (privacy proxy, link scanner): such a hit is logged as
+/// `<kind>_by_machine` with that flag and is not engagement — it fires no
+/// trigger and no goal, and no figure counts it.
 pub fn engagement_from(
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -439,6 +483,7 @@ pub fn engagement_from(
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
+    let logged = engagement_kind(ctx, key, kind, machine.is_some())?;
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let mut c = contacts::require(ctx.conn, &contact_id)?;
     Log {
@@ -448,7 +493,7 @@ pub fn engagement_from(
         channel: row.channel.as_deref(),
         message_key: Some(key),
         detail: machine.map(|m| json!({"machine": m})),
-        ..Log::new(kind, &contact_id)
+        ..Log::new(logged, &contact_id)
     }
     .write(ctx.conn, ctx.now)?;
     if machine.is_some() {
@@ -528,13 +573,17 @@ fn sms_received(
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
         return Ok(());
     }
+    let logged = match &key {
+        Some(k) => engagement_kind(ctx, k, "message_replied", false)?,
+        None => "message_replied",
+    };
     Log {
         automation_id: replied_to.as_ref().and_then(|r| r.automation_id.as_deref()),
         enrollment_id: replied_to.as_ref().and_then(|r| r.enrollment_id),
         step_id: replied_to.as_ref().and_then(|r| r.step_id.as_deref()),
         channel: Some("sms"),
         message_key: key.as_deref(),
-        ..Log::new("message_replied", &id)
+        ..Log::new(logged, &id)
     }
     .write(ctx.conn, ctx.now)?;
     let mut signals = vec![Signal::SmsReplied {
@@ -581,6 +630,27 @@ fn receipt(
         detail: Some(detail),
         ..Log::new(kind, &contact_id)
     };
+    // A delivery and a hard bounce are final: nothing is handed over
+    // again after them. So a receipt after a delivery is either the same
+    // delivery again (the host pushing it twice, one receipt per SMS
+    // segment), recorded but not counted, or a late bounce, which is the
+    // truth: it counts and revokes the delivery. Any receipt after a hard
+    // bounce repeats it. (Soft bounces are retried, and each retry's
+    // receipt counts.)
+    let last: Option<(String, Option<String>)> = ctx
+        .conn
+        .prepare_cached(LAST_OUTCOME_SQL)?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match last.as_ref().map(|(k, b)| (k.as_str(), b.as_deref())) {
+        Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
+            log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
+        }
+        Some(("message_delivered", _)) | Some(("message_bounced", Some("hard"))) => {
+            return log("receipt_repeated", json!({"status": kind})).write(ctx.conn, ctx.now);
+        }
+        _ => {}
+    }
     log(kind, detail).write(ctx.conn, ctx.now)?;
     // A hard bounce or a failed delivery is final: the step's channel fallback (if any) goes out.
     let mut failed_for_good = matches!(

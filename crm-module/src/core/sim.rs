@@ -114,6 +114,14 @@ impl Sim {
         self.in_tx(|ctx| ingest::apply(ctx, &ev))
     }
 
+    /// A request on a tracking URL.
+    pub fn hit(
+        &mut self,
+        hit: &super::hits::Hit,
+    ) -> Result<crate::messaging::tracking::HitResponse> {
+        self.in_tx(|ctx| super::hits::handle(ctx, hit))
+    }
+
     /// A POST on a tracking URL the module composed (the one-click
     /// unsubscribe of RFC 8058, or a click).
     pub fn post(&mut self, url: &str) -> Result<crate::messaging::tracking::HitResponse> {
@@ -131,7 +139,7 @@ impl Sim {
             user_agent: None,
             ip_class: None,
         };
-        self.in_tx(|ctx| super::hits::handle(ctx, &hit))
+        self.hit(&hit)
     }
 
     /// Runs a command.

@@ -1678,6 +1678,73 @@ fn sms_fallback_after_a_late_bounce_waits_for_sending_hours() {
 }
 
 #[test]
+fn performance_counts_each_message_once_and_machines_never() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "<p>Hi <a href=\"https://riverside.example/book\">book</a></p>"}]}));
+    for c in ["c1", "c2", "c3"] {
+        s.contact(c, json!({}));
+    }
+    let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
+    let (k1, k2, k3) = (key(&s, "c1"), key(&s, "c2"), key(&s, "c3"));
+    let receipt = |s: &mut Sim, k: &str, status: &str, bounce: Option<&str>| {
+        s.push(json!({"type": "delivery.receipt", "message_key": k, "status": status, "bounce": bounce}))
+            .unwrap();
+    };
+    // c1: delivered, and the receipt pushed again under a new event id.
+    receipt(&mut s, &k1, "delivered", None);
+    receipt(&mut s, &k1, "delivered", None);
+    // c2: delivered, then a late hard bounce: bounced, not delivered.
+    receipt(&mut s, &k2, "delivered", None);
+    receipt(&mut s, &k2, "bounced", Some("hard"));
+    receipt(&mut s, &k2, "bounced", Some("hard"));
+    // c3: delivered; a privacy proxy opens it, then the person opens it twice.
+    receipt(&mut s, &k3, "delivered", None);
+    let pixel = s.messages_to("c3")[0].payload["rendered"]["html"]
+        .as_str()
+        .unwrap()
+        .split("src=\"")
+        .last()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = pixel
+        .trim_start_matches("https://t.riverside.example")
+        .to_string();
+    let open = |s: &mut Sim, agent: &str| {
+        let hit = crate::core::hits::Hit {
+            method: "GET".into(),
+            path: path.clone(),
+            user_agent: Some(agent.into()),
+            ip_class: None,
+        };
+        s.hit(&hit).unwrap();
+    };
+    open(&mut s, "Mozilla/5.0 (via ggpht.com GoogleImageProxy)");
+    open(&mut s, "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15");
+    open(&mut s, "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15");
+    s.push(json!({"type": "email.opened", "message_key": k1}))
+        .unwrap();
+    let v = crate::views::query(
+        &s.conn,
+        &s.settings,
+        "automation_performance",
+        &json!({"automation_id": a}),
+        s.now,
+    )
+    .unwrap();
+    let email = &v["channel_breakdown"][0];
+    assert_eq!(email["delivered"], 2, "c1 once, c3; c2 bounced: {email}");
+    assert_eq!(email["bounced"], 1, "{email}");
+    assert_eq!(email["opened"], 2, "c3 once (not the proxy), c1: {email}");
+    assert_eq!(s.count("receipt_repeated", None), 2);
+    assert_eq!(s.count("message_opened_again", None), 1);
+    assert_eq!(s.count("message_opened_by_machine", None), 1);
+}
+
+#[test]
 fn builder_sms_panel_shows_characters_segments_and_credits() {
     let mut s = Sim::new();
     let text = "€".repeat(81); // 81 × 2 septets = 162 > 160: two segments of GSM-7

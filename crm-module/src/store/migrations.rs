@@ -480,6 +480,30 @@ CREATE INDEX events_step_completed ON events(
     automation_id, kind, step_id, json_extract(detail, '$.duration_ms'), json_extract(detail, '$.path'))
     WHERE kind = 'step_completed';
 "#,
+    // 12: one count per message. The figures count events; these kinds
+    // make every counted event a distinct fact:
+    // - opens and clicks from privacy proxies and link scanners are not
+    //   engagement (`message_opened_by_machine`, `message_clicked_by_machine`);
+    // - a message's first open, click and reply count; later ones are
+    //   `message_opened_again`, `message_clicked_again`, `message_replied_again`;
+    // - a receipt after a delivery or a hard bounce (both final) is
+    //   `receipt_repeated`, except a bounce after a delivery, which counts
+    //   and revokes it (`message_delivery_revoked`).
+    // The index answers "what has this message had already" for each new
+    // engagement or receipt.
+    r#"
+UPDATE events SET kind = kind || '_by_machine'
+    WHERE (kind = 'message_opened' OR kind = 'message_clicked')
+      AND json_extract(detail, '$.machine') IS NOT NULL;
+CREATE INDEX events_message_history ON events(message_key, kind)
+    WHERE message_key IS NOT NULL AND (kind = 'message_delivered' OR kind = 'message_bounced'
+      OR kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied');
+UPDATE events SET kind = kind || '_again'
+    WHERE message_key IS NOT NULL
+      AND (kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied')
+      AND EXISTS (SELECT 1 FROM events p WHERE p.message_key = events.message_key
+                    AND p.kind = events.kind AND p.id < events.id);
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -657,8 +681,23 @@ mod tests {
         ] {
             let plan = crate::store::query_plan(&conn, sql, ["k1"]);
             assert!(
-                plan.iter().any(|l| l.contains("events_message_outcome")),
+                plan.iter().any(|l| l.contains("events_message_outcome")
+                    || l.contains("events_message_history")),
                 "{sql}: {plan:?}"
+            );
+        }
+        let history = [
+            crate::store::query_plan(
+                &conn,
+                crate::core::ingest::MESSAGE_HISTORY_SQL,
+                ["k1", "message_opened"],
+            ),
+            crate::store::query_plan(&conn, crate::core::ingest::LAST_OUTCOME_SQL, ["k1"]),
+        ];
+        for plan in history {
+            assert!(
+                plan.iter().any(|l| l.contains("events_message_history")),
+                "{plan:?}"
             );
         }
     }

@@ -334,6 +334,8 @@ struct ChannelCounts {
     bounced: u64,
     failed: u64,
     suppressed: u64,
+    /// Deliveries a later bounce took back.
+    revoked: u64,
     /// Failures before or at the hand-over (the sender refused, the message could not be composed).
     failed_before_handover: u64,
     opt_outs: u64,
@@ -370,7 +372,7 @@ pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*
        'step_executed', 'step_completed', 'step_failed',
        'message_queued', 'message_sent', 'message_delivered', 'message_opened',
        'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-       'message_suppressed')
+       'message_suppressed', 'message_delivery_revoked')
      GROUP BY kind, step_id, channel";
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
@@ -442,6 +444,8 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 "message_queued" => c.queued += n,
                 "message_sent" => c.sent += n,
                 "message_delivered" => c.delivered += n,
+                // A bounce came after the delivery receipt: not delivered.
+                "message_delivery_revoked" => c.revoked += n,
                 "message_opened" => c.opened += n,
                 "message_clicked" => c.clicked += n,
                 "message_replied" => c.replied += n,
@@ -642,11 +646,12 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             // Send attempts: every hand-over the sender accepted, plus the ones
             // that failed at or before it (SPEC §5).
             let attempts = c.sent + c.failed_before_handover;
-            let delivery = rate(c.delivered, attempts);
+            let delivered = c.delivered.saturating_sub(c.revoked);
+            let delivery = rate(delivered, attempts);
             let (bounce, error, opt_out) = (
                 rate(c.bounced, attempts),
                 rate(c.failed, attempts),
-                rate(c.opt_outs, c.delivered),
+                rate(c.opt_outs, delivered),
             );
             ChannelRow {
                 send_attempts: attempts,
@@ -660,7 +665,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 channel: Label::new(&ch, &channel_label(&ch)),
                 queued: c.queued,
                 sent: c.sent,
-                delivered: c.delivered,
+                delivered,
                 opened: c.opened,
                 clicked: c.clicked,
                 replied: c.replied,
