@@ -551,6 +551,52 @@ mod tests {
         assert!(matches!(migrate(&conn), Err(Error::Conflict(_))));
     }
 
+    #[test]
+    fn migration_12_renames_past_machine_and_repeated_engagement() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(11) {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .unwrap();
+        }
+        let rows = [
+            ("m1", "message_opened", Some(r#"{"machine":"proxy"}"#)),
+            ("m1", "message_opened", None),
+            ("m1", "message_opened", None),
+            ("m1", "message_clicked", None),
+            ("m2", "message_clicked", Some(r#"{"machine":"scanner"}"#)),
+            ("m2", "message_replied", None),
+            ("m2", "message_replied", None),
+        ];
+        for (key, kind, detail) in rows {
+            conn.execute(
+                "INSERT INTO events (at, kind, contact_id, message_key, detail) VALUES (0, ?1, 'c1', ?2, ?3)",
+                rusqlite::params![kind, key, detail],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let kinds: Vec<String> = conn
+            .prepare("SELECT kind FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            kinds,
+            [
+                "message_opened_by_machine",
+                "message_opened",
+                "message_opened_again",
+                "message_clicked",
+                "message_clicked_by_machine",
+                "message_replied",
+                "message_replied_again",
+            ]
+        );
+    }
+
     /// The opcodes of `sql` (EXPLAIN), one per row.
     fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
         let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
