@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crm_integration_tests::{HttpProvider, plugins_dist};
-use crm_module::{Delivery, EffectKind, Host, HostAnswer, Module};
+use crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
 use serde_json::{Value, json};
 
-/// Takes every effect and keeps it.
+/// Takes every effect and keeps it, and every log line.
 #[derive(Default)]
 struct Collect {
     got: Mutex<Vec<(EffectKind, Value)>>,
+    logs: Mutex<Vec<(LogLevel, String)>>,
 }
 
 impl Host for Collect {
@@ -22,6 +23,10 @@ impl Host for Collect {
         let payload: Value = serde_json::from_str(d.payload).unwrap();
         self.got.lock().unwrap().push((d.kind, payload));
         (HostAnswer::Accepted, None)
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.lock().unwrap().push((level, message.to_string()));
     }
 }
 
@@ -452,6 +457,107 @@ fn hostile_step_plugins_are_contained() {
         .unwrap()
         .clone();
     assert!(spin["last_failure"].as_str().unwrap().contains("deadline"));
+}
+
+#[test]
+fn a_plugin_that_logs_the_contact_leaks_nothing_to_the_host_or_the_records() {
+    let p = Practice::new();
+    p.install("test_steps.wasm", json!({}));
+    p.automation(
+        "leaky",
+        json!([{"id": "leak", "type": "custom", "plugin_id": "test-steps",
+                "step_type": "leak-contact", "config": {}, "on_failure": "continue"}]),
+    );
+    let patient = [
+        "Marguerite",
+        "Okonkwo-Hale",
+        "marguerite.hale@example.org",
+        "(617) 555-0199",
+        "6175550199",
+        "1979-11-23",
+        "insulin-pump",
+    ];
+    p.push(
+        json!({"event_id": "e-leak", "type": "contact.upserted", "contact": {
+        "id": "c-5150", "first_name": patient[0], "last_name": patient[1], "email": patient[2],
+        "phone": patient[3], "dob": patient[5], "tags": [patient[6]]}}),
+    );
+    p.idle();
+
+    let logs: Vec<(LogLevel, String)> = p
+        .host
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| l.starts_with("plugin test-steps"))
+        .cloned()
+        .collect();
+    let reasons = p.step_failures("leak");
+    // The plugins view's figures keep the latest failure reason per step type.
+    let row = p.plugin_row("test-steps");
+    let last_failure = row["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operation"] == "leak-contact")
+        .and_then(|o| o["last_failure"].as_str())
+        .unwrap_or_else(|| panic!("no leak-contact failure in {row}"))
+        .to_string();
+    // Everything the plugin said, as the host and the records hold it.
+    let mut said: Vec<&str> = logs.iter().map(|(_, l)| l.as_str()).collect();
+    said.extend(reasons.iter().map(String::as_str));
+    said.push(&last_failure);
+    for text in &said {
+        for value in patient {
+            assert!(
+                !text.to_lowercase().contains(&value.to_lowercase()),
+                "{value:?} leaked in {text:?}"
+            );
+        }
+    }
+    // The plugin's own words and the contact's id get through; the values are marked.
+    let line = |start: &str| {
+        logs.iter()
+            .find(|(_, l)| l.starts_with(start))
+            .map(|(level, l)| (*level, l.clone()))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in {logs:#?}"))
+    };
+    assert_eq!(
+        line("plugin test-steps: test-steps: scoring"),
+        (
+            LogLevel::Info,
+            "plugin test-steps: test-steps: scoring contact c-5150: [redacted] [redacted]".into()
+        )
+    );
+    assert_eq!(
+        line("plugin test-steps: test-steps: contact c-5150 reachable").1,
+        "plugin test-steps: test-steps: contact c-5150 reachable at [redacted] and [redacted]"
+    );
+    assert_eq!(
+        line("plugin test-steps: test-steps: contact c-5150 born").1,
+        "plugin test-steps: test-steps: contact c-5150 born [redacted] tagged [redacted]"
+    );
+    let json_line = line("plugin test-steps: test-steps: contact c-5150 as received").1;
+    assert!(json_line.contains(r#""id":"c-5150""#), "{json_line}");
+    assert!(
+        json_line.contains(r#""first_name":"[redacted]""#),
+        "{json_line}"
+    );
+    assert_eq!(
+        line("plugin test-steps stderr:"),
+        (
+            LogLevel::Warn,
+            "plugin test-steps stderr: test-steps: stderr for contact c-5150: [redacted]".into()
+        )
+    );
+    assert_eq!(
+        reasons,
+        ["test-steps: cannot score contact c-5150 ([redacted] [redacted] <[redacted]>)"]
+    );
+    assert_eq!(last_failure, reasons[0]);
+    // The failure was handled as one: the contact went on past the step.
+    assert_eq!(p.events("step_failed").len(), 1);
 }
 
 #[test]

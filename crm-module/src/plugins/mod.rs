@@ -22,6 +22,13 @@
 //! its own step. A custom step is an outbox effect like any other, with its
 //! idempotency key; its result comes back to the worker, which moves the
 //! enrollment on in one transaction.
+//!
+//! Nothing a plugin says carries the patient data it was given out of the
+//! host: its log lines and stderr, and the reasons it gives for a failure,
+//! are scrubbed of every patient value the module passed into that call
+//! before they are logged, recorded in the event log or counted in the
+//! plugin's figures ([`redact`]). Authors must still log ids only: the
+//! module cannot know data a plugin fetched or transformed itself.
 
 pub mod admin;
 pub mod contract;
@@ -29,6 +36,7 @@ pub mod descriptor;
 pub mod fetch;
 pub mod limits;
 pub mod pool;
+pub mod redact;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox;
@@ -47,6 +55,7 @@ use self::contract::step_world::crm::plugin::types as wit_types;
 use self::contract::step_world::exports::crm::plugin::step as wit_step;
 use self::descriptor::{ConfigCheck, Descriptor};
 use self::fetch::{FetchPolicy, Grant};
+use self::redact::Redactor;
 use self::registry::{CallFigures, StoredPlugin};
 use self::runtime::{CallFailure, Called, Linked, Runtime};
 use self::sandbox::PluginSettings;
@@ -206,14 +215,16 @@ impl PluginHost {
         let (linked, contract) = self.link(&wasm, &sha)?;
         let runtime = self.runtime()?;
         let settings = Arc::new(PluginSettings::default());
+        // `describe` is given no patient data: nothing to scrub.
+        let nothing = Arc::new(Redactor::none());
         let described = match &linked {
             Linked::Step(pre) => {
-                let c = runtime.with_step(pre, &settings, |g, s| g.call_describe(s));
+                let c = runtime.with_step(pre, &settings, &nothing, |g, s| g.call_describe(s));
                 self.forward_logs("(installing)", &c);
                 c.result.map(|d| Descriptor::from_step(d, &contract))
             }
             Linked::Sender(pre) => {
-                let c = runtime.with_sender(pre, &settings, |g, s| g.call_describe(s));
+                let c = runtime.with_sender(pre, &settings, &nothing, |g, s| g.call_describe(s));
                 self.forward_logs("(installing)", &c);
                 c.result.map(|d| Descriptor::from_sender(d, &contract))
             }
@@ -307,6 +318,10 @@ impl PluginHost {
         }
     }
 
+    /// Hands a call's log lines and stderr to the host's `log` callback,
+    /// tagged with the plugin id. They were scrubbed of the call's patient
+    /// values as the plugin wrote them ([`sandbox::CallState`]), before any
+    /// cut, so nothing here holds a value the module passed in.
     fn forward_logs<T>(&self, id: &str, c: &Called<T>) {
         for (level, line) in &c.logs {
             crate::host::log(&self.host, *level, &format!("plugin {id}: {line}"));
@@ -321,9 +336,19 @@ impl PluginHost {
     }
 
     /// Runs one custom step. Never panics; every failure is in the report.
+    ///
+    /// The plugin's log lines, its stderr and every failure reason in the
+    /// report (its own `failed(reason)` and the host's) are scrubbed of the
+    /// contact's values ([`Redactor::contact`]) before they leave this call.
     pub fn run_step(&self, plugin_id: &str, call: &StepCall<'_>) -> Report<StepResult> {
         let started = Instant::now();
-        let result = self.run_step_inner(plugin_id, call);
+        let contact = call.contact.to_string();
+        let redactor = Arc::new(Redactor::contact(contact.clone()));
+        let result = match self.run_step_inner(plugin_id, call, contact, &redactor) {
+            Ok(StepResult::Failed(r)) => Ok(StepResult::Failed(redactor.redact_string(r))),
+            Err(f) => Err(scrubbed(f, &redactor)),
+            ok => ok,
+        };
         let failure = match &result {
             Ok(StepResult::Failed(r)) => Some(r.clone()),
             Ok(_) => None,
@@ -344,6 +369,8 @@ impl PluginHost {
         &self,
         plugin_id: &str,
         call: &StepCall<'_>,
+        contact: String,
+        redactor: &Arc<Redactor>,
     ) -> std::result::Result<StepResult, CallFailure> {
         let plugin = self.usable(plugin_id)?;
         let Linked::Step(pre) = &plugin.linked else {
@@ -363,7 +390,6 @@ impl PluginHost {
         config_check
             .check(call.config)
             .map_err(|e| CallFailure::permanent(e.to_string()))?;
-        let contact = call.contact.to_string();
         let config = call.config.to_string();
         let limits = plugin.settings.limits;
         let input = (contact.len() + config.len()) as u64;
@@ -385,7 +411,9 @@ impl PluginHost {
         let runtime = self
             .runtime()
             .map_err(|e| CallFailure::transient(e.to_string()))?;
-        let called = runtime.with_step(pre, &plugin.settings, |g, s| g.call_run(s, &request));
+        let called = runtime.with_step(pre, &plugin.settings, redactor, |g, s| {
+            g.call_run(s, &request)
+        });
         self.forward_logs(plugin_id, &called);
         let outcome = called.result?;
         let size = match &outcome {
@@ -440,9 +468,20 @@ impl PluginHost {
     }
 
     /// Sends one message through a sender adapter. Never panics.
+    ///
+    /// The adapter's log lines, its stderr and every reason in the report
+    /// (its `retry-later` / `failed` reasons and the host's) are scrubbed of
+    /// the recipient, subject, text and HTML part ([`Redactor::message`])
+    /// before they leave this call.
     pub fn send(&self, plugin_id: &str, message: &Outgoing) -> Report<SendResult> {
         let started = Instant::now();
-        let result = self.send_inner(plugin_id, message);
+        let redactor = Arc::new(Redactor::message(message));
+        let result = match self.send_inner(plugin_id, message, &redactor) {
+            Ok(SendResult::RetryLater(r)) => Ok(SendResult::RetryLater(redactor.redact_string(r))),
+            Ok(SendResult::Failed(r)) => Ok(SendResult::Failed(redactor.redact_string(r))),
+            Err(f) => Err(scrubbed(f, &redactor)),
+            ok => ok,
+        };
         let failure = match &result {
             Ok(SendResult::Accepted(_)) => None,
             Ok(SendResult::RetryLater(r) | SendResult::Failed(r)) => Some(r.clone()),
@@ -463,6 +502,7 @@ impl PluginHost {
         &self,
         plugin_id: &str,
         m: &Outgoing,
+        redactor: &Arc<Redactor>,
     ) -> std::result::Result<SendResult, CallFailure> {
         let plugin = self.usable(plugin_id)?;
         let Linked::Sender(pre) = &plugin.linked else {
@@ -506,7 +546,9 @@ impl PluginHost {
         let runtime = self
             .runtime()
             .map_err(|e| CallFailure::transient(e.to_string()))?;
-        let called = runtime.with_sender(pre, &plugin.settings, |g, s| g.call_send(s, &message));
+        let called = runtime.with_sender(pre, &plugin.settings, redactor, |g, s| {
+            g.call_send(s, &message)
+        });
         self.forward_logs(plugin_id, &called);
         let fetch_failures = called.fetch_failures.clone();
         let outcome = called.result?;
@@ -534,6 +576,14 @@ impl PluginHost {
             wit_sender::SendOutcome::RetryLater(r) => SendResult::RetryLater(with_fetch(r)),
             wit_sender::SendOutcome::Failed(r) => SendResult::Failed(with_fetch(r)),
         })
+    }
+}
+
+/// A call failure with its reason scrubbed.
+fn scrubbed(f: CallFailure, redactor: &Redactor) -> CallFailure {
+    CallFailure {
+        reason: redactor.redact_string(f.reason),
+        transient: f.transient,
     }
 }
 

@@ -16,6 +16,7 @@ use super::contract::step_world::exports::crm::plugin::step;
 use super::contract::step_world::{StepPlugin, StepPluginPre};
 use super::contract::{self, PluginKind};
 use super::limits::MAX_MEMORY_BYTES;
+use super::redact::Redactor;
 use super::sandbox::{CallState, PluginSettings};
 use crate::error::{Error, Result};
 
@@ -80,9 +81,10 @@ impl CallFailure {
 pub struct Called<T> {
     /// The plugin's answer, or why there is none.
     pub result: std::result::Result<T, CallFailure>,
-    /// Log lines, and how many were dropped.
+    /// Log lines (scrubbed of the call's patient values), and how many were
+    /// dropped.
     pub logs: Vec<(crate::host::LogLevel, String)>,
-    /// What the plugin wrote to stderr (a panic message, say).
+    /// What the plugin wrote to stderr (a panic message, say), scrubbed.
     pub stderr: String,
     /// Fetch failures by code.
     pub fetch_failures: Vec<&'static str>,
@@ -213,10 +215,13 @@ impl Runtime {
         Ok((linked, version))
     }
 
-    fn store(&self, settings: &Arc<PluginSettings>) -> Store<CallState> {
+    fn store(&self, settings: &Arc<PluginSettings>, redactor: &Arc<Redactor>) -> Store<CallState> {
         let limits = settings.limits;
         let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
-        let mut store = Store::new(&self.engine, CallState::new(settings.clone(), deadline));
+        let mut store = Store::new(
+            &self.engine,
+            CallState::new(settings.clone(), deadline, redactor.clone()),
+        );
         store.limiter(|s| &mut s.memory);
         // Fuel is enabled on the engine, so this cannot fail.
         let _ = store.set_fuel(limits.fuel);
@@ -226,14 +231,16 @@ impl Runtime {
         store
     }
 
-    /// Runs `f` on a fresh instance of a step plugin.
+    /// Runs `f` on a fresh instance of a step plugin; its log lines and stderr
+    /// are scrubbed of the patient values `redactor` holds.
     pub fn with_step<T>(
         &self,
         pre: &StepPluginPre<CallState>,
         settings: &Arc<PluginSettings>,
+        redactor: &Arc<Redactor>,
         f: impl FnOnce(&step::Guest, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Called<T> {
-        let mut store = self.store(settings);
+        let mut store = self.store(settings, redactor);
         let result = match pre.instantiate(&mut store) {
             Ok(instance) => f(instance.crm_plugin_step(), &mut store)
                 .map_err(|e| classify(&e, &store, settings, false)),
@@ -242,14 +249,16 @@ impl Runtime {
         finish(store, result)
     }
 
-    /// Runs `f` on a fresh instance of a sender adapter.
+    /// Runs `f` on a fresh instance of a sender adapter; its log lines and stderr
+    /// are scrubbed of the patient values `redactor` holds.
     pub fn with_sender<T>(
         &self,
         pre: &SenderAdapterPre<CallState>,
         settings: &Arc<PluginSettings>,
+        redactor: &Arc<Redactor>,
         f: impl FnOnce(&sender::Guest, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Called<T> {
-        let mut store = self.store(settings);
+        let mut store = self.store(settings, redactor);
         let result = match pre.instantiate(&mut store) {
             Ok(instance) => f(instance.crm_plugin_sender(), &mut store)
                 .map_err(|e| classify(&e, &store, settings, false)),

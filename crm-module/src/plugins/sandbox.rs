@@ -14,6 +14,7 @@ use super::contract::sender_world::crm::plugin::http;
 use super::contract::step_world::crm::plugin::{config, log, types};
 use super::fetch::{FetchFailure, FetchPolicy, FetchRequest, FetchResponse};
 use super::limits::Limits;
+use super::redact::Redactor;
 use crate::host::LogLevel;
 
 /// Log lines kept per call; more are counted and dropped.
@@ -22,6 +23,10 @@ const MAX_LOG_LINES: usize = 32;
 const MAX_LOG_LINE: usize = 1024;
 /// What the plugin's stderr may hold per call (a panic message, say).
 const STDERR_CAPACITY: usize = 2048;
+/// Stderr kept beyond [`STDERR_CAPACITY`] until it is scrubbed, so that a
+/// patient value running across the cut is seen whole (and replaced) rather
+/// than cut into a fragment the scrubber cannot recognize.
+const STDERR_SPARE: usize = 16 * 1024;
 
 /// What the practice set for one plugin, shared by its calls.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +82,9 @@ pub struct CallState {
     pub memory: MemoryCap,
     settings: Arc<PluginSettings>,
     deadline: Instant,
-    /// Log lines the plugin wrote, forwarded after the call.
+    /// The patient values of this call, scrubbed from log lines and stderr.
+    redactor: Arc<Redactor>,
+    /// Log lines the plugin wrote, already scrubbed, forwarded after the call.
     pub logs: Vec<(LogLevel, String)>,
     /// Log lines dropped over the cap.
     pub logs_dropped: usize,
@@ -88,9 +95,14 @@ pub struct CallState {
 
 impl CallState {
     /// A fresh state: WASI with no files, no environment, no arguments, no
-    /// sockets and no name lookups; the host's clocks and randomness.
-    pub fn new(settings: Arc<PluginSettings>, deadline: Instant) -> CallState {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    /// sockets and no name lookups; the host's clocks and randomness. Log
+    /// lines and stderr are scrubbed of the patient values `redactor` holds.
+    pub fn new(
+        settings: Arc<PluginSettings>,
+        deadline: Instant,
+        redactor: Arc<Redactor>,
+    ) -> CallState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY + STDERR_SPARE);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -107,6 +119,7 @@ impl CallState {
             },
             settings,
             deadline,
+            redactor,
             logs: Vec::new(),
             logs_dropped: 0,
             fetches: 0,
@@ -114,11 +127,10 @@ impl CallState {
         }
     }
 
-    /// What the plugin wrote to stderr (cut at a small cap), lossily decoded.
+    /// What the plugin wrote to stderr, lossily decoded, scrubbed of patient
+    /// values, then cut at a small cap.
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents())
-            .trim()
-            .to_string()
+        scrub_stderr(&self.stderr.contents(), &self.redactor)
     }
 }
 
@@ -139,15 +151,9 @@ impl log::Host for CallState {
             self.logs_dropped += 1;
             return;
         }
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        // Scrubbed whole, then cut: a value across the cut is still replaced.
+        let mut message = self.redactor.redact_string(message);
+        cut(&mut message, MAX_LOG_LINE);
         let level = match level {
             log::Level::Error => LogLevel::Error,
             log::Level::Warn => LogLevel::Warn,
@@ -213,5 +219,75 @@ impl CallState {
             body: request.body,
         };
         policy.fetch(&req, self.deadline)
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the
+/// cut with `…`.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+}
+
+/// A call's stderr as forwarded: decoded, scrubbed, trimmed, cut at
+/// [`STDERR_CAPACITY`].
+fn scrub_stderr(raw: &[u8], redactor: &Redactor) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut text = redactor.redact(&text).trim().to_string();
+    cut(&mut text, STDERR_CAPACITY);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn redactor() -> Arc<Redactor> {
+        Arc::new(Redactor::contact(
+            json!({"id": "c-9", "first_name": "Annabel", "email": "annabel@example.com"})
+                .to_string(),
+        ))
+    }
+
+    #[test]
+    fn a_log_line_is_scrubbed_before_it_is_cut() {
+        let mut state = CallState::new(
+            Arc::new(PluginSettings::default()),
+            Instant::now(),
+            redactor(),
+        );
+        // The email starts 4 bytes before the cut: scrubbed whole, no "anna" left.
+        let line = format!("{}annabel@example.com tail", "x".repeat(MAX_LOG_LINE - 4));
+        log::Host::log(&mut state, log::Level::Info, line);
+        log::Host::log(&mut state, log::Level::Warn, "c-9: Annabel".into());
+        let (level, first) = &state.logs[0];
+        assert_eq!(*level, LogLevel::Info);
+        // Cut after scrubbing: the marker is what gets cut, not the email.
+        assert!(first.ends_with("xxxx[red…"), "{first}");
+        assert_eq!(first.len(), MAX_LOG_LINE + '…'.len_utf8());
+        assert!(!first.to_lowercase().contains("anna"), "{first}");
+        assert_eq!(state.logs[1], (LogLevel::Warn, "c-9: [redacted]".into()));
+    }
+
+    #[test]
+    fn stderr_is_scrubbed_before_it_is_cut() {
+        let raw = format!(
+            "panicked at src/lib.rs:1:1:\n{}annabel@example.com\n",
+            "y".repeat(STDERR_CAPACITY - 30)
+        );
+        let out = scrub_stderr(raw.as_bytes(), &redactor());
+        assert!(!out.to_lowercase().contains("anna"), "{out}");
+        assert!(out.len() <= STDERR_CAPACITY + '…'.len_utf8());
+        assert!(out.starts_with("panicked at src/lib.rs:1:1:"));
+        let long = "z".repeat(STDERR_CAPACITY + 10);
+        assert!(scrub_stderr(long.as_bytes(), &Redactor::none()).ends_with("z…"));
     }
 }

@@ -13,6 +13,7 @@
 //! | `branchy` | `branch(yes = config.yes)` |
 //! | `log-lines` | logs `config.count` lines (default 3), then `continue([])` |
 //! | `config-read` | `continue([observed = {"value": get(config.key), "secret_set": bool}])` |
+//! | `leak-contact` | misbehaves on purpose: logs the contact's name, email, phone, date of birth, tags and whole JSON, writes the email to stderr, and returns `failed` with the name and email in the reason (the host must scrub them) |
 
 use std::hint::black_box;
 
@@ -36,6 +37,19 @@ impl Guest for TestSteps {
     fn run(request: StepRequest) -> StepOutcome {
         if request.step_type == "noop" {
             return StepOutcome::Continue(Vec::new());
+        }
+        if request.step_type == "leak-contact" {
+            return match request.contact_object() {
+                Ok(contact) => {
+                    let leak = leak(&contact);
+                    for line in &leak.lines {
+                        crm_plugin_sdk::info!("{line}");
+                    }
+                    eprintln!("{}", leak.stderr);
+                    StepOutcome::Failed(leak.reason)
+                }
+                Err(reason) => StepOutcome::Failed(reason),
+            };
         }
         let result = (|| {
             let config = request.config_object()?;
@@ -133,6 +147,13 @@ pub fn describe() -> Description {
                 vec![Continue, Failure],
             ),
             t(
+                "leak-contact",
+                actions,
+                "Logs the contact's data and fails with it (the host must scrub it)",
+                json!({}),
+                vec![Continue, Failure],
+            ),
+            t(
                 "config-read",
                 actions,
                 "Reports the install config value and whether the secret is set for config.key",
@@ -140,6 +161,59 @@ pub fn describe() -> Description {
                 vec![Continue, PropertyChanges, Failure],
             ),
         ],
+    }
+}
+
+/// What `leak-contact` says: everything a careless plugin might.
+#[derive(Debug, PartialEq)]
+pub struct Leak {
+    /// Log lines.
+    pub lines: Vec<String>,
+    /// What it writes to stderr.
+    pub stderr: String,
+    /// Its failure reason.
+    pub reason: String,
+}
+
+/// The patient data of `contact` in log lines, stderr and a reason, each
+/// next to the contact's id and the plugin's own words.
+pub fn leak(contact: &crm_plugin_sdk::serde_json::Map<String, Value>) -> Leak {
+    let field = |k: &str| contact.get(k).and_then(Value::as_str).unwrap_or("-");
+    let id = field("id");
+    let tags: Vec<&str> = contact
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    Leak {
+        lines: vec![
+            format!(
+                "test-steps: scoring contact {id}: {} {}",
+                field("first_name"),
+                field("last_name")
+            ),
+            format!(
+                "test-steps: contact {id} reachable at {} and {}",
+                field("email"),
+                field("phone")
+            ),
+            format!(
+                "test-steps: contact {id} born {} tagged {}",
+                field("dob"),
+                tags.join(",")
+            ),
+            format!(
+                "test-steps: contact {id} as received {}",
+                Value::Object(contact.clone())
+            ),
+        ],
+        stderr: format!("test-steps: stderr for contact {id}: {}", field("email")),
+        reason: format!(
+            "test-steps: cannot score contact {id} ({} {} <{}>)",
+            field("first_name"),
+            field("last_name"),
+            field("email")
+        ),
     }
 }
 
@@ -240,11 +314,34 @@ mod tests {
     fn describe_is_consistent() {
         let d = describe();
         assert_eq!(d.info.id, "test-steps");
-        assert_eq!(d.step_types.len(), 11);
+        assert_eq!(d.step_types.len(), 12);
         for t in &d.step_types {
             let schema: Value = crm_plugin_sdk::serde_json::from_str(&t.config_schema).unwrap();
             assert_eq!(schema["type"], "object");
         }
+    }
+
+    #[test]
+    fn leak_contact_says_everything() {
+        let l = leak(&config(
+            json!({"id": "c7", "first_name": "Ann", "last_name": "Lee",
+            "email": "ann@example.com", "phone": "+16175550100", "tags": ["vip"]}),
+        ));
+        assert_eq!(l.lines[0], "test-steps: scoring contact c7: Ann Lee");
+        assert_eq!(
+            l.lines[1],
+            "test-steps: contact c7 reachable at ann@example.com and +16175550100"
+        );
+        assert_eq!(l.lines[2], "test-steps: contact c7 born - tagged vip");
+        assert!(l.lines[3].contains(r#""first_name":"Ann""#));
+        assert_eq!(
+            l.stderr,
+            "test-steps: stderr for contact c7: ann@example.com"
+        );
+        assert_eq!(
+            l.reason,
+            "test-steps: cannot score contact c7 (Ann Lee <ann@example.com>)"
+        );
     }
 
     #[test]
