@@ -344,8 +344,13 @@ pub fn apply_props(
         UpsertMode::Partial => c.props.clone(),
     };
     if mode == UpsertMode::Full {
-        // Subscriptions are consent: a full replace that omits them keeps them.
-        for k in ["email_subscription", "sms_subscription"] {
+        // Subscriptions are consent, and an address that hard-bounced stays
+        // undeliverable: a full replace that omits them keeps them.
+        for k in [
+            "email_subscription",
+            "sms_subscription",
+            crate::messaging::consent::EMAIL_UNDELIVERABLE,
+        ] {
             if let Some(v) = c.props.get(k) {
                 merged.insert(k.into(), v.clone());
             }

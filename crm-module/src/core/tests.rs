@@ -1171,6 +1171,27 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
     );
     let why: String = s.conn.query_row("SELECT json_extract(detail, '$.reason') FROM events WHERE kind='message_suppressed' AND contact_id='hard'", [], |r| r.get(0)).unwrap();
     assert_eq!(why, "undeliverable");
+    // The host's full sync does not carry the mark and cannot clear it.
+    let full = json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "hard", "first_name": "Pat",
+        "email": "HARD@example.com", "email_subscription": "subscribed"}});
+    s.push(full).unwrap();
+    let cleared = s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "hard", "email_undeliverable": null}}),
+    );
+    assert_eq!(cleared.unwrap_err().code(), crate::ErrorCode::Invalid);
+    let mark: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = 'hard'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        mark.as_deref(),
+        Some("hard@example.com"),
+        "kept through the full sync"
+    );
     // A new address clears it.
     s.push(
         json!({"type": "contact.upserted", "contact": {"id": "hard", "email": "new@example.com"}}),

@@ -84,7 +84,7 @@ pub fn check(
             .props
             .get(EMAIL_UNDELIVERABLE)
             .and_then(serde_json::Value::as_str)
-            == Some(address)
+            .is_some_and(|bounced| bounced.eq_ignore_ascii_case(address))
     {
         return Err(Suppression::Undeliverable);
     }

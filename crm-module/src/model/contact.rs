@@ -76,6 +76,7 @@ pub const DERIVED_PROPERTIES: &[&str] = &[
     "age",
     "insurance_verification",
     "portal_active",
+    crate::messaging::consent::EMAIL_UNDELIVERABLE,
 ];
 
 /// Maximum number of properties on one contact.
@@ -138,13 +139,15 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// Validates and canonicalizes one property value. `Value::Null` clears the
 /// property and is always valid. The error names the property, never the value.
 pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
-    if value.is_null() {
-        return Ok(Value::Null);
-    }
+    // Neither set nor cleared: a null would erase what the module recorded
+    // (an address that hard-bounced).
     if DERIVED_PROPERTIES.contains(&name) {
         return Err(Error::invalid(format!(
             "{name}: computed by the module and cannot be set"
         )));
+    }
+    if value.is_null() {
+        return Ok(Value::Null);
     }
     let Some(ty) = property_type(name) else {
         validate_key(name)?;

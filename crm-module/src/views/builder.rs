@@ -687,6 +687,7 @@ pub(crate) fn property_label(name: &str) -> String {
         "age" => "Age",
         "insurance_verification" => "Insurance verification",
         "portal_active" => "Patient portal active",
+        "email_undeliverable" => "Email address that hard-bounced",
         other => return humanize(other),
     };
     known.to_string()
