@@ -439,7 +439,7 @@ fn tracking_hits_open_click_and_unsubscribe() {
     assert!(r["body_text"].as_str().unwrap().contains("unsubscribed"));
     assert_eq!(sub(&conn), "unsubscribed");
     let opens: Vec<(String, Option<String>)> = conn
-        .prepare("SELECT kind, json_extract(detail, '$.machine') FROM events WHERE kind IN ('message_opened', 'message_clicked') ORDER BY id")
+        .prepare("SELECT kind, json_extract(detail, '$.machine') FROM events WHERE kind LIKE 'message_opened%' OR kind LIKE 'message_clicked%' ORDER BY id")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -448,7 +448,7 @@ fn tracking_hits_open_click_and_unsubscribe() {
     assert_eq!(
         opens,
         vec![
-            ("message_opened".into(), Some("proxy".into())),
+            ("message_opened_by_machine".into(), Some("proxy".into())),
             ("message_clicked".into(), None)
         ]
     );

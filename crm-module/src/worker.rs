@@ -816,7 +816,11 @@ impl Worker {
             plugin_channels: &adapters,
             blocked: &blocked,
         };
-        match outbox::due(&self.conn, now, room, &self.in_flight, takers) {
+        let due = outbox::due(&self.conn, now, room, &self.in_flight, takers).and_then(|rows| {
+            let settings = self.settings.read();
+            crate::messaging::handover::screen(&self.conn, &settings, &self.install_id, rows, now)
+        });
+        match due {
             Ok(rows) => {
                 for row in rows {
                     // Over a limit: the rest of that channel waits, in order.

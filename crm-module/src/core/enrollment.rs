@@ -961,24 +961,8 @@ fn sms_open_at(
     window: &crate::schedule::RunWindow,
     contact_id: &str,
 ) -> Result<Millis> {
-    use crate::schedule::{DayHours, RunWindow, Weekday};
-    let sms = &ctx.settings.doc.sms;
     let contact = contacts::require(ctx.conn, contact_id)?;
-    let tz = contact
-        .text("time_zone")
-        .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
-        .unwrap_or(ctx.settings.tz);
-    let hours = RunWindow::SpecificHours {
-        days: Weekday::ALL
-            .iter()
-            .map(|d| DayHours {
-                day: *d,
-                enabled: true,
-                start: sms.send_from,
-                end: sms.send_until,
-            })
-            .collect(),
-    };
+    let (hours, tz) = crate::messaging::consent::sending_hours(&contact, ctx.settings);
     let mut t = ctx.now;
     // Alternate between the two windows until both are open at the same instant.
     for _ in 0..32 {

@@ -68,6 +68,15 @@ impl Suppression {
 /// The property marking an email address that hard-bounced.
 pub const EMAIL_UNDELIVERABLE: &str = "email_undeliverable";
 
+/// Whether `address` is the one of this contact's that hard-bounced.
+fn hard_bounced(contact: &Contact, address: &str) -> bool {
+    contact
+        .props
+        .get(EMAIL_UNDELIVERABLE)
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|bounced| bounced.eq_ignore_ascii_case(address))
+}
+
 /// Decides whether a message may go out; returns the address to use.
 pub fn check(
     contact: &Contact,
@@ -79,13 +88,7 @@ pub fn check(
     let Some(address) = contact.text(field) else {
         return Err(Suppression::NoAddress);
     };
-    if channel == "email"
-        && contact
-            .props
-            .get(EMAIL_UNDELIVERABLE)
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|bounced| bounced.eq_ignore_ascii_case(address))
-    {
+    if channel == "email" && hard_bounced(contact, address) {
         return Err(Suppression::Undeliverable);
     }
     match (contact.subscription(channel), category) {
@@ -163,4 +166,89 @@ mod tests {
             Err(Suppression::NoAddress)
         );
     }
+}
+
+/// What becomes of a queued message at the moment it is handed over to its
+/// sender. Consent was checked when the message was queued, but it can be
+/// withdrawn before the message leaves (it waited for a sending limit, a
+/// retry, the host to come back): the hand-over decides again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// Send it now.
+    Go,
+    /// Never send it: consent was withdrawn or the address hard-bounced.
+    Suppress(Suppression),
+    /// An SMS outside the recipient's sending hours: hand it over when they
+    /// open, at this instant.
+    WaitUntil(crate::clock::Millis),
+}
+
+/// Decides the hand-over of a message on `channel` to `contact` at `now`.
+/// A compliance message (a STOP confirmation, a HELP answer) goes at once,
+/// whatever the hour: it answers the recipient. Others go only if the
+/// channel is not unsubscribed, the email address has not hard-bounced, and,
+/// for an SMS, the recipient's sending hours are open.
+pub fn at_hand_over(
+    contact: &Contact,
+    channel: &str,
+    compliance: bool,
+    settings: &crate::settings::Resolved,
+    now: crate::clock::Millis,
+) -> HandOver {
+    if compliance {
+        return HandOver::Go;
+    }
+    if contact.subscription(channel) == "unsubscribed" {
+        return HandOver::Suppress(Suppression::Unsubscribed);
+    }
+    if channel == "email"
+        && contact
+            .text("email")
+            .is_some_and(|a| hard_bounced(contact, a))
+    {
+        return HandOver::Suppress(Suppression::Undeliverable);
+    }
+    if channel == "sms" {
+        let open = sending_hours_open_at(contact, settings, now);
+        if open > now {
+            return HandOver::WaitUntil(open);
+        }
+    }
+    HandOver::Go
+}
+
+/// The recipient's SMS sending hours (settings `sms.send_from` to
+/// `sms.send_until`, every day) in their own time zone, or the practice's.
+pub fn sending_hours(
+    contact: &Contact,
+    settings: &crate::settings::Resolved,
+) -> (crate::schedule::RunWindow, chrono_tz::Tz) {
+    use crate::schedule::{DayHours, RunWindow, Weekday};
+    let sms = &settings.doc.sms;
+    let tz = contact
+        .text("time_zone")
+        .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(settings.tz);
+    let hours = RunWindow::SpecificHours {
+        days: Weekday::ALL
+            .iter()
+            .map(|d| DayHours {
+                day: *d,
+                enabled: true,
+                start: sms.send_from,
+                end: sms.send_until,
+            })
+            .collect(),
+    };
+    (hours, tz)
+}
+
+/// The first instant at or after `now` inside the recipient's sending hours.
+pub fn sending_hours_open_at(
+    contact: &Contact,
+    settings: &crate::settings::Resolved,
+    now: crate::clock::Millis,
+) -> crate::clock::Millis {
+    let (hours, tz) = sending_hours(contact, settings);
+    hours.next_open(now, tz).unwrap_or(now)
 }

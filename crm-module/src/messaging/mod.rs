@@ -4,6 +4,7 @@
 pub mod compose;
 pub mod consent;
 pub mod email;
+pub mod handover;
 pub mod limits;
 pub mod sms;
 pub mod smtp;
