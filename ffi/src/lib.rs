@@ -248,18 +248,25 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
-struct CallbackScope;
+/// Marks this thread as running a host callback until dropped. Scopes
+/// nest (a callback that calls into the module, which logs on the same
+/// thread): dropping one restores the value it found, so leaving the inner
+/// callback does not clear the mark of the outer one.
+struct CallbackScope {
+    previous: bool,
+}
 
 impl CallbackScope {
     fn enter() -> CallbackScope {
-        IN_CALLBACK.with(|c| c.set(true));
-        CallbackScope
+        CallbackScope {
+            previous: IN_CALLBACK.with(|c| c.replace(true)),
+        }
     }
 }
 
 impl Drop for CallbackScope {
     fn drop(&mut self) {
-        IN_CALLBACK.with(|c| c.set(false));
+        IN_CALLBACK.with(|c| c.set(self.previous));
     }
 }
 
@@ -985,4 +992,22 @@ pub extern "C" fn crm_version() -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn crm_version_number() -> u32 {
     version_number()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_callback_scope_keeps_the_outer_mark() {
+        assert!(!in_callback());
+        let outer = CallbackScope::enter();
+        {
+            let _inner = CallbackScope::enter();
+            assert!(in_callback());
+        }
+        assert!(in_callback(), "leaving the inner callback cleared the outer's mark");
+        drop(outer);
+        assert!(!in_callback());
+    }
 }
