@@ -193,6 +193,11 @@ impl Module {
             .map_err(|_| Error::Closed)
     }
 
+    /// Whether host callbacks are registered (see [`Module::set_host`]).
+    pub fn has_host(&self) -> bool {
+        self.host.read().is_some()
+    }
+
     fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
         let (reply, rx) = bounded(1);
         self.tx.send(make(reply)).map_err(|_| Error::Closed)?;

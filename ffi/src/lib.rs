@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// The library's own Rust allocations go through mimalloc in release builds:
 /// the engine allocates small, short-lived values on every event (JSON,
@@ -167,6 +167,10 @@ pub struct crm_module {
     /// the module reads them under this lock, so replacing or clearing them
     /// waits for callbacks in flight.
     callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+    /// Held by crm_set_host_callbacks() around both the slot and the
+    /// module's host, so that concurrent registrations apply whole, one
+    /// after the other: the last call wins for both.
+    registration: Mutex<()>,
 }
 
 /// Hands one effect (a message, a property write-back or a task) to the host.
@@ -549,6 +553,7 @@ pub unsafe extern "C" fn crm_open(
         let handle = Box::new(crm_module {
             module,
             callbacks: Arc::new(RwLock::new(None)),
+            registration: Mutex::new(()),
         });
         // SAFETY: `out` is writable per the contract.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -920,6 +925,8 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
             Some(unsafe { callbacks.read_unaligned() })
         };
         let set = new.is_some();
+        // One registration at a time, the slot and the host together.
+        let _registration = h.registration.lock();
         // The write lock waits for callbacks in flight.
         *h.callbacks.write() = new;
         let host: Option<Arc<dyn Host>> = if set {
@@ -1009,5 +1016,66 @@ mod tests {
         assert!(in_callback(), "leaving the inner callback cleared the outer's mark");
         drop(outer);
         assert!(!in_callback());
+    }
+
+    unsafe extern "C" fn accept(_: *mut c_void, _: *const c_char, _: *const c_char) -> c_int {
+        CRM_EFFECT_ACCEPTED
+    }
+
+    #[test]
+    fn concurrent_registrations_leave_the_slot_and_the_host_in_step() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
+        let mut m = ptr::null_mut();
+        // SAFETY: valid strings and out-pointer.
+        assert_eq!(unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) }, CRM_OK);
+        struct Ptr(*mut crm_module);
+        // SAFETY: crm_set_host_callbacks is documented as safe concurrently.
+        unsafe impl Sync for Ptr {}
+        let shared = Ptr(m);
+        let cb = crm_host_callbacks {
+            version: CRM_HOST_CALLBACKS_VERSION,
+            user_data: ptr::null_mut(),
+            deliver_message: Some(accept),
+            write_property: Some(accept),
+            create_task: Some(accept),
+            log: None,
+        };
+        // Two threads register and clear at the same moment, round after
+        // round; between rounds one of them checks that the slot the
+        // callbacks are read from and the module's host agree.
+        const ROUNDS: usize = 20_000;
+        let step = std::sync::Barrier::new(2);
+        let disagreements = parking_lot::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for set in [true, false] {
+                let (shared, step, cb, disagreements) = (&shared, &step, &cb, &disagreements);
+                s.spawn(move || {
+                    let arg: *const crm_host_callbacks = if set { cb } else { ptr::null() };
+                    for round in 0..ROUNDS {
+                        step.wait();
+                        // SAFETY: a live handle and a valid struct (or NULL).
+                        assert_eq!(unsafe { crm_set_host_callbacks(shared.0, arg) }, CRM_OK);
+                        step.wait();
+                        if set {
+                            // SAFETY: a live handle, not closed yet.
+                            let h = unsafe { handle(shared.0) }.ok().expect("a handle");
+                            if h.callbacks.read().is_some() != h.module.has_host() {
+                                disagreements.lock().push(round);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // SAFETY: no other thread uses the handle any more.
+        unsafe { crm_close(shared.0) };
+        let disagreements = disagreements.into_inner();
+        assert!(
+            disagreements.is_empty(),
+            "the callbacks slot and the module's host disagreed after {} of {ROUNDS} rounds (first: round {:?})",
+            disagreements.len(),
+            disagreements.first()
+        );
     }
 }
