@@ -162,9 +162,13 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
  * itself until the timeout) or crm_clock_advance().
  *
- * A NULL effect callback means "not handled": effects of that kind are
- * answered CRM_EFFECT_RETRY and stay in the module's durable outbox until a
- * callback takes them. A NULL `log` discards log lines.
+ * A NULL effect callback means "not handled": effects of that kind are not
+ * offered and use none of their attempts; they wait in the module's durable
+ * outbox until callbacks that handle them are registered (nothing committed
+ * is lost, nor failed for want of a callback). The same holds for every
+ * kind while no callbacks are registered at all, except email messages
+ * when the settings deliver email through the built-in SMTP relay. A NULL
+ * `log` discards log lines.
  */
 typedef struct crm_host_callbacks {
     /**

@@ -409,6 +409,74 @@ fn rust_threads_share_one_handle() {
     );
 }
 
+const CREATE_TASK_AUTOMATION: &str = r#"{"command":"automation.create","automation_id":"t1","definition":{"name":"Call new leads","trigger":{"type":"contact_created"},"run_window":{"mode":"any_time"},"steps":[{"id":"call","type":"create_task","title":"Call","assignee":{"kind":"queue","name":"desk"}}]}}"#;
+
+/// The task effect's outbox row: (status, attempts), and how many effects
+/// were logged as failed.
+fn task_row(db: &Path) -> ((String, i64), i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let row = conn
+        .query_row(
+            "SELECT status, attempts FROM outbox WHERE kind = 'task'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let failed = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'effect_failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (row, failed)
+}
+
+#[test]
+fn an_effect_without_its_callback_waits_and_uses_no_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let seen = Seen::default();
+    let h = Handle::open(&db, Some(MANUAL));
+    h.execute(CREATE_TASK_AUTOMATION).unwrap();
+    h.execute(r#"{"command":"automation.activate","automation_id":"t1"}"#)
+        .unwrap();
+    h.push(&contact_event("e1", "c1")).unwrap();
+    // Ten days pass (the outbox gives up after 8 attempts, 13 hours of
+    // backoff): first with no callbacks at all, then with callbacks that
+    // leave create_task NULL.
+    let ten_days = |h: &Handle| {
+        for _ in 0..10 {
+            assert_eq!(unsafe { crm_clock_advance(h.0, DAY_MS) }, CRM_OK);
+            h.wait_idle();
+        }
+    };
+    ten_days(&h);
+    assert_eq!(task_row(&db), (("pending".into(), 0), 0), "no callbacks");
+    let cb = callbacks(&seen);
+    assert!(cb.create_task.is_none());
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+    ten_days(&h);
+    assert_eq!(
+        task_row(&db),
+        (("pending".into(), 0), 0),
+        "a NULL create_task: the task waits, no attempt used"
+    );
+    assert!(seen.keys.lock().unwrap().is_empty());
+    // A callback that takes tasks gets it, under its key.
+    let cb = crm_host_callbacks {
+        create_task: Some(deliver),
+        ..callbacks(&seen)
+    };
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+    h.wait_idle();
+    assert_eq!(task_row(&db), (("accepted".into(), 1), 0));
+    assert_eq!(seen.keys.lock().unwrap().len(), 1);
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, ptr::null()) }, CRM_OK);
+}
+
 /// Every row of every table, as text: the database's whole state.
 fn dump(db: &Path) -> String {
     let conn =

@@ -304,21 +304,42 @@ impl Worker {
 
     fn next_outbox_due(&self) -> Option<Millis> {
         let blocked = self.blocked_channels(self.clock.now());
-        let adapters = self.adapter_channels();
+        let senders = self.sender_channels();
+        let host = self.host_kinds();
         let takers = outbox::Takers {
-            host: self.host.read().is_some(),
-            plugin_channels: &adapters,
+            host: &host,
+            sender_channels: &senders,
             blocked: &blocked,
         };
         outbox::next_due(&self.conn, takers).ok().flatten()
     }
 
-    /// Channels whose messages go to a sender adapter rather than the host.
-    fn adapter_channels(&self) -> Vec<&'static str> {
+    /// Channels whose messages go to one of the module's own senders rather
+    /// than the host: a sender adapter, or the SMTP relay for email.
+    fn sender_channels(&self) -> Vec<&'static str> {
         let settings = self.settings.read();
+        let smtp = matches!(
+            settings.doc.email_delivery,
+            crate::settings::EmailDelivery::Smtp { .. }
+        );
         ["email", "sms"]
             .into_iter()
-            .filter(|c| settings.doc.adapter_for(c).is_some())
+            .filter(|c| settings.doc.adapter_for(c).is_some() || (smtp && *c == "email"))
+            .collect()
+    }
+
+    /// The kinds of effect the registered host handles (none without a host).
+    fn host_kinds(&self) -> Vec<EffectKind> {
+        let host = self.host.read().clone();
+        let Some(host) = host else {
+            return Vec::new();
+        };
+        [EffectKind::Message, EffectKind::Property, EffectKind::Task]
+            .into_iter()
+            .filter(|k| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.handles(*k)))
+                    .unwrap_or(false)
+            })
             .collect()
     }
 
@@ -411,6 +432,12 @@ impl Worker {
                 } => {
                     self.in_flight.remove(&outbox_id);
                     self.in_flight_channel.remove(&outbox_id);
+                    if answer == HostAnswer::NotHandled {
+                        // Nobody was asked (the host changed since the row
+                        // was handed over): the row waits as it was, its
+                        // attempts untouched, for a host that handles it.
+                        continue;
+                    }
                     if let Err(e) = self.in_savepoint(|w| {
                         if let Some(figures) = &call {
                             crate::plugins::registry::record_call(&w.conn, figures, w.clock.now())?;
@@ -798,9 +825,9 @@ impl Worker {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
         }
-        let host = self.host.read().is_some();
-        let adapters = self.adapter_channels();
-        if !host && adapters.is_empty() && !self.plugins.started() {
+        let host = self.host_kinds();
+        let senders = self.sender_channels();
+        if host.is_empty() && senders.is_empty() && !self.plugins.started() {
             return;
         }
         let now = self.clock.now();
@@ -812,8 +839,8 @@ impl Worker {
             .map(|(c, _)| *c)
             .collect();
         let takers = outbox::Takers {
-            host,
-            plugin_channels: &adapters,
+            host: &host,
+            sender_channels: &senders,
             blocked: &blocked,
         };
         match outbox::due(&self.conn, now, room, &self.in_flight, takers) {

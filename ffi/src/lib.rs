@@ -209,9 +209,13 @@ pub type crm_log_fn =
 /// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
 /// itself until the timeout) or crm_clock_advance().
 ///
-/// A NULL effect callback means "not handled": effects of that kind are
-/// answered CRM_EFFECT_RETRY and stay in the module's durable outbox until a
-/// callback takes them. A NULL `log` discards log lines.
+/// A NULL effect callback means "not handled": effects of that kind are not
+/// offered and use none of their attempts; they wait in the module's durable
+/// outbox until callbacks that handle them are registered (nothing committed
+/// is lost, nor failed for want of a callback). The same holds for every
+/// kind while no callbacks are registered at all, except email messages
+/// when the settings deliver email through the built-in SMTP relay. A NULL
+/// `log` discards log lines.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct crm_host_callbacks {
@@ -288,27 +292,44 @@ fn c_arg(s: &str) -> CString {
     })
 }
 
+/// The registered callback for effects of `kind`, if any.
+fn effect_callback(
+    cb: &crm_host_callbacks,
+    kind: EffectKind,
+) -> Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int> {
+    match kind {
+        EffectKind::Message => cb.deliver_message,
+        EffectKind::Property => cb.write_property,
+        EffectKind::Task => cb.create_task,
+        // Custom steps run in the module's plugin host, never in the host.
+        EffectKind::PluginStep => None,
+    }
+}
+
 impl Host for CallbackHost {
+    fn handles(&self, kind: EffectKind) -> bool {
+        self.callbacks
+            .read_recursive()
+            .as_ref()
+            .is_some_and(|cb| effect_callback(cb, kind).is_some())
+    }
+
     fn deliver(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
         // `read_recursive`: a callback may re-enter the module, whose threads
         // may log (a read) while a writer waits in crm_set_host_callbacks.
         let guard = self.callbacks.read_recursive();
+        // Without a callback for this kind (cleared or replaced since the
+        // worker handed the effect over), nobody is asked: the effect waits
+        // in the outbox, its attempts untouched.
         let Some(cb) = guard.as_ref() else {
             return (
-                HostAnswer::RetryLater,
+                HostAnswer::NotHandled,
                 Some("no host callbacks registered".into()),
             );
         };
-        let f = match delivery.kind {
-            EffectKind::Message => cb.deliver_message,
-            EffectKind::Property => cb.write_property,
-            EffectKind::Task => cb.create_task,
-            // Custom steps run in the module's plugin host, never in the host.
-            EffectKind::PluginStep => None,
-        };
-        let Some(f) = f else {
+        let Some(f) = effect_callback(cb, delivery.kind) else {
             return (
-                HostAnswer::RetryLater,
+                HostAnswer::NotHandled,
                 Some(format!(
                     "no host callback registered for {} effects",
                     delivery.kind.as_str()
