@@ -70,7 +70,11 @@ pub trait Host: Send + Sync {
         kind != EffectKind::PluginStep
     }
 
-    /// A log line from the module (ids only, never patient data).
+    /// A log line from the module (ids only, never patient data). It runs
+    /// on the module's own threads, the worker's among them: there, calls
+    /// into the module that wait for the worker ([`crate::Module::push`],
+    /// `execute`, `tracking_hit`, `advance_clock`, `wait_idle`) return
+    /// [`crate::Error::Conflict`] at once.
     fn log(&self, _level: LogLevel, _message: &str) {}
 }
 
@@ -310,7 +314,10 @@ pub fn log(host: &HostSlot, level: LogLevel, message: &str) {
         LogLevel::Info => tracing::info!("{message}"),
         LogLevel::Debug => tracing::debug!("{message}"),
     }
-    if let Some(h) = host.read().clone() {
+    // The slot's lock is released before the call: the host may set or
+    // clear itself from its log callback.
+    let host = host.read().clone();
+    if let Some(h) = host {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.log(level, message)));
     }
 }

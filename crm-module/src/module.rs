@@ -6,7 +6,10 @@
 //! concurrently, except that [`Module::close`] consumes it. Writes are
 //! serialized through the worker thread; views read through their own
 //! connection and see the last committed state. Host callbacks run on the
-//! module's dispatcher thread.
+//! module's dispatcher thread; [`Host::log`] also runs on the worker's
+//! thread, where the methods that wait for the worker (push, execute,
+//! tracking hits, clock advances, [`Module::wait_idle`]) return
+//! [`Error::Conflict`] at once instead of waiting for themselves.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,6 +87,9 @@ pub struct Module {
     storage: StorageConfig,
     threads: Mutex<Vec<JoinHandle<()>>>,
     rows_written: Arc<AtomicU64>,
+    /// The worker's thread: a call that waits for the worker is refused
+    /// there (a host's log callback runs on it) instead of waiting forever.
+    worker_thread: std::thread::ThreadId,
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -168,6 +174,7 @@ impl Module {
             .name("crm-dispatcher".into())
             .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs))
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
+        let worker_thread = w.thread().id();
         threads.insert(0, d);
         threads.insert(0, w);
         threads.push(checkpointer);
@@ -182,6 +189,7 @@ impl Module {
             storage,
             threads: Mutex::new(threads),
             rows_written,
+            worker_thread,
         })
     }
 
@@ -198,7 +206,22 @@ impl Module {
         self.host.read().is_some()
     }
 
+    /// Refuses a call that would wait for the worker when it comes from
+    /// the worker's own thread (a host's log callback): it would wait for
+    /// itself forever.
+    fn not_on_worker(&self) -> Result<()> {
+        if std::thread::current().id() == self.worker_thread {
+            return Err(Error::Conflict(
+                "this call waits for the module's worker and cannot be made from its thread \
+                 (a log callback running there): nothing was done"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
+        self.not_on_worker()?;
         let (reply, rx) = bounded(1);
         self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
         rx.recv().map_err(|_| self.dropped())?
@@ -340,6 +363,7 @@ impl Module {
 
     /// Waits until nothing is queued, due or being delivered (or `timeout`).
     pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        self.not_on_worker()?;
         let (reply, rx) = bounded(1);
         self.tx
             .send(Request::WaitIdle { reply })

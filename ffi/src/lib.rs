@@ -202,12 +202,19 @@ pub type crm_log_fn =
 /// Threads: the effect callbacks (deliver_message, write_property,
 /// create_task) run on the module's dispatcher thread, one at a time; `log`
 /// runs on the module's internal threads (worker, dispatcher, or a plugin
-/// thread forwarding a WebAssembly plugin's log line). A callback
+/// thread forwarding a WebAssembly plugin's log line). An effect callback
 /// may call crm_push_event(), crm_push_events(), crm_execute(),
-/// crm_query_view(), crm_clock_now() and the error functions; it must not
-/// call crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
-/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
-/// itself until the timeout) or crm_clock_advance().
+/// crm_tracking_hit(), crm_query_view(), crm_clock_now() and the error
+/// functions. `log` may call crm_query_view(), crm_clock_now() and the
+/// error functions; when it runs on the worker's thread, the calls that
+/// wait for the worker (crm_push_event(), crm_push_events(), crm_execute(),
+/// crm_tracking_hit(), crm_clock_advance(), crm_wait_idle()) return
+/// CRM_ERR_CONFLICT at once and change nothing (the worker would wait for
+/// itself), so a log callback should not call them. No callback may call
+/// crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
+/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (from an effect
+/// callback it would wait for itself until the timeout) or
+/// crm_clock_advance().
 ///
 /// A NULL effect callback means "not handled": effects of that kind are not
 /// offered and use none of their attempts; they wait in the module's durable
@@ -631,8 +638,10 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
 /// CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
 /// rejected event changes nothing (its event_id is not consumed).
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `event_json` is NULL or NUL-terminated;
@@ -663,8 +672,10 @@ pub unsafe extern "C" fn crm_push_event(
 /// Errors: as crm_push_event(); batches are limited to 10,000 events and
 /// 64 MiB. On any error no event of the batch is applied.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `events_json_array` is NULL or
@@ -727,8 +738,10 @@ unsafe fn json_call(
 /// or plugin id), CRM_ERR_CONFLICT,
 /// CRM_ERR_STORAGE, CRM_ERR_CLOSED. A failed command changes nothing.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `command_json` is NULL or NUL-terminated;
@@ -760,8 +773,10 @@ pub unsafe extern "C" fn crm_execute(
 /// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
 /// CRM_ERR_STORAGE, CRM_ERR_CLOSED.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `request_json` is NULL or NUL-terminated;
@@ -829,7 +844,8 @@ pub unsafe extern "C" fn crm_query_view(
 /// CRM_ERR_CLOSED.
 ///
 /// Thread safety: safe to call concurrently on one handle (advances are
-/// serialized); not from a host callback.
+/// serialized); not from a host callback (from a log callback on the
+/// module's worker thread it returns CRM_ERR_CONFLICT at once).
 ///
 /// # Safety
 /// `m` is NULL or a live handle.
@@ -873,10 +889,12 @@ pub unsafe extern "C" fn crm_clock_now(m: *mut crm_module, out_ms: *mut i64) -> 
 /// CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
-/// CRM_ERR_CLOSED.
+/// CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called on the module's worker thread).
 ///
 /// Thread safety: safe to call concurrently on one handle; not from a host
-/// callback (it would wait for itself until the timeout).
+/// callback (from an effect callback it would wait for itself until the
+/// timeout; from a log callback on the module's worker thread it returns
+/// CRM_ERR_CONFLICT at once).
 ///
 /// # Safety
 /// `m` is NULL or a live handle.
