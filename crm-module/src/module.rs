@@ -90,6 +90,9 @@ pub struct Module {
     /// The worker's thread: a call that waits for the worker is refused
     /// there (a host's log callback runs on it) instead of waiting forever.
     worker_thread: std::thread::ThreadId,
+    /// Tests: the next view panics inside its read transaction.
+    #[cfg(test)]
+    view_fault: std::sync::atomic::AtomicBool,
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -190,6 +193,8 @@ impl Module {
             threads: Mutex::new(threads),
             rows_written,
             worker_thread,
+            #[cfg(test)]
+            view_fault: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -322,12 +327,20 @@ impl Module {
         if guard.is_none() {
             *guard = Some(store::open_with(&self.path, Access::Read, &self.storage)?);
         }
-        let conn = guard.as_ref().ok_or(Error::Closed)?;
-        // One consistent snapshot for the whole view.
-        conn.execute_batch("BEGIN")?;
-        let r = crate::views::query(conn, &settings, name, &params, self.clock.now());
-        let _ = conn.execute_batch("COMMIT");
-        r
+        // One consistent snapshot for the whole view, ended when `snapshot`
+        // drops: also when the view code fails or panics.
+        let snapshot = Snapshot::begin(&mut guard)?;
+        #[cfg(test)]
+        if self.view_fault.swap(false, Ordering::SeqCst) {
+            panic!("a fault injected in a view");
+        }
+        crate::views::query(
+            snapshot.conn()?,
+            &settings,
+            name,
+            &params,
+            self.clock.now(),
+        )
     }
 
     /// The rows the engine has written since this module opened: every row
@@ -400,6 +413,37 @@ impl Drop for Module {
     }
 }
 
+/// A read transaction on the views' connection. Dropping it ends the
+/// transaction, whether the view returned or panicked; should that fail,
+/// the connection is dropped (the next view opens a fresh one), so a view
+/// never leaves the connection inside a transaction for the next one.
+struct Snapshot<'a> {
+    slot: &'a mut Option<Connection>,
+}
+
+impl<'a> Snapshot<'a> {
+    fn begin(slot: &'a mut Option<Connection>) -> Result<Snapshot<'a>> {
+        slot.as_ref().ok_or(Error::Closed)?.execute_batch("BEGIN")?;
+        Ok(Snapshot { slot })
+    }
+
+    fn conn(&self) -> Result<&Connection> {
+        self.slot.as_ref().ok_or(Error::Closed)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        let ended = self
+            .slot
+            .as_ref()
+            .is_none_or(|c| c.execute_batch("COMMIT").is_ok() || c.is_autocommit());
+        if !ended {
+            *self.slot = None;
+        }
+    }
+}
+
 /// The component bytes of `plugin.install`: from a path or base64, exactly one.
 fn read_component(path: Option<&str>, base64_text: Option<&str>) -> Result<Vec<u8>> {
     use base64::Engine as _;
@@ -462,6 +506,22 @@ mod tests {
             m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#),
             Err(Error::Closed)
         ));
+    }
+
+    #[test]
+    fn a_view_that_panics_leaves_no_read_transaction_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(&dir.path().join("m.db"), "").expect("open");
+        m.view("automation_list", "").expect("a view");
+        m.view_fault.store(true, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.view("automation_list", "")
+        }));
+        assert!(r.is_err(), "the injected fault panicked");
+        // The snapshot of the view that panicked was ended: later views work.
+        m.view("automation_list", "").expect("the next view");
+        m.view("settings", "").expect("and the one after");
+        m.shutdown();
     }
 
     #[test]
