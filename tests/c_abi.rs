@@ -554,8 +554,10 @@ fn a_call_from_the_workers_own_thread_is_refused_not_deadlocked() {
     let (calls, state) = done
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("a call from a log callback on the worker's thread deadlocked the module");
-    let ([push, execute, wait, advance, view], message) =
-        calls.first().cloned().expect("a log line on the worker's thread");
+    let ([push, execute, wait, advance, view], message) = calls
+        .first()
+        .cloned()
+        .expect("a log line on the worker's thread");
     assert_eq!(
         [push, execute, wait, advance],
         [CRM_ERR_CONFLICT; 4],
@@ -563,7 +565,10 @@ fn a_call_from_the_workers_own_thread_is_refused_not_deadlocked() {
     );
     assert!(message.contains("worker"), "{message}");
     assert_eq!(view, CRM_OK, "views read their own connection");
-    assert!(!state.contains("from-log"), "a refused call changed nothing");
+    assert!(
+        !state.contains("from-log"),
+        "a refused call changed nothing"
+    );
 }
 
 /// Every row of every table, as text: the database's whole state.

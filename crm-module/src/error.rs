@@ -177,7 +177,8 @@ fn strip_position(msg: &str) -> &str {
     };
     let rest = &msg[i + " at line ".len()..];
     let mut parts = rest.splitn(3, ' ');
-    let numeric = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    let numeric =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
     let (line, word, column) = (parts.next(), parts.next(), parts.next());
     if numeric(line) && word == Some("column") && numeric(column) {
         &msg[..i]
@@ -189,8 +190,20 @@ fn strip_position(msg: &str) -> &str {
 /// The kinds of input serde names before the input itself (`string "x"`,
 /// `integer `5``, ...): only these words are kept.
 const UNEXPECTED_KINDS: [&str; 14] = [
-    "string", "integer", "floating", "boolean", "character", "map", "sequence", "null",
-    "unit", "bytes", "byte", "option", "newtype", "enum",
+    "string",
+    "integer",
+    "floating",
+    "boolean",
+    "character",
+    "map",
+    "sequence",
+    "null",
+    "unit",
+    "bytes",
+    "byte",
+    "option",
+    "newtype",
+    "enum",
 ];
 
 /// Removes the input echoed inside serde messages: `invalid type: string "x"`
@@ -303,7 +316,10 @@ mod tests {
             ] {
                 let m = parse_json::<Probe>(&text).unwrap_err().to_string();
                 assert!(!m.contains("Jane") && !m.contains("Doe"), "{text}: {m}");
-                assert!(m.contains("unknown variant") || m.contains("invalid type: string"), "{m}");
+                assert!(
+                    m.contains("unknown variant") || m.contains("invalid type: string"),
+                    "{m}"
+                );
             }
         }
         let review = crate::event::Event::parse(
@@ -312,7 +328,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(review.contains("unknown variant, expected"), "{review}");
-        assert!(!review.contains("Jane") && !review.contains("Doe"), "{review}");
+        assert!(
+            !review.contains("Jane") && !review.contains("Doe"),
+            "{review}"
+        );
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -325,19 +344,35 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_only_when_they_look_like_field_names() {
-        let m = parse_json::<Strict>(r#"{"agee": 3}"#).unwrap_err().to_string();
+        let m = parse_json::<Strict>(r#"{"agee": 3}"#)
+            .unwrap_err()
+            .to_string();
         assert!(m.contains("unknown field `agee`, expected"), "{m}");
-        for key in ["Jane Doe", "jane.doe@example.com is sick", "Zoë", "a`b, expected x"] {
+        for key in [
+            "Jane Doe",
+            "jane.doe@example.com is sick",
+            "Zoë",
+            "a`b, expected x",
+        ] {
             let text = serde_json::json!({ key: 1 }).to_string();
             let m = parse_json::<Strict>(&text).unwrap_err().to_string();
-            assert!(m.contains("unknown field (its name is not shown)"), "{key}: {m}");
-            assert!(!m.contains(key) && !m.contains("Jane") && !m.contains("Zo"), "{key}: {m}");
+            assert!(
+                m.contains("unknown field (its name is not shown)"),
+                "{key}: {m}"
+            );
+            assert!(
+                !m.contains(key) && !m.contains("Jane") && !m.contains("Zo"),
+                "{key}: {m}"
+            );
         }
         // A map key in the path is the host's too.
         let m = parse_json::<Strict>(r#"{"scores": {"Jane Doe": "high"}}"#)
             .unwrap_err()
             .to_string();
-        assert!(m.starts_with("invalid input: scores.?: invalid type: string"), "{m}");
+        assert!(
+            m.starts_with("invalid input: scores.?: invalid type: string"),
+            "{m}"
+        );
         assert!(!m.contains("Jane") && !m.contains("high"), "{m}");
     }
 }

@@ -584,7 +584,10 @@ mod tests {
             let e = Event::parse(text).unwrap_err();
             assert_eq!(e.code(), crate::ErrorCode::Invalid, "{text}");
             let m = e.to_string();
-            assert!(m.contains("unknown field") && m.contains(field), "{text}: {m}");
+            assert!(
+                m.contains("unknown field") && m.contains(field),
+                "{text}: {m}"
+            );
             let batch = format!("[{text}]");
             let m = Event::parse_batch(&batch).unwrap_err().to_string();
             assert!(m.contains(field), "{batch}: {m}");

@@ -334,13 +334,7 @@ impl Module {
         if self.view_fault.swap(false, Ordering::SeqCst) {
             panic!("a fault injected in a view");
         }
-        crate::views::query(
-            snapshot.conn()?,
-            &settings,
-            name,
-            &params,
-            self.clock.now(),
-        )
+        crate::views::query(snapshot.conn()?, &settings, name, &params, self.clock.now())
     }
 
     /// The rows the engine has written since this module opened: every row

@@ -1052,7 +1052,10 @@ mod tests {
             let _inner = CallbackScope::enter();
             assert!(in_callback());
         }
-        assert!(in_callback(), "leaving the inner callback cleared the outer's mark");
+        assert!(
+            in_callback(),
+            "leaving the inner callback cleared the outer's mark"
+        );
         drop(outer);
         assert!(!in_callback());
     }
@@ -1067,7 +1070,10 @@ mod tests {
         let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
         let mut m = ptr::null_mut();
         // SAFETY: valid strings and out-pointer.
-        assert_eq!(unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) }, CRM_OK);
+        assert_eq!(
+            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
+            CRM_OK
+        );
         struct Ptr(*mut crm_module);
         // SAFETY: crm_set_host_callbacks is documented as safe concurrently.
         unsafe impl Sync for Ptr {}
