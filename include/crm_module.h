@@ -45,7 +45,11 @@
  *   called from any thread at any time. Host callbacks run on the module's
  *   own threads (see crm_host_callbacks); they may call back into the
  *   module, but not crm_close(), crm_set_host_callbacks(), crm_wait_idle()
- *   or crm_clock_advance().
+ *   or crm_clock_advance(). The log callback may also run on the module's
+ *   worker thread: there every call that waits for the worker
+ *   (crm_push_event(), crm_push_events(), crm_execute(), crm_tracking_hit(),
+ *   crm_clock_advance(), crm_wait_idle()) returns CRM_ERR_CONFLICT at once
+ *   instead of waiting for itself.
  */
 
 
@@ -155,16 +159,27 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * Threads: the effect callbacks (deliver_message, write_property,
  * create_task) run on the module's dispatcher thread, one at a time; `log`
  * runs on the module's internal threads (worker, dispatcher, or a plugin
- * thread forwarding a WebAssembly plugin's log line). A callback
+ * thread forwarding a WebAssembly plugin's log line). An effect callback
  * may call crm_push_event(), crm_push_events(), crm_execute(),
- * crm_query_view(), crm_clock_now() and the error functions; it must not
- * call crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
- * (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
- * itself until the timeout) or crm_clock_advance().
+ * crm_tracking_hit(), crm_query_view(), crm_clock_now() and the error
+ * functions. `log` may call crm_query_view(), crm_clock_now() and the
+ * error functions; when it runs on the worker's thread, the calls that
+ * wait for the worker (crm_push_event(), crm_push_events(), crm_execute(),
+ * crm_tracking_hit(), crm_clock_advance(), crm_wait_idle()) return
+ * CRM_ERR_CONFLICT at once and change nothing (the worker would wait for
+ * itself), so a log callback should not call them. No callback may call
+ * crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
+ * (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (from an effect
+ * callback it would wait for itself until the timeout) or
+ * crm_clock_advance().
  *
- * A NULL effect callback means "not handled": effects of that kind are
- * answered CRM_EFFECT_RETRY and stay in the module's durable outbox until a
- * callback takes them. A NULL `log` discards log lines.
+ * A NULL effect callback means "not handled": effects of that kind are not
+ * offered and use none of their attempts; they wait in the module's durable
+ * outbox until callbacks that handle them are registered (nothing committed
+ * is lost, nor failed for want of a callback). The same holds for every
+ * kind while no callbacks are registered at all, except email messages
+ * when the settings deliver email through the built-in SMTP relay. A NULL
+ * `log` discards log lines.
  */
 typedef struct crm_host_callbacks {
     /**
@@ -311,8 +326,10 @@ void crm_close(struct crm_module *m);
  * CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
  * rejected event changes nothing (its event_id is not consumed).
  *
- * Thread safety: safe to call concurrently on one handle; also from a host
- * callback.
+ * Thread safety: safe to call concurrently on one handle; also from an
+ * effect callback. From a log callback running on the module's worker
+ * thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+ * itself).
  *
  * # Safety
  * `m` is NULL or a live handle; `event_json` is NULL or NUL-terminated;
@@ -329,8 +346,10 @@ crm_status crm_push_event(struct crm_module *m, const char *event_json, char **o
  * Errors: as crm_push_event(); batches are limited to 10,000 events and
  * 64 MiB. On any error no event of the batch is applied.
  *
- * Thread safety: safe to call concurrently on one handle; also from a host
- * callback.
+ * Thread safety: safe to call concurrently on one handle; also from an
+ * effect callback. From a log callback running on the module's worker
+ * thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+ * itself).
  *
  * # Safety
  * `m` is NULL or a live handle; `events_json_array` is NULL or
@@ -355,8 +374,10 @@ crm_status crm_push_events(struct crm_module *m,
  * or plugin id), CRM_ERR_CONFLICT,
  * CRM_ERR_STORAGE, CRM_ERR_CLOSED. A failed command changes nothing.
  *
- * Thread safety: safe to call concurrently on one handle; also from a host
- * callback.
+ * Thread safety: safe to call concurrently on one handle; also from an
+ * effect callback. From a log callback running on the module's worker
+ * thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+ * itself).
  *
  * # Safety
  * `m` is NULL or a live handle; `command_json` is NULL or NUL-terminated;
@@ -378,8 +399,10 @@ crm_status crm_execute(struct crm_module *m, const char *command_json, char **ou
  * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
  * CRM_ERR_STORAGE, CRM_ERR_CLOSED.
  *
- * Thread safety: safe to call concurrently on one handle; also from a host
- * callback.
+ * Thread safety: safe to call concurrently on one handle; also from an
+ * effect callback. From a log callback running on the module's worker
+ * thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+ * itself).
  *
  * # Safety
  * `m` is NULL or a live handle; `request_json` is NULL or NUL-terminated;
@@ -419,7 +442,8 @@ crm_status crm_query_view(struct crm_module *m,
  * CRM_ERR_CLOSED.
  *
  * Thread safety: safe to call concurrently on one handle (advances are
- * serialized); not from a host callback.
+ * serialized); not from a host callback (from a log callback on the
+ * module's worker thread it returns CRM_ERR_CONFLICT at once).
  *
  * # Safety
  * `m` is NULL or a live handle.
@@ -446,10 +470,12 @@ crm_status crm_clock_now(struct crm_module *m, int64_t *out_ms);
  * CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
- * CRM_ERR_CLOSED.
+ * CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called on the module's worker thread).
  *
  * Thread safety: safe to call concurrently on one handle; not from a host
- * callback (it would wait for itself until the timeout).
+ * callback (from an effect callback it would wait for itself until the
+ * timeout; from a log callback on the module's worker thread it returns
+ * CRM_ERR_CONFLICT at once).
  *
  * # Safety
  * `m` is NULL or a live handle.

@@ -409,6 +409,168 @@ fn rust_threads_share_one_handle() {
     );
 }
 
+const CREATE_TASK_AUTOMATION: &str = r#"{"command":"automation.create","automation_id":"t1","definition":{"name":"Call new leads","trigger":{"type":"contact_created"},"run_window":{"mode":"any_time"},"steps":[{"id":"call","type":"create_task","title":"Call","assignee":{"kind":"queue","name":"desk"}}]}}"#;
+
+/// The task effect's outbox row: (status, attempts), and how many effects
+/// were logged as failed.
+fn task_row(db: &Path) -> ((String, i64), i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let row = conn
+        .query_row(
+            "SELECT status, attempts FROM outbox WHERE kind = 'task'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let failed = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'effect_failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (row, failed)
+}
+
+#[test]
+fn an_effect_without_its_callback_waits_and_uses_no_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let seen = Seen::default();
+    let h = Handle::open(&db, Some(MANUAL));
+    h.execute(CREATE_TASK_AUTOMATION).unwrap();
+    h.execute(r#"{"command":"automation.activate","automation_id":"t1"}"#)
+        .unwrap();
+    h.push(&contact_event("e1", "c1")).unwrap();
+    // Ten days pass (the outbox gives up after 8 attempts, 13 hours of
+    // backoff): first with no callbacks at all, then with callbacks that
+    // leave create_task NULL.
+    let ten_days = |h: &Handle| {
+        for _ in 0..10 {
+            assert_eq!(unsafe { crm_clock_advance(h.0, DAY_MS) }, CRM_OK);
+            h.wait_idle();
+        }
+    };
+    ten_days(&h);
+    assert_eq!(task_row(&db), (("pending".into(), 0), 0), "no callbacks");
+    let cb = callbacks(&seen);
+    assert!(cb.create_task.is_none());
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+    ten_days(&h);
+    assert_eq!(
+        task_row(&db),
+        (("pending".into(), 0), 0),
+        "a NULL create_task: the task waits, no attempt used"
+    );
+    assert!(seen.keys.lock().unwrap().is_empty());
+    // A callback that takes tasks gets it, under its key.
+    let cb = crm_host_callbacks {
+        create_task: Some(deliver),
+        ..callbacks(&seen)
+    };
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+    h.wait_idle();
+    assert_eq!(task_row(&db), (("accepted".into(), 1), 0));
+    assert_eq!(seen.keys.lock().unwrap().len(), 1);
+    assert_eq!(unsafe { crm_set_host_callbacks(h.0, ptr::null()) }, CRM_OK);
+}
+
+/// What a log callback saw when it called into the module from the
+/// worker's own thread.
+struct ReentrantLog {
+    m: std::sync::atomic::AtomicPtr<crm_module>,
+    /// (crm_push_event, crm_execute, crm_wait_idle, crm_clock_advance,
+    /// crm_query_view) status codes, and the push's message.
+    calls: Mutex<Vec<([c_int; 5], String)>>,
+}
+
+unsafe extern "C" fn reentrant_log(user_data: *mut c_void, _level: c_int, _message: *const c_char) {
+    let r = unsafe { &*(user_data as *const ReentrantLog) };
+    if std::thread::current().name() != Some("crm-worker") {
+        return;
+    }
+    let m = r.m.load(std::sync::atomic::Ordering::Acquire);
+    if m.is_null() || !r.calls.lock().unwrap().is_empty() {
+        return;
+    }
+    let mut out = ptr::null_mut();
+    let event = cs(&contact_event("from-log", "c-log"));
+    let push = unsafe { crm_push_event(m, event.as_ptr(), &mut out) };
+    let push_message = last_message();
+    assert!(out.is_null());
+    let command = cs(r#"{"command":"list.create","list_id":"from-log","name":"X"}"#);
+    let execute = unsafe { crm_execute(m, command.as_ptr(), &mut out) };
+    let wait = unsafe { crm_wait_idle(m, 60_000) };
+    let advance = unsafe { crm_clock_advance(m, 1) };
+    let name = cs("automation_list");
+    let view = unsafe { crm_query_view(m, name.as_ptr(), ptr::null(), &mut out) };
+    if view == CRM_OK {
+        take(out);
+    }
+    r.calls
+        .lock()
+        .unwrap()
+        .push(([push, execute, wait, advance, view], push_message));
+}
+
+#[test]
+fn a_call_from_the_workers_own_thread_is_refused_not_deadlocked() {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    // A deadlock would hang the test: it runs on a thread of its own and
+    // is failed after two minutes.
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crm.db");
+        let log = Box::new(ReentrantLog {
+            m: std::sync::atomic::AtomicPtr::new(ptr::null_mut()),
+            calls: Mutex::new(Vec::new()),
+        });
+        let h = Handle::open(&db, Some(MANUAL));
+        log.m.store(h.0, std::sync::atomic::Ordering::Release);
+        let cb = crm_host_callbacks {
+            version: CRM_HOST_CALLBACKS_VERSION,
+            user_data: &*log as *const ReentrantLog as *mut c_void,
+            deliver_message: None,
+            write_property: None,
+            create_task: None,
+            log: Some(reentrant_log),
+        };
+        assert_eq!(unsafe { crm_set_host_callbacks(h.0, &cb) }, CRM_OK);
+        // A date trigger's evaluation logs on the worker's thread.
+        h.execute(r#"{"command":"automation.create","automation_id":"d1","definition":{"name":"Dormant","trigger":{"type":"inactive_for_days","days":1},"run_window":{"mode":"any_time"},"steps":[{"type":"delay","amount":1,"unit":"days"}]}}"#).unwrap();
+        h.execute(r#"{"command":"automation.activate","automation_id":"d1"}"#)
+            .unwrap();
+        h.push(&contact_event("e1", "c1")).unwrap();
+        for _ in 0..4 {
+            assert_eq!(unsafe { crm_clock_advance(h.0, DAY_MS) }, CRM_OK);
+        }
+        h.wait_idle();
+        drop(h); // crm_close must not hang either
+        let calls = log.calls.into_inner().unwrap();
+        done_tx.send((calls, dump(&db))).unwrap();
+    });
+    let (calls, state) = done
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a call from a log callback on the worker's thread deadlocked the module");
+    let ([push, execute, wait, advance, view], message) = calls
+        .first()
+        .cloned()
+        .expect("a log line on the worker's thread");
+    assert_eq!(
+        [push, execute, wait, advance],
+        [CRM_ERR_CONFLICT; 4],
+        "{message}"
+    );
+    assert!(message.contains("worker"), "{message}");
+    assert_eq!(view, CRM_OK, "views read their own connection");
+    assert!(
+        !state.contains("from-log"),
+        "a refused call changed nothing"
+    );
+}
+
 /// Every row of every table, as text: the database's whole state.
 fn dump(db: &Path) -> String {
     let conn =

@@ -119,7 +119,7 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> R
 /// Redacts a serde error: keeps the path, the kind of problem and what was
 /// expected; drops quoted input.
 pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
-    let path = e.path().to_string();
+    let path = safe_path(e.path());
     let inner = e.inner();
     let what = redact(&inner.to_string());
     let location = if inner.line() > 0 {
@@ -134,55 +134,137 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
     }
 }
 
-/// Removes the input echoed inside serde messages: `invalid type: string "x"`
-/// and `unknown variant `x`` become `invalid type: string` and `unknown variant`.
-fn redact(msg: &str) -> String {
-    // serde appends " at line N column M" itself; we add our own position.
-    let msg = match msg.find(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    // Field names are the schema's (or the host's keys), never values.
-    if msg.starts_with("missing field")
-        || msg.starts_with("unknown field")
-        || msg.starts_with("duplicate field")
-    {
-        return msg.to_string();
-    }
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    // Only the text before ", expected" can carry input; the expectation is ours.
-    let (head, tail) = match rest.find(", expected") {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    rest = head;
-    for (open, close) in [('"', '"'), ('`', '`')] {
-        if let Some(start) = rest.find(open) {
-            let after = &rest[start + 1..];
-            let end = after
-                .rfind(close)
-                .map(|e| start + 1 + e + 1)
-                .unwrap_or(rest.len());
-            out.push_str(rest[..start].trim_end());
-            out.push_str(&rest[end..]);
-            return format!("{out}{tail}");
+/// Whether a host's key may be quoted in a message: it looks like a field
+/// name (ASCII letters, digits, `_`, `-`, `.`, `$`, at most 64 of them),
+/// not like data (spaces, punctuation, long or non-ASCII text).
+fn is_field_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
+}
+
+/// The JSON path of an error, with any map key that does not look like a
+/// field name replaced by `?` (map keys are the host's, and could be data).
+fn safe_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(if is_field_name(key) { key } else { "?" });
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
         }
     }
-    // Numbers and other scalars echoed as `invalid value: integer 5`.
-    if let Some(idx) = rest
-        .find("invalid value: ")
-        .or_else(|| rest.find("invalid type: "))
-    {
-        let prefix_len = idx + rest[idx..].find(": ").map(|p| p + 2).unwrap_or(0);
-        let kind: String = rest[prefix_len..]
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        return format!("{}{}{}", &rest[..prefix_len], kind, tail);
+    out
+}
+
+/// serde's own position suffix, ` at line N column M`, if `msg` ends with one.
+fn strip_position(msg: &str) -> &str {
+    let Some(i) = msg.rfind(" at line ") else {
+        return msg;
+    };
+    let rest = &msg[i + " at line ".len()..];
+    let mut parts = rest.splitn(3, ' ');
+    let numeric =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    let (line, word, column) = (parts.next(), parts.next(), parts.next());
+    if numeric(line) && word == Some("column") && numeric(column) {
+        &msg[..i]
+    } else {
+        msg
     }
-    format!("{rest}{tail}")
+}
+
+/// The kinds of input serde names before the input itself (`string "x"`,
+/// `integer `5``, ...): only these words are kept.
+const UNEXPECTED_KINDS: [&str; 14] = [
+    "string",
+    "integer",
+    "floating",
+    "boolean",
+    "character",
+    "map",
+    "sequence",
+    "null",
+    "unit",
+    "bytes",
+    "byte",
+    "option",
+    "newtype",
+    "enum",
+];
+
+/// Removes the input echoed inside serde messages: `invalid type: string "x"`
+/// becomes `invalid type: string`, `unknown variant `x`` becomes
+/// `unknown variant`, and `unknown field `x`` keeps `x` only when it looks
+/// like a field name. The input is found by serde's wording around it (the
+/// last `, expected ` or `, there are no ` is serde's own), never by
+/// matching quotes, which the input itself may contain.
+fn redact(msg: &str) -> String {
+    // serde_json appends " at line N column M" itself; we add our own position.
+    let msg = strip_position(msg);
+    // Field names of our own schema, never input.
+    if msg.starts_with("missing field") || msg.starts_with("duplicate field") {
+        return msg.to_string();
+    }
+    for prefix in [
+        "unknown field ",
+        "unknown variant ",
+        "invalid type: ",
+        "invalid value: ",
+    ] {
+        let Some(rest) = msg.strip_prefix(prefix) else {
+            continue;
+        };
+        let cut = [", expected ", ", there are no "]
+            .iter()
+            .filter_map(|t| rest.rfind(t))
+            .max();
+        let (input, tail) = match cut {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let head = prefix.trim_end().trim_end_matches(':');
+        let shown = match prefix {
+            "unknown field " => input
+                .strip_prefix('`')
+                .and_then(|f| f.strip_suffix('`'))
+                .filter(|f| is_field_name(f))
+                .map(|f| format!("`{f}`")),
+            "invalid type: " | "invalid value: " => input
+                .split_whitespace()
+                .next()
+                .filter(|w| UNEXPECTED_KINDS.contains(w))
+                .map(str::to_string),
+            _ => None,
+        };
+        return match (prefix, shown) {
+            (_, Some(shown)) if prefix.ends_with(": ") => format!("{head}: {shown}{tail}"),
+            (_, Some(shown)) => format!("{head} {shown}{tail}"),
+            ("unknown field ", None) => format!("{head} (its name is not shown){tail}"),
+            (_, None) => format!("{head}{tail}"),
+        };
+    }
+    // Anything else (serde_json's syntax errors, our own messages) carries no
+    // input; should a quote appear all the same, everything from the first
+    // quote to the last one goes.
+    let quotes = |c: char| c == '"' || c == '`';
+    match (msg.find(quotes), msg.rfind(quotes)) {
+        (Some(a), Some(b)) => format!("{}{}", msg[..a].trim_end(), &msg[b + 1..]),
+        _ => msg.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +297,82 @@ mod tests {
         assert!(!e.to_string().contains("-4"), "{e}");
         let e = parse_json::<Probe>("{not json").unwrap_err();
         assert_eq!(e.code(), ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn quotes_inside_the_input_do_not_defeat_the_redaction() {
+        // serde quotes an unknown variant between backticks, and the value
+        // may hold double quotes, backticks, commas and serde's own words.
+        for value in [
+            r#"Jane \"x\" Doe"#,
+            "Jane `x` Doe",
+            "Jane Doe, expected nothing",
+            "Jane Doe at line 1 column 2",
+            "Jane\\u0060 Doe",
+        ] {
+            for text in [
+                format!(r#"{{"age": 3, "kind": "{value}"}}"#),
+                format!(r#"{{"age": "{value}", "kind": "alpha"}}"#),
+            ] {
+                let m = parse_json::<Probe>(&text).unwrap_err().to_string();
+                assert!(!m.contains("Jane") && !m.contains("Doe"), "{text}: {m}");
+                assert!(
+                    m.contains("unknown variant") || m.contains("invalid type: string"),
+                    "{m}"
+                );
+            }
+        }
+        let review = crate::event::Event::parse(
+            r#"{"event_id":"e1","type":"review.submitted","review":{"id":"r1","contact_id":"c1","source":"Jane \"x\" Doe"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(review.contains("unknown variant, expected"), "{review}");
+        assert!(
+            !review.contains("Jane") && !review.contains("Doe"),
+            "{review}"
+        );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        age: Option<u32>,
+        scores: Option<std::collections::BTreeMap<String, u32>>,
+    }
+
+    #[test]
+    fn unknown_fields_are_named_only_when_they_look_like_field_names() {
+        let m = parse_json::<Strict>(r#"{"agee": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("unknown field `agee`, expected"), "{m}");
+        for key in [
+            "Jane Doe",
+            "jane.doe@example.com is sick",
+            "Zoë",
+            "a`b, expected x",
+        ] {
+            let text = serde_json::json!({ key: 1 }).to_string();
+            let m = parse_json::<Strict>(&text).unwrap_err().to_string();
+            assert!(
+                m.contains("unknown field (its name is not shown)"),
+                "{key}: {m}"
+            );
+            assert!(
+                !m.contains(key) && !m.contains("Jane") && !m.contains("Zo"),
+                "{key}: {m}"
+            );
+        }
+        // A map key in the path is the host's too.
+        let m = parse_json::<Strict>(r#"{"scores": {"Jane Doe": "high"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.starts_with("invalid input: scores.?: invalid type: string"),
+            "{m}"
+        );
+        assert!(!m.contains("Jane") && !m.contains("high"), "{m}");
     }
 }

@@ -141,9 +141,11 @@ pub enum OptOutChannel {
     All,
 }
 
-/// The body of an event, by `type`.
+/// The body of an event, by `type`. A field its type does not define is
+/// refused (a misspelt `occured_at` or `Mode` would otherwise be dropped
+/// silently); `contact` objects keep unknown keys as custom properties.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 pub enum EventBody {
     /// A contact was created or changed in the host. `contact` holds `id` and properties.
     #[serde(rename = "contact.upserted")]
@@ -278,8 +280,10 @@ pub enum EventBody {
     },
 }
 
-/// One pushed event.
+/// One pushed event. A field other than `event_id`, `occurred_at`, `type`
+/// and the fields of its type is refused, by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct IncomingEvent {
     /// The host's id of this event (idempotency key of ingestion).
     pub event_id: String,
@@ -552,6 +556,53 @@ mod tests {
         for (text, needle) in cases {
             let e = Event::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_refused_by_name() {
+        for (text, field) in [
+            // A misspelt occurred_at would apply a stale update as new.
+            (
+                r#"{"event_id":"x","type":"contact.upserted","occured_at":"2020-01-01T00:00:00Z","contact":{"id":"c1"}}"#,
+                "occured_at",
+            ),
+            // "Mode": "full" would be read as a partial update.
+            (
+                r#"{"event_id":"x","type":"contact.upserted","Mode":"full","contact":{"id":"c1"}}"#,
+                "Mode",
+            ),
+            (
+                r#"{"event_id":"x","type":"portal.activated","contact_id":"c1","extra":1}"#,
+                "extra",
+            ),
+            (
+                r#"{"event_id":"x","type":"delivery.receipt","message_key":"k","status":"delivered","bounce_kind":"hard"}"#,
+                "bounce_kind",
+            ),
+        ] {
+            let e = Event::parse(text).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::Invalid, "{text}");
+            let m = e.to_string();
+            assert!(
+                m.contains("unknown field") && m.contains(field),
+                "{text}: {m}"
+            );
+            let batch = format!("[{text}]");
+            let m = Event::parse_batch(&batch).unwrap_err().to_string();
+            assert!(m.contains(field), "{batch}: {m}");
+        }
+        // Every documented field is still accepted, and a contact keeps its
+        // unknown keys as custom properties.
+        for text in [
+            r#"{"event_id":"a","type":"contact.upserted","occurred_at":"2026-01-05T09:00:00Z","mode":"full","reason":"staff","contact":{"id":"c1","favorite_color":"teal"}}"#,
+            r#"{"event_id":"b","type":"appointment.booked","occurred_at":"2026-01-05T09:00:00Z","appointment":{"id":"a1","contact_id":"c1","starts_at":"2026-01-06T09:00:00Z","provider_id":"p","clinic_id":"k"}}"#,
+            r#"{"event_id":"c","type":"sms.received","from":"+16175550101","body":"hi","in_reply_to":"k1"}"#,
+            r#"{"event_id":"d","type":"delivery.receipt","message_key":"k","status":"bounced","bounce":"soft"}"#,
+            r#"{"event_id":"e","type":"page.visited","contact_id":"c1","page":"/book"}"#,
+            r#"{"event_id":"f","type":"contact.opted_out","contact_id":"c1","channel":"all","reason":"staff"}"#,
+        ] {
+            Event::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
         let e = Event::parse_batch(
             r#"[{"event_id":"a","type":"portal.activated","contact_id":"c"},{"event_id":"b"}]"#,

@@ -58,7 +58,23 @@ pub trait Host: Send + Sync {
     /// string is an optional reason (ids only, no patient data).
     fn deliver(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>);
 
-    /// A log line from the module (ids only, never patient data).
+    /// Whether this host takes effects of `kind` now. Effects of a kind it
+    /// does not handle are not offered to it: they wait in the outbox,
+    /// without using any of their attempts, until a host that handles them
+    /// is registered ([`crate::Module::set_host`]). [`Host::deliver`] may
+    /// still answer [`HostAnswer::NotHandled`] for a kind that stopped being
+    /// handled meanwhile; it should not answer it for a kind this says it
+    /// handles (the effect would be offered again at once). Default: every
+    /// kind but [`EffectKind::PluginStep`], which the module's plugin pool runs.
+    fn handles(&self, kind: EffectKind) -> bool {
+        kind != EffectKind::PluginStep
+    }
+
+    /// A log line from the module (ids only, never patient data). It runs
+    /// on the module's own threads, the worker's among them: there, calls
+    /// into the module that wait for the worker ([`crate::Module::push`],
+    /// `execute`, `tracking_hit`, `advance_clock`, `wait_idle`) return
+    /// [`crate::Error::Conflict`] at once.
     fn log(&self, _level: LogLevel, _message: &str) {}
 }
 
@@ -239,18 +255,28 @@ pub fn run_dispatcher(
             EmailDelivery::Smtp { smtp } => Some(smtp.clone()),
             _ => None,
         };
-        let sender: Result<Arc<dyn Sender>, String> = match smtp_settings {
+        let sender: Result<Arc<dyn Sender>, (HostAnswer, String)> = match smtp_settings {
             Some(s) if is_email(&job) => smtp
                 .get(&s)
                 .map(|s| s as Arc<dyn Sender>)
-                .map_err(|e| format!("email_delivery.smtp.{e}")),
+                .map_err(|e| (HostAnswer::RetryLater, format!("email_delivery.smtp.{e}"))),
+            // Without a host for this kind (it was cleared or replaced since
+            // the worker handed the row over), nobody is asked and no attempt
+            // is used: the row waits for a host that handles it.
             _ => match host.read().clone() {
-                Some(h) => Ok(Arc::new(HostSender(h)) as Arc<dyn Sender>),
-                None => Err("no host callbacks registered".to_string()),
+                Some(h) if h.handles(job.kind) => Ok(Arc::new(HostSender(h)) as Arc<dyn Sender>),
+                Some(_) => Err((
+                    HostAnswer::NotHandled,
+                    format!("the host does not handle {} effects", job.kind.as_str()),
+                )),
+                None => Err((
+                    HostAnswer::NotHandled,
+                    "no host callbacks registered".to_string(),
+                )),
             },
         };
         let (outcome, error) = match sender {
-            Err(reason) => (HostAnswer::RetryLater, Some(reason)),
+            Err((answer, reason)) => (answer, Some(reason)),
             Ok(sender) => {
                 let delivery = Delivery {
                     key: &job.key,
@@ -288,7 +314,10 @@ pub fn log(host: &HostSlot, level: LogLevel, message: &str) {
         LogLevel::Info => tracing::info!("{message}"),
         LogLevel::Debug => tracing::debug!("{message}"),
     }
-    if let Some(h) = host.read().clone() {
+    // The slot's lock is released before the call: the host may set or
+    // clear itself from its log callback.
+    let host = host.read().clone();
+    if let Some(h) = host {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.log(level, message)));
     }
 }

@@ -6,7 +6,10 @@
 //! concurrently, except that [`Module::close`] consumes it. Writes are
 //! serialized through the worker thread; views read through their own
 //! connection and see the last committed state. Host callbacks run on the
-//! module's dispatcher thread.
+//! module's dispatcher thread; [`Host::log`] also runs on the worker's
+//! thread, where the methods that wait for the worker (push, execute,
+//! tracking hits, clock advances, [`Module::wait_idle`]) return
+//! [`Error::Conflict`] at once instead of waiting for themselves.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,6 +87,12 @@ pub struct Module {
     storage: StorageConfig,
     threads: Mutex<Vec<JoinHandle<()>>>,
     rows_written: Arc<AtomicU64>,
+    /// The worker's thread: a call that waits for the worker is refused
+    /// there (a host's log callback runs on it) instead of waiting forever.
+    worker_thread: std::thread::ThreadId,
+    /// Tests: the next view panics inside its read transaction.
+    #[cfg(test)]
+    view_fault: std::sync::atomic::AtomicBool,
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -168,6 +177,7 @@ impl Module {
             .name("crm-dispatcher".into())
             .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs))
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
+        let worker_thread = w.thread().id();
         threads.insert(0, d);
         threads.insert(0, w);
         threads.push(checkpointer);
@@ -182,6 +192,9 @@ impl Module {
             storage,
             threads: Mutex::new(threads),
             rows_written,
+            worker_thread,
+            #[cfg(test)]
+            view_fault: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -193,7 +206,27 @@ impl Module {
             .map_err(|_| Error::Closed)
     }
 
+    /// Whether host callbacks are registered (see [`Module::set_host`]).
+    pub fn has_host(&self) -> bool {
+        self.host.read().is_some()
+    }
+
+    /// Refuses a call that would wait for the worker when it comes from
+    /// the worker's own thread (a host's log callback): it would wait for
+    /// itself forever.
+    fn not_on_worker(&self) -> Result<()> {
+        if std::thread::current().id() == self.worker_thread {
+            return Err(Error::Conflict(
+                "this call waits for the module's worker and cannot be made from its thread \
+                 (a log callback running there): nothing was done"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
+        self.not_on_worker()?;
         let (reply, rx) = bounded(1);
         self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
         rx.recv().map_err(|_| self.dropped())?
@@ -294,12 +327,14 @@ impl Module {
         if guard.is_none() {
             *guard = Some(store::open_with(&self.path, Access::Read, &self.storage)?);
         }
-        let conn = guard.as_ref().ok_or(Error::Closed)?;
-        // One consistent snapshot for the whole view.
-        conn.execute_batch("BEGIN")?;
-        let r = crate::views::query(conn, &settings, name, &params, self.clock.now());
-        let _ = conn.execute_batch("COMMIT");
-        r
+        // One consistent snapshot for the whole view, ended when `snapshot`
+        // drops: also when the view code fails or panics.
+        let snapshot = Snapshot::begin(&mut guard)?;
+        #[cfg(test)]
+        if self.view_fault.swap(false, Ordering::SeqCst) {
+            panic!("a fault injected in a view");
+        }
+        crate::views::query(snapshot.conn()?, &settings, name, &params, self.clock.now())
     }
 
     /// The rows the engine has written since this module opened: every row
@@ -335,6 +370,7 @@ impl Module {
 
     /// Waits until nothing is queued, due or being delivered (or `timeout`).
     pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        self.not_on_worker()?;
         let (reply, rx) = bounded(1);
         self.tx
             .send(Request::WaitIdle { reply })
@@ -368,6 +404,37 @@ impl Module {
 impl Drop for Module {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A read transaction on the views' connection. Dropping it ends the
+/// transaction, whether the view returned or panicked; should that fail,
+/// the connection is dropped (the next view opens a fresh one), so a view
+/// never leaves the connection inside a transaction for the next one.
+struct Snapshot<'a> {
+    slot: &'a mut Option<Connection>,
+}
+
+impl<'a> Snapshot<'a> {
+    fn begin(slot: &'a mut Option<Connection>) -> Result<Snapshot<'a>> {
+        slot.as_ref().ok_or(Error::Closed)?.execute_batch("BEGIN")?;
+        Ok(Snapshot { slot })
+    }
+
+    fn conn(&self) -> Result<&Connection> {
+        self.slot.as_ref().ok_or(Error::Closed)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        let ended = self
+            .slot
+            .as_ref()
+            .is_none_or(|c| c.execute_batch("COMMIT").is_ok() || c.is_autocommit());
+        if !ended {
+            *self.slot = None;
+        }
     }
 }
 
@@ -433,6 +500,22 @@ mod tests {
             m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#),
             Err(Error::Closed)
         ));
+    }
+
+    #[test]
+    fn a_view_that_panics_leaves_no_read_transaction_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(&dir.path().join("m.db"), "").expect("open");
+        m.view("automation_list", "").expect("a view");
+        m.view_fault.store(true, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.view("automation_list", "")
+        }));
+        assert!(r.is_err(), "the injected fault panicked");
+        // The snapshot of the view that panicked was ended: later views work.
+        m.view("automation_list", "").expect("the next view");
+        m.view("settings", "").expect("and the one after");
+        m.shutdown();
     }
 
     #[test]

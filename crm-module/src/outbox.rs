@@ -85,6 +85,10 @@ pub enum HostAnswer {
     RetryLater,
     /// Refused for good.
     Failed,
+    /// Not offered to anyone: no registered sender takes effects of this
+    /// kind now (no host callbacks, or none for this kind). The row is left
+    /// as it was, its attempts untouched, until a taker is registered.
+    NotHandled,
 }
 
 /// True for the key of a "Test to" sample (`template.test_send`): it never
@@ -157,10 +161,12 @@ pub struct DueEffect {
 /// Who can take effects right now.
 #[derive(Debug, Clone, Copy)]
 pub struct Takers<'a> {
-    /// Host callbacks are registered: every kind can go.
-    pub host: bool,
-    /// Message channels delivered by a sender adapter (no host needed).
-    pub plugin_channels: &'a [&'a str],
+    /// The kinds the registered host handles (see [`crate::Host::handles`]);
+    /// empty without a host. A kind the host does not handle waits.
+    pub host: &'a [EffectKind],
+    /// Message channels delivered by one of the module's own senders, a
+    /// sender adapter or the built-in SMTP relay for email (no host needed).
+    pub sender_channels: &'a [&'a str],
     /// Channels over their sending limit: their messages wait.
     pub blocked: &'a [&'a str],
 }
@@ -176,15 +182,19 @@ const LANES: [(EffectKind, Option<&str>); 5] = [
     (EffectKind::PluginStep, None),
 ];
 
-/// The lanes some taker can take now: with a host every lane, without one
-/// custom steps and the messages of adapter channels; never the messages of
-/// blocked channels.
+/// The lanes some taker can take now: custom steps always (the plugin
+/// pool), the kinds the host handles, and the messages of channels with a
+/// sender of the module's own; never the messages of blocked channels. A
+/// lane nobody takes is not read at all: its rows wait without using
+/// attempts.
 fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'static str>)> + '_ {
     LANES
         .into_iter()
         .filter(move |(kind, channel)| match channel {
-            Some(c) => (t.host || t.plugin_channels.contains(c)) && !t.blocked.contains(c),
-            None => t.host || *kind == EffectKind::PluginStep,
+            Some(c) => {
+                (t.host.contains(kind) || t.sender_channels.contains(c)) && !t.blocked.contains(c)
+            }
+            None => t.host.contains(kind) || *kind == EffectKind::PluginStep,
         })
 }
 
@@ -359,6 +369,8 @@ pub fn record_answer(
         HostAnswer::Failed => ("failed", now),
         HostAnswer::RetryLater if attempts >= MAX_ATTEMPTS => ("failed", now),
         HostAnswer::RetryLater => ("retry", now + backoff(attempts)),
+        // Nobody was asked: the row stays as it is.
+        HostAnswer::NotHandled => return Ok("pending"),
     };
     conn.prepare_cached(
         "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, updated_at = ?5, last_error = ?6
@@ -407,9 +419,10 @@ mod tests {
         ];
         write(&conn, &effects, 0).unwrap();
         let none = HashSet::new();
+        let every = [EffectKind::Message, EffectKind::Property, EffectKind::Task];
         let host = Takers {
-            host: true,
-            plugin_channels: &[],
+            host: &every,
+            sender_channels: &[],
             blocked: &[],
         };
         let rows = due(&conn, 100, 10, &none, host).unwrap();
@@ -436,8 +449,8 @@ mod tests {
 
         // No host: custom steps, and messages only of adapter channels.
         let no_host = Takers {
-            host: false,
-            plugin_channels: &["sms"],
+            host: &[],
+            sender_channels: &["sms"],
             blocked: &[],
         };
         assert_eq!(
@@ -446,10 +459,30 @@ mod tests {
         );
         assert_eq!(next_due(&conn, no_host).unwrap(), Some(20));
         let nobody = Takers {
-            plugin_channels: &[],
+            sender_channels: &[],
             ..no_host
         };
         assert_eq!(next_due(&conn, nobody).unwrap(), Some(40));
+
+        // A host that handles messages only: tasks and property write-backs
+        // are not read (so they use no attempts); messages and custom steps go.
+        let messages_only = Takers {
+            host: &[EffectKind::Message],
+            ..nobody
+        };
+        assert_eq!(
+            keys(&due(&conn, 100, 10, &none, messages_only).unwrap()),
+            ["email-1", "sms-1", "step-1", "email-2"]
+        );
+        let tasks_only = Takers {
+            host: &[EffectKind::Task],
+            ..nobody
+        };
+        assert_eq!(
+            keys(&due(&conn, 2_000, 10, &none, tasks_only).unwrap()),
+            ["task-1", "step-1"]
+        );
+        assert_eq!(next_due(&conn, tasks_only).unwrap(), Some(30));
 
         // In-flight rows are skipped; rows not yet due are not returned.
         let in_flight: HashSet<i64> = rows.iter().take(2).map(|r| r.id).collect();

@@ -124,10 +124,19 @@ pub struct Worker {
     /// The connection's count when the worker was made (the migrations and
     /// the open's own writes).
     rows_before: u64,
+    /// Set when SQLite rolled back the round's whole transaction during a
+    /// request (a full disk, an I/O error): the round's other requests are
+    /// not run, nothing is committed, and every request of the round is
+    /// answered with this error (see [`Worker::in_savepoint`]).
+    lost: Option<Error>,
     /// Tests: points at which the worker panics, once each (see
     /// [`Worker::inject`]).
     #[cfg(test)]
     faults: Vec<&'static str>,
+    /// Tests: the request (counted from 0 in a round's savepoints) during
+    /// which SQLite rolls back the whole transaction, as a full disk would.
+    #[cfg(test)]
+    abort_request: Option<usize>,
 }
 
 impl Worker {
@@ -158,8 +167,11 @@ impl Worker {
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
             rows_before: conn_changes,
+            lost: None,
             #[cfg(test)]
             faults: Vec::new(),
+            #[cfg(test)]
+            abort_request: None,
         })
     }
 
@@ -304,21 +316,42 @@ impl Worker {
 
     fn next_outbox_due(&self) -> Option<Millis> {
         let blocked = self.blocked_channels(self.clock.now());
-        let adapters = self.adapter_channels();
+        let senders = self.sender_channels();
+        let host = self.host_kinds();
         let takers = outbox::Takers {
-            host: self.host.read().is_some(),
-            plugin_channels: &adapters,
+            host: &host,
+            sender_channels: &senders,
             blocked: &blocked,
         };
         outbox::next_due(&self.conn, takers).ok().flatten()
     }
 
-    /// Channels whose messages go to a sender adapter rather than the host.
-    fn adapter_channels(&self) -> Vec<&'static str> {
+    /// Channels whose messages go to one of the module's own senders rather
+    /// than the host: a sender adapter, or the SMTP relay for email.
+    fn sender_channels(&self) -> Vec<&'static str> {
         let settings = self.settings.read();
+        let smtp = matches!(
+            settings.doc.email_delivery,
+            crate::settings::EmailDelivery::Smtp { .. }
+        );
         ["email", "sms"]
             .into_iter()
-            .filter(|c| settings.doc.adapter_for(c).is_some())
+            .filter(|c| settings.doc.adapter_for(c).is_some() || (smtp && *c == "email"))
+            .collect()
+    }
+
+    /// The kinds of effect the registered host handles (none without a host).
+    fn host_kinds(&self) -> Vec<EffectKind> {
+        let host = self.host.read().clone();
+        let Some(host) = host else {
+            return Vec::new();
+        };
+        [EffectKind::Message, EffectKind::Property, EffectKind::Task]
+            .into_iter()
+            .filter(|k| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.handles(*k)))
+                    .unwrap_or(false)
+            })
             .collect()
     }
 
@@ -411,6 +444,12 @@ impl Worker {
                 } => {
                     self.in_flight.remove(&outbox_id);
                     self.in_flight_channel.remove(&outbox_id);
+                    if answer == HostAnswer::NotHandled {
+                        // Nobody was asked (the host changed since the row
+                        // was handed over): the row waits as it was, its
+                        // attempts untouched, for a host that handles it.
+                        continue;
+                    }
                     if let Err(e) = self.in_savepoint(|w| {
                         if let Some(figures) = &call {
                             crate::plugins::registry::record_call(&w.conn, figures, w.clock.now())?;
@@ -444,11 +483,18 @@ impl Worker {
             }
         }
         self.inject("commit");
-        let committed = self.conn.execute_batch("COMMIT").map_err(Error::from);
+        let committed = match self.lost.take() {
+            // SQLite rolled the transaction back: there is nothing to commit,
+            // and every request of the round is answered with the error.
+            Some(e) => Err(e),
+            None => self.conn.execute_batch("COMMIT").map_err(Error::from),
+        };
         self.publish_rows_written();
         let failure = committed.err();
         if let Some(e) = &failure {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
             self.log(LogLevel::Error, &format!("commit failed: {e}"));
             self.reload();
         } else if settings_changed {
@@ -558,18 +604,73 @@ impl Worker {
                 }
             };
         }
+        // The transaction is gone: running this request now would run it
+        // outside any transaction (a SAVEPOINT there begins one of its own,
+        // and its RELEASE commits it).
+        if let Some(lost) = &self.lost {
+            return Err(clone_err(lost));
+        }
         self.conn.execute_batch("SAVEPOINT req")?;
         let before = self.catalog.clone();
-        match contained(|| f(self)) {
-            Ok(v) => {
-                self.conn.execute_batch("RELEASE req")?;
-                Ok(v)
-            }
+        let r = contained(|| f(self));
+        #[cfg(test)]
+        let r = self.injected_abort(r);
+        match r {
+            Ok(v) => match self.conn.execute_batch("RELEASE req") {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    self.undo_request(before);
+                    Err(e.into())
+                }
+            },
             Err(e) => {
-                self.conn.execute_batch("ROLLBACK TO req; RELEASE req")?;
-                self.catalog = before;
+                self.undo_request(before);
                 Err(e)
             }
+        }
+    }
+
+    /// Undoes the request of the current savepoint after it failed. SQLite
+    /// may have rolled back the whole transaction already (a full disk, an
+    /// I/O error: `ROLLBACK TO` then fails and the connection is back in
+    /// autocommit), or the savepoint may not roll back: then the round is
+    /// lost, its transaction rolled back if still open, and the round's
+    /// other requests are refused rather than run outside a transaction
+    /// or committed beside a half-undone one.
+    fn undo_request(&mut self, before: Catalog) {
+        let undone = self.conn.execute_batch("ROLLBACK TO req; RELEASE req");
+        self.catalog = before;
+        if undone.is_err() || self.conn.is_autocommit() {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.log(
+                LogLevel::Error,
+                "the database rolled back the whole transaction of a round: its requests are refused",
+            );
+            self.lost = Some(Error::Storage(
+                "the database rolled back the transaction (disk full or I/O error?); \
+                 nothing of this request was kept"
+                    .into(),
+            ));
+        }
+    }
+
+    /// Tests: SQLite rolls back the whole transaction during the request
+    /// [`Worker::abort_request`] names.
+    #[cfg(test)]
+    fn injected_abort<T>(&mut self, r: Result<T>) -> Result<T> {
+        match self.abort_request {
+            Some(0) => {
+                self.abort_request = None;
+                self.conn.execute_batch("ROLLBACK")?;
+                Err(Error::Storage("database or disk is full (injected)".into()))
+            }
+            Some(n) => {
+                self.abort_request = Some(n - 1);
+                r
+            }
+            None => r,
         }
     }
 
@@ -798,9 +899,9 @@ impl Worker {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
         }
-        let host = self.host.read().is_some();
-        let adapters = self.adapter_channels();
-        if !host && adapters.is_empty() && !self.plugins.started() {
+        let host = self.host_kinds();
+        let senders = self.sender_channels();
+        if host.is_empty() && senders.is_empty() && !self.plugins.started() {
             return;
         }
         let now = self.clock.now();
@@ -812,8 +913,8 @@ impl Worker {
             .map(|(c, _)| *c)
             .collect();
         let takers = outbox::Takers {
-            host,
-            plugin_channels: &adapters,
+            host: &host,
+            sender_channels: &senders,
             blocked: &blocked,
         };
         let due = outbox::due(&self.conn, now, room, &self.in_flight, takers).and_then(|rows| {
@@ -1047,6 +1148,42 @@ mod tests {
                 .expect("count");
             assert_eq!(lost, 0, "lone write: {lone}");
         }
+    }
+
+    #[test]
+    fn a_transaction_rolled_back_by_sqlite_fails_the_whole_round_and_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        // The second of three requests meets a full disk, and SQLite rolls
+        // back the round's whole transaction.
+        w.abort_request = Some(1);
+        let mut answers = Vec::new();
+        let batch: Vec<Request> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| {
+                let (reply, rx) = crossbeam_channel::bounded(1);
+                answers.push(rx);
+                Request::Command {
+                    command: list_create(id),
+                    reply,
+                }
+            })
+            .collect();
+        assert!(w.round(batch).is_empty());
+        for (id, rx) in ["a", "b", "c"].into_iter().zip(&answers) {
+            let r = rx.try_recv().expect("answered");
+            assert!(matches!(r, Err(Error::Storage(_))), "{id}: {r:?}");
+        }
+        assert!(w.conn.is_autocommit(), "no transaction left open");
+        assert_eq!(lists(&w), 0, "nothing of the round was kept");
+        // The next round runs as usual.
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        w.round(vec![Request::Command {
+            command: list_create("d"),
+            reply,
+        }]);
+        rx.try_recv().expect("answered").expect("created");
+        assert_eq!(lists(&w), 1);
     }
 
     fn request<T>(

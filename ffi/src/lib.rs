@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// The library's own Rust allocations go through mimalloc in release builds:
 /// the engine allocates small, short-lived values on every event (JSON,
@@ -167,6 +167,10 @@ pub struct crm_module {
     /// the module reads them under this lock, so replacing or clearing them
     /// waits for callbacks in flight.
     callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+    /// Held by crm_set_host_callbacks() around both the slot and the
+    /// module's host, so that concurrent registrations apply whole, one
+    /// after the other: the last call wins for both.
+    registration: Mutex<()>,
 }
 
 /// Hands one effect (a message, a property write-back or a task) to the host.
@@ -198,16 +202,27 @@ pub type crm_log_fn =
 /// Threads: the effect callbacks (deliver_message, write_property,
 /// create_task) run on the module's dispatcher thread, one at a time; `log`
 /// runs on the module's internal threads (worker, dispatcher, or a plugin
-/// thread forwarding a WebAssembly plugin's log line). A callback
+/// thread forwarding a WebAssembly plugin's log line). An effect callback
 /// may call crm_push_event(), crm_push_events(), crm_execute(),
-/// crm_query_view(), crm_clock_now() and the error functions; it must not
-/// call crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
-/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (it would wait for
-/// itself until the timeout) or crm_clock_advance().
+/// crm_tracking_hit(), crm_query_view(), crm_clock_now() and the error
+/// functions. `log` may call crm_query_view(), crm_clock_now() and the
+/// error functions; when it runs on the worker's thread, the calls that
+/// wait for the worker (crm_push_event(), crm_push_events(), crm_execute(),
+/// crm_tracking_hit(), crm_clock_advance(), crm_wait_idle()) return
+/// CRM_ERR_CONFLICT at once and change nothing (the worker would wait for
+/// itself), so a log callback should not call them. No callback may call
+/// crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
+/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (from an effect
+/// callback it would wait for itself until the timeout) or
+/// crm_clock_advance().
 ///
-/// A NULL effect callback means "not handled": effects of that kind are
-/// answered CRM_EFFECT_RETRY and stay in the module's durable outbox until a
-/// callback takes them. A NULL `log` discards log lines.
+/// A NULL effect callback means "not handled": effects of that kind are not
+/// offered and use none of their attempts; they wait in the module's durable
+/// outbox until callbacks that handle them are registered (nothing committed
+/// is lost, nor failed for want of a callback). The same holds for every
+/// kind while no callbacks are registered at all, except email messages
+/// when the settings deliver email through the built-in SMTP relay. A NULL
+/// `log` discards log lines.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct crm_host_callbacks {
@@ -248,18 +263,25 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
-struct CallbackScope;
+/// Marks this thread as running a host callback until dropped. Scopes
+/// nest (a callback that calls into the module, which logs on the same
+/// thread): dropping one restores the value it found, so leaving the inner
+/// callback does not clear the mark of the outer one.
+struct CallbackScope {
+    previous: bool,
+}
 
 impl CallbackScope {
     fn enter() -> CallbackScope {
-        IN_CALLBACK.with(|c| c.set(true));
-        CallbackScope
+        CallbackScope {
+            previous: IN_CALLBACK.with(|c| c.replace(true)),
+        }
     }
 }
 
 impl Drop for CallbackScope {
     fn drop(&mut self) {
-        IN_CALLBACK.with(|c| c.set(false));
+        IN_CALLBACK.with(|c| c.set(self.previous));
     }
 }
 
@@ -277,27 +299,44 @@ fn c_arg(s: &str) -> CString {
     })
 }
 
+/// The registered callback for effects of `kind`, if any.
+fn effect_callback(
+    cb: &crm_host_callbacks,
+    kind: EffectKind,
+) -> Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int> {
+    match kind {
+        EffectKind::Message => cb.deliver_message,
+        EffectKind::Property => cb.write_property,
+        EffectKind::Task => cb.create_task,
+        // Custom steps run in the module's plugin host, never in the host.
+        EffectKind::PluginStep => None,
+    }
+}
+
 impl Host for CallbackHost {
+    fn handles(&self, kind: EffectKind) -> bool {
+        self.callbacks
+            .read_recursive()
+            .as_ref()
+            .is_some_and(|cb| effect_callback(cb, kind).is_some())
+    }
+
     fn deliver(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
         // `read_recursive`: a callback may re-enter the module, whose threads
         // may log (a read) while a writer waits in crm_set_host_callbacks.
         let guard = self.callbacks.read_recursive();
+        // Without a callback for this kind (cleared or replaced since the
+        // worker handed the effect over), nobody is asked: the effect waits
+        // in the outbox, its attempts untouched.
         let Some(cb) = guard.as_ref() else {
             return (
-                HostAnswer::RetryLater,
+                HostAnswer::NotHandled,
                 Some("no host callbacks registered".into()),
             );
         };
-        let f = match delivery.kind {
-            EffectKind::Message => cb.deliver_message,
-            EffectKind::Property => cb.write_property,
-            EffectKind::Task => cb.create_task,
-            // Custom steps run in the module's plugin host, never in the host.
-            EffectKind::PluginStep => None,
-        };
-        let Some(f) = f else {
+        let Some(f) = effect_callback(cb, delivery.kind) else {
             return (
-                HostAnswer::RetryLater,
+                HostAnswer::NotHandled,
                 Some(format!(
                     "no host callback registered for {} effects",
                     delivery.kind.as_str()
@@ -542,6 +581,7 @@ pub unsafe extern "C" fn crm_open(
         let handle = Box::new(crm_module {
             module,
             callbacks: Arc::new(RwLock::new(None)),
+            registration: Mutex::new(()),
         });
         // SAFETY: `out` is writable per the contract.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -598,8 +638,10 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
 /// CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
 /// rejected event changes nothing (its event_id is not consumed).
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `event_json` is NULL or NUL-terminated;
@@ -630,8 +672,10 @@ pub unsafe extern "C" fn crm_push_event(
 /// Errors: as crm_push_event(); batches are limited to 10,000 events and
 /// 64 MiB. On any error no event of the batch is applied.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `events_json_array` is NULL or
@@ -694,8 +738,10 @@ unsafe fn json_call(
 /// or plugin id), CRM_ERR_CONFLICT,
 /// CRM_ERR_STORAGE, CRM_ERR_CLOSED. A failed command changes nothing.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `command_json` is NULL or NUL-terminated;
@@ -727,8 +773,10 @@ pub unsafe extern "C" fn crm_execute(
 /// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
 /// CRM_ERR_STORAGE, CRM_ERR_CLOSED.
 ///
-/// Thread safety: safe to call concurrently on one handle; also from a host
-/// callback.
+/// Thread safety: safe to call concurrently on one handle; also from an
+/// effect callback. From a log callback running on the module's worker
+/// thread it returns CRM_ERR_CONFLICT at once (the worker would wait for
+/// itself).
 ///
 /// # Safety
 /// `m` is NULL or a live handle; `request_json` is NULL or NUL-terminated;
@@ -796,7 +844,8 @@ pub unsafe extern "C" fn crm_query_view(
 /// CRM_ERR_CLOSED.
 ///
 /// Thread safety: safe to call concurrently on one handle (advances are
-/// serialized); not from a host callback.
+/// serialized); not from a host callback (from a log callback on the
+/// module's worker thread it returns CRM_ERR_CONFLICT at once).
 ///
 /// # Safety
 /// `m` is NULL or a live handle.
@@ -840,10 +889,12 @@ pub unsafe extern "C" fn crm_clock_now(m: *mut crm_module, out_ms: *mut i64) -> 
 /// CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
-/// CRM_ERR_CLOSED.
+/// CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called on the module's worker thread).
 ///
 /// Thread safety: safe to call concurrently on one handle; not from a host
-/// callback (it would wait for itself until the timeout).
+/// callback (from an effect callback it would wait for itself until the
+/// timeout; from a log callback on the module's worker thread it returns
+/// CRM_ERR_CONFLICT at once).
 ///
 /// # Safety
 /// `m` is NULL or a live handle.
@@ -913,6 +964,8 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
             Some(unsafe { callbacks.read_unaligned() })
         };
         let set = new.is_some();
+        // One registration at a time, the slot and the host together.
+        let _registration = h.registration.lock();
         // The write lock waits for callbacks in flight.
         *h.callbacks.write() = new;
         let host: Option<Arc<dyn Host>> = if set {
@@ -985,4 +1038,89 @@ pub extern "C" fn crm_version() -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn crm_version_number() -> u32 {
     version_number()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_callback_scope_keeps_the_outer_mark() {
+        assert!(!in_callback());
+        let outer = CallbackScope::enter();
+        {
+            let _inner = CallbackScope::enter();
+            assert!(in_callback());
+        }
+        assert!(
+            in_callback(),
+            "leaving the inner callback cleared the outer's mark"
+        );
+        drop(outer);
+        assert!(!in_callback());
+    }
+
+    unsafe extern "C" fn accept(_: *mut c_void, _: *const c_char, _: *const c_char) -> c_int {
+        CRM_EFFECT_ACCEPTED
+    }
+
+    #[test]
+    fn concurrent_registrations_leave_the_slot_and_the_host_in_step() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
+        let mut m = ptr::null_mut();
+        // SAFETY: valid strings and out-pointer.
+        assert_eq!(
+            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
+            CRM_OK
+        );
+        struct Ptr(*mut crm_module);
+        // SAFETY: crm_set_host_callbacks is documented as safe concurrently.
+        unsafe impl Sync for Ptr {}
+        let shared = Ptr(m);
+        let cb = crm_host_callbacks {
+            version: CRM_HOST_CALLBACKS_VERSION,
+            user_data: ptr::null_mut(),
+            deliver_message: Some(accept),
+            write_property: Some(accept),
+            create_task: Some(accept),
+            log: None,
+        };
+        // Two threads register and clear at the same moment, round after
+        // round; between rounds one of them checks that the slot the
+        // callbacks are read from and the module's host agree.
+        const ROUNDS: usize = 20_000;
+        let step = std::sync::Barrier::new(2);
+        let disagreements = parking_lot::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for set in [true, false] {
+                let (shared, step, cb, disagreements) = (&shared, &step, &cb, &disagreements);
+                s.spawn(move || {
+                    let arg: *const crm_host_callbacks = if set { cb } else { ptr::null() };
+                    for round in 0..ROUNDS {
+                        step.wait();
+                        // SAFETY: a live handle and a valid struct (or NULL).
+                        assert_eq!(unsafe { crm_set_host_callbacks(shared.0, arg) }, CRM_OK);
+                        step.wait();
+                        if set {
+                            // SAFETY: a live handle, not closed yet.
+                            let h = unsafe { handle(shared.0) }.ok().expect("a handle");
+                            if h.callbacks.read().is_some() != h.module.has_host() {
+                                disagreements.lock().push(round);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // SAFETY: no other thread uses the handle any more.
+        unsafe { crm_close(shared.0) };
+        let disagreements = disagreements.into_inner();
+        assert!(
+            disagreements.is_empty(),
+            "the callbacks slot and the module's host disagreed after {} of {ROUNDS} rounds (first: round {:?})",
+            disagreements.len(),
+            disagreements.first()
+        );
+    }
 }
