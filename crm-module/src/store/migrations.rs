@@ -732,15 +732,13 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
-        let history = [
-            crate::store::query_plan(
-                &conn,
-                crate::core::ingest::MESSAGE_HISTORY_SQL,
-                ["k1", "message_opened"],
-            ),
-            crate::store::query_plan(&conn, crate::core::ingest::LAST_OUTCOME_SQL, ["k1"]),
-        ];
-        for plan in history {
+        for sql in [
+            crate::core::ingest::OPENED_BEFORE_SQL,
+            crate::core::ingest::CLICKED_BEFORE_SQL,
+            crate::core::ingest::REPLIED_BEFORE_SQL,
+            crate::core::ingest::LAST_OUTCOME_SQL,
+        ] {
+            let plan = crate::store::query_plan(&conn, sql, ["k1"]);
             assert!(
                 plan.iter().any(|l| l.contains("events_message_history")),
                 "{plan:?}"
