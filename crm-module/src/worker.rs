@@ -753,16 +753,7 @@ impl Worker {
             }
             _ => Some(json!({"source": source, "attempts": row.attempts + 1})),
         };
-        Log {
-            automation_id: row.automation_id.as_deref(),
-            enrollment_id: row.enrollment_id,
-            step_id: row.step_id.as_deref(),
-            channel: row.channel.as_deref(),
-            message_key: Some(&row.key),
-            detail,
-            ..Log::new(kind, row.contact_id.as_deref().unwrap_or_default())
-        }
-        .write(&self.conn, now)
+        Log::for_effect(kind, &row, detail).write(&self.conn, now)
     }
 
     /// The earliest scheduled item of an active automation.

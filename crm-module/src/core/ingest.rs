@@ -638,15 +638,7 @@ fn receipt(
         DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
         DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
     };
-    let log = |kind: &'static str, detail: Value| Log {
-        automation_id: row.automation_id.as_deref(),
-        enrollment_id: row.enrollment_id,
-        step_id: row.step_id.as_deref(),
-        channel: row.channel.as_deref(),
-        message_key: Some(key),
-        detail: Some(detail),
-        ..Log::new(kind, &contact_id)
-    };
+    let log = |kind: &'static str, detail: Value| Log::for_effect(kind, &row, Some(detail));
     // A delivery and a hard bounce are final: nothing is handed over
     // again after them. So a receipt after a delivery is either the same
     // delivery again (the host pushing it twice, one receipt per SMS

@@ -41,6 +41,20 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// An entry about an outbox row (a message or another effect): its
+    /// automation, enrollment, step, channel and key.
+    pub fn for_effect(kind: &'a str, row: &'a crate::outbox::Row, detail: Option<Value>) -> Self {
+        Entry {
+            automation_id: row.automation_id.as_deref(),
+            enrollment_id: row.enrollment_id,
+            step_id: row.step_id.as_deref(),
+            channel: row.channel.as_deref(),
+            message_key: Some(&row.key),
+            detail,
+            ..Entry::new(kind, row.contact_id.as_deref().unwrap_or_default())
+        }
+    }
+
     /// Appends it at `at`.
     pub fn write(&self, conn: &Connection, at: Millis) -> Result<()> {
         let detail = self

@@ -95,19 +95,8 @@ fn record(conn: &Connection, held: &[(i64, HandOver)], now: Millis) -> Result<()
                     "UPDATE outbox SET status = 'failed', updated_at = ?2, last_error = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, now, format!("suppressed: {}", why.as_str())])?;
-                Log {
-                    automation_id: row.automation_id.as_deref(),
-                    enrollment_id: row.enrollment_id,
-                    step_id: row.step_id.as_deref(),
-                    channel: row.channel.as_deref(),
-                    message_key: Some(&row.key),
-                    detail: Some(json!({"reason": why.as_str(), "at": "hand_over"})),
-                    ..Log::new(
-                        "message_suppressed",
-                        row.contact_id.as_deref().unwrap_or_default(),
-                    )
-                }
-                .write(conn, now)?;
+                let detail = json!({"reason": why.as_str(), "at": "hand_over"});
+                Log::for_effect("message_suppressed", &row, Some(detail)).write(conn, now)?;
             }
             HandOver::Go => {}
         }

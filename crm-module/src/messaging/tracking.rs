@@ -880,11 +880,7 @@ pub fn wrap_text_links(
     while let Some(off) = lower.get(pos..).and_then(|s| s.find("http")) {
         let start = pos + off;
         pos = start + 4;
-        let after_scheme = if lower[start..].starts_with("https://") {
-            start + 8
-        } else if lower[start..].starts_with("http://") {
-            start + 7
-        } else {
+        let Some(after_scheme) = scheme_end(&lower, start) else {
             continue;
         };
         let glued = text[..start]
@@ -919,6 +915,19 @@ pub fn wrap_text_links(
     (out, links)
 }
 
+/// Where the `http://` or `https://` starting at `start` of `lower` (a text
+/// in ASCII lowercase) ends, if one starts there.
+fn scheme_end(lower: &str, start: usize) -> Option<usize> {
+    let rest = &lower[start..];
+    if rest.starts_with("https://") {
+        Some(start + 8)
+    } else if rest.starts_with("http://") {
+        Some(start + 7)
+    } else {
+        None
+    }
+}
+
 /// The links a text template writes, to tell them from URLs that came in
 /// with a placeholder's value (see [`wrap_text_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -939,11 +948,7 @@ impl TemplateLinks {
         while let Some(off) = lower.get(pos..).and_then(|s| s.find("http")) {
             let start = pos + off;
             pos = start + 4;
-            let after_scheme = if lower[start..].starts_with("https://") {
-                start + 8
-            } else if lower[start..].starts_with("http://") {
-                start + 7
-            } else {
+            let Some(after_scheme) = scheme_end(&lower, start) else {
                 continue;
             };
             let end = template[after_scheme..]
