@@ -127,17 +127,49 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
         .collect();
     assert_eq!(message_id, format!("<{local}@riverside.example>"));
 
-    // 550 at RCPT: failed for good, with a message_failed event.
+    // 550 5.1.1 at RCPT (no such mailbox): a hard bounce, not an error. The
+    // row is failed for good, the address is undeliverable, the figures
+    // count one attempt that bounced.
     let (_, status, _) = row("p2");
     assert_eq!(status, "failed");
-    let failed: i64 = conn
+    let kinds: Vec<(String, Option<String>)> = conn
+        .prepare(
+            "SELECT kind, json_extract(detail, '$.at') FROM events WHERE contact_id = 'p2'
+               AND kind IN ('message_failed', 'message_bounced', 'address_undeliverable') ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("message_bounced".to_string(), Some("hand_over".to_string())),
+            ("address_undeliverable".to_string(), None)
+        ]
+    );
+    let undeliverable: Option<String> = conn
         .query_row(
-            "SELECT COUNT(*) FROM events WHERE kind = 'message_failed' AND contact_id = 'p2'",
+            "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = 'p2'",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(failed, 1);
+    assert_eq!(undeliverable.as_deref(), Some("reject550@patients.example"));
+    let perf = m
+        .view("automation_performance", r#"{"automation_id": "news"}"#)
+        .unwrap();
+    let email = &perf["channel_breakdown"][0];
+    assert_eq!(
+        (
+            email["send_attempts"].as_u64(),
+            email["bounced"].as_u64(),
+            email["failed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0)),
+        "{email}"
+    );
 
     // The host never saw an email, but got both tasks.
     let got = host.got.lock().unwrap();

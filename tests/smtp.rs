@@ -307,12 +307,12 @@ fn refusals_map_to_failed_and_retry_later() {
     let server = SmtpServer::start(None);
     let smtp = SmtpSender::new(&server.settings()).expect("sender");
 
-    // 550 at RCPT: permanent
+    // 550 5.1.1 at RCPT: no such mailbox, a hard bounce
     let outcome = smtp.send(&marketing_email("reject550@example.org", "out_550"));
-    let SmtpOutcome::Failed { reason } = &outcome else {
-        panic!("550 must fail: {outcome:?}");
+    let SmtpOutcome::Bounced { reason } = &outcome else {
+        panic!("550 5.1.1 must bounce: {outcome:?}");
     };
-    assert_eq!(reason, "smtp 550 5.1.1: permanently refused");
+    assert_eq!(reason, "smtp 550 5.1.1: address refused");
 
     // 451 at RCPT: temporary
     let outcome = smtp.send(&marketing_email("defer451@example.org", "out_451"));

@@ -126,6 +126,7 @@ impl Sender for SmtpEmailSender {
         match self.smtp.send(&email) {
             SmtpOutcome::Accepted { .. } => (HostAnswer::Accepted, None),
             SmtpOutcome::RetryLater { reason } => (HostAnswer::RetryLater, Some(reason)),
+            SmtpOutcome::Bounced { reason } => (HostAnswer::Bounced, Some(reason)),
             SmtpOutcome::Failed { reason } => (HostAnswer::Failed, Some(reason)),
         }
     }

@@ -85,6 +85,10 @@ pub enum HostAnswer {
     RetryLater,
     /// Refused for good.
     Failed,
+    /// Refused for good because the address does not exist: a hard bounce
+    /// the module's own sender saw (the SMTP relay's `5.1.x`). Recorded as
+    /// a bounce, not an error.
+    Bounced,
     /// Not offered to anyone: no registered sender takes effects of this
     /// kind now (no host callbacks, or none for this kind). The row is left
     /// as it was, its attempts untouched, until a taker is registered.
@@ -366,7 +370,7 @@ pub fn record_answer(
         + 1;
     let (status, next) = match answer {
         HostAnswer::Accepted => ("accepted", now),
-        HostAnswer::Failed => ("failed", now),
+        HostAnswer::Failed | HostAnswer::Bounced => ("failed", now),
         HostAnswer::RetryLater if attempts >= MAX_ATTEMPTS => ("failed", now),
         HostAnswer::RetryLater => ("retry", now + backoff(attempts)),
         // Nobody was asked: the row stays as it is.

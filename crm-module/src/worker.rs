@@ -739,6 +739,14 @@ impl Worker {
             // "Test to" samples never reach analytics.
             return Ok(());
         }
+        if answer == HostAnswer::Bounced && row.kind == EffectKind::Message {
+            // A hard bounce, not an error: handled as a host's receipt would be.
+            let settings = self.settings.read().clone();
+            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            ingest::bounced_at_hand_over(&mut ctx, &row.key)?;
+            let effects = ctx.take_effects();
+            return outbox::write(&self.conn, &effects, now);
+        }
         let kind = match (row.kind, status) {
             (EffectKind::Message, "accepted") => "message_sent",
             (EffectKind::Message, "failed") => "message_failed",

@@ -628,6 +628,31 @@ fn receipt(
     status: DeliveryStatus,
     bounce: Option<BounceKind>,
 ) -> Result<()> {
+    receipt_from(ctx, key, status, bounce, false)
+}
+
+/// A hard bounce the module's own sender saw as it handed the message over
+/// (the SMTP relay refused the address with `5.1.x`): the same as a host's
+/// hard-bounce receipt (the address becomes undeliverable, the step's
+/// channel fallback goes out), logged with `"at": "hand_over"` so that the
+/// figures count it as an attempt that was never accepted.
+pub fn bounced_at_hand_over(ctx: &mut Ctx<'_>, key: &str) -> Result<()> {
+    receipt_from(
+        ctx,
+        key,
+        DeliveryStatus::Bounced,
+        Some(BounceKind::Hard),
+        true,
+    )
+}
+
+fn receipt_from(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    status: DeliveryStatus,
+    bounce: Option<BounceKind>,
+    at_hand_over: bool,
+) -> Result<()> {
     let row = message(ctx, key)?;
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
@@ -635,6 +660,10 @@ fn receipt(
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let (kind, detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),
+        DeliveryStatus::Bounced if at_hand_over => (
+            "message_bounced",
+            json!({"bounce": bounce, "at": "hand_over"}),
+        ),
         DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
         DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
     };

@@ -11,6 +11,7 @@
 //! | `2xx` after `DATA`                             | [`SmtpOutcome::Accepted`]   |
 //! | `4xx` at any stage                             | [`SmtpOutcome::RetryLater`] |
 //! | `530`, `534`, `535`, `538` (relay login)       | [`SmtpOutcome::RetryLater`] |
+//! | `5xx` with an enhanced status `5.1.x` (the address: no such mailbox, bad address) | [`SmtpOutcome::Bounced`] |
 //! | other `5xx`                                    | [`SmtpOutcome::Failed`]     |
 //! | no connection, timeout, TLS error, broken talk | [`SmtpOutcome::RetryLater`] |
 //!
@@ -195,6 +196,12 @@ pub enum SmtpOutcome {
     /// Try again later: a 4xx answer, a relay login failure, no connection,
     /// a timeout, a TLS error or a broken conversation.
     RetryLater {
+        /// SMTP codes and fixed wording only.
+        reason: String,
+    },
+    /// The relay refused the recipient's address for good (5xx with an
+    /// enhanced status `5.1.x`): a hard bounce.
+    Bounced {
         /// SMTP codes and fixed wording only.
         reason: String,
     },
@@ -390,6 +397,9 @@ fn outcome_for_reply(code: u16, enhanced: Option<&str>) -> SmtpOutcome {
         530 | 534 | 535 | 538 => retry(format!(
             "{codes}: relay login refused or required (check the SMTP settings)"
         )),
+        500..=599 if enhanced.is_some_and(|e| e.starts_with("5.1.")) => SmtpOutcome::Bounced {
+            reason: format!("{codes}: address refused"),
+        },
         500..=599 => SmtpOutcome::Failed {
             reason: format!("{codes}: permanently refused"),
         },
@@ -618,8 +628,14 @@ mod tests {
     fn replies_map_to_outcomes() {
         assert_eq!(
             outcome_for_reply(550, Some("5.1.1")),
+            SmtpOutcome::Bounced {
+                reason: "smtp 550 5.1.1: address refused".to_owned()
+            }
+        );
+        assert_eq!(
+            outcome_for_reply(550, Some("5.7.1")),
             SmtpOutcome::Failed {
-                reason: "smtp 550 5.1.1: permanently refused".to_owned()
+                reason: "smtp 550 5.7.1: permanently refused".to_owned()
             }
         );
         assert_eq!(

@@ -471,6 +471,18 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             &mut channels,
             |c| &mut c.failed_before_handover,
         )?;
+        // The module's own sender saw the hard bounce (the SMTP relay's
+        // 5.1.x): an attempt that was never accepted.
+        add_by_channel(
+            ctx.conn,
+            "SELECT channel, count(*) FROM events
+             WHERE automation_id = ?1 AND kind = 'message_bounced'
+               AND json_extract(detail, '$.at') = 'hand_over'
+             GROUP BY channel",
+            id,
+            &mut channels,
+            |c| &mut c.failed_before_handover,
+        )?;
         add_by_channel(ctx.conn, OPT_OUTS_SQL, id, &mut channels, |c| {
             &mut c.opt_outs
         })?;
