@@ -890,10 +890,7 @@ pub fn wrap_text_links(
         if glued {
             continue;
         }
-        let end = text[after_scheme..]
-            .char_indices()
-            .find(|&(_, c)| ends_url(c))
-            .map_or(text.len(), |(i, _)| after_scheme + i);
+        let end = url_end(text, after_scheme);
         let url = trim_url_end(&text[start..end]);
         pos = start + url.len().max(4);
         if !should_wrap(url, base) || !admit(url) {
@@ -928,6 +925,16 @@ fn scheme_end(lower: &str, start: usize) -> Option<usize> {
     }
 }
 
+/// Where a URL of `text` whose scheme ends at `after_scheme` ends (at the
+/// first character that cannot be in one), before trimming its trailing
+/// punctuation.
+fn url_end(text: &str, after_scheme: usize) -> usize {
+    text[after_scheme..]
+        .char_indices()
+        .find(|&(_, c)| ends_url(c))
+        .map_or(text.len(), |(i, _)| after_scheme + i)
+}
+
 /// The links a text template writes, to tell them from URLs that came in
 /// with a placeholder's value (see [`wrap_text_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -951,10 +958,7 @@ impl TemplateLinks {
             let Some(after_scheme) = scheme_end(&lower, start) else {
                 continue;
             };
-            let end = template[after_scheme..]
-                .char_indices()
-                .find(|&(_, c)| ends_url(c))
-                .map_or(template.len(), |(i, _)| after_scheme + i);
+            let end = url_end(template, after_scheme);
             let url = trim_url_end(&template[start..end]);
             pos = end.max(pos);
             match url.find("{{") {
