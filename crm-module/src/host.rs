@@ -345,6 +345,7 @@ mod tests {
             kind,
             payload: payload.clone(),
             channel: Some(channel.into()),
+            contact_id: None,
         };
         assert!(is_email(&job(EffectKind::Message, "email")));
         assert!(!is_email(&job(EffectKind::Task, "email")));

@@ -160,6 +160,8 @@ pub struct DueEffect {
     pub payload: String,
     /// `email` / `sms` for messages.
     pub channel: Option<String>,
+    /// The contact it concerns, if any.
+    pub contact_id: Option<String>,
 }
 
 /// Who can take effects right now.
@@ -204,7 +206,8 @@ fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'stati
 
 /// One lane's due rows (`?1` kind, `?2` channel, `?3` now, `?4` limit),
 /// oldest first: a range of the `outbox_due` index.
-const DUE_SQL: &str = "SELECT next_attempt_at, id, idempotency_key, payload, attempts FROM outbox
+const DUE_SQL: &str =
+    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id FROM outbox
     WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
     ORDER BY next_attempt_at, id LIMIT ?4";
 
@@ -228,43 +231,39 @@ pub fn due(
         let lane = stmt.query_map(
             params![kind.as_str(), channel, now, (limit + exclude.len()) as i64],
             |r| {
-                Ok((
-                    r.get::<_, Millis>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
+                let due = DueEffect {
+                    id: r.get(1)?,
+                    key: r.get(2)?,
+                    kind,
+                    payload: r.get(3)?,
+                    channel: channel.map(str::to_string),
+                    contact_id: r.get(5)?,
+                };
+                Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
             },
         )?;
         for row in lane {
-            let (at, id, key, payload, attempts) = row?;
-            if !exclude.contains(&id) {
-                rows.push((at, id, key, payload, attempts, kind, channel));
+            let row = row?;
+            if !exclude.contains(&row.2.id) {
+                rows.push(row);
             }
         }
     }
     // Oldest first across the lanes, as one queue.
-    rows.sort_unstable_by_key(|r| (r.0, r.1));
+    rows.sort_unstable_by_key(|(at, _, due)| (*at, due.id));
     rows.truncate(limit);
     let out = rows
         .into_iter()
-        .map(|(_, id, key, mut payload, attempts, kind, channel)| {
+        .map(|(_, attempts, mut due)| {
             // A retried effect (host said retry, or a soft bounce) keeps its
             // key; `attempt` tells the host it is asked again on purpose.
             if attempts > 0
-                && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&payload)
+                && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&due.payload)
             {
                 m.insert("attempt".into(), Value::from(attempts + 1));
-                payload = Value::Object(m).to_string();
+                due.payload = Value::Object(m).to_string();
             }
-            DueEffect {
-                id,
-                key,
-                kind,
-                payload,
-                channel: channel.map(str::to_string),
-            }
+            due
         })
         .collect();
     Ok(out)

@@ -183,21 +183,17 @@ pub enum HandOver {
     WaitUntil(crate::clock::Millis),
 }
 
-/// Decides the hand-over of a message on `channel` to `contact` at `now`.
-/// A compliance message (a STOP confirmation, a HELP answer) goes at once,
-/// whatever the hour: it answers the recipient. Others go only if the
-/// channel is not unsubscribed, the email address has not hard-bounced, and,
-/// for an SMS, the recipient's sending hours are open.
+/// Decides the hand-over of a (non-compliance) message on `channel` to
+/// `contact` at `now`: it goes only if the channel is not unsubscribed, the
+/// email address has not hard-bounced, and, for an SMS, the recipient's
+/// sending hours are open. (A STOP confirmation or a HELP answer goes at
+/// once, whatever the hour, without asking: see [`super::handover`].)
 pub fn at_hand_over(
     contact: &Contact,
     channel: &str,
-    compliance: bool,
     settings: &crate::settings::Resolved,
     now: crate::clock::Millis,
 ) -> HandOver {
-    if compliance {
-        return HandOver::Go;
-    }
     if contact.subscription(channel) == "unsubscribed" {
         return HandOver::Suppress(Suppression::Unsubscribed);
     }

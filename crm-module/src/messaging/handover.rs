@@ -13,7 +13,7 @@
 //! sending hours waits for them to open, without using an attempt. A STOP
 //! confirmation or a HELP answer, and a "Test to" sample, go as they are.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde_json::json;
 
 use super::consent::{self, HandOver};
@@ -48,13 +48,13 @@ pub fn screen(
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
             {
-                let contact_id: Option<String> = conn
-                    .prepare_cached("SELECT contact_id FROM outbox WHERE id = ?1")?
-                    .query_row([row.id], |r| r.get(0))
-                    .optional()?
-                    .flatten();
-                match contact_id.map(|id| contacts::load(conn, &id)).transpose()? {
-                    Some(Some(c)) => consent::at_hand_over(&c, channel, false, settings, now),
+                match row
+                    .contact_id
+                    .as_deref()
+                    .map(|id| contacts::load(conn, id))
+                    .transpose()?
+                {
+                    Some(Some(c)) => consent::at_hand_over(&c, channel, settings, now),
                     _ => HandOver::Go,
                 }
             }
@@ -115,7 +115,7 @@ mod tests {
     /// The messages waiting in the outbox, as the dispatcher reads them.
     fn waiting(s: &Sim) -> Vec<DueEffect> {
         s.conn
-            .prepare("SELECT id, idempotency_key, payload, channel FROM outbox WHERE status = 'pending' ORDER BY id")
+            .prepare("SELECT id, idempotency_key, payload, channel, contact_id FROM outbox WHERE status = 'pending' ORDER BY id")
             .unwrap()
             .query_map([], |r| {
                 Ok(DueEffect {
@@ -124,6 +124,7 @@ mod tests {
                     kind: EffectKind::Message,
                     payload: r.get(2)?,
                     channel: r.get(3)?,
+                    contact_id: r.get(4)?,
                 })
             })
             .unwrap()
