@@ -169,15 +169,7 @@ pub fn phone_key(phone: &str) -> Option<String> {
 /// the `phone_key` index. When several contacts share a number (a family
 /// phone), the one created first wins.
 pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
-    let Some(key) = phone_key(phone) else {
-        return Ok(None);
-    };
-    Ok(conn
-        .prepare_cached(
-            "SELECT id FROM contacts WHERE phone_key = ?1 ORDER BY created_at, id LIMIT 1",
-        )?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
+    Ok(all_by_phone(conn, phone)?.into_iter().next())
 }
 
 /// Every contact with this phone number (a family phone is shared), oldest

@@ -129,17 +129,16 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             }
             // The address unsubscribes: every contact who has it (a family
             // address is shared), the message's own contact first.
-            let c = contacts::require(ctx.conn, &contact_id)?;
-            let mut ids = vec![contact_id.clone()];
-            if let Some(email) = c.text("email") {
-                ids.extend(
-                    contacts::all_by_email(ctx.conn, email)?
-                        .into_iter()
-                        .filter(|i| *i != contact_id),
-                );
+            let own = contacts::require(ctx.conn, &contact_id)?;
+            let family = match own.text("email") {
+                Some(email) => contacts::all_by_email(ctx.conn, email)?,
+                None => Vec::new(),
+            };
+            let mut everyone = vec![own];
+            for id in family.iter().filter(|i| **i != contact_id) {
+                everyone.push(contacts::require(ctx.conn, id)?);
             }
-            for id in ids {
-                let mut c = contacts::require(ctx.conn, &id)?;
+            for mut c in everyone {
                 let src = AuditSource {
                     actor: "contact",
                     reason: "unsubscribe_link",
@@ -151,7 +150,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
                     contacts::save(ctx.conn, &c)?;
                     let mut signals = vec![change];
                     contacts::add_opt_out_signals(&c, &mut signals);
-                    triggers::fire(ctx, &id, &signals)?;
+                    triggers::fire(ctx, &c.id, &signals)?;
                 }
             }
             Ok(page(&format!(

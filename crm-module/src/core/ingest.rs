@@ -658,15 +658,14 @@ fn receipt_from(
         return Ok(()); // "Test to" samples never reach analytics
     }
     let contact_id = row.contact_id.clone().unwrap_or_default();
-    let (kind, detail) = match status {
+    let (kind, mut detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),
-        DeliveryStatus::Bounced if at_hand_over => (
-            "message_bounced",
-            json!({"bounce": bounce, "at": "hand_over"}),
-        ),
         DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
         DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
     };
+    if at_hand_over {
+        detail["at"] = json!("hand_over");
+    }
     let log = |kind: &'static str, detail: Value| Log::for_effect(kind, &row, Some(detail));
     // A delivery and a hard bounce are final: nothing is handed over
     // again after them. So a receipt after a delivery is either the same
@@ -770,8 +769,6 @@ fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Re
     }
 }
 
-/// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):
-/// no marketing content, keyed by the inbound event so it is sent once.
 /// A STOP-type keyword: the number says stop, so every contact who has it
 /// (a family phone) is unsubscribed from SMS, and the sender gets one
 /// confirmation, the first time only. Contacts already unsubscribed still
@@ -783,54 +780,51 @@ fn sms_stop(
     from: Option<&str>,
     key: Option<&str>,
 ) -> Result<()> {
-    let number = from.or(sender.text("phone")).map(str::to_string);
-    let mut ids = match &number {
-        Some(n) => contacts::all_by_phone(ctx.conn, n)?,
+    let family = match from.or(sender.text("phone")) {
+        Some(number) => contacts::all_by_phone(ctx.conn, number)?,
         None => Vec::new(),
     };
-    ids.retain(|i| *i != sender.id);
-    let mut changed_any = false;
-    let mut confirm_to = None;
-    for (i, id) in std::iter::once(sender.id.clone()).chain(ids).enumerate() {
-        let mut c = if i == 0 {
-            sender.clone()
-        } else {
-            contacts::require(ctx.conn, &id)?
-        };
-        let src = AuditSource {
-            actor: "contact",
-            reason: "stop_reply",
-            message_key: key,
-        };
-        let change = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
-        contacts::touch(&mut c, ctx.now, false);
-        contacts::save(ctx.conn, &c)?;
-        // One opt-out per person in the figures: a second STOP changes
-        // nothing and is not counted again.
-        if change.is_some() {
-            changed_any = true;
-            Log {
-                channel: Some("sms"),
-                message_key: key,
-                ..Log::new("sms_opt_out", &id)
-            }
-            .write(ctx.conn, ctx.now)?;
-        }
-        let mut signals: Vec<Signal> = change.into_iter().collect();
-        signals.push(Signal::SmsOptedOut);
-        contacts::add_opt_out_signals(&c, &mut signals);
-        triggers::fire(ctx, &id, &signals)?;
-        if i == 0 {
-            confirm_to = Some(c);
-        }
+    let mut changed = stop_one(ctx, sender.clone(), key)?;
+    for id in family.iter().filter(|i| **i != sender.id) {
+        changed |= stop_one(ctx, contacts::require(ctx.conn, id)?, key)?;
     }
-    if changed_any && let Some(c) = confirm_to {
+    if changed {
         let text = ctx.settings.stop_confirmation();
-        compliance_sms(ctx, event_id, &c, &text, "stop_confirmation");
+        compliance_sms(ctx, event_id, &sender, &text, "stop_confirmation");
     }
     Ok(())
 }
 
+/// One contact of a number that said STOP; returns whether their SMS
+/// subscription changed. Only a change is logged as an opt-out (one per
+/// person in the figures); the SMS opt-out signal fires either way.
+fn stop_one(ctx: &mut Ctx<'_>, mut c: Contact, key: Option<&str>) -> Result<bool> {
+    let src = AuditSource {
+        actor: "contact",
+        reason: "stop_reply",
+        message_key: key,
+    };
+    let change = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
+    contacts::touch(&mut c, ctx.now, false);
+    contacts::save(ctx.conn, &c)?;
+    let changed = change.is_some();
+    if changed {
+        Log {
+            channel: Some("sms"),
+            message_key: key,
+            ..Log::new("sms_opt_out", &c.id)
+        }
+        .write(ctx.conn, ctx.now)?;
+    }
+    let mut signals: Vec<Signal> = change.into_iter().collect();
+    signals.push(Signal::SmsOptedOut);
+    contacts::add_opt_out_signals(&c, &mut signals);
+    triggers::fire(ctx, &c.id, &signals)?;
+    Ok(changed)
+}
+
+/// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):
+/// no marketing content, keyed by the inbound event so it is sent once.
 fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, purpose: &str) {
     let Some(to) = c.text("phone") else { return };
     let key = format!("{}-kw-{event_id}", ctx.install_id);
