@@ -109,6 +109,21 @@ fn parse_version(id: &str, number: i64, text: &str) -> Result<Version> {
     Ok(Version { number, def, flow })
 }
 
+/// Every stored version of an automation, oldest first.
+pub fn all_versions(conn: &Connection, automation_id: &str) -> Result<Vec<Version>> {
+    let mut stmt = conn.prepare(
+        "SELECT version, definition FROM automation_versions WHERE automation_id = ?1 ORDER BY version",
+    )?;
+    let rows = stmt
+        .query_map([automation_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.iter()
+        .map(|(n, text)| parse_version(automation_id, *n, text))
+        .collect()
+}
+
 /// Loads one stored version.
 pub fn load_version(conn: &Connection, automation_id: &str, version: i64) -> Result<Version> {
     let text: Option<String> = conn

@@ -582,21 +582,10 @@ fn prepare_definition(
 
 /// The step ids of every saved version of an automation.
 fn earlier_step_ids(ctx: &Ctx<'_>, automation_id: &str) -> Result<HashSet<String>> {
-    let mut stmt = ctx
-        .conn
-        .prepare("SELECT version FROM automation_versions WHERE automation_id = ?1")?;
-    let versions = stmt
-        .query_map([automation_id], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut ids = HashSet::new();
-    for v in versions {
-        ids.extend(
-            catalog::load_version(ctx.conn, automation_id, v)?
-                .def
-                .step_ids(),
-        );
-    }
-    Ok(ids)
+    Ok(catalog::all_versions(ctx.conn, automation_id)?
+        .iter()
+        .flat_map(|v| v.def.step_ids())
+        .collect())
 }
 
 fn definition_text(def: &AutomationDefinition) -> Result<String> {

@@ -888,13 +888,13 @@ fn assign_ids(
 ) {
     for s in steps {
         if s.id.is_empty() {
-            while {
+            s.id = loop {
                 let id = format!("s{next}");
-                used.contains(&id) || retired.contains(&id)
-            } {
+                if !used.contains(&id) && !retired.contains(&id) {
+                    break id;
+                }
                 *next += 1;
-            }
-            s.id = format!("s{next}");
+            };
             used.insert(s.id.clone());
         }
         if let Some((yes, no)) = s.kind.paths_mut() {
