@@ -41,7 +41,7 @@ const CATCH_UP_DAYS: u64 = 7;
 /// covers: from the day after the previous day the window opened (or the
 /// day after activation, whichever is later; never after `due`'s own day,
 /// never more than a week back) to `now`'s day.
-pub fn days_covered(
+fn days_covered(
     window: &RunWindow,
     due: Millis,
     now: Millis,
