@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "crm_module.h"
 
@@ -233,6 +234,17 @@ static const char *FIRST[] = {"Ava", "Liam", "Maya", "Noah", "Zoe", "Ethan", "Ir
 static const char *LAST[] = {"Garcia", "Nguyen", "Okafor", "Smith", "Kowalski", "Haddad", "Rossi", "Tanaka", "Brown", "Moreau"};
 static const char *SOURCES[] = {"website_form", "website_form", "website_form", "walk_in", "manual_entry", "import"};
 
+/* The simulation starts on Monday 6 Oct 2025, 12:00 UTC (crm_open's clock). */
+#define START_EPOCH 1759752000LL
+
+/* An RFC 3339 time `days` before the simulation starts, mid-afternoon. */
+static void before_start(int days, char out[32]) {
+    time_t t = (time_t)(START_EPOCH - (long long)days * 86400 + 3 * 3600);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 static void new_contact(int status) {
     if (n_people == max_people) return;
     int i = n_people++;
@@ -241,10 +253,18 @@ static void new_contact(int status) {
     people[i].booked_day = -1;
     const char *source = status == PATIENT ? "import" : SOURCES[between(0, 5)];
     const char *sub = chance(0.93) ? "subscribed" : "unknown";
-    push("{\"event_id\":\"h%d\",\"type\":\"contact.upserted\",\"contact\":{\"id\":\"p%05d\",\"first_name\":\"%s\",\"last_name\":\"%s\","
+    /* An imported patient's last visit, as the EHR has it: within the year
+       for most, up to three years back for the rest. A new lead has none. */
+    char last_visit[64] = "";
+    if (status == PATIENT) {
+        char at[32];
+        before_start(chance(0.6) ? between(1, 365) : between(366, 1095), at);
+        snprintf(last_visit, sizeof last_visit, ",\"last_activity_at\":\"%s\"", at);
+    }
+    push("{\"event_id\":\"h%d\",\"type\":\"contact.upserted\"%s,\"contact\":{\"id\":\"p%05d\",\"first_name\":\"%s\",\"last_name\":\"%s\","
          "\"email\":\"p%05d@mail.example\",\"phone\":\"+1617555%04d\",\"dob\":\"%d-%02d-%02d\",\"status\":\"%s\",\"lead_source\":\"%s\","
          "\"email_subscription\":\"%s\",\"sms_subscription\":\"%s\",\"owner\":{\"id\":\"u%d\",\"name\":\"%s\"},\"tags\":[\"%s\"]}}",
-         next_event_id++, i, FIRST[between(0, 11)], LAST[between(0, 9)], i, i % 10000, between(1940, 2008), between(1, 12), between(1, 28),
+         next_event_id++, last_visit, i, FIRST[between(0, 11)], LAST[between(0, 9)], i, i % 10000, between(1940, 2008), between(1, 12), between(1, 28),
          status == PATIENT ? "patient" : "lead", source, sub, sub, between(1, 3), between(0, 1) ? "Sarah Chen" : "Marcus Hill",
          chance(0.3) ? "allergy" : "general");
     if (status == LEAD && chance(0.35))

@@ -158,6 +158,16 @@ pub enum EventBody {
         /// Why subscriptions changed, for the audit log (e.g. `staff`, `import`).
         #[serde(default)]
         reason: Option<String>,
+        /// When the contact was last active in the host (RFC 3339): their
+        /// last visit, message or portal login, as the host's records have
+        /// it. Seeds Last Activity (and the contact's own activity, which
+        /// Patient reactivation measures) when the module first sees the
+        /// contact, so that Inactive for N sees patients who were already
+        /// quiet at import instead of counting from the import; on a known
+        /// contact it moves them forward only. A time after the module's
+        /// clock counts as now.
+        #[serde(default)]
+        last_activity_at: Option<String>,
     },
     /// An appointment was booked.
     #[serde(rename = "appointment.booked")]
@@ -381,8 +391,15 @@ impl Event {
         let mut body = raw.body;
         match &mut body {
             EventBody::ContactUpserted {
-                contact, reason, ..
+                contact,
+                reason,
+                last_activity_at,
+                ..
             } => {
+                if let Some(at) = last_activity_at {
+                    parse_rfc3339(at)
+                        .map_err(|m| Error::invalid(format!("last_activity_at: {m}")))?;
+                }
                 let id = match contact.remove("id") {
                     Some(Value::String(s)) => s,
                     _ => return Err(Error::invalid("contact.id: required string")),

@@ -41,7 +41,15 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             contact,
             mode,
             reason,
-        } => upsert(ctx, ev, contact, *mode, reason.as_deref()),
+            last_activity_at,
+        } => {
+            // Validated; a time ahead of the module's clock counts as now.
+            let last_active = last_activity_at
+                .as_deref()
+                .and_then(|s| parse_rfc3339(s).ok())
+                .map(|at| at.min(ctx.now));
+            upsert(ctx, ev, contact, *mode, reason.as_deref(), last_active)
+        }
         EventBody::AppointmentBooked { appointment } => {
             appointment_event(ctx, appointment, "booked").map(|_| Outcome::Applied)
         }
@@ -262,6 +270,7 @@ fn upsert(
     props: &serde_json::Map<String, Value>,
     mode: UpsertMode,
     reason: Option<&str>,
+    last_active: Option<Millis>,
 ) -> Result<Outcome> {
     let id = props
         .get("id")
@@ -289,8 +298,10 @@ fn upsert(
             insurance_verification: None,
             portal_active: false,
             created_at: ctx.now,
-            last_activity: ctx.now,
-            last_engaged_at: None,
+            // The host's last activity, when it knows one: a patient quiet
+            // for a year is not made active by being imported.
+            last_activity: last_active.unwrap_or(ctx.now),
+            last_engaged_at: last_active,
             source_updated_at: Some(occurred),
         };
         let mut initial = props.clone();
@@ -309,7 +320,17 @@ fn upsert(
         triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;
         return Ok(Outcome::Applied);
     };
+    // Activity the host saw moves the clocks forward whatever the order of
+    // the updates (it is not a property: a stale update still carries it).
+    let mut signals: Vec<Signal> = last_active
+        .and_then(|at| contacts::touch(&mut c, at, true))
+        .into_iter()
+        .collect();
     if c.source_updated_at.is_some_and(|s| occurred < s) {
+        if last_active.is_some() {
+            contacts::save(ctx.conn, &c)?;
+            triggers::fire(ctx, &id, &signals)?;
+        }
         Log {
             detail: Some(json!({"event_id": ev.event_id})),
             ..Log::new("contact_update_stale", &id)
@@ -318,10 +339,10 @@ fn upsert(
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
-    let signals = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
-    if !signals.is_empty() {
+    let changes = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
+    if !changes.is_empty() {
         contacts::touch(&mut c, ctx.now, false);
-        let changed: Vec<&str> = signals
+        let changed: Vec<&str> = changes
             .iter()
             .filter_map(|s| match s {
                 Signal::PropertyChanged { property, .. } => Some(property.as_str()),
@@ -335,7 +356,7 @@ fn upsert(
         .write(ctx.conn, ctx.now)?;
     }
     contacts::save(ctx.conn, &c)?;
-    let mut signals = signals;
+    signals.extend(changes);
     if signals.contains(&Signal::BecamePatient) {
         Log {
             detail: Some(json!({"from": "lead", "to": "patient", "by": "host"})),

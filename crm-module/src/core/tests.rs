@@ -841,6 +841,92 @@ fn last_activity_moves_on_touch_and_reactivation_goal() {
 }
 
 #[test]
+fn host_seeded_last_activity_lets_win_back_see_patients_quiet_at_import() {
+    use crate::clock::to_rfc3339;
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Win-back", "goal": "patient_reactivation", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "inactive_for_days", "days": 90}, "steps": [{"type": "delay", "amount": 30, "unit": "days"}]}));
+    let ago = |s: &Sim, days: i64| to_rfc3339(s.now - days * DAY);
+    let last_activity = |s: &Sim, id: &str| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT last_activity FROM contacts WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let import = |s: &mut Sim, id: &str, last: Option<String>| {
+        let mut ev = json!({"type": "contact.upserted", "reason": "import",
+            "contact": {"id": id, "email": format!("{id}@example.com"), "email_subscription": "subscribed"}});
+        if let Some(at) = last {
+            ev["last_activity_at"] = json!(at);
+        }
+        s.push(ev).unwrap();
+    };
+    let quiet_since = ago(&s, 200);
+    import(&mut s, "quiet", Some(quiet_since.clone()));
+    let recent_since = ago(&s, 30);
+    import(&mut s, "recent", Some(recent_since));
+    import(&mut s, "plain", None);
+    assert_eq!(
+        last_activity(&s, "quiet"),
+        parse_rfc3339(&quiet_since).unwrap(),
+        "the host's last visit, not the import"
+    );
+    let imported_at = s.now;
+    assert_eq!(last_activity(&s, "plain"), imported_at);
+
+    s.advance(DAY + HOUR);
+    let enrolled = |s: &Sim| {
+        s.texts(
+            "SELECT contact_id FROM enrollments WHERE automation_id = ?1 ORDER BY contact_id",
+            &a,
+        )
+    };
+    assert_eq!(enrolled(&s), ["quiet"], "quiet for 200 days at import");
+    // Their own earlier activity is what reactivation measures: a booking
+    // after 200 quiet days reaches the goal.
+    s.book("quiet", "ap1");
+    assert!(s.enrollment(&a, "quiet").2, "a reactivation");
+    s.advance(60 * DAY);
+    assert_eq!(
+        enrolled(&s),
+        ["quiet", "recent"],
+        "crossed 90 days 60 days after import"
+    );
+
+    // On a known contact the host's value only moves Last Activity forward,
+    // and a time ahead of the clock counts as now.
+    let before = last_activity(&s, "plain");
+    let older = ago(&s, 100);
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "plain"}, "last_activity_at": older}),
+    )
+    .unwrap();
+    assert_eq!(last_activity(&s, "plain"), before);
+    let ahead = to_rfc3339(s.now + 5 * DAY);
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "plain"}, "last_activity_at": ahead}),
+    )
+    .unwrap();
+    assert_eq!(last_activity(&s, "plain"), s.now);
+
+    // A stale update still carries the activity; a malformed time is refused.
+    s.advance(HOUR);
+    let now = to_rfc3339(s.now);
+    s.push(json!({"type": "contact.upserted", "occurred_at": ago(&s, 400), "contact": {"id": "plain", "first_name": "Old"},
+        "last_activity_at": now}))
+        .unwrap();
+    assert_eq!(last_activity(&s, "plain"), s.now);
+    let err = s
+        .push(json!({"type": "contact.upserted", "contact": {"id": "plain"}, "last_activity_at": "last spring"}))
+        .unwrap_err();
+    assert!(err.to_string().contains("last_activity_at"), "{err}");
+    assert_eq!(imported_at + 61 * DAY + 2 * HOUR, s.now);
+}
+
+#[test]
 fn effects_have_deterministic_keys() {
     let run = || {
         let mut s = Sim::new();
