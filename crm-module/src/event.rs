@@ -155,7 +155,11 @@ pub enum EventBody {
         /// Partial (default) or full.
         #[serde(default)]
         mode: UpsertMode,
-        /// Why subscriptions changed, for the audit log (e.g. `staff`, `import`).
+        /// Why subscriptions changed, for the audit log (e.g. `staff`,
+        /// `import`). A person's own opt-out (STOP, unsubscribe link) is
+        /// lifted only with `staff` (a staff member recorded their consent)
+        /// or `portal` (they subscribed again in the patient portal); with
+        /// any other reason the opt-out is kept and the rest applies.
         #[serde(default)]
         reason: Option<String>,
         /// When the contact was last active in the host (RFC 3339): their

@@ -1,7 +1,7 @@
 //! The mirrored contact record: load, save, diff, touch, subscriptions.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::log::Entry;
 use super::{Ctx, Signal};
@@ -358,6 +358,7 @@ pub fn apply_props(
             merged.insert(k, v);
         }
     }
+    keep_own_opt_outs(ctx, c, &mut merged, audit)?;
     let mut keys: Vec<&String> = c.props.keys().chain(merged.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -385,6 +386,68 @@ pub fn apply_props(
         signals.push(Signal::BecamePatient);
     }
     Ok(signals)
+}
+
+/// Reasons for an update that may lift a person's own opt-out: a staff
+/// member recorded their consent, or they subscribed again themselves in
+/// the host (its patient portal).
+pub const CONSENT_REASONS: &[&str] = &["staff", "portal"];
+
+/// An opt-out the person made themselves (a STOP reply, the unsubscribe
+/// link) is theirs to lift (SPEC §2.3: re-subscribing needs the person's
+/// own action). A host update that would subscribe them again (or make it
+/// unknown) without one of [`CONSENT_REASONS`], typically a sync from a
+/// record that predates the opt-out, keeps the opt-out and is logged
+/// `subscription_kept`.
+fn keep_own_opt_outs(
+    ctx: &Ctx<'_>,
+    c: &Contact,
+    merged: &mut Map<String, Value>,
+    audit: AuditSource<'_>,
+) -> Result<()> {
+    if CONSENT_REASONS.contains(&audit.reason) {
+        return Ok(());
+    }
+    for channel in ["email", "sms"] {
+        let property = format!("{channel}_subscription");
+        let requested = merged
+            .get(&property)
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        if c.subscription(channel) != "unsubscribed"
+            || requested == "unsubscribed"
+            || own_opt_out(ctx.conn, &c.id, channel)?.is_none()
+        {
+            continue;
+        }
+        Entry {
+            channel: Some(channel),
+            detail: Some(json!({"requested": requested, "reason": audit.reason})),
+            ..Entry::new("subscription_kept", &c.id)
+        }
+        .write(ctx.conn, ctx.now)?;
+        merged.insert(property, Value::String("unsubscribed".into()));
+    }
+    Ok(())
+}
+
+/// The reason of the person's own opt-out from `channel` (`stop_reply`,
+/// `unsubscribe_link`) when that is the channel's latest subscription
+/// change; `None` when it is subscribed, or was unsubscribed by someone
+/// else (the host, staff, an automation).
+pub fn own_opt_out(conn: &Connection, id: &str, channel: &str) -> Result<Option<String>> {
+    let latest: Option<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT actor, new_value, reason FROM subscription_audit
+             WHERE contact_id = ?1 AND channel = ?2 ORDER BY at DESC, id DESC LIMIT 1",
+        )?
+        .query_row(params![id, channel], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    Ok(latest
+        .filter(|(actor, value, _)| actor == "contact" && value == "unsubscribed")
+        .map(|(_, _, reason)| reason))
 }
 
 /// Appends a subscription change to the audit log (and the event log).

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::contacts::{self, AuditSource, Contact};
 use super::log::Entry as Log;
-use super::{Ctx, Signal, enrollment, triggers};
+use super::{Ctx, Signal, enrollment, stopped_numbers, triggers};
 use crate::clock::{Millis, parse_rfc3339};
 use crate::error::{Error, Result};
 use crate::event::{
@@ -315,6 +315,9 @@ fn upsert(
                 contacts::audit_subscription(ctx, &id, ch, "unknown", &v, audit)?;
             }
         }
+        if number_stop(ctx, &mut c)?.is_some() {
+            contacts::save(ctx.conn, &c)?;
+        }
         Log::new("contact_created", &id).write(ctx.conn, ctx.now)?;
         let source = c.text("lead_source").map(str::to_string);
         triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;
@@ -339,7 +342,11 @@ fn upsert(
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
-    let changes = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
+    let old_phone = c.text("phone").map(str::to_string);
+    let mut changes = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
+    if c.text("phone") != old_phone.as_deref() {
+        changes.extend(number_stop(ctx, &mut c)?);
+    }
     if !changes.is_empty() {
         contacts::touch(&mut c, ctx.now, false);
         let changed: Vec<&str> = changes
@@ -367,6 +374,25 @@ fn upsert(
     contacts::add_opt_out_signals(&c, &mut signals);
     triggers::fire(ctx, &id, &signals)?;
     Ok(Outcome::Applied)
+}
+
+/// A contact who has a number that said STOP ([`stopped_numbers`]) is
+/// unsubscribed from SMS by it, whatever the host's record says; checked
+/// when the contact arrives and when their number changes.
+fn number_stop(ctx: &Ctx<'_>, c: &mut Contact) -> Result<Option<Signal>> {
+    let stopped = match c.text("phone") {
+        Some(phone) => stopped_numbers::is_stopped(ctx.conn, phone)?,
+        None => false,
+    };
+    if !stopped {
+        return Ok(None);
+    }
+    let src = AuditSource {
+        actor: "contact",
+        reason: "stop_reply",
+        message_key: None,
+    };
+    contacts::set_subscription(ctx, c, "sms", "unsubscribed", src)
 }
 
 fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result<()> {
@@ -566,8 +592,18 @@ fn sms_received(
 ) -> Result<()> {
     let id = match (contact_id, from) {
         (Some(id), _) => id.to_string(),
-        (None, Some(phone)) => contacts::find_by_phone(ctx.conn, phone)?
-            .ok_or_else(|| Error::not_found("no contact has the sending number"))?,
+        (None, Some(phone)) => match contacts::find_by_phone(ctx.conn, phone)? {
+            Some(id) => id,
+            // A number no contact has (yet, or any more): its STOP is kept
+            // for whoever gets it, and its START lifts that.
+            None if ctx.settings.is_opt_out(body) => {
+                return stopped_numbers::record(ctx.conn, phone, ctx.now, event_id);
+            }
+            None if ctx.settings.is_opt_in(body) => {
+                return stopped_numbers::forget(ctx.conn, phone).map(|_| ());
+            }
+            None => return Err(Error::not_found("no contact has the sending number")),
+        },
         (None, None) => return Err(Error::invalid("sms.received needs contact_id or from")),
     };
     let mut c = contacts::require(ctx.conn, &id)?;
@@ -582,23 +618,15 @@ fn sms_received(
     }
     // An opt-in keyword restores a number that said STOP. From anyone else
     // it is an answer ("Reply YES to confirm"), never marketing consent.
-    if ctx.settings.is_opt_in(body) && c.subscription("sms") == "unsubscribed" {
-        let src = AuditSource {
-            actor: "contact",
-            reason: "start_reply",
-            message_key: key.as_deref(),
+    if ctx.settings.is_opt_in(body) {
+        let number = from.or(c.text("phone")).map(str::to_string);
+        let was_stopped = match &number {
+            Some(n) => stopped_numbers::forget(ctx.conn, n)?,
+            None => false,
         };
-        let change = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)?;
-        contacts::touch(&mut c, ctx.now, false);
-        contacts::save(ctx.conn, &c)?;
-        Log {
-            channel: Some("sms"),
-            message_key: key.as_deref(),
-            ..Log::new("sms_opt_in", &id)
+        if was_stopped || c.subscription("sms") == "unsubscribed" {
+            return sms_start(ctx, c, number.as_deref(), key.as_deref());
         }
-        .write(ctx.conn, ctx.now)?;
-        let signals: Vec<Signal> = change.into_iter().collect();
-        return triggers::fire(ctx, &id, &signals);
     }
     if ctx.settings.is_help(body) {
         Log {
@@ -790,10 +818,55 @@ fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Re
     }
 }
 
-/// A STOP-type keyword: the number says stop, so every contact who has it
-/// (a family phone) is unsubscribed from SMS, and the sender gets one
-/// confirmation, the first time only. Contacts already unsubscribed still
-/// leave the automations that end on an SMS opt-out.
+/// A START-type keyword from a number that said STOP (or from a contact
+/// unsubscribed from SMS): the sender is subscribed again, and so is every
+/// other contact of the number whose SMS opt-out was the number's STOP
+/// (not one they asked for some other way).
+fn sms_start(
+    ctx: &mut Ctx<'_>,
+    sender: Contact,
+    number: Option<&str>,
+    key: Option<&str>,
+) -> Result<()> {
+    let family = match number {
+        Some(number) => contacts::all_by_phone(ctx.conn, number)?,
+        None => Vec::new(),
+    };
+    start_one(ctx, sender.clone(), key)?;
+    for id in family.iter().filter(|i| **i != sender.id) {
+        if contacts::own_opt_out(ctx.conn, id, "sms")?.as_deref() == Some("stop_reply") {
+            start_one(ctx, contacts::require(ctx.conn, id)?, key)?;
+        }
+    }
+    Ok(())
+}
+
+/// One contact subscribed again by their number's START.
+fn start_one(ctx: &mut Ctx<'_>, mut c: Contact, key: Option<&str>) -> Result<()> {
+    let src = AuditSource {
+        actor: "contact",
+        reason: "start_reply",
+        message_key: key,
+    };
+    let Some(change) = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)? else {
+        return Ok(());
+    };
+    contacts::touch(&mut c, ctx.now, false);
+    contacts::save(ctx.conn, &c)?;
+    Log {
+        channel: Some("sms"),
+        message_key: key,
+        ..Log::new("sms_opt_in", &c.id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    triggers::fire(ctx, &c.id, &[change])
+}
+
+/// A STOP-type keyword: the number says stop, so it is remembered
+/// ([`stopped_numbers`]), every contact who has it (a family phone) is
+/// unsubscribed from SMS, and the sender gets one confirmation, the first
+/// time only. Contacts already unsubscribed still leave the automations
+/// that end on an SMS opt-out.
 fn sms_stop(
     ctx: &mut Ctx<'_>,
     event_id: &str,
@@ -802,7 +875,12 @@ fn sms_stop(
     key: Option<&str>,
 ) -> Result<()> {
     let family = match from.or(sender.text("phone")) {
-        Some(number) => contacts::all_by_phone(ctx.conn, number)?,
+        Some(number) => {
+            if contacts::phone_key(number).is_some() {
+                stopped_numbers::record(ctx.conn, number, ctx.now, event_id)?;
+            }
+            contacts::all_by_phone(ctx.conn, number)?
+        }
         None => Vec::new(),
     };
     let mut changed = stop_one(ctx, sender.clone(), key)?;

@@ -21,6 +21,7 @@ pub mod hits;
 pub mod ingest;
 pub mod lists;
 pub mod log;
+pub mod stopped_numbers;
 pub mod triggers;
 
 #[cfg(test)]

@@ -1153,6 +1153,106 @@ fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
     assert_eq!(s.count("enrolled", Some(&replies)), 1, "it is a reply");
 }
 
+fn sms_of(s: &Sim, id: &str) -> String {
+    s.conn
+        .query_row(
+            "SELECT sms_subscription FROM contacts WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_stop_stays_with_the_number_until_it_says_start() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "hi", "type": "send_sms", "message": "Hi {{firstname}}"}]}));
+    // A STOP from a number no contact has yet is kept, not refused.
+    s.push(json!({"type": "sms.received", "from": "+1 617 555 0199", "body": "STOP"}))
+        .unwrap();
+    // The host then pushes a patient with that number, "subscribed".
+    s.contact("late", json!({"phone": "(617) 555-0199"}));
+    assert_eq!(sms_of(&s, "late"), "unsubscribed", "the number said STOP");
+    assert!(
+        s.messages_to("late").is_empty(),
+        "no SMS to a stopped number"
+    );
+    // A contact whose number changes to it is unsubscribed too.
+    s.contact("mover", json!({"phone": "+16175550150"}));
+    assert_eq!(sms_of(&s, "mover"), "subscribed");
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "mover", "phone": "6175550199"}}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "mover"), "unsubscribed");
+    // A non-keyword text from an unknown number is still refused.
+    assert!(
+        s.push(json!({"type": "sms.received", "from": "+16175550177", "body": "hello"}))
+            .is_err()
+    );
+    // START lifts it: both contacts of the number are subscribed again,
+    // and a contact who gets the number afterwards is not stopped.
+    s.push(json!({"type": "sms.received", "from": "+16175550199", "body": "START"}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "late"), "subscribed");
+    assert_eq!(sms_of(&s, "mover"), "subscribed");
+    s.contact("after", json!({"phone": "+16175550199"}));
+    assert_eq!(sms_of(&s, "after"), "subscribed");
+    // START from an unknown number that never said STOP changes nothing.
+    s.push(json!({"type": "sms.received", "from": "+16175550188", "body": "START"}))
+        .unwrap();
+    s.contact("stranger", json!({"phone": "+16175550188"}));
+    assert_eq!(sms_of(&s, "stranger"), "subscribed");
+}
+
+#[test]
+fn the_hosts_sync_cannot_undo_a_persons_own_opt_out() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({"phone": "+16175550123"}));
+    s.contact("sibling", json!({"phone": "+16175550123"}));
+    s.contact("c2", json!({}));
+    s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "STOP"}))
+        .unwrap();
+    // The host opted c2 out of SMS itself: the host may undo that.
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c2", "sms_subscription": "unsubscribed"}}))
+        .unwrap();
+    // The nightly sync pushes the EHR's stale "subscribed" for everyone.
+    let c2_phone: String = s
+        .conn
+        .query_row("SELECT phone FROM contacts WHERE id = 'c2'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    for (id, phone) in [("c1", "+16175550123".to_string()), ("c2", c2_phone)] {
+        s.push(json!({"type": "contact.upserted", "mode": "full",
+            "contact": {"id": id, "first_name": "Pat", "phone": phone, "sms_subscription": "subscribed"}}))
+            .unwrap();
+    }
+    assert_eq!(sms_of(&s, "c1"), "unsubscribed", "their STOP stands");
+    assert_eq!(s.count("subscription_kept", None), 1);
+    assert_eq!(
+        sms_of(&s, "c2"),
+        "subscribed",
+        "the host's own opt-out is the host's"
+    );
+    let name: String = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.first_name') FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(name, "Pat", "the rest of the update applies");
+    // Staff recording the person's consent may lift it.
+    s.push(json!({"type": "contact.upserted", "reason": "staff", "contact": {"id": "c1", "sms_subscription": "subscribed"}}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "c1"), "subscribed");
+    // START restores the sibling stopped by the shared number.
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "START"}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "sibling"), "subscribed");
+}
+
 #[test]
 fn only_the_templates_own_links_are_tracked() {
     let mut s = Sim::new();

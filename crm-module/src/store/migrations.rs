@@ -504,6 +504,23 @@ UPDATE events SET kind = kind || '_again'
       AND EXISTS (SELECT 1 FROM events p WHERE p.message_key = events.message_key
                     AND p.kind = events.kind AND p.id < events.id);
 "#,
+    // 13: numbers that said STOP (`core::stopped_numbers`). SMS consent
+    // belongs to the number: a STOP from a number no contact has yet, or
+    // from a family phone, reaches every contact who has (or later gets)
+    // it. Filled from the contacts whose SMS opt-out is their own STOP.
+    r#"
+CREATE TABLE stopped_numbers (
+    phone_key  TEXT PRIMARY KEY,   -- contacts::phone_key of the number
+    at         INTEGER NOT NULL,   -- when it said STOP
+    event_id   TEXT NOT NULL       -- the inbound SMS that said it
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO stopped_numbers (phone_key, at, event_id)
+    SELECT c.phone_key, a.at, 'migration'
+    FROM contacts c JOIN subscription_audit a ON a.contact_id = c.id
+    WHERE c.phone_key IS NOT NULL AND c.sms_subscription = 'unsubscribed'
+      AND a.channel = 'sms' AND a.reason = 'stop_reply'
+      AND a.id = (SELECT max(id) FROM subscription_audit l WHERE l.contact_id = c.id AND l.channel = 'sms');
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -551,14 +568,46 @@ mod tests {
         assert!(matches!(migrate(&conn), Err(Error::Conflict(_))));
     }
 
-    #[test]
-    fn migration_12_renames_past_machine_and_repeated_engagement() {
+    /// An in-memory database at schema `version`.
+    fn at_version(version: usize) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        for (i, sql) in MIGRATIONS.iter().enumerate().take(11) {
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(version) {
             conn.execute_batch(sql).unwrap();
             conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
                 .unwrap();
         }
+        conn
+    }
+
+    #[test]
+    fn migration_13_remembers_the_numbers_that_said_stop() {
+        let conn = at_version(12);
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity, phone_key, sms_subscription)
+                 VALUES ('stopped', '{}', 0, 0, '6175550123', 'unsubscribed'),
+                        ('restarted', '{}', 0, 0, '6175550124', 'subscribed'),
+                        ('by_host', '{}', 0, 0, '6175550125', 'unsubscribed');
+             INSERT INTO subscription_audit (contact_id, channel, old_value, new_value, actor, reason, at)
+                 VALUES ('stopped', 'sms', 'subscribed', 'unsubscribed', 'contact', 'stop_reply', 5),
+                        ('restarted', 'sms', 'subscribed', 'unsubscribed', 'contact', 'stop_reply', 5),
+                        ('restarted', 'sms', 'unsubscribed', 'subscribed', 'contact', 'start_reply', 6),
+                        ('by_host', 'sms', 'subscribed', 'unsubscribed', 'host', 'host_update', 5);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let numbers: Vec<(String, i64)> = conn
+            .prepare("SELECT phone_key, at FROM stopped_numbers")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(numbers, [("6175550123".to_string(), 5)]);
+    }
+
+    #[test]
+    fn migration_12_renames_past_machine_and_repeated_engagement() {
+        let conn = at_version(11);
         let rows = [
             ("m1", "message_opened", Some(r#"{"machine":"proxy"}"#)),
             ("m1", "message_opened", None),
