@@ -941,24 +941,29 @@ fn step_row(
     }
 }
 
+/// An ended enrollment's time in flow (SPEC §5): from enrollment to the
+/// goal, when it was reached before the end, else to the end (an End or an
+/// exit).
+const IN_FLOW_SQL: &str = "coalesce(min(goal_reached_at, ended_at), ended_at) - enrolled_at";
+
 fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
     let (ended, mean, active): (i64, Option<f64>, i64) = ctx
         .conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT count(*) FILTER (WHERE state != 'active' AND ended_at IS NOT NULL),
-                    avg(ended_at - enrolled_at) FILTER (WHERE state != 'active' AND ended_at IS NOT NULL),
+                    avg({IN_FLOW_SQL}) FILTER (WHERE state != 'active' AND ended_at IS NOT NULL),
                     count(*) FILTER (WHERE state = 'active')
-             FROM enrollments WHERE automation_id = ?1",
-        )?
+             FROM enrollments WHERE automation_id = ?1"
+        ))?
         .query_row(params![automation_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let median = if ended > 0 {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT ended_at - enrolled_at AS d FROM enrollments
+        let mut stmt = ctx.conn.prepare_cached(&format!(
+            "SELECT {IN_FLOW_SQL} AS d FROM enrollments
              WHERE automation_id = ?1 AND state != 'active' AND ended_at IS NOT NULL
-             ORDER BY d LIMIT ?2 OFFSET ?3",
-        )?;
+             ORDER BY d LIMIT ?2 OFFSET ?3"
+        ))?;
         let take = if ended % 2 == 0 { 2 } else { 1 };
         let mid: Vec<i64> = stmt
             .query_map(params![automation_id, take, (ended - 1) / 2], |r| r.get(0))?
@@ -984,7 +989,7 @@ fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
         median_display,
         ended: ended as u64,
         active: active as u64,
-        definition: "Mean elapsed time from enrollment to leaving the flow (reaching an End or exiting). Includes scheduled waits between steps. Excludes contacts still active in the flow.".into(),
+        definition: "Mean elapsed time from enrollment to reaching the goal or, without the goal, to leaving the flow (reaching an End or exiting). Includes scheduled waits between steps. Excludes contacts still active in the flow.".into(),
     })
 }
 
@@ -1211,7 +1216,9 @@ mod tests {
                 [],
             )
             .unwrap();
-        // Enrollments for time in flow: 1, 2 and 4 days; one still active.
+        // Enrollments for time in flow: 1, 2 and 4 days, the last one with
+        // its goal reached on day 3 and another goal reached after its End
+        // on day 2; one still active.
         for (i, (days, state)) in [
             (1, "completed"),
             (2, "exited"),
@@ -1229,11 +1236,16 @@ mod tests {
                 )
                 .unwrap();
             let ended = (state != "active").then_some(NOW - 10 * DAY + days * DAY);
+            let goal = match days {
+                1 => Some(NOW - 10 * DAY + 2 * DAY),
+                4 => Some(NOW - 10 * DAY + 3 * DAY),
+                _ => None,
+            };
             db.conn
                 .execute(
-                    "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, enrolled_at, ended_at)
-                     VALUES ('a1', ?1, 2, 2, ?2, ?3, ?4)",
-                    rusqlite::params![cid, state, NOW - 10 * DAY, ended],
+                    "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, enrolled_at, ended_at, goal_reached_at)
+                     VALUES ('a1', ?1, 2, 2, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![cid, state, NOW - 10 * DAY, ended, goal],
                 )
                 .unwrap();
         }
@@ -1412,9 +1424,10 @@ mod tests {
         let t = &v["time_in_flow"];
         assert_eq!(t["ended"], 3);
         assert_eq!(t["active"], 1);
-        assert_eq!(t["mean_display"], "2.3d");
+        // 1 day (its goal came after the End), 2 days, 3 days (to the goal).
+        assert_eq!(t["mean_ms"], 2.0 * DAY as f64);
         assert_eq!(t["median_ms"], 2.0 * DAY as f64);
-        assert_eq!(t["display"], "2.3d median 2d");
+        assert_eq!(t["display"], "2d median 2d");
 
         let exits = &v["exits"];
         assert_eq!(exits["total"], 25);
