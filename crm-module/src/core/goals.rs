@@ -7,7 +7,7 @@ use serde_json::json;
 use super::enrollment::{self, Enrollment};
 use super::log::Entry as Log;
 use super::{Ctx, Signal};
-use crate::clock::DAY;
+use crate::clock::{DAY, Millis};
 use crate::error::Result;
 use crate::model::automation::GoalKind;
 
@@ -55,19 +55,27 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
     else {
         return Ok(());
     };
-    let since = ctx.now - longest as i64 * DAY;
+    // When it happened: the host's occurred_at for the event's own signals
+    // (a booking pushed late still counts inside the lookback, one made
+    // before the enrollment does not); what an automation's step did in
+    // reaction happened now.
+    let at = match ctx.occurred_at {
+        Some(at) if ctx.depth == 0 => at,
+        _ => ctx.now,
+    };
+    let since = at - longest as i64 * DAY;
     for e in enrollment::of_contact(ctx.conn, contact_id, "goal_reached_at IS NULL", since)? {
         let Some(entry) = catalog.get(&e.automation_id) else {
             continue;
         };
         let def = &entry.current.def;
         if !reachable(def.goal)
-            || e.enrolled_at > ctx.now
-            || ctx.now > e.enrolled_at + def.goal_lookback_days as i64 * DAY
+            || e.enrolled_at > at
+            || at > e.enrolled_at + def.goal_lookback_days as i64 * DAY
         {
             continue;
         }
-        reach(ctx, &e, def.goal)?;
+        reach(ctx, &e, def.goal, at)?;
         if e.state == "active" && def.goal.is_some() && def.unenrollment.goal_met {
             enrollment::exit(ctx, &e, "goal_met")?;
         }
@@ -75,12 +83,14 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
     Ok(())
 }
 
-fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>) -> Result<()> {
+/// Records the goal reached at `at` (when it happened; the log row is
+/// written at `now`, when the module learnt it).
+fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>, at: Millis) -> Result<()> {
     ctx.conn
         .prepare_cached(
             "UPDATE enrollments SET goal_reached_at = ?2 WHERE id = ?1 AND goal_reached_at IS NULL",
         )?
-        .execute(rusqlite::params![e.id, ctx.now])?;
+        .execute(rusqlite::params![e.id, at])?;
     Log {
         automation_id: Some(&e.automation_id),
         version: Some(e.version),

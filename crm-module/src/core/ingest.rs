@@ -29,6 +29,14 @@ pub enum Outcome {
 
 /// Applies one event. Errors leave the caller to roll the savepoint back.
 pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
+    let outer = ctx.occurred_at;
+    ctx.occurred_at = ev.occurred_at.map(|at| at.min(ctx.now));
+    let outcome = apply_event(ctx, ev);
+    ctx.occurred_at = outer;
+    outcome
+}
+
+fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
     let fresh = ctx
         .conn
         .prepare_cached("INSERT INTO ingested_events (event_id, type, received_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?

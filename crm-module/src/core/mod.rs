@@ -47,6 +47,12 @@ pub struct Ctx<'a> {
     pub conn: &'a Connection,
     /// The instant being processed.
     pub now: Millis,
+    /// When the event being applied happened, as the host says (its
+    /// `occurred_at`, never after `now`); `None` for anything else, and for
+    /// events that do not say. Goals are judged at this instant: activity
+    /// that happened before an enrollment is not its goal, and activity
+    /// inside the lookback that arrives after it still is.
+    pub occurred_at: Option<Millis>,
     /// Automations.
     pub catalog: &'a Catalog,
     /// Settings.
@@ -71,6 +77,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             conn,
             now,
+            occurred_at: None,
             catalog,
             settings,
             install_id,

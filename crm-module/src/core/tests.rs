@@ -927,6 +927,54 @@ fn host_seeded_last_activity_lets_win_back_see_patients_quiet_at_import() {
 }
 
 #[test]
+fn goals_are_judged_when_the_activity_happened_not_when_it_arrived() {
+    use crate::clock::to_rfc3339;
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "Intake follow-up", "goal": "book_appointment", "goal_lookback_days": 7,
+        "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "delay", "amount": 20, "unit": "days"}]}),
+    );
+    let submit = |s: &mut Sim, id: &str| {
+        s.push(json!({"type": "form.submitted", "submission": {"id": format!("f-{id}"), "form_id": "intake",
+            "form_name": "Intake", "contact_id": id, "answers": {}}}))
+            .unwrap();
+    };
+    let book_at = |s: &mut Sim, id: &str, at: i64| {
+        s.push(
+            json!({"type": "appointment.booked", "occurred_at": to_rfc3339(at),
+            "appointment": {"id": format!("ap-{id}"), "contact_id": id}}),
+        )
+        .unwrap();
+    };
+    s.contact("early", json!({}));
+    s.contact("late", json!({}));
+    let t0 = s.now;
+    submit(&mut s, "early");
+    submit(&mut s, "late");
+    // "early" booked an hour before the form, pushed an hour after it: the
+    // booking is not what the automation achieved.
+    s.advance(HOUR);
+    book_at(&mut s, "early", t0 - HOUR);
+    // "late" booked on day 6, inside the 7-day lookback; the host pushed it
+    // on day 9. It counts, on day 6.
+    s.advance(9 * DAY);
+    book_at(&mut s, "late", t0 + 6 * DAY);
+    let goal_at = |s: &Sim, id: &str| -> Option<i64> {
+        s.conn
+            .query_row(
+                "SELECT goal_reached_at FROM enrollments WHERE automation_id = ?1 AND contact_id = ?2",
+                [a.as_str(), id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(goal_at(&s, "early"), None);
+    assert_eq!(goal_at(&s, "late"), Some(t0 + 6 * DAY));
+    assert_eq!(s.count("goal_reached", Some(&a)), 1);
+}
+
+#[test]
 fn effects_have_deterministic_keys() {
     let run = || {
         let mut s = Sim::new();
