@@ -2028,3 +2028,52 @@ fn builder_sms_panel_shows_characters_segments_and_credits() {
     );
     assert_eq!(counter["value"]["credits"], 2);
 }
+
+#[test]
+fn the_consent_footer_opens_each_number_not_each_contact() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_sms", "message": "Hi {{firstname}}"}]}));
+    s.automation(
+        json!({"name": "New number", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "phone"},
+        "steps": [{"type": "send_sms", "message": "Number saved"}]}),
+    );
+    let texts = |s: &Sim, c: &str| -> Vec<String> {
+        s.messages_to(c)
+            .iter()
+            .map(|m| m.payload["rendered"]["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    s.contact("mum", json!({"phone": "+16175550100"}));
+    assert_eq!(texts(&s, "mum"), ["Hi Pat Reply STOP to opt out"]);
+    // A second person on the family phone: the thread is open already.
+    s.contact("kid", json!({"phone": "(617) 555-0100"}));
+    assert_eq!(texts(&s, "kid"), ["Hi Pat"]);
+    assert_eq!(
+        s.messages_to("kid")[0].payload["rendered"]["first_in_thread"],
+        false
+    );
+    // Mum's new number has never heard from the practice.
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "mum", "phone": "+16175550177"}}))
+        .unwrap();
+    assert_eq!(
+        texts(&s, "mum"),
+        [
+            "Hi Pat Reply STOP to opt out",
+            "Number saved Reply STOP to opt out"
+        ]
+    );
+    // One thread per number, opened by its first message.
+    let threads: Vec<(String, String)> = s
+        .conn
+        .prepare("SELECT phone_key, first_key FROM sms_threads ORDER BY phone_key")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(threads.len(), 2, "{threads:?}");
+    let first = &s.messages_to("mum")[0].key;
+    assert!(threads.iter().any(|(_, k)| k == first), "{threads:?}");
+}

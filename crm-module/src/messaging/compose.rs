@@ -22,9 +22,10 @@ use super::tracking::{self, KeyRing, Signer, TokenKind};
 use super::{email, sms, template};
 use crate::clock::Millis;
 use crate::core::Ctx;
-use crate::core::contacts::Contact;
+use crate::core::contacts::{self, Contact};
 use crate::error::{Error, Result};
 use crate::model::automation::{SenderOverride, StepKind};
+use crate::outbox;
 
 /// The editable content of a message: a saved template's or a step's own.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -185,6 +186,34 @@ fn number(ctx: &Ctx<'_>, key: &str, contact_id: &str, channel: &str) -> Result<i
         .conn
         .prepare_cached("SELECT id FROM messages WHERE key = ?1")?
         .query_row([key], |r| r.get(0))?)
+}
+
+/// Whether the SMS `key` opens the thread with the number `to`: the first
+/// message the module sends to that number (composed again, it still is),
+/// which carries the consent footer. A thread is the recipient's number,
+/// not the contact: a contact's new number gets the footer, a second
+/// contact on a family phone does not. A "Test to" sample always shows it
+/// and opens nothing.
+fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
+    let Some(phone) = contacts::phone_key(to) else {
+        return Ok(true);
+    };
+    if outbox::is_test_send(ctx.install_id, key) {
+        return Ok(true);
+    }
+    let opened = ctx
+        .conn
+        .prepare_cached(
+            "INSERT INTO sms_threads (phone_key, first_key, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![phone, key, ctx.now])?;
+    if opened == 1 {
+        return Ok(true);
+    }
+    Ok(ctx
+        .conn
+        .prepare_cached("SELECT first_key = ?2 FROM sms_threads WHERE phone_key = ?1")?
+        .query_row(params![phone, key], |r| r.get(0))?)
 }
 
 fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {
@@ -454,11 +483,7 @@ pub fn sms_message(
         Err(e) => return Ok(Err(e)),
     };
     // First message of a thread (nothing sent to this number before): the consent footer.
-    let earlier: bool = ctx
-        .conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE contact_id = ?1 AND channel = 'sms' AND key != ?2)")?
-        .query_row(params![contact.id, key], |r| r.get(0))?;
-    let first = !earlier;
+    let first = opens_thread(ctx, key, &to)?;
     if first
         && !s.sms.consent_footer.trim().is_empty()
         && !text.contains(s.sms.consent_footer.trim())

@@ -521,6 +521,22 @@ INSERT OR IGNORE INTO stopped_numbers (phone_key, at, event_id)
       AND a.channel = 'sms' AND a.reason = 'stop_reply'
       AND a.id = (SELECT max(id) FROM subscription_audit l WHERE l.contact_id = c.id AND l.channel = 'sms');
 "#,
+    // 14: SMS threads by recipient number. The consent footer ("Reply STOP
+    // to opt out") goes on the first message to a number; that was the
+    // first message to a contact, so a contact's new number never got it.
+    // Filled from the SMS sent so far, to the contacts' numbers as they are.
+    r#"
+CREATE TABLE sms_threads (
+    phone_key  TEXT PRIMARY KEY,   -- contacts::phone_key of the recipient
+    first_key  TEXT NOT NULL,      -- the message that opened the thread
+    at         INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO sms_threads (phone_key, first_key, at)
+    SELECT c.phone_key, m.key, m.created_at
+    FROM messages m JOIN contacts c ON c.id = m.contact_id
+    WHERE m.channel = 'sms' AND c.phone_key IS NOT NULL
+    ORDER BY m.id;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -577,6 +593,37 @@ mod tests {
                 .unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn migration_14_opens_a_thread_for_each_number_already_texted() {
+        let conn = at_version(13);
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity, phone_key)
+                 VALUES ('mum', '{}', 0, 0, '6175550100'),
+                        ('kid', '{}', 0, 0, '6175550100'),
+                        ('quiet', '{}', 0, 0, '6175550199'),
+                        ('no_phone', '{}', 0, 0, NULL);
+             INSERT INTO messages (key, contact_id, channel, created_at)
+                 VALUES ('m-mum-1', 'mum', 'sms', 10),
+                        ('m-kid-1', 'kid', 'sms', 20),
+                        ('m-mum-2', 'mum', 'sms', 30),
+                        ('m-quiet-email', 'quiet', 'email', 40),
+                        ('m-no-phone', 'no_phone', 'sms', 50);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let threads: Vec<(String, String, i64)> = conn
+            .prepare("SELECT phone_key, first_key, at FROM sms_threads")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            threads,
+            [("6175550100".to_string(), "m-mum-1".to_string(), 10)]
+        );
     }
 
     #[test]
