@@ -157,19 +157,63 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
         )
         .unwrap();
     assert_eq!(undeliverable.as_deref(), Some("reject550@patients.example"));
-    let perf = m
-        .view("automation_performance", r#"{"automation_id": "news"}"#)
-        .unwrap();
-    let email = &perf["channel_breakdown"][0];
+    // The relay's 250 for p1 is the delivery: no receipt ever comes for
+    // mail the module sends itself. Delivered = sent and accepted, once.
+    let email_row = || -> Value {
+        let perf = m
+            .view("automation_performance", r#"{"automation_id": "news"}"#)
+            .unwrap();
+        perf["channel_breakdown"][0].clone()
+    };
+    let counts = |email: &Value| -> [Option<u64>; 5] {
+        ["send_attempts", "sent", "delivered", "bounced", "failed"].map(|f| email[f].as_u64())
+    };
+    let email = email_row();
+    assert_eq!(email["channel"]["id"], "email", "{email}");
     assert_eq!(
-        (
-            email["send_attempts"].as_u64(),
-            email["bounced"].as_u64(),
-            email["failed"].as_u64()
-        ),
-        (Some(2), Some(1), Some(0)),
+        counts(&email),
+        [Some(2), Some(1), Some(1), Some(1), Some(0)],
         "{email}"
     );
+    assert_eq!(email["delivery_rate"].as_f64(), Some(50.0), "{email}");
+    let logged = |kind: &str| -> Vec<Option<String>> {
+        conn.prepare(
+            "SELECT json_extract(detail, '$.by') FROM events WHERE message_key = ?1 AND kind = ?2 ORDER BY id",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![key, kind], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    assert_eq!(logged("message_sent").len(), 1);
+    assert_eq!(logged("message_delivered"), [Some("relay".to_string())]);
+
+    // A delivered receipt the host pushes for relay mail repeats the
+    // delivery; a hard bounce it learns of later (an asynchronous DSN)
+    // counts and takes the delivery back.
+    let receipt = |id: &str, status: &str, bounce: Option<&str>| {
+        let mut ev = json!({"event_id": id, "type": "delivery.receipt", "message_key": key, "status": status});
+        if let Some(b) = bounce {
+            ev["bounce"] = json!(b);
+        }
+        m.push(&ev.to_string()).unwrap();
+    };
+    receipt("r-delivered", "delivered", None);
+    assert_eq!(logged("receipt_repeated").len(), 1);
+    assert_eq!(
+        counts(&email_row()),
+        [Some(2), Some(1), Some(1), Some(1), Some(0)]
+    );
+    receipt("r-bounced", "bounced", Some("hard"));
+    assert_eq!(logged("message_delivery_revoked").len(), 1);
+    let email = email_row();
+    assert_eq!(
+        counts(&email),
+        [Some(2), Some(1), Some(0), Some(2), Some(0)],
+        "{email}"
+    );
+    assert_eq!(email["delivery_rate"].as_f64(), Some(0.0), "{email}");
 
     // The host never saw an email, but got both tasks.
     let got = host.got.lock().unwrap();

@@ -527,3 +527,81 @@ fn sending_limits_hold_the_excess_in_order_across_a_restart() {
     });
     assert_eq!(keys, sorted, "in order");
 }
+
+/// Answers "retry later" to the first attempt of every email; takes the rest.
+#[derive(Default)]
+struct EmailBusyOnce {
+    tried: Mutex<std::collections::HashSet<String>>,
+    got: Mutex<Vec<(String, Value)>>,
+}
+
+impl Host for EmailBusyOnce {
+    fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        let payload: Value = serde_json::from_str(d.payload).unwrap();
+        if payload["channel"] == "email" && self.tried.lock().unwrap().insert(d.key.to_string()) {
+            return (HostAnswer::RetryLater, Some("mail server busy".into()));
+        }
+        self.got.lock().unwrap().push((d.key.to_string(), payload));
+        (HostAnswer::Accepted, None)
+    }
+}
+
+#[test]
+fn an_email_suppressed_at_hand_over_sends_its_sms_fallback_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let host = Arc::new(EmailBusyOnce::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "recall", "definition": {
+        "name": "Recall", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Time for a check-up", "body": "<p>Book now</p>",
+                   "fallback": {"message": "Hi {{firstname}}, time for a check-up"}}]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "recall"}"#)
+        .unwrap();
+    m.push(&contact(1)).unwrap();
+    m.push(&contact(2)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert!(
+        host.got.lock().unwrap().is_empty(),
+        "both emails wait for a retry"
+    );
+
+    // p1 unsubscribes from email while their email waits; p2 does not.
+    m.push(r#"{"event_id": "out1", "type": "contact.opted_out", "contact_id": "p1", "channel": "email"}"#)
+        .unwrap();
+    m.advance_clock(2 * 60 * 1000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let got: Vec<(String, Value)> = host.got.lock().unwrap().clone();
+    let to = |c: &str| -> Vec<(&str, &Value)> {
+        got.iter()
+            .filter(|(_, p)| p["contact_id"] == c)
+            .map(|(k, p)| (k.as_str(), p))
+            .collect()
+    };
+    let p1 = to("p1");
+    assert_eq!(p1.len(), 1, "{got:?}");
+    let (key, sms) = p1[0];
+    assert_eq!(sms["channel"], "sms");
+    assert_eq!(sms["fallback_for"], "email");
+    assert!(key.ends_with("-mail-fallback"), "{key}");
+    let p2 = to("p2");
+    assert_eq!(p2.len(), 1);
+    assert_eq!(p2[0].1["channel"], "email");
+
+    // Once: nothing more goes, however long the clock runs.
+    m.advance_clock(24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(host.got.lock().unwrap().len(), 2);
+    let perf = m
+        .view("automation_performance", r#"{"automation_id": "recall"}"#)
+        .unwrap();
+    let sms = perf["channel_breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"]["id"] == "sms")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(sms["sent"], 1, "{perf}");
+}

@@ -22,7 +22,7 @@ use crate::messaging::email::ComposedEmail;
 use crate::messaging::smtp::{SmtpOutcome, SmtpSender, SmtpSettings};
 use crate::outbox::{DueEffect, EffectKind, HostAnswer};
 use crate::settings::{EmailDelivery, Resolved};
-use crate::worker::Request;
+use crate::worker::{AnsweredBy, Request};
 
 /// Severity of a log line handed to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -168,13 +168,14 @@ fn answer(
     outbox_id: i64,
     answer: HostAnswer,
     error: Option<String>,
+    by: AnsweredBy,
 ) -> bool {
     worker
         .send(Request::Answer {
             outbox_id,
             answer,
             error,
-            call: None,
+            by,
         })
         .is_ok()
 }
@@ -221,7 +222,13 @@ pub fn run_dispatcher(
             match crate::messaging::compose::with_mime(&job.payload) {
                 Ok(payload) => job.payload = payload,
                 Err(reason) => {
-                    if !answer(&worker, job.id, HostAnswer::Failed, Some(reason)) {
+                    if !answer(
+                        &worker,
+                        job.id,
+                        HostAnswer::Failed,
+                        Some(reason),
+                        AnsweredBy::Host,
+                    ) {
                         break;
                     }
                     continue;
@@ -256,8 +263,9 @@ pub fn run_dispatcher(
             EmailDelivery::Smtp { smtp } => Some(smtp.clone()),
             _ => None,
         };
+        let by_relay = smtp_settings.is_some() && is_email(&job);
         let sender: Result<Arc<dyn Sender>, (HostAnswer, String)> = match smtp_settings {
-            Some(s) if is_email(&job) => smtp
+            Some(s) if by_relay => smtp
                 .get(&s)
                 .map(|s| s as Arc<dyn Sender>)
                 .map_err(|e| (HostAnswer::RetryLater, format!("email_delivery.smtp.{e}"))),
@@ -292,7 +300,12 @@ pub fn run_dispatcher(
                 }
             }
         };
-        if !answer(&worker, job.id, outcome, error) {
+        let by = if by_relay {
+            AnsweredBy::Relay
+        } else {
+            AnsweredBy::Host
+        };
+        if !answer(&worker, job.id, outcome, error, by) {
             break;
         }
     }

@@ -70,8 +70,9 @@ pub enum Request {
         answer: HostAnswer,
         /// Optional reason.
         error: Option<String>,
-        /// The sender adapter call's figures, when a plugin delivered it.
-        call: Option<crate::plugins::registry::CallFigures>,
+        /// Who answered: the host, the built-in SMTP relay, or a sender
+        /// adapter plugin (with its call's figures).
+        by: AnsweredBy,
     },
     /// A custom step's plugin call finished.
     PluginStep {
@@ -89,6 +90,18 @@ pub enum Request {
     },
     /// Stop after finishing the current round.
     Shutdown,
+}
+
+/// Who gave the answer to a delivery.
+#[derive(Debug)]
+pub enum AnsweredBy {
+    /// The host's `deliver` callback.
+    Host,
+    /// The built-in SMTP sender: its acceptance is the relay's `250`, the
+    /// only delivery signal mail the module sends itself ever gets.
+    Relay,
+    /// A sender adapter plugin, with the call's figures.
+    Plugin(crate::plugins::registry::CallFigures),
 }
 
 /// A reply to send once the transaction's fate is known.
@@ -440,7 +453,7 @@ impl Worker {
                     outbox_id,
                     answer,
                     error,
-                    call,
+                    by,
                 } => {
                     self.in_flight.remove(&outbox_id);
                     self.in_flight_channel.remove(&outbox_id);
@@ -451,14 +464,10 @@ impl Worker {
                         continue;
                     }
                     if let Err(e) = self.in_savepoint(|w| {
-                        if let Some(figures) = &call {
+                        if let AnsweredBy::Plugin(figures) = &by {
                             crate::plugins::registry::record_call(&w.conn, figures, w.clock.now())?;
                         }
-                        let source = match &call {
-                            Some(f) => format!("plugin:{}", f.plugin_id),
-                            None => "host".to_string(),
-                        };
-                        w.record_answer(outbox_id, answer, error.as_deref(), &source)
+                        w.record_answer(outbox_id, answer, error.as_deref(), &by)
                     }) {
                         self.log(
                             LogLevel::Error,
@@ -725,7 +734,7 @@ impl Worker {
         id: i64,
         answer: HostAnswer,
         error: Option<&str>,
-        source: &str,
+        by: &AnsweredBy,
     ) -> Result<()> {
         let now = self.clock.now();
         let Some(row) = outbox::by_id(&self.conn, id)? else {
@@ -754,6 +763,11 @@ impl Worker {
             (_, "failed") => "effect_failed",
             _ => "effect_retry",
         };
+        let source = match by {
+            AnsweredBy::Host => "host".to_string(),
+            AnsweredBy::Relay => "relay".to_string(),
+            AnsweredBy::Plugin(f) => format!("plugin:{}", f.plugin_id),
+        };
         let detail = match (status, error) {
             ("accepted", _) => None,
             (_, Some(e)) => {
@@ -761,7 +775,16 @@ impl Worker {
             }
             _ => Some(json!({"source": source, "attempts": row.attempts + 1})),
         };
-        Log::for_effect(kind, &row, detail).write(&self.conn, now)
+        Log::for_effect(kind, &row, detail).write(&self.conn, now)?;
+        if kind == "message_sent" && matches!(by, AnsweredBy::Relay) {
+            // The relay's acceptance is the delivery (SPEC 5: accepted
+            // without bounce or hard error); no receipt ever comes for mail
+            // the module sends itself. A bounce the host learns of later
+            // (an asynchronous DSN pushed as a receipt) revokes it.
+            Log::for_effect("message_delivered", &row, Some(json!({"by": "relay"})))
+                .write(&self.conn, now)?;
+        }
+        Ok(())
     }
 
     /// The earliest scheduled item of an active automation.
@@ -918,7 +941,14 @@ impl Worker {
         };
         let due = outbox::due(&self.conn, now, room, &self.in_flight, takers).and_then(|rows| {
             let settings = self.settings.read();
-            crate::messaging::handover::screen(&self.conn, &settings, &self.install_id, rows, now)
+            crate::messaging::handover::screen(
+                &self.conn,
+                &self.catalog,
+                &settings,
+                &self.install_id,
+                rows,
+                now,
+            )
         });
         match due {
             Ok(rows) => {

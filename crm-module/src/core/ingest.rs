@@ -786,15 +786,17 @@ fn receipt_from(
         _ => {}
     }
     if failed_for_good {
-        fallback_after_failure(ctx, &row, key)?;
+        fallback_after_failure(ctx, &row)?;
     }
     Ok(())
 }
 
-/// Channel fallback after a final delivery failure (issue 3 §7): when the
-/// failed message is a step's own message and the step (in the automation's
-/// current version) has a fallback, it is queued once per enrollment and step.
-fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row, key: &str) -> Result<()> {
+/// Channel fallback after a final delivery failure or a suppression at
+/// hand-over (issue 3 §7): when the failed message is a step's own message
+/// and the step (in the automation's current version) has a fallback, it is
+/// queued once per enrollment and step.
+pub(crate) fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
+    let key = row.key.as_str();
     let (Some(enrollment_id), Some(automation_id), Some(step_id)) = (
         row.enrollment_id,
         row.automation_id.as_deref(),

@@ -19,7 +19,8 @@ pub struct Sim {
     _dir: tempfile::TempDir,
     /// The write connection.
     pub conn: Connection,
-    catalog: Catalog,
+    /// The automations in force.
+    pub catalog: Catalog,
     /// Settings in force.
     pub settings: Resolved,
     /// Current instant.

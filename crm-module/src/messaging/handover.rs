@@ -9,7 +9,8 @@
 //! 21:50. So every message the dispatcher is about to hand over is decided
 //! again ([`consent::at_hand_over`]): one that may no longer go is marked
 //! failed in the outbox and logged `message_suppressed` (detail
-//! `{"reason", "at": "hand_over"}`), and an SMS outside the recipient's
+//! `{"reason", "at": "hand_over"}`), and a step's own message sends the
+//! step's channel fallback as it would have at queue time; an SMS outside the recipient's
 //! sending hours waits for them to open, without using an attempt. A STOP
 //! confirmation or a HELP answer, and a "Test to" sample, go as they are.
 
@@ -17,9 +18,10 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 
 use super::consent::{self, HandOver};
+use crate::catalog::Catalog;
 use crate::clock::Millis;
-use crate::core::contacts;
 use crate::core::log::Entry as Log;
+use crate::core::{Ctx, contacts, ingest};
 use crate::error::Result;
 use crate::outbox::{self, DueEffect, EffectKind};
 use crate::settings::Resolved;
@@ -32,9 +34,13 @@ pub fn is_compliance(install_id: &str, key: &str) -> bool {
 }
 
 /// Keeps the rows that may be handed over now; records the others (in one
-/// transaction, when there are any). Not called inside a transaction.
+/// transaction, when there are any). A step's own message suppressed here
+/// sends the step's channel fallback, as it would have had the message been
+/// suppressed when the step queued it (queued in the same transaction; it
+/// is screened in its turn). Not called inside a transaction.
 pub fn screen(
     conn: &Connection,
+    catalog: &Catalog,
     settings: &Resolved,
     install_id: &str,
     rows: Vec<DueEffect>,
@@ -67,7 +73,8 @@ pub fn screen(
     }
     if !held.is_empty() {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        match record(conn, &held, now) {
+        let mut ctx = Ctx::new(conn, now, catalog, settings, install_id);
+        match record(&mut ctx, &held) {
             Ok(()) => conn.execute_batch("COMMIT")?,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -78,7 +85,8 @@ pub fn screen(
     Ok(go)
 }
 
-fn record(conn: &Connection, held: &[(i64, HandOver)], now: Millis) -> Result<()> {
+fn record(ctx: &mut Ctx<'_>, held: &[(i64, HandOver)]) -> Result<()> {
+    let (conn, now) = (ctx.conn, ctx.now);
     for (id, decision) in held {
         match decision {
             HandOver::WaitUntil(at) => {
@@ -97,11 +105,13 @@ fn record(conn: &Connection, held: &[(i64, HandOver)], now: Millis) -> Result<()
                 .execute(params![id, now, format!("suppressed: {}", why.as_str())])?;
                 let detail = json!({"reason": why.as_str(), "at": "hand_over"});
                 Log::for_effect("message_suppressed", &row, Some(detail)).write(conn, now)?;
+                ingest::fallback_after_failure(ctx, &row)?;
             }
             HandOver::Go => {}
         }
     }
-    Ok(())
+    let effects = ctx.take_effects();
+    outbox::write(conn, &effects, now)
 }
 
 #[cfg(test)]
@@ -157,7 +167,7 @@ mod tests {
             .expect("the STOP confirmation")
             .key
             .clone();
-        let go = screen(&s.conn, &s.settings, "t", rows, s.now).unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", rows, s.now).unwrap();
         let stays: Vec<String> = s
             .messages_to("stays")
             .iter()
@@ -198,6 +208,131 @@ mod tests {
         assert_eq!(failed, 2);
     }
 
+    /// The outbox rows whose key ends with `suffix`: (contact, channel, status).
+    fn rows_ending(s: &Sim, suffix: &str) -> Vec<(String, String, String)> {
+        s.conn
+            .prepare("SELECT contact_id, channel, status FROM outbox WHERE idempotency_key LIKE '%' || ?1 ORDER BY id")
+            .unwrap()
+            .query_map([suffix], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_message_suppressed_at_hand_over_sends_the_steps_fallback_once() {
+        let mut s = Sim::new();
+        // An email step with an SMS fallback (then a wait, so the enrollment
+        // is still running at hand-over), and a plain newsletter.
+        s.automation(json!({"name": "Recall", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "goal": "book_appointment", "unenrollment": {"goal_met": true},
+            "steps": [{"id": "m", "type": "send_email", "subject": "Hi", "body": "<p>Book now</p>",
+                       "fallback": {"message": "Hi {{firstname}}, book now"}},
+                      {"id": "wait", "type": "delay", "amount": 3, "unit": "days"}]}));
+        s.automation(json!({"name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"id": "n", "type": "send_email", "subject": "News", "body": "<p>News</p>"}]}));
+        for c in ["unsubscribes", "bounces", "books", "stays"] {
+            s.contact(c, json!({}));
+        }
+        assert_eq!(waiting(&s).len(), 8, "two emails each, all held");
+        // While they wait: one unsubscribes from email; the newsletter of
+        // another leaves and hard-bounces; a third reaches the goal (and
+        // leaves the automation), then unsubscribes from email.
+        s.push(
+            json!({"type": "contact.opted_out", "contact_id": "unsubscribes", "channel": "email"}),
+        )
+        .unwrap();
+        let news = s.messages_to("bounces")[1].key.clone();
+        assert!(news.ends_with("-n"), "{news}");
+        s.conn
+            .execute(
+                "UPDATE outbox SET status = 'accepted' WHERE idempotency_key = ?1",
+                [&news],
+            )
+            .unwrap();
+        s.push(json!({"type": "delivery.receipt", "message_key": news, "status": "bounced", "bounce": "hard"}))
+            .unwrap();
+        s.book("books", "ap1");
+        s.push(json!({"type": "contact.opted_out", "contact_id": "books", "channel": "email"}))
+            .unwrap();
+
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        let stays: Vec<&str> = s
+            .messages_to("stays")
+            .iter()
+            .map(|m| m.key.as_str())
+            .collect();
+        assert_eq!(keys(&go), stays);
+        // The fallback went out for the two still in the automation, in the
+        // suppression's transaction: queued, waiting for its own hand-over.
+        let fallbacks = rows_ending(&s, "-m-fallback");
+        let expected = |status: &str| -> Vec<(String, String, String)> {
+            ["unsubscribes", "bounces"]
+                .map(|c| (c.to_string(), "sms".to_string(), status.to_string()))
+                .to_vec()
+        };
+        assert_eq!(fallbacks, expected("pending"));
+        let reasons: Vec<(String, Option<String>)> = s
+            .conn
+            .prepare(
+                "SELECT contact_id, json_extract(detail, '$.reason') FROM events
+                  WHERE kind = 'message_suppressed' AND message_key LIKE '%-m' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let reason = |c: &str, r: &str| (c.to_string(), Some(r.to_string()));
+        assert_eq!(
+            reasons,
+            [
+                reason("unsubscribes", "unsubscribed"),
+                reason("bounces", "undeliverable"),
+                reason("books", "unsubscribed")
+            ]
+        );
+        let fallback_queued: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE kind = 'message_queued' AND channel = 'sms'
+                   AND json_extract(detail, '$.fallback_for') = 'email'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(fallback_queued, 2);
+
+        // One of them says STOP before the fallback leaves: it is suppressed
+        // in turn and has no fallback of its own; the STOP confirmation goes.
+        s.push(json!({"type": "sms.received", "contact_id": "bounces", "body": "STOP"}))
+            .unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        let go: Vec<&DueEffect> = go
+            .iter()
+            .filter(|r| r.contact_id.as_deref() != Some("stays"))
+            .collect();
+        assert_eq!(
+            go.len(),
+            2,
+            "{:?}",
+            go.iter().map(|r| &r.key).collect::<Vec<_>>()
+        );
+        assert!(
+            go[0].key.ends_with("-m-fallback")
+                && go[0].contact_id.as_deref() == Some("unsubscribes")
+        );
+        assert!(is_compliance("t", &go[1].key));
+        assert_eq!(
+            rows_ending(&s, "-m-fallback"),
+            [
+                ("unsubscribes".into(), "sms".into(), "pending".into()),
+                ("bounces".into(), "sms".into(), "failed".into())
+            ]
+        );
+        assert_eq!(rows_ending(&s, "-fallback-fallback"), []);
+    }
+
     #[test]
     fn an_sms_held_past_the_sending_hours_waits_for_the_morning() {
         let mut s = Sim::new();
@@ -211,7 +346,7 @@ mod tests {
         // Held (a sending limit, the host away) until 21:50.
         let late = s.now + 55 * MINUTE;
         assert!(
-            screen(&s.conn, &s.settings, "t", rows, late)
+            screen(&s.conn, &s.catalog, &s.settings, "t", rows, late)
                 .unwrap()
                 .is_empty()
         );
@@ -227,7 +362,15 @@ mod tests {
             parse_rfc3339("2026-01-06T13:00:00Z").unwrap(),
             "08:00 the next morning"
         );
-        let morning = screen(&s.conn, &s.settings, "t", waiting(&s), next + HOUR).unwrap();
+        let morning = screen(
+            &s.conn,
+            &s.catalog,
+            &s.settings,
+            "t",
+            waiting(&s),
+            next + HOUR,
+        )
+        .unwrap();
         assert_eq!(morning.len(), 1);
     }
 }

@@ -14,7 +14,7 @@ use super::runtime::CallFailure;
 use super::{Outgoing, PluginHost, Report, SendResult, StepCall};
 use crate::error::{Error, Result};
 use crate::outbox::{DueEffect, HostAnswer};
-use crate::worker::Request;
+use crate::worker::{AnsweredBy, Request};
 
 /// A plugin call to make.
 pub enum Job {
@@ -81,7 +81,7 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
                     outbox_id: effect.id,
                     answer,
                     error: error.map(|e| format!("plugin {plugin_id}: {e}")),
-                    call: Some(report.figures),
+                    by: AnsweredBy::Plugin(report.figures),
                 }
             }
         };
