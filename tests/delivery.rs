@@ -83,6 +83,8 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     m.push(&contact("p1", "pat@patients.example")).unwrap();
     m.push(&contact("p2", "reject550@patients.example"))
         .unwrap();
+    m.push(&contact("p3", "reject554@patients.example"))
+        .unwrap();
     m.wait_idle(Duration::from_secs(30)).unwrap();
 
     // The relay got exactly the accepted message, with the module's envelope.
@@ -170,12 +172,14 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     };
     let email = email_row();
     assert_eq!(email["channel"]["id"], "email", "{email}");
+    // p3's 554 after DATA is the relay's refusal: an attempt, an error.
     assert_eq!(
         counts(&email),
-        [Some(2), Some(1), Some(1), Some(1), Some(0)],
+        [Some(3), Some(1), Some(1), Some(1), Some(1)],
         "{email}"
     );
-    assert_eq!(email["delivery_rate"].as_f64(), Some(50.0), "{email}");
+    assert_eq!(email["delivery_rate"].as_f64(), Some(33.3), "{email}");
+    assert_eq!(email["error_rate"].as_f64(), Some(33.3), "{email}");
     let logged = |kind: &str| -> Vec<Option<String>> {
         conn.prepare(
             "SELECT json_extract(detail, '$.by') FROM events WHERE message_key = ?1 AND kind = ?2 ORDER BY id",
@@ -203,19 +207,19 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     assert_eq!(logged("receipt_repeated").len(), 1);
     assert_eq!(
         counts(&email_row()),
-        [Some(2), Some(1), Some(1), Some(1), Some(0)]
+        [Some(3), Some(1), Some(1), Some(1), Some(1)]
     );
     receipt("r-bounced", "bounced", Some("hard"));
     assert_eq!(logged("message_delivery_revoked").len(), 1);
     let email = email_row();
     assert_eq!(
         counts(&email),
-        [Some(2), Some(1), Some(0), Some(2), Some(0)],
+        [Some(3), Some(1), Some(0), Some(2), Some(1)],
         "{email}"
     );
     assert_eq!(email["delivery_rate"].as_f64(), Some(0.0), "{email}");
 
-    // The host never saw an email, but got both tasks.
+    // The host never saw an email, but got the three tasks.
     let got = host.got.lock().unwrap();
     assert!(
         got.iter()
@@ -224,7 +228,7 @@ fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     );
     assert_eq!(
         got.iter().filter(|(k, _)| *k == EffectKind::Task).count(),
-        2
+        3
     );
 }
 

@@ -528,7 +528,9 @@ fn sending_limits_hold_the_excess_in_order_across_a_restart() {
     assert_eq!(keys, sorted, "in order");
 }
 
-/// Answers "retry later" to the first attempt of every email; takes the rest.
+/// Answers "retry later" to the first attempt of every email, and "failed"
+/// to the second for p3's (the mailbox provider refused it for good); takes
+/// the rest.
 #[derive(Default)]
 struct EmailBusyOnce {
     tried: Mutex<std::collections::HashSet<String>>,
@@ -538,8 +540,13 @@ struct EmailBusyOnce {
 impl Host for EmailBusyOnce {
     fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
         let payload: Value = serde_json::from_str(d.payload).unwrap();
-        if payload["channel"] == "email" && self.tried.lock().unwrap().insert(d.key.to_string()) {
-            return (HostAnswer::RetryLater, Some("mail server busy".into()));
+        if payload["channel"] == "email" {
+            if self.tried.lock().unwrap().insert(d.key.to_string()) {
+                return (HostAnswer::RetryLater, Some("mail server busy".into()));
+            }
+            if payload["contact_id"] == "p3" {
+                return (HostAnswer::Failed, Some("mailbox disabled".into()));
+            }
         }
         self.got.lock().unwrap().push((d.key.to_string(), payload));
         (HostAnswer::Accepted, None)
@@ -547,7 +554,7 @@ impl Host for EmailBusyOnce {
 }
 
 #[test]
-fn an_email_suppressed_at_hand_over_sends_its_sms_fallback_once() {
+fn an_email_that_cannot_leave_sends_its_sms_fallback_once() {
     let dir = tempfile::tempdir().unwrap();
     let m = open(&dir);
     let host = Arc::new(EmailBusyOnce::default());
@@ -559,15 +566,17 @@ fn an_email_suppressed_at_hand_over_sends_its_sms_fallback_once() {
         .unwrap();
     m.execute(r#"{"command": "automation.activate", "automation_id": "recall"}"#)
         .unwrap();
-    m.push(&contact(1)).unwrap();
-    m.push(&contact(2)).unwrap();
+    for i in 1..=3 {
+        m.push(&contact(i)).unwrap();
+    }
     m.wait_idle(Duration::from_secs(30)).unwrap();
     assert!(
         host.got.lock().unwrap().is_empty(),
-        "both emails wait for a retry"
+        "the emails wait for a retry"
     );
 
-    // p1 unsubscribes from email while their email waits; p2 does not.
+    // p1 unsubscribes from email while their email waits; p2 and p3 do not,
+    // and p3's fails for good at its second attempt.
     m.push(r#"{"event_id": "out1", "type": "contact.opted_out", "contact_id": "p1", "channel": "email"}"#)
         .unwrap();
     m.advance_clock(2 * 60 * 1000).unwrap();
@@ -588,11 +597,15 @@ fn an_email_suppressed_at_hand_over_sends_its_sms_fallback_once() {
     let p2 = to("p2");
     assert_eq!(p2.len(), 1);
     assert_eq!(p2[0].1["channel"], "email");
+    let p3 = to("p3");
+    assert_eq!(p3.len(), 1, "{got:?}");
+    assert_eq!(p3[0].1["channel"], "sms");
+    assert_eq!(p3[0].1["fallback_for"], "email");
 
     // Once: nothing more goes, however long the clock runs.
     m.advance_clock(24 * 3_600_000).unwrap();
     m.wait_idle(Duration::from_secs(30)).unwrap();
-    assert_eq!(host.got.lock().unwrap().len(), 2);
+    assert_eq!(host.got.lock().unwrap().len(), 3);
     let perf = m
         .view("automation_performance", r#"{"automation_id": "recall"}"#)
         .unwrap();
@@ -603,5 +616,5 @@ fn an_email_suppressed_at_hand_over_sends_its_sms_fallback_once() {
         .find(|c| c["channel"]["id"] == "sms")
         .cloned()
         .unwrap_or_default();
-    assert_eq!(sms["sent"], 1, "{perf}");
+    assert_eq!(sms["sent"], 2, "{perf}");
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::clock::{HOUR, MINUTE, Millis};
 use crate::error::Result;
+use crate::messaging::consent::Category;
 
 /// The kinds of effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -338,6 +339,19 @@ pub fn by_key(conn: &Connection, key: &str) -> Result<Option<Row>> {
         .prepare_cached(&sql)?
         .query_row([key], read_row)
         .optional()?)
+}
+
+/// The category (`marketing` / `care`) of the message with this key, as its
+/// payload records it; `None` for a message without one (a reply to a
+/// keyword, a "Test to" sample).
+pub fn category(conn: &Connection, key: &str) -> Result<Option<Category>> {
+    let id: Option<Option<String>> = conn
+        .prepare_cached(
+            "SELECT json_extract(payload, '$.category') FROM outbox WHERE idempotency_key = ?1",
+        )?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(id.flatten().as_deref().and_then(Category::parse))
 }
 
 /// The newest message on a channel to a contact.

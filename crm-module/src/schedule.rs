@@ -454,6 +454,26 @@ pub fn local_to_utc_ms(date: NaiveDate, minutes: u16, tz: Tz) -> i64 {
     }
 }
 
+/// The instant `days` practice-local calendar days after `from_ms`, at the
+/// same wall-clock time: across a DST change that day is 23 or 25 hours
+/// long. A wall-clock time the change skips or repeats resolves as in
+/// [`local_to_utc_ms`]. Outside chrono's calendar range: `days` times 24 hours.
+pub fn add_local_days(from_ms: i64, days: u32, tz: Tz) -> i64 {
+    let elapsed = from_ms + i64::from(days) * 24 * 60 * MS_PER_MINUTE;
+    let Some(utc) = DateTime::from_timestamp_millis(from_ms) else {
+        return elapsed;
+    };
+    let local = utc.with_timezone(&tz).naive_local();
+    let Some(date) = local
+        .date()
+        .checked_add_days(chrono::Days::new(u64::from(days)))
+    else {
+        return elapsed;
+    };
+    let ms_of_day = (local - local.date().and_time(NaiveTime::MIN)).num_milliseconds();
+    local_to_utc_ms(date, (ms_of_day / MS_PER_MINUTE) as u16, tz) + ms_of_day % MS_PER_MINUTE
+}
+
 /// UTC offset in seconds of `tz` at the instant `utc_s` (seconds since the epoch).
 fn offset_at(utc_s: i64, tz: Tz) -> Option<i64> {
     let utc = DateTime::from_timestamp(utc_s, 0)?;
@@ -632,6 +652,36 @@ mod tests {
 
     fn t(s: &str) -> LocalTime {
         s.parse().expect("valid test time")
+    }
+
+    #[test]
+    fn local_days_keep_the_wall_clock_across_dst() {
+        // Saturday 16:30 EST + 1 day = Sunday 16:30 EDT: 23 hours.
+        let sat = ms("2026-03-07T16:30:00-05:00");
+        assert_eq!(
+            add_local_days(sat, 1, New_York),
+            ms("2026-03-08T16:30:00-04:00")
+        );
+        // Across the fall-back: 25 hours; a week is 7 local days.
+        let fri = ms("2026-10-30T16:30:15.250-04:00");
+        assert_eq!(
+            add_local_days(fri, 3, New_York),
+            ms("2026-11-02T16:30:15.250-05:00")
+        );
+        assert_eq!(
+            add_local_days(fri, 7, New_York),
+            ms("2026-11-06T16:30:15.250-05:00")
+        );
+        // 02:30 does not exist on 8 March: the first instant after the gap.
+        let before = ms("2026-03-07T02:30:00-05:00");
+        assert_eq!(
+            add_local_days(before, 1, New_York),
+            ms("2026-03-08T03:00:00-04:00")
+        );
+        // No change in between: exactly 24 hours a day.
+        let jan = ms("2026-01-05T09:00:00Z");
+        assert_eq!(add_local_days(jan, 2, London), jan + 2 * 24 * 3_600_000);
+        assert_eq!(add_local_days(jan, 0, Sydney), jan);
     }
 
     fn rows(spec: &[(Weekday, bool, &str, &str)]) -> Vec<DayHours> {

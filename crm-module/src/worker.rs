@@ -581,13 +581,20 @@ impl Worker {
         else {
             return Ok(());
         };
+        self.in_core(now, |ctx| {
+            enrollment::finish_custom_step(ctx, enrollment_id, step_id, &row.key, result)
+        })
+    }
+
+    /// Runs `f` in the deterministic core at `now` and writes the effects
+    /// it produced to the outbox (in the caller's transaction).
+    fn in_core<T>(&self, now: Millis, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         let settings = self.settings.read().clone();
-        let effects = {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-            enrollment::finish_custom_step(&mut ctx, enrollment_id, step_id, &row.key, result)?;
-            ctx.take_effects()
-        };
-        outbox::write(&self.conn, &effects, now)
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+        let value = f(&mut ctx)?;
+        let effects = ctx.take_effects();
+        outbox::write(&self.conn, &effects, now)?;
+        Ok(value)
     }
 
     /// Runs one request so that, if it fails, it changes nothing while the
@@ -720,12 +727,7 @@ impl Worker {
     }
 
     fn hit(&mut self, hit: &crate::core::hits::Hit) -> Result<Value> {
-        let settings = self.settings.read().clone();
-        let now = self.clock.now();
-        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-        let response = crate::core::hits::handle(&mut ctx, hit)?;
-        let effects = ctx.take_effects();
-        outbox::write(&self.conn, &effects, now)?;
+        let response = self.in_core(self.clock.now(), |ctx| crate::core::hits::handle(ctx, hit))?;
         serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
     }
 
@@ -750,11 +752,7 @@ impl Worker {
         }
         if answer == HostAnswer::Bounced && row.kind == EffectKind::Message {
             // A hard bounce, not an error: handled as a host's receipt would be.
-            let settings = self.settings.read().clone();
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-            ingest::bounced_at_hand_over(&mut ctx, &row.key)?;
-            let effects = ctx.take_effects();
-            return outbox::write(&self.conn, &effects, now);
+            return self.in_core(now, |ctx| ingest::bounced_at_hand_over(ctx, &row.key));
         }
         let kind = match (row.kind, status) {
             (EffectKind::Message, "accepted") => "message_sent",
@@ -776,6 +774,12 @@ impl Worker {
             _ => Some(json!({"source": source, "attempts": row.attempts + 1})),
         };
         Log::for_effect(kind, &row, detail).write(&self.conn, now)?;
+        if row.kind == EffectKind::Message && status == "failed" {
+            // Failed for good (the sender said so, or the retries ran
+            // out): it never reaches the person, so the step's channel
+            // fallback goes, as after a hard bounce.
+            self.in_core(now, |ctx| ingest::never_reached(ctx, &row))?;
+        }
         if kind == "message_sent" && matches!(by, AnsweredBy::Relay) {
             // The relay's acceptance is the delivery (SPEC 5: accepted
             // without bounce or hard error); no receipt ever comes for mail

@@ -434,9 +434,11 @@ fn run_step(
 ) -> Result<StepOutcome> {
     let sid = step.id.as_str();
     match &step.kind {
-        StepKind::Delay { amount, unit } => Ok(StepOutcome::Wait(
-            ctx.now + (*amount as i64) * unit.millis(),
-        )),
+        StepKind::Delay { amount, unit } => Ok(StepOutcome::Wait(unit.after(
+            ctx.now,
+            *amount,
+            ctx.settings.tz,
+        ))),
         StepKind::Branch { condition, .. } => {
             let contact = contacts::require(ctx.conn, &e.contact_id)?;
             let yes = conditions::evaluate(ctx, e, &contact, condition)?;
@@ -848,15 +850,18 @@ fn set_property(
 }
 
 /// Applies property changes an automation makes (audited as `actor`,
-/// reason `automation`), touches and saves the contact; returns the signals,
-/// opt-outs included.
+/// reason `automation`), touches and saves the contact; returns the
+/// property-change signals. An automation unsubscribing the contact is not
+/// the person's opt-out: it ends no enrollment (SPEC 2.4: the SMS opt-out
+/// toggle is the person's STOP, a global opt-out theirs at account level);
+/// consent keeps later messages on that channel from going.
 fn write_props(
     ctx: &mut Ctx<'_>,
     contact: &mut contacts::Contact,
     map: serde_json::Map<String, Value>,
     actor: &str,
 ) -> Result<Vec<Signal>> {
-    let mut signals = contacts::apply_props(
+    let signals = contacts::apply_props(
         ctx,
         contact,
         map,
@@ -867,7 +872,6 @@ fn write_props(
             message_key: None,
         },
     )?;
-    contacts::add_opt_out_signals(contact, &mut signals);
     contacts::touch(contact, ctx.now, false);
     contacts::save(ctx.conn, contact)?;
     Ok(signals)

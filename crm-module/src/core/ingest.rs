@@ -571,16 +571,16 @@ pub fn engagement_from(
     if machine.is_some() {
         return Ok(());
     }
+    let email = match row.channel.as_deref() {
+        Some("email") => outbox::category(ctx.conn, key)?,
+        _ => None,
+    };
     let mut signals = vec![match kind {
-        "message_opened" => Signal::EmailEngaged {
-            clicked: false,
+        "message_opened" | "message_clicked" => Signal::EmailEngaged {
+            clicked: kind == "message_clicked",
             asset_id: row.asset_id.clone(),
             enrollment_id: row.enrollment_id,
-        },
-        "message_clicked" => Signal::EmailEngaged {
-            clicked: true,
-            asset_id: row.asset_id.clone(),
-            enrollment_id: row.enrollment_id,
+            email,
         },
         _ => Signal::EmailReplied {
             enrollment_id: row.enrollment_id,
@@ -660,8 +660,13 @@ fn sms_received(
         ..Log::new(logged, &id)
     }
     .write(ctx.conn, ctx.now)?;
+    let category = match &key {
+        Some(k) => outbox::category(ctx.conn, k)?,
+        None => None,
+    };
     let mut signals = vec![Signal::SmsReplied {
         asset_id: replied_to.as_ref().and_then(|r| r.asset_id.clone()),
+        replied_to: category,
     }];
     inbound(ctx, &mut c, &mut signals)?;
     triggers::fire(ctx, &id, &signals)
@@ -786,16 +791,27 @@ fn receipt_from(
         _ => {}
     }
     if failed_for_good {
-        fallback_after_failure(ctx, &row)?;
+        never_reached(ctx, &row)?;
     }
     Ok(())
+}
+
+/// A message that will never reach its recipient: suppressed at hand-over,
+/// failed or hard-bounced for good. An SMS that opened its number's thread
+/// leaves it unopened, so the next message carries the consent footer, and
+/// the step's channel fallback goes out.
+pub(crate) fn never_reached(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
+    if row.channel.as_deref() == Some("sms") {
+        crate::messaging::compose::unopen_thread(ctx.conn, &row.key)?;
+    }
+    fallback_after_failure(ctx, row)
 }
 
 /// Channel fallback after a final delivery failure or a suppression at
 /// hand-over (issue 3 §7): when the failed message is a step's own message
 /// and the step (in the automation's current version) has a fallback, it is
 /// queued once per enrollment and step.
-pub(crate) fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
+fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
     let key = row.key.as_str();
     let (Some(enrollment_id), Some(automation_id), Some(step_id)) = (
         row.enrollment_id,

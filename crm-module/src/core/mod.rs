@@ -34,6 +34,7 @@ use serde_json::Value;
 
 use crate::catalog::Catalog;
 use crate::clock::Millis;
+use crate::messaging::consent::Category;
 use crate::outbox::Effect;
 use crate::settings::Resolved;
 
@@ -132,19 +133,26 @@ pub enum Signal {
         /// Its new value (`null` when cleared).
         new_value: Value,
     },
-    /// An email was opened or clicked.
+    /// A tracked message was opened or clicked: an email, or a link in an
+    /// SMS (engagement for goals; only an email's counts for the Email
+    /// engagement trigger).
     EmailEngaged {
         /// True for a click, false for an open.
         clicked: bool,
-        /// The email asset.
+        /// The message's asset.
         asset_id: Option<String>,
         /// The enrollment whose message it was.
         enrollment_id: Option<i64>,
+        /// The email's category; `None` when the message was not an email.
+        email: Option<Category>,
     },
     /// A non-keyword SMS reply.
     SmsReplied {
         /// The SMS asset replied to.
         asset_id: Option<String>,
+        /// The category of the SMS it answers; `None` for a text that
+        /// answers none the module sent.
+        replied_to: Option<Category>,
     },
     /// An email reply.
     EmailReplied {

@@ -308,6 +308,109 @@ fn email_engagement_trigger_and_branch_on_step_engagement() {
 }
 
 #[test]
+fn engagement_triggers_answer_marketing_messages_only() {
+    let mut s = Sim::new();
+    let steps = |category: &str| {
+        json!([{"id": "mail", "type": "send_email", "subject": "Hi", "body": "<p>Hi</p>", "category": category},
+               {"id": "text", "type": "send_sms", "message": "Hi", "category": category}])
+    };
+    s.automation(json!({"name": "Reminders", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": steps("care")}));
+    s.automation(json!({"name": "Promo", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": steps("marketing")}));
+    let opened = s.automation(json!({"name": "Opened any", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "email_engagement", "engagement": "either"}, "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    let replied = s.automation(json!({"name": "Replied any", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "sms_reply"}, "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    let key = |s: &Sim, channel: &str, category: &str| -> String {
+        s.messages_to("c1")
+            .iter()
+            .find(|m| m.payload["channel"] == channel && m.payload["category"] == category)
+            .unwrap()
+            .key
+            .clone()
+    };
+    // The appointment reminder is opened and answered: not marketing.
+    let (care_mail, care_text) = (key(&s, "email", "care"), key(&s, "sms", "care"));
+    s.push(json!({"type": "email.opened", "message_key": care_mail}))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "See you then", "in_reply_to": care_text}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&opened)), 0);
+    assert_eq!(s.count("enrolled", Some(&replied)), 0);
+    // The promotion is.
+    let (promo_mail, promo_text) = (key(&s, "email", "marketing"), key(&s, "sms", "marketing"));
+    s.push(json!({"type": "email.opened", "message_key": promo_mail}))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "Tell me more", "in_reply_to": promo_text}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&opened)), 1);
+    assert_eq!(s.count("enrolled", Some(&replied)), 1);
+}
+
+#[test]
+fn an_automation_unsubscribing_the_contact_does_not_end_its_own_run() {
+    let mut s = Sim::new();
+    // "Do not text": record the request, hand it to the front desk, confirm by email.
+    let a = s.automation(json!({"name": "Do not text", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "set_property", "property": "sms_subscription", "value": "unsubscribed"},
+                  {"type": "create_task", "title": "Update the chart", "assignee": {"kind": "queue", "name": "front_desk"}},
+                  {"id": "mail", "type": "send_email", "subject": "Done", "body": "<p>No more texts.</p>"},
+                  {"id": "text", "type": "send_sms", "message": "Bye"}]}));
+    let other = s.automation(json!({"name": "Drip", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 3, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "form.submitted", "submission": {"id": "s1", "form_id": "no-sms", "form_name": "No texts", "contact_id": "c1", "answers": {}}}))
+        .unwrap();
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+    assert_eq!(
+        s.enrollment(&other, "c1").0,
+        "active",
+        "not the person's opt-out"
+    );
+    let channels: Vec<String> = s
+        .messages_to("c1")
+        .iter()
+        .map(|m| m.payload["channel"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(channels, ["email"], "consent stops the SMS");
+    assert_eq!(s.count("exited", None), 0);
+}
+
+#[test]
+fn an_event_from_before_the_automation_was_turned_on_does_not_enroll() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({}));
+    s.advance(HOUR);
+    let a = s.automation(json!({"name": "Forms", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    let on = s.now;
+    s.advance(HOUR);
+    // Submitted half an hour before activation, pushed an hour after it.
+    s.push(
+        json!({"type": "form.submitted", "occurred_at": crate::clock::to_rfc3339(on - 30 * MINUTE),
+               "submission": {"id": "s1", "form_id": "intake", "form_name": "Intake", "contact_id": "c1", "answers": {}}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 0);
+    let ignored: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'trigger_ignored' AND automation_id = ?1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ignored.as_deref(), Some("before_activation"));
+    // One submitted after activation, pushed late too, does.
+    s.push(
+        json!({"type": "form.submitted", "occurred_at": crate::clock::to_rfc3339(on + 30 * MINUTE),
+               "submission": {"id": "s2", "form_id": "intake", "form_name": "Intake", "contact_id": "c1", "answers": {}}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+}
+
+#[test]
 fn sms_stop_is_an_opt_out_not_a_reply() {
     let mut s = Sim::new();
     s.cmd(json!({"command": "template.create", "template_id": "sms-1", "template": {"channel": "sms", "name": "Hi", "message": "Hi {{firstname}}"}}))
@@ -585,6 +688,28 @@ fn run_window_defers_to_next_open_minute_across_dst() {
     s.advance(4 * DAY);
     let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
     assert_eq!(at, parse_rfc3339("2026-03-09T13:00:00Z").unwrap());
+}
+
+#[test]
+fn a_days_delay_ends_at_the_same_wall_clock_time_across_dst() {
+    let mut s = Sim::new();
+    // Every day 09:00-17:00 New York.
+    let day = |d: &str| json!({"day": d, "enabled": true, "start": "09:00", "end": "17:00"});
+    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(day)
+        .to_vec();
+    let a = s.automation(json!({"name": "Daily", "trigger": {"type": "contact_created"},
+        "run_window": {"mode": "specific_hours", "days": days},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}, {"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]}));
+    // Saturday 2026-03-07 16:30 EST; the clocks go forward that night. One
+    // day later is Sunday 16:30 EDT (20:30Z), inside the window; 24 hours
+    // later would be 17:30 EDT, after it closed, and the email would wait
+    // for Monday.
+    s.now = parse_rfc3339("2026-03-07T21:30:00Z").unwrap();
+    s.contact("c1", json!({}));
+    s.advance(3 * DAY);
+    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    assert_eq!(at, parse_rfc3339("2026-03-08T20:30:00Z").unwrap());
 }
 
 #[test]
@@ -1198,7 +1323,12 @@ fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
         Some("subscribed"),
         "no marketing consent from YES"
     );
-    assert_eq!(s.count("enrolled", Some(&replies)), 1, "it is a reply");
+    assert_eq!(s.count("message_replied", None), 1, "it is a reply");
+    assert_eq!(
+        s.count("enrolled", Some(&replies)),
+        0,
+        "to no marketing SMS: the trigger is replies to marketing SMS"
+    );
 }
 
 fn sms_of(s: &Sim, id: &str) -> String {

@@ -7,6 +7,7 @@ use super::enrollment::{self, Enrollment};
 use super::log::Entry as Log;
 use super::{Ctx, MAX_CASCADE, Signal, goals};
 use crate::error::Result;
+use crate::messaging::consent::Category;
 use crate::model::automation::{EmailEngagement, Trigger};
 use crate::model::contact::value_matches;
 
@@ -58,7 +59,10 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
                 email_id,
             },
             Signal::EmailEngaged {
-                clicked, asset_id, ..
+                clicked,
+                asset_id,
+                email: Some(category),
+                ..
             },
         ) => {
             let kind_ok = match engagement {
@@ -66,14 +70,24 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
                 EmailEngagement::Clicked => *clicked,
                 EmailEngagement::Either => true,
             };
+            // "Any marketing email", or the one email chosen.
             kind_ok
-                && email_id
-                    .as_ref()
-                    .is_none_or(|want| asset_id.as_deref() == Some(want.as_str()))
+                && match email_id {
+                    Some(want) => asset_id.as_deref() == Some(want.as_str()),
+                    None => *category == Category::Marketing,
+                }
         }
-        (Trigger::SmsReply { sms_id }, Signal::SmsReplied { asset_id }) => sms_id
-            .as_ref()
-            .is_none_or(|want| asset_id.as_deref() == Some(want.as_str())),
+        // "Any marketing SMS", or the one SMS template chosen.
+        (
+            Trigger::SmsReply { sms_id },
+            Signal::SmsReplied {
+                asset_id,
+                replied_to: Some(category),
+            },
+        ) => match sms_id {
+            Some(want) => asset_id.as_deref() == Some(want.as_str()),
+            None => *category == Category::Marketing,
+        },
         _ => false,
     };
     hit.then_some(None)
@@ -93,6 +107,11 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
         }
         .write(ctx.conn, ctx.now);
     }
+    // When the host's event happened (its own signals only: what a step
+    // did in reaction happened now). No back-fill: an event that happened
+    // before the automation was turned on does not enroll, however late it
+    // is pushed.
+    let happened = ctx.occurred_at.filter(|_| ctx.depth == 0);
     ctx.depth += 1;
     let catalog = ctx.catalog;
     let result = (|| {
@@ -100,7 +119,17 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
             for s in signals {
                 if let Some(mark) = matches(&entry.current.def.trigger, s) {
                     let cause = entry.current.def.trigger.kind_id();
-                    enrollment::enroll(ctx, entry, contact_id, mark, cause)?;
+                    match (happened, entry.activated_at) {
+                        (Some(at), Some(on)) if at < on => Log {
+                            automation_id: Some(&entry.id),
+                            detail: Some(json!({"reason": "before_activation", "cause": cause})),
+                            ..Log::new("trigger_ignored", contact_id)
+                        }
+                        .write(ctx.conn, ctx.now)?,
+                        _ => {
+                            enrollment::enroll(ctx, entry, contact_id, mark, cause)?;
+                        }
+                    }
                     break;
                 }
             }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::consent::Category;
@@ -214,6 +214,15 @@ fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
         .conn
         .prepare_cached("SELECT first_key = ?2 FROM sms_threads WHERE phone_key = ?1")?
         .query_row(params![phone, key], |r| r.get(0))?)
+}
+
+/// The SMS `key` never reached its number (suppressed before it left,
+/// failed or bounced for good): if it opened the number's thread, the
+/// thread is unopened again and the next message carries the footer.
+pub fn unopen_thread(conn: &Connection, key: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM sms_threads WHERE first_key = ?1")?
+        .execute([key])?;
+    Ok(())
 }
 
 fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {

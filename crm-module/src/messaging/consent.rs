@@ -37,6 +37,15 @@ impl Category {
             Category::Care => "care",
         }
     }
+
+    /// The category with this stable id.
+    pub fn parse(id: &str) -> Option<Category> {
+        match id {
+            "marketing" => Some(Category::Marketing),
+            "care" => Some(Category::Care),
+            _ => None,
+        }
+    }
 }
 
 /// Why a message was not sent.

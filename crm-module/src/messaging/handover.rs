@@ -7,14 +7,16 @@
 //! the person may say STOP, click unsubscribe, or the address may
 //! hard-bounce; and an SMS held until after 21:00 must not go out at
 //! 21:50. So every message the dispatcher is about to hand over is decided
-//! again ([`consent::at_hand_over`]): one that may no longer go is marked
+//! again. One whose contact has left the automation that queued it is
+//! withdrawn (`message_withdrawn`, marked failed, no fallback). Consent is
+//! decided again ([`consent::at_hand_over`]): one that may no longer go is marked
 //! failed in the outbox and logged `message_suppressed` (detail
 //! `{"reason", "at": "hand_over"}`), and a step's own message sends the
 //! step's channel fallback as it would have at queue time; an SMS outside the recipient's
 //! sending hours waits for them to open, without using an attempt. A STOP
 //! confirmation or a HELP answer, and a "Test to" sample, go as they are.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::consent::{self, HandOver};
@@ -47,27 +49,33 @@ pub fn screen(
     now: Millis,
 ) -> Result<Vec<DueEffect>> {
     let mut go = Vec::with_capacity(rows.len());
-    let mut held: Vec<(i64, HandOver)> = Vec::new();
+    let mut held: Vec<(i64, Held)> = Vec::new();
     for row in rows {
         let decision = match (&row.kind, row.channel.as_deref()) {
             (EffectKind::Message, Some(channel))
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
             {
-                match row
-                    .contact_id
-                    .as_deref()
-                    .map(|id| contacts::load(conn, id))
-                    .transpose()?
-                {
-                    Some(Some(c)) => consent::at_hand_over(&c, channel, settings, now),
-                    _ => HandOver::Go,
+                if let Some(reason) = left_automation(conn, row.id)? {
+                    Held::Withdrawn(reason)
+                } else {
+                    match row
+                        .contact_id
+                        .as_deref()
+                        .map(|id| contacts::load(conn, id))
+                        .transpose()?
+                    {
+                        Some(Some(c)) => {
+                            Held::Consent(consent::at_hand_over(&c, channel, settings, now))
+                        }
+                        _ => Held::Consent(HandOver::Go),
+                    }
                 }
             }
-            _ => HandOver::Go,
+            _ => Held::Consent(HandOver::Go),
         };
         match decision {
-            HandOver::Go => go.push(row),
+            Held::Consent(HandOver::Go) => go.push(row),
             other => held.push((row.id, other)),
         }
     }
@@ -85,29 +93,71 @@ pub fn screen(
     Ok(go)
 }
 
-fn record(ctx: &mut Ctx<'_>, held: &[(i64, HandOver)]) -> Result<()> {
+/// Why a row is not handed over now.
+enum Held {
+    /// Consent or the recipient's sending hours (see [`consent::at_hand_over`]).
+    Consent(HandOver),
+    /// The contact left the automation that queued it, for this reason.
+    Withdrawn(String),
+}
+
+/// The exit reason of the enrollment that queued outbox row `id`, when the
+/// contact has left the automation (goal met, a reply, an opt-out, the
+/// automation deleted): nothing it queued goes out after the exit.
+fn left_automation(conn: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT coalesce(e.exit_reason, 'exited') FROM outbox o JOIN enrollments e ON e.id = o.enrollment_id
+              WHERE o.id = ?1 AND e.state = 'exited'",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
     let (conn, now) = (ctx.conn, ctx.now);
+    let fail = |id: i64, error: String| -> Result<Option<outbox::Row>> {
+        let Some(row) = outbox::by_id(conn, id)? else {
+            return Ok(None);
+        };
+        conn.prepare_cached(
+            "UPDATE outbox SET status = 'failed', updated_at = ?2, last_error = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, now, error])?;
+        Ok(Some(row))
+    };
     for (id, decision) in held {
         match decision {
-            HandOver::WaitUntil(at) => {
+            Held::Consent(HandOver::WaitUntil(at)) => {
                 conn.prepare_cached(
                     "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, at, now])?;
             }
-            HandOver::Suppress(why) => {
-                let Some(row) = outbox::by_id(conn, *id)? else {
+            Held::Consent(HandOver::Suppress(why)) => {
+                let Some(row) = fail(*id, format!("suppressed: {}", why.as_str()))? else {
                     continue;
                 };
-                conn.prepare_cached(
-                    "UPDATE outbox SET status = 'failed', updated_at = ?2, last_error = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, now, format!("suppressed: {}", why.as_str())])?;
                 let detail = json!({"reason": why.as_str(), "at": "hand_over"});
                 Log::for_effect("message_suppressed", &row, Some(detail)).write(conn, now)?;
-                ingest::fallback_after_failure(ctx, &row)?;
+                ingest::never_reached(ctx, &row)?;
             }
-            HandOver::Go => {}
+            Held::Withdrawn(reason) => {
+                let Some(row) = fail(
+                    *id,
+                    format!("withdrawn: the contact left the automation ({reason})"),
+                )?
+                else {
+                    continue;
+                };
+                let detail =
+                    json!({"reason": "left_automation", "exit_reason": reason, "at": "hand_over"});
+                Log::for_effect("message_withdrawn", &row, Some(detail)).write(conn, now)?;
+                if row.channel.as_deref() == Some("sms") {
+                    crate::messaging::compose::unopen_thread(conn, &row.key)?;
+                }
+            }
+            Held::Consent(HandOver::Go) => {}
         }
     }
     let effects = ctx.take_effects();
@@ -116,10 +166,10 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, HandOver)]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
-    use crate::clock::{HOUR, MINUTE, parse_rfc3339};
+    use crate::clock::{DAY, HOUR, MINUTE, parse_rfc3339};
     use crate::core::sim::Sim;
 
     /// The messages waiting in the outbox, as the dispatcher reads them.
@@ -288,10 +338,23 @@ mod tests {
             reasons,
             [
                 reason("unsubscribes", "unsubscribed"),
-                reason("bounces", "undeliverable"),
-                reason("books", "unsubscribed")
+                reason("bounces", "undeliverable")
             ]
         );
+        // The one who booked left the automation (Goal met): its message is
+        // withdrawn, whatever consent says, and sends no fallback.
+        let withdrawn: Vec<(String, Option<String>)> = s
+            .conn
+            .prepare(
+                "SELECT contact_id, json_extract(detail, '$.exit_reason') FROM events
+                  WHERE kind = 'message_withdrawn' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(withdrawn, [reason("books", "goal_met")]);
         let fallback_queued: i64 = s
             .conn
             .query_row(
@@ -331,6 +394,41 @@ mod tests {
             ]
         );
         assert_eq!(rows_ending(&s, "-fallback-fallback"), []);
+    }
+
+    #[test]
+    fn an_sms_that_never_left_leaves_its_numbers_thread_unopened() {
+        let mut s = Sim::new();
+        s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "unenrollment": {"sms_opt_out": false},
+            "steps": [{"type": "send_sms", "message": "Hi"},
+                      {"type": "delay", "amount": 1, "unit": "days"},
+                      {"type": "send_sms", "message": "Again"}]}));
+        s.contact("c1", json!({}));
+        let first = s.messages_to("c1")[0].payload["rendered"]["text"].clone();
+        assert_eq!(first, "Hi Reply STOP to opt out");
+        // The practice records an opt-out before the first text leaves,
+        // then the patient's consent again.
+        s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "sms_subscription": "unsubscribed"}}))
+            .unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert!(go.is_empty(), "{:?}", keys(&go));
+        s.push(json!({"type": "contact.upserted", "reason": "staff", "contact": {"id": "c1", "sms_subscription": "subscribed"}}))
+            .unwrap();
+        s.advance(DAY);
+        let texts: Vec<&Value> = s
+            .messages_to("c1")
+            .iter()
+            .map(|m| &m.payload["rendered"]["text"])
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                &json!("Hi Reply STOP to opt out"),
+                &json!("Again Reply STOP to opt out")
+            ],
+            "the number never got the footer, so the next text carries it"
+        );
     }
 
     #[test]

@@ -271,7 +271,24 @@ pub enum DelayUnit {
 }
 
 impl DelayUnit {
-    /// Length of one unit in milliseconds.
+    /// When a delay of `amount` units started at `from` ends: minutes and
+    /// hours are elapsed time; days and weeks are calendar days in the
+    /// practice's time zone `tz`, at the same wall-clock time across a DST
+    /// change ("1 day" after 16:30 is 16:30 the next day).
+    pub fn after(
+        self,
+        from: crate::clock::Millis,
+        amount: u32,
+        tz: chrono_tz::Tz,
+    ) -> crate::clock::Millis {
+        match self {
+            DelayUnit::Minutes | DelayUnit::Hours => from + i64::from(amount) * self.millis(),
+            DelayUnit::Days => crate::schedule::add_local_days(from, amount, tz),
+            DelayUnit::Weeks => crate::schedule::add_local_days(from, amount.saturating_mul(7), tz),
+        }
+    }
+
+    /// Nominal length of one unit in milliseconds (a day as 24 hours).
     pub fn millis(self) -> i64 {
         match self {
             DelayUnit::Minutes => crate::clock::MINUTE,

@@ -459,12 +459,13 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     // Send attempts and opt-outs per channel, for the SPEC §5 rates.
     {
         // A sender's refusal counts: the host's, the SMTP relay's (source
-        // `host`), or a sender adapter plugin's (`plugin:<id>`).
+        // `relay`; `host` before the relay was told apart), or a sender
+        // adapter plugin's (`plugin:<id>`).
         add_by_channel(
             ctx.conn,
             "SELECT channel, count(*) FROM events
              WHERE automation_id = ?1 AND kind = 'message_failed'
-               AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'compose')
+               AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'relay', 'compose')
                     OR json_extract(detail, '$.source') LIKE 'plugin:%')
              GROUP BY channel",
             id,
