@@ -430,9 +430,18 @@ impl Worker {
                     }));
                 }
                 Request::Command { command, reply } => {
-                    settings_changed |= matches!(command, Command::SettingsUpdate { .. });
+                    let new_settings = matches!(command, Command::SettingsUpdate { .. });
+                    settings_changed |= new_settings;
                     plugins_changed |= command.touches_plugins();
                     let r = self.in_savepoint(|w| w.command(command));
+                    if new_settings && r.is_ok() {
+                        // The round's later requests work with the new
+                        // settings (a second update compares its SMTP
+                        // password with this one's, a new automation takes
+                        // its default window). A failed commit reloads the
+                        // stored ones.
+                        self.reload_settings();
+                    }
                     replies.push(Box::new(move |fail| {
                         let _ = reply.send(match fail {
                             Some(e) => Err(clone_err(e)),
@@ -526,6 +535,12 @@ impl Worker {
                 &format!("reloading automations failed: {e}"),
             ),
         }
+        self.reload_settings();
+    }
+
+    /// Reads the settings again from the write connection (in the round's
+    /// transaction, when one is open).
+    fn reload_settings(&mut self) {
         match load_settings(&self.conn) {
             Ok(s) => *self.settings.write() = s,
             Err(e) => self.log(LogLevel::Error, &format!("reloading settings failed: {e}")),
@@ -1102,6 +1117,42 @@ mod tests {
         .expect("the worker is listening");
         rx.recv_timeout(Duration::from_secs(30))
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_settings_update_holds_for_the_rest_of_its_round() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        let mut settings = serde_json::to_value(&w.settings.read().doc).expect("settings");
+        settings["practice_name"] = json!("Riverside");
+        settings["default_run_window"] = json!({"mode": "any_time"});
+        let request = |v: Value| {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let command = serde_json::from_value(v).expect("a command");
+            (Request::Command { command, reply }, rx)
+        };
+        let (update, updated) =
+            request(json!({"command": "settings.update", "settings": settings}));
+        let (create, created) = request(
+            json!({"command": "automation.create", "automation_id": "a1",
+            "definition": {"name": "Hello", "trigger": {"type": "contact_created"}, "steps": []}}),
+        );
+        let (get, got) = request(json!({"command": "settings.get"}));
+        // One round: the three commit together.
+        w.round(vec![update, create, get]);
+        updated.recv().expect("answered").expect("updated");
+        created.recv().expect("answered").expect("created");
+        let seen = got.recv().expect("answered").expect("read");
+        assert_eq!(seen["practice_name"], "Riverside");
+        let window: String = w
+            .conn
+            .query_row(
+                "SELECT json_extract(definition, '$.run_window.mode') FROM automation_versions WHERE automation_id = 'a1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the definition");
+        assert_eq!(window, "any_time", "the new default window");
     }
 
     #[test]
