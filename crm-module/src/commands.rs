@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::catalog::{self, Catalog};
 use crate::core::{Ctx, dates, enrollment, lists, triggers};
 use crate::error::{Error, Result};
-use crate::model::automation::{AutomationDefinition, AutomationStatus};
+use crate::model::automation::{AutomationDefinition, AutomationStatus, Reference};
 use crate::model::contact::validate_id;
 use crate::settings::Settings;
 
@@ -574,10 +574,60 @@ fn prepare_definition(
     def.validate_and_assign_ids_avoiding(&retired)
         .map_err(|e| e.at("definition"))?;
     check_message_steps(ctx, &def)?;
+    check_references(ctx, &def)?;
     if def.run_window.is_none() {
         def.run_window = Some(ctx.settings.doc.default_run_window.clone());
     }
     Ok(def)
+}
+
+/// The lists and templates a definition names exist (a step's own
+/// template was checked with its channel by [`check_message_steps`]).
+fn check_references(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
+    for (here, reference) in def.references() {
+        let (sql, what, id) = match &reference {
+            Reference::List(id) => (
+                "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1 AND deleted_at IS NULL)",
+                "list",
+                id,
+            ),
+            Reference::Template(id) => (
+                "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND deleted_at IS NULL)",
+                "template",
+                id,
+            ),
+        };
+        let exists: bool = ctx
+            .conn
+            .prepare_cached(sql)?
+            .query_row([id], |r| r.get(0))?;
+        if !exists {
+            return Err(Error::not_found(format!("definition: {here}: {what} {id}")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to delete a list or template an automation names: its trigger
+/// would never fire again, its steps would fail for every contact.
+fn check_unused(ctx: &Ctx<'_>, target: &Reference) -> Result<()> {
+    let users: Vec<&str> = ctx
+        .catalog
+        .all()
+        .filter(|a| a.current.def.references().iter().any(|(_, r)| r == target))
+        .map(|a| a.id.as_str())
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let (what, id) = match target {
+        Reference::List(id) => ("list", id),
+        Reference::Template(id) => ("template", id),
+    };
+    Err(Error::Conflict(format!(
+        "{what} {id} is used by automation {}: take it out of them first",
+        users.join(", ")
+    )))
 }
 
 /// The step ids of every saved version of an automation.
@@ -705,6 +755,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 let cat = Catalog::load(ctx.conn)?;
                 let sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 enrollment::resume(&sub, &id)?;
+                crate::messaging::handover::release_paused(ctx.conn, &id, ctx.now)?;
                 let out = AutomationResult {
                     automation_id: id,
                     version: row.version,
@@ -747,6 +798,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             for e in &active {
                 enrollment::exit(ctx, e, "automation_deleted")?;
             }
+            // Messages held while it was paused are withdrawn at once.
+            crate::messaging::handover::release_paused(ctx.conn, &id, ctx.now)?;
             ctx.conn.execute(
                 "UPDATE automations SET deleted_at = ?2, next_eval_at = NULL, updated_at = ?2 WHERE id = ?1",
                 params![id, ctx.now],
@@ -805,6 +858,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             ))
         }
         Command::ListDelete { list_id } => {
+            check_unused(ctx, &Reference::List(list_id.clone()))?;
             let members: Vec<String> = {
                 let mut stmt = ctx.conn.prepare(
                     "SELECT contact_id FROM list_members WHERE list_id = ?1 ORDER BY contact_id",
@@ -907,6 +961,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             Ok((to_json(TemplateResult { template_id })?, None))
         }
         Command::TemplateDelete { template_id } => {
+            check_unused(ctx, &Reference::Template(template_id.clone()))?;
             let n = ctx.conn.execute(
                 "UPDATE templates SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
                 params![template_id, ctx.now],

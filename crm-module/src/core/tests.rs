@@ -2207,3 +2207,72 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
     let first = &s.messages_to("mum")[0].key;
     assert!(threads.iter().any(|(_, k)| k == first), "{threads:?}");
 }
+
+#[test]
+fn automations_name_only_lists_and_templates_that_exist_and_keep_them() {
+    let mut s = Sim::new();
+    let on_list = |list: &str| {
+        json!({"command": "automation.create", "automation_id": "a1", "definition": {"name": "Joined",
+            "trigger": {"type": "added_to_list", "list_id": list},
+            "steps": [{"id": "mail", "type": "send_email", "template_id": "welcome"}]}})
+    };
+    s.cmd(json!({"command": "template.create", "template_id": "welcome", "template": {"channel": "email", "name": "Welcome",
+        "subject": "Hi", "html_body": "<p>Hi</p>"}}))
+        .unwrap();
+    // A list nobody created: refused, nothing saved.
+    let e = s.cmd(on_list("allergy")).unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+    assert!(e.to_string().contains("trigger: list allergy"), "{e}");
+    let saved: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM automations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(saved, 0);
+    // A branch's list condition is checked too.
+    let e = s
+        .cmd(json!({"command": "automation.create", "automation_id": "a2", "definition": {"name": "Branch",
+            "trigger": {"type": "contact_created"},
+            "steps": [{"id": "b", "type": "branch", "condition": {"type": "all", "conditions": [
+                {"type": "list_membership", "list_id": "vip"}]}, "yes": [], "no": []}]}}))
+        .unwrap_err();
+    assert!(e.to_string().contains("step b: list vip"), "{e}");
+
+    s.cmd(json!({"command": "list.create", "list_id": "allergy", "name": "Allergy season"}))
+        .unwrap();
+    s.cmd(on_list("allergy")).unwrap();
+    // While an automation names them, the list and the template stay.
+    for (command, field, id) in [
+        ("list.delete", "list_id", "allergy"),
+        ("template.delete", "template_id", "welcome"),
+    ] {
+        let e = s.cmd(json!({"command": command, field: id})).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Conflict, "{command}");
+        assert!(e.to_string().contains("used by automation a1"), "{e}");
+    }
+    let lists: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM lists WHERE deleted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(lists, 1);
+    s.cmd(json!({"command": "automation.delete", "automation_id": "a1"}))
+        .unwrap();
+    s.cmd(json!({"command": "list.delete", "list_id": "allergy"}))
+        .unwrap();
+    s.cmd(json!({"command": "template.delete", "template_id": "welcome"}))
+        .unwrap();
+}
+
+#[test]
+fn goal_met_needs_a_goal() {
+    let mut s = Sim::new();
+    let e = s
+        .cmd(json!({"command": "automation.create", "automation_id": "a1", "definition": {"name": "No goal",
+            "trigger": {"type": "contact_created"}, "unenrollment": {"goal_met": true}, "steps": []}}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::Invalid);
+    assert!(e.to_string().contains("unenrollment.goal_met"), "{e}");
+}

@@ -56,8 +56,11 @@ pub fn screen(
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
             {
-                if let Some(reason) = left_automation(conn, row.id)? {
+                let standing = enrollment_standing(conn, row.id)?;
+                if let Some(Standing::Left(reason)) = standing {
                     Held::Withdrawn(reason)
+                } else if let Some(Standing::Paused) = standing {
+                    Held::Paused
                 } else {
                     match row
                         .contact_id
@@ -99,19 +102,61 @@ enum Held {
     Consent(HandOver),
     /// The contact left the automation that queued it, for this reason.
     Withdrawn(String),
+    /// The automation that queued it is paused: it waits with its contacts.
+    Paused,
 }
 
-/// The exit reason of the enrollment that queued outbox row `id`, when the
-/// contact has left the automation (goal met, a reply, an opt-out, the
-/// automation deleted): nothing it queued goes out after the exit.
-fn left_automation(conn: &Connection, id: i64) -> Result<Option<String>> {
-    Ok(conn
+/// Where the enrollment that queued an outbox row stands, when it is not
+/// simply running.
+enum Standing {
+    /// The contact has left the automation (goal met, a reply, an opt-out,
+    /// the automation deleted), for this reason, or the automation was
+    /// deleted after they finished it: nothing it queued goes out after.
+    Left(String),
+    /// The automation is paused: its queued messages hold, as its contacts
+    /// do, until it is turned on again.
+    Paused,
+}
+
+/// The reason a row held for a paused automation carries (`last_error`);
+/// turning the automation on releases the rows that carry it.
+pub const HELD_WHILE_PAUSED: &str = "held: the automation is paused";
+
+/// A held row is looked at again after this long, in case the automation
+/// was turned on by a path that did not release it.
+const PAUSED_RECHECK: Millis = crate::clock::DAY;
+
+fn enrollment_standing(conn: &Connection, id: i64) -> Result<Option<Standing>> {
+    let row: Option<(String, Option<String>, String, bool)> = conn
         .prepare_cached(
-            "SELECT coalesce(e.exit_reason, 'exited') FROM outbox o JOIN enrollments e ON e.id = o.enrollment_id
-              WHERE o.id = ?1 AND e.state = 'exited'",
+            "SELECT e.state, e.exit_reason, a.status, a.deleted_at IS NOT NULL FROM outbox o
+               JOIN enrollments e ON e.id = o.enrollment_id
+               JOIN automations a ON a.id = e.automation_id
+              WHERE o.id = ?1",
         )?
-        .query_row([id], |r| r.get(0))
-        .optional()?)
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    Ok(match row {
+        Some((state, reason, _, _)) if state == "exited" => {
+            Some(Standing::Left(reason.unwrap_or_else(|| "exited".into())))
+        }
+        // Deleted after the contact finished it: what it queued goes no more.
+        Some((_, _, _, true)) => Some(Standing::Left("automation_deleted".into())),
+        Some((_, _, status, _)) if status != "active" => Some(Standing::Paused),
+        _ => None,
+    })
+}
+
+/// Releases the messages held while automation `automation_id` was paused
+/// (it was just turned on): they are screened again at once.
+pub fn release_paused(conn: &Connection, automation_id: &str, now: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+          WHERE status IN ('pending','retry') AND kind = 'message'
+            AND automation_id = ?1 AND last_error = ?3",
+    )?
+    .execute(params![automation_id, now, HELD_WHILE_PAUSED])?;
+    Ok(())
 }
 
 fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
@@ -141,6 +186,12 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 let detail = json!({"reason": why.as_str(), "at": "hand_over"});
                 Log::for_effect("message_suppressed", &row, Some(detail)).write(conn, now)?;
                 ingest::never_reached(ctx, &row)?;
+            }
+            Held::Paused => {
+                conn.prepare_cached(
+                    "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3, last_error = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, now + PAUSED_RECHECK, now, HELD_WHILE_PAUSED])?;
             }
             Held::Withdrawn(reason) => {
                 let Some(row) = fail(
@@ -194,6 +245,60 @@ mod tests {
 
     fn keys(rows: &[DueEffect]) -> Vec<&str> {
         rows.iter().map(|r| r.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_paused_automations_messages_hold_until_it_is_turned_on() {
+        let mut s = Sim::new();
+        let mail = json!([{"type": "send_email", "subject": "Hi", "body": "b"}]);
+        let a = s.automation(json!({"name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": mail}));
+        let b = s.automation(json!({"name": "Tips", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": mail}));
+        s.contact("c1", json!({}));
+        let keys_of = |s: &Sim, automation: &str| -> Vec<String> {
+            s.texts(
+                "SELECT idempotency_key FROM outbox WHERE automation_id = ?1",
+                automation,
+            )
+        };
+        let (news, tips) = (keys_of(&s, &a), keys_of(&s, &b));
+        // Staff pause both while the emails wait (behind a sending limit, say).
+        for id in [&a, &b] {
+            s.cmd(json!({"command": "automation.pause", "automation_id": id}))
+                .unwrap();
+        }
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert!(go.is_empty(), "{:?}", keys(&go));
+        assert!(waiting(&s).len() == 2, "held, not failed");
+        // Held rows are not due again for a day.
+        let due = outbox::due(
+            &s.conn,
+            s.now + HOUR,
+            10,
+            &Default::default(),
+            outbox::Takers {
+                host: &[EffectKind::Message],
+                sender_channels: &[],
+                blocked: &[],
+            },
+        )
+        .unwrap();
+        assert!(due.is_empty());
+        // News is turned on again: its email goes. Tips is deleted: its
+        // email is withdrawn.
+        s.cmd(json!({"command": "automation.activate", "automation_id": a}))
+            .unwrap();
+        s.cmd(json!({"command": "automation.delete", "automation_id": b}))
+            .unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert_eq!(
+            keys(&go),
+            news.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let withdrawn = s.texts(
+            "SELECT message_key FROM events WHERE kind = 'message_withdrawn' AND json_extract(detail, '$.exit_reason') = ?1",
+            "automation_deleted",
+        );
+        assert_eq!(withdrawn, tips);
     }
 
     #[test]

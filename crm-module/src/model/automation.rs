@@ -812,6 +812,11 @@ impl AutomationDefinition {
                 .map_err(|m| Error::invalid(format!("run_window: {m}")))?;
         }
         validate_trigger(&self.trigger)?;
+        if self.unenrollment.goal_met && self.goal.is_none() {
+            return Err(Error::invalid(
+                "unenrollment.goal_met: needs a goal (choose one, or turn Goal met off)",
+            ));
+        }
         let mut used: Vec<String> = Vec::new();
         collect_ids(&self.steps, &mut used);
         let mut seen = std::collections::HashSet::new();
@@ -838,6 +843,27 @@ impl AutomationDefinition {
         let mut ids = Vec::new();
         collect_ids(&self.steps, &mut ids);
         ids
+    }
+
+    /// The lists and templates the definition names, each with where: the
+    /// trigger, a step's template or Add to list, a branch's list condition.
+    /// They must exist to save it, and cannot be deleted while it names them.
+    pub fn references(&self) -> Vec<(String, Reference)> {
+        let mut out = Vec::new();
+        match &self.trigger {
+            Trigger::AddedToList { list_id } | Trigger::RemovedFromList { list_id } => {
+                out.push(("trigger".to_string(), Reference::List(list_id.clone())));
+            }
+            Trigger::EmailEngagement {
+                email_id: Some(id), ..
+            } => out.push(("trigger".to_string(), Reference::Template(id.clone()))),
+            Trigger::SmsReply { sms_id: Some(id) } => {
+                out.push(("trigger".to_string(), Reference::Template(id.clone())))
+            }
+            _ => {}
+        }
+        collect_references(&self.steps, &mut out);
+        out
     }
 
     /// The run window, falling back to `default`.
@@ -884,6 +910,49 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
             Err(loc(Error::invalid("days: must be 1 to 3650")))
         }
         _ => Ok(()),
+    }
+}
+
+/// Something outside an automation that its definition names by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// A static list.
+    List(String),
+    /// A saved email or SMS template.
+    Template(String),
+}
+
+fn collect_references(steps: &[Step], out: &mut Vec<(String, Reference)>) {
+    fn lists_in(c: &Condition, here: &str, out: &mut Vec<(String, Reference)>) {
+        match c {
+            Condition::ListMembership { list_id, .. } => {
+                out.push((here.to_string(), Reference::List(list_id.clone())))
+            }
+            Condition::All { conditions } | Condition::Any { conditions } => {
+                conditions.iter().for_each(|c| lists_in(c, here, out))
+            }
+            _ => {}
+        }
+    }
+    for s in steps {
+        let here = format!("step {}", s.id);
+        match &s.kind {
+            StepKind::SendEmail {
+                template_id: Some(t),
+                ..
+            }
+            | StepKind::SendSms {
+                template_id: Some(t),
+                ..
+            } => out.push((here, Reference::Template(t.clone()))),
+            StepKind::AddToList { list_id } => out.push((here, Reference::List(list_id.clone()))),
+            StepKind::Branch { condition, .. } => lists_in(condition, &here, out),
+            _ => {}
+        }
+        if let Some((yes, no)) = s.kind.paths() {
+            collect_references(yes, out);
+            collect_references(no, out);
+        }
     }
 }
 
