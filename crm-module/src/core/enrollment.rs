@@ -960,6 +960,9 @@ pub fn resume(ctx: &Ctx<'_>, automation_id: &str) -> Result<()> {
 /// When an SMS step may run: the automation's run window (practice time zone)
 /// and the SMS sending hours (08:00–21:00 by default) in the recipient's time
 /// zone, or the practice's when the contact has none, must both be open.
+/// When they never are at once (a window of 21:30–23:30, say), the run
+/// window alone decides and the hand-over holds the SMS until the sending
+/// hours open (see `messaging::handover`): the step does not wait forever.
 fn sms_open_at(
     ctx: &Ctx<'_>,
     window: &crate::schedule::RunWindow,
@@ -977,7 +980,9 @@ fn sms_open_at(
         }
         t = b;
     }
-    Ok(t)
+    Ok(window
+        .next_open(ctx.now, ctx.settings.tz)
+        .unwrap_or(ctx.now))
 }
 
 /// Moves an enrollment on after its custom step's plugin answered (or failed

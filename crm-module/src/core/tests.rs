@@ -713,6 +713,30 @@ fn a_days_delay_ends_at_the_same_wall_clock_time_across_dst() {
 }
 
 #[test]
+fn an_sms_step_whose_window_never_meets_the_sending_hours_still_runs() {
+    let mut s = Sim::new();
+    // Every evening 21:30-23:30 New York; SMS may go 08:00-21:00.
+    let day = |d: &str| json!({"day": d, "enabled": true, "start": "21:30", "end": "23:30"});
+    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(day)
+        .to_vec();
+    let a = s.automation(
+        json!({"name": "Evening", "trigger": {"type": "contact_created"},
+        "run_window": {"mode": "specific_hours", "days": days},
+        "steps": [{"id": "text", "type": "send_sms", "message": "Hi"}]}),
+    );
+    // Monday 2026-01-05 22:00 EST.
+    s.now = parse_rfc3339("2026-01-06T03:00:00Z").unwrap();
+    s.contact("c1", json!({}));
+    s.advance(3 * DAY);
+    // The step ran in its window; the hand-over holds the text for the morning.
+    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='text' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    assert_eq!(at, parse_rfc3339("2026-01-06T03:00:00Z").unwrap());
+    assert_eq!(s.messages_to("c1").len(), 1);
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+}
+
+#[test]
 fn a_delay_counts_from_when_it_is_reached_even_outside_the_window() {
     let mut s = Sim::new();
     // Mon-Fri 09:00-17:00 New York (the default window).
