@@ -83,8 +83,9 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
     Ok(())
 }
 
-/// Records the goal reached at `at` (when it happened; the log row is
-/// written at `now`, when the module learnt it).
+/// Records the goal reached at `at`, when it happened (before now when the
+/// host pushed the activity late): the enrollment's `goal_reached_at` and
+/// the log row's time, so that the charts date it by the day it happened.
 fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>, at: Millis) -> Result<()> {
     ctx.conn
         .prepare_cached(
@@ -101,5 +102,5 @@ fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>, at: Millis) -> R
         ),
         ..Log::new("goal_reached", &e.contact_id)
     }
-    .write(ctx.conn, ctx.now)
+    .write(ctx.conn, at)
 }

@@ -1121,6 +1121,12 @@ fn goals_are_judged_when_the_activity_happened_not_when_it_arrived() {
     assert_eq!(goal_at(&s, "early"), None);
     assert_eq!(goal_at(&s, "late"), Some(t0 + 6 * DAY));
     assert_eq!(s.count("goal_reached", Some(&a)), 1);
+    // Logged at day 6 too: the engagement chart puts it on the day it happened.
+    let logged = s.texts(
+        "SELECT CAST(at AS TEXT) FROM events WHERE kind = 'goal_reached' AND automation_id = ?1",
+        &a,
+    );
+    assert_eq!(logged, [(t0 + 6 * DAY).to_string()]);
 }
 
 #[test]

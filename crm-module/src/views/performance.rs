@@ -344,8 +344,11 @@ struct ChannelCounts {
 /// Opt-outs per channel caused by the automation's messages (an SMS STOP
 /// reply, an unsubscribe link), from the rare rows of the partial index
 /// `events_opt_outs` (its condition, repeated on the first line, is what lets
-/// SQLite use it) joined to the outbox by message key.
-pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.channel, count(*)
+/// SQLite use it) joined to the outbox by message key. One per message: a
+/// STOP from a family phone unsubscribes everyone on the number (an
+/// `sms_opt_out` each) but is one reply to one message, so the rate stays a
+/// share of the messages delivered.
+pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.channel, count(DISTINCT e.message_key)
      FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
      WHERE e.message_key IS NOT NULL AND (e.kind = 'sms_opt_out' OR e.kind = 'subscription_changed')
        AND (e.kind = 'sms_opt_out' OR json_extract(e.detail, '$.reason') = 'unsubscribe_link')
@@ -1279,6 +1282,8 @@ mod tests {
         }
         for (kind, key, reason) in [
             ("sms_opt_out", Some("k-sms"), None),
+            ("sms_opt_out", Some("k-sms-2"), None),
+            // The same STOP unsubscribing a family member on the number.
             ("sms_opt_out", Some("k-sms-2"), None),
             // Another automation's message: not this one's opt-out.
             ("sms_opt_out", Some("k-other"), None),
