@@ -840,13 +840,7 @@ fn the_sms_adapter_sends_through_a_real_http_provider() {
         .m()
         .view("automation_performance", r#"{"automation_id": "texts"}"#)
         .unwrap();
-    let sms = perf["channel_breakdown"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"]["id"] == "sms")
-        .cloned()
-        .unwrap_or_else(|| panic!("no sms row: {perf}"));
+    let sms = crm_integration_tests::channel_row(&perf, "sms");
     assert_eq!(sms["sent"], 1, "{sms}");
     assert_eq!(sms["failed"], 5, "{sms}");
     assert_eq!(sms["send_attempts"], 6, "{sms}");

@@ -609,12 +609,6 @@ fn an_email_that_cannot_leave_sends_its_sms_fallback_once() {
     let perf = m
         .view("automation_performance", r#"{"automation_id": "recall"}"#)
         .unwrap();
-    let sms = perf["channel_breakdown"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"]["id"] == "sms")
-        .cloned()
-        .unwrap_or_default();
+    let sms = crm_integration_tests::channel_row(&perf, "sms");
     assert_eq!(sms["sent"], 2, "{perf}");
 }

@@ -656,28 +656,35 @@ mod tests {
 
     #[test]
     fn local_days_keep_the_wall_clock_across_dst() {
-        // Saturday 16:30 EST + 1 day = Sunday 16:30 EDT: 23 hours.
-        let sat = ms("2026-03-07T16:30:00-05:00");
-        assert_eq!(
-            add_local_days(sat, 1, New_York),
-            ms("2026-03-08T16:30:00-04:00")
-        );
-        // Across the fall-back: 25 hours; a week is 7 local days.
-        let fri = ms("2026-10-30T16:30:15.250-04:00");
-        assert_eq!(
-            add_local_days(fri, 3, New_York),
-            ms("2026-11-02T16:30:15.250-05:00")
-        );
-        assert_eq!(
-            add_local_days(fri, 7, New_York),
-            ms("2026-11-06T16:30:15.250-05:00")
-        );
-        // 02:30 does not exist on 8 March: the first instant after the gap.
-        let before = ms("2026-03-07T02:30:00-05:00");
-        assert_eq!(
-            add_local_days(before, 1, New_York),
-            ms("2026-03-08T03:00:00-04:00")
-        );
+        for (from, days, to, why) in [
+            (
+                "2026-03-07T16:30:00-05:00",
+                1,
+                "2026-03-08T16:30:00-04:00",
+                "spring forward: 23 hours",
+            ),
+            (
+                "2026-10-30T16:30:15.250-04:00",
+                3,
+                "2026-11-02T16:30:15.250-05:00",
+                "fall back: 25 hours",
+            ),
+            (
+                "2026-10-30T16:30:15.250-04:00",
+                7,
+                "2026-11-06T16:30:15.250-05:00",
+                "a week: 7 local days",
+            ),
+            // 02:30 does not exist on 8 March: the first instant after the gap.
+            (
+                "2026-03-07T02:30:00-05:00",
+                1,
+                "2026-03-08T03:00:00-04:00",
+                "into the gap",
+            ),
+        ] {
+            assert_eq!(add_local_days(ms(from), days, New_York), ms(to), "{why}");
+        }
         // No change in between: exactly 24 hours a day.
         let jan = ms("2026-01-05T09:00:00Z");
         assert_eq!(add_local_days(jan, 2, London), jan + 2 * 24 * 3_600_000);

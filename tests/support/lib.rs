@@ -590,3 +590,12 @@ pub fn table_names(conn: &rusqlite::Connection) -> Vec<String> {
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// The row of `channel` (`"email"` / `"sms"`) in a Performance view's
+/// channel breakdown; panics, showing the view, when there is none.
+pub fn channel_row<'a>(perf: &'a Value, channel: &str) -> &'a Value {
+    perf["channel_breakdown"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|c| c["channel"]["id"] == channel))
+        .unwrap_or_else(|| panic!("no {channel} row: {perf}"))
+}
