@@ -2306,3 +2306,96 @@ fn goal_met_needs_a_goal() {
     assert_eq!(e.code(), crate::ErrorCode::Invalid);
     assert!(e.to_string().contains("unenrollment.goal_met"), "{e}");
 }
+
+#[test]
+fn the_builders_preview_renders_a_steps_own_message() {
+    let mut s = Sim::new();
+    preview_templates(&mut s);
+    let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "name": "Welcome email", "type": "send_email", "subject": "Hi {{firstname}}",
+                   "preheader": "From {{practice}}", "body": "<p>Welcome {{firstname}}</p>",
+                   "sender": {"from_name": "Dr. Lee", "from_address": "lee@riverside.example"}},
+                  {"id": "text", "type": "send_sms", "message": "Hi {{firstname}}"},
+                  {"id": "saved", "type": "send_sms", "template_id": "ping"},
+                  {"id": "wait", "type": "delay", "amount": 1, "unit": "days"}]}));
+    // The builder's Preview button opens it.
+    let builder = crate::views::query(
+        &s.conn,
+        &s.settings,
+        "automation_builder",
+        &json!({"automation_id": a, "selected_node": "mail"}),
+        s.now,
+    )
+    .unwrap();
+    let button = builder["build"]["config_panel"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "preview")
+        .cloned()
+        .unwrap();
+    assert_eq!(button["view"]["view"], "template_preview");
+    assert_eq!(
+        button["view"]["params"],
+        json!({"automation_id": a, "step_id": "mail"})
+    );
+
+    let v = preview(&s, button["view"]["params"].clone()).unwrap();
+    assert_eq!(v["header"]["template_id"], Value::Null);
+    assert_eq!(v["header"]["step_id"], "mail");
+    assert_eq!(v["header"]["name"], "Welcome email");
+    let inbox = &v["email"]["inbox"];
+    assert_eq!(inbox["subject"], "Hi Alex");
+    assert_eq!(inbox["preheader"], "From Riverside Family Practice");
+    assert_eq!(
+        (inbox["from_name"].as_str(), inbox["from_address"].as_str()),
+        (Some("Dr. Lee"), Some("lee@riverside.example")),
+        "the step's sender"
+    );
+    let html = v["email"]["desktop"]["html"].as_str().unwrap();
+    assert!(
+        html.contains("Welcome Alex") && html.contains("12 River Road"),
+        "{html}"
+    );
+    assert_eq!(v["actions"], json!([]), "edited in the builder");
+
+    let text = preview(
+        &s,
+        json!({"automation_id": a, "step_id": "text", "contact_id": null}),
+    )
+    .unwrap();
+    assert_eq!(text["header"]["name"], "Step text");
+    assert_eq!(text["sms"]["text"], "Hi Alex Reply STOP to opt out");
+    let saved = preview(&s, json!({"automation_id": a, "step_id": "saved"})).unwrap();
+    assert_eq!(saved["header"]["template_id"], "ping");
+    assert_eq!(saved["header"]["name"], "Ping");
+    assert_eq!(saved["actions"].as_array().unwrap().len(), 2);
+
+    for (params, code, says) in [
+        (
+            json!({"automation_id": a, "step_id": "wait"}),
+            crate::ErrorCode::Invalid,
+            "sends no email or SMS",
+        ),
+        (
+            json!({"automation_id": a, "step_id": "nope"}),
+            crate::ErrorCode::NotFound,
+            "step nope",
+        ),
+        (
+            json!({"automation_id": a}),
+            crate::ErrorCode::Invalid,
+            "automation_id and step_id",
+        ),
+        (
+            json!({"template_id": "ping", "automation_id": a, "step_id": "text"}),
+            crate::ErrorCode::Invalid,
+            "automation_id and step_id",
+        ),
+        (json!({}), crate::ErrorCode::Invalid, "template_id"),
+    ] {
+        let e = preview(&s, params.clone()).unwrap_err();
+        assert_eq!(e.code(), code, "{params}");
+        assert!(e.to_string().contains(says), "{params}: {e}");
+    }
+}

@@ -112,6 +112,26 @@ pub fn content_of(conn: &rusqlite::Connection, kind: &StepKind) -> Result<Conten
     })
 }
 
+/// Who an email is from: the step's sender override over the settings'
+/// sender, field by field.
+pub fn sender_identity(
+    settings: &crate::settings::Settings,
+    sender: Option<&SenderOverride>,
+) -> SenderIdentity {
+    let s = &settings.email_sender;
+    SenderIdentity {
+        from_name: sender
+            .and_then(|o| o.from_name.clone())
+            .unwrap_or_else(|| s.from_name.clone()),
+        from_address: sender
+            .and_then(|o| o.from_address.clone())
+            .unwrap_or_else(|| s.from_address.clone()),
+        reply_to: sender
+            .and_then(|o| o.reply_to.clone())
+            .or_else(|| s.reply_to.clone()),
+    }
+}
+
 /// The values of every placeholder for one contact.
 pub fn variables(
     ctx: &Ctx<'_>,
@@ -399,17 +419,7 @@ pub fn email(
         }
         Err(e) => return Ok(Err(e)),
     };
-    let identity = SenderIdentity {
-        from_name: sender
-            .and_then(|o| o.from_name.clone())
-            .unwrap_or_else(|| s.email_sender.from_name.clone()),
-        from_address: sender
-            .and_then(|o| o.from_address.clone())
-            .unwrap_or_else(|| s.email_sender.from_address.clone()),
-        reply_to: sender
-            .and_then(|o| o.reply_to.clone())
-            .or_else(|| s.email_sender.reply_to.clone()),
-    };
+    let identity = sender_identity(s, sender);
     let parts = EmailParts {
         message_key: key,
         to,

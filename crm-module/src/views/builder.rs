@@ -792,7 +792,13 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     let canvas = Canvas {
         nodes: canvas_nodes(def, &names, flow, &selected),
     };
-    let config_panel = config_panel(def, flow, &names, &selected)?;
+    let config_panel = config_panel(
+        rec.as_ref().map(|r| r.id.as_str()),
+        def,
+        flow,
+        &names,
+        &selected,
+    )?;
     let mode = if rec.is_some() {
         BuilderMode::Edit
     } else {
@@ -1447,6 +1453,7 @@ fn condition_summary(c: &Condition, names: &Names, flow: Option<&Flow>) -> Strin
 // ---------------------------------------------------------------------------
 
 fn config_panel(
+    automation_id: Option<&str>,
     def: Option<&AutomationDefinition>,
     flow: Option<&Flow>,
     names: &Names,
@@ -1467,7 +1474,7 @@ fn config_panel(
     if let (Some(def), Some(flow)) = (def, flow)
         && let Some(step) = flow.step(selected)
     {
-        return Ok(step_panel(step, def, flow, names));
+        return Ok(step_panel(automation_id, step, def, flow, names));
     }
     let end_ids = end_ids(def.map(|d| d.steps.as_slice()).unwrap_or(&[]), "end");
     if end_ids.iter().any(|e| e == selected) {
@@ -1769,7 +1776,13 @@ fn name_field(s: &Step) -> Field {
     .help("The title on the canvas card.")
 }
 
-fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) -> ConfigPanel {
+fn step_panel(
+    automation_id: Option<&str>,
+    s: &Step,
+    def: &AutomationDefinition,
+    flow: &Flow,
+    names: &Names,
+) -> ConfigPanel {
     let mut fields = vec![name_field(s)];
     let mut actions = Vec::new();
     let mut description = None;
@@ -1822,7 +1835,12 @@ fn step_panel(s: &Step, def: &AutomationDefinition, flow: &Flow, names: &Names) 
                 .placeholder("No fallback")
                 .help("Email → SMS fallback: sent by SMS instead when the contact has no usable email address or no email consent, or when the email hard-bounces."),
             );
-            actions.push(Action::new("preview", "Preview", Some("fa-eye")));
+            // The step as saved, rendered as a real send renders it.
+            let mut preview = Action::new("preview", "Preview", Some("fa-eye"));
+            if let Some(id) = automation_id {
+                preview = preview.view(ViewRef::step_preview(id, &s.id));
+            }
+            actions.push(preview);
             actions.push(Action::new(
                 "open_editor",
                 "Open editor",

@@ -289,6 +289,9 @@ pub struct ViewLinkParams {
     /// The builder tab to open (`details` or `build`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tab: Option<String>,
+    /// The step to preview (`template_preview`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
 }
 
 /// A view the UI navigates to: ask [`query`] for `view` with `params`.
@@ -307,6 +310,19 @@ impl ViewRef {
             params: ViewLinkParams {
                 automation_id: automation_id.map(str::to_string),
                 tab: tab.map(str::to_string),
+                step_id: None,
+            },
+        }
+    }
+
+    /// The `template_preview` of a saved automation's email or SMS step.
+    pub(crate) fn step_preview(automation_id: &str, step_id: &str) -> Self {
+        ViewRef {
+            view: "template_preview".to_string(),
+            params: ViewLinkParams {
+                automation_id: Some(automation_id.to_string()),
+                tab: None,
+                step_id: Some(step_id.to_string()),
             },
         }
     }

@@ -1,5 +1,6 @@
-//! `template_preview`: a saved email or SMS template rendered the way a real
-//! send renders it, for the template editor's preview pane.
+//! `template_preview`: a saved email or SMS template, or the message of an
+//! automation's email or SMS step, rendered the way a real send renders it,
+//! for the template editor's preview pane and the builder's Preview button.
 //!
 //! The placeholders get the same values as at send time
 //! ([`compose::variables`]), either from a real contact (`contact_id`) or
@@ -31,6 +32,7 @@ use crate::messaging::compose::{self, Content};
 use crate::messaging::email::{self, ComposedEmail, EmailParts, SenderIdentity};
 use crate::messaging::sms::{self, SmsMeasure};
 use crate::messaging::template;
+use crate::model::automation::{SenderOverride, StepKind};
 use crate::model::contact::validate_id;
 use crate::settings::Resolved;
 
@@ -44,12 +46,21 @@ pub const DESKTOP_WIDTH: u32 = 600;
 /// Width in CSS pixels the host renders the mobile preview at.
 pub const MOBILE_WIDTH: u32 = 375;
 
-/// Parameters of `template_preview`.
+/// Parameters of `template_preview`: a saved template (`template_id`), or
+/// the message of an automation's email or SMS step as saved (`automation_id`
+/// and `step_id`: its template, or its own inline content, with its sender).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplatePreviewParams {
     /// The saved template to preview.
-    pub template_id: String,
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// The automation whose step to preview (with `step_id`).
+    #[serde(default)]
+    pub automation_id: Option<String>,
+    /// The email or SMS step to preview (with `automation_id`).
+    #[serde(default)]
+    pub step_id: Option<String>,
     /// Render with this contact's data; sample data when absent.
     #[serde(default)]
     pub contact_id: Option<String>,
@@ -69,19 +80,27 @@ pub struct TemplatePreviewView {
     /// Rendering problems (a field that failed renders empty); empty when
     /// everything rendered.
     pub problems: Vec<PreviewProblem>,
-    /// Buttons: `open_editor` (handled by the UI: opens the template editor
-    /// for `header.template_id`) and `send_test` (sends `template.test_send`;
-    /// the UI adds `template_id` from the header, the `to` address or number
-    /// it asks for and, optionally, `contact_id`).
+    /// Buttons, for a saved template: `open_editor` (handled by the UI:
+    /// opens the template editor for `header.template_id`) and `send_test`
+    /// (sends `template.test_send`; the UI adds `template_id` from the
+    /// header, the `to` address or number it asks for and, optionally,
+    /// `contact_id`). None for a step's own content (edited in the builder).
     pub actions: Vec<Action>,
 }
 
 /// Heading of the preview.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PreviewHeader {
-    /// The template.
-    pub template_id: String,
-    /// Its name in the library.
+    /// The template previewed, or the step's template; null for a step's
+    /// own inline content.
+    pub template_id: Option<String>,
+    /// The automation whose step is previewed (step previews only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automation_id: Option<String>,
+    /// The step previewed (step previews only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// The template's name in the library, or the step's name.
     pub name: String,
     /// Its channel: `email` ("Email") or `sms` ("SMS").
     pub channel: Label,
@@ -281,6 +300,7 @@ pub(crate) fn render_email(
     to: &str,
     key: &str,
     subject_prefix: &str,
+    sender: Option<&SenderOverride>,
 ) -> RenderedEmail {
     let s = &settings.doc;
     let vars = variables(conn, settings, now, contact);
@@ -329,11 +349,7 @@ pub(crate) fn render_email(
         ),
         html_escape(&s.email_footer.postal_address)
     );
-    let sender = SenderIdentity {
-        from_name: s.email_sender.from_name.clone(),
-        from_address: s.email_sender.from_address.clone(),
-        reply_to: s.email_sender.reply_to.clone(),
-    };
+    let sender = compose::sender_identity(s, sender);
     let parts = EmailParts {
         message_key: key,
         to,
@@ -410,9 +426,77 @@ pub(crate) fn render_sms(
     }
 }
 
+/// What a preview renders: a saved template, or a step's message.
+struct Source {
+    template_id: Option<String>,
+    automation_id: Option<String>,
+    step_id: Option<String>,
+    name: String,
+    channel: String,
+    content: Content,
+    sender: Option<SenderOverride>,
+}
+
+/// The template or step the parameters name.
+fn source(conn: &Connection, p: &TemplatePreviewParams) -> Result<Source> {
+    match (&p.template_id, &p.automation_id, &p.step_id) {
+        (Some(id), None, None) => {
+            let t = load_template(conn, id)?;
+            Ok(Source {
+                template_id: Some(t.id),
+                automation_id: None,
+                step_id: None,
+                name: t.name,
+                channel: t.channel,
+                content: t.content,
+                sender: None,
+            })
+        }
+        (None, Some(automation_id), Some(step_id)) => {
+            validate_id("step_id", step_id)?;
+            let automation = super::load_automation(conn, automation_id)?;
+            let Some(step) = automation.current.flow.step(step_id) else {
+                return Err(Error::not_found(format!(
+                    "step {step_id} of automation {automation_id}"
+                )));
+            };
+            let (template_id, channel, sender) = match &step.kind {
+                StepKind::SendEmail {
+                    template_id,
+                    sender,
+                    ..
+                } => (template_id, "email", sender.clone()),
+                StepKind::SendSms { template_id, .. } => (template_id, "sms", None),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "step_id: step {step_id} sends no email or SMS"
+                    )));
+                }
+            };
+            let name = match (template_id, step.name.as_deref()) {
+                (Some(t), _) => load_template(conn, t)?.name,
+                (None, Some(n)) if !n.trim().is_empty() => n.to_string(),
+                (None, _) => format!("Step {step_id}"),
+            };
+            Ok(Source {
+                template_id: template_id.clone(),
+                automation_id: Some(automation_id.clone()),
+                step_id: Some(step_id.clone()),
+                name,
+                channel: channel.to_string(),
+                content: compose::content_of(conn, &step.kind)?,
+                sender,
+            })
+        }
+        _ => Err(Error::invalid(
+            "give template_id, or automation_id and step_id",
+        )),
+    }
+}
+
 /// Builds the preview.
 pub(crate) fn build(ctx: &Ctx<'_>, p: TemplatePreviewParams) -> Result<TemplatePreviewView> {
-    let t = load_template(ctx.conn, &p.template_id).map_err(|e| match e {
+    let t = source(ctx.conn, &p).map_err(|e| match e {
         Error::Invalid(m) => Error::Invalid(format!("params: {m}")),
         other => other,
     })?;
@@ -449,6 +533,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: TemplatePreviewParams) -> Result<TemplateP
             "preview@example.com",
             "preview",
             "",
+            t.sender.as_ref(),
         );
         let preview = EmailPreview {
             inbox: InboxPreview {
@@ -478,15 +563,22 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: TemplatePreviewParams) -> Result<TemplateP
             r.problems,
         )
     };
-    let actions = vec![
-        Action::new("open_editor", "Open editor", Some("pen-to-square")),
-        Action::new("send_test", "Send test", Some("paper-plane"))
-            .command("template.test_send", None)
-            .style(ActionStyle::Primary),
-    ];
+    // A saved template can be edited and sent as a test; a step's own
+    // content is edited in the builder.
+    let actions = match t.template_id {
+        Some(_) => vec![
+            Action::new("open_editor", "Open editor", Some("pen-to-square")),
+            Action::new("send_test", "Send test", Some("paper-plane"))
+                .command("template.test_send", None)
+                .style(ActionStyle::Primary),
+        ],
+        None => Vec::new(),
+    };
     Ok(TemplatePreviewView {
         header: PreviewHeader {
-            template_id: t.id,
+            template_id: t.template_id,
+            automation_id: t.automation_id,
+            step_id: t.step_id,
             name: t.name,
             channel,
             contact_id: p.contact_id,
@@ -541,7 +633,7 @@ pub(crate) fn test_message(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::invalid("to: must be an email address"))?;
     let r = render_email(
-        conn, settings, now, &t.content, &contact, &to, key, "[Test] ",
+        conn, settings, now, &t.content, &contact, &to, key, "[Test] ", None,
     );
     if let Some(e) = problem(&r.problems) {
         return Err(e);
