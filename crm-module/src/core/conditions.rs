@@ -46,14 +46,22 @@ pub fn evaluate(
             step_id,
             engagement,
         } => {
-            let kind = match engagement {
-                StepEngagement::Opened => "message_opened",
-                StepEngagement::Clicked => "message_clicked",
-                StepEngagement::Replied => "message_replied",
+            // A click or a reply is proof of an open the pixel missed
+            // (images blocked, a privacy proxy's open set aside).
+            let kinds: &[&str] = match engagement {
+                StepEngagement::Opened => &["message_opened", "message_clicked", "message_replied"],
+                StepEngagement::Clicked => &["message_clicked"],
+                StepEngagement::Replied => &["message_replied"],
             };
-            ctx.conn
-                .prepare_cached(STEP_ENGAGEMENT_SQL)?
-                .query_row(params![e.id, step_id, kind], |r| r.get(0))?
+            let mut stmt = ctx.conn.prepare_cached(STEP_ENGAGEMENT_SQL)?;
+            let mut engaged = false;
+            for kind in kinds {
+                if stmt.query_row(params![e.id, step_id, kind], |r| r.get(0))? {
+                    engaged = true;
+                    break;
+                }
+            }
+            engaged
         }
         Condition::GoalReached => e.goal_reached_at.is_some(),
         Condition::All { conditions } => {

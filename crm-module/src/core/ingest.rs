@@ -575,9 +575,15 @@ pub fn engagement_from(
         Some("email") => outbox::category(ctx.conn, key)?,
         _ => None,
     };
+    let opened = match kind {
+        "message_opened" => true,
+        "message_clicked" => !engaged_before(ctx, key, "message_opened")?,
+        _ => false,
+    };
     let mut signals = vec![match kind {
         "message_opened" | "message_clicked" => Signal::EmailEngaged {
             clicked: kind == "message_clicked",
+            opened,
             asset_id: row.asset_id.clone(),
             enrollment_id: row.enrollment_id,
             email,

@@ -139,6 +139,9 @@ pub enum Signal {
     EmailEngaged {
         /// True for a click, false for an open.
         clicked: bool,
+        /// True for an open, and for a click of a message with no open
+        /// recorded (the click proves the open the pixel missed).
+        opened: bool,
         /// The message's asset.
         asset_id: Option<String>,
         /// The enrollment whose message it was.

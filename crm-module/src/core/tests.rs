@@ -2399,3 +2399,42 @@ fn the_builders_preview_renders_a_steps_own_message() {
         assert!(e.to_string().contains(says), "{params}: {e}");
     }
 }
+
+#[test]
+fn a_click_proves_the_open_the_pixel_missed() {
+    let mut s = Sim::new();
+    let news = s.automation(json!({"name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "News", "body": "<p>News</p>"},
+                  {"type": "delay", "amount": 1, "unit": "days"},
+                  {"id": "b", "type": "branch", "condition": {"type": "step_engagement", "step_id": "mail", "engagement": "opened"},
+                   "yes": [], "no": []}]}));
+    let opened = s.automation(json!({"name": "Opened", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "email_engagement", "engagement": "opened"}, "steps": [{"type": "delay", "amount": 5, "unit": "days"}]}));
+    for c in ["blocked", "reader", "quiet"] {
+        s.contact(c, json!({}));
+    }
+    let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
+    // Images blocked: no open, only the click.
+    let k = key(&s, "blocked");
+    s.push(json!({"type": "email.clicked", "message_key": k}))
+        .unwrap();
+    // Opened, then clicked: one enrollment, from the open.
+    let k = key(&s, "reader");
+    s.push(json!({"type": "email.opened", "message_key": k}))
+        .unwrap();
+    s.push(json!({"type": "email.clicked", "message_key": k}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&opened)), 2);
+    assert_eq!(s.enrollment(&opened, "blocked").0, "active");
+    assert_eq!(
+        s.count("trigger_ignored", Some(&opened)),
+        0,
+        "the click after an open is not another open"
+    );
+    s.advance(2 * DAY);
+    let paths = s.texts(
+        "SELECT contact_id || ':' || json_extract(detail, '$.path') FROM events WHERE kind = 'step_completed' AND step_id = 'b' AND automation_id = ?1 ORDER BY contact_id",
+        &news,
+    );
+    assert_eq!(paths, ["blocked:yes", "quiet:no", "reader:yes"]);
+}

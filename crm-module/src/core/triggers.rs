@@ -60,13 +60,14 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
             },
             Signal::EmailEngaged {
                 clicked,
+                opened,
                 asset_id,
                 email: Some(category),
                 ..
             },
         ) => {
             let kind_ok = match engagement {
-                EmailEngagement::Opened => !clicked,
+                EmailEngagement::Opened => *opened,
                 EmailEngagement::Clicked => *clicked,
                 EmailEngagement::Either => true,
             };
