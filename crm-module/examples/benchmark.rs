@@ -296,7 +296,9 @@ fn contact_event(n: usize) -> Value {
     if pct(n, 9) < 20 {
         c["tags"] = json!(["diabetes"]);
     }
-    json!({"event_id": format!("ev-c{n}"), "type": "contact.upserted", "occurred_at": "2036-01-07T13:00:00Z", "contact": c})
+    // Created as the automations go live (START): an event from before
+    // their activation would enroll nobody (no back-fill).
+    json!({"event_id": format!("ev-c{n}"), "type": "contact.upserted", "occurred_at": START, "contact": c})
 }
 
 /// One activity event of phase B2, built only when its batch is pushed.
@@ -338,11 +340,11 @@ impl Activity {
                 json!({"event_id": id, "type": "sms.received", "contact_id": format!("c{n}"), "body": "Can I come in on Tuesday?"})
             }
             Activity::Owner(n) => {
-                json!({"event_id": id, "type": "contact.upserted", "occurred_at": "2036-01-07T13:30:00Z",
+                json!({"event_id": id, "type": "contact.upserted", "occurred_at": "2036-01-07T14:00:30Z",
                 "contact": {"id": format!("c{n}"), "owner": {"id": "u9", "name": "Dr. Rivera"}}})
             }
             Activity::Vip(n) => {
-                json!({"event_id": id, "type": "contact.upserted", "occurred_at": "2036-01-07T13:30:00Z",
+                json!({"event_id": id, "type": "contact.upserted", "occurred_at": "2036-01-07T14:00:30Z",
                 "contact": {"id": format!("c{n}"), "tags": ["vip"]}})
             }
             Activity::Open(k) => {
@@ -829,6 +831,8 @@ impl Transactions {
             "list_members" => "added_at",
             "custom_properties" => "first_seen",
             "plugin_stats" => "last_call_at",
+            "sms_threads" => "at",
+            "stopped_numbers" => "at",
             _ => return Err(format!("the replay cannot place the rows of {t}").into()),
         };
         // The next batch's time: a clock move's rows lie before it.
