@@ -676,6 +676,25 @@ fn inactive_for_n_fires_once_per_dormancy_period_without_backfill() {
     );
 }
 
+/// A run window open every day from `start` to `end`, New York time.
+fn every_day(start: &str, end: &str) -> Value {
+    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(|d| json!({"day": d, "enabled": true, "start": start, "end": end}))
+        .to_vec();
+    json!({"mode": "specific_hours", "days": days})
+}
+
+/// When step `step` of automation `a` ran (its only `step_executed`).
+fn executed_at(s: &Sim, a: &str, step: &str) -> i64 {
+    s.conn
+        .query_row(
+            "SELECT at FROM events WHERE kind = 'step_executed' AND step_id = ?2 AND automation_id = ?1",
+            [a, step],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 #[test]
 fn run_window_defers_to_next_open_minute_across_dst() {
     let mut s = Sim::new();
@@ -686,7 +705,7 @@ fn run_window_defers_to_next_open_minute_across_dst() {
     s.now = parse_rfc3339("2026-03-06T21:00:00Z").unwrap();
     s.contact("c1", json!({}));
     s.advance(4 * DAY);
-    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    let at = executed_at(&s, &a, "mail");
     assert_eq!(at, parse_rfc3339("2026-03-09T13:00:00Z").unwrap());
 }
 
@@ -694,12 +713,8 @@ fn run_window_defers_to_next_open_minute_across_dst() {
 fn a_days_delay_ends_at_the_same_wall_clock_time_across_dst() {
     let mut s = Sim::new();
     // Every day 09:00-17:00 New York.
-    let day = |d: &str| json!({"day": d, "enabled": true, "start": "09:00", "end": "17:00"});
-    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-        .map(day)
-        .to_vec();
     let a = s.automation(json!({"name": "Daily", "trigger": {"type": "contact_created"},
-        "run_window": {"mode": "specific_hours", "days": days},
+        "run_window": every_day("09:00", "17:00"),
         "steps": [{"type": "delay", "amount": 1, "unit": "days"}, {"id": "mail", "type": "send_email", "subject": "s", "body": "b"}]}));
     // Saturday 2026-03-07 16:30 EST; the clocks go forward that night. One
     // day later is Sunday 16:30 EDT (20:30Z), inside the window; 24 hours
@@ -708,7 +723,7 @@ fn a_days_delay_ends_at_the_same_wall_clock_time_across_dst() {
     s.now = parse_rfc3339("2026-03-07T21:30:00Z").unwrap();
     s.contact("c1", json!({}));
     s.advance(3 * DAY);
-    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    let at = executed_at(&s, &a, "mail");
     assert_eq!(at, parse_rfc3339("2026-03-08T20:30:00Z").unwrap());
 }
 
@@ -716,13 +731,9 @@ fn a_days_delay_ends_at_the_same_wall_clock_time_across_dst() {
 fn an_sms_step_whose_window_never_meets_the_sending_hours_still_runs() {
     let mut s = Sim::new();
     // Every evening 21:30-23:30 New York; SMS may go 08:00-21:00.
-    let day = |d: &str| json!({"day": d, "enabled": true, "start": "21:30", "end": "23:30"});
-    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-        .map(day)
-        .to_vec();
     let a = s.automation(
         json!({"name": "Evening", "trigger": {"type": "contact_created"},
-        "run_window": {"mode": "specific_hours", "days": days},
+        "run_window": every_day("21:30", "23:30"),
         "steps": [{"id": "text", "type": "send_sms", "message": "Hi"}]}),
     );
     // Monday 2026-01-05 22:00 EST.
@@ -730,7 +741,7 @@ fn an_sms_step_whose_window_never_meets_the_sending_hours_still_runs() {
     s.contact("c1", json!({}));
     s.advance(3 * DAY);
     // The step ran in its window; the hand-over holds the text for the morning.
-    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='text' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    let at = executed_at(&s, &a, "text");
     assert_eq!(at, parse_rfc3339("2026-01-06T03:00:00Z").unwrap());
     assert_eq!(s.messages_to("c1").len(), 1);
     assert_eq!(s.enrollment(&a, "c1").0, "completed");
@@ -748,7 +759,7 @@ fn a_delay_counts_from_when_it_is_reached_even_outside_the_window() {
     s.now = parse_rfc3339("2026-03-14T00:00:00Z").unwrap();
     s.contact("c1", json!({}));
     s.advance(6 * DAY);
-    let at: i64 = s.conn.query_row("SELECT at FROM events WHERE kind='step_executed' AND step_id='mail' AND automation_id=?1", [&a], |r| r.get(0)).unwrap();
+    let at = executed_at(&s, &a, "mail");
     assert_eq!(at, parse_rfc3339("2026-03-16T13:00:00Z").unwrap());
 }
 
