@@ -119,30 +119,38 @@ static int on_message(void *user, const char *key, const char *payload) {
     if (purpose && strcmp(purpose, "stop_confirmation") == 0 && !sample_stop) sample_stop = json_dumps(msg, JSON_INDENT(2));
     pthread_mutex_unlock(&queue_lock);
 
+    /* A message retried after a soft bounce comes again under the same key
+       (its payload's "attempt" counts): what each attempt sets off is an
+       event of its own, with an id of its own (the module refuses an id
+       used again for a different event). */
+    json_int_t attempt = json_integer_value(json_object_get(msg, "attempt"));
+    if (attempt < 1) attempt = 1;
     double r = rnd();
     if (r < 0.015) {
-        enqueue(today + 1, "{\"event_id\":\"r-%s\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"failed\"}", key, key);
+        enqueue(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"failed\"}", key,
+                (int)attempt, key);
     } else if (r < 0.04) {
-        enqueue(today + 1, "{\"event_id\":\"r-%s\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"bounced\",\"bounce\":\"%s\"}",
-                key, key, chance(0.6) ? "hard" : "soft");
+        enqueue(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"bounced\",\"bounce\":\"%s\"}",
+                key, (int)attempt, key, chance(0.6) ? "hard" : "soft");
     } else {
-        enqueue(today, "{\"event_id\":\"r-%s\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"delivered\"}", key, key);
+        enqueue(today, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"delivered\"}", key,
+                (int)attempt, key);
         if (channel && strcmp(channel, "email") == 0) {
             if (chance(0.46)) {
                 int d = today + between(0, 2);
-                enqueue(d, "{\"event_id\":\"o-%s\",\"type\":\"email.opened\",\"message_key\":\"%s\"}", key, key);
+                enqueue(d, "{\"event_id\":\"o-%s-%d\",\"type\":\"email.opened\",\"message_key\":\"%s\"}", key, (int)attempt, key);
                 if (chance(0.28)) {
-                    enqueue(d, "{\"event_id\":\"k-%s\",\"type\":\"email.clicked\",\"message_key\":\"%s\"}", key, key);
+                    enqueue(d, "{\"event_id\":\"k-%s-%d\",\"type\":\"email.clicked\",\"message_key\":\"%s\"}", key, (int)attempt, key);
                     if (idx >= 0) people[idx].nudged = 1;
                 }
-                if (chance(0.03)) enqueue(d + 1, "{\"event_id\":\"e-%s\",\"type\":\"email.replied\",\"message_key\":\"%s\"}", key, key);
+                if (chance(0.03)) enqueue(d + 1, "{\"event_id\":\"e-%s-%d\",\"type\":\"email.replied\",\"message_key\":\"%s\"}", key, (int)attempt, key);
             }
             if (winback && idx >= 0 && chance(0.22) && people[idx].booked_day < 0) people[idx].booked_day = today + between(1, 14);
         } else if (channel && idx >= 0) {
             if (chance(0.12)) {
                 const char *body = chance(0.2) ? "STOP" : (chance(0.5) ? "yes please" : "can you book me Tuesday?");
-                enqueue(today + between(0, 1), "{\"event_id\":\"s-%s\",\"type\":\"sms.received\",\"contact_id\":\"%s\",\"body\":\"%s\",\"in_reply_to\":\"%s\"}",
-                        key, contact, body, key);
+                enqueue(today + between(0, 1), "{\"event_id\":\"s-%s-%d\",\"type\":\"sms.received\",\"contact_id\":\"%s\",\"body\":\"%s\",\"in_reply_to\":\"%s\"}",
+                        key, (int)attempt, contact, body, key);
             }
             people[idx].nudged = 1;
         }

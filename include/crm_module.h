@@ -323,8 +323,10 @@ void crm_close(struct crm_module *m);
  * crm_string_free()); on failure it is set to NULL.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE (over 256 KiB),
- * CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
- * rejected event changes nothing (its event_id is not consumed).
+ * CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_CONFLICT (among others: the
+ * event_id was used before for a different event), CRM_ERR_STORAGE,
+ * CRM_ERR_CLOSED. A rejected event changes nothing (its event_id is not
+ * consumed).
  *
  * Thread safety: safe to call concurrently on one handle; also from an
  * effect callback. From a log callback running on the module's worker

@@ -635,8 +635,10 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
 /// crm_string_free()); on failure it is set to NULL.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE (over 256 KiB),
-/// CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_STORAGE, CRM_ERR_CLOSED. A
-/// rejected event changes nothing (its event_id is not consumed).
+/// CRM_ERR_INVALID, CRM_ERR_NOT_FOUND, CRM_ERR_CONFLICT (among others: the
+/// event_id was used before for a different event), CRM_ERR_STORAGE,
+/// CRM_ERR_CLOSED. A rejected event changes nothing (its event_id is not
+/// consumed).
 ///
 /// Thread safety: safe to call concurrently on one handle; also from an
 /// effect callback. From a log callback running on the module's worker
@@ -967,7 +969,7 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
         // One registration at a time, the slot and the host together.
         let _registration = h.registration.lock();
         // The write lock waits for callbacks in flight.
-        *h.callbacks.write() = new;
+        let old = std::mem::replace(&mut *h.callbacks.write(), new);
         let host: Option<Arc<dyn Host>> = if set {
             Some(Arc::new(CallbackHost {
                 callbacks: h.callbacks.clone(),
@@ -975,7 +977,11 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
         } else {
             None
         };
-        h.module.set_host(host)?;
+        if let Err(e) = h.module.set_host(host) {
+            // Refused (the module is closing): nothing changes.
+            *h.callbacks.write() = old;
+            return Err(e.into());
+        }
         Ok(())
     })
 }

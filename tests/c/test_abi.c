@@ -690,14 +690,24 @@ static void test_threads(const char *dir, recorder *rec, int threads, int iterat
     CHECK(recorded_messages(rec) == messages_before + expected); /* one welcome email each */
     CHECK(keys_distinct(rec));
 
-    /* Re-pushing any of them is a duplicate. */
+    /* Re-pushing any of them is a duplicate; its id used for another event
+       is refused. */
     out = NULL;
     if (EXPECT_OK(crm_push_event(m,
-                                 "{\"event_id\":\"t0-0\",\"type\":\"contact.upserted\",\"contact\":"
-                                 "{\"id\":\"tc0-0\",\"first_name\":\"T\"}}",
+                                 "{\"event_id\":\"t0-0\",\"type\":\"contact.upserted\",\"contact\":{"
+                                 "\"id\":\"tc0-0\",\"first_name\":\"T\",\"email\":\"t0.0@example.com\","
+                                 "\"email_subscription\":\"subscribed\"}}",
                                  &out))) {
         CHECK(out != NULL && strstr(out, "\"outcome\":\"duplicate\"") != NULL);
     }
+    crm_string_free(out);
+    out = NULL;
+    EXPECT_ERR(crm_push_event(m,
+                              "{\"event_id\":\"t0-0\",\"type\":\"contact.upserted\",\"contact\":"
+                              "{\"id\":\"tc0-0\",\"first_name\":\"T\"}}",
+                              &out),
+               CRM_ERR_CONFLICT);
+    CHECK(out == NULL);
     crm_string_free(out);
 
     free(tids);

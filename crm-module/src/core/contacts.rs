@@ -348,6 +348,7 @@ pub fn apply_props(
             }
         }
     }
+    let asked_status = new.get("status").cloned();
     for (k, v) in new {
         if k == "id" {
             continue;
@@ -359,6 +360,7 @@ pub fn apply_props(
         }
     }
     keep_own_opt_outs(ctx, c, &mut merged, audit)?;
+    keep_patient(ctx, c, &mut merged, asked_status)?;
     let mut keys: Vec<&String> = c.props.keys().chain(merged.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -428,6 +430,32 @@ fn keep_own_opt_outs(
         .write(ctx.conn, ctx.now)?;
         merged.insert(property, Value::String("unsubscribed".into()));
     }
+    Ok(())
+}
+
+/// Patient is a fact, not a setting: the contact has booked (SPEC §1:
+/// Lead flips to Patient on the first booking, "nobody sets it by hand").
+/// No update takes a patient back to Lead: a host sync from a record that
+/// still says lead, or a full replace without a status, keeps Patient (an
+/// explicit other value is logged `status_kept`), so the flip, its trigger
+/// and its goal cannot happen twice.
+fn keep_patient(
+    ctx: &Ctx<'_>,
+    c: &Contact,
+    merged: &mut Map<String, Value>,
+    asked: Option<Value>,
+) -> Result<()> {
+    if c.status() != "patient" || merged.get("status").and_then(Value::as_str) == Some("patient") {
+        return Ok(());
+    }
+    if let Some(requested) = asked {
+        Entry {
+            detail: Some(json!({"requested": requested})),
+            ..Entry::new("status_kept", &c.id)
+        }
+        .write(ctx.conn, ctx.now)?;
+    }
+    merged.insert("status".into(), Value::String("patient".into()));
     Ok(())
 }
 

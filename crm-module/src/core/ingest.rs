@@ -36,12 +36,40 @@ pub fn apply(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
     outcome
 }
 
+/// What an event says, as a digest: its type, time and body (the body as
+/// parsed and normalized, so a resend formatted differently is the same).
+fn fingerprint(ev: &Event) -> Result<[u8; 16]> {
+    use sha2::{Digest, Sha256};
+    let body = serde_json::to_vec(&ev.body).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut h = Sha256::new();
+    h.update(ev.type_name().as_bytes());
+    h.update(ev.occurred_at.unwrap_or(i64::MIN).to_le_bytes());
+    h.update(&body);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    Ok(out)
+}
+
 fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
+    let print = fingerprint(ev)?;
     let fresh = ctx
         .conn
-        .prepare_cached("INSERT INTO ingested_events (event_id, type, received_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-        .execute(params![ev.event_id, ev.type_name(), ctx.now])?;
+        .prepare_cached("INSERT INTO ingested_events (event_id, type, received_at, fingerprint) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+        .execute(params![ev.event_id, ev.type_name(), ctx.now, &print[..]])?;
     if fresh == 0 {
+        // The same id again: a resend of the same event is a duplicate; an
+        // event that says something else under a used id would be lost.
+        let before: Option<Vec<u8>> = ctx
+            .conn
+            .prepare_cached("SELECT fingerprint FROM ingested_events WHERE event_id = ?1")?
+            .query_row([&ev.event_id], |r| r.get(0))?;
+        if before.is_some_and(|b| b != print) {
+            return Err(Error::Conflict(format!(
+                "event_id {} was already used for a different event",
+                ev.event_id
+            )));
+        }
         return Ok(Outcome::Duplicate);
     }
     match &ev.body {
@@ -293,7 +321,9 @@ fn upsert(
             .prepare_cached("INSERT INTO custom_properties (key, first_seen) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
             .execute(params![key, ctx.now])?;
     }
-    let occurred = ev.occurred_at.unwrap_or(ctx.now);
+    // A time past the module's clock (a host clock running ahead, a typo)
+    // counts as now: kept as it is, it would make every later update stale.
+    let occurred = ev.occurred_at.map_or(ctx.now, |at| at.min(ctx.now));
     let audit = AuditSource {
         actor: "host",
         reason: reason.unwrap_or("host_update"),
@@ -604,13 +634,19 @@ fn sms_received(
     body: &str,
     in_reply_to: Option<&str>,
 ) -> Result<()> {
+    let stop = ctx.settings.is_opt_out(body);
     let id = match (contact_id, from) {
+        // A STOP is never lost: for a contact not pushed yet, the number
+        // is remembered for whoever gets it.
+        (Some(id), Some(phone)) if stop && contacts::load(ctx.conn, id)?.is_none() => {
+            return stopped_numbers::record(ctx.conn, phone, ctx.now, event_id);
+        }
         (Some(id), _) => id.to_string(),
         (None, Some(phone)) => match contacts::find_by_phone(ctx.conn, phone)? {
             Some(id) => id,
             // A number no contact has (yet, or any more): its STOP is kept
             // for whoever gets it, and its START lifts that.
-            None if ctx.settings.is_opt_out(body) => {
+            None if stop => {
                 return stopped_numbers::record(ctx.conn, phone, ctx.now, event_id);
             }
             None if ctx.settings.is_opt_in(body) => {
@@ -622,12 +658,17 @@ fn sms_received(
     };
     let mut c = contacts::require(ctx.conn, &id)?;
     let replied_to = match in_reply_to {
+        // A STOP answering a message the module does not know still stops.
+        Some(k) if stop => match outbox::by_key(ctx.conn, k)? {
+            Some(r) if r.kind == outbox::EffectKind::Message => Some(r),
+            _ => outbox::last_message(ctx.conn, &id, "sms")?,
+        },
         Some(k) => Some(message(ctx, k)?),
         None => outbox::last_message(ctx.conn, &id, "sms")?,
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());
     // Keywords change consent and are never replies.
-    if ctx.settings.is_opt_out(body) {
+    if stop {
         return sms_stop(ctx, event_id, c, from, key.as_deref());
     }
     // An opt-in keyword restores a number that said STOP. From anyone else
@@ -638,7 +679,11 @@ fn sms_received(
             Some(n) => stopped_numbers::forget(ctx.conn, n)?,
             None => false,
         };
-        if was_stopped || c.subscription("sms") == "unsubscribed" {
+        // Only the person's own STOP is lifted: an opt-out the host or
+        // staff recorded stays theirs to undo.
+        if was_stopped
+            || contacts::own_opt_out(ctx.conn, &c.id, "sms")?.as_deref() == Some("stop_reply")
+        {
             return sms_start(ctx, c, number.as_deref(), key.as_deref());
         }
     }
@@ -851,7 +896,7 @@ fn fallback_after_failure(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
 }
 
 /// A START-type keyword from a number that said STOP (or from a contact
-/// unsubscribed from SMS): the sender is subscribed again, and so is every
+/// whose own STOP unsubscribed them): the sender is subscribed again, and so is every
 /// other contact of the number whose SMS opt-out was the number's STOP
 /// (not one they asked for some other way).
 fn sms_start(

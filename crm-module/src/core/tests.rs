@@ -131,13 +131,30 @@ fn status_flips_on_first_booking_and_fires_once_ever() {
         })
         .unwrap();
     assert_eq!(status, "patient");
-    // The host sets Lead again and Patient again: still once ever.
+    // The host's sync says Lead again (its record predates the booking),
+    // then a full replace without a status: a patient stays a patient.
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "status": "lead"}}))
         .unwrap();
-    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "status": "patient"}}))
+    s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Pat"}}))
         .unwrap();
+    let status: String = s
+        .conn
+        .query_row("SELECT status FROM contacts WHERE id='c1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "patient");
+    assert_eq!(s.texts("SELECT json_extract(detail, '$.requested') FROM events WHERE kind = 'status_kept' AND contact_id = ?1", "c1"), ["lead"]);
+    s.book("c1", "ap3");
+    assert_eq!(s.count("enrolled", Some(&a)), 1, "once ever");
+    assert_eq!(s.count("status_changed", None), 1);
+    // Were the flip to come again, the once-only mark refuses it and leaves
+    // no row.
+    s.conn
+        .execute("UPDATE contacts SET status = 'lead', props = json_set(props, '$.status', 'lead') WHERE id = 'c1'", [])
+        .unwrap();
+    s.book("c1", "ap4");
     assert_eq!(s.count("enrolled", Some(&a)), 1);
-    // The second firing was refused as already fired, and left no row.
     assert_eq!(s.texts(IGNORED_REASONS, &a), ["already_fired"]);
     let states = s.texts("SELECT state FROM enrollments WHERE automation_id = ?1", &a);
     assert_eq!(states.len(), 1);
@@ -2448,4 +2465,85 @@ fn a_click_proves_the_open_the_pixel_missed() {
         &news,
     );
     assert_eq!(paths, ["blocked:yes", "quiet:no", "reader:yes"]);
+}
+
+#[test]
+fn a_stop_is_never_lost_and_start_lifts_only_a_stop() {
+    let mut s = Sim::new();
+    // The EHR forwards a STOP for a patient it has not pushed yet.
+    s.push(json!({"type": "sms.received", "contact_id": "new", "from": "+16175550142", "body": "STOP"}))
+        .unwrap();
+    s.contact("new", json!({"phone": "+16175550142"}));
+    assert_eq!(sms_of(&s, "new"), "unsubscribed", "the number said stop");
+    // A STOP answering a message the module does not know still stops.
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": "t-e404-x"}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "c1"), "unsubscribed");
+    // An ordinary reply to an unknown message is still an error.
+    let e = s
+        .push(json!({"type": "sms.received", "contact_id": "c1", "body": "Thanks", "in_reply_to": "t-e404-x"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+    // Staff recorded an opt-out: the patient's "YES" to a question is no
+    // consent, and START is theirs to say only after their own STOP.
+    s.contact("c2", json!({}));
+    s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "sms", "reason": "staff"}))
+        .unwrap();
+    for body in ["YES", "START"] {
+        s.push(json!({"type": "sms.received", "contact_id": "c2", "body": body}))
+            .unwrap();
+        assert_eq!(sms_of(&s, "c2"), "unsubscribed", "{body}");
+    }
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "START"}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "c1"), "subscribed", "their own STOP, lifted");
+}
+
+#[test]
+fn a_contact_update_from_the_future_counts_as_now() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({"first_name": "Pat"}));
+    // The host's clock runs a year ahead.
+    s.push(json!({"type": "contact.upserted", "occurred_at": "2027-01-05T14:00:00Z", "contact": {"id": "c1", "first_name": "Patricia"}}))
+        .unwrap();
+    s.advance(HOUR);
+    // An hour later a correct clock's update still applies.
+    let out = s
+        .push(json!({"type": "contact.upserted", "occurred_at": crate::clock::to_rfc3339(s.now), "contact": {"id": "c1", "first_name": "Trish"}}))
+        .unwrap();
+    assert_eq!(out, crate::core::ingest::Outcome::Applied);
+    let name = s.texts(
+        "SELECT json_extract(props, '$.first_name') FROM contacts WHERE id = ?1",
+        "c1",
+    );
+    assert_eq!(name, ["Trish"]);
+}
+
+#[test]
+fn an_event_id_used_again_for_another_event_is_refused() {
+    let mut s = Sim::new();
+    let created = json!({"event_id": "h1", "type": "contact.upserted", "occurred_at": "2026-01-05T13:00:00Z",
+                         "contact": {"id": "c1", "first_name": "Pat", "email": "PAT@example.com"}});
+    assert_eq!(
+        s.push(created.clone()).unwrap(),
+        crate::core::ingest::Outcome::Applied
+    );
+    // The host's retry: the same event, a duplicate.
+    assert_eq!(
+        s.push(created).unwrap(),
+        crate::core::ingest::Outcome::Duplicate
+    );
+    // A booking sent under the same id (a host bug) is refused, not lost.
+    let e = s
+        .push(json!({"event_id": "h1", "type": "appointment.booked",
+                     "appointment": {"id": "ap1", "contact_id": "c1", "starts_at": "2026-01-12T15:00:00Z"}}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::Conflict);
+    assert!(e.to_string().contains("event_id h1"), "{e}");
+    let booked: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM appointments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(booked, 0);
 }

@@ -537,6 +537,13 @@ INSERT OR IGNORE INTO sms_threads (phone_key, first_key, at)
     WHERE m.channel = 'sms' AND c.phone_key IS NOT NULL
     ORDER BY m.id;
 "#,
+    // 15: what each ingested event said (a digest of its type, time and
+    // body), so that an event id used again for another event is refused
+    // instead of being taken for a duplicate and lost. NULL for the events
+    // ingested before: those ids stay plain duplicates.
+    r#"
+ALTER TABLE ingested_events ADD COLUMN fingerprint BLOB;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -593,6 +600,24 @@ mod tests {
                 .unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn migration_15_keeps_the_events_ingested_before_as_plain_duplicates() {
+        let conn = at_version(14);
+        conn.execute_batch(
+            "INSERT INTO ingested_events (event_id, type, received_at) VALUES ('old', 'page.visited', 1);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let print: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT fingerprint FROM ingested_events WHERE event_id = 'old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(print, None);
     }
 
     #[test]
