@@ -453,7 +453,12 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
         .prepare_cached(
             "INSERT INTO appointments (id, contact_id, status, starts_at, provider_id, clinic_id, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET status = excluded.status,
+             ON CONFLICT(id) DO UPDATE SET
+                 -- A visit that happened stays completed: a re-sync saying
+                 -- booked or rescheduled does not undo it.
+                 status = CASE WHEN appointments.status = 'completed'
+                               AND excluded.status IN ('booked', 'rescheduled')
+                          THEN appointments.status ELSE excluded.status END,
                  starts_at = COALESCE(excluded.starts_at, appointments.starts_at),
                  provider_id = COALESCE(excluded.provider_id, appointments.provider_id),
                  clinic_id = COALESCE(excluded.clinic_id, appointments.clinic_id),
@@ -471,11 +476,22 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     // The host sending a booked appointment again (a re-sync, under a new
     // event id) books nothing: no trigger, no Rebook goal, no new activity.
     // Booked again after a cancellation or a no-show is a new booking.
-    let resent = status == "booked" && matches!(was.as_deref(), Some("booked" | "rescheduled"));
+    // After the visit, booked or rescheduled again is a re-sync too.
+    let resent = matches!(
+        (status, was.as_deref()),
+        ("booked", Some("booked" | "rescheduled")) | ("booked" | "rescheduled", Some("completed"))
+    );
     let inbound_activity = matches!(status, "booked" | "rescheduled" | "completed") && !resent;
-    if status == "booked" && !resent {
+    // The first the module hears of an appointment may be after its booking
+    // (rescheduled, completed, even cancelled): it was booked all the same.
+    let first_seen = was.is_none();
+    let booked_now = (status == "booked" && !resent)
+        || (first_seen && matches!(status, "rescheduled" | "completed"));
+    if booked_now || first_seen {
         let was_patient = c.status() == "patient";
-        signals.push(Signal::AppointmentBooked { was_patient });
+        if booked_now {
+            signals.push(Signal::AppointmentBooked { was_patient });
+        }
         if !was_patient {
             c.props.insert("status".into(), json!("patient"));
             Log {

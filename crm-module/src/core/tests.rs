@@ -2547,3 +2547,30 @@ fn an_event_id_used_again_for_another_event_is_refused() {
         .unwrap();
     assert_eq!(booked, 0);
 }
+
+#[test]
+fn an_appointment_first_heard_of_after_its_booking_still_makes_a_patient() {
+    let mut s = Sim::new();
+    let flip = s.automation(json!({"name": "First visit", "run_window": {"mode": "any_time"}, "trigger": {"type": "status_changed_to_patient"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    let appt = |kind: &str, id: &str, contact: &str| {
+        json!({"type": format!("appointment.{kind}"),
+               "appointment": {"id": id, "contact_id": contact, "starts_at": "2026-01-12T15:00:00Z"}})
+    };
+    let status = |s: &Sim, id: &str| s.texts("SELECT status FROM contacts WHERE id = ?1", id);
+    let appointment =
+        |s: &Sim, id: &str| s.texts("SELECT status FROM appointments WHERE id = ?1", id);
+    s.contact("seen", json!({}));
+    s.contact("gone", json!({}));
+    // The EHR's first word of ap1 is that the visit happened.
+    s.push(appt("completed", "ap1", "seen")).unwrap();
+    assert_eq!(status(&s, "seen"), ["patient"]);
+    assert_eq!(s.count("enrolled", Some(&flip)), 1);
+    // A re-sync saying booked does not undo the visit, nor book anew.
+    s.push(appt("booked", "ap1", "seen")).unwrap();
+    assert_eq!(appointment(&s, "ap1"), ["completed"]);
+    // A booking the patient cancelled was a booking.
+    s.push(appt("cancelled", "ap2", "gone")).unwrap();
+    assert_eq!(status(&s, "gone"), ["patient"]);
+    assert_eq!(s.count("enrolled", Some(&flip)), 2);
+}
