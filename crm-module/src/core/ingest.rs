@@ -21,7 +21,9 @@ use crate::outbox;
 pub enum Outcome {
     /// Applied.
     Applied,
-    /// This event id was seen before: nothing happened.
+    /// This event id was seen before, or the event sends again a form
+    /// submission or review already recorded under another id: nothing
+    /// happened.
     Duplicate,
     /// A contact update older than the stored one: recorded, properties kept.
     Stale,
@@ -111,8 +113,23 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 .prepare_cached("INSERT INTO form_submissions (id, form_id, contact_id, answers, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")?
                 .execute(params![s.id, s.form_id, s.contact_id, Value::Object(s.answers.clone()).to_string(), ctx.now])?;
             if n == 0 {
+                // A host replay sending the same submission under a new
+                // event id is a duplicate; another submission under a used
+                // id is refused.
+                let same: bool = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT form_id = ?2 AND contact_id = ?3 AND answers = ?4 FROM form_submissions WHERE id = ?1",
+                    )?
+                    .query_row(
+                        params![s.id, s.form_id, s.contact_id, Value::Object(s.answers.clone()).to_string()],
+                        |r| r.get(0),
+                    )?;
+                if same {
+                    return Ok(Outcome::Duplicate);
+                }
                 return Err(Error::Conflict(format!(
-                    "form submission {} was already recorded under another event id",
+                    "form submission {} was already recorded, with other content",
                     s.id
                 )));
             }
@@ -139,8 +156,18 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 .prepare_cached("INSERT INTO reviews (id, contact_id, source, rating, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")?
                 .execute(params![r.id, r.contact_id, source, r.rating, ctx.now])?;
             if n == 0 {
+                // The same review sent again (a host replay) is a duplicate.
+                let same: bool = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT contact_id = ?2 AND source = ?3 AND rating IS ?4 FROM reviews WHERE id = ?1",
+                    )?
+                    .query_row(params![r.id, r.contact_id, source, r.rating], |row| row.get(0))?;
+                if same {
+                    return Ok(Outcome::Duplicate);
+                }
                 return Err(Error::Conflict(format!(
-                    "review {} was already recorded under another event id",
+                    "review {} was already recorded, with other content",
                     r.id
                 )));
             }

@@ -2574,3 +2574,34 @@ fn an_appointment_first_heard_of_after_its_booking_still_makes_a_patient() {
     assert_eq!(status(&s, "gone"), ["patient"]);
     assert_eq!(s.count("enrolled", Some(&flip)), 2);
 }
+
+#[test]
+fn a_replayed_form_or_review_is_a_duplicate_and_another_under_its_id_is_refused() {
+    let mut s = Sim::new();
+    let forms = s.automation(json!({"name": "Intake", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    let form = |answer: &str| {
+        json!({"type": "form.submitted", "submission": {"id": "fs1", "form_id": "intake", "form_name": "Intake",
+               "contact_id": "c1", "answers": {"allergies": answer}}})
+    };
+    let review = |rating: i64| json!({"type": "review.submitted", "review": {"id": "rv1", "contact_id": "c1", "source": "google", "rating": rating}});
+    use crate::core::ingest::Outcome;
+    assert_eq!(s.push(form("none")).unwrap(), Outcome::Applied);
+    assert_eq!(s.push(review(5)).unwrap(), Outcome::Applied);
+    // A nightly replay sends both again under new event ids: nothing new,
+    // and the rest of its batch goes through.
+    assert_eq!(s.push(form("none")).unwrap(), Outcome::Duplicate);
+    assert_eq!(s.push(review(5)).unwrap(), Outcome::Duplicate);
+    assert_eq!(s.count("enrolled", Some(&forms)), 1);
+    assert_eq!(s.count("form_submitted", None), 1);
+    // Other content under a recorded id is a host bug: refused.
+    for (ev, what) in [
+        (form("penicillin"), "form submission fs1"),
+        (review(1), "review rv1"),
+    ] {
+        let e = s.push(ev).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Conflict);
+        assert!(e.to_string().contains(what), "{e}");
+    }
+}
