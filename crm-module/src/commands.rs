@@ -582,20 +582,18 @@ fn prepare_definition(
 }
 
 /// The lists and templates a definition names exist (a step's own
-/// template was checked with its channel by [`check_message_steps`]).
+/// template, already checked with its channel by [`check_message_steps`],
+/// is looked up once more here).
 fn check_references(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
     for (here, reference) in def.references() {
-        let (sql, what, id) = match &reference {
-            Reference::List(id) => (
-                "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1 AND deleted_at IS NULL)",
-                "list",
-                id,
-            ),
-            Reference::Template(id) => (
-                "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND deleted_at IS NULL)",
-                "template",
-                id,
-            ),
+        let (what, id) = reference.parts();
+        let sql = match reference {
+            Reference::List(_) => {
+                "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1 AND deleted_at IS NULL)"
+            }
+            Reference::Template(_) => {
+                "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND deleted_at IS NULL)"
+            }
         };
         let exists: bool = ctx
             .conn
@@ -620,10 +618,7 @@ fn check_unused(ctx: &Ctx<'_>, target: &Reference) -> Result<()> {
     if users.is_empty() {
         return Ok(());
     }
-    let (what, id) = match target {
-        Reference::List(id) => ("list", id),
-        Reference::Template(id) => ("template", id),
-    };
+    let (what, id) = target.parts();
     Err(Error::Conflict(format!(
         "{what} {id} is used by automation {}: take it out of them first",
         users.join(", ")

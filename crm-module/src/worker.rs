@@ -727,14 +727,8 @@ impl Worker {
     }
 
     fn command(&mut self, command: Command) -> Result<Value> {
-        let settings = self.settings.read().clone();
-        let now = self.clock.now();
-        let (value, catalog, effects) = {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-            let (value, catalog) = commands::execute(&mut ctx, command)?;
-            (value, catalog, ctx.take_effects())
-        };
-        outbox::write(&self.conn, &effects, now)?;
+        let (value, catalog) =
+            self.in_core(self.clock.now(), |ctx| commands::execute(ctx, command))?;
         if let Some(c) = catalog {
             self.catalog = c;
         }

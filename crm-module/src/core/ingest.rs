@@ -108,10 +108,11 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             ctx.conn
                 .prepare_cached("INSERT INTO forms (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET name = excluded.name")?
                 .execute(params![s.form_id, s.form_name.trim()])?;
+            let answers = Value::Object(s.answers.clone()).to_string();
             let n = ctx
                 .conn
                 .prepare_cached("INSERT INTO form_submissions (id, form_id, contact_id, answers, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")?
-                .execute(params![s.id, s.form_id, s.contact_id, Value::Object(s.answers.clone()).to_string(), ctx.now])?;
+                .execute(params![s.id, s.form_id, s.contact_id, answers, ctx.now])?;
             if n == 0 {
                 // A host replay sending the same submission under a new
                 // event id is a duplicate; another submission under a used
@@ -121,10 +122,9 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                     .prepare_cached(
                         "SELECT form_id = ?2 AND contact_id = ?3 AND answers = ?4 FROM form_submissions WHERE id = ?1",
                     )?
-                    .query_row(
-                        params![s.id, s.form_id, s.contact_id, Value::Object(s.answers.clone()).to_string()],
-                        |r| r.get(0),
-                    )?;
+                    .query_row(params![s.id, s.form_id, s.contact_id, answers], |r| {
+                        r.get(0)
+                    })?;
                 if same {
                     return Ok(Outcome::Duplicate);
                 }
@@ -348,9 +348,10 @@ fn upsert(
             .prepare_cached("INSERT INTO custom_properties (key, first_seen) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
             .execute(params![key, ctx.now])?;
     }
-    // A time past the module's clock (a host clock running ahead, a typo)
-    // counts as now: kept as it is, it would make every later update stale.
-    let occurred = ev.occurred_at.map_or(ctx.now, |at| at.min(ctx.now));
+    // The event's time, clamped by `apply`: a time past the module's clock
+    // (a host clock running ahead, a typo) counts as now; kept as it is, it
+    // would make every later update stale.
+    let occurred = ctx.occurred_at.unwrap_or(ctx.now);
     let audit = AuditSource {
         actor: "host",
         reason: reason.unwrap_or("host_update"),
@@ -702,9 +703,9 @@ fn sms_received(
     let mut c = contacts::require(ctx.conn, &id)?;
     let replied_to = match in_reply_to {
         // A STOP answering a message the module does not know still stops.
-        Some(k) if stop => match outbox::by_key(ctx.conn, k)? {
-            Some(r) if r.kind == outbox::EffectKind::Message => Some(r),
-            _ => outbox::last_message(ctx.conn, &id, "sms")?,
+        Some(k) if stop => match message(ctx, k) {
+            Err(Error::NotFound(_)) => outbox::last_message(ctx.conn, &id, "sms")?,
+            found => Some(found?),
         },
         Some(k) => Some(message(ctx, k)?),
         None => outbox::last_message(ctx.conn, &id, "sms")?,

@@ -56,13 +56,10 @@ pub fn screen(
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
             {
-                let standing = enrollment_standing(conn, row.id)?;
-                if let Some(Standing::Left(reason)) = standing {
-                    Held::Withdrawn(reason)
-                } else if let Some(Standing::Paused) = standing {
-                    Held::Paused
-                } else {
-                    match row
+                match enrollment_standing(conn, row.id)? {
+                    Some(Standing::Left(reason)) => Held::Withdrawn(reason),
+                    Some(Standing::Paused) => Held::Paused,
+                    None => match row
                         .contact_id
                         .as_deref()
                         .map(|id| contacts::load(conn, id))
@@ -72,7 +69,7 @@ pub fn screen(
                             Held::Consent(consent::at_hand_over(&c, channel, settings, now))
                         }
                         _ => Held::Consent(HandOver::Go),
-                    }
+                    },
                 }
             }
             _ => Held::Consent(HandOver::Go),
@@ -204,9 +201,9 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 let detail =
                     json!({"reason": "left_automation", "exit_reason": reason, "at": "hand_over"});
                 Log::for_effect("message_withdrawn", &row, Some(detail)).write(conn, now)?;
-                if row.channel.as_deref() == Some("sms") {
-                    crate::messaging::compose::unopen_thread(conn, &row.key)?;
-                }
+                // Its SMS thread stays unopened; no fallback goes to a
+                // contact who has left, nor from a deleted automation.
+                ingest::never_reached(ctx, &row)?;
             }
             Held::Consent(HandOver::Go) => {}
         }

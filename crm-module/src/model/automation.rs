@@ -922,6 +922,16 @@ pub enum Reference {
     Template(String),
 }
 
+impl Reference {
+    /// What it is (`list`, `template`) and its id, as messages name it.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Reference::List(id) => ("list", id),
+            Reference::Template(id) => ("template", id),
+        }
+    }
+}
+
 fn collect_references(steps: &[Step], out: &mut Vec<(String, Reference)>) {
     fn lists_in(c: &Condition, here: &str, out: &mut Vec<(String, Reference)>) {
         match c {
