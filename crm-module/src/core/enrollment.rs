@@ -67,9 +67,13 @@ pub struct Enrollment {
     pub enrolled_at: Millis,
     /// When the goal was reached.
     pub goal_reached_at: Option<Millis>,
+    /// The steps it has run, kept once an edit migrated it (None before):
+    /// an edit can put a step it ran after its position, and a step runs
+    /// once per enrollment.
+    pub ran_steps: Option<Vec<String>>,
 }
 
-const COLUMNS: &str = "id, automation_id, contact_id, version, state, step_id, step_phase, step_started_at, wake_at, enrolled_at, goal_reached_at";
+const COLUMNS: &str = "id, automation_id, contact_id, version, state, step_id, step_phase, step_started_at, wake_at, enrolled_at, goal_reached_at, ran_steps";
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
     Ok(Enrollment {
@@ -88,6 +92,16 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
         wake_at: r.get(8)?,
         enrolled_at: r.get(9)?,
         goal_reached_at: r.get(10)?,
+        ran_steps: match r.get_ref(11)?.as_str_or_null()? {
+            Some(text) => Some(serde_json::from_str(text).map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    11,
+                    rusqlite::types::Type::Text,
+                    err.into(),
+                )
+            })?),
+            None => None,
+        },
     })
 }
 
@@ -135,7 +149,7 @@ pub fn active_of_automation(
 pub fn save(conn: &rusqlite::Connection, e: &Enrollment) -> Result<()> {
     conn.prepare_cached(
         "UPDATE enrollments SET version = ?2, step_id = ?3, step_phase = ?4, step_started_at = ?5,
-                                wake_at = ?6, goal_reached_at = ?7 WHERE id = ?1",
+                                wake_at = ?6, goal_reached_at = ?7, ran_steps = ?8 WHERE id = ?1",
     )?
     .execute(params![
         e.id,
@@ -144,7 +158,10 @@ pub fn save(conn: &rusqlite::Connection, e: &Enrollment) -> Result<()> {
         e.phase.as_str(),
         e.step_started_at,
         e.wake_at,
-        e.goal_reached_at
+        e.goal_reached_at,
+        e.ran_steps
+            .as_ref()
+            .map(|r| Value::from(r.clone()).to_string()),
     ])?;
     Ok(())
 }
@@ -229,6 +246,7 @@ pub fn enroll(
         wake_at: None,
         enrolled_at: ctx.now,
         goal_reached_at: None,
+        ran_steps: None,
     };
     advance_loaded(ctx, e)?;
     Ok(Some(id))
@@ -343,6 +361,20 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
         if open_at > ctx.now {
             e.wake_at = Some(open_at);
             return save(ctx.conn, &e);
+        }
+        if let Some(ran) = e.ran_steps.as_mut() {
+            // An If/then runs again: it has no effect and chooses the path on.
+            if ran.contains(&step_id) && !matches!(step.kind, StepKind::Branch { .. }) {
+                Log {
+                    step_id: Some(&step_id),
+                    detail: Some(json!({"type": step.kind.type_id(), "reason": "already_run"})),
+                    ..log_for("step_skipped", &e)
+                }
+                .write(ctx.conn, ctx.now)?;
+                e.step_id = version.flow.next_after(&step_id).map(str::to_string);
+                continue;
+            }
+            ran.push(step_id.clone());
         }
         e.step_started_at = Some(ctx.now);
         Log {
@@ -929,6 +961,18 @@ pub fn migrate(
             // the new version's window decides again, at once, so widening
             // the window releases it and narrowing it holds it longer.
             e.wake_at = Some(ctx.now);
+        }
+        if e.ran_steps.is_none() {
+            // Its first migration: it ran its path up to here in the version
+            // it enrolled under (the step it is in too, once that started).
+            let mut ran = from
+                .as_deref()
+                .map(|s| old.flow.path_to(s))
+                .unwrap_or_default();
+            if e.phase != Phase::Ready {
+                ran.extend(from.clone());
+            }
+            e.ran_steps = Some(ran);
         }
         e.step_id = to.clone();
         let old_version = e.version;

@@ -2605,3 +2605,54 @@ fn a_replayed_form_or_review_is_a_duplicate_and_another_under_its_id_is_refused(
         assert!(e.to_string().contains(what), "{e}");
     }
 }
+
+#[test]
+fn a_step_an_edit_moves_after_a_contacts_position_does_not_run_twice() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({})); // s1 sent, waiting at s2
+    let reorder = |order: [&str; 5]| {
+        let mut def = five_steps(false);
+        let steps = def["steps"].as_array().unwrap().clone();
+        def["steps"] = json!(
+            order
+                .iter()
+                .map(|id| steps.iter().find(|st| st["id"] == *id).unwrap().clone())
+                .collect::<Vec<_>>()
+        );
+        def
+    };
+    let update = |s: &mut Sim, def: Value| {
+        s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def}))
+            .unwrap();
+    };
+    // The welcome email moves after the first delay.
+    update(&mut s, reorder(["s2", "s1", "s3", "s4", "s5"]));
+    s.contact("c2", json!({})); // enrolled under the new order: waits first
+    s.advance(2 * DAY + MINUTE); // c1: s1 passed over, s3 sent, waiting at s4
+    // The second email moves after the second delay: c1 has sent it already.
+    update(&mut s, reorder(["s2", "s1", "s4", "s3", "s5"]));
+    s.advance(10 * DAY);
+    let steps_of = |s: &Sim, contact: &str, kind: &str| -> Vec<String> {
+        s.conn
+            .prepare("SELECT step_id FROM events WHERE contact_id = ?1 AND kind = ?2 ORDER BY id")
+            .unwrap()
+            .query_map([contact, kind], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(steps_of(&s, "c1", "message_queued"), ["s1", "s3", "s5"]);
+    assert_eq!(steps_of(&s, "c1", "step_skipped"), ["s1", "s3"]);
+    assert_eq!(
+        steps_of(&s, "c1", "step_executed"),
+        ["s1", "s2", "s3", "s4", "s5"],
+        "each step counted once"
+    );
+    assert_eq!(s.messages_to("c1").len(), 3);
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+    // Enrolled after the first edit, and at s4 with s3 sent at the second.
+    assert_eq!(steps_of(&s, "c2", "message_queued"), ["s1", "s3", "s5"]);
+    assert_eq!(steps_of(&s, "c2", "step_skipped"), ["s3"]);
+    assert_eq!(s.enrollment(&a, "c2").0, "completed");
+}

@@ -1363,6 +1363,31 @@ impl Flow {
         None
     }
 
+    /// The steps before `step_id` on its path from the first step: the
+    /// earlier steps of its own path, the If/then that opened that path,
+    /// and so on up to the main path (a path has one way in, and ends).
+    /// Empty for an unknown step.
+    pub fn path_to(&self, step_id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = self.positions.get(step_id);
+        while let Some(p) = at {
+            out.extend(self.chains[p.chain][..p.index].iter().rev().cloned());
+            // The If/then whose YES or NO path this chain is.
+            let opener = self.branch_heads.iter().find(|(_, (y, n))| {
+                [y, n]
+                    .into_iter()
+                    .flatten()
+                    .any(|h| self.positions.get(h).is_some_and(|hp| hp.chain == p.chain))
+            });
+            at = opener.and_then(|(id, _)| {
+                out.push(id.clone());
+                self.positions.get(id)
+            });
+        }
+        out.reverse();
+        out
+    }
+
     /// All step ids in canvas order (depth first, YES before NO).
     pub fn ordered_ids(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -1420,6 +1445,34 @@ mod tests {
         assert_eq!(f.branch_head("s4", false), Some("s5"));
         assert_eq!(f.next_after("s5"), None);
         assert_eq!(f.ordered_ids(), vec!["s1", "s2", "s3", "s4", "s5"]);
+        assert_eq!(f.path_to("s5"), vec!["s1", "s2", "s3", "s4"]);
+        assert_eq!(f.path_to("s3"), vec!["s1", "s2"]);
+        assert!(f.path_to("s1").is_empty() && f.path_to("nope").is_empty());
+    }
+
+    #[test]
+    fn the_path_to_a_step_in_a_nested_branch_leaves_out_the_other_paths() {
+        let branch = |yes: Value, no: Value| json!({"type": "branch", "condition": {"type": "goal_reached"}, "yes": yes, "no": no});
+        let mail = |id: &str| json!({"id": id, "type": "send_email", "subject": "s", "body": "b"});
+        let mut outer = branch(
+            json!([
+                mail("y1"),
+                branch(json!([mail("yy1")]), json!([mail("yn1"), mail("yn2")]))
+            ]),
+            json!([mail("n1")]),
+        );
+        outer["id"] = json!("b1");
+        outer["yes"][1]["id"] = json!("b2");
+        let mut d: AutomationDefinition = serde_json::from_value(json!({
+            "name": "Nested", "goal": "book_appointment", "trigger": {"type": "contact_created"},
+            "steps": [mail("m1"), outer]
+        }))
+        .unwrap();
+        d.validate_and_assign_ids().unwrap();
+        let f = Flow::new(&d);
+        assert_eq!(f.path_to("yn2"), vec!["m1", "b1", "y1", "b2", "yn1"]);
+        assert_eq!(f.path_to("yy1"), vec!["m1", "b1", "y1", "b2"]);
+        assert_eq!(f.path_to("n1"), vec!["m1", "b1"]);
     }
 
     #[test]

@@ -544,6 +544,14 @@ INSERT OR IGNORE INTO sms_threads (phone_key, first_key, at)
     r#"
 ALTER TABLE ingested_events ADD COLUMN fingerprint BLOB;
 "#,
+    // 16: the steps an enrollment has run, kept only once an edit migrated
+    // it to a newer version (a JSON array of step ids; NULL before). An
+    // edit can move a step the contact already ran after its position;
+    // without the list it ran again (a second message under the first
+    // one's key, counted twice).
+    r#"
+ALTER TABLE enrollments ADD COLUMN ran_steps TEXT;
+"#,
 ];
 
 /// Brings the database to the newest schema.
