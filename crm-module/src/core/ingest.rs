@@ -89,19 +89,19 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             upsert(ctx, ev, contact, *mode, reason.as_deref(), last_active)
         }
         EventBody::AppointmentBooked { appointment } => {
-            appointment_event(ctx, appointment, "booked").map(|_| Outcome::Applied)
+            appointment_event(ctx, appointment, "booked")
         }
         EventBody::AppointmentRescheduled { appointment } => {
-            appointment_event(ctx, appointment, "rescheduled").map(|_| Outcome::Applied)
+            appointment_event(ctx, appointment, "rescheduled")
         }
         EventBody::AppointmentCancelled { appointment } => {
-            appointment_event(ctx, appointment, "cancelled").map(|_| Outcome::Applied)
+            appointment_event(ctx, appointment, "cancelled")
         }
         EventBody::AppointmentCompleted { appointment } => {
-            appointment_event(ctx, appointment, "completed").map(|_| Outcome::Applied)
+            appointment_event(ctx, appointment, "completed")
         }
         EventBody::AppointmentNoShow { appointment } => {
-            appointment_event(ctx, appointment, "no_show").map(|_| Outcome::Applied)
+            appointment_event(ctx, appointment, "no_show")
         }
         EventBody::FormSubmitted { submission: s } => {
             let mut c = contacts::require(ctx.conn, &s.contact_id)?;
@@ -461,42 +461,57 @@ fn number_stop(ctx: &Ctx<'_>, c: &mut Contact) -> Result<Option<Signal>> {
     contacts::set_subscription(ctx, c, "sms", "unsubscribed", src)
 }
 
-fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result<()> {
+fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result<Outcome> {
     let mut c = contacts::require(ctx.conn, &a.contact_id)?;
     let starts: Option<Millis> = a.starts_at.as_deref().and_then(|s| parse_rfc3339(s).ok());
-    let stored: Option<(String, String)> = ctx
+    let occurred = ctx.occurred_at.unwrap_or(ctx.now);
+    let stored: Option<(String, String, Option<Millis>)> = ctx
         .conn
-        .prepare_cached("SELECT contact_id, status FROM appointments WHERE id = ?1")?
-        .query_row([&a.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT contact_id, status, changed_at FROM appointments WHERE id = ?1")?
+        .query_row([&a.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let (owner, was) = stored.unzip();
+    let (owner, was, changed_at) = match stored {
+        Some((owner, was, changed_at)) => (Some(owner), Some(was), changed_at),
+        None => (None, None, None),
+    };
     if owner.as_deref().is_some_and(|o| o != c.id) {
         return Err(Error::Conflict(format!(
             "appointment {} belongs to another contact",
             a.id
         )));
     }
+    // A change older than the one stored arrived late (a host's queue
+    // resent out of order): "booked" at 09:00 after "cancelled" at 09:30
+    // leaves the visit cancelled. What it says still happened: a booking
+    // counts for the goals at its own instant, as it would have in order.
+    let late = changed_at.is_some_and(|at| occurred < at);
     // A change to an appointment the module never saw booked is recorded as it stands.
-    ctx.conn
-        .prepare_cached(
-            "INSERT INTO appointments (id, contact_id, status, starts_at, provider_id, clinic_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET
-                 -- A visit that happened stays completed: a re-sync saying
-                 -- booked or rescheduled does not undo it.
-                 status = CASE WHEN appointments.status = 'completed'
-                               AND excluded.status IN ('booked', 'rescheduled')
-                          THEN appointments.status ELSE excluded.status END,
-                 starts_at = COALESCE(excluded.starts_at, appointments.starts_at),
-                 provider_id = COALESCE(excluded.provider_id, appointments.provider_id),
-                 clinic_id = COALESCE(excluded.clinic_id, appointments.clinic_id),
-                 updated_at = excluded.updated_at",
-        )?
-        .execute(params![a.id, c.id, status, starts, a.provider_id, a.clinic_id, ctx.now])?;
+    if !late {
+        ctx.conn
+            .prepare_cached(
+                "INSERT INTO appointments (id, contact_id, status, starts_at, provider_id, clinic_id, updated_at, changed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET
+                     -- A visit that happened stays completed: a re-sync saying
+                     -- booked or rescheduled does not undo it.
+                     status = CASE WHEN appointments.status = 'completed'
+                                   AND excluded.status IN ('booked', 'rescheduled')
+                              THEN appointments.status ELSE excluded.status END,
+                     starts_at = COALESCE(excluded.starts_at, appointments.starts_at),
+                     provider_id = COALESCE(excluded.provider_id, appointments.provider_id),
+                     clinic_id = COALESCE(excluded.clinic_id, appointments.clinic_id),
+                     updated_at = excluded.updated_at,
+                     changed_at = excluded.changed_at",
+            )?
+            .execute(params![a.id, c.id, status, starts, a.provider_id, a.clinic_id, ctx.now, occurred])?;
+    }
+    let mut detail =
+        json!({"appointment_id": a.id, "provider_id": a.provider_id, "clinic_id": a.clinic_id});
+    if late {
+        detail["late"] = json!(true);
+    }
     Log {
-        detail: Some(
-            json!({"appointment_id": a.id, "provider_id": a.provider_id, "clinic_id": a.clinic_id}),
-        ),
+        detail: Some(detail),
         ..Log::new(&format!("appointment_{status}") as &str, &c.id)
     }
     .write(ctx.conn, ctx.now)?;
@@ -541,7 +556,8 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
         contacts::touch(&mut c, ctx.now, false);
         contacts::save(ctx.conn, &c)?;
     }
-    triggers::fire(ctx, &c.id, &signals)
+    triggers::fire(ctx, &c.id, &signals)?;
+    Ok(Outcome::Applied)
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {

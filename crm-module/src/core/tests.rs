@@ -2656,3 +2656,45 @@ fn a_step_an_edit_moves_after_a_contacts_position_does_not_run_twice() {
     assert_eq!(steps_of(&s, "c2", "step_skipped"), ["s3"]);
     assert_eq!(s.enrollment(&a, "c2").0, "completed");
 }
+
+#[test]
+fn an_appointment_change_arriving_late_does_not_overwrite_a_newer_one() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    let start = s.now;
+    let appt = |kind: &str, id: &str, contact: &str, minutes: i64| {
+        json!({"type": format!("appointment.{kind}"), "occurred_at": crate::clock::to_rfc3339(start + minutes * MINUTE),
+               "appointment": {"id": id, "contact_id": contact, "starts_at": "2026-01-12T15:00:00Z"}})
+    };
+    let status = |s: &Sim, id: &str| s.texts("SELECT status FROM appointments WHERE id = ?1", id);
+    s.advance(60 * MINUTE);
+    // Booked at +10 min, cancelled at +30, the cancellation pushed first.
+    s.push(appt("cancelled", "ap1", "c1", 30)).unwrap();
+    s.push(appt("booked", "ap1", "c1", 10)).unwrap();
+    assert_eq!(status(&s, "ap1"), ["cancelled"], "the newer change stands");
+    // The booking still happened, at its own instant: the goal is reached.
+    assert!(s.enrollment(&a, "c1").2, "goal reached by the late booking");
+    // In order, the same two changes give the same result.
+    s.push(appt("booked", "ap2", "c2", 10)).unwrap();
+    s.push(appt("cancelled", "ap2", "c2", 30)).unwrap();
+    assert_eq!(status(&s, "ap2"), ["cancelled"]);
+    assert!(s.enrollment(&a, "c2").2);
+    // A later change still applies; one without a time counts as now.
+    s.push(appt("rescheduled", "ap1", "c1", 40)).unwrap();
+    assert_eq!(status(&s, "ap1"), ["rescheduled"]);
+    s.push(json!({"type": "appointment.completed", "appointment": {"id": "ap1", "contact_id": "c1"}}))
+        .unwrap();
+    s.push(appt("no_show", "ap1", "c1", 50)).unwrap();
+    assert_eq!(status(&s, "ap1"), ["completed"], "no-show at +50 is older than now");
+    let late: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE kind LIKE 'appointment_%' AND json_extract(detail, '$.late')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(late, 2, "the late changes are in the log, marked");
+}

@@ -552,6 +552,13 @@ ALTER TABLE ingested_events ADD COLUMN fingerprint BLOB;
     r#"
 ALTER TABLE enrollments ADD COLUMN ran_steps TEXT;
 "#,
+    // 17: when the change an appointment row holds happened (the event's
+    // `occurred_at`), so that an older change arriving late ("booked" after
+    // "cancelled") does not overwrite a newer one. NULL for the rows written
+    // before: the next change to them is taken as it comes.
+    r#"
+ALTER TABLE appointments ADD COLUMN changed_at INTEGER;
+"#,
 ];
 
 /// Brings the database to the newest schema.
