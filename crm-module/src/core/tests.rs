@@ -612,12 +612,24 @@ fn global_opt_out_and_email_reply_exit() {
         "trigger": {"type": "contact_created"}, "steps": [{"type": "send_email", "subject": "s", "body": "b"}, {"type": "delay", "amount": 3, "unit": "days"}]}));
     s.contact("c1", json!({}));
     s.contact("c2", json!({}));
+    s.contact("c3", json!({}));
     let key = s.messages_to("c1")[0].key.clone();
     s.push(json!({"type": "email.replied", "message_key": key}))
         .unwrap();
     s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "all", "reason": "unsubscribe_link"})).unwrap();
     assert_eq!(s.enrollment(&a, "c1").1.as_deref(), Some("email_reply"));
     assert_eq!(s.enrollment(&a, "c2").1.as_deref(), Some("global_opt_out"));
+    // A reply to an email from outside the automation (a staff test send
+    // previewed on c3's record) leaves c3 in it.
+    s.cmd(json!({"command": "template.create", "template_id": "welcome", "template": {"channel": "email", "name": "Welcome",
+        "subject": "Hi", "html_body": "<p>Hello</p>"}}))
+        .unwrap();
+    let sent = s
+        .cmd(json!({"command": "template.test_send", "template_id": "welcome", "to": "staff@practice.example", "contact_id": "c3"}))
+        .unwrap();
+    s.push(json!({"type": "email.replied", "message_key": sent["key"]}))
+        .unwrap();
+    assert_eq!(s.enrollment(&a, "c3"), ("active".into(), None, false));
 }
 
 #[test]
@@ -2684,10 +2696,16 @@ fn an_appointment_change_arriving_late_does_not_overwrite_a_newer_one() {
     // A later change still applies; one without a time counts as now.
     s.push(appt("rescheduled", "ap1", "c1", 40)).unwrap();
     assert_eq!(status(&s, "ap1"), ["rescheduled"]);
-    s.push(json!({"type": "appointment.completed", "appointment": {"id": "ap1", "contact_id": "c1"}}))
-        .unwrap();
+    s.push(
+        json!({"type": "appointment.completed", "appointment": {"id": "ap1", "contact_id": "c1"}}),
+    )
+    .unwrap();
     s.push(appt("no_show", "ap1", "c1", 50)).unwrap();
-    assert_eq!(status(&s, "ap1"), ["completed"], "no-show at +50 is older than now");
+    assert_eq!(
+        status(&s, "ap1"),
+        ["completed"],
+        "no-show at +50 is older than now"
+    );
     let late: i64 = s
         .conn
         .query_row(

@@ -160,7 +160,10 @@ fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
                 (
                     "email_reply",
                     Box::new(move |e: &Enrollment| {
-                        only.is_none_or(|id| id == e.id)
+                        // Its own emails only: a reply to a staff test
+                        // send or any mail outside this enrollment is not
+                        // a reply to the automation.
+                        only == Some(e.id)
                             && catalog
                                 .get(&e.automation_id)
                                 .is_some_and(|a| a.current.def.unenrollment.email_reply)
