@@ -137,7 +137,7 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
 /// Whether a host's key may be quoted in a message: it looks like a field
 /// name (ASCII letters, digits, `_`, `-`, `.`, `$`, at most 64 of them),
 /// not like data (spaces, punctuation, long or non-ASCII text).
-fn is_field_name(key: &str) -> bool {
+pub(crate) fn is_field_name(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
         && key

@@ -309,6 +309,102 @@ pub struct IncomingEvent {
     pub body: EventBody,
 }
 
+/// Names the field an event's error is about. serde reports errors inside
+/// an event's type-specific fields without their path (the `type` tag makes
+/// it buffer them first): "invalid type: integer, expected a string" for
+/// `appointment.contact_id`. The field is found by trying the event's
+/// fields one at a time, then the keys of an object field one at a time
+/// (an error other than a missing field is that field's); a missing field
+/// is placed by supplying it where it could be missing. Field names are
+/// shown only when they look like field names (see `error::json_error`).
+fn locate(event: &Value, err: Error) -> Error {
+    let Error::Invalid(message) = &err else {
+        return err;
+    };
+    let Some(body) = event.as_object() else {
+        return err;
+    };
+    let Some(kind) = body.get("type") else {
+        return err;
+    };
+    let fails = |fields: Vec<(&str, Value)>| -> Option<String> {
+        let mut trial = Map::from_iter([
+            ("event_id".to_owned(), Value::from("x")),
+            ("type".to_owned(), kind.clone()),
+        ]);
+        trial.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        match crate::error::from_value::<IncomingEvent>(Value::Object(trial)) {
+            Err(Error::Invalid(m)) if !m.starts_with("missing field") => Some(m),
+            _ => None,
+        }
+    };
+    let shown = |key: &str| {
+        if crate::error::is_field_name(key) {
+            key.to_owned()
+        } else {
+            "?".to_owned()
+        }
+    };
+    let fields = body
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "event_id" | "occurred_at" | "type"));
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        // Missing inside an object field when supplying it there changes the error.
+        for (key, value) in fields {
+            let Some(inner) = value.as_object() else {
+                continue;
+            };
+            let mut patched = body.clone();
+            let mut object = inner.clone();
+            object.insert(missing.to_owned(), Value::Null);
+            patched.insert(key.clone(), Value::Object(object));
+            let still = crate::error::from_value::<IncomingEvent>(Value::Object(patched))
+                .err()
+                .is_some_and(|e| {
+                    e.to_string()
+                        .contains(&format!("missing field `{missing}`"))
+                });
+            if !still {
+                return err.at(&shown(key));
+            }
+        }
+        return err;
+    }
+    for (key, value) in fields {
+        let Some(own) = fails(vec![(key, value.clone())]) else {
+            continue;
+        };
+        if let Some(inner) = value.as_object() {
+            for (sub, v) in inner {
+                if let Some(m) = fails(vec![(
+                    key,
+                    Value::Object(Map::from_iter([(sub.clone(), v.clone())])),
+                )]) {
+                    let path = format!("{}.{}", shown(key), shown(sub));
+                    return Error::Invalid(format!("{path}: {}", keep_location(message, &m)));
+                }
+            }
+        }
+        if message.contains(&format!("`{key}`")) {
+            return err; // the message names it already (an unknown field)
+        }
+        return Error::Invalid(format!("{}: {}", shown(key), keep_location(message, &own)));
+    }
+    err
+}
+
+/// The located error's text, with the original's line and column when it
+/// had them (a single event parsed from text).
+fn keep_location(original: &str, located: &str) -> String {
+    match original.rfind(" (line ") {
+        Some(at) => format!("{located}{}", &original[at..]),
+        None => located.to_owned(),
+    }
+}
+
 /// A validated event ready for the core.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -351,7 +447,16 @@ impl Event {
                 "an event is limited to {MAX_EVENT_BYTES} bytes"
             )));
         }
-        let raw: IncomingEvent = parse_json(text)?;
+        let raw: IncomingEvent = match parse_json(text) {
+            Ok(raw) => raw,
+            // Only a failed event pays for finding where it failed.
+            Err(err) => {
+                return Err(match serde_json::from_str::<Value>(text) {
+                    Ok(value) => locate(&value, err),
+                    Err(_) => err,
+                });
+            }
+        };
         Event::validate(raw)
     }
 
@@ -371,8 +476,8 @@ impl Event {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let raw: IncomingEvent =
-                crate::error::from_value(item).map_err(|e| e.at(&format!("events[{i}]")))?;
+            let raw: IncomingEvent = crate::error::from_value(item.clone())
+                .map_err(|e| locate(&item, e).at(&format!("events[{i}]")))?;
             let ev = Event::validate(raw).map_err(|e| e.at(&format!("events[{i}]")))?;
             if !seen.insert(ev.event_id.clone()) {
                 // The same id twice in one batch: the second is a duplicate, kept so
@@ -631,5 +736,54 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("invalid input: events[1]"), "{e}");
+    }
+
+    #[test]
+    fn an_error_inside_an_events_fields_names_the_field() {
+        let appt = |inner: &str| {
+            format!(r#"{{"event_id":"b","type":"appointment.booked","appointment":{{{inner}}}}}"#)
+        };
+        for (text, expected) in [
+            (
+                appt(r#""id":"a1","contact_id":5"#),
+                "appointment.contact_id: invalid type: integer, expected a string",
+            ),
+            (
+                appt(r#""id":"a1","contact_id":"c1","start_at":"2026-01-06T09:00:00Z""#),
+                "appointment.start_at: unknown field `start_at`",
+            ),
+            (
+                appt(r#""contact_id":"c1""#),
+                "appointment: missing field `id`",
+            ),
+            (
+                r#"{"event_id":"b","type":"form.submitted","submission":{"id":"s","form_id":"f","form_name":"F","contact_id":"c1","answers":[]}}"#.to_string(),
+                "submission.answers: invalid type: sequence, expected a map",
+            ),
+            (
+                r#"{"event_id":"b","type":"delivery.receipt","message_key":"k","status":"delivred"}"#.to_string(),
+                "status: unknown variant",
+            ),
+            (
+                r#"{"event_id":"b","type":"page.visited","contact_id":"c1"}"#.to_string(),
+                "invalid input: missing field `page`",
+            ),
+        ] {
+            let single = Event::parse(&text).unwrap_err();
+            assert_eq!(single.code(), crate::ErrorCode::Invalid);
+            let single = single.to_string();
+            assert!(single.contains(expected), "{text}: {single}");
+            assert!(single.contains("(line 1 column"), "{text}: {single}");
+            let batch = Event::parse_batch(&format!("[{text}]")).unwrap_err().to_string();
+            assert!(batch.contains(&format!("events[0]: {}", expected.trim_start_matches("invalid input: "))), "{text}: {batch}");
+        }
+        // A key that does not look like a field name is not quoted back.
+        let e = Event::parse(&appt(r#""id":"a1","contact_id":"c1","Jane Doe 555":1"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("appointment.?: unknown field") && !e.contains("Jane"),
+            "{e}"
+        );
     }
 }
