@@ -476,8 +476,18 @@ impl Event {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let raw: IncomingEvent = crate::error::from_value(item.clone())
-                .map_err(|e| locate(&item, e).at(&format!("events[{i}]")))?;
+            let raw: IncomingEvent = crate::error::from_value(item).map_err(|e| {
+                // Read the batch again to place the error: only a failed
+                // batch pays for it.
+                let item = serde_json::from_str::<Vec<Value>>(text)
+                    .ok()
+                    .and_then(|mut items| items.get_mut(i).map(Value::take));
+                match item {
+                    Some(item) => locate(&item, e),
+                    None => e,
+                }
+                .at(&format!("events[{i}]"))
+            })?;
             let ev = Event::validate(raw).map_err(|e| e.at(&format!("events[{i}]")))?;
             if !seen.insert(ev.event_id.clone()) {
                 // The same id twice in one batch: the second is a duplicate, kept so
