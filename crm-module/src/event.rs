@@ -345,6 +345,9 @@ fn locate(event: &Value, err: Error) -> Error {
             "?".to_owned()
         }
     };
+    if fails(Vec::new()).is_some() {
+        return err; // the type itself (unknown, misspelt): said as it is
+    }
     let fields = body
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "event_id" | "occurred_at" | "type"));
@@ -377,7 +380,12 @@ fn locate(event: &Value, err: Error) -> Error {
         let Some(own) = fails(vec![(key, value.clone())]) else {
             continue;
         };
-        if let Some(inner) = value.as_object() {
+        if message.contains(&format!("`{key}`")) {
+            return err; // the message names it already (an unknown field)
+        }
+        // Inside an object field, when the field takes an object at all.
+        let takes_object = fails(vec![(key, Value::Object(Map::new()))]).is_none();
+        if let (Some(inner), true) = (value.as_object(), takes_object) {
             for (sub, v) in inner {
                 if let Some(m) = fails(vec![(
                     key,
@@ -387,9 +395,6 @@ fn locate(event: &Value, err: Error) -> Error {
                     return Error::Invalid(format!("{path}: {}", keep_location(message, &m)));
                 }
             }
-        }
-        if message.contains(&format!("`{key}`")) {
-            return err; // the message names it already (an unknown field)
         }
         return Error::Invalid(format!("{}: {}", shown(key), keep_location(message, &own)));
     }
@@ -786,6 +791,30 @@ mod tests {
             assert!(single.contains("(line 1 column"), "{text}: {single}");
             let batch = Event::parse_batch(&format!("[{text}]")).unwrap_err().to_string();
             assert!(batch.contains(&format!("events[0]: {}", expected.trim_start_matches("invalid input: "))), "{text}: {batch}");
+        }
+        // The error is the field's own when the field is wrong as a whole.
+        for (text, expected) in [
+            (
+                r#"{"event_id":"b","type":"appointment.bookd","appointment":{"id":"a1"}}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"event_id":"b","type":"appointment.booked","apointment":{"id":"a1","contact_id":"c1"}}"#,
+                "unknown field `apointment`",
+            ),
+            (
+                r#"{"event_id":"b","type":"page.visited","contact_id":"c1","page":{"path":"/x"}}"#,
+                "page: invalid type: map, expected a string",
+            ),
+        ] {
+            let e = Event::parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(expected)
+                    && !e.contains("contact_id:")
+                    && !e.contains("path:")
+                    && !e.contains(".id"),
+                "{text}: {e}"
+            );
         }
         // A key that does not look like a field name is not quoted back.
         let e = Event::parse(&appt(r#""id":"a1","contact_id":"c1","Jane Doe 555":1"#))

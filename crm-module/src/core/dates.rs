@@ -102,7 +102,9 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> 
                 };
                 if let Some(year) = birthday_fires_on(dob, *offset, day) {
                     let mark = format!("birthday:{year}");
-                    if enrollment::enroll(ctx, entry, &id, Some(&mark), "birthday")?.is_some() {
+                    if enrollment::enroll(ctx, entry, &id, Some(&mark), "birthday", ctx.now)?
+                        .is_some()
+                    {
                         enrolled += 1;
                     }
                 }
@@ -124,7 +126,8 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> 
             };
             for (id, last) in candidates {
                 let mark = format!("inactive:{last}");
-                if enrollment::enroll(ctx, entry, &id, Some(&mark), "inactive_for_days")?.is_some()
+                if enrollment::enroll(ctx, entry, &id, Some(&mark), "inactive_for_days", ctx.now)?
+                    .is_some()
                 {
                     enrolled += 1;
                 }

@@ -177,6 +177,10 @@ fn log_for<'a>(kind: &'a str, e: &'a Enrollment) -> Log<'a> {
 
 /// Enrolls a contact unless they are already active in the automation (or a
 /// once-only `mark` was already used). Runs the first steps at once.
+/// `triggered_at` is when the trigger happened (the host's `occurred_at`
+/// for a pushed event, at most now): the enrollment dates from it, so that
+/// its goal's lookback counts what the contact did after the trigger even
+/// when the host pushed both late or in one batch. Its steps start now.
 /// Returns the new enrollment id.
 pub fn enroll(
     ctx: &mut Ctx<'_>,
@@ -184,7 +188,9 @@ pub fn enroll(
     contact_id: &str,
     mark: Option<&str>,
     cause: &str,
+    triggered_at: Millis,
 ) -> Result<Option<i64>> {
+    let enrolled_at = triggered_at.min(ctx.now);
     if entry.status != AutomationStatus::Active {
         return Ok(None);
     }
@@ -204,7 +210,7 @@ pub fn enroll(
             "INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, step_id, enrolled_at)
              VALUES (?1, ?2, ?3, ?3, 'active', ?4, ?5) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![entry.id, contact_id, version.number, first, ctx.now])?;
+        .execute(params![entry.id, contact_id, version.number, first, enrolled_at])?;
     if inserted == 0 {
         ignored("already_enrolled").write(ctx.conn, ctx.now)?;
         return Ok(None);
@@ -232,7 +238,7 @@ pub fn enroll(
         detail: Some(json!({"cause": cause})),
         ..Log::new("enrolled", contact_id)
     }
-    .write(ctx.conn, ctx.now)?;
+    .write(ctx.conn, enrolled_at)?;
     // The row just inserted, without reading it back.
     let e = Enrollment {
         id,
@@ -244,7 +250,7 @@ pub fn enroll(
         phase: Phase::Ready,
         step_started_at: None,
         wake_at: None,
-        enrolled_at: ctx.now,
+        enrolled_at,
         goal_reached_at: None,
         ran_steps: None,
     };
@@ -347,6 +353,24 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             e.step_started_at = None;
             continue;
         }
+        // A step that splits the path runs again: an If/then has no effect
+        // and chooses the path on (a branching plugin step cannot: see
+        // ARCHITECTURE.md). Passed over at once, not when the window opens.
+        let again = step.kind.paths().is_none()
+            && e.ran_steps
+                .as_ref()
+                .is_some_and(|ran| ran.contains(&step_id));
+        if again {
+            Log {
+                step_id: Some(&step_id),
+                detail: Some(json!({"type": step.kind.type_id(), "reason": "already_run"})),
+                ..log_for("step_skipped", &e)
+            }
+            .write(ctx.conn, ctx.now)?;
+            e.step_id = version.flow.next_after(&step_id).map(str::to_string);
+            e.wake_at = None;
+            continue;
+        }
         // A delay starts counting at once: the run window applies to the
         // step after it (SPEC §2.3), not to the wait itself.
         let open_at = if matches!(step.kind, StepKind::Delay { .. }) {
@@ -363,17 +387,6 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             return save(ctx.conn, &e);
         }
         if let Some(ran) = e.ran_steps.as_mut() {
-            // An If/then runs again: it has no effect and chooses the path on.
-            if ran.contains(&step_id) && !matches!(step.kind, StepKind::Branch { .. }) {
-                Log {
-                    step_id: Some(&step_id),
-                    detail: Some(json!({"type": step.kind.type_id(), "reason": "already_run"})),
-                    ..log_for("step_skipped", &e)
-                }
-                .write(ctx.conn, ctx.now)?;
-                e.step_id = version.flow.next_after(&step_id).map(str::to_string);
-                continue;
-            }
             ran.push(step_id.clone());
         }
         e.step_started_at = Some(ctx.now);
@@ -947,6 +960,7 @@ pub fn migrate(
             continue;
         }
         let from = e.step_id.clone();
+        let started = e.phase != Phase::Ready;
         let to = match &from {
             Some(step) => old.flow.migrate_position(step, &new.flow),
             None => None,
@@ -969,7 +983,7 @@ pub fn migrate(
                 .as_deref()
                 .map(|s| old.flow.path_to(s))
                 .unwrap_or_default();
-            if e.phase != Phase::Ready {
+            if started {
                 ran.extend(from.clone());
             }
             e.ran_steps = Some(ran);

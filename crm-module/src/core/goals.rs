@@ -64,13 +64,30 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         _ => ctx.now,
     };
     let since = at - longest as i64 * DAY;
-    for e in enrollment::of_contact(ctx.conn, contact_id, "goal_reached_at IS NULL", since)? {
+    // One conversion per contact and automation: when the contact enrolled
+    // again (a repeat trigger), the enrollment begun last by `at` has it,
+    // not every earlier one whose lookback is still open.
+    let mut latest: Vec<Enrollment> = Vec::new();
+    for e in enrollment::of_contact(ctx.conn, contact_id, "1", since)? {
+        if e.enrolled_at > at {
+            continue;
+        }
+        match latest
+            .iter_mut()
+            .find(|l| l.automation_id == e.automation_id)
+        {
+            Some(l) if (l.enrolled_at, l.id) < (e.enrolled_at, e.id) => *l = e,
+            Some(_) => {}
+            None => latest.push(e),
+        }
+    }
+    for e in latest {
         let Some(entry) = catalog.get(&e.automation_id) else {
             continue;
         };
         let def = &entry.current.def;
-        if !reachable(def.goal)
-            || e.enrolled_at > at
+        if e.goal_reached_at.is_some()
+            || !reachable(def.goal)
             || at > e.enrolled_at + def.goal_lookback_days as i64 * DAY
         {
             continue;

@@ -83,7 +83,7 @@ impl Sim {
         }
     }
 
-    fn in_tx<T>(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn in_tx<T>(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         let (r, effects) = {
             let mut ctx = Ctx::new(&self.conn, self.now, &self.catalog, &self.settings, "t");

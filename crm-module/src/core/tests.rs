@@ -619,16 +619,18 @@ fn global_opt_out_and_email_reply_exit() {
     s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "all", "reason": "unsubscribe_link"})).unwrap();
     assert_eq!(s.enrollment(&a, "c1").1.as_deref(), Some("email_reply"));
     assert_eq!(s.enrollment(&a, "c2").1.as_deref(), Some("global_opt_out"));
-    // A reply to an email from outside the automation (a staff test send
-    // previewed on c3's record) leaves c3 in it.
-    s.cmd(json!({"command": "template.create", "template_id": "welcome", "template": {"channel": "email", "name": "Welcome",
-        "subject": "Hi", "html_body": "<p>Hello</p>"}}))
-        .unwrap();
-    let sent = s
-        .cmd(json!({"command": "template.test_send", "template_id": "welcome", "to": "staff@practice.example", "contact_id": "c3"}))
-        .unwrap();
-    s.push(json!({"type": "email.replied", "message_key": sent["key"]}))
-        .unwrap();
+    // A reply to an email that belongs to no enrollment (a message from
+    // outside automations) leaves c3 in it.
+    s.in_tx(|ctx| {
+        crate::core::triggers::fire(
+            ctx,
+            "c3",
+            &[crate::core::Signal::EmailReplied {
+                enrollment_id: None,
+            }],
+        )
+    })
+    .unwrap();
     assert_eq!(s.enrollment(&a, "c3"), ("active".into(), None, false));
 }
 
@@ -1167,6 +1169,83 @@ fn goals_are_judged_when_the_activity_happened_not_when_it_arrived() {
         &a,
     );
     assert_eq!(logged, [(t0 + 6 * DAY).to_string()]);
+}
+
+#[test]
+fn a_trigger_and_a_booking_pushed_late_together_still_convert() {
+    use crate::clock::to_rfc3339;
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "Intake follow-up", "goal": "book_appointment",
+        "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "delay", "amount": 2, "unit": "days"}]}),
+    );
+    s.contact("c1", json!({}));
+    let t0 = s.now;
+    s.advance(10 * MINUTE);
+    // Form at t0, booking at t0 + 5 min, both pushed at t0 + 10 min.
+    s.push(json!({"type": "form.submitted", "occurred_at": to_rfc3339(t0), "submission": {"id": "f1", "form_id": "intake",
+        "form_name": "Intake", "contact_id": "c1", "answers": {}}}))
+        .unwrap();
+    s.push(
+        json!({"type": "appointment.booked", "occurred_at": to_rfc3339(t0 + 5 * MINUTE),
+        "appointment": {"id": "ap1", "contact_id": "c1"}}),
+    )
+    .unwrap();
+    let (enrolled, goal): (i64, Option<i64>) = s
+        .conn
+        .query_row(
+            "SELECT enrolled_at, goal_reached_at FROM enrollments WHERE automation_id = ?1",
+            [&a],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(enrolled, t0, "dated from the trigger");
+    assert_eq!(
+        goal,
+        Some(t0 + 5 * MINUTE),
+        "the booking after the form converts"
+    );
+}
+
+#[test]
+fn a_contact_enrolled_twice_converts_once_per_automation() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Review request", "goal": "review_submitted",
+        "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "delay", "amount": 2, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    let submit = |s: &mut Sim, id: &str| {
+        s.push(
+            json!({"type": "form.submitted", "submission": {"id": id, "form_id": "intake",
+            "form_name": "Intake", "contact_id": "c1", "answers": {}}}),
+        )
+        .unwrap();
+    };
+    submit(&mut s, "f1");
+    s.advance(3 * DAY); // the first run completed, its lookback still open
+    submit(&mut s, "f2"); // enrolled again
+    s.advance(DAY);
+    s.push(json!({"type": "review.submitted", "review": {"id": "r1", "contact_id": "c1", "source": "google", "rating": 5}}))
+        .unwrap();
+    let goals: Vec<Option<i64>> = s
+        .conn
+        .prepare("SELECT goal_reached_at FROM enrollments WHERE automation_id = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([&a], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        goals,
+        [None, Some(s.now)],
+        "the review converts the current run only"
+    );
+    assert_eq!(
+        s.count("goal_reached", Some(&a)),
+        1,
+        "one review, one conversion"
+    );
 }
 
 #[test]
@@ -2686,13 +2765,14 @@ fn an_appointment_change_arriving_late_does_not_overwrite_a_newer_one() {
     s.push(appt("cancelled", "ap1", "c1", 30)).unwrap();
     s.push(appt("booked", "ap1", "c1", 10)).unwrap();
     assert_eq!(status(&s, "ap1"), ["cancelled"], "the newer change stands");
-    // The booking still happened, at its own instant: the goal is reached.
-    assert!(s.enrollment(&a, "c1").2, "goal reached by the late booking");
-    // In order, the same two changes give the same result.
+    // In order, the same two changes leave the same appointment.
     s.push(appt("booked", "ap2", "c2", 10)).unwrap();
     s.push(appt("cancelled", "ap2", "c2", 30)).unwrap();
     assert_eq!(status(&s, "ap2"), ["cancelled"]);
-    assert!(s.enrollment(&a, "c2").2);
+    assert!(
+        s.enrollment(&a, "c1").2 && s.enrollment(&a, "c2").2,
+        "both became patients"
+    );
     // A later change still applies; one without a time counts as now.
     s.push(appt("rescheduled", "ap1", "c1", 40)).unwrap();
     assert_eq!(status(&s, "ap1"), ["rescheduled"]);

@@ -128,7 +128,8 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
                         }
                         .write(ctx.conn, ctx.now)?,
                         _ => {
-                            enrollment::enroll(ctx, entry, contact_id, mark, cause)?;
+                            let at = happened.unwrap_or(ctx.now);
+                            enrollment::enroll(ctx, entry, contact_id, mark, cause, at)?;
                         }
                     }
                     break;

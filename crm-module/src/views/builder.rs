@@ -1121,7 +1121,7 @@ fn unenrollment_fields(u: Unenrollment) -> Vec<Field> {
             FieldKind::Toggle,
             json!(u.email_reply),
         )
-        .help("The contact exits when they reply to an email from this automation."),
+        .help("The contact exits when they reply to an email this automation sent them since they enrolled."),
         Field::new(
             "unenrollment.sms_opt_out",
             "SMS opt-out",
