@@ -319,9 +319,11 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
     }
 }
 
-/// Contact-initiated activity: moves both clocks, may add the reactivation signal, saves.
+/// Contact-initiated activity: moves both clocks, may add the reactivation
+/// signal, saves. At the instant it happened (the event's `occurred_at`): a
+/// visit on day 80 of a quiet spell, pushed on day 95, ends an 80-day gap.
 fn inbound(ctx: &Ctx<'_>, c: &mut Contact, signals: &mut Vec<Signal>) -> Result<()> {
-    if let Some(s) = contacts::touch(c, ctx.now, true) {
+    if let Some(s) = contacts::touch(c, ctx.occurred_at.unwrap_or(ctx.now), true) {
         signals.push(s);
     }
     contacts::save(ctx.conn, c)

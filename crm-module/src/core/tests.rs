@@ -1249,6 +1249,36 @@ fn a_contact_enrolled_twice_converts_once_per_automation() {
 }
 
 #[test]
+fn a_reactivation_gap_ends_when_the_activity_happened_not_when_it_arrived() {
+    use crate::clock::to_rfc3339;
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "Quiet spell", "goal": "patient_reactivation", "goal_lookback_days": 200,
+        "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 150, "unit": "days"}]}),
+    );
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    let t0 = s.now;
+    s.advance(95 * DAY);
+    let visit = |s: &mut Sim, id: &str, at: i64| {
+        s.push(json!({"type": "page.visited", "occurred_at": to_rfc3339(at), "contact_id": id, "page": "/book"}))
+            .unwrap();
+    };
+    // c1 visited on day 80, pushed on day 95: an 80-day gap, no reactivation.
+    visit(&mut s, "c1", t0 + 80 * DAY);
+    assert!(!s.enrollment(&a, "c1").2);
+    let engaged = s.texts(
+        "SELECT CAST(last_engaged_at AS TEXT) FROM contacts WHERE id = ?1",
+        "c1",
+    );
+    assert_eq!(engaged, [(t0 + 80 * DAY).to_string()]);
+    // c2 visited on day 91: a 91-day gap ends, on day 91.
+    visit(&mut s, "c2", t0 + 91 * DAY);
+    assert!(s.enrollment(&a, "c2").2);
+}
+
+#[test]
 fn effects_have_deterministic_keys() {
     let run = || {
         let mut s = Sim::new();
