@@ -52,6 +52,13 @@ pub fn screen(
     let mut held: Vec<(i64, Held)> = Vec::new();
     for row in rows {
         let decision = match (&row.kind, row.channel.as_deref()) {
+            // A task for a contact who has left ("call to book" after the
+            // booking) is not handed over either; a paused automation's waits.
+            (EffectKind::Task, _) => match enrollment_standing(conn, row.id)? {
+                Some(Standing::Left(reason)) => Held::Withdrawn(reason),
+                Some(Standing::Paused) => Held::Paused,
+                None => Held::Consent(HandOver::Go),
+            },
             (EffectKind::Message, Some(channel))
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
@@ -149,7 +156,7 @@ fn enrollment_standing(conn: &Connection, id: i64) -> Result<Option<Standing>> {
 pub fn release_paused(conn: &Connection, automation_id: &str, now: Millis) -> Result<()> {
     conn.prepare_cached(
         "UPDATE outbox SET next_attempt_at = ?2, last_error = NULL, updated_at = ?2
-          WHERE status IN ('pending','retry') AND kind = 'message'
+          WHERE status IN ('pending','retry') AND (kind = 'message' OR kind = 'task')
             AND automation_id = ?1 AND last_error = ?3",
     )?
     .execute(params![automation_id, now, HELD_WHILE_PAUSED])?;
@@ -200,6 +207,10 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 };
                 let detail =
                     json!({"reason": "left_automation", "exit_reason": reason, "at": "hand_over"});
+                if row.kind == EffectKind::Task {
+                    Log::for_effect("task_withdrawn", &row, Some(detail)).write(conn, now)?;
+                    continue;
+                }
                 Log::for_effect("message_withdrawn", &row, Some(detail)).write(conn, now)?;
                 // Its SMS thread stays unopened; no fallback goes to a
                 // contact who has left, nor from a deleted automation.
@@ -242,6 +253,49 @@ mod tests {
 
     fn keys(rows: &[DueEffect]) -> Vec<&str> {
         rows.iter().map(|r| r.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_task_for_a_contact_who_left_is_withdrawn_and_a_paused_automations_waits() {
+        let mut s = Sim::new();
+        let steps = json!([{"type": "create_task", "title": "Call to book", "assignee": {"kind": "queue", "name": "front_desk"}},
+                           {"type": "delay", "amount": 2, "unit": "days"}]);
+        let a = s.automation(json!({"name": "Call", "goal": "book_appointment", "unenrollment": {"goal_met": true},
+            "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": steps}));
+        let b = s.automation(
+            json!({"name": "Call too", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "contact_created"}, "steps": steps}),
+        );
+        s.contact("c1", json!({}));
+        // The host was away: both tasks wait. c1 books (Goal met: exits
+        // the first); staff pause the second.
+        s.book("c1", "ap1");
+        s.cmd(json!({"command": "automation.pause", "automation_id": b}))
+            .unwrap();
+        let tasks = |s: &Sim| -> Vec<DueEffect> {
+            s.conn
+                .prepare("SELECT id, idempotency_key, payload, channel, contact_id FROM outbox WHERE status = 'pending' AND kind = 'task' ORDER BY id")
+                .unwrap()
+                .query_map([], |r| {
+                    Ok(DueEffect { id: r.get(0)?, key: r.get(1)?, kind: EffectKind::Task, payload: r.get(2)?,
+                                   channel: r.get(3)?, contact_id: r.get(4)? })
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(tasks(&s).len(), 2);
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
+        assert!(go.is_empty(), "{:?}", keys(&go));
+        assert_eq!(
+            s.texts("SELECT automation_id FROM events WHERE kind = 'task_withdrawn' AND json_extract(detail, '$.exit_reason') = ?1", "goal_met"),
+            [a]
+        );
+        assert_eq!(tasks(&s).len(), 1, "the paused automation's task waits");
+        s.cmd(json!({"command": "automation.activate", "automation_id": b}))
+            .unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
+        assert_eq!(go.len(), 1, "turned on again: handed over");
     }
 
     #[test]
