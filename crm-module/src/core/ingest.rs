@@ -391,10 +391,13 @@ fn upsert(
         triggers::fire(ctx, &id, &[Signal::ContactCreated { source }])?;
         return Ok(Outcome::Applied);
     };
-    // Activity the host saw moves the clocks forward whatever the order of
+    // Activity the host saw moves Last Activity forward whatever the order of
     // the updates (it is not a property: a stale update still carries it).
     let mut signals: Vec<Signal> = last_active
-        .and_then(|at| contacts::touch(&mut c, at, true))
+        // Last Activity only: the host's value counts its outbound messages
+        // too (SPEC §1), so it is not the contact's own activity and never a
+        // reactivation (the win-back email delivered would reach its goal).
+        .and_then(|at| contacts::touch(&mut c, at, false))
         .into_iter()
         .collect();
     if c.source_updated_at.is_some_and(|s| occurred < s) {

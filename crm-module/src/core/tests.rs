@@ -1086,6 +1086,18 @@ fn host_seeded_last_activity_lets_win_back_see_patients_quiet_at_import() {
         ["quiet", "recent"],
         "crossed 90 days 60 days after import"
     );
+    // The host reports the win-back email it delivered as Last Activity:
+    // not the patient's own activity, so no reactivation.
+    let now = to_rfc3339(s.now);
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "recent"}, "last_activity_at": now}),
+    )
+    .unwrap();
+    assert_eq!(last_activity(&s, "recent"), s.now);
+    assert!(
+        !s.enrollment(&a, "recent").2,
+        "no reactivation by Last Activity alone"
+    );
 
     // On a known contact the host's value only moves Last Activity forward,
     // and a time ahead of the clock counts as now.
