@@ -137,7 +137,7 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
 /// Whether a host's key may be quoted in a message: it looks like a field
 /// name (ASCII letters, digits, `_`, `-`, `.`, `$`, at most 64 of them),
 /// not like data (spaces, punctuation, long or non-ASCII text).
-pub(crate) fn is_field_name(key: &str) -> bool {
+fn is_field_name(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
         && key
@@ -147,6 +147,12 @@ pub(crate) fn is_field_name(key: &str) -> bool {
 
 /// The JSON path of an error, with any map key that does not look like a
 /// field name replaced by `?` (map keys are the host's, and could be data).
+/// A host's key as an error message may show it: itself when it looks like
+/// a field name, else `?`.
+pub(crate) fn shown_key(key: &str) -> &str {
+    if is_field_name(key) { key } else { "?" }
+}
+
 fn safe_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
@@ -157,7 +163,7 @@ fn safe_path(path: &serde_path_to_error::Path) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(if is_field_name(key) { key } else { "?" });
+                out.push_str(shown_key(key));
             }
             Segment::Unknown => {
                 if !out.is_empty() {

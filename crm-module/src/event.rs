@@ -327,25 +327,19 @@ fn locate(event: &Value, err: Error) -> Error {
     let Some(kind) = body.get("type") else {
         return err;
     };
-    let fails = |fields: Vec<(&str, Value)>| -> Option<String> {
+    let fails = |field: Option<(&str, Value)>| -> Option<String> {
         let mut trial = Map::from_iter([
             ("event_id".to_owned(), Value::from("x")),
             ("type".to_owned(), kind.clone()),
         ]);
-        trial.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        trial.extend(field.map(|(k, v)| (k.to_owned(), v)));
         match crate::error::from_value::<IncomingEvent>(Value::Object(trial)) {
             Err(Error::Invalid(m)) if !m.starts_with("missing field") => Some(m),
             _ => None,
         }
     };
-    let shown = |key: &str| {
-        if crate::error::is_field_name(key) {
-            key.to_owned()
-        } else {
-            "?".to_owned()
-        }
-    };
-    if fails(Vec::new()).is_some() {
+    let shown = crate::error::shown_key;
+    if fails(None).is_some() {
         return err; // the type itself (unknown, misspelt): said as it is
     }
     let fields = body
@@ -371,26 +365,26 @@ fn locate(event: &Value, err: Error) -> Error {
                         .contains(&format!("missing field `{missing}`"))
                 });
             if !still {
-                return err.at(&shown(key));
+                return err.at(shown(key));
             }
         }
         return err;
     }
     for (key, value) in fields {
-        let Some(own) = fails(vec![(key, value.clone())]) else {
+        let Some(own) = fails(Some((key, value.clone()))) else {
             continue;
         };
         if message.contains(&format!("`{key}`")) {
             return err; // the message names it already (an unknown field)
         }
         // Inside an object field, when the field takes an object at all.
-        let takes_object = fails(vec![(key, Value::Object(Map::new()))]).is_none();
+        let takes_object = fails(Some((key, Value::Object(Map::new())))).is_none();
         if let (Some(inner), true) = (value.as_object(), takes_object) {
             for (sub, v) in inner {
-                if let Some(m) = fails(vec![(
+                if let Some(m) = fails(Some((
                     key,
                     Value::Object(Map::from_iter([(sub.clone(), v.clone())])),
-                )]) {
+                ))) {
                     let path = format!("{}.{}", shown(key), shown(sub));
                     return Error::Invalid(format!("{path}: {}", keep_location(message, &m)));
                 }

@@ -161,7 +161,9 @@ pub fn save(conn: &rusqlite::Connection, e: &Enrollment) -> Result<()> {
         e.goal_reached_at,
         e.ran_steps
             .as_ref()
-            .map(|r| Value::from(r.clone()).to_string()),
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|err| Error::Internal(err.to_string()))?,
     ])?;
     Ok(())
 }

@@ -393,17 +393,15 @@ fn upsert(
     };
     // Activity the host saw moves Last Activity forward whatever the order of
     // the updates (it is not a property: a stale update still carries it).
-    let mut signals: Vec<Signal> = last_active
-        // Last Activity only: the host's value counts its outbound messages
-        // too (SPEC §1), so it is not the contact's own activity and never a
-        // reactivation (the win-back email delivered would reach its goal).
-        .and_then(|at| contacts::touch(&mut c, at, false))
-        .into_iter()
-        .collect();
+    // Last Activity only: the host's value counts its outbound messages too
+    // (SPEC §1), so it is not the contact's own activity and never a
+    // reactivation (the win-back email delivered would reach its goal).
+    if let Some(at) = last_active {
+        contacts::touch(&mut c, at, false);
+    }
     if c.source_updated_at.is_some_and(|s| occurred < s) {
         if last_active.is_some() {
             contacts::save(ctx.conn, &c)?;
-            triggers::fire(ctx, &id, &signals)?;
         }
         Log {
             detail: Some(json!({"event_id": ev.event_id})),
@@ -434,7 +432,7 @@ fn upsert(
         .write(ctx.conn, ctx.now)?;
     }
     contacts::save(ctx.conn, &c)?;
-    signals.extend(changes);
+    let mut signals = changes;
     if signals.contains(&Signal::BecamePatient) {
         Log {
             detail: Some(json!({"from": "lead", "to": "patient", "by": "host"})),
@@ -487,8 +485,8 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     }
     // A change older than the one stored arrived late (a host's queue
     // resent out of order): "booked" at 09:00 after "cancelled" at 09:30
-    // leaves the visit cancelled. What it says still happened: a booking
-    // counts for the goals at its own instant, as it would have in order.
+    // leaves the visit cancelled. The change is still logged (marked late)
+    // and its signals judged against the stored status, as any change's.
     let late = changed_at.is_some_and(|at| occurred < at);
     // A change to an appointment the module never saw booked is recorded as it stands.
     if !late {

@@ -192,6 +192,15 @@ impl Sim {
         self.push(json!({"type": "appointment.booked", "appointment": {"id": appt, "contact_id": contact}})).unwrap();
     }
 
+    /// A submission `id` of the "intake" form, with no answers, by `contact`.
+    pub fn submit_form(&mut self, contact: &str, id: &str) {
+        self.push(
+            json!({"type": "form.submitted", "submission": {"id": id, "form_id": "intake",
+            "form_name": "Intake", "contact_id": contact, "answers": {}}}),
+        )
+        .unwrap();
+    }
+
     /// Count of event-log rows of a kind for an automation (or any, with None).
     pub fn count(&self, kind: &str, automation: Option<&str>) -> i64 {
         self.conn

@@ -1138,11 +1138,7 @@ fn goals_are_judged_when_the_activity_happened_not_when_it_arrived() {
         "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
         "steps": [{"type": "delay", "amount": 20, "unit": "days"}]}),
     );
-    let submit = |s: &mut Sim, id: &str| {
-        s.push(json!({"type": "form.submitted", "submission": {"id": format!("f-{id}"), "form_id": "intake",
-            "form_name": "Intake", "contact_id": id, "answers": {}}}))
-            .unwrap();
-    };
+    let submit = |s: &mut Sim, id: &str| s.submit_form(id, &format!("f-{id}"));
     let book_at = |s: &mut Sim, id: &str, at: i64| {
         s.push(
             json!({"type": "appointment.booked", "occurred_at": to_rfc3339(at),
@@ -1227,16 +1223,9 @@ fn a_contact_enrolled_twice_converts_once_per_automation() {
         "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
         "steps": [{"type": "delay", "amount": 2, "unit": "days"}]}));
     s.contact("c1", json!({}));
-    let submit = |s: &mut Sim, id: &str| {
-        s.push(
-            json!({"type": "form.submitted", "submission": {"id": id, "form_id": "intake",
-            "form_name": "Intake", "contact_id": "c1", "answers": {}}}),
-        )
-        .unwrap();
-    };
-    submit(&mut s, "f1");
+    s.submit_form("c1", "f1");
     s.advance(3 * DAY); // the first run completed, its lookback still open
-    submit(&mut s, "f2"); // enrolled again
+    s.submit_form("c1", "f2"); // enrolled again
     s.advance(DAY);
     s.push(json!({"type": "review.submitted", "review": {"id": "r1", "contact_id": "c1", "source": "google", "rating": 5}}))
         .unwrap();

@@ -51,35 +51,32 @@ pub fn screen(
     let mut go = Vec::with_capacity(rows.len());
     let mut held: Vec<(i64, Held)> = Vec::new();
     for row in rows {
-        let decision = match (&row.kind, row.channel.as_deref()) {
-            // A task for a contact who has left ("call to book" after the
-            // booking) is not handed over either; a paused automation's waits.
-            (EffectKind::Task, _) => match enrollment_standing(conn, row.id)? {
-                Some(Standing::Left(reason)) => Held::Withdrawn(reason),
-                Some(Standing::Paused) => Held::Paused,
-                None => Held::Consent(HandOver::Go),
-            },
+        // A step's message, or its task ("call to book" after the booking),
+        // goes only while its contact is in the automation and it runs; a
+        // message also needs the contact's consent still.
+        let channel = match (&row.kind, row.channel.as_deref()) {
+            (EffectKind::Task, _) => None,
             (EffectKind::Message, Some(channel))
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
             {
-                match enrollment_standing(conn, row.id)? {
-                    Some(Standing::Left(reason)) => Held::Withdrawn(reason),
-                    Some(Standing::Paused) => Held::Paused,
-                    None => match row
-                        .contact_id
-                        .as_deref()
-                        .map(|id| contacts::load(conn, id))
-                        .transpose()?
-                    {
-                        Some(Some(c)) => {
-                            Held::Consent(consent::at_hand_over(&c, channel, settings, now))
-                        }
-                        _ => Held::Consent(HandOver::Go),
-                    },
-                }
+                Some(channel)
             }
-            _ => Held::Consent(HandOver::Go),
+            _ => {
+                go.push(row);
+                continue;
+            }
+        };
+        let decision = match enrollment_standing(conn, row.id)? {
+            Some(Standing::Left(reason)) => Held::Withdrawn(reason),
+            Some(Standing::Paused) => Held::Paused,
+            None => match (channel, row.contact_id.as_deref()) {
+                (Some(channel), Some(id)) => match contacts::load(conn, id)? {
+                    Some(c) => Held::Consent(consent::at_hand_over(&c, channel, settings, now)),
+                    None => Held::Consent(HandOver::Go),
+                },
+                _ => Held::Consent(HandOver::Go),
+            },
         };
         match decision {
             Held::Consent(HandOver::Go) => go.push(row),
