@@ -199,6 +199,43 @@ fn bad_input_changes_nothing() {
     assert_eq!(list["rows"][0]["enrolled"], 1);
 }
 
+/// On the manual clock, contacts overdue when a paused automation is turned
+/// back on run without waiting for the next advance: waiting for idle
+/// returns (it timed out), and their step has run. While paused they are
+/// out of the scheduler's wake-up index.
+#[test]
+fn turning_an_automation_back_on_runs_its_overdue_contacts_without_an_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, host) = welcome_practice(&dir);
+    for i in 0..5 {
+        m.push(&contact(i)).unwrap();
+    }
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let held = || -> i64 {
+        let conn = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM enrollments WHERE held = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let texts = || {
+        let got = host.got.lock().unwrap();
+        got.iter().filter(|(_, _, p)| p["channel"] == "sms").count()
+    };
+    m.execute(r#"{"command": "automation.pause", "automation_id": "welcome"}"#)
+        .unwrap();
+    assert_eq!(held(), 5);
+    // Thursday 09:00 in New York: the 2-day delay ended on Wednesday.
+    m.advance_clock(3 * 24 * 3600 * 1000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(texts(), 0, "a paused automation ran a step");
+    m.execute(r#"{"command": "automation.activate", "automation_id": "welcome"}"#)
+        .unwrap();
+    assert_eq!(held(), 0);
+    m.wait_idle(Duration::from_secs(10)).unwrap();
+    assert_eq!(texts(), 5);
+}
+
 /// A later event of a batch sees the log and outbox rows of the earlier
 /// ones, as when pushed apart: the soft bounces of one message, pushed in
 /// one batch, are counted one by one; an SMS reply is matched to the text

@@ -2,7 +2,7 @@
 //! settings. Each runs inside the worker's transaction, within a savepoint: an
 //! error changes nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{OptionalExtension, params};
 use schemars::JsonSchema;
@@ -14,7 +14,7 @@ use crate::core::{Ctx, dates, enrollment, lists, triggers};
 use crate::error::{Error, Result};
 use crate::model::automation::{AutomationDefinition, AutomationStatus, Reference};
 use crate::model::contact::validate_id;
-use crate::settings::Settings;
+use crate::settings::{Resolved, Settings};
 
 /// A command, tagged by `command`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -567,12 +567,22 @@ fn prepare_definition(
     saved: Option<&str>,
 ) -> Result<AutomationDefinition> {
     crate::plugins::admin::check_custom_steps(ctx.conn, &mut def.steps)?;
-    let retired = match saved {
-        Some(id) => earlier_step_ids(ctx, id)?,
-        None => HashSet::new(),
+    let earlier = match saved {
+        Some(id) => earlier_steps(ctx, id)?,
+        None => HashMap::new(),
     };
+    let retired: HashSet<String> = earlier.keys().cloned().collect();
     def.validate_and_assign_ids_avoiding(&retired)
         .map_err(|e| e.at("definition"))?;
+    for step in def.all_steps() {
+        let is = step.kind.identity();
+        if let Some(was) = earlier.get(&step.id).filter(|was| **was != is) {
+            return Err(Error::invalid(format!(
+                "definition.steps: step id {} was a {was} step in an earlier version; a {is} step needs an id of its own (leave it out to get one)",
+                step.id
+            )));
+        }
+    }
     check_message_steps(ctx, &def)?;
     check_references(ctx, &def)?;
     if def.run_window.is_none() {
@@ -626,15 +636,56 @@ fn check_unused(ctx: &Ctx<'_>, target: &Reference) -> Result<()> {
 }
 
 /// The step ids of every saved version of an automation.
-fn earlier_step_ids(ctx: &Ctx<'_>, automation_id: &str) -> Result<HashSet<String>> {
-    Ok(catalog::all_versions(ctx.conn, automation_id)?
-        .iter()
-        .flat_map(|v| v.def.step_ids())
-        .collect())
+/// Every step id an automation's versions used, with what the step was
+/// ([`crate::model::automation::StepKind::identity`], as the latest
+/// version using the id had it). A step's id keys its effects and its per-step
+/// figures, so an id names one step for good: a new step never gets one of
+/// these ids, and a step given one explicitly must be of the same kind
+/// (otherwise it would inherit the old step's figures, and an enrollment's
+/// earlier effect under that key would swallow its own).
+fn earlier_steps(ctx: &Ctx<'_>, automation_id: &str) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for v in catalog::all_versions(ctx.conn, automation_id)? {
+        for step in v.def.all_steps() {
+            // The latest version's wins (the step as it stands).
+            out.insert(step.id.clone(), step.kind.identity());
+        }
+    }
+    Ok(out)
 }
 
 fn definition_text(def: &AutomationDefinition) -> Result<String> {
     serde_json::to_string(def).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// After a change of the practice's time zone or SMS sending hours: what
+/// waits for a local time decides again. Enrollments held for a run window
+/// or the sending hours run at once (a closed window holds them again, in
+/// the new zone), and date-based evaluations move to their window's start
+/// in the new zone. A delay keeps the wake-up it counted.
+fn reschedule(ctx: &Ctx<'_>, new: &Resolved) -> Result<()> {
+    ctx.conn.execute(
+        "UPDATE enrollments SET wake_at = ?1
+          WHERE state = 'active' AND step_phase = 'ready' AND wake_at > ?1",
+        [ctx.now],
+    )?;
+    let due: Vec<(String, i64)> = ctx
+        .conn
+        .prepare(
+            "SELECT id, current_version FROM automations
+              WHERE status = 'active' AND deleted_at IS NULL AND next_eval_at IS NOT NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, version) in due {
+        let def = catalog::load_version(ctx.conn, &id, version)?.def;
+        let next = dates::next_evaluation(def.window(&new.doc.default_run_window), ctx.now, new.tz);
+        ctx.conn.execute(
+            "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
+            params![id, next],
+        )?;
+    }
+    Ok(())
 }
 
 /// Schedules (or clears) the next date-based evaluation of an active automation.
@@ -723,6 +774,9 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             schedule_evaluation(ctx, &id, &def, row.status == AutomationStatus::Active)?;
             let old = catalog::load_version(ctx.conn, &id, row.version)?;
             let new = catalog::load_version(ctx.conn, &id, version)?;
+            if old.def.goal != new.def.goal {
+                crate::core::goals::rebase(ctx.conn, &id, new.def.goal)?;
+            }
             let cat = Catalog::load(ctx.conn)?;
             let moved = {
                 let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
@@ -742,7 +796,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let row = automation_row(ctx, &id)?;
             if row.status != AutomationStatus::Active {
                 ctx.conn.execute(
-                    "UPDATE automations SET status = 'active', activated_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    "UPDATE automations SET status = 'active', activated_at = ?2, updated_at = ?2,
+                         evaluated_through = NULL WHERE id = ?1",
                     params![id, ctx.now],
                 )?;
                 let v = catalog::load_version(ctx.conn, &id, row.version)?;
@@ -778,6 +833,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 "UPDATE automations SET status = 'inactive', updated_at = ?2 WHERE id = ?1",
                 params![id, ctx.now],
             )?;
+            enrollment::hold(ctx.conn, &id)?;
             let out = AutomationResult {
                 automation_id: id,
                 version: row.version,
@@ -1028,10 +1084,13 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         Command::SettingsUpdate { mut settings } => {
             settings.keep_stored_password(&ctx.settings.doc);
             // Store the canonical form (trimmed, E.164 numbers).
-            let doc = settings.validate()?.doc;
-            crate::plugins::admin::check_adapters(ctx.conn, &doc)?;
-            crate::store::put_setting(ctx.conn, "settings", &to_json(&doc)?)?;
-            Ok((to_json(doc.without_secrets())?, None))
+            let resolved = settings.validate()?;
+            crate::plugins::admin::check_adapters(ctx.conn, &resolved.doc)?;
+            crate::store::put_setting(ctx.conn, "settings", &to_json(&resolved.doc)?)?;
+            if resolved.tz != ctx.settings.tz || resolved.doc.sms != ctx.settings.doc.sms {
+                reschedule(ctx, &resolved)?;
+            }
+            Ok((to_json(resolved.doc.without_secrets())?, None))
         }
         Command::PluginInstall {
             grants,

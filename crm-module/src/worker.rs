@@ -248,7 +248,7 @@ impl Worker {
     }
 
     /// One turn of the loop: the round of requests, the clock advances it
-    /// asked for, due work (system clock), hand-overs, idle waiters.
+    /// asked for, work due by now, hand-overs, idle waiters.
     fn turn(&mut self, batch: Vec<Request>, rx: &Receiver<Request>) {
         let advances = self.round(batch);
         for (by, reply) in advances {
@@ -257,11 +257,15 @@ impl Worker {
             self.clock.advance_to(to);
             let _ = reply.send(r);
         }
-        if !self.clock.is_manual() {
-            let now = self.clock.now();
-            if let Err(e) = self.guarded("scheduled work", |w| w.run_due(now)) {
-                self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
-            }
+        // Work due by now runs on either clock. On the manual one it can
+        // fall due without an advance: an automation turned back on with
+        // enrollments overdue, an edit that moved contacts off a removed
+        // step, a window held open by a change of settings.
+        let now = self.clock.now();
+        let due =
+            !self.clock.is_manual() || self.next_due().ok().flatten().is_some_and(|t| t <= now);
+        if due && let Err(e) = self.guarded("scheduled work", |w| w.run_due(now)) {
+            self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
         }
         self.dispatch();
         self.publish_rows_written();

@@ -38,14 +38,19 @@ pub fn next_evaluation(window: &RunWindow, now: Millis, tz: chrono_tz::Tz) -> Op
 const CATCH_UP_DAYS: u64 = 7;
 
 /// The practice-local days an evaluation due at `due` and run at `now`
-/// covers: from the day after the previous day the window opened (or the
-/// day after activation, whichever is later; never after `due`'s own day,
-/// never more than a week back) to `now`'s day.
+/// covers, to `now`'s day, never more than a week back: from the day after
+/// the last day an evaluation covered (`evaluated_through`), or, for the
+/// first evaluation since activation, from the day after the previous day
+/// the window opened (or the day after activation, whichever is later;
+/// never after `due`'s own day). Counting from the last day covered keeps
+/// an edit of the window, or of the time zone, from losing the days
+/// between (the window's previous open day is the new window's).
 fn days_covered(
     window: &RunWindow,
     due: Millis,
     now: Millis,
     activated_at: Option<Millis>,
+    evaluated_through: Option<NaiveDate>,
     tz: chrono_tz::Tz,
 ) -> Vec<NaiveDate> {
     let today = local_date(now, tz);
@@ -63,6 +68,9 @@ fn days_covered(
     if let Some(after) = activated_at.and_then(|a| local_date(a, tz).succ_opt()) {
         first = first.max(after).min(due_day);
     }
+    if let Some(after) = evaluated_through.and_then(|d| d.succ_opt()) {
+        first = after;
+    }
     if let Some(limit) = today.checked_sub_days(chrono::Days::new(CATCH_UP_DAYS)) {
         first = first.max(limit);
     }
@@ -79,7 +87,16 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> 
                 .current
                 .def
                 .window(&ctx.settings.doc.default_run_window);
-            let days = days_covered(window, due, ctx.now, entry.activated_at, ctx.settings.tz);
+            let through: Option<String> = ctx
+                .conn
+                .prepare_cached("SELECT evaluated_through FROM automations WHERE id = ?1")?
+                .query_row([&entry.id], |r| r.get(0))?;
+            let through = through.and_then(|d| d.parse::<NaiveDate>().ok());
+            let tz = ctx.settings.tz;
+            let days = days_covered(window, due, ctx.now, entry.activated_at, through, tz);
+            ctx.conn
+                .prepare_cached("UPDATE automations SET evaluated_through = ?2 WHERE id = ?1")?
+                .execute(params![entry.id, local_date(ctx.now, tz).to_string()])?;
             let mut candidates: Vec<(String, String, NaiveDate)> = Vec::new();
             {
                 let mut stmt = ctx.conn.prepare_cached(
@@ -150,6 +167,7 @@ mod tests {
             at(due),
             at(now),
             activated.map(at),
+            None,
             chrono_tz::America::New_York,
         )
         .iter()

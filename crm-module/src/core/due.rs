@@ -23,13 +23,15 @@ pub struct Item {
 ///
 /// Two index-ordered probes (enrollments by `wake_at`, automations by
 /// `next_eval_at`), never a sort of every waiting enrollment: this runs once
-/// per scheduled item and on every worker loop with the system clock. On a
-/// tie the date evaluation goes first.
+/// per scheduled item and on every worker loop. A paused automation's
+/// enrollments are out of the index ([`enrollment::hold`]), so however many
+/// are overdue the probe does not read past them. On a tie the date
+/// evaluation goes first.
 pub fn next(conn: &rusqlite::Connection, until: Millis) -> Result<Option<Item>> {
     let enrollment: Option<(Millis, i64)> = conn
         .prepare_cached(
             "SELECT e.wake_at, e.id FROM enrollments e INDEXED BY enrollments_due
-              WHERE e.state = 'active' AND e.wake_at IS NOT NULL AND e.wake_at <= ?1
+              WHERE e.state = 'active' AND e.wake_at IS NOT NULL AND e.held = 0 AND e.wake_at <= ?1
                 AND EXISTS (SELECT 1 FROM automations a WHERE a.id = e.automation_id
                               AND a.status = 'active' AND a.deleted_at IS NULL)
               ORDER BY e.wake_at, e.id LIMIT 1",

@@ -1005,9 +1005,26 @@ pub fn migrate(
     Ok(moved)
 }
 
-/// Clears `wake_at` of enrollments whose automation was reactivated and are
-/// overdue, so they run at once (the worker's due query finds them).
+/// Takes the enrollments of an automation being paused out of the
+/// scheduler's wake-up index (`held`): they keep their `wake_at`, and
+/// [`resume`] puts them back.
+pub fn hold(conn: &rusqlite::Connection, automation_id: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE enrollments SET held = 1 WHERE automation_id = ?1 AND state = 'active' AND held = 0",
+    )?
+    .execute([automation_id])?;
+    Ok(())
+}
+
+/// Puts the enrollments of a reactivated automation back in the wake-up
+/// index, and sets `wake_at` of those ready and overdue to now, so they run
+/// at once (the worker's due query finds them).
 pub fn resume(ctx: &Ctx<'_>, automation_id: &str) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE enrollments SET held = 0 WHERE automation_id = ?1 AND state = 'active' AND held = 1",
+        )?
+        .execute([automation_id])?;
     ctx.conn
         .prepare_cached(
             "UPDATE enrollments SET wake_at = ?2 WHERE automation_id = ?1 AND state = 'active'

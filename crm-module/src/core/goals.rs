@@ -11,11 +11,37 @@ use crate::clock::{DAY, Millis};
 use crate::error::Result;
 use crate::model::automation::GoalKind;
 
+/// How the event log names a goal in its `goal_reached` rows (`detail.goal`):
+/// the goal's id, or `lead_to_patient` for an automation without one.
+pub fn logged_id(goal: Option<GoalKind>) -> &'static str {
+    goal.map(GoalKind::id).unwrap_or("lead_to_patient")
+}
+
+/// After an edit changed an automation's goal: each enrollment's
+/// `goal_reached_at` becomes when it reached the new goal (from the log;
+/// none yet: NULL), so reaching the old goal neither blocks the new one nor
+/// answers the If/then "goal reached" for it.
+pub fn rebase(
+    conn: &rusqlite::Connection,
+    automation_id: &str,
+    goal: Option<GoalKind>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE enrollments SET goal_reached_at = (
+             SELECT min(at) FROM events
+              WHERE enrollment_id = enrollments.id AND kind = 'goal_reached'
+                AND json_extract(detail, '$.goal') = ?2)
+          WHERE automation_id = ?1",
+    )?
+    .execute(rusqlite::params![automation_id, logged_id(goal)])?;
+    Ok(())
+}
+
 /// The goals a signal satisfies.
 pub fn goals_of(signal: &Signal) -> &'static [GoalKind] {
     match signal {
         Signal::BecamePatient => &[GoalKind::BookAppointment],
-        Signal::AppointmentBooked { was_patient: true } => &[GoalKind::RebookAppointment],
+        Signal::AppointmentBooked { rebook: true } => &[GoalKind::RebookAppointment],
         Signal::Reactivated => &[GoalKind::PatientReactivation],
         Signal::ReviewSubmitted => &[GoalKind::ReviewSubmitted],
         Signal::VerificationComplete => &[GoalKind::VerificationComplete],
@@ -114,9 +140,7 @@ fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>, at: Millis) -> R
         version: Some(e.version),
         enrollment_id: Some(e.id),
         step_id: e.step_id.as_deref(),
-        detail: Some(
-            json!({"goal": goal.map(GoalKind::id).unwrap_or("lead_to_patient"), "while": e.state}),
-        ),
+        detail: Some(json!({"goal": logged_id(goal), "while": e.state})),
         ..Log::new("goal_reached", &e.contact_id)
     }
     .write(ctx.conn, at)

@@ -536,7 +536,11 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     if booked_now || first_seen {
         let was_patient = c.status() == "patient";
         if booked_now {
-            signals.push(Signal::AppointmentBooked { was_patient });
+            // Booked again after its cancellation (not that booking
+            // arriving late) is another booking of the same visit.
+            let rebooked = was.is_some() && !late;
+            let rebook = was_patient && (rebooked || existing_patient(ctx, &c.id, &a.id)?);
+            signals.push(Signal::AppointmentBooked { rebook });
         }
         if !was_patient {
             c.props.insert("status".into(), json!("patient"));
@@ -561,6 +565,33 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     }
     triggers::fire(ctx, &c.id, &signals)?;
     Ok(Outcome::Applied)
+}
+
+/// Whether a Patient booking appointment `appointment` is an existing
+/// patient booking another (the Rebook goal), not their first booking
+/// reported after their status: true when the module holds another
+/// appointment of theirs, or never knew them as a Lead (imported as a
+/// patient, their history kept by the host). A Lead the host itself made a
+/// Patient (its upsert arriving before the booking that made them one) is
+/// booking for the first time here, and so is one whose booking arrives
+/// late, after its cancellation made them a Patient.
+fn existing_patient(ctx: &Ctx<'_>, contact_id: &str, appointment: &str) -> Result<bool> {
+    let other_visit: bool = ctx
+        .conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM appointments WHERE contact_id = ?1 AND id <> ?2)",
+        )?
+        .query_row(params![contact_id, appointment], |r| r.get(0))?;
+    if other_visit {
+        return Ok(true);
+    }
+    let was_lead: bool = ctx
+        .conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM events WHERE contact_id = ?1 AND kind = 'status_changed')",
+        )?
+        .query_row([contact_id], |r| r.get(0))?;
+    Ok(!was_lead)
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {

@@ -104,10 +104,13 @@ pub enum Signal {
     },
     /// Status flipped Lead → Patient.
     BecamePatient,
-    /// An appointment was booked; `was_patient` tells rebook from first booking.
+    /// An appointment was booked; `rebook` tells an existing patient's
+    /// booking from a first booking.
     AppointmentBooked {
-        /// Status was already Patient before this booking.
-        was_patient: bool,
+        /// An existing Patient booked another appointment (SPEC §2.5's
+        /// Rebook): Patient before this booking, with another appointment
+        /// on record or never a Lead here.
+        rebook: bool,
     },
     /// A form was submitted.
     FormSubmitted {

@@ -146,7 +146,12 @@ impl Sim {
     /// Runs a command.
     pub fn cmd(&mut self, v: Value) -> Result<Value> {
         let c: Command = crate::error::from_value(v)?;
-        self.in_tx(|ctx| commands::execute(ctx, c).map(|(v, _)| v))
+        let settings = matches!(c, Command::SettingsUpdate { .. });
+        let out = self.in_tx(|ctx| commands::execute(ctx, c).map(|(v, _)| v))?;
+        if settings {
+            self.settings = crate::worker::load_settings(&self.conn).unwrap();
+        }
+        Ok(out)
     }
 
     /// Creates and activates an automation; returns its id.

@@ -656,6 +656,81 @@ fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
     );
 }
 
+/// A new practice time zone moves what waits for a local time: a contact
+/// held for the run window runs when the window opens in the new zone, and
+/// a date trigger's next evaluation is its window's start there.
+#[test]
+fn a_new_time_zone_moves_window_holds_and_date_evaluations() {
+    let mut s = Sim::new();
+    let office = serde_json::to_value(crate::schedule::RunWindow::business_hours()).unwrap();
+    let a = s.automation(json!({"name": "Nudge", "run_window": office,
+        "trigger": {"type": "property_changed", "property": "tags"},
+        "steps": [{"type": "send_email", "subject": "Hello", "body": "Hi"}]}));
+    let b = s.automation(json!({"name": "Birthday", "run_window": office,
+        "trigger": {"type": "birthday", "offset": "on_the_day"},
+        "steps": [{"type": "send_sms", "message": "Happy birthday!"}]}));
+    // Monday 17:30 in New York (22:30Z): closed until Tuesday 09:00 (14:00Z).
+    s.advance(8 * HOUR + 30 * MINUTE);
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["nudge"]}}))
+        .unwrap();
+    assert!(s.messages_to("c1").is_empty());
+    // Tokyo: Tuesday 07:30 there; its window opens at 09:00 (00:00Z).
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["time_zone"] = json!("Asia/Tokyo");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    let tokyo_nine = parse_rfc3339("2026-01-06T00:00:00Z").unwrap();
+    let next_eval: Option<i64> = s
+        .conn
+        .query_row(
+            "SELECT next_eval_at FROM automations WHERE id = ?1",
+            [&b],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(next_eval, Some(tokyo_nine));
+    s.advance(tokyo_nine + MINUTE - s.now);
+    assert_eq!(
+        s.messages_to("c1").len(),
+        1,
+        "still held for New York's window"
+    );
+    assert_eq!(s.count("step_completed", Some(&a)), 1);
+}
+
+/// An edit of the run window does not lose the days since the last
+/// evaluation: Wednesday's birthday, with the window moved from 09:00 to
+/// 08:00 at 08:30 that Wednesday, fires at Thursday's evaluation.
+#[test]
+fn a_run_window_edit_does_not_skip_the_days_since_the_last_evaluation() {
+    let mut s = Sim::new();
+    let window = |start: &str| {
+        let mut w = serde_json::to_value(crate::schedule::RunWindow::business_hours()).unwrap();
+        for day in w["days"].as_array_mut().unwrap() {
+            day["start"] = json!(start);
+        }
+        w
+    };
+    let def = |start: &str| {
+        json!({"name": "Birthday", "run_window": window(start),
+            "trigger": {"type": "birthday", "offset": "on_the_day"},
+            "steps": [{"type": "send_email", "subject": "Happy birthday", "body": "b"}]})
+    };
+    let a = s.automation(def("09:00"));
+    s.contact("c1", json!({"dob": "1990-01-07"})); // Wednesday
+    // Wednesday 08:30 in New York: Tuesday's evaluation ran, Wednesday's has not.
+    s.advance(2 * DAY - 30 * MINUTE);
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def("08:00")}))
+        .unwrap();
+    s.advance(DAY);
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        1,
+        "Wednesday's birthday was skipped"
+    );
+}
+
 #[test]
 fn a_birthday_on_a_closed_day_fires_at_the_next_evaluation() {
     let mut s = Sim::new();
@@ -1351,6 +1426,115 @@ fn each_goal_fires_on_its_own_event_only() {
         assert!(s.enrollment(&a, "c1").2, "{goal} not reached");
         assert_eq!(s.count("goal_reached", Some(&a)), 1);
     }
+}
+
+#[test]
+fn rebook_counts_an_existing_patients_booking_not_a_first_one_reported_after_the_status() {
+    let mut s = Sim::new();
+    let goal = |s: &mut Sim, goal: &str| {
+        s.automation(
+            json!({"name": goal, "goal": goal, "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "tags"},
+            "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}),
+        )
+    };
+    let rebook = goal(&mut s, "rebook_appointment");
+    let book = goal(&mut s, "book_appointment");
+    let enroll = |s: &mut Sim, id: &str, extra: Value| {
+        s.contact(id, extra);
+        s.push(json!({"type": "contact.upserted", "contact": {"id": id, "tags": ["enroll"]}}))
+            .unwrap();
+    };
+    // The host makes its Lead a Patient, then reports the booking that did it.
+    enroll(&mut s, "flipped", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "flipped", "status": "patient"}}))
+        .unwrap();
+    assert!(s.enrollment(&book, "flipped").2);
+    s.book("flipped", "ap1");
+    assert!(
+        !s.enrollment(&rebook, "flipped").2,
+        "a first booking counted as a rebook"
+    );
+    s.book("flipped", "ap2");
+    assert!(
+        s.enrollment(&rebook, "flipped").2,
+        "the second booking is a rebook"
+    );
+    // Imported as a patient, with no visit on record here: any booking is another.
+    enroll(&mut s, "imported", json!({"status": "patient"}));
+    s.book("imported", "ap3");
+    assert!(s.enrollment(&rebook, "imported").2);
+    // Cancelled, then that booking arriving late: booked once.
+    enroll(&mut s, "late", json!({}));
+    s.advance(10 * MINUTE);
+    let at = |s: &Sim, ago: i64| crate::clock::to_rfc3339(s.now - ago);
+    let appointment = json!({"id": "ap4", "contact_id": "late"});
+    s.push(json!({"type": "appointment.cancelled", "occurred_at": at(&s, 0), "appointment": appointment}))
+        .unwrap();
+    s.push(json!({"type": "appointment.booked", "occurred_at": at(&s, MINUTE), "appointment": appointment}))
+        .unwrap();
+    assert!(s.enrollment(&book, "late").2);
+    assert!(
+        !s.enrollment(&rebook, "late").2,
+        "a late first booking counted as a rebook"
+    );
+    // The same visit booked again after its cancellation is another booking.
+    s.push(json!({"type": "appointment.booked", "appointment": appointment}))
+        .unwrap();
+    assert!(s.enrollment(&rebook, "late").2);
+    assert_eq!(s.count("goal_reached", Some(&rebook)), 3);
+}
+
+/// An edit that changes the goal counts the new goal: reaching the old one
+/// does not block it, and changing back finds the old reach in the log.
+#[test]
+fn a_changed_goal_is_reached_anew_and_the_old_reach_comes_back_with_it() {
+    let mut s = Sim::new();
+    let def = |goal: &str| {
+        json!({"name": "Nurture", "goal": goal, "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "tags"},
+            "steps": [{"id": "wait", "type": "delay", "amount": 7, "unit": "days"}]})
+    };
+    let a = s.automation(def("engagement"));
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["enroll"]}}))
+        .unwrap();
+    s.submit_form("c1", "f1");
+    assert!(s.enrollment(&a, "c1").2);
+    let update = |s: &mut Sim, goal: &str| {
+        s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def(goal)}))
+            .unwrap();
+    };
+    update(&mut s, "book_appointment");
+    assert!(
+        !s.enrollment(&a, "c1").2,
+        "the engagement reached the new goal"
+    );
+    s.advance(DAY);
+    s.book("c1", "ap1");
+    assert!(
+        s.enrollment(&a, "c1").2,
+        "the booking did not reach the new goal"
+    );
+    let reached = |s: &Sim, goal: &str| {
+        s.conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE kind = 'goal_reached' AND json_extract(detail, '$.goal') = ?1",
+                [goal],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        (reached(&s, "engagement"), reached(&s, "book_appointment")),
+        (1, 1)
+    );
+    update(&mut s, "engagement");
+    let at: Option<i64> = s
+        .conn
+        .query_row("SELECT goal_reached_at FROM enrollments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(at, Some(s.now - DAY), "the engagement's own time");
 }
 
 /// Events that must not satisfy `goal` (none of them is its own event).
@@ -2726,6 +2910,53 @@ fn a_replayed_form_or_review_is_a_duplicate_and_another_under_its_id_is_refused(
         assert_eq!(e.code(), crate::ErrorCode::Conflict);
         assert!(e.to_string().contains(what), "{e}");
     }
+}
+
+/// A step id names one step for good: an edit may bring back a removed
+/// step under its id, but not give the id to a step of another type (it
+/// would inherit the old step's figures and effect keys).
+#[test]
+fn an_edit_cannot_give_a_removed_steps_id_to_a_step_of_another_type() {
+    let mut s = Sim::new();
+    let a = s.automation(five_steps(false));
+    let with = |third: Value| {
+        let mut def = five_steps(false);
+        def["steps"][2] = third;
+        def
+    };
+    let update = |s: &mut Sim, def: Value| {
+        s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def}))
+    };
+    // v2 drops the email s3; v3 tries a delay under its id.
+    let mut v2 = five_steps(false);
+    v2["steps"].as_array_mut().unwrap().remove(2);
+    update(&mut s, v2).unwrap();
+    let e = update(
+        &mut s,
+        with(json!({"id": "s3", "type": "delay", "amount": 1, "unit": "hours"})),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::Invalid);
+    assert!(
+        e.to_string().contains("step id s3 was a send_email step"),
+        "{e}"
+    );
+    let version: i64 = s
+        .conn
+        .query_row(
+            "SELECT current_version FROM automations WHERE id = ?1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, 2, "a refused edit saved a version");
+    // Without an id it gets a new one; the email itself may come back.
+    update(
+        &mut s,
+        with(json!({"type": "delay", "amount": 1, "unit": "hours"})),
+    )
+    .unwrap();
+    update(&mut s, five_steps(false)).unwrap();
 }
 
 #[test]

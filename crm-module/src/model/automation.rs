@@ -631,6 +631,19 @@ impl StepKind {
         }
     }
 
+    /// What a step is, for telling whether an id names the same step across
+    /// versions: the type id, and for a custom step its plugin and step type.
+    pub fn identity(&self) -> String {
+        match self {
+            StepKind::Custom {
+                plugin_id,
+                step_type,
+                ..
+            } => format!("custom step {step_type} of plugin {plugin_id}"),
+            other => other.type_id().to_string(),
+        }
+    }
+
     /// The label of the step type in the palette.
     pub fn type_label(&self) -> &'static str {
         match self {
@@ -817,8 +830,7 @@ impl AutomationDefinition {
                 "unenrollment.goal_met: needs a goal (choose one, or turn Goal met off)",
             ));
         }
-        let mut used: Vec<String> = Vec::new();
-        collect_ids(&self.steps, &mut used);
+        let used = self.step_ids();
         let mut seen = std::collections::HashSet::new();
         for id in used.iter().filter(|i| !i.is_empty()) {
             validate_id("step id", id)?;
@@ -840,9 +852,15 @@ impl AutomationDefinition {
 
     /// The ids of every step on the canvas, branches included.
     pub fn step_ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        collect_ids(&self.steps, &mut ids);
-        ids
+        self.all_steps().iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// Every step on the canvas, depth first (a branch, then its YES path,
+    /// then its NO path).
+    pub fn all_steps(&self) -> Vec<&Step> {
+        let mut out = Vec::new();
+        collect_steps(&self.steps, &mut out);
+        out
     }
 
     /// The lists and templates the definition names, each with where: the
@@ -966,12 +984,12 @@ fn collect_references(steps: &[Step], out: &mut Vec<(String, Reference)>) {
     }
 }
 
-fn collect_ids(steps: &[Step], out: &mut Vec<String>) {
+fn collect_steps<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
     for s in steps {
-        out.push(s.id.clone());
+        out.push(s);
         if let Some((yes, no)) = s.kind.paths() {
-            collect_ids(yes, out);
-            collect_ids(no, out);
+            collect_steps(yes, out);
+            collect_steps(no, out);
         }
     }
 }

@@ -559,6 +559,23 @@ ALTER TABLE enrollments ADD COLUMN ran_steps TEXT;
     r#"
 ALTER TABLE appointments ADD COLUMN changed_at INTEGER;
 "#,
+    // 18: enrollments of a paused automation leave the wake-up index
+    // (`held`, set while their automation is Inactive). In it, the ones
+    // overdue sat at its head, and every look for due work (once per item
+    // run, once per worker turn) read past all of them first.
+    r#"
+ALTER TABLE enrollments ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+UPDATE enrollments SET held = 1 WHERE state = 'active'
+   AND automation_id IN (SELECT id FROM automations WHERE status <> 'active');
+DROP INDEX enrollments_due;
+CREATE INDEX enrollments_due ON enrollments(wake_at, id) WHERE state = 'active' AND wake_at IS NOT NULL AND held = 0;
+"#,
+    // 19: the last practice-local day a Birthday evaluation covered, so the
+    // next one starts the day after whatever the window or time zone became
+    // in between (NULL: none since activation; the window decides).
+    r#"
+ALTER TABLE automations ADD COLUMN evaluated_through TEXT;
+"#,
 ];
 
 /// Brings the database to the newest schema.

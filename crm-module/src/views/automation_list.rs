@@ -12,6 +12,7 @@ use super::{
     Action, ActionStyle, Column, Ctx, GoalCell, Label, StatCard, Timestamp, ViewRef, floor1,
     fmt_count, fmt_rate, num_f, num_u,
 };
+use crate::core::goals;
 use crate::error::{Error, Result};
 use crate::model::automation::{AutomationStatus, GoalKind};
 
@@ -368,31 +369,40 @@ fn columns() -> Vec<Column> {
 }
 
 /// Enrolled and goal-reached counts of every live automation, from the
-/// `events_automation` index.
-const LIVE_COUNTS_SQL: &str = "SELECT automation_id, kind, count(*) FROM events
+/// `events_automation` index; goals reached by the goal they were (an edit
+/// may have changed it: only the current goal's count).
+const LIVE_COUNTS_SQL: &str = "SELECT automation_id, kind,
+            CASE WHEN kind = 'goal_reached' THEN json_extract(detail, '$.goal') END, count(*)
+     FROM events
      WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
        AND kind IN ('enrolled', 'goal_reached')
-     GROUP BY automation_id, kind";
+     GROUP BY 1, 2, 3";
 
 /// Every live automation with its all-time counts: one query for the rows,
 /// one aggregate over the event log.
 fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
-    let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut enrolled: HashMap<String, u64> = HashMap::new();
+    let mut reached: HashMap<(String, String), u64> = HashMap::new();
     {
         let mut stmt = ctx.conn.prepare_cached(LIVE_COUNTS_SQL)?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         for row in rows {
-            let (id, kind, n) = row?;
-            let entry = counts.entry(id).or_default();
-            match kind.as_str() {
-                "enrolled" => entry.0 = n as u64,
-                _ => entry.1 = n as u64,
+            let (id, kind, goal, n) = row?;
+            match (kind.as_str(), goal) {
+                ("enrolled", _) => {
+                    enrolled.insert(id, n as u64);
+                }
+                (_, Some(goal)) => {
+                    reached.insert((id, goal), n as u64);
+                }
+                _ => {}
             }
         }
     }
@@ -419,7 +429,11 @@ fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
         let status = AutomationStatus::parse(&status)
             .ok_or_else(|| Error::Internal(format!("automation {id}: bad status")))?;
         let goal = goal.and_then(|g| GoalKind::ALL.into_iter().find(|k| k.id() == g));
-        let (enrolled, goals) = counts.get(&id).copied().unwrap_or_default();
+        let enrolled = enrolled.get(&id).copied().unwrap_or_default();
+        let goals = reached
+            .get(&(id.clone(), goals::logged_id(goal).to_string()))
+            .copied()
+            .unwrap_or_default();
         out.push(Item {
             id,
             name,
@@ -583,9 +597,26 @@ mod tests {
             )
             .unwrap();
         db.events("a1", "enrolled", None, 342, NOW - DAY, None);
-        db.events("a1", "goal_reached", None, 62, NOW - DAY, None);
+        let goal = |g: &str| Some(json!({"goal": g, "while": "active"}));
+        db.events(
+            "a1",
+            "goal_reached",
+            None,
+            62,
+            NOW - DAY,
+            goal("book_appointment"),
+        );
+        // Reached under an earlier version's goal: not this goal's count.
+        db.events("a1", "goal_reached", None, 9, NOW - DAY, goal("engagement"));
         db.events("a2", "enrolled", None, 10, NOW - DAY, None);
-        db.events("a2", "goal_reached", None, 5, NOW - DAY, None);
+        db.events(
+            "a2",
+            "goal_reached",
+            None,
+            5,
+            NOW - DAY,
+            goal("lead_to_patient"),
+        );
         db.events("gone", "enrolled", None, 1000, NOW - DAY, None);
         db
     }

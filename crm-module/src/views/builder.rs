@@ -84,6 +84,12 @@ pub struct BuilderView {
     pub build: BuildTab,
     /// Wizard footer buttons (Previous, Next / Save automation). Empty in edit mode.
     pub footer: Vec<Action>,
+    /// The current version's definition as stored (null in the wizard):
+    /// what `automation.update` takes whole. The UI edits a copy through
+    /// the fields' paths and sends it back, so nothing the screen does not
+    /// show (a plugin step's `plugin_id`, a definition written through the
+    /// API) is lost on save.
+    pub definition: Option<AutomationDefinition>,
 }
 
 /// The builder's top bar (also used by the Performance view).
@@ -835,6 +841,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
             helper: "Enrollment: contacts enter at the trigger when it fires, then walk the steps top to bottom. Every path ends at an End node; reaching it counts as Completed.".into(),
         },
         footer,
+        definition: rec.as_ref().map(|r| r.current.def.clone()),
     })
 }
 
@@ -1019,6 +1026,15 @@ fn details(ctx: &Ctx<'_>, rec: Option<&AutomationRecord>) -> DetailsTab {
                 .help(format!(
                     "The win condition. Counted when a contact reaches it within {lookback} days of enrolling; reaching it is a measurement, not an exit, unless \"Goal met\" is on."
                 )),
+            Field::new(
+                "goal_lookback_days",
+                "Goal lookback (days)",
+                FieldKind::Number,
+                json!(lookback),
+            )
+            .required()
+            .help("How long after enrolling a contact's goal still counts.")
+            .range(1, 365),
             Field::new(
                 "notes",
                 "Notes for your team",
@@ -2370,11 +2386,13 @@ mod tests {
         assert_eq!(v["tabs"][0]["selected"], true);
         let d = &v["details"];
         let general = d["general"]["fields"].as_array().unwrap();
-        assert_eq!(general.len(), 3);
+        assert_eq!(general.len(), 4);
         assert_eq!(general[0]["value"], "New lead welcome series");
         assert_eq!(general[1]["value"], "book_appointment");
         assert_eq!(general[1]["options"].as_array().unwrap().len(), 8);
-        assert_eq!(general[2]["value"], "For website leads");
+        assert_eq!(general[2]["id"], "goal_lookback_days");
+        assert_eq!(general[2]["value"], 30);
+        assert_eq!(general[3]["value"], "For website leads");
         assert_eq!(d["run_window"]["mode"]["value"], "any_time");
         assert_eq!(d["run_window"]["days_visible"], false);
         assert_eq!(d["run_window"]["days"].as_array().unwrap().len(), 7);
@@ -2401,6 +2419,30 @@ mod tests {
         assert_eq!(d["entered_by"], "Dr. Adams");
         assert_eq!(d["version"], 1);
         assert!(d["last_updated"]["rfc3339"].is_string());
+    }
+
+    /// The screen carries the stored definition whole: what the API set
+    /// and no field shows (here a 60-day lookback) goes back unchanged
+    /// with the Update, where a definition rebuilt from the fields reset it.
+    #[test]
+    fn the_stored_definition_comes_with_the_screen_for_the_update() {
+        let db = Db::new();
+        let mut def = welcome();
+        def["goal_lookback_days"] = json!(60);
+        def["steps"] = json!([{"id": "s1", "type": "delay", "amount": 2, "unit": "days"}]);
+        db.automation("a1", "active", NOW - 1000, &[def]);
+        let v = db
+            .query("automation_builder", json!({"automation_id": "a1"}))
+            .unwrap();
+        let sent = &v["definition"];
+        assert_eq!(sent["goal_lookback_days"], 60);
+        let stored: crate::model::automation::AutomationDefinition =
+            serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(stored.goal_lookback_days, 60);
+        assert_eq!(stored.steps.len(), 1);
+        assert_eq!(v["details"]["general"]["fields"][2]["value"], 60);
+        let wizard = db.query("automation_builder", Value::Null).unwrap();
+        assert!(wizard["definition"].is_null());
     }
 
     #[test]

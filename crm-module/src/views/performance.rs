@@ -19,6 +19,7 @@ use super::{
     fmt_duration_short, fmt_rate, humanize, load_automation, num_f, num_u, rate, round1,
 };
 use crate::clock::Millis;
+use crate::core::goals;
 use crate::error::Result;
 use crate::model::automation::{AutomationDefinition, Flow, Step, StepKind};
 use crate::schedule::{local_date, local_to_utc_ms};
@@ -389,9 +390,10 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         let mut stmt = ctx.conn.prepare_cached(
             "SELECT kind, count(*) FROM events
              WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached', 'exited')
+               AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') = ?2)
              GROUP BY kind",
         )?;
-        let rows = stmt.query_map(params![id], |r| {
+        let rows = stmt.query_map(params![id, goals::logged_id(def.goal)], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
         for row in rows {
@@ -549,7 +551,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let time_in_flow = time_in_flow(ctx, id)?;
 
     // 5. Engagement over time.
-    let engagement_over_time = engagement_over_time(ctx, id)?;
+    let engagement_over_time = engagement_over_time(ctx, id, goals::logged_id(def.goal))?;
 
     // Steps table.
     let rows = step_rows(ctx, id, &rec.current.flow, def, &per_step)?;
@@ -997,7 +999,11 @@ fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
     })
 }
 
-fn engagement_over_time(ctx: &Ctx<'_>, automation_id: &str) -> Result<EngagementOverTime> {
+fn engagement_over_time(
+    ctx: &Ctx<'_>,
+    automation_id: &str,
+    goal: &str,
+) -> Result<EngagementOverTime> {
     let tz = ctx.settings.tz;
     let today = local_date(ctx.now, tz);
     let first = today
@@ -1023,9 +1029,10 @@ fn engagement_over_time(ctx: &Ctx<'_>, automation_id: &str) -> Result<Engagement
         "SELECT kind, at / ?4, count(*) FROM events
          WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached')
            AND at >= ?2 AND at < ?3
+           AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') = ?5)
          GROUP BY kind, at / ?4",
     )?;
-    let rows = stmt.query_map(params![automation_id, start, end, BUCKET], |r| {
+    let rows = stmt.query_map(params![automation_id, start, end, BUCKET, goal], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
@@ -1134,7 +1141,10 @@ mod tests {
             NOW - 3 * crate::clock::HOUR,
             None,
         );
-        db.events("a1", "goal_reached", None, 62, at, None);
+        let goal = |g: &str| Some(json!({"goal": g, "while": "active"}));
+        db.events("a1", "goal_reached", None, 62, at, goal("book_appointment"));
+        // Reached under an earlier version's goal: not this goal's count.
+        db.events("a1", "goal_reached", None, 9, at, goal("engagement"));
         db.events(
             "a1",
             "exited",
