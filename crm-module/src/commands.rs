@@ -661,14 +661,16 @@ fn definition_text(def: &AutomationDefinition) -> Result<String> {
 /// After a change of the practice's time zone or SMS sending hours: what
 /// waits for a local time decides again. Enrollments held for a run window
 /// or the sending hours run at once (a closed window holds them again, in
-/// the new zone), and date-based evaluations move to their window's start
-/// in the new zone. A delay keeps the wake-up it counted.
+/// the new zone), SMS held at hand-over for the sending hours are screened
+/// again, and date-based evaluations move to their window's start in the
+/// new zone. A delay keeps the wake-up it counted.
 fn reschedule(ctx: &Ctx<'_>, new: &Resolved) -> Result<()> {
     ctx.conn.execute(
         "UPDATE enrollments SET wake_at = ?1
           WHERE state = 'active' AND step_phase = 'ready' AND wake_at > ?1",
         [ctx.now],
     )?;
+    crate::messaging::handover::release_sending_hours(ctx.conn, ctx.now)?;
     let due: Vec<(String, i64)> = ctx
         .conn
         .prepare(
@@ -777,10 +779,22 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             if old.def.goal != new.def.goal {
                 crate::core::goals::rebase(ctx.conn, &id, new.def.goal)?;
             }
+            if old.def.trigger != new.def.trigger {
+                // Days covered under another trigger are not a Birthday's.
+                ctx.conn.execute(
+                    "UPDATE automations SET evaluated_through = NULL WHERE id = ?1",
+                    [&id],
+                )?;
+            }
             let cat = Catalog::load(ctx.conn)?;
             let moved = {
                 let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 let moved = enrollment::migrate(&mut sub, &id, &old, &new)?;
+                if new.def.unenrollment.goal_met && new.def.goal.is_some() {
+                    // Goal met is on (again, or for a goal some contacts
+                    // have reached already): they leave now.
+                    crate::core::goals::exit_reached(&mut sub, &id)?;
+                }
                 ctx.effects.extend(sub.take_effects());
                 moved
             };

@@ -17,6 +17,16 @@ pub fn logged_id(goal: Option<GoalKind>) -> &'static str {
     goal.map(GoalKind::id).unwrap_or("lead_to_patient")
 }
 
+/// The names under which the log records conversions that count for
+/// `goal`: its own, and for Book appointment and no goal both theirs (the
+/// same Lead → Patient flip, which happens once per contact).
+pub fn counted_ids(goal: Option<GoalKind>) -> [&'static str; 2] {
+    match goal {
+        None | Some(GoalKind::BookAppointment) => ["book_appointment", "lead_to_patient"],
+        Some(g) => [g.id(), g.id()],
+    }
+}
+
 /// After an edit changed an automation's goal: each enrollment's
 /// `goal_reached_at` becomes when it reached the new goal (from the log;
 /// none yet: NULL), so reaching the old goal neither blocks the new one nor
@@ -26,14 +36,27 @@ pub fn rebase(
     automation_id: &str,
     goal: Option<GoalKind>,
 ) -> Result<()> {
+    let [a, b] = counted_ids(goal);
     conn.prepare_cached(
         "UPDATE enrollments SET goal_reached_at = (
              SELECT min(at) FROM events
               WHERE enrollment_id = enrollments.id AND kind = 'goal_reached'
-                AND json_extract(detail, '$.goal') = ?2)
+                AND json_extract(detail, '$.goal') IN (?2, ?3))
           WHERE automation_id = ?1",
     )?
-    .execute(rusqlite::params![automation_id, logged_id(goal)])?;
+    .execute(rusqlite::params![automation_id, a, b])?;
+    Ok(())
+}
+
+/// With *Goal met* on: the active enrollments of `automation_id` that have
+/// reached its goal leave (after an edit turned the toggle on, or brought
+/// back a goal they had reached).
+pub fn exit_reached(ctx: &mut Ctx<'_>, automation_id: &str) -> Result<()> {
+    for e in enrollment::active_of_automation(ctx.conn, automation_id)? {
+        if e.goal_reached_at.is_some() {
+            enrollment::exit(ctx, &e, "goal_met")?;
+        }
+    }
     Ok(())
 }
 

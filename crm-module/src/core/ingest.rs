@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::contacts::{self, AuditSource, Contact};
 use super::log::Entry as Log;
 use super::{Ctx, Signal, enrollment, stopped_numbers, triggers};
-use crate::clock::{Millis, parse_rfc3339};
+use crate::clock::{DAY, Millis, parse_rfc3339};
 use crate::error::{Error, Result};
 use crate::event::{
     Appointment, BounceKind, DeliveryStatus, Event, EventBody, OptOutChannel, UpsertMode,
@@ -539,7 +539,8 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
             // Booked again after its cancellation (not that booking
             // arriving late) is another booking of the same visit.
             let rebooked = was.is_some() && !late;
-            let rebook = was_patient && (rebooked || existing_patient(ctx, &c.id, &a.id)?);
+            let rebook =
+                was_patient && (rebooked || existing_patient(ctx, &c.id, &a.id, occurred)?);
             signals.push(Signal::AppointmentBooked { rebook });
         }
         if !was_patient {
@@ -567,15 +568,21 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     Ok(Outcome::Applied)
 }
 
-/// Whether a Patient booking appointment `appointment` is an existing
-/// patient booking another (the Rebook goal), not their first booking
-/// reported after their status: true when the module holds another
-/// appointment of theirs, or never knew them as a Lead (imported as a
-/// patient, their history kept by the host). A Lead the host itself made a
-/// Patient (its upsert arriving before the booking that made them one) is
-/// booking for the first time here, and so is one whose booking arrives
-/// late, after its cancellation made them a Patient.
-fn existing_patient(ctx: &Ctx<'_>, contact_id: &str, appointment: &str) -> Result<bool> {
+/// Whether a Patient booking appointment `appointment` (made at `at`) is
+/// an existing patient booking another (the Rebook goal), not their first
+/// booking reported after their status. A Lead who became a Patient here
+/// within a day before the booking (the host's own upsert arriving before
+/// the booking that made them one; a cancellation of this booking arriving
+/// before it) is booking for the first time. Otherwise they are an existing
+/// patient: another appointment is on record, or they became a Patient
+/// long before (a visit the host never reported), or were never a Lead
+/// here (imported as a patient, their history kept by the host).
+fn existing_patient(
+    ctx: &Ctx<'_>,
+    contact_id: &str,
+    appointment: &str,
+    at: Millis,
+) -> Result<bool> {
     let other_visit: bool = ctx
         .conn
         .prepare_cached(
@@ -585,13 +592,13 @@ fn existing_patient(ctx: &Ctx<'_>, contact_id: &str, appointment: &str) -> Resul
     if other_visit {
         return Ok(true);
     }
-    let was_lead: bool = ctx
+    let just_flipped: bool = ctx
         .conn
         .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM events WHERE contact_id = ?1 AND kind = 'status_changed')",
+            "SELECT EXISTS(SELECT 1 FROM events WHERE contact_id = ?1 AND at >= ?2 AND kind = 'status_changed')",
         )?
-        .query_row([contact_id], |r| r.get(0))?;
-    Ok(!was_lead)
+        .query_row(params![contact_id, at - DAY], |r| r.get(0))?;
+    Ok(!just_flipped)
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {

@@ -1482,7 +1482,78 @@ fn rebook_counts_an_existing_patients_booking_not_a_first_one_reported_after_the
     s.push(json!({"type": "appointment.booked", "appointment": appointment}))
         .unwrap();
     assert!(s.enrollment(&rebook, "late").2);
-    assert_eq!(s.count("goal_reached", Some(&rebook)), 3);
+    // Made a Patient by the host a month ago (a visit it never reported):
+    // an existing patient.
+    s.contact("walk_in", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "walk_in", "status": "patient"}}))
+        .unwrap();
+    s.advance(30 * DAY);
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "walk_in", "tags": ["enroll"]}}))
+        .unwrap();
+    s.book("walk_in", "ap5");
+    assert!(
+        s.enrollment(&rebook, "walk_in").2,
+        "a month-old flip made a first booking"
+    );
+    assert_eq!(s.count("goal_reached", Some(&rebook)), 4);
+}
+
+/// Book appointment and no goal count the same Lead → Patient flip:
+/// switching between them keeps the conversions, and Goal met turned on
+/// (or a goal brought back) sends the contacts who reached it out.
+#[test]
+fn book_and_no_goal_share_conversions_and_goal_met_turned_on_exits_who_reached_it() {
+    let mut s = Sim::new();
+    let def = |goal: Value, goal_met: bool| {
+        json!({"name": "Nurture", "goal": goal, "unenrollment": {"goal_met": goal_met},
+            "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"id": "wait", "type": "delay", "amount": 7, "unit": "days"}]})
+    };
+    let a = s.automation(def(json!("book_appointment"), false));
+    s.contact("c1", json!({}));
+    s.book("c1", "ap1");
+    let update = |s: &mut Sim, def: Value| {
+        s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def}))
+            .unwrap();
+    };
+    update(&mut s, def(Value::Null, false));
+    assert!(s.enrollment(&a, "c1").2, "no goal lost the flip");
+    update(&mut s, def(json!("engagement"), false));
+    assert!(!s.enrollment(&a, "c1").2);
+    assert_eq!(s.enrollment(&a, "c1").0, "active");
+    update(&mut s, def(json!("book_appointment"), true));
+    assert_eq!(
+        s.enrollment(&a, "c1"),
+        ("exited".into(), Some("goal_met".into()), true)
+    );
+}
+
+/// A Birthday trigger changed away and back starts afresh: the days it
+/// was another trigger are not caught up.
+#[test]
+fn a_birthday_trigger_brought_back_does_not_catch_up_the_days_it_was_away() {
+    let mut s = Sim::new();
+    let def = |trigger: Value| {
+        json!({"name": "Birthday", "run_window": {"mode": "any_time"}, "trigger": trigger,
+            "steps": [{"type": "send_email", "subject": "Happy birthday", "body": "b"}]})
+    };
+    let birthday = json!({"type": "birthday", "offset": "on_the_day"});
+    let a = s.automation(def(birthday.clone()));
+    s.advance(DAY); // Tuesday's evaluation ran
+    s.cmd(json!({"command": "automation.update", "automation_id": a,
+        "definition": def(json!({"type": "contact_created"}))}))
+        .unwrap();
+    s.advance(3 * DAY);
+    // Friday: back to Birthday; c1 was born on Thursday, January 8.
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def(birthday)}))
+        .unwrap();
+    s.contact("c1", json!({"dob": "1990-01-08"}));
+    s.advance(2 * DAY);
+    assert_eq!(
+        s.count("enrolled", Some(&a)),
+        0,
+        "a day it was not a Birthday trigger"
+    );
 }
 
 /// An edit that changes the goal counts the new goal: reaching the old one

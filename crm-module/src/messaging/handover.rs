@@ -123,6 +123,23 @@ enum Standing {
 /// turning the automation on releases the rows that carry it.
 pub const HELD_WHILE_PAUSED: &str = "held: the automation is paused";
 
+/// The reason an SMS held for the recipient's sending hours carries
+/// (`last_error`): a change of the practice's time zone or sending hours
+/// releases the rows that carry it, to be screened again.
+pub const HELD_FOR_SENDING_HOURS: &str = "held: outside the recipient's SMS sending hours";
+
+/// Releases the SMS held for the recipients' sending hours (the hours or
+/// the practice's time zone changed): they are screened again at once.
+pub fn release_sending_hours(conn: &Connection, now: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET next_attempt_at = ?1, last_error = NULL, updated_at = ?1
+          WHERE status IN ('pending','retry') AND kind = 'message' AND last_error = ?2
+            AND next_attempt_at > ?1",
+    )?
+    .execute(params![now, HELD_FOR_SENDING_HOURS])?;
+    Ok(())
+}
+
 /// A held row is looked at again after this long, in case the automation
 /// was turned on by a path that did not release it.
 const PAUSED_RECHECK: Millis = crate::clock::DAY;
@@ -176,9 +193,9 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
         match decision {
             Held::Consent(HandOver::WaitUntil(at)) => {
                 conn.prepare_cached(
-                    "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3 WHERE id = ?1",
+                    "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3, last_error = ?4 WHERE id = ?1",
                 )?
-                .execute(params![id, at, now])?;
+                .execute(params![id, at, now, HELD_FOR_SENDING_HOURS])?;
             }
             Held::Consent(HandOver::Suppress(why)) => {
                 let Some(row) = fail(*id, format!("suppressed: {}", why.as_str()))? else {
@@ -293,6 +310,36 @@ mod tests {
             .unwrap();
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
         assert_eq!(go.len(), 1, "turned on again: handed over");
+    }
+
+    /// An SMS held at hand-over for the sending hours is screened again
+    /// when the practice's time zone changes: 21:30 in New York is 18:30
+    /// in Los Angeles, inside the hours, so it goes.
+    #[test]
+    fn a_new_time_zone_screens_again_the_texts_held_for_the_sending_hours() {
+        let mut s = Sim::new();
+        s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"type": "send_sms", "message": "Hi"}]}));
+        // 20:55 in New York: queued inside the hours; the host was away
+        // until 21:30, past them.
+        s.advance(11 * HOUR + 55 * MINUTE);
+        s.contact("c1", json!({}));
+        s.advance(35 * MINUTE);
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert!(go.is_empty(), "{:?}", keys(&go));
+        let next = |s: &Sim| -> i64 {
+            s.conn
+                .query_row("SELECT next_attempt_at FROM outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert!(next(&s) > s.now + 10 * HOUR, "held until the morning");
+        let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+        doc["time_zone"] = json!("America/Los_Angeles");
+        s.cmd(json!({"command": "settings.update", "settings": doc}))
+            .unwrap();
+        assert_eq!(next(&s), s.now, "screened again at once");
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert_eq!(go.len(), 1);
     }
 
     #[test]

@@ -635,6 +635,39 @@ mod tests {
     }
 
     #[test]
+    fn migration_18_takes_a_paused_automations_enrollments_out_of_the_wake_up_index() {
+        let conn = at_version(17);
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity) VALUES ('c1', '{}', 0, 0);
+             INSERT INTO automations (id, name, status, current_version, entered_by, updated_by, created_at, updated_at)
+                 VALUES ('on', 'On', 'active', 1, 's', 's', 0, 0), ('off', 'Off', 'inactive', 1, 's', 's', 0, 0);
+             INSERT INTO enrollments (automation_id, contact_id, enrolled_version, version, state, wake_at, enrolled_at)
+                 VALUES ('on', 'c1', 1, 1, 'active', 5, 0), ('off', 'c1', 1, 1, 'active', 1, 0),
+                        ('off', 'c1', 1, 1, 'completed', NULL, 0);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let held: Vec<(String, String, i64)> = conn
+            .prepare("SELECT automation_id, state, held FROM enrollments ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let row = |a: &str, s: &str, h: i64| (a.to_string(), s.to_string(), h);
+        assert_eq!(
+            held,
+            [
+                row("on", "active", 0),
+                row("off", "active", 1),
+                row("off", "completed", 0)
+            ]
+        );
+        let next = crate::core::due::next(&conn, 10).unwrap().unwrap();
+        assert_eq!((next.due, next.enrollment_id), (5, Some(1)));
+    }
+
+    #[test]
     fn migration_15_keeps_the_events_ingested_before_as_plain_duplicates() {
         let conn = at_version(14);
         conn.execute_batch(

@@ -384,16 +384,18 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let id = rec.id.as_str();
     let def = &rec.current.def;
 
-    // 1. Automation-wide totals: served by the events_automation index alone.
+    // 1. Automation-wide totals: the events_automation index, and the rows
+    // of the goals reached (which goal each was).
     let mut totals: HashMap<String, u64> = HashMap::new();
     {
         let mut stmt = ctx.conn.prepare_cached(
             "SELECT kind, count(*) FROM events
              WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached', 'exited')
-               AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') = ?2)
+               AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') IN (?2, ?3))
              GROUP BY kind",
         )?;
-        let rows = stmt.query_map(params![id, goals::logged_id(def.goal)], |r| {
+        let [g1, g2] = goals::counted_ids(def.goal);
+        let rows = stmt.query_map(params![id, g1, g2], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
         for row in rows {
@@ -551,7 +553,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let time_in_flow = time_in_flow(ctx, id)?;
 
     // 5. Engagement over time.
-    let engagement_over_time = engagement_over_time(ctx, id, goals::logged_id(def.goal))?;
+    let engagement_over_time = engagement_over_time(ctx, id, goals::counted_ids(def.goal))?;
 
     // Steps table.
     let rows = step_rows(ctx, id, &rec.current.flow, def, &per_step)?;
@@ -1002,7 +1004,7 @@ fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
 fn engagement_over_time(
     ctx: &Ctx<'_>,
     automation_id: &str,
-    goal: &str,
+    [g1, g2]: [&str; 2],
 ) -> Result<EngagementOverTime> {
     let tz = ctx.settings.tz;
     let today = local_date(ctx.now, tz);
@@ -1029,10 +1031,10 @@ fn engagement_over_time(
         "SELECT kind, at / ?4, count(*) FROM events
          WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached')
            AND at >= ?2 AND at < ?3
-           AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') = ?5)
+           AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') IN (?5, ?6))
          GROUP BY kind, at / ?4",
     )?;
-    let rows = stmt.query_map(params![automation_id, start, end, BUCKET, goal], |r| {
+    let rows = stmt.query_map(params![automation_id, start, end, BUCKET, g1, g2], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
