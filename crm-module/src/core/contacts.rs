@@ -208,6 +208,24 @@ pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
     Ok(())
 }
 
+/// Records that the module saw contact `id` become a Patient at `at` (its
+/// `became_patient_at`, which no save of the record touches).
+pub fn mark_became_patient(conn: &Connection, id: &str, at: Millis) -> Result<()> {
+    conn.prepare_cached("UPDATE contacts SET became_patient_at = ?2 WHERE id = ?1")?
+        .execute(params![id, at])?;
+    Ok(())
+}
+
+/// When the module last saw contact `id` become a Patient (`None`: never,
+/// e.g. imported as one).
+pub fn became_patient_at(conn: &Connection, id: &str) -> Result<Option<Millis>> {
+    Ok(conn
+        .prepare_cached("SELECT became_patient_at FROM contacts WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.
 ///
 /// Most saves change neither the email, the phone number nor the date of

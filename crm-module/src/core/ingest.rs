@@ -439,6 +439,7 @@ fn upsert(
             ..Log::new("status_changed", &id)
         }
         .write(ctx.conn, ctx.now)?;
+        contacts::mark_became_patient(ctx.conn, &id, ctx.now)?;
     }
     contacts::add_opt_out_signals(&c, &mut signals);
     triggers::fire(ctx, &id, &signals)?;
@@ -550,6 +551,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
                 ..Log::new("status_changed", &c.id)
             }
             .write(ctx.conn, ctx.now)?;
+            contacts::mark_became_patient(ctx.conn, &c.id, ctx.now)?;
             signals.push(Signal::PropertyChanged {
                 property: "status".into(),
                 old_value: json!("lead"),
@@ -592,13 +594,8 @@ fn existing_patient(
     if other_visit {
         return Ok(true);
     }
-    let just_flipped: bool = ctx
-        .conn
-        .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM events WHERE contact_id = ?1 AND at >= ?2 AND kind = 'status_changed')",
-        )?
-        .query_row(params![contact_id, at - DAY], |r| r.get(0))?;
-    Ok(!just_flipped)
+    let flipped = contacts::became_patient_at(ctx.conn, contact_id)?;
+    Ok(flipped.is_none_or(|flip| flip < at - DAY))
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {

@@ -576,6 +576,16 @@ CREATE INDEX enrollments_due ON enrollments(wake_at, id) WHERE state = 'active' 
     r#"
 ALTER TABLE automations ADD COLUMN evaluated_through TEXT;
 "#,
+    // 20: when the module saw the contact become a Patient (a booking or
+    // the host's update flipping Lead -> Patient), read by primary key when
+    // deciding whether a booking is a Rebook: the event log has no index by
+    // contact. Filled from the log's `status_changed` rows in one pass.
+    r#"
+ALTER TABLE contacts ADD COLUMN became_patient_at INTEGER;
+UPDATE contacts SET became_patient_at = flips.at
+  FROM (SELECT contact_id, max(at) AS at FROM events WHERE kind = 'status_changed' GROUP BY contact_id) AS flips
+ WHERE flips.contact_id = contacts.id;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -632,6 +642,34 @@ mod tests {
                 .unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn migration_20_fills_when_each_contact_became_a_patient_from_the_log() {
+        let conn = at_version(19);
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity)
+                 VALUES ('flipped', '{}', 0, 0), ('imported', '{}', 0, 0);
+             INSERT INTO events (at, kind, contact_id) VALUES
+                 (10, 'status_changed', 'flipped'), (30, 'contact_updated', 'flipped'),
+                 (20, 'status_changed', 'flipped'), (40, 'contact_created', 'imported');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let at: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT id, became_patient_at FROM contacts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            at,
+            [
+                ("flipped".to_string(), Some(20)),
+                ("imported".to_string(), None)
+            ]
+        );
     }
 
     #[test]
