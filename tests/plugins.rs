@@ -576,6 +576,37 @@ fn the_read_file_step_sees_no_files() {
     assert!(seen.contains("dir: error"), "{seen}");
 }
 
+/// A plugin call still queued when its contact leaves the automation is
+/// withdrawn, never run: booked in the same batch as they arrived (Goal
+/// met), the lead is not scored.
+#[test]
+fn a_plugin_call_for_a_contact_who_left_is_withdrawn() {
+    let p = Practice::new();
+    p.install("test_steps.wasm", json!({}));
+    p.ok(json!({"command": "automation.create", "automation_id": "files", "definition": {
+        "name": "files", "goal": "book_appointment", "unenrollment": {"goal_met": true},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"id": "f", "type": "custom", "plugin_id": "test-steps", "step_type": "read-file", "config": {}}]}}));
+    p.ok(json!({"command": "automation.activate", "automation_id": "files"}));
+    let booked = json!({"event_id": "b1", "type": "appointment.booked",
+        "appointment": {"id": "ap1", "contact_id": "p1"}});
+    p.m()
+        .push_batch(&json!([contact(1, false), booked]).to_string())
+        .unwrap();
+    p.idle();
+    let withdrawn = p.events("plugin_step_withdrawn");
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
+    assert_eq!(
+        (withdrawn[0].0.as_str(), withdrawn[0].1.as_str()),
+        ("p1", "f")
+    );
+    assert_eq!(withdrawn[0].2["exit_reason"], "goal_met");
+    assert!(
+        p.host.property("p1", "observed").is_none(),
+        "the plugin ran"
+    );
+}
+
 #[test]
 fn an_instruction_budget_stops_a_loop_deterministically() {
     let p = Practice::new();

@@ -51,11 +51,13 @@ pub fn screen(
     let mut go = Vec::with_capacity(rows.len());
     let mut held: Vec<(i64, Held)> = Vec::new();
     for row in rows {
-        // A step's message, or its task ("call to book" after the booking),
-        // goes only while its contact is in the automation and it runs; a
-        // message also needs the contact's consent still.
+        // A step's message, its task ("call to book" after the booking) or
+        // its plugin call (an action in another system) goes only while its
+        // contact is in the automation and it runs; a message also needs
+        // the contact's consent still. A property write-back always goes:
+        // the module's record already holds the change.
         let channel = match (&row.kind, row.channel.as_deref()) {
-            (EffectKind::Task, _) => None,
+            (EffectKind::Task | EffectKind::PluginStep, _) => None,
             (EffectKind::Message, Some(channel))
                 if !outbox::is_test_send(install_id, &row.key)
                     && !is_compliance(install_id, &row.key) =>
@@ -170,7 +172,8 @@ fn enrollment_standing(conn: &Connection, id: i64) -> Result<Option<Standing>> {
 pub fn release_paused(conn: &Connection, automation_id: &str, now: Millis) -> Result<()> {
     conn.prepare_cached(
         "UPDATE outbox SET next_attempt_at = ?2, last_error = NULL, updated_at = ?2
-          WHERE status IN ('pending','retry') AND (kind = 'message' OR kind = 'task')
+          WHERE status IN ('pending','retry')
+            AND (kind = 'message' OR kind = 'task' OR kind = 'plugin_step')
             AND automation_id = ?1 AND last_error = ?3",
     )?
     .execute(params![automation_id, now, HELD_WHILE_PAUSED])?;
@@ -221,9 +224,17 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 };
                 let detail =
                     json!({"reason": "left_automation", "exit_reason": reason, "at": "hand_over"});
-                if row.kind == EffectKind::Task {
-                    Log::for_effect("task_withdrawn", &row, Some(detail)).write(conn, now)?;
-                    continue;
+                match row.kind {
+                    EffectKind::Task => {
+                        Log::for_effect("task_withdrawn", &row, Some(detail)).write(conn, now)?;
+                        continue;
+                    }
+                    EffectKind::PluginStep => {
+                        Log::for_effect("plugin_step_withdrawn", &row, Some(detail))
+                            .write(conn, now)?;
+                        continue;
+                    }
+                    EffectKind::Message | EffectKind::Property => {}
                 }
                 Log::for_effect("message_withdrawn", &row, Some(detail)).write(conn, now)?;
                 // Its SMS thread stays unopened; no fallback goes to a
