@@ -80,7 +80,7 @@ pub struct AutomationListView {
     pub title: String,
     /// Breadcrumb ("CRM", "Automation").
     pub breadcrumb: Vec<String>,
-    /// Exactly four cards: Active automations, Contacts enrolled, Goals reached,
+    /// Exactly four cards: Active automations, Enrollments, Goals reached,
     /// Avg. conversion rate. Practice-wide: they ignore search and filters.
     pub stat_cards: Vec<StatCard>,
     /// Two items: the search box and the Create automation button.
@@ -139,7 +139,8 @@ pub struct AutomationRow {
     pub name: String,
     /// Status (Draft, Active, Inactive).
     pub status: Label,
-    /// Contacts enrolled, all time (count of `enrolled` events).
+    /// Enrollments, all time (count of `enrolled` events; a contact enrolled
+    /// again counts again).
     pub enrolled: u64,
     /// `enrolled` formatted ("1,245").
     pub enrolled_display: String,
@@ -356,7 +357,7 @@ fn create_action() -> Action {
 fn columns() -> Vec<Column> {
     let mut enrolled = Column::new("enrolled", "Enrolled", true, true);
     enrolled.definition =
-        Some("Contacts who joined the flow because the trigger fired, all time.".into());
+        Some("Times a contact joined the flow because the trigger fired, all time (a contact enrolled again counts again).".into());
     vec![
         Column::new("name", "Name", true, false),
         Column::new("status", "Status", true, false),
@@ -486,7 +487,7 @@ fn stat_cards(all: &[Item]) -> Vec<StatCard> {
         },
         StatCard {
             id: "contacts_enrolled".into(),
-            label: "Contacts enrolled".into(),
+            label: "Enrollments".into(),
             value: Some(num_u(enrolled)),
             display: fmt_count(enrolled),
             hint: "All time, across automations".into(),
@@ -641,7 +642,7 @@ mod tests {
         assert_eq!(cards.len(), 4);
         assert_eq!(cards[0]["label"], "Active automations");
         assert_eq!(cards[0]["value"], 1);
-        assert_eq!(cards[1]["label"], "Contacts enrolled");
+        assert_eq!(cards[1]["label"], "Enrollments");
         assert_eq!(cards[1]["value"], 352);
         assert_eq!(cards[2]["value"], 67);
         // mean of 62/342 (18.13%) and 5/10 (50%) = 34.06 → 34.0
