@@ -376,17 +376,14 @@ const LIVE_ENROLLED_SQL: &str = "SELECT automation_id, count(*) FROM events
        AND kind = 'enrolled'
      GROUP BY automation_id";
 
-/// Goals reached of every live automation, by the goal they were (an edit
-/// may have changed it: the list shows the current goal's count): the
-/// index finds the rows, each row says its goal.
-const LIVE_GOALS_SQL: &str =
-    "SELECT automation_id, json_extract(detail, '$.goal'), count(*) FROM events
-     WHERE automation_id IN (SELECT id FROM automations WHERE deleted_at IS NULL)
-       AND kind = 'goal_reached'
-     GROUP BY 1, 2";
+/// The goals reached of automation `?1` that count for its current goal
+/// (`?2`, `?3`: [`goals::counted_ids`]; an edit may have changed it), from
+/// the `events_goals` index alone.
+const GOALS_SQL: &str = "SELECT count(*) FROM events
+     WHERE kind = 'goal_reached' AND automation_id = ?1 AND json_extract(detail, '$.goal') IN (?2, ?3)";
 
 /// Every live automation with its all-time counts: one query for the rows,
-/// two aggregates over the event log.
+/// one aggregate over the event log, and one index count per automation.
 fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
     let mut enrolled: HashMap<String, u64> = HashMap::new();
     for row in ctx
@@ -396,23 +393,6 @@ fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
     {
         let (id, n) = row?;
         enrolled.insert(id, n as u64);
-    }
-    let mut reached: HashMap<(String, String), u64> = HashMap::new();
-    for row in ctx
-        .conn
-        .prepare_cached(LIVE_GOALS_SQL)?
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-    {
-        let (id, goal, n) = row?;
-        if let Some(goal) = goal {
-            reached.insert((id, goal), n as u64);
-        }
     }
     let mut stmt = ctx.conn.prepare_cached(
         "SELECT a.id, a.name, a.status, a.entered_by, a.updated_at,
@@ -439,13 +419,11 @@ fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
         let goal = goal.and_then(|g| GoalKind::ALL.into_iter().find(|k| k.id() == g));
         let enrolled = enrolled.get(&id).copied().unwrap_or_default();
         let [g1, g2] = goals::counted_ids(goal);
-        let count = |g: &str| reached.get(&(id.clone(), g.to_string())).copied();
-        let goals = count(g1).unwrap_or_default()
-            + if g2 != g1 {
-                count(g2).unwrap_or_default()
-            } else {
-                0
-            };
+        let goals: i64 = ctx
+            .conn
+            .prepare_cached(GOALS_SQL)?
+            .query_row(params![id, g1, g2], |r| r.get(0))?;
+        let goals = goals as u64;
         out.push(Item {
             id,
             name,
@@ -800,9 +778,10 @@ mod tests {
         );
         // Counted in the index's order: no sort of every enrolled row.
         assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
-        let plan = crate::store::query_plan(&db.conn, super::LIVE_GOALS_SQL, []);
+        let plan = crate::store::query_plan(&db.conn, super::GOALS_SQL, ["a1", "g", "g"]);
         assert!(
-            plan.iter().any(|l| l.contains("events_automation")),
+            plan.iter()
+                .any(|l| l.contains("COVERING INDEX events_goals")),
             "{plan:?}"
         );
     }

@@ -384,16 +384,11 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let id = rec.id.as_str();
     let def = &rec.current.def;
 
-    // 1. Automation-wide totals: the events_automation index, and the rows
-    // of the goals reached (which goal each was).
+    // 1. Automation-wide totals: the events_automation index, and the
+    // current goal's conversions from events_goals.
     let mut totals: HashMap<String, u64> = HashMap::new();
     {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT kind, count(*) FROM events
-             WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached', 'exited')
-               AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') IN (?2, ?3))
-             GROUP BY kind",
-        )?;
+        let mut stmt = ctx.conn.prepare_cached(TOTALS_SQL)?;
         let [g1, g2] = goals::counted_ids(def.goal);
         let rows = stmt.query_map(params![id, g1, g2], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
@@ -1001,6 +996,27 @@ fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
     })
 }
 
+/// Enrolled, completed and exited counts of automation `?1` (index
+/// `events_automation`), and its goals reached that count for its current
+/// goal (`?2`, `?3`: [`goals::counted_ids`]; index `events_goals`).
+pub(crate) const TOTALS_SQL: &str = "SELECT kind, count(*) FROM events
+     WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'exited')
+     GROUP BY kind
+     UNION ALL
+     SELECT 'goal_reached', count(*) FROM events
+     WHERE kind = 'goal_reached' AND automation_id = ?1 AND json_extract(detail, '$.goal') IN (?2, ?3)";
+
+/// [`TOTALS_SQL`] per quarter-hour bucket (`?4` ms) of `?2..?3`, enrolled
+/// and completed, then the goals reached (`?5`, `?6`).
+pub(crate) const OVER_TIME_SQL: &str = "SELECT kind, at / ?4, count(*) FROM events
+     WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed') AND at >= ?2 AND at < ?3
+     GROUP BY kind, at / ?4
+     UNION ALL
+     SELECT 'goal_reached', at / ?4, count(*) FROM events
+     WHERE kind = 'goal_reached' AND automation_id = ?1
+       AND json_extract(detail, '$.goal') IN (?5, ?6) AND at >= ?2 AND at < ?3
+     GROUP BY at / ?4";
+
 fn engagement_over_time(
     ctx: &Ctx<'_>,
     automation_id: &str,
@@ -1027,13 +1043,7 @@ fn engagement_over_time(
     // Quarter-hour buckets: every zone offset is a multiple of 15 minutes, so
     // a bucket never straddles a local midnight.
     const BUCKET: i64 = 15 * crate::clock::MINUTE;
-    let mut stmt = ctx.conn.prepare_cached(
-        "SELECT kind, at / ?4, count(*) FROM events
-         WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'goal_reached')
-           AND at >= ?2 AND at < ?3
-           AND (kind <> 'goal_reached' OR json_extract(detail, '$.goal') IN (?5, ?6))
-         GROUP BY kind, at / ?4",
-    )?;
+    let mut stmt = ctx.conn.prepare_cached(OVER_TIME_SQL)?;
     let rows = stmt.query_map(params![automation_id, start, end, BUCKET, g1, g2], |r| {
         Ok((
             r.get::<_, String>(0)?,
