@@ -681,27 +681,26 @@ fn reschedule(ctx: &Ctx<'_>, new: &Resolved) -> Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     for (id, version) in due {
         let def = catalog::load_version(ctx.conn, &id, version)?.def;
-        let next = dates::next_evaluation(def.window(&new.doc.default_run_window), ctx.now, new.tz);
-        ctx.conn.execute(
-            "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
-            params![id, next],
-        )?;
+        schedule_evaluation(ctx, new, &id, &def, true)?;
     }
     Ok(())
 }
 
-/// Schedules (or clears) the next date-based evaluation of an active automation.
+/// Schedules (or clears) the next date-based evaluation of an active
+/// automation, in the time zone of `settings` (the stored ones, or new ones
+/// being saved).
 fn schedule_evaluation(
     ctx: &Ctx<'_>,
+    settings: &Resolved,
     id: &str,
     def: &AutomationDefinition,
     active: bool,
 ) -> Result<()> {
     let next = if active && def.trigger.is_date_based() {
         dates::next_evaluation(
-            def.window(&ctx.settings.doc.default_run_window),
+            def.window(&settings.doc.default_run_window),
             ctx.now,
-            ctx.settings.tz,
+            settings.tz,
         )
     } else {
         None
@@ -773,7 +772,13 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 "UPDATE automations SET name = ?2, current_version = ?3, updated_by = ?4, updated_at = ?5 WHERE id = ?1",
                 params![id, def.name, version, by, ctx.now],
             )?;
-            schedule_evaluation(ctx, &id, &def, row.status == AutomationStatus::Active)?;
+            schedule_evaluation(
+                ctx,
+                ctx.settings,
+                &id,
+                &def,
+                row.status == AutomationStatus::Active,
+            )?;
             let old = catalog::load_version(ctx.conn, &id, row.version)?;
             let new = catalog::load_version(ctx.conn, &id, version)?;
             if old.def.goal != new.def.goal {
@@ -815,7 +820,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     params![id, ctx.now],
                 )?;
                 let v = catalog::load_version(ctx.conn, &id, row.version)?;
-                schedule_evaluation(ctx, &id, &v.def, true)?;
+                schedule_evaluation(ctx, ctx.settings, &id, &v.def, true)?;
                 let cat = Catalog::load(ctx.conn)?;
                 let sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 enrollment::resume(&sub, &id)?;

@@ -27,6 +27,26 @@ pub fn counted_ids(goal: Option<GoalKind>) -> [&'static str; 2] {
     }
 }
 
+/// The goals reached of automation `?1` that count for its current goal
+/// (`?2`, `?3`: [`counted_ids`]; an edit may have changed it), from the
+/// `events_goals` index alone.
+pub const REACHED_SQL: &str = "SELECT count(*) FROM events
+     WHERE kind = 'goal_reached' AND automation_id = ?1 AND json_extract(detail, '$.goal') IN (?2, ?3)";
+
+/// How many conversions of automation `automation_id` count for `goal`, its
+/// current goal (the list's and the Performance tab's Goal reached).
+pub fn reached_count(
+    conn: &rusqlite::Connection,
+    automation_id: &str,
+    goal: Option<GoalKind>,
+) -> Result<u64> {
+    let [a, b] = counted_ids(goal);
+    let n: i64 = conn
+        .prepare_cached(REACHED_SQL)?
+        .query_row(rusqlite::params![automation_id, a, b], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
 /// After an edit changed an automation's goal: each enrollment's
 /// `goal_reached_at` becomes when it reached the new goal (from the log;
 /// none yet: NULL), so reaching the old goal neither blocks the new one nor

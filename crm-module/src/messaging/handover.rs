@@ -256,16 +256,16 @@ mod tests {
     use crate::clock::{DAY, HOUR, MINUTE, parse_rfc3339};
     use crate::core::sim::Sim;
 
-    /// The messages waiting in the outbox, as the dispatcher reads them.
-    fn waiting(s: &Sim) -> Vec<DueEffect> {
+    /// The rows of `kind` waiting in the outbox, as the dispatcher reads them.
+    fn pending(s: &Sim, kind: EffectKind) -> Vec<DueEffect> {
         s.conn
-            .prepare("SELECT id, idempotency_key, payload, channel, contact_id FROM outbox WHERE status = 'pending' ORDER BY id")
+            .prepare("SELECT id, idempotency_key, payload, channel, contact_id FROM outbox WHERE status = 'pending' AND kind = ?1 ORDER BY id")
             .unwrap()
-            .query_map([], |r| {
+            .query_map([kind.as_str()], |r| {
                 Ok(DueEffect {
                     id: r.get(0)?,
                     key: r.get(1)?,
-                    kind: EffectKind::Message,
+                    kind,
                     payload: r.get(2)?,
                     channel: r.get(3)?,
                     contact_id: r.get(4)?,
@@ -274,6 +274,11 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// The messages waiting in the outbox.
+    fn waiting(s: &Sim) -> Vec<DueEffect> {
+        pending(s, EffectKind::Message)
     }
 
     fn keys(rows: &[DueEffect]) -> Vec<&str> {
@@ -297,18 +302,7 @@ mod tests {
         s.book("c1", "ap1");
         s.cmd(json!({"command": "automation.pause", "automation_id": b}))
             .unwrap();
-        let tasks = |s: &Sim| -> Vec<DueEffect> {
-            s.conn
-                .prepare("SELECT id, idempotency_key, payload, channel, contact_id FROM outbox WHERE status = 'pending' AND kind = 'task' ORDER BY id")
-                .unwrap()
-                .query_map([], |r| {
-                    Ok(DueEffect { id: r.get(0)?, key: r.get(1)?, kind: EffectKind::Task, payload: r.get(2)?,
-                                   channel: r.get(3)?, contact_id: r.get(4)? })
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let tasks = |s: &Sim| pending(s, EffectKind::Task);
         assert_eq!(tasks(&s).len(), 2);
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
         assert!(go.is_empty(), "{:?}", keys(&go));

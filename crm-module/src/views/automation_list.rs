@@ -376,12 +376,6 @@ const LIVE_ENROLLED_SQL: &str = "SELECT automation_id, count(*) FROM events
        AND kind = 'enrolled'
      GROUP BY automation_id";
 
-/// The goals reached of automation `?1` that count for its current goal
-/// (`?2`, `?3`: [`goals::counted_ids`]; an edit may have changed it), from
-/// the `events_goals` index alone.
-const GOALS_SQL: &str = "SELECT count(*) FROM events
-     WHERE kind = 'goal_reached' AND automation_id = ?1 AND json_extract(detail, '$.goal') IN (?2, ?3)";
-
 /// Every live automation with its all-time counts: one query for the rows,
 /// one aggregate over the event log, and one index count per automation.
 fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
@@ -418,12 +412,7 @@ fn load(ctx: &Ctx<'_>) -> Result<Vec<Item>> {
             .ok_or_else(|| Error::Internal(format!("automation {id}: bad status")))?;
         let goal = goal.and_then(|g| GoalKind::ALL.into_iter().find(|k| k.id() == g));
         let enrolled = enrolled.get(&id).copied().unwrap_or_default();
-        let [g1, g2] = goals::counted_ids(goal);
-        let goals: i64 = ctx
-            .conn
-            .prepare_cached(GOALS_SQL)?
-            .query_row(params![id, g1, g2], |r| r.get(0))?;
-        let goals = goals as u64;
+        let goals = goals::reached_count(ctx.conn, &id, goal)?;
         out.push(Item {
             id,
             name,
@@ -778,7 +767,8 @@ mod tests {
         );
         // Counted in the index's order: no sort of every enrolled row.
         assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
-        let plan = crate::store::query_plan(&db.conn, super::GOALS_SQL, ["a1", "g", "g"]);
+        let plan =
+            crate::store::query_plan(&db.conn, crate::core::goals::REACHED_SQL, ["a1", "g", "g"]);
         assert!(
             plan.iter()
                 .any(|l| l.contains("COVERING INDEX events_goals")),

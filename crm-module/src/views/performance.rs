@@ -389,8 +389,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let mut totals: HashMap<String, u64> = HashMap::new();
     {
         let mut stmt = ctx.conn.prepare_cached(TOTALS_SQL)?;
-        let [g1, g2] = goals::counted_ids(def.goal);
-        let rows = stmt.query_map(params![id, g1, g2], |r| {
+        let rows = stmt.query_map(params![id], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
         for row in rows {
@@ -402,7 +401,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let (enrolled, completed, goals, exited) = (
         total("enrolled"),
         total("completed"),
-        total("goal_reached"),
+        goals::reached_count(ctx.conn, id, def.goal)?,
         total("exited"),
     );
 
@@ -996,18 +995,15 @@ fn time_in_flow(ctx: &Ctx<'_>, automation_id: &str) -> Result<TimeInFlow> {
     })
 }
 
-/// Enrolled, completed and exited counts of automation `?1` (index
-/// `events_automation`), and its goals reached that count for its current
-/// goal (`?2`, `?3`: [`goals::counted_ids`]; index `events_goals`).
+/// Enrolled, completed and exited counts of automation `?1`, from the
+/// `events_automation` index (its goals reached: [`goals::reached_count`]).
 pub(crate) const TOTALS_SQL: &str = "SELECT kind, count(*) FROM events
      WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed', 'exited')
-     GROUP BY kind
-     UNION ALL
-     SELECT 'goal_reached', count(*) FROM events
-     WHERE kind = 'goal_reached' AND automation_id = ?1 AND json_extract(detail, '$.goal') IN (?2, ?3)";
+     GROUP BY kind";
 
-/// [`TOTALS_SQL`] per quarter-hour bucket (`?4` ms) of `?2..?3`, enrolled
-/// and completed, then the goals reached (`?5`, `?6`).
+/// Per quarter-hour bucket (`?4` ms) of `?2..?3`: enrolled and completed
+/// (index `events_automation`), then the goals reached that count for the
+/// current goal (`?5`, `?6`: [`goals::counted_ids`]; index `events_goals`).
 pub(crate) const OVER_TIME_SQL: &str = "SELECT kind, at / ?4, count(*) FROM events
      WHERE automation_id = ?1 AND kind IN ('enrolled', 'completed') AND at >= ?2 AND at < ?3
      GROUP BY kind, at / ?4
