@@ -608,6 +608,74 @@ fn a_plugin_call_for_a_contact_who_left_is_withdrawn() {
 }
 
 #[test]
+fn a_branching_plugin_step_reached_again_after_an_edit_is_called_again() {
+    let p = Practice::new();
+    p.install("test_steps.wasm", json!({}));
+    let branchy = |yes: Value, no: Value| {
+        json!({"id": "b", "type": "custom", "plugin_id": "test-steps", "step_type": "branchy",
+            "config": {"yes": true}, "yes": yes, "no": no})
+    };
+    let wait = json!({"id": "w", "type": "delay", "amount": 1, "unit": "days"});
+    let hello =
+        json!({"id": "m", "type": "send_email", "subject": "Hello", "body": "Hi {{firstname}}"});
+    let other = json!({"id": "n", "type": "send_email", "subject": "Other", "body": "Hi"});
+    p.automation(
+        "edit",
+        json!([branchy(
+            json!([wait.clone(), hello.clone()]),
+            json!([other.clone()])
+        )]),
+    );
+    p.push(contact(1, true));
+    p.idle();
+    // p1 took YES and waits in its delay. The edit moves the delay to
+    // before the branching step: p1 reaches that step again after it.
+    p.ok(
+        json!({"command": "automation.update", "automation_id": "edit", "definition": {
+        "name": "edit", "trigger": {"type": "contact_created"},
+        "steps": [wait, branchy(json!([hello]), json!([other]))]}}),
+    );
+    p.m().advance_clock(2 * 86_400_000).unwrap();
+    p.idle();
+    let conn = rusqlite::Connection::open_with_flags(
+        p.dir.path().join("practice.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let calls: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT idempotency_key, status FROM outbox WHERE kind = 'plugin_step' ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls.iter().all(|(_, status)| status == "accepted"),
+        "{calls:?}"
+    );
+    let calls: Vec<String> = calls.into_iter().map(|(key, _)| key).collect();
+    assert_eq!(calls[1], format!("{}-r2", calls[0]));
+    let branched: Vec<Value> = p
+        .events("step_completed")
+        .into_iter()
+        .filter(|(_, s, _)| s == "b")
+        .map(|(_, _, d)| d["path"].clone())
+        .collect();
+    assert_eq!(branched, vec![json!("yes"), json!("yes")]);
+    let sent: Vec<String> = p
+        .events("step_completed")
+        .into_iter()
+        .filter(|(_, s, _)| s == "m" || s == "n")
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(sent, vec!["m".to_string()]);
+    assert_eq!(p.events("completed").len(), 1, "p1 did not finish");
+}
+
+#[test]
 fn an_instruction_budget_stops_a_loop_deterministically() {
     let p = Practice::new();
     p.install(

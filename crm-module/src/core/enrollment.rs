@@ -356,8 +356,9 @@ fn advance_loaded(ctx: &mut Ctx<'_>, mut e: Enrollment) -> Result<()> {
             continue;
         }
         // A step that splits the path runs again: an If/then has no effect
-        // and chooses the path on (a branching plugin step cannot: see
-        // ARCHITECTURE.md). Passed over at once, not when the window opens.
+        // and chooses the path on, a branching plugin step is called again
+        // under a key of its own (`call_key`). Others are passed over at
+        // once, not when the window opens.
         let again = step.kind.paths().is_none()
             && e.ran_steps
                 .as_ref()
@@ -473,6 +474,25 @@ pub fn effect_key(install_id: &str, enrollment_id: i64, step_id: &str) -> String
     format!("{install_id}-e{enrollment_id}-{step_id}")
 }
 
+/// The idempotency key of a custom step's plugin call. A branching custom
+/// step reached again after an edit (see ARCHITECTURE.md, "Editing a live
+/// automation") is called again, as an If/then decides again: its n-th call
+/// (n > 1, counted in the enrollment's `ran_steps`, which is saved in the
+/// same transaction as the call) is keyed `<step key>-r<n>`, so it neither
+/// collides with the first call's row nor changes key when re-delivered.
+fn call_key(install_id: &str, e: &Enrollment, sid: &str) -> String {
+    let key = effect_key(install_id, e.id, sid);
+    let runs = e
+        .ran_steps
+        .as_ref()
+        .map_or(0, |ran| ran.iter().filter(|s| *s == sid).count());
+    if runs > 1 {
+        format!("{key}-r{runs}")
+    } else {
+        key
+    }
+}
+
 fn run_step(
     ctx: &mut Ctx<'_>,
     e: &Enrollment,
@@ -547,7 +567,7 @@ fn run_step(
             ..
         } => {
             let contact = contacts::require(ctx.conn, &e.contact_id)?;
-            let key = effect_key(ctx.install_id, e.id, sid);
+            let key = call_key(ctx.install_id, e, sid);
             ctx.effects.push(Effect {
                 payload: json!({
                     "key": key, "kind": "plugin_step", "plugin_id": plugin_id, "step_type": step_type,
