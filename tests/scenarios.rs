@@ -402,9 +402,18 @@ fn restart_keeps_state_and_pending_effects() {
     );
     m.advance_clock(3 * 24 * 3600 * 1000).unwrap();
     m.wait_idle(Duration::from_secs(30)).unwrap();
+    // The SMS after the delay, and the call task: the host's "retry later"
+    // to its first attempt is asked again a minute later, inside the advance.
+    let kinds: Vec<EffectKind> = host
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, k, _)| *k)
+        .collect();
     assert_eq!(
-        host.got.lock().unwrap().len(),
-        2,
+        kinds,
+        [EffectKind::Message, EffectKind::Message, EffectKind::Task],
         "the delay survived the restart"
     );
 }
@@ -563,6 +572,67 @@ fn sending_limits_hold_the_excess_in_order_across_a_restart() {
             .and_then(|n| n.parse::<u32>().ok())
     });
     assert_eq!(keys, sorted, "in order");
+}
+
+#[test]
+fn one_long_advance_hands_each_effect_over_at_its_own_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _host) = welcome_practice(&dir);
+    let mut settings = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+    settings["limits"] = json!({"email_per_hour": 1});
+    m.execute(&json!({"command": "settings.update", "settings": settings}).to_string())
+        .unwrap();
+    let start = m.now();
+    for i in 0..3 {
+        m.push(&contact(i)).unwrap();
+    }
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    // Five days in one call: the limit frees a slot an hour after each
+    // email, the SMS and the call task are due two days in, and the host
+    // answers the task's first attempt "retry later".
+    m.advance_clock(5 * 24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let log = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let at = |kind: &str, channel: Option<&str>| -> Vec<(String, i64)> {
+        log.prepare(
+            "SELECT contact_id, at FROM events WHERE kind = ?1 AND channel IS ?2 ORDER BY contact_id, id",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![kind, channel], |r| {
+            Ok((r.get(0)?, (r.get::<_, i64>(1)? - start) / 60_000))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let day = 24 * 60;
+    let at_minutes = |rows: &[(&str, i64)]| -> Vec<(String, i64)> {
+        rows.iter().map(|(c, t)| (c.to_string(), *t)).collect()
+    };
+    // Minutes after the start: one email an hour, as the limit says.
+    assert_eq!(
+        at("message_sent", Some("email")),
+        at_minutes(&[("p0", 0), ("p1", 60), ("p2", 120)])
+    );
+    // The delay ended two days in (09:00 in New York, inside the window).
+    assert_eq!(
+        at("message_sent", Some("sms")),
+        at_minutes(&[("p0", 2 * day), ("p1", 2 * day), ("p2", 2 * day)])
+    );
+    assert_eq!(
+        at("effect_retry", None),
+        at_minutes(&[("p0", 2 * day), ("p1", 2 * day), ("p2", 2 * day)])
+    );
+    // Taken at the retry, a minute of backoff later.
+    assert_eq!(
+        at("effect_accepted", None),
+        at_minutes(&[
+            ("p0", 2 * day + 1),
+            ("p1", 2 * day + 1),
+            ("p2", 2 * day + 1)
+        ])
+    );
+    assert_eq!(m.now() - start, 5 * 24 * 3_600_000);
 }
 
 /// Answers "retry later" to the first attempt of every email, and "failed"

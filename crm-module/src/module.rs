@@ -355,7 +355,9 @@ impl Module {
     }
 
     /// Advances the manual clock by `ms`, running everything that falls due on
-    /// the way, each at its own instant. Errors on the system clock.
+    /// the way, each at its own instant, and handing effects over when they
+    /// fall due: the advance waits for the answers before the clock goes on
+    /// (for 10 seconds at most without one). Errors on the system clock.
     pub fn advance_clock(&self, ms: i64) -> Result<()> {
         if !self.clock.is_manual() {
             return Err(Error::Conflict(

@@ -113,6 +113,16 @@ const MAX_GROUP: usize = 512;
 const DUE_CHUNK: usize = 500;
 /// Most effects in flight at the dispatcher.
 const MAX_IN_FLIGHT: usize = 256;
+/// Manual clock: scheduled items due within this much simulated time of the
+/// first one run together before what they queued is handed over (see
+/// [`Worker::advance`]).
+const HANDOVER_GRAIN: Millis = crate::clock::MINUTE;
+/// Manual clock: how long (real time) an advance waits for an answer from
+/// the host, a sender or a plugin before it goes on without waiting.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A clock advance asked for: by how much, and where its result goes.
+type Advance = (Millis, Sender<Result<()>>);
 
 /// The worker's state.
 pub struct Worker {
@@ -142,6 +152,9 @@ pub struct Worker {
     /// not run, nothing is committed, and every request of the round is
     /// answered with this error (see [`Worker::in_savepoint`]).
     lost: Option<Error>,
+    /// A [`Request::Shutdown`] arrived while an advance waited for answers
+    /// (see [`Worker::settle`]): the loop ends after this turn.
+    stopping: bool,
     /// Tests: points at which the worker panics, once each (see
     /// [`Worker::inject`]).
     #[cfg(test)]
@@ -181,6 +194,7 @@ impl Worker {
             rows_written: Arc::new(AtomicU64::new(0)),
             rows_before: conn_changes,
             lost: None,
+            stopping: false,
             #[cfg(test)]
             faults: Vec::new(),
             #[cfg(test)]
@@ -239,7 +253,7 @@ impl Worker {
                 w.turn(batch, &rx);
                 Ok(())
             });
-            if stop {
+            if stop || self.stopping {
                 break;
             }
         }
@@ -250,10 +264,10 @@ impl Worker {
     /// One turn of the loop: the round of requests, the clock advances it
     /// asked for, work due by now, hand-overs, idle waiters.
     fn turn(&mut self, batch: Vec<Request>, rx: &Receiver<Request>) {
-        let advances = self.round(batch);
-        for (by, reply) in advances {
+        let mut advances: std::collections::VecDeque<Advance> = self.round(batch).into();
+        while let Some((by, reply)) = advances.pop_front() {
             let to = self.clock.now() + by;
-            let r = self.guarded("scheduled work", |w| w.run_due(to));
+            let r = self.guarded("scheduled work", |w| w.advance(to, rx, &mut advances));
             self.clock.advance_to(to);
             let _ = reply.send(r);
         }
@@ -392,7 +406,7 @@ impl Worker {
     }
 
     /// Applies a group of requests in one transaction; returns the clock advances (by how much) to run after it.
-    fn round(&mut self, batch: Vec<Request>) -> Vec<(Millis, Sender<Result<()>>)> {
+    fn round(&mut self, batch: Vec<Request>) -> Vec<Advance> {
         let mut advances = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
         if batch.is_empty() {
@@ -813,24 +827,129 @@ impl Worker {
     /// the manual clock each item runs at its own due instant.
     fn run_due(&mut self, until: Millis) -> Result<()> {
         self.inject("run_due");
-        loop {
-            let Some(first) = self.next_due()? else {
-                return Ok(());
-            };
-            if first > until {
-                return Ok(());
+        while self.next_due()?.is_some_and(|first| first <= until) {
+            self.run_due_transaction(until)?;
+        }
+        Ok(())
+    }
+
+    /// One transaction of scheduled items due by `until` (at most
+    /// [`DUE_CHUNK`]), then the hand-over of what is due.
+    fn run_due_transaction(&mut self, until: Millis) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match self.run_due_chunk(until) {
+            Ok(()) => self.conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
             }
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            let r = self.run_due_chunk(until);
-            match r {
-                Ok(()) => self.conn.execute_batch("COMMIT")?,
-                Err(e) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    return Err(e);
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Moves the manual clock to `to` as a real clock would pass: scheduled
+    /// items run at their own instants, and before the clock goes past an
+    /// instant at which effects are due, they are handed over and the
+    /// answers recorded ([`Worker::settle`]). So a single advance over
+    /// weeks hands each message over when it falls due, and sending limits,
+    /// sending hours, retries and channel fallbacks act at the simulated
+    /// times they would on the system clock. Items due within
+    /// [`HANDOVER_GRAIN`] of each other run together before the hand-over.
+    /// When answers stop coming for [`SETTLE_PATIENCE`] (a host holding a
+    /// callback), the rest of the advance runs without waiting for them.
+    /// Advances asked for meanwhile (from a callback) join `advances`.
+    fn advance(
+        &mut self,
+        to: Millis,
+        rx: &Receiver<Request>,
+        advances: &mut std::collections::VecDeque<Advance>,
+    ) -> Result<()> {
+        self.inject("run_due");
+        let mut patient = true;
+        loop {
+            if patient {
+                patient = self.settle(rx, advances);
+            }
+            let now = self.clock.now();
+            let item = self.next_due()?;
+            let handover = [self.next_outbox_due(), self.next_sending_slot(now)]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now)
+                .min();
+            let Some(next) = item.into_iter().chain(handover).min().filter(|t| *t <= to) else {
+                break;
+            };
+            if item == Some(next) {
+                self.run_due_transaction((next.max(now) + HANDOVER_GRAIN).min(to))?;
+            } else {
+                self.clock.advance_to(next);
+            }
+        }
+        self.clock.advance_to(to);
+        if patient {
+            self.settle(rx, advances);
+        }
+        Ok(())
+    }
+
+    /// Manual clock: hands over every effect due by now and records the
+    /// answers, running the requests that arrive meanwhile (a callback may
+    /// push an event) in rounds as the loop would. Returns `false` when no
+    /// answer came for [`SETTLE_PATIENCE`], or the module is shutting down.
+    fn settle(
+        &mut self,
+        rx: &Receiver<Request>,
+        advances: &mut std::collections::VecDeque<Advance>,
+    ) -> bool {
+        loop {
+            self.dispatch();
+            if self.in_flight.is_empty() {
+                return true;
+            }
+            let first = match rx.recv_timeout(SETTLE_PATIENCE) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "clock advance: {} hand-overs unanswered after {} s; going on without waiting",
+                            self.in_flight.len(),
+                            SETTLE_PATIENCE.as_secs()
+                        ),
+                    );
+                    return false;
+                }
+                Err(RecvTimeoutError::Disconnected) => return false,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-            self.dispatch();
+            self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
+            advances.extend(self.round(batch));
+            if self.stopping {
+                return false;
+            }
         }
+    }
+
+    /// When a channel over its sending limit gets a free slot again: the
+    /// next instant after `now` at which a message handed over leaves one
+    /// of its windows (none when no channel is over its limit).
+    fn next_sending_slot(&self, now: Millis) -> Option<Millis> {
+        let blocked = self.blocked_channels(now);
+        if blocked.is_empty() {
+            return None;
+        }
+        let limits = self.settings.read().doc.limits.clone();
+        crate::messaging::limits::next_slot(&self.conn, &limits, &blocked, now)
+            .ok()
+            .flatten()
     }
 
     fn run_due_chunk(&mut self, until: Millis) -> Result<()> {
@@ -1018,7 +1137,7 @@ fn clone_err(e: &Error) -> Error {
     }
 }
 
-fn reply_error(r: Request, err: &Error, advances: &mut Vec<(Millis, Sender<Result<()>>)>) {
+fn reply_error(r: Request, err: &Error, advances: &mut Vec<Advance>) {
     match r {
         Request::Push { reply, .. } => {
             let _ = reply.send(Err(clone_err(err)));

@@ -836,10 +836,14 @@ pub unsafe extern "C" fn crm_query_view(
     })
 }
 
-/// Advances the manual clock by `ms` milliseconds (0 to ten years), running
-/// everything that falls due on the way, each at its own instant. Effects it
-/// produces are handed to the callbacks asynchronously: call crm_wait_idle()
-/// to wait for them.
+/// Advances the manual clock by `ms` milliseconds (0 to ten years) as a
+/// real clock would pass: everything that falls due on the way runs at its
+/// own instant, and effects are handed to the callbacks when they fall due,
+/// the advance waiting for the answers before the clock goes on (so sending
+/// limits, sending hours, retries and channel fallbacks act at the simulated
+/// times they would in real time). When no answer comes for 10 seconds (a
+/// callback that blocks), the rest of the advance goes on without waiting.
+/// Call crm_wait_idle() afterwards to wait for everything to settle.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_CONFLICT (the module runs on the system
 /// clock), CRM_ERR_INVALID (`ms` out of range), CRM_ERR_STORAGE,

@@ -38,6 +38,41 @@ pub fn remaining(
     Ok(out)
 }
 
+/// The next instant after `now` at which one of the `blocked` channels gets
+/// a free slot: the oldest message handed over within one of its limited
+/// windows leaves that window. (The channel may still be over its other
+/// limit then; asked again at that instant, this gives the next.)
+pub fn next_slot(
+    conn: &rusqlite::Connection,
+    limits: &SendingLimits,
+    blocked: &[&str],
+    now: Millis,
+) -> Result<Option<Millis>> {
+    let mut next: Option<Millis> = None;
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(updated_at) FROM outbox WHERE kind = 'message' AND channel = ?1 AND attempts > 0 AND updated_at > ?2",
+    )?;
+    for (channel, per_hour, per_day) in [
+        ("email", limits.email_per_hour, limits.email_per_day),
+        ("sms", limits.sms_per_hour, limits.sms_per_day),
+    ] {
+        if !blocked.contains(&channel) {
+            continue;
+        }
+        for (limit, window) in [(per_hour, HOUR), (per_day, DAY)] {
+            if limit.is_none() {
+                continue;
+            }
+            let oldest: Option<Millis> =
+                stmt.query_row(params![channel, now - window], |r| r.get(0))?;
+            // Counted while `updated_at > now - window`: it leaves at
+            // `oldest + window`.
+            next = next.into_iter().chain(oldest.map(|t| t + window)).min();
+        }
+    }
+    Ok(next)
+}
+
 /// Messages of a channel handed to the sender after `since`.
 fn handed_over_since(conn: &rusqlite::Connection, channel: &str, since: Millis) -> Result<i64> {
     Ok(conn
