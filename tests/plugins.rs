@@ -317,6 +317,20 @@ fn the_welcome_series_runs_the_lead_score_custom_step() {
         assert_eq!(path, if hot { "yes" } else { "no" }, "{c}");
     }
     assert_eq!(p.events("completed").len(), 6);
+    // The Performance tab titles the unnamed custom steps as the canvas
+    // does: by their step type's display name.
+    let perf = p
+        .m()
+        .view("automation_performance", r#"{"automation_id": "welcome"}"#)
+        .unwrap();
+    let titles: Vec<(&str, &str)> = perf["steps"]["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{perf}"))
+        .iter()
+        .filter(|r| r["step_type"]["id"] == "custom")
+        .map(|r| (r["step_id"].as_str().unwrap(), r["title"].as_str().unwrap()))
+        .collect();
+    assert_eq!(titles, [("score", "Score lead"), ("hot", "Is hot lead?")]);
 
     // The plugin's figures: 12 calls, none failed, timed.
     let row = p.plugin_row("lead-score");

@@ -1238,10 +1238,7 @@ fn step_node(s: &Step, names: &Names, flow: Option<&Flow>, selected: &str) -> Ca
     CanvasNode {
         id: s.id.clone(),
         node_type: s.kind.type_id().into(),
-        title: match (&s.name, custom) {
-            (None, Some((t, _))) => t.display_name.clone(),
-            _ => s.title(),
-        },
+        title: names.step_title(s),
         summary: step_summary(s, names, flow),
         icon: custom.map_or_else(
             || step_icon(s.kind.type_id()).into(),

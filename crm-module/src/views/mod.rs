@@ -480,11 +480,41 @@ impl Names {
                 "SELECT id, name FROM lists WHERE deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
             forms: read("SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1")?,
+            ..Names::step_plugins(conn)?
+        })
+    }
+
+    /// Only the installed step plugins (no list or form names): for screens
+    /// that title steps and pick nothing.
+    pub(crate) fn step_plugins(conn: &Connection) -> Result<Names> {
+        Ok(Names {
+            lists: Vec::new(),
+            forms: Vec::new(),
             step_plugins: crate::plugins::registry::descriptors(conn)?
                 .into_iter()
                 .filter(|(d, _)| d.kind == crate::plugins::contract::PluginKind::Step)
                 .collect(),
         })
+    }
+
+    /// The title a screen gives a step: its name; an unnamed custom step
+    /// takes its step type's display name from the installed plugin; else
+    /// [`crate::model::automation::Step::title`].
+    pub(crate) fn step_title(&self, step: &crate::model::automation::Step) -> String {
+        use crate::model::automation::StepKind;
+        match (&step.name, &step.kind) {
+            (
+                None,
+                StepKind::Custom {
+                    plugin_id,
+                    step_type,
+                    ..
+                },
+            ) => self
+                .step_type(plugin_id, step_type)
+                .map_or_else(|| step.title(), |(t, _)| t.display_name.clone()),
+            _ => step.title(),
+        }
     }
 
     /// A custom step type's declaration and its plugin's name.

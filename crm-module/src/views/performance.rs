@@ -818,11 +818,13 @@ fn step_rows(
     per_step: &HashMap<String, StepCounts>,
 ) -> Result<Vec<StepRow>> {
     let pos = positions(def);
+    let names = super::Names::step_plugins(ctx.conn)?;
     let mut rows = Vec::new();
     for id in flow.ordered_ids() {
         let Some(step) = flow.step(&id) else { continue };
         let (depth, path) = pos.get(&id).cloned().unwrap_or((0, None));
         rows.push(step_row(
+            &names,
             step,
             depth,
             path,
@@ -857,6 +859,7 @@ fn step_rows(
                     && let Some(step) = old_flow.step(&id)
                 {
                     rows.push(step_row(
+                        &names,
                         step,
                         0,
                         None,
@@ -872,6 +875,7 @@ fn step_rows(
         for id in rest {
             let c = per_step.get(id).copied().unwrap_or_default();
             let mut row = step_row(
+                &names,
                 &Step {
                     id: id.to_string(),
                     name: Some(format!("Step {id}")),
@@ -893,6 +897,7 @@ fn step_rows(
 }
 
 fn step_row(
+    names: &super::Names,
     step: &Step,
     depth: u32,
     path_label: Option<String>,
@@ -915,9 +920,9 @@ fn step_row(
     StepRow {
         step_id: step.id.clone(),
         title: if removed {
-            format!("{} (removed)", step.title())
+            format!("{} (removed)", names.step_title(step))
         } else {
-            step.title()
+            names.step_title(step)
         },
         step_type: Label::new(type_id, step.kind.type_label()),
         icon: super::builder::step_icon(type_id).into(),
