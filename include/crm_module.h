@@ -439,9 +439,11 @@ crm_status crm_query_view(struct crm_module *m,
  * own instant, and effects are handed to the callbacks when they fall due,
  * the advance waiting for the answers before the clock goes on (so sending
  * limits, sending hours, retries and channel fallbacks act at the simulated
- * times they would in real time). When no answer comes for 10 seconds (a
- * callback that blocks), the rest of the advance goes on without waiting.
- * Call crm_wait_idle() afterwards to wait for everything to settle.
+ * times they would in real time, to the minute). When no answer comes for
+ * 10 seconds (a callback that blocks), the advance stops waiting, and later
+ * advances do not wait while that answer is missing; effects are still
+ * handed over as they fall due. Call crm_wait_idle() afterwards to wait
+ * for everything to settle.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_CONFLICT (the module runs on the system
  * clock), CRM_ERR_INVALID (`ms` out of range), CRM_ERR_STORAGE,

@@ -635,6 +635,64 @@ fn one_long_advance_hands_each_effect_over_at_its_own_instant() {
     assert_eq!(m.now() - start, 5 * 24 * 3_600_000);
 }
 
+/// Blocks in its first delivery until the test releases it; takes everything.
+struct BlocksFirst {
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    got: Mutex<Vec<String>>,
+}
+
+impl Host for BlocksFirst {
+    fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        let wait = self.release.lock().unwrap().take();
+        if let Some(wait) = wait {
+            let _ = wait.recv();
+        }
+        self.got.lock().unwrap().push(d.key.to_string());
+        (HostAnswer::Accepted, None)
+    }
+}
+
+#[test]
+fn a_callback_that_blocks_holds_clock_advances_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let (release, wait) = std::sync::mpsc::channel();
+    let host = Arc::new(BlocksFirst {
+        release: Mutex::new(Some(wait)),
+        got: Mutex::default(),
+    });
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "a", "definition": {
+        "name": "Two emails", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "one", "type": "send_email", "subject": "One", "body": "Hello"},
+                  {"type": "delay", "amount": 1, "unit": "days"},
+                  {"id": "two", "type": "send_email", "subject": "Two", "body": "Hello again"}]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
+        .unwrap();
+    // The first email's callback blocks. The advance waits for its answer
+    // (10 s), then goes on without waiting: the second email is handed over
+    // when its delay ends, behind the blocked one.
+    m.push(&contact(1)).unwrap();
+    m.advance_clock(2 * 24 * 3_600_000).unwrap();
+    // While that answer is missing, advances do not wait again.
+    let start = std::time::Instant::now();
+    m.advance_clock(24 * 3_600_000).unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the second advance waited {waited:?} for the blocked callback"
+    );
+    release.send(()).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let got = host.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].ends_with("-one") && got[1].ends_with("-two"),
+        "{got:?}"
+    );
+}
+
 /// Answers "retry later" to the first attempt of every email, and "failed"
 /// to the second for p3's (the mailbox provider refused it for good); takes
 /// the rest.

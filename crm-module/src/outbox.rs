@@ -212,10 +212,10 @@ const DUE_SQL: &str =
     WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
     ORDER BY next_attempt_at, id LIMIT ?4";
 
-/// One lane's earliest due time (`?1` kind, `?2` channel): an `outbox_due`
-/// index probe.
+/// One lane's earliest due time after `?3` (`?1` kind, `?2` channel): an
+/// `outbox_due` index probe.
 const NEXT_DUE_SQL: &str = "SELECT MIN(next_attempt_at) FROM outbox
-    WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2";
+    WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at > ?3";
 
 /// Rows due at `now`, oldest first, skipping `exclude` (in flight) and rows
 /// no taker can take now.
@@ -270,12 +270,14 @@ pub fn due(
     Ok(out)
 }
 
-/// The earliest `next_attempt_at` of a pending row some taker can take, if any.
-pub fn next_due(conn: &Connection, takers: Takers<'_>) -> Result<Option<Millis>> {
+/// The earliest `next_attempt_at` after `after` of a pending row some taker
+/// can take, if any.
+pub fn next_due(conn: &Connection, takers: Takers<'_>, after: Millis) -> Result<Option<Millis>> {
     let mut stmt = conn.prepare_cached(NEXT_DUE_SQL)?;
     let mut earliest: Option<Millis> = None;
     for (kind, channel) in open_lanes(takers) {
-        let lane: Option<Millis> = stmt.query_row(params![kind.as_str(), channel], |r| r.get(0))?;
+        let lane: Option<Millis> =
+            stmt.query_row(params![kind.as_str(), channel, after], |r| r.get(0))?;
         earliest = earliest.into_iter().chain(lane).min();
     }
     Ok(earliest)
@@ -451,7 +453,9 @@ mod tests {
             keys(&due(&conn, 100, 2, &none, host).unwrap()),
             ["email-1", "sms-1"]
         );
-        assert_eq!(next_due(&conn, host).unwrap(), Some(10));
+        assert_eq!(next_due(&conn, host, Millis::MIN).unwrap(), Some(10));
+        // After an instant: a row due then (not handed over) hides no later one.
+        assert_eq!(next_due(&conn, host, 10).unwrap(), Some(20));
 
         // Email over its limit: the other lanes go on, in order.
         let limited = Takers {
@@ -462,7 +466,7 @@ mod tests {
             keys(&due(&conn, 100, 10, &none, limited).unwrap()),
             ["sms-1", "task-1", "step-1"]
         );
-        assert_eq!(next_due(&conn, limited).unwrap(), Some(20));
+        assert_eq!(next_due(&conn, limited, Millis::MIN).unwrap(), Some(20));
 
         // No host: custom steps, and messages only of adapter channels.
         let no_host = Takers {
@@ -474,12 +478,12 @@ mod tests {
             keys(&due(&conn, 100, 10, &none, no_host).unwrap()),
             ["sms-1", "step-1"]
         );
-        assert_eq!(next_due(&conn, no_host).unwrap(), Some(20));
+        assert_eq!(next_due(&conn, no_host, Millis::MIN).unwrap(), Some(20));
         let nobody = Takers {
             sender_channels: &[],
             ..no_host
         };
-        assert_eq!(next_due(&conn, nobody).unwrap(), Some(40));
+        assert_eq!(next_due(&conn, nobody, Millis::MIN).unwrap(), Some(40));
 
         // A host that handles messages only: tasks and property write-backs
         // are not read (so they use no attempts); messages and custom steps go.
@@ -499,7 +503,7 @@ mod tests {
             keys(&due(&conn, 2_000, 10, &none, tasks_only).unwrap()),
             ["task-1", "step-1"]
         );
-        assert_eq!(next_due(&conn, tasks_only).unwrap(), Some(30));
+        assert_eq!(next_due(&conn, tasks_only, Millis::MIN).unwrap(), Some(30));
 
         // In-flight rows are skipped; rows not yet due are not returned.
         let in_flight: HashSet<i64> = rows.iter().take(2).map(|r| r.id).collect();
@@ -515,7 +519,7 @@ mod tests {
         crate::store::migrations::migrate(&conn).unwrap();
         for plan in [
             crate::store::query_plan(&conn, DUE_SQL, params!["message", "email", 100, 10]),
-            crate::store::query_plan(&conn, NEXT_DUE_SQL, params!["message", "email"]),
+            crate::store::query_plan(&conn, NEXT_DUE_SQL, params!["message", "email", 0]),
         ] {
             let plan = plan.join("; ");
             assert!(

@@ -136,6 +136,13 @@ pub struct Worker {
     jobs: Sender<DueEffect>,
     in_flight: HashSet<i64>,
     in_flight_channel: std::collections::HashMap<i64, String>,
+    /// Rows in flight that a clock advance stopped waiting for (no answer
+    /// within [`SETTLE_PATIENCE`]): while one is still unanswered, advances
+    /// do not wait for answers (see [`Worker::settle`]).
+    stalled: HashSet<i64>,
+    /// Rows handed over during the current [`Worker::settle`]: not handed
+    /// over again in it (a row whose answer could not be recorded stays due).
+    settled: HashSet<i64>,
     idle_waiters: Vec<Sender<()>>,
     /// The current round holds one write request only: it runs without a
     /// savepoint (see [`Worker::in_savepoint`]).
@@ -152,8 +159,8 @@ pub struct Worker {
     /// not run, nothing is committed, and every request of the round is
     /// answered with this error (see [`Worker::in_savepoint`]).
     lost: Option<Error>,
-    /// A [`Request::Shutdown`] arrived while an advance waited for answers
-    /// (see [`Worker::settle`]): the loop ends after this turn.
+    /// A [`Request::Shutdown`] arrived: nothing more is handed over, an
+    /// advance stops waiting for answers, and the loop ends after this turn.
     stopping: bool,
     /// Tests: points at which the worker panics, once each (see
     /// [`Worker::inject`]).
@@ -189,6 +196,8 @@ impl Worker {
             jobs,
             in_flight: HashSet::new(),
             in_flight_channel: std::collections::HashMap::new(),
+            stalled: HashSet::new(),
+            settled: HashSet::new(),
             idle_waiters: Vec::new(),
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
@@ -246,14 +255,14 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
+            self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
             // A panic was logged and rolled back; the replies it dropped
             // tell their callers.
             let _ = self.guarded("a turn of its loop", |w| {
                 w.turn(batch, &rx);
                 Ok(())
             });
-            if stop || self.stopping {
+            if self.stopping {
                 break;
             }
         }
@@ -337,15 +346,20 @@ impl Worker {
             return None;
         }
         let now = self.clock.now();
-        let next = [self.next_due().ok().flatten(), self.next_outbox_due()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            self.next_due().ok().flatten(),
+            self.next_outbox_due(Millis::MIN),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let ms = next.map(|t| (t - now).clamp(0, 60_000)).unwrap_or(60_000);
         Some(Duration::from_millis(ms as u64))
     }
 
-    fn next_outbox_due(&self) -> Option<Millis> {
+    /// The earliest due time after `after` of an outbox row some taker can
+    /// take now.
+    fn next_outbox_due(&self, after: Millis) -> Option<Millis> {
         let blocked = self.blocked_channels(self.clock.now());
         let senders = self.sender_channels();
         let host = self.host_kinds();
@@ -354,7 +368,7 @@ impl Worker {
             sender_channels: &senders,
             blocked: &blocked,
         };
-        outbox::next_due(&self.conn, takers).ok().flatten()
+        outbox::next_due(&self.conn, takers, after).ok().flatten()
     }
 
     /// Channels whose messages go to one of the module's own senders rather
@@ -416,6 +430,13 @@ impl Worker {
         if let Err(e) = begun {
             let err = Error::from(e);
             for r in batch {
+                // The answer is lost with the round: the row stays due and
+                // is handed over again under its key.
+                if let Request::Answer { outbox_id, .. } | Request::PluginStep { outbox_id, .. } =
+                    &r
+                {
+                    self.landed(*outbox_id);
+                }
                 reply_error(r, &err, &mut advances);
             }
             return advances;
@@ -482,8 +503,7 @@ impl Worker {
                     error,
                     by,
                 } => {
-                    self.in_flight.remove(&outbox_id);
-                    self.in_flight_channel.remove(&outbox_id);
+                    self.landed(outbox_id);
                     if answer == HostAnswer::NotHandled {
                         // Nobody was asked (the host changed since the row
                         // was handed over): the row waits as it was, its
@@ -503,7 +523,7 @@ impl Worker {
                     }
                 }
                 Request::PluginStep { outbox_id, report } => {
-                    self.in_flight.remove(&outbox_id);
+                    self.landed(outbox_id);
                     if let Err(e) = self.in_savepoint(|w| w.plugin_step(outbox_id, report)) {
                         self.log(
                             LogLevel::Error,
@@ -543,6 +563,13 @@ impl Worker {
             reply(failure.as_ref());
         }
         advances
+    }
+
+    /// A row handed over is back (answered, or its answer lost).
+    fn landed(&mut self, outbox_id: i64) {
+        self.in_flight.remove(&outbox_id);
+        self.in_flight_channel.remove(&outbox_id);
+        self.stalled.remove(&outbox_id);
     }
 
     fn reload(&mut self) {
@@ -828,24 +855,37 @@ impl Worker {
     fn run_due(&mut self, until: Millis) -> Result<()> {
         self.inject("run_due");
         while self.next_due()?.is_some_and(|first| first <= until) {
-            self.run_due_transaction(until)?;
+            self.run_due_transaction(until, false)?;
         }
         Ok(())
     }
 
     /// One transaction of scheduled items due by `until` (at most
-    /// [`DUE_CHUNK`]), then the hand-over of what is due.
-    fn run_due_transaction(&mut self, until: Millis) -> Result<()> {
+    /// [`DUE_CHUNK`]), then the hand-over of what is due. With `grained`,
+    /// the transaction ends before an item due more than [`HANDOVER_GRAIN`]
+    /// after the first item that queued an effect, so that the effect is
+    /// handed over before the clock passes its instant by more.
+    fn run_due_transaction(&mut self, until: Millis, grained: bool) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match self.run_due_chunk(until) {
-            Ok(()) => self.conn.execute_batch("COMMIT")?,
-            Err(e) => {
+        let r = self
+            .run_due_chunk(until, grained)
+            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
+        if let Err(e) = r {
+            if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                return Err(e);
             }
+            return Err(e);
         }
         self.dispatch();
         Ok(())
+    }
+
+    /// Whether anything takes effects now: the host, one of the module's
+    /// own senders, or the plugin pool.
+    fn anyone_takes(&self) -> bool {
+        !self.host_kinds().is_empty()
+            || !self.sender_channels().is_empty()
+            || self.plugins.started()
     }
 
     /// Moves the manual clock to `to` as a real clock would pass: scheduled
@@ -854,10 +894,12 @@ impl Worker {
     /// answers recorded ([`Worker::settle`]). So a single advance over
     /// weeks hands each message over when it falls due, and sending limits,
     /// sending hours, retries and channel fallbacks act at the simulated
-    /// times they would on the system clock. Items due within
-    /// [`HANDOVER_GRAIN`] of each other run together before the hand-over.
+    /// times they would on the system clock. An effect an item queued is
+    /// handed over before the clock passes its instant by more than
+    /// [`HANDOVER_GRAIN`] (items closer than that run in its transaction).
     /// When answers stop coming for [`SETTLE_PATIENCE`] (a host holding a
-    /// callback), the rest of the advance runs without waiting for them.
+    /// callback), the advance stops waiting: effects are still handed over
+    /// as they fall due, but their answers are recorded as they come.
     /// Advances asked for meanwhile (from a callback) join `advances`.
     fn advance(
         &mut self,
@@ -873,18 +915,21 @@ impl Worker {
             }
             let now = self.clock.now();
             let item = self.next_due()?;
-            let handover = [self.next_outbox_due(), self.next_sending_slot(now)]
+            let handover = [self.next_outbox_due(now), self.next_sending_slot(now)]
                 .into_iter()
                 .flatten()
-                .filter(|t| *t > now)
                 .min();
             let Some(next) = item.into_iter().chain(handover).min().filter(|t| *t <= to) else {
                 break;
             };
             if item == Some(next) {
-                self.run_due_transaction((next.max(now) + HANDOVER_GRAIN).min(to))?;
+                let grained = patient && self.anyone_takes();
+                self.run_due_transaction(to, grained)?;
             } else {
                 self.clock.advance_to(next);
+                if !patient {
+                    self.dispatch();
+                }
             }
         }
         self.clock.advance_to(to);
@@ -897,28 +942,49 @@ impl Worker {
     /// Manual clock: hands over every effect due by now and records the
     /// answers, running the requests that arrive meanwhile (a callback may
     /// push an event) in rounds as the loop would. Returns `false` when no
-    /// answer came for [`SETTLE_PATIENCE`], or the module is shutting down.
+    /// answer came for [`SETTLE_PATIENCE`] (those rows are then `stalled`,
+    /// and later advances do not wait while one of them is unanswered), or
+    /// the module is shutting down.
     fn settle(
         &mut self,
         rx: &Receiver<Request>,
         advances: &mut std::collections::VecDeque<Advance>,
     ) -> bool {
+        let patient = self.settle_rounds(rx, advances);
+        self.settled.clear();
+        patient
+    }
+
+    fn settle_rounds(
+        &mut self,
+        rx: &Receiver<Request>,
+        advances: &mut std::collections::VecDeque<Advance>,
+    ) -> bool {
+        let mut deadline = std::time::Instant::now() + SETTLE_PATIENCE;
         loop {
+            if self.stopping {
+                return false;
+            }
             self.dispatch();
+            if self.in_flight.iter().any(|id| self.stalled.contains(id)) {
+                return false;
+            }
+            self.settled.extend(self.in_flight.iter().copied());
             if self.in_flight.is_empty() {
                 return true;
             }
-            let first = match rx.recv_timeout(SETTLE_PATIENCE) {
+            let first = match rx.recv_deadline(deadline) {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => {
                     self.log(
                         LogLevel::Warn,
                         &format!(
-                            "clock advance: {} hand-overs unanswered after {} s; going on without waiting",
+                            "clock advance: {} hand-overs unanswered after {} s; advances stop waiting for answers until they come",
                             self.in_flight.len(),
                             SETTLE_PATIENCE.as_secs()
                         ),
                     );
+                    self.stalled.extend(self.in_flight.iter().copied());
                     return false;
                 }
                 Err(RecvTimeoutError::Disconnected) => return false,
@@ -930,11 +996,16 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            // Only answers buy more patience: requests from elsewhere
+            // (pushes every few seconds) must not keep an advance waiting.
+            if batch
+                .iter()
+                .any(|r| matches!(r, Request::Answer { .. } | Request::PluginStep { .. }))
+            {
+                deadline = std::time::Instant::now() + SETTLE_PATIENCE;
+            }
             self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
             advances.extend(self.round(batch));
-            if self.stopping {
-                return false;
-            }
         }
     }
 
@@ -952,16 +1023,21 @@ impl Worker {
             .flatten()
     }
 
-    fn run_due_chunk(&mut self, until: Millis) -> Result<()> {
+    fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<()> {
         let settings = self.settings.read().clone();
         let manual = self.clock.is_manual();
         let mut last: Option<(Millis, Option<i64>, Option<String>)> = None;
+        // When the first item that queued an effect ran.
+        let mut queued_at: Option<Millis> = None;
         for _ in 0..DUE_CHUNK {
             let Some(item) = due::next(&self.conn, until)? else {
                 return Ok(());
             };
             let (at, enrollment_id, automation_id) =
                 (item.due, item.enrollment_id, item.automation_id.clone());
+            if grained && queued_at.is_some_and(|q| at > q + HANDOVER_GRAIN) {
+                return Ok(());
+            }
             let this = Some((at, enrollment_id, automation_id.clone()));
             if this == last {
                 // The item did not move: never spin on it.
@@ -984,7 +1060,12 @@ impl Worker {
             self.conn.execute_batch("SAVEPOINT item")?;
             let r = contained(|| self.run_item(now, &settings, &item));
             match r {
-                Ok(()) => self.conn.execute_batch("RELEASE item")?,
+                Ok(queued) => {
+                    if queued > 0 && queued_at.is_none() {
+                        queued_at = Some(now);
+                    }
+                    self.conn.execute_batch("RELEASE item")?
+                }
                 Err(e) => {
                     self.conn.execute_batch("ROLLBACK TO item; RELEASE item")?;
                     self.quarantine(now, enrollment_id, automation_id.as_deref(), &e)?;
@@ -994,8 +1075,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs one scheduled item at `now`.
-    fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<()> {
+    /// Runs one scheduled item at `now`; returns how many effects it queued.
+    fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<usize> {
         self.inject("run_item");
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
         let n = due::run(&mut ctx, item)?;
@@ -1010,7 +1091,7 @@ impl Worker {
                 ),
             );
         }
-        Ok(())
+        Ok(effects.len())
     }
 
     /// A scheduled item failed: it must not run again in a loop. An enrollment
@@ -1054,7 +1135,8 @@ impl Worker {
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
         self.inject("dispatch");
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
+        // Shutting down: what is handed over now could not be answered.
+        if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
         }
         let host = self.host_kinds();
@@ -1075,7 +1157,14 @@ impl Worker {
             sender_channels: &senders,
             blocked: &blocked,
         };
-        let due = outbox::due(&self.conn, now, room, &self.in_flight, takers).and_then(|rows| {
+        let union;
+        let exclude = if self.settled.is_empty() {
+            &self.in_flight
+        } else {
+            union = self.in_flight.union(&self.settled).copied().collect();
+            &union
+        };
+        let due = outbox::due(&self.conn, now, room, exclude, takers).and_then(|rows| {
             let settings = self.settings.read();
             crate::messaging::handover::screen(
                 &self.conn,
@@ -1105,7 +1194,10 @@ impl Worker {
                     if let Some(ch) = &row.channel {
                         self.in_flight_channel.insert(row.id, ch.clone());
                     }
+                    let id = row.id;
                     if self.jobs.send(row).is_err() {
+                        // The dispatcher is gone: nothing will answer.
+                        self.landed(id);
                         return;
                     }
                 }
@@ -1120,7 +1212,7 @@ impl Worker {
         }
         let now = self.clock.now();
         let due_work = self.next_due().ok().flatten().is_some_and(|t| t <= now);
-        let due_out = self.next_outbox_due().is_some_and(|t| t <= now);
+        let due_out = self.next_outbox_due(Millis::MIN).is_some_and(|t| t <= now);
         if due_work || due_out {
             return;
         }
