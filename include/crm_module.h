@@ -12,8 +12,9 @@
  *
  * STATUS CODES AND ERRORS
  *   Every fallible function returns a crm_status: CRM_OK (0) or a
- *   CRM_ERR_* code. A failed call changes nothing and sets its out-pointers
- *   to NULL (out integers to 0). NULL for a required pointer gives
+ *   CRM_ERR_* code. A failed call changes nothing (one exception: a clock
+ *   advance is not one transaction, see crm_clock_advance()) and sets its
+ *   out-pointers to NULL (out integers to 0). NULL for a required pointer gives
  *   CRM_ERR_NULL; a string that is not UTF-8 gives CRM_ERR_UTF8; a string
  *   longer than CRM_MAX_INPUT_BYTES gives CRM_ERR_TOO_LARGE (checked before
  *   anything is copied); bad JSON or values give CRM_ERR_INVALID; unknown
@@ -168,10 +169,10 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * crm_tracking_hit(), crm_clock_advance(), crm_wait_idle()) return
  * CRM_ERR_CONFLICT at once and change nothing (the worker would wait for
  * itself), so a log callback should not call them. No callback may call
- * crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
- * (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (from an effect
- * callback it would wait for itself until the timeout) or
- * crm_clock_advance().
+ * crm_set_host_callbacks(), crm_wait_idle() (it would wait for the
+ * callback itself) or crm_clock_advance() (it would wait for the
+ * callback's answer): they return CRM_ERR_CONFLICT at once and change
+ * nothing; nor crm_close() (ignored, sets CRM_ERR_CONFLICT).
  *
  * A NULL effect callback means "not handled": effects of that kind are not
  * offered and use none of their attempts; they wait in the module's durable
@@ -399,7 +400,7 @@ crm_status crm_execute(struct crm_module *m, const char *command_json, char **ou
  * 404 answer, not an error.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
- * CRM_ERR_STORAGE, CRM_ERR_CLOSED.
+ * CRM_ERR_STORAGE, CRM_ERR_CLOSED, CRM_ERR_CONFLICT (see below).
  *
  * Thread safety: safe to call concurrently on one handle; also from an
  * effect callback. From a log callback running on the module's worker
@@ -446,12 +447,16 @@ crm_status crm_query_view(struct crm_module *m,
  * for everything to settle.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_CONFLICT (the module runs on the system
- * clock), CRM_ERR_INVALID (`ms` out of range), CRM_ERR_STORAGE,
- * CRM_ERR_CLOSED.
+ * clock, or called from a host callback), CRM_ERR_INVALID (`ms` out of
+ * range), CRM_ERR_STORAGE, CRM_ERR_CLOSED. An advance is not one
+ * transaction: one that fails with CRM_ERR_STORAGE may have moved the
+ * clock part of the way (the work due before that instant ran and is
+ * committed, the rest did not), so read crm_clock_now() before trying
+ * again.
  *
  * Thread safety: safe to call concurrently on one handle (advances are
- * serialized); not from a host callback (from a log callback on the
- * module's worker thread it returns CRM_ERR_CONFLICT at once).
+ * serialized); not from a host callback (it returns CRM_ERR_CONFLICT at
+ * once).
  *
  * # Safety
  * `m` is NULL or a live handle.
@@ -478,11 +483,10 @@ crm_status crm_clock_now(struct crm_module *m, int64_t *out_ms);
  * CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
- * CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called on the module's worker thread).
+ * CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called from a host callback).
  *
  * Thread safety: safe to call concurrently on one handle; not from a host
- * callback (from an effect callback it would wait for itself until the
- * timeout; from a log callback on the module's worker thread it returns
+ * callback (it would wait for the callback itself: it returns
  * CRM_ERR_CONFLICT at once).
  *
  * # Safety
@@ -513,7 +517,8 @@ crm_status crm_set_host_callbacks(struct crm_module *m, const struct crm_host_ca
 
 /**
  * Frees a string returned by the library (crm_push_event(),
- * crm_push_events(), crm_execute(), crm_query_view()). NULL is a no-op.
+ * crm_push_events(), crm_execute(), crm_query_view(), crm_tracking_hit()).
+ * NULL is a no-op.
  * Never pass it a string from anywhere else, nor the pointers of
  * crm_version() or crm_last_error_message().
  *

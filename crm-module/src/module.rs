@@ -357,7 +357,9 @@ impl Module {
     /// Advances the manual clock by `ms`, running everything that falls due on
     /// the way, each at its own instant, and handing effects over when they
     /// fall due: the advance waits for the answers before the clock goes on
-    /// (for 10 seconds at most without one). Errors on the system clock.
+    /// (for 10 seconds at most without one). Errors on the system clock. Not
+    /// one transaction: an advance that fails may have moved the clock part
+    /// of the way (what was due before that instant ran and is committed).
     pub fn advance_clock(&self, ms: i64) -> Result<()> {
         if !self.clock.is_manual() {
             return Err(Error::Conflict(

@@ -276,8 +276,9 @@ impl Worker {
         let mut advances: std::collections::VecDeque<Advance> = self.round(batch).into();
         while let Some((by, reply)) = advances.pop_front() {
             let to = self.clock.now() + by;
+            // A failed advance leaves the clock where the failure stopped it
+            // (work due before that is committed), not at `to`.
             let r = self.guarded("scheduled work", |w| w.advance(to, rx, &mut advances));
-            self.clock.advance_to(to);
             let _ = reply.send(r);
         }
         // Work due by now runs on either clock. On the manual one it can
@@ -1369,6 +1370,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = worker(&dir);
         w.faults = vec!["commit", "dispatch", "run_due"];
+        let clock = w.clock.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::spawn(move || w.run(rx));
 
@@ -1390,9 +1392,13 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("answered");
         assert!(matches!(r, Err(Error::Internal(_))), "{r:?}");
+        // It stopped before any work: the clock stays where it was, not
+        // at the advance's end.
+        let before = clock.now();
         command(&tx, "after-advance")
             .expect("a reply")
             .expect("created");
+        assert_eq!(before, 0, "the clock started at 0");
 
         tx.send(Request::Shutdown).expect("shutdown");
         thread.join().expect("the worker thread ends normally");

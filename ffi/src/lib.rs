@@ -211,10 +211,10 @@ pub type crm_log_fn =
 /// crm_tracking_hit(), crm_clock_advance(), crm_wait_idle()) return
 /// CRM_ERR_CONFLICT at once and change nothing (the worker would wait for
 /// itself), so a log callback should not call them. No callback may call
-/// crm_set_host_callbacks() (returns CRM_ERR_CONFLICT), crm_close()
-/// (ignored, sets CRM_ERR_CONFLICT), crm_wait_idle() (from an effect
-/// callback it would wait for itself until the timeout) or
-/// crm_clock_advance().
+/// crm_set_host_callbacks(), crm_wait_idle() (it would wait for the
+/// callback itself) or crm_clock_advance() (it would wait for the
+/// callback's answer): they return CRM_ERR_CONFLICT at once and change
+/// nothing; nor crm_close() (ignored, sets CRM_ERR_CONFLICT).
 ///
 /// A NULL effect callback means "not handled": effects of that kind are not
 /// offered and use none of their attempts; they wait in the module's durable
@@ -287,6 +287,19 @@ impl Drop for CallbackScope {
 
 fn in_callback() -> bool {
     IN_CALLBACK.with(|c| c.get())
+}
+
+/// Refuses a call that would wait for the callback the calling thread is in.
+fn refuse_in_callback(function: &str) -> Result<(), Failure> {
+    if in_callback() {
+        return Err(Failure::new(
+            CRM_ERR_CONFLICT,
+            format!(
+                "conflict: {function} cannot be called from a host callback (it would wait for the callback itself)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A C string for a callback argument. JSON and keys never hold NUL bytes;
@@ -617,8 +630,18 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
                 "conflict: crm_close cannot be called from a host callback",
             ));
         }
+        {
+            // SAFETY: `m` is a live handle (per the contract).
+            let h = unsafe { &*m };
+            // No callback runs after this: the write lock waits for those
+            // in flight (which may still call into this handle), and the
+            // cleared slot starts no new one. Only then is the handle taken
+            // apart.
+            let _registration = h.registration.lock();
+            *h.callbacks.write() = None;
+        }
         // SAFETY: `m` came from Box::into_raw in crm_open and is used by no
-        // one else (per the contract).
+        // one else (per the contract); no callback can reach it any more.
         let handle = unsafe { Box::from_raw(m) };
         let crm_module {
             module, callbacks, ..
@@ -773,7 +796,7 @@ pub unsafe extern "C" fn crm_execute(
 /// 404 answer, not an error.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
-/// CRM_ERR_STORAGE, CRM_ERR_CLOSED.
+/// CRM_ERR_STORAGE, CRM_ERR_CLOSED, CRM_ERR_CONFLICT (see below).
 ///
 /// Thread safety: safe to call concurrently on one handle; also from an
 /// effect callback. From a log callback running on the module's worker
@@ -848,12 +871,16 @@ pub unsafe extern "C" fn crm_query_view(
 /// for everything to settle.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_CONFLICT (the module runs on the system
-/// clock), CRM_ERR_INVALID (`ms` out of range), CRM_ERR_STORAGE,
-/// CRM_ERR_CLOSED.
+/// clock, or called from a host callback), CRM_ERR_INVALID (`ms` out of
+/// range), CRM_ERR_STORAGE, CRM_ERR_CLOSED. An advance is not one
+/// transaction: one that fails with CRM_ERR_STORAGE may have moved the
+/// clock part of the way (the work due before that instant ran and is
+/// committed, the rest did not), so read crm_clock_now() before trying
+/// again.
 ///
 /// Thread safety: safe to call concurrently on one handle (advances are
-/// serialized); not from a host callback (from a log callback on the
-/// module's worker thread it returns CRM_ERR_CONFLICT at once).
+/// serialized); not from a host callback (it returns CRM_ERR_CONFLICT at
+/// once).
 ///
 /// # Safety
 /// `m` is NULL or a live handle.
@@ -862,6 +889,7 @@ pub unsafe extern "C" fn crm_clock_advance(m: *mut crm_module, ms: i64) -> crm_s
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
+        refuse_in_callback("crm_clock_advance")?;
         h.module.advance_clock(ms)?;
         Ok(())
     })
@@ -897,11 +925,10 @@ pub unsafe extern "C" fn crm_clock_now(m: *mut crm_module, out_ms: *mut i64) -> 
 /// CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
-/// CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called on the module's worker thread).
+/// CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called from a host callback).
 ///
 /// Thread safety: safe to call concurrently on one handle; not from a host
-/// callback (from an effect callback it would wait for itself until the
-/// timeout; from a log callback on the module's worker thread it returns
+/// callback (it would wait for the callback itself: it returns
 /// CRM_ERR_CONFLICT at once).
 ///
 /// # Safety
@@ -911,6 +938,7 @@ pub unsafe extern "C" fn crm_wait_idle(m: *mut crm_module, timeout_ms: i64) -> c
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
+        refuse_in_callback("crm_wait_idle")?;
         let ms = u64::try_from(timeout_ms).map_err(|_| {
             Failure::new(
                 CRM_ERR_INVALID,
@@ -993,7 +1021,8 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
 }
 
 /// Frees a string returned by the library (crm_push_event(),
-/// crm_push_events(), crm_execute(), crm_query_view()). NULL is a no-op.
+/// crm_push_events(), crm_execute(), crm_query_view(), crm_tracking_hit()).
+/// NULL is a no-op.
 /// Never pass it a string from anywhere else, nor the pointers of
 /// crm_version() or crm_last_error_message().
 ///

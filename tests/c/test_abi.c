@@ -131,8 +131,11 @@ static int on_deliver_message(void *user_data, const char *key, const char *mess
         int set_refused = rc_set == CRM_ERR_CONFLICT && crm_last_error_message()[0] != '\0';
         crm_close(r->m); /* ignored inside a callback */
         int close_refused = crm_last_error_code() == CRM_ERR_CONFLICT;
+        /* Both would wait for this very callback. */
+        int idle_refused = crm_wait_idle(r->m, 1000) == CRM_ERR_CONFLICT;
+        int advance_refused = crm_clock_advance(r->m, 1) == CRM_ERR_CONFLICT;
         pthread_mutex_lock(&r->lock);
-        r->reentry_ok = set_refused && close_refused;
+        r->reentry_ok = set_refused && close_refused && idle_refused && advance_refused;
         pthread_mutex_unlock(&r->lock);
     }
 
@@ -717,6 +720,78 @@ static void test_threads(const char *dir, recorder *rec, int threads, int iterat
 }
 
 /* ------------------------------------------------------------------------ */
+/* crm_close while a callback runs and calls into the handle                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct closing_host {
+    pthread_mutex_t lock;
+    pthread_cond_t entered_cond;
+    crm_module *m;
+    int entered;
+    int view_rc;
+} closing_host;
+
+static int on_deliver_then_query(void *user_data, const char *key, const char *message_json) {
+    closing_host *h = (closing_host *)user_data;
+    struct timespec pause_100ms = {0, 100000000L};
+    char *out = NULL;
+    int rc;
+    (void)key;
+    (void)message_json;
+    pthread_mutex_lock(&h->lock);
+    h->entered = 1;
+    pthread_cond_signal(&h->entered_cond);
+    pthread_mutex_unlock(&h->lock);
+    /* crm_close() has been called by now: the handle must still be whole. */
+    nanosleep(&pause_100ms, NULL);
+    rc = crm_query_view(h->m, "automation_list", NULL, &out);
+    crm_string_free(out);
+    pthread_mutex_lock(&h->lock);
+    h->view_rc = rc;
+    pthread_mutex_unlock(&h->lock);
+    return CRM_EFFECT_ACCEPTED;
+}
+
+static void test_close_during_callback(const char *dir) {
+    char path[PATH_MAX_LEN];
+    crm_module *m = NULL;
+    crm_host_callbacks cb;
+    closing_host h;
+    char *out = NULL;
+
+    snprintf(path, sizeof path, "%s/closing.db", dir);
+    if (!EXPECT_OK(crm_open(path, CONFIG_MANUAL, &m))) {
+        return;
+    }
+    memset(&h, 0, sizeof h);
+    pthread_mutex_init(&h.lock, NULL);
+    pthread_cond_init(&h.entered_cond, NULL);
+    h.m = m;
+    h.view_rc = -1;
+    memset(&cb, 0, sizeof cb);
+    cb.version = CRM_HOST_CALLBACKS_VERSION;
+    cb.user_data = &h;
+    cb.deliver_message = on_deliver_then_query;
+    EXPECT_OK(crm_set_host_callbacks(m, &cb));
+    EXPECT_OK(crm_execute(m, CREATE_AUTOMATION, &out));
+    crm_string_free(out);
+    out = NULL;
+    EXPECT_OK(crm_execute(m, ACTIVATE, &out));
+    crm_string_free(out);
+    push_expect(m, EVENT_C1, "applied");
+    pthread_mutex_lock(&h.lock);
+    while (!h.entered) {
+        pthread_cond_wait(&h.entered_cond, &h.lock);
+    }
+    pthread_mutex_unlock(&h.lock);
+    /* Closes while the callback is in flight: it waits for it. */
+    crm_close(m);
+    CHECK(h.view_rc == CRM_OK);
+    pthread_cond_destroy(&h.entered_cond);
+    pthread_mutex_destroy(&h.lock);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static void remove_db(const char *dir, const char *name) {
     static const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
@@ -734,6 +809,7 @@ static void remove_dir(const char *dir, int threads) {
     remove_db(dir, "crm.db");
     remove_db(dir, "system.db");
     remove_db(dir, "never.db");
+    remove_db(dir, "closing.db");
     for (i = 0; i < threads; i++) {
         snprintf(name, sizeof name, "thread%d.db", i);
         remove_db(dir, name);
@@ -773,6 +849,7 @@ int main(int argc, char **argv) {
     test_system_clock(dir);
     test_host_flow(dir, &rec);
     test_threads(dir, &rec, threads, iterations);
+    test_close_during_callback(dir);
     crm_close(NULL); /* no-op */
 
     for (i = 0; i < rec.n_keys; i++) {
