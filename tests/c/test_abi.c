@@ -218,6 +218,9 @@ static const char *EVENT_C1 =
     "\"first_name\":\"Ann\",\"email\":\"ann@example.com\",\"phone\":\"+16175550101\","
     "\"email_subscription\":\"subscribed\",\"sms_subscription\":\"subscribed\"}}";
 
+/* A hit on a tracking URL whose token the module never signed. */
+static const char *FORGED_HIT = "{\"method\":\"GET\",\"path\":\"/c/forged-token\",\"user_agent\":\"test\"}";
+
 /* A view as a fresh string (NULL on failure). */
 static char *view(crm_module *m, const char *name) {
     char *out = NULL;
@@ -330,6 +333,15 @@ static void test_error_paths(crm_module *m, recorder *rec) {
     EXPECT_ERR(crm_push_events(NULL, "[]", &out), CRM_ERR_NULL);
     EXPECT_ERR(crm_execute(m, NULL, &out), CRM_ERR_NULL);
     EXPECT_ERR(crm_execute(NULL, ACTIVATE, &out), CRM_ERR_NULL);
+    EXPECT_ERR(crm_tracking_hit(NULL, FORGED_HIT, &out), CRM_ERR_NULL);
+    CHECK(out == NULL);
+    EXPECT_ERR(crm_tracking_hit(m, NULL, &out), CRM_ERR_NULL);
+    EXPECT_ERR(crm_tracking_hit(m, FORGED_HIT, NULL), CRM_ERR_NULL);
+    /* Not JSON, and not UTF-8. */
+    EXPECT_ERR(crm_tracking_hit(m, "{\"method\":", &out), CRM_ERR_INVALID);
+    CHECK(out == NULL);
+    EXPECT_ERR(crm_tracking_hit(m, "{\"method\":\"GET\",\"path\":\"/o/\xff\"}", &out), CRM_ERR_UTF8);
+    CHECK(out == NULL);
     /* out_json is required: the command must not run without it. */
     EXPECT_ERR(crm_execute(m,
                            "{\"command\":\"automation.create\",\"automation_id\":\"a_null_out\","
@@ -574,6 +586,13 @@ static void *worker_main(void *p) {
         out = NULL;
         if (CHECK(crm_query_view(a->m, "automation_list", NULL, &out) == CRM_OK)) {
             CHECK(out != NULL && strstr(out, "Welcome") != NULL);
+        }
+        crm_string_free(out);
+
+        /* A forged token is answered 404, not refused. */
+        out = NULL;
+        if (CHECK(crm_tracking_hit(a->m, FORGED_HIT, &out) == CRM_OK)) {
+            CHECK(out != NULL && strstr(out, "\"status\":404") != NULL);
         }
         crm_string_free(out);
         CHECK(crm_clock_now(a->m, &now) == CRM_OK && now >= START_MS);
