@@ -15,7 +15,9 @@
 //!   ([`crm_last_error_code`], [`crm_last_error_message`]), so they are safe
 //!   on a host thread pool;
 //! - every string the library returns is freed with [`crm_string_free`];
-//! - no panic crosses the boundary: it becomes `CRM_ERR_INTERNAL`.
+//! - no panic crosses the boundary: it becomes `CRM_ERR_INTERNAL`, and
+//!   what the panic said is not printed (it could quote data): the
+//!   library's panic hook prints only where it happened.
 
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
@@ -443,6 +445,8 @@ type FfiResult<T = ()> = Result<T, Failure>;
 /// Runs the body of an entry point: clears the thread's last error, catches
 /// panics, records the failure.
 fn guard(body: impl FnOnce() -> FfiResult) -> crm_status {
+    #[cfg(not(test))]
+    withhold_panic_messages();
     clear_error();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => CRM_OK,
@@ -458,6 +462,32 @@ fn guard(body: impl FnOnce() -> FfiResult) -> crm_status {
             CRM_ERR_INTERNAL
         }
     }
+}
+
+/// Replaces the panic hook of this library's Rust runtime (once): a panic
+/// anywhere in the library (the caller's thread or one of the module's)
+/// prints one line to stderr with where it happened, not what it said.
+/// Rust's own hook prints the message, and a message can quote data, e.g.
+/// the string a slice was cut from; no patient data may reach a log. The
+/// panic is still caught and reported (`CRM_ERR_INTERNAL`, or the engine's
+/// own containment). A C host has no Rust runtime of its own to disturb:
+/// the hook belongs to the copy of the runtime linked into this library.
+/// Installed by the first call into the library.
+fn withhold_panic_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let thread = std::thread::current();
+            eprintln!(
+                "crm module: internal error (a panic{at}, thread {}); its message is withheld because it may quote data",
+                thread.name().unwrap_or("unnamed")
+            );
+        }));
+    });
 }
 
 /// The handle behind `m`.
@@ -1084,6 +1114,42 @@ pub extern "C" fn crm_version_number() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Run as a child process by the test below (with the variable set):
+    /// installs the hook and panics with data in the message.
+    #[test]
+    fn panic_child() {
+        if std::env::var_os("CRM_FFI_PANIC_CHILD").is_none() {
+            return;
+        }
+        withhold_panic_messages();
+        let caught = std::panic::catch_unwind(|| {
+            panic!("jane.doe@example.com, +16175550123");
+        });
+        assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_panic_prints_where_it_happened_not_what_it_said() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::panic_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CRM_FFI_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("its message is withheld"), "{stderr}");
+        assert!(stderr.contains("lib.rs:"), "{stderr}");
+        assert!(
+            !stderr.contains("jane") && !stderr.contains("6175550123"),
+            "{stderr}"
+        );
+    }
 
     #[test]
     fn a_nested_callback_scope_keeps_the_outer_mark() {
