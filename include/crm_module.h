@@ -66,8 +66,8 @@
 /**
  * The longest string argument accepted, in bytes (64 MiB, not counting the
  * terminating NUL). Longer strings are rejected with CRM_ERR_TOO_LARGE
- * before anything is copied. Single events have a smaller limit of their
- * own (256 KiB).
+ * before anything is copied. Each event has a smaller limit of its own
+ * (256 KiB), alone or inside a batch.
  */
 #define CRM_MAX_INPUT_BYTES 67108864
 
@@ -347,7 +347,8 @@ crm_status crm_push_event(struct crm_module *m, const char *event_json, char **o
  * crm_string_free()); on failure it is set to NULL.
  *
  * Errors: as crm_push_event(); batches are limited to 10,000 events and
- * 64 MiB. On any error no event of the batch is applied.
+ * 64 MiB, each event in them to 256 KiB. On any error no event of the
+ * batch is applied.
  *
  * Thread safety: safe to call concurrently on one handle; also from an
  * effect callback. From a log callback running on the module's worker

@@ -466,7 +466,9 @@ impl Event {
                 "a batch is limited to {MAX_BATCH_BYTES} bytes"
             )));
         }
-        let items: Vec<Value> = parse_json(text)?;
+        // Each event's own text, so that each is held to the limit of a
+        // single event and parsed as one.
+        let items: Vec<Box<serde_json::value::RawValue>> = parse_json(text)?;
         if items.len() > MAX_BATCH_EVENTS {
             return Err(Error::TooLarge(format!(
                 "a batch is limited to {MAX_BATCH_EVENTS} events"
@@ -474,20 +476,8 @@ impl Event {
         }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let raw: IncomingEvent = crate::error::from_value(item).map_err(|e| {
-                // Read the batch again to place the error: only a failed
-                // batch pays for it.
-                let item = serde_json::from_str::<Vec<Value>>(text)
-                    .ok()
-                    .and_then(|mut items| items.get_mut(i).map(Value::take));
-                match item {
-                    Some(item) => locate(&item, e),
-                    None => e,
-                }
-                .at(&format!("events[{i}]"))
-            })?;
-            let ev = Event::validate(raw).map_err(|e| e.at(&format!("events[{i}]")))?;
+        for (i, item) in items.iter().enumerate() {
+            let ev = Event::parse(item.get()).map_err(|e| e.at(&format!("events[{i}]")))?;
             if !seen.insert(ev.event_id.clone()) {
                 // The same id twice in one batch: the second is a duplicate, kept so
                 // that the result reports it as such.
@@ -692,6 +682,24 @@ mod tests {
             let e = Event::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_refused_inside_a_batch_too() {
+        let pad = " ".repeat(MAX_EVENT_BYTES);
+        let big = format!(r#"{{"event_id":"x",{pad}"type":"portal.activated","contact_id":"c1"}}"#);
+        assert!(matches!(Event::parse(&big), Err(Error::TooLarge(_))));
+        let batch =
+            format!(r#"[{{"event_id":"y","type":"portal.activated","contact_id":"c1"}}, {big}]"#);
+        let e = Event::parse_batch(&batch).unwrap_err();
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(
+            e.to_string().contains("events[1]: an event is limited"),
+            "{e}"
+        );
+        // The same event under the limit is taken.
+        let small = format!("[{}]", big.replace(&pad, " "));
+        assert_eq!(Event::parse_batch(&small).unwrap().len(), 1);
     }
 
     #[test]

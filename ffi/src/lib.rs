@@ -86,8 +86,8 @@ pub const CRM_ERR_UTF8: crm_status = 10;
 
 /// The longest string argument accepted, in bytes (64 MiB, not counting the
 /// terminating NUL). Longer strings are rejected with CRM_ERR_TOO_LARGE
-/// before anything is copied. Single events have a smaller limit of their
-/// own (256 KiB).
+/// before anything is copied. Each event has a smaller limit of its own
+/// (256 KiB), alone or inside a batch.
 pub const CRM_MAX_INPUT_BYTES: usize = 67108864;
 
 /// The library version as a number: MAJOR*10000 + MINOR*100 + PATCH. Compare
@@ -725,7 +725,8 @@ pub unsafe extern "C" fn crm_push_event(
 /// crm_string_free()); on failure it is set to NULL.
 ///
 /// Errors: as crm_push_event(); batches are limited to 10,000 events and
-/// 64 MiB. On any error no event of the batch is applied.
+/// 64 MiB, each event in them to 256 KiB. On any error no event of the
+/// batch is applied.
 ///
 /// Thread safety: safe to call concurrently on one handle; also from an
 /// effect callback. From a log callback running on the module's worker
