@@ -249,13 +249,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
+            self.gather(&mut batch, &rx);
             // A panic was logged and rolled back; the replies it dropped
             // tell their callers.
             let _ = self.guarded("a turn of its loop", |w| {
@@ -268,6 +262,18 @@ impl Worker {
         }
         // Wake anyone still waiting.
         self.idle_waiters.clear();
+    }
+
+    /// Adds what is queued on `rx` to `batch`, up to [`MAX_GROUP`] requests,
+    /// and notes a shutdown among them.
+    fn gather(&mut self, batch: &mut Vec<Request>, rx: &Receiver<Request>) {
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
     }
 
     /// One turn of the loop: the round of requests, the clock advances it
@@ -361,13 +367,17 @@ impl Worker {
     /// The earliest due time after `after` of an outbox row some taker can
     /// take now.
     fn next_outbox_due(&self, after: Millis) -> Option<Millis> {
-        let blocked = self.blocked_channels(self.clock.now());
+        self.next_outbox_due_unblocked(after, &self.blocked_channels(self.clock.now()))
+    }
+
+    /// [`Worker::next_outbox_due`] for channels other than `blocked`.
+    fn next_outbox_due_unblocked(&self, after: Millis, blocked: &[&str]) -> Option<Millis> {
         let senders = self.sender_channels();
         let host = self.host_kinds();
         let takers = outbox::Takers {
             host: &host,
             sender_channels: &senders,
-            blocked: &blocked,
+            blocked,
         };
         outbox::next_due(&self.conn, takers, after).ok().flatten()
     }
@@ -916,10 +926,7 @@ impl Worker {
             }
             let now = self.clock.now();
             let item = self.next_due()?;
-            let handover = [self.next_outbox_due(now), self.next_sending_slot(now)]
-                .into_iter()
-                .flatten()
-                .min();
+            let handover = self.next_handover(now);
             let Some(next) = item.into_iter().chain(handover).min().filter(|t| *t <= to) else {
                 break;
             };
@@ -991,12 +998,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return false,
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&mut batch, rx);
             // Only answers buy more patience: requests from elsewhere
             // (pushes every few seconds) must not keep an advance waiting.
             if batch
@@ -1005,23 +1007,28 @@ impl Worker {
             {
                 deadline = std::time::Instant::now() + SETTLE_PATIENCE;
             }
-            self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
             advances.extend(self.round(batch));
         }
     }
 
-    /// When a channel over its sending limit gets a free slot again: the
-    /// next instant after `now` at which a message handed over leaves one
-    /// of its windows (none when no channel is over its limit).
-    fn next_sending_slot(&self, now: Millis) -> Option<Millis> {
+    /// The next instant after `now` at which something can be handed over:
+    /// a row falls due on a channel that may send, or a channel over its
+    /// sending limit gets a free slot (a message handed over leaves one of
+    /// its windows).
+    fn next_handover(&self, now: Millis) -> Option<Millis> {
         let blocked = self.blocked_channels(now);
-        if blocked.is_empty() {
-            return None;
-        }
-        let limits = self.settings.read().doc.limits.clone();
-        crate::messaging::limits::next_slot(&self.conn, &limits, &blocked, now)
-            .ok()
-            .flatten()
+        let slot = if blocked.is_empty() {
+            None
+        } else {
+            let limits = self.settings.read().doc.limits.clone();
+            crate::messaging::limits::next_slot(&self.conn, &limits, &blocked, now)
+                .ok()
+                .flatten()
+        };
+        self.next_outbox_due_unblocked(now, &blocked)
+            .into_iter()
+            .chain(slot)
+            .min()
     }
 
     fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<()> {

@@ -291,14 +291,16 @@ fn in_callback() -> bool {
     IN_CALLBACK.with(|c| c.get())
 }
 
-/// Refuses a call that would wait for the callback the calling thread is in.
-fn refuse_in_callback(function: &str) -> Result<(), Failure> {
+/// Why a call that waits for the worker cannot run inside a callback.
+const WAITS_FOR_ITSELF: &str = " (it would wait for the callback itself)";
+
+/// Refuses `function` on a thread inside a host callback (`why`, if not
+/// empty, says what it would do there).
+fn refuse_in_callback(function: &str, why: &str) -> Result<(), Failure> {
     if in_callback() {
         return Err(Failure::new(
             CRM_ERR_CONFLICT,
-            format!(
-                "conflict: {function} cannot be called from a host callback (it would wait for the callback itself)"
-            ),
+            format!("conflict: {function} cannot be called from a host callback{why}"),
         ));
     }
     Ok(())
@@ -654,12 +656,7 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
         if m.is_null() {
             return Ok(());
         }
-        if in_callback() {
-            return Err(Failure::new(
-                CRM_ERR_CONFLICT,
-                "conflict: crm_close cannot be called from a host callback",
-            ));
-        }
+        refuse_in_callback("crm_close", "")?;
         {
             // SAFETY: `m` is a live handle (per the contract).
             let h = unsafe { &*m };
@@ -920,7 +917,7 @@ pub unsafe extern "C" fn crm_clock_advance(m: *mut crm_module, ms: i64) -> crm_s
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        refuse_in_callback("crm_clock_advance")?;
+        refuse_in_callback("crm_clock_advance", WAITS_FOR_ITSELF)?;
         h.module.advance_clock(ms)?;
         Ok(())
     })
@@ -969,7 +966,7 @@ pub unsafe extern "C" fn crm_wait_idle(m: *mut crm_module, timeout_ms: i64) -> c
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        refuse_in_callback("crm_wait_idle")?;
+        refuse_in_callback("crm_wait_idle", WAITS_FOR_ITSELF)?;
         let ms = u64::try_from(timeout_ms).map_err(|_| {
             Failure::new(
                 CRM_ERR_INVALID,
@@ -1006,12 +1003,7 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        if in_callback() {
-            return Err(Failure::new(
-                CRM_ERR_CONFLICT,
-                "conflict: crm_set_host_callbacks cannot be called from a host callback",
-            ));
-        }
+        refuse_in_callback("crm_set_host_callbacks", "")?;
         let new = if callbacks.is_null() {
             None
         } else {

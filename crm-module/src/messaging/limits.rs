@@ -19,10 +19,7 @@ pub fn remaining(
     in_flight: &HashMap<String, i64>,
 ) -> Result<HashMap<&'static str, i64>> {
     let mut out = HashMap::new();
-    for (channel, per_hour, per_day) in [
-        ("email", limits.email_per_hour, limits.email_per_day),
-        ("sms", limits.sms_per_hour, limits.sms_per_day),
-    ] {
+    for (channel, per_hour, per_day) in by_channel(limits) {
         if per_hour.is_none() && per_day.is_none() {
             continue;
         }
@@ -36,6 +33,14 @@ pub fn remaining(
         out.insert(channel, left.max(0));
     }
     Ok(out)
+}
+
+/// Each channel with its limits per hour and per day.
+fn by_channel(limits: &SendingLimits) -> [(&'static str, Option<u32>, Option<u32>); 2] {
+    [
+        ("email", limits.email_per_hour, limits.email_per_day),
+        ("sms", limits.sms_per_hour, limits.sms_per_day),
+    ]
 }
 
 /// The next instant after `now` at which one of the `blocked` channels gets
@@ -52,10 +57,7 @@ pub fn next_slot(
     let mut stmt = conn.prepare_cached(
         "SELECT MIN(updated_at) FROM outbox WHERE kind = 'message' AND channel = ?1 AND attempts > 0 AND updated_at > ?2",
     )?;
-    for (channel, per_hour, per_day) in [
-        ("email", limits.email_per_hour, limits.email_per_day),
-        ("sms", limits.sms_per_hour, limits.sms_per_day),
-    ] {
+    for (channel, per_hour, per_day) in by_channel(limits) {
         if !blocked.contains(&channel) {
             continue;
         }
