@@ -208,22 +208,73 @@ pub fn touch_only(conn: &Connection, id: &str, now: Millis) -> Result<()> {
     Ok(())
 }
 
-/// Records that the module saw contact `id` become a Patient at `at` (its
-/// `became_patient_at`, which no save of the record touches).
-pub fn mark_became_patient(conn: &Connection, id: &str, at: Millis) -> Result<()> {
-    conn.prepare_cached("UPDATE contacts SET became_patient_at = ?2 WHERE id = ?1")?
-        .execute(params![id, at])?;
+/// What made a contact a Patient, as the log's `status_changed` rows and
+/// `contacts.became_patient_by` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientBy {
+    /// Their first booking, pushed to the module.
+    FirstBooking,
+    /// The host's update of the record (a booking the host made, reported
+    /// or not).
+    Host,
+    /// An automation's (or a custom step's) Set property: no booking.
+    Automation,
+}
+
+impl PatientBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            PatientBy::FirstBooking => "first_booking",
+            PatientBy::Host => "host",
+            PatientBy::Automation => "automation",
+        }
+    }
+}
+
+/// Records contact `id` becoming a Patient now: the log's `status_changed`
+/// row (`actor`, the automation or plugin, when one did it) and the
+/// record's `became_patient_at` / `became_patient_by`, which no save of the
+/// record touches.
+pub fn record_became_patient(
+    ctx: &Ctx<'_>,
+    id: &str,
+    by: PatientBy,
+    actor: Option<&str>,
+) -> Result<()> {
+    let mut detail = json!({"from": "lead", "to": "patient", "by": by.as_str()});
+    if let Some(actor) = actor {
+        detail["actor"] = json!(actor);
+    }
+    Entry {
+        detail: Some(detail),
+        ..Entry::new("status_changed", id)
+    }
+    .write(ctx.conn, ctx.now)?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE contacts SET became_patient_at = ?2, became_patient_by = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, ctx.now, by.as_str()])?;
     Ok(())
 }
 
-/// When the module last saw contact `id` become a Patient (`None`: never,
-/// e.g. imported as one).
-pub fn became_patient_at(conn: &Connection, id: &str) -> Result<Option<Millis>> {
-    Ok(conn
-        .prepare_cached("SELECT became_patient_at FROM contacts WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?
-        .flatten())
+/// When, and by what, the module last saw contact `id` become a Patient
+/// (`None`: never, e.g. imported as one; the cause is `None` for a flip
+/// recorded before the module kept it).
+pub fn became_patient(conn: &Connection, id: &str) -> Result<Option<(Millis, Option<PatientBy>)>> {
+    let row: Option<(Option<Millis>, Option<String>)> = conn
+        .prepare_cached("SELECT became_patient_at, became_patient_by FROM contacts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.and_then(|(at, by)| {
+        let by = match by.as_deref() {
+            Some("first_booking") => Some(PatientBy::FirstBooking),
+            Some("host") => Some(PatientBy::Host),
+            Some("automation") => Some(PatientBy::Automation),
+            _ => None,
+        };
+        at.map(|at| (at, by))
+    }))
 }
 
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.

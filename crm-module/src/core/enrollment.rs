@@ -917,8 +917,8 @@ fn set_property(
 }
 
 /// Applies property changes an automation makes (audited as `actor`,
-/// reason `automation`), touches and saves the contact; returns the
-/// property-change signals. An automation unsubscribing the contact is not
+/// reason `automation`), touches and saves the contact, records a Status
+/// flip as the automation's; returns the property-change signals. An automation unsubscribing the contact is not
 /// the person's opt-out: it ends no enrollment (SPEC 2.4: the SMS opt-out
 /// toggle is the person's STOP, a global opt-out theirs at account level);
 /// consent keeps later messages on that channel from going.
@@ -941,6 +941,18 @@ fn write_props(
     )?;
     contacts::touch(contact, ctx.now, false);
     contacts::save(ctx.conn, contact)?;
+    if signals.contains(&Signal::BecamePatient) {
+        // The record says Patient now, but nobody booked: the Status
+        // changed trigger fires, no goal counts it (SPEC §2.5's Book
+        // appointment is a first appointment), and their first booking
+        // later is still their first.
+        contacts::record_became_patient(
+            ctx,
+            &contact.id,
+            contacts::PatientBy::Automation,
+            Some(actor),
+        )?;
+    }
     Ok(signals)
 }
 

@@ -83,7 +83,7 @@ pub fn exit_reached(ctx: &mut Ctx<'_>, automation_id: &str) -> Result<()> {
 /// The goals a signal satisfies.
 pub fn goals_of(signal: &Signal) -> &'static [GoalKind] {
     match signal {
-        Signal::BecamePatient => &[GoalKind::BookAppointment],
+        Signal::FirstBooking => &[GoalKind::BookAppointment],
         Signal::AppointmentBooked { rebook: true } => &[GoalKind::RebookAppointment],
         Signal::Reactivated => &[GoalKind::PatientReactivation],
         Signal::ReviewSubmitted => &[GoalKind::ReviewSubmitted],
@@ -105,7 +105,7 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         .iter()
         .flat_map(|s| goals_of(s).iter().copied())
         .collect();
-    let flipped = signals.contains(&Signal::BecamePatient);
+    let flipped = signals.contains(&Signal::FirstBooking);
     if hit.is_empty() {
         return Ok(());
     }

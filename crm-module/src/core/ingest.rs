@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::contacts::{self, AuditSource, Contact};
+use super::contacts::{self, AuditSource, Contact, PatientBy};
 use super::log::Entry as Log;
 use super::{Ctx, Signal, enrollment, stopped_numbers, triggers};
 use crate::clock::{DAY, Millis, parse_rfc3339};
@@ -434,12 +434,9 @@ fn upsert(
     contacts::save(ctx.conn, &c)?;
     let mut signals = changes;
     if signals.contains(&Signal::BecamePatient) {
-        Log {
-            detail: Some(json!({"from": "lead", "to": "patient", "by": "host"})),
-            ..Log::new("status_changed", &id)
-        }
-        .write(ctx.conn, ctx.now)?;
-        contacts::mark_became_patient(ctx.conn, &id, ctx.now)?;
+        // The host makes its Lead a Patient when they book there.
+        contacts::record_became_patient(ctx, &id, PatientBy::Host, None)?;
+        signals.push(Signal::FirstBooking);
     }
     contacts::add_opt_out_signals(&c, &mut signals);
     triggers::fire(ctx, &id, &signals)?;
@@ -540,24 +537,30 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
             // Booked again after its cancellation (not that booking
             // arriving late) is another booking of the same visit.
             let rebooked = was.is_some() && !late;
-            let rebook =
-                was_patient && (rebooked || existing_patient(ctx, &c.id, &a.id, occurred)?);
-            signals.push(Signal::AppointmentBooked { rebook });
+            let booking = if !was_patient {
+                Booking::First
+            } else if rebooked {
+                Booking::Another
+            } else {
+                patient_booking(ctx, &c.id, &a.id, occurred)?
+            };
+            signals.push(Signal::AppointmentBooked {
+                rebook: booking == Booking::Another,
+            });
+            if was_patient && booking == Booking::First {
+                signals.push(Signal::FirstBooking);
+            }
         }
         if !was_patient {
             c.props.insert("status".into(), json!("patient"));
-            Log {
-                detail: Some(json!({"from": "lead", "to": "patient", "by": "first_booking"})),
-                ..Log::new("status_changed", &c.id)
-            }
-            .write(ctx.conn, ctx.now)?;
-            contacts::mark_became_patient(ctx.conn, &c.id, ctx.now)?;
+            contacts::record_became_patient(ctx, &c.id, PatientBy::FirstBooking, None)?;
             signals.push(Signal::PropertyChanged {
                 property: "status".into(),
                 old_value: json!("lead"),
                 new_value: json!("patient"),
             });
             signals.push(Signal::BecamePatient);
+            signals.push(Signal::FirstBooking);
         }
     }
     if inbound_activity {
@@ -570,21 +573,34 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     Ok(Outcome::Applied)
 }
 
-/// Whether a Patient booking appointment `appointment` (made at `at`) is
-/// an existing patient booking another (the Rebook goal), not their first
-/// booking reported after their status. A Lead who became a Patient here
-/// within a day before the booking (the host's own upsert arriving before
-/// the booking that made them one; a cancellation of this booking arriving
-/// before it) is booking for the first time. Otherwise they are an existing
-/// patient: another appointment is on record, or they became a Patient
-/// long before (a visit the host never reported), or were never a Lead
-/// here (imported as a patient, their history kept by the host).
-fn existing_patient(
+/// What a booking is for the contact's goals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Booking {
+    /// Their first appointment (Book appointment).
+    First,
+    /// The first booking of a contact the host made a Patient just before:
+    /// that flip counted it already.
+    Reported,
+    /// An existing patient booking another (Rebook appointment).
+    Another,
+}
+
+/// What a booking of appointment `appointment` (made at `at`) by a Patient
+/// is. Another appointment on record makes it another booking. Without
+/// one: a contact an automation marked a Patient had booked nothing, so
+/// this is their first; a Lead the host made a Patient within a day before
+/// the booking (the host's own upsert arriving before the booking that
+/// made them one; a cancellation of this booking arriving before it) is
+/// booking for the first time, counted at the flip; otherwise they are an
+/// existing patient: they became a Patient long before (a visit the host
+/// never reported), or were never a Lead here (imported as a patient,
+/// their history kept by the host).
+fn patient_booking(
     ctx: &Ctx<'_>,
     contact_id: &str,
     appointment: &str,
     at: Millis,
-) -> Result<bool> {
+) -> Result<Booking> {
     let other_visit: bool = ctx
         .conn
         .prepare_cached(
@@ -592,10 +608,13 @@ fn existing_patient(
         )?
         .query_row(params![contact_id, appointment], |r| r.get(0))?;
     if other_visit {
-        return Ok(true);
+        return Ok(Booking::Another);
     }
-    let flipped = contacts::became_patient_at(ctx.conn, contact_id)?;
-    Ok(flipped.is_none_or(|flip| flip < at - DAY))
+    Ok(match contacts::became_patient(ctx.conn, contact_id)? {
+        Some((_, Some(PatientBy::Automation))) => Booking::First,
+        Some((flip, _)) if flip >= at - DAY => Booking::Reported,
+        _ => Booking::Another,
+    })
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {

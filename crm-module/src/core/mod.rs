@@ -102,8 +102,15 @@ pub enum Signal {
         /// Lead Source at creation.
         source: Option<String>,
     },
-    /// Status flipped Lead → Patient.
+    /// Status flipped Lead → Patient: by a first booking, the host's
+    /// update, or an automation's Set property (the Status changed
+    /// trigger). Not itself a conversion: see [`Signal::FirstBooking`].
     BecamePatient,
+    /// The contact's first appointment (SPEC §2.5's Book appointment, and
+    /// the conversion of an automation without a goal): a booking by a
+    /// Lead, the host making its Lead a Patient (a booking made there), or
+    /// the first booking of a contact an automation had marked a Patient.
+    FirstBooking,
     /// An appointment was booked; `rebook` tells an existing patient's
     /// booking from a first booking.
     AppointmentBooked {

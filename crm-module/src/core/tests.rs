@@ -1498,6 +1498,80 @@ fn rebook_counts_an_existing_patients_booking_not_a_first_one_reported_after_the
     assert_eq!(s.count("goal_reached", Some(&rebook)), 4);
 }
 
+/// An automation setting Status to Patient books nothing: it fires the
+/// Status changed trigger (the record flipped) but reaches neither Book
+/// appointment nor the no-goal conversion, and the contact's first real
+/// booking afterwards is their first (Book), not a Rebook.
+#[test]
+fn a_status_set_by_an_automation_is_no_booking_and_the_first_real_one_is_not_a_rebook() {
+    let mut s = Sim::new();
+    let measured = |s: &mut Sim, goal: Value| {
+        s.automation(
+            json!({"name": "Measured", "goal": goal, "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "tags"},
+            "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}),
+        )
+    };
+    let book = measured(&mut s, json!("book_appointment"));
+    let rebook = measured(&mut s, json!("rebook_appointment"));
+    let no_goal = measured(&mut s, Value::Null);
+    let flips = s.automation(
+        json!({"name": "On the flip", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "status_changed_to_patient"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}),
+    );
+    s.automation(
+        json!({"name": "Mark as patient", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "owner"},
+        "steps": [{"type": "set_property", "property": "status", "value": "patient"}]}),
+    );
+    s.contact("c1", json!({}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["enroll"]}}))
+        .unwrap();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s2", "name": "Sam"}}}))
+        .unwrap();
+    let by: Vec<String> = s
+        .conn
+        .prepare("SELECT json_extract(detail, '$.by') FROM events WHERE kind = 'status_changed' AND contact_id = 'c1'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(by, ["automation"], "the flip is logged as the automation's");
+    assert_eq!(
+        s.enrollment(&flips, "c1").0,
+        "active",
+        "the flip fires its trigger"
+    );
+    for (a, goal) in [(&book, "book"), (&no_goal, "no goal")] {
+        assert!(!s.enrollment(a, "c1").2, "{goal} reached without a booking");
+    }
+    s.book("c1", "ap1");
+    assert!(
+        s.enrollment(&book, "c1").2,
+        "the first booking is not a Book"
+    );
+    assert!(
+        s.enrollment(&no_goal, "c1").2,
+        "the first booking is not a conversion"
+    );
+    assert!(
+        !s.enrollment(&rebook, "c1").2,
+        "the first booking counted as a rebook"
+    );
+    assert_eq!(
+        s.count("enrolled", Some(&flips)),
+        1,
+        "the trigger fired again"
+    );
+    s.book("c1", "ap2");
+    assert!(
+        s.enrollment(&rebook, "c1").2,
+        "the second booking is a rebook"
+    );
+}
+
 /// Book appointment and no goal count the same Lead → Patient flip:
 /// switching between them keeps the conversions, and Goal met turned on
 /// (or a goal brought back) sends the contacts who reached it out.

@@ -595,6 +595,20 @@ UPDATE contacts SET became_patient_at = flips.at
 CREATE INDEX events_goals ON events(automation_id, kind, json_extract(detail, '$.goal'), at)
     WHERE kind = 'goal_reached';
 "#,
+    // 22: what made the contact a Patient (`first_booking`, `host`,
+    // `automation`), so that a Status an automation set is no booking: the
+    // contact's first real booking after it is their first (Book
+    // appointment), not a Rebook. Filled from each contact's latest
+    // `status_changed` row in one pass over the log (SQLite takes the bare
+    // column from the row of `max(at)`); automations' flips were not
+    // logged before this version, so those stay NULL (taken as before).
+    r#"
+ALTER TABLE contacts ADD COLUMN became_patient_by TEXT;
+UPDATE contacts SET became_patient_by = flips.by
+  FROM (SELECT contact_id, json_extract(detail, '$.by') AS by, max(at)
+          FROM events WHERE kind = 'status_changed' GROUP BY contact_id) AS flips
+ WHERE flips.contact_id = contacts.id;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -677,6 +691,41 @@ mod tests {
             [
                 ("flipped".to_string(), Some(20)),
                 ("imported".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn migration_22_fills_what_made_each_contact_a_patient_from_its_latest_flip() {
+        let conn = at_version(21);
+        conn.execute_batch(
+            r#"INSERT INTO contacts (id, props, created_at, last_activity, became_patient_at)
+                 VALUES ('booked', '{}', 0, 0, 20), ('host', '{}', 0, 0, 5), ('lead', '{}', 0, 0, NULL);
+             INSERT INTO events (at, kind, contact_id, detail) VALUES
+                 (10, 'status_changed', 'booked', '{"by": "host"}'),
+                 (20, 'status_changed', 'booked', '{"by": "first_booking"}'),
+                 (30, 'contact_updated', 'booked', '{"by": "host"}'),
+                 (5, 'status_changed', 'host', '{"by": "host"}');"#,
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let by: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT id, became_patient_by FROM contacts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let by: Vec<(&str, Option<&str>)> = by
+            .iter()
+            .map(|(id, b)| (id.as_str(), b.as_deref()))
+            .collect();
+        assert_eq!(
+            by,
+            [
+                ("booked", Some("first_booking")),
+                ("host", Some("host")),
+                ("lead", None)
             ]
         );
     }
