@@ -192,9 +192,11 @@ pub struct StepRow {
     pub step_type: Label,
     /// Font Awesome icon name.
     pub icon: String,
-    /// Nesting depth: 0 on the main path, 1 inside a branch, …
+    /// Nesting depth: 0 on the main path, 1 inside a branch, … (a removed
+    /// step: where it was in the newest version that had it).
     pub depth: u32,
-    /// "YES path of …" / "NO path of …" inside a branch.
+    /// "YES path of …" / "NO path of …" inside a branch (a removed step:
+    /// the path it was on).
     pub path_label: Option<String>,
     /// Removed from the current version (history only).
     pub removed: bool,
@@ -854,15 +856,18 @@ fn step_rows(
                 continue;
             };
             let old_flow = Flow::new(&old);
+            let old_pos = positions(&old);
             for id in old_flow.ordered_ids() {
                 if missing.remove(id.as_str())
                     && let Some(step) = old_flow.step(&id)
                 {
+                    // Where it was: its depth and path in that version.
+                    let (depth, path) = old_pos.get(&id).cloned().unwrap_or((0, None));
                     rows.push(step_row(
                         &names,
                         step,
-                        0,
-                        None,
+                        depth,
+                        path,
                         true,
                         per_step.get(&id).copied().unwrap_or_default(),
                     ));
@@ -1119,9 +1124,10 @@ mod tests {
             "trigger": {"type": "contact_created"},
             "steps": [
                 {"id": "s1", "name": "Welcome email", "type": "send_email", "subject": "Welcome", "body": "Hi"},
-                {"id": "old", "name": "Old SMS", "type": "send_sms", "message": "Hello"},
                 {"id": "s2", "type": "delay", "amount": 2, "unit": "days"},
-                {"id": "s3", "name": "Follow-up SMS", "type": "send_sms", "message": "Book now"}
+                {"id": "s3", "name": "Follow-up SMS", "type": "send_sms", "message": "Book now"},
+                {"id": "s4", "name": "Booked?", "type": "branch", "condition": {"type": "goal_reached"},
+                 "yes": [], "no": [{"id": "old", "name": "Old SMS", "type": "send_sms", "message": "Hello"}]}
             ]
         })
     }
@@ -1430,7 +1436,8 @@ mod tests {
         assert_eq!(rows[4]["conversion_display"], "—");
         assert_eq!(rows[5]["removed"], true);
         assert_eq!(rows[5]["title"], "Old SMS (removed)");
-        assert_eq!(rows[5]["removed"], true);
+        assert_eq!(rows[5]["depth"], 1, "a removed step keeps its place");
+        assert_eq!(rows[5]["path_label"], "NO path of \"Booked?\"");
         assert_eq!(rows[0]["actions"][0]["id"], "step_analytics");
 
         assert_eq!(v["top_steps"][0]["step_id"], "s2");
