@@ -93,6 +93,10 @@ pub struct Module {
     /// Tests: the next view panics inside its read transaction.
     #[cfg(test)]
     view_fault: std::sync::atomic::AtomicBool,
+    /// The only handle on the database file. Declared last: released after
+    /// [`Drop`] has stopped the threads and every field before it closed
+    /// its connection.
+    _lock: store::HandleLock,
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -127,7 +131,7 @@ impl Module {
         }
         let storage = config.storage;
         storage.validate()?;
-        let mut conn = store::open_with(path, Access::Write, &storage)?;
+        let (mut conn, lock) = store::open_writer(path, &storage)?;
         let install_id = match store::get_setting(&conn, "install_id")? {
             Some(Value::String(s)) => s,
             _ => {
@@ -195,6 +199,7 @@ impl Module {
             worker_thread,
             #[cfg(test)]
             view_fault: std::sync::atomic::AtomicBool::new(false),
+            _lock: lock,
         })
     }
 
@@ -520,6 +525,36 @@ mod tests {
         m.view("automation_list", "").expect("the next view");
         m.view("settings", "").expect("and the one after");
         m.shutdown();
+    }
+
+    #[test]
+    fn a_second_handle_on_the_same_file_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let first = Module::open(&path, "").expect("open");
+        first
+            .execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#)
+            .expect("a list");
+        match Module::open(
+            &path,
+            r#"{"clock": {"mode": "manual", "start": "2030-01-01T00:00:00Z"}}"#,
+        ) {
+            Err(Error::Conflict(message)) => {
+                assert!(
+                    message.contains("already open in another handle"),
+                    "{message}"
+                )
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a second handle opened"),
+        }
+        // The first handle goes on; another file opens beside it.
+        first.view("automation_list", "").expect("view");
+        let other = Module::open(&dir.path().join("other.db"), "").expect("another file");
+        drop(other);
+        drop(first);
+        let again = Module::open(&path, "").expect("open after close");
+        again.view("automation_list", "").expect("view");
     }
 
     #[test]

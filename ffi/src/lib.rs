@@ -592,11 +592,15 @@ fn require_out<T>(out: *mut T, what: &str) -> FfiResult {
 /// closed with crm_close(); on failure `*out` is NULL.
 ///
 /// Errors: CRM_ERR_NULL (db_path or out NULL), CRM_ERR_UTF8, CRM_ERR_TOO_LARGE,
-/// CRM_ERR_INVALID (bad config, empty path), CRM_ERR_STORAGE (cannot open or
-/// migrate the database).
+/// CRM_ERR_INVALID (bad config, empty path), CRM_ERR_CONFLICT (the database
+/// is already open in another handle, in this process or another),
+/// CRM_ERR_STORAGE (cannot open or migrate the database).
 ///
 /// Thread safety: may be called from any thread, concurrently (each call
-/// makes its own handle; open one handle per database file).
+/// makes its own handle). One handle per database file: while a handle is
+/// open, the module holds a lock on `<db_path>-lock` (a file it creates
+/// beside the database and leaves there), and another open of the same
+/// file is refused; the lock goes with crm_close() or the process.
 ///
 /// # Safety
 /// `db_path` and `config_json` are NULL or NUL-terminated strings; `out` is

@@ -303,8 +303,18 @@ static void test_system_clock(const char *dir) {
     EXPECT_OK(crm_clock_now(m, &now));
     CHECK(now > START_MS - 365 * DAY_MS); /* wall-clock time */
     EXPECT_ERR(crm_clock_advance(m, DAY_MS), CRM_ERR_CONFLICT);
+    /* One handle per database file: a second is refused while it is open. */
+    {
+        crm_module *second = m;
+        EXPECT_ERR(crm_open(path, NULL, &second), CRM_ERR_CONFLICT);
+        CHECK(second == NULL);
+    }
     crm_close(m);
     CHECK(crm_last_error_code() == CRM_OK);
+    m = NULL;
+    if (EXPECT_OK(crm_open(path, NULL, &m))) {
+        crm_close(m);
+    }
 }
 
 /* Every error path on an open module; each leaves the state unchanged. */

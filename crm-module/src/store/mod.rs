@@ -97,14 +97,77 @@ pub fn open(path: &Path, access: Access) -> Result<Connection> {
 
 /// [`open`] with the page cache and memory mapping of `storage`.
 pub fn open_with(path: &Path, access: Access, storage: &StorageConfig) -> Result<Connection> {
+    let conn = connect(path, access)?;
+    configure(conn, access, storage)
+}
+
+/// The writer's connection of a module's handle, and the lock that makes
+/// it the only handle on the database file: see [`HandleLock`]. The lock is
+/// taken before the schema is migrated.
+pub fn open_writer(path: &Path, storage: &StorageConfig) -> Result<(Connection, HandleLock)> {
+    let conn = connect(path, Access::Write)?;
+    let lock = HandleLock::acquire(&conn)?;
+    Ok((configure(conn, Access::Write, storage)?, lock))
+}
+
+/// An exclusive lock on `<database file>-lock` (beside the database, as
+/// SQLite's `-wal` and `-shm`), held by a module's handle while it is open.
+/// A second handle on the same file, in this process or another, would run
+/// a second worker and dispatcher over the same outbox and schedule (every
+/// effect offered twice, date triggers evaluated twice), so opening one is
+/// refused. The operating system releases the lock when the handle is
+/// closed or its process dies (`flock` on Unix, `LockFileEx` on Windows;
+/// the file itself stays). On a file system without locks, the handle
+/// opens unlocked.
+#[derive(Debug)]
+pub struct HandleLock {
+    _file: Option<std::fs::File>,
+}
+
+impl HandleLock {
+    fn acquire(conn: &Connection) -> Result<HandleLock> {
+        // SQLite's own name for the file (a `file:` URI resolved, the path
+        // made absolute); none for an in-memory or temporary database.
+        let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(HandleLock { _file: None });
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(format!("{db}-lock"))
+            .map_err(|e| Error::Storage(format!("cannot open the database's lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HandleLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Conflict(
+                "the database is already open in another handle (in this process or another): \
+                 one handle per database file; nothing was opened"
+                    .into(),
+            )),
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                Ok(HandleLock { _file: None })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
+                "cannot lock the database's lock file: {e}"
+            ))),
+        }
+    }
+}
+
+fn connect(path: &Path, access: Access) -> Result<Connection> {
     let flags = match access {
         Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         Access::Checkpoint => OpenFlags::SQLITE_OPEN_READ_WRITE,
         Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| Error::Storage(format!("cannot open the database: {e}")))?;
+    Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Storage(format!("cannot open the database: {e}")))
+}
+
+/// The module's pragmas on a new connection; the writer also migrates.
+fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(256);
     if access == Access::Write {
