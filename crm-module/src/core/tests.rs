@@ -920,6 +920,38 @@ fn paused_automation_holds_then_resumes_and_does_not_enroll() {
     assert_eq!(s.enrollment(&a, "c1").0, "completed");
 }
 
+/// An edit that removes an If/then and pulls its NO path's steps onto the
+/// main path: a contact waiting before it (or at it, held for the run
+/// window) goes on to those steps, not to End.
+#[test]
+fn removing_an_if_then_continues_at_the_steps_pulled_out_of_it() {
+    let mut s = Sim::new();
+    let task = json!({"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"}});
+    let def = |steps: Vec<Value>| {
+        json!({"name": "Nurture", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "contact_created"}, "steps": steps})
+    };
+    let email = json!({"id": "hello", "type": "send_email", "subject": "Hi", "body": "Hi"});
+    let wait = json!({"id": "wait", "type": "delay", "amount": 2, "unit": "days"});
+    let branch = json!({"id": "booked", "type": "branch",
+        "condition": {"type": "property", "property": "status", "op": "equals", "value": "patient"},
+        "yes": [], "no": [task.clone()]});
+    let a = s.automation(def(vec![email.clone(), wait, branch]));
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "automation.update", "automation_id": a,
+        "definition": def(vec![email, task])}))
+        .unwrap();
+    s.advance(MINUTE);
+    let tasks = s
+        .effects
+        .iter()
+        .filter(|e| e.kind == crate::outbox::EffectKind::Task && e.contact_id == "c1")
+        .count();
+    assert_eq!(tasks, 1, "the task pulled out of the If/then did not run");
+    assert_eq!(s.enrollment(&a, "c1").0, "completed");
+    assert_eq!(s.messages_to("c1").len(), 1, "the email ran once");
+}
+
 #[test]
 fn editing_a_live_automation_migrates_in_flight_contacts() {
     let mut s = Sim::new();

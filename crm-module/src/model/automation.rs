@@ -1367,18 +1367,37 @@ impl Flow {
     /// Where an in-flight contact at `step_id` of this (old) version continues in
     /// `new`: the same step if it survived, else the next surviving step after it
     /// on its old path, else End (None).
+    ///
+    /// A removed If/then (or branching custom step) on the way ends the old
+    /// path, but the contact never took either of its paths: it continues at
+    /// the first step, in the new version's canvas order, of those that were
+    /// inside that branch and survived (steps an edit pulled out of the
+    /// branch onto the path); none survived: End.
     pub fn migrate_position(&self, step_id: &str, new: &Flow) -> Option<String> {
-        if new.contains(step_id) {
-            return Some(step_id.to_string());
-        }
-        let mut cur = self.next_after(step_id);
+        let mut cur = Some(step_id);
         while let Some(id) = cur {
             if new.contains(id) {
                 return Some(id.to_string());
             }
+            if self.branch_heads.contains_key(id) {
+                let mut inside = Vec::new();
+                self.walk_chain_of(id, &mut inside);
+                return new.ordered_ids().into_iter().find(|s| inside.contains(s));
+            }
             cur = self.next_after(id);
         }
         None
+    }
+
+    /// The steps inside branch `id`'s YES and NO paths, nested ones too.
+    fn walk_chain_of(&self, id: &str, out: &mut Vec<String>) {
+        if let Some((y, n)) = self.branch_heads.get(id) {
+            for head in [y, n].into_iter().flatten() {
+                if let Some(p) = self.positions.get(head) {
+                    self.walk_chain(p.chain, out);
+                }
+            }
+        }
     }
 
     /// The steps before `step_id` on its path from the first step: the
@@ -1419,13 +1438,7 @@ impl Flow {
         };
         for id in ids {
             out.push(id.clone());
-            if let Some((y, n)) = self.branch_heads.get(id) {
-                for head in [y, n].into_iter().flatten() {
-                    if let Some(p) = self.positions.get(head) {
-                        self.walk_chain(p.chain, out);
-                    }
-                }
-            }
+            self.walk_chain_of(id, out);
         }
     }
 }
@@ -1506,6 +1519,28 @@ mod tests {
         let mut tail = old.clone();
         tail.steps.truncate(2);
         assert_eq!(fo.migrate_position("s3", &Flow::new(&tail)), None);
+    }
+
+    #[test]
+    fn a_removed_branch_continues_at_the_steps_pulled_out_of_it() {
+        let mut old = welcome();
+        old.validate_and_assign_ids().unwrap();
+        let fo = Flow::new(&old);
+        // The delay, the SMS and the If/then go; the NO path's task (s5)
+        // moves onto the main path.
+        let mut new = old.clone();
+        let task = match &new.steps[3].kind {
+            StepKind::Branch { no, .. } => no[0].clone(),
+            other => panic!("{other:?}"),
+        };
+        new.steps.truncate(1);
+        new.steps.push(task);
+        let fnew = Flow::new(&new);
+        assert_eq!(fo.migrate_position("s2", &fnew).as_deref(), Some("s5"));
+        assert_eq!(fo.migrate_position("s4", &fnew).as_deref(), Some("s5"));
+        // Nothing of the branch survives: End.
+        new.steps.truncate(1);
+        assert_eq!(fo.migrate_position("s2", &Flow::new(&new)), None);
     }
 
     #[test]
