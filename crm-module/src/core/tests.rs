@@ -641,9 +641,11 @@ fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
         "steps": [{"type": "send_sms", "message": "Happy birthday!"}]}));
     s.contact("leap", json!({"dob": "1988-02-29"}));
     s.contact("jan", json!({"dob": "1990-01-10"}));
+    // The host's date without zero padding is the same date.
+    s.contact("unpadded", json!({"dob": "1990-1-10"}));
     // 2027 is not a leap year: 28 Feb.
     s.advance(parse_rfc3339("2027-03-01T12:00:00Z").unwrap() - s.now);
-    let dates: Vec<(String, String)> = s.conn.prepare("SELECT contact_id, date(at/1000, 'unixepoch', '-5 hours') FROM events WHERE kind='enrolled' AND automation_id=?1 ORDER BY at").unwrap()
+    let dates: Vec<(String, String)> = s.conn.prepare("SELECT contact_id, date(at/1000, 'unixepoch', '-5 hours') FROM events WHERE kind='enrolled' AND automation_id=?1 AND contact_id <> 'unpadded' ORDER BY at").unwrap()
         .query_map([&a], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     assert_eq!(
         dates,
@@ -653,6 +655,18 @@ fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
             ("jan".to_string(), "2027-01-10".to_string()),
             ("leap".to_string(), "2027-02-28".to_string()),
         ]
+    );
+    let unpadded: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'enrolled' AND contact_id = 'unpadded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        unpadded, 2,
+        "a date of birth without zero padding never fired"
     );
 }
 

@@ -189,10 +189,16 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             }
             _ => Err(bad("a phone number")),
         },
+        // Stored canonical (zero-padded `YYYY-MM-DD`, four-digit year):
+        // chrono also reads "1985-3-7", " 1985-03-07" and "+1985-03-07",
+        // and the birthday lookup matches the stored text's month and day.
         PropertyType::Date => match value {
-            Value::String(s) if chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").is_ok() => {
-                Ok(Value::String(s))
-            }
+            Value::String(s) => match chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
+                Ok(d) if (1..=9999).contains(&chrono::Datelike::year(&d)) => {
+                    Ok(Value::String(d.format("%Y-%m-%d").to_string()))
+                }
+                _ => Err(bad("a date YYYY-MM-DD")),
+            },
             _ => Err(bad("a date YYYY-MM-DD")),
         },
         PropertyType::Choice(values) => match value {
@@ -350,6 +356,15 @@ mod tests {
             normalize_property("email", Value::Null).unwrap(),
             Value::Null
         );
+        // A date of birth is stored zero-padded, whatever padding it came
+        // with: the Birthday trigger matches the stored month and day.
+        for dob in ["1985-3-7", " 1985-03-07", "+1985-03-07", "1985-03-07"] {
+            assert_eq!(
+                normalize_property("dob", json!(dob)).unwrap(),
+                json!("1985-03-07"),
+                "{dob:?}"
+            );
+        }
     }
 
     #[test]
