@@ -214,6 +214,14 @@ pub fn enroll(
         )?
         .execute(params![entry.id, contact_id, version.number, first, enrolled_at])?;
     if inserted == 0 {
+        // Recorded and ignored (SPEC §2.2): a once-only firing (a dormancy
+        // period, a birthday's year, a once-ever trigger) is spent, not
+        // tried again at every evaluation until the enrollment ends.
+        if let Some(mark) = mark {
+            ctx.conn
+                .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+                .execute(params![entry.id, contact_id, mark, ctx.now])?;
+        }
         ignored("already_enrolled").write(ctx.conn, ctx.now)?;
         return Ok(None);
     }

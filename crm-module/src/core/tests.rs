@@ -796,6 +796,63 @@ fn inactive_for_n_fires_once_per_dormancy_period_without_backfill() {
     );
 }
 
+/// Activity pushed late, from before the firing, moves Last Activity but
+/// starts no new dormancy period; a crossing while the contact is still in
+/// the automation is recorded and ignored once, not again every day, and
+/// does not enroll them when the enrollment ends.
+#[test]
+fn inactive_for_n_fires_once_per_dormancy_period_whatever_arrives_late_or_while_enrolled() {
+    let mut s = Sim::new();
+    let task = json!({"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"}});
+    let win_back = |s: &mut Sim, steps: Value| {
+        s.automation(
+            json!({"name": "Win-back", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "inactive_for_days", "days": 30}, "steps": steps}),
+        )
+    };
+    let short = win_back(&mut s, json!([task]));
+    let long = win_back(
+        &mut s,
+        json!([task, {"type": "delay", "amount": 60, "unit": "days"}]),
+    );
+    s.contact("late", json!({}));
+    let created = s.now;
+    s.advance(31 * DAY);
+    assert_eq!(s.count("enrolled", Some(&short)), 1);
+    assert_eq!(s.enrollment(&short, "late").0, "completed");
+    // Two days later the host reports a visit from day 5.
+    s.advance(2 * DAY);
+    let day5 = crate::clock::to_rfc3339(created + 5 * DAY);
+    s.push(
+        json!({"type": "page.visited", "contact_id": "late", "page": "/book", "occurred_at": day5}),
+    )
+    .unwrap();
+    s.advance(10 * DAY);
+    assert_eq!(
+        s.count("enrolled", Some(&short)),
+        1,
+        "a late visit from before the firing started a new dormancy period"
+    );
+    // A visit on day 45 (new activity) crosses 30 days on day 75, while the
+    // long automation's day-31 enrollment waits until day 91.
+    s.advance(2 * DAY);
+    s.push(json!({"type": "page.visited", "contact_id": "late", "page": "/book"}))
+        .unwrap();
+    s.advance(60 * DAY);
+    assert_eq!(s.count("enrolled", Some(&short)), 2, "a new period fires");
+    assert_eq!(s.enrollment(&long, "late").0, "completed");
+    assert_eq!(
+        s.count("enrolled", Some(&long)),
+        1,
+        "the crossing while enrolled enrolled them afterwards"
+    );
+    assert_eq!(
+        s.count("trigger_ignored", Some(&long)),
+        1,
+        "the crossing was recorded more than once"
+    );
+}
+
 /// A run window open every day from `start` to `end`, New York time.
 fn every_day(start: &str, end: &str) -> Value {
     let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
