@@ -1103,7 +1103,8 @@ impl Worker {
     }
 
     /// A scheduled item failed: it must not run again in a loop. An enrollment
-    /// exits with reason `error`; a date evaluation moves to the next day.
+    /// exits with reason `error`; a date evaluation moves to its next one
+    /// (the start of its run window on the next open day).
     /// Both are logged (ids only).
     fn quarantine(
         &mut self,
@@ -1132,9 +1133,21 @@ impl Worker {
             }
         }
         if let Some(aid) = automation_id {
+            // Its next regular evaluation (the start of its window on the
+            // next open day), as after a run; a day later if it has none.
+            let settings = self.settings.read();
+            let next = self
+                .catalog
+                .get(aid)
+                .and_then(|entry| {
+                    let window = entry.current.def.window(&settings.doc.default_run_window);
+                    crate::core::dates::next_evaluation(window, now, settings.tz)
+                })
+                .unwrap_or(now + crate::clock::DAY);
+            drop(settings);
             self.conn.execute(
                 "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
-                params![aid, now + crate::clock::DAY],
+                params![aid, next],
             )?;
         }
         Ok(())
@@ -1288,6 +1301,11 @@ mod tests {
 
     /// A worker on a fresh database file, with the manual clock.
     fn worker(dir: &tempfile::TempDir) -> Worker {
+        worker_at(dir, 0)
+    }
+
+    /// A worker on a manual clock starting at `start`.
+    fn worker_at(dir: &tempfile::TempDir, start: Millis) -> Worker {
         let conn = crate::store::open(&dir.path().join("w.db"), crate::store::Access::Write)
             .expect("open the store");
         let settings = Arc::new(RwLock::new(load_settings(&conn).expect("settings")));
@@ -1296,7 +1314,7 @@ mod tests {
         let (jobs, _) = crossbeam_channel::bounded(1);
         Worker::new(
             conn,
-            Arc::new(Clock::manual(0)),
+            Arc::new(Clock::manual(start)),
             settings,
             "test".into(),
             host,
@@ -1499,6 +1517,46 @@ mod tests {
         let (reply, rx) = crossbeam_channel::bounded(1);
         tx.send(make(reply)).expect("the worker is listening");
         rx.recv_timeout(Duration::from_secs(30)).expect("answered")
+    }
+
+    #[test]
+    fn a_failed_date_evaluation_moves_to_its_next_window_start() {
+        use crate::clock::{DAY, HOUR};
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Friday 2 January 1970, 00:00 UTC; the default window is Monday to
+        // Friday from 09:00 (UTC, the default time zone).
+        let mut w = worker_at(&dir, DAY);
+        w.faults = vec!["run_item"];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+        for text in [
+            r#"{"command": "automation.create", "automation_id": "b", "definition": {
+                "name": "Birthday", "trigger": {"type": "birthday", "offset": "on_the_day"},
+                "steps": [{"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "desk"}}]}}"#,
+            r#"{"command": "automation.activate", "automation_id": "b"}"#,
+        ] {
+            let command: Command = serde_json::from_str(text).expect("a command");
+            request(&tx, |reply| Request::Command { command, reply }).expect("done");
+        }
+        // Friday 09:00's evaluation fails.
+        request(&tx, |reply| Request::AdvanceBy { by: DAY, reply }).expect("advanced");
+        tx.send(Request::Shutdown).expect("shutdown");
+        thread.join().expect("the worker thread ends normally");
+        let conn =
+            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let next: i64 = conn
+            .query_row(
+                "SELECT next_eval_at FROM automations WHERE id = 'b'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("next evaluation");
+        assert_eq!(
+            next,
+            4 * DAY + 9 * HOUR,
+            "not Monday 09:00 (Saturday: {})",
+            2 * DAY + 9 * HOUR
+        );
     }
 
     #[test]
