@@ -360,6 +360,8 @@ pub enum FieldKind {
     /// A picker of staff members and queues (`options` lists the fixed choices;
     /// the host adds its staff directory).
     StaffPicker,
+    /// A list of tags: the value is a JSON array of strings.
+    Tags,
     /// An If/then condition builder; `options` are the subjects it can test.
     Condition,
     /// Read-only SMS counter: encoding, characters, segments and credits of the text.
@@ -417,6 +419,13 @@ impl Field {
 
     fn required(mut self) -> Self {
         self.required = true;
+        self
+    }
+
+    /// Required only when the step writes its content inline (no saved
+    /// template chosen): a template brings its own.
+    fn required_inline(mut self, template_id: &Option<String>) -> Self {
+        self.required = template_id.is_none();
         self
     }
 
@@ -1822,12 +1831,12 @@ fn step_panel(
                     .placeholder("Inline content")
                     .help("Use a saved email, or write the subject and body here."),
                 Field::new("subject", "Subject", FieldKind::Text, json!(subject))
-                    .required()
+                    .required_inline(template_id)
                     .range(0, 500),
                 Field::new("preheader", "Preheader", FieldKind::Text, json!(preheader))
                     .help("The preview line inboxes show after the subject."),
                 Field::new("body", "Body", FieldKind::Textarea, json!(body))
-                    .required()
+                    .required_inline(template_id)
                     .help("Placeholders {{firstname}}, {{lastname}}, {{practice}}, {{owner}} and {{unsubscribe_link}} are replaced per contact. The compliant footer is appended."),
                 Field::new("sender.from_name", "From name", FieldKind::Text, any_or(&sender.from_name))
                     .placeholder("Module default"),
@@ -1872,7 +1881,7 @@ fn step_panel(
                 Field::new("template_id", "Saved SMS", FieldKind::Text, any_or(template_id))
                     .placeholder("Inline message"),
                 Field::new("message", "Message", FieldKind::Textarea, json!(message))
-                    .required()
+                    .required_inline(template_id)
                     .range(0, 1600)
                     .help("Use {{firstname}}, {{practice}} tokens. Reply STOP to opt out is appended automatically."),
                 Field::new("sender_number", "Sender number", FieldKind::Text, any_or(sender_number))
@@ -2089,9 +2098,9 @@ fn set_property_value_fields(p: SettableProperty, value: &Value) -> Vec<Field> {
         SettableProperty::Tags => {
             let part = |k: &str| value.get(k).cloned().unwrap_or_else(|| json!([]));
             vec![
-                Field::new("value.add", "Tags to add", FieldKind::Text, part("add"))
+                Field::new("value.add", "Tags to add", FieldKind::Tags, part("add"))
                     .placeholder("e.g. vip, allergy-season"),
-                Field::new("value.remove", "Tags to remove", FieldKind::Text, part("remove")),
+                Field::new("value.remove", "Tags to remove", FieldKind::Tags, part("remove")),
             ]
         }
         SettableProperty::SmsSubscription | SettableProperty::EmailSubscription => vec![
@@ -2130,9 +2139,13 @@ fn condition_options(
             "List membership",
         )
     }));
+    // Only the steps a contact reaching this If/then has passed: those
+    // before it on its own path (a step on another branch's path could
+    // never have been engaged with), in canvas order.
+    let before = flow.path_to(&branch.id);
     for id in flow.ordered_ids() {
-        if id == branch.id {
-            break;
+        if !before.contains(&id) {
+            continue;
         }
         if let Some(step) = flow.step(&id)
             && step.kind.channel().is_some()
@@ -2341,6 +2354,7 @@ mod tests {
         let props = panel["fields"][1]["options"].as_array().unwrap();
         assert_eq!(props.len(), 7);
         assert_eq!(panel["fields"][2]["id"], "value.add");
+        assert_eq!(panel["fields"][2]["kind"], "tags", "its value is an array");
         assert_eq!(panel["fields"][2]["value"], json!(["cold"]));
 
         let v = q("s4").unwrap();
@@ -2368,6 +2382,71 @@ mod tests {
         let e = q("s99").unwrap_err();
         assert_eq!(e.code(), ErrorCode::NotFound);
         assert!(e.to_string().contains("node s99"), "{e}");
+    }
+
+    /// An If/then offers engagement with the steps a contact reaching it
+    /// has passed: not a step on another branch's path.
+    #[test]
+    fn a_condition_offers_only_the_earlier_steps_on_its_own_path() {
+        let db = db();
+        db.automation(
+            "a2",
+            "draft",
+            NOW - 1000,
+            &[json!({
+                "name": "Nested", "trigger": {"type": "contact_created"},
+                "steps": [
+                    {"id": "s1", "type": "send_email", "subject": "Hi", "body": "Hi"},
+                    {"id": "t1", "type": "send_email", "template_id": "tpl1"},
+                    {"id": "b1", "type": "branch", "condition": {"type": "goal_reached"},
+                     "yes": [{"id": "ea", "type": "send_email", "subject": "A", "body": "A"}],
+                     "no": [{"id": "sn", "type": "send_sms", "message": "B"},
+                            {"id": "b2", "type": "branch", "condition": {"type": "goal_reached"},
+                             "yes": [], "no": []}]}
+                ]
+            })],
+        );
+        let v = db
+            .query(
+                "automation_builder",
+                json!({"automation_id": "a2", "selected_node": "b2"}),
+            )
+            .unwrap();
+        let cond = &v["build"]["config_panel"]["fields"][1];
+        let steps: Vec<&str> = cond["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["value"]["step_id"].as_str())
+            .collect();
+        assert_eq!(
+            steps,
+            ["s1", "t1", "sn"],
+            "the YES path's email is offered on the NO path"
+        );
+        // Subject and body are required of inline content only.
+        let required = |node: &str| -> Vec<(String, bool)> {
+            let v = db
+                .query(
+                    "automation_builder",
+                    json!({"automation_id": "a2", "selected_node": node}),
+                )
+                .unwrap();
+            v["build"]["config_panel"]["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["id"] == "subject" || f["id"] == "body")
+                .map(|f| (f["id"].as_str().unwrap().to_string(), f["required"] == true))
+                .collect()
+        };
+        let both = |r: bool| vec![("subject".to_string(), r), ("body".to_string(), r)];
+        assert_eq!(required("s1"), both(true));
+        assert_eq!(
+            required("t1"),
+            both(false),
+            "a saved template brings its content"
+        );
     }
 
     #[test]
