@@ -457,9 +457,9 @@ fn stat_cards(all: &[Item]) -> Vec<StatCard> {
             label: "Enrollments".into(),
             value: Some(num_u(enrolled)),
             display: fmt_count(enrolled),
-            hint: "All time, across automations".into(),
+            hint: "All time, across current automations".into(),
             definition: Some(
-                "Enrollments of every automation since it was created: a contact joins a flow each time its trigger fires."
+                "Enrollments of every current automation since it was created (a deleted automation leaves the total; search and filters do not): a contact joins a flow each time its trigger fires."
                     .into(),
             ),
         },
@@ -468,7 +468,7 @@ fn stat_cards(all: &[Item]) -> Vec<StatCard> {
             label: "Goals reached".into(),
             value: Some(num_u(goals)),
             display: fmt_count(goals),
-            hint: "All time, across automations".into(),
+            hint: "All time, across current automations".into(),
             definition: Some(
                 "Enrollments whose contact met the automation's goal inside its lookback window (default 30 days); with no goal, a Lead → Patient flip."
                     .into(),
@@ -509,7 +509,7 @@ fn row(ctx: &Ctx<'_>, a: &Item) -> AutomationRow {
             .style(ActionStyle::Danger)
             .command("automation.delete", Some(id))
             .confirm(format!(
-                "Delete the automation \"{}\"? Contacts still in it exit; its history stays in analytics.",
+                "Delete the automation \"{}\"? Contacts still in it exit. It leaves this list, its Performance tab and the totals above; its history stays in the event log.",
                 a.name
             )),
     );

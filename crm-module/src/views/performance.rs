@@ -588,7 +588,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             display: fmt_count(enrolled),
             hint: "All time".into(),
             definition: Some(
-                "Contacts who joined the flow because the trigger fired. The starting line."
+                "Enrollments: each time the trigger fired and a contact joined the flow (a contact enrolled again counts again). The starting line."
                     .into(),
             ),
         },
@@ -775,7 +775,7 @@ fn step_columns() -> Vec<Column> {
         ),
         def(
             Column::new("avg_time", "Avg. time", true, true),
-            "Mean time from the step starting to it completing; a Delay's time is its wait, run window included.",
+            "Mean time from the step starting to it completing. A Delay's time is its wait, a pause of the automation included; time spent waiting for the run window to open before a step counts in no step's time.",
         ),
         def(
             Column::new("conversion", "Conversion", true, true),
