@@ -909,6 +909,7 @@ fn receipt_from(
         .prepare_cached(LAST_OUTCOME_SQL)?
         .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
+    let delivered_before = matches!(last.as_ref(), Some((k, _)) if k == "message_delivered");
     match last.as_ref().map(|(k, b)| (k.as_str(), b.as_deref())) {
         Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
             log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
@@ -935,6 +936,11 @@ fn receipt_from(
                     .write(ctx.conn, ctx.now)?;
             }
         }
+        // Delivered once already (this late bounce revokes that), or
+        // failed for good (a failed receipt, its fallback sent; withdrawn):
+        // handing it over again could reach the person twice. Recorded only.
+        (DeliveryStatus::Bounced, Some(BounceKind::Soft), _)
+            if delivered_before || row.status == "failed" => {}
         (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
             let soft: i64 = ctx
                 .conn
@@ -955,6 +961,16 @@ fn receipt_from(
                     .write(ctx.conn, ctx.now)?;
                 failed_for_good = true;
             }
+        }
+        // The channel failed for good: the row is final (its fallback, if
+        // any, goes out below), so no later receipt hands it over again.
+        (DeliveryStatus::Failed, _, _) => {
+            ctx.conn
+                .prepare_cached(
+                    "UPDATE outbox SET status = 'failed', updated_at = ?2
+                      WHERE idempotency_key = ?1 AND status IN ('pending', 'retry', 'accepted')",
+                )?
+                .execute(params![key, ctx.now])?;
         }
         _ => {}
     }

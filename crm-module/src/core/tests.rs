@@ -2129,6 +2129,48 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
     );
 }
 
+/// A soft bounce hands a message over again only while it is still out:
+/// not after a delivery (a late bounce of an earlier attempt revokes it),
+/// nor after a failed receipt (final: its fallback went out).
+#[test]
+fn a_late_soft_bounce_never_sends_a_delivered_or_failed_message_again() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "Hi", "body": "b"}]}));
+    for (contact, first) in [("delivered", "delivered"), ("failed", "failed")] {
+        s.contact(contact, json!({}));
+        let key = s.messages_to(contact)[0].key.clone();
+        let status = |s: &Sim| -> (i64, String) {
+            s.conn
+                .query_row(
+                    "SELECT id, status FROM outbox WHERE idempotency_key = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        // The host accepted it.
+        crate::outbox::record_answer(
+            &s.conn,
+            status(&s).0,
+            crate::HostAnswer::Accepted,
+            None,
+            s.now,
+        )
+        .unwrap();
+        s.push(json!({"type": "delivery.receipt", "message_key": key, "status": first}))
+            .unwrap();
+        s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "soft"}))
+            .unwrap();
+        let expect = if first == "delivered" {
+            "accepted"
+        } else {
+            "failed"
+        };
+        assert_eq!(status(&s).1, expect, "{contact}: queued to go out again");
+    }
+}
+
 #[test]
 fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppress() {
     let mut s = Sim::new();
