@@ -586,18 +586,17 @@ impl Event {
                 body,
                 in_reply_to,
             } => {
-                match (contact_id.as_ref(), from.as_ref()) {
-                    (Some(c), _) => validate_id("contact_id", c)?,
-                    (None, Some(f)) => {
-                        crate::model::contact::normalize_property(
-                            "phone",
-                            Value::String(f.clone()),
-                        )
+                if let Some(c) = contact_id {
+                    validate_id("contact_id", c)?;
+                }
+                // The sender's number, with or without a contact: a STOP
+                // records it and unsubscribes every contact who has it.
+                if let Some(f) = from {
+                    crate::model::contact::normalize_property("phone", Value::String(f.clone()))
                         .map_err(|_| Error::invalid("from: must be a phone number"))?;
-                    }
-                    (None, None) => {
-                        return Err(Error::invalid("sms.received needs contact_id or from"));
-                    }
+                }
+                if contact_id.is_none() && from.is_none() {
+                    return Err(Error::invalid("sms.received needs contact_id or from"));
                 }
                 if body.chars().count() > 1600 {
                     return Err(Error::TooLarge("body: limited to 1600 characters".into()));
@@ -676,6 +675,11 @@ mod tests {
             (
                 r#"{"event_id":"x","type":"sms.received","body":"hi"}"#,
                 "contact_id or from",
+            ),
+            // With a contact too: a STOP records the sender's number.
+            (
+                r#"{"event_id":"x","type":"sms.received","contact_id":"c1","from":"call 61755501 ok","body":"STOP"}"#,
+                "from: must be a phone number",
             ),
         ];
         for (text, needle) in cases {
