@@ -811,6 +811,10 @@ fn sms_received(
             ..Log::new("sms_help", &id)
         }
         .write(ctx.conn, ctx.now)?;
+        // An inbound text touches the record, as a STOP does (a keyword,
+        // not engagement).
+        contacts::touch(&mut c, ctx.now, false);
+        contacts::save(ctx.conn, &c)?;
         let text = ctx.settings.help_answer();
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
         return Ok(());

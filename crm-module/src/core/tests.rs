@@ -2086,8 +2086,21 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
         json!({"event_id": "in-1", "type": "sms.received", "contact_id": "c1", "body": "stop"});
     s.push(stop.clone()).unwrap();
     s.push(stop).unwrap(); // the host pushes it twice: one confirmation
+    s.advance(HOUR);
     s.push(json!({"event_id": "in-2", "type": "sms.received", "contact_id": "c1", "body": "Help"}))
         .unwrap();
+    let last_activity: i64 = s
+        .conn
+        .query_row(
+            "SELECT last_activity FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        last_activity, s.now,
+        "a HELP text does not touch the record"
+    );
     let msgs = s.messages_to("c1");
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[0].payload["purpose"], "stop_confirmation");
