@@ -400,7 +400,8 @@ fn upsert(
         contacts::touch(&mut c, at, false);
     }
     if c.source_updated_at.is_some_and(|s| occurred < s) {
-        if last_active.is_some() {
+        let mut signals = stale_opt_outs(ctx, &mut c, props, occurred, audit)?;
+        if last_active.is_some() || !signals.is_empty() {
             contacts::save(ctx.conn, &c)?;
         }
         Log {
@@ -408,6 +409,10 @@ fn upsert(
             ..Log::new("contact_update_stale", &id)
         }
         .write(ctx.conn, ctx.now)?;
+        if !signals.is_empty() {
+            contacts::add_opt_out_signals(&c, &mut signals);
+            triggers::fire(ctx, &id, &signals)?;
+        }
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
@@ -441,6 +446,45 @@ fn upsert(
     contacts::add_opt_out_signals(&c, &mut signals);
     triggers::fire(ctx, &id, &signals)?;
     Ok(Outcome::Applied)
+}
+
+/// The opt-outs of a stale contact update (older than the stored record):
+/// its properties are ignored (SPEC §1), but an unsubscribe in it is
+/// applied, audited, unless that channel's subscription changed after the
+/// update happened (a newer update, or the person, decided since). An
+/// opt-out is never lost to the order in which updates arrive. Returns the
+/// change signals (none: nothing applied).
+fn stale_opt_outs(
+    ctx: &Ctx<'_>,
+    c: &mut Contact,
+    props: &serde_json::Map<String, Value>,
+    occurred: Millis,
+    audit: AuditSource<'_>,
+) -> Result<Vec<Signal>> {
+    let mut opt_outs = serde_json::Map::new();
+    for channel in ["email", "sms"] {
+        let key = format!("{channel}_subscription");
+        if props.get(&key).and_then(Value::as_str) != Some("unsubscribed")
+            || c.subscription(channel) == "unsubscribed"
+        {
+            continue;
+        }
+        let changed_since: bool = ctx
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM subscription_audit WHERE contact_id = ?1 AND at > ?3 AND channel = ?2)",
+            )?
+            .query_row(params![c.id, channel, occurred], |r| r.get(0))?;
+        if !changed_since {
+            opt_outs.insert(key, Value::String("unsubscribed".into()));
+        }
+    }
+    if opt_outs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let signals = contacts::apply_props(ctx, c, opt_outs, UpsertMode::Partial, audit)?;
+    contacts::touch(c, ctx.now, false);
+    Ok(signals)
 }
 
 /// A contact who has a number that said STOP ([`stopped_numbers`]) is

@@ -1149,6 +1149,81 @@ fn delete_exits_active_contacts() {
     );
 }
 
+/// A stale contact update's properties are ignored, but not an opt-out in
+/// it: applied unless that channel changed after the update happened.
+#[test]
+fn an_opt_out_in_a_stale_update_is_applied_unless_the_channel_changed_since() {
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "Nurture", "run_window": {"mode": "any_time"},
+        "unenrollment": {"sms_opt_out": true}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 7, "unit": "days"}]}),
+    );
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    s.advance(2 * HOUR);
+    let ago = |s: &Sim, minutes: i64| crate::clock::to_rfc3339(s.now - minutes * MINUTE);
+    let upsert = |s: &mut Sim, at: String, contact: Value| {
+        s.push(json!({"type": "contact.upserted", "occurred_at": at, "contact": contact}))
+            .unwrap()
+    };
+    let sub = |s: &Sim, id: &str, channel: &str| -> String {
+        s.conn
+            .query_row(
+                &format!("SELECT json_extract(props, '$.{channel}_subscription') FROM contacts WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // c1: a newer update (a name) arrives first, then the older opt-out.
+    let (newer, older) = (ago(&s, 55), ago(&s, 60));
+    upsert(&mut s, newer, json!({"id": "c1", "last_name": "Lee"}));
+    let out = upsert(
+        &mut s,
+        older,
+        json!({"id": "c1", "last_name": "Old", "sms_subscription": "unsubscribed"}),
+    );
+    assert_eq!(out, super::ingest::Outcome::Stale);
+    assert_eq!(sub(&s, "c1", "sms"), "unsubscribed", "the opt-out was lost");
+    let last_name: String = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.last_name') FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last_name, "Lee", "the stale name was applied");
+    assert_eq!(
+        s.enrollment(&a, "c1"),
+        ("exited".into(), Some("sms_opt_out".into()), false),
+        "the SMS opt-out toggle did not see it"
+    );
+    // c2: the channel changed after the older opt-out happened (staff
+    // recorded consent, in a newer update): the newer decision stands.
+    let (first, newer, older) = (ago(&s, 30), ago(&s, 5), ago(&s, 10));
+    upsert(
+        &mut s,
+        first,
+        json!({"id": "c2", "email_subscription": "unsubscribed"}),
+    );
+    s.advance(MINUTE);
+    s.push(
+        json!({"type": "contact.upserted", "occurred_at": newer, "reason": "staff",
+        "contact": {"id": "c2", "email_subscription": "subscribed"}}),
+    )
+    .unwrap();
+    s.advance(MINUTE);
+    upsert(
+        &mut s,
+        older,
+        json!({"id": "c2", "email_subscription": "unsubscribed"}),
+    );
+    assert_eq!(sub(&s, "c2", "email"), "subscribed");
+    assert_eq!(s.enrollment(&a, "c2").0, "active");
+}
+
 #[test]
 fn ingestion_is_idempotent_and_ignores_stale_updates() {
     let mut s = Sim::new();
