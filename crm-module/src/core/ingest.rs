@@ -188,12 +188,30 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 VerificationStatus::Verified => "verified",
                 VerificationStatus::Failed => "failed",
             };
+            // A status older than the one stored ("pending" arriving after
+            // a later "verified") is recorded and changes nothing.
+            let occurred = ctx.occurred_at.unwrap_or(ctx.now);
+            let stored_at: Option<Millis> = ctx
+                .conn
+                .prepare_cached("SELECT insurance_verification_at FROM contacts WHERE id = ?1")?
+                .query_row([&c.id], |r| r.get(0))?;
+            if stored_at.is_some_and(|at| occurred < at) {
+                return Log {
+                    detail: Some(json!({"status": value, "late": true})),
+                    ..Log::new("insurance_verification", &c.id)
+                }
+                .write(ctx.conn, ctx.now)
+                .map(|()| Outcome::Applied);
+            }
             let flipped =
                 c.insurance_verification.as_deref() != Some("verified") && value == "verified";
             let old_value = json!(c.insurance_verification);
             c.insurance_verification = Some(value.to_string());
             contacts::touch(&mut c, ctx.now, false);
             contacts::save(ctx.conn, &c)?;
+            ctx.conn
+                .prepare_cached("UPDATE contacts SET insurance_verification_at = ?2 WHERE id = ?1")?
+                .execute(params![c.id, occurred])?;
             Log {
                 detail: Some(json!({"status": value})),
                 ..Log::new("insurance_verification", &c.id)

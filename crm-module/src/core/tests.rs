@@ -498,6 +498,43 @@ fn a_change_to_a_value_fires_only_when_the_value_is_new() {
     assert_eq!(s.count("enrolled", Some(&vip)), 1, "vip came back");
 }
 
+/// An insurance verification status older than the stored one changes
+/// nothing: "pending" arriving after a later "verified" neither takes the
+/// contact back nor lets the next "verified" count again.
+#[test]
+fn a_late_insurance_verification_status_does_not_overwrite_a_newer_one() {
+    let mut s = Sim::new();
+    let moved = s.automation(json!({"name": "Verification moved", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "insurance_verification"}, "steps": []}));
+    let goal = s.automation(json!({"name": "Verify", "goal": "verification_complete",
+        "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "delay", "amount": 7, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    s.advance(HOUR);
+    let at = |s: &Sim, ago: i64| crate::clock::to_rfc3339(s.now - ago);
+    let verification = |status: &str, at: String| json!({"type": "insurance.verification", "contact_id": "c1", "status": status, "occurred_at": at});
+    s.push(verification("verified", at(&s, 0))).unwrap();
+    s.advance(MINUTE);
+    s.push(verification("pending", at(&s, 10 * MINUTE)))
+        .unwrap();
+    let status: String = s
+        .conn
+        .query_row(
+            "SELECT insurance_verification FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "verified");
+    s.push(verification("verified", at(&s, 0))).unwrap();
+    assert_eq!(
+        s.count("enrolled", Some(&moved)),
+        1,
+        "moved by the late status"
+    );
+    assert_eq!(s.count("goal_reached", Some(&goal)), 1);
+}
+
 #[test]
 fn derived_properties_fire_property_changed_or_are_refused() {
     let mut s = Sim::new();

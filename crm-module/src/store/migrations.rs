@@ -609,6 +609,13 @@ UPDATE contacts SET became_patient_by = flips.by
           FROM events WHERE kind = 'status_changed' GROUP BY contact_id) AS flips
  WHERE flips.contact_id = contacts.id;
 "#,
+    // 23: when the insurance verification status stored happened (the
+    // event's `occurred_at`), so that an older status arriving late
+    // ("pending" after "verified") does not overwrite a newer one. NULL for
+    // the statuses stored before: the next one is taken as it comes.
+    r#"
+ALTER TABLE contacts ADD COLUMN insurance_verification_at INTEGER;
+"#,
 ];
 
 /// Brings the database to the newest schema.
