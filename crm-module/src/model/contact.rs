@@ -257,8 +257,15 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             Some(n) if n <= u32::MAX as u64 => Ok(Value::from(n)),
             _ => Err(bad("a non-negative integer")),
         },
+        // A whole number is stored as an integer, however it was written:
+        // `100.0` after `100` is no change (no Property changed trigger).
         PropertyType::Number => match value {
-            Value::Number(_) => Ok(value),
+            Value::Number(n) => Ok(match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    Value::from(f as i64)
+                }
+                _ => Value::Number(n),
+            }),
             _ => Err(bad("a number")),
         },
         PropertyType::TimeZone => match value {
@@ -355,6 +362,14 @@ mod tests {
         assert_eq!(
             normalize_property("email", Value::Null).unwrap(),
             Value::Null
+        );
+        assert_eq!(
+            normalize_property("balance", json!(100.0)).unwrap(),
+            json!(100)
+        );
+        assert_eq!(
+            normalize_property("balance", json!(12.5)).unwrap(),
+            json!(12.5)
         );
         // A date of birth is stored zero-padded, whatever padding it came
         // with: the Birthday trigger matches the stored month and day.
