@@ -428,6 +428,15 @@ pub fn apply_props(
             merged.insert(k, v);
         }
     }
+    // The limit holds for the record, not only for one update: partial
+    // updates each adding new keys would otherwise grow it without end.
+    if merged.len() > crate::model::contact::MAX_PROPERTIES {
+        return Err(Error::TooLarge(format!(
+            "contact {}: a contact may carry at most {} properties",
+            c.id,
+            crate::model::contact::MAX_PROPERTIES
+        )));
+    }
     keep_own_opt_outs(ctx, c, &mut merged, audit)?;
     keep_patient(ctx, c, &mut merged, asked_status)?;
     let mut keys: Vec<&String> = c.props.keys().chain(merged.keys()).collect();

@@ -1186,6 +1186,40 @@ fn delete_exits_active_contacts() {
     );
 }
 
+/// The limit on a contact's properties holds for the record: partial
+/// updates that each stay under it cannot add up past it.
+#[test]
+fn partial_updates_cannot_grow_a_contact_past_the_property_limit() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({}));
+    let keys = |from: usize, n: usize| -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), json!("c1"));
+        for i in from..from + n {
+            m.insert(format!("field_{i}"), json!(i));
+        }
+        Value::Object(m)
+    };
+    s.push(json!({"type": "contact.upserted", "contact": keys(0, 150)}))
+        .unwrap();
+    let err = s
+        .push(json!({"type": "contact.upserted", "contact": keys(150, 150)}))
+        .unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::TooLarge, "{err}");
+    let count: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM contacts, json_each(contacts.props) WHERE contacts.id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        count < 200,
+        "the refused update changed the record ({count} properties)"
+    );
+}
+
 /// A stale contact update's properties are ignored, but not an opt-out in
 /// it: applied unless that channel changed after the update happened.
 #[test]
