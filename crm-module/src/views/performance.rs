@@ -216,7 +216,15 @@ pub struct StepRow {
     pub avg_time_ms: Option<f64>,
     /// Formatted ("2 min", "2 days", "—").
     pub avg_time_display: String,
-    /// Completed ÷ executed × 100 (one decimal).
+    /// Started and neither completed nor failed: contacts in the step now
+    /// (a Delay's wait, a plugin call awaiting its answer), or who left the
+    /// automation during it. So Executed = Completed + Failed + this.
+    pub in_step: u64,
+    /// Formatted.
+    pub in_step_display: String,
+    /// Completed ÷ (completed + failed) × 100 (one decimal): of the times
+    /// the step ended one way or the other, the share it completed; the
+    /// contacts still in it count once they finish.
     pub conversion: Option<f64>,
     /// Formatted ("97.9%", "—").
     pub conversion_display: String,
@@ -779,7 +787,7 @@ fn step_columns() -> Vec<Column> {
         ),
         def(
             Column::new("conversion", "Conversion", true, true),
-            "(completed ÷ executed) × 100: the share of contacts who started the step and finished it.",
+            "(completed ÷ (completed + failed)) × 100: of the times the step ended, the share it completed. Contacts still in the step (a Delay's wait) or who left the automation during it are in Executed but not yet here, so a running wait does not read as a failure.",
         ),
         Column::new("actions", "Actions", false, false),
     ]
@@ -909,7 +917,8 @@ fn step_row(
     removed: bool,
     c: StepCounts,
 ) -> StepRow {
-    let conversion = rate(c.completed, c.executed);
+    let conversion = rate(c.completed, c.completed + c.failed);
+    let in_step = c.executed.saturating_sub(c.completed + c.failed);
     let type_id = step.kind.type_id();
     let mut actions = Vec::new();
     if matches!(
@@ -940,6 +949,8 @@ fn step_row(
         completed_display: fmt_count(c.completed),
         failed: c.failed,
         failed_display: fmt_count(c.failed),
+        in_step,
+        in_step_display: fmt_count(in_step),
         avg_time_ms: c.avg_ms.map(round1),
         avg_time_display: c.avg_ms.map(fmt_duration).unwrap_or_else(|| DASH.into()),
         conversion,
@@ -1196,7 +1207,8 @@ mod tests {
             7,
             Some(json!({"reason": "unsubscribed"})),
         );
-        s("s2", "step_executed", 335, None);
+        // 5 contacts are still waiting in it.
+        s("s2", "step_executed", 340, None);
         s(
             "s2",
             "step_completed",
@@ -1402,7 +1414,7 @@ mod tests {
             v["steps"]["columns"][5]["definition"]
                 .as_str()
                 .unwrap()
-                .contains("completed ÷ executed")
+                .contains("completed ÷ (completed + failed)")
         );
         let rows = v["steps"]["rows"].as_array().unwrap();
         let ids: Vec<&str> = rows
@@ -1425,7 +1437,11 @@ mod tests {
         assert_eq!(s1["conversion_display"], "97.9%");
         assert_eq!(rows[1]["title"], "Wait 2 days");
         assert_eq!(rows[1]["avg_time_display"], "2 days");
-        assert_eq!(rows[1]["conversion_display"], "100%");
+        assert_eq!(rows[1]["in_step"], 5);
+        assert_eq!(
+            rows[1]["conversion_display"], "100%",
+            "contacts still waiting read as failures"
+        );
         assert_eq!(rows[2]["avg_time_display"], "1 min");
         assert_eq!(rows[2]["conversion_display"], "98.8%");
         assert_eq!(rows[3]["branch_paths"]["yes"], 6);
