@@ -217,6 +217,11 @@ impl Sim {
             .unwrap()
     }
 
+    /// The one value `sql` selects (its first row's first column).
+    pub fn value<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        self.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     /// The first column of `sql`'s rows, as text, with `param` bound to `?1`.
     pub fn texts(&self, sql: &str, param: &str) -> Vec<String> {
         self.conn

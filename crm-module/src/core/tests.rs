@@ -517,14 +517,7 @@ fn a_late_insurance_verification_status_does_not_overwrite_a_newer_one() {
     s.advance(MINUTE);
     s.push(verification("pending", at(&s, 10 * MINUTE)))
         .unwrap();
-    let status: String = s
-        .conn
-        .query_row(
-            "SELECT insurance_verification FROM contacts WHERE id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status: String = s.value("SELECT insurance_verification FROM contacts WHERE id = 'c1'");
     assert_eq!(status, "verified");
     s.push(verification("verified", at(&s, 0))).unwrap();
     assert_eq!(
@@ -693,14 +686,8 @@ fn birthday_fires_yearly_and_feb_29_uses_feb_28() {
             ("leap".to_string(), "2027-02-28".to_string()),
         ]
     );
-    let unpadded: i64 = s
-        .conn
-        .query_row(
-            "SELECT count(*) FROM events WHERE kind = 'enrolled' AND contact_id = 'unpadded'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let unpadded: i64 =
+        s.value("SELECT count(*) FROM events WHERE kind = 'enrolled' AND contact_id = 'unpadded'");
     assert_eq!(
         unpadded, 2,
         "a date of birth without zero padding never fired"
@@ -1207,13 +1194,7 @@ fn partial_updates_cannot_grow_a_contact_past_the_property_limit() {
         .unwrap_err();
     assert_eq!(err.code(), crate::ErrorCode::TooLarge, "{err}");
     let count: i64 = s
-        .conn
-        .query_row(
-            "SELECT count(*) FROM contacts, json_each(contacts.props) WHERE contacts.id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .value("SELECT count(*) FROM contacts, json_each(contacts.props) WHERE contacts.id = 'c1'");
     assert!(
         count < 200,
         "the refused update changed the record ({count} properties)"
@@ -1257,14 +1238,8 @@ fn an_opt_out_in_a_stale_update_is_applied_unless_the_channel_changed_since() {
     );
     assert_eq!(out, super::ingest::Outcome::Stale);
     assert_eq!(sub(&s, "c1", "sms"), "unsubscribed", "the opt-out was lost");
-    let last_name: String = s
-        .conn
-        .query_row(
-            "SELECT json_extract(props, '$.last_name') FROM contacts WHERE id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_name: String =
+        s.value("SELECT json_extract(props, '$.last_name') FROM contacts WHERE id = 'c1'");
     assert_eq!(last_name, "Lee", "the stale name was applied");
     assert_eq!(
         s.enrollment(&a, "c1"),
@@ -2235,14 +2210,7 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
     s.advance(HOUR);
     s.push(json!({"event_id": "in-2", "type": "sms.received", "contact_id": "c1", "body": "Help"}))
         .unwrap();
-    let last_activity: i64 = s
-        .conn
-        .query_row(
-            "SELECT last_activity FROM contacts WHERE id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_activity: i64 = s.value("SELECT last_activity FROM contacts WHERE id = 'c1'");
     assert_eq!(
         last_activity, s.now,
         "a HELP text does not touch the record"
