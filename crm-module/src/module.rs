@@ -267,8 +267,11 @@ impl Module {
         self.push_events(events)
     }
 
-    /// Pushes already validated events atomically.
-    pub fn push_events(&self, events: Vec<Event>) -> Result<Vec<PushResult>> {
+    /// Pushes events [`Event::parse_batch`] validated, atomically. Not
+    /// public: an [`Event`]'s fields are, so a caller could build one that
+    /// skipped validation (a contact without an id, properties not
+    /// normalized).
+    fn push_events(&self, events: Vec<Event>) -> Result<Vec<PushResult>> {
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let out = self.call(|reply| Request::Push { events, reply })?;
         Ok(ids
