@@ -697,11 +697,7 @@ fn schedule_evaluation(
     active: bool,
 ) -> Result<()> {
     let next = if active && def.trigger.is_date_based() {
-        dates::next_evaluation(
-            def.window(&settings.doc.default_run_window),
-            ctx.now,
-            settings.tz,
-        )
+        dates::next_evaluation(def, settings, ctx.now)
     } else {
         None
     };

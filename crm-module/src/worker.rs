@@ -1140,8 +1140,7 @@ impl Worker {
                 .catalog
                 .get(aid)
                 .and_then(|entry| {
-                    let window = entry.current.def.window(&settings.doc.default_run_window);
-                    crate::core::dates::next_evaluation(window, now, settings.tz)
+                    crate::core::dates::next_evaluation(&entry.current.def, &settings, now)
                 })
                 .unwrap_or(now + crate::clock::DAY);
             drop(settings);

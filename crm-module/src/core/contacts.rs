@@ -222,12 +222,22 @@ pub enum PatientBy {
 }
 
 impl PatientBy {
+    const ALL: [PatientBy; 3] = [
+        PatientBy::FirstBooking,
+        PatientBy::Host,
+        PatientBy::Automation,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             PatientBy::FirstBooking => "first_booking",
             PatientBy::Host => "host",
             PatientBy::Automation => "automation",
         }
+    }
+
+    fn parse(name: &str) -> Option<PatientBy> {
+        PatientBy::ALL.into_iter().find(|by| by.as_str() == name)
     }
 }
 
@@ -266,15 +276,7 @@ pub fn became_patient(conn: &Connection, id: &str) -> Result<Option<(Millis, Opt
         .prepare_cached("SELECT became_patient_at, became_patient_by FROM contacts WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(row.and_then(|(at, by)| {
-        let by = match by.as_deref() {
-            Some("first_booking") => Some(PatientBy::FirstBooking),
-            Some("host") => Some(PatientBy::Host),
-            Some("automation") => Some(PatientBy::Automation),
-            _ => None,
-        };
-        at.map(|at| (at, by))
-    }))
+    Ok(row.and_then(|(at, by)| Some((at?, by.as_deref().and_then(PatientBy::parse)))))
 }
 
 /// Writes a contact (insert or replace), keeping the indexed columns in step with the properties.

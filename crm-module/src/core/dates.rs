@@ -22,11 +22,20 @@ use super::enrollment;
 use crate::catalog::Entry;
 use crate::clock::{DAY, Millis};
 use crate::error::Result;
-use crate::model::automation::Trigger;
+use crate::model::automation::{AutomationDefinition, Trigger};
 use crate::schedule::{RunWindow, birthday_fires_on, birthday_month_days_firing, local_date};
+use crate::settings::Resolved;
 
-/// The next evaluation instant strictly after `now`.
-pub fn next_evaluation(window: &RunWindow, now: Millis, tz: chrono_tz::Tz) -> Option<Millis> {
+/// The next evaluation of automation `def`'s date trigger strictly after
+/// `now`: the start of its run window (or the module's default window) on
+/// its next open day, in the practice's time zone of `settings`.
+pub fn next_evaluation(
+    def: &AutomationDefinition,
+    settings: &Resolved,
+    now: Millis,
+) -> Option<Millis> {
+    let window = def.window(&settings.doc.default_run_window);
+    let tz = settings.tz;
     let today = local_date(now, tz);
     (0..=9).find_map(|d| {
         let date = today.checked_add_days(chrono::Days::new(d))?;

@@ -84,11 +84,10 @@ pub fn run(ctx: &mut Ctx<'_>, item: &Item) -> Result<usize> {
     let (n, next) = match catalog.get(aid) {
         Some(entry) => {
             let n = dates::evaluate(ctx, entry, item.due)?;
-            let window = entry
-                .current
-                .def
-                .window(&ctx.settings.doc.default_run_window);
-            (n, dates::next_evaluation(window, ctx.now, ctx.settings.tz))
+            (
+                n,
+                dates::next_evaluation(&entry.current.def, ctx.settings, ctx.now),
+            )
         }
         None => (0, None),
     };

@@ -213,33 +213,35 @@ pub fn enroll(
              VALUES (?1, ?2, ?3, ?3, 'active', ?4, ?5) ON CONFLICT DO NOTHING",
         )?
         .execute(params![entry.id, contact_id, version.number, first, enrolled_at])?;
+    // Spends a once-only firing's mark; false when it was spent before.
+    let spend = |mark: &str| -> Result<bool> {
+        Ok(ctx
+            .conn
+            .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
+            .execute(params![entry.id, contact_id, mark, ctx.now])?
+            == 1)
+    };
     if inserted == 0 {
         // Recorded and ignored (SPEC §2.2): a once-only firing (a dormancy
         // period, a birthday's year, a once-ever trigger) is spent, not
         // tried again at every evaluation until the enrollment ends.
         if let Some(mark) = mark {
-            ctx.conn
-                .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
-                .execute(params![entry.id, contact_id, mark, ctx.now])?;
+            spend(mark)?;
         }
         ignored("already_enrolled").write(ctx.conn, ctx.now)?;
         return Ok(None);
     }
     let id = ctx.conn.last_insert_rowid();
-    if let Some(mark) = mark {
-        let fresh = ctx
-            .conn
-            .prepare_cached("INSERT INTO trigger_marks (automation_id, contact_id, mark, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")?
-            .execute(params![entry.id, contact_id, mark, ctx.now])?;
-        if fresh == 0 {
-            // A once-only trigger that already fired: take the enrollment
-            // back (nothing has read it; no effect carries its id yet).
-            ctx.conn
-                .prepare_cached("DELETE FROM enrollments WHERE id = ?1")?
-                .execute([id])?;
-            ignored("already_fired").write(ctx.conn, ctx.now)?;
-            return Ok(None);
-        }
+    if let Some(mark) = mark
+        && !spend(mark)?
+    {
+        // A once-only trigger that already fired: take the enrollment
+        // back (nothing has read it; no effect carries its id yet).
+        ctx.conn
+            .prepare_cached("DELETE FROM enrollments WHERE id = ?1")?
+            .execute([id])?;
+        ignored("already_fired").write(ctx.conn, ctx.now)?;
+        return Ok(None);
     }
     Log {
         automation_id: Some(&entry.id),

@@ -1754,14 +1754,10 @@ fn a_status_set_by_an_automation_is_no_booking_and_the_first_real_one_is_not_a_r
         .unwrap();
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s2", "name": "Sam"}}}))
         .unwrap();
-    let by: Vec<String> = s
-        .conn
-        .prepare("SELECT json_extract(detail, '$.by') FROM events WHERE kind = 'status_changed' AND contact_id = 'c1'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let by = s.texts(
+        "SELECT json_extract(detail, '$.by') FROM events WHERE kind = 'status_changed' AND contact_id = ?1",
+        "c1",
+    );
     assert_eq!(by, ["automation"], "the flip is logged as the automation's");
     assert_eq!(
         s.enrollment(&flips, "c1").0,

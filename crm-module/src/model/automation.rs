@@ -1381,7 +1381,7 @@ impl Flow {
             }
             if self.branch_heads.contains_key(id) {
                 let mut inside = Vec::new();
-                self.walk_chain_of(id, &mut inside);
+                self.walk_branch_paths(id, &mut inside);
                 return new.ordered_ids().into_iter().find(|s| inside.contains(s));
             }
             cur = self.next_after(id);
@@ -1390,7 +1390,7 @@ impl Flow {
     }
 
     /// The steps inside branch `id`'s YES and NO paths, nested ones too.
-    fn walk_chain_of(&self, id: &str, out: &mut Vec<String>) {
+    fn walk_branch_paths(&self, id: &str, out: &mut Vec<String>) {
         if let Some((y, n)) = self.branch_heads.get(id) {
             for head in [y, n].into_iter().flatten() {
                 if let Some(p) = self.positions.get(head) {
@@ -1438,7 +1438,7 @@ impl Flow {
         };
         for id in ids {
             out.push(id.clone());
-            self.walk_chain_of(id, out);
+            self.walk_branch_paths(id, out);
         }
     }
 }

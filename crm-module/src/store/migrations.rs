@@ -674,6 +674,19 @@ mod tests {
         conn
     }
 
+    /// Each contact's id and `column`, by id.
+    fn by_contact<T: rusqlite::types::FromSql>(
+        conn: &Connection,
+        column: &str,
+    ) -> Vec<(String, Option<T>)> {
+        conn.prepare(&format!("SELECT id, {column} FROM contacts ORDER BY id"))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     #[test]
     fn migration_20_fills_when_each_contact_became_a_patient_from_the_log() {
         let conn = at_version(19);
@@ -686,15 +699,8 @@ mod tests {
         )
         .unwrap();
         migrate(&conn).unwrap();
-        let at: Vec<(String, Option<i64>)> = conn
-            .prepare("SELECT id, became_patient_at FROM contacts ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
         assert_eq!(
-            at,
+            by_contact::<i64>(&conn, "became_patient_at"),
             [
                 ("flipped".to_string(), Some(20)),
                 ("imported".to_string(), None)
@@ -716,13 +722,7 @@ mod tests {
         )
         .unwrap();
         migrate(&conn).unwrap();
-        let by: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT id, became_patient_by FROM contacts ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let by = by_contact::<String>(&conn, "became_patient_by");
         let by: Vec<(&str, Option<&str>)> = by
             .iter()
             .map(|(id, b)| (id.as_str(), b.as_deref()))
