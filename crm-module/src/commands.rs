@@ -458,19 +458,41 @@ fn check_message_steps(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> 
         };
         validate_template_fields(&fallback, &custom).map_err(|e| e.at(&here))?;
         if let Some(t) = template_id {
-            let ok: bool = ctx.conn.query_row(
-                "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL)",
-                params![t, channel],
-                |r| r.get(0),
-            )?;
-            if !ok {
-                return Err(Error::not_found(format!("{here}: {channel} template {t}")));
-            }
+            check_template_channel(ctx, &here, t, channel)?;
         } else {
             validate_template_fields(&fields, &custom).map_err(|e| e.at(&here))?;
         }
     }
     Ok(())
+}
+
+/// The message an engagement trigger watches is a saved template of the
+/// trigger's channel: an SMS template under Email engagement (or the
+/// reverse) would save and never fire.
+fn check_trigger_template(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
+    use crate::model::automation::Trigger;
+    match &def.trigger {
+        Trigger::EmailEngagement {
+            email_id: Some(t), ..
+        } => check_template_channel(ctx, "definition: trigger", t, "email"),
+        Trigger::SmsReply { sms_id: Some(t) } => {
+            check_template_channel(ctx, "definition: trigger", t, "sms")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `id` is a saved template of `channel`, not deleted.
+fn check_template_channel(ctx: &Ctx<'_>, here: &str, id: &str, channel: &str) -> Result<()> {
+    let ok: bool = ctx.conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1 AND channel = ?2 AND deleted_at IS NULL)",
+    )?
+    .query_row(params![id, channel], |r| r.get(0))?;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::not_found(format!("{here}: {channel} template {id}")))
+    }
 }
 
 /// Result of an automation command.
@@ -584,6 +606,7 @@ fn prepare_definition(
         }
     }
     check_message_steps(ctx, &def)?;
+    check_trigger_template(ctx, &def)?;
     check_references(ctx, &def)?;
     if def.run_window.is_none() {
         def.run_window = Some(ctx.settings.doc.default_run_window.clone());
@@ -591,9 +614,9 @@ fn prepare_definition(
     Ok(def)
 }
 
-/// The lists and templates a definition names exist (a step's own
-/// template, already checked with its channel by [`check_message_steps`],
-/// is looked up once more here).
+/// The lists and templates a definition names exist (the templates,
+/// already checked with their channels by [`check_message_steps`] and
+/// [`check_trigger_template`], are looked up once more here).
 fn check_references(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
     for (here, reference) in def.references() {
         let (what, id) = reference.parts();

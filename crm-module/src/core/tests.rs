@@ -304,6 +304,18 @@ fn email_engagement_trigger_and_branch_on_step_engagement() {
                    "no": [{"id": "cold", "type": "send_sms", "message": "Did you see our news?"}]}]}));
     let hot = s.automation(json!({"name": "Clicked newsletter", "run_window": {"mode": "any_time"},
         "trigger": {"type": "email_engagement", "engagement": "clicked", "email_id": "newsletter-1"}, "steps": []}));
+    // An email's template under SMS reply (it would never fire) is refused.
+    let e = s
+        .cmd(
+            json!({"command": "automation.create", "definition": {"name": "Wrong channel",
+            "trigger": {"type": "sms_reply", "sms_id": "newsletter-1"}, "steps": []}}),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound);
+    assert!(
+        e.to_string().contains("trigger: sms template newsletter-1"),
+        "{e}"
+    );
     s.contact("c1", json!({}));
     s.contact("c2", json!({}));
     let key = s.messages_to("c1")[0].key.clone();

@@ -1301,12 +1301,12 @@ fn trigger_summary(t: &Trigger, names: &Names) -> String {
                 EmailEngagement::Either => "Opened or clicked",
             };
             match email_id {
-                Some(id) => format!("{what} · email {id}"),
+                Some(id) => format!("{what} · {}", names.template("email", id)),
                 None => format!("{what} · any marketing email"),
             }
         }
         Trigger::SmsReply { sms_id } => match sms_id {
-            Some(id) => format!("Reply to SMS {id} (STOP excluded)"),
+            Some(id) => format!("Reply to {} (STOP excluded)", names.template("sms", id)),
             None => "Reply to any marketing SMS (STOP excluded)".into(),
         },
         Trigger::Birthday { offset } => format!("Offset: {}", offset_label(*offset)),
@@ -1322,7 +1322,7 @@ fn step_summary(s: &Step, names: &Names, flow: Option<&Flow>) -> String {
             ..
         } => match (template_id, subject.trim()) {
             (_, subj) if !subj.is_empty() => format!("Subject: {subj}"),
-            (Some(t), _) => format!("Template: {t}"),
+            (Some(t), _) => format!("Template: {}", names.template("email", t)),
             _ => "No subject yet".into(),
         },
         StepKind::SendSms {
@@ -1331,7 +1331,7 @@ fn step_summary(s: &Step, names: &Names, flow: Option<&Flow>) -> String {
             ..
         } => match (template_id, message.trim()) {
             (_, m) if !m.is_empty() => m.to_string(),
-            (Some(t), _) => format!("Template: {t}"),
+            (Some(t), _) => format!("Template: {}", names.template("sms", t)),
             _ => "No message yet".into(),
         },
         StepKind::Delay { amount, unit } => {
@@ -1599,6 +1599,38 @@ fn any_or(v: &Option<String>) -> Value {
     v.as_ref().map(|s| json!(s)).unwrap_or(Value::Null)
 }
 
+/// A picker's choices: `none` (null), then `entries`, then the current
+/// value when it is not among them (named by `name_of`), so the field
+/// never shows a value its choices lack.
+fn picker_options(
+    none: &str,
+    entries: &[(String, String)],
+    current: &Option<String>,
+    name_of: impl Fn(&str) -> String,
+) -> Vec<FieldOption> {
+    let mut options = vec![opt(Value::Null, none)];
+    options.extend(entries.iter().map(|(id, n)| opt(json!(id), n)));
+    if let Some(c) = current
+        && !entries.iter().any(|(id, _)| id == c)
+    {
+        options.push(opt(json!(c), &name_of(c)));
+    }
+    options
+}
+
+/// The saved templates of `channel` a message step or an engagement
+/// trigger can pick.
+fn template_options(
+    names: &Names,
+    channel: &str,
+    none: &str,
+    current: &Option<String>,
+) -> Vec<FieldOption> {
+    picker_options(none, names.templates(channel), current, |t| {
+        names.template(channel, t)
+    })
+}
+
 fn list_options(names: &Names) -> Vec<FieldOption> {
     names
         .lists
@@ -1631,16 +1663,11 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
         }
         Trigger::StatusChangedToPatient => {}
         Trigger::FormSubmitted { form_id } => {
-            let mut options = vec![opt(Value::Null, "Any form")];
-            options.extend(names.forms.iter().map(|(id, n)| opt(json!(id), n)));
-            if let Some(f) = form_id
-                && !names.forms.iter().any(|(id, _)| id == f)
-            {
-                options.push(opt(json!(f), &names.form(f)));
-            }
             fields.push(
                 Field::new("form_id", "Form", FieldKind::Select, any_or(form_id))
-                    .options(options)
+                    .options(picker_options("Any form", &names.forms, form_id, |f| {
+                        names.form(f)
+                    }))
                     .help("Any form, or pick one so the automation only fires for that form."),
             );
         }
@@ -1714,15 +1741,15 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
                 .help("Opens are pixel-tracked, clicks are link-wrapped."),
             );
             fields.push(
-                Field::new("email_id", "Email", FieldKind::Text, any_or(email_id))
-                    .placeholder("Any marketing email")
-                    .help("Leave empty to watch any marketing email, or give one email's id."),
+                Field::new("email_id", "Email", FieldKind::Select, any_or(email_id))
+                    .options(template_options(names, "email", "Any marketing email", email_id))
+                    .help("Any marketing email, or pick one saved email so only its opens and clicks count."),
             );
         }
         Trigger::SmsReply { sms_id } => {
             fields.push(
-                Field::new("sms_id", "SMS", FieldKind::Text, any_or(sms_id))
-                    .placeholder("Any marketing SMS")
+                Field::new("sms_id", "SMS", FieldKind::Select, any_or(sms_id))
+                    .options(template_options(names, "sms", "Any marketing SMS", sms_id))
                     .help("STOP is not a reply, it is an opt-out: it goes to the SMS Subscription audit log and never fires this trigger."),
             );
         }
@@ -1827,8 +1854,8 @@ fn step_panel(
                     reply_to: None,
                 });
             fields.extend([
-                Field::new("template_id", "Saved template", FieldKind::Text, any_or(template_id))
-                    .placeholder("Inline content")
+                Field::new("template_id", "Saved template", FieldKind::Select, any_or(template_id))
+                    .options(template_options(names, "email", "Inline content", template_id))
                     .help("Use a saved email, or write the subject and body here."),
                 Field::new("subject", "Subject", FieldKind::Text, json!(subject))
                     .required_inline(template_id)
@@ -1878,8 +1905,8 @@ fn step_panel(
             fallback,
         } => {
             fields.extend([
-                Field::new("template_id", "Saved SMS", FieldKind::Text, any_or(template_id))
-                    .placeholder("Inline message"),
+                Field::new("template_id", "Saved SMS", FieldKind::Select, any_or(template_id))
+                    .options(template_options(names, "sms", "Inline message", template_id)),
                 Field::new("message", "Message", FieldKind::Textarea, json!(message))
                     .required_inline(template_id)
                     .range(0, 1600)
@@ -2447,6 +2474,115 @@ mod tests {
             both(false),
             "a saved template brings its content"
         );
+    }
+
+    /// Template and engagement pickers offer the saved templates of their
+    /// channel by name; a template no longer offered (deleted) stays
+    /// shown by id so the field never holds a value its choices lack.
+    #[test]
+    fn template_pickers_offer_the_saved_templates_of_their_channel() {
+        let db = db();
+        for (id, channel, name, deleted) in [
+            ("tpl-news", "email", "Spring newsletter", None),
+            ("tpl-old", "email", "Old promo", Some(NOW - 10)),
+            ("tpl-recall", "sms", "Recall reminder", None),
+        ] {
+            db.conn
+                .execute(
+                    "INSERT INTO templates (id, channel, name, subject, html_body, message, created_at, updated_at, deleted_at)
+                     VALUES (?1, ?2, ?3, 'S', 'B', 'M', 0, 0, ?4)",
+                    rusqlite::params![id, channel, name, deleted],
+                )
+                .unwrap();
+        }
+        db.automation(
+            "a3",
+            "draft",
+            NOW - 1000,
+            &[json!({
+                "name": "Pickers", "trigger": {"type": "email_engagement", "engagement": "opened", "email_id": "tpl-news"},
+                "steps": [
+                    {"id": "e1", "type": "send_email", "template_id": "tpl-news"},
+                    {"id": "e2", "type": "send_email", "template_id": "tpl-old"},
+                    {"id": "m1", "type": "send_sms", "template_id": "tpl-recall"}
+                ]
+            })],
+        );
+        let view = |node: &str| {
+            db.query(
+                "automation_builder",
+                json!({"automation_id": "a3", "selected_node": node}),
+            )
+            .unwrap()
+        };
+        let picker = |v: &Value, field: &str| -> (String, Vec<(Value, String)>) {
+            let f = v["build"]["config_panel"]["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["id"] == field)
+                .unwrap_or_else(|| panic!("no field {field}"))
+                .clone();
+            let options = f["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| (o["value"].clone(), o["label"].as_str().unwrap().to_string()))
+                .collect();
+            (f["kind"].as_str().unwrap().to_string(), options)
+        };
+        let opts = |pairs: &[(Value, &str)]| -> Vec<(Value, String)> {
+            pairs
+                .iter()
+                .map(|(v, l)| (v.clone(), l.to_string()))
+                .collect()
+        };
+
+        let v = view("e1");
+        assert_eq!(
+            picker(&v, "template_id"),
+            (
+                "select".to_string(),
+                opts(&[
+                    (Value::Null, "Inline content"),
+                    (json!("tpl-news"), "Spring newsletter")
+                ])
+            ),
+            "email templates only, deleted ones left out"
+        );
+        let v = view("e2");
+        assert_eq!(
+            picker(&v, "template_id").1,
+            opts(&[
+                (Value::Null, "Inline content"),
+                (json!("tpl-news"), "Spring newsletter"),
+                (json!("tpl-old"), "template tpl-old")
+            ]),
+            "the step's deleted template stays a choice"
+        );
+        let v = view("m1");
+        assert_eq!(
+            picker(&v, "template_id").1,
+            opts(&[
+                (Value::Null, "Inline message"),
+                (json!("tpl-recall"), "Recall reminder")
+            ])
+        );
+        let v = view("trigger");
+        assert_eq!(
+            picker(&v, "email_id"),
+            (
+                "select".to_string(),
+                opts(&[
+                    (Value::Null, "Any marketing email"),
+                    (json!("tpl-news"), "Spring newsletter")
+                ])
+            )
+        );
+        let nodes = &v["build"]["canvas"]["nodes"];
+        assert_eq!(nodes[0]["summary"], "Opened · Spring newsletter");
+        assert_eq!(nodes[1]["summary"], "Template: Spring newsletter");
+        assert_eq!(nodes[3]["summary"], "Template: Recall reminder");
     }
 
     #[test]

@@ -454,16 +454,21 @@ pub(crate) fn load_automation(conn: &Connection, id: &str) -> Result<AutomationR
     })
 }
 
-/// Names of the lists and forms that pickers and summaries show.
+/// Names of the lists, forms and saved templates that pickers and
+/// summaries show.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
     pub(crate) lists: Vec<(String, String)>,
     pub(crate) forms: Vec<(String, String)>,
+    /// Saved email templates (not deleted).
+    pub(crate) email_templates: Vec<(String, String)>,
+    /// Saved SMS templates (not deleted).
+    pub(crate) sms_templates: Vec<(String, String)>,
     /// Installed step plugins and whether each is enabled.
     pub(crate) step_plugins: Vec<(crate::plugins::descriptor::Descriptor, bool)>,
 }
 
-/// Most lists/forms a picker offers.
+/// Most lists/forms/templates a picker offers.
 const PICKER_LIMIT: usize = 1000;
 
 impl Names {
@@ -480,6 +485,12 @@ impl Names {
                 "SELECT id, name FROM lists WHERE deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
             forms: read("SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1")?,
+            email_templates: read(
+                "SELECT id, name FROM templates WHERE channel = 'email' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
+            )?,
+            sms_templates: read(
+                "SELECT id, name FROM templates WHERE channel = 'sms' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
+            )?,
             ..Names::step_plugins(conn)?
         })
     }
@@ -488,12 +499,11 @@ impl Names {
     /// that title steps and pick nothing.
     pub(crate) fn step_plugins(conn: &Connection) -> Result<Names> {
         Ok(Names {
-            lists: Vec::new(),
-            forms: Vec::new(),
             step_plugins: crate::plugins::registry::descriptors(conn)?
                 .into_iter()
                 .filter(|(d, _)| d.kind == crate::plugins::contract::PluginKind::Step)
                 .collect(),
+            ..Names::default()
         })
     }
 
@@ -530,20 +540,35 @@ impl Names {
     }
 
     pub(crate) fn list(&self, id: &str) -> String {
-        self.lists
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| format!("list {id}"))
+        name_in(&self.lists, "list", id)
     }
 
     pub(crate) fn form(&self, id: &str) -> String {
-        self.forms
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| format!("form {id}"))
+        name_in(&self.forms, "form", id)
     }
+
+    /// The saved templates of a channel (`email` or `sms`).
+    pub(crate) fn templates(&self, channel: &str) -> &[(String, String)] {
+        match channel {
+            "email" => &self.email_templates,
+            _ => &self.sms_templates,
+        }
+    }
+
+    /// A saved template's name, or "template {id}" when it is not among
+    /// the channel's (deleted, or beyond the picker's limit).
+    pub(crate) fn template(&self, channel: &str, id: &str) -> String {
+        name_in(self.templates(channel), "template", id)
+    }
+}
+
+/// The name `id` has among `entries`, or "{what} {id}".
+fn name_in(entries: &[(String, String)], what: &str, id: &str) -> String {
+    entries
+        .iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_else(|| format!("{what} {id}"))
 }
 
 // ---------------------------------------------------------------------------
