@@ -834,6 +834,15 @@ impl AutomationDefinition {
         let mut seen = std::collections::HashSet::new();
         for id in used.iter().filter(|i| !i.is_empty()) {
             validate_id("step id", id)?;
+            // The builder names its own nodes `trigger`, `end` and
+            // `<if/then>.yes.end` / `<if/then>.no.end`: a step by such a
+            // name could not be selected on the canvas.
+            if id == "trigger" || id == "end" || id.ends_with(".yes.end") || id.ends_with(".no.end")
+            {
+                return Err(Error::invalid(format!(
+                    "steps: step id {id} is reserved for the builder's trigger and End nodes"
+                )));
+            }
             if !seen.insert(id.clone()) {
                 return Err(Error::invalid(format!("steps: duplicate step id {id}")));
             }
@@ -845,9 +854,7 @@ impl AutomationDefinition {
             return Err(Error::TooLarge(format!("steps: at most {MAX_STEPS} steps")));
         }
         validate_chain(&self.steps, "steps", 0)?;
-        // Conditions may refer to earlier steps only by known ids.
-        let ids: Vec<&str> = seen.iter().map(String::as_str).collect();
-        check_condition_refs(&self.steps, &ids)
+        check_condition_refs(&Flow::new(self))
     }
 
     /// The ids of every step on the canvas, branches included.
@@ -1255,27 +1262,39 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
     }
 }
 
-fn check_condition_refs(steps: &[Step], ids: &[&str]) -> Result<()> {
-    fn walk(c: &Condition, ids: &[&str], here: &str) -> Result<()> {
+/// An If/then's engagement conditions name a message step a contact
+/// reaching it has passed: one before it on its own path, as the builder
+/// offers. Any other step (the If/then itself, a step after it or on
+/// another branch's path, a step that sends nothing) has no engagement a
+/// contact here could have had, so the condition would always be false.
+fn check_condition_refs(flow: &Flow) -> Result<()> {
+    fn walk(c: &Condition, flow: &Flow, before: &[String], here: &str) -> Result<()> {
         match c {
-            Condition::StepEngagement { step_id, .. } if !ids.contains(&step_id.as_str()) => {
-                Err(Error::invalid(format!(
+            Condition::StepEngagement { step_id, .. } => match flow.step(step_id) {
+                None => Err(Error::invalid(format!(
                     "{here}: condition refers to unknown step {step_id}"
-                )))
-            }
-            Condition::All { conditions } | Condition::Any { conditions } => {
-                conditions.iter().try_for_each(|c| walk(c, ids, here))
-            }
+                ))),
+                Some(s) if s.kind.channel().is_none() => Err(Error::invalid(format!(
+                    "{here}: condition refers to step {step_id}, which sends no message"
+                ))),
+                Some(_) if !before.contains(step_id) => Err(Error::invalid(format!(
+                    "{here}: condition refers to step {step_id}, which is not before this If/then on its path"
+                ))),
+                Some(_) => Ok(()),
+            },
+            Condition::All { conditions } | Condition::Any { conditions } => conditions
+                .iter()
+                .try_for_each(|c| walk(c, flow, before, here)),
             _ => Ok(()),
         }
     }
-    for s in steps {
-        if let StepKind::Branch { condition, .. } = &s.kind {
-            walk(condition, ids, &format!("step {}", s.id))?;
-        }
-        if let Some((yes, no)) = s.kind.paths() {
-            check_condition_refs(yes, ids)?;
-            check_condition_refs(no, ids)?;
+    for id in flow.ordered_ids() {
+        if let Some(Step {
+            kind: StepKind::Branch { condition, .. },
+            ..
+        }) = flow.step(&id)
+        {
+            walk(condition, flow, &flow.path_to(&id), &format!("step {id}"))?;
         }
     }
     Ok(())
@@ -1541,6 +1560,59 @@ mod tests {
         // Nothing of the branch survives: End.
         new.steps.truncate(1);
         assert_eq!(fo.migrate_position("s2", &Flow::new(&new)), None);
+    }
+
+    /// An engagement condition names a message step before its If/then on
+    /// the If/then's own path, as the builder offers; anything else would
+    /// always be false.
+    #[test]
+    fn engagement_conditions_name_earlier_message_steps_on_their_path() {
+        let with = |step_id: &str| -> Result<()> {
+            let mut d: AutomationDefinition = serde_json::from_value(json!({
+                "name": "Engaged", "trigger": {"type": "contact_created"},
+                "steps": [
+                    {"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"},
+                    {"id": "wait", "type": "delay", "amount": 1, "unit": "days"},
+                    {"id": "b1", "type": "branch", "condition": {"type": "goal_reached"},
+                     "yes": [{"id": "text", "type": "send_sms", "message": "Hi"}],
+                     "no": [{"id": "b2", "type": "branch",
+                             "condition": {"type": "any", "conditions": [
+                                 {"type": "goal_reached"},
+                                 {"type": "step_engagement", "step_id": step_id, "engagement": "clicked"}]},
+                             "yes": [{"id": "late", "type": "send_email", "subject": "A", "body": "A"}], "no": []}]}
+                ]
+            }))
+            .unwrap();
+            d.validate_and_assign_ids()
+        };
+        with("mail").unwrap();
+        for (step, why) in [
+            ("text", "not before this If/then"),
+            ("late", "not before this If/then"),
+            ("b2", "sends no message"),
+            ("wait", "sends no message"),
+            ("nope", "unknown step nope"),
+        ] {
+            let e = with(step).unwrap_err().to_string();
+            assert!(
+                e.contains("step b2: condition refers to") && e.contains(why),
+                "{step}: {e}"
+            );
+        }
+    }
+
+    /// Step ids the builder uses for its own nodes are refused.
+    #[test]
+    fn builder_node_names_are_not_step_ids() {
+        for id in ["trigger", "end", "b1.yes.end", "b1.no.end"] {
+            let mut d = welcome();
+            d.steps[0].id = id.into();
+            let e = d.validate_and_assign_ids().unwrap_err().to_string();
+            assert!(e.contains("reserved"), "{id}: {e}");
+        }
+        let mut d = welcome();
+        d.steps[0].id = "end.of.year".into();
+        d.validate_and_assign_ids().unwrap();
     }
 
     #[test]
