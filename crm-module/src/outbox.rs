@@ -207,14 +207,14 @@ fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'stati
 
 /// One lane's due rows (`?1` kind, `?2` channel, `?3` now, `?4` limit),
 /// oldest first: a range of the `outbox_due` index.
-const DUE_SQL: &str =
+pub(crate) const DUE_SQL: &str =
     "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id FROM outbox
     WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
     ORDER BY next_attempt_at, id LIMIT ?4";
 
 /// One lane's earliest due time after `?3` (`?1` kind, `?2` channel): an
 /// `outbox_due` index probe.
-const NEXT_DUE_SQL: &str = "SELECT MIN(next_attempt_at) FROM outbox
+pub(crate) const NEXT_DUE_SQL: &str = "SELECT MIN(next_attempt_at) FROM outbox
     WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at > ?3";
 
 /// Rows due at `now`, oldest first, skipping `exclude` (in flight) and rows
@@ -268,6 +268,51 @@ pub fn due(
         })
         .collect();
     Ok(out)
+}
+
+/// One lane's ids due at `?3` (`?1` kind, `?2` channel, `?4` limit),
+/// oldest first: the index alone answers it.
+pub(crate) const DUE_IDS_SQL: &str = "SELECT id FROM outbox
+    WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
+    ORDER BY next_attempt_at, id LIMIT ?4";
+
+/// Whether a row some taker can take is due at `now` and not in `exclude`
+/// (in flight): what a hand-over could start now. Rows in flight are due
+/// too, but waiting for them is waiting for their answers, which wake the
+/// worker themselves.
+pub fn any_due(
+    conn: &Connection,
+    now: Millis,
+    exclude: &std::collections::HashSet<i64>,
+    takers: Takers<'_>,
+) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(DUE_IDS_SQL)?;
+    for (kind, channel) in open_lanes(takers) {
+        let mut ids = stmt.query(params![
+            kind.as_str(),
+            channel,
+            now,
+            (exclude.len() + 1) as i64
+        ])?;
+        while let Some(r) = ids.next()? {
+            if !exclude.contains(&r.get::<_, i64>(0)?) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Moves a row that is still to be delivered to `at` (its attempts
+/// untouched): an answer the worker could not record is not offered
+/// again at once, in a loop, but after a pause.
+pub fn defer(conn: &Connection, id: i64, at: Millis, now: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3
+          WHERE id = ?1 AND status IN ('pending','retry')",
+    )?
+    .execute(params![id, at, now])?;
+    Ok(())
 }
 
 /// The earliest `next_attempt_at` after `after` of a pending row some taker

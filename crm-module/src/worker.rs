@@ -113,6 +113,10 @@ const MAX_GROUP: usize = 512;
 const DUE_CHUNK: usize = 500;
 /// Most effects in flight at the dispatcher.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// How long a row whose answer could not be recorded waits before it is
+/// offered again (ms).
+const ANSWER_RETRY_MS: Millis = 60_000;
 /// Manual clock: scheduled items due within this much simulated time of the
 /// first one run together before what they queued is handed over (see
 /// [`Worker::advance`]).
@@ -353,15 +357,36 @@ impl Worker {
             return None;
         }
         let now = self.clock.now();
-        let next = [
-            self.next_due().ok().flatten(),
-            self.next_outbox_due(Millis::MIN),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let next = [self.next_due().ok().flatten(), self.next_hand_over(now)]
+            .into_iter()
+            .flatten()
+            .min();
         let ms = next.map(|t| (t - now).clamp(0, 60_000)).unwrap_or(60_000);
         Some(Duration::from_millis(ms as u64))
+    }
+
+    /// When a hand-over could next start: `now` if a row some taker can
+    /// take is due and not in flight, else the next row's due time. A row
+    /// in flight is due as well, but its answer wakes the worker; counting
+    /// it made the loop spin for as long as a delivery took. With the
+    /// dispatcher full, only an answer can start one.
+    fn next_hand_over(&self, now: Millis) -> Option<Millis> {
+        if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let blocked = self.blocked_channels(now);
+        let (host, senders) = (self.host_kinds(), self.sender_channels());
+        let takers = outbox::Takers {
+            host: &host,
+            sender_channels: &senders,
+            blocked: &blocked,
+        };
+        match outbox::any_due(&self.conn, now, &self.in_flight, takers) {
+            Ok(true) => Some(now),
+            Ok(false) => outbox::next_due(&self.conn, takers, now).ok().flatten(),
+            // Look again soon rather than spin on an error.
+            Err(_) => Some(now + 1_000),
+        }
     }
 
     /// The earliest due time after `after` of an outbox row some taker can
@@ -529,8 +554,9 @@ impl Worker {
                     }) {
                         self.log(
                             LogLevel::Error,
-                            &format!("recording the answer for outbox row {outbox_id} failed: {e}"),
+                            &format!("recording the answer for outbox row {outbox_id} failed: {e}; offered again in a minute under the same key"),
                         );
+                        self.defer(outbox_id);
                     }
                 }
                 Request::PluginStep { outbox_id, report } => {
@@ -539,9 +565,10 @@ impl Worker {
                         self.log(
                             LogLevel::Error,
                             &format!(
-                                "recording the custom step of outbox row {outbox_id} failed: {e}"
+                                "recording the custom step of outbox row {outbox_id} failed: {e}; offered again in a minute under the same key"
                             ),
                         );
+                        self.defer(outbox_id);
                     }
                 }
                 Request::AdvanceBy { by, reply } => advances.push((by, reply)),
@@ -803,6 +830,7 @@ impl Worker {
         error: Option<&str>,
         by: &AnsweredBy,
     ) -> Result<()> {
+        self.inject("record_answer");
         let now = self.clock.now();
         let Some(row) = outbox::by_id(&self.conn, id)? else {
             return Ok(());
@@ -1152,6 +1180,21 @@ impl Worker {
         Ok(())
     }
 
+    /// After its answer could not be recorded: the row is offered again
+    /// (same key) in [`ANSWER_RETRY_MS`], not at once in a loop. Failing
+    /// that too, the error is logged.
+    fn defer(&mut self, outbox_id: i64) {
+        let now = self.clock.now();
+        if let Err(e) =
+            self.in_savepoint(|w| outbox::defer(&w.conn, outbox_id, now + ANSWER_RETRY_MS, now))
+        {
+            self.log(
+                LogLevel::Error,
+                &format!("deferring outbox row {outbox_id} failed: {e}"),
+            );
+        }
+    }
+
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
         self.inject("dispatch");
@@ -1159,13 +1202,30 @@ impl Worker {
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
         }
+        // No early return without a host: custom steps' rows go to the
+        // plugin pool whoever is registered (a call to a plugin no longer
+        // installed fails there, and is retried, then failed, as any).
         let host = self.host_kinds();
         let senders = self.sender_channels();
-        if host.is_empty() && senders.is_empty() && !self.plugins.started() {
-            return;
-        }
         let now = self.clock.now();
         let room = MAX_IN_FLIGHT - self.in_flight.len();
+        let union;
+        let exclude = if self.settled.is_empty() {
+            &self.in_flight
+        } else {
+            union = self.in_flight.union(&self.settled).copied().collect();
+            &union
+        };
+        // Nothing due that anyone takes (the common case while ingesting
+        // without a host): no sending limits to count.
+        let open = outbox::Takers {
+            host: &host,
+            sender_channels: &senders,
+            blocked: &[],
+        };
+        if let Ok(false) = outbox::any_due(&self.conn, now, exclude, open) {
+            return;
+        }
         let mut budgets = self.budgets(now);
         let blocked: Vec<&str> = budgets
             .iter()
@@ -1176,13 +1236,6 @@ impl Worker {
             host: &host,
             sender_channels: &senders,
             blocked: &blocked,
-        };
-        let union;
-        let exclude = if self.settled.is_empty() {
-            &self.in_flight
-        } else {
-            union = self.in_flight.union(&self.settled).copied().collect();
-            &union
         };
         let due = outbox::due(&self.conn, now, room, exclude, takers).and_then(|rows| {
             let settings = self.settings.read();
@@ -1321,6 +1374,136 @@ mod tests {
             jobs,
         )
         .expect("worker")
+    }
+
+    /// A host taking every kind but custom steps, answering nothing here
+    /// (the tests call the worker's methods directly).
+    struct Taker;
+
+    impl crate::host::Host for Taker {
+        fn deliver(&self, _: crate::host::Delivery<'_>) -> (HostAnswer, Option<String>) {
+            (HostAnswer::Accepted, None)
+        }
+    }
+
+    /// A worker on the system clock, with [`Taker`] registered.
+    fn system_worker(dir: &tempfile::TempDir) -> Worker {
+        let mut w = worker(dir);
+        w.clock = Arc::new(Clock::System);
+        *w.host.write() = Some(Arc::new(Taker));
+        w
+    }
+
+    /// Queues a task for `contact`, due at `at`; its outbox id.
+    fn queue_task(w: &Worker, key: &str, contact: &str, at: Millis) -> i64 {
+        let effect = outbox::Effect {
+            key: key.into(),
+            kind: EffectKind::Task,
+            payload: json!({"key": key, "kind": "task", "title": "Call"}),
+            contact_id: contact.into(),
+            automation_id: None,
+            enrollment_id: None,
+            step_id: None,
+            channel: None,
+            asset_id: None,
+            not_before: Some(at),
+        };
+        outbox::write(&w.conn, &[effect], at).expect("queued");
+        w.conn
+            .query_row(
+                "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .expect("the row")
+    }
+
+    /// With the system clock, a row in flight does not make the loop
+    /// spin: the worker sleeps until the next row falls due (or its
+    /// answer comes), and wakes at once only for a row it can hand over.
+    #[test]
+    fn a_hand_over_in_flight_does_not_keep_the_loop_awake() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let now = crate::clock::system_now();
+        let first = queue_task(&w, "test-a", "c1", now - 1_000);
+        assert_eq!(w.wait_time(), Some(Duration::ZERO), "due: hand it over");
+        w.in_flight.insert(first);
+        let idle = w.wait_time().expect("system clock");
+        assert!(
+            idle > Duration::from_secs(50),
+            "only the row in flight is due, and its answer wakes the worker: {idle:?}"
+        );
+        queue_task(&w, "test-b", "c2", now + 20_000);
+        let next = w.wait_time().expect("system clock");
+        assert!(
+            next > Duration::from_secs(10) && next <= Duration::from_secs(20),
+            "until the next row falls due: {next:?}"
+        );
+        queue_task(&w, "test-c", "c3", now - 500);
+        assert_eq!(w.wait_time(), Some(Duration::ZERO), "another row is due");
+    }
+
+    /// An answer the worker cannot record (here a defect) is not offered
+    /// again at once, in a loop: the row waits a minute, its key the same.
+    #[test]
+    fn an_answer_that_cannot_be_recorded_is_offered_again_after_a_pause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let now = crate::clock::system_now();
+        let id = queue_task(&w, "test-a", "c1", now - 1_000);
+        w.in_flight.insert(id);
+        w.faults = vec!["record_answer"];
+        w.round(vec![Request::Answer {
+            outbox_id: id,
+            answer: HostAnswer::Accepted,
+            error: None,
+            by: AnsweredBy::Host,
+        }]);
+        assert!(w.in_flight.is_empty(), "the answer landed");
+        let (status, at): (String, Millis) = w
+            .conn
+            .query_row(
+                "SELECT status, next_attempt_at FROM outbox WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the row");
+        assert_eq!(status, "pending", "nothing of the answer was kept");
+        assert!(at >= now + ANSWER_RETRY_MS, "deferred: {}", at - now);
+        let idle = w.wait_time().expect("system clock");
+        assert!(idle > Duration::from_secs(50), "no loop: {idle:?}");
+    }
+
+    /// A custom step's row is handed over (to the plugin pool) with no
+    /// host registered: the lane is open to the pool, so a row left there
+    /// kept the loop awake while nothing took it.
+    #[test]
+    fn a_custom_steps_row_is_handed_over_without_a_host() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        *w.host.write() = None;
+        let (jobs, handed) = crossbeam_channel::unbounded();
+        w.jobs = jobs;
+        let now = crate::clock::system_now();
+        let effect = outbox::Effect {
+            key: "test-p".into(),
+            kind: EffectKind::PluginStep,
+            payload: json!({"plugin_id": "gone", "step_type": "x"}),
+            contact_id: "c1".into(),
+            automation_id: None,
+            enrollment_id: None,
+            step_id: None,
+            channel: None,
+            asset_id: None,
+            not_before: Some(now - 1_000),
+        };
+        outbox::write(&w.conn, &[effect], now).expect("queued");
+        assert_eq!(w.wait_time(), Some(Duration::ZERO), "due");
+        w.dispatch();
+        let job = handed.try_recv().expect("handed over");
+        assert_eq!(job.key, "test-p");
+        assert!(w.wait_time().expect("system clock") > Duration::from_secs(50));
     }
 
     fn lists(w: &Worker) -> i64 {
