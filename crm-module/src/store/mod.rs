@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 use rusqlite::{OpenFlags, OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -170,6 +171,14 @@ fn connect(path: &Path, access: Access) -> Result<Connection> {
 fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(256);
+    // The query planner stability guarantee: a plan never depends on the
+    // values bound. Without it, this build of SQLite (STAT4) re-prepares a
+    // statement at every new binding of a parameter compared with a
+    // column that a partial index's WHERE names (`kind = ?1` against
+    // `outbox_handed_over`'s `kind = 'message'`), on the hot paths of
+    // hand-over and If/then engagement. Partial indexes are used through
+    // the literal terms the statements repeat.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     if access == Access::Write {
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -268,5 +277,64 @@ mod tests {
         let conn = open_with(&path, Access::Read, &largest).unwrap();
         assert_eq!(pragma(&conn, "mmap_size"), i64::from(MMAP_MIB_MAX) << 20);
         drop(writer);
+    }
+
+    /// Statements that bind a column a partial index's WHERE names are
+    /// prepared once, whatever the bindings (see `configure`), and still
+    /// search their index.
+    #[test]
+    fn a_new_binding_never_re_prepares_a_statement() {
+        use rusqlite::StatementStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.db"), Access::Write).unwrap();
+        let cases: [(&str, &[&[&dyn rusqlite::ToSql]]); 4] = [
+            (
+                crate::outbox::DUE_SQL,
+                &[
+                    &[&"message", &"email", &0, &10],
+                    &[&"task", &rusqlite::types::Null, &0, &10],
+                ],
+            ),
+            (
+                crate::outbox::DUE_IDS_SQL,
+                &[
+                    &[&"message", &"sms", &0, &10],
+                    &[&"property", &rusqlite::types::Null, &0, &10],
+                ],
+            ),
+            (
+                crate::outbox::NEXT_DUE_SQL,
+                &[
+                    &[&"message", &"email", &0],
+                    &[&"task", &rusqlite::types::Null, &0],
+                ],
+            ),
+            (
+                crate::core::conditions::STEP_ENGAGEMENT_SQL,
+                &[
+                    &[&1, &"s1", &"message_opened"],
+                    &[&1, &"s1", &"message_clicked"],
+                ],
+            ),
+        ];
+        for (sql, bindings) in cases {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(bindings[0], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("USING") && step.contains("INDEX")),
+                "{sql}: {plan:?}"
+            );
+            let mut stmt = conn.prepare(sql).unwrap();
+            for b in bindings.iter().chain(bindings.iter()) {
+                stmt.query(*b).unwrap().next().unwrap();
+            }
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
     }
 }
