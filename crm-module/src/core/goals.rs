@@ -57,16 +57,28 @@ pub fn rebase(
     goal: Option<GoalKind>,
 ) -> Result<()> {
     let [a, b] = counted_ids(goal);
-    conn.prepare_cached(
-        "UPDATE enrollments SET goal_reached_at = (
-             SELECT min(at) FROM events
-              WHERE enrollment_id = enrollments.id AND kind = 'goal_reached'
-                AND json_extract(detail, '$.goal') IN (?2, ?3))
-          WHERE automation_id = ?1",
-    )?
-    .execute(rusqlite::params![automation_id, a, b])?;
+    conn.prepare_cached(REBASE_CLEAR_SQL)?
+        .execute([automation_id])?;
+    conn.prepare_cached(REBASE_SET_SQL)?
+        .execute(rusqlite::params![automation_id, a, b])?;
     Ok(())
 }
+
+/// [`rebase`], first: no enrollment of the automation has reached a goal.
+const REBASE_CLEAR_SQL: &str = "UPDATE enrollments SET goal_reached_at = NULL
+    WHERE automation_id = ?1 AND goal_reached_at IS NOT NULL";
+
+/// [`rebase`], then: each enrollment's first conversion for the new goal,
+/// from the automation's goal rows (`events_goals`; every goal row carries
+/// its enrollment's automation). Looking the rows up per enrollment
+/// instead searched every goal row of the log for each enrollment: at
+/// 100,000 enrollments, half an hour inside the writer's transaction.
+const REBASE_SET_SQL: &str = "UPDATE enrollments SET goal_reached_at = g.at
+    FROM (SELECT enrollment_id, min(at) AS at FROM events
+           WHERE automation_id = ?1 AND kind = 'goal_reached'
+             AND json_extract(detail, '$.goal') IN (?2, ?3)
+           GROUP BY enrollment_id) AS g
+    WHERE enrollments.id = g.enrollment_id";
 
 /// With *Goal met* on: the active enrollments of `automation_id` that have
 /// reached its goal leave (after an edit turned the toggle on, or brought
@@ -187,4 +199,32 @@ fn reach(ctx: &Ctx<'_>, e: &Enrollment, goal: Option<GoalKind>, at: Millis) -> R
         ..Log::new("goal_reached", &e.contact_id)
     }
     .write(ctx.conn, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Access};
+
+    /// The rebase reads the automation's own goal rows through the goal
+    /// index, once, not the log's goal rows once per enrollment.
+    #[test]
+    fn a_rebase_searches_the_automations_goal_rows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("g.db"), Access::Write).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {REBASE_SET_SQL}"))
+            .unwrap()
+            .query_map(rusqlite::params!["a1", "book", "book"], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|s| s.contains("events_goals (automation_id=? AND kind=?")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|s| s.contains("CORRELATED")), "{plan:?}");
+        rebase(&conn, "a1", Some(GoalKind::BookAppointment)).unwrap();
+    }
 }
