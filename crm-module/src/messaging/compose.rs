@@ -240,10 +240,12 @@ fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
 /// failed or bounced for good): if it opened the number's thread, the
 /// thread is unopened again and the next message carries the footer.
 pub fn unopen_thread(conn: &Connection, key: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM sms_threads WHERE first_key = ?1")?
-        .execute([key])?;
+    conn.prepare_cached(UNOPEN_THREAD_SQL)?.execute([key])?;
     Ok(())
 }
+
+/// [`unopen_thread`]: a search of `sms_threads_first_key`.
+pub(crate) const UNOPEN_THREAD_SQL: &str = "DELETE FROM sms_threads WHERE first_key = ?1";
 
 fn store_links(ctx: &Ctx<'_>, message_id: i64, links: &[tracking::Link]) -> Result<()> {
     let mut stmt = ctx.conn.prepare_cached(

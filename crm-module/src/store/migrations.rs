@@ -619,6 +619,12 @@ UPDATE contacts SET became_patient_by = flips.by
     r#"
 ALTER TABLE contacts ADD COLUMN insurance_verification_at INTEGER;
 "#,
+    // 24: a thread by the message that opened it. An SMS that never
+    // reached its number unopens the thread it opened
+    // (`compose::unopen_thread`), which scanned every thread.
+    r#"
+CREATE INDEX sms_threads_first_key ON sms_threads(first_key);
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -914,6 +920,28 @@ mod tests {
             .unwrap()
             .collect::<std::result::Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn migration_24_unopens_a_thread_without_scanning_them_all() {
+        let conn = at_version(23);
+        let plan = |conn: &Connection| -> Vec<String> {
+            conn.prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::messaging::compose::UNOPEN_THREAD_SQL
+            ))
+            .unwrap()
+            .query_map(["k"], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        };
+        assert_eq!(plan(&conn), ["SCAN sms_threads"]);
+        migrate(&conn).unwrap();
+        assert_eq!(
+            plan(&conn),
+            ["SEARCH sms_threads USING INDEX sms_threads_first_key (first_key=?)"]
+        );
     }
 
     #[test]
