@@ -693,6 +693,57 @@ fn a_callback_that_blocks_holds_clock_advances_once() {
     );
 }
 
+/// A message already screened and waiting in the dispatcher's queue,
+/// behind a delivery the host is slow to answer, does not leave after its
+/// contact unsubscribes: it is screened again, and suppressed.
+#[test]
+fn an_unsubscribe_holds_back_a_message_already_queued_for_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let (release, wait) = std::sync::mpsc::channel();
+    let host = Arc::new(BlocksFirst {
+        release: Mutex::new(Some(wait)),
+        got: Mutex::default(),
+    });
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(
+        r#"{"command": "automation.create", "automation_id": "a", "definition": {
+        "name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "one", "type": "send_email", "subject": "One", "body": "Hello"}]}}"#,
+    )
+    .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
+        .unwrap();
+    // p1's email blocks the dispatcher; p2's is screened and queued behind
+    // it. The worker hands a round's effects over before it takes the
+    // next request, so once p3's push is answered, p2's email is queued.
+    m.push(&contact(1)).unwrap();
+    m.push(&contact(2)).unwrap();
+    m.push(r#"{"event_id": "p3", "type": "contact.upserted", "contact": {"id": "p3"}}"#)
+        .unwrap();
+    m.push(r#"{"event_id": "unsub", "type": "contact.upserted", "contact": {"id": "p2", "email_subscription": "unsubscribed"}}"#)
+        .unwrap();
+    release.send(()).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let got = host.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("-one"), "{got:?}");
+    drop(m);
+    let conn = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let (kind, reason): (String, String) = conn
+        .query_row(
+            "SELECT kind, json_extract(detail, '$.reason') FROM events
+              WHERE contact_id = 'p2' AND kind LIKE 'message_%' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("message_suppressed", "unsubscribed")
+    );
+}
+
 /// Answers "retry later" to the first attempt of every email, and "failed"
 /// to the second for p3's (the mailbox provider refused it for good); takes
 /// the rest.

@@ -872,6 +872,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 params![id, ctx.now],
             )?;
             enrollment::hold(ctx.conn, &id)?;
+            // Its messages already screened for hand-over hold too.
+            ctx.rescreen_everyone();
             let out = AutomationResult {
                 automation_id: id,
                 version: row.version,
@@ -887,8 +889,10 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             for e in &active {
                 enrollment::exit(ctx, e, "automation_deleted")?;
             }
-            // Messages held while it was paused are withdrawn at once.
+            // Messages held while it was paused are withdrawn at once, and
+            // those already screened for hand-over are screened again.
             crate::messaging::handover::release_paused(ctx.conn, &id, ctx.now)?;
+            ctx.rescreen_everyone();
             ctx.conn.execute(
                 "UPDATE automations SET deleted_at = ?2, next_eval_at = NULL, updated_at = ?2 WHERE id = ?1",
                 params![id, ctx.now],
@@ -1127,6 +1131,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             crate::store::put_setting(ctx.conn, "settings", &to_json(&resolved.doc)?)?;
             if resolved.tz != ctx.settings.tz || resolved.doc.sms != ctx.settings.doc.sms {
                 reschedule(ctx, &resolved)?;
+                // Sending hours: rows already screened are decided again.
+                ctx.rescreen_everyone();
             }
             Ok((to_json(resolved.doc.without_secrets())?, None))
         }

@@ -205,17 +205,35 @@ impl SmtpCache {
 ///
 /// Custom steps, and messages whose channel has a sender adapter in
 /// settings, go to the plugin pool instead: plugin calls never hold up the
-/// host's deliveries.
+/// host's deliveries. A row whose contact `rescreen` marked after it was
+/// screened goes back to the worker unasked.
 pub fn run_dispatcher(
     jobs: Receiver<DueEffect>,
     host: HostSlot,
     settings: Arc<RwLock<Resolved>>,
     worker: crossbeam_channel::Sender<Request>,
     plugin_jobs: crossbeam_channel::Sender<crate::plugins::pool::Job>,
+    rescreen: Arc<crate::messaging::handover::Rescreen>,
 ) {
     use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
     for mut job in jobs {
+        // A STOP, an unsubscribe, a hard bounce or an exit committed while
+        // the row waited in this queue: nobody is asked, and the worker
+        // screens it again (its attempts untouched).
+        if rescreen.is_stale(&job) {
+            let why = "the contact's consent or enrollment changed after it was screened";
+            if !answer(
+                &worker,
+                job.id,
+                HostAnswer::NotHandled,
+                Some(why.into()),
+                AnsweredBy::Host,
+            ) {
+                break;
+            }
+            continue;
+        }
         // An email is stored as its parts; its MIME is written here, on the
         // dispatcher's thread, whoever delivers it.
         if is_email(&job) {
@@ -359,6 +377,7 @@ mod tests {
             payload: payload.clone(),
             channel: Some(channel.into()),
             contact_id: None,
+            screened: 0,
         };
         assert!(is_email(&job(EffectKind::Message, "email")));
         assert!(!is_email(&job(EffectKind::Task, "email")));

@@ -166,6 +166,7 @@ impl Module {
         // Installed plugins are compiled now (the engine starts only if there are any).
         worker.reload_plugins();
         let rows_written = worker.rows_written();
+        let rescreen = worker.rescreen();
         let (plugin_jobs, mut threads) = crate::plugins::pool::spawn(
             crate::plugins::pool::default_threads(),
             plugins.clone(),
@@ -179,7 +180,9 @@ impl Module {
         let (host2, settings2, tx2) = (host.clone(), settings.clone(), tx.clone());
         let d = std::thread::Builder::new()
             .name("crm-dispatcher".into())
-            .spawn(move || crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs))
+            .spawn(move || {
+                crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs, rescreen)
+            })
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
         let worker_thread = w.thread().id();
         threads.insert(0, d);

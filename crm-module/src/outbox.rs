@@ -163,6 +163,9 @@ pub struct DueEffect {
     pub channel: Option<String>,
     /// The contact it concerns, if any.
     pub contact_id: Option<String>,
+    /// The hand-over epoch it was screened at
+    /// ([`crate::messaging::handover::Rescreen`]); 0 before.
+    pub screened: u64,
 }
 
 /// Who can take effects right now.
@@ -239,6 +242,7 @@ pub fn due(
                     payload: r.get(3)?,
                     channel: channel.map(str::to_string),
                     contact_id: r.get(5)?,
+                    screened: 0,
                 };
                 Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
             },

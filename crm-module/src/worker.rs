@@ -155,6 +155,9 @@ pub struct Worker {
     /// deleted since the worker was made, published after every round (see
     /// [`Worker::rows_written`]).
     rows_written: Arc<AtomicU64>,
+    /// Contacts whose rows must be screened again before they leave
+    /// (shared with the dispatcher).
+    rescreen: Arc<crate::messaging::handover::Rescreen>,
     /// The connection's count when the worker was made (the migrations and
     /// the open's own writes).
     rows_before: u64,
@@ -205,6 +208,7 @@ impl Worker {
             idle_waiters: Vec::new(),
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
+            rescreen: Arc::default(),
             rows_before: conn_changes,
             lost: None,
             stopping: false,
@@ -223,6 +227,12 @@ impl Worker {
     /// conflict clause skipped).
     pub fn rows_written(&self) -> Arc<AtomicU64> {
         self.rows_written.clone()
+    }
+
+    /// The marks the dispatcher consults before each hand-over (see
+    /// [`crate::messaging::handover::Rescreen`]).
+    pub fn rescreen(&self) -> Arc<crate::messaging::handover::Rescreen> {
+        self.rescreen.clone()
     }
 
     fn publish_rows_written(&self) {
@@ -608,6 +618,10 @@ impl Worker {
         self.in_flight.remove(&outbox_id);
         self.in_flight_channel.remove(&outbox_id);
         self.stalled.remove(&outbox_id);
+        if self.in_flight.is_empty() {
+            // Nothing screened before the marks is still queued.
+            self.rescreen.forget();
+        }
     }
 
     fn reload(&mut self) {
@@ -689,6 +703,7 @@ impl Worker {
     fn in_core<T>(&self, now: Millis, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         let settings = self.settings.read().clone();
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+        ctx.rescreen = Some(&self.rescreen);
         let value = f(&mut ctx)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;
@@ -794,6 +809,7 @@ impl Worker {
         let mut out = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
+            ctx.rescreen = Some(&self.rescreen);
             let located = |e: Error| {
                 if events.len() > 1 {
                     e.at(&format!("events[{i}] ({})", ev.event_id))
@@ -1115,6 +1131,7 @@ impl Worker {
     fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<usize> {
         self.inject("run_item");
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
+        ctx.rescreen = Some(&self.rescreen);
         let n = due::run(&mut ctx, item)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;
@@ -1149,6 +1166,7 @@ impl Worker {
             )?;
             let e = enrollment::load(&self.conn, id)?;
             if let Some(e) = e {
+                self.rescreen.mark(&e.contact_id);
                 Log {
                     automation_id: Some(&e.automation_id),
                     version: Some(e.version),
@@ -1250,7 +1268,7 @@ impl Worker {
         });
         match due {
             Ok(rows) => {
-                for row in rows {
+                for mut row in rows {
                     // Over a limit: the rest of that channel waits, in order.
                     if let Some(left) = row
                         .channel
@@ -1268,6 +1286,7 @@ impl Worker {
                         self.in_flight_channel.insert(row.id, ch.clone());
                     }
                     let id = row.id;
+                    row.screened = self.rescreen.epoch();
                     if self.jobs.send(row).is_err() {
                         // The dispatcher is gone: nothing will answer.
                         self.landed(id);

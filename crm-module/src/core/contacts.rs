@@ -573,6 +573,10 @@ pub fn audit_subscription(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![contact_id, channel, old, new, src.actor, src.reason, src.message_key, ctx.now])?;
+    if new != "subscribed" {
+        // Their messages already screened for hand-over are decided again.
+        ctx.rescreen(contact_id);
+    }
     Entry {
         channel: Some(channel),
         message_key: src.message_key,

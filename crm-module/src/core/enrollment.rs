@@ -278,6 +278,8 @@ pub fn exit(ctx: &Ctx<'_>, e: &Enrollment, reason: &str) -> Result<()> {
              WHERE id = ?1 AND state = 'active'",
         )?
         .execute(params![e.id, ctx.now, reason])?;
+    // What it queued and is already screened for hand-over is withdrawn.
+    ctx.rescreen(&e.contact_id);
     Log {
         step_id: e.step_id.as_deref(),
         detail: Some(json!({"reason": reason})),

@@ -1002,6 +1002,7 @@ fn receipt_from(
                 c.props
                     .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
                 contacts::save(ctx.conn, &c)?;
+                ctx.rescreen(&contact_id);
                 log("address_undeliverable", json!({"reason": "hard_bounce"}))
                     .write(ctx.conn, ctx.now)?;
             }

@@ -64,6 +64,9 @@ pub struct Ctx<'a> {
     pub effects: Vec<Effect>,
     /// Current cascade depth.
     pub depth: u32,
+    /// Where changes that may hold back a row already screened for
+    /// hand-over are marked (the worker's; none elsewhere).
+    pub rescreen: Option<&'a crate::messaging::handover::Rescreen>,
 }
 
 impl<'a> Ctx<'a> {
@@ -84,12 +87,29 @@ impl<'a> Ctx<'a> {
             install_id,
             effects: Vec::new(),
             depth: 0,
+            rescreen: None,
         }
     }
 
     /// Takes the effects produced so far.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// The contact's consent or enrollment changed: rows of theirs already
+    /// screened for hand-over are screened again before they leave.
+    pub fn rescreen(&self, contact_id: &str) {
+        if let Some(r) = self.rescreen {
+            r.mark(contact_id);
+        }
+    }
+
+    /// An automation's state or the sending hours changed: every row
+    /// already screened for hand-over is screened again before it leaves.
+    pub fn rescreen_everyone(&self) {
+        if let Some(r) = self.rescreen {
+            r.mark_everyone();
+        }
     }
 }
 

@@ -28,6 +28,86 @@ use crate::error::Result;
 use crate::outbox::{self, DueEffect, EffectKind};
 use crate::settings::Resolved;
 
+/// What changed since a row was screened, for the dispatcher's last look.
+///
+/// [`screen`] decides a row on the worker's thread; the row then waits in
+/// the dispatcher's queue (up to the worker's in-flight limit) behind the
+/// deliveries before it. A STOP, an unsubscribe, a hard bounce or an exit
+/// committed meanwhile must still hold it back. The worker marks each
+/// contact such a change concerns (and everyone, for a change of an
+/// automation's state or of the sending hours); each row carries the
+/// epoch it was screened at ([`DueEffect::screened`]); the dispatcher
+/// answers [`crate::outbox::HostAnswer::NotHandled`] for a row whose
+/// contact was marked after that, so it is screened again, its attempts
+/// untouched. Marking over-approximates: a mark from a request that was
+/// rolled back only costs a second screening.
+#[derive(Debug, Default)]
+pub struct Rescreen {
+    epoch: std::sync::atomic::AtomicU64,
+    marks: parking_lot::Mutex<Marks>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    /// Contact → the epoch of its latest mark.
+    contacts: std::collections::HashMap<String, u64>,
+    /// The epoch of the latest mark of every contact.
+    everyone: u64,
+}
+
+impl Rescreen {
+    /// The epoch a row screened now carries.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn next(&self) -> u64 {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Rows of `contact_id` screened before now are screened again.
+    pub fn mark(&self, contact_id: &str) {
+        let at = self.next();
+        let mut marks = self.marks.lock();
+        match marks.contacts.get_mut(contact_id) {
+            Some(e) => *e = at,
+            None => {
+                marks.contacts.insert(contact_id.to_owned(), at);
+            }
+        }
+    }
+
+    /// Every row screened before now is screened again.
+    pub fn mark_everyone(&self) {
+        let at = self.next();
+        self.marks.lock().everyone = at;
+    }
+
+    /// Whether `row` was screened before a mark of its contact (or of
+    /// everyone): a message, task or custom step, which [`screen`] decides.
+    pub fn is_stale(&self, row: &DueEffect) -> bool {
+        if row.kind == EffectKind::Property {
+            return false;
+        }
+        let marks = self.marks.lock();
+        marks.everyone > row.screened
+            || row
+                .contact_id
+                .as_deref()
+                .and_then(|c| marks.contacts.get(c))
+                .is_some_and(|at| *at > row.screened)
+    }
+
+    /// Forgets the marks: nothing screened before them is still queued
+    /// (called with nothing in flight).
+    pub fn forget(&self) {
+        let mut marks = self.marks.lock();
+        if !marks.contacts.is_empty() {
+            marks.contacts = std::collections::HashMap::new();
+        }
+    }
+}
+
 /// True for the key of a compliance message (a reply to a STOP or HELP
 /// keyword: `<install>-kw-<event id>`), which goes at any hour.
 pub fn is_compliance(install_id: &str, key: &str) -> bool {
@@ -269,11 +349,48 @@ mod tests {
                     payload: r.get(2)?,
                     channel: r.get(3)?,
                     contact_id: r.get(4)?,
+                    screened: 0,
                 })
             })
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// A row is stale after a mark of its contact (or of everyone) made
+    /// after it was screened; a write-back never is.
+    #[test]
+    fn a_row_is_screened_again_after_a_later_mark_of_its_contact() {
+        let r = Rescreen::default();
+        let row = |kind, contact: &str, screened| DueEffect {
+            id: 1,
+            key: "k".into(),
+            kind,
+            payload: String::new(),
+            channel: None,
+            contact_id: Some(contact.into()),
+            screened,
+        };
+        r.mark("c1");
+        let at = r.epoch();
+        assert!(r.is_stale(&row(EffectKind::Message, "c1", at - 1)));
+        assert!(
+            !r.is_stale(&row(EffectKind::Message, "c1", at)),
+            "screened after the mark"
+        );
+        assert!(
+            !r.is_stale(&row(EffectKind::Task, "c2", 0)),
+            "another contact"
+        );
+        r.mark_everyone();
+        assert!(r.is_stale(&row(EffectKind::Task, "c2", at)));
+        assert!(r.is_stale(&row(EffectKind::PluginStep, "c2", at)));
+        assert!(
+            !r.is_stale(&row(EffectKind::Property, "c1", 0)),
+            "a write-back always goes"
+        );
+        r.forget();
+        assert!(!r.is_stale(&row(EffectKind::Message, "c1", r.epoch())));
     }
 
     /// The messages waiting in the outbox.
