@@ -134,8 +134,18 @@ pub fn screen(
         // A step's message, its task ("call to book" after the booking) or
         // its plugin call (an action in another system) goes only while its
         // contact is in the automation and it runs; a message also needs
-        // the contact's consent still. A property write-back always goes:
-        // the module's record already holds the change.
+        // the contact's consent still. A property write-back goes (the
+        // module's record already holds the change) unless a newer one of
+        // the same property follows it: each carries the whole value (a
+        // tag list merged), so an older one retried after a newer one was
+        // accepted would put the host's record back.
+        if row.kind == EffectKind::Property {
+            match superseded_by(conn, row.id)? {
+                Some(newer) => held.push((row.id, Held::Superseded(newer))),
+                None => go.push(row),
+            }
+            continue;
+        }
         let channel = match (&row.kind, row.channel.as_deref()) {
             (EffectKind::Task | EffectKind::PluginStep, _) => None,
             (EffectKind::Message, Some(channel))
@@ -187,6 +197,25 @@ enum Held {
     Withdrawn(String),
     /// The automation that queued it is paused: it waits with its contacts.
     Paused,
+    /// A property write-back that a newer one (this key) of the same
+    /// property of the same contact replaces.
+    Superseded(String),
+}
+
+/// The key of the newest write-back of the same contact and property
+/// queued after write-back `id`, if any (the contact's outbox rows, by
+/// `outbox_contact`).
+fn superseded_by(conn: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT n.idempotency_key FROM outbox o JOIN outbox n
+                ON n.contact_id = o.contact_id AND n.channel IS NULL AND n.kind = 'property' AND n.id > o.id
+             WHERE o.id = ?1
+               AND json_extract(n.payload, '$.property') = json_extract(o.payload, '$.property')
+             ORDER BY n.id DESC LIMIT 1",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
 }
 
 /// Where the enrollment that queued an outbox row stands, when it is not
@@ -287,6 +316,12 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 let detail = json!({"reason": why.as_str(), "at": "hand_over"});
                 Log::for_effect("message_suppressed", &row, Some(detail)).write(conn, now)?;
                 ingest::never_reached(ctx, &row)?;
+            }
+            Held::Superseded(newer) => {
+                fail(
+                    *id,
+                    format!("superseded: write-back {newer} of the same property follows"),
+                )?;
             }
             Held::Paused => {
                 conn.prepare_cached(
@@ -432,6 +467,44 @@ mod tests {
             .unwrap();
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
         assert_eq!(go.len(), 1, "turned on again: handed over");
+    }
+
+    /// Of two write-backs of one property, the older (retried after the
+    /// newer, which carries the whole merged tag list) does not go: it
+    /// would put the host's record back. Another property's goes.
+    #[test]
+    fn an_older_write_back_of_a_property_a_newer_one_replaces_does_not_go() {
+        let mut s = Sim::new();
+        let tag = |name: &str, tag: &str| {
+            json!({"name": name, "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                   "steps": [{"type": "set_property", "property": "tags", "value": {"add": [tag]}}]})
+        };
+        s.automation(tag("Tag A", "a"));
+        s.automation(tag("Tag B", "b"));
+        s.automation(json!({"name": "Unsubscribe", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"type": "set_property", "property": "email_subscription", "value": "unsubscribed"}]}));
+        s.contact("c1", json!({}));
+        let writes = pending(&s, EffectKind::Property);
+        let values: Vec<Value> = writes
+            .iter()
+            .map(|w| serde_json::from_str::<Value>(&w.payload).unwrap()["value"].clone())
+            .collect();
+        assert_eq!(
+            values,
+            [json!(["a"]), json!(["a", "b"]), json!("unsubscribed")]
+        );
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", writes.clone(), s.now).unwrap();
+        assert_eq!(keys(&go), [writes[1].key.as_str(), writes[2].key.as_str()]);
+        let (status, error): (String, String) = s
+            .conn
+            .query_row(
+                "SELECT status, last_error FROM outbox WHERE id = ?1",
+                [writes[0].id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(status, "failed");
+        assert!(error.contains(&writes[1].key), "{error}");
     }
 
     /// An SMS held at hand-over for the sending hours is screened again
