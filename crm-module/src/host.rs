@@ -237,7 +237,12 @@ pub fn run_dispatcher(
         // An email is stored as its parts; its MIME is written here, on the
         // dispatcher's thread, whoever delivers it.
         if is_email(&job) {
-            match crate::messaging::compose::with_mime(&job.payload) {
+            let mime =
+                std::panic::catch_unwind(|| crate::messaging::compose::with_mime(&job.payload))
+                    .unwrap_or_else(|_| {
+                        Err("writing the MIME stopped on a defect in the module".into())
+                    });
+            match mime {
                 Ok(payload) => job.payload = payload,
                 Err(reason) => {
                     if !answer(

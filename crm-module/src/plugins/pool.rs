@@ -63,13 +63,17 @@ pub fn spawn(
 
 fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
     for job in jobs {
+        // A defect in a call (ours, not the plugin's: its traps are caught
+        // by the engine) is answered as a failure that may pass, so the
+        // row is retried under its key and the thread lives on; otherwise
+        // the row stayed in flight for good and the pool shrank.
         let request = match job {
             Job::Step(effect) => Request::PluginStep {
                 outbox_id: effect.id,
-                report: step(plugins, &effect),
+                report: contained("", || step(plugins, &effect)),
             },
             Job::Send { effect, plugin_id } => {
-                let report = send(plugins, &plugin_id, &effect);
+                let report = contained(&plugin_id, || send(plugins, &plugin_id, &effect));
                 let (answer, error) = match &report.result {
                     Ok(SendResult::Accepted(_)) => (HostAnswer::Accepted, None),
                     Ok(SendResult::RetryLater(r)) => (HostAnswer::RetryLater, Some(r.clone())),
@@ -89,6 +93,23 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
             return;
         }
     }
+}
+
+/// `call`'s report, or a transient failure (of plugin `plugin_id`, when
+/// known) if it panicked.
+fn contained<T>(plugin_id: &str, call: impl FnOnce() -> Report<T>) -> Report<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|_| {
+        let reason = "the plugin call stopped on a defect in the module".to_string();
+        Report {
+            result: Err(CallFailure::transient(reason.clone())),
+            figures: super::registry::CallFigures {
+                plugin_id: plugin_id.to_string(),
+                operation: String::new(),
+                micros: 0,
+                failure: Some(reason),
+            },
+        }
+    })
 }
 
 /// A report for a call that never reached the plugin: its payload was unusable.
@@ -114,6 +135,10 @@ fn step(plugins: &PluginHost, effect: &DueEffect) -> Report<super::StepResult> {
     let (plugin_id, step_type) = (s("plugin_id"), s("step_type"));
     if plugin_id.is_empty() || step_type.is_empty() {
         return bad_payload(plugin_id, step_type, "plugin_id and step_type are required");
+    }
+    #[cfg(test)]
+    if plugin_id == "defect-in-test" {
+        panic!("a defect injected by a test");
     }
     plugins.run_step(
         plugin_id,
@@ -175,4 +200,54 @@ pub fn outgoing(effect: &DueEffect) -> std::result::Result<Outgoing, &'static st
         },
         _ => return Err("channel: not email or sms"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::outbox::EffectKind;
+
+    /// A defect in a call is answered as a failure that may pass (the row
+    /// is retried under its key), and the thread goes on with the next.
+    #[test]
+    fn a_defect_in_a_call_is_answered_and_the_thread_lives_on() {
+        let host: crate::host::HostSlot = Arc::new(parking_lot::RwLock::new(None));
+        let plugins = Arc::new(PluginHost::new(host));
+        let (worker, answers) = crossbeam_channel::unbounded();
+        let (jobs, threads) = spawn(1, plugins, worker).unwrap();
+        let job = |id: i64, plugin_id: &str| {
+            Job::Step(DueEffect {
+                id,
+                key: format!("k{id}"),
+                kind: EffectKind::PluginStep,
+                payload: serde_json::json!({"plugin_id": plugin_id, "step_type": "x"}).to_string(),
+                channel: None,
+                contact_id: Some("c1".into()),
+                screened: 0,
+            })
+        };
+        jobs.send(job(1, "defect-in-test")).unwrap();
+        jobs.send(job(2, "not-installed")).unwrap();
+        for expected in [1, 2] {
+            match answers.recv_timeout(Duration::from_secs(30)).unwrap() {
+                Request::PluginStep { outbox_id, report } => {
+                    assert_eq!(outbox_id, expected);
+                    let failure = report.result.err().expect("a failure");
+                    if expected == 1 {
+                        assert!(
+                            failure.transient && failure.reason.contains("defect"),
+                            "{failure:?}"
+                        );
+                    }
+                }
+                _ => panic!("not a custom step's answer"),
+            }
+        }
+        drop(jobs);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 }
