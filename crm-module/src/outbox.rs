@@ -441,7 +441,8 @@ pub fn record_answer(
         HostAnswer::NotHandled => return Ok("pending"),
     };
     conn.prepare_cached(
-        "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, updated_at = ?5, last_error = ?6
+        "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, updated_at = ?5, handed_over_at = ?5,
+             last_error = ?6
          WHERE id = ?1 AND status IN ('pending','retry')",
     )?
     .execute(params![id, status, attempts, next, now, error])?;

@@ -55,7 +55,8 @@ pub fn next_slot(
 ) -> Result<Option<Millis>> {
     let mut next: Option<Millis> = None;
     let mut stmt = conn.prepare_cached(
-        "SELECT MIN(updated_at) FROM outbox WHERE kind = 'message' AND channel = ?1 AND attempts > 0 AND updated_at > ?2",
+        "SELECT MIN(handed_over_at) FROM outbox
+          WHERE kind = 'message' AND handed_over_at IS NOT NULL AND channel = ?1 AND handed_over_at > ?2",
     )?;
     for (channel, per_hour, per_day) in by_channel(limits) {
         if !blocked.contains(&channel) {
@@ -67,7 +68,7 @@ pub fn next_slot(
             }
             let oldest: Option<Millis> =
                 stmt.query_row(params![channel, now - window], |r| r.get(0))?;
-            // Counted while `updated_at > now - window`: it leaves at
+            // Counted while `handed_over_at > now - window`: it leaves at
             // `oldest + window`.
             next = next.into_iter().chain(oldest.map(|t| t + window)).min();
         }
@@ -79,7 +80,67 @@ pub fn next_slot(
 fn handed_over_since(conn: &rusqlite::Connection, channel: &str, since: Millis) -> Result<i64> {
     Ok(conn
         .prepare_cached(
-            "SELECT COUNT(*) FROM outbox WHERE kind = 'message' AND channel = ?1 AND attempts > 0 AND updated_at > ?2",
+            "SELECT COUNT(*) FROM outbox
+              WHERE kind = 'message' AND handed_over_at IS NOT NULL AND channel = ?1 AND handed_over_at > ?2",
         )?
         .query_row(params![channel, since], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{self, Effect, EffectKind, HostAnswer};
+    use crate::store::{self, Access};
+
+    /// A message counts in the windows of its hand-over, not of a later
+    /// change to its row (a delivery receipt, a withdrawal).
+    #[test]
+    fn a_message_counts_from_its_hand_over_not_from_a_later_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("l.db"), Access::Write).unwrap();
+        let now = 10 * DAY;
+        let sent = |key: &str, at: Millis| {
+            let effect = Effect {
+                key: key.into(),
+                kind: EffectKind::Message,
+                payload: serde_json::json!({"key": key}),
+                contact_id: "c1".into(),
+                automation_id: None,
+                enrollment_id: None,
+                step_id: None,
+                channel: Some("email".into()),
+                asset_id: None,
+                not_before: Some(at),
+            };
+            outbox::write(&conn, &[effect], at).unwrap();
+            let id: i64 = conn
+                .query_row(
+                    "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            outbox::record_answer(&conn, id, HostAnswer::Accepted, None, at).unwrap();
+            id
+        };
+        let old = sent("old", now - 2 * DAY);
+        sent("recent", now - 10 * crate::clock::MINUTE);
+        // The old one's delivery receipt comes in now.
+        conn.execute(
+            "UPDATE outbox SET status = 'failed', updated_at = ?2 WHERE id = ?1",
+            rusqlite::params![old, now],
+        )
+        .unwrap();
+        let limits = SendingLimits {
+            email_per_hour: Some(5),
+            email_per_day: Some(10),
+            ..SendingLimits::default()
+        };
+        let left = remaining(&conn, &limits, now, &HashMap::new()).unwrap();
+        assert_eq!(left["email"], 4, "only the recent one counts");
+        assert_eq!(
+            next_slot(&conn, &limits, &["email"], now).unwrap(),
+            Some(now - 10 * crate::clock::MINUTE + HOUR)
+        );
+    }
 }

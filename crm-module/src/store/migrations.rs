@@ -625,6 +625,19 @@ ALTER TABLE contacts ADD COLUMN insurance_verification_at INTEGER;
     r#"
 CREATE INDEX sms_threads_first_key ON sms_threads(first_key);
 "#,
+    // 25: when a message was last handed to its sender, for the sending
+    // limits (`messaging::limits`). They counted rows by `updated_at`,
+    // which a hold for the sending hours, a delivery receipt or a
+    // withdrawal also moves: each counted a message handed over long
+    // before as handed over again. Filled from `updated_at`, the best
+    // there is for the rows before.
+    r#"
+ALTER TABLE outbox ADD COLUMN handed_over_at INTEGER;
+UPDATE outbox SET handed_over_at = updated_at WHERE attempts > 0;
+DROP INDEX outbox_handed_over;
+CREATE INDEX outbox_handed_over ON outbox(channel, handed_over_at)
+    WHERE kind = 'message' AND handed_over_at IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -941,6 +954,34 @@ mod tests {
         assert_eq!(
             plan(&conn),
             ["SEARCH sms_threads USING INDEX sms_threads_first_key (first_key=?)"]
+        );
+    }
+
+    #[test]
+    fn migration_25_takes_the_hand_over_time_of_each_attempted_row() {
+        let conn = at_version(24);
+        for (key, attempts) in [("tried", 2), ("waiting", 0)] {
+            conn.execute(
+                "INSERT INTO outbox (idempotency_key, kind, payload, channel, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, 'message', '{}', 'sms', 'pending', ?2, 5, 1, 7)",
+                rusqlite::params![key, attempts],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let at: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT idempotency_key, handed_over_at FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            at,
+            [
+                ("tried".to_string(), Some(7)),
+                ("waiting".to_string(), None)
+            ]
         );
     }
 
