@@ -466,6 +466,67 @@ fn check_message_steps(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> 
     Ok(())
 }
 
+/// A step's own sender, checked as the module's is in settings: its From
+/// and Reply-to addresses valid (a blank one is no override), its From
+/// name one line of at most 100 characters, its SMS sender number stored
+/// in E.164 (read in the practice's default region). Before, a bad address
+/// saved and failed every contact's email at composition, and a number was
+/// handed to the host as typed.
+fn normalize_senders(
+    steps: &mut [crate::model::automation::Step],
+    settings: &crate::settings::Resolved,
+) -> Result<()> {
+    use crate::model::automation::StepKind;
+    let blank = |v: &mut Option<String>| {
+        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            *v = None;
+        }
+    };
+    for step in steps {
+        let here = format!("definition: step {}", step.id);
+        match &mut step.kind {
+            StepKind::SendEmail {
+                sender: Some(sender),
+                ..
+            } => {
+                blank(&mut sender.from_name);
+                blank(&mut sender.from_address);
+                blank(&mut sender.reply_to);
+                for (field, value) in [
+                    ("from_address", &mut sender.from_address),
+                    ("reply_to", &mut sender.reply_to),
+                ] {
+                    if let Some(v) = value {
+                        crate::settings::check_email(v)
+                            .map_err(|m| Error::invalid(format!("{here}: sender.{field}: {m}")))?;
+                        *v = v.trim().to_string();
+                    }
+                }
+                if let Some(name) = &sender.from_name
+                    && (name.chars().count() > 100 || name.chars().any(char::is_control))
+                {
+                    return Err(Error::invalid(format!(
+                        "{here}: sender.from_name: one line of at most 100 characters"
+                    )));
+                }
+            }
+            StepKind::SendSms { sender_number, .. } => {
+                blank(sender_number);
+                if let Some(n) = sender_number {
+                    *n = crate::messaging::sms::normalize_e164(n, &settings.doc.sms.default_region)
+                        .map_err(|m| Error::invalid(format!("{here}: sender_number: {m}")))?;
+                }
+            }
+            _ => {}
+        }
+        if let Some((yes, no)) = step.kind.paths_mut() {
+            normalize_senders(yes, settings)?;
+            normalize_senders(no, settings)?;
+        }
+    }
+    Ok(())
+}
+
 /// The message an engagement trigger watches is a saved template of the
 /// trigger's channel: an SMS template under Email engagement (or the
 /// reverse) would save and never fire.
@@ -606,6 +667,7 @@ fn prepare_definition(
         }
     }
     check_message_steps(ctx, &def)?;
+    normalize_senders(&mut def.steps, ctx.settings)?;
     check_trigger_template(ctx, &def)?;
     check_references(ctx, &def)?;
     if def.run_window.is_none() {

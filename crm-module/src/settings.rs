@@ -377,7 +377,7 @@ fn check_line(value: &str, max: usize) -> std::result::Result<(), String> {
 /// An email address as the composer reads it (trimmed, RFC 5322 addr-spec
 /// by `lettre`), with a dotted domain so that it can be delivered on the
 /// internet.
-fn check_email(value: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_email(value: &str) -> std::result::Result<(), String> {
     const INVALID: &str = "not a valid email address";
     let value = value.trim();
     if value.is_empty() {

@@ -3483,3 +3483,49 @@ fn an_appointment_change_arriving_late_does_not_overwrite_a_newer_one() {
         .unwrap();
     assert_eq!(late, 2, "the late changes are in the log, marked");
 }
+
+/// A step's own sender is checked as the module's is in settings: a bad
+/// address is refused at save (it failed every email at composition), a
+/// sender number is stored in E.164.
+#[test]
+fn a_steps_own_sender_is_checked_and_its_number_stored_in_e164() {
+    let mut s = Sim::new();
+    let create = |s: &mut Sim, step: Value| {
+        s.cmd(
+            json!({"command": "automation.create", "definition": {"name": "Sender",
+            "trigger": {"type": "contact_created"}, "steps": [step]}}),
+        )
+    };
+    for (step, field) in [
+        (
+            json!({"type": "send_email", "subject": "Hi", "body": "Hi", "sender": {"from_address": "praxis"}}),
+            "sender.from_address",
+        ),
+        (
+            json!({"type": "send_email", "subject": "Hi", "body": "Hi", "sender": {"reply_to": "a@b"}}),
+            "sender.reply_to",
+        ),
+        (
+            json!({"type": "send_email", "subject": "Hi", "body": "Hi", "sender": {"from_name": "Dr. Lee\r\nBcc: x@example.com"}}),
+            "sender.from_name",
+        ),
+        (
+            json!({"type": "send_sms", "message": "Hi", "sender_number": "1234567"}),
+            "sender_number",
+        ),
+    ] {
+        let e = create(&mut s, step).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Invalid, "{e}");
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
+    let created = create(
+        &mut s,
+        json!({"id": "t", "type": "send_sms", "message": "Hi", "sender_number": "(617) 555-0123"}),
+    )
+    .unwrap();
+    let stored = s.texts(
+        "SELECT json_extract(definition, '$.steps[0].sender_number') FROM automation_versions WHERE automation_id = ?1",
+        created["automation_id"].as_str().unwrap(),
+    );
+    assert_eq!(stored, ["+16175550123"]);
+}
