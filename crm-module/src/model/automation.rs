@@ -1239,7 +1239,11 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
                     "{path}.value: required for this comparison"
                 )));
             }
-            Ok(())
+            match value {
+                Some(v) if needs_value => check_comparison(property, *op, v)
+                    .map_err(|m| Error::invalid(format!("{path}: {property}: {m}"))),
+                _ => Ok(()),
+            }
         }
         Condition::ListMembership { list_id, .. } => {
             validate_id("list_id", list_id).map_err(|e| e.at(path))
@@ -1267,6 +1271,74 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
 /// offers. Any other step (the If/then itself, a step after it or on
 /// another branch's path, a step that sends nothing) has no engagement a
 /// contact here could have had, so the condition would always be false.
+/// A comparison of a known or computed property that can be true for
+/// some contact: one its type has (no "more than" of a Status, no
+/// "contains" of a date), against a value of its type (a Status the
+/// module knows, a number, a date). Anything else saved and then was false
+/// for every contact. Custom properties have no declared type: any goes.
+fn check_comparison(
+    property: &str,
+    op: CompareOp,
+    value: &Value,
+) -> std::result::Result<(), String> {
+    use crate::model::contact::{PropertyType as T, normalize_property, property_type};
+    let numeric = || match value {
+        Value::Number(_) => Ok(()),
+        Value::String(s) if s.trim().parse::<f64>().is_ok() => Ok(()),
+        _ => Err("value: must be a number".to_string()),
+    };
+    let ordered = matches!(op, CompareOp::GreaterThan | CompareOp::LessThan);
+    let contains = op == CompareOp::Contains;
+    match (property, property_type(property)) {
+        ("age" | "last_activity" | "created_at", _) if !contains => numeric(),
+        ("portal_active", _) if !ordered && !contains => match value {
+            Value::Bool(_) => Ok(()),
+            _ => Err("value: must be true or false".into()),
+        },
+        ("insurance_verification" | crate::messaging::consent::EMAIL_UNDELIVERABLE, _)
+            if !ordered =>
+        {
+            Ok(())
+        }
+        (_, Some(T::Number | T::Count)) if !contains => numeric(),
+        (_, Some(T::Tags)) if !ordered => match value {
+            Value::String(s) if !s.trim().is_empty() => Ok(()),
+            _ => Err("value: must be a tag".into()),
+        },
+        (_, Some(T::Text(_) | T::Email | T::Phone | T::TimeZone)) if contains => match value {
+            Value::String(s) if !s.trim().is_empty() => Ok(()),
+            _ => Err("value: must be text".into()),
+        },
+        (
+            _,
+            Some(
+                T::Choice(_)
+                | T::Bool
+                | T::Date
+                | T::Staff
+                | T::Text(_)
+                | T::Email
+                | T::Phone
+                | T::TimeZone,
+            ),
+        ) if !ordered && !contains => match normalize_property(property, value.clone()) {
+            Ok(_) => Ok(()),
+            Err(Error::Invalid(m)) => Err(m.replace(&format!("{property}: "), "value: ")),
+            Err(e) => Err(e.to_string()),
+        },
+        (_, None) if !crate::model::contact::DERIVED_PROPERTIES.contains(&property) => Ok(()),
+        _ => Err(format!("cannot be compared with {}", op_name(op))),
+    }
+}
+
+/// The comparison's name, as the definition writes it.
+fn op_name(op: CompareOp) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn check_condition_refs(flow: &Flow) -> Result<()> {
     fn walk(c: &Condition, flow: &Flow, before: &[String], here: &str) -> Result<()> {
         match c {
@@ -1598,6 +1670,68 @@ mod tests {
                 e.contains("step b2: condition refers to") && e.contains(why),
                 "{step}: {e}"
             );
+        }
+    }
+
+    /// A property comparison saves only when some contact could meet it.
+    #[test]
+    fn property_comparisons_fit_the_propertys_type() {
+        let with = |condition: Value| -> Result<()> {
+            let mut d: AutomationDefinition = serde_json::from_value(json!({
+                "name": "Compare", "trigger": {"type": "contact_created"},
+                "steps": [{"type": "branch", "condition": condition, "yes": [], "no": []}]
+            }))
+            .unwrap();
+            d.validate_and_assign_ids()
+        };
+        let c = |property: &str, op: &str, value: Value| json!({"type": "property", "property": property, "op": op, "value": value});
+        for ok in [
+            c("status", "equals", json!("Patient")),
+            c("balance", "greater_than", json!(100)),
+            c("no_show_count", "less_than", json!("3")),
+            c("age", "greater_than", json!(64)),
+            c("tags", "contains", json!("vip")),
+            c("tags", "equals", json!("vip")),
+            c("email", "contains", json!("@example.org")),
+            c("dob", "equals", json!("1980-03-04")),
+            c("marketing_only", "equals", json!(true)),
+            c("portal_active", "not_equals", json!(false)),
+            c("insurance_verification", "equals", json!("verified")),
+            c("favorite_color", "greater_than", json!("blue")),
+            json!({"type": "property", "property": "balance", "op": "is_set"}),
+        ] {
+            with(ok.clone()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, why) in [
+            (
+                c("status", "equals", json!("booked")),
+                "value: must be one of",
+            ),
+            (
+                c("balance", "greater_than", json!("abc")),
+                "must be a number",
+            ),
+            (
+                c("tags", "greater_than", json!(1)),
+                "cannot be compared with greater_than",
+            ),
+            (
+                c("status", "contains", json!("pat")),
+                "cannot be compared with contains",
+            ),
+            (
+                c("dob", "less_than", json!("2000-01-01")),
+                "cannot be compared",
+            ),
+            (
+                c("dob", "equals", json!("03/04/1980")),
+                "value: must be a date",
+            ),
+            (c("portal_active", "equals", json!("yes")), "true or false"),
+            (c("tags", "contains", json!(["a"])), "must be a tag"),
+        ] {
+            let e = with(bad.clone()).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
