@@ -256,6 +256,9 @@ impl Trigger {
     }
 }
 
+/// The longest a Delay waits (a day counted as 24 hours).
+pub const MAX_DELAY: crate::clock::Millis = 365 * crate::clock::DAY;
+
 /// Unit of a Delay step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -286,6 +289,12 @@ impl DelayUnit {
             DelayUnit::Days => crate::schedule::add_local_days(from, amount, tz),
             DelayUnit::Weeks => crate::schedule::add_local_days(from, amount.saturating_mul(7), tz),
         }
+    }
+
+    /// The largest amount of this unit a Delay takes: [`MAX_DELAY`] in
+    /// whole units (525,600 minutes, 8,760 hours, 365 days, 52 weeks).
+    pub fn max_amount(self) -> i64 {
+        MAX_DELAY / self.millis()
     }
 
     /// Nominal length of one unit in milliseconds (a day as 24 hours).
@@ -1108,8 +1117,7 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 }
             }
             StepKind::Delay { amount, unit } => {
-                let ms = (*amount as i64) * unit.millis();
-                if *amount == 0 || ms > 365 * crate::clock::DAY {
+                if *amount == 0 || i64::from(*amount) > unit.max_amount() {
                     return err("delay: amount must be at least 1 and at most 365 days in total");
                 }
             }

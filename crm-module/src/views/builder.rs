@@ -1948,7 +1948,7 @@ fn step_panel(
             fields.extend([
                 Field::new("amount", "Wait for", FieldKind::Number, json!(amount))
                     .required()
-                    .range(1, 525_600),
+                    .range(1, unit.max_amount()),
                 Field::new("unit", "Unit", FieldKind::Select, to_value(unit))
                     .required()
                     .options(vec![
@@ -2583,6 +2583,30 @@ mod tests {
         assert_eq!(nodes[0]["summary"], "Opened · Spring newsletter");
         assert_eq!(nodes[1]["summary"], "Template: Spring newsletter");
         assert_eq!(nodes[3]["summary"], "Template: Recall reminder");
+    }
+
+    /// A Delay's amount offers at most a year in its own unit, as save
+    /// accepts.
+    #[test]
+    fn a_delays_maximum_is_a_year_in_its_unit() {
+        let db = db();
+        let v = db
+            .query(
+                "automation_builder",
+                json!({"automation_id": "a1", "selected_node": "s2"}),
+            )
+            .unwrap();
+        let amount = v["build"]["config_panel"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "amount")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (amount["min"].clone(), amount["max"].clone()),
+            (json!(1), json!(365))
+        );
     }
 
     #[test]
