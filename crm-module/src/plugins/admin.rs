@@ -131,12 +131,35 @@ pub fn install(
     to_json(&summary(&p.descriptor, enabled, &p.sha256))
 }
 
-/// A replacement must keep every step type that a live automation uses.
+/// A replacement must keep every step type that a live automation uses,
+/// as the automation saved it: branching or not (the canvas's YES and NO
+/// paths hang from it), and taking the step's saved config (each call's
+/// config is checked against the schema: a refused one fails every
+/// contact's call).
 fn check_replacement(ctx: &Ctx<'_>, new: &Descriptor) -> Result<()> {
-    for (automation, step_type) in uses(ctx, &new.id) {
-        if new.step_type(&step_type).is_none() {
+    for u in uses(ctx, &new.id) {
+        let (automation, step) = (&u.automation_id, &u.step_id);
+        let step_type = &u.step_type;
+        let Some(decl) = new.step_type(step_type) else {
             return Err(Error::Conflict(format!(
                 "automation {automation} uses step type {step_type:?}, which the new version of plugin {:?} no longer declares",
+                new.id
+            )));
+        };
+        if decl.branches() != u.branches {
+            return Err(Error::Conflict(format!(
+                "automation {automation}, step {step}: step type {step_type:?} {} in the new version of plugin {:?}; change the automation first",
+                if u.branches {
+                    "no longer branches"
+                } else {
+                    "branches"
+                },
+                new.id
+            )));
+        }
+        if let Err(e) = super::descriptor::validate_config(decl, &u.config) {
+            return Err(Error::Conflict(format!(
+                "automation {automation}, step {step}: the new version of plugin {:?} refuses its saved config ({e})",
                 new.id
             )));
         }
@@ -178,9 +201,10 @@ pub fn set_enabled(ctx: &Ctx<'_>, plugin_id: &str, enabled: bool) -> Result<Valu
 /// `plugin.remove`: refused while an automation uses one of its step types
 /// or settings deliver a channel through it.
 pub fn remove(ctx: &Ctx<'_>, plugin_id: &str) -> Result<Value> {
-    if let Some((automation, step_type)) = uses(ctx, plugin_id).into_iter().next() {
+    if let Some(u) = uses(ctx, plugin_id).into_iter().next() {
         return Err(Error::Conflict(format!(
-            "automation {automation} uses step type {step_type:?} of plugin {plugin_id:?}: remove the step or delete the automation first"
+            "automation {} uses step type {:?} of plugin {plugin_id:?}: remove the step or delete the automation first",
+            u.automation_id, u.step_type
         )));
     }
     for channel in ["email", "sms"] {
@@ -195,31 +219,39 @@ pub fn remove(ctx: &Ctx<'_>, plugin_id: &str) -> Result<Value> {
 }
 
 /// (automation, step type) pairs of automations (not deleted) using the plugin.
-fn uses(ctx: &Ctx<'_>, plugin_id: &str) -> Vec<(String, String)> {
-    fn walk(steps: &[Step], plugin_id: &str, out: &mut Vec<String>) {
-        for s in steps {
+fn uses(ctx: &Ctx<'_>, plugin_id: &str) -> Vec<Use> {
+    let mut out = Vec::new();
+    for entry in ctx.catalog.all() {
+        for s in entry.current.def.all_steps() {
             if let StepKind::Custom {
                 plugin_id: p,
                 step_type,
+                config,
+                branches,
                 ..
             } = &s.kind
                 && p == plugin_id
             {
-                out.push(step_type.clone());
-            }
-            if let Some((yes, no)) = s.kind.paths() {
-                walk(yes, plugin_id, out);
-                walk(no, plugin_id, out);
+                out.push(Use {
+                    automation_id: entry.id.clone(),
+                    step_id: s.id.clone(),
+                    step_type: step_type.clone(),
+                    config: config.clone(),
+                    branches: *branches,
+                });
             }
         }
     }
-    let mut out = Vec::new();
-    for entry in ctx.catalog.all() {
-        let mut types = Vec::new();
-        walk(&entry.current.def.steps, plugin_id, &mut types);
-        out.extend(types.into_iter().map(|t| (entry.id.clone(), t)));
-    }
     out
+}
+
+/// A custom step of a plugin in an automation's current version.
+struct Use {
+    automation_id: String,
+    step_id: String,
+    step_type: String,
+    config: serde_json::Value,
+    branches: bool,
 }
 
 /// Checks the custom steps of a definition against the installed plugins
@@ -299,4 +331,56 @@ pub fn check_adapters(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::sim::Sim;
+
+    /// A step plugin declaring one step type `score`.
+    fn scorer(outcomes: &[&str], required: &[&str]) -> Descriptor {
+        serde_json::from_value(json!({
+            "id": "scorer", "name": "Scorer", "version": "1", "vendor": "V", "description": "d",
+            "kind": "step", "contract": "1.0.0",
+            "step_types": [{"id": "score", "display_name": "Score", "palette_group": "crm_actions",
+                "icon": "fa-star", "description": "d", "outcomes": outcomes,
+                "config_schema": {"type": "object", "properties": {"min": {"type": "integer"}, "list": {"type": "string"}},
+                                  "required": required}}]
+        }))
+        .unwrap()
+    }
+
+    /// A replacement that changes how a live automation's custom step
+    /// branches, or refuses its saved config, is refused; one that keeps
+    /// both is taken.
+    #[test]
+    fn a_replacement_keeps_what_live_automations_saved() {
+        let mut s = Sim::new();
+        let installed = scorer(&["continue"], &[]);
+        s.conn
+            .execute(
+                "INSERT INTO plugins (id, kind, descriptor, wasm, sha256, grants, limits, config, secrets, enabled, installed_at, updated_at)
+                 VALUES ('scorer', 'step', ?1, x'00', 'sha', '[]', '{}', '{}', '{}', 1, 0, 0)",
+                [serde_json::to_string(&installed).unwrap()],
+            )
+            .unwrap();
+        s.automation(json!({"name": "Score", "trigger": {"type": "contact_created"},
+            "steps": [{"id": "sc", "type": "custom", "plugin_id": "scorer", "step_type": "score", "config": {"min": 3}}]}));
+        let check = |s: &mut Sim, d: Descriptor| s.in_tx(|ctx| check_replacement(ctx, &d));
+        check(&mut s, scorer(&["continue", "failure"], &["min"])).unwrap();
+        for (new, why) in [
+            (scorer(&["branch"], &[]), "branches in the new version"),
+            (scorer(&["continue"], &["list"]), "refuses its saved config"),
+        ] {
+            let e = check(&mut s, new).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::Conflict, "{e}");
+            assert!(
+                e.to_string().contains("automation") && e.to_string().contains(why),
+                "{e}"
+            );
+        }
+    }
 }
