@@ -276,6 +276,9 @@ pub fn check_custom_steps(conn: &rusqlite::Connection, steps: &mut [Step]) -> Re
             ..
         } = &mut s.kind
         {
+            // Checked before they are looked up: an error quotes them.
+            crate::model::contact::validate_id("plugin_id", plugin_id).map_err(|e| e.at(&here))?;
+            crate::model::contact::validate_id("step_type", step_type).map_err(|e| e.at(&here))?;
             let (descriptor, _) = registry::descriptor(conn, plugin_id)?
                 .ok_or_else(|| Error::not_found(format!("{here}: plugin {plugin_id}")))?;
             if descriptor.kind != PluginKind::Step {
@@ -351,6 +354,19 @@ mod tests {
                                   "required": required}}]
         }))
         .unwrap()
+    }
+
+    /// A custom step's plugin and step type ids are checked before they
+    /// are looked up, so a bad one is refused without being quoted back.
+    #[test]
+    fn a_custom_steps_ids_are_checked_before_they_are_looked_up() {
+        let mut s = Sim::new();
+        let e = s
+            .cmd(json!({"command": "automation.create", "definition": {"name": "Bad", "trigger": {"type": "contact_created"},
+                "steps": [{"type": "custom", "plugin_id": "Pat Doe 555-0100", "step_type": "score", "config": {}}]}}))
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Invalid, "{e}");
+        assert!(!e.to_string().contains("Pat Doe"), "{e}");
     }
 
     /// A replacement that changes how a live automation's custom step

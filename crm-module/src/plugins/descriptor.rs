@@ -400,9 +400,15 @@ impl ConfigCheck {
         let problems: Vec<String> = self
             .validator
             .iter_errors(config)
+            // Where and which rule, never the value: a config can hold
+            // whatever the practice typed.
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+                format!(
+                    "{}: does not meet the schema's {}",
+                    if at.is_empty() { "/" } else { &at },
+                    e.schema_path()
+                )
             })
             .collect();
         if problems.is_empty() {
@@ -485,7 +491,8 @@ mod tests {
         let e = validate_config(&d, &json!({"threshold": 500}))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/threshold"), "{e}");
+        assert!(e.contains("/threshold") && e.contains("maximum"), "{e}");
+        assert!(!e.contains("500"), "the value is not quoted: {e}");
         assert!(validate_config(&d, &json!({})).is_err());
         assert!(validate_config(&d, &json!({"threshold": 1, "x": 2})).is_err());
     }
