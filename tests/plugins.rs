@@ -715,21 +715,19 @@ fn a_slow_plugin_delays_only_its_own_step() {
         "test_steps.wasm",
         json!({"limits": {"deadline_ms": 2000, "fuel": 100_000_000_000u64}}),
     );
-    p.automation(
-        "slow",
-        json!([{"id": "spin", "type": "custom", "plugin_id": "test-steps", "step_type": "spin", "config": {}}]),
-    );
-    p.ok(json!({"command": "automation.pause", "automation_id": "slow"}));
+    // The slow step is for walk-ins (p1) only; the quick one for everyone.
+    // (Pausing the slow automation to keep p2 out of it would hold p1's
+    // call too, if the pause came before the dispatcher took it up.)
+    p.ok(json!({"command": "automation.create", "automation_id": "slow", "definition": {
+        "name": "slow", "trigger": {"type": "contact_created", "source": "walk_in"},
+        "steps": [{"id": "spin", "type": "custom", "plugin_id": "test-steps", "step_type": "spin", "config": {}}]}}));
+    p.ok(json!({"command": "automation.activate", "automation_id": "slow"}));
     p.automation(
         "quick",
         json!([{"id": "noop", "type": "custom", "plugin_id": "test-steps", "step_type": "noop", "config": {}},
                {"id": "t", "type": "create_task", "title": "Quick", "assignee": {"kind": "queue", "name": "front_desk"}}]),
     );
-    p.ok(json!({"command": "automation.pause", "automation_id": "quick"}));
-    p.ok(json!({"command": "automation.activate", "automation_id": "slow"}));
-    p.push(contact(1, false));
-    p.ok(json!({"command": "automation.pause", "automation_id": "slow"}));
-    p.ok(json!({"command": "automation.activate", "automation_id": "quick"}));
+    p.push(contact(1, true));
     p.push(contact(2, false));
     p.idle();
     // The quick contact's step finished while the slow one was still spinning.
