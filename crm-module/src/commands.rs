@@ -1131,15 +1131,22 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             to,
             contact_id,
         } => {
-            let n: i64 = ctx.conn.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE idempotency_key LIKE '%-test-%'",
-                [],
-                |r| r.get(0),
-            )?;
+            // The test sends so far: a range of the key index (`LIKE
+            // '%-test-%'` read every key, and counted a step id with
+            // "-test-" in it).
+            let prefix = format!("{}-test-", ctx.install_id);
+            let n: i64 = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox WHERE idempotency_key >= ?1 AND idempotency_key < ?2",
+                )?
+                .query_row(params![prefix, format!("{}-test.", ctx.install_id)], |r| {
+                    r.get(0)
+                })?;
             let queued = ctx
                 .effects
                 .iter()
-                .filter(|e| e.key.contains("-test-"))
+                .filter(|e| crate::outbox::is_test_send(ctx.install_id, &e.key))
                 .count() as i64;
             let key = format!(
                 "{}-test-{}-{}-{}",
