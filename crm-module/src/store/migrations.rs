@@ -1154,7 +1154,10 @@ mod tests {
             (
                 crate::views::performance::OVER_TIME_SQL,
                 6,
-                Some("events_automation"),
+                // A seek of the time range, not a read of every row.
+                Some(
+                    "events_automation (automation_id=? AND kind=? AND step_id=? AND channel=? AND at>? AND at<?)",
+                ),
             ),
         ] {
             let values: Vec<&str> = ["a1", "1", "2", "3", "4", "5"][..params].to_vec();
