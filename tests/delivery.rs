@@ -62,6 +62,59 @@ fn practice_config(smtp: Value) -> Value {
     })
 }
 
+/// A relay that accepts the connection and then says nothing (a
+/// black-holed or hung server) holds up only email: the task queued behind
+/// the email reaches the host while the relay's send still waits out its
+/// 600 s timeout.
+#[test]
+fn a_hung_relay_holds_up_only_email() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = practice_config(json!({
+        "host": "127.0.0.1", "port": port, "security": "none", "timeout_seconds": 600}));
+    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": "News", "body": "<p>Hi</p>"},
+            {"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}}
+        ]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    m.push(&contact("p1", "pat@patients.example")).unwrap();
+    // The relay's connection arrives and is held open, unanswered.
+    let (held, _) = listener.accept().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host.got.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task waited behind the hung relay"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = host.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, EffectKind::Task);
+    // The relay gives up when the server goes away; the email waits for a retry.
+    drop(held);
+    drop(listener);
+    m.wait_idle(Duration::from_secs(60)).unwrap();
+    drop(m);
+    let conn = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let status: String = conn
+        .query_row(
+            "SELECT status FROM outbox WHERE kind = 'message'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "retry");
+}
+
 #[test]
 fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     let server = SmtpServer::start(None);

@@ -205,7 +205,10 @@ impl SmtpCache {
 ///
 /// Custom steps, and messages whose channel has a sender adapter in
 /// settings, go to the plugin pool instead: plugin calls never hold up the
-/// host's deliveries. A row whose contact `rescreen` marked after it was
+/// host's deliveries. Email for the SMTP relay goes to a relay thread of
+/// its own (`crm-relay`): a relay that is slow or unreachable (each send
+/// may wait its timeout) never holds up the host's tasks, texts and
+/// write-backs. A row whose contact `rescreen` marked after it was
 /// screened goes back to the worker unasked.
 pub fn run_dispatcher(
     jobs: Receiver<DueEffect>,
@@ -217,6 +220,13 @@ pub fn run_dispatcher(
 ) {
     use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
+    let (relay_jobs, relay_rx) = crossbeam_channel::unbounded::<(DueEffect, Arc<dyn Sender>)>();
+    let relay_worker = worker.clone();
+    // Without its thread (it could not start), the relay is called here.
+    let relay = std::thread::Builder::new()
+        .name("crm-relay".into())
+        .spawn(move || run_relay(relay_rx, relay_worker))
+        .ok();
     for mut job in jobs {
         // A STOP, an unsubscribe, a hard bounce or an exit committed while
         // the row waited in this queue: nobody is asked, and the worker
@@ -309,19 +319,13 @@ pub fn run_dispatcher(
         };
         let (outcome, error) = match sender {
             Err((answer, reason)) => (answer, Some(reason)),
-            Ok(sender) => {
-                let delivery = Delivery {
-                    key: &job.key,
-                    kind: job.kind,
-                    payload: &job.payload,
-                };
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    sender.send(delivery)
-                })) {
-                    Ok(r) => r,
-                    Err(_) => (HostAnswer::RetryLater, Some("sender panicked".to_string())),
+            Ok(sender) if by_relay && relay.is_some() => {
+                if relay_jobs.send((job, sender)).is_err() {
+                    break;
                 }
+                continue;
             }
+            Ok(sender) => send_contained(sender.as_ref(), &job),
         };
         let by = if by_relay {
             AnsweredBy::Relay
@@ -332,6 +336,36 @@ pub fn run_dispatcher(
             break;
         }
     }
+    // The relay finishes the email it has, then stops.
+    drop(relay_jobs);
+    if let Some(relay) = relay {
+        let _ = relay.join();
+    }
+}
+
+/// The relay thread: sends each email through the SMTP sender it came with
+/// and answers the worker.
+fn run_relay(
+    jobs: Receiver<(DueEffect, Arc<dyn Sender>)>,
+    worker: crossbeam_channel::Sender<Request>,
+) {
+    for (job, sender) in jobs {
+        let (outcome, error) = send_contained(sender.as_ref(), &job);
+        if !answer(&worker, job.id, outcome, error, AnsweredBy::Relay) {
+            break;
+        }
+    }
+}
+
+/// `job` through `sender`; a panic in it is a "retry later".
+fn send_contained(sender: &dyn Sender, job: &DueEffect) -> (HostAnswer, Option<String>) {
+    let delivery = Delivery {
+        key: &job.key,
+        kind: job.kind,
+        payload: &job.payload,
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sender.send(delivery)))
+        .unwrap_or_else(|_| (HostAnswer::RetryLater, Some("sender panicked".to_string())))
 }
 
 /// The registered host as a [`Sender`].

@@ -113,6 +113,9 @@ const MAX_GROUP: usize = 512;
 const DUE_CHUNK: usize = 500;
 /// Most effects in flight at the dispatcher.
 const MAX_IN_FLIGHT: usize = 256;
+/// Most messages of one channel in flight: a sender that answers slowly (a
+/// relay waiting out its timeouts) leaves room for the other effects.
+const MAX_IN_FLIGHT_PER_CHANNEL: usize = MAX_IN_FLIGHT / 2;
 
 /// How long a row whose answer could not be recorded waits before it is
 /// offered again (ms).
@@ -1268,7 +1271,23 @@ impl Worker {
         });
         match due {
             Ok(rows) => {
+                let mut flying: std::collections::HashMap<String, usize> =
+                    std::collections::HashMap::new();
+                for ch in self.in_flight_channel.values() {
+                    *flying.entry(ch.clone()).or_default() += 1;
+                }
                 for mut row in rows {
+                    if let Some(ch) = row
+                        .channel
+                        .as_deref()
+                        .filter(|_| row.kind == EffectKind::Message)
+                    {
+                        let n = flying.entry(ch.to_string()).or_default();
+                        if *n >= MAX_IN_FLIGHT_PER_CHANNEL {
+                            continue;
+                        }
+                        *n += 1;
+                    }
                     // Over a limit: the rest of that channel waits, in order.
                     if let Some(left) = row
                         .channel
