@@ -234,7 +234,7 @@ mod tests {
             match answers.recv_timeout(Duration::from_secs(30)).unwrap() {
                 Request::PluginStep { outbox_id, report } => {
                     assert_eq!(outbox_id, expected);
-                    let failure = report.result.err().expect("a failure");
+                    let failure = report.result.expect_err("a failure");
                     if expected == 1 {
                         assert!(
                             failure.transient && failure.reason.contains("defect"),
