@@ -459,12 +459,28 @@ impl Worker {
         crate::messaging::limits::remaining(&self.conn, &limits, now, &flying).unwrap_or_default()
     }
 
-    /// Channels over their sending limit right now.
+    /// Channels whose messages cannot be handed over now: over their
+    /// sending limit, or with [`MAX_IN_FLIGHT_PER_CHANNEL`] in flight
+    /// (an answer wakes the worker).
     fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
-        self.budgets(now)
+        let mut blocked: Vec<&'static str> = self
+            .budgets(now)
             .into_iter()
             .filter(|(_, left)| *left <= 0)
             .map(|(c, _)| c)
+            .collect();
+        blocked.extend(self.saturated_channels());
+        blocked
+    }
+
+    /// Channels with [`MAX_IN_FLIGHT_PER_CHANNEL`] messages in flight.
+    fn saturated_channels(&self) -> Vec<&'static str> {
+        ["email", "sms"]
+            .into_iter()
+            .filter(|c| {
+                self.in_flight_channel.values().filter(|v| v == c).count()
+                    >= MAX_IN_FLIGHT_PER_CHANNEL
+            })
             .collect()
     }
 
@@ -1248,11 +1264,12 @@ impl Worker {
             return;
         }
         let mut budgets = self.budgets(now);
-        let blocked: Vec<&str> = budgets
+        let mut blocked: Vec<&str> = budgets
             .iter()
             .filter(|(_, left)| **left <= 0)
             .map(|(c, _)| *c)
             .collect();
+        blocked.extend(self.saturated_channels());
         let takers = outbox::Takers {
             host: &host,
             sender_channels: &senders,
@@ -1480,6 +1497,48 @@ mod tests {
         );
         queue_task(&w, "test-c", "c3", now - 500);
         assert_eq!(w.wait_time(), Some(Duration::ZERO), "another row is due");
+    }
+
+    /// A channel with its share of the in-flight room taken does not keep
+    /// the loop awake either: its next message waits for an answer.
+    #[test]
+    fn a_channel_with_its_share_in_flight_waits_for_an_answer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let now = crate::clock::system_now();
+        for i in 0..=MAX_IN_FLIGHT_PER_CHANNEL {
+            let key = format!("test-m{i}");
+            let effect = outbox::Effect {
+                key: key.clone(),
+                kind: EffectKind::Message,
+                payload: json!({"key": key}),
+                contact_id: format!("c{i}"),
+                automation_id: None,
+                enrollment_id: None,
+                step_id: None,
+                channel: Some("email".into()),
+                asset_id: None,
+                not_before: Some(now - 1_000),
+            };
+            outbox::write(&w.conn, &[effect], now).expect("queued");
+        }
+        let ids: Vec<i64> = w
+            .conn
+            .prepare("SELECT id FROM outbox ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("ids");
+        for id in &ids[..MAX_IN_FLIGHT_PER_CHANNEL] {
+            w.in_flight.insert(*id);
+            w.in_flight_channel.insert(*id, "email".into());
+        }
+        let idle = w.wait_time().expect("system clock");
+        assert!(idle > Duration::from_secs(50), "{idle:?}");
+        w.landed(ids[0]);
+        w.in_flight_channel.remove(&ids[0]);
+        assert_eq!(w.wait_time(), Some(Duration::ZERO), "room again");
     }
 
     /// An answer the worker cannot record (here a defect) is not offered
