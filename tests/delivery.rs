@@ -63,9 +63,10 @@ fn practice_config(smtp: Value) -> Value {
 }
 
 /// A relay that accepts the connection and then says nothing (a
-/// black-holed or hung server) holds up only email: the task queued behind
-/// the email reaches the host while the relay's send still waits out its
-/// 600 s timeout.
+/// black-holed or hung server) holds up only email: the tasks queued behind
+/// the emails reach the host while the relay's send still waits out its
+/// 600 s timeout. An email waiting behind it whose contact unsubscribes
+/// meanwhile is screened again, and suppressed.
 #[test]
 fn a_hung_relay_holds_up_only_email() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -86,33 +87,47 @@ fn a_hung_relay_holds_up_only_email() {
     m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
         .unwrap();
     m.push(&contact("p1", "pat@patients.example")).unwrap();
+    m.push(&contact("p2", "sam@patients.example")).unwrap();
     // The relay's connection arrives and is held open, unanswered.
     let (held, _) = listener.accept().unwrap();
+    // Each contact's task comes after their email: once both tasks are
+    // in, p2's email waits in the relay's queue.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while host.got.lock().unwrap().is_empty() {
+    while host.got.lock().unwrap().len() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the task waited behind the hung relay"
+            "the tasks waited behind the hung relay"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let got = host.got.lock().unwrap().clone();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].0, EffectKind::Task);
-    // The relay gives up when the server goes away; the email waits for a retry.
+    assert!(
+        got.iter().all(|(kind, _)| *kind == EffectKind::Task),
+        "{got:?}"
+    );
+    m.push(r#"{"event_id": "unsub", "type": "contact.upserted", "contact": {"id": "p2", "email_subscription": "unsubscribed"}}"#)
+        .unwrap();
+    // The relay gives up when the server goes away: p1's email waits for a
+    // retry; p2's is screened again before it is tried.
     drop(held);
     drop(listener);
     m.wait_idle(Duration::from_secs(60)).unwrap();
     drop(m);
     let conn = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
-    let status: String = conn
-        .query_row(
-            "SELECT status FROM outbox WHERE kind = 'message'",
-            [],
-            |r| r.get(0),
+    let status = |contact: &str| -> (String, i64) {
+        conn.query_row(
+            "SELECT status, attempts FROM outbox WHERE kind = 'message' AND contact_id = ?1",
+            [contact],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .unwrap();
-    assert_eq!(status, "retry");
+        .unwrap()
+    };
+    assert_eq!(status("p1"), ("retry".to_string(), 1));
+    assert_eq!(
+        status("p2"),
+        ("failed".to_string(), 0),
+        "suppressed, never tried"
+    );
 }
 
 #[test]

@@ -875,6 +875,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let cat = Catalog::load(ctx.conn)?;
             let moved = {
                 let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
+                sub.rescreen = ctx.rescreen;
                 let moved = enrollment::migrate(&mut sub, &id, &old, &new)?;
                 if new.def.unenrollment.goal_met && new.def.goal.is_some() {
                     // Goal met is on (again, or for a goal some contacts
@@ -903,7 +904,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 let v = catalog::load_version(ctx.conn, &id, row.version)?;
                 schedule_evaluation(ctx, ctx.settings, &id, &v.def, true)?;
                 let cat = Catalog::load(ctx.conn)?;
-                let sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
+                let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
+                sub.rescreen = ctx.rescreen;
                 enrollment::resume(&sub, &id)?;
                 crate::messaging::handover::release_paused(ctx.conn, &id, ctx.now)?;
                 let out = AutomationResult {

@@ -221,25 +221,18 @@ pub fn run_dispatcher(
     use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
     let (relay_jobs, relay_rx) = crossbeam_channel::unbounded::<(DueEffect, Arc<dyn Sender>)>();
-    let relay_worker = worker.clone();
+    let (relay_worker, relay_rescreen) = (worker.clone(), rescreen.clone());
     // Without its thread (it could not start), the relay is called here.
     let relay = std::thread::Builder::new()
         .name("crm-relay".into())
-        .spawn(move || run_relay(relay_rx, relay_worker))
+        .spawn(move || run_relay(relay_rx, relay_worker, &relay_rescreen))
         .ok();
     for mut job in jobs {
         // A STOP, an unsubscribe, a hard bounce or an exit committed while
         // the row waited in this queue: nobody is asked, and the worker
         // screens it again (its attempts untouched).
         if rescreen.is_stale(&job) {
-            let why = "the contact's consent or enrollment changed after it was screened";
-            if !answer(
-                &worker,
-                job.id,
-                HostAnswer::NotHandled,
-                Some(why.into()),
-                AnsweredBy::Host,
-            ) {
+            if !bounce_stale(&worker, &job) {
                 break;
             }
             continue;
@@ -343,13 +336,35 @@ pub fn run_dispatcher(
     }
 }
 
+/// Sends `job` back to the worker unasked (`NotHandled`, its attempts
+/// untouched), to be screened again: its contact changed after it was
+/// screened. False when the worker is gone.
+pub(crate) fn bounce_stale(worker: &crossbeam_channel::Sender<Request>, job: &DueEffect) -> bool {
+    let why = "the contact's consent or enrollment changed after it was screened";
+    answer(
+        worker,
+        job.id,
+        HostAnswer::NotHandled,
+        Some(why.into()),
+        AnsweredBy::Host,
+    )
+}
+
 /// The relay thread: sends each email through the SMTP sender it came with
-/// and answers the worker.
+/// and answers the worker. An email whose contact changed while it waited
+/// here (behind a slow relay) goes back to be screened again.
 fn run_relay(
     jobs: Receiver<(DueEffect, Arc<dyn Sender>)>,
     worker: crossbeam_channel::Sender<Request>,
+    rescreen: &crate::messaging::handover::Rescreen,
 ) {
     for (job, sender) in jobs {
+        if rescreen.is_stale(&job) {
+            if !bounce_stale(&worker, &job) {
+                break;
+            }
+            continue;
+        }
         let (outcome, error) = send_contained(sender.as_ref(), &job);
         if !answer(&worker, job.id, outcome, error, AnsweredBy::Relay) {
             break;

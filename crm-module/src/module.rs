@@ -171,6 +171,7 @@ impl Module {
             crate::plugins::pool::default_threads(),
             plugins.clone(),
             tx.clone(),
+            rescreen.clone(),
         )?;
         let reader = store::open_with(path, Access::Read, &storage)?;
         let w = std::thread::Builder::new()

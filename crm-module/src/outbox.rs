@@ -229,11 +229,38 @@ pub fn due(
     exclude: &std::collections::HashSet<i64>,
     takers: Takers<'_>,
 ) -> Result<Vec<DueEffect>> {
+    due_within(conn, now, limit, exclude, takers, &[])
+}
+
+/// [`due`], with at most `room` rows of each message channel it names (what
+/// the channel can still take: its sending budget, its share of the
+/// in-flight room), so that rows the caller could not hand over are not
+/// read and screened for nothing.
+pub fn due_within(
+    conn: &Connection,
+    now: Millis,
+    limit: usize,
+    exclude: &std::collections::HashSet<i64>,
+    takers: Takers<'_>,
+    room: &[(&str, usize)],
+) -> Result<Vec<DueEffect>> {
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let mut rows = Vec::new();
     for (kind, channel) in open_lanes(takers) {
+        let lane_limit = channel
+            .and_then(|c| room.iter().find(|(r, _)| *r == c))
+            .map_or(limit, |(_, n)| (*n).min(limit));
+        if lane_limit == 0 {
+            continue;
+        }
+        let mut taken = 0;
         let lane = stmt.query_map(
-            params![kind.as_str(), channel, now, (limit + exclude.len()) as i64],
+            params![
+                kind.as_str(),
+                channel,
+                now,
+                (lane_limit + exclude.len()) as i64
+            ],
             |r| {
                 let due = DueEffect {
                     id: r.get(1)?,
@@ -249,7 +276,8 @@ pub fn due(
         )?;
         for row in lane {
             let row = row?;
-            if !exclude.contains(&row.2.id) {
+            if !exclude.contains(&row.2.id) && taken < lane_limit {
+                taken += 1;
                 rows.push(row);
             }
         }
@@ -307,15 +335,19 @@ pub fn any_due(
     Ok(false)
 }
 
-/// Moves a row that is still to be delivered to `at` (its attempts
-/// untouched): an answer the worker could not record is not offered
-/// again at once, in a loop, but after a pause.
+/// Moves a row that is still to be delivered to `at`, using one of its
+/// attempts: an answer the worker could not record is not offered again at
+/// once, in a loop, but after a pause, and not forever (the last attempt
+/// marks it failed).
 pub fn defer(conn: &Connection, id: i64, at: Millis, now: Millis) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3
+        "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3, attempts = attempts + 1,
+             status = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE status END,
+             last_error = CASE WHEN attempts + 1 >= ?4
+                 THEN 'failed: its answers could not be recorded' ELSE last_error END
           WHERE id = ?1 AND status IN ('pending','retry')",
     )?
-    .execute(params![id, at, now])?;
+    .execute(params![id, at, now, MAX_ATTEMPTS])?;
     Ok(())
 }
 
@@ -502,6 +534,11 @@ mod tests {
         assert_eq!(
             keys(&due(&conn, 100, 2, &none, host).unwrap()),
             ["email-1", "sms-1"]
+        );
+        // Room for one more email, none for SMS: the rest are not read.
+        assert_eq!(
+            keys(&due_within(&conn, 100, 10, &none, host, &[("email", 1), ("sms", 0)]).unwrap()),
+            ["email-1", "task-1", "step-1"]
         );
         assert_eq!(next_due(&conn, host, Millis::MIN).unwrap(), Some(10));
         // After an instant: a row due then (not handed over) hides no later one.

@@ -571,8 +571,11 @@ impl Worker {
                     self.landed(outbox_id);
                     if answer == HostAnswer::NotHandled {
                         // Nobody was asked (the host changed since the row
-                        // was handed over): the row waits as it was, its
-                        // attempts untouched, for a host that handles it.
+                        // was handed over, or its contact changed since it
+                        // was screened): the row waits as it was, its
+                        // attempts untouched, and may be handed over again
+                        // within the same clock advance.
+                        self.settled.remove(&outbox_id);
                         continue;
                     }
                     if let Err(e) = self.in_savepoint(|w| {
@@ -1275,17 +1278,31 @@ impl Worker {
             sender_channels: &senders,
             blocked: &blocked,
         };
-        let due = outbox::due(&self.conn, now, room, exclude, takers).and_then(|rows| {
-            let settings = self.settings.read();
-            crate::messaging::handover::screen(
-                &self.conn,
-                &self.catalog,
-                &settings,
-                &self.install_id,
-                rows,
-                now,
-            )
-        });
+        // What each message channel can still take: its budget, its share
+        // of the in-flight room.
+        let channel_room: Vec<(&str, usize)> = ["email", "sms"]
+            .into_iter()
+            .map(|c| {
+                let flying = self.in_flight_channel.values().filter(|v| *v == c).count();
+                let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying);
+                let budget = budgets
+                    .get(c)
+                    .map_or(usize::MAX, |left| usize::try_from(*left).unwrap_or(0));
+                (c, share.min(budget))
+            })
+            .collect();
+        let due = outbox::due_within(&self.conn, now, room, exclude, takers, &channel_room)
+            .and_then(|rows| {
+                let settings = self.settings.read();
+                crate::messaging::handover::screen(
+                    &self.conn,
+                    &self.catalog,
+                    &settings,
+                    &self.install_id,
+                    rows,
+                    now,
+                )
+            });
         match due {
             Ok(rows) => {
                 let mut flying: std::collections::HashMap<String, usize> =
@@ -1567,6 +1584,16 @@ mod tests {
             )
             .expect("the row");
         assert_eq!(status, "pending", "nothing of the answer was kept");
+        let attempts: i64 = w
+            .conn
+            .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .expect("attempts");
+        assert_eq!(
+            attempts, 1,
+            "a deferral uses an attempt: it is not offered forever"
+        );
         assert!(at >= now + ANSWER_RETRY_MS, "deferred: {}", at - now);
         let idle = w.wait_time().expect("system clock");
         assert!(idle > Duration::from_secs(50), "no loop: {idle:?}");

@@ -1292,7 +1292,8 @@ fn check_comparison(
     use crate::model::contact::{PropertyType as T, normalize_property, property_type};
     let numeric = || match value {
         Value::Number(_) => Ok(()),
-        Value::String(s) if s.trim().parse::<f64>().is_ok() => Ok(()),
+        // As the comparison reads it: untrimmed.
+        Value::String(s) if s.parse::<f64>().is_ok() => Ok(()),
         _ => Err("value: must be a number".to_string()),
     };
     let ordered = matches!(op, CompareOp::GreaterThan | CompareOp::LessThan);
@@ -1313,10 +1314,23 @@ fn check_comparison(
             Value::String(s) if !s.trim().is_empty() => Ok(()),
             _ => Err("value: must be a tag".into()),
         },
-        (_, Some(T::Text(_) | T::Email | T::Phone | T::TimeZone)) if contains => match value {
-            Value::String(s) if !s.trim().is_empty() => Ok(()),
-            _ => Err("value: must be text".into()),
-        },
+        // Text of any kind is searched as text ("1980" in a date of birth).
+        (_, Some(T::Text(_) | T::Email | T::Phone | T::TimeZone | T::Choice(_) | T::Date))
+            if contains =>
+        {
+            match value {
+                Value::String(s) if !s.trim().is_empty() => Ok(()),
+                _ => Err("value: must be text".into()),
+            }
+        }
+        // A staff member matches by id or display name, or as an object.
+        (_, Some(T::Staff))
+            if !ordered
+                && !contains
+                && matches!(value, Value::String(s) if !s.trim().is_empty()) =>
+        {
+            Ok(())
+        }
         (
             _,
             Some(
@@ -1330,6 +1344,13 @@ fn check_comparison(
                 | T::TimeZone,
             ),
         ) if !ordered && !contains => match normalize_property(property, value.clone()) {
+            // A date is stored canonical and compared as text: "1980-3-4"
+            // would never equal the stored "1980-03-04".
+            Ok(canonical)
+                if matches!(property_type(property), Some(T::Date)) && &canonical != value =>
+            {
+                Err("value: must be a date YYYY-MM-DD".into())
+            }
             Ok(_) => Ok(()),
             Err(Error::Invalid(m)) => Err(m.replace(&format!("{property}: "), "value: ")),
             Err(e) => Err(e.to_string()),
@@ -1706,6 +1727,10 @@ mod tests {
             c("portal_active", "not_equals", json!(false)),
             c("insurance_verification", "equals", json!("verified")),
             c("favorite_color", "greater_than", json!("blue")),
+            c("owner", "equals", json!("s1")),
+            c("owner", "equals", json!({"id": "s1", "name": "Dr. Lee"})),
+            c("status", "contains", json!("pat")),
+            c("dob", "contains", json!("1980")),
             json!({"type": "property", "property": "balance", "op": "is_set"}),
         ] {
             with(ok.clone()).unwrap_or_else(|e| panic!("{ok}: {e}"));
@@ -1724,7 +1749,16 @@ mod tests {
                 "cannot be compared with greater_than",
             ),
             (
-                c("status", "contains", json!("pat")),
+                c("first_name", "greater_than", json!("M")),
+                "cannot be compared with greater_than",
+            ),
+            (
+                c("dob", "equals", json!("1980-3-4")),
+                "value: must be a date",
+            ),
+            (c("balance", "equals", json!(" 3")), "must be a number"),
+            (
+                c("owner", "contains", json!("Lee")),
                 "cannot be compared with contains",
             ),
             (

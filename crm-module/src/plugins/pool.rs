@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::runtime::CallFailure;
 use super::{Outgoing, PluginHost, Report, SendResult, StepCall};
 use crate::error::{Error, Result};
+use crate::messaging::handover::Rescreen;
 use crate::outbox::{DueEffect, HostAnswer};
 use crate::worker::{AnsweredBy, Request};
 
@@ -46,32 +47,49 @@ pub fn spawn(
     threads: usize,
     plugins: Arc<PluginHost>,
     worker: Sender<Request>,
+    rescreen: Arc<Rescreen>,
 ) -> Result<(Sender<Job>, Vec<JoinHandle<()>>)> {
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
     let mut handles = Vec::new();
     for i in 0..threads.max(1) {
         let (rx, plugins, worker) = (rx.clone(), plugins.clone(), worker.clone());
+        let rescreen = rescreen.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("crm-plugin-{i}"))
-                .spawn(move || run(rx, &plugins, &worker))
+                .spawn(move || run(rx, &plugins, &worker, &rescreen))
                 .map_err(|e| Error::Internal(format!("cannot start a plugin thread: {e}")))?,
         );
     }
     Ok((tx, handles))
 }
 
-fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>) {
+fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>, rescreen: &Rescreen) {
     for job in jobs {
+        // A row whose contact changed while it waited for a free thread
+        // goes back to be screened again.
+        let (Job::Step(effect) | Job::Send { effect, .. }) = &job;
+        if rescreen.is_stale(effect) {
+            if !crate::host::bounce_stale(worker, effect) {
+                return;
+            }
+            continue;
+        }
         // A defect in a call (ours, not the plugin's: its traps are caught
         // by the engine) is answered as a failure that may pass, so the
         // row is retried under its key and the thread lives on; otherwise
         // the row stayed in flight for good and the pool shrank.
         let request = match job {
-            Job::Step(effect) => Request::PluginStep {
-                outbox_id: effect.id,
-                report: contained("", || step(plugins, &effect)),
-            },
+            Job::Step(effect) => {
+                let plugin_id = serde_json::from_str::<Value>(&effect.payload)
+                    .ok()
+                    .and_then(|v| v["plugin_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Request::PluginStep {
+                    outbox_id: effect.id,
+                    report: contained(&plugin_id, || step(plugins, &effect)),
+                }
+            }
             Job::Send { effect, plugin_id } => {
                 let report = contained(&plugin_id, || send(plugins, &plugin_id, &effect));
                 let (answer, error) = match &report.result {
@@ -216,7 +234,7 @@ mod tests {
         let host: crate::host::HostSlot = Arc::new(parking_lot::RwLock::new(None));
         let plugins = Arc::new(PluginHost::new(host));
         let (worker, answers) = crossbeam_channel::unbounded();
-        let (jobs, threads) = spawn(1, plugins, worker).unwrap();
+        let (jobs, threads) = spawn(1, plugins, worker, Arc::default()).unwrap();
         let job = |id: i64, plugin_id: &str| {
             Job::Step(DueEffect {
                 id,
