@@ -845,9 +845,14 @@ impl AutomationDefinition {
             validate_id("step id", id)?;
             // The builder names its own nodes `trigger`, `end` and
             // `<if/then>.yes.end` / `<if/then>.no.end`: a step by such a
-            // name could not be selected on the canvas.
-            if id == "trigger" || id == "end" || id.ends_with(".yes.end") || id.ends_with(".no.end")
-            {
+            // name could not be selected on the canvas. A step saved by
+            // such a name before keeps it (a new id would be a new step
+            // to a live edit: its contacts would move on).
+            let reserved = id == "trigger"
+                || id == "end"
+                || id.ends_with(".yes.end")
+                || id.ends_with(".no.end");
+            if reserved && !retired.contains(id) {
                 return Err(Error::invalid(format!(
                     "steps: step id {id} is reserved for the builder's trigger and End nodes"
                 )));
@@ -1789,6 +1794,11 @@ mod tests {
         let mut d = welcome();
         d.steps[0].id = "end.of.year".into();
         d.validate_and_assign_ids().unwrap();
+        // An earlier version's step keeps its id.
+        let mut d = welcome();
+        d.steps[0].id = "end".into();
+        d.validate_and_assign_ids_avoiding(&["end".to_string()].into())
+            .unwrap();
     }
 
     #[test]
