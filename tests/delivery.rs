@@ -62,6 +62,27 @@ fn practice_config(smtp: Value) -> Value {
     })
 }
 
+/// A practice whose email goes through the relay on `port` (plain SMTP,
+/// `timeout` seconds), a collecting host attached, and the "News"
+/// automation active: an email, then a task, for every new contact.
+fn news_practice(dir: &tempfile::TempDir, port: u16, timeout: u32) -> (Module, Arc<Collect>) {
+    let config = practice_config(json!({
+        "host": "127.0.0.1", "port": port, "security": "none", "timeout_seconds": timeout}));
+    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [
+            {"id": "mail", "type": "send_email", "subject": "News from {{practice}}", "body": "<p>Hi {{firstname}}</p>"},
+            {"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 5}
+        ]}}"#)
+        .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    (m, host)
+}
+
 /// A relay that accepts the connection and then says nothing (a
 /// black-holed or hung server) holds up only email: the tasks queued behind
 /// the emails reach the host while the relay's send still waits out its
@@ -72,20 +93,7 @@ fn a_hung_relay_holds_up_only_email() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let config = practice_config(json!({
-        "host": "127.0.0.1", "port": port, "security": "none", "timeout_seconds": 600}));
-    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
-    let host = Arc::new(Collect::default());
-    m.set_host(Some(host.clone())).unwrap();
-    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
-        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
-        "steps": [
-            {"id": "mail", "type": "send_email", "subject": "News", "body": "<p>Hi</p>"},
-            {"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}}
-        ]}}"#)
-        .unwrap();
-    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
-        .unwrap();
+    let (m, host) = news_practice(&dir, port, 600);
     m.push(&contact("p1", "pat@patients.example")).unwrap();
     m.push(&contact("p2", "sam@patients.example")).unwrap();
     // The relay's connection arrives and is held open, unanswered.
@@ -134,20 +142,7 @@ fn a_hung_relay_holds_up_only_email() {
 fn email_goes_to_the_smtp_relay_and_other_effects_to_the_host() {
     let server = SmtpServer::start(None);
     let dir = tempfile::tempdir().unwrap();
-    let config = practice_config(json!({
-        "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 10}));
-    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
-    let host = Arc::new(Collect::default());
-    m.set_host(Some(host.clone())).unwrap();
-    m.execute(r#"{"command": "automation.create", "automation_id": "news", "definition": {
-        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
-        "steps": [
-            {"id": "mail", "type": "send_email", "subject": "News from {{practice}}", "body": "<p>Hi {{firstname}}</p>"},
-            {"id": "call", "type": "create_task", "title": "Call this lead", "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 5}
-        ]}}"#)
-        .unwrap();
-    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
-        .unwrap();
+    let (m, host) = news_practice(&dir, server.port, 10);
     m.push(&contact("p1", "pat@patients.example")).unwrap();
     m.push(&contact("p2", "reject550@patients.example"))
         .unwrap();

@@ -652,16 +652,25 @@ impl Host for BlocksFirst {
     }
 }
 
+impl BlocksFirst {
+    /// A host attached to `m` whose first delivery blocks until the sender
+    /// returned is used.
+    fn attach(m: &Module) -> (Arc<BlocksFirst>, std::sync::mpsc::Sender<()>) {
+        let (release, wait) = std::sync::mpsc::channel();
+        let host = Arc::new(BlocksFirst {
+            release: Mutex::new(Some(wait)),
+            got: Mutex::default(),
+        });
+        m.set_host(Some(host.clone())).unwrap();
+        (host, release)
+    }
+}
+
 #[test]
 fn a_callback_that_blocks_holds_clock_advances_once() {
     let dir = tempfile::tempdir().unwrap();
     let m = open(&dir);
-    let (release, wait) = std::sync::mpsc::channel();
-    let host = Arc::new(BlocksFirst {
-        release: Mutex::new(Some(wait)),
-        got: Mutex::default(),
-    });
-    m.set_host(Some(host.clone())).unwrap();
+    let (host, release) = BlocksFirst::attach(&m);
     m.execute(r#"{"command": "automation.create", "automation_id": "a", "definition": {
         "name": "Two emails", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
         "steps": [{"id": "one", "type": "send_email", "subject": "One", "body": "Hello"},
@@ -700,12 +709,7 @@ fn a_callback_that_blocks_holds_clock_advances_once() {
 fn an_unsubscribe_holds_back_a_message_already_queued_for_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let m = open(&dir);
-    let (release, wait) = std::sync::mpsc::channel();
-    let host = Arc::new(BlocksFirst {
-        release: Mutex::new(Some(wait)),
-        got: Mutex::default(),
-    });
-    m.set_host(Some(host.clone())).unwrap();
+    let (host, release) = BlocksFirst::attach(&m);
     m.execute(
         r#"{"command": "automation.create", "automation_id": "a", "definition": {
         "name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
