@@ -1468,15 +1468,28 @@ mod tests {
 
     /// Queues a task for `contact`, due at `at`; its outbox id.
     fn queue_task(w: &Worker, key: &str, contact: &str, at: Millis) -> i64 {
+        queue(w, key, EffectKind::Task, None, contact, at)
+    }
+
+    /// Queues an effect of `kind` (on `channel`) for `contact`, due at
+    /// `at`; its outbox id.
+    fn queue(
+        w: &Worker,
+        key: &str,
+        kind: EffectKind,
+        channel: Option<&str>,
+        contact: &str,
+        at: Millis,
+    ) -> i64 {
         let effect = outbox::Effect {
             key: key.into(),
-            kind: EffectKind::Task,
-            payload: json!({"key": key, "kind": "task", "title": "Call"}),
+            kind,
+            payload: json!({"key": key, "kind": kind.as_str(), "plugin_id": "gone", "step_type": "x"}),
             contact_id: contact.into(),
             automation_id: None,
             enrollment_id: None,
             step_id: None,
-            channel: None,
+            channel: channel.map(str::to_string),
             asset_id: None,
             not_before: Some(at),
         };
@@ -1523,30 +1536,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = system_worker(&dir);
         let now = crate::clock::system_now();
-        for i in 0..=MAX_IN_FLIGHT_PER_CHANNEL {
-            let key = format!("test-m{i}");
-            let effect = outbox::Effect {
-                key: key.clone(),
-                kind: EffectKind::Message,
-                payload: json!({"key": key}),
-                contact_id: format!("c{i}"),
-                automation_id: None,
-                enrollment_id: None,
-                step_id: None,
-                channel: Some("email".into()),
-                asset_id: None,
-                not_before: Some(now - 1_000),
-            };
-            outbox::write(&w.conn, &[effect], now).expect("queued");
-        }
-        let ids: Vec<i64> = w
-            .conn
-            .prepare("SELECT id FROM outbox ORDER BY id")
-            .expect("prepare")
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("ids");
+        let ids: Vec<i64> = (0..=MAX_IN_FLIGHT_PER_CHANNEL)
+            .map(|i| {
+                let (key, contact) = (format!("test-m{i}"), format!("c{i}"));
+                queue(
+                    &w,
+                    &key,
+                    EffectKind::Message,
+                    Some("email"),
+                    &contact,
+                    now - 1_000,
+                )
+            })
+            .collect();
         for id in &ids[..MAX_IN_FLIGHT_PER_CHANNEL] {
             w.in_flight.insert(*id);
             w.in_flight_channel.insert(*id, "email".into());
@@ -1610,19 +1612,14 @@ mod tests {
         let (jobs, handed) = crossbeam_channel::unbounded();
         w.jobs = jobs;
         let now = crate::clock::system_now();
-        let effect = outbox::Effect {
-            key: "test-p".into(),
-            kind: EffectKind::PluginStep,
-            payload: json!({"plugin_id": "gone", "step_type": "x"}),
-            contact_id: "c1".into(),
-            automation_id: None,
-            enrollment_id: None,
-            step_id: None,
-            channel: None,
-            asset_id: None,
-            not_before: Some(now - 1_000),
-        };
-        outbox::write(&w.conn, &[effect], now).expect("queued");
+        queue(
+            &w,
+            "test-p",
+            EffectKind::PluginStep,
+            None,
+            "c1",
+            now - 1_000,
+        );
         assert_eq!(w.wait_time(), Some(Duration::ZERO), "due");
         w.dispatch();
         let job = handed.try_recv().expect("handed over");
