@@ -449,6 +449,30 @@ pub fn last_message(conn: &Connection, contact_id: &str, channel: &str) -> Resul
         .optional()?)
 }
 
+/// Tests: an effect of `kind` (on `channel`) for `contact`, due at `at`,
+/// its payload the key.
+#[cfg(test)]
+pub(crate) fn sample(
+    key: &str,
+    kind: EffectKind,
+    channel: Option<&str>,
+    contact: &str,
+    at: Millis,
+) -> Effect {
+    Effect {
+        key: key.into(),
+        kind,
+        payload: serde_json::json!({"key": key}),
+        contact_id: contact.into(),
+        automation_id: None,
+        enrollment_id: None,
+        step_id: None,
+        channel: channel.map(str::to_string),
+        asset_id: None,
+        not_before: Some(at),
+    }
+}
+
 /// Records the host's answer. Returns the new status.
 pub fn record_answer(
     conn: &Connection,
@@ -487,18 +511,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn effect(key: &str, kind: EffectKind, channel: Option<&str>, at: Millis) -> Effect {
-        Effect {
-            key: key.into(),
-            kind,
-            payload: serde_json::json!({"key": key}),
-            contact_id: "c1".into(),
-            automation_id: None,
-            enrollment_id: None,
-            step_id: None,
-            channel: channel.map(str::to_string),
-            asset_id: None,
-            not_before: Some(at),
-        }
+        sample(key, kind, channel, "c1", at)
     }
 
     fn keys(rows: &[DueEffect]) -> Vec<&str> {

@@ -1481,18 +1481,8 @@ mod tests {
         contact: &str,
         at: Millis,
     ) -> i64 {
-        let effect = outbox::Effect {
-            key: key.into(),
-            kind,
-            payload: json!({"key": key, "kind": kind.as_str(), "plugin_id": "gone", "step_type": "x"}),
-            contact_id: contact.into(),
-            automation_id: None,
-            enrollment_id: None,
-            step_id: None,
-            channel: channel.map(str::to_string),
-            asset_id: None,
-            not_before: Some(at),
-        };
+        let mut effect = outbox::sample(key, kind, channel, contact, at);
+        effect.payload = json!({"key": key, "plugin_id": "gone", "step_type": "x"});
         outbox::write(&w.conn, &[effect], at).expect("queued");
         w.conn
             .query_row(

@@ -89,7 +89,7 @@ fn handed_over_since(conn: &rusqlite::Connection, channel: &str, since: Millis) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{self, Effect, EffectKind, HostAnswer};
+    use crate::outbox::{self, EffectKind, HostAnswer};
     use crate::store::{self, Access};
 
     /// A message counts in the windows of its hand-over, not of a later
@@ -100,18 +100,7 @@ mod tests {
         let conn = store::open(&dir.path().join("l.db"), Access::Write).unwrap();
         let now = 10 * DAY;
         let sent = |key: &str, at: Millis| {
-            let effect = Effect {
-                key: key.into(),
-                kind: EffectKind::Message,
-                payload: serde_json::json!({"key": key}),
-                contact_id: "c1".into(),
-                automation_id: None,
-                enrollment_id: None,
-                step_id: None,
-                channel: Some("email".into()),
-                asset_id: None,
-                not_before: Some(at),
-            };
+            let effect = outbox::sample(key, EffectKind::Message, Some("email"), "c1", at);
             outbox::write(&conn, &[effect], at).unwrap();
             let id: i64 = conn
                 .query_row(
