@@ -370,7 +370,7 @@ impl Worker {
             return None;
         }
         let now = self.clock.now();
-        let next = [self.next_due().ok().flatten(), self.next_hand_over(now)]
+        let next = [self.next_due().ok().flatten(), self.wake_for_hand_over(now)]
             .into_iter()
             .flatten()
             .min();
@@ -378,12 +378,14 @@ impl Worker {
         Some(Duration::from_millis(ms as u64))
     }
 
-    /// When a hand-over could next start: `now` if a row some taker can
-    /// take is due and not in flight, else the next row's due time. A row
+    /// When the system clock's loop wakes for a hand-over: `now` if a row
+    /// some taker can take is due and not in flight, else the next row's
+    /// due time (the manual clock's advance asks [`Worker::next_handover`],
+    /// which also counts sending-limit slots). A row
     /// in flight is due as well, but its answer wakes the worker; counting
     /// it made the loop spin for as long as a delivery took. With the
     /// dispatcher full, only an answer can start one.
-    fn next_hand_over(&self, now: Millis) -> Option<Millis> {
+    fn wake_for_hand_over(&self, now: Millis) -> Option<Millis> {
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
@@ -459,28 +461,32 @@ impl Worker {
         crate::messaging::limits::remaining(&self.conn, &limits, now, &flying).unwrap_or_default()
     }
 
-    /// Channels whose messages cannot be handed over now: over their
-    /// sending limit, or with [`MAX_IN_FLIGHT_PER_CHANNEL`] in flight
-    /// (an answer wakes the worker).
-    fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
-        let mut blocked: Vec<&'static str> = self
-            .budgets(now)
-            .into_iter()
-            .filter(|(_, left)| *left <= 0)
-            .map(|(c, _)| c)
-            .collect();
-        blocked.extend(self.saturated_channels());
-        blocked
-    }
-
-    /// Channels with [`MAX_IN_FLIGHT_PER_CHANNEL`] messages in flight.
-    fn saturated_channels(&self) -> Vec<&'static str> {
+    /// How many more messages each channel may hand over now: its sending
+    /// budget, and its share of the in-flight room
+    /// ([`MAX_IN_FLIGHT_PER_CHANNEL`]).
+    fn channel_room(&self, now: Millis) -> Vec<(&'static str, usize)> {
+        let budgets = self.budgets(now);
         ["email", "sms"]
             .into_iter()
-            .filter(|c| {
-                self.in_flight_channel.values().filter(|v| v == c).count()
-                    >= MAX_IN_FLIGHT_PER_CHANNEL
+            .map(|c| {
+                let flying = self.in_flight_channel.values().filter(|v| *v == c).count();
+                let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying);
+                let budget = budgets
+                    .get(c)
+                    .map_or(usize::MAX, |left| usize::try_from(*left).unwrap_or(0));
+                (c, share.min(budget))
             })
+            .collect()
+    }
+
+    /// Channels whose messages cannot be handed over now: over their
+    /// sending limit, or with their share of the in-flight room taken (an
+    /// answer wakes the worker).
+    fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
+        self.channel_room(now)
+            .into_iter()
+            .filter(|(_, room)| *room == 0)
+            .map(|(c, _)| c)
             .collect()
     }
 
@@ -1266,33 +1272,12 @@ impl Worker {
         if let Ok(false) = outbox::any_due(&self.conn, now, exclude, open) {
             return;
         }
-        let mut budgets = self.budgets(now);
-        let mut blocked: Vec<&str> = budgets
-            .iter()
-            .filter(|(_, left)| **left <= 0)
-            .map(|(c, _)| *c)
-            .collect();
-        blocked.extend(self.saturated_channels());
-        let takers = outbox::Takers {
-            host: &host,
-            sender_channels: &senders,
-            blocked: &blocked,
-        };
-        // What each message channel can still take: its budget, its share
-        // of the in-flight room.
-        let channel_room: Vec<(&str, usize)> = ["email", "sms"]
-            .into_iter()
-            .map(|c| {
-                let flying = self.in_flight_channel.values().filter(|v| *v == c).count();
-                let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying);
-                let budget = budgets
-                    .get(c)
-                    .map_or(usize::MAX, |left| usize::try_from(*left).unwrap_or(0));
-                (c, share.min(budget))
-            })
-            .collect();
-        let due = outbox::due_within(&self.conn, now, room, exclude, takers, &channel_room)
-            .and_then(|rows| {
+        // Each message channel's lane is read only as far as the channel can
+        // take (none of a channel over its limit or its in-flight share), so
+        // every row screened here can be handed over.
+        let channel_room = self.channel_room(now);
+        let due = outbox::due_within(&self.conn, now, room, exclude, open, &channel_room).and_then(
+            |rows| {
                 let settings = self.settings.read();
                 crate::messaging::handover::screen(
                     &self.conn,
@@ -1302,38 +1287,11 @@ impl Worker {
                     rows,
                     now,
                 )
-            });
+            },
+        );
         match due {
             Ok(rows) => {
-                let mut flying: std::collections::HashMap<String, usize> =
-                    std::collections::HashMap::new();
-                for ch in self.in_flight_channel.values() {
-                    *flying.entry(ch.clone()).or_default() += 1;
-                }
                 for mut row in rows {
-                    if let Some(ch) = row
-                        .channel
-                        .as_deref()
-                        .filter(|_| row.kind == EffectKind::Message)
-                    {
-                        let n = flying.entry(ch.to_string()).or_default();
-                        if *n >= MAX_IN_FLIGHT_PER_CHANNEL {
-                            continue;
-                        }
-                        *n += 1;
-                    }
-                    // Over a limit: the rest of that channel waits, in order.
-                    if let Some(left) = row
-                        .channel
-                        .as_deref()
-                        .filter(|_| row.kind == EffectKind::Message)
-                        .and_then(|c| budgets.get_mut(c))
-                    {
-                        if *left <= 0 {
-                            continue;
-                        }
-                        *left -= 1;
-                    }
                     self.in_flight.insert(row.id);
                     if let Some(ch) = &row.channel {
                         self.in_flight_channel.insert(row.id, ch.clone());
