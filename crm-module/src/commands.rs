@@ -478,7 +478,7 @@ fn normalize_senders(
 ) -> Result<()> {
     use crate::model::automation::StepKind;
     let blank = |v: &mut Option<String>| {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if crate::settings::is_blank(v) {
             *v = None;
         }
     };
@@ -502,12 +502,9 @@ fn normalize_senders(
                         *v = v.trim().to_string();
                     }
                 }
-                if let Some(name) = &sender.from_name
-                    && (name.chars().count() > 100 || name.chars().any(char::is_control))
-                {
-                    return Err(Error::invalid(format!(
-                        "{here}: sender.from_name: one line of at most 100 characters"
-                    )));
+                if let Some(name) = &sender.from_name {
+                    crate::settings::check_line(name, crate::settings::MAX_FROM_NAME)
+                        .map_err(|m| Error::invalid(format!("{here}: sender.from_name: {m}")))?;
                 }
             }
             StepKind::SendSms { sender_number, .. } => {

@@ -355,13 +355,13 @@ pub const MAX_KEYWORD_CHARS: usize = 30;
 pub const MAX_TRACKING_URL: usize = 500;
 
 /// A text field that is blank counts as not set.
-fn is_blank(value: &Option<String>) -> bool {
+pub(crate) fn is_blank(value: &Option<String>) -> bool {
     value.as_deref().is_none_or(|s| s.trim().is_empty())
 }
 
 /// Required one-line text: not blank, at most `max` characters, no line
 /// breaks or other control characters.
-fn check_line(value: &str, max: usize) -> std::result::Result<(), String> {
+pub(crate) fn check_line(value: &str, max: usize) -> std::result::Result<(), String> {
     if value.trim().is_empty() {
         return Err("required".into());
     }
