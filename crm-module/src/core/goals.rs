@@ -212,13 +212,7 @@ mod tests {
     fn a_rebase_searches_the_automations_goal_rows_once() {
         let dir = tempfile::tempdir().unwrap();
         let conn = store::open(&dir.path().join("g.db"), Access::Write).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {REBASE_SET_SQL}"))
-            .unwrap()
-            .query_map(rusqlite::params!["a1", "book", "book"], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let plan = store::query_plan(&conn, REBASE_SET_SQL, ["a1", "book", "book"]);
         assert!(
             plan.iter()
                 .any(|s| s.contains("events_goals (automation_id=? AND kind=?")),

@@ -912,13 +912,7 @@ mod tests {
             .map(str::trim)
             .rfind(|s| !s.is_empty())
             .unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {again}"))
-            .unwrap()
-            .query_map([], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let plan = crate::store::query_plan(&conn, again, []);
         assert!(
             again.contains("_again") && !plan.iter().any(|s| s.contains("CORRELATED")),
             "{plan:?}"
@@ -938,16 +932,8 @@ mod tests {
     #[test]
     fn migration_24_unopens_a_thread_without_scanning_them_all() {
         let conn = at_version(23);
-        let plan = |conn: &Connection| -> Vec<String> {
-            conn.prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::messaging::compose::UNOPEN_THREAD_SQL
-            ))
-            .unwrap()
-            .query_map(["k"], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap()
+        let plan = |conn: &Connection| {
+            crate::store::query_plan(conn, crate::messaging::compose::UNOPEN_THREAD_SQL, ["k"])
         };
         assert_eq!(plan(&conn), ["SCAN sms_threads"]);
         migrate(&conn).unwrap();

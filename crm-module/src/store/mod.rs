@@ -318,13 +318,7 @@ mod tests {
             ),
         ];
         for (sql, bindings) in cases {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(bindings[0], |r| r.get(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let plan = query_plan(&conn, sql, bindings[0]);
             assert!(
                 plan.iter()
                     .any(|step| step.contains("USING") && step.contains("INDEX")),
