@@ -256,6 +256,27 @@ impl Trigger {
     }
 }
 
+/// The builder's node of the trigger.
+pub const TRIGGER_NODE: &str = "trigger";
+
+/// The builder's End node of the main path.
+pub const END_NODE: &str = "end";
+
+/// The builder's End node of an If/then's YES (or NO) path.
+pub fn branch_end_node(branch_id: &str, yes: bool) -> String {
+    format!("{branch_id}.{}.end", if yes { "yes" } else { "no" })
+}
+
+/// Whether `id` names one of the builder's own nodes ([`TRIGGER_NODE`],
+/// [`END_NODE`], a [`branch_end_node`]) rather than a step.
+fn is_builder_node(id: &str) -> bool {
+    id == TRIGGER_NODE
+        || id == END_NODE
+        || [true, false]
+            .into_iter()
+            .any(|yes| id.ends_with(&branch_end_node("", yes)))
+}
+
 /// The longest a Delay waits (a day counted as 24 hours).
 pub const MAX_DELAY: crate::clock::Millis = 365 * crate::clock::DAY;
 
@@ -848,11 +869,7 @@ impl AutomationDefinition {
             // name could not be selected on the canvas. A step saved by
             // such a name before keeps it (a new id would be a new step
             // to a live edit: its contacts would move on).
-            let reserved = id == "trigger"
-                || id == "end"
-                || id.ends_with(".yes.end")
-                || id.ends_with(".no.end");
-            if reserved && !retired.contains(id) {
+            if is_builder_node(id) && !retired.contains(id) {
                 return Err(Error::invalid(format!(
                     "steps: step id {id} is reserved for the builder's trigger and End nodes"
                 )));
@@ -1279,11 +1296,6 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
     }
 }
 
-/// An If/then's engagement conditions name a message step a contact
-/// reaching it has passed: one before it on its own path, as the builder
-/// offers. Any other step (the If/then itself, a step after it or on
-/// another branch's path, a step that sends nothing) has no engagement a
-/// contact here could have had, so the condition would always be false.
 /// A comparison of a known or computed property that can be true for
 /// some contact: one its type has (no "more than" of a Status, no
 /// "contains" of a date), against a value of its type (a Status the
@@ -1339,21 +1351,19 @@ fn check_comparison(
         (
             _,
             Some(
-                T::Choice(_)
+                ty @ (T::Choice(_)
                 | T::Bool
                 | T::Date
                 | T::Staff
                 | T::Text(_)
                 | T::Email
                 | T::Phone
-                | T::TimeZone,
+                | T::TimeZone),
             ),
         ) if !ordered && !contains => match normalize_property(property, value.clone()) {
             // A date is stored canonical and compared as text: "1980-3-4"
             // would never equal the stored "1980-03-04".
-            Ok(canonical)
-                if matches!(property_type(property), Some(T::Date)) && &canonical != value =>
-            {
+            Ok(canonical) if matches!(ty, T::Date) && &canonical != value => {
                 Err("value: must be a date YYYY-MM-DD".into())
             }
             Ok(_) => Ok(()),
@@ -1373,6 +1383,11 @@ fn op_name(op: CompareOp) -> String {
         .unwrap_or_default()
 }
 
+/// An If/then's engagement conditions name a message step a contact
+/// reaching it has passed: one before it on its own path, as the builder
+/// offers. Any other step (the If/then itself, a step after it or on
+/// another branch's path, a step that sends nothing) has no engagement a
+/// contact here could have had, so the condition would always be false.
 fn check_condition_refs(flow: &Flow) -> Result<()> {
     fn walk(c: &Condition, flow: &Flow, before: &[String], here: &str) -> Result<()> {
         match c {

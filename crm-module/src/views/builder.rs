@@ -21,8 +21,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::automation::{
-    Assignee, AutomationDefinition, CompareOp, Condition, DelayUnit, EmailEngagement, Flow,
-    GoalKind, SettableProperty, Step, StepEngagement, StepKind, Trigger, Unenrollment,
+    Assignee, AutomationDefinition, CompareOp, Condition, DelayUnit, END_NODE, EmailEngagement,
+    Flow, GoalKind, SettableProperty, Step, StepEngagement, StepKind, TRIGGER_NODE, Trigger,
+    Unenrollment, branch_end_node,
 };
 use crate::model::contact::{DERIVED_PROPERTIES, KNOWN_PROPERTIES, LEAD_SOURCES};
 use crate::schedule::{BirthdayOffset, RunWindow, Weekday};
@@ -799,7 +800,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     };
     let names = Names::load(ctx.conn)?;
     let tab = p.tab.unwrap_or(BuilderTab::Build);
-    let selected = p.selected_node.unwrap_or_else(|| "trigger".to_string());
+    let selected = p.selected_node.unwrap_or_else(|| TRIGGER_NODE.to_string());
     crate::model::contact::validate_id_up_to("params: selected_node", &selected, 300)?;
     let def = rec.as_ref().map(|r| &r.current.def);
     let flow = rec.as_ref().map(|r| &r.current.flow);
@@ -1169,7 +1170,7 @@ fn canvas_nodes(
 ) -> Vec<CanvasNode> {
     let trigger = def.map(|d| &d.trigger);
     let mut nodes = vec![CanvasNode {
-        id: "trigger".into(),
+        id: TRIGGER_NODE.into(),
         node_type: "trigger".into(),
         title: trigger
             .map(|t| criterion_label(t.kind_id()).to_string())
@@ -1178,13 +1179,13 @@ fn canvas_nodes(
             .map(|t| trigger_summary(t, names))
             .unwrap_or_else(|| "Choose what enrolls contacts".into()),
         icon: TRIGGER_ICON.into(),
-        selected: selected == "trigger",
+        selected: selected == TRIGGER_NODE,
         deletable: false,
         yes: None,
         no: None,
     }];
     let steps: &[Step] = def.map(|d| d.steps.as_slice()).unwrap_or(&[]);
-    nodes.extend(chain(steps, "end", names, flow, selected));
+    nodes.extend(chain(steps, END_NODE, names, flow, selected));
     nodes
 }
 
@@ -1221,14 +1222,14 @@ fn step_node(s: &Step, names: &Names, flow: Option<&Flow>, selected: &str) -> Ca
         Some((yes, no)) => (
             Some(chain(
                 yes,
-                &format!("{}.yes.end", s.id),
+                &branch_end_node(&s.id, true),
                 names,
                 flow,
                 selected,
             )),
             Some(chain(
                 no,
-                &format!("{}.no.end", s.id),
+                &branch_end_node(&s.id, false),
                 names,
                 flow,
                 selected,
@@ -1481,10 +1482,10 @@ fn config_panel(
     names: &Names,
     selected: &str,
 ) -> Result<ConfigPanel> {
-    if selected == "trigger" {
+    if selected == TRIGGER_NODE {
         let trigger = def.map(|d| &d.trigger);
         return Ok(ConfigPanel {
-            node_id: "trigger".into(),
+            node_id: TRIGGER_NODE.into(),
             node_type: "trigger".into(),
             title: "Enrollment trigger".into(),
             description: Some("Every automation has exactly one trigger and it can't be deleted. It reads the contact's real record (Status, Last Activity, DOB, SMS Subscription, Lead Source), not a separate marketing database.".into()),
@@ -1498,7 +1499,7 @@ fn config_panel(
     {
         return Ok(step_panel(automation_id, step, def, flow, names));
     }
-    let end_ids = end_ids(def.map(|d| d.steps.as_slice()).unwrap_or(&[]), "end");
+    let end_ids = end_ids(def.map(|d| d.steps.as_slice()).unwrap_or(&[]), END_NODE);
     if end_ids.iter().any(|e| e == selected) {
         return Ok(ConfigPanel {
             node_id: selected.to_string(),
@@ -1554,8 +1555,8 @@ fn end_ids(steps: &[Step], end_id: &str) -> Vec<String> {
     let mut out = Vec::new();
     for s in steps {
         if let Some((yes, no)) = s.kind.paths() {
-            out.extend(end_ids(yes, &format!("{}.yes.end", s.id)));
-            out.extend(end_ids(no, &format!("{}.no.end", s.id)));
+            out.extend(end_ids(yes, &branch_end_node(&s.id, true)));
+            out.extend(end_ids(no, &branch_end_node(&s.id, false)));
         }
     }
     if steps.last().and_then(|s| s.kind.paths()).is_none() {
