@@ -646,10 +646,6 @@ impl Worker {
         self.in_flight.remove(&outbox_id);
         self.in_flight_channel.remove(&outbox_id);
         self.stalled.remove(&outbox_id);
-        if self.in_flight.is_empty() {
-            // Nothing screened before the marks is still queued.
-            self.rescreen.forget();
-        }
     }
 
     fn reload(&mut self) {
@@ -1244,6 +1240,13 @@ impl Worker {
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
         self.inject("dispatch");
+        if self.in_flight.is_empty() {
+            // Nothing screened before the marks is still queued. (Forgotten
+            // here, every turn, rather than only when the last answer
+            // lands: without a host nothing ever lands, and the marks of
+            // every exit and opt-out ingested piled up.)
+            self.rescreen.forget();
+        }
         // Shutting down: what is handed over now could not be answered.
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
@@ -1506,6 +1509,34 @@ mod tests {
         w.landed(ids[0]);
         w.in_flight_channel.remove(&ids[0]);
         assert_eq!(w.wait_time(), Some(Duration::ZERO), "room again");
+    }
+
+    /// The marks for the dispatcher's last look are dropped at the turn's
+    /// hand-over when nothing is in flight, with a host or without one.
+    #[test]
+    fn rescreen_marks_are_dropped_when_nothing_is_in_flight() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        let row = |contact: &str| DueEffect {
+            id: 1,
+            key: "k".into(),
+            kind: EffectKind::Message,
+            payload: String::new(),
+            channel: Some("email".into()),
+            contact_id: Some(contact.into()),
+            screened: 0,
+        };
+        w.rescreen.mark("c1");
+        assert!(w.rescreen.is_stale(&row("c1")));
+        w.dispatch();
+        assert!(!w.rescreen.is_stale(&row("c1")), "forgotten");
+        w.in_flight.insert(7);
+        w.rescreen.mark("c2");
+        w.dispatch();
+        assert!(
+            w.rescreen.is_stale(&row("c2")),
+            "kept while a row is in flight"
+        );
     }
 
     /// An answer the worker cannot record (here a defect) is not offered
