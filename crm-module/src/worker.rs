@@ -131,6 +131,16 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
 /// A clock advance asked for: by how much, and where its result goes.
 type Advance = (Millis, Sender<Result<()>>);
 
+/// What the worker keeps of a row in flight.
+#[derive(Debug)]
+struct Flying {
+    /// A message's channel: its share of the in-flight room.
+    channel: Option<String>,
+    /// Its contact: the marks of [`Rescreen`](crate::messaging::handover::Rescreen)
+    /// it needs.
+    contact: Option<String>,
+}
+
 /// The worker's state.
 pub struct Worker {
     conn: Connection,
@@ -142,7 +152,8 @@ pub struct Worker {
     plugins: Arc<crate::plugins::PluginHost>,
     jobs: Sender<DueEffect>,
     in_flight: HashSet<i64>,
-    in_flight_channel: std::collections::HashMap<i64, String>,
+    /// The channel and contact of each row in [`Worker::in_flight`].
+    flying: std::collections::HashMap<i64, Flying>,
     /// Rows in flight that a clock advance stopped waiting for (no answer
     /// within [`SETTLE_PATIENCE`]): while one is still unanswered, advances
     /// do not wait for answers (see [`Worker::settle`]).
@@ -205,7 +216,7 @@ impl Worker {
             plugins,
             jobs,
             in_flight: HashSet::new(),
-            in_flight_channel: std::collections::HashMap::new(),
+            flying: std::collections::HashMap::new(),
             stalled: HashSet::new(),
             settled: HashSet::new(),
             idle_waiters: Vec::new(),
@@ -454,7 +465,7 @@ impl Worker {
     /// How many more messages each limited channel may hand over now.
     fn budgets(&self, now: Millis) -> std::collections::HashMap<&'static str, i64> {
         let mut flying: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-        for ch in self.in_flight_channel.values() {
+        for ch in self.flying.values().filter_map(|f| f.channel.as_ref()) {
             *flying.entry(ch.clone()).or_default() += 1;
         }
         let limits = self.settings.read().doc.limits.clone();
@@ -469,7 +480,9 @@ impl Worker {
         ["email", "sms"]
             .into_iter()
             .map(|c| {
-                let flying = self.in_flight_channel.values().filter(|v| *v == c).count();
+                let flying = (self.flying.values())
+                    .filter(|f| f.channel.as_deref() == Some(c))
+                    .count();
                 let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying);
                 let budget = budgets
                     .get(c)
@@ -644,7 +657,7 @@ impl Worker {
     /// A row handed over is back (answered, or its answer lost).
     fn landed(&mut self, outbox_id: i64) {
         self.in_flight.remove(&outbox_id);
-        self.in_flight_channel.remove(&outbox_id);
+        self.flying.remove(&outbox_id);
         self.stalled.remove(&outbox_id);
     }
 
@@ -1240,13 +1253,15 @@ impl Worker {
     /// Hands due outbox rows to the dispatcher.
     fn dispatch(&mut self) {
         self.inject("dispatch");
-        if self.in_flight.is_empty() {
-            // Nothing screened before the marks is still queued. (Forgotten
-            // here, every turn, rather than only when the last answer
-            // lands: without a host nothing ever lands, and the marks of
-            // every exit and opt-out ingested piled up.)
-            self.rescreen.forget();
-        }
+        // A mark matters only to a row in flight of its contact: rows
+        // handed over later carry a later epoch. (Dropped here, every turn,
+        // rather than when answers land: without a host nothing lands, and
+        // behind a callback that never returns neither does its row, while
+        // the marks of every exit and opt-out ingested would pile up.)
+        let contacts: HashSet<&str> = (self.flying.values())
+            .filter_map(|f| f.contact.as_deref())
+            .collect();
+        self.rescreen.keep_only(&contacts);
         // Shutting down: what is handed over now could not be answered.
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return;
@@ -1296,9 +1311,11 @@ impl Worker {
             Ok(rows) => {
                 for mut row in rows {
                     self.in_flight.insert(row.id);
-                    if let Some(ch) = &row.channel {
-                        self.in_flight_channel.insert(row.id, ch.clone());
-                    }
+                    let flying = Flying {
+                        channel: row.channel.clone(),
+                        contact: row.contact_id.clone(),
+                    };
+                    self.flying.insert(row.id, flying);
                     let id = row.id;
                     row.screened = self.rescreen.epoch();
                     if self.jobs.send(row).is_err() {
@@ -1502,19 +1519,24 @@ mod tests {
             .collect();
         for id in &ids[..MAX_IN_FLIGHT_PER_CHANNEL] {
             w.in_flight.insert(*id);
-            w.in_flight_channel.insert(*id, "email".into());
+            let flying = Flying {
+                channel: Some("email".into()),
+                contact: None,
+            };
+            w.flying.insert(*id, flying);
         }
         let idle = w.wait_time().expect("system clock");
         assert!(idle > Duration::from_secs(50), "{idle:?}");
         w.landed(ids[0]);
-        w.in_flight_channel.remove(&ids[0]);
         assert_eq!(w.wait_time(), Some(Duration::ZERO), "room again");
     }
 
-    /// The marks for the dispatcher's last look are dropped at the turn's
-    /// hand-over when nothing is in flight, with a host or without one.
+    /// The marks for the dispatcher's last look are dropped at each turn's
+    /// hand-over, with a host or without one, except those of contacts
+    /// with a row in flight: a callback that never returns keeps only its
+    /// own row's contact's marks.
     #[test]
-    fn rescreen_marks_are_dropped_when_nothing_is_in_flight() {
+    fn rescreen_marks_are_kept_only_for_contacts_with_a_row_in_flight() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = worker(&dir);
         let row = |contact: &str| DueEffect {
@@ -1531,11 +1553,21 @@ mod tests {
         w.dispatch();
         assert!(!w.rescreen.is_stale(&row("c1")), "forgotten");
         w.in_flight.insert(7);
+        let flying = Flying {
+            channel: Some("email".into()),
+            contact: Some("c2".into()),
+        };
+        w.flying.insert(7, flying);
         w.rescreen.mark("c2");
+        w.rescreen.mark("c3");
         w.dispatch();
         assert!(
             w.rescreen.is_stale(&row("c2")),
-            "kept while a row is in flight"
+            "kept while its row is in flight"
+        );
+        assert!(
+            !w.rescreen.is_stale(&row("c3")),
+            "no row of c3 in flight: forgotten"
         );
     }
 

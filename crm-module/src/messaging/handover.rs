@@ -98,12 +98,14 @@ impl Rescreen {
                 .is_some_and(|at| *at > row.screened)
     }
 
-    /// Forgets the marks: nothing screened before them is still queued
-    /// (called with nothing in flight).
-    pub fn forget(&self) {
+    /// Drops the marks of every contact not in `in_flight` (the contacts
+    /// of the rows handed over and not yet answered): a row handed over
+    /// later carries a later epoch, so only those rows can be older than a
+    /// mark. Bounds the marks by the rows in flight.
+    pub fn keep_only(&self, in_flight: &std::collections::HashSet<&str>) {
         let mut marks = self.marks.lock();
         if !marks.contacts.is_empty() {
-            marks.contacts = std::collections::HashMap::new();
+            marks.contacts.retain(|c, _| in_flight.contains(c.as_str()));
         }
     }
 }
@@ -417,6 +419,13 @@ mod tests {
             !r.is_stale(&row(EffectKind::Task, "c2", 0)),
             "another contact"
         );
+        r.mark("c2");
+        r.keep_only(&["c2"].into());
+        assert!(
+            !r.is_stale(&row(EffectKind::Message, "c1", at - 1)),
+            "dropped: no row of c1 in flight"
+        );
+        assert!(r.is_stale(&row(EffectKind::Message, "c2", at)), "kept");
         r.mark_everyone();
         assert!(r.is_stale(&row(EffectKind::Task, "c2", at)));
         assert!(r.is_stale(&row(EffectKind::PluginStep, "c2", at)));
@@ -424,8 +433,6 @@ mod tests {
             !r.is_stale(&row(EffectKind::Property, "c1", 0)),
             "a write-back always goes"
         );
-        r.forget();
-        assert!(!r.is_stale(&row(EffectKind::Message, "c1", r.epoch())));
     }
 
     /// The messages waiting in the outbox.
