@@ -25,10 +25,55 @@ use crate::error::{Error, Result};
 pub const TICK: Duration = Duration::from_millis(2);
 /// The largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
+/// The WASI interface whose waits [`bound_waits`] shortens: the version
+/// wasmtime-wasi defines (a component importing an older 0.2 version is
+/// linked to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 /// Calls that may run at once (instances in the pool).
 const POOL_INSTANCES: u32 = 64;
 /// Bytes of each linear memory kept mapped between calls (see `Runtime::new`).
 const KEEP_RESIDENT: usize = 4 * 1024 * 1024;
+
+/// Replaces WASI's `monotonic-clock.subscribe-duration` and
+/// `subscribe-instant` with versions that never wait past the call's
+/// deadline.
+///
+/// The epoch deadline interrupts WebAssembly code only: a plugin blocked
+/// inside a host call is not interrupted. `std::thread::sleep` (and any
+/// `poll` on a clock subscription) blocks in wasmtime-wasi's host code, so
+/// a plugin sleeping for an hour held its pool thread for the hour, and one
+/// sleeping forever held it until `crm_close`, which then never returned.
+/// Clock subscriptions are the only waits a plugin has (no sockets, stdin
+/// at its end, output streams never full; `fetch` has its own deadline):
+/// with them cut to the time left, the plugin wakes at its deadline, and
+/// the call fails as past it ([`CallState::overran`]) whatever it answers,
+/// if the epoch interruption has not stopped it first.
+fn bound_waits(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
+    use wasmtime_wasi::clocks::WasiClocksView;
+    use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, CallState>, (nanos,): (u64,)| {
+            let state = store.data_mut();
+            let nanos = state.bounded_wait(nanos);
+            Ok((state.clocks().subscribe_duration(nanos)?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, CallState>, (when,): (u64,)| {
+            let state = store.data_mut();
+            let now = state.clocks().now()?;
+            let until = now.saturating_add(state.bounded_wait(when.saturating_sub(now)));
+            Ok((state.clocks().subscribe_instant(until)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// A compiled, pre-linked plugin: instantiate it per call.
 #[derive(Clone)]
@@ -134,10 +179,12 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(internal)?;
         let mut step_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut step_linker).map_err(internal)?;
+        bound_waits(&mut step_linker).map_err(internal)?;
         StepPlugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut step_linker, |s| s)
             .map_err(internal)?;
         let mut sender_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut sender_linker).map_err(internal)?;
+        bound_waits(&mut sender_linker).map_err(internal)?;
         SenderAdapter::add_to_linker::<CallState, HasSelf<CallState>>(&mut sender_linker, |s| s)
             .map_err(internal)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -270,10 +317,13 @@ impl Runtime {
 
 fn finish<T>(
     mut store: Store<CallState>,
-    result: std::result::Result<T, CallFailure>,
+    mut result: std::result::Result<T, CallFailure>,
 ) -> Called<T> {
     let stderr = store.data().stderr();
     let state = store.data_mut();
+    if result.is_ok() && state.overran() {
+        result = Err(deadline_exceeded(&state.settings().limits));
+    }
     let mut logs = std::mem::take(&mut state.logs);
     if state.logs_dropped > 0 {
         logs.push((
@@ -305,9 +355,7 @@ fn classify(
         ));
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            CallFailure::permanent(format!("deadline of {} ms exceeded", limits.deadline_ms))
-        }
+        Some(Trap::Interrupt) => deadline_exceeded(&limits),
         Some(Trap::OutOfFuel) => {
             CallFailure::permanent(format!("instruction budget of {} exhausted", limits.fuel))
         }
@@ -320,6 +368,10 @@ fn classify(
         }
         None => CallFailure::permanent(format!("the call failed: {e}")),
     }
+}
+
+fn deadline_exceeded(limits: &super::limits::Limits) -> CallFailure {
+    CallFailure::permanent(format!("deadline of {} ms exceeded", limits.deadline_ms))
 }
 
 impl Drop for Runtime {

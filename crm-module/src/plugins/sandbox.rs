@@ -82,6 +82,8 @@ pub struct CallState {
     pub memory: MemoryCap,
     settings: Arc<PluginSettings>,
     deadline: Instant,
+    /// A wait on a WASI clock was cut to the deadline.
+    wait_cut: bool,
     /// The patient values of this call, scrubbed from log lines and stderr.
     redactor: Arc<Redactor>,
     /// Log lines the plugin wrote, already scrubbed, forwarded after the call.
@@ -119,12 +121,39 @@ impl CallState {
             },
             settings,
             deadline,
+            wait_cut: false,
             redactor,
             logs: Vec::new(),
             logs_dropped: 0,
             fetches: 0,
             fetch_failures: Vec::new(),
         }
+    }
+
+    /// `nanos`, a wait on a WASI clock the plugin asked for, cut to what is
+    /// left before the call's deadline (0 once it has passed); a cut is
+    /// remembered for [`CallState::overran`].
+    pub fn bounded_wait(&mut self, nanos: u64) -> u64 {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+        if nanos > left {
+            self.wait_cut = true;
+        }
+        nanos.min(left)
+    }
+
+    /// The plugin's settings for this call.
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
+    /// Whether the call ran into its deadline in a wait [`bounded_wait`]
+    /// cut short: the plugin woke at the deadline, before the time it
+    /// asked for, so whatever it answered after is not its answer in time.
+    ///
+    /// [`bounded_wait`]: CallState::bounded_wait
+    pub fn overran(&self) -> bool {
+        self.wait_cut && Instant::now() >= self.deadline
     }
 
     /// What the plugin wrote to stderr, lossily decoded, scrubbed of patient

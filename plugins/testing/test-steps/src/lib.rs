@@ -5,6 +5,7 @@
 //! | `noop` | `continue([])` at once (per-call overhead) |
 //! | `echo` | `continue([echo = <config.value as a JSON string>])` |
 //! | `spin` | loops forever (deadline / fuel) |
+//! | `sleep` | sleeps `config.seconds` (default 3600) in `std::thread::sleep`, a wait inside WASI's clock, then `continue([])` (deadline) |
 //! | `memory-bomb` | allocates and touches 1 MiB chunks forever (memory cap) |
 //! | `trap` | panics (a trap) |
 //! | `big-output` | `continue([big = <JSON string of config.bytes 'x's>])`, default 2 000 000 (output cap) |
@@ -97,6 +98,13 @@ pub fn describe() -> Description {
                 vec![Continue, PropertyChanges, Failure],
             ),
             t("spin", actions, "Loops forever", json!({}), vec![Continue]),
+            t(
+                "sleep",
+                actions,
+                "Sleeps for config.seconds",
+                json!({"seconds": {"type": "integer", "title": "Seconds", "default": 3600, "minimum": 0}}),
+                vec![Continue],
+            ),
             t(
                 "memory-bomb",
                 actions,
@@ -238,6 +246,12 @@ fn run(
             loop {
                 n = black_box(n.wrapping_add(1));
             }
+        }
+        "sleep" => {
+            let seconds = opt_i64(config, "seconds")?.unwrap_or(3600);
+            let seconds = u64::try_from(seconds).map_err(|_| "seconds: must be >= 0")?;
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            StepOutcome::Continue(Vec::new())
         }
         "memory-bomb" => {
             let mut chunks: Vec<Vec<u8>> = Vec::new();
