@@ -726,6 +726,17 @@ impl Worker {
                 Err(f.reason)
             }
         };
+        self.finish_custom_step(&row, result, now)
+    }
+
+    /// Moves the enrollment of a custom step's row on with the step's
+    /// result.
+    fn finish_custom_step(
+        &self,
+        row: &outbox::Row,
+        result: std::result::Result<crate::plugins::StepResult, String>,
+        now: Millis,
+    ) -> Result<()> {
         let (Some(enrollment_id), Some(step_id)) = (row.enrollment_id, row.step_id.as_deref())
         else {
             return Ok(());
@@ -1240,6 +1251,17 @@ impl Worker {
     /// that too, the error is logged.
     fn defer(&mut self, outbox_id: i64) {
         let now = self.clock.now();
+        // The last attempt: failed as if its sender had said so, so that
+        // what follows a failure follows (a custom step's enrollment moves
+        // on or exits; a message logs its failure and sends its fallback).
+        // If even that cannot be recorded, the row alone is marked failed.
+        let last = outbox::by_id(&self.conn, outbox_id)
+            .ok()
+            .flatten()
+            .is_some_and(|row| row.attempts + 1 >= outbox::MAX_ATTEMPTS);
+        if last && self.in_savepoint(|w| w.give_up(outbox_id)).is_ok() {
+            return;
+        }
         if let Err(e) =
             self.in_savepoint(|w| outbox::defer(&w.conn, outbox_id, now + ANSWER_RETRY_MS, now))
         {
@@ -1248,6 +1270,31 @@ impl Worker {
                 &format!("deferring outbox row {outbox_id} failed: {e}"),
             );
         }
+    }
+
+    /// Fails a row whose answers could not be recorded
+    /// ([`outbox::MAX_ATTEMPTS`] times), as a failure answered by its
+    /// sender would.
+    fn give_up(&mut self, outbox_id: i64) -> Result<()> {
+        const REASON: &str = "failed: its answers could not be recorded";
+        let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
+            return Ok(());
+        };
+        if row.kind != EffectKind::PluginStep {
+            return self.record_answer(
+                outbox_id,
+                HostAnswer::Failed,
+                Some(REASON),
+                &AnsweredBy::Host,
+            );
+        }
+        let now = self.clock.now();
+        if outbox::record_answer(&self.conn, outbox_id, HostAnswer::Failed, Some(REASON), now)?
+            == "failed"
+        {
+            self.finish_custom_step(&row, Err(REASON.into()), now)?;
+        }
+        Ok(())
     }
 
     /// Hands due outbox rows to the dispatcher.
@@ -1610,6 +1657,51 @@ mod tests {
         assert!(at >= now + ANSWER_RETRY_MS, "deferred: {}", at - now);
         let idle = w.wait_time().expect("system clock");
         assert!(idle > Duration::from_secs(50), "no loop: {idle:?}");
+    }
+
+    /// At its last attempt, a row whose answers cannot be recorded fails
+    /// as a failure its sender answered would (logged, so what follows a
+    /// failure follows: a custom step's enrollment moves on), not by a bare
+    /// mark on the row.
+    #[test]
+    fn a_row_whose_answers_cannot_be_recorded_fails_at_its_last_attempt_as_answered() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let now = crate::clock::system_now();
+        let id = queue_task(&w, "test-a", "c1", now - 1_000);
+        w.conn
+            .execute(
+                "UPDATE outbox SET attempts = ?2 WHERE id = ?1",
+                params![id, outbox::MAX_ATTEMPTS - 1],
+            )
+            .expect("attempts");
+        w.in_flight.insert(id);
+        w.faults = vec!["record_answer"];
+        w.round(vec![Request::Answer {
+            outbox_id: id,
+            answer: HostAnswer::Accepted,
+            error: None,
+            by: AnsweredBy::Host,
+        }]);
+        let (status, error): (String, String) = w
+            .conn
+            .query_row(
+                "SELECT status, last_error FROM outbox WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the row");
+        assert_eq!(status, "failed");
+        assert!(error.contains("could not be recorded"), "{error}");
+        let logged: i64 = w
+            .conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE kind = 'effect_failed'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("events");
+        assert_eq!(logged, 1, "the failure is logged as an answered one");
     }
 
     /// A custom step's row is handed over (to the plugin pool) with no

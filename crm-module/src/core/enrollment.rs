@@ -1237,7 +1237,11 @@ fn plugin_changes(
     changes: &[(String, Value)],
 ) -> std::result::Result<serde_json::Map<String, Value>, String> {
     let mut map = serde_json::Map::new();
-    for (name, value) in changes {
+    for (i, (name, value)) in changes.iter().enumerate() {
+        // A name that is not a property name is not echoed: it could be
+        // anything, a patient's email among them.
+        crate::model::contact::validate_key(name)
+            .map_err(|e| format!("property change {}: {e}", i + 1))?;
         let settable: Option<SettableProperty> =
             serde_json::from_value(Value::String(name.clone())).ok();
         let normalized = match settable {
@@ -1260,5 +1264,59 @@ fn plugin_changes(
         .map_err(|e| format!("property change {name}: {e}"))?;
         map.insert(name.clone(), normalized);
     }
+    // The record's limit, which the write would refuse as a storage error
+    // and leave the step waiting for an answer that never lands.
+    let added = (map.iter())
+        .filter(|(k, v)| !v.is_null() && !contact.props.contains_key(*k))
+        .count();
+    let max = crate::model::contact::MAX_PROPERTIES;
+    if contact.props.len() + added > max {
+        return Err(format!(
+            "property changes: the contact would carry more than {max} properties"
+        ));
+    }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(props: usize) -> contacts::Contact {
+        contacts::Contact {
+            id: "c1".into(),
+            props: (0..props).map(|i| (format!("p{i}"), json!("v"))).collect(),
+            insurance_verification: None,
+            portal_active: false,
+            created_at: 0,
+            last_activity: 0,
+            last_engaged_at: None,
+            source_updated_at: None,
+        }
+    }
+
+    /// A plugin's changes that would take the contact past its limit of
+    /// properties fail the step (its reason), rather than the write failing
+    /// as storage and the enrollment waiting for good; changing a property
+    /// the contact has, or clearing one, adds none.
+    #[test]
+    fn property_changes_past_the_contacts_limit_fail_the_step() {
+        let max = crate::model::contact::MAX_PROPERTIES;
+        let full = contact(max);
+        let e = plugin_changes(&full, &[("score".into(), json!(3))]).unwrap_err();
+        assert!(e.contains(&format!("more than {max} properties")), "{e}");
+        assert!(plugin_changes(&full, &[("p0".into(), json!(3))]).is_ok());
+        assert!(plugin_changes(&full, &[("score".into(), Value::Null)]).is_ok());
+        assert!(plugin_changes(&contact(max - 1), &[("score".into(), json!(3))]).is_ok());
+    }
+
+    /// A name that is not a property name is refused without being
+    /// echoed into the step's failure reason (which the event log keeps).
+    #[test]
+    fn a_change_of_a_name_that_is_no_property_name_is_not_echoed() {
+        let e =
+            plugin_changes(&contact(1), &[("jane.doe@example.com".into(), json!(1))]).unwrap_err();
+        assert!(e.starts_with("property change 1: "), "{e}");
+        assert!(!e.contains("jane"), "{e}");
+    }
 }
