@@ -166,21 +166,27 @@ pub enum Command {
         #[serde(default)]
         wasm_base64: Option<String>,
         /// Origins a sender adapter may fetch (`https://api.provider.example`).
+        /// Left out: none at a first install, the installed version's on a
+        /// replacement (as for every part of what the practice grants).
         #[serde(default)]
-        grants: Vec<String>,
-        /// Limits of each call (defaults apply to fields left out).
+        grants: Option<Vec<String>>,
+        /// Limits of each call: the fields given; the others are the
+        /// defaults at a first install, the installed version's on a
+        /// replacement.
         #[serde(default)]
-        limits: crate::plugins::limits::Limits,
+        limits: Option<crate::plugins::limits::LimitChanges>,
         /// Plain settings the plugin reads (`config.get`).
         #[serde(default)]
-        config: std::collections::BTreeMap<String, String>,
+        config: Option<std::collections::BTreeMap<String, String>>,
         /// Secrets the plugin reads (`config.secret`); never shown back.
         #[serde(default)]
-        secrets: std::collections::BTreeMap<String, String>,
-        /// Enabled once installed (default true).
-        #[serde(default = "default_true")]
-        enabled: bool,
-        /// Upgrade the installed plugin with the same id.
+        secrets: Option<std::collections::BTreeMap<String, String>>,
+        /// Enabled once installed. Left out: true at a first install; on a
+        /// replacement, as the installed version was.
+        #[serde(default)]
+        enabled: Option<bool>,
+        /// Upgrade the installed plugin with the same id, keeping what the
+        /// practice granted it except the parts given here.
         #[serde(default)]
         replace: bool,
         /// The compiled and described component (filled by the module).
@@ -197,9 +203,9 @@ pub enum Command {
         /// Granted origins.
         #[serde(default)]
         grants: Option<Vec<String>>,
-        /// Limits.
+        /// Limits: the fields given; the others keep their stored value.
         #[serde(default)]
-        limits: Option<crate::plugins::limits::Limits>,
+        limits: Option<crate::plugins::limits::LimitChanges>,
         /// Plain settings.
         #[serde(default)]
         config: Option<std::collections::BTreeMap<String, String>>,
@@ -228,10 +234,6 @@ pub enum Command {
     /// Lists the installed plugins with their figures (the `plugins` view).
     #[serde(rename = "plugin.list")]
     PluginList,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl Command {
@@ -1214,14 +1216,19 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             prepared,
             ..
         } => {
-            let grants = crate::plugins::registry::Grants {
+            let changes = crate::plugins::registry::GrantChanges {
                 grants,
                 limits,
                 config,
                 secrets,
             };
-            let v =
-                crate::plugins::admin::install(ctx, prepared.as_deref(), grants, enabled, replace)?;
+            let v = crate::plugins::admin::install(
+                ctx,
+                prepared.as_deref(),
+                changes,
+                enabled,
+                replace,
+            )?;
             Ok((v, None))
         }
         Command::PluginConfigure {
@@ -1230,10 +1237,18 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             limits,
             config,
             secrets,
-        } => Ok((
-            crate::plugins::admin::configure(ctx, &plugin_id, grants, limits, config, secrets)?,
-            None,
-        )),
+        } => {
+            let changes = crate::plugins::registry::GrantChanges {
+                grants,
+                limits,
+                config,
+                secrets,
+            };
+            Ok((
+                crate::plugins::admin::configure(ctx, &plugin_id, changes)?,
+                None,
+            ))
+        }
         Command::PluginEnable { plugin_id } => Ok((
             crate::plugins::admin::set_enabled(ctx, &plugin_id, true)?,
             None,

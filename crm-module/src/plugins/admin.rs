@@ -4,8 +4,6 @@
 //! [`crate::module::Module::execute`], off the worker), and the plugin host
 //! reloads from the database after the commit.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use serde_json::Value;
 
@@ -13,8 +11,7 @@ use super::Prepared;
 use super::contract::PluginKind;
 use super::descriptor::Descriptor;
 use super::fetch::Grant;
-use super::limits::Limits;
-use super::registry::{self, Grants};
+use super::registry::{self, GrantChanges, Grants};
 use crate::core::Ctx;
 use crate::error::{Error, Result};
 use crate::model::automation::{Step, StepKind};
@@ -110,12 +107,15 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// `plugin.install`.
+/// `plugin.install`. A first install starts from the defaults (nothing
+/// granted, default limits, enabled); a replacement keeps what the practice
+/// granted the installed version, and whether it is enabled, except the
+/// parts the command gives.
 pub fn install(
     ctx: &Ctx<'_>,
     prepared: Option<&Prepared>,
-    grants: Grants,
-    enabled: bool,
+    changes: GrantChanges,
+    enabled: Option<bool>,
     replace: bool,
 ) -> Result<Value> {
     let Some(p) = prepared else {
@@ -123,11 +123,32 @@ pub fn install(
             "plugin.install reached the worker without its compiled component".into(),
         ));
     };
+    let stored = match replace {
+        true => registry::get(ctx.conn, &p.descriptor.id)?,
+        false => None,
+    };
+    let (base, was_enabled) = match stored {
+        Some(s) => (s.grants(), s.enabled),
+        None => (Grants::default(), true),
+    };
+    let grants = changes.onto(base)?;
+    let enabled = enabled.unwrap_or(was_enabled);
     check_grants(p.descriptor.kind, &grants)?;
     if replace {
         check_replacement(ctx, &p.descriptor)?;
     }
     registry::install(ctx.conn, p, &grants, enabled, replace, ctx.now)?;
+    if replace {
+        // A sender adapter's new version must still send each channel the
+        // settings deliver through it (read back as stored; refused, the
+        // command's savepoint undoes the install).
+        check_adapters(ctx.conn, &ctx.settings.doc).map_err(|e| {
+            Error::Conflict(format!(
+                "the new version cannot replace plugin {:?}: {e}; choose another delivery first",
+                p.descriptor.id
+            ))
+        })?;
+    }
     to_json(&summary(&p.descriptor, enabled, &p.sha256))
 }
 
@@ -167,23 +188,12 @@ fn check_replacement(ctx: &Ctx<'_>, new: &Descriptor) -> Result<()> {
     Ok(())
 }
 
-/// `plugin.configure`: replaces the given parts of what the practice grants.
-pub fn configure(
-    ctx: &Ctx<'_>,
-    plugin_id: &str,
-    grants: Option<Vec<String>>,
-    limits: Option<Limits>,
-    config: Option<BTreeMap<String, String>>,
-    secrets: Option<BTreeMap<String, String>>,
-) -> Result<Value> {
+/// `plugin.configure`: replaces the given parts of what the practice grants
+/// (limits field by field).
+pub fn configure(ctx: &Ctx<'_>, plugin_id: &str, changes: GrantChanges) -> Result<Value> {
     let stored = registry::get(ctx.conn, plugin_id)?
         .ok_or_else(|| Error::NotFound(format!("plugin {plugin_id:?}")))?;
-    let next = Grants {
-        grants: grants.unwrap_or(stored.grants),
-        limits: limits.unwrap_or(stored.limits),
-        config: config.unwrap_or(stored.config),
-        secrets: secrets.unwrap_or(stored.secrets),
-    };
+    let next = changes.onto(stored.grants())?;
     check_grants(stored.descriptor.kind, &next)?;
     registry::configure(ctx.conn, plugin_id, &next, ctx.now)?;
     to_json(&summary(&stored.descriptor, stored.enabled, &stored.sha256))
@@ -398,5 +408,121 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A sender adapter declaring `channels`.
+    fn sender(channels: &[&str]) -> Prepared {
+        let descriptor = serde_json::from_value(json!({
+            "id": "texter", "name": "Texter", "version": "1", "vendor": "V", "description": "d",
+            "kind": "sender", "contract": "1.0.0", "channels": channels
+        }))
+        .unwrap();
+        Prepared {
+            descriptor,
+            sha256: "sha".into(),
+            wasm: std::sync::Arc::new(vec![0]),
+        }
+    }
+
+    fn changes(v: serde_json::Value) -> GrantChanges {
+        let limits = v
+            .get("limits")
+            .map(|l| serde_json::from_value(l.clone()).unwrap());
+        GrantChanges {
+            grants: v
+                .get("grants")
+                .map(|g| serde_json::from_value(g.clone()).unwrap()),
+            limits,
+            config: v
+                .get("config")
+                .map(|c| serde_json::from_value(c.clone()).unwrap()),
+            secrets: v
+                .get("secrets")
+                .map(|c| serde_json::from_value(c.clone()).unwrap()),
+        }
+    }
+
+    /// A replacement keeps what the practice granted the installed version
+    /// (origins, limits field by field, settings, secrets) and whether it
+    /// was enabled, except the parts the command gives; `plugin.configure`
+    /// changes limits field by field too.
+    #[test]
+    fn a_replacement_keeps_what_the_practice_granted() {
+        let mut s = Sim::new();
+        let first = json!({"grants": ["https://api.example.com"], "limits": {"deadline_ms": 5000},
+            "config": {"account": "a1"}, "secrets": {"api_key": "k"}});
+        let p = sender(&["sms"]);
+        s.in_tx(|ctx| install(ctx, Some(&p), changes(first), None, false))
+            .unwrap();
+        s.in_tx(|ctx| set_enabled(ctx, "texter", false)).unwrap();
+        let new = json!({"limits": {"fuel": 20_000_000}});
+        s.in_tx(|ctx| install(ctx, Some(&p), changes(new), None, true))
+            .unwrap();
+        let stored = registry::get(&s.conn, "texter").unwrap().unwrap();
+        assert_eq!(stored.grants, ["https://api.example.com"]);
+        assert_eq!(
+            (stored.limits.deadline_ms, stored.limits.fuel),
+            (5000, 20_000_000)
+        );
+        assert_eq!(stored.config["account"], "a1");
+        assert_eq!(stored.secrets["api_key"], "k");
+        assert!(!stored.enabled, "still disabled");
+        let tighter = json!({"limits": {"fetches_per_call": 2}});
+        s.in_tx(|ctx| configure(ctx, "texter", changes(tighter)))
+            .unwrap();
+        let stored = registry::get(&s.conn, "texter").unwrap().unwrap();
+        assert_eq!(
+            (stored.limits.deadline_ms, stored.limits.fetches_per_call),
+            (5000, 2)
+        );
+    }
+
+    /// A sender adapter that settings deliver a channel through cannot be
+    /// replaced by a version that does not send it.
+    #[test]
+    fn a_replacement_still_sends_what_settings_deliver_through_it() {
+        let mut s = Sim::new();
+        s.in_tx(|ctx| {
+            install(
+                ctx,
+                Some(&sender(&["sms"])),
+                GrantChanges::default(),
+                None,
+                false,
+            )
+        })
+        .unwrap();
+        s.settings.doc.sms_delivery = crate::settings::SmsDelivery::Plugin {
+            plugin_id: "texter".into(),
+        };
+        let e = s
+            .in_tx(|ctx| {
+                install(
+                    ctx,
+                    Some(&sender(&["email"])),
+                    GrantChanges::default(),
+                    None,
+                    true,
+                )
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Conflict, "{e}");
+        assert!(e.to_string().contains("does not send sms"), "{e}");
+        let stored = registry::get(&s.conn, "texter").unwrap().unwrap();
+        assert_eq!(
+            stored.descriptor.channels,
+            ["sms"],
+            "the installed version stays"
+        );
+        s.in_tx(|ctx| {
+            install(
+                ctx,
+                Some(&sender(&["sms", "email"])),
+                GrantChanges::default(),
+                None,
+                true,
+            )
+        })
+        .unwrap();
     }
 }

@@ -93,6 +93,44 @@ impl Limits {
     }
 }
 
+/// Limits named in a command: the fields given change, the others keep
+/// the value they had (the defaults at a first install; the stored ones on
+/// a replacement or `plugin.configure`). Checked as [`Limits`] fields when
+/// the command is read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(with = "Limits")]
+pub struct LimitChanges(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for LimitChanges {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let changes = LimitChanges(serde_json::Map::deserialize(d)?);
+        // Unknown fields and values of the wrong type are refused here.
+        changes
+            .onto(Limits::default())
+            .map_err(serde::de::Error::custom)?;
+        Ok(changes)
+    }
+}
+
+impl LimitChanges {
+    /// `base` with the fields given changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for an unknown field or a value of the wrong type.
+    pub fn onto(&self, base: Limits) -> Result<Limits> {
+        let serde_json::Value::Object(mut merged) =
+            serde_json::to_value(base).map_err(|e| Error::Internal(format!("limits: {e}")))?
+        else {
+            return Err(Error::Internal("limits: not an object".into()));
+        };
+        merged.extend(self.0.clone());
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| Error::invalid(format!("limits: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +154,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("limits.deadline_ms"), "{e}");
+    }
+
+    /// Limits given in a command change only the fields named; an unknown
+    /// field or a wrong type is refused when the command is read.
+    #[test]
+    fn limit_changes_keep_the_fields_left_out() {
+        let base = Limits {
+            deadline_ms: 5_000,
+            fuel: 1_000_000,
+            ..Limits::default()
+        };
+        let c: LimitChanges =
+            serde_json::from_str(r#"{"allow_private_network": true}"#).expect("changes");
+        let merged = c.onto(base).expect("merged");
+        assert_eq!(
+            merged,
+            Limits {
+                allow_private_network: true,
+                ..base
+            }
+        );
+        let e = serde_json::from_str::<LimitChanges>(r#"{"deadline": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(serde_json::from_str::<LimitChanges>(r#"{"fuel": "lots"}"#).is_err());
     }
 }

@@ -39,6 +39,18 @@ pub struct StoredPlugin {
     pub updated_at: Millis,
 }
 
+impl StoredPlugin {
+    /// What the practice grants it.
+    pub fn grants(&self) -> Grants {
+        Grants {
+            grants: self.grants.clone(),
+            limits: self.limits,
+            config: self.config.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+}
+
 /// What the practice grants a plugin (everything but the component).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Grants {
@@ -50,6 +62,40 @@ pub struct Grants {
     pub config: BTreeMap<String, String>,
     /// Secrets.
     pub secrets: BTreeMap<String, String>,
+}
+
+/// What a command changes of a plugin's [`Grants`]: each part given
+/// replaces the stored one (limits field by field); the parts left out keep
+/// theirs.
+#[derive(Debug, Clone, Default)]
+pub struct GrantChanges {
+    /// Granted origins.
+    pub grants: Option<Vec<String>>,
+    /// Limits, field by field.
+    pub limits: Option<super::limits::LimitChanges>,
+    /// Plain settings.
+    pub config: Option<BTreeMap<String, String>>,
+    /// Secrets.
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+impl GrantChanges {
+    /// `base` with these changes.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Invalid`] for limits that are not [`Limits`] fields.
+    pub fn onto(self, base: Grants) -> Result<Grants> {
+        Ok(Grants {
+            grants: self.grants.unwrap_or(base.grants),
+            limits: match &self.limits {
+                Some(l) => l.onto(base.limits)?,
+                None => base.limits,
+            },
+            config: self.config.unwrap_or(base.config),
+            secrets: self.secrets.unwrap_or(base.secrets),
+        })
+    }
 }
 
 const COLUMNS: &str =
