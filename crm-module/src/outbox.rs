@@ -177,7 +177,9 @@ pub struct Takers<'a> {
     /// Message channels delivered by one of the module's own senders, a
     /// sender adapter or the built-in SMTP relay for email (no host needed).
     pub sender_channels: &'a [&'a str],
-    /// Channels over their sending limit: their messages wait.
+    /// Lanes that cannot take more now, by channel (over its sending
+    /// limit, or its share in flight) or, for a lane without one, by kind
+    /// (`plugin_step`): their rows wait.
     pub blocked: &'a [&'a str],
 }
 
@@ -204,7 +206,10 @@ fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'stati
             Some(c) => {
                 (t.host.contains(kind) || t.sender_channels.contains(c)) && !t.blocked.contains(c)
             }
-            None => t.host.contains(kind) || *kind == EffectKind::PluginStep,
+            None => {
+                (t.host.contains(kind) || *kind == EffectKind::PluginStep)
+                    && !t.blocked.contains(&kind.as_str())
+            }
         })
 }
 
@@ -232,9 +237,9 @@ pub fn due(
     due_within(conn, now, limit, exclude, takers, &[])
 }
 
-/// [`due`], with at most `room` rows of each message channel it names (what
-/// the channel can still take: its sending budget, its share of the
-/// in-flight room), so that rows the caller could not hand over are not
+/// [`due`], with at most `room` rows of each lane it names, by channel or
+/// by kind as [`Takers::blocked`] (what the lane can still take: a
+/// channel's sending budget, its share of the in-flight room), so that rows the caller could not hand over are not
 /// read and screened for nothing.
 pub fn due_within(
     conn: &Connection,
@@ -247,8 +252,9 @@ pub fn due_within(
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let mut rows = Vec::new();
     for (kind, channel) in open_lanes(takers) {
-        let lane_limit = channel
-            .and_then(|c| room.iter().find(|(r, _)| *r == c))
+        let name = channel.unwrap_or(kind.as_str());
+        let lane_limit = (room.iter())
+            .find(|(r, _)| *r == name)
             .map_or(limit, |(_, n)| (*n).min(limit));
         if lane_limit == 0 {
             continue;

@@ -116,6 +116,10 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Most messages of one channel in flight: a sender that answers slowly (a
 /// relay waiting out its timeouts) leaves room for the other effects.
 const MAX_IN_FLIGHT_PER_CHANNEL: usize = MAX_IN_FLIGHT / 2;
+/// Most custom steps in flight: a few queued per plugin-pool thread (at
+/// most 4). A backlog of slow calls then holds only these slots, and the
+/// host's deliveries falling due meanwhile go past it.
+const MAX_PLUGIN_STEPS_IN_FLIGHT: usize = 16;
 
 /// How long a row whose answer could not be recorded waits before it is
 /// offered again (ms).
@@ -134,6 +138,8 @@ type Advance = (Millis, Sender<Result<()>>);
 /// What the worker keeps of a row in flight.
 #[derive(Debug)]
 struct Flying {
+    /// Its kind.
+    kind: EffectKind,
     /// A message's channel: its share of the in-flight room.
     channel: Option<String>,
     /// Its contact: the marks of [`Rescreen`](crate::messaging::handover::Rescreen)
@@ -472,29 +478,38 @@ impl Worker {
         crate::messaging::limits::remaining(&self.conn, &limits, now, &flying).unwrap_or_default()
     }
 
-    /// How many more messages each channel may hand over now: its sending
-    /// budget, and its share of the in-flight room
-    /// ([`MAX_IN_FLIGHT_PER_CHANNEL`]).
+    /// How many more rows each capped lane may hand over now: each message
+    /// channel its sending budget and its share of the in-flight room
+    /// ([`MAX_IN_FLIGHT_PER_CHANNEL`]); custom steps
+    /// [`MAX_PLUGIN_STEPS_IN_FLIGHT`]. Keyed by channel, or by kind for a
+    /// lane without one ([`outbox::Takers::blocked`]).
     fn channel_room(&self, now: Millis) -> Vec<(&'static str, usize)> {
         let budgets = self.budgets(now);
+        let flying = |lane: &str| {
+            (self.flying.values())
+                .filter(|f| f.channel.as_deref().unwrap_or(f.kind.as_str()) == lane)
+                .count()
+        };
+        let plugin_steps = EffectKind::PluginStep.as_str();
         ["email", "sms"]
             .into_iter()
             .map(|c| {
-                let flying = (self.flying.values())
-                    .filter(|f| f.channel.as_deref() == Some(c))
-                    .count();
-                let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying);
+                let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying(c));
                 let budget = budgets
                     .get(c)
                     .map_or(usize::MAX, |left| usize::try_from(*left).unwrap_or(0));
                 (c, share.min(budget))
             })
+            .chain([(
+                plugin_steps,
+                MAX_PLUGIN_STEPS_IN_FLIGHT.saturating_sub(flying(plugin_steps)),
+            )])
             .collect()
     }
 
-    /// Channels whose messages cannot be handed over now: over their
-    /// sending limit, or with their share of the in-flight room taken (an
-    /// answer wakes the worker).
+    /// Lanes (channels, and custom steps) that cannot hand over now: over
+    /// their sending limit, or with their share of the in-flight room taken
+    /// (an answer wakes the worker).
     fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
         self.channel_room(now)
             .into_iter()
@@ -1359,6 +1374,7 @@ impl Worker {
                 for mut row in rows {
                     self.in_flight.insert(row.id);
                     let flying = Flying {
+                        kind: row.kind,
                         channel: row.channel.clone(),
                         contact: row.contact_id.clone(),
                     };
@@ -1567,6 +1583,7 @@ mod tests {
         for id in &ids[..MAX_IN_FLIGHT_PER_CHANNEL] {
             w.in_flight.insert(*id);
             let flying = Flying {
+                kind: EffectKind::Message,
                 channel: Some("email".into()),
                 contact: None,
             };
@@ -1601,6 +1618,7 @@ mod tests {
         assert!(!w.rescreen.is_stale(&row("c1")), "forgotten");
         w.in_flight.insert(7);
         let flying = Flying {
+            kind: EffectKind::Message,
             channel: Some("email".into()),
             contact: Some("c2".into()),
         };
@@ -1728,6 +1746,36 @@ mod tests {
         let job = handed.try_recv().expect("handed over");
         assert_eq!(job.key, "test-p");
         assert!(w.wait_time().expect("system clock") > Duration::from_secs(50));
+    }
+
+    /// A backlog of custom steps holds at most its own slots in flight: a
+    /// task falling due after it is handed over in the same turn, and the
+    /// backlog alone does not keep the loop awake.
+    #[test]
+    fn a_backlog_of_custom_steps_leaves_room_for_the_hosts_deliveries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let (jobs, handed) = crossbeam_channel::unbounded();
+        w.jobs = jobs;
+        let now = crate::clock::system_now();
+        for i in 0..MAX_IN_FLIGHT + 10 {
+            let (key, contact) = (format!("test-p{i}"), format!("c{i}"));
+            queue(
+                &w,
+                &key,
+                EffectKind::PluginStep,
+                None,
+                &contact,
+                now - 10_000,
+            );
+        }
+        queue_task(&w, "test-task", "c0", now - 1_000);
+        w.dispatch();
+        let keys: Vec<String> = handed.try_iter().map(|j: DueEffect| j.key).collect();
+        assert!(keys.contains(&"test-task".to_string()), "{keys:?}");
+        assert_eq!(keys.len(), MAX_PLUGIN_STEPS_IN_FLIGHT + 1, "{keys:?}");
+        let idle = w.wait_time().expect("system clock");
+        assert!(idle > Duration::from_secs(50), "{idle:?}");
     }
 
     fn lists(w: &Worker) -> i64 {
