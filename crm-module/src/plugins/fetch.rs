@@ -375,6 +375,9 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return is_public_v4(embedded_v4(s[6], s[7])); // NAT64
     }
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return is_public_v4(embedded_v4(s[6], s[7])); // SIIT (IPv4-translated)
+    }
     !(a.is_loopback()
         || a.is_unspecified()
         || a.is_multicast()
@@ -382,6 +385,7 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[..3] == [0x64, 0xff9b, 1]) // local-use NAT64: a site's own translator
         || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
 }
 
@@ -490,6 +494,10 @@ mod tests {
             "::ffff:10.0.0.1",
             "2002:0a00:0001::",
             "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::808:808",
+            "::ffff:0:a00:1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -498,6 +506,7 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

@@ -42,24 +42,41 @@ pub struct PluginSettings {
 }
 
 /// Refuses memory growth past the plugin's cap and remembers that it did.
+/// The cap holds for the instance: all its linear memories together (a
+/// component may have several, one per core module).
 #[derive(Debug)]
 pub struct MemoryCap {
     cap: u64,
+    /// Bytes of linear memory the instance has now, all memories.
+    used: u64,
     /// The size a refused growth asked for.
     pub refused: Option<u64>,
+}
+
+impl MemoryCap {
+    /// A cap of `cap` bytes.
+    pub fn new(cap: u64) -> MemoryCap {
+        MemoryCap {
+            cap,
+            used: 0,
+            refused: None,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.cap {
-            self.refused = Some(desired as u64);
+        let asked = self.used + desired.saturating_sub(current) as u64;
+        if asked > self.cap {
+            self.refused = Some(asked);
             return Ok(false);
         }
+        self.used = asked;
         Ok(true)
     }
 
@@ -115,10 +132,7 @@ impl CallState {
             wasi,
             table: ResourceTable::new(),
             stderr,
-            memory: MemoryCap {
-                cap: settings.limits.memory_bytes,
-                refused: None,
-            },
+            memory: MemoryCap::new(settings.limits.memory_bytes),
             settings,
             deadline,
             wait_cut: false,
@@ -278,6 +292,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// The memory cap holds for all of an instance's memories together.
+    #[test]
+    fn the_memory_cap_counts_every_memory() {
+        const MIB: usize = 1024 * 1024;
+        let mut cap = MemoryCap::new(16 * MIB as u64);
+        assert!(cap.memory_growing(0, 10 * MIB, None).unwrap());
+        assert!(
+            !cap.memory_growing(0, 10 * MIB, None).unwrap(),
+            "a second memory past the cap"
+        );
+        assert_eq!(cap.refused, Some(20 * MIB as u64));
+        assert!(cap.memory_growing(0, 6 * MIB, None).unwrap(), "up to it");
+        assert!(cap.memory_growing(10 * MIB, 10 * MIB, None).unwrap());
+        assert!(!cap.memory_growing(10 * MIB, 11 * MIB, None).unwrap());
+    }
 
     fn redactor() -> Arc<Redactor> {
         Arc::new(Redactor::contact(
