@@ -212,7 +212,17 @@ impl PluginHost {
     /// component cannot be loaded, or its declaration is wrong.
     pub fn prepare(&self, wasm: Vec<u8>) -> Result<Prepared> {
         let sha = sha256_hex(&wasm);
-        let (linked, contract) = self.link(&wasm, &sha)?;
+        let cached = self.linked.lock().contains_key(&sha);
+        let prepared = self.describe(wasm, &sha);
+        if prepared.is_err() && !cached {
+            // A component refused keeps no compiled code.
+            self.linked.lock().remove(&sha);
+        }
+        prepared
+    }
+
+    fn describe(&self, wasm: Vec<u8>, sha: &str) -> Result<Prepared> {
+        let (linked, contract) = self.link(&wasm, sha)?;
         let runtime = self.runtime()?;
         let settings = Arc::new(PluginSettings::default());
         // `describe` is given no patient data: nothing to scrub.
@@ -234,19 +244,21 @@ impl PluginHost {
         descriptor.validate()?;
         Ok(Prepared {
             descriptor,
-            sha256: sha,
+            sha256: sha.to_string(),
             wasm: Arc::new(wasm),
         })
     }
 
     /// Replaces the loaded set with the stored plugins (compiling only
-    /// components not seen before). A plugin that no longer loads is left
+    /// components not seen before, and keeping compiled only those). A plugin that no longer loads is left
     /// out and logged; its calls are retried until it is fixed or removed.
     pub fn load(&self, stored: Vec<StoredPlugin>) {
         if stored.is_empty() && !self.started() {
             self.loaded.write().clear();
             return;
         }
+        let shas: std::collections::HashSet<String> =
+            stored.iter().map(|p| p.sha256.clone()).collect();
         let mut next = HashMap::new();
         for p in stored {
             let id = p.descriptor.id.clone();
@@ -262,6 +274,9 @@ impl PluginHost {
             }
         }
         *self.loaded.write() = next;
+        // Compiled code of components no longer stored (replaced, removed,
+        // or prepared for an install that did not land) is dropped.
+        self.linked.lock().retain(|sha, _| shas.contains(sha));
     }
 
     fn load_one(&self, p: StoredPlugin) -> Result<Loaded> {
