@@ -87,6 +87,17 @@ impl Contact {
             )),
             "last_activity" => Some(Value::from(self.last_activity)),
             "created_at" => Some(Value::from(self.created_at)),
+            // Whole calendar days in the practice's time zone: touched
+            // yesterday evening is 1 this morning.
+            "days_since_last_activity" | "days_since_created" => {
+                let at = match name {
+                    "days_since_created" => self.created_at,
+                    _ => self.last_activity,
+                };
+                let today = crate::schedule::local_date(now, tz);
+                let then = crate::schedule::local_date(at, tz);
+                Some(Value::from((today - then).num_days()))
+            }
             "insurance_verification" => self.insurance_verification.clone().map(Value::String),
             "portal_active" => Some(Value::Bool(self.portal_active)),
             "age" => {
@@ -662,6 +673,54 @@ mod tests {
     use super::*;
     use crate::store::{self, Access};
     use serde_json::json;
+
+    /// Days since a moment are whole calendar days in the practice's time
+    /// zone: 23:30 yesterday is 1 day ago at 00:30 today, and a condition
+    /// "more than 30" reads days, not milliseconds.
+    #[test]
+    fn days_since_count_calendar_days_in_the_practices_time_zone() {
+        let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let c = Contact {
+            id: "c1".into(),
+            props: Map::new(),
+            insurance_verification: None,
+            portal_active: false,
+            created_at: at("2026-01-01T12:00:00-05:00"),
+            last_activity: at("2026-03-07T23:30:00-05:00"),
+            last_engaged_at: None,
+            source_updated_at: None,
+        };
+        let now = at("2026-03-08T00:30:00-05:00");
+        assert_eq!(
+            c.property("days_since_last_activity", now, tz),
+            Some(json!(1))
+        );
+        assert_eq!(c.property("days_since_created", now, tz), Some(json!(66)));
+        // Across the spring change (8 March 2026, 02:00 EST → 03:00 EDT).
+        let later = at("2026-04-07T01:00:00-04:00");
+        assert_eq!(
+            c.property("days_since_last_activity", later, tz),
+            Some(json!(31))
+        );
+        let days = c.property("days_since_last_activity", later, tz);
+        let op = crate::model::automation::CompareOp::GreaterThan;
+        assert!(crate::core::conditions::compare(
+            days.as_ref(),
+            op,
+            Some(&json!(30))
+        ));
+        let days = c.property("days_since_last_activity", now, tz);
+        assert!(!crate::core::conditions::compare(
+            days.as_ref(),
+            op,
+            Some(&json!(30))
+        ));
+    }
 
     /// The indexed columns as stored, and what the indexes find.
     fn columns(

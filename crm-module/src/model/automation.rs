@@ -950,7 +950,14 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
                 }
                 // Computed on every touch or from the date: no change to
                 // react to (Inactive for N days and Birthday cover them).
-                ("last_activity" | "created_at" | "age", _) => Err(loc(Error::invalid(format!(
+                (
+                    "last_activity"
+                    | "created_at"
+                    | "age"
+                    | "days_since_last_activity"
+                    | "days_since_created",
+                    _,
+                ) => Err(loc(Error::invalid(format!(
                     "property: {property} is computed by the module; it cannot trigger an automation"
                 )))),
                 ("tags", _) | (_, None) => Ok(()),
@@ -1263,6 +1270,18 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
             value,
         } => {
             crate::model::contact::validate_key(property).map_err(|e| e.at(path))?;
+            // Instants (milliseconds since 1970), which no one can compare
+            // with a number they would type: "more than 30" held for every
+            // contact. Their whole days ago can be.
+            if let Some(days) = match property.as_str() {
+                "last_activity" => Some("days_since_last_activity"),
+                "created_at" => Some("days_since_created"),
+                _ => None,
+            } {
+                return Err(Error::invalid(format!(
+                    "{path}.property: {property} is a moment in time; compare {days} (whole days ago, in the practice's time zone) instead"
+                )));
+            }
             let needs_value = !matches!(op, CompareOp::IsSet | CompareOp::IsNotSet);
             if needs_value && value.is_none() {
                 return Err(Error::invalid(format!(
@@ -1316,7 +1335,7 @@ fn check_comparison(
     let ordered = matches!(op, CompareOp::GreaterThan | CompareOp::LessThan);
     let contains = op == CompareOp::Contains;
     match (property, property_type(property)) {
-        ("age" | "last_activity" | "created_at", _) if !contains => numeric(),
+        ("age" | "days_since_last_activity" | "days_since_created", _) if !contains => numeric(),
         ("portal_active", _) if !ordered && !contains => match value {
             Value::Bool(_) => Ok(()),
             _ => Err("value: must be true or false".into()),
@@ -1739,6 +1758,8 @@ mod tests {
             c("balance", "greater_than", json!(100)),
             c("no_show_count", "less_than", json!("3")),
             c("age", "greater_than", json!(64)),
+            c("days_since_last_activity", "greater_than", json!(30)),
+            c("days_since_created", "less_than", json!(7)),
             c("tags", "contains", json!("vip")),
             c("tags", "equals", json!("vip")),
             c("email", "contains", json!("@example.org")),
@@ -1777,6 +1798,18 @@ mod tests {
                 "value: must be a date",
             ),
             (c("balance", "equals", json!(" 3")), "must be a number"),
+            (
+                c("last_activity", "greater_than", json!(30)),
+                "compare days_since_last_activity",
+            ),
+            (
+                json!({"type": "property", "property": "created_at", "op": "is_set"}),
+                "compare days_since_created",
+            ),
+            (
+                c("days_since_created", "greater_than", json!("a week")),
+                "must be a number",
+            ),
             (
                 c("owner", "contains", json!("Lee")),
                 "cannot be compared with contains",

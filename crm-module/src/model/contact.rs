@@ -73,6 +73,8 @@ pub const KNOWN_PROPERTIES: &[(&str, PropertyType)] = &[
 pub const DERIVED_PROPERTIES: &[&str] = &[
     "last_activity",
     "created_at",
+    "days_since_last_activity",
+    "days_since_created",
     "age",
     "insurance_verification",
     "portal_active",

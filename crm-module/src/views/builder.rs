@@ -700,6 +700,8 @@ pub(crate) fn property_label(name: &str) -> String {
         "time_zone" => "Time zone",
         "last_activity" => "Last Activity",
         "created_at" => "Created",
+        "days_since_last_activity" => "Days since last activity",
+        "days_since_created" => "Days since created",
         "age" => "Age",
         "insurance_verification" => "Insurance verification",
         "portal_active" => "Patient portal active",
@@ -2151,7 +2153,12 @@ fn condition_options(
     let mut out: Vec<FieldOption> = KNOWN_PROPERTIES
         .iter()
         .map(|(n, _)| n)
-        .chain(DERIVED_PROPERTIES.iter())
+        // The instants themselves are compared as days since.
+        .chain(
+            DERIVED_PROPERTIES
+                .iter()
+                .filter(|n| !matches!(**n, "last_activity" | "created_at")),
+        )
         .map(|n| {
             grouped(
                 json!({"type": "property", "property": n}),
@@ -2390,6 +2397,13 @@ mod tests {
         assert_eq!(cond["kind"], "condition");
         let opts = cond["options"].as_array().unwrap();
         assert!(opts.iter().any(|o| o["value"]["type"] == "goal_reached"));
+        let property = |p: &str| opts.iter().find(|o| o["value"]["property"] == p);
+        let days = property("days_since_last_activity").expect("days since");
+        assert_eq!(days["label"], "Days since last activity");
+        assert!(
+            property("last_activity").is_none() && property("created_at").is_none(),
+            "instants are offered as days since"
+        );
         assert!(opts.iter().any(|o| o["value"]["step_id"] == "s1"));
         assert!(opts.iter().any(|o| o["value"]["list_id"] == "l1"));
 
