@@ -270,14 +270,19 @@ pub fn enroll(
     Ok(Some(id))
 }
 
-/// Ends an enrollment as exited with a reason.
+/// Ends an enrollment as exited with a reason; an enrollment that already
+/// ended (a stale copy) is left as it is, and nothing is logged.
 pub fn exit(ctx: &Ctx<'_>, e: &Enrollment, reason: &str) -> Result<()> {
-    ctx.conn
+    let ended = ctx
+        .conn
         .prepare_cached(
             "UPDATE enrollments SET state = 'exited', ended_at = ?2, exit_reason = ?3, wake_at = NULL
              WHERE id = ?1 AND state = 'active'",
         )?
         .execute(params![e.id, ctx.now, reason])?;
+    if ended == 0 {
+        return Ok(());
+    }
     // What it queued and is already screened for hand-over is withdrawn.
     ctx.rescreen(&e.contact_id);
     Log {
@@ -289,12 +294,16 @@ pub fn exit(ctx: &Ctx<'_>, e: &Enrollment, reason: &str) -> Result<()> {
 }
 
 fn complete(ctx: &Ctx<'_>, e: &Enrollment) -> Result<()> {
-    ctx.conn
+    let ended = ctx
+        .conn
         .prepare_cached(
             "UPDATE enrollments SET state = 'completed', ended_at = ?2, step_id = NULL, wake_at = NULL
              WHERE id = ?1 AND state = 'active'",
         )?
         .execute(params![e.id, ctx.now])?;
+    if ended == 0 {
+        return Ok(());
+    }
     log_for("completed", e).write(ctx.conn, ctx.now)
 }
 
@@ -1308,6 +1317,28 @@ mod tests {
         assert!(plugin_changes(&full, &[("p0".into(), json!(3))]).is_ok());
         assert!(plugin_changes(&full, &[("score".into(), Value::Null)]).is_ok());
         assert!(plugin_changes(&contact(max - 1), &[("score".into(), json!(3))]).is_ok());
+    }
+
+    /// Exiting a copy of an enrollment that has already ended changes and
+    /// logs nothing: the exits counted stay one per enrollment, with one
+    /// reason.
+    #[test]
+    fn an_enrollment_that_already_ended_is_not_exited_again() {
+        let mut s = crate::core::sim::Sim::new();
+        let a = s.automation(
+            json!({"name": "Wait", "trigger": {"type": "contact_created"},
+            "steps": [{"id": "w", "type": "delay", "amount": 2, "unit": "days"}]}),
+        );
+        s.contact("c1", json!({}));
+        let id: i64 = s.value("SELECT id FROM enrollments");
+        let stale = load(&s.conn, id).unwrap().unwrap();
+        s.in_tx(|ctx| exit(ctx, &stale, "email_reply")).unwrap();
+        s.in_tx(|ctx| exit(ctx, &stale, "sms_opt_out")).unwrap();
+        s.in_tx(|ctx| complete(ctx, &stale)).unwrap();
+        assert_eq!(s.count("exited", Some(&a)), 1);
+        assert_eq!(s.count("completed", Some(&a)), 0);
+        let reason: String = s.value("SELECT exit_reason FROM enrollments");
+        assert_eq!(reason, "email_reply");
     }
 
     /// A name that is not a property name is refused without being

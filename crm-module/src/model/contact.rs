@@ -322,12 +322,17 @@ pub fn display_name(props: &Map<String, Value>) -> String {
     format!("{first} {last}").trim().to_string()
 }
 
-/// Compares two property values for filters: numbers numerically, strings
+/// Compares two property values for filters: numbers numerically (a
+/// number and text holding one too, as "more than" reads them), strings
 /// case-insensitively, arrays by membership of `expected`.
 pub fn value_matches(actual: &Value, expected: &Value) -> bool {
+    let number = |s: &str| s.parse::<f64>().ok();
     match (actual, expected) {
         (Value::String(a), Value::String(b)) => a.eq_ignore_ascii_case(b),
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n)) => {
+            number(s).is_some_and(|s| n.as_f64() == Some(s))
+        }
         (Value::Array(items), e) if !e.is_array() => items.iter().any(|i| value_matches(i, e)),
         (Value::Object(a), Value::String(b)) => {
             // Staff members match by id or display name.
@@ -423,6 +428,10 @@ mod tests {
             &json!("sarah")
         ));
         assert!(value_matches(&json!(2), &json!(2.0)));
+        // A number pushed as text equals the number, as "more than" reads it.
+        assert!(value_matches(&json!("3"), &json!(3)));
+        assert!(value_matches(&json!(3), &json!("3.0")));
+        assert!(!value_matches(&json!("3 visits"), &json!(3)));
         assert!(!value_matches(&json!("lead"), &json!("patient")));
     }
 }
