@@ -174,8 +174,14 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
             continue;
         }
         reach(ctx, &e, def.goal, at)?;
-        if e.state == "active" && def.goal.is_some() && def.unenrollment.goal_met {
-            enrollment::exit(ctx, &e, "goal_met")?;
+        if def.goal.is_some() && def.unenrollment.goal_met {
+            if e.state == "active" {
+                enrollment::exit(ctx, &e, "goal_met")?;
+            } else {
+                // Completed: what it still has queued is withdrawn at
+                // hand-over (`messaging::handover`), screened rows too.
+                ctx.rescreen(&e.contact_id);
+            }
         }
     }
     Ok(())

@@ -161,7 +161,7 @@ pub fn screen(
                 continue;
             }
         };
-        let decision = match enrollment_standing(conn, row.id)? {
+        let decision = match enrollment_standing(conn, catalog, row.id)? {
             Some(Standing::Left(reason)) => Held::Withdrawn(reason),
             Some(Standing::Paused) => Held::Paused,
             None => match (channel, row.contact_id.as_deref()) {
@@ -257,23 +257,46 @@ pub fn release_sending_hours(conn: &Connection, now: Millis) -> Result<()> {
 /// was turned on by a path that did not release it.
 const PAUSED_RECHECK: Millis = crate::clock::DAY;
 
-fn enrollment_standing(conn: &Connection, id: i64) -> Result<Option<Standing>> {
-    let row: Option<(String, Option<String>, String, bool)> = conn
+fn enrollment_standing(conn: &Connection, catalog: &Catalog, id: i64) -> Result<Option<Standing>> {
+    type Facts = (String, Option<String>, String, bool, String, bool);
+    let row: Option<Facts> = conn
         .prepare_cached(
-            "SELECT e.state, e.exit_reason, a.status, a.deleted_at IS NOT NULL FROM outbox o
+            "SELECT e.state, e.exit_reason, a.status, a.deleted_at IS NOT NULL,
+                    e.automation_id, e.goal_reached_at IS NOT NULL FROM outbox o
                JOIN enrollments e ON e.id = o.enrollment_id
                JOIN automations a ON a.id = e.automation_id
               WHERE o.id = ?1",
         )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
         .optional()?;
+    // With *Goal met* on, a goal reached ends what the enrollment still
+    // sends, also after the contact reached the End: the last "book now"
+    // held by a sending limit does not go to someone who just booked.
+    let goal_met = |automation: &str| {
+        catalog.get(automation).is_some_and(|a| {
+            let def = &a.current.def;
+            def.goal.is_some() && def.unenrollment.goal_met
+        })
+    };
     Ok(match row {
-        Some((state, reason, _, _)) if state == "exited" => {
+        Some((state, reason, ..)) if state == "exited" => {
             Some(Standing::Left(reason.unwrap_or_else(|| "exited".into())))
         }
         // Deleted after the contact finished it: what it queued goes no more.
-        Some((_, _, _, true)) => Some(Standing::Left("automation_deleted".into())),
-        Some((_, _, status, _)) if status != "active" => Some(Standing::Paused),
+        Some((_, _, _, true, ..)) => Some(Standing::Left("automation_deleted".into())),
+        Some((.., automation, true)) if goal_met(&automation) => {
+            Some(Standing::Left("goal_met".into()))
+        }
+        Some((_, _, status, ..)) if status != "active" => Some(Standing::Paused),
         _ => None,
     })
 }
@@ -474,6 +497,34 @@ mod tests {
             .unwrap();
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
         assert_eq!(go.len(), 1, "turned on again: handed over");
+    }
+
+    /// With *Goal met* on, a goal reached after the contact reached the End
+    /// withdraws what the enrollment still has queued; with it off, it
+    /// goes.
+    #[test]
+    fn a_goal_met_after_the_end_withdraws_what_is_still_queued() {
+        let mut s = Sim::new();
+        let steps = json!([{"type": "create_task", "title": "Call to book", "assignee": {"kind": "queue", "name": "front_desk"}}]);
+        let def = |name: &str, goal_met: bool| {
+            json!({"name": name, "goal": "book_appointment", "unenrollment": {"goal_met": goal_met},
+                "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"}, "steps": steps})
+        };
+        let on = s.automation(def("Goal met on", true));
+        s.automation(def("Goal met off", false));
+        s.contact("c1", json!({}));
+        assert_eq!(s.count("completed", None), 2, "both reached the End");
+        // The host was away: both tasks wait; then c1 books.
+        s.book("c1", "ap1");
+        assert_eq!(s.count("goal_reached", None), 2);
+        let tasks = |s: &Sim| pending(s, EffectKind::Task);
+        assert_eq!(tasks(&s).len(), 2);
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", tasks(&s), s.now).unwrap();
+        assert_eq!(go.len(), 1, "Goal met off: its task goes");
+        assert_eq!(
+            s.texts("SELECT automation_id FROM events WHERE kind = 'task_withdrawn' AND json_extract(detail, '$.exit_reason') = ?1", "goal_met"),
+            [on]
+        );
     }
 
     /// Of two write-backs of one property, the older (retried after the
