@@ -144,7 +144,9 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         Some(at) if ctx.depth == 0 => at,
         _ => ctx.now,
     };
-    let since = at - longest as i64 * DAY;
+    // (A day more than the longest lookback: a window of calendar days
+    // spans a DST change's extra hour.)
+    let since = at - (i64::from(longest) + 1) * DAY;
     // One conversion per contact and automation: when the contact enrolled
     // again (a repeat trigger), the enrollment begun last by `at` has it,
     // not every earlier one whose lookback is still open.
@@ -169,7 +171,7 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         let def = &entry.current.def;
         if e.goal_reached_at.is_some()
             || !reachable(def.goal)
-            || at > e.enrolled_at + def.goal_lookback_days as i64 * DAY
+            || at > lookback_end(e.enrolled_at, def.goal_lookback_days, ctx.settings.tz)
         {
             continue;
         }
@@ -185,6 +187,14 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         }
     }
     Ok(())
+}
+
+/// The last moment of the goal's lookback after enrolling at
+/// `enrolled_at`: `days` calendar days in the practice's time zone `tz`,
+/// at the same wall-clock time across a DST change, as a Delay of days
+/// counts them.
+fn lookback_end(enrolled_at: Millis, days: u32, tz: chrono_tz::Tz) -> Millis {
+    crate::schedule::add_local_days(enrolled_at, days, tz)
 }
 
 /// Records the goal reached at `at`, when it happened (before now when the
@@ -226,5 +236,27 @@ mod tests {
         );
         assert!(!plan.iter().any(|s| s.contains("CORRELATED")), "{plan:?}");
         rebase(&conn, "a1", Some(GoalKind::BookAppointment)).unwrap();
+    }
+
+    /// The lookback is calendar days in the practice's time zone: 30 days
+    /// after 1 March 10:00 EST is 31 March 10:00 EDT (30 × 24 hours would
+    /// end at 11:00), and after 25 October 10:00 EDT, 24 November 10:00
+    /// EST (not 09:00).
+    #[test]
+    fn the_lookback_counts_calendar_days_across_dst() {
+        let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        assert_eq!(
+            lookback_end(at("2026-03-01T10:00:00-05:00"), 30, tz),
+            at("2026-03-31T10:00:00-04:00")
+        );
+        assert_eq!(
+            lookback_end(at("2026-10-25T10:00:00-04:00"), 30, tz),
+            at("2026-11-24T10:00:00-05:00")
+        );
     }
 }

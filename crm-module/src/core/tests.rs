@@ -96,6 +96,29 @@ fn goal_outside_lookback_is_not_counted() {
     assert!(!s.enrollment(&a, "c1").2);
 }
 
+/// The lookback is calendar days in the practice's time zone (New York
+/// here): enrolled 1 March 2026 at 10:00 EST, the 30 days end on 31 March
+/// at 10:00 EDT, so a booking at 10:30 that morning is outside it (30 × 24
+/// hours would have ended at 11:00), and one at 09:30 inside.
+#[test]
+fn the_goal_lookback_counts_calendar_days_across_dst() {
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    };
+    for (booked, counted) in [("09:30", true), ("10:30", false)] {
+        let mut s = Sim::new();
+        s.now = at("2026-03-01T10:00:00-05:00");
+        let a = s.automation(five_steps(false));
+        s.contact("c1", json!({}));
+        let until = at(&format!("2026-03-31T{booked}:00-04:00"));
+        s.advance(until - s.now);
+        s.book("c1", "ap1");
+        assert_eq!(s.enrollment(&a, "c1").2, counted, "booked at {booked}");
+    }
+}
+
 #[test]
 fn no_goal_counts_lead_to_patient_only() {
     let mut s = Sim::new();
