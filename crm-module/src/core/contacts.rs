@@ -252,10 +252,10 @@ impl PatientBy {
     }
 }
 
-/// Records contact `id` becoming a Patient now: the log's `status_changed`
+/// Records contact `id` becoming a Patient: the log's `status_changed`
 /// row (`actor`, the automation or plugin, when one did it) and the
-/// record's `became_patient_at` / `became_patient_by`, which no save of the
-/// record touches.
+/// record's `became_patient_at` (when it happened: [`Ctx::event_time`]) /
+/// `became_patient_by`, which no save of the record touches.
 pub fn record_became_patient(
     ctx: &Ctx<'_>,
     id: &str,
@@ -275,7 +275,7 @@ pub fn record_became_patient(
         .prepare_cached(
             "UPDATE contacts SET became_patient_at = ?2, became_patient_by = ?3 WHERE id = ?1",
         )?
-        .execute(params![id, ctx.now, by.as_str()])?;
+        .execute(params![id, ctx.event_time(), by.as_str()])?;
     Ok(())
 }
 

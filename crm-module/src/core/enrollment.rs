@@ -252,7 +252,7 @@ pub fn enroll(
     }
     .write(ctx.conn, enrolled_at)?;
     // The row just inserted, without reading it back.
-    let e = Enrollment {
+    let mut e = Enrollment {
         id,
         automation_id: entry.id.clone(),
         contact_id: contact_id.to_string(),
@@ -266,6 +266,9 @@ pub fn enroll(
         goal_reached_at: None,
         ran_steps: None,
     };
+    if crate::core::goals::reached_before_enrolling(ctx, &mut e)? {
+        return Ok(Some(id));
+    }
     advance_loaded(ctx, e)?;
     Ok(Some(id))
 }

@@ -136,14 +136,9 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
     else {
         return Ok(());
     };
-    // When it happened: the host's occurred_at for the event's own signals
-    // (a booking pushed late still counts inside the lookback, one made
-    // before the enrollment does not); what an automation's step did in
-    // reaction happened now.
-    let at = match ctx.occurred_at {
-        Some(at) if ctx.depth == 0 => at,
-        _ => ctx.now,
-    };
+    // When it happened (a booking pushed late still counts inside the
+    // lookback, one made before the enrollment does not).
+    let at = ctx.event_time();
     // (A day more than the longest lookback: a window of calendar days
     // spans a DST change's extra hour.)
     let since = at - (i64::from(longest) + 1) * DAY;
@@ -187,6 +182,40 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         }
     }
     Ok(())
+}
+
+/// A new enrollment dated before now (its trigger happened earlier than
+/// it was pushed) reaches the goal at once if the contact's first booking
+/// (or the host's Lead → Patient flip) happened between its trigger and
+/// now: pushed before the trigger, it found no enrollment to count for.
+/// True when the contact then leaves (*Goal met*). Book and no goal only:
+/// the module keeps when each contact became a Patient, not every other
+/// goal's activity.
+pub fn reached_before_enrolling(ctx: &mut Ctx<'_>, e: &mut Enrollment) -> Result<bool> {
+    use super::contacts::{PatientBy, became_patient};
+    let Some(entry) = ctx.catalog.get(&e.automation_id) else {
+        return Ok(false);
+    };
+    let def = &entry.current.def;
+    if e.enrolled_at >= ctx.now || !matches!(def.goal, None | Some(GoalKind::BookAppointment)) {
+        return Ok(false);
+    }
+    let end = lookback_end(e.enrolled_at, def.goal_lookback_days, ctx.settings.tz);
+    let Some((at, Some(PatientBy::FirstBooking | PatientBy::Host))) =
+        became_patient(ctx.conn, &e.contact_id)?
+    else {
+        return Ok(false);
+    };
+    if at < e.enrolled_at || at > end.min(ctx.now) {
+        return Ok(false);
+    }
+    reach(ctx, e, def.goal, at)?;
+    e.goal_reached_at = Some(at);
+    if def.goal.is_some() && def.unenrollment.goal_met {
+        enrollment::exit(ctx, e, "goal_met")?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The last moment of the goal's lookback after enrolling at

@@ -96,6 +96,16 @@ impl<'a> Ctx<'a> {
         std::mem::take(&mut self.effects)
     }
 
+    /// When what is being applied happened: the host's `occurred_at` for the
+    /// event's own effects (a booking pushed late happened when it says),
+    /// now for what an automation's step did in reaction.
+    pub fn event_time(&self) -> Millis {
+        match self.occurred_at {
+            Some(at) if self.depth == 0 => at,
+            _ => self.now,
+        }
+    }
+
     /// The contact's consent or enrollment changed: rows of theirs already
     /// screened for hand-over are screened again before they leave.
     pub fn rescreen(&self, contact_id: &str) {

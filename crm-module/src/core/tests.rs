@@ -462,6 +462,63 @@ fn an_event_from_before_the_automation_was_turned_on_does_not_enroll() {
     assert_eq!(s.count("enrolled", Some(&a)), 1);
 }
 
+/// A booking pushed before the form that enrolls the contact, though made
+/// after it, is still the enrollment's goal (the form at 10:00 and the
+/// booking at 10:05 arrive as booking, then form); with *Goal met* on the
+/// contact leaves at once and is sent nothing. A booking made before the
+/// form is not its goal.
+#[test]
+fn a_goal_pushed_before_its_trigger_but_made_after_it_counts() {
+    let form = |id: &str, at: crate::clock::Millis| {
+        json!({"type": "form.submitted", "occurred_at": crate::clock::to_rfc3339(at),
+               "submission": {"id": id, "form_id": "intake", "form_name": "Intake", "contact_id": "c1", "answers": {}}})
+    };
+    let booking = |at: crate::clock::Millis| {
+        json!({"type": "appointment.booked", "occurred_at": crate::clock::to_rfc3339(at),
+               "appointment": {"id": "ap1", "contact_id": "c1"}})
+    };
+    for (goal_met, booked_after, counted) in [
+        (false, true, true),
+        (true, true, true),
+        (false, false, false),
+    ] {
+        let mut s = Sim::new();
+        let mut def = five_steps(goal_met);
+        def["trigger"] = json!({"type": "form_submitted"});
+        let a = s.automation(def);
+        s.contact("c1", json!({}));
+        s.advance(HOUR);
+        let submitted = s.now;
+        let booked = if booked_after {
+            submitted + 5 * MINUTE
+        } else {
+            submitted - 5 * MINUTE
+        };
+        s.advance(10 * MINUTE);
+        s.push(booking(booked)).unwrap();
+        s.advance(MINUTE);
+        s.push(form("f1", submitted)).unwrap();
+        let (state, reason, reached) = s.enrollment(&a, "c1");
+        let case = format!("goal met {goal_met}, booked after {booked_after}");
+        assert_eq!(reached, counted, "{case}");
+        assert_eq!(
+            s.count("goal_reached", Some(&a)),
+            i64::from(counted),
+            "{case}"
+        );
+        if goal_met {
+            assert_eq!(
+                (state.as_str(), reason.as_deref()),
+                ("exited", Some("goal_met")),
+                "{case}"
+            );
+            assert!(s.messages_to("c1").is_empty(), "{case}");
+        } else {
+            assert_eq!(state, "active", "{case}");
+        }
+    }
+}
+
 #[test]
 fn sms_stop_is_an_opt_out_not_a_reply() {
     let mut s = Sim::new();
