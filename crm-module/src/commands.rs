@@ -881,6 +881,14 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     // have reached already): they leave now.
                     crate::core::goals::exit_reached(&mut sub, &id)?;
                 }
+                // So do those who opted out or replied, for the toggles
+                // turned on.
+                crate::core::triggers::exit_already_left(
+                    &mut sub,
+                    &id,
+                    &old.def.unenrollment,
+                    &new.def.unenrollment,
+                )?;
                 ctx.effects.extend(sub.take_effects());
                 moved
             };

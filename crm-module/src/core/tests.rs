@@ -727,6 +727,49 @@ fn every_way_to_the_last_open_channel_is_a_global_opt_out() {
     );
 }
 
+/// An edit that turns *SMS opt-out* and *Email reply* on ends the
+/// enrollments of contacts who replied STOP, or replied to one of its
+/// emails, since they enrolled, as the toggles would have had they been on;
+/// a contact who opted out before enrolling stays, as they would have.
+#[test]
+fn an_edit_turning_the_exit_toggles_on_ends_who_already_left() {
+    let mut s = Sim::new();
+    let def = |on: bool| {
+        json!({"name": "Drip", "run_window": {"mode": "any_time"}, "unenrollment": {"email_reply": on, "sms_opt_out": on},
+            "trigger": {"type": "contact_created"}, "steps": [{"type": "send_email", "subject": "s", "body": "b"}, {"type": "delay", "amount": 3, "unit": "days"}]})
+    };
+    let a = s.automation(def(false));
+    s.contact("before", json!({"sms_subscription": "unsubscribed"}));
+    for c in ["stop", "reply", "stays"] {
+        s.contact(c, json!({}));
+    }
+    s.advance(HOUR);
+    let phone: String = s
+        .conn
+        .query_row("SELECT phone FROM contacts WHERE id = 'stop'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    s.push(json!({"type": "sms.received", "from": phone, "body": "STOP"}))
+        .unwrap();
+    let key = s.messages_to("reply")[0].key.clone();
+    s.push(json!({"type": "email.replied", "message_key": key}))
+        .unwrap();
+    for c in ["before", "stop", "reply", "stays"] {
+        assert_eq!(s.enrollment(&a, c).0, "active", "{c}: toggles off");
+    }
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def(true)}))
+        .unwrap();
+    assert_eq!(s.enrollment(&a, "stop").1.as_deref(), Some("sms_opt_out"));
+    assert_eq!(s.enrollment(&a, "reply").1.as_deref(), Some("email_reply"));
+    assert_eq!(s.enrollment(&a, "stays").0, "active");
+    assert_eq!(
+        s.enrollment(&a, "before").0,
+        "active",
+        "opted out before enrolling"
+    );
+}
+
 #[test]
 fn global_opt_out_and_email_reply_exit() {
     let mut s = Sim::new();

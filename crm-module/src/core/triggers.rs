@@ -8,7 +8,7 @@ use super::log::Entry as Log;
 use super::{Ctx, MAX_CASCADE, Signal, goals};
 use crate::error::Result;
 use crate::messaging::consent::Category;
-use crate::model::automation::{EmailEngagement, Trigger};
+use crate::model::automation::{EmailEngagement, Trigger, Unenrollment};
 use crate::model::contact::value_matches;
 
 /// Folds a lead source for comparison: "Website form" == "website_form".
@@ -140,6 +140,55 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
     })();
     ctx.depth -= 1;
     result
+}
+
+/// After an edit turned *SMS opt-out* or *Email reply* on: the active
+/// enrollments of `automation_id` whose contact opted out of SMS since
+/// enrolling (and still is), or replied to one of the enrollment's own
+/// emails, leave now, as they would have with the toggle on all along.
+/// (*Goal met*: [`goals::exit_reached`].)
+pub fn exit_already_left(
+    ctx: &mut Ctx<'_>,
+    automation_id: &str,
+    old: &Unenrollment,
+    new: &Unenrollment,
+) -> Result<()> {
+    let sms = new.sms_opt_out && !old.sms_opt_out;
+    let reply = new.email_reply && !old.email_reply;
+    if !sms && !reply {
+        return Ok(());
+    }
+    let opted_out = |e: &Enrollment| -> Result<bool> {
+        Ok(ctx
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM contacts c JOIN subscription_audit a ON a.contact_id = c.id
+                  WHERE c.id = ?1 AND c.sms_subscription = 'unsubscribed' AND a.channel = 'sms'
+                    AND a.new_value = 'unsubscribed' AND a.at > ?2)",
+            )?
+            .query_row(rusqlite::params![e.contact_id, e.enrolled_at], |r| r.get(0))?)
+    };
+    let replied = |e: &Enrollment| -> Result<bool> {
+        Ok(ctx
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM events
+                  WHERE enrollment_id = ?1 AND kind = 'message_replied' AND channel = 'email')",
+            )?
+            .query_row([e.id], |r| r.get(0))?)
+    };
+    let mut leaving = Vec::new();
+    for e in enrollment::active_of_automation(ctx.conn, automation_id)? {
+        if sms && opted_out(&e)? {
+            leaving.push((e, "sms_opt_out"));
+        } else if reply && replied(&e)? {
+            leaving.push((e, "email_reply"));
+        }
+    }
+    for (e, reason) in leaving {
+        enrollment::exit(ctx, &e, reason)?;
+    }
+    Ok(())
 }
 
 fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<()> {

@@ -328,7 +328,7 @@ mod tests {
     fn describe_is_consistent() {
         let d = describe();
         assert_eq!(d.info.id, "test-steps");
-        assert_eq!(d.step_types.len(), 12);
+        assert_eq!(d.step_types.len(), 13);
         for t in &d.step_types {
             let schema: Value = crm_plugin_sdk::serde_json::from_str(&t.config_schema).unwrap();
             assert_eq!(schema["type"], "object");
