@@ -206,7 +206,25 @@ pub fn reached_before_enrolling(ctx: &mut Ctx<'_>, e: &mut Enrollment) -> Result
     else {
         return Ok(false);
     };
-    if at < e.enrolled_at || at > end.min(ctx.now) {
+    // At the enrollment's own instant, the flip is the event that enrolls
+    // (a booking that fires "Status changed to Patient"): an event is never
+    // the goal of the enrollment it creates.
+    if at <= e.enrolled_at || at > end.min(ctx.now) {
+        return Ok(false);
+    }
+    // One conversion per contact and automation: an earlier run that
+    // already counted this flip keeps it.
+    let counted: bool = ctx
+        .conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM enrollments
+              WHERE automation_id = ?1 AND contact_id = ?2 AND goal_reached_at = ?3 AND id <> ?4)",
+        )?
+        .query_row(
+            rusqlite::params![e.automation_id, e.contact_id, at, e.id],
+            |r| r.get(0),
+        )?;
+    if counted {
         return Ok(false);
     }
     reach(ctx, e, def.goal, at)?;

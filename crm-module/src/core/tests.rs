@@ -519,6 +519,55 @@ fn a_goal_pushed_before_its_trigger_but_made_after_it_counts() {
     }
 }
 
+/// The booking that enrolls a contact ("Status changed to Patient") is not
+/// that enrollment's conversion, though it happened a second before it was
+/// pushed and the enrollment dates from it.
+#[test]
+fn the_booking_that_enrolls_is_not_its_own_conversion() {
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "First visit", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "status_changed_to_patient"},
+        "steps": [{"type": "delay", "amount": 1, "unit": "days"}]}),
+    );
+    s.contact("c1", json!({}));
+    s.advance(HOUR);
+    s.push(
+        json!({"type": "appointment.booked", "occurred_at": crate::clock::to_rfc3339(s.now - 1_000),
+        "appointment": {"id": "ap1", "contact_id": "c1"}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    assert_eq!(s.count("goal_reached", Some(&a)), 0);
+}
+
+/// A contact enrolled again by a trigger pushed late converts once: the
+/// booking an earlier run already counted is not counted again for the run
+/// dated before it.
+#[test]
+fn a_late_repeat_enrollment_does_not_count_a_booking_twice() {
+    let form = |id: &str, at: crate::clock::Millis| {
+        json!({"type": "form.submitted", "occurred_at": crate::clock::to_rfc3339(at),
+               "submission": {"id": id, "form_id": "intake", "form_name": "Intake", "contact_id": "c1", "answers": {}}})
+    };
+    let mut s = Sim::new();
+    let mut def = five_steps(false);
+    def["trigger"] = json!({"type": "form_submitted"});
+    def["steps"] = json!([]);
+    let a = s.automation(def);
+    s.contact("c1", json!({}));
+    s.advance(HOUR);
+    let start = s.now;
+    s.push(form("f1", start)).unwrap();
+    s.advance(HOUR);
+    s.book("c1", "ap1");
+    assert_eq!(s.count("goal_reached", Some(&a)), 1, "the first run's");
+    s.advance(HOUR);
+    s.push(form("f2", start + 30 * MINUTE)).unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 2);
+    assert_eq!(s.count("goal_reached", Some(&a)), 1, "once per contact");
+}
+
 #[test]
 fn sms_stop_is_an_opt_out_not_a_reply() {
     let mut s = Sim::new();
