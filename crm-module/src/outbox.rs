@@ -349,13 +349,15 @@ pub fn defer(conn: &Connection, id: i64, at: Millis, now: Millis) -> Result<()> 
     conn.prepare_cached(
         "UPDATE outbox SET next_attempt_at = ?2, updated_at = ?3, attempts = attempts + 1,
              status = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE status END,
-             last_error = CASE WHEN attempts + 1 >= ?4
-                 THEN 'failed: its answers could not be recorded' ELSE last_error END
+             last_error = CASE WHEN attempts + 1 >= ?4 THEN ?5 ELSE last_error END
           WHERE id = ?1 AND status IN ('pending','retry')",
     )?
-    .execute(params![id, at, now, MAX_ATTEMPTS])?;
+    .execute(params![id, at, now, MAX_ATTEMPTS, ANSWERS_LOST])?;
     Ok(())
 }
+
+/// Why a row whose answers could not be recorded failed at its last attempt.
+pub const ANSWERS_LOST: &str = "failed: its answers could not be recorded";
 
 /// The earliest `next_attempt_at` after `after` of a pending row some taker
 /// can take, if any.

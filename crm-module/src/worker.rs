@@ -714,6 +714,7 @@ impl Worker {
         report: crate::plugins::Report<crate::plugins::StepResult>,
     ) -> Result<()> {
         use crate::plugins::StepResult;
+        self.inject("plugin_step");
         let now = self.clock.now();
         crate::plugins::registry::record_call(&self.conn, &report.figures, now)?;
         let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
@@ -1266,15 +1267,21 @@ impl Worker {
     /// that too, the error is logged.
     fn defer(&mut self, outbox_id: i64) {
         let now = self.clock.now();
-        // The last attempt: failed as if its sender had said so, so that
-        // what follows a failure follows (a custom step's enrollment moves
-        // on or exits; a message logs its failure and sends its fallback).
-        // If even that cannot be recorded, the row alone is marked failed.
-        let last = outbox::by_id(&self.conn, outbox_id)
+        // The last attempt of a custom step: failed as a plugin's failure
+        // would be, so that its enrollment moves on (or exits) instead of
+        // waiting for good for an answer that never lands. Other rows are
+        // marked failed alone: their sender may have taken them (a message
+        // accepted, whose answer could not be recorded, must not send its
+        // fallback too), and nothing waits on them.
+        let last_step = outbox::by_id(&self.conn, outbox_id)
             .ok()
             .flatten()
-            .is_some_and(|row| row.attempts + 1 >= outbox::MAX_ATTEMPTS);
-        if last && self.in_savepoint(|w| w.give_up(outbox_id)).is_ok() {
+            .is_some_and(|row| {
+                row.kind == EffectKind::PluginStep
+                    && matches!(row.status.as_str(), "pending" | "retry")
+                    && row.attempts + 1 >= outbox::MAX_ATTEMPTS
+            });
+        if last_step && self.in_savepoint(|w| w.give_up(outbox_id)).is_ok() {
             return;
         }
         if let Err(e) =
@@ -1287,27 +1294,19 @@ impl Worker {
         }
     }
 
-    /// Fails a row whose answers could not be recorded
-    /// ([`outbox::MAX_ATTEMPTS`] times), as a failure answered by its
-    /// sender would.
+    /// Fails a custom step's row whose answers could not be recorded
+    /// ([`outbox::MAX_ATTEMPTS`] times), and moves its enrollment on as a
+    /// failed step.
     fn give_up(&mut self, outbox_id: i64) -> Result<()> {
-        const REASON: &str = "failed: its answers could not be recorded";
         let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
             return Ok(());
         };
-        if row.kind != EffectKind::PluginStep {
-            return self.record_answer(
-                outbox_id,
-                HostAnswer::Failed,
-                Some(REASON),
-                &AnsweredBy::Host,
-            );
-        }
         let now = self.clock.now();
-        if outbox::record_answer(&self.conn, outbox_id, HostAnswer::Failed, Some(REASON), now)?
+        let reason = outbox::ANSWERS_LOST;
+        if outbox::record_answer(&self.conn, outbox_id, HostAnswer::Failed, Some(reason), now)?
             == "failed"
         {
-            self.finish_custom_step(&row, Err(REASON.into()), now)?;
+            self.finish_custom_step(&row, Err(reason.into()), now)?;
         }
         Ok(())
     }
@@ -1677,49 +1676,103 @@ mod tests {
         assert!(idle > Duration::from_secs(50), "no loop: {idle:?}");
     }
 
-    /// At its last attempt, a row whose answers cannot be recorded fails
-    /// as a failure its sender answered would (logged, so what follows a
-    /// failure follows: a custom step's enrollment moves on), not by a bare
-    /// mark on the row.
+    /// At its last attempt, a custom step whose answers cannot be recorded
+    /// fails as a plugin's failure would: its enrollment moves on past the
+    /// step (here to the End) instead of waiting for good.
     #[test]
-    fn a_row_whose_answers_cannot_be_recorded_fails_at_its_last_attempt_as_answered() {
+    fn a_custom_step_whose_answers_cannot_be_recorded_fails_at_its_last_attempt() {
+        use crate::plugins::{Report, StepResult, registry::CallFigures};
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut w = system_worker(&dir);
-        let now = crate::clock::system_now();
-        let id = queue_task(&w, "test-a", "c1", now - 1_000);
+        let mut w = worker(&dir);
+        let descriptor = json!({
+            "id": "scorer", "name": "Scorer", "version": "1", "vendor": "V", "description": "d",
+            "kind": "step", "contract": "1.0.0",
+            "step_types": [{"id": "score", "display_name": "Score", "palette_group": "crm_actions",
+                "icon": "fa-star", "description": "d", "outcomes": ["continue", "failure"],
+                "config_schema": {"type": "object"}}]
+        });
         w.conn
             .execute(
-                "UPDATE outbox SET attempts = ?2 WHERE id = ?1",
-                params![id, outbox::MAX_ATTEMPTS - 1],
+                "INSERT INTO plugins (id, kind, descriptor, wasm, sha256, grants, limits, config, secrets, enabled, installed_at, updated_at)
+                 VALUES ('scorer', 'step', ?1, x'00', 'sha', '[]', '{}', '{}', '{}', 1, 0, 0)",
+                [descriptor.to_string()],
             )
-            .expect("attempts");
-        w.in_flight.insert(id);
-        w.faults = vec!["record_answer"];
-        w.round(vec![Request::Answer {
-            outbox_id: id,
-            answer: HostAnswer::Accepted,
-            error: None,
-            by: AnsweredBy::Host,
-        }]);
-        let (status, error): (String, String) = w
+            .expect("plugin");
+        let run = |w: &mut Worker, v: Value| {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let command = serde_json::from_value(v).expect("command");
+            w.round(vec![Request::Command { command, reply }]);
+            rx.try_recv().expect("answered").expect("done")
+        };
+        let created = run(
+            &mut w,
+            json!({"command": "automation.create", "definition": {"name": "Score",
+                "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                "steps": [{"id": "sc", "type": "custom", "plugin_id": "scorer", "step_type": "score", "config": {}}]}}),
+        );
+        let id = created["automation_id"].as_str().expect("id").to_string();
+        run(
+            &mut w,
+            json!({"command": "automation.activate", "automation_id": id}),
+        );
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let events = vec![
+            crate::event::Event::parse(
+                &json!({"type": "contact.upserted", "event_id": "e1",
+                    "contact": {"id": "c1", "first_name": "Pat"}})
+                .to_string(),
+            )
+            .expect("event"),
+        ];
+        w.round(vec![Request::Push { events, reply }]);
+        rx.try_recv().expect("answered").expect("pushed");
+        let row: i64 = w
             .conn
             .query_row(
-                "SELECT status, last_error FROM outbox WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .expect("the row");
-        assert_eq!(status, "failed");
-        assert!(error.contains("could not be recorded"), "{error}");
-        let logged: i64 = w
-            .conn
-            .query_row(
-                "SELECT count(*) FROM events WHERE kind = 'effect_failed'",
+                "SELECT id FROM outbox WHERE kind = 'plugin_step'",
                 [],
                 |r| r.get(0),
             )
-            .expect("events");
-        assert_eq!(logged, 1, "the failure is logged as an answered one");
+            .expect("the custom step's call");
+        w.conn
+            .execute(
+                "UPDATE outbox SET attempts = ?2 WHERE id = ?1",
+                params![row, outbox::MAX_ATTEMPTS - 1],
+            )
+            .expect("attempts");
+        w.in_flight.insert(row);
+        w.faults = vec!["plugin_step"];
+        let figures = CallFigures {
+            plugin_id: "scorer".into(),
+            operation: "score".into(),
+            micros: 1,
+            failure: None,
+        };
+        let report = Report {
+            result: Ok(StepResult::Continue(Vec::new())),
+            figures,
+        };
+        w.round(vec![Request::PluginStep {
+            outbox_id: row,
+            report,
+        }]);
+        let status: String = w
+            .conn
+            .query_row("SELECT status FROM outbox WHERE id = ?1", [row], |r| {
+                r.get(0)
+            })
+            .expect("the row");
+        assert_eq!(status, "failed");
+        let (state, failed): (String, i64) = w
+            .conn
+            .query_row(
+                "SELECT state, (SELECT count(*) FROM events WHERE kind = 'step_failed'
+                    AND json_extract(detail, '$.reason') = ?1) FROM enrollments",
+                [outbox::ANSWERS_LOST],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the enrollment");
+        assert_eq!((state.as_str(), failed), ("completed", 1));
     }
 
     /// A custom step's row is handed over (to the plugin pool) with no
