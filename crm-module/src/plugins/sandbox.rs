@@ -49,6 +49,9 @@ pub struct MemoryCap {
     cap: u64,
     /// Bytes of linear memory the instance has now, all memories.
     used: u64,
+    /// The growth granted last, taken back if wasmtime then fails it (past
+    /// the memory's own maximum).
+    granted: u64,
     /// The size a refused growth asked for.
     pub refused: Option<u64>,
 }
@@ -59,6 +62,7 @@ impl MemoryCap {
         MemoryCap {
             cap,
             used: 0,
+            granted: 0,
             refused: None,
         }
     }
@@ -76,8 +80,14 @@ impl ResourceLimiter for MemoryCap {
             self.refused = Some(asked);
             return Ok(false);
         }
+        self.granted = asked - self.used;
         self.used = asked;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used -= std::mem::take(&mut self.granted);
+        Ok(())
     }
 
     fn table_growing(
@@ -307,6 +317,16 @@ mod tests {
         assert!(cap.memory_growing(0, 6 * MIB, None).unwrap(), "up to it");
         assert!(cap.memory_growing(10 * MIB, 10 * MIB, None).unwrap());
         assert!(!cap.memory_growing(10 * MIB, 11 * MIB, None).unwrap());
+        // A growth granted here and then failed by wasmtime (past the
+        // memory's own maximum) is not counted.
+        let mut cap = MemoryCap::new(16 * MIB as u64);
+        assert!(cap.memory_growing(0, 8 * MIB, None).unwrap());
+        cap.memory_grow_failed(wasmtime::Error::msg("past its maximum"))
+            .unwrap();
+        assert!(
+            cap.memory_growing(0, 16 * MIB, None).unwrap(),
+            "8 MiB freed"
+        );
     }
 
     fn redactor() -> Arc<Redactor> {
