@@ -107,13 +107,7 @@ pub fn compare(actual: Option<&Value>, op: CompareOp, expected: Option<&Value>) 
             _ => false,
         },
         CompareOp::GreaterThan | CompareOp::LessThan => {
-            let num = |v: Option<&Value>| -> Option<f64> {
-                match v? {
-                    Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.parse().ok(),
-                    _ => None,
-                }
-            };
+            let num = |v: Option<&Value>| v.and_then(crate::model::contact::as_number);
             match (num(actual), num(expected)) {
                 (Some(a), Some(e)) if op == CompareOp::GreaterThan => a > e,
                 (Some(a), Some(e)) => a < e,

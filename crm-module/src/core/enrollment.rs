@@ -1278,11 +1278,19 @@ fn plugin_changes(
     }
     // The record's limit, which the write would refuse as a storage error
     // and leave the step waiting for an answer that never lands.
-    let added = (map.iter())
-        .filter(|(k, v)| !v.is_null() && !contact.props.contains_key(*k))
-        .count();
+    // Counted as the write counts them: what the record keeps, after the
+    // clears (a null) and the additions.
+    let mut kept: std::collections::HashSet<&str> =
+        contact.props.keys().map(String::as_str).collect();
+    for (k, v) in &map {
+        if v.is_null() {
+            kept.remove(k.as_str());
+        } else {
+            kept.insert(k);
+        }
+    }
     let max = crate::model::contact::MAX_PROPERTIES;
-    if contact.props.len() + added > max {
+    if kept.len() > max {
         return Err(format!(
             "property changes: the contact would carry more than {max} properties"
         ));
@@ -1319,6 +1327,11 @@ mod tests {
         assert!(e.contains(&format!("more than {max} properties")), "{e}");
         assert!(plugin_changes(&full, &[("p0".into(), json!(3))]).is_ok());
         assert!(plugin_changes(&full, &[("score".into(), Value::Null)]).is_ok());
+        let swap = [("p0".into(), Value::Null), ("score".into(), json!(3))];
+        assert!(
+            plugin_changes(&full, &swap).is_ok(),
+            "one cleared, one added"
+        );
         assert!(plugin_changes(&contact(max - 1), &[("score".into(), json!(3))]).is_ok());
     }
 

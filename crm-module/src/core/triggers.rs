@@ -143,7 +143,7 @@ pub fn fire(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
 }
 
 /// After an edit turned *SMS opt-out* or *Email reply* on: the active
-/// enrollments of `automation_id` whose contact opted out of SMS since
+/// enrollments of `automation_id` whose contact opted out of SMS after
 /// enrolling (and still is), or replied to one of the enrollment's own
 /// emails, leave now, as they would have with the toggle on all along.
 /// (*Goal met*: [`goals::exit_reached`].)

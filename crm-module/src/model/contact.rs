@@ -322,16 +322,25 @@ pub fn display_name(props: &Map<String, Value>) -> String {
     format!("{first} {last}").trim().to_string()
 }
 
+/// A property value as a number: a number, or text holding one (as
+/// written, untrimmed).
+pub fn as_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Compares two property values for filters: numbers numerically (a
 /// number and text holding one too, as "more than" reads them), strings
 /// case-insensitively, arrays by membership of `expected`.
 pub fn value_matches(actual: &Value, expected: &Value) -> bool {
-    let number = |s: &str| s.parse::<f64>().ok();
     match (actual, expected) {
         (Value::String(a), Value::String(b)) => a.eq_ignore_ascii_case(b),
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n)) => {
-            number(s).is_some_and(|s| n.as_f64() == Some(s))
+        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
+            as_number(actual).is_some_and(|a| as_number(expected) == Some(a))
         }
         (Value::Array(items), e) if !e.is_array() => items.iter().any(|i| value_matches(i, e)),
         (Value::Object(a), Value::String(b)) => {
