@@ -680,20 +680,11 @@ mod tests {
     #[test]
     fn days_since_count_calendar_days_in_the_practices_time_zone() {
         let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
-        let at = |s: &str| {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .unwrap()
-                .timestamp_millis()
-        };
+        let at = |s: &str| crate::clock::parse_rfc3339(s).unwrap();
         let c = Contact {
-            id: "c1".into(),
-            props: Map::new(),
-            insurance_verification: None,
-            portal_active: false,
             created_at: at("2026-01-01T12:00:00-05:00"),
             last_activity: at("2026-03-07T23:30:00-05:00"),
-            last_engaged_at: None,
-            source_updated_at: None,
+            ..Contact::with_props("c1", Map::new())
         };
         let now = at("2026-03-08T00:30:00-05:00");
         assert_eq!(

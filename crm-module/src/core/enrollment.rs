@@ -1303,16 +1303,8 @@ mod tests {
     use super::*;
 
     fn contact(props: usize) -> contacts::Contact {
-        contacts::Contact {
-            id: "c1".into(),
-            props: (0..props).map(|i| (format!("p{i}"), json!("v"))).collect(),
-            insurance_verification: None,
-            portal_active: false,
-            created_at: 0,
-            last_activity: 0,
-            last_engaged_at: None,
-            source_updated_at: None,
-        }
+        let props = (0..props).map(|i| (format!("p{i}"), json!("v"))).collect();
+        contacts::Contact::with_props("c1", props)
     }
 
     /// A plugin's changes that would take the contact past its limit of

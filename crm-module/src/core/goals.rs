@@ -292,11 +292,7 @@ mod tests {
     #[test]
     fn the_lookback_counts_calendar_days_across_dst() {
         let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
-        let at = |s: &str| {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .unwrap()
-                .timestamp_millis()
-        };
+        let at = |s: &str| crate::clock::parse_rfc3339(s).unwrap();
         assert_eq!(
             lookback_end(at("2026-03-01T10:00:00-05:00"), 30, tz),
             at("2026-03-31T10:00:00-04:00")

@@ -102,11 +102,7 @@ fn goal_outside_lookback_is_not_counted() {
 /// hours would have ended at 11:00), and one at 09:30 inside.
 #[test]
 fn the_goal_lookback_counts_calendar_days_across_dst() {
-    let at = |s: &str| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .unwrap()
-            .timestamp_millis()
-    };
+    let at = |s: &str| crate::clock::parse_rfc3339(s).unwrap();
     for (booked, counted) in [("09:30", true), ("10:30", false)] {
         let mut s = Sim::new();
         s.now = at("2026-03-01T10:00:00-05:00");
