@@ -2,7 +2,8 @@
  * demo_host.c — the main job: a C host EHR driving the CRM module.
  *
  * It opens a database, creates "New lead welcome series" and "Dormant Patient
- * Win-back", pushes a simulated practice through 90 simulated days (existing
+ * Win-back", pushes a simulated practice through 120 simulated days (30 before
+ * the automations go live, then 90; existing
  * patients, new leads from the website and the front desk, appointments, form
  * submissions, email opens and clicks, SMS replies including STOP, delivery
  * receipts), then prints the Automation list and each automation's

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: builds the C ABI library and the demo C host, then runs a
-# simulated practice (2,200 contacts, 90 days) through the module and prints
+# simulated practice (2,200 contacts; 30 days before go-live, then 90) through the module and prints
 # the Automation list and each automation's Performance view.
 #
 #   bash examples/run-demo.sh [CONTACTS] [DAYS]
