@@ -1276,12 +1276,14 @@ impl Worker {
         let last_step = outbox::by_id(&self.conn, outbox_id)
             .ok()
             .flatten()
-            .is_some_and(|row| {
+            .filter(|row| {
                 row.kind == EffectKind::PluginStep
                     && matches!(row.status.as_str(), "pending" | "retry")
                     && row.attempts + 1 >= outbox::MAX_ATTEMPTS
             });
-        if last_step && self.in_savepoint(|w| w.give_up(outbox_id)).is_ok() {
+        if let Some(row) = last_step
+            && self.in_savepoint(|w| w.give_up(outbox_id, &row)).is_ok()
+        {
             return;
         }
         if let Err(e) =
@@ -1294,19 +1296,16 @@ impl Worker {
         }
     }
 
-    /// Fails a custom step's row whose answers could not be recorded
-    /// ([`outbox::MAX_ATTEMPTS`] times), and moves its enrollment on as a
-    /// failed step.
-    fn give_up(&mut self, outbox_id: i64) -> Result<()> {
-        let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
-            return Ok(());
-        };
+    /// Fails a custom step's row `row` (`outbox_id`), whose answers could
+    /// not be recorded ([`outbox::MAX_ATTEMPTS`] times), and moves its
+    /// enrollment on as a failed step.
+    fn give_up(&mut self, outbox_id: i64, row: &outbox::Row) -> Result<()> {
         let now = self.clock.now();
         let reason = outbox::ANSWERS_LOST;
         if outbox::record_answer(&self.conn, outbox_id, HostAnswer::Failed, Some(reason), now)?
             == "failed"
         {
-            self.finish_custom_step(&row, Err(reason.into()), now)?;
+            self.finish_custom_step(row, Err(reason.into()), now)?;
         }
         Ok(())
     }
@@ -1319,10 +1318,7 @@ impl Worker {
         // rather than when answers land: without a host nothing lands, and
         // behind a callback that never returns neither does its row, while
         // the marks of every exit and opt-out ingested would pile up.)
-        let contacts: HashSet<&str> = (self.flying.values())
-            .filter_map(|f| f.contact.as_deref())
-            .collect();
-        self.rescreen.keep_only(&contacts);
+        (self.rescreen).keep_only(self.flying.values().filter_map(|f| f.contact.as_deref()));
         // Shutting down: what is handed over now could not be answered.
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return;

@@ -101,11 +101,13 @@ impl Rescreen {
     /// Drops the marks of every contact not in `in_flight` (the contacts
     /// of the rows handed over and not yet answered): a row handed over
     /// later carries a later epoch, so only those rows can be older than a
-    /// mark. Bounds the marks by the rows in flight.
-    pub fn keep_only(&self, in_flight: &std::collections::HashSet<&str>) {
+    /// mark. Bounds the marks by the rows in flight. Reads `in_flight` only
+    /// when there are marks.
+    pub fn keep_only<'a>(&self, in_flight: impl IntoIterator<Item = &'a str>) {
         let mut marks = self.marks.lock();
         if !marks.contacts.is_empty() {
-            marks.contacts.retain(|c, _| in_flight.contains(c.as_str()));
+            let keep: std::collections::HashSet<&str> = in_flight.into_iter().collect();
+            marks.contacts.retain(|c, _| keep.contains(c.as_str()));
         }
     }
 }
@@ -443,7 +445,7 @@ mod tests {
             "another contact"
         );
         r.mark("c2");
-        r.keep_only(&["c2"].into());
+        r.keep_only(["c2"]);
         assert!(
             !r.is_stale(&row(EffectKind::Message, "c1", at - 1)),
             "dropped: no row of c1 in flight"

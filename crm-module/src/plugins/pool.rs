@@ -81,17 +81,21 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>, resc
         // the row stayed in flight for good and the pool shrank.
         let request = match job {
             Job::Step(effect) => {
-                let plugin_id = serde_json::from_str::<Value>(&effect.payload)
-                    .ok()
-                    .and_then(|v| v["plugin_id"].as_str().map(str::to_string))
-                    .unwrap_or_default();
+                // The plugin's id is read from the payload only for a
+                // defect's report: `step` reads the payload itself.
+                let plugin_id = || {
+                    serde_json::from_str::<Value>(&effect.payload)
+                        .ok()
+                        .and_then(|v| v["plugin_id"].as_str().map(str::to_string))
+                        .unwrap_or_default()
+                };
                 Request::PluginStep {
                     outbox_id: effect.id,
-                    report: contained(&plugin_id, || step(plugins, &effect)),
+                    report: contained(plugin_id, || step(plugins, &effect)),
                 }
             }
             Job::Send { effect, plugin_id } => {
-                let report = contained(&plugin_id, || send(plugins, &plugin_id, &effect));
+                let report = contained(|| plugin_id.clone(), || send(plugins, &plugin_id, &effect));
                 let (answer, error) = match &report.result {
                     Ok(SendResult::Accepted(_)) => (HostAnswer::Accepted, None),
                     Ok(SendResult::RetryLater(r)) => (HostAnswer::RetryLater, Some(r.clone())),
@@ -113,15 +117,15 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>, resc
     }
 }
 
-/// `call`'s report, or a transient failure (of plugin `plugin_id`, when
+/// `call`'s report, or a transient failure (of plugin `plugin_id()`, when
 /// known) if it panicked.
-fn contained<T>(plugin_id: &str, call: impl FnOnce() -> Report<T>) -> Report<T> {
+fn contained<T>(plugin_id: impl FnOnce() -> String, call: impl FnOnce() -> Report<T>) -> Report<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|_| {
         let reason = "the plugin call stopped on a defect in the module".to_string();
         Report {
             result: Err(CallFailure::transient(reason.clone())),
             figures: super::registry::CallFigures {
-                plugin_id: plugin_id.to_string(),
+                plugin_id: plugin_id(),
                 operation: String::new(),
                 micros: 0,
                 failure: Some(reason),
