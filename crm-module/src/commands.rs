@@ -876,7 +876,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 let mut sub = Ctx::new(ctx.conn, ctx.now, &cat, ctx.settings, ctx.install_id);
                 sub.rescreen = ctx.rescreen;
                 let moved = enrollment::migrate(&mut sub, &id, &old, &new)?;
-                if new.def.unenrollment.goal_met && new.def.goal.is_some() {
+                if new.def.leaves_on_goal() {
                     // Goal met is on (again, or for a goal some contacts
                     // have reached already): they leave now.
                     crate::core::goals::exit_reached(&mut sub, &id)?;

@@ -170,16 +170,7 @@ pub fn evaluate(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Resu
         {
             continue;
         }
-        reach(ctx, &e, def.goal, at)?;
-        if def.goal.is_some() && def.unenrollment.goal_met {
-            if e.state == "active" {
-                enrollment::exit(ctx, &e, "goal_met")?;
-            } else {
-                // Completed: what it still has queued is withdrawn at
-                // hand-over (`messaging::handover`), screened rows too.
-                ctx.rescreen(&e.contact_id);
-            }
-        }
+        converted(ctx, &e, def, at)?;
     }
     Ok(())
 }
@@ -227,12 +218,29 @@ pub fn reached_before_enrolling(ctx: &mut Ctx<'_>, e: &mut Enrollment) -> Result
     if counted {
         return Ok(false);
     }
-    reach(ctx, e, def.goal, at)?;
     e.goal_reached_at = Some(at);
-    if def.goal.is_some() && def.unenrollment.goal_met {
+    converted(ctx, e, def, at)
+}
+
+/// Enrollment `e` of an automation defined as `def` reached its goal at
+/// `at`: recorded ([`reach`]); with *Goal met* on, an active enrollment
+/// leaves (true), and a completed one's queued work is withdrawn at
+/// hand-over (`messaging::handover`), screened rows too.
+fn converted(
+    ctx: &mut Ctx<'_>,
+    e: &Enrollment,
+    def: &crate::model::automation::AutomationDefinition,
+    at: Millis,
+) -> Result<bool> {
+    reach(ctx, e, def.goal, at)?;
+    if !def.leaves_on_goal() {
+        return Ok(false);
+    }
+    if e.state == "active" {
         enrollment::exit(ctx, e, "goal_met")?;
         return Ok(true);
     }
+    ctx.rescreen(&e.contact_id);
     Ok(false)
 }
 

@@ -284,10 +284,9 @@ fn enrollment_standing(conn: &Connection, catalog: &Catalog, id: i64) -> Result<
     // sends, also after the contact reached the End: the last "book now"
     // held by a sending limit does not go to someone who just booked.
     let goal_met = |automation: &str| {
-        catalog.get(automation).is_some_and(|a| {
-            let def = &a.current.def;
-            def.goal.is_some() && def.unenrollment.goal_met
-        })
+        catalog
+            .get(automation)
+            .is_some_and(|a| a.current.def.leaves_on_goal())
     };
     Ok(match row {
         Some((state, reason, ..)) if state == "exited" => {

@@ -823,6 +823,12 @@ fn thirty() -> u32 {
 }
 
 impl AutomationDefinition {
+    /// Whether reaching the goal ends a contact's run: *Goal met* on, with
+    /// a goal to meet.
+    pub fn leaves_on_goal(&self) -> bool {
+        self.goal.is_some() && self.unenrollment.goal_met
+    }
+
     /// Validates the definition and assigns ids to steps that have none
     /// (`s1`, `s2`, … skipping ids in use). Errors name the step by its path.
     pub fn validate_and_assign_ids(&mut self) -> Result<()> {
