@@ -8,16 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
-[ -f /usr/include/jansson.h ] || need_apt+=(libjansson-dev)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "installing ${need_apt[*]} ..."
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+source tests/packages.sh
+mapfile -t need_apt < <(c_toolchain_packages)
+apt_install "${need_apt[@]}"
 
 cargo build --release -p crm-ffi
 mkdir -p examples/build

@@ -66,23 +66,9 @@ fn header_compiles_as_cpp() {
 
 #[test]
 fn c_host_program_is_clean_under_valgrind() {
-    let Some(valgrind) = support::on_path("valgrind") else {
-        panic!(
-            "valgrind is not installed: the C ABI must be checked under memcheck. \
-             Install it (e.g. `apt-get install -y valgrind`) and run again."
-        );
-    };
-    let valgrind = valgrind.to_string_lossy().into_owned();
-    let wrapper = [
-        valgrind.as_str(),
-        "--tool=memcheck",
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--errors-for-leak-kinds=definite,indirect",
-        "--show-leak-kinds=definite,indirect",
-        "--track-origins=yes",
-        "--num-callers=30",
-    ];
+    let mut memcheck = support::memcheck();
+    memcheck.push("--track-origins=yes".into());
+    let wrapper: Vec<&str> = memcheck.iter().map(String::as_str).collect();
     // Fewer iterations: memcheck serializes the threads and runs slower.
     let out = run_c_test(&["8", "10"], Some(&wrapper));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -91,10 +77,11 @@ fn c_host_program_is_clean_under_valgrind() {
         .rfind(|l| l.contains("ERROR SUMMARY"))
         .unwrap_or("");
     eprintln!("valgrind: {}", summary.trim());
-    for l in stderr
-        .lines()
-        .filter(|l| l.contains("definitely lost") || l.contains("indirectly lost"))
-    {
+    for l in stderr.lines().filter(|l| {
+        l.contains("definitely lost")
+            || l.contains("indirectly lost")
+            || l.contains("possibly lost")
+    }) {
         eprintln!("valgrind: {}", l.trim());
     }
     assert_c_summary(&out);

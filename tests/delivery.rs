@@ -96,8 +96,24 @@ fn a_hung_relay_holds_up_only_email() {
     let (m, host) = news_practice(&dir, port, 600);
     m.push(&contact("p1", "pat@patients.example")).unwrap();
     m.push(&contact("p2", "sam@patients.example")).unwrap();
-    // The relay's connection arrives and is held open, unanswered.
-    let (held, _) = listener.accept().unwrap();
+    // The relay's connection arrives and is held open, unanswered (a
+    // module that never connects fails here rather than hanging the run).
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        match listener.accept() {
+            Ok((held, _)) => break held,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the module never connected to the relay"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    held.set_nonblocking(false).unwrap();
     // Each contact's task comes after their email: once both tasks are
     // in, p2's email waits in the relay's queue.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

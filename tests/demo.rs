@@ -59,19 +59,12 @@ fn demo_host_runs_a_practice_and_prints_the_screens() {
 
 #[test]
 fn demo_host_is_clean_under_valgrind() {
-    let Some(valgrind) = support::on_path("valgrind") else {
-        panic!("valgrind is not installed: install it (apt-get install -y valgrind) and run again");
-    };
+    let memcheck = support::memcheck();
     let exe = build();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
-    let out = Command::new(valgrind)
-        .args([
-            "--error-exitcode=99",
-            "--leak-check=full",
-            "--errors-for-leak-kinds=definite,indirect",
-            "--show-leak-kinds=definite,indirect",
-        ])
+    let out = Command::new(&memcheck[0])
+        .args(&memcheck[1..])
         .arg(&exe)
         .arg(&db)
         .args(["120", "8"])

@@ -402,7 +402,9 @@ fn hostile_step_plugins_are_contained() {
     let p = Practice::new();
     p.install(
         "test_steps.wasm",
-        json!({"limits": {"deadline_ms": 300, "fuel": 50_000_000_000u64, "memory_bytes": 16_777_216, "output_bytes": 65536}}),
+        // The deadline leaves the harmless calls below (instance start-up
+        // included) a wide margin on a loaded machine.
+        json!({"limits": {"deadline_ms": 1000, "fuel": 50_000_000_000u64, "memory_bytes": 16_777_216, "output_bytes": 65536}}),
     );
     let step = |id: &str, t: &str, config: Value| json!({"id": id, "type": "custom", "plugin_id": "test-steps", "step_type": t, "config": config});
     p.automation(
@@ -435,10 +437,10 @@ fn hostile_step_plugins_are_contained() {
             "{step}: {reasons:?}"
         );
     };
-    only("spin", "deadline of 300 ms exceeded");
+    only("spin", "deadline of 1000 ms exceeded");
     // An hour's sleep is a wait inside WASI's clock, not a loop the epoch
     // can interrupt: it too ends at the deadline.
-    only("sleep", "deadline of 300 ms exceeded");
+    only("sleep", "deadline of 1000 ms exceeded");
     only("bomb", "memory cap of 16 MiB reached");
     only("trap", "trap: unreachable");
     only("big", "exceeds the cap of 65536 bytes");
@@ -717,8 +719,9 @@ fn a_slow_plugin_delays_only_its_own_step() {
     let p = Practice::new();
     p.install(
         "test_steps.wasm",
-        json!({"limits": {"deadline_ms": 2000, "fuel": 100_000_000_000u64}}),
+        json!({"limits": {"deadline_ms": 8000, "fuel": 100_000_000_000u64}}),
     );
+    // The spin runs for 8 s: the quick step's margin on a loaded machine.
     // The slow step is for walk-ins (p1) only; the quick one for everyone.
     // (Pausing the slow automation to keep p2 out of it would hold p1's
     // call too, if the pause came before the dispatcher took it up.)

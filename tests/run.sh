@@ -3,8 +3,9 @@
 #
 #   bash tests/run.sh
 #
-# - installs what the tests need when missing (gcc/g++, valgrind, jansson for
-#   the demo host) with apt-get;
+# - installs what the tests need when missing (gcc/g++ and the C library's
+#   headers, valgrind, jansson for the demo host, python3 with aiosmtpd for
+#   the SMTP server, rustfmt and clippy) with apt-get, pip and rustup;
 # - cargo fmt --check, clippy with -D warnings, and rustdoc with -D warnings;
 # - cargo test for the whole workspace: unit tests, the core's behaviour
 #   tests, scenario tests through the worker, the SIGKILL crash test, the C
@@ -20,20 +21,24 @@ cd "$(dirname "$0")/.."
 # them between runs.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+source tests/packages.sh
+mapfile -t need_apt < <(c_toolchain_packages)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
-[ -f /usr/include/jansson.h ] || need_apt+=(libjansson-dev)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "installing ${need_apt[*]} ..."
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+apt_install "${need_apt[@]}"
+# The SMTP tests' server: pip for the python3 on PATH; where that Python is
+# Debian's own (externally managed), the user's site, then Debian's package.
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null ||
+        python3 -m pip install --quiet --user --break-system-packages aiosmtpd 2>/dev/null ||
+        apt_install python3-aiosmtpd
+    python3 -c "import aiosmtpd"
 fi
-python3 -c "import aiosmtpd" 2>/dev/null || pip install --quiet aiosmtpd
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+for component in clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" ||
+        rustup component add "$component"
+done
 
 echo "== plugins (wasm32-wasip2)"
 # Adds the wasm32-wasip2 target with rustup when missing, builds every plugin

@@ -240,6 +240,31 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
     Some((p.trim().parse().ok()?, f.trim().parse().ok()?))
 }
 
+/// valgrind with memcheck, failing (exit code 99) on any memory error and on
+/// definite, indirect and possible leaks, with the project's suppressions
+/// (`tests/c/valgrind.supp`: the phonenumber crate's process-wide
+/// database). Panics with how to install valgrind when it is missing.
+pub fn memcheck() -> Vec<String> {
+    let Some(valgrind) = on_path("valgrind") else {
+        panic!(
+            "valgrind is not installed: the C programs must be checked under memcheck. \
+             Install it (e.g. `apt-get install -y valgrind`) and run again."
+        );
+    };
+    let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/valgrind.supp");
+    vec![
+        valgrind.to_string_lossy().into_owned(),
+        "--tool=memcheck".into(),
+        "--error-exitcode=99".into(),
+        "--leak-check=full".into(),
+        "--errors-for-leak-kinds=definite,indirect,possible".into(),
+        "--show-leak-kinds=definite,indirect,possible".into(),
+        format!("--suppressions={}", suppressions.display()),
+        // Deep enough for the suppressions to see the frame they name.
+        "--num-callers=40".into(),
+    ]
+}
+
 /// Whether an executable is on `PATH`.
 pub fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -737,9 +737,7 @@ mod tests {
             ..settings()
         })
         .unwrap();
-        let started = std::time::Instant::now();
-        let outcome = sender.send(&email());
-        assert_eq!(outcome, retry("smtp: timed out"));
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // Nobody ever greets: only the timeout can end the send.
+        assert_eq!(sender.send(&email()), retry("smtp: timed out"));
     }
 }
