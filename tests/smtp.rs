@@ -6,7 +6,7 @@
 //! made with Python's `email` package (decoded headers and MIME parts), so
 //! the checks below see the message the way a mail client would.
 //!
-//! Requirements: `python3` with the `aiosmtpd` package (`pip install
+//! Requirements: `python3` with the `aiosmtpd` package (`python3 -m pip install
 //! aiosmtpd`; `tests/run.sh` installs it). Without them the tests fail with
 //! a message saying so: they are never skipped silently.
 

@@ -290,7 +290,7 @@ pub fn python() -> PathBuf {
     let Some(python) = on_path("python3") else {
         panic!(
             "python3 is not on PATH: the SMTP tests need python3 with the aiosmtpd package \
-             (tests/run.sh installs aiosmtpd with pip)"
+             (tests/run.sh installs both)"
         );
     };
     let out = Command::new(&python)
@@ -299,7 +299,7 @@ pub fn python() -> PathBuf {
         .expect("run python3");
     assert!(
         out.status.success(),
-        "the Python package aiosmtpd is missing: run `pip install aiosmtpd` \
+        "the Python package aiosmtpd is missing: run `python3 -m pip install aiosmtpd` \
          (tests/run.sh does)\n{}",
         describe(&out)
     );
