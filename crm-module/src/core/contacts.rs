@@ -176,25 +176,42 @@ pub fn phone_key(phone: &str) -> Option<String> {
     (digits.len() >= 7).then(|| digits[digits.len().saturating_sub(10)..].to_string())
 }
 
-/// Finds a contact by phone number (national or E.164 formatting), through
-/// the `phone_key` index. When several contacts share a number (a family
-/// phone), the one created first wins.
-pub fn find_by_phone(conn: &Connection, phone: &str) -> Result<Option<String>> {
-    Ok(all_by_phone(conn, phone)?.into_iter().next())
+/// Every key under which a number may be stored ([`phone_key`]): that of
+/// the number as written, and those of its E.164 and national forms
+/// (national numbers read in `region`). Contacts' numbers are kept as the
+/// host wrote them, and outside North America the forms end in different
+/// digits: `0412 345 678` and `+61 412 345 678` are one Australian mobile.
+pub fn phone_keys(phone: &str, region: &str) -> Vec<String> {
+    let mut keys: Vec<String> = std::iter::once(phone.to_string())
+        .chain(crate::messaging::sms::number_forms(phone, region))
+        .filter_map(|form| phone_key(&form))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
-/// Every contact with this phone number (a family phone is shared), oldest
-/// first.
-pub fn all_by_phone(conn: &Connection, phone: &str) -> Result<Vec<String>> {
-    let Some(key) = phone_key(phone) else {
-        return Ok(Vec::new());
-    };
-    let mut stmt = conn
-        .prepare_cached("SELECT id FROM contacts WHERE phone_key = ?1 ORDER BY created_at, id")?;
-    let ids = stmt
-        .query_map([key], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(ids)
+/// Finds a contact by phone number, in any form ([`phone_keys`]), through
+/// the `phone_key` index. When several contacts share a number (a family
+/// phone), the one created first wins.
+pub fn find_by_phone(conn: &Connection, phone: &str, region: &str) -> Result<Option<String>> {
+    Ok(all_by_phone(conn, phone, region)?.into_iter().next())
+}
+
+/// Every contact with this phone number, in any form (a family phone is
+/// shared), oldest first.
+pub fn all_by_phone(conn: &Connection, phone: &str, region: &str) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, created_at FROM contacts WHERE phone_key = ?1")?;
+    let mut found: Vec<(i64, String)> = Vec::new();
+    for key in phone_keys(phone, region) {
+        for row in stmt.query_map([key], |r| Ok((r.get(1)?, r.get(0)?)))? {
+            found.push(row?);
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Every contact with this email address, oldest first.
@@ -775,10 +792,14 @@ mod tests {
             )
         );
         assert_eq!(
-            find_by_phone(&conn, "508-555-0199").unwrap(),
+            find_by_phone(&conn, "508-555-0199", "US").unwrap(),
             Some("c1".into())
         );
-        assert!(find_by_phone(&conn, "617-555-0100").unwrap().is_none());
+        assert!(
+            find_by_phone(&conn, "617-555-0100", "US")
+                .unwrap()
+                .is_none()
+        );
         let by_email: Option<String> = conn
             .query_row(
                 "SELECT id FROM contacts WHERE email = 'ann@new.example'",

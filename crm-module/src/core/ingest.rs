@@ -817,23 +817,25 @@ fn sms_received(
     body: &str,
     in_reply_to: Option<&str>,
 ) -> Result<()> {
-    let stop = ctx.settings.is_opt_out(body);
+    let settings = ctx.settings;
+    let region = settings.doc.sms.default_region.as_str();
+    let stop = settings.is_opt_out(body);
     let id = match (contact_id, from) {
         // A STOP is never lost: for a contact not pushed yet, the number
         // is remembered for whoever gets it.
         (Some(id), Some(phone)) if stop && contacts::load(ctx.conn, id)?.is_none() => {
-            return stopped_numbers::record(ctx.conn, phone, ctx.now, event_id);
+            return stopped_numbers::record(ctx.conn, phone, region, ctx.now, event_id);
         }
         (Some(id), _) => id.to_string(),
-        (None, Some(phone)) => match contacts::find_by_phone(ctx.conn, phone)? {
+        (None, Some(phone)) => match contacts::find_by_phone(ctx.conn, phone, region)? {
             Some(id) => id,
             // A number no contact has (yet, or any more): its STOP is kept
             // for whoever gets it, and its START lifts that.
             None if stop => {
-                return stopped_numbers::record(ctx.conn, phone, ctx.now, event_id);
+                return stopped_numbers::record(ctx.conn, phone, region, ctx.now, event_id);
             }
             None if ctx.settings.is_opt_in(body) => {
-                return stopped_numbers::forget(ctx.conn, phone).map(|_| ());
+                return stopped_numbers::forget(ctx.conn, phone, region).map(|_| ());
             }
             None => return Err(Error::not_found("no contact has the sending number")),
         },
@@ -859,7 +861,7 @@ fn sms_received(
     if ctx.settings.is_opt_in(body) {
         let number = from.or(c.text("phone")).map(str::to_string);
         let was_stopped = match &number {
-            Some(n) => stopped_numbers::forget(ctx.conn, n)?,
+            Some(n) => stopped_numbers::forget(ctx.conn, n, region)?,
             None => false,
         };
         // Only the person's own STOP is lifted: an opt-out the host or
@@ -1109,8 +1111,9 @@ fn sms_start(
     number: Option<&str>,
     key: Option<&str>,
 ) -> Result<()> {
+    let region = ctx.settings.doc.sms.default_region.as_str();
     let family = match number {
-        Some(number) => contacts::all_by_phone(ctx.conn, number)?,
+        Some(number) => contacts::all_by_phone(ctx.conn, number, region)?,
         None => Vec::new(),
     };
     start_one(ctx, sender.clone(), key)?;
@@ -1155,12 +1158,13 @@ fn sms_stop(
     from: Option<&str>,
     key: Option<&str>,
 ) -> Result<()> {
+    let region = ctx.settings.doc.sms.default_region.as_str();
     let family = match from.or(sender.text("phone")) {
         Some(number) => {
             if contacts::phone_key(number).is_some() {
-                stopped_numbers::record(ctx.conn, number, ctx.now, event_id)?;
+                stopped_numbers::record(ctx.conn, number, region, ctx.now, event_id)?;
             }
-            contacts::all_by_phone(ctx.conn, number)?
+            contacts::all_by_phone(ctx.conn, number, region)?
         }
         None => Vec::new(),
     };

@@ -10,32 +10,47 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::contacts::phone_key;
+use super::contacts::{phone_key, phone_keys};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 
-/// Remembers that `number` said STOP (the first STOP is kept).
-pub fn record(conn: &Connection, number: &str, at: Millis, event_id: &str) -> Result<()> {
-    let key = phone_key(number).ok_or_else(|| Error::invalid("from: not a phone number"))?;
-    conn.prepare_cached(
+/// Remembers that `number` said STOP (the first STOP is kept), under the
+/// key of each of its forms ([`phone_keys`], national numbers read in
+/// `region`), so that [`is_stopped`] needs only the key of a contact's
+/// number as stored.
+pub fn record(
+    conn: &Connection,
+    number: &str,
+    region: &str,
+    at: Millis,
+    event_id: &str,
+) -> Result<()> {
+    let keys = phone_keys(number, region);
+    if keys.is_empty() {
+        return Err(Error::invalid("from: not a phone number"));
+    }
+    let mut insert = conn.prepare_cached(
         "INSERT INTO stopped_numbers (phone_key, at, event_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![key, at, event_id])?;
+    )?;
+    for key in keys {
+        insert.execute(params![key, at, event_id])?;
+    }
     Ok(())
 }
 
-/// Forgets a STOP: the number replied START. Returns whether it had one.
-pub fn forget(conn: &Connection, number: &str) -> Result<bool> {
-    let Some(key) = phone_key(number) else {
-        return Ok(false);
-    };
-    let n = conn
-        .prepare_cached("DELETE FROM stopped_numbers WHERE phone_key = ?1")?
-        .execute([key])?;
-    Ok(n > 0)
+/// Forgets a STOP, in every form of the number: it replied START. Returns
+/// whether it had one.
+pub fn forget(conn: &Connection, number: &str, region: &str) -> Result<bool> {
+    let mut delete = conn.prepare_cached("DELETE FROM stopped_numbers WHERE phone_key = ?1")?;
+    let mut forgot = false;
+    for key in phone_keys(number, region) {
+        forgot |= delete.execute([key])? > 0;
+    }
+    Ok(forgot)
 }
 
-/// Whether `number` said STOP and has not said START since.
+/// Whether `number` (a contact's, as stored) said STOP and has not said
+/// START since. Its own key is enough: [`record`] keeps every form's.
 pub fn is_stopped(conn: &Connection, number: &str) -> Result<bool> {
     let Some(key) = phone_key(number) else {
         return Ok(false);

@@ -2291,6 +2291,38 @@ fn a_stop_stays_with_the_number_until_it_says_start() {
     assert_eq!(sms_of(&s, "stranger"), "subscribed");
 }
 
+/// Outside North America a number's national and E.164 forms end in
+/// different digits (`0412 345 678`, `+61 412 345 678`): a STOP and a
+/// START match the contact's number in whichever form the host stored it.
+#[test]
+fn a_stop_matches_the_number_in_either_form_outside_north_america() {
+    let mut s = Sim::new();
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["sms"]["default_region"] = json!("AU");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    s.contact("national", json!({"phone": "0412 345 678"}));
+    s.contact("e164", json!({"phone": "+61 412 345 678"}));
+    s.contact("other", json!({"phone": "0412 345 679"}));
+    // The reply comes from the E.164 number the texts went to.
+    s.push(json!({"type": "sms.received", "from": "+61412345678", "body": "STOP"}))
+        .unwrap();
+    assert_eq!(sms_of(&s, "national"), "unsubscribed");
+    assert_eq!(sms_of(&s, "e164"), "unsubscribed");
+    assert_eq!(sms_of(&s, "other"), "subscribed");
+    // A contact pushed later with the number, in either form, is stopped.
+    s.contact("later", json!({"phone": "0412345678"}));
+    assert_eq!(sms_of(&s, "later"), "unsubscribed");
+    // START in the national form lifts it for every form.
+    s.push(json!({"type": "sms.received", "from": "0412 345 678", "body": "START"}))
+        .unwrap();
+    for c in ["national", "e164", "later"] {
+        assert_eq!(sms_of(&s, c), "subscribed", "{c}");
+    }
+    s.contact("after", json!({"phone": "+61412345678"}));
+    assert_eq!(sms_of(&s, "after"), "subscribed");
+}
+
 #[test]
 fn the_hosts_sync_cannot_undo_a_persons_own_opt_out() {
     let mut s = Sim::new();

@@ -279,6 +279,41 @@ pub const NORMALIZED_KEPT: usize = 4096;
 
 /// [`normalize_e164`] without its cache.
 fn parse_e164(raw: &str, default_region: &str) -> Result<String, String> {
+    let (number, invalid) = parse_number(raw, default_region)?;
+    let mut e164 = String::new();
+    // The formatter reports an error (rather than panicking through
+    // `to_string`) when it has no metadata for the number's country.
+    write!(e164, "{}", number.format().mode(phonenumber::Mode::E164)).map_err(|_| invalid)?;
+    Ok(e164)
+}
+
+/// The number's E.164 and national forms (`"+61412345678"`,
+/// `"0412 345 678"`), national numbers read in `default_region`; empty
+/// when it is not a valid number there. Numbers are stored as the host
+/// wrote them, and outside North America the two forms differ in their
+/// last digits (the trunk prefix `0` against the country code): matching
+/// an inbound number against stored ones needs both.
+pub fn number_forms(raw: &str, default_region: &str) -> Vec<String> {
+    let Ok((number, _)) = parse_number(raw.trim(), default_region) else {
+        return Vec::new();
+    };
+    [phonenumber::Mode::E164, phonenumber::Mode::National]
+        .into_iter()
+        .filter_map(|mode| {
+            let mut form = String::new();
+            write!(form, "{}", number.format().mode(mode)).ok()?;
+            Some(form)
+        })
+        .collect()
+}
+
+/// Parses and validates a number (national numbers in `default_region`),
+/// with the text that says it is invalid for later checks; `Err` never
+/// echoes the input.
+fn parse_number(
+    raw: &str,
+    default_region: &str,
+) -> Result<(phonenumber::PhoneNumber, String), String> {
     if raw.is_empty() {
         return Err("phone number is empty".to_owned());
     }
@@ -332,11 +367,7 @@ fn parse_e164(raw: &str, default_region: &str) -> Result<String, String> {
     if number.extension().is_some() {
         return Err("phone number has an extension, which SMS cannot reach".to_owned());
     }
-    let mut e164 = String::new();
-    // The formatter reports an error (rather than panicking through
-    // `to_string`) when it has no metadata for the number's country.
-    write!(e164, "{}", number.format().mode(phonenumber::Mode::E164)).map_err(|_| invalid())?;
-    Ok(e164)
+    Ok((number, invalid()))
 }
 
 #[cfg(test)]
