@@ -400,9 +400,10 @@ crm_status crm_execute(struct crm_module *m, const char *command_json, char **ou
  * "ip_class":null}`; `*out_json` receives what to answer:
  * `{"status":302,"location":"https://…","content_type":…,"body_base64":…,
  * "body_text":…,"cache_control":"no-store…"}` (free with crm_string_free()).
- * A click only redirects to a link that was in the message; a GET never
- * unsubscribes (the one-click POST does); an unknown or forged token gets a
- * 404 answer, not an error.
+ * A click only redirects to a link that was in the message. A GET never
+ * unsubscribes: it answers an HTML page whose button POSTs back, and that
+ * POST (or a mail client's one-click POST) unsubscribes. An unknown or
+ * forged token gets a 404 answer, not an error.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
  * CRM_ERR_STORAGE, CRM_ERR_CLOSED, CRM_ERR_CONFLICT (see below).

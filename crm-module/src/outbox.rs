@@ -432,6 +432,18 @@ pub fn by_key(conn: &Connection, key: &str) -> Result<Option<Row>> {
         .optional()?)
 }
 
+/// The address or number the message with this key was composed for (its
+/// payload's `to`); `None` for an unknown key or a payload without one.
+pub fn recipient(conn: &Connection, key: &str) -> Result<Option<String>> {
+    let to: Option<Option<String>> = conn
+        .prepare_cached(
+            "SELECT json_extract(payload, '$.to') FROM outbox WHERE idempotency_key = ?1",
+        )?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(to.flatten())
+}
+
 /// The category (`marketing` / `care`) of the message with this key, as its
 /// payload records it; `None` for a message without one (a reply to a
 /// keyword, a "Test to" sample).

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::contacts::{self, AuditSource};
 use super::{Ctx, ingest, triggers};
 use crate::error::{Error, Result};
-use crate::messaging::compose::key_ring;
+use crate::messaging::compose::{html_escape, key_ring};
 use crate::messaging::tracking::{self, HitResponse, OpenClass, OpenContext, TokenKind};
+use crate::outbox;
 
 /// A request the host's web tier received on a tracking URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -121,17 +122,29 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             let Some((key, contact_id)) = message_key(ctx, claims.message_id)? else {
                 return Ok(HitResponse::not_found());
             };
-            let practice = ctx.settings.doc.practice_name.clone();
+            let practice = html_escape(&ctx.settings.doc.practice_name);
             if method != "POST" {
-                return Ok(page(&format!(
-                    "Unsubscribe from {practice} emails? Confirm with the button below (POST to this address)."
-                )));
+                // A link scanner's GET must not unsubscribe anyone: the page
+                // asks, and its button posts back to this address (as mail
+                // clients' one-click unsubscribe does, RFC 8058).
+                return Ok(page(
+                    &format!("Unsubscribe from {practice} emails?"),
+                    &format!(
+                        "<p>Unsubscribe from {practice} emails?</p>\n\
+                         <form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>"
+                    ),
+                ));
             }
-            // The address unsubscribes: every contact who has it (a family
-            // address is shared), the message's own contact first.
+            // The address the message went to unsubscribes: every contact
+            // who has it (a family address is shared), the message's own
+            // contact first, even if their address has changed since.
             let own = contacts::require(ctx.conn, &contact_id)?;
-            let family = match own.text("email") {
-                Some(email) => contacts::all_by_email(ctx.conn, email)?,
+            let address = match outbox::recipient(ctx.conn, &key)? {
+                Some(to) => Some(to),
+                None => own.text("email").map(str::to_string),
+            };
+            let family = match address {
+                Some(email) => contacts::all_by_email(ctx.conn, &email)?,
                 None => Vec::new(),
             };
             let mut everyone = vec![own];
@@ -153,20 +166,25 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
                     triggers::fire(ctx, &c.id, &signals)?;
                 }
             }
-            Ok(page(&format!(
-                "You are unsubscribed from {practice} emails."
-            )))
+            let done = format!("You are unsubscribed from {practice} emails.");
+            Ok(page(&done, &format!("<p>{done}</p>")))
         }
     }
 }
 
-fn page(text: &str) -> HitResponse {
+/// An HTML page (the unsubscribe question and its answer) titled `title`
+/// with `body` (already escaped) in it.
+fn page(title: &str, body: &str) -> HitResponse {
     HitResponse {
         status: 200,
-        content_type: Some("text/plain; charset=utf-8".into()),
+        content_type: Some("text/html; charset=utf-8".into()),
         location: None,
         body_base64: None,
-        body_text: Some(text.to_string()),
+        body_text: Some(format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+             <title>{title}</title>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        )),
         cache_control: tracking::NO_STORE.to_string(),
     }
 }

@@ -2579,6 +2579,77 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
     let _ = a;
 }
 
+/// The footer's link opens a page that asks (a link scanner's GET
+/// unsubscribes no one) with a button that posts back; the post
+/// unsubscribes the address the email went to, even after the contact's
+/// address changed.
+#[test]
+fn the_unsubscribe_page_asks_and_the_address_the_email_went_to_leaves() {
+    let mut s = Sim::new();
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["practice_name"] = json!("Smith & Sons <Dental>");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    s.automation(json!({"name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "News", "body": "Hi"}]}));
+    s.contact("pat", json!({"email": "old@patients.example"}));
+    let url = s.messages_to("pat")[0].payload["rendered"]["unsubscribe_url"]
+        .as_str()
+        .expect("an unsubscribe url")
+        .to_string();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "pat", "email": "new@patients.example"}}))
+        .unwrap();
+    s.contact("old_mate", json!({"email": "old@patients.example"}));
+    s.contact("new_mate", json!({"email": "new@patients.example"}));
+    let email_of = |s: &Sim, id: &str| -> String {
+        s.conn
+            .query_row(
+                "SELECT email_subscription FROM contacts WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+
+    let base = s.settings.doc.tracking.base_url.clone().unwrap();
+    let path = url.strip_prefix(base.as_str()).unwrap().to_string();
+    let page = s
+        .hit(&super::hits::Hit {
+            method: "GET".into(),
+            path,
+            user_agent: None,
+            ip_class: None,
+        })
+        .unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.content_type.as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.body_text.unwrap();
+    assert!(html.contains(r#"<form method="post">"#), "{html}");
+    assert!(html.contains("Smith &amp; Sons &lt;Dental&gt;"), "{html}");
+    assert!(!html.contains("<Dental>"), "{html}");
+    assert_eq!(email_of(&s, "pat"), "subscribed", "a GET changes nothing");
+
+    let done = s.post(&url).unwrap();
+    assert!(
+        done.body_text.unwrap().contains("You are unsubscribed"),
+        "the answer says so"
+    );
+    assert_eq!(email_of(&s, "pat"), "unsubscribed");
+    assert_eq!(
+        email_of(&s, "old_mate"),
+        "unsubscribed",
+        "the address it went to"
+    );
+    assert_eq!(
+        email_of(&s, "new_mate"),
+        "subscribed",
+        "not the address it did not"
+    );
+}
+
 #[test]
 fn composed_email_carries_a_real_unsubscribe_link_and_rendered_placeholders() {
     let mut s = Sim::new();

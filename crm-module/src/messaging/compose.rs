@@ -546,7 +546,8 @@ pub fn sms_message(
     })))
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML content and quoted attribute values.
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

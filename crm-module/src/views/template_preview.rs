@@ -28,7 +28,7 @@ use crate::catalog::Catalog;
 use crate::clock::Millis;
 use crate::core::contacts::{self, Contact};
 use crate::error::{Error, Result};
-use crate::messaging::compose::{self, Content};
+use crate::messaging::compose::{self, Content, html_escape};
 use crate::messaging::email::{self, ComposedEmail, EmailParts, SenderIdentity};
 use crate::messaging::sms::{self, SmsMeasure};
 use crate::messaging::template;
@@ -266,13 +266,6 @@ fn render_field(
             String::new()
         }
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// An email rendered for a preview or a test.
