@@ -674,8 +674,10 @@ fn sections(
     .placeholder("1 Main Street, Suite 200, Boston, MA 02110")
     .help("Printed in the footer of every email. Marketing email must carry the practice's postal address.");
     if doc.email_footer.postal_address.trim().is_empty() {
-        postal.warning =
-            Some("No postal address yet: marketing email is held back until one is set.".into());
+        postal.warning = Some(
+            "No postal address yet: marketing email is not sent until one is set (each marketing email step fails with no_postal_address)."
+                .into(),
+        );
     }
     let email_footer = section(
         "email_footer",
@@ -745,15 +747,7 @@ fn sections(
                 json!(doc.tracking.email_clicks),
             )
             .help("Links are sent through the tracking address, which records the click and forwards to the original link."),
-            SettingsField::new(
-                "tracking.base_url",
-                "Tracking address",
-                K::Url,
-                opt_text(&doc.tracking.base_url),
-            )
-            .max_len(MAX_TRACKING_URL)
-            .placeholder("https://t.practice.example")
-            .help("The public https address where PracticeEHR serves open pixels, tracked links and unsubscribe pages. Required for any tracking, email or SMS."),
+            tracking_address(doc),
         ],
         None,
     );
@@ -804,7 +798,7 @@ fn sections(
             .required()
             .range(1, MAX_KEYWORDS as i64)
             .help(format!(
-                "A reply with one of these opts the number out of all marketing texts. STOP is always included. {KEYWORD_HELP} Up to {MAX_KEYWORD_CHARS} characters each."
+                "A reply with one of these opts the number out of all texts, appointment reminders included, until it replies with an opt-in keyword. STOP is always included. {KEYWORD_HELP} Up to {MAX_KEYWORD_CHARS} characters each."
             )),
             SettingsField::new(
                 "sms_opt_in_keywords",
@@ -914,6 +908,27 @@ fn sections(
         sms_limits,
         sms_tracking,
     ])
+}
+
+/// The tracking address field, with a warning while it is not set: a
+/// marketing email's unsubscribe link is served there, so none is sent.
+fn tracking_address(doc: &Settings) -> SettingsField {
+    let mut field = SettingsField::new(
+        "tracking.base_url",
+        "Tracking address",
+        SettingsFieldKind::Url,
+        opt_text(&doc.tracking.base_url),
+    )
+    .max_len(MAX_TRACKING_URL)
+    .placeholder("https://t.practice.example")
+    .help("The public https address where PracticeEHR serves open pixels, tracked links and unsubscribe pages. Required for any tracking, email or SMS, and for marketing email, whose unsubscribe link it serves.");
+    if doc.tracking.base_url.is_none() {
+        field.warning = Some(
+            "No tracking address yet: marketing email is not sent until one is set, since it must carry an unsubscribe link (each marketing email step fails with no_unsubscribe_link)."
+                .into(),
+        );
+    }
+    field
 }
 
 #[cfg(test)]
@@ -1159,10 +1174,19 @@ mod tests {
         assert!(
             postal["warning"]
                 .as_str()
-                .is_some_and(|w| w.contains("held back")),
+                .is_some_and(|w| w.contains("not sent") && w.contains("no_postal_address")),
             "{postal}"
         );
         assert!(postal["error"].is_null());
+        // Nor a tracking address, which marketing email's unsubscribe link needs.
+        let tracking = field(&v, "tracking.base_url");
+        assert!(
+            tracking["warning"]
+                .as_str()
+                .is_some_and(|w| w.contains("no_unsubscribe_link")),
+            "{tracking}"
+        );
+        assert!(tracking["error"].is_null());
         assert_eq!(field(&v, "module_name")["warning"], Value::Null);
 
         assert_eq!(
@@ -1208,6 +1232,7 @@ mod tests {
             7
         );
         assert!(field(&v, "email_footer.postal_address")["warning"].is_null());
+        assert!(field(&v, "tracking.base_url")["warning"].is_null());
         assert!(
             v["sections"][1]["note"]
                 .as_str()
