@@ -1033,7 +1033,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             // Members leave (firing Removed from list), then the list goes.
             let mut changed = 0;
             for c in &members {
-                let signals = lists::remove_member(ctx, &list_id, c, "list_deleted")?;
+                let signals = lists::remove_member(ctx, &list_id, c, lists::LIST_DELETED)?;
                 changed += signals.len();
                 triggers::fire(ctx, c, &signals)?;
             }

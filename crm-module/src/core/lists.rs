@@ -40,7 +40,11 @@ pub fn remove_member(
     change(ctx, list_id, contact_id, source, false)
 }
 
-/// Joins or leaves: the membership row, the event log, Last Activity, the signal.
+/// The source of the leaves a list's deletion makes.
+pub const LIST_DELETED: &str = "list_deleted";
+
+/// Joins or leaves: the membership row, the event log, Last Activity
+/// (except when the list is deleted), the signal.
 fn change(
     ctx: &Ctx<'_>,
     list_id: &str,
@@ -70,7 +74,11 @@ fn change(
         ..Log::new(if join { "list_joined" } else { "list_left" }, contact_id)
     }
     .write(ctx.conn, ctx.now)?;
-    contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
+    // Staff deleting a list is nobody's activity: its members' Last
+    // Activity (and their Inactive-for-N clocks) stay where they were.
+    if source != LIST_DELETED {
+        contacts::touch_only(ctx.conn, contact_id, ctx.now)?;
+    }
     let list_id = list_id.to_string();
     Ok(vec![if join {
         Signal::ListJoined { list_id }

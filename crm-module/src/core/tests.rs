@@ -3326,6 +3326,25 @@ fn automations_name_only_lists_and_templates_that_exist_and_keep_them() {
         .unwrap();
 }
 
+/// Deleting a list takes its members out of it, but it is staff's doing,
+/// not the members' activity: their Last Activity stays.
+#[test]
+fn deleting_a_list_is_no_activity_of_its_members() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "list.create", "list_id": "old", "name": "Old campaign"}))
+        .unwrap();
+    s.cmd(json!({"command": "list.add_contacts", "list_id": "old", "contact_ids": ["c1"]}))
+        .unwrap();
+    let last = |s: &Sim| -> i64 { s.value("SELECT last_activity FROM contacts WHERE id = 'c1'") };
+    let before = last(&s);
+    s.advance(40 * DAY);
+    s.cmd(json!({"command": "list.delete", "list_id": "old"}))
+        .unwrap();
+    assert_eq!(s.count("list_left", None), 1, "the member left the list");
+    assert_eq!(last(&s), before);
+}
+
 #[test]
 fn goal_met_needs_a_goal() {
     let mut s = Sim::new();
