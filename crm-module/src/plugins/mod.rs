@@ -145,6 +145,11 @@ pub struct Outgoing {
     pub html: Option<String>,
     /// The full RFC 5322 message.
     pub rfc5322: Option<Vec<u8>>,
+    /// Other patient values of the message, for scrubbing what the adapter
+    /// says ([`redact::Redactor::message`]), never passed to it: the
+    /// contact's first and last name, an SMS recipient's number in its
+    /// national form.
+    pub patient: Vec<String>,
 }
 
 /// A call's outcome with its figures.
@@ -451,13 +456,17 @@ impl PluginHost {
                 )));
             }
             c.into_iter()
-                .map(|p| {
+                .enumerate()
+                .map(|(i, p)| {
+                    // Named by its place, not its name: a name the plugin
+                    // chose is not echoed before it is known to be a
+                    // property's (the step checks that).
                     serde_json::from_str::<Value>(&p.value)
-                        .map(|v| (p.name.clone(), v))
+                        .map(|v| (p.name, v))
                         .map_err(|_| {
                             CallFailure::permanent(format!(
-                                "property change {:?}: value is not JSON",
-                                p.name
+                                "property change {}: value is not JSON",
+                                i + 1
                             ))
                         })
                 })

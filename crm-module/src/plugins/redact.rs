@@ -15,7 +15,10 @@
 //!   [`MIN_NUMBER_DIGITS`] digits or more, as text (a record or member number
 //!   stored as a number); smaller numbers (counts, amounts) stay;
 //! - **a send** ([`Redactor::message`]): the recipient `to`, the subject, the
-//!   text and the HTML part, each as a whole string.
+//!   text and the HTML part, each as a whole string, and the contact's first
+//!   and last name and an SMS recipient's number in its national form
+//!   ([`Outgoing::patient`]: a provider's error quoting `(617) 555-0142` or
+//!   a log line greeting the patient by name).
 //!
 //! Each value is matched as given (trimmed), ignoring ASCII case, and also
 //! as a JSON string would show it (a plugin logging what it serialized) and,
@@ -98,11 +101,12 @@ impl Redactor {
     }
 
     /// For a send: the recipient, subject, text and HTML part as whole
-    /// strings.
+    /// strings, and the message's other patient values.
     pub fn message(m: &Outgoing) -> Redactor {
         let mut values = vec![m.to.clone(), m.text.clone()];
         values.extend(m.subject.iter().cloned());
         values.extend(m.html.iter().cloned());
+        values.extend(m.patient.iter().cloned());
         Redactor::with(Source::Values(values))
     }
 
@@ -313,6 +317,7 @@ mod tests {
             text: "Hi Pat, see you soon".into(),
             html: Some("<p>Hi Pat, see you soon</p>".into()),
             rfc5322: None,
+            patient: Vec::new(),
         };
         let r = Redactor::message(&m);
         assert_eq!(
@@ -321,6 +326,31 @@ mod tests {
         );
         // Whole strings: a part of the text alone is not known to be patient data.
         assert_eq!(r.redact("Hi Pat"), "Hi Pat");
+    }
+
+    /// A send's row gives the contact's name and, for an SMS, the number's
+    /// national form: a provider's error quoting either is scrubbed.
+    #[test]
+    fn a_send_scrubs_the_name_and_the_number_in_its_national_form() {
+        let effect = crate::outbox::DueEffect {
+            id: 1,
+            key: "k-1".into(),
+            kind: crate::outbox::EffectKind::Message,
+            payload: json!({"key": "k-1", "channel": "sms", "to": "+16175550142",
+                "placeholders": {"firstname": "Jane", "lastname": "Doe", "practice": "Riverside", "owner": ""},
+                "rendered": {"from": "+16175550100", "text": "See you Monday"}})
+            .to_string(),
+            channel: Some("sms".into()),
+            contact_id: Some("c1".into()),
+            screened: 0,
+        };
+        let m = crate::plugins::pool::outgoing(&effect).unwrap();
+        let r = Redactor::message(&m);
+        assert_eq!(
+            r.redact("invalid number (617) 555-0142 for Jane Doe; 6175550142"),
+            "invalid number [redacted] for [redacted] [redacted]; [redacted]"
+        );
+        assert_eq!(r.redact("practice Riverside"), "practice Riverside");
     }
 
     #[test]
