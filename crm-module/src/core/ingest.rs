@@ -1209,16 +1209,30 @@ fn stop_one(ctx: &mut Ctx<'_>, mut c: Contact, key: Option<&str>) -> Result<bool
 
 /// Queues the one SMS a keyword calls for (STOP confirmation, HELP answer):
 /// no marketing content, keyed by the inbound event so it is sent once.
+/// It is rendered as any SMS is (`rendered`: the E.164 number, the
+/// practice's sender number, the measured text), so that a sender adapter
+/// can send it too.
 fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, purpose: &str) {
-    let Some(to) = c.text("phone") else { return };
+    let Some(number) = c.text("phone") else {
+        return;
+    };
+    let sms = &ctx.settings.doc.sms;
+    let to = crate::messaging::sms::normalize_e164(number, &sms.default_region)
+        .unwrap_or_else(|_| number.to_string());
+    let measure = crate::messaging::sms::measure(text);
     let key = format!("{}-kw-{event_id}", ctx.install_id);
+    let payload = json!({
+        "key": key, "kind": "message", "channel": "sms", "category": "compliance", "purpose": purpose,
+        "contact_id": c.id, "to": to, "content": {"message": text}, "placeholders": {},
+        "rendered": {
+            "to": to, "from": sms.sender_number, "text": text, "first_in_thread": false,
+            "encoding": measure.encoding, "segments": measure.segments, "credits": measure.credits,
+        },
+    });
     ctx.effects.push(crate::outbox::Effect {
         key: key.clone(),
         kind: crate::outbox::EffectKind::Message,
-        payload: json!({
-            "key": key, "kind": "message", "channel": "sms", "category": "compliance", "purpose": purpose,
-            "contact_id": c.id, "to": to, "content": {"message": text}, "placeholders": {},
-        }),
+        payload,
         contact_id: c.id.clone(),
         automation_id: None,
         enrollment_id: None,

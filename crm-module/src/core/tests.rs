@@ -2410,7 +2410,7 @@ fn only_the_templates_own_links_are_tracked() {
 fn stop_gets_one_confirmation_and_help_gets_an_answer() {
     let mut s = Sim::new();
     let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
-    s.contact("c1", json!({}));
+    s.contact("c1", json!({"phone": "(617) 555-0100"}));
     let stop =
         json!({"event_id": "in-1", "type": "sms.received", "contact_id": "c1", "body": "stop"});
     s.push(stop.clone()).unwrap();
@@ -2439,6 +2439,29 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
             .unwrap()
             .contains("STOP")
     );
+    // Rendered as any SMS, so that a sender adapter can send them too.
+    for m in &msgs {
+        assert_eq!(
+            m.payload["rendered"]["text"],
+            m.payload["content"]["message"]
+        );
+        assert_eq!(m.payload["to"], "+16175550100");
+        let due = crate::outbox::DueEffect {
+            id: 1,
+            key: m.key.clone(),
+            kind: m.kind,
+            payload: m.payload.to_string(),
+            channel: m.channel.clone(),
+            contact_id: Some(m.contact_id.clone()),
+            screened: 0,
+        };
+        let out = crate::plugins::pool::outgoing(&due).expect("an adapter can send it");
+        assert_eq!(out.to, "+16175550100");
+        assert_eq!(
+            Some(out.text.as_str()),
+            m.payload["content"]["message"].as_str()
+        );
+    }
     assert_eq!(
         s.count("enrolled", Some(&replies)),
         0,
