@@ -297,14 +297,19 @@ pub fn number_forms(raw: &str, default_region: &str) -> Vec<String> {
     let Ok((number, _)) = parse_number(raw.trim(), default_region) else {
         return Vec::new();
     };
-    [phonenumber::Mode::E164, phonenumber::Mode::National]
-        .into_iter()
-        .filter_map(|mode| {
-            let mut form = String::new();
-            write!(form, "{}", number.format().mode(mode)).ok()?;
-            Some(form)
-        })
-        .collect()
+    // The formatter's patterns are the crate's: kept from taking the
+    // engine down as the parser is.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        [phonenumber::Mode::E164, phonenumber::Mode::National]
+            .into_iter()
+            .filter_map(|mode| {
+                let mut form = String::new();
+                write!(form, "{}", number.format().mode(mode)).ok()?;
+                Some(form)
+            })
+            .collect()
+    }))
+    .unwrap_or_default()
 }
 
 /// Parses and validates a number (national numbers in `default_region`),

@@ -145,10 +145,8 @@ pub struct Outgoing {
     pub html: Option<String>,
     /// The full RFC 5322 message.
     pub rfc5322: Option<Vec<u8>>,
-    /// Other patient values of the message, for scrubbing what the adapter
-    /// says ([`redact::Redactor::message`]), never passed to it: the
-    /// contact's first and last name, an SMS recipient's number in its
-    /// national form.
+    /// The contact's first and last name, for scrubbing what the adapter
+    /// says ([`redact::Redactor::message`]); never passed to it.
     pub patient: Vec<String>,
 }
 

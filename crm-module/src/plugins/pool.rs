@@ -191,14 +191,10 @@ pub fn outgoing(effect: &DueEffect) -> std::result::Result<Outgoing, &'static st
     let text = |x: &Value| x.as_str().map(str::to_string);
     let channel = text(&v["channel"]).ok_or("channel: missing")?;
     let to = text(&v["to"]).ok_or("to: missing")?;
-    let mut patient: Vec<String> = ["firstname", "lastname"]
+    let patient: Vec<String> = ["firstname", "lastname"]
         .iter()
         .filter_map(|p| text(&v["placeholders"][p]))
         .collect();
-    if channel == "sms" {
-        // `to` is E.164: its national form is read without a region.
-        patient.extend(crate::messaging::sms::number_forms(&to, "US"));
-    }
     Ok(match channel.as_str() {
         "sms" => Outgoing {
             key: effect.key.clone(),

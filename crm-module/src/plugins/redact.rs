@@ -15,14 +15,15 @@
 //!   [`MIN_NUMBER_DIGITS`] digits or more, as text (a record or member number
 //!   stored as a number); smaller numbers (counts, amounts) stay;
 //! - **a send** ([`Redactor::message`]): the recipient `to`, the subject, the
-//!   text and the HTML part, each as a whole string, and the contact's first
-//!   and last name and an SMS recipient's number in its national form
-//!   ([`Outgoing::patient`]: a provider's error quoting `(617) 555-0142` or
-//!   a log line greeting the patient by name).
+//!   text and the HTML part, each as a whole string; an SMS recipient's
+//!   number in its national form too (a provider's error quoting
+//!   `(617) 555-0142`); the contact's first and last name
+//!   ([`Outgoing::patient`]: a log line greeting the patient), as whole
+//!   words only, from [`MIN_NAME_CHARS`] characters.
 //!
 //! Each value is matched as given (trimmed), ignoring ASCII case, and also
 //! as a JSON string would show it (a plugin logging what it serialized) and,
-//! for a phone number, as its digits alone. Values shorter than
+//! for a phone number, as its digits alone. Other values shorter than
 //! [`MIN_CHARS`] characters are left alone: they would shred ordinary words.
 //! Matching is one pass, leftmost-longest (`ann@example.com` becomes one
 //! marker, not a marker for `Ann` inside it), in time linear in the text.
@@ -48,6 +49,9 @@ pub const MARKER: &str = "[redacted]";
 /// Values shorter than this many characters are not scrubbed (`Al`, `MA`,
 /// `no` would shred ordinary words).
 pub const MIN_CHARS: usize = 3;
+/// A name given with a message (matched as a whole word only) is scrubbed
+/// from this many characters (`Li`, `Ng`).
+pub const MIN_NAME_CHARS: usize = 2;
 /// A number in the contact is scrubbed when it has at least this many
 /// digits: an identifier (a record number, a member number, a phone kept as
 /// a number), not a count or an amount.
@@ -67,15 +71,22 @@ enum Source {
     Nothing,
     /// The contact as passed to a step plugin, JSON text.
     Contact(String),
-    /// Whole strings (a message's parts).
-    Values(Vec<String>),
+    /// A message: its parts as whole strings, names matched as whole
+    /// words, and an SMS recipient's number (its other forms are worked out
+    /// only when something is scrubbed).
+    Message {
+        values: Vec<String>,
+        names: Vec<String>,
+        sms_to: Option<String>,
+    },
 }
 
 enum Matcher {
     /// No value long enough.
     Nothing,
-    /// The values, leftmost-longest, ASCII case ignored.
-    Values(AhoCorasick),
+    /// The values, leftmost-longest, ASCII case ignored; whether each
+    /// pattern counts only as a whole word.
+    Values(AhoCorasick, Vec<bool>),
     /// The matcher could not be built: every text is replaced whole (fail
     /// closed).
     Failed,
@@ -101,13 +112,19 @@ impl Redactor {
     }
 
     /// For a send: the recipient, subject, text and HTML part as whole
-    /// strings, and the message's other patient values.
+    /// strings; the contact's names ([`Outgoing::patient`]) as whole words
+    /// (a patient called Tim leaves "timeout" alone), from
+    /// [`MIN_NAME_CHARS`] characters; an SMS recipient's number also in its
+    /// national form.
     pub fn message(m: &Outgoing) -> Redactor {
         let mut values = vec![m.to.clone(), m.text.clone()];
         values.extend(m.subject.iter().cloned());
         values.extend(m.html.iter().cloned());
-        values.extend(m.patient.iter().cloned());
-        Redactor::with(Source::Values(values))
+        Redactor::with(Source::Message {
+            values,
+            names: m.patient.clone(),
+            sms_to: (m.channel == "sms").then(|| m.to.clone()),
+        })
     }
 
     fn with(source: Source) -> Redactor {
@@ -117,9 +134,12 @@ impl Redactor {
         }
     }
 
-    /// The strings to look for (at least [`MIN_CHARS`] characters each).
-    fn patterns(&self) -> Vec<String> {
+    /// The strings to look for (at least [`MIN_CHARS`] characters each, a
+    /// name [`MIN_NAME_CHARS`]), each with whether it counts only as a
+    /// whole word; a string that is both counts everywhere.
+    fn patterns(&self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
+        let mut names = Vec::new();
         match &self.source {
             Source::Nothing => {}
             Source::Contact(json) => match serde_json::from_str::<Value>(json) {
@@ -135,21 +155,41 @@ impl Redactor {
                 Ok(other) => contact_value(&other, &mut out),
                 Err(_) => text(json, &mut out),
             },
-            Source::Values(values) => {
+            Source::Message {
+                values,
+                names: message_names,
+                sms_to,
+            } => {
                 for v in values {
                     text(v, &mut out);
                 }
+                // `to` is E.164: its national form is read without a region.
+                for form in sms_to
+                    .iter()
+                    .flat_map(|to| crate::messaging::sms::number_forms(to, "US"))
+                {
+                    text(&form, &mut out);
+                }
+                names.extend(
+                    (message_names.iter())
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| n.chars().count() >= MIN_NAME_CHARS),
+                );
             }
         }
         out.retain(|p| p.chars().count() >= MIN_CHARS);
-        out.sort_unstable();
-        out.dedup();
-        out
+        let mut all: Vec<(String, bool)> = (out.into_iter().map(|p| (p, false)))
+            .chain(names.into_iter().map(|n| (n, true)))
+            .collect();
+        // (p, false) sorts first: a string that is both counts everywhere.
+        all.sort_unstable();
+        all.dedup_by(|b, a| a.0 == b.0);
+        all
     }
 
     fn matcher(&self) -> &Matcher {
         self.matcher.get_or_init(|| {
-            let patterns = self.patterns();
+            let (patterns, words): (Vec<String>, Vec<bool>) = self.patterns().into_iter().unzip();
             if patterns.is_empty() {
                 return Matcher::Nothing;
             }
@@ -157,7 +197,7 @@ impl Redactor {
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(&patterns)
-                .map_or(Matcher::Failed, Matcher::Values)
+                .map_or(Matcher::Failed, |ac| Matcher::Values(ac, words))
         })
     }
 
@@ -167,13 +207,17 @@ impl Redactor {
         match self.matcher() {
             Matcher::Nothing => Cow::Borrowed(text),
             Matcher::Failed => Cow::Borrowed(MARKER),
-            Matcher::Values(ac) => {
+            Matcher::Values(ac, words) => {
                 if !ac.is_match(text) {
                     return Cow::Borrowed(text);
                 }
                 let mut out = String::with_capacity(text.len());
-                ac.replace_all_with(text, &mut out, |_, _, dst| {
-                    dst.push_str(MARKER);
+                ac.replace_all_with(text, &mut out, |m, found, dst| {
+                    if words[m.pattern().as_usize()] && !whole_word(text, m.start(), m.end()) {
+                        dst.push_str(found);
+                    } else {
+                        dst.push_str(MARKER);
+                    }
                     true
                 });
                 Cow::Owned(out)
@@ -190,6 +234,14 @@ impl Redactor {
         };
         changed.unwrap_or(text)
     }
+}
+
+/// Whether `text[start..end]` stands as a word: no letter or digit just
+/// before or after it.
+fn whole_word(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
 }
 
 /// The patterns of one value of the contact.
@@ -351,6 +403,21 @@ mod tests {
             "invalid number [redacted] for [redacted] [redacted]; [redacted]"
         );
         assert_eq!(r.redact("practice Riverside"), "practice Riverside");
+        // Names count as whole words only, short ones too.
+        let effect = crate::outbox::DueEffect {
+            payload: json!({"key": "k-2", "channel": "email", "to": "tim.li@example.com",
+                "placeholders": {"firstname": "Tim", "lastname": "Li"},
+                "rendered": {"envelope_from": "news@practice.example", "subject": "Hello",
+                    "text": "Hi", "rfc5322_base64": ""}})
+            .to_string(),
+            channel: Some("email".into()),
+            ..effect
+        };
+        let r = Redactor::message(&crate::plugins::pool::outgoing(&effect).unwrap());
+        assert_eq!(
+            r.redact("timeout for Tim Li (tim.li@example.com); LIMIT reached, Li's"),
+            "timeout for [redacted] [redacted] ([redacted]); LIMIT reached, [redacted]'s"
+        );
     }
 
     #[test]
