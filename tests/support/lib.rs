@@ -242,8 +242,10 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
 
 /// valgrind with memcheck, failing (exit code 99) on any memory error and on
 /// definite, indirect and possible leaks, with the project's suppressions
-/// (`tests/c/valgrind.supp`: the phonenumber crate's process-wide
-/// database). Panics with how to install valgrind when it is missing.
+/// (`tests/c/valgrind.supp`: the phonenumber crate's process-wide statics,
+/// its metadata database and its parser's expressions, and std's handle to
+/// the host's main thread).
+/// Panics with how to install valgrind when it is missing.
 pub fn memcheck() -> Vec<String> {
     let Some(valgrind) = on_path("valgrind") else {
         panic!(
