@@ -435,26 +435,26 @@ pub fn by_key(conn: &Connection, key: &str) -> Result<Option<Row>> {
 /// The address or number the message with this key was composed for (its
 /// payload's `to`); `None` for an unknown key or a payload without one.
 pub fn recipient(conn: &Connection, key: &str) -> Result<Option<String>> {
-    let to: Option<Option<String>> = conn
-        .prepare_cached(
-            "SELECT json_extract(payload, '$.to') FROM outbox WHERE idempotency_key = ?1",
-        )?
-        .query_row([key], |r| r.get(0))
-        .optional()?;
-    Ok(to.flatten())
+    payload_text(conn, key, "$.to")
 }
 
 /// The category (`marketing` / `care`) of the message with this key, as its
 /// payload records it; `None` for a message without one (a reply to a
 /// keyword, a "Test to" sample).
 pub fn category(conn: &Connection, key: &str) -> Result<Option<Category>> {
-    let id: Option<Option<String>> = conn
-        .prepare_cached(
-            "SELECT json_extract(payload, '$.category') FROM outbox WHERE idempotency_key = ?1",
-        )?
-        .query_row([key], |r| r.get(0))
+    Ok(payload_text(conn, key, "$.category")?
+        .as_deref()
+        .and_then(Category::parse))
+}
+
+/// One text field (`path`, a JSON path) of the payload of the row with this
+/// key; `None` for an unknown key or a missing field.
+fn payload_text(conn: &Connection, key: &str, path: &str) -> Result<Option<String>> {
+    let text: Option<Option<String>> = conn
+        .prepare_cached("SELECT json_extract(payload, ?2) FROM outbox WHERE idempotency_key = ?1")?
+        .query_row([key, path], |r| r.get(0))
         .optional()?;
-    Ok(id.flatten().as_deref().and_then(Category::parse))
+    Ok(text.flatten())
 }
 
 /// The newest message on a channel to a contact.
