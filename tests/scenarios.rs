@@ -466,7 +466,14 @@ fn tracking_hits_open_click_and_unsubscribe() {
         .unwrap()
         .replace("https://t.riverside.example", "");
     let r = hit("GET", &unsub, browser);
-    assert!(r["body_text"].as_str().unwrap().contains("Confirm"));
+    assert_eq!(r["content_type"], "text/html; charset=utf-8");
+    assert!(
+        r["body_text"]
+            .as_str()
+            .unwrap()
+            .contains(r#"<form method="post">"#),
+        "{r}"
+    );
     let conn = crm_module::store::open(
         &dir.path().join("practice.db"),
         crm_module::store::Access::Read,
@@ -572,6 +579,53 @@ fn sending_limits_hold_the_excess_in_order_across_a_restart() {
             .and_then(|n| n.parse::<u32>().ok())
     });
     assert_eq!(keys, sorted, "in order");
+}
+
+/// The answer to a STOP goes at once even when the channel is over its
+/// sending limit, and does not count towards it.
+#[test]
+fn a_stop_is_confirmed_whatever_the_sending_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let mut settings = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+    settings["limits"] = json!({"sms_per_day": 2});
+    m.execute(&json!({"command": "settings.update", "settings": settings}).to_string())
+        .unwrap();
+    let host = Arc::new(Collect::default());
+    m.set_host(Some(host.clone())).unwrap();
+    m.execute(
+        r#"{"command": "automation.create", "automation_id": "a", "definition": {
+        "name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_sms", "message": "Hello from {{practice}}"}]}}"#,
+    )
+    .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
+        .unwrap();
+    let sent = |purpose: Option<&str>| -> Vec<String> {
+        let got = host.got.lock().unwrap();
+        got.iter()
+            .filter(|(_, _, p)| p["channel"] == "sms" && p["purpose"].as_str() == purpose)
+            .map(|(_, _, p)| p["contact_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let stop = |i: usize| {
+        json!({"event_id": format!("stop-{i}"), "type": "sms.received", "contact_id": format!("p{i}"), "body": "STOP"})
+            .to_string()
+    };
+    m.push(&contact(0)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    m.push(&stop(0)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    // The confirmation did not take the second text of the day.
+    m.push(&contact(1)).unwrap();
+    m.push(&contact(2)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(sent(None), ["p0", "p1"], "2 a day");
+    // Over the limit now, a STOP is still confirmed at once.
+    m.push(&stop(1)).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(sent(Some("stop_confirmation")), ["p0", "p1"]);
+    assert_eq!(sent(None), ["p0", "p1"], "p2 waits for the next day");
 }
 
 #[test]

@@ -77,6 +77,20 @@ pub struct Effect {
     pub not_before: Option<Millis>,
 }
 
+impl Effect {
+    /// Whether the sending limits pass this message by: an answer to a
+    /// keyword (category `compliance`: a STOP is confirmed at once, at any
+    /// hour) or a staff member's test send (`test`). It neither waits for a
+    /// channel over its limit nor counts towards it.
+    pub fn exempt_from_limits(&self) -> bool {
+        self.kind == EffectKind::Message
+            && matches!(
+                self.payload.get("category").and_then(Value::as_str),
+                Some("compliance" | "test")
+            )
+    }
+}
+
 /// The host's answer to one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostAnswer {
@@ -122,8 +136,9 @@ pub fn backoff(attempts: i64) -> Millis {
 pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id,
-             enrollment_id, step_id, channel, asset_id, status, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, ?11)
+             enrollment_id, step_id, channel, asset_id, status, next_attempt_at, created_at, updated_at,
+             exempt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, ?11, ?12)
          ON CONFLICT(idempotency_key) DO NOTHING",
     )?;
     for e in effects {
@@ -142,7 +157,8 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
             e.channel,
             e.asset_id,
             e.not_before.map_or(now, |t| t.max(now)),
-            now
+            now,
+            e.exempt_from_limits()
         ])?;
     }
     Ok(())
@@ -234,13 +250,22 @@ pub fn due(
     exclude: &std::collections::HashSet<i64>,
     takers: Takers<'_>,
 ) -> Result<Vec<DueEffect>> {
-    due_within(conn, now, limit, exclude, takers, &[])
+    due_within(conn, now, limit, exclude, takers, &[], &[])
 }
+
+/// The due messages of one channel (`?1`) outside the sending limits
+/// (`?2` now, `?3` limit), oldest first: a range of `outbox_exempt_due`.
+pub(crate) const EXEMPT_DUE_SQL: &str =
+    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id FROM outbox
+    WHERE exempt = 1 AND status IN ('pending','retry') AND channel = ?1 AND next_attempt_at <= ?2
+    ORDER BY next_attempt_at, id LIMIT ?3";
 
 /// [`due`], with at most `room` rows of each lane it names, by channel or
 /// by kind as [`Takers::blocked`] (what the lane can still take: a
 /// channel's sending budget, its share of the in-flight room), so that rows the caller could not hand over are not
-/// read and screened for nothing.
+/// read and screened for nothing; and, of each channel in `exempt_room`
+/// (over its sending limit, with in-flight room left), at most that many
+/// of its messages outside the limits.
 pub fn due_within(
     conn: &Connection,
     now: Millis,
@@ -248,38 +273,48 @@ pub fn due_within(
     exclude: &std::collections::HashSet<i64>,
     takers: Takers<'_>,
     room: &[(&str, usize)],
+    exempt_room: &[(&str, usize)],
 ) -> Result<Vec<DueEffect>> {
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
+    let mut exempt = conn.prepare_cached(EXEMPT_DUE_SQL)?;
     let mut rows = Vec::new();
-    for (kind, channel) in open_lanes(takers) {
+    let exempt_lanes = (exempt_room.iter()).filter_map(|(c, n)| {
+        let taken =
+            takers.host.contains(&EffectKind::Message) || takers.sender_channels.contains(c);
+        let channel = LANES.iter().find_map(|(_, lane)| lane.filter(|l| l == c))?;
+        (taken && *n > 0).then_some((EffectKind::Message, Some(channel), *n, true))
+    });
+    let lanes = open_lanes(takers).filter_map(|(kind, channel)| {
         let name = channel.unwrap_or(kind.as_str());
         let lane_limit = (room.iter())
             .find(|(r, _)| *r == name)
             .map_or(limit, |(_, n)| (*n).min(limit));
-        if lane_limit == 0 {
-            continue;
-        }
+        (lane_limit > 0).then_some((kind, channel, lane_limit, false))
+    });
+    for (kind, channel, lane_limit, exempt_only) in lanes.chain(exempt_lanes) {
+        let lane_limit = lane_limit.min(limit);
         let mut taken = 0;
-        let lane = stmt.query_map(
-            params![
-                kind.as_str(),
-                channel,
-                now,
-                (lane_limit + exclude.len()) as i64
-            ],
-            |r| {
-                let due = DueEffect {
-                    id: r.get(1)?,
-                    key: r.get(2)?,
-                    kind,
-                    payload: r.get(3)?,
-                    channel: channel.map(str::to_string),
-                    contact_id: r.get(5)?,
-                    screened: 0,
-                };
-                Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
-            },
-        )?;
+        let read = |r: &rusqlite::Row<'_>| {
+            let due = DueEffect {
+                id: r.get(1)?,
+                key: r.get(2)?,
+                kind,
+                payload: r.get(3)?,
+                channel: channel.map(str::to_string),
+                contact_id: r.get(5)?,
+                screened: 0,
+            };
+            Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
+        };
+        let want = (lane_limit + exclude.len()) as i64;
+        let lane: Vec<_> = if exempt_only {
+            exempt
+                .query_map(params![channel, now, want], read)?
+                .collect()
+        } else {
+            stmt.query_map(params![kind.as_str(), channel, now, want], read)?
+                .collect()
+        };
         for row in lane {
             let row = row?;
             if !exclude.contains(&row.2.id) && taken < lane_limit {
@@ -570,7 +605,18 @@ mod tests {
         );
         // Room for one more email, none for SMS: the rest are not read.
         assert_eq!(
-            keys(&due_within(&conn, 100, 10, &none, host, &[("email", 1), ("sms", 0)]).unwrap()),
+            keys(
+                &due_within(
+                    &conn,
+                    100,
+                    10,
+                    &none,
+                    host,
+                    &[("email", 1), ("sms", 0)],
+                    &[]
+                )
+                .unwrap()
+            ),
             ["email-1", "task-1", "step-1"]
         );
         assert_eq!(next_due(&conn, host, Millis::MIN).unwrap(), Some(10));

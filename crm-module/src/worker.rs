@@ -107,6 +107,10 @@ pub enum AnsweredBy {
 /// A reply to send once the transaction's fate is known.
 type Reply = Box<dyn FnOnce(Option<&Error>)>;
 
+/// How many rows each lane may hand over now, by lane name (a channel, or
+/// a kind for a lane without one).
+type Rooms = Vec<(&'static str, usize)>;
+
 /// Most requests folded into one transaction.
 const MAX_GROUP: usize = 512;
 /// Most scheduled items handled per transaction.
@@ -483,7 +487,14 @@ impl Worker {
     /// ([`MAX_IN_FLIGHT_PER_CHANNEL`]); custom steps
     /// [`MAX_PLUGIN_STEPS_IN_FLIGHT`]. Keyed by channel, or by kind for a
     /// lane without one ([`outbox::Takers::blocked`]).
-    fn channel_room(&self, now: Millis) -> Vec<(&'static str, usize)> {
+    fn channel_room(&self, now: Millis) -> Rooms {
+        self.rooms(now).0
+    }
+
+    /// [`channel_room`](Worker::channel_room), and the room of each message
+    /// channel over its sending limit for its messages outside the limits
+    /// ([`outbox::Effect::exempt_from_limits`]): its in-flight share.
+    fn rooms(&self, now: Millis) -> (Rooms, Rooms) {
         let budgets = self.budgets(now);
         let flying = |lane: &str| {
             (self.flying.values())
@@ -491,20 +502,25 @@ impl Worker {
                 .count()
         };
         let plugin_steps = EffectKind::PluginStep.as_str();
-        ["email", "sms"]
+        let mut exempt = Vec::new();
+        let lanes = ["email", "sms"]
             .into_iter()
             .map(|c| {
                 let share = MAX_IN_FLIGHT_PER_CHANNEL.saturating_sub(flying(c));
                 let budget = budgets
                     .get(c)
                     .map_or(usize::MAX, |left| usize::try_from(*left).unwrap_or(0));
+                if budget == 0 && share > 0 {
+                    exempt.push((c, share));
+                }
                 (c, share.min(budget))
             })
             .chain([(
                 plugin_steps,
                 MAX_PLUGIN_STEPS_IN_FLIGHT.saturating_sub(flying(plugin_steps)),
             )])
-            .collect()
+            .collect();
+        (lanes, exempt)
     }
 
     /// Lanes (channels, and custom steps) that cannot hand over now: over
@@ -1349,21 +1365,29 @@ impl Worker {
         }
         // Each message channel's lane is read only as far as the channel can
         // take (none of a channel over its limit or its in-flight share), so
-        // every row screened here can be handed over.
-        let channel_room = self.channel_room(now);
-        let due = outbox::due_within(&self.conn, now, room, exclude, open, &channel_room).and_then(
-            |rows| {
-                let settings = self.settings.read();
-                crate::messaging::handover::screen(
-                    &self.conn,
-                    &self.catalog,
-                    &settings,
-                    &self.install_id,
-                    rows,
-                    now,
-                )
-            },
-        );
+        // every row screened here can be handed over; of a channel over its
+        // limit, only the messages outside the limits.
+        let (channel_room, exempt_room) = self.rooms(now);
+        let due = outbox::due_within(
+            &self.conn,
+            now,
+            room,
+            exclude,
+            open,
+            &channel_room,
+            &exempt_room,
+        )
+        .and_then(|rows| {
+            let settings = self.settings.read();
+            crate::messaging::handover::screen(
+                &self.conn,
+                &self.catalog,
+                &settings,
+                &self.install_id,
+                rows,
+                now,
+            )
+        });
         match due {
             Ok(rows) => {
                 for mut row in rows {

@@ -1,7 +1,10 @@
 //! Sending limits per channel (SPEC §6): at most N messages handed over per
 //! rolling hour and per rolling day. Excess never drops: it stays in the
 //! outbox, in order, and goes out when the window frees a slot. The count
-//! comes from the outbox itself, so limits hold across a restart.
+//! comes from the outbox itself, so limits hold across a restart. Answers
+//! to STOP and HELP and staff's test sends are outside the limits
+//! (`outbox.exempt`): they go when the channel is over its limit, and do
+//! not count.
 
 use std::collections::HashMap;
 
@@ -54,10 +57,7 @@ pub fn next_slot(
     now: Millis,
 ) -> Result<Option<Millis>> {
     let mut next: Option<Millis> = None;
-    let mut stmt = conn.prepare_cached(
-        "SELECT MIN(handed_over_at) FROM outbox
-          WHERE kind = 'message' AND handed_over_at IS NOT NULL AND channel = ?1 AND handed_over_at > ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(OLDEST_SINCE_SQL)?;
     for (channel, per_hour, per_day) in by_channel(limits) {
         if !blocked.contains(&channel) {
             continue;
@@ -76,13 +76,21 @@ pub fn next_slot(
     Ok(next)
 }
 
+/// How many messages within the limits of a channel (`?1`) were handed
+/// over after `?2`: a range of `outbox_handed_over`.
+pub(crate) const HANDED_OVER_SINCE_SQL: &str = "SELECT COUNT(*) FROM outbox
+    WHERE kind = 'message' AND handed_over_at IS NOT NULL AND exempt = 0 AND channel = ?1
+      AND handed_over_at > ?2";
+
+/// When the oldest of them was: [`HANDED_OVER_SINCE_SQL`]'s `MIN`.
+pub(crate) const OLDEST_SINCE_SQL: &str = "SELECT MIN(handed_over_at) FROM outbox
+    WHERE kind = 'message' AND handed_over_at IS NOT NULL AND exempt = 0 AND channel = ?1
+      AND handed_over_at > ?2";
+
 /// Messages of a channel handed to the sender after `since`.
 fn handed_over_since(conn: &rusqlite::Connection, channel: &str, since: Millis) -> Result<i64> {
     Ok(conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM outbox
-              WHERE kind = 'message' AND handed_over_at IS NOT NULL AND channel = ?1 AND handed_over_at > ?2",
-        )?
+        .prepare_cached(HANDED_OVER_SINCE_SQL)?
         .query_row(params![channel, since], |r| r.get(0))?)
 }
 

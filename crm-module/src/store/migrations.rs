@@ -638,6 +638,20 @@ DROP INDEX outbox_handed_over;
 CREATE INDEX outbox_handed_over ON outbox(channel, handed_over_at)
     WHERE kind = 'message' AND handed_over_at IS NOT NULL;
 "#,
+    // 26: messages outside the sending limits (`outbox.exempt`): the
+    // answers to STOP and HELP, which go at once, and staff's test sends.
+    // They neither wait behind a channel over its limit (their own index,
+    // read only then) nor count towards it.
+    r#"
+ALTER TABLE outbox ADD COLUMN exempt INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET exempt = 1
+ WHERE kind = 'message' AND json_extract(payload, '$.category') IN ('compliance', 'test');
+DROP INDEX outbox_handed_over;
+CREATE INDEX outbox_handed_over ON outbox(channel, handed_over_at)
+    WHERE kind = 'message' AND handed_over_at IS NOT NULL AND exempt = 0;
+CREATE INDEX outbox_exempt_due ON outbox(channel, next_attempt_at, id)
+    WHERE exempt = 1 AND status IN ('pending','retry');
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -1106,6 +1120,31 @@ mod tests {
             assert!(
                 plan.iter().any(|l| l.contains("events_message_history")),
                 "{plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sending_limits_and_the_messages_outside_them_read_their_partial_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::outbox::EXEMPT_DUE_SQL,
+            rusqlite::params!["sms", 0, 10],
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("outbox_exempt_due")),
+            "{plan:?}"
+        );
+        for sql in [
+            crate::messaging::limits::HANDED_OVER_SINCE_SQL,
+            crate::messaging::limits::OLDEST_SINCE_SQL,
+        ] {
+            let plan = crate::store::query_plan(&conn, sql, rusqlite::params!["sms", 0]);
+            assert!(
+                plan.iter().any(|l| l.contains("outbox_handed_over")),
+                "{sql}: {plan:?}"
             );
         }
     }
