@@ -591,7 +591,7 @@ fn a_stop_is_confirmed_whatever_the_sending_limits() {
     settings["limits"] = json!({"sms_per_day": 2});
     m.execute(&json!({"command": "settings.update", "settings": settings}).to_string())
         .unwrap();
-    let host = Arc::new(Collect::default());
+    let host = Arc::new(RetriesConfirmations::default());
     m.set_host(Some(host.clone())).unwrap();
     m.execute(
         r#"{"command": "automation.create", "automation_id": "a", "definition": {
@@ -602,7 +602,7 @@ fn a_stop_is_confirmed_whatever_the_sending_limits() {
     m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
         .unwrap();
     let sent = |purpose: Option<&str>| -> Vec<String> {
-        let got = host.got.lock().unwrap();
+        let got = host.inner.got.lock().unwrap();
         got.iter()
             .filter(|(_, _, p)| p["channel"] == "sms" && p["purpose"].as_str() == purpose)
             .map(|(_, _, p)| p["contact_id"].as_str().unwrap().to_string())
@@ -626,6 +626,38 @@ fn a_stop_is_confirmed_whatever_the_sending_limits() {
     m.wait_idle(Duration::from_secs(30)).unwrap();
     assert_eq!(sent(Some("stop_confirmation")), ["p0", "p1"]);
     assert_eq!(sent(None), ["p0", "p1"], "p2 waits for the next day");
+    // The host asks for p2's confirmation again later: the retry goes a
+    // minute on, not when the day's limit frees a slot.
+    let stopped_at = m.now();
+    m.push(&stop(2)).unwrap();
+    m.advance_clock(24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let log = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let accepted: i64 = log
+        .query_row(
+            "SELECT MAX(at) FROM events WHERE kind = 'message_sent' AND message_key LIKE '%-kw-stop-2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(accepted - stopped_at, 60_000, "one minute's backoff");
+}
+
+/// Answers "retry later" to the first attempt of the confirmation of the
+/// STOP pushed as `stop-2`; takes the rest as [`Collect`] does.
+#[derive(Default)]
+struct RetriesConfirmations {
+    inner: Collect,
+    asked: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Host for RetriesConfirmations {
+    fn deliver(&self, d: Delivery<'_>) -> (HostAnswer, Option<String>) {
+        if d.key.ends_with("-kw-stop-2") && self.asked.lock().unwrap().insert(d.key.to_string()) {
+            return (HostAnswer::RetryLater, Some("queue busy".into()));
+        }
+        self.inner.deliver(d)
+    }
 }
 
 #[test]

@@ -432,6 +432,7 @@ mod tests {
             channel: Some(channel.into()),
             contact_id: None,
             screened: 0,
+            exempt: false,
         };
         assert!(is_email(&job(EffectKind::Message, "email")));
         assert!(!is_email(&job(EffectKind::Task, "email")));

@@ -182,6 +182,9 @@ pub struct DueEffect {
     /// The hand-over epoch it was screened at
     /// ([`crate::messaging::handover::Rescreen`]); 0 before.
     pub screened: u64,
+    /// A message outside the sending limits
+    /// ([`Effect::exempt_from_limits`]): in flight, it takes none of them.
+    pub exempt: bool,
 }
 
 /// Who can take effects right now.
@@ -232,7 +235,7 @@ fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'stati
 /// One lane's due rows (`?1` kind, `?2` channel, `?3` now, `?4` limit),
 /// oldest first: a range of the `outbox_due` index.
 pub(crate) const DUE_SQL: &str =
-    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id FROM outbox
+    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id, exempt FROM outbox
     WHERE status IN ('pending','retry') AND kind = ?1 AND channel IS ?2 AND next_attempt_at <= ?3
     ORDER BY next_attempt_at, id LIMIT ?4";
 
@@ -256,7 +259,7 @@ pub fn due(
 /// The due messages of one channel (`?1`) outside the sending limits
 /// (`?2` now, `?3` limit), oldest first: a range of `outbox_exempt_due`.
 pub(crate) const EXEMPT_DUE_SQL: &str =
-    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id FROM outbox
+    "SELECT next_attempt_at, id, idempotency_key, payload, attempts, contact_id, exempt FROM outbox
     WHERE exempt = 1 AND status IN ('pending','retry') AND channel = ?1 AND next_attempt_at <= ?2
     ORDER BY next_attempt_at, id LIMIT ?3";
 
@@ -279,10 +282,8 @@ pub fn due_within(
     let mut exempt = conn.prepare_cached(EXEMPT_DUE_SQL)?;
     let mut rows = Vec::new();
     let exempt_lanes = (exempt_room.iter()).filter_map(|(c, n)| {
-        let taken =
-            takers.host.contains(&EffectKind::Message) || takers.sender_channels.contains(c);
-        let channel = LANES.iter().find_map(|(_, lane)| lane.filter(|l| l == c))?;
-        (taken && *n > 0).then_some((EffectKind::Message, Some(channel), *n, true))
+        let channel = exempt_lane(takers, c)?;
+        (*n > 0).then_some((EffectKind::Message, Some(channel), *n, true))
     });
     let lanes = open_lanes(takers).filter_map(|(kind, channel)| {
         let name = channel.unwrap_or(kind.as_str());
@@ -303,6 +304,7 @@ pub fn due_within(
                 channel: channel.map(str::to_string),
                 contact_id: r.get(5)?,
                 screened: 0,
+                exempt: r.get(6)?,
             };
             Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
         };
@@ -341,6 +343,60 @@ pub fn due_within(
         })
         .collect();
     Ok(out)
+}
+
+/// The message channel `channel` as a lane of its messages outside the
+/// limits, when some taker takes its messages.
+fn exempt_lane(t: Takers<'_>, channel: &str) -> Option<&'static str> {
+    let lane = LANES
+        .iter()
+        .find_map(|(_, lane)| lane.filter(|l| *l == channel))?;
+    (t.host.contains(&EffectKind::Message) || t.sender_channels.contains(&lane)).then_some(lane)
+}
+
+/// The earliest due time after `?2` of a channel's (`?1`) messages outside
+/// the limits: an `outbox_exempt_due` probe.
+pub(crate) const NEXT_EXEMPT_DUE_SQL: &str = "SELECT MIN(next_attempt_at) FROM outbox
+    WHERE exempt = 1 AND status IN ('pending','retry') AND channel = ?1 AND next_attempt_at > ?2";
+
+/// Whether, of the channels over their sending limit (`channels`), a
+/// message outside the limits that some taker takes is due at `now` and not
+/// in `exclude` (in flight).
+pub fn any_exempt_due(
+    conn: &Connection,
+    now: Millis,
+    exclude: &std::collections::HashSet<i64>,
+    takers: Takers<'_>,
+    channels: &[&str],
+) -> Result<bool> {
+    let mut due = conn.prepare_cached(EXEMPT_DUE_SQL)?;
+    for channel in channels.iter().filter_map(|c| exempt_lane(takers, c)) {
+        let mut rows = due.query(params![channel, now, (exclude.len() + 1) as i64])?;
+        while let Some(row) = rows.next()? {
+            if !exclude.contains(&row.get::<_, i64>(1)?) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The earliest due time after `after` of a message outside the limits, of
+/// the channels over their sending limit (`channels`), that some taker
+/// takes.
+pub fn next_exempt_due(
+    conn: &Connection,
+    after: Millis,
+    takers: Takers<'_>,
+    channels: &[&str],
+) -> Result<Option<Millis>> {
+    let mut next = conn.prepare_cached(NEXT_EXEMPT_DUE_SQL)?;
+    let mut earliest: Option<Millis> = None;
+    for channel in channels.iter().filter_map(|c| exempt_lane(takers, c)) {
+        let at: Option<Millis> = next.query_row(params![channel, after], |r| r.get(0))?;
+        earliest = earliest.into_iter().chain(at).min();
+    }
+    Ok(earliest)
 }
 
 /// One lane's ids due at `?3` (`?1` kind, `?2` channel, `?4` limit),

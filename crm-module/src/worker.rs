@@ -149,6 +149,8 @@ struct Flying {
     /// Its contact: the marks of [`Rescreen`](crate::messaging::handover::Rescreen)
     /// it needs.
     contact: Option<String>,
+    /// A message outside the sending limits: it takes none of the budget.
+    exempt: bool,
 }
 
 /// The worker's state.
@@ -410,19 +412,29 @@ impl Worker {
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        let blocked = self.blocked_channels(now);
+        let (rooms, exempt) = self.rooms(now);
+        let blocked = blocked_in(&rooms);
         let (host, senders) = (self.host_kinds(), self.sender_channels());
         let takers = outbox::Takers {
             host: &host,
             sender_channels: &senders,
             blocked: &blocked,
         };
-        match outbox::any_due(&self.conn, now, &self.in_flight, takers) {
-            Ok(true) => Some(now),
-            Ok(false) => outbox::next_due(&self.conn, takers, now).ok().flatten(),
-            // Look again soon rather than spin on an error.
-            Err(_) => Some(now + 1_000),
-        }
+        let exempt: Vec<&str> = exempt.iter().map(|(c, _)| *c).collect();
+        // A channel over its limit still sends its messages outside the
+        // limits.
+        let woken = (|| {
+            if outbox::any_due(&self.conn, now, &self.in_flight, takers)?
+                || outbox::any_exempt_due(&self.conn, now, &self.in_flight, takers, &exempt)?
+            {
+                return Ok::<_, Error>(Some(now));
+            }
+            let next = outbox::next_due(&self.conn, takers, now)?;
+            let outside = outbox::next_exempt_due(&self.conn, now, takers, &exempt)?;
+            Ok(next.into_iter().chain(outside).min())
+        })();
+        // Look again soon rather than spin on an error.
+        woken.unwrap_or(Some(now + 1_000))
     }
 
     /// The earliest due time after `after` of an outbox row some taker can
@@ -475,7 +487,10 @@ impl Worker {
     /// How many more messages each limited channel may hand over now.
     fn budgets(&self, now: Millis) -> std::collections::HashMap<&'static str, i64> {
         let mut flying: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-        for ch in self.flying.values().filter_map(|f| f.channel.as_ref()) {
+        for ch in (self.flying.values())
+            .filter(|f| !f.exempt)
+            .filter_map(|f| f.channel.as_ref())
+        {
             *flying.entry(ch.clone()).or_default() += 1;
         }
         let limits = self.settings.read().doc.limits.clone();
@@ -527,11 +542,7 @@ impl Worker {
     /// their sending limit, or with their share of the in-flight room taken
     /// (an answer wakes the worker).
     fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
-        self.channel_room(now)
-            .into_iter()
-            .filter(|(_, room)| *room == 0)
-            .map(|(c, _)| c)
-            .collect()
+        blocked_in(&self.channel_room(now))
     }
 
     /// Applies a group of requests in one transaction; returns the clock advances (by how much) to run after it.
@@ -1140,7 +1151,19 @@ impl Worker {
     /// sending limit gets a free slot (a message handed over leaves one of
     /// its windows).
     fn next_handover(&self, now: Millis) -> Option<Millis> {
-        let blocked = self.blocked_channels(now);
+        let (rooms, exempt) = self.rooms(now);
+        let blocked = blocked_in(&rooms);
+        // Of a channel over its limit, its messages outside the limits.
+        let exempt: Vec<&str> = exempt.iter().map(|(c, _)| *c).collect();
+        let (host, senders) = (self.host_kinds(), self.sender_channels());
+        let takers = outbox::Takers {
+            host: &host,
+            sender_channels: &senders,
+            blocked: &blocked,
+        };
+        let outside_limits = outbox::next_exempt_due(&self.conn, now, takers, &exempt)
+            .ok()
+            .flatten();
         let slot = if blocked.is_empty() {
             None
         } else {
@@ -1152,6 +1175,7 @@ impl Worker {
         self.next_outbox_due_unblocked(now, &blocked)
             .into_iter()
             .chain(slot)
+            .chain(outside_limits)
             .min()
     }
 
@@ -1396,6 +1420,7 @@ impl Worker {
                         kind: row.kind,
                         channel: row.channel.clone(),
                         contact: row.contact_id.clone(),
+                        exempt: row.exempt,
                     };
                     self.flying.insert(row.id, flying);
                     let id = row.id;
@@ -1425,6 +1450,14 @@ impl Worker {
             let _ = w.send(());
         }
     }
+}
+
+/// The lanes of `rooms` that can take nothing now.
+fn blocked_in(rooms: &Rooms) -> Vec<&'static str> {
+    (rooms.iter())
+        .filter(|(_, room)| *room == 0)
+        .map(|(c, _)| *c)
+        .collect()
 }
 
 fn clone_err(e: &Error) -> Error {
@@ -1608,6 +1641,7 @@ mod tests {
                 kind: EffectKind::Message,
                 channel: Some("email".into()),
                 contact: None,
+                exempt: false,
             };
             w.flying.insert(*id, flying);
         }
@@ -1615,6 +1649,26 @@ mod tests {
         assert!(idle > Duration::from_secs(50), "{idle:?}");
         w.landed(ids[0]);
         assert_eq!(w.wait_time(), Some(Duration::ZERO), "room again");
+    }
+
+    /// A message outside the sending limits in flight (a STOP's answer)
+    /// takes none of its channel's budget; any other message takes one.
+    #[test]
+    fn a_message_outside_the_limits_in_flight_takes_none_of_the_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        w.settings.write().doc.limits.sms_per_day = Some(1);
+        let now = crate::clock::system_now();
+        let fly = |exempt| Flying {
+            kind: EffectKind::Message,
+            channel: Some("sms".into()),
+            contact: None,
+            exempt,
+        };
+        w.flying.insert(1, fly(true));
+        assert_eq!(w.budgets(now)["sms"], 1);
+        w.flying.insert(2, fly(false));
+        assert_eq!(w.budgets(now)["sms"], 0);
     }
 
     /// The marks for the dispatcher's last look are dropped at each turn's
@@ -1633,6 +1687,7 @@ mod tests {
             channel: Some("email".into()),
             contact_id: Some(contact.into()),
             screened: 0,
+            exempt: false,
         };
         w.rescreen.mark("c1");
         assert!(w.rescreen.is_stale(&row("c1")));
@@ -1643,6 +1698,7 @@ mod tests {
             kind: EffectKind::Message,
             channel: Some("email".into()),
             contact: Some("c2".into()),
+            exempt: false,
         };
         w.flying.insert(7, flying);
         w.rescreen.mark("c2");

@@ -2454,6 +2454,7 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
             channel: m.channel.clone(),
             contact_id: Some(m.contact_id.clone()),
             screened: 0,
+            exempt: false,
         };
         let out = crate::plugins::pool::outgoing(&due).expect("an adapter can send it");
         assert_eq!(out.to, "+16175550100");

@@ -411,6 +411,7 @@ mod tests {
                     channel: r.get(3)?,
                     contact_id: r.get(4)?,
                     screened: 0,
+                    exempt: false,
                 })
             })
             .unwrap()
@@ -431,6 +432,7 @@ mod tests {
             channel: None,
             contact_id: Some(contact.into()),
             screened,
+            exempt: false,
         };
         r.mark("c1");
         let at = r.epoch();

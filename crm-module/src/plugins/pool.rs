@@ -254,6 +254,7 @@ mod tests {
                 channel: None,
                 contact_id: Some("c1".into()),
                 screened: 0,
+                exempt: false,
             })
         };
         jobs.send(job(1, "defect-in-test")).unwrap();

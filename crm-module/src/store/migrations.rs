@@ -1128,15 +1128,22 @@ mod tests {
     fn sending_limits_and_the_messages_outside_them_read_their_partial_indexes() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
-        let plan = crate::store::query_plan(
-            &conn,
-            crate::outbox::EXEMPT_DUE_SQL,
-            rusqlite::params!["sms", 0, 10],
-        );
-        assert!(
-            plan.iter().any(|l| l.contains("outbox_exempt_due")),
-            "{plan:?}"
-        );
+        for (sql, params) in [
+            (
+                crate::outbox::EXEMPT_DUE_SQL,
+                rusqlite::params!["sms", 0, 10],
+            ),
+            (
+                crate::outbox::NEXT_EXEMPT_DUE_SQL,
+                rusqlite::params!["sms", 0],
+            ),
+        ] {
+            let plan = crate::store::query_plan(&conn, sql, params);
+            assert!(
+                plan.iter().any(|l| l.contains("outbox_exempt_due")),
+                "{sql}: {plan:?}"
+            );
+        }
         for sql in [
             crate::messaging::limits::HANDED_OVER_SINCE_SQL,
             crate::messaging::limits::OLDEST_SINCE_SQL,
