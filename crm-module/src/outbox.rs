@@ -219,17 +219,20 @@ const LANES: [(EffectKind, Option<&str>); 5] = [
 /// lane nobody takes is not read at all: its rows wait without using
 /// attempts.
 fn open_lanes(t: Takers<'_>) -> impl Iterator<Item = (EffectKind, Option<&'static str>)> + '_ {
-    LANES
-        .into_iter()
-        .filter(move |(kind, channel)| match channel {
-            Some(c) => {
-                (t.host.contains(kind) || t.sender_channels.contains(c)) && !t.blocked.contains(c)
-            }
-            None => {
-                (t.host.contains(kind) || *kind == EffectKind::PluginStep)
-                    && !t.blocked.contains(&kind.as_str())
-            }
-        })
+    LANES.into_iter().filter(move |(kind, channel)| {
+        taken(t, *kind, *channel) && !t.blocked.contains(&channel.unwrap_or(kind.as_str()))
+    })
+}
+
+/// Whether some taker takes the lane's rows, blocked or not: the host
+/// handles the kind, a sender of the module's own sends the channel, or
+/// the plugin pool runs custom steps.
+fn taken(t: Takers<'_>, kind: EffectKind, channel: Option<&str>) -> bool {
+    t.host.contains(&kind)
+        || match channel {
+            Some(c) => t.sender_channels.contains(&c),
+            None => kind == EffectKind::PluginStep,
+        }
 }
 
 /// One lane's due rows (`?1` kind, `?2` channel, `?3` now, `?4` limit),
@@ -351,7 +354,7 @@ fn exempt_lane(t: Takers<'_>, channel: &str) -> Option<&'static str> {
     let lane = LANES
         .iter()
         .find_map(|(_, lane)| lane.filter(|l| *l == channel))?;
-    (t.host.contains(&EffectKind::Message) || t.sender_channels.contains(&lane)).then_some(lane)
+    taken(t, EffectKind::Message, Some(lane)).then_some(lane)
 }
 
 /// The earliest due time after `?2` of a channel's (`?1`) messages outside

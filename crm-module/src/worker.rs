@@ -412,27 +412,14 @@ impl Worker {
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        let (rooms, exempt) = self.rooms(now);
-        let blocked = blocked_in(&rooms);
-        let (host, senders) = (self.host_kinds(), self.sender_channels());
-        let takers = outbox::Takers {
-            host: &host,
-            sender_channels: &senders,
-            blocked: &blocked,
-        };
-        let exempt: Vec<&str> = exempt.iter().map(|(c, _)| *c).collect();
-        // A channel over its limit still sends its messages outside the
-        // limits.
-        let woken = (|| {
+        let woken = self.with_takers(now, |takers, exempt| {
             if outbox::any_due(&self.conn, now, &self.in_flight, takers)?
-                || outbox::any_exempt_due(&self.conn, now, &self.in_flight, takers, &exempt)?
+                || outbox::any_exempt_due(&self.conn, now, &self.in_flight, takers, exempt)?
             {
                 return Ok::<_, Error>(Some(now));
             }
-            let next = outbox::next_due(&self.conn, takers, now)?;
-            let outside = outbox::next_exempt_due(&self.conn, now, takers, &exempt)?;
-            Ok(next.into_iter().chain(outside).min())
-        })();
+            self.next_takeable(now, takers, exempt)
+        });
         // Look again soon rather than spin on an error.
         woken.unwrap_or(Some(now + 1_000))
     }
@@ -440,19 +427,40 @@ impl Worker {
     /// The earliest due time after `after` of an outbox row some taker can
     /// take now.
     fn next_outbox_due(&self, after: Millis) -> Option<Millis> {
-        self.next_outbox_due_unblocked(after, &self.blocked_channels(self.clock.now()))
+        self.with_takers(self.clock.now(), |takers, _| {
+            outbox::next_due(&self.conn, takers, after).ok().flatten()
+        })
     }
 
-    /// [`Worker::next_outbox_due`] for channels other than `blocked`.
-    fn next_outbox_due_unblocked(&self, after: Millis, blocked: &[&str]) -> Option<Millis> {
-        let senders = self.sender_channels();
-        let host = self.host_kinds();
+    /// Calls `f` with who can take rows at `now` (the lanes over their
+    /// sending limit or their in-flight share blocked) and the channels over
+    /// their sending limit that may still send their messages outside the
+    /// limits.
+    fn with_takers<R>(&self, now: Millis, f: impl FnOnce(outbox::Takers<'_>, &[&str]) -> R) -> R {
+        let (rooms, exempt) = self.rooms(now);
+        let blocked = blocked_in(&rooms);
+        let exempt: Vec<&str> = exempt.iter().map(|(c, _)| *c).collect();
+        let (host, senders) = (self.host_kinds(), self.sender_channels());
         let takers = outbox::Takers {
             host: &host,
             sender_channels: &senders,
-            blocked,
+            blocked: &blocked,
         };
-        outbox::next_due(&self.conn, takers, after).ok().flatten()
+        f(takers, &exempt)
+    }
+
+    /// The earliest due time after `now` of a row some taker can take: in
+    /// a lane open now, or, of a channel over its sending limit, a message
+    /// outside the limits.
+    fn next_takeable(
+        &self,
+        now: Millis,
+        takers: outbox::Takers<'_>,
+        exempt: &[&str],
+    ) -> Result<Option<Millis>> {
+        let next = outbox::next_due(&self.conn, takers, now)?;
+        let outside = outbox::next_exempt_due(&self.conn, now, takers, exempt)?;
+        Ok(next.into_iter().chain(outside).min())
     }
 
     /// Channels whose messages go to one of the module's own senders rather
@@ -501,14 +509,10 @@ impl Worker {
     /// channel its sending budget and its share of the in-flight room
     /// ([`MAX_IN_FLIGHT_PER_CHANNEL`]); custom steps
     /// [`MAX_PLUGIN_STEPS_IN_FLIGHT`]. Keyed by channel, or by kind for a
-    /// lane without one ([`outbox::Takers::blocked`]).
-    fn channel_room(&self, now: Millis) -> Rooms {
-        self.rooms(now).0
-    }
-
-    /// [`channel_room`](Worker::channel_room), and the room of each message
-    /// channel over its sending limit for its messages outside the limits
-    /// ([`outbox::Effect::exempt_from_limits`]): its in-flight share.
+    /// lane without one ([`outbox::Takers::blocked`]). Then the room of
+    /// each message channel over its sending limit for its messages outside
+    /// the limits ([`outbox::Effect::exempt_from_limits`]): its in-flight
+    /// share.
     fn rooms(&self, now: Millis) -> (Rooms, Rooms) {
         let budgets = self.budgets(now);
         let flying = |lane: &str| {
@@ -536,13 +540,6 @@ impl Worker {
             )])
             .collect();
         (lanes, exempt)
-    }
-
-    /// Lanes (channels, and custom steps) that cannot hand over now: over
-    /// their sending limit, or with their share of the in-flight room taken
-    /// (an answer wakes the worker).
-    fn blocked_channels(&self, now: Millis) -> Vec<&'static str> {
-        blocked_in(&self.channel_room(now))
     }
 
     /// Applies a group of requests in one transaction; returns the clock advances (by how much) to run after it.
@@ -1151,32 +1148,18 @@ impl Worker {
     /// sending limit gets a free slot (a message handed over leaves one of
     /// its windows).
     fn next_handover(&self, now: Millis) -> Option<Millis> {
-        let (rooms, exempt) = self.rooms(now);
-        let blocked = blocked_in(&rooms);
-        // Of a channel over its limit, its messages outside the limits.
-        let exempt: Vec<&str> = exempt.iter().map(|(c, _)| *c).collect();
-        let (host, senders) = (self.host_kinds(), self.sender_channels());
-        let takers = outbox::Takers {
-            host: &host,
-            sender_channels: &senders,
-            blocked: &blocked,
-        };
-        let outside_limits = outbox::next_exempt_due(&self.conn, now, takers, &exempt)
-            .ok()
-            .flatten();
-        let slot = if blocked.is_empty() {
-            None
-        } else {
-            let limits = self.settings.read().doc.limits.clone();
-            crate::messaging::limits::next_slot(&self.conn, &limits, &blocked, now)
-                .ok()
-                .flatten()
-        };
-        self.next_outbox_due_unblocked(now, &blocked)
-            .into_iter()
-            .chain(slot)
-            .chain(outside_limits)
-            .min()
+        self.with_takers(now, |takers, exempt| {
+            let slot = if takers.blocked.is_empty() {
+                None
+            } else {
+                let limits = self.settings.read().doc.limits.clone();
+                crate::messaging::limits::next_slot(&self.conn, &limits, takers.blocked, now)
+                    .ok()
+                    .flatten()
+            };
+            let due = self.next_takeable(now, takers, exempt).ok().flatten();
+            due.into_iter().chain(slot).min()
+        })
     }
 
     fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<()> {
@@ -1452,7 +1435,9 @@ impl Worker {
     }
 }
 
-/// The lanes of `rooms` that can take nothing now.
+/// The lanes of `rooms` that can take nothing now: over their sending
+/// limit, or with their share of the in-flight room taken (an answer wakes
+/// the worker).
 fn blocked_in(rooms: &Rooms) -> Vec<&'static str> {
     (rooms.iter())
         .filter(|(_, room)| *room == 0)
