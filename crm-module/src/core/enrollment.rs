@@ -493,9 +493,27 @@ fn step_failed(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, reason: &str) -> Re
     .write(ctx.conn, ctx.now)
 }
 
-/// The idempotency key of the effect of one step of one enrollment.
+/// The idempotency key of the effect of one step of one enrollment:
+/// `<install>-e<enrollment>-<step>`. The keys derived from it add parts:
+/// `-r<n>` (a custom step's n-th call, [`call_key`]), `-fallback` (a
+/// message's fallback, [`fallback_key`]), `-set-<property>` (a custom step's
+/// property write-back). Parts are separated by `-`, so a step id or a
+/// property name is written through [`key_part`]: no two effects share a key
+/// whatever ids staff give their steps (a step `remind-fallback` beside a
+/// step `remind` with a fallback).
 pub fn effect_key(install_id: &str, enrollment_id: i64, step_id: &str) -> String {
-    format!("{install_id}-e{enrollment_id}-{step_id}")
+    format!("{install_id}-e{enrollment_id}-{}", key_part(step_id))
+}
+
+/// A step id or property name as one part of an idempotency key: `%` and
+/// `-` are written `%25` and `%2D`, so the part holds no separator. Names
+/// without either are written as they are.
+pub fn key_part(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['-', '%']) {
+        name.replace('%', "%25").replace('-', "%2D").into()
+    } else {
+        name.into()
+    }
 }
 
 /// The idempotency key of a custom step's plugin call. A branching custom
@@ -510,11 +528,18 @@ fn call_key(install_id: &str, e: &Enrollment, sid: &str) -> String {
         .ran_steps
         .as_ref()
         .map_or(0, |ran| ran.iter().filter(|s| *s == sid).count());
-    if runs > 1 {
-        format!("{key}-r{runs}")
-    } else {
-        key
-    }
+    if runs > 1 { rerun_key(&key, runs) } else { key }
+}
+
+/// The key of the `runs`-th call of a custom step keyed `key` ([`call_key`]).
+fn rerun_key(key: &str, runs: usize) -> String {
+    format!("{key}-r{runs}")
+}
+
+/// The key of a custom step's write-back of `property`, for its call keyed
+/// `call` ([`call_key`]).
+fn property_key(call: &str, property: &str) -> String {
+    format!("{call}-set-{}", key_part(property))
 }
 
 fn run_step(
@@ -781,7 +806,7 @@ fn queue_message(
         return Ok(Sent::Failed("not_a_message"));
     };
     let asset_id = template_id.clone().unwrap_or_else(|| {
-        let own = format!("{}/{}", e.automation_id, sid);
+        let own = format!("{}/{}", e.automation_id, key_part(sid));
         if fallback_for.is_some() {
             fallback_key(&own)
         } else {
@@ -1230,7 +1255,7 @@ fn apply_plugin_changes(
     let written = map.clone();
     let signals = write_props(ctx, &mut contact, map, &format!("plugin:{plugin_id}"))?;
     for (name, value) in written {
-        let effect_key = format!("{key}-{name}");
+        let effect_key = property_key(key, &name);
         ctx.effects.push(Effect {
             payload: json!({
                 "key": effect_key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": value,
@@ -1301,6 +1326,33 @@ fn plugin_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effects_of_steps_named_like_derived_keys_keep_keys_of_their_own() {
+        let key = |step: &str| effect_key("t", 7, step);
+        let keys = [
+            key("p"),
+            fallback_key(&key("p")),
+            key("p-fallback"),
+            rerun_key(&key("p"), 2),
+            key("p-r2"),
+            property_key(&key("p"), "r2"),
+            property_key(&key("p"), "fallback"),
+            property_key(&rerun_key(&key("p"), 2), "x"),
+            property_key(&key("p"), "r2-set-x"),
+            property_key(&key("p"), "a-b"),
+            property_key(&key("p-a"), "b"),
+            key("p-set-a"),
+            key("p%2Dfallback"),
+            key("p%"),
+            key("p-"),
+        ];
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:#?}");
+        // Ids without a separator keep the keys they always had.
+        assert_eq!(key("follow_up.2"), "t-e7-follow_up.2");
+        assert_eq!(fallback_key(&key("m")), "t-e7-m-fallback");
+    }
 
     fn contact(props: usize) -> contacts::Contact {
         let props = (0..props).map(|i| (format!("p{i}"), json!("v"))).collect();

@@ -2987,6 +2987,30 @@ fn email_then_sms() -> Value {
 }
 
 #[test]
+fn a_step_named_like_a_fallback_gets_a_key_of_its_own() {
+    // Step `m`'s fallback is keyed `<m's key>-fallback`; a step staff named
+    // `m-fallback` is another effect and must not be dropped as a repeat.
+    let mut s = Sim::new();
+    let mut def = email_then_sms();
+    def["steps"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "m-fallback", "type": "send_sms", "message": "Second text"}));
+    s.automation(def);
+    s.contact("c1", json!({"email": null}));
+    let msgs = s.messages_to("c1");
+    let texts: Vec<&str> = msgs
+        .iter()
+        .map(|m| m.payload["rendered"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs.len(), 2, "{texts:?}");
+    assert!(texts[0].starts_with("Hi Pat, book now"), "{texts:?}");
+    assert!(texts[1].starts_with("Second text"), "{texts:?}");
+    assert_ne!(msgs[0].key, msgs[1].key);
+    assert!(msgs[1].key.ends_with("-m%2Dfallback"), "{}", msgs[1].key);
+}
+
+#[test]
 fn email_with_sms_fallback_goes_by_sms_when_there_is_no_email() {
     let mut s = Sim::new();
     let a = s.automation(email_then_sms());
