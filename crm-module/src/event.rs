@@ -261,7 +261,10 @@ pub enum EventBody {
         /// The contact, when the host knows it.
         #[serde(default)]
         contact_id: Option<String>,
-        /// The sender's number, used when `contact_id` is absent.
+        /// The sender's number, used when `contact_id` is absent. When
+        /// several contacts have it (a family phone), the reply is the
+        /// contact's whom the `in_reply_to` message went to, else the one
+        /// texted last, else the one created first.
         #[serde(default)]
         from: Option<String>,
         /// The text.

@@ -551,6 +551,31 @@ fn payload_text(conn: &Connection, key: &str, path: &str) -> Result<Option<Strin
     Ok(text.flatten())
 }
 
+/// Of `contacts`, the one sent the newest message on `channel` (the
+/// earlier in the list on a tie); `None` when none was sent any.
+pub fn last_messaged<'a>(
+    conn: &Connection,
+    contacts: &'a [String],
+    channel: &str,
+) -> Result<Option<&'a String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT created_at, id FROM outbox WHERE contact_id = ?1 AND channel = ?2 AND kind = 'message'
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )?;
+    let mut newest: Option<((Millis, i64), &String)> = None;
+    for contact in contacts {
+        let at: Option<(Millis, i64)> = stmt
+            .query_row(params![contact, channel], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some(at) = at
+            && newest.is_none_or(|(best, _)| at > best)
+        {
+            newest = Some((at, contact));
+        }
+    }
+    Ok(newest.map(|(_, contact)| contact))
+}
+
 /// The newest message on a channel to a contact.
 pub fn last_message(conn: &Connection, contact_id: &str, channel: &str) -> Result<Option<Row>> {
     let sql = format!(

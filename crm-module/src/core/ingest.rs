@@ -809,6 +809,30 @@ pub fn engagement_from(
     triggers::fire(ctx, &contact_id, &signals)
 }
 
+/// Who of the contacts with `phone` (a family phone is shared) sent a
+/// text: the one the answered message went to (`in_reply_to`), or else the
+/// one texted last, or else the one created first (the number's owner).
+fn replier(
+    ctx: &Ctx<'_>,
+    phone: &str,
+    region: &str,
+    in_reply_to: Option<&str>,
+) -> Result<Option<String>> {
+    let family = contacts::all_by_phone(ctx.conn, phone, region)?;
+    if family.len() < 2 {
+        return Ok(family.into_iter().next());
+    }
+    if let Some(key) = in_reply_to
+        && let Some(to) = outbox::by_key(ctx.conn, key)?.and_then(|row| row.contact_id)
+        && family.contains(&to)
+    {
+        return Ok(Some(to));
+    }
+    Ok(outbox::last_messaged(ctx.conn, &family, "sms")?
+        .or(family.first())
+        .cloned())
+}
+
 fn sms_received(
     ctx: &mut Ctx<'_>,
     event_id: &str,
@@ -827,7 +851,7 @@ fn sms_received(
             return stopped_numbers::record(ctx.conn, phone, region, ctx.now, event_id);
         }
         (Some(id), _) => id.to_string(),
-        (None, Some(phone)) => match contacts::find_by_phone(ctx.conn, phone, region)? {
+        (None, Some(phone)) => match replier(ctx, phone, region, in_reply_to)? {
             Some(id) => id,
             // A number no contact has (yet, or any more): its STOP is kept
             // for whoever gets it, and its START lifts that.

@@ -2178,6 +2178,54 @@ fn consent_suppresses_with_reasons_and_care_bypass_reaches_unknown_only() {
 }
 
 #[test]
+fn a_reply_from_a_family_phone_is_the_texted_persons() {
+    let mut s = Sim::new();
+    let texts = s.automation(json!({"name": "Texts", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted"},
+        "steps": [{"id": "ask", "type": "send_sms", "message": "Can you make Tuesday?"}]}));
+    let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
+    // Mom's record comes first (by id, at the same instant); only her son
+    // is texted.
+    s.contact("mom", json!({"phone": "+16175550123"}));
+    s.contact("son", json!({"phone": "(617) 555-0123"}));
+    s.contact("other", json!({"phone": "+16175550188"}));
+    let form = |who: &str, id: &str| json!({"type": "form.submitted", "submission": {"id": id, "form_id": "f1", "form_name": "Intake", "contact_id": who, "answers": {}}});
+    s.push(form("son", "sub1")).unwrap();
+    s.push(form("other", "sub2")).unwrap();
+    let who_replied = |s: &Sim| -> Vec<(String, Option<String>)> {
+        s.conn
+            .prepare("SELECT contact_id, automation_id FROM events WHERE kind LIKE 'message_replied%' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    // Without the message it answers: the one texted last at the number.
+    s.push(json!({"type": "sms.received", "from": "+1 617 555 0123", "body": "Sounds good"}))
+        .unwrap();
+    assert_eq!(who_replied(&s), [("son".to_string(), Some(texts.clone()))]);
+    assert_eq!(s.count("enrolled", Some(&replies)), 1);
+    // Naming the message it answers: that message's recipient, even when
+    // another on the number was texted since.
+    let asked = s.messages_to("son")[0].key.clone();
+    s.push(form("mom", "sub3")).unwrap();
+    s.push(json!({"type": "sms.received", "from": "617-555-0123", "body": "Yes, Tuesday", "in_reply_to": asked}))
+        .unwrap();
+    assert_eq!(who_replied(&s)[1], ("son".to_string(), Some(texts.clone())));
+    s.push(json!({"type": "sms.received", "from": "617-555-0123", "body": "And me"}))
+        .unwrap();
+    assert_eq!(who_replied(&s)[2], ("mom".to_string(), Some(texts)));
+    // A number no one was texted at goes to the one created first (at
+    // the same instant, the first by id).
+    s.contact("sibling", json!({"phone": "+16175550177"}));
+    s.contact("cousin", json!({"phone": "617 555 0177"}));
+    s.push(json!({"type": "sms.received", "from": "+16175550177", "body": "Who is this?"}))
+        .unwrap();
+    assert_eq!(who_replied(&s)[3], ("cousin".to_string(), None));
+}
+
+#[test]
 fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
     let mut s = Sim::new();
     let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
