@@ -284,7 +284,9 @@ pub enum EventBody {
         #[serde(default)]
         bounce: Option<BounceKind>,
     },
-    /// An account-level opt-out recorded by the host.
+    /// An account-level opt-out recorded by the host. One that happened
+    /// (`occurred_at`) before a channel's latest subscription change leaves
+    /// that channel as it is: a newer decision stands.
     #[serde(rename = "contact.opted_out")]
     ContactOptedOut {
         /// The contact.

@@ -622,6 +622,22 @@ pub fn own_opt_out(conn: &Connection, id: &str, channel: &str) -> Result<Option<
         .map(|(_, _, reason)| reason))
 }
 
+/// Whether the contact's subscription to `channel` changed after `at`
+/// (the audit log's time of each change): a decision newer than something
+/// that happened at `at` and arrives only now.
+pub fn subscription_changed_since(
+    conn: &Connection,
+    id: &str,
+    channel: &str,
+    at: Millis,
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM subscription_audit WHERE contact_id = ?1 AND at > ?3 AND channel = ?2)",
+        )?
+        .query_row(params![id, channel, at], |r| r.get(0))?)
+}
+
 /// Appends a subscription change to the audit log (and the event log).
 pub fn audit_subscription(
     ctx: &Ctx<'_>,

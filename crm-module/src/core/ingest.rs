@@ -25,7 +25,9 @@ pub enum Outcome {
     /// submission or review already recorded under another id: nothing
     /// happened.
     Duplicate,
-    /// A contact update older than the stored one: recorded, properties kept.
+    /// A contact update older than the stored one: recorded, properties
+    /// kept; or an opt-out older than every channel's latest subscription
+    /// change: recorded, subscriptions kept.
     Stale,
 }
 
@@ -317,7 +319,17 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 OptOutChannel::Sms => &["sms"],
                 OptOutChannel::All => &["email", "sms"],
             };
+            // As in a stale contact update: an opt-out that happened before
+            // the channel's subscription last changed (the person or staff
+            // decided since) is not applied to it.
+            let mut applied = Vec::new();
             for ch in channels {
+                if let Some(at) = ctx.occurred_at
+                    && contacts::subscription_changed_since(ctx.conn, &c.id, ch, at)?
+                {
+                    continue;
+                }
+                applied.push(*ch);
                 signals.extend(contacts::set_subscription(
                     ctx,
                     &mut c,
@@ -326,12 +338,24 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                     src,
                 )?);
             }
-            contacts::add_opt_out_signals(&c, &mut signals);
-            if *channel == OptOutChannel::Sms && !signals.contains(&Signal::SmsOptedOut) {
-                signals.push(Signal::SmsOptedOut);
+            if applied.is_empty() {
+                Log {
+                    detail: Some(json!({"event_id": ev.event_id})),
+                    ..Log::new("contact_update_stale", &c.id)
+                }
+                .write(ctx.conn, ctx.now)?;
+                return Ok(Outcome::Stale);
             }
-            if *channel == OptOutChannel::All && !signals.contains(&Signal::GlobalOptOut) {
-                signals.push(Signal::GlobalOptOut);
+            contacts::add_opt_out_signals(&c, &mut signals);
+            // Already unsubscribed, the contact still leaves the automations
+            // that end on the opt-out.
+            let wanted = if applied.len() == 2 {
+                Signal::GlobalOptOut
+            } else {
+                Signal::SmsOptedOut
+            };
+            if (applied.len() == 2 || applied == ["sms"]) && !signals.contains(&wanted) {
+                signals.push(wanted);
             }
             contacts::touch(&mut c, ctx.now, false);
             contacts::save(ctx.conn, &c)?;
@@ -491,13 +515,7 @@ fn stale_opt_outs(
         {
             continue;
         }
-        let changed_since: bool = ctx
-            .conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM subscription_audit WHERE contact_id = ?1 AND at > ?3 AND channel = ?2)",
-            )?
-            .query_row(params![c.id, channel, occurred], |r| r.get(0))?;
-        if !changed_since {
+        if !contacts::subscription_changed_since(ctx.conn, &c.id, channel, occurred)? {
             opt_outs.insert(key, Value::String("unsubscribed".into()));
         }
     }

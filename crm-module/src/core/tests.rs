@@ -815,6 +815,87 @@ fn an_edit_turning_the_exit_toggles_on_ends_who_already_left() {
     );
 }
 
+/// A global opt-out that closed the last channel is recorded as one
+/// whatever the *SMS opt-out* toggle says: it is the reason the contact
+/// left, not the SMS half of it.
+#[test]
+fn a_global_opt_out_is_the_exit_reason_with_the_sms_toggle_on() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Drip", "run_window": {"mode": "any_time"}, "unenrollment": {"sms_opt_out": true},
+        "trigger": {"type": "contact_created"}, "steps": [{"type": "delay", "amount": 3, "unit": "days"}]}));
+    for c in ["all", "both", "sms"] {
+        s.contact(c, json!({}));
+    }
+    s.push(json!({"type": "contact.opted_out", "contact_id": "all", "channel": "all"}))
+        .unwrap();
+    s.contact(
+        "both",
+        json!({"email_subscription": "unsubscribed", "sms_subscription": "unsubscribed"}),
+    );
+    s.push(json!({"type": "contact.opted_out", "contact_id": "sms", "channel": "sms"}))
+        .unwrap();
+    assert_eq!(s.enrollment(&a, "all").1.as_deref(), Some("global_opt_out"));
+    assert_eq!(
+        s.enrollment(&a, "both").1.as_deref(),
+        Some("global_opt_out")
+    );
+    assert_eq!(s.enrollment(&a, "sms").1.as_deref(), Some("sms_opt_out"));
+}
+
+/// An opt-out the host pushes late (`occurred_at` before the channel's
+/// latest subscription change) does not undo the newer decision, as in a
+/// stale contact update; on the channels it did not miss, it applies.
+#[test]
+fn a_late_opt_out_leaves_a_newer_resubscription() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Drip", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created"}, "steps": [{"type": "delay", "amount": 3, "unit": "days"}]}));
+    s.contact("c1", json!({}));
+    let sub = |s: &Sim, channel: &str| -> String {
+        s.value(&format!(
+            "SELECT json_extract(props, '$.{channel}_subscription') FROM contacts WHERE id = 'c1'"
+        ))
+    };
+    let opted_at = s.now + 30 * MINUTE;
+    s.advance(HOUR);
+    s.push(json!({"type": "contact.opted_out", "contact_id": "c1", "channel": "email"}))
+        .unwrap();
+    s.advance(HOUR);
+    s.contact("c1", json!({"email_subscription": "subscribed"}));
+    s.advance(HOUR);
+    assert_eq!(sub(&s, "email"), "subscribed");
+    let late = |channel: &str| {
+        json!({"type": "contact.opted_out", "contact_id": "c1", "channel": channel,
+            "occurred_at": crate::clock::to_rfc3339(opted_at)})
+    };
+    assert_eq!(
+        s.push(late("email")).unwrap(),
+        super::ingest::Outcome::Stale
+    );
+    assert_eq!(
+        sub(&s, "email"),
+        "subscribed",
+        "the resubscription was undone"
+    );
+    assert_eq!(s.enrollment(&a, "c1").0, "active");
+    // "all", as late: the SMS subscription has not changed since, so the
+    // opt-out closes it; email stays open, so it is no global opt-out.
+    assert_eq!(
+        s.push(late("all")).unwrap(),
+        super::ingest::Outcome::Applied
+    );
+    assert_eq!(sub(&s, "email"), "subscribed");
+    assert_eq!(sub(&s, "sms"), "unsubscribed");
+    assert_eq!(s.enrollment(&a, "c1").1.as_deref(), Some("sms_opt_out"));
+    // One that happened after the resubscription applies.
+    s.push(
+        json!({"type": "contact.opted_out", "contact_id": "c1", "channel": "email",
+        "occurred_at": crate::clock::to_rfc3339(s.now - MINUTE)}),
+    )
+    .unwrap();
+    assert_eq!(sub(&s, "email"), "unsubscribed");
+}
+
 #[test]
 fn global_opt_out_and_email_reply_exit() {
     let mut s = Sim::new();

@@ -193,7 +193,11 @@ pub fn exit_already_left(
 
 fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<()> {
     let catalog = ctx.catalog;
-    for s in signals {
+    // A global opt-out comes with the SMS opt-out that completed it: the
+    // contacts it ends leave for it, whatever the order of the signals.
+    let global = signals.iter().filter(|s| **s == Signal::GlobalOptOut);
+    let others = signals.iter().filter(|s| **s != Signal::GlobalOptOut);
+    for s in global.chain(others) {
         type Pick<'c> = Box<dyn Fn(&Enrollment) -> bool + 'c>;
         let (reason, pick): (&str, Pick<'_>) = match s {
             Signal::GlobalOptOut => ("global_opt_out", Box::new(|_| true)),
