@@ -378,9 +378,12 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                     EffectKind::Message | EffectKind::Property => {}
                 }
                 Log::for_effect("message_withdrawn", &row, Some(detail)).write(conn, now)?;
-                // Its SMS thread stays unopened; no fallback goes to a
-                // contact who has left, nor from a deleted automation.
-                ingest::never_reached(ctx, &row)?;
+                // Its SMS thread stays unopened. No fallback: the contact
+                // has left (or met the goal after the End), or the
+                // automation is gone.
+                if row.channel.as_deref() == Some("sms") {
+                    crate::messaging::compose::unopen_thread(conn, &row.key)?;
+                }
             }
             Held::Consent(HandOver::Go) => {}
         }
@@ -850,6 +853,25 @@ mod tests {
             ]
         );
         assert_eq!(rows_ending(&s, "-fallback-fallback"), []);
+    }
+
+    /// A message withdrawn because its contact reached the goal after the
+    /// End (*Goal met* on) sends no fallback either: the contact is done.
+    #[test]
+    fn a_message_withdrawn_after_the_end_sends_no_fallback() {
+        let mut s = Sim::new();
+        s.automation(json!({"name": "Recall", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "goal": "book_appointment", "unenrollment": {"goal_met": true},
+            "steps": [{"id": "m", "type": "send_email", "subject": "Hi", "body": "<p>Book now</p>",
+                       "fallback": {"message": "Hi {{firstname}}, book now"}}]}));
+        s.contact("c1", json!({}));
+        assert_eq!(s.count("completed", None), 1, "reached the End");
+        s.book("c1", "ap1");
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
+        assert!(go.is_empty(), "{:?}", keys(&go));
+        assert_eq!(s.count("message_withdrawn", None), 1);
+        assert_eq!(rows_ending(&s, "-m-fallback"), []);
+        assert!(waiting(&s).is_empty());
     }
 
     #[test]
