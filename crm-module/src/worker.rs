@@ -158,7 +158,12 @@ pub struct Worker {
     conn: Connection,
     clock: Arc<Clock>,
     catalog: Catalog,
-    settings: Arc<RwLock<Resolved>>,
+    /// The settings as the round's transaction has them: a settings update
+    /// shows here at once, for the round's later requests.
+    settings: Resolved,
+    /// The settings the other threads read (the dispatcher, views): set
+    /// from [`Worker::settings`] only once they are committed.
+    published: Arc<RwLock<Resolved>>,
     install_id: String,
     host: HostSlot,
     plugins: Arc<crate::plugins::PluginHost>,
@@ -218,11 +223,13 @@ impl Worker {
     ) -> Result<Worker> {
         let catalog = Catalog::load(&conn)?;
         let conn_changes = conn.total_changes();
+        let own_settings = settings.read().clone();
         Ok(Worker {
             conn,
             clock,
             catalog,
-            settings,
+            settings: own_settings,
+            published: settings,
             install_id,
             host,
             plugins,
@@ -358,12 +365,14 @@ impl Worker {
     }
 
     /// After a caught panic outside a request's savepoint: rolls back the
-    /// transaction it left open (if any) and logs it (no panic message:
-    /// it could quote data).
+    /// transaction it left open (if any), reads the automations and
+    /// settings as committed, and logs it (no panic message: it could
+    /// quote data).
     fn recover(&mut self, what: &str) {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+        self.reload();
         self.log(
             LogLevel::Error,
             &format!("a defect stopped the worker's {what}; rolled back, the worker carries on"),
@@ -466,7 +475,7 @@ impl Worker {
     /// Channels whose messages go to one of the module's own senders rather
     /// than the host: a sender adapter, or the SMTP relay for email.
     fn sender_channels(&self) -> Vec<&'static str> {
-        let settings = self.settings.read();
+        let settings = &self.settings;
         let smtp = matches!(
             settings.doc.email_delivery,
             crate::settings::EmailDelivery::Smtp { .. }
@@ -501,7 +510,7 @@ impl Worker {
         {
             *flying.entry(ch.clone()).or_default() += 1;
         }
-        let limits = self.settings.read().doc.limits.clone();
+        let limits = self.settings.doc.limits.clone();
         crate::messaging::limits::remaining(&self.conn, &limits, now, &flying).unwrap_or_default()
     }
 
@@ -709,13 +718,14 @@ impl Worker {
             ),
         }
         self.reload_settings();
+        *self.published.write() = self.settings.clone();
     }
 
     /// Reads the settings again from the write connection (in the round's
     /// transaction, when one is open).
     fn reload_settings(&mut self) {
         match load_settings(&self.conn) {
-            Ok(s) => *self.settings.write() = s,
+            Ok(s) => self.settings = s,
             Err(e) => self.log(LogLevel::Error, &format!("reloading settings failed: {e}")),
         }
     }
@@ -789,7 +799,7 @@ impl Worker {
     /// Runs `f` in the deterministic core at `now` and writes the effects
     /// it produced to the outbox (in the caller's transaction).
     fn in_core<T>(&self, now: Millis, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
-        let settings = self.settings.read().clone();
+        let settings = self.settings.clone();
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
         ctx.rescreen = Some(&self.rescreen);
         let value = f(&mut ctx)?;
@@ -892,7 +902,7 @@ impl Worker {
     }
 
     fn push(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
-        let settings = self.settings.read().clone();
+        let settings = self.settings.clone();
         let now = self.clock.now();
         let mut out = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
@@ -1152,7 +1162,7 @@ impl Worker {
             let slot = if takers.blocked.is_empty() {
                 None
             } else {
-                let limits = self.settings.read().doc.limits.clone();
+                let limits = self.settings.doc.limits.clone();
                 crate::messaging::limits::next_slot(&self.conn, &limits, takers.blocked, now)
                     .ok()
                     .flatten()
@@ -1163,7 +1173,7 @@ impl Worker {
     }
 
     fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<()> {
-        let settings = self.settings.read().clone();
+        let settings = self.settings.clone();
         let manual = self.clock.is_manual();
         let mut last: Option<(Millis, Option<i64>, Option<String>)> = None;
         // When the first item that queued an effect ran.
@@ -1268,15 +1278,13 @@ impl Worker {
         if let Some(aid) = automation_id {
             // Its next regular evaluation (the start of its window on the
             // next open day), as after a run; a day later if it has none.
-            let settings = self.settings.read();
             let next = self
                 .catalog
                 .get(aid)
                 .and_then(|entry| {
-                    crate::core::dates::next_evaluation(&entry.current.def, &settings, now)
+                    crate::core::dates::next_evaluation(&entry.current.def, &self.settings, now)
                 })
                 .unwrap_or(now + crate::clock::DAY);
-            drop(settings);
             self.conn.execute(
                 "UPDATE automations SET next_eval_at = ?2 WHERE id = ?1",
                 params![aid, next],
@@ -1385,11 +1393,10 @@ impl Worker {
             &exempt_room,
         )
         .and_then(|rows| {
-            let settings = self.settings.read();
             crate::messaging::handover::screen(
                 &self.conn,
                 &self.catalog,
-                &settings,
+                &self.settings,
                 &self.install_id,
                 rows,
                 now,
@@ -1642,7 +1649,7 @@ mod tests {
     fn a_message_outside_the_limits_in_flight_takes_none_of_the_budget() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = system_worker(&dir);
-        w.settings.write().doc.limits.sms_per_day = Some(1);
+        w.settings.doc.limits.sms_per_day = Some(1);
         let now = crate::clock::system_now();
         let fly = |exempt| Flying {
             kind: EffectKind::Message,
@@ -1929,7 +1936,7 @@ mod tests {
     fn a_settings_update_holds_for_the_rest_of_its_round() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut w = worker(&dir);
-        let mut settings = serde_json::to_value(&w.settings.read().doc).expect("settings");
+        let mut settings = serde_json::to_value(&w.settings.doc).expect("settings");
         settings["practice_name"] = json!("Riverside");
         settings["default_run_window"] = json!({"mode": "any_time"});
         let request = |v: Value| {
@@ -1959,6 +1966,41 @@ mod tests {
             )
             .expect("the definition");
         assert_eq!(window, "any_time", "the new default window");
+    }
+
+    /// The other threads (the dispatcher, views) see a settings update
+    /// only once it is committed: a round lost before its commit leaves
+    /// them, and the worker, with the stored settings.
+    #[test]
+    fn a_settings_update_is_published_only_when_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        let name = |s: &Resolved| s.doc.practice_name.clone();
+        let before = name(&w.settings);
+        let mut settings = serde_json::to_value(&w.settings.doc).expect("settings");
+        settings["practice_name"] = json!("Lost Practice");
+        let published = w.published.clone();
+        w.faults = vec!["commit"];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+        let ask = |v: Value| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let command = serde_json::from_value(v).expect("a command");
+            tx.send(Request::Command { command, reply })
+                .expect("the worker is listening");
+            answer.recv_timeout(Duration::from_secs(30))
+        };
+        assert!(
+            ask(json!({"command": "settings.update", "settings": settings})).is_err(),
+            "no reply from a lost round"
+        );
+        assert_eq!(name(&published.read()), before);
+        let seen = ask(json!({"command": "settings.get"}))
+            .expect("a reply")
+            .expect("read");
+        assert_eq!(seen["practice_name"], json!(before));
+        drop(tx);
+        thread.join().expect("the worker stops");
     }
 
     #[test]
