@@ -217,8 +217,10 @@ pub struct StepRow {
     /// Formatted ("2 min", "2 days", "—").
     pub avg_time_display: String,
     /// Started and neither completed nor failed: contacts in the step now
-    /// (a Delay's wait, a plugin call awaiting its answer), or who left the
-    /// automation during it. So Executed = Completed + Failed + this.
+    /// (a Delay's wait, a plugin call awaiting its answer), who left the
+    /// automation during it, or whom an edit that removed the step moved on
+    /// (the row then says "removed"). So Executed = Completed + Failed +
+    /// this.
     pub in_step: u64,
     /// Formatted.
     pub in_step_display: String,
