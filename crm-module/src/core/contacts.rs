@@ -622,9 +622,10 @@ pub fn own_opt_out(conn: &Connection, id: &str, channel: &str) -> Result<Option<
         .map(|(_, _, reason)| reason))
 }
 
-/// Whether the contact's subscription to `channel` changed after `at`
-/// (the audit log's time of each change): a decision newer than something
-/// that happened at `at` and arrives only now.
+/// Whether the contact's subscription to `channel` changed after `at`:
+/// a change that happened (its event's `occurred_at`, else when it was
+/// recorded) later than something that happened at `at` and arrives only
+/// now.
 pub fn subscription_changed_since(
     conn: &Connection,
     id: &str,
@@ -633,7 +634,7 @@ pub fn subscription_changed_since(
 ) -> Result<bool> {
     Ok(conn
         .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM subscription_audit WHERE contact_id = ?1 AND at > ?3 AND channel = ?2)",
+            "SELECT EXISTS(SELECT 1 FROM subscription_audit WHERE contact_id = ?1 AND happened_at > ?3 AND channel = ?2)",
         )?
         .query_row(params![id, channel, at], |r| r.get(0))?)
 }
@@ -649,10 +650,10 @@ pub fn audit_subscription(
 ) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "INSERT INTO subscription_audit (contact_id, channel, old_value, new_value, actor, reason, message_key, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO subscription_audit (contact_id, channel, old_value, new_value, actor, reason, message_key, at, happened_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
-        .execute(params![contact_id, channel, old, new, src.actor, src.reason, src.message_key, ctx.now])?;
+        .execute(params![contact_id, channel, old, new, src.actor, src.reason, src.message_key, ctx.now, ctx.event_time()])?;
     if new != "subscribed" {
         // Their messages already screened for hand-over are decided again.
         ctx.rescreen(contact_id);

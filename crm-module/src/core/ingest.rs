@@ -341,7 +341,7 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             if applied.is_empty() {
                 Log {
                     detail: Some(json!({"event_id": ev.event_id})),
-                    ..Log::new("contact_update_stale", &c.id)
+                    ..Log::new("opt_out_stale", &c.id)
                 }
                 .write(ctx.conn, ctx.now)?;
                 return Ok(Outcome::Stale);

@@ -894,6 +894,35 @@ fn a_late_opt_out_leaves_a_newer_resubscription() {
     )
     .unwrap();
     assert_eq!(sub(&s, "email"), "unsubscribed");
+
+    // What counts is when each change happened, not when it arrived: a
+    // contact created and then opted out, both pushed a little later, in
+    // that order; a resubscription that happened before an opt-out but
+    // arrived two hours late.
+    let at = |s: &Sim, ago: crate::clock::Millis| crate::clock::to_rfc3339(s.now - ago);
+    let mut created = json!({"id": "c2", "first_name": "Ann", "email": "c2@example.com", "email_subscription": "subscribed"});
+    s.push(json!({"type": "contact.upserted", "occurred_at": at(&s, 30_000), "contact": created.clone()}))
+        .unwrap();
+    s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "email", "occurred_at": at(&s, 25_000)}))
+        .unwrap();
+    let c2: String = s.value("SELECT email_subscription FROM contacts WHERE id = 'c2'");
+    assert_eq!(
+        c2, "unsubscribed",
+        "the opt-out happened after the creation"
+    );
+    s.advance(3 * HOUR);
+    created["email_subscription"] = json!("subscribed");
+    s.push(
+        json!({"type": "contact.upserted", "occurred_at": at(&s, 2 * HOUR), "contact": created}),
+    )
+    .unwrap();
+    s.push(json!({"type": "contact.opted_out", "contact_id": "c2", "channel": "email", "occurred_at": at(&s, HOUR)}))
+        .unwrap();
+    let c2: String = s.value("SELECT email_subscription FROM contacts WHERE id = 'c2'");
+    assert_eq!(
+        c2, "unsubscribed",
+        "the opt-out happened after the resubscription"
+    );
 }
 
 #[test]

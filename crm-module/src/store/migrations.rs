@@ -652,6 +652,16 @@ CREATE INDEX outbox_handed_over ON outbox(channel, handed_over_at)
 CREATE INDEX outbox_exempt_due ON outbox(channel, next_attempt_at, id)
     WHERE exempt = 1 AND status IN ('pending','retry');
 "#,
+    // 27: when each subscription change happened (the event's
+    // `occurred_at`), beside when the module recorded it (`at`): an opt-out
+    // that arrives late is weighed against the changes that happened after
+    // it, not against those merely recorded after it (a contact created
+    // and opted out in one push, in that order of occurrence). Filled from
+    // `at`, the best there is for the rows before.
+    r#"
+ALTER TABLE subscription_audit ADD COLUMN happened_at INTEGER;
+UPDATE subscription_audit SET happened_at = at;
+"#,
 ];
 
 /// Brings the database to the newest schema.
