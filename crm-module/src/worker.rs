@@ -372,7 +372,19 @@ impl Worker {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        self.reload();
+        // The defect may be in the reload itself: it must not take the
+        // worker down from here, outside the loop's guard.
+        if contained(|| {
+            self.reload();
+            Ok(())
+        })
+        .is_err()
+        {
+            self.log(
+                LogLevel::Error,
+                "reading the automations and settings again failed after a defect",
+            );
+        }
         self.log(
             LogLevel::Error,
             &format!("a defect stopped the worker's {what}; rolled back, the worker carries on"),
@@ -710,6 +722,7 @@ impl Worker {
     }
 
     fn reload(&mut self) {
+        self.inject("reload");
         match Catalog::load(&self.conn) {
             Ok(c) => self.catalog = c,
             Err(e) => self.log(
@@ -1999,6 +2012,21 @@ mod tests {
             .expect("a reply")
             .expect("read");
         assert_eq!(seen["practice_name"], json!(before));
+        drop(tx);
+        thread.join().expect("the worker stops");
+    }
+
+    /// A defect in reading the automations and settings again, after a
+    /// defect rolled a round back, does not take the worker down.
+    #[test]
+    fn a_panic_while_recovering_from_a_panic_leaves_the_worker_running() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        w.faults = vec!["commit", "reload"];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+        assert!(command(&tx, "lost").is_err(), "no reply from a lost round");
+        command(&tx, "kept").expect("a reply").expect("created");
         drop(tx);
         thread.join().expect("the worker stops");
     }
