@@ -551,21 +551,33 @@ fn payload_text(conn: &Connection, key: &str, path: &str) -> Result<Option<Strin
     Ok(text.flatten())
 }
 
-/// Of `contacts`, the one sent the newest message on `channel` (the
-/// earlier in the list on a tie); `None` when none was sent any.
+/// The newest message on channel `?2` to contact `?1` that may have
+/// reached them: not failed (suppressed, withdrawn, refused for good), not
+/// a staff test send (keys from `?3`, `<install>-test-`: it went to staff,
+/// the contact only lent it their data).
+const LAST_MESSAGE_WHERE: &str = "contact_id = ?1 AND channel = ?2 AND kind = 'message'
+     AND status <> 'failed' AND substr(idempotency_key, 1, length(?3)) <> ?3
+     ORDER BY created_at DESC, id DESC LIMIT 1";
+
+/// Of `contacts`, the one sent the newest message on `channel` that may
+/// have reached them (the earlier in the list on a tie); `None` when none
+/// was sent any.
 pub fn last_messaged<'a>(
     conn: &Connection,
+    install_id: &str,
     contacts: &'a [String],
     channel: &str,
 ) -> Result<Option<&'a String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT created_at, id FROM outbox WHERE contact_id = ?1 AND channel = ?2 AND kind = 'message'
-         ORDER BY created_at DESC, id DESC LIMIT 1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT created_at, id FROM outbox WHERE {LAST_MESSAGE_WHERE}"
+    ))?;
+    let tests = format!("{install_id}-test-");
     let mut newest: Option<((Millis, i64), &String)> = None;
     for contact in contacts {
         let at: Option<(Millis, i64)> = stmt
-            .query_row(params![contact, channel], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![contact, channel, tests], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if let Some(at) = at
             && newest.is_none_or(|(best, _)| at > best)
@@ -576,15 +588,19 @@ pub fn last_messaged<'a>(
     Ok(newest.map(|(_, contact)| contact))
 }
 
-/// The newest message on a channel to a contact.
-pub fn last_message(conn: &Connection, contact_id: &str, channel: &str) -> Result<Option<Row>> {
-    let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM outbox WHERE contact_id = ?1 AND channel = ?2 AND kind = 'message'
-         ORDER BY created_at DESC, id DESC LIMIT 1"
-    );
+/// The newest message on a channel to a contact that may have reached
+/// them (not failed, not a staff test send).
+pub fn last_message(
+    conn: &Connection,
+    install_id: &str,
+    contact_id: &str,
+    channel: &str,
+) -> Result<Option<Row>> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM outbox WHERE {LAST_MESSAGE_WHERE}");
+    let tests = format!("{install_id}-test-");
     Ok(conn
         .prepare_cached(&sql)?
-        .query_row(params![contact_id, channel], read_row)
+        .query_row(params![contact_id, channel, tests], read_row)
         .optional()?)
 }
 

@@ -829,7 +829,8 @@ pub fn engagement_from(
 
 /// Who of the contacts with `phone` (a family phone is shared) sent a
 /// text: the one the answered message went to (`in_reply_to`), or else the
-/// one texted last, or else the one created first (the number's owner).
+/// one texted last (a text that may have reached them: no test send, none
+/// that failed), or else the one created first (the number's owner).
 fn replier(
     ctx: &Ctx<'_>,
     phone: &str,
@@ -846,9 +847,11 @@ fn replier(
     {
         return Ok(Some(to));
     }
-    Ok(outbox::last_messaged(ctx.conn, &family, "sms")?
-        .or(family.first())
-        .cloned())
+    Ok(
+        outbox::last_messaged(ctx.conn, ctx.install_id, &family, "sms")?
+            .or(family.first())
+            .cloned(),
+    )
 }
 
 fn sms_received(
@@ -887,11 +890,11 @@ fn sms_received(
     let replied_to = match in_reply_to {
         // A STOP answering a message the module does not know still stops.
         Some(k) if stop => match message(ctx, k) {
-            Err(Error::NotFound(_)) => outbox::last_message(ctx.conn, &id, "sms")?,
+            Err(Error::NotFound(_)) => outbox::last_message(ctx.conn, ctx.install_id, &id, "sms")?,
             found => Some(found?),
         },
         Some(k) => Some(message(ctx, k)?),
-        None => outbox::last_message(ctx.conn, &id, "sms")?,
+        None => outbox::last_message(ctx.conn, ctx.install_id, &id, "sms")?,
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());
     // Keywords change consent and are never replies.

@@ -2325,14 +2325,24 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     assert_eq!(who_replied(&s)[1], ("son".to_string(), Some(texts.clone())));
     s.push(json!({"type": "sms.received", "from": "617-555-0123", "body": "And me"}))
         .unwrap();
-    assert_eq!(who_replied(&s)[2], ("mom".to_string(), Some(texts)));
+    assert_eq!(who_replied(&s)[2], ("mom".to_string(), Some(texts.clone())));
+    // Staff preview a text with the son's data on their own phone: a test
+    // send reached staff, not him, and does not make him the one texted
+    // last.
+    s.cmd(json!({"command": "template.create", "template_id": "t1", "template": {"channel": "sms", "name": "T", "message": "Hi {{firstname}}"}}))
+        .unwrap();
+    s.cmd(json!({"command": "template.test_send", "template_id": "t1", "to": "+16175550999", "contact_id": "son"}))
+        .unwrap();
+    s.push(json!({"type": "sms.received", "from": "617-555-0123", "body": "Thanks"}))
+        .unwrap();
+    assert_eq!(who_replied(&s)[3], ("mom".to_string(), Some(texts)));
     // A number no one was texted at goes to the one created first (at
     // the same instant, the first by id).
     s.contact("sibling", json!({"phone": "+16175550177"}));
     s.contact("cousin", json!({"phone": "617 555 0177"}));
     s.push(json!({"type": "sms.received", "from": "+16175550177", "body": "Who is this?"}))
         .unwrap();
-    assert_eq!(who_replied(&s)[3], ("cousin".to_string(), None));
+    assert_eq!(who_replied(&s)[4], ("cousin".to_string(), None));
 }
 
 #[test]
