@@ -495,7 +495,7 @@ fn step_failed(ctx: &Ctx<'_>, e: &Enrollment, step_id: &str, reason: &str) -> Re
 
 /// The idempotency key of the effect of one step of one enrollment:
 /// `<install>-e<enrollment>-<step>`. The keys derived from it add parts:
-/// `-r<n>` (a custom step's n-th call, [`call_key`]), `-fallback` (a
+/// `-r<n>` (a custom step's n-th call, `call_key`), `-fallback` (a
 /// message's fallback, [`fallback_key`]), `-set-<property>` (a custom step's
 /// property write-back). Parts are separated by `-`, so a step id or a
 /// property name is written through [`key_part`]: no two effects share a key
