@@ -932,6 +932,14 @@ fn sms_received(
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
         return Ok(());
     }
+    // An answer to a "Test to" sample (it went to staff): keywords above
+    // still count, but it is no reply and never reaches analytics.
+    if key
+        .as_deref()
+        .is_some_and(|k| outbox::is_test_send(ctx.install_id, k))
+    {
+        return Ok(());
+    }
     let logged = match &key {
         Some(k) => engagement_kind(ctx, k, "message_replied", false)?,
         None => "message_replied",

@@ -3138,6 +3138,34 @@ fn test_send_receipts_and_opens_stay_out_of_analytics() {
     );
 }
 
+/// An answer to an SMS "Test to" sample is no reply: nothing reaches
+/// analytics, Last Activity or the reply triggers; a STOP in answer to one
+/// still stops.
+#[test]
+fn a_reply_to_a_test_text_stays_out_of_analytics() {
+    let mut s = Sim::new();
+    let replies = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply"}, "steps": []}));
+    s.cmd(json!({"command": "template.create", "template_id": "t1", "template": {"channel": "sms", "name": "T", "message": "Hi {{firstname}}"}}))
+        .unwrap();
+    s.contact("c1", json!({}));
+    s.cmd(json!({"command": "template.test_send", "template_id": "t1", "to": "+16175550999", "contact_id": "c1"}))
+        .unwrap();
+    let key = s.effects.last().unwrap().key.clone();
+    assert!(crate::outbox::is_test_send("t", &key), "{key}");
+    let before: i64 = s.value("SELECT last_activity FROM contacts WHERE id = 'c1'");
+    s.advance(HOUR);
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "Looks good", "in_reply_to": key}))
+        .unwrap();
+    assert_eq!(s.count("message_replied", None), 0);
+    assert_eq!(s.count("enrolled", Some(&replies)), 0);
+    let after: i64 = s.value("SELECT last_activity FROM contacts WHERE id = 'c1'");
+    assert_eq!(after, before);
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": key}))
+        .unwrap();
+    let sms: String = s.value("SELECT sms_subscription FROM contacts WHERE id = 'c1'");
+    assert_eq!(sms, "unsubscribed");
+}
+
 fn fallback_events(s: &Sim, kind: &str) -> Vec<(String, Option<String>, Option<String>)> {
     s.conn
         .prepare("SELECT channel, message_key, json_extract(detail, '$.reason') FROM events WHERE kind = ?1 ORDER BY id")
