@@ -77,6 +77,10 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
         Some(("u", t)) => ("u", t),
         _ => return Ok(HitResponse::not_found()),
     };
+    // A person's open or click is a GET (a form's POST for a click);
+    // a HEAD comes from prefetchers and link scanners, whatever agent
+    // they claim.
+    let head = method == "HEAD";
     let context = OpenContext {
         user_agent: hit.user_agent.clone(),
         seconds_since_delivery: None,
@@ -88,7 +92,11 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
-                let machine = class_name(tracking::classify_open(&context));
+                let machine = if head {
+                    Some("scanner")
+                } else {
+                    class_name(tracking::classify_open(&context))
+                };
                 ingest::engagement_from(ctx, &key, "message_opened", machine)?;
             }
             Ok(response)
@@ -107,7 +115,11 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
-                let machine = class_name(tracking::classify_click(&context));
+                let machine = if head {
+                    Some("scanner")
+                } else {
+                    class_name(tracking::classify_click(&context))
+                };
                 ingest::engagement_from(ctx, &key, "message_clicked", machine)?;
             }
             Ok(response)

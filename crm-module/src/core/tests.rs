@@ -3402,18 +3402,36 @@ fn performance_counts_each_message_once_and_machines_never() {
     let path = pixel
         .trim_start_matches("https://t.riverside.example")
         .to_string();
-    let open = |s: &mut Sim, agent: &str| {
+    let open = |s: &mut Sim, method: &str, agent: &str| {
         let hit = crate::core::hits::Hit {
-            method: "GET".into(),
+            method: method.into(),
             path: path.clone(),
             user_agent: Some(agent.into()),
             ip_class: None,
         };
         s.hit(&hit).unwrap();
     };
-    open(&mut s, "Mozilla/5.0 (via ggpht.com GoogleImageProxy)");
-    open(&mut s, "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15");
-    open(&mut s, "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15");
+    open(
+        &mut s,
+        "GET",
+        "Mozilla/5.0 (via ggpht.com GoogleImageProxy)",
+    );
+    // A prefetcher's HEAD, whatever agent it gives, is no person's open.
+    open(
+        &mut s,
+        "HEAD",
+        "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15",
+    );
+    open(
+        &mut s,
+        "GET",
+        "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15",
+    );
+    open(
+        &mut s,
+        "GET",
+        "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15",
+    );
     s.push(json!({"type": "email.opened", "message_key": k1}))
         .unwrap();
     let v = crate::views::query(
@@ -3430,7 +3448,7 @@ fn performance_counts_each_message_once_and_machines_never() {
     assert_eq!(email["opened"], 2, "c3 once (not the proxy), c1: {email}");
     assert_eq!(s.count("receipt_repeated", None), 2);
     assert_eq!(s.count("message_opened_again", None), 1);
-    assert_eq!(s.count("message_opened_by_machine", None), 1);
+    assert_eq!(s.count("message_opened_by_machine", None), 2);
 }
 
 #[test]
