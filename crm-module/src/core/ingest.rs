@@ -811,6 +811,21 @@ pub fn engagement_from(
         "message_clicked" => !engaged_before(ctx, key, "message_opened")?,
         _ => false,
     };
+    if kind == "message_clicked" && opened && row.channel.as_deref() == Some("email") {
+        // A click on an email whose pixel never loaded (images off, a
+        // client that blocks them) says it was opened: counted as its open,
+        // as the triggers and conditions already take it.
+        Log {
+            automation_id: row.automation_id.as_deref(),
+            enrollment_id: row.enrollment_id,
+            step_id: row.step_id.as_deref(),
+            channel: row.channel.as_deref(),
+            message_key: Some(key),
+            detail: Some(json!({"implied_by": "click"})),
+            ..Log::new("message_opened", &contact_id)
+        }
+        .write(ctx.conn, ctx.now)?;
+    }
     let mut signals = vec![match kind {
         "message_opened" | "message_clicked" => Signal::EmailEngaged {
             clicked: kind == "message_clicked",

@@ -3451,6 +3451,60 @@ fn performance_counts_each_message_once_and_machines_never() {
     assert_eq!(s.count("message_opened_by_machine", None), 2);
 }
 
+/// A click on an email whose pixel never loaded counts as its open too,
+/// once: clicks never outnumber opens.
+#[test]
+fn a_click_without_an_open_counts_as_the_open() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "<p>Hi <a href=\"https://riverside.example/book\">book</a></p>"}]}));
+    s.contact("c1", json!({}));
+    let html = s.messages_to("c1")[0].payload["rendered"]["html"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = |marker: &str| -> String {
+        let at = html.find(marker).expect("a tracking url");
+        html[at..]
+            .split('"')
+            .next()
+            .unwrap()
+            .trim_start_matches("https://t.riverside.example")
+            .to_string()
+    };
+    let (click, pixel) = (
+        url("https://t.riverside.example/c/"),
+        url("https://t.riverside.example/o/"),
+    );
+    let get = |s: &mut Sim, path: &str| {
+        let hit = crate::core::hits::Hit {
+            method: "GET".into(),
+            path: path.into(),
+            user_agent: Some("Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15".into()),
+            ip_class: None,
+        };
+        s.hit(&hit).unwrap();
+    };
+    get(&mut s, &click);
+    get(&mut s, &pixel);
+    get(&mut s, &click);
+    let v = crate::views::query(
+        &s.conn,
+        &s.settings,
+        "automation_performance",
+        &json!({"automation_id": a}),
+        s.now,
+    )
+    .unwrap();
+    let email = &v["channel_breakdown"][0];
+    assert_eq!(
+        (email["opened"].as_u64(), email["clicked"].as_u64()),
+        (Some(1), Some(1)),
+        "{email}"
+    );
+    assert_eq!(s.count("message_opened_again", None), 1, "the pixel, later");
+}
+
 #[test]
 fn builder_sms_panel_shows_characters_segments_and_credits() {
     let mut s = Sim::new();
