@@ -949,14 +949,18 @@ fn set_property(
         map,
         &format!("automation:{}", e.automation_id),
     )?;
-    let key = effect_key(ctx.install_id, e.id, sid);
-    ctx.effects.push(Effect {
-        payload: json!({
-            "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
-            "automation_id": e.automation_id, "step_id": sid,
-        }),
-        ..effect_base(&key, EffectKind::Property, e, sid)
-    });
+    // Written back only as stored: a Patient kept as one (an automation
+    // saved before Lead was refused) sends the host no "lead".
+    if contact.props.get(name) == Some(&new_value) {
+        let key = effect_key(ctx.install_id, e.id, sid);
+        ctx.effects.push(Effect {
+            payload: json!({
+                "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
+                "automation_id": e.automation_id, "step_id": sid,
+            }),
+            ..effect_base(&key, EffectKind::Property, e, sid)
+        });
+    }
     step_done(ctx, e, sid, None)?;
     triggers::fire(ctx, &e.contact_id, &signals)?;
     match load(ctx.conn, e.id)? {

@@ -1248,6 +1248,16 @@ pub fn validate_set_property(property: SettableProperty, value: &Value) -> Resul
             }
             Ok(())
         }
+        SettableProperty::Status => {
+            // Lead → Patient is for good (SPEC §1): a patient is never a lead again.
+            let status = normalize_property("status", value.clone()).map_err(|e| e.at("value"))?;
+            if status.as_str() != Some("patient") {
+                return Err(Error::invalid(
+                    "value: Status can only be set to Patient; a patient never becomes a lead again",
+                ));
+            }
+            Ok(())
+        }
         SettableProperty::SmsSubscription | SettableProperty::EmailSubscription => {
             if value.as_str() != Some("unsubscribed") {
                 return Err(Error::invalid(
@@ -1889,6 +1899,26 @@ mod tests {
                 .to_string()
                 .contains("only unsubscribe")
         );
+
+        // Status: Lead → Patient is for good; Patient is the one value.
+        let status = |value: &str| {
+            let mut d = welcome();
+            d.steps.insert(
+                0,
+                Step {
+                    id: String::new(),
+                    name: None,
+                    kind: StepKind::SetProperty {
+                        property: SettableProperty::Status,
+                        value: json!(value),
+                    },
+                },
+            );
+            d.validate_and_assign_ids().map_err(|e| e.to_string())
+        };
+        let err = status("Lead").unwrap_err();
+        assert!(err.contains("only be set to Patient"), "{err}");
+        assert!(status("patient").is_ok());
 
         let mut d = welcome();
         d.name = "  ".into();

@@ -2102,10 +2102,11 @@ const SETTABLE: [SettableProperty; 7] = [
 
 fn set_property_value_fields(p: SettableProperty, value: &Value) -> Vec<Field> {
     match p {
+        // Lead → Patient is for good: Patient is the one value to set.
         SettableProperty::Status => vec![
             Field::new("value", "Value", FieldKind::Select, value.clone())
                 .required()
-                .options(value_choices("status").unwrap_or_default()),
+                .options(vec![opt(json!("patient"), "Patient")]),
         ],
         SettableProperty::LeadSource => {
             let mut options = value_choices("lead_source").unwrap_or_default();
