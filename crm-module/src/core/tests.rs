@@ -3553,11 +3553,23 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
     };
     s.contact("mum", json!({"phone": "+16175550100"}));
     assert_eq!(texts(&s, "mum"), ["Hi Pat Reply STOP to opt out"]);
-    // A second person on the family phone: the thread is open already.
+    // A second person on the family phone while Mum's text has not left:
+    // it may reach the number first (Mum's waiting for a retry) or alone
+    // (Mum's failing), so it carries the footer too.
     s.contact("kid", json!({"phone": "(617) 555-0100"}));
-    assert_eq!(texts(&s, "kid"), ["Hi Pat"]);
+    assert_eq!(texts(&s, "kid"), ["Hi Pat Reply STOP to opt out"]);
+    // Once the opener is accepted, the thread is open: no footer.
+    let opener = s.messages_to("mum")[0].key.clone();
+    s.conn
+        .execute(
+            "UPDATE outbox SET status = 'accepted' WHERE idempotency_key = ?1",
+            [&opener],
+        )
+        .unwrap();
+    s.contact("dad", json!({"phone": "617.555.0100"}));
+    assert_eq!(texts(&s, "dad"), ["Hi Pat"]);
     assert_eq!(
-        s.messages_to("kid")[0].payload["rendered"]["first_in_thread"],
+        s.messages_to("dad")[0].payload["rendered"]["first_in_thread"],
         false
     );
     // Mum's new number has never heard from the practice.

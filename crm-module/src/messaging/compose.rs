@@ -208,12 +208,15 @@ fn number(ctx: &Ctx<'_>, key: &str, contact_id: &str, channel: &str) -> Result<i
         .query_row([key], |r| r.get(0))?)
 }
 
-/// Whether the SMS `key` opens the thread with the number `to`: the first
-/// message the module sends to that number (composed again, it still is),
-/// which carries the consent footer. A thread is the recipient's number,
-/// not the contact: a contact's new number gets the footer, a second
-/// contact on a family phone does not. A "Test to" sample always shows it
-/// and opens nothing.
+/// Whether the SMS `key` carries the consent footer of the thread with the
+/// number `to`: it opens the thread (the first message the module sends to
+/// that number; composed again, it still is), or the one that opened it
+/// has not been accepted by its sender yet. Until then a later text could
+/// reach the number first (the opener waiting for a retry) or alone (the
+/// opener failing), so it carries the footer too. A thread is the
+/// recipient's number, not the contact: a contact's new number gets the
+/// footer, a second contact on a family phone does not. A "Test to" sample
+/// always shows it and opens nothing.
 fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
     let Some(phone) = contacts::phone_key(to) else {
         return Ok(true);
@@ -232,9 +235,17 @@ fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
     }
     Ok(ctx
         .conn
-        .prepare_cached("SELECT first_key = ?2 FROM sms_threads WHERE phone_key = ?1")?
+        .prepare_cached(OPENER_NOT_ACCEPTED_SQL)?
         .query_row(params![phone, key], |r| r.get(0))?)
 }
+
+/// [`opens_thread`] for a number whose thread is open: whether `?2` is its
+/// opener, or the opener (`?1` its phone key) has not been accepted yet.
+/// An opener not in the outbox yet (it is written at the end of the
+/// request that composed it) has not been.
+pub(crate) const OPENER_NOT_ACCEPTED_SQL: &str = "SELECT t.first_key = ?2
+        OR coalesce((SELECT o.status <> 'accepted' FROM outbox o WHERE o.idempotency_key = t.first_key), 1)
+     FROM sms_threads t WHERE t.phone_key = ?1";
 
 /// The SMS `key` never reached its number (suppressed before it left,
 /// failed or bounced for good): if it opened the number's thread, the

@@ -967,6 +967,27 @@ mod tests {
         );
     }
 
+    /// Whether an SMS carries the consent footer: two lookups by key, no
+    /// scan, at every SMS composed to a number already written to.
+    #[test]
+    fn the_footer_check_reads_the_thread_and_its_opener_by_key() {
+        let conn = at_version(MIGRATIONS.len());
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::messaging::compose::OPENER_NOT_ACCEPTED_SQL,
+            ["6175550100", "k"],
+        );
+        assert_eq!(
+            plan,
+            [
+                "SEARCH t USING PRIMARY KEY (phone_key=?)",
+                "CORRELATED SCALAR SUBQUERY 1",
+                "SEARCH o USING INDEX sqlite_autoindex_outbox_1 (idempotency_key=?)"
+            ],
+            "{plan:?}"
+        );
+    }
+
     #[test]
     fn migration_25_takes_the_hand_over_time_of_each_attempted_row() {
         let conn = at_version(24);
