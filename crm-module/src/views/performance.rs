@@ -130,7 +130,9 @@ pub struct ChannelRow {
     pub failed: u64,
     /// Not sent because the contact is unsubscribed.
     pub suppressed: u64,
-    /// Send attempts: hand-overs the sender accepted plus those that failed at or before the hand-over.
+    /// Send attempts: hand-overs the sender accepted (a resend after a soft
+    /// bounce is one more) plus those that failed at or before the
+    /// hand-over; a "retry later" answer is none.
     pub send_attempts: u64,
     /// Bounced (hard + soft) ÷ send attempts × 100.
     pub bounce_rate: Option<f64>,
