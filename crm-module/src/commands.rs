@@ -1117,10 +1117,22 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 params![template_id, template.channel, template.name.trim(), template.subject, template.preheader, template.html_body, template.text_body, template.message, ctx.now],
             )?;
             if n == 0 {
-                return Err(Error::not_found(format!(
-                    "{} template {template_id}",
-                    template.channel
-                )));
+                // It exists on the other channel: a template keeps its channel
+                // (the steps that use it were checked against it).
+                let stored: Option<String> = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT channel FROM templates WHERE id = ?1 AND deleted_at IS NULL",
+                    )?
+                    .query_row([&template_id], |r| r.get(0))
+                    .optional()?;
+                return Err(match stored {
+                    Some(channel) => Error::invalid(format!(
+                        "template.channel: template {template_id} is an {} template; a template's channel cannot change (create a new one)",
+                        if channel == "sms" { "SMS" } else { "email" }
+                    )),
+                    None => Error::not_found(format!("template {template_id}")),
+                });
             }
             Ok((to_json(TemplateResult { template_id })?, None))
         }

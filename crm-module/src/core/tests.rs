@@ -3138,6 +3138,21 @@ fn test_send_receipts_and_opens_stay_out_of_analytics() {
     );
 }
 
+#[test]
+fn a_templates_channel_cannot_change() {
+    let mut s = Sim::new();
+    s.cmd(json!({"command": "template.create", "template_id": "t1", "template": {"channel": "email", "name": "W", "subject": "Hi", "html_body": "<p>Hi</p>"}}))
+        .unwrap();
+    let update = |id: &str| json!({"command": "template.update", "template_id": id, "template": {"channel": "sms", "name": "W", "message": "Hi"}});
+    let e = s.cmd(update("t1")).unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::Invalid, "{e}");
+    assert!(e.to_string().contains("is an email template"), "{e}");
+    let e = s.cmd(update("t2")).unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound, "{e}");
+    let channel: String = s.value("SELECT channel FROM templates WHERE id = 't1'");
+    assert_eq!(channel, "email");
+}
+
 /// An answer to an SMS "Test to" sample is no reply: nothing reaches
 /// analytics, Last Activity or the reply triggers; a STOP in answer to one
 /// still stops.
