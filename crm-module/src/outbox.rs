@@ -651,12 +651,31 @@ pub fn record_answer(
         // Nobody was asked: the row stays as it is.
         HostAnswer::NotHandled => return Ok("pending"),
     };
-    conn.prepare_cached(
-        "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, updated_at = ?5, handed_over_at = ?5,
+    let changed = conn
+        .prepare_cached(
+            "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, updated_at = ?5, handed_over_at = ?5,
              last_error = ?6
          WHERE id = ?1 AND status IN ('pending','retry')",
-    )?
-    .execute(params![id, status, attempts, next, now, error])?;
+        )?
+        .execute(params![id, status, attempts, next, now, error])?;
+    if changed == 1 && status == "accepted" {
+        // A text that carried the consent footer: it may open its number's
+        // thread in place of an opener not accepted yet.
+        let footer: Option<(String, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT idempotency_key, json_extract(payload, '$.rendered.to') FROM outbox
+                  WHERE id = ?1 AND kind = 'message' AND channel = 'sms'
+                    AND json_extract(payload, '$.rendered.first_in_thread') = 1
+                    AND json_extract(payload, '$.purpose') IS NOT 'test_send'",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((key, Some(to))) = footer
+            && let Some(phone) = crate::core::contacts::phone_key(&to)
+        {
+            crate::messaging::compose::footer_accepted(conn, &key, &phone, now)?;
+        }
+    }
     Ok(status)
 }
 

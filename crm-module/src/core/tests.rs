@@ -3573,14 +3573,29 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
     // (Mum's failing), so it carries the footer too.
     s.contact("kid", json!({"phone": "(617) 555-0100"}));
     assert_eq!(texts(&s, "kid"), ["Hi Pat Reply STOP to opt out"]);
-    // Once the opener is accepted, the thread is open: no footer.
-    let opener = s.messages_to("mum")[0].key.clone();
-    s.conn
-        .execute(
-            "UPDATE outbox SET status = 'accepted' WHERE idempotency_key = ?1",
-            [&opener],
+    // Once a text with the footer is accepted (the kid's here, Mum's
+    // still waiting, in a paused automation say), the thread is open: no
+    // footer.
+    let accept = |s: &Sim, key: &str| {
+        let id: i64 = s
+            .conn
+            .query_row(
+                "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        crate::outbox::record_answer(
+            &s.conn,
+            id,
+            crate::outbox::HostAnswer::Accepted,
+            None,
+            s.now,
         )
         .unwrap();
+    };
+    let kids = s.messages_to("kid")[0].key.clone();
+    accept(&s, &kids);
     s.contact("dad", json!({"phone": "617.555.0100"}));
     assert_eq!(texts(&s, "dad"), ["Hi Pat"]);
     assert_eq!(
@@ -3607,8 +3622,22 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(threads.len(), 2, "{threads:?}");
-    let first = &s.messages_to("mum")[0].key;
-    assert!(threads.iter().any(|(_, k)| k == first), "{threads:?}");
+    assert!(threads.iter().any(|(_, k)| *k == kids), "{threads:?}");
+    // An opener that failed for good without its thread being given up
+    // (its answer lost past every retry): the next text opens the thread.
+    let saved = s.messages_to("mum")[1].key.clone();
+    s.conn
+        .execute(
+            "UPDATE outbox SET status = 'failed' WHERE idempotency_key = ?1",
+            [&saved],
+        )
+        .unwrap();
+    s.contact("gran", json!({"phone": "+1 617 555 0177"}));
+    assert_eq!(texts(&s, "gran"), ["Hi Pat Reply STOP to opt out"]);
+    let grans = s.messages_to("gran")[0].key.clone();
+    accept(&s, &grans);
+    s.contact("grandad", json!({"phone": "6175550177"}));
+    assert_eq!(texts(&s, "grandad"), ["Hi Pat"]);
 }
 
 #[test]

@@ -211,9 +211,11 @@ fn number(ctx: &Ctx<'_>, key: &str, contact_id: &str, channel: &str) -> Result<i
 /// Whether the SMS `key` carries the consent footer of the thread with the
 /// number `to`: it opens the thread (the first message the module sends to
 /// that number; composed again, it still is), or the one that opened it
-/// has not been accepted by its sender yet. Until then a later text could
-/// reach the number first (the opener waiting for a retry) or alone (the
-/// opener failing), so it carries the footer too. A thread is the
+/// has not been accepted by its sender. Until a text with the footer is
+/// accepted, a later text could reach the number first (the opener waiting
+/// for a retry) or alone (the opener failing), so it carries the footer
+/// too; the first of them accepted opens the thread in its place
+/// ([`footer_accepted`]). A thread is the
 /// recipient's number, not the contact: a contact's new number gets the
 /// footer, a second contact on a family phone does not. A "Test to" sample
 /// always shows it and opens nothing.
@@ -233,19 +235,40 @@ fn opens_thread(ctx: &Ctx<'_>, key: &str, to: &str) -> Result<bool> {
     if opened == 1 {
         return Ok(true);
     }
-    Ok(ctx
+    let (first, status): (String, Option<String>) = ctx
         .conn
-        .prepare_cached(OPENER_NOT_ACCEPTED_SQL)?
-        .query_row(params![phone, key], |r| r.get(0))?)
+        .prepare_cached(THREAD_OPENER_SQL)?
+        .query_row([&phone], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // Not accepted: waiting, failed for good (a failure that gave the
+    // thread up deleted it; one that did not, an answer lost past every
+    // retry, leaves it to the next text accepted: [`footer_accepted`]),
+    // or not in the outbox yet (it is written at the end of the request
+    // that composed it).
+    Ok(first == key || status.as_deref() != Some("accepted"))
 }
 
-/// [`opens_thread`] for a number whose thread is open: whether `?2` is its
-/// opener, or the opener (`?1` its phone key) has not been accepted yet.
-/// An opener not in the outbox yet (it is written at the end of the
-/// request that composed it) has not been.
-pub(crate) const OPENER_NOT_ACCEPTED_SQL: &str = "SELECT t.first_key = ?2
-        OR coalesce((SELECT o.status <> 'accepted' FROM outbox o WHERE o.idempotency_key = t.first_key), 1)
+/// [`opens_thread`] for a number whose thread is open (`?1` its phone key):
+/// the opener's key and outbox status.
+pub(crate) const THREAD_OPENER_SQL: &str = "SELECT t.first_key,
+        (SELECT o.status FROM outbox o WHERE o.idempotency_key = t.first_key)
      FROM sms_threads t WHERE t.phone_key = ?1";
+
+/// The SMS `key`, to the number of phone key `phone`, was accepted by its
+/// sender carrying the consent footer while the thread's opener was not
+/// (waiting in a paused automation or for a retry, or failed): it opens
+/// the thread now, and later texts go without the footer. So it does when
+/// the thread was given up meanwhile (its opener failed).
+pub fn footer_accepted(conn: &Connection, key: &str, phone: &str, now: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sms_threads (phone_key, first_key, at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(phone_key) DO UPDATE SET first_key = excluded.first_key, at = excluded.at
+          WHERE sms_threads.first_key <> excluded.first_key
+            AND coalesce((SELECT o.status <> 'accepted' FROM outbox o
+                           WHERE o.idempotency_key = sms_threads.first_key), 1)",
+    )?
+    .execute(params![phone, key, now])?;
+    Ok(())
+}
 
 /// The SMS `key` never reached its number (suppressed before it left,
 /// failed or bounced for good): if it opened the number's thread, the

@@ -974,8 +974,8 @@ mod tests {
         let conn = at_version(MIGRATIONS.len());
         let plan = crate::store::query_plan(
             &conn,
-            crate::messaging::compose::OPENER_NOT_ACCEPTED_SQL,
-            ["6175550100", "k"],
+            crate::messaging::compose::THREAD_OPENER_SQL,
+            ["6175550100"],
         );
         assert_eq!(
             plan,
