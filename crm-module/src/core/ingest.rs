@@ -880,6 +880,22 @@ fn sms_received(
     let settings = ctx.settings;
     let region = settings.doc.sms.default_region.as_str();
     let stop = settings.is_opt_out(body);
+    // An answer to a "Test to" sample: it went to staff, the contact only
+    // lent it their data. It is nobody's reply, and a keyword in it speaks
+    // for the sending number alone, never for the sample's contact.
+    if let Some(k) = in_reply_to
+        && outbox::is_test_send(ctx.install_id, k)
+    {
+        return match from {
+            Some(phone) if stop => {
+                stopped_numbers::record(ctx.conn, phone, region, ctx.now, event_id)
+            }
+            Some(phone) if settings.is_opt_in(body) => {
+                stopped_numbers::forget(ctx.conn, phone, region).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+    }
     let id = match (contact_id, from) {
         // A STOP is never lost: for a contact not pushed yet, the number
         // is remembered for whoever gets it.
@@ -945,14 +961,6 @@ fn sms_received(
         contacts::save(ctx.conn, &c)?;
         let text = ctx.settings.help_answer();
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
-        return Ok(());
-    }
-    // An answer to a "Test to" sample (it went to staff): keywords above
-    // still count, but it is no reply and never reaches analytics.
-    if key
-        .as_deref()
-        .is_some_and(|k| outbox::is_test_send(ctx.install_id, k))
-    {
         return Ok(());
     }
     let logged = match &key {

@@ -3155,7 +3155,8 @@ fn a_templates_channel_cannot_change() {
 
 /// An answer to an SMS "Test to" sample is no reply: nothing reaches
 /// analytics, Last Activity or the reply triggers; a STOP in answer to one
-/// still stops.
+/// stops the number it came from, not the contact who lent the sample
+/// their data.
 #[test]
 fn a_reply_to_a_test_text_stays_out_of_analytics() {
     let mut s = Sim::new();
@@ -3175,10 +3176,19 @@ fn a_reply_to_a_test_text_stays_out_of_analytics() {
     assert_eq!(s.count("enrolled", Some(&replies)), 0);
     let after: i64 = s.value("SELECT last_activity FROM contacts WHERE id = 'c1'");
     assert_eq!(after, before);
-    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": key}))
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "from": "+16175550999", "body": "STOP", "in_reply_to": key}))
         .unwrap();
     let sms: String = s.value("SELECT sms_subscription FROM contacts WHERE id = 'c1'");
-    assert_eq!(sms, "unsubscribed");
+    assert_eq!(sms, "subscribed", "the staff phone said it");
+    let stopped: i64 =
+        s.value("SELECT COUNT(*) FROM stopped_numbers WHERE phone_key = '6175550999'");
+    assert_eq!(stopped, 1);
+    assert!(
+        s.effects
+            .iter()
+            .all(|e| e.payload["purpose"] != "stop_confirmation"),
+        "no confirmation to the contact"
+    );
 }
 
 fn fallback_events(s: &Sim, kind: &str) -> Vec<(String, Option<String>, Option<String>)> {
@@ -3500,23 +3510,25 @@ fn a_click_without_an_open_counts_as_the_open() {
         };
         s.hit(&hit).unwrap();
     };
+    let figures = |s: &Sim| {
+        let v = crate::views::query(
+            &s.conn,
+            &s.settings,
+            "automation_performance",
+            &json!({"automation_id": a}),
+            s.now,
+        )
+        .unwrap();
+        let email = &v["channel_breakdown"][0];
+        (email["opened"].as_u64(), email["clicked"].as_u64())
+    };
+    // Clicked, the pixel never loaded: opened too.
     get(&mut s, &click);
+    assert_eq!(figures(&s), (Some(1), Some(1)));
+    // The pixel later, and a second click: still one message opened.
     get(&mut s, &pixel);
     get(&mut s, &click);
-    let v = crate::views::query(
-        &s.conn,
-        &s.settings,
-        "automation_performance",
-        &json!({"automation_id": a}),
-        s.now,
-    )
-    .unwrap();
-    let email = &v["channel_breakdown"][0];
-    assert_eq!(
-        (email["opened"].as_u64(), email["clicked"].as_u64()),
-        (Some(1), Some(1)),
-        "{email}"
-    );
+    assert_eq!(figures(&s), (Some(1), Some(1)));
     assert_eq!(s.count("message_opened_again", None), 1, "the pixel, later");
 }
 
