@@ -789,16 +789,19 @@ pub fn engagement_from(
     let logged = engagement_kind(ctx, key, kind, machine.is_some())?;
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let mut c = contacts::require(ctx.conn, &contact_id)?;
-    Log {
-        automation_id: row.automation_id.as_deref(),
-        enrollment_id: row.enrollment_id,
-        step_id: row.step_id.as_deref(),
-        channel: row.channel.as_deref(),
-        message_key: Some(key),
-        detail: machine.map(|m| json!({"machine": m})),
-        ..Log::new(logged, &contact_id)
-    }
-    .write(ctx.conn, ctx.now)?;
+    let log = |kind: &str, detail: Option<Value>| {
+        Log {
+            automation_id: row.automation_id.as_deref(),
+            enrollment_id: row.enrollment_id,
+            step_id: row.step_id.as_deref(),
+            channel: row.channel.as_deref(),
+            message_key: Some(key),
+            detail,
+            ..Log::new(kind, &contact_id)
+        }
+        .write(ctx.conn, ctx.now)
+    };
+    log(logged, machine.map(|m| json!({"machine": m})))?;
     if machine.is_some() {
         return Ok(());
     }
@@ -815,16 +818,7 @@ pub fn engagement_from(
         // A click on an email whose pixel never loaded (images off, a
         // client that blocks them) says it was opened: counted as its open,
         // as the triggers and conditions already take it.
-        Log {
-            automation_id: row.automation_id.as_deref(),
-            enrollment_id: row.enrollment_id,
-            step_id: row.step_id.as_deref(),
-            channel: row.channel.as_deref(),
-            message_key: Some(key),
-            detail: Some(json!({"implied_by": "click"})),
-            ..Log::new("message_opened", &contact_id)
-        }
-        .write(ctx.conn, ctx.now)?;
+        log("message_opened", Some(json!({"implied_by": "click"})))?;
     }
     let mut signals = vec![match kind {
         "message_opened" | "message_clicked" => Signal::EmailEngaged {
