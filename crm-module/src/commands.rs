@@ -1155,27 +1155,21 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             // The test sends so far: a range of the key index (`LIKE
             // '%-test-%'` read every key, and counted a step id with
             // "-test-" in it).
-            let prefix = format!("{}-test-", ctx.install_id);
+            let prefix = crate::outbox::test_send_prefix(ctx.install_id);
+            // The first key past the prefix: its last `-` is followed by `.`.
+            let past = format!("{}.", &prefix[..prefix.len() - 1]);
             let n: i64 = ctx
                 .conn
                 .prepare_cached(
                     "SELECT COUNT(*) FROM outbox WHERE idempotency_key >= ?1 AND idempotency_key < ?2",
                 )?
-                .query_row(params![prefix, format!("{}-test.", ctx.install_id)], |r| {
-                    r.get(0)
-                })?;
+                .query_row(params![prefix, past], |r| r.get(0))?;
             let queued = ctx
                 .effects
                 .iter()
                 .filter(|e| crate::outbox::is_test_send(ctx.install_id, &e.key))
                 .count() as i64;
-            let key = format!(
-                "{}-test-{}-{}-{}",
-                ctx.install_id,
-                template_id,
-                ctx.now,
-                n + queued + 1
-            );
+            let key = format!("{prefix}{template_id}-{}-{}", ctx.now, n + queued + 1);
             let (channel, rendered) = crate::views::template_preview::test_message(
                 ctx.conn,
                 ctx.settings,

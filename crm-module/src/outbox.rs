@@ -114,7 +114,15 @@ pub enum HostAnswer {
 /// reaches analytics, consent or engagement.
 pub fn is_test_send(install_id: &str, key: &str) -> bool {
     key.strip_prefix(install_id)
-        .is_some_and(|rest| rest.starts_with("-test-"))
+        .is_some_and(|rest| rest.starts_with(TEST_SEND))
+}
+
+/// What follows the install id in a test send's key.
+const TEST_SEND: &str = "-test-";
+
+/// The start of every test send's key (`<install>-test-`).
+pub fn test_send_prefix(install_id: &str) -> String {
+    format!("{install_id}{TEST_SEND}")
 }
 
 /// Attempts before a retried effect is marked failed.
@@ -571,7 +579,7 @@ pub fn last_messaged<'a>(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT created_at, id FROM outbox WHERE {LAST_MESSAGE_WHERE}"
     ))?;
-    let tests = format!("{install_id}-test-");
+    let tests = test_send_prefix(install_id);
     let mut newest: Option<((Millis, i64), &String)> = None;
     for contact in contacts {
         let at: Option<(Millis, i64)> = stmt
@@ -597,7 +605,7 @@ pub fn last_message(
     channel: &str,
 ) -> Result<Option<Row>> {
     let sql = format!("SELECT {ROW_COLUMNS} FROM outbox WHERE {LAST_MESSAGE_WHERE}");
-    let tests = format!("{install_id}-test-");
+    let tests = test_send_prefix(install_id);
     Ok(conn
         .prepare_cached(&sql)?
         .query_row(params![contact_id, channel, tests], read_row)

@@ -227,13 +227,6 @@ fn north_american(phone: &str, region: &str) -> bool {
                 .is_some_and(|m| m.country_code() == 1))
 }
 
-/// Finds a contact by phone number, in any form ([`phone_keys`]), through
-/// the `phone_key` index. When several contacts share a number (a family
-/// phone), the one created first wins.
-pub fn find_by_phone(conn: &Connection, phone: &str, region: &str) -> Result<Option<String>> {
-    Ok(all_by_phone(conn, phone, region)?.into_iter().next())
-}
-
 /// Every contact with this phone number, in any form (a family phone is
 /// shared), oldest first.
 pub fn all_by_phone(conn: &Connection, phone: &str, region: &str) -> Result<Vec<String>> {
@@ -844,14 +837,11 @@ mod tests {
                 2_000
             )
         );
-        assert_eq!(
-            find_by_phone(&conn, "508-555-0199", "US").unwrap(),
-            Some("c1".into())
-        );
+        assert_eq!(all_by_phone(&conn, "508-555-0199", "US").unwrap(), ["c1"]);
         assert!(
-            find_by_phone(&conn, "617-555-0100", "US")
+            all_by_phone(&conn, "617-555-0100", "US")
                 .unwrap()
-                .is_none()
+                .is_empty()
         );
         let by_email: Option<String> = conn
             .query_row(

@@ -80,11 +80,17 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
     // A person's open or click is a GET (a form's POST for a click);
     // a HEAD comes from prefetchers and link scanners, whatever agent
     // they claim.
-    let head = method == "HEAD";
     let context = OpenContext {
         user_agent: hit.user_agent.clone(),
         seconds_since_delivery: None,
         ip_class: hit.ip_class.clone(),
+    };
+    let machine = |class: OpenClass| {
+        if method == "HEAD" {
+            Some("scanner")
+        } else {
+            class_name(class)
+        }
     };
     match kind {
         "o" => {
@@ -92,11 +98,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
-                let machine = if head {
-                    Some("scanner")
-                } else {
-                    class_name(tracking::classify_open(&context))
-                };
+                let machine = machine(tracking::classify_open(&context));
                 ingest::engagement_from(ctx, &key, "message_opened", machine)?;
             }
             Ok(response)
@@ -115,11 +117,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
-                let machine = if head {
-                    Some("scanner")
-                } else {
-                    class_name(tracking::classify_click(&context))
-                };
+                let machine = machine(tracking::classify_click(&context));
                 ingest::engagement_from(ctx, &key, "message_clicked", machine)?;
             }
             Ok(response)

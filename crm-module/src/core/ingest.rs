@@ -349,13 +349,15 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             contacts::add_opt_out_signals(&c, &mut signals);
             // Already unsubscribed, the contact still leaves the automations
             // that end on the opt-out.
-            let wanted = if applied.len() == 2 {
-                Signal::GlobalOptOut
-            } else {
-                Signal::SmsOptedOut
+            let owed = match applied.as_slice() {
+                [_, _] => Some(Signal::GlobalOptOut),
+                ["sms"] => Some(Signal::SmsOptedOut),
+                _ => None,
             };
-            if (applied.len() == 2 || applied == ["sms"]) && !signals.contains(&wanted) {
-                signals.push(wanted);
+            if let Some(owed) = owed
+                && !signals.contains(&owed)
+            {
+                signals.push(owed);
             }
             contacts::touch(&mut c, ctx.now, false);
             contacts::save(ctx.conn, &c)?;

@@ -222,6 +222,11 @@ impl Sim {
         self.conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// The view model `name` with `params`, as the host would get it.
+    pub fn view(&self, name: &str, params: Value) -> Value {
+        crate::views::query(&self.conn, &self.settings, name, &params, self.now).unwrap()
+    }
+
     /// The first column of `sql`'s rows, as text, with `param` bound to `?1`.
     pub fn texts(&self, sql: &str, param: &str) -> Vec<String> {
         self.conn

@@ -3459,14 +3459,7 @@ fn performance_counts_each_message_once_and_machines_never() {
     );
     s.push(json!({"type": "email.opened", "message_key": k1}))
         .unwrap();
-    let v = crate::views::query(
-        &s.conn,
-        &s.settings,
-        "automation_performance",
-        &json!({"automation_id": a}),
-        s.now,
-    )
-    .unwrap();
+    let v = s.view("automation_performance", json!({"automation_id": a}));
     let email = &v["channel_breakdown"][0];
     assert_eq!(email["delivered"], 2, "c1 once, c3; c2 bounced: {email}");
     assert_eq!(email["bounced"], 1, "{email}");
@@ -3511,14 +3504,7 @@ fn a_click_without_an_open_counts_as_the_open() {
         s.hit(&hit).unwrap();
     };
     let figures = |s: &Sim| {
-        let v = crate::views::query(
-            &s.conn,
-            &s.settings,
-            "automation_performance",
-            &json!({"automation_id": a}),
-            s.now,
-        )
-        .unwrap();
+        let v = s.view("automation_performance", json!({"automation_id": a}));
         let email = &v["channel_breakdown"][0];
         (email["opened"].as_u64(), email["clicked"].as_u64())
     };
@@ -3538,14 +3524,10 @@ fn builder_sms_panel_shows_characters_segments_and_credits() {
     let text = "€".repeat(81); // 81 × 2 septets = 162 > 160: two segments of GSM-7
     let a = s.automation(json!({"name": "Long SMS", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
         "steps": [{"id": "sms", "type": "send_sms", "message": text}]}));
-    let v = crate::views::query(
-        &s.conn,
-        &s.settings,
+    let v = s.view(
         "automation_builder",
-        &json!({"automation_id": a, "selected_node": "sms"}),
-        s.now,
-    )
-    .unwrap();
+        json!({"automation_id": a, "selected_node": "sms"}),
+    );
     let fields = v["build"]["config_panel"]["fields"].as_array().unwrap();
     let counter = fields
         .iter()
@@ -3752,14 +3734,10 @@ fn the_builders_preview_renders_a_steps_own_message() {
                   {"id": "saved", "type": "send_sms", "template_id": "ping"},
                   {"id": "wait", "type": "delay", "amount": 1, "unit": "days"}]}));
     // The builder's Preview button opens it.
-    let builder = crate::views::query(
-        &s.conn,
-        &s.settings,
+    let builder = s.view(
         "automation_builder",
-        &json!({"automation_id": a, "selected_node": "mail"}),
-        s.now,
-    )
-    .unwrap();
+        json!({"automation_id": a, "selected_node": "mail"}),
+    );
     let button = builder["build"]["config_panel"]["actions"]
         .as_array()
         .unwrap()
