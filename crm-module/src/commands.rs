@@ -622,6 +622,37 @@ fn staff(who: &Option<String>) -> Result<String> {
     }
 }
 
+/// The id of a new automation, list or template: the one the host gave, if
+/// no row of `table` has ever had it, else the next free `<prefix><n>`. A
+/// deleted row keeps its id for good (its history still names it), so a
+/// given id that a deleted row had is refused as well, and said so.
+fn new_id(
+    ctx: &Ctx<'_>,
+    given: Option<String>,
+    table: &str,
+    noun: &str,
+    prefix: &str,
+) -> Result<String> {
+    let Some(id) = given else {
+        return next_id(ctx, table, prefix);
+    };
+    let deleted: Option<bool> = ctx
+        .conn
+        .query_row(
+            &format!("SELECT deleted_at IS NOT NULL FROM {table} WHERE id = ?1"),
+            [&id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match deleted {
+        None => Ok(id),
+        Some(false) => Err(Error::Conflict(format!("{noun} {id} already exists"))),
+        Some(true) => Err(Error::Conflict(format!(
+            "{noun} {id} was deleted, and a deleted {noun}'s id is not used again: its history keeps it"
+        ))),
+    }
+}
+
 fn next_id(ctx: &Ctx<'_>, table: &str, prefix: &str) -> Result<String> {
     let n: i64 = ctx
         .conn
@@ -802,20 +833,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             definition,
             entered_by,
         } => {
-            let id = match automation_id {
-                Some(id) => {
-                    let exists: bool = ctx.conn.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM automations WHERE id = ?1)",
-                        [&id],
-                        |r| r.get(0),
-                    )?;
-                    if exists {
-                        return Err(Error::Conflict(format!("automation {id} already exists")));
-                    }
-                    id
-                }
-                None => next_id(ctx, "automations", "a")?,
-            };
+            let id = new_id(ctx, automation_id, "automations", "automation", "a")?;
             let def = prepare_definition(ctx, definition, None)?;
             let by = staff(&entered_by)?;
             ctx.conn.execute(
@@ -978,20 +996,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         }
         Command::ListCreate { list_id, name } => {
             let name = list_name(&name)?;
-            let id = match list_id {
-                Some(id) => {
-                    let exists: bool = ctx.conn.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM lists WHERE id = ?1)",
-                        [&id],
-                        |r| r.get(0),
-                    )?;
-                    if exists {
-                        return Err(Error::Conflict(format!("list {id} already exists")));
-                    }
-                    id
-                }
-                None => next_id(ctx, "lists", "l")?,
-            };
+            let id = new_id(ctx, list_id, "lists", "list", "l")?;
             ctx.conn.execute(
                 "INSERT INTO lists (id, name, kind, created_at) VALUES (?1, ?2, 'static', ?3)",
                 params![id, name, ctx.now],
@@ -1084,20 +1089,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         } => {
             let custom = custom_properties(ctx.conn)?;
             check_template(&template, &custom)?;
-            let id = match template_id {
-                Some(id) => {
-                    let exists: bool = ctx.conn.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM templates WHERE id = ?1)",
-                        [&id],
-                        |r| r.get(0),
-                    )?;
-                    if exists {
-                        return Err(Error::Conflict(format!("template {id} already exists")));
-                    }
-                    id
-                }
-                None => next_id(ctx, "templates", "t")?,
-            };
+            let id = new_id(ctx, template_id, "templates", "template", "t")?;
             ctx.conn.execute(
                 "INSERT INTO templates (id, channel, name, subject, preheader, html_body, text_body, message, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",

@@ -3690,6 +3690,22 @@ fn automations_name_only_lists_and_templates_that_exist_and_keep_them() {
         .unwrap();
     s.cmd(json!({"command": "template.delete", "template_id": "welcome"}))
         .unwrap();
+    // A deleted row keeps its id (its history names it): creating another
+    // under that id is refused, and the answer says why.
+    let template = json!({"channel": "sms", "name": "W", "message": "Hello"});
+    for (command, field, id, extra) in [
+        ("automation.create", "automation_id", "a1", json!({"definition": {"name": "Again",
+            "trigger": {"type": "contact_created"}, "steps": []}})),
+        ("list.create", "list_id", "allergy", json!({"name": "Again"})),
+        ("template.create", "template_id", "welcome", json!({"template": template})),
+    ] {
+        let mut cmd = extra;
+        cmd["command"] = json!(command);
+        cmd[field] = json!(id);
+        let e = s.cmd(cmd).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Conflict, "{command}");
+        assert!(e.to_string().contains(&format!("{id} was deleted")), "{e}");
+    }
 }
 
 /// Deleting a list takes its members out of it, but it is staff's doing,
