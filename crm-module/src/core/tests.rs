@@ -2896,6 +2896,25 @@ fn composed_email_carries_a_real_unsubscribe_link_and_rendered_placeholders() {
     );
 }
 
+/// A contact without a first name (or with a blank one) gets the
+/// template's `default`, not "Hi , ".
+#[test]
+fn a_missing_first_name_takes_the_templates_default() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"type": "send_email", "subject": "Hi {{ firstname | default('there') }}!",
+            "body": "<p>Dear {{ firstname | default('friend') }}</p>"}]}));
+    s.contact("c1", json!({"first_name": "Ann"}));
+    s.contact("c2", json!({"first_name": null}));
+    s.contact("c3", json!({"first_name": "  "}));
+    let subject = |s: &Sim, c: &str| s.messages_to(c)[0].payload["rendered"]["subject"].clone();
+    assert_eq!(subject(&s, "c1"), "Hi Ann!");
+    assert_eq!(subject(&s, "c2"), "Hi there!");
+    assert_eq!(subject(&s, "c3"), "Hi there!");
+    let html = s.messages_to("c2")[0].payload["rendered"]["html"].clone();
+    assert!(html.as_str().unwrap().contains("Dear friend"), "{html}");
+}
+
 #[test]
 fn sms_waits_for_the_recipients_sending_hours() {
     let mut s = Sim::new();

@@ -132,7 +132,8 @@ pub fn sender_identity(
     }
 }
 
-/// The values of every placeholder for one contact.
+/// The values of every placeholder for one contact; a placeholder whose
+/// value is missing or blank is left out (undefined).
 pub fn variables(
     ctx: &Ctx<'_>,
     contact: &Contact,
@@ -174,6 +175,10 @@ pub fn variables(
     vars.insert("practice".into(), ctx.settings.doc.practice_name.clone());
     vars.insert("owner".into(), owner.into());
     vars.insert("unsubscribe_link".into(), unsubscribe_link.into());
+    // A blank value is left undefined, so that `default("there")` stands in
+    // for it (minijinja's `default` replaces undefined values only); an
+    // undefined placeholder without one still renders as nothing.
+    vars.retain(|_, v| !v.trim().is_empty());
     vars
 }
 
