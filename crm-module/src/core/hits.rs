@@ -149,6 +149,9 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             // who has it (a family address is shared), the message's own
             // contact first, even if their address has changed since.
             let own = contacts::require(ctx.conn, &contact_id)?;
+            if let Some(row) = outbox::by_key(ctx.conn, &key)? {
+                ingest::delivery_implied(ctx, &row, "opt_out")?;
+            }
             let address = match outbox::recipient(ctx.conn, &key)? {
                 Some(to) => Some(to),
                 None => own.text("email").map(str::to_string),

@@ -714,6 +714,32 @@ fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
     engagement_from(ctx, key, kind, None)
 }
 
+/// A person answered message `row` (opened it, clicked, replied, opted out
+/// through it), so it reached them: without a receipt yet, it is counted
+/// delivered, with `implied_by` saying why, as a click counts as an open.
+/// Many senders never push a delivery receipt, and rates per delivered
+/// message (the opt-out rate) would otherwise pass 100 %. A receipt after
+/// it is a repeat, a late bounce revokes it; a message that failed or has
+/// an outcome already is left as it is.
+pub(crate) fn delivery_implied(ctx: &Ctx<'_>, row: &outbox::Row, by: &str) -> Result<()> {
+    if row.kind != outbox::EffectKind::Message
+        || row.status == "failed"
+        || outbox::is_test_send(ctx.install_id, &row.key)
+    {
+        return Ok(());
+    }
+    let outcome = ctx
+        .conn
+        .prepare_cached(LAST_OUTCOME_SQL)?
+        .query_row([&row.key], |_| Ok(()))
+        .optional()?;
+    if outcome.is_none() {
+        Log::for_effect("message_delivered", row, Some(json!({"implied_by": by})))
+            .write(ctx.conn, ctx.now)?;
+    }
+    Ok(())
+}
+
 /// Whether message `?1` had an open (click, reply) before, through the
 /// partial index `events_message_history`, whose condition is repeated so
 /// that SQLite uses it. The kind is written into each statement: with the
@@ -806,6 +832,9 @@ pub fn engagement_from(
     log(logged, machine.map(|m| json!({"machine": m})))?;
     if machine.is_some() {
         return Ok(());
+    }
+    if logged == kind {
+        delivery_implied(ctx, &row, kind.trim_start_matches("message_"))?;
     }
     let email = match row.channel.as_deref() {
         Some("email") => outbox::category(ctx.conn, key)?,
@@ -926,6 +955,9 @@ fn sms_received(
     let key = replied_to.as_ref().map(|r| r.key.clone());
     // Keywords change consent and are never replies.
     if stop {
+        if let Some(row) = &replied_to {
+            delivery_implied(ctx, row, "opt_out")?;
+        }
         return sms_stop(ctx, event_id, c, from, key.as_deref());
     }
     // An opt-in keyword restores a number that said STOP. From anyone else
@@ -972,6 +1004,11 @@ fn sms_received(
         ..Log::new(logged, &id)
     }
     .write(ctx.conn, ctx.now)?;
+    if let Some(row) = &replied_to
+        && logged == "message_replied"
+    {
+        delivery_implied(ctx, row, "reply")?;
+    }
     let category = match &key {
         Some(k) => outbox::category(ctx.conn, k)?,
         None => None,
@@ -1041,29 +1078,66 @@ fn receipt_from(
         detail["at"] = json!("hand_over");
     }
     let log = |kind: &'static str, detail: Value| Log::for_effect(kind, &row, Some(detail));
-    // A delivery and a hard bounce are final: nothing is handed over
-    // again after them. So a receipt after a delivery is either the same
-    // delivery again (the host pushing it twice, one receipt per SMS
-    // segment), recorded but not counted, or a late bounce, which is the
-    // truth: it counts and revokes the delivery. Any receipt after a hard
-    // bounce repeats it. (Soft bounces are retried, and each retry's
-    // receipt counts.)
+    // Each hand-over has one outcome, and the figures count outcomes:
+    // - A delivery and a hard bounce are final: nothing is handed over
+    //   again after them. A receipt after a delivery is either the same
+    //   delivery again (the host pushing it twice, one receipt per SMS
+    //   segment), recorded but not counted, or a late bounce, which is the
+    //   truth: it counts and revokes the delivery. Any receipt after a hard
+    //   bounce repeats it.
+    // - A failed message (a failed receipt, the sender's refusal, the soft
+    //   bounces used up) is final too, its fallback gone: any receipt
+    //   after it is recorded only.
+    // - A soft bounce is provisional: the message waits to be handed over
+    //   again. Until it is, a second soft bounce is the same one again,
+    //   and a delivery, a hard bounce or a failure is this hand-over's
+    //   real outcome: it revokes the soft bounce (and a delivery cancels
+    //   the resend). A soft bounce of the resend counts again.
+    // The module's own relay's bounce at hand-over is always a new attempt's.
     let last: Option<(String, Option<String>)> = ctx
         .conn
         .prepare_cached(LAST_OUTCOME_SQL)?
         .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let delivered_before = matches!(last.as_ref(), Some((k, _)) if k == "message_delivered");
-    match last.as_ref().map(|(k, b)| (k.as_str(), b.as_deref())) {
-        Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
-            log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
+    let awaiting_resend = row.status == "retry" || row.status == "pending";
+    let repeated = |after: &str| {
+        log("receipt_repeated", json!({"status": kind, "after": after})).write(ctx.conn, ctx.now)
+    };
+    let mut bounce_revoked = false;
+    if !at_hand_over {
+        match last.as_ref().map(|(k, b)| (k.as_str(), b.as_deref())) {
+            Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
+                log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
+            }
+            Some(("message_delivered", _)) => return repeated("delivered"),
+            Some(("message_bounced", Some("hard"))) => return repeated("hard_bounce"),
+            _ if row.status == "failed" => return repeated("failed"),
+            Some(("message_bounced", Some("soft"))) if awaiting_resend => {
+                if bounce == Some(BounceKind::Soft) {
+                    return repeated("soft_bounce");
+                }
+                log("message_bounce_revoked", json!({"by": kind})).write(ctx.conn, ctx.now)?;
+                bounce_revoked = true;
+            }
+            _ => {}
         }
-        Some(("message_delivered", _)) | Some(("message_bounced", Some("hard"))) => {
-            return log("receipt_repeated", json!({"status": kind})).write(ctx.conn, ctx.now);
-        }
-        _ => {}
     }
     log(kind, detail).write(ctx.conn, ctx.now)?;
+    if bounce_revoked && status != DeliveryStatus::Failed {
+        // The hand-over's outcome after all: no resend. (A failure is
+        // made final below.)
+        let now_status = match status {
+            DeliveryStatus::Delivered => "accepted",
+            _ => "failed",
+        };
+        ctx.conn
+            .prepare_cached(
+                "UPDATE outbox SET status = ?2, updated_at = ?3
+                  WHERE idempotency_key = ?1 AND status IN ('pending', 'retry')",
+            )?
+            .execute(params![key, now_status, ctx.now])?;
+    }
     // A hard bounce or a failed delivery is final: the step's channel fallback (if any) goes out.
     let mut failed_for_good = matches!(
         (status, bounce),
@@ -1081,11 +1155,9 @@ fn receipt_from(
                     .write(ctx.conn, ctx.now)?;
             }
         }
-        // Delivered once already (this late bounce revokes that), or
-        // failed for good (a failed receipt, its fallback sent; withdrawn):
-        // handing it over again could reach the person twice. Recorded only.
-        (DeliveryStatus::Bounced, Some(BounceKind::Soft), _)
-            if delivered_before || row.status == "failed" => {}
+        // Delivered once already (this late bounce revokes that): handing
+        // it over again could reach the person twice. Recorded only.
+        (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) if delivered_before => {}
         (DeliveryStatus::Bounced, Some(BounceKind::Soft), _) => {
             let soft: i64 = ctx
                 .conn

@@ -2743,7 +2743,13 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
     )
     .unwrap();
     let soft_key = s.messages_to("soft")[0].key.clone();
+    let soft_id: i64 = s.value(&format!(
+        "SELECT id FROM outbox WHERE idempotency_key = '{soft_key}'"
+    ));
     for i in 1..=4 {
+        // Each bounce is a hand-over's: the host took the message again.
+        crate::outbox::record_answer(&s.conn, soft_id, crate::HostAnswer::Accepted, None, s.now)
+            .unwrap();
         s.push(json!({"type": "delivery.receipt", "message_key": soft_key, "status": "bounced", "bounce": "soft"})).unwrap();
         let status: String = s
             .conn
@@ -2769,6 +2775,132 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
         "after 3 soft bounces the message is suppressed"
     );
     let _ = a;
+}
+
+/// Each hand-over has one outcome: a soft bounce pushed again (a retried
+/// webhook) is the same bounce, a delivery or a hard bounce after it is the
+/// hand-over's real outcome (the bounce is taken back, and a delivery
+/// cancels the resend), and nothing after a failed receipt counts.
+#[test]
+fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
+    for c in ["soft", "late", "failed", "hard"] {
+        s.contact(c, json!({}));
+    }
+    let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
+    let status = |s: &Sim, c: &str| -> String {
+        s.value(&format!(
+            "SELECT status FROM outbox WHERE idempotency_key = '{}'",
+            key(s, c)
+        ))
+    };
+    let receipt = |s: &mut Sim, c: &str, status: &str, bounce: Option<&str>| {
+        let k = key(s, c);
+        s.push(json!({"type": "delivery.receipt", "message_key": k, "status": status, "bounce": bounce}))
+            .unwrap();
+    };
+    let accept = |s: &mut Sim, c: &str| {
+        let id: i64 = s.value(&format!(
+            "SELECT id FROM outbox WHERE idempotency_key = '{}'",
+            key(s, c)
+        ));
+        crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
+            .unwrap();
+    };
+    for c in ["soft", "late", "failed", "hard"] {
+        accept(&mut s, c);
+    }
+    // The same soft bounce three times: one bounce, one resend waiting.
+    for _ in 0..3 {
+        receipt(&mut s, "soft", "bounced", Some("soft"));
+    }
+    assert_eq!(status(&s, "soft"), "retry");
+    // A soft bounce, then the same hand-over delivered after all.
+    receipt(&mut s, "late", "bounced", Some("soft"));
+    receipt(&mut s, "late", "delivered", None);
+    assert_eq!(status(&s, "late"), "accepted", "no resend once delivered");
+    // A failed receipt is final: twice, then a delivery and a soft bounce.
+    receipt(&mut s, "failed", "failed", None);
+    receipt(&mut s, "failed", "failed", None);
+    receipt(&mut s, "failed", "delivered", None);
+    receipt(&mut s, "failed", "bounced", Some("soft"));
+    assert_eq!(status(&s, "failed"), "failed");
+    // A soft bounce, then the hard one: final, the address is bad.
+    receipt(&mut s, "hard", "bounced", Some("soft"));
+    receipt(&mut s, "hard", "bounced", Some("hard"));
+    assert_eq!(status(&s, "hard"), "failed", "no resend to a bad address");
+    let undeliverable: Option<String> = s.value(
+        "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = 'hard'",
+    );
+    assert!(undeliverable.is_some());
+
+    assert_eq!(s.count("receipt_repeated", None), 2 + 3);
+    assert_eq!(s.count("message_bounce_revoked", None), 2);
+    let v = s.view("automation_performance", json!({"automation_id": a}));
+    let email = &v["channel_breakdown"][0];
+    assert_eq!(email["bounced"], 2, "soft once, hard once: {email}");
+    assert_eq!(email["delivered"], 1, "{email}");
+    assert_eq!(email["failed"], 1, "{email}");
+}
+
+/// A person's answer shows the message reached them: without a receipt it
+/// counts as delivered, so the opt-out rate (a share of the delivered
+/// messages) stays a share.
+#[test]
+fn an_answer_without_a_receipt_counts_the_message_delivered() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "text", "type": "send_sms", "message": "Hi from {{practice}}"},
+                  {"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
+    s.contact("c1", json!({}));
+    s.contact("c2", json!({}));
+    s.advance(HOUR);
+    let key = |s: &Sim, c: &str, channel: &str| {
+        s.messages_to(c)
+            .iter()
+            .find(|m| m.channel.as_deref() == Some(channel))
+            .unwrap()
+            .key
+            .clone()
+    };
+    let (t1, t2) = (key(&s, "c1", "sms"), key(&s, "c2", "sms"));
+    s.push(json!({"type": "delivery.receipt", "message_key": t1, "status": "delivered"}))
+        .unwrap();
+    for (c, k) in [("c1", &t1), ("c2", &t2)] {
+        s.push(json!({"type": "sms.received", "contact_id": c, "body": "STOP", "in_reply_to": k}))
+            .unwrap();
+    }
+    // An email opened, then its receipt: delivered once.
+    let m1 = key(&s, "c1", "email");
+    s.push(json!({"type": "email.opened", "message_key": m1}))
+        .unwrap();
+    s.push(json!({"type": "delivery.receipt", "message_key": m1, "status": "delivered"}))
+        .unwrap();
+    let v = s.view("automation_performance", json!({"automation_id": a}));
+    let row = |channel: &str| {
+        v["channel_breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["channel"]["id"] == channel)
+            .unwrap()
+            .clone()
+    };
+    let sms = row("sms");
+    assert_eq!(sms["delivered"], 2, "{sms}");
+    assert_eq!(sms["opt_outs"], 2, "{sms}");
+    assert_eq!(sms["opt_out_rate"], 100.0, "{sms}");
+    let email = row("email");
+    assert_eq!(email["delivered"], 1, "{email}");
+    assert_eq!(s.count("receipt_repeated", None), 1);
+    let implied: Vec<String> = s.texts(
+        "SELECT json_extract(detail, '$.implied_by') FROM events WHERE kind = 'message_delivered' AND ?1 = ?1
+         AND json_extract(detail, '$.implied_by') IS NOT NULL ORDER BY id",
+        "x",
+    );
+    assert_eq!(implied, ["opt_out", "opened"]);
 }
 
 /// The footer's link opens a page that asks (a link scanner's GET

@@ -351,6 +351,8 @@ struct ChannelCounts {
     suppressed: u64,
     /// Deliveries a later bounce took back.
     revoked: u64,
+    /// Soft bounces the same hand-over's later outcome took back.
+    bounces_revoked: u64,
     /// Failures before or at the hand-over (the sender refused, the message could not be composed).
     failed_before_handover: u64,
     opt_outs: u64,
@@ -390,7 +392,7 @@ pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*
        'step_executed', 'step_completed', 'step_failed',
        'message_queued', 'message_sent', 'message_delivered', 'message_opened',
        'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-       'message_suppressed', 'message_delivery_revoked')
+       'message_suppressed', 'message_delivery_revoked', 'message_bounce_revoked')
      GROUP BY kind, step_id, channel";
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
@@ -461,6 +463,9 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 "message_delivered" => c.delivered += n,
                 // A bounce came after the delivery receipt: not delivered.
                 "message_delivery_revoked" => c.revoked += n,
+                // A delivery, hard bounce or failure of the same hand-over
+                // came after a soft bounce: that is its outcome.
+                "message_bounce_revoked" => c.bounces_revoked += n,
                 "message_opened" => c.opened += n,
                 "message_clicked" => c.clicked += n,
                 "message_replied" => c.replied += n,
@@ -675,9 +680,10 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             // that failed at or before it (SPEC §5).
             let attempts = c.sent + c.failed_before_handover;
             let delivered = c.delivered.saturating_sub(c.revoked);
+            let bounced = c.bounced.saturating_sub(c.bounces_revoked);
             let delivery = rate(delivered, attempts);
             let (bounce, error, opt_out) = (
-                rate(c.bounced, attempts),
+                rate(bounced, attempts),
                 rate(c.failed, attempts),
                 rate(c.opt_outs, delivered),
             );
@@ -697,7 +703,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 opened: c.opened,
                 clicked: c.clicked,
                 replied: c.replied,
-                bounced: c.bounced,
+                bounced,
                 failed: c.failed,
                 suppressed: c.suppressed,
                 delivery_rate: delivery,
