@@ -271,13 +271,13 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             Ok(Outcome::Applied)
         }
         EventBody::EmailOpened { message_key } => {
-            engagement(ctx, message_key, "message_opened").map(|_| Outcome::Applied)
+            email_engagement(ctx, message_key, "message_opened").map(|_| Outcome::Applied)
         }
         EventBody::EmailClicked { message_key } => {
-            engagement(ctx, message_key, "message_clicked").map(|_| Outcome::Applied)
+            email_engagement(ctx, message_key, "message_clicked").map(|_| Outcome::Applied)
         }
         EventBody::EmailReplied { message_key } => {
-            engagement(ctx, message_key, "message_replied").map(|_| Outcome::Applied)
+            email_engagement(ctx, message_key, "message_replied").map(|_| Outcome::Applied)
         }
         EventBody::SmsReceived {
             contact_id,
@@ -710,7 +710,22 @@ fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
     }
 }
 
-fn engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
+/// Message `key`, which an event of `channel` names in `field`: an
+/// `email.opened` naming a text, or an SMS in reply to an email, is refused.
+fn message_on(ctx: &Ctx<'_>, key: &str, channel: &str, field: &str) -> Result<outbox::Row> {
+    let row = message(ctx, key)?;
+    match row.channel.as_deref() {
+        Some(c) if c == channel => Ok(row),
+        other => Err(Error::invalid(format!(
+            "{field}: message {key} is {}, not {channel}",
+            other.unwrap_or("no message")
+        ))),
+    }
+}
+
+/// An `email.*` engagement the host pushes: it must name an email.
+fn email_engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
+    message_on(ctx, key, "email", "message_key")?;
     engagement_from(ctx, key, kind, None)
 }
 
@@ -944,12 +959,15 @@ fn sms_received(
     };
     let mut c = contacts::require(ctx.conn, &id)?;
     let replied_to = match in_reply_to {
-        // A STOP answering a message the module does not know still stops.
-        Some(k) if stop => match message(ctx, k) {
-            Err(Error::NotFound(_)) => outbox::last_message(ctx.conn, ctx.install_id, &id, "sms")?,
+        // A STOP answering a message the module does not know (or an
+        // email: the host's mistake) still stops.
+        Some(k) if stop => match message_on(ctx, k, "sms", "in_reply_to") {
+            Err(Error::NotFound(_) | Error::Invalid(_)) => {
+                outbox::last_message(ctx.conn, ctx.install_id, &id, "sms")?
+            }
             found => Some(found?),
         },
-        Some(k) => Some(message(ctx, k)?),
+        Some(k) => Some(message_on(ctx, k, "sms", "in_reply_to")?),
         None => outbox::last_message(ctx.conn, ctx.install_id, &id, "sms")?,
     };
     let key = replied_to.as_ref().map(|r| r.key.clone());

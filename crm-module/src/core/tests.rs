@@ -2903,6 +2903,48 @@ fn an_answer_without_a_receipt_counts_the_message_delivered() {
     assert_eq!(implied, ["opt_out", "opened"]);
 }
 
+/// An `email.*` event names an email and an SMS reply answers a text: the
+/// wrong channel is refused and changes nothing, except that a STOP still
+/// stops.
+#[test]
+fn engagement_events_name_a_message_of_their_channel() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "text", "type": "send_sms", "message": "Hi from {{practice}}"},
+                  {"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
+    s.contact("c1", json!({}));
+    s.advance(HOUR);
+    let key = |s: &Sim, channel: &str| {
+        s.messages_to("c1")
+            .iter()
+            .find(|m| m.channel.as_deref() == Some(channel))
+            .unwrap()
+            .key
+            .clone()
+    };
+    let (text, mail) = (key(&s, "sms"), key(&s, "email"));
+    let logged = |s: &Sim| -> i64 { s.value("SELECT COUNT(*) FROM events") };
+    let before = logged(&s);
+    for kind in ["email.opened", "email.clicked", "email.replied"] {
+        let e = s
+            .push(json!({"type": kind, "message_key": text}))
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Invalid, "{kind}");
+        assert!(e.to_string().contains("is sms, not email"), "{e}");
+    }
+    let e = s
+        .push(json!({"type": "sms.received", "contact_id": "c1", "body": "Yes please", "in_reply_to": mail}))
+        .unwrap_err();
+    assert!(e.to_string().contains("in_reply_to"), "{e}");
+    assert_eq!(logged(&s), before, "nothing recorded");
+    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": mail}))
+        .unwrap();
+    let sms: String = s.value("SELECT json_extract(props, '$.sms_subscription') FROM contacts WHERE id = 'c1'");
+    assert_eq!(sms, "unsubscribed");
+    let opt_out_key: String = s.value("SELECT message_key FROM events WHERE kind = 'sms_opt_out'");
+    assert_eq!(opt_out_key, text, "the text it answers, not the email");
+}
+
 /// The footer's link opens a page that asks (a link scanner's GET
 /// unsubscribes no one) with a button that posts back; the post
 /// unsubscribes the address the email went to, even after the contact's
