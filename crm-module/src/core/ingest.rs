@@ -848,15 +848,19 @@ pub fn engagement_from(
     if machine.is_some() {
         return Ok(());
     }
-    if logged == kind {
+    // The message's first open, click or reply. A repeated one is activity,
+    // but fires no Email engagement trigger again.
+    let first = logged == kind;
+    if first {
         delivery_implied(ctx, &row, kind.trim_start_matches("message_"))?;
     }
     let email = match row.channel.as_deref() {
         Some("email") => outbox::category(ctx.conn, key)?,
         _ => None,
     };
+    // A click of a message with no open is its open too.
     let opened = match kind {
-        "message_opened" => true,
+        "message_opened" => first,
         "message_clicked" => !engaged_before(ctx, key, "message_opened")?,
         _ => false,
     };
@@ -868,7 +872,7 @@ pub fn engagement_from(
     }
     let mut signals = vec![match kind {
         "message_opened" | "message_clicked" => Signal::EmailEngaged {
-            clicked: kind == "message_clicked",
+            clicked: kind == "message_clicked" && first,
             opened,
             asset_id: row.asset_id.clone(),
             enrollment_id: row.enrollment_id,

@@ -177,10 +177,13 @@ pub enum Signal {
     /// SMS (engagement for goals; only an email's counts for the Email
     /// engagement trigger).
     EmailEngaged {
-        /// True for a click, false for an open.
+        /// True for the message's first click.
         clicked: bool,
-        /// True for an open, and for a click of a message with no open
-        /// recorded (the click proves the open the pixel missed).
+        /// True for the message's first open, and for a click of a message
+        /// with no open recorded (the click proves the open the pixel
+        /// missed). A repeated open or click has neither: it is activity
+        /// (Last Activity, an engagement goal) but fires no Email
+        /// engagement trigger again.
         opened: bool,
         /// The message's asset.
         asset_id: Option<String>,

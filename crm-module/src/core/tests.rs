@@ -395,6 +395,37 @@ fn engagement_triggers_answer_marketing_messages_only() {
     assert_eq!(s.count("enrolled", Some(&replied)), 1);
 }
 
+/// One email engages once: opening it again or clicking it again fires no
+/// Email engagement trigger again, though the automations' runs ended and
+/// would take the contact back.
+#[test]
+fn an_email_opened_and_clicked_again_fires_its_trigger_once() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "n", "type": "send_email", "subject": "News", "category": "marketing",
+                   "body": "<p><a href=\"https://riverside.example/a\">a</a></p>"}]}));
+    let watch: Vec<(String, &str)> = ["opened", "clicked", "either"]
+        .into_iter()
+        .map(|e| {
+            let a = s.automation(json!({"name": format!("On {e}"), "run_window": {"mode": "any_time"},
+                "trigger": {"type": "email_engagement", "engagement": e}, "steps": []}));
+            (a, e)
+        })
+        .collect();
+    s.contact("c1", json!({}));
+    let key = s.messages_to("c1")[0].key.clone();
+    for kind in ["email.opened", "email.clicked", "email.opened", "email.clicked", "email.opened"] {
+        s.advance(MINUTE);
+        s.push(json!({"type": kind, "message_key": key})).unwrap();
+    }
+    for (a, e) in &watch {
+        assert_eq!(s.count("enrolled", Some(a)), 1, "{e}");
+        assert_eq!(s.count("completed", Some(a)), 1, "{e}: its run ended");
+    }
+    let last: i64 = s.value("SELECT last_activity FROM contacts WHERE id = 'c1'");
+    assert_eq!(last, s.now, "a repeated open is still activity");
+}
+
 #[test]
 fn an_automation_unsubscribing_the_contact_does_not_end_its_own_run() {
     let mut s = Sim::new();

@@ -69,7 +69,9 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
             let kind_ok = match engagement {
                 EmailEngagement::Opened => *opened,
                 EmailEngagement::Clicked => *clicked,
-                EmailEngagement::Either => true,
+                // One email engages once: its first open (a click
+                // without one is its open), not its click after that.
+                EmailEngagement::Either => *opened,
             };
             // "Any marketing email", or the one email chosen.
             kind_ok
