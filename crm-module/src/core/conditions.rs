@@ -9,7 +9,7 @@ use super::contacts::Contact;
 use super::enrollment::Enrollment;
 use crate::error::Result;
 use crate::model::automation::{CompareOp, Condition, StepEngagement};
-use crate::model::contact::value_matches;
+use crate::model::contact::{comparable, value_matches};
 
 /// Did the contact open, click or reply to the message of a step of this
 /// enrollment. The last term repeats the WHERE of the partial index
@@ -33,7 +33,9 @@ pub fn evaluate(
             value,
         } => {
             let actual = contact.property(property, ctx.now, ctx.settings.tz);
-            compare(actual.as_ref(), *op, value.as_ref())
+            let actual = actual.as_ref().map(|a| comparable(property, a));
+            let value = value.as_ref().map(|v| comparable(property, v));
+            compare(actual.as_deref(), *op, value.as_deref())
         }
         Condition::ListMembership { list_id, member } => {
             let is: bool = ctx

@@ -220,6 +220,33 @@ fn contact_created_respects_source_and_fires_once() {
     assert_eq!(s.count("completed", Some(&any)), 2);
 }
 
+/// A lead source compares folded wherever it is filtered on: a host
+/// writing "Walk-in" means the builder's `walk_in` for Property changed and
+/// If/then as for Contact created.
+#[test]
+fn lead_sources_compare_folded_in_property_triggers_and_branches() {
+    let mut s = Sim::new();
+    let changed = s.automation(json!({"name": "Now walk-in", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "lead_source", "new_value": "walk_in"}, "steps": []}));
+    let branch = s.automation(json!({"name": "Branch", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"id": "b", "type": "branch", "condition": {"type": "property", "property": "lead_source", "op": "equals", "value": "walk_in"},
+                   "yes": [], "no": []}]}));
+    s.contact("c0", json!({"lead_source": "Walk-in"}));
+    s.contact("c1", json!({"lead_source": "Website form"}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "Walk-in"}}))
+        .unwrap();
+    // The same source written another way is no change to it.
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "walk in"}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&changed)), 1);
+    let paths = s.texts(
+        "SELECT json_extract(detail, '$.path') FROM events WHERE kind = 'step_completed' AND automation_id = ?1 ORDER BY contact_id",
+        &branch,
+    );
+    assert_eq!(paths, ["yes", "no"], "c0 is a walk-in, c1 was not then");
+}
+
 #[test]
 fn dedup_while_active_and_reenroll_after_end() {
     let mut s = Sim::new();

@@ -9,12 +9,7 @@ use super::{Ctx, MAX_CASCADE, Signal, goals};
 use crate::error::Result;
 use crate::messaging::consent::Category;
 use crate::model::automation::{EmailEngagement, Trigger, Unenrollment};
-use crate::model::contact::value_matches;
-
-/// Folds a lead source for comparison: "Website form" == "website_form".
-pub fn fold_source(s: &str) -> String {
-    s.trim().to_lowercase().replace([' ', '-'], "_")
-}
+use crate::model::contact::{comparable, fold_source, value_matches};
 
 /// Whether `signal` fires `trigger`; returns the once-only mark if the trigger has one.
 pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str>> {
@@ -49,9 +44,10 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
             // property such as tags comes to contain it; a staff member
             // renamed is not a change to them).
             property == p
-                && new_value
-                    .as_ref()
-                    .is_none_or(|want| value_matches(v, want) && !value_matches(old_value, want))
+                && new_value.as_ref().is_none_or(|want| {
+                    let (want, v) = (comparable(p, want), comparable(p, v));
+                    value_matches(&v, &want) && !value_matches(&comparable(p, old_value), &want)
+                })
         }
         (
             Trigger::EmailEngagement {

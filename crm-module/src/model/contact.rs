@@ -332,6 +332,23 @@ pub fn as_number(v: &Value) -> Option<f64> {
     }
 }
 
+/// Folds a lead source for comparison: "Website form" == "website_form".
+pub fn fold_source(s: &str) -> String {
+    s.trim().to_lowercase().replace([' ', '-'], "_")
+}
+
+/// `value` of `property` as filters compare it: a lead source folded (a
+/// host writing "Walk-in" means the builder's `walk_in`), any other value
+/// as it is.
+pub fn comparable<'a>(property: &str, value: &'a Value) -> std::borrow::Cow<'a, Value> {
+    match value {
+        Value::String(s) if property == "lead_source" => {
+            std::borrow::Cow::Owned(Value::String(fold_source(s)))
+        }
+        v => std::borrow::Cow::Borrowed(v),
+    }
+}
+
 /// Compares two property values for filters: numbers numerically (a
 /// number and text holding one too, as "more than" reads them), strings
 /// case-insensitively, arrays by membership of `expected`.

@@ -740,7 +740,7 @@ fn value_label(property: &str, v: &Value) -> String {
 }
 
 fn source_label(s: &str) -> String {
-    match crate::core::triggers::fold_source(s).as_str() {
+    match crate::model::contact::fold_source(s).as_str() {
         "website_form" => "Website form".into(),
         "walk_in" => "Walk-in".into(),
         "manual_entry" => "Manual entry".into(),
@@ -1653,7 +1653,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
             options.extend(LEAD_SOURCES.iter().map(|s| opt(json!(s), &source_label(s))));
             if let Some(s) = source
                 && !LEAD_SOURCES.iter().any(|k| {
-                    crate::core::triggers::fold_source(k) == crate::core::triggers::fold_source(s)
+                    crate::model::contact::fold_source(k) == crate::model::contact::fold_source(s)
                 })
             {
                 options.push(opt(json!(s), &source_label(s)));
