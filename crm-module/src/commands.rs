@@ -956,6 +956,16 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     "automation {id} is a draft: activate it first"
                 )));
             }
+            if row.status == AutomationStatus::Inactive {
+                // Paused already: nothing changes, Last Updated included.
+                let out = AutomationResult {
+                    automation_id: id,
+                    version: row.version,
+                    status: row.status,
+                    enrollments_affected: 0,
+                };
+                return Ok((to_json(out)?, None));
+            }
             ctx.conn.execute(
                 "UPDATE automations SET status = 'inactive', updated_at = ?2 WHERE id = ?1",
                 params![id, ctx.now],

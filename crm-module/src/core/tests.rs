@@ -434,14 +434,22 @@ fn an_email_opened_and_clicked_again_fires_its_trigger_once() {
     let watch: Vec<(String, &str)> = ["opened", "clicked", "either"]
         .into_iter()
         .map(|e| {
-            let a = s.automation(json!({"name": format!("On {e}"), "run_window": {"mode": "any_time"},
-                "trigger": {"type": "email_engagement", "engagement": e}, "steps": []}));
+            let a = s.automation(
+                json!({"name": format!("On {e}"), "run_window": {"mode": "any_time"},
+                "trigger": {"type": "email_engagement", "engagement": e}, "steps": []}),
+            );
             (a, e)
         })
         .collect();
     s.contact("c1", json!({}));
     let key = s.messages_to("c1")[0].key.clone();
-    for kind in ["email.opened", "email.clicked", "email.opened", "email.clicked", "email.opened"] {
+    for kind in [
+        "email.opened",
+        "email.clicked",
+        "email.opened",
+        "email.clicked",
+        "email.opened",
+    ] {
         s.advance(MINUTE);
         s.push(json!({"type": kind, "message_key": key})).unwrap();
     }
@@ -1346,6 +1354,18 @@ fn paused_automation_holds_then_resumes_and_does_not_enroll() {
         1,
         "held at the delay while paused"
     );
+    // Pausing it again changes nothing, its Last Updated included.
+    let updated = |s: &Sim| -> i64 {
+        s.value(&format!(
+            "SELECT updated_at FROM automations WHERE id = '{a}'"
+        ))
+    };
+    let before = updated(&s);
+    let again = s
+        .cmd(json!({"command": "automation.pause", "automation_id": a}))
+        .unwrap();
+    assert_eq!(again["status"], "inactive");
+    assert_eq!(updated(&s), before);
     assert_eq!(
         s.count("enrolled", Some(&a)),
         1,
@@ -2995,9 +3015,12 @@ fn engagement_events_name_a_message_of_their_channel() {
         .unwrap_err();
     assert!(e.to_string().contains("in_reply_to"), "{e}");
     assert_eq!(logged(&s), before, "nothing recorded");
-    s.push(json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": mail}))
-        .unwrap();
-    let sms: String = s.value("SELECT json_extract(props, '$.sms_subscription') FROM contacts WHERE id = 'c1'");
+    s.push(
+        json!({"type": "sms.received", "contact_id": "c1", "body": "STOP", "in_reply_to": mail}),
+    )
+    .unwrap();
+    let sms: String =
+        s.value("SELECT json_extract(props, '$.sms_subscription') FROM contacts WHERE id = 'c1'");
     assert_eq!(sms, "unsubscribed");
     let opt_out_key: String = s.value("SELECT message_key FROM events WHERE kind = 'sms_opt_out'");
     assert_eq!(opt_out_key, text, "the text it answers, not the email");
@@ -3945,10 +3968,25 @@ fn automations_name_only_lists_and_templates_that_exist_and_keep_them() {
     // under that id is refused, and the answer says why.
     let template = json!({"channel": "sms", "name": "W", "message": "Hello"});
     for (command, field, id, extra) in [
-        ("automation.create", "automation_id", "a1", json!({"definition": {"name": "Again",
-            "trigger": {"type": "contact_created"}, "steps": []}})),
-        ("list.create", "list_id", "allergy", json!({"name": "Again"})),
-        ("template.create", "template_id", "welcome", json!({"template": template})),
+        (
+            "automation.create",
+            "automation_id",
+            "a1",
+            json!({"definition": {"name": "Again",
+            "trigger": {"type": "contact_created"}, "steps": []}}),
+        ),
+        (
+            "list.create",
+            "list_id",
+            "allergy",
+            json!({"name": "Again"}),
+        ),
+        (
+            "template.create",
+            "template_id",
+            "welcome",
+            json!({"template": template}),
+        ),
     ] {
         let mut cmd = extra;
         cmd["command"] = json!(command);

@@ -32,7 +32,9 @@ use crate::error::{Error, Result};
 use crate::model::automation::{AutomationStatus, GoalKind};
 use crate::settings::Resolved;
 
-/// Names of the views this module serves.
+/// Names of the screens' views this module serves (each with a view
+/// model and its schema). [`crate::Module::view`] also serves `schemas`,
+/// every JSON Schema the host's UI uses.
 pub const VIEW_NAMES: &[&str] = &[
     "automation_list",
     "automation_builder",
@@ -79,8 +81,9 @@ pub fn query(
         other => {
             // A malformed name is refused as invalid, unquoted.
             crate::model::contact::validate_id("view", other)?;
+            // `schemas` is served by `Module::view` before it gets here.
             Err(Error::not_found(format!(
-                "view {other}; known views: {}",
+                "view {other}; known views: {}, schemas",
                 VIEW_NAMES.join(", ")
             )))
         }
@@ -852,7 +855,7 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::NotFound);
         let m = e.to_string();
         assert!(
-            m.contains("view nope") && m.contains("automation_builder"),
+            m.contains("view nope") && m.contains("automation_builder") && m.contains("schemas"),
             "{m}"
         );
         let e = db.query("automation_list", json!([1])).unwrap_err();

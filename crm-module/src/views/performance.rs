@@ -99,7 +99,7 @@ pub struct TopStep {
     pub step_id: String,
     /// Step title.
     pub title: String,
-    /// Completed ÷ executed × 100.
+    /// Completed ÷ (completed + failed) × 100, as in the step table.
     pub conversion: Option<f64>,
     /// Formatted conversion.
     pub conversion_display: String,
@@ -112,23 +112,31 @@ pub struct TopStep {
 pub struct ChannelRow {
     /// `email` or `sms`.
     pub channel: Label,
-    /// Send attempts (messages handed to the host).
+    /// Messages queued: one per message a step composed, whether or not it
+    /// was handed over (see `send_attempts`).
     pub queued: u64,
     /// Accepted by the host's channel.
     pub sent: u64,
-    /// Delivery receipts.
+    /// Messages delivered: a delivery receipt, the module's relay taking
+    /// it, or a person's answer to it with no receipt; less those a later
+    /// bounce took back.
     pub delivered: u64,
-    /// Opens (every open event).
+    /// Messages opened: each message's first open by a person (a click
+    /// with no open recorded counts as its open); machines' opens never.
     pub opened: u64,
-    /// Clicks (every click event).
+    /// Messages clicked: each message's first click by a person.
     pub clicked: u64,
-    /// Replies.
+    /// Messages replied to: each message's first reply (keywords such as
+    /// STOP are no replies).
     pub replied: u64,
-    /// Bounces (hard and soft).
+    /// Bounces (hard and soft), one per hand-over: a soft bounce the same
+    /// hand-over's delivery or failure took back is not among them.
     pub bounced: u64,
     /// Internal or channel failures.
     pub failed: u64,
-    /// Not sent because the contact is unsubscribed.
+    /// Not sent: consent or compliance held them back (unsubscribed, no
+    /// consent, an undeliverable address, the soft bounces used up), with the reason
+    /// in the suppressions table.
     pub suppressed: u64,
     /// Send attempts: hand-overs the sender accepted (a resend after a soft
     /// bounce is one more) plus those that failed at or before the
