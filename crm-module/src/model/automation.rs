@@ -495,8 +495,11 @@ pub enum Condition {
     },
 }
 
-/// A step on the canvas.
+/// A step on the canvas. A field its type does not have is refused by
+/// name (a misspelt `due_in_minute` would otherwise leave the task due at
+/// once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct Step {
     /// Stable id, unique within the automation across versions.
     #[serde(default)]
@@ -511,7 +514,7 @@ pub struct Step {
 
 /// The step types of SPEC §2.3.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StepKind {
     /// Send an email (a saved template, or inline content).
     SendEmail {
@@ -1622,6 +1625,26 @@ impl Flow {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_step_refuses_fields_its_type_does_not_have() {
+        let step = |v: serde_json::Value| serde_json::from_value::<Step>(v);
+        let ok = step(json!({"id": "t", "name": "Call", "type": "create_task", "title": "Call",
+            "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 60}))
+        .unwrap();
+        assert_eq!(ok.id, "t");
+        assert_eq!(ok.name.as_deref(), Some("Call"));
+        for (bad, field) in [
+            (json!({"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"},
+                "due_in_minute": 60}), "due_in_minute"),
+            (json!({"type": "send_email", "subject": "S", "body": "B", "category": "care",
+                "bypass_preference": true}), "bypass_preference"),
+            (json!({"id": "d", "type": "delay", "amount": 1, "unit": "days", "bogus": 1}), "bogus"),
+        ] {
+            let e = step(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("unknown field `{field}`")), "{e}");
+        }
+    }
 
     fn welcome() -> AutomationDefinition {
         serde_json::from_value(json!({
