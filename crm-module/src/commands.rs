@@ -237,6 +237,53 @@ pub enum Command {
 }
 
 impl Command {
+    /// Parses a command from JSON text. An error names the field at fault
+    /// by its path, inside the document a command carries too
+    /// (`definition.steps[1]: unknown variant, expected one of minutes,
+    /// hours, days, weeks`): serde reads a command's fields only after its
+    /// `command` tag, and loses their place.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for text that is not such a command.
+    pub fn parse(text: &str) -> Result<Command> {
+        Command::from_value(crate::error::parse_json(text)?)
+    }
+
+    /// [`Command::parse`] for a parsed JSON value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a value that is not such a command.
+    pub fn from_value(value: Value) -> Result<Command> {
+        match crate::error::part_from_value("", &value) {
+            Ok(command) => Ok(command),
+            Err(e) => Err(Command::find_error(&value).unwrap_or(e)),
+        }
+    }
+
+    /// The error inside the document `value` carries (a definition, a
+    /// template, settings, plugin limits), with its path; `None` when that
+    /// part reads well (the error is the command's own).
+    fn find_error(value: &Value) -> Option<Error> {
+        use crate::error::part_from_value;
+        let part = |field: &str| value.get(field).filter(|v| !v.is_null());
+        match value.get("command")?.as_str()? {
+            "automation.create" | "automation.update" => {
+                part_from_value::<AutomationDefinition>("definition", part("definition")?).err()
+            }
+            "template.create" | "template.update" => {
+                part_from_value::<TemplateInput>("template", part("template")?).err()
+            }
+            "settings.update" => part_from_value::<Settings>("settings", part("settings")?).err(),
+            "plugin.install" | "plugin.configure" => {
+                part_from_value::<crate::plugins::limits::LimitChanges>("limits", part("limits")?)
+                    .err()
+            }
+            _ => None,
+        }
+    }
+
     /// True when the command changes automations (the catalog must reload).
     pub fn touches_catalog(&self) -> bool {
         matches!(

@@ -116,10 +116,30 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> R
     serde_path_to_error::deserialize(value).map_err(json_error)
 }
 
+/// Like [`from_value`] for the part of a document at path `at` (`definition`),
+/// so that an error names its place in the whole document
+/// (`definition.steps[1]: ...`).
+pub fn part_from_value<'a, T: serde::Deserialize<'a>>(
+    at: &str,
+    value: &'a serde_json::Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| json_error_at(at, e))
+}
+
 /// Redacts a serde error: keeps the path, the kind of problem and what was
 /// expected; drops quoted input.
 pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
-    let path = safe_path(e.path());
+    json_error_at("", e)
+}
+
+/// [`json_error`] for a part of a document at path `at`.
+fn json_error_at(at: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = match (at, safe_path(e.path())) {
+        ("", p) => p,
+        (at, p) if p.is_empty() || p == "." => at.to_string(),
+        (at, p) if p.starts_with('[') => format!("{at}{p}"),
+        (at, p) => format!("{at}.{p}"),
+    };
     let inner = e.inner();
     let what = redact(&inner.to_string());
     let location = if inner.line() > 0 {

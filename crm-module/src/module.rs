@@ -293,7 +293,7 @@ impl Module {
         if command_json.len() > crate::event::MAX_BATCH_BYTES {
             return Err(Error::TooLarge("a command is limited to 64 MiB".into()));
         }
-        let command: Command = parse_json(command_json)?;
+        let command = Command::parse(command_json)?;
         self.execute_command(command)
     }
 

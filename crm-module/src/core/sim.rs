@@ -145,7 +145,7 @@ impl Sim {
 
     /// Runs a command.
     pub fn cmd(&mut self, v: Value) -> Result<Value> {
-        let c: Command = crate::error::from_value(v)?;
+        let c = Command::from_value(v)?;
         let settings = matches!(c, Command::SettingsUpdate { .. });
         let out = self.in_tx(|ctx| commands::execute(ctx, c).map(|(v, _)| v))?;
         if settings {

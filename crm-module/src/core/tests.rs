@@ -3997,6 +3997,54 @@ fn automations_name_only_lists_and_templates_that_exist_and_keep_them() {
     }
 }
 
+/// A command's error names the field at fault inside the document it
+/// carries, as an event's does.
+#[test]
+fn command_errors_name_the_field_inside_the_definition() {
+    let mut s = Sim::new();
+    let create =
+        |definition: Value| json!({"command": "automation.create", "definition": definition});
+    let steps = json!([{"type": "delay", "amount": 1, "unit": "days"},
+                       {"type": "delay", "amount": 1, "unit": "minute"}]);
+    for (command, path) in [
+        (
+            create(json!({"name": "X", "trigger": {"type": "contact_created"}, "steps": steps})),
+            "definition.steps[1]: unknown variant",
+        ),
+        (
+            create(json!({"name": 5, "trigger": {"type": "contact_created"}, "steps": []})),
+            "definition.name: invalid type: integer",
+        ),
+        (
+            create(
+                json!({"name": "X", "trigger": {"type": "added_to_list", "list_id": "l", "bogus": 1}, "steps": []}),
+            ),
+            "definition.trigger: unknown field `bogus`",
+        ),
+        (
+            json!({"command": "template.create", "template": {"channel": "sms", "name": "T", "message": 7}}),
+            "template.message: invalid type: integer",
+        ),
+        (
+            json!({"command": "settings.update", "settings": {"practice_name": ["P"]}}),
+            "settings.practice_name: invalid type: sequence",
+        ),
+    ] {
+        let e = s.cmd(command).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Invalid);
+        assert!(e.to_string().contains(path), "{e}");
+    }
+    // The command's own fields, and an unknown command, as before.
+    let e = s.cmd(json!({"command": "automation.creat"})).unwrap_err();
+    assert!(e.to_string().contains("unknown variant"), "{e}");
+    let e = s
+        .cmd(json!({"command": "list.create", "name": "L", "bogus": 1}))
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+    let n: i64 = s.value("SELECT COUNT(*) FROM automations");
+    assert_eq!(n, 0);
+}
+
 /// Deleting a list takes its members out of it, but it is staff's doing,
 /// not the members' activity: their Last Activity stays.
 #[test]

@@ -1629,17 +1629,28 @@ mod tests {
     #[test]
     fn a_step_refuses_fields_its_type_does_not_have() {
         let step = |v: serde_json::Value| serde_json::from_value::<Step>(v);
-        let ok = step(json!({"id": "t", "name": "Call", "type": "create_task", "title": "Call",
-            "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 60}))
+        let ok = step(
+            json!({"id": "t", "name": "Call", "type": "create_task", "title": "Call",
+            "assignee": {"kind": "queue", "name": "front_desk"}, "due_in_minutes": 60}),
+        )
         .unwrap();
         assert_eq!(ok.id, "t");
         assert_eq!(ok.name.as_deref(), Some("Call"));
         for (bad, field) in [
-            (json!({"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"},
-                "due_in_minute": 60}), "due_in_minute"),
-            (json!({"type": "send_email", "subject": "S", "body": "B", "category": "care",
-                "bypass_preference": true}), "bypass_preference"),
-            (json!({"id": "d", "type": "delay", "amount": 1, "unit": "days", "bogus": 1}), "bogus"),
+            (
+                json!({"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"},
+                "due_in_minute": 60}),
+                "due_in_minute",
+            ),
+            (
+                json!({"type": "send_email", "subject": "S", "body": "B", "category": "care",
+                "bypass_preference": true}),
+                "bypass_preference",
+            ),
+            (
+                json!({"id": "d", "type": "delay", "amount": 1, "unit": "days", "bogus": 1}),
+                "bogus",
+            ),
         ] {
             let e = step(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("unknown field `{field}`")), "{e}");
