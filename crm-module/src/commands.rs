@@ -270,7 +270,10 @@ impl Command {
         let part = |field: &str| value.get(field).filter(|v| !v.is_null());
         match value.get("command")?.as_str()? {
             "automation.create" | "automation.update" => {
-                part_from_value::<AutomationDefinition>("definition", part("definition")?).err()
+                let definition = part("definition")?;
+                part_from_value::<AutomationDefinition>("definition", definition)
+                    .err()
+                    .map(|e| name_the_step(definition, e))
             }
             "template.create" | "template.update" => {
                 part_from_value::<TemplateInput>("template", part("template")?).err()
@@ -868,6 +871,38 @@ fn schedule_evaluation(
         params![id, next],
     )?;
     Ok(())
+}
+
+/// `e`, an error at `definition.steps[1]` (or deeper, `steps[0].yes[2]`),
+/// with the id of the step it is in: serde reads a step's fields after its
+/// `type`, so the path ends at the step, and the id is how staff know it.
+fn name_the_step(definition: &Value, e: Error) -> Error {
+    let Error::Invalid(message) = &e else {
+        return e;
+    };
+    let Some((path, rest)) = message.split_once(": ") else {
+        return e;
+    };
+    let mut node = definition;
+    for segment in path.trim_start_matches("definition").split('.') {
+        let mut parts = segment.split('[');
+        if let Some(key) = parts.next().filter(|k| !k.is_empty()) {
+            node = &node[key];
+        }
+        for index in parts {
+            match index.trim_end_matches(']').parse::<usize>() {
+                Ok(i) => node = &node[i],
+                Err(_) => return e,
+            }
+        }
+    }
+    match node.get("id").and_then(Value::as_str) {
+        Some(id) if path.ends_with(']') && !id.is_empty() => Error::Invalid(format!(
+            "{path} (step {}): {rest}",
+            crate::error::shown_key(id)
+        )),
+        _ => e,
+    }
 }
 
 /// Runs a command. `catalog_after` reloads the catalog within the transaction

@@ -4005,11 +4005,11 @@ fn command_errors_name_the_field_inside_the_definition() {
     let create =
         |definition: Value| json!({"command": "automation.create", "definition": definition});
     let steps = json!([{"type": "delay", "amount": 1, "unit": "days"},
-                       {"type": "delay", "amount": 1, "unit": "minute"}]);
+                       {"id": "wait", "type": "delay", "amount": 1, "unit": "minute"}]);
     for (command, path) in [
         (
             create(json!({"name": "X", "trigger": {"type": "contact_created"}, "steps": steps})),
-            "definition.steps[1]: unknown variant",
+            "definition.steps[1] (step wait): unknown variant",
         ),
         (
             create(json!({"name": 5, "trigger": {"type": "contact_created"}, "steps": []})),
