@@ -627,6 +627,8 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
                 Booking::First
             } else if rebooked {
                 Booking::Another
+            } else if status != "booked" {
+                Booking::Undated
             } else {
                 patient_booking(ctx, &c.id, &a.id, occurred)?
             };
@@ -669,6 +671,10 @@ enum Booking {
     Reported,
     /// An existing patient booking another (Rebook appointment).
     Another,
+    /// A Patient's visit first heard of after its booking (rescheduled,
+    /// completed): booked at a time the module does not know, perhaps
+    /// before they enrolled, so no Rebook counts it.
+    Undated,
 }
 
 /// What a booking of appointment `appointment` (made at `at`) by a Patient

@@ -2087,7 +2087,22 @@ fn rebook_counts_an_existing_patients_booking_not_a_first_one_reported_after_the
         s.enrollment(&rebook, "walk_in").2,
         "a month-old flip made a first booking"
     );
-    assert_eq!(s.count("goal_reached", Some(&rebook)), 4);
+    // A visit first heard of at its completion or reschedule was booked at
+    // a time nobody told: perhaps before enrolling, so no Rebook. Its
+    // booking heard of later is old news too; a new visit booked is one.
+    enroll(&mut s, "undated", json!({"status": "patient"}));
+    for (kind, visit) in [
+        ("completed", "ap6"),
+        ("rescheduled", "ap7"),
+        ("booked", "ap7"),
+    ] {
+        s.push(json!({"type": format!("appointment.{kind}"), "appointment": {"id": visit, "contact_id": "undated"}}))
+            .unwrap();
+        assert!(!s.enrollment(&rebook, "undated").2, "{kind} {visit}");
+    }
+    s.book("undated", "ap8");
+    assert!(s.enrollment(&rebook, "undated").2);
+    assert_eq!(s.count("goal_reached", Some(&rebook)), 5);
 }
 
 /// An automation setting Status to Patient books nothing: it fires the
