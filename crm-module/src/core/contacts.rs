@@ -9,6 +9,10 @@ use crate::clock::{DAY, Millis};
 use crate::error::{Error, Result};
 use crate::event::UpsertMode;
 
+/// Fields of [`plugin_view`] that are the record's own, not properties: a
+/// plugin's change may not name them.
+pub const PLUGIN_VIEW_ONLY: &[&str] = &["id", "last_activity_at", "last_engaged_at"];
+
 /// The contact as a custom step plugin sees it: the stored properties (SPEC
 /// fields and custom properties), `id`, `status`, the insurance and portal
 /// facts, and the module's timestamps in RFC 3339.

@@ -1283,6 +1283,19 @@ fn plugin_changes(
         // anything, a patient's email among them.
         crate::model::contact::validate_key(name)
             .map_err(|e| format!("property change {}: {e}", i + 1))?;
+        // The guide's rule for a plugin's names: `Email` or `STATUS` would
+        // be custom properties a host matching names without case takes for
+        // the real ones. Not echoed either: `1979-11-23` is a valid key.
+        let snake = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !snake {
+            return Err(format!(
+                "property change {}: a plugin names a property in lowercase snake case",
+                i + 1
+            ));
+        }
         let settable: Option<SettableProperty> =
             serde_json::from_value(Value::String(name.clone())).ok();
         let normalized = match settable {
@@ -1294,7 +1307,8 @@ fn plugin_changes(
             Some(p) => crate::model::automation::validate_set_property(p, value)
                 .and_then(|()| crate::model::contact::normalize_property(p.property(), value.clone())),
             None if crate::model::contact::property_type(name).is_some()
-                || crate::model::contact::DERIVED_PROPERTIES.contains(&name.as_str()) =>
+                || crate::model::contact::DERIVED_PROPERTIES.contains(&name.as_str())
+                || contacts::PLUGIN_VIEW_ONLY.contains(&name.as_str()) =>
             {
                 return Err(format!(
                     "property change {name}: not settable by a plugin (settable: status, lead_source, owner, provider, tags, sms_subscription, email_subscription, or a custom property)"
@@ -1413,5 +1427,25 @@ mod tests {
             plugin_changes(&contact(1), &[("jane.doe@example.com".into(), json!(1))]).unwrap_err();
         assert!(e.starts_with("property change 1: "), "{e}");
         assert!(!e.contains("jane"), "{e}");
+    }
+
+    /// A plugin names a settable property or a custom one in lowercase
+    /// snake case: not the record's id or the times the module keeps, not
+    /// `Email` or `STATUS` (a host matching names without case would take
+    /// them for the real ones), and a name like a date is not echoed.
+    #[test]
+    fn a_plugin_sets_neither_the_records_own_fields_nor_look_alikes() {
+        for name in ["id", "last_activity_at", "last_engaged_at", "created_at"] {
+            let e = plugin_changes(&contact(1), &[(name.into(), json!("x"))]).unwrap_err();
+            assert!(e.contains("not settable by a plugin"), "{name}: {e}");
+        }
+        for name in ["Email", "STATUS", "1979-11-23", "lead-score", "a.b"] {
+            let e = plugin_changes(&contact(1), &[(name.into(), json!("x"))]).unwrap_err();
+            assert_eq!(
+                e, "property change 1: a plugin names a property in lowercase snake case",
+                "{name}"
+            );
+        }
+        assert!(plugin_changes(&contact(1), &[("lead_score2".into(), json!(3))]).is_ok());
     }
 }
