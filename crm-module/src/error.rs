@@ -106,9 +106,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Parses JSON into `T`, turning serde's error into a redacted [`Error::Invalid`]
 /// that names the JSON path and position but never the offending value.
+/// The text must hold that one value: anything after it but whitespace
+/// (`{...}{...}`, a second event pasted on) is refused, never ignored.
 pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(json_error)
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(json_error)?;
+    de.end().map_err(|e| {
+        Error::Invalid(format!(
+            "text after the JSON value (line {} column {}): one value per call",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    Ok(value)
 }
 
 /// Like [`parse_json`] for an already parsed value.
@@ -307,6 +317,20 @@ mod tests {
     #[serde(rename_all = "snake_case")]
     enum Kind {
         Alpha,
+    }
+
+    #[test]
+    fn text_after_the_value_is_refused_not_ignored() {
+        for text in [
+            r#"{"age": 3, "kind": "alpha"}{"age": 4, "kind": "alpha"}"#,
+            r#"{"age": 3, "kind": "alpha"} garbage"#,
+            r#"{"age": 3, "kind": "alpha"} }"#,
+        ] {
+            let e = parse_json::<Probe>(text).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Invalid, "{text}");
+            assert!(e.to_string().contains("text after the JSON value"), "{e}");
+        }
+        assert!(parse_json::<Probe>("  {\"age\": 3, \"kind\": \"alpha\"}\n\t ").is_ok());
     }
 
     #[test]
