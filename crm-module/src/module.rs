@@ -385,17 +385,26 @@ impl Module {
     }
 
     /// Waits until nothing is queued, due or being delivered (or `timeout`).
+    /// A `timeout` of zero asks whether the module is idle now: the worker
+    /// answers at its next look, after the round it may be in.
     pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
         self.not_on_worker()?;
         let (reply, rx) = bounded(1);
+        let start = std::time::Instant::now();
+        // A far deadline (`Duration::MAX`) is no deadline.
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(100 * 365 * 86_400));
         self.tx
-            .send(Request::WaitIdle { reply })
+            .send(Request::WaitIdle { reply, deadline })
             .map_err(|_| Error::Closed)?;
-        match rx.recv_timeout(timeout) {
-            Ok(()) => Ok(()),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout(
-                "the module did not become idle in time".into(),
-            )),
+        // The worker answers at its first look after the deadline, so an
+        // idle module answers a wait of zero; a worker in the middle of a
+        // long round is given a little longer to say so.
+        let not_idle = || Error::Timeout("the module did not become idle in time".into());
+        match rx.recv_timeout(timeout.saturating_add(WAIT_IDLE_GRACE)) {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(not_idle()),
             Err(_) => Err(Error::Closed),
         }
     }
@@ -416,6 +425,10 @@ impl Module {
         self.reader.lock().take();
     }
 }
+
+/// How much longer than its timeout [`Module::wait_idle`] waits for the
+/// worker's answer, which comes after the round it is in.
+const WAIT_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 impl Drop for Module {
     fn drop(&mut self) {
@@ -516,6 +529,58 @@ mod tests {
             m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#),
             Err(Error::Closed)
         ));
+    }
+
+    /// A wait of zero asks "idle now?": an idle module says yes every
+    /// time, a busy one says no at once.
+    #[test]
+    fn a_wait_of_zero_answers_whether_the_module_is_idle_now() {
+        struct Holds(parking_lot::Mutex<()>);
+        impl Host for Holds {
+            fn deliver(
+                &self,
+                _: crate::host::Delivery<'_>,
+            ) -> (crate::outbox::HostAnswer, Option<String>) {
+                let _held = self.0.lock();
+                (crate::outbox::HostAnswer::Accepted, None)
+            }
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(
+            &dir.path().join("m.db"),
+            r#"{"clock": {"mode": "manual", "start": "2030-01-01T00:00:00Z"}}"#,
+        )
+        .expect("open");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        for i in 0..200 {
+            m.wait_idle(Duration::ZERO)
+                .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        }
+        let host = Arc::new(Holds(parking_lot::Mutex::new(())));
+        let held = host.0.lock();
+        m.set_host(Some(host.clone())).expect("host");
+        m.execute(r#"{"command": "automation.create", "automation_id": "a", "definition": {"name": "T",
+            "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "front_desk"}}]}}"#)
+            .expect("automation");
+        m.execute(r#"{"command": "automation.activate", "automation_id": "a"}"#)
+            .expect("active");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1"}}"#)
+            .expect("pushed");
+        // The task is with the host, which holds it.
+        let start = std::time::Instant::now();
+        while m.wait_idle(Duration::ZERO).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never busy");
+        }
+        let asked = std::time::Instant::now();
+        assert!(matches!(
+            m.wait_idle(Duration::ZERO),
+            Err(Error::Timeout(_))
+        ));
+        assert!(asked.elapsed() < WAIT_IDLE_GRACE, "answered at once");
+        drop(held);
+        m.wait_idle(Duration::from_secs(30)).expect("idle again");
+        m.shutdown();
     }
 
     #[test]

@@ -83,10 +83,14 @@ pub enum Request {
     },
     /// Host callbacks were set or cleared.
     HostChanged,
-    /// Reply once nothing is queued, due or in flight.
+    /// Reply `true` once nothing is queued, due or in flight, or `false`
+    /// at the first look after `deadline` that finds work left (a wait of
+    /// zero asks "idle now?" and gets its answer at once).
     WaitIdle {
-        /// Signalled when idle.
-        reply: Sender<()>,
+        /// Signalled with the answer.
+        reply: Sender<bool>,
+        /// When the caller stops waiting.
+        deadline: std::time::Instant,
     },
     /// Stop after finishing the current round.
     Shutdown,
@@ -178,7 +182,7 @@ pub struct Worker {
     /// Rows handed over during the current [`Worker::settle`]: not handed
     /// over again in it (a row whose answer could not be recorded stays due).
     settled: HashSet<i64>,
-    idle_waiters: Vec<Sender<()>>,
+    idle_waiters: Vec<(Sender<bool>, std::time::Instant)>,
     /// The current round holds one write request only: it runs without a
     /// savepoint (see [`Worker::in_savepoint`]).
     lone_write: bool,
@@ -286,6 +290,14 @@ impl Worker {
         loop {
             let wait = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.wait_time()))
                 .unwrap_or(Some(Duration::from_secs(1)));
+            // Awake when a caller's wait for idleness ends, to tell them.
+            let wait = match self.idle_waiters.iter().map(|(_, d)| *d).min() {
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    Some(wait.map_or(left, |w| w.min(left)))
+                }
+                None => wait,
+            };
             let first = match wait {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(d) => rx.recv_timeout(d),
@@ -683,7 +695,7 @@ impl Worker {
                     }
                 }
                 Request::AdvanceBy { by, reply } => advances.push((by, reply)),
-                Request::WaitIdle { reply } => self.idle_waiters.push(reply),
+                Request::WaitIdle { reply, deadline } => self.idle_waiters.push((reply, deadline)),
                 Request::HostChanged | Request::Shutdown => {}
             }
         }
@@ -1440,18 +1452,30 @@ impl Worker {
     }
 
     fn check_idle(&mut self, rx: &Receiver<Request>) {
-        if self.idle_waiters.is_empty() || !rx.is_empty() || !self.in_flight.is_empty() {
+        if self.idle_waiters.is_empty() {
             return;
         }
-        let now = self.clock.now();
-        let due_work = self.next_due().ok().flatten().is_some_and(|t| t <= now);
-        let due_out = self.next_outbox_due(Millis::MIN).is_some_and(|t| t <= now);
-        if due_work || due_out {
+        let idle = rx.is_empty() && self.in_flight.is_empty() && {
+            let now = self.clock.now();
+            let due_work = self.next_due().ok().flatten().is_some_and(|t| t <= now);
+            let due_out = self.next_outbox_due(Millis::MIN).is_some_and(|t| t <= now);
+            !due_work && !due_out
+        };
+        if idle {
+            for (w, _) in self.idle_waiters.drain(..) {
+                let _ = w.send(true);
+            }
             return;
         }
-        for w in self.idle_waiters.drain(..) {
-            let _ = w.send(());
-        }
+        // Those whose wait is over hear that work is left.
+        let now = std::time::Instant::now();
+        self.idle_waiters.retain(|(w, deadline)| {
+            if *deadline <= now {
+                let _ = w.send(false);
+                return false;
+            }
+            true
+        });
     }
 }
 

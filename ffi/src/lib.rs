@@ -956,6 +956,9 @@ pub unsafe extern "C" fn crm_clock_now(m: *mut crm_module, out_ms: *mut i64) -> 
 /// Waits until nothing is queued, due or being delivered, or until
 /// `timeout_ms` milliseconds (>= 0) have passed. Effects answered
 /// CRM_EFFECT_RETRY wait for their backoff and do not keep the module busy.
+/// A timeout of 0 asks whether the module is idle now: CRM_OK if it is,
+/// CRM_ERR_TIMEOUT if not (the answer may take up to a second longer when
+/// the worker is in the middle of a long round).
 ///
 /// Errors: CRM_ERR_NULL, CRM_ERR_INVALID (negative timeout), CRM_ERR_TIMEOUT,
 /// CRM_ERR_CLOSED, CRM_ERR_CONFLICT (called from a host callback).
