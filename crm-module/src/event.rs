@@ -509,9 +509,12 @@ impl Event {
                 last_activity_at,
                 ..
             } => {
+                // Times are kept in one form, so that a resend written
+                // another way (`Z` or `+00:00`) is the same event.
                 if let Some(at) = last_activity_at {
-                    parse_rfc3339(at)
+                    let t = parse_rfc3339(at)
                         .map_err(|m| Error::invalid(format!("last_activity_at: {m}")))?;
+                    *at = crate::clock::to_rfc3339(t);
                 }
                 let id = match contact.remove("id") {
                     Some(Value::String(s)) => s,
@@ -533,9 +536,10 @@ impl Event {
             | EventBody::AppointmentNoShow { appointment } => {
                 validate_id("appointment.id", &appointment.id)?;
                 validate_id("appointment.contact_id", &appointment.contact_id)?;
-                if let Some(s) = &appointment.starts_at {
-                    parse_rfc3339(s)
+                if let Some(s) = &mut appointment.starts_at {
+                    let t = parse_rfc3339(s)
                         .map_err(|m| Error::invalid(format!("appointment.starts_at: {m}")))?;
+                    *s = crate::clock::to_rfc3339(t);
                 }
                 for (n, v) in [
                     ("provider_id", &appointment.provider_id),

@@ -4285,6 +4285,22 @@ fn an_event_id_used_again_for_another_event_is_refused() {
         s.push(created).unwrap(),
         crate::core::ingest::Outcome::Duplicate
     );
+    // Also when the retry writes its times another way.
+    for (id, at) in [
+        ("h2", "2026-01-12T15:00:00Z"),
+        ("h2", "2026-01-12T10:00:00.000-05:00"),
+    ] {
+        let booked = json!({"event_id": id, "type": "appointment.booked",
+            "appointment": {"id": "ap0", "contact_id": "c1", "starts_at": at}});
+        s.push(booked).unwrap();
+    }
+    for at in ["2026-01-05T13:00:00Z", "2026-01-05T13:00:00+00:00"] {
+        let seen = json!({"event_id": "h3", "type": "contact.upserted", "last_activity_at": at,
+            "contact": {"id": "c1"}});
+        s.push(seen).unwrap();
+    }
+    let duplicates: i64 = s.value("SELECT COUNT(*) FROM ingested_events");
+    assert_eq!(duplicates, 3, "h1, h2, h3 once each");
     // A booking sent under the same id (a host bug) is refused, not lost.
     let e = s
         .push(json!({"event_id": "h1", "type": "appointment.booked",
@@ -4296,7 +4312,7 @@ fn an_event_id_used_again_for_another_event_is_refused() {
         .conn
         .query_row("SELECT COUNT(*) FROM appointments", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(booked, 0);
+    assert_eq!(booked, 1, "ap0 only");
 }
 
 #[test]
