@@ -417,6 +417,7 @@ fn hostile_step_plugins_are_contained() {
             step("big", "big-output", json!({"bytes": 200_000})),
             step("file", "read-file", json!({})),
             step("env", "read-env", json!({})),
+            step("chatty", "chatty", json!({"bytes": 40_000})),
             {"id": "done", "type": "create_task", "title": "Survived", "assignee": {"kind": "queue", "name": "front_desk"}}
         ]),
     );
@@ -444,6 +445,8 @@ fn hostile_step_plugins_are_contained() {
     only("bomb", "memory cap of 16 MiB reached");
     only("trap", "trap: unreachable");
     only("big", "exceeds the cap of 65536 bytes");
+    // Stderr past its cap is cut, not the call failed.
+    assert_eq!(p.step_failures("chatty"), Vec::<String>::new());
     // No files, no environment, no arguments.
     for i in 0..3 {
         let c = format!("p{i}");
@@ -467,7 +470,7 @@ fn hostile_step_plugins_are_contained() {
     assert_eq!(p.events("completed").len(), 6);
 
     let row = p.plugin_row("test-steps");
-    assert_eq!(row["figures"]["calls"], 3 * 8);
+    assert_eq!(row["figures"]["calls"], 3 * 9);
     assert_eq!(row["figures"]["failures"], 3 * 5);
     let spin = row["operations"]
         .as_array()

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::contract::sender_world::crm::plugin::http;
@@ -27,6 +28,96 @@ const STDERR_CAPACITY: usize = 2048;
 /// patient value running across the cut is seen whole (and replaced) rather
 /// than cut into a fragment the scrubber cannot recognize.
 const STDERR_SPARE: usize = 16 * 1024;
+
+/// A call's stderr: keeps its first `capacity` bytes and takes the rest
+/// without keeping it, so that a plugin writing more is cut, not failed.
+/// (wasmtime's `MemoryOutputPipe` closes once full; Rust's `eprintln!`
+/// then panics the guest, and its panic message is lost.)
+#[derive(Clone)]
+struct CappedPipe {
+    capacity: usize,
+    kept: Arc<parking_lot::Mutex<Vec<u8>>>,
+}
+
+impl CappedPipe {
+    fn new(capacity: usize) -> CappedPipe {
+        CappedPipe {
+            capacity,
+            kept: Arc::default(),
+        }
+    }
+
+    fn take(&self, bytes: &[u8]) {
+        let mut kept = self.kept.lock();
+        let room = self.capacity.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.kept.lock().clone()
+    }
+}
+
+impl OutputStream for CappedPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.take(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
 
 /// What the practice set for one plugin, shared by its calls.
 #[derive(Debug, Clone, Default)]
@@ -104,7 +195,7 @@ impl ResourceLimiter for MemoryCap {
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
+    stderr: CappedPipe,
     /// The memory cap (installed as the store's limiter).
     pub memory: MemoryCap,
     settings: Arc<PluginSettings>,
@@ -131,7 +222,7 @@ impl CallState {
         deadline: Instant,
         redactor: Arc<Redactor>,
     ) -> CallState {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY + STDERR_SPARE);
+        let stderr = CappedPipe::new(STDERR_CAPACITY + STDERR_SPARE);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .allow_tcp(false)

@@ -127,6 +127,13 @@ pub fn describe() -> Description {
                 vec![Continue, PropertyChanges, Failure],
             ),
             t(
+                "chatty",
+                actions,
+                "Writes config.bytes bytes to stderr, then continues",
+                json!({"bytes": {"type": "integer", "title": "Bytes", "default": 40_000, "minimum": 0}}),
+                vec![Continue, Failure],
+            ),
+            t(
                 "read-file",
                 actions,
                 "Tries to read /etc/passwd and list /",
@@ -246,6 +253,14 @@ fn run(
             loop {
                 n = black_box(n.wrapping_add(1));
             }
+        }
+        "chatty" => {
+            let bytes = opt_i64(config, "bytes")?.unwrap_or(40_000);
+            let bytes = usize::try_from(bytes).map_err(|_| "bytes: must be >= 0")?;
+            for _ in 0..bytes / 100 {
+                eprintln!("{}", "x".repeat(99));
+            }
+            StepOutcome::Continue(Vec::new())
         }
         "sleep" => {
             let seconds = opt_i64(config, "seconds")?.unwrap_or(3600);
