@@ -326,6 +326,14 @@ impl PluginHost {
         self.loaded.read().get(id).cloned()
     }
 
+    /// The values of plugin `id`'s secrets, scrubbed from what its calls
+    /// leave behind.
+    fn secrets_of(&self, id: &str) -> Vec<String> {
+        self.get(id)
+            .map(|l| l.settings.secrets.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn usable(&self, id: &str) -> std::result::Result<Arc<Loaded>, CallFailure> {
         match self.get(id) {
             Some(l) if l.enabled => Ok(l),
@@ -361,7 +369,8 @@ impl PluginHost {
     pub fn run_step(&self, plugin_id: &str, call: &StepCall<'_>) -> Report<StepResult> {
         let started = Instant::now();
         let contact = call.contact.to_string();
-        let redactor = Arc::new(Redactor::contact(contact.clone()));
+        let redactor =
+            Arc::new(Redactor::contact(contact.clone()).with_secrets(self.secrets_of(plugin_id)));
         let result = match self.run_step_inner(plugin_id, call, contact, &redactor) {
             Ok(StepResult::Failed(r)) => Ok(StepResult::Failed(redactor.redact_string(r))),
             Err(f) => Err(scrubbed(f, &redactor)),
@@ -497,7 +506,8 @@ impl PluginHost {
     /// before they leave this call.
     pub fn send(&self, plugin_id: &str, message: &Outgoing) -> Report<SendResult> {
         let started = Instant::now();
-        let redactor = Arc::new(Redactor::message(message));
+        let redactor =
+            Arc::new(Redactor::message(message).with_secrets(self.secrets_of(plugin_id)));
         let result = match self.send_inner(plugin_id, message, &redactor) {
             Ok(SendResult::RetryLater(r)) => Ok(SendResult::RetryLater(redactor.redact_string(r))),
             Ok(SendResult::Failed(r)) => Ok(SendResult::Failed(redactor.redact_string(r))),

@@ -63,6 +63,9 @@ const PHONE_DIGITS: usize = 7;
 /// The patient values of one plugin call, and the matcher built from them.
 pub struct Redactor {
     source: Source,
+    /// The plugin's secrets: a provider's error that echoes the API key is
+    /// scrubbed of it too.
+    secrets: Vec<String>,
     matcher: OnceLock<Matcher>,
 }
 
@@ -130,8 +133,16 @@ impl Redactor {
     fn with(source: Source) -> Redactor {
         Redactor {
             source,
+            secrets: Vec::new(),
             matcher: OnceLock::new(),
         }
+    }
+
+    /// Also scrubs the plugin's `secrets` (their values), which the
+    /// module's views and logs never show back.
+    pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = String>) -> Redactor {
+        self.secrets.extend(secrets);
+        self
     }
 
     /// The strings to look for (at least [`MIN_CHARS`] characters each, a
@@ -176,6 +187,9 @@ impl Redactor {
                         .filter(|n| n.chars().count() >= MIN_NAME_CHARS),
                 );
             }
+        }
+        for secret in &self.secrets {
+            text(secret, &mut out);
         }
         out.retain(|p| p.chars().count() >= MIN_CHARS);
         let mut all: Vec<(String, bool)> = (out.into_iter().map(|p| (p, false)))
@@ -291,6 +305,16 @@ mod tests {
 
     fn contact(v: Value) -> Redactor {
         Redactor::contact(v.to_string())
+    }
+
+    #[test]
+    fn the_plugins_secrets_are_scrubbed_too() {
+        let r = Redactor::contact(r#"{"id": "c1", "first_name": "Ann"}"#.into())
+            .with_secrets(["sk-live-9f8e7d6c5b4a".to_string()]);
+        assert_eq!(
+            r.redact("explore: auth refused for key SK-LIVE-9f8e7d6c5b4a (Ann)"),
+            format!("explore: auth refused for key {MARKER} ({MARKER})")
+        );
     }
 
     #[test]
