@@ -385,6 +385,10 @@ fn plugins_survive_a_restart_and_are_managed_by_commands() {
     p.m().advance_clock(2 * 60_000).unwrap();
     p.idle();
     assert_eq!(p.host.property("p2", "echo"), Some(json!("after restart")));
+    // The tries while it was disabled never reached it: not calls.
+    let row = p.plugin_row("test-steps");
+    assert_eq!(row["figures"]["calls"], 2, "{row}");
+    assert_eq!(row["figures"]["failures"], 0, "{row}");
 
     // Removal is refused while an automation uses it.
     let e = p
@@ -418,6 +422,7 @@ fn hostile_step_plugins_are_contained() {
             step("file", "read-file", json!({})),
             step("env", "read-env", json!({})),
             step("chatty", "chatty", json!({"bytes": 40_000})),
+            step("refused", "echo", json!({"value": "x@example.com", "property": "email"})),
             {"id": "done", "type": "create_task", "title": "Survived", "assignee": {"kind": "queue", "name": "front_desk"}}
         ]),
     );
@@ -447,6 +452,7 @@ fn hostile_step_plugins_are_contained() {
     only("big", "exceeds the cap of 65536 bytes");
     // Stderr past its cap is cut, not the call failed.
     assert_eq!(p.step_failures("chatty"), Vec::<String>::new());
+    only("refused", "not settable by a plugin");
     // No files, no environment, no arguments.
     for i in 0..3 {
         let c = format!("p{i}");
@@ -470,8 +476,9 @@ fn hostile_step_plugins_are_contained() {
     assert_eq!(p.events("completed").len(), 6);
 
     let row = p.plugin_row("test-steps");
-    assert_eq!(row["figures"]["calls"], 3 * 9);
-    assert_eq!(row["figures"]["failures"], 3 * 5);
+    assert_eq!(row["figures"]["calls"], 3 * 10);
+    // A call whose changes were refused failed too.
+    assert_eq!(row["figures"]["failures"], 3 * 6);
     let spin = row["operations"]
         .as_array()
         .unwrap()

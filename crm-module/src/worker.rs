@@ -775,14 +775,28 @@ impl Worker {
         use crate::plugins::StepResult;
         self.inject("plugin_step");
         let now = self.clock.now();
-        crate::plugins::registry::record_call(&self.conn, &report.figures, now)?;
-        let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
+        let crate::plugins::Report {
+            result,
+            mut figures,
+        } = report;
+        let row = outbox::by_id(&self.conn, outbox_id)?;
+        // An answer whose property changes may not be made fails the step,
+        // and counts as a failed call in the plugin's figures.
+        if let (Ok(answer), Some(contact_id), None) = (
+            &result,
+            row.as_ref().and_then(|r| r.contact_id.as_deref()),
+            &figures.failure,
+        ) {
+            figures.failure = enrollment::refused_changes(&self.conn, contact_id, answer)?;
+        }
+        crate::plugins::registry::record_call(&self.conn, &figures, now)?;
+        let Some(row) = row else {
             return Ok(());
         };
         if row.status != "pending" && row.status != "retry" {
             return Ok(());
         }
-        let result: std::result::Result<StepResult, String> = match report.result {
+        let result: std::result::Result<StepResult, String> = match result {
             Ok(r) => {
                 outbox::record_answer(&self.conn, outbox_id, HostAnswer::Accepted, None, now)?;
                 Ok(r)
@@ -1855,6 +1869,7 @@ mod tests {
             operation: "score".into(),
             micros: 1,
             failure: None,
+            ran: true,
         };
         let report = Report {
             result: Ok(StepResult::Continue(Vec::new())),

@@ -1272,8 +1272,42 @@ fn apply_plugin_changes(
     Ok(Ok(()))
 }
 
-/// The normalized values of a plugin's property changes, or why one may not be made.
+/// Why the property changes of a plugin's answer `result` for contact
+/// `contact_id` may not be made (the step will fail with it), if so: the
+/// plugin's figures count that call as failed.
+pub fn refused_changes(
+    conn: &rusqlite::Connection,
+    contact_id: &str,
+    result: &crate::plugins::StepResult,
+) -> Result<Option<String>> {
+    use crate::plugins::StepResult;
+    let changes = match result {
+        StepResult::Continue(changes) | StepResult::Branch(_, changes) if !changes.is_empty() => {
+            changes
+        }
+        _ => return Ok(None),
+    };
+    let Some(contact) = contacts::load(conn, contact_id)? else {
+        return Ok(None);
+    };
+    Ok(plugin_changes(&contact, changes).err())
+}
+
+/// The normalized values of a plugin's property changes, or why one may
+/// not be made. The reason quotes the property's name, which the plugin
+/// chose: it is scrubbed of the contact's values as the plugin's own
+/// reasons are (a name `1979-11-23` would otherwise log a birth date).
 fn plugin_changes(
+    contact: &contacts::Contact,
+    changes: &[(String, Value)],
+) -> std::result::Result<serde_json::Map<String, Value>, String> {
+    checked_changes(contact, changes).map_err(|reason| {
+        crate::plugins::redact::Redactor::contact(contacts::plugin_view(contact).to_string())
+            .redact_string(reason)
+    })
+}
+
+fn checked_changes(
     contact: &contacts::Contact,
     changes: &[(String, Value)],
 ) -> std::result::Result<serde_json::Map<String, Value>, String> {
@@ -1447,5 +1481,11 @@ mod tests {
             );
         }
         assert!(plugin_changes(&contact(1), &[("lead_score2".into(), json!(3))]).is_ok());
+        // A snake-case name that is one of the contact's values is not
+        // quoted in the reason either.
+        let mut c = contact(1);
+        c.props.insert("first_name".into(), json!("tamsin"));
+        let e = plugin_changes(&c, &[("tamsin".into(), json!({"a": 1}))]).unwrap_err();
+        assert!(!e.contains("tamsin"), "{e}");
     }
 }

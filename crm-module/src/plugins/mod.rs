@@ -369,6 +369,7 @@ impl PluginHost {
     pub fn run_step(&self, plugin_id: &str, call: &StepCall<'_>) -> Report<StepResult> {
         let started = Instant::now();
         let contact = call.contact.to_string();
+        let ran = self.usable(plugin_id).is_ok();
         let redactor =
             Arc::new(Redactor::contact(contact.clone()).with_secrets(self.secrets_of(plugin_id)));
         let result = match self.run_step_inner(plugin_id, call, contact, &redactor) {
@@ -388,6 +389,7 @@ impl PluginHost {
                 operation: call.step_type.to_string(),
                 micros: started.elapsed().as_micros() as u64,
                 failure,
+                ran,
             },
         }
     }
@@ -506,6 +508,7 @@ impl PluginHost {
     /// before they leave this call.
     pub fn send(&self, plugin_id: &str, message: &Outgoing) -> Report<SendResult> {
         let started = Instant::now();
+        let ran = self.usable(plugin_id).is_ok();
         let redactor =
             Arc::new(Redactor::message(message).with_secrets(self.secrets_of(plugin_id)));
         let result = match self.send_inner(plugin_id, message, &redactor) {
@@ -526,6 +529,7 @@ impl PluginHost {
                 operation: "send".into(),
                 micros: started.elapsed().as_micros() as u64,
                 failure,
+                ran,
             },
         }
     }

@@ -129,6 +129,7 @@ fn contained<T>(plugin_id: impl FnOnce() -> String, call: impl FnOnce() -> Repor
                 operation: String::new(),
                 micros: 0,
                 failure: Some(reason),
+                ran: false,
             },
         }
     })
@@ -144,6 +145,7 @@ fn bad_payload<T>(plugin_id: &str, operation: &str, why: &str) -> Report<T> {
             operation: operation.to_string(),
             micros: 0,
             failure: Some(reason),
+            ran: false,
         },
     }
 }

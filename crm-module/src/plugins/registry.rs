@@ -271,10 +271,17 @@ pub struct CallFigures {
     pub micros: u64,
     /// Why it failed (None: it returned an answer).
     pub failure: Option<String>,
+    /// Whether the plugin was called at all: not when it was disabled, not
+    /// installed, or the call never reached it (an unusable payload).
+    pub ran: bool,
 }
 
-/// Adds one call to the plugin's figures.
+/// Adds one call to the plugin's figures; a call that never reached the
+/// plugin adds nothing.
 pub fn record_call(conn: &Connection, f: &CallFigures, now: Millis) -> Result<()> {
+    if !f.ran {
+        return Ok(());
+    }
     let micros = i64::try_from(f.micros).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO plugin_stats (plugin_id, operation, calls, failures, total_micros, max_micros, last_failure, last_failure_at, last_call_at)

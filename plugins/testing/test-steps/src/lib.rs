@@ -93,8 +93,9 @@ pub fn describe() -> Description {
             t(
                 "echo",
                 actions,
-                "Sets property echo to the config value",
-                json!({"value": {"type": "string", "title": "Value", "default": ""}}),
+                "Sets property echo (or config.property) to the config value",
+                json!({"value": {"type": "string", "title": "Value", "default": ""},
+                       "property": {"type": "string", "title": "Property", "default": "echo"}}),
                 vec![Continue, PropertyChanges, Failure],
             ),
             t("spin", actions, "Loops forever", json!({}), vec![Continue]),
@@ -246,7 +247,8 @@ fn run(
         "noop" => StepOutcome::Continue(Vec::new()),
         "echo" => {
             let value = opt_str(config, "value")?.unwrap_or("");
-            StepOutcome::Continue(vec![PropertyChange::json("echo", &json!(value))])
+            let property = opt_str(config, "property")?.unwrap_or("echo");
+            StepOutcome::Continue(vec![PropertyChange::json(property, &json!(value))])
         }
         "spin" => {
             let mut n: u64 = 0;
