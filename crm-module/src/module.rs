@@ -473,15 +473,32 @@ fn read_component(path: Option<&str>, base64_text: Option<&str>) -> Result<Vec<u
     let max = crate::plugins::runtime::MAX_COMPONENT_BYTES;
     match (path, base64_text) {
         (Some(p), None) => {
-            let meta = std::fs::metadata(p)
-                .map_err(|e| Error::invalid(format!("path: cannot read {p:?}: {e}")))?;
-            if meta.len() > max as u64 {
-                return Err(Error::TooLarge(format!(
+            use std::io::Read as _;
+            let cannot =
+                |e: std::io::Error| Error::invalid(format!("path: cannot read {p:?}: {e}"));
+            let too_large = || {
+                Error::TooLarge(format!(
                     "path: a plugin is limited to {} MiB",
                     max / (1024 * 1024)
-                )));
+                ))
+            };
+            let meta = std::fs::metadata(p).map_err(cannot)?;
+            // A FIFO or a device would block the caller or never end.
+            if !meta.is_file() {
+                return Err(Error::invalid(format!("path: {p:?} is not a regular file")));
             }
-            std::fs::read(p).map_err(|e| Error::invalid(format!("path: cannot read {p:?}: {e}")))
+            if meta.len() > max as u64 {
+                return Err(too_large());
+            }
+            // Bounded as read, for a file that grew since.
+            let mut bytes = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+                .map_err(cannot)?;
+            if bytes.len() > max {
+                return Err(too_large());
+            }
+            Ok(bytes)
         }
         (None, Some(b)) => {
             if b.len() > max / 3 * 4 + 4 {
@@ -580,6 +597,25 @@ mod tests {
         assert!(asked.elapsed() < WAIT_IDLE_GRACE, "answered at once");
         drop(held);
         m.wait_idle(Duration::from_secs(30)).expect("idle again");
+        m.shutdown();
+    }
+
+    /// A plugin's path must be a regular file: `/dev/zero` would be read
+    /// until memory ran out, a FIFO would block the caller.
+    #[test]
+    fn a_plugin_path_that_is_no_regular_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(&dir.path().join("m.db"), "").expect("open");
+        let folder = dir.path().to_string_lossy().to_string();
+        for path in ["/dev/zero", folder.as_str()] {
+            let cmd = serde_json::json!({"command": "plugin.install", "path": path});
+            match m.execute(&cmd.to_string()) {
+                Err(Error::Invalid(message)) => {
+                    assert!(message.contains("not a regular file"), "{message}")
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
         m.shutdown();
     }
 
