@@ -299,8 +299,8 @@ impl Command {
         )
     }
 
-    /// Checks the syntax of every id the command names (1 to 128
-    /// characters, no spaces or control characters) before anything is
+    /// Checks the syntax of every id the command names (1 to 128 bytes, no
+    /// spaces, control characters or invisible formatting) before anything is
     /// looked up, so that a malformed id is refused as invalid input and is
     /// never quoted back in a "not found" or "conflict" message (which hosts
     /// log).

@@ -96,8 +96,10 @@ pub fn property_type(name: &str) -> Option<PropertyType> {
         .map(|(_, t)| *t)
 }
 
-/// Validates an id (contact, list, automation, step, event): 1–128 visible
-/// characters, no whitespace or control characters.
+/// Validates an id (contact, list, automation, step, event): 1–128 bytes of
+/// UTF-8, no whitespace, control characters or invisible formatting (a
+/// zero-width space or a right-to-left override would make two ids look
+/// alike in a log).
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
     validate_id_up_to(what, id, 128)
 }
@@ -107,15 +109,26 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 pub fn validate_id_up_to(what: &str, id: &str, max_len: usize) -> Result<()> {
     if id.is_empty() || id.len() > max_len {
         return Err(Error::invalid(format!(
-            "{what}: must be 1 to {max_len} characters"
+            "{what}: must be 1 to {max_len} bytes (UTF-8)"
         )));
     }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if id
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || invisible(c))
+    {
         return Err(Error::invalid(format!(
-            "{what}: must not contain spaces or control characters"
+            "{what}: must not contain spaces, control characters or invisible formatting"
         )));
     }
     Ok(())
+}
+
+/// Invisible formatting characters: the soft hyphen, zero-width spaces and
+/// joiners, bidirectional marks, embeddings, overrides and isolates, word
+/// joiners and the byte order mark.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Validates a custom property key. A refused key is not quoted in the
@@ -377,6 +390,27 @@ pub fn value_matches(actual: &Value, expected: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ids_are_up_to_128_bytes_of_visible_characters() {
+        assert!(validate_id("id", "p-123_é").is_ok());
+        assert!(validate_id("id", &"患".repeat(42)).is_ok(), "126 bytes");
+        let e = validate_id("contact.id", &"患".repeat(43)).unwrap_err();
+        assert!(e.to_string().contains("1 to 128 bytes"), "{e}");
+        for id in [
+            "a\u{200B}b",
+            "abc\u{202E}fdp",
+            "\u{FEFF}x",
+            "a\u{2066}b",
+            "so\u{AD}ft",
+        ] {
+            let e = validate_id("id", id).unwrap_err();
+            assert!(
+                e.to_string().contains("invisible formatting"),
+                "{id:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn known_properties_are_canonicalized() {
