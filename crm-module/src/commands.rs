@@ -144,7 +144,7 @@ pub enum Command {
     },
     /// Returns the settings, without the SMTP password (`null`).
     #[serde(rename = "settings.get")]
-    SettingsGet,
+    SettingsGet {},
     /// Replaces the settings (validated as a whole). An SMTP password left
     /// out keeps the stored one when the relay host and username are
     /// unchanged, so the document `settings.get` returns saves back as is.
@@ -233,7 +233,7 @@ pub enum Command {
     },
     /// Lists the installed plugins with their figures (the `plugins` view).
     #[serde(rename = "plugin.list")]
-    PluginList,
+    PluginList {},
 }
 
 impl Command {
@@ -343,10 +343,10 @@ impl Command {
             | Command::PluginEnable { plugin_id }
             | Command::PluginDisable { plugin_id }
             | Command::PluginRemove { plugin_id } => ("plugin_id", Some(plugin_id.as_str())),
-            Command::SettingsGet
+            Command::SettingsGet {}
             | Command::SettingsUpdate { .. }
             | Command::PluginInstall { .. }
-            | Command::PluginList => ("", None),
+            | Command::PluginList {} => ("", None),
         };
         match id {
             Some(id) => validate_id(field, id),
@@ -1290,7 +1290,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 None,
             ))
         }
-        Command::SettingsGet => Ok((to_json(ctx.settings.doc.without_secrets())?, None)),
+        Command::SettingsGet {} => Ok((to_json(ctx.settings.doc.without_secrets())?, None)),
         Command::SettingsUpdate { mut settings } => {
             settings.keep_stored_password(&ctx.settings.doc);
             // Store the canonical form (trimmed, E.164 numbers).
@@ -1358,7 +1358,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
         Command::PluginRemove { plugin_id } => {
             Ok((crate::plugins::admin::remove(ctx, &plugin_id)?, None))
         }
-        Command::PluginList => Ok((
+        Command::PluginList {} => Ok((
             to_json(crate::views::plugins::build(ctx.conn, ctx.now)?)?,
             None,
         )),

@@ -35,17 +35,24 @@ use crate::store::{self, Access, StorageConfig};
 use crate::worker::{Request, Worker, load_settings};
 
 /// Which clock the module reads.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClockConfig {
     /// Wall-clock time.
-    #[default]
-    System,
+    // Written `{}`, not as a unit variant, so that serde refuses a field
+    // given with it (a `start`).
+    System {},
     /// Time moves only when the host advances it.
     Manual {
         /// Start instant, RFC 3339.
         start: String,
     },
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig::System {}
+    }
 }
 
 /// The JSON configuration given to [`Module::open`].
@@ -113,6 +120,10 @@ impl Module {
         let config: OpenConfig = if config_json.trim().is_empty() {
             OpenConfig::default()
         } else {
+            // serde would read a JSON array as the fields in order.
+            if !config_json.trim_start().starts_with('{') {
+                return Err(Error::invalid("config: must be a JSON object"));
+            }
             parse_json(config_json)?
         };
         Module::open_with(path, config)
@@ -121,7 +132,7 @@ impl Module {
     /// Opens with a typed config.
     pub fn open_with(path: &Path, config: OpenConfig) -> Result<Module> {
         let clock = Arc::new(match &config.clock {
-            ClockConfig::System => Clock::System,
+            ClockConfig::System {} => Clock::System,
             ClockConfig::Manual { start } => Clock::manual(
                 parse_rfc3339(start).map_err(|m| Error::invalid(format!("clock.start: {m}")))?,
             ),
@@ -597,6 +608,38 @@ mod tests {
         assert!(asked.elapsed() < WAIT_IDLE_GRACE, "answered at once");
         drop(held);
         m.wait_idle(Duration::from_secs(30)).expect("idle again");
+        m.shutdown();
+    }
+
+    /// What the published schemas forbid is refused: a field given with a
+    /// variant that has none, a config that is not an object.
+    #[test]
+    fn a_field_with_a_variant_that_has_none_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        for config in [
+            r#"{"clock": {"mode": "system", "start": "2030-01-01T00:00:00Z"}}"#,
+            "[]",
+            r#"[{"mode": "manual", "start": "2030-01-01T00:00:00Z"}]"#,
+        ] {
+            assert!(
+                matches!(Module::open(&path, config), Err(Error::Invalid(_))),
+                "{config}"
+            );
+            assert!(!path.exists(), "{config}");
+        }
+        let m = Module::open(&path, r#"{"clock": {"mode": "system"}}"#).expect("open");
+        for command in [
+            r#"{"command": "settings.get", "section": "sms"}"#,
+            r#"{"command": "plugin.list", "plugin_id": "x"}"#,
+        ] {
+            assert!(
+                matches!(m.execute(command), Err(Error::Invalid(_))),
+                "{command}"
+            );
+        }
+        m.execute(r#"{"command": "settings.get"}"#)
+            .expect("settings");
         m.shutdown();
     }
 
