@@ -345,11 +345,19 @@ mod tests {
     fn describe_is_consistent() {
         let d = describe();
         assert_eq!(d.info.id, "test-steps");
-        assert_eq!(d.step_types.len(), 13);
+        assert_eq!(d.step_types.len(), 14);
         for t in &d.step_types {
             let schema: Value = crm_plugin_sdk::serde_json::from_str(&t.config_schema).unwrap();
             assert_eq!(schema["type"], "object");
         }
+    }
+
+    #[test]
+    fn echo_sets_the_property_its_config_names() {
+        let out = run("echo", &config(json!({"value": "v"}))).unwrap();
+        assert!(matches!(&out, StepOutcome::Continue(c) if c[0].name == "echo"));
+        let out = run("echo", &config(json!({"value": "v", "property": "email"}))).unwrap();
+        assert!(matches!(&out, StepOutcome::Continue(c) if c[0].name == "email"));
     }
 
     #[test]
