@@ -1129,7 +1129,7 @@ fn receipt_from(
         .optional()?;
     let delivered_before = matches!(last.as_ref(), Some((k, _)) if k == "message_delivered");
     let awaiting_resend = row.status == "retry" || row.status == "pending";
-    let repeated = |after: &str| {
+    let repeated = |ctx: &Ctx<'_>, after: &str| {
         log("receipt_repeated", json!({"status": kind, "after": after})).write(ctx.conn, ctx.now)
     };
     let mut bounce_revoked = false;
@@ -1138,12 +1138,18 @@ fn receipt_from(
             Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
                 log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
             }
-            Some(("message_delivered", _)) => return repeated("delivered"),
-            Some(("message_bounced", Some("hard"))) => return repeated("hard_bounce"),
-            _ if row.status == "failed" => return repeated("failed"),
+            Some(("message_delivered", _)) => return repeated(ctx, "delivered"),
+            Some(("message_bounced", Some("hard"))) => return repeated(ctx, "hard_bounce"),
+            _ if row.status == "failed" => {
+                // Counted as nothing, but what it says of the address holds.
+                if bounce == Some(BounceKind::Hard) && row.channel.as_deref() == Some("email") {
+                    address_undeliverable(ctx, &row, &contact_id)?;
+                }
+                return repeated(ctx, "failed");
+            }
             Some(("message_bounced", Some("soft"))) if awaiting_resend => {
                 if bounce == Some(BounceKind::Soft) {
-                    return repeated("soft_bounce");
+                    return repeated(ctx, "soft_bounce");
                 }
                 log("message_bounce_revoked", json!({"by": kind})).write(ctx.conn, ctx.now)?;
                 bounce_revoked = true;
@@ -1173,15 +1179,7 @@ fn receipt_from(
     );
     match (status, bounce, row.channel.as_deref()) {
         (DeliveryStatus::Bounced, Some(BounceKind::Hard), Some("email")) => {
-            let mut c = contacts::require(ctx.conn, &contact_id)?;
-            if let Some(address) = c.text("email").map(str::to_string) {
-                c.props
-                    .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
-                contacts::save(ctx.conn, &c)?;
-                ctx.rescreen(&contact_id);
-                log("address_undeliverable", json!({"reason": "hard_bounce"}))
-                    .write(ctx.conn, ctx.now)?;
-            }
+            address_undeliverable(ctx, &row, &contact_id)?;
         }
         // Delivered once already (this late bounce revokes that): handing
         // it over again could reach the person twice. Recorded only.
@@ -1221,6 +1219,25 @@ fn receipt_from(
     }
     if failed_for_good {
         never_reached(ctx, &row)?;
+    }
+    Ok(())
+}
+
+/// A hard bounce of email `row`: the contact's address is undeliverable
+/// (consent suppresses every later email to it until it changes).
+fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row, contact_id: &str) -> Result<()> {
+    let mut c = contacts::require(ctx.conn, contact_id)?;
+    if let Some(address) = c.text("email").map(str::to_string) {
+        c.props
+            .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
+        contacts::save(ctx.conn, &c)?;
+        ctx.rescreen(contact_id);
+        Log::for_effect(
+            "address_undeliverable",
+            row,
+            Some(json!({"reason": "hard_bounce"})),
+        )
+        .write(ctx.conn, ctx.now)?;
     }
     Ok(())
 }

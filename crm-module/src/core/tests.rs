@@ -2920,16 +2920,21 @@ fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
     receipt(&mut s, "failed", "delivered", None);
     receipt(&mut s, "failed", "bounced", Some("soft"));
     assert_eq!(status(&s, "failed"), "failed");
+    // A hard bounce after it counts nothing either, but the address is bad.
+    receipt(&mut s, "failed", "bounced", Some("hard"));
+    let undeliverable = |s: &Sim, c: &str| -> Option<String> {
+        s.value(&format!(
+            "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = '{c}'"
+        ))
+    };
+    assert!(undeliverable(&s, "failed").is_some());
     // A soft bounce, then the hard one: final, the address is bad.
     receipt(&mut s, "hard", "bounced", Some("soft"));
     receipt(&mut s, "hard", "bounced", Some("hard"));
     assert_eq!(status(&s, "hard"), "failed", "no resend to a bad address");
-    let undeliverable: Option<String> = s.value(
-        "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = 'hard'",
-    );
-    assert!(undeliverable.is_some());
+    assert!(undeliverable(&s, "hard").is_some());
 
-    assert_eq!(s.count("receipt_repeated", None), 2 + 3);
+    assert_eq!(s.count("receipt_repeated", None), 2 + 4);
     assert_eq!(s.count("message_bounce_revoked", None), 2);
     let v = s.view("automation_performance", json!({"automation_id": a}));
     let email = &v["channel_breakdown"][0];
