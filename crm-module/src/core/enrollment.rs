@@ -1302,8 +1302,13 @@ fn plugin_changes(
     changes: &[(String, Value)],
 ) -> std::result::Result<serde_json::Map<String, Value>, String> {
     checked_changes(contact, changes).map_err(|reason| {
-        crate::plugins::redact::Redactor::contact(contacts::plugin_view(contact).to_string())
-            .redact_string(reason)
+        // Not the status: "lead" is no patient's value, and the reason
+        // names lead_source.
+        let mut view = contacts::plugin_view(contact);
+        if let Some(fields) = view.as_object_mut() {
+            fields.remove("status");
+        }
+        crate::plugins::redact::Redactor::contact(view.to_string()).redact_string(reason)
     })
 }
 

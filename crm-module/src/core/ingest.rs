@@ -627,10 +627,11 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
                 Booking::First
             } else if rebooked {
                 Booking::Another
-            } else if status != "booked" {
-                Booking::Undated
             } else {
-                patient_booking(ctx, &c.id, &a.id, occurred)?
+                match patient_booking(ctx, &c.id, &a.id, occurred)? {
+                    Booking::Another if status != "booked" => Booking::Undated,
+                    booking => booking,
+                }
             };
             signals.push(Signal::AppointmentBooked {
                 rebook: booking == Booking::Another,
@@ -743,22 +744,39 @@ fn email_engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<
 /// it is a repeat, a late bounce revokes it; a message that failed or has
 /// an outcome already is left as it is.
 pub(crate) fn delivery_implied(ctx: &Ctx<'_>, row: &outbox::Row, by: &str) -> Result<()> {
+    // Only a message its sender took (not one held for sending hours or
+    // a limit, nor one waiting to be sent again).
     if row.kind != outbox::EffectKind::Message
-        || row.status == "failed"
+        || row.status != "accepted"
         || outbox::is_test_send(ctx.install_id, &row.key)
     {
         return Ok(());
     }
-    let outcome = ctx
-        .conn
-        .prepare_cached(LAST_OUTCOME_SQL)?
-        .query_row([&row.key], |_| Ok(()))
-        .optional()?;
-    if outcome.is_none() {
+    // No outcome for the hand-over it answers: none at all, or a soft
+    // bounce of an earlier one (the resend was taken since).
+    let implied = match last_outcome(ctx, &row.key)? {
+        None => true,
+        Some((kind, bounce, attempt)) => {
+            kind == "message_bounced"
+                && bounce.as_deref() == Some("soft")
+                && attempt.is_some_and(|a| a < row.attempts)
+        }
+    };
+    if implied {
         Log::for_effect("message_delivered", row, Some(json!({"implied_by": by})))
             .write(ctx.conn, ctx.now)?;
     }
     Ok(())
+}
+
+/// The latest delivery outcome of message `key`: its kind, the bounce's
+/// kind, and the hand-over (the row's answers then) a bounce answered.
+fn last_outcome(ctx: &Ctx<'_>, key: &str) -> Result<Option<(String, Option<String>, Option<i64>)>> {
+    Ok(ctx
+        .conn
+        .prepare_cached(LAST_OUTCOME_SQL)?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
 }
 
 /// Whether message `?1` had an open (click, reply) before, through the
@@ -784,7 +802,7 @@ pub(crate) const REPLIED_BEFORE_SQL: &str = engaged_before_sql!("message_replied
 /// The last delivery outcome of message `?1` (and its bounce kind), through
 /// the index `events_message_history`.
 pub(crate) const LAST_OUTCOME_SQL: &str =
-    "SELECT kind, json_extract(detail, '$.bounce') FROM events
+    "SELECT kind, json_extract(detail, '$.bounce'), json_extract(detail, '$.attempt') FROM events
     WHERE message_key = ?1 AND message_key IS NOT NULL
       AND (kind = 'message_delivered' OR kind = 'message_bounced')
     ORDER BY id DESC LIMIT 1";
@@ -1099,7 +1117,12 @@ fn receipt_from(
     let contact_id = row.contact_id.clone().unwrap_or_default();
     let (kind, mut detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),
-        DeliveryStatus::Bounced => ("message_bounced", json!({"bounce": bounce})),
+        // The hand-over it answers (the row's answers so far): a later
+        // receipt with no hand-over between is about the same one.
+        DeliveryStatus::Bounced => (
+            "message_bounced",
+            json!({"bounce": bounce, "attempt": row.attempts}),
+        ),
         DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
     };
     if at_hand_over {
@@ -1122,24 +1145,28 @@ fn receipt_from(
     //   real outcome: it revokes the soft bounce (and a delivery cancels
     //   the resend). A soft bounce of the resend counts again.
     // The module's own relay's bounce at hand-over is always a new attempt's.
-    let last: Option<(String, Option<String>)> = ctx
-        .conn
-        .prepare_cached(LAST_OUTCOME_SQL)?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let delivered_before = matches!(last.as_ref(), Some((k, _)) if k == "message_delivered");
-    let awaiting_resend = row.status == "retry" || row.status == "pending";
+    let last = last_outcome(ctx, key)?;
+    let delivered_before = matches!(last.as_ref(), Some((k, _, _)) if k == "message_delivered");
+    // A soft bounce of this very hand-over: no answer since (bounces
+    // recorded before the attempt was kept: the resend still waits).
+    let same_hand_over = |attempt: Option<i64>| match attempt {
+        Some(a) => a == row.attempts,
+        None => row.status == "retry" || row.status == "pending",
+    };
     let repeated = |ctx: &Ctx<'_>, after: &str| {
         log("receipt_repeated", json!({"status": kind, "after": after})).write(ctx.conn, ctx.now)
     };
     let mut bounce_revoked = false;
     if !at_hand_over {
-        match last.as_ref().map(|(k, b)| (k.as_str(), b.as_deref())) {
-            Some(("message_delivered", _)) if status == DeliveryStatus::Bounced => {
+        match last
+            .as_ref()
+            .map(|(k, b, a)| (k.as_str(), b.as_deref(), *a))
+        {
+            Some(("message_delivered", _, _)) if status == DeliveryStatus::Bounced => {
                 log("message_delivery_revoked", json!({})).write(ctx.conn, ctx.now)?;
             }
-            Some(("message_delivered", _)) => return repeated(ctx, "delivered"),
-            Some(("message_bounced", Some("hard"))) => return repeated(ctx, "hard_bounce"),
+            Some(("message_delivered", _, _)) => return repeated(ctx, "delivered"),
+            Some(("message_bounced", Some("hard"), _)) => return repeated(ctx, "hard_bounce"),
             _ if row.status == "failed" => {
                 // Counted as nothing, but what it says of the address holds.
                 if bounce == Some(BounceKind::Hard) && row.channel.as_deref() == Some("email") {
@@ -1147,7 +1174,7 @@ fn receipt_from(
                 }
                 return repeated(ctx, "failed");
             }
-            Some(("message_bounced", Some("soft"))) if awaiting_resend => {
+            Some(("message_bounced", Some("soft"), attempt)) if same_hand_over(attempt) => {
                 if bounce == Some(BounceKind::Soft) {
                     return repeated(ctx, "soft_bounce");
                 }

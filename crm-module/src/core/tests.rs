@@ -2879,7 +2879,7 @@ fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
     let mut s = Sim::new();
     let a = s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
         "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
-    for c in ["soft", "late", "failed", "hard"] {
+    for c in ["soft", "late", "failed", "hard", "relay"] {
         s.contact(c, json!({}));
     }
     let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
@@ -2902,7 +2902,7 @@ fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
         crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
             .unwrap();
     };
-    for c in ["soft", "late", "failed", "hard"] {
+    for c in ["soft", "late", "failed", "hard", "relay"] {
         accept(&mut s, c);
     }
     // The same soft bounce three times: one bounce, one resend waiting.
@@ -2933,13 +2933,20 @@ fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
     receipt(&mut s, "hard", "bounced", Some("hard"));
     assert_eq!(status(&s, "hard"), "failed", "no resend to a bad address");
     assert!(undeliverable(&s, "hard").is_some());
+    // Delivered (the relay took it), then a delay notice (soft) twice and
+    // the final failure (hard) for the same hand-over: one bounce, no resend.
+    receipt(&mut s, "relay", "delivered", None);
+    receipt(&mut s, "relay", "bounced", Some("soft"));
+    receipt(&mut s, "relay", "bounced", Some("soft"));
+    assert_eq!(status(&s, "relay"), "accepted", "never handed over again");
+    receipt(&mut s, "relay", "bounced", Some("hard"));
 
-    assert_eq!(s.count("receipt_repeated", None), 2 + 4);
-    assert_eq!(s.count("message_bounce_revoked", None), 2);
+    assert_eq!(s.count("receipt_repeated", None), 2 + 4 + 1);
+    assert_eq!(s.count("message_bounce_revoked", None), 3);
     let v = s.view("automation_performance", json!({"automation_id": a}));
     let email = &v["channel_breakdown"][0];
-    assert_eq!(email["bounced"], 2, "soft once, hard once: {email}");
-    assert_eq!(email["delivered"], 1, "{email}");
+    assert_eq!(email["bounced"], 3, "soft, hard, relay's hard: {email}");
+    assert_eq!(email["delivered"], 1, "late; relay's taken back: {email}");
     assert_eq!(email["failed"], 1, "{email}");
 }
 
@@ -2963,6 +2970,19 @@ fn an_answer_without_a_receipt_counts_the_message_delivered() {
             .key
             .clone()
     };
+    // The sender took them all.
+    let ids: Vec<i64> = s
+        .conn
+        .prepare("SELECT id FROM outbox WHERE kind = 'message'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for id in ids {
+        crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
+            .unwrap();
+    }
     let (t1, t2) = (key(&s, "c1", "sms"), key(&s, "c2", "sms"));
     s.push(json!({"type": "delivery.receipt", "message_key": t1, "status": "delivered"}))
         .unwrap();

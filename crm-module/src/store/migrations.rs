@@ -662,6 +662,15 @@ CREATE INDEX outbox_exempt_due ON outbox(channel, next_attempt_at, id)
 ALTER TABLE subscription_audit ADD COLUMN happened_at INTEGER;
 UPDATE subscription_audit SET happened_at = at;
 "#,
+    // 28: an event's fingerprint reads its times in one form since this
+    // version (`Z` and `+00:00` are the same instant). Appointment events
+    // and contact upserts recorded before it hashed the text as sent, so a
+    // byte-identical resend of one would read as another event under its
+    // id: their fingerprints are forgotten, and a resend is a duplicate.
+    r#"
+UPDATE ingested_events SET fingerprint = NULL
+    WHERE type LIKE 'appointment.%' OR type = 'contact.upserted';
+"#,
 ];
 
 /// Brings the database to the newest schema.
