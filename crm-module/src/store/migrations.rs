@@ -826,6 +826,26 @@ mod tests {
     }
 
     #[test]
+    fn migration_28_forgets_the_fingerprints_of_events_with_times() {
+        let conn = at_version(27);
+        conn.execute_batch(
+            "INSERT INTO ingested_events (event_id, type, received_at, fingerprint) VALUES
+                ('a', 'appointment.booked', 1, x'01'), ('c', 'contact.upserted', 1, x'02'),
+                ('p', 'page.visited', 1, x'03');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let kept: Vec<String> = conn
+            .prepare("SELECT event_id FROM ingested_events WHERE fingerprint IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(kept, ["p"]);
+    }
+
+    #[test]
     fn migration_15_keeps_the_events_ingested_before_as_plain_duplicates() {
         let conn = at_version(14);
         conn.execute_batch(
