@@ -769,9 +769,12 @@ pub(crate) fn delivery_implied(ctx: &Ctx<'_>, row: &outbox::Row, by: &str) -> Re
     Ok(())
 }
 
-/// The latest delivery outcome of message `key`: its kind, the bounce's
-/// kind, and the hand-over (the row's answers then) a bounce answered.
-fn last_outcome(ctx: &Ctx<'_>, key: &str) -> Result<Option<(String, Option<String>, Option<i64>)>> {
+/// A message's delivery outcome: its kind, the bounce's kind, and the
+/// hand-over (the row's answers then) a bounce answered.
+type DeliveryOutcome = (String, Option<String>, Option<i64>);
+
+/// The latest delivery outcome of message `key`.
+fn last_outcome(ctx: &Ctx<'_>, key: &str) -> Result<Option<DeliveryOutcome>> {
     Ok(ctx
         .conn
         .prepare_cached(LAST_OUTCOME_SQL)?
