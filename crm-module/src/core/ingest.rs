@@ -732,8 +732,8 @@ fn message_on(ctx: &Ctx<'_>, key: &str, channel: &str, field: &str) -> Result<ou
 
 /// An `email.*` engagement the host pushes: it must name an email.
 fn email_engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<()> {
-    message_on(ctx, key, "email", "message_key")?;
-    engagement_from(ctx, key, kind, None)
+    let row = message_on(ctx, key, "email", "message_key")?;
+    engagement_of(ctx, &row, kind, None)
 }
 
 /// A person answered message `row` (opened it, clicked, replied, opted out
@@ -853,6 +853,17 @@ pub fn engagement_from(
     machine: Option<&str>,
 ) -> Result<()> {
     let row = message(ctx, key)?;
+    engagement_of(ctx, &row, kind, machine)
+}
+
+/// [`engagement_from`] for the message's row, already read.
+fn engagement_of(
+    ctx: &mut Ctx<'_>,
+    row: &outbox::Row,
+    kind: &'static str,
+    machine: Option<&str>,
+) -> Result<()> {
+    let key = row.key.as_str();
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
@@ -879,7 +890,7 @@ pub fn engagement_from(
     // but fires no Email engagement trigger again.
     let first = logged == kind;
     if first {
-        delivery_implied(ctx, &row, kind.trim_start_matches("message_"))?;
+        delivery_implied(ctx, row, kind.trim_start_matches("message_"))?;
     }
     let email = match row.channel.as_deref() {
         Some("email") => outbox::category(ctx.conn, key)?,
@@ -1117,7 +1128,6 @@ fn receipt_from(
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
-    let contact_id = row.contact_id.clone().unwrap_or_default();
     let (kind, mut detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),
         // The hand-over it answers (the row's answers so far): a later
@@ -1173,7 +1183,7 @@ fn receipt_from(
             _ if row.status == "failed" => {
                 // Counted as nothing, but what it says of the address holds.
                 if bounce == Some(BounceKind::Hard) && row.channel.as_deref() == Some("email") {
-                    address_undeliverable(ctx, &row, &contact_id)?;
+                    address_undeliverable(ctx, &row)?;
                 }
                 return repeated(ctx, "failed");
             }
@@ -1209,7 +1219,7 @@ fn receipt_from(
     );
     match (status, bounce, row.channel.as_deref()) {
         (DeliveryStatus::Bounced, Some(BounceKind::Hard), Some("email")) => {
-            address_undeliverable(ctx, &row, &contact_id)?;
+            address_undeliverable(ctx, &row)?;
         }
         // Delivered once already (this late bounce revokes that): handing
         // it over again could reach the person twice. Recorded only.
@@ -1255,7 +1265,8 @@ fn receipt_from(
 
 /// A hard bounce of email `row`: the contact's address is undeliverable
 /// (consent suppresses every later email to it until it changes).
-fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row, contact_id: &str) -> Result<()> {
+fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
+    let contact_id = row.contact_id.as_deref().unwrap_or_default();
     let mut c = contacts::require(ctx.conn, contact_id)?;
     if let Some(address) = c.text("email").map(str::to_string) {
         c.props
