@@ -772,31 +772,40 @@ impl Worker {
         outbox_id: i64,
         report: crate::plugins::Report<crate::plugins::StepResult>,
     ) -> Result<()> {
-        use crate::plugins::StepResult;
         self.inject("plugin_step");
         let now = self.clock.now();
         let crate::plugins::Report {
             result,
             mut figures,
         } = report;
-        let row = outbox::by_id(&self.conn, outbox_id)?;
         // An answer whose property changes may not be made fails the step,
         // and counts as a failed call in the plugin's figures.
-        if let (Ok(answer), Some(contact_id), None) = (
-            &result,
-            row.as_ref().and_then(|r| r.contact_id.as_deref()),
-            &figures.failure,
-        ) {
-            figures.failure = enrollment::refused_changes(&self.conn, contact_id, answer)?;
+        let refused = self.plugin_answer(outbox_id, result, now)?;
+        if figures.failure.is_none() {
+            figures.failure = refused;
         }
-        crate::plugins::registry::record_call(&self.conn, &figures, now)?;
-        let Some(row) = row else {
-            return Ok(());
+        crate::plugins::registry::record_call(&self.conn, &figures, now)
+    }
+
+    /// Records a plugin's answer for its outbox row and moves the
+    /// enrollment on; the reason its property changes were refused, if
+    /// they were.
+    fn plugin_answer(
+        &self,
+        outbox_id: i64,
+        result: std::result::Result<
+            crate::plugins::StepResult,
+            crate::plugins::runtime::CallFailure,
+        >,
+        now: Millis,
+    ) -> Result<Option<String>> {
+        let Some(row) = outbox::by_id(&self.conn, outbox_id)? else {
+            return Ok(None);
         };
         if row.status != "pending" && row.status != "retry" {
-            return Ok(());
+            return Ok(None);
         }
-        let result: std::result::Result<StepResult, String> = match result {
+        let result = match result {
             Ok(r) => {
                 outbox::record_answer(&self.conn, outbox_id, HostAnswer::Accepted, None, now)?;
                 Ok(r)
@@ -810,7 +819,7 @@ impl Worker {
                 let status =
                     outbox::record_answer(&self.conn, outbox_id, answer, Some(&f.reason), now)?;
                 if status != "failed" {
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(f.reason)
             }
@@ -819,16 +828,16 @@ impl Worker {
     }
 
     /// Moves the enrollment of a custom step's row on with the step's
-    /// result.
+    /// result; the reason its property changes were refused, if they were.
     fn finish_custom_step(
         &self,
         row: &outbox::Row,
         result: std::result::Result<crate::plugins::StepResult, String>,
         now: Millis,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let (Some(enrollment_id), Some(step_id)) = (row.enrollment_id, row.step_id.as_deref())
         else {
-            return Ok(());
+            return Ok(None);
         };
         self.in_core(now, |ctx| {
             enrollment::finish_custom_step(ctx, enrollment_id, step_id, &row.key, result)

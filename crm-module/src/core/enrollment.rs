@@ -1151,24 +1151,26 @@ fn sms_open_at(
 /// for good): applies the property changes, logs the step, takes the next
 /// step, the YES / NO path, or (on failure with `on_failure: exit`) exits.
 /// An enrollment that has moved since (edited away, exited) is left alone.
+/// Returns the reason the plugin's property changes were refused, if they
+/// were (the step failed for it).
 pub fn finish_custom_step(
     ctx: &mut Ctx<'_>,
     enrollment_id: i64,
     step_id: &str,
     key: &str,
     result: std::result::Result<crate::plugins::StepResult, String>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     use crate::model::automation::OnFailure;
     use crate::plugins::StepResult;
     let Some(mut e) = load(ctx.conn, enrollment_id)? else {
-        return Ok(());
+        return Ok(None);
     };
     if e.state != "active" || e.phase != Phase::Calling || e.step_id.as_deref() != Some(step_id) {
-        return Ok(());
+        return Ok(None);
     }
     let catalog = ctx.catalog;
     let Some(entry) = catalog.get(&e.automation_id) else {
-        return Ok(());
+        return Ok(None);
     };
     let version = entry.current.clone();
     let Some(StepKind::Custom {
@@ -1178,19 +1180,22 @@ pub fn finish_custom_step(
         ..
     }) = version.flow.step(step_id).map(|s| s.kind.clone())
     else {
-        return Ok(());
+        return Ok(None);
     };
     // A plugin's own failure and a change it asks for that may not be made
     // both fail the step.
-    let outcome = match result {
-        Ok(StepResult::Failed(reason)) => Err(reason),
-        Ok(StepResult::Continue(changes)) => {
-            apply_plugin_changes(ctx, &e, step_id, key, &plugin_id, &changes)?.map(|()| None)
-        }
-        Ok(StepResult::Branch(yes, changes)) => {
-            apply_plugin_changes(ctx, &e, step_id, key, &plugin_id, &changes)?.map(|()| Some(yes))
-        }
-        Err(reason) => Err(reason),
+    let (path, changes) = match result {
+        Ok(StepResult::Failed(reason)) | Err(reason) => (Err(reason), Vec::new()),
+        Ok(StepResult::Continue(changes)) => (Ok(None), changes),
+        Ok(StepResult::Branch(yes, changes)) => (Ok(Some(yes)), changes),
+    };
+    let refused = match path {
+        Ok(_) => apply_plugin_changes(ctx, &e, step_id, key, &plugin_id, &changes)?.err(),
+        Err(_) => None,
+    };
+    let outcome = match &refused {
+        Some(reason) => Err(reason.clone()),
+        None => path,
     };
     let next = match outcome {
         Ok(path) => {
@@ -1214,7 +1219,7 @@ pub fn finish_custom_step(
             }
             .write(ctx.conn, ctx.now)?;
             if on_failure == OnFailure::Exit {
-                return exit(ctx, &e, "step_failed");
+                return exit(ctx, &e, "step_failed").map(|()| refused);
             }
             if branches {
                 version.flow.branch_head(step_id, false).map(str::to_string)
@@ -1226,14 +1231,15 @@ pub fn finish_custom_step(
     // Property changes may have cascaded (e.g. an opt-out ended this enrollment).
     match load(ctx.conn, e.id)? {
         Some(fresh) if fresh.state == "active" => e.goal_reached_at = fresh.goal_reached_at,
-        _ => return Ok(()),
+        _ => return Ok(refused),
     }
     e.step_id = next;
     e.phase = Phase::Ready;
     e.step_started_at = None;
     e.wake_at = None;
     save(ctx.conn, &e)?;
-    advance(ctx, e.id)
+    advance(ctx, e.id)?;
+    Ok(refused)
 }
 
 /// Applies the property changes a custom step returned, all or none: each
@@ -1270,27 +1276,6 @@ fn apply_plugin_changes(
     }
     triggers::fire(ctx, &e.contact_id, &signals)?;
     Ok(Ok(()))
-}
-
-/// Why the property changes of a plugin's answer `result` for contact
-/// `contact_id` may not be made (the step will fail with it), if so: the
-/// plugin's figures count that call as failed.
-pub fn refused_changes(
-    conn: &rusqlite::Connection,
-    contact_id: &str,
-    result: &crate::plugins::StepResult,
-) -> Result<Option<String>> {
-    use crate::plugins::StepResult;
-    let changes = match result {
-        StepResult::Continue(changes) | StepResult::Branch(_, changes) if !changes.is_empty() => {
-            changes
-        }
-        _ => return Ok(None),
-    };
-    let Some(contact) = contacts::load(conn, contact_id)? else {
-        return Ok(None);
-    };
-    Ok(plugin_changes(&contact, changes).err())
 }
 
 /// The normalized values of a plugin's property changes, or why one may
