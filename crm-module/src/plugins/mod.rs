@@ -326,14 +326,6 @@ impl PluginHost {
         self.loaded.read().get(id).cloned()
     }
 
-    /// The values of plugin `id`'s secrets, scrubbed from what its calls
-    /// leave behind.
-    fn secrets_of(&self, id: &str) -> Vec<String> {
-        self.get(id)
-            .map(|l| l.settings.secrets.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
     fn usable(&self, id: &str) -> std::result::Result<Arc<Loaded>, CallFailure> {
         match self.get(id) {
             Some(l) if l.enabled => Ok(l),
@@ -369,10 +361,10 @@ impl PluginHost {
     pub fn run_step(&self, plugin_id: &str, call: &StepCall<'_>) -> Report<StepResult> {
         let started = Instant::now();
         let contact = call.contact.to_string();
-        let ran = self.usable(plugin_id).is_ok();
-        let redactor =
-            Arc::new(Redactor::contact(contact.clone()).with_secrets(self.secrets_of(plugin_id)));
-        let result = match self.run_step_inner(plugin_id, call, contact, &redactor) {
+        let plugin = self.usable(plugin_id);
+        let ran = plugin.is_ok();
+        let redactor = Arc::new(Redactor::contact(contact.clone()).with_secrets(secrets(&plugin)));
+        let result = match self.run_step_inner(plugin_id, plugin, call, contact, &redactor) {
             Ok(StepResult::Failed(r)) => Ok(StepResult::Failed(redactor.redact_string(r))),
             Err(f) => Err(scrubbed(f, &redactor)),
             ok => ok,
@@ -397,11 +389,12 @@ impl PluginHost {
     fn run_step_inner(
         &self,
         plugin_id: &str,
+        plugin: std::result::Result<Arc<Loaded>, CallFailure>,
         call: &StepCall<'_>,
         contact: String,
         redactor: &Arc<Redactor>,
     ) -> std::result::Result<StepResult, CallFailure> {
-        let plugin = self.usable(plugin_id)?;
+        let plugin = plugin?;
         let Linked::Step(pre) = &plugin.linked else {
             return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} is not a step plugin"
@@ -508,10 +501,10 @@ impl PluginHost {
     /// before they leave this call.
     pub fn send(&self, plugin_id: &str, message: &Outgoing) -> Report<SendResult> {
         let started = Instant::now();
-        let ran = self.usable(plugin_id).is_ok();
-        let redactor =
-            Arc::new(Redactor::message(message).with_secrets(self.secrets_of(plugin_id)));
-        let result = match self.send_inner(plugin_id, message, &redactor) {
+        let plugin = self.usable(plugin_id);
+        let ran = plugin.is_ok();
+        let redactor = Arc::new(Redactor::message(message).with_secrets(secrets(&plugin)));
+        let result = match self.send_inner(plugin_id, plugin, message, &redactor) {
             Ok(SendResult::RetryLater(r)) => Ok(SendResult::RetryLater(redactor.redact_string(r))),
             Ok(SendResult::Failed(r)) => Ok(SendResult::Failed(redactor.redact_string(r))),
             Err(f) => Err(scrubbed(f, &redactor)),
@@ -537,10 +530,11 @@ impl PluginHost {
     fn send_inner(
         &self,
         plugin_id: &str,
+        plugin: std::result::Result<Arc<Loaded>, CallFailure>,
         m: &Outgoing,
         redactor: &Arc<Redactor>,
     ) -> std::result::Result<SendResult, CallFailure> {
-        let plugin = self.usable(plugin_id)?;
+        let plugin = plugin?;
         let Linked::Sender(pre) = &plugin.linked else {
             return Err(CallFailure::permanent(format!(
                 "plugin {plugin_id} is not a sender adapter"
@@ -613,6 +607,15 @@ impl PluginHost {
             wit_sender::SendOutcome::Failed(r) => SendResult::Failed(with_fetch(r)),
         })
     }
+}
+
+/// The values of a usable plugin's secrets, scrubbed from what its calls
+/// leave behind (a plugin that cannot be called leaves nothing).
+fn secrets(plugin: &std::result::Result<Arc<Loaded>, CallFailure>) -> Vec<String> {
+    plugin
+        .as_ref()
+        .map(|l| l.settings.secrets.values().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// A call failure with its reason scrubbed.
