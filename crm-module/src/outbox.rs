@@ -560,11 +560,12 @@ fn payload_text(conn: &Connection, key: &str, path: &str) -> Result<Option<Strin
 }
 
 /// The newest message on channel `?2` to contact `?1` that may have
-/// reached them: not failed (suppressed, withdrawn, refused for good), not
-/// a staff test send (keys from `?3`, `<install>-test-`: it went to staff,
-/// the contact only lent it their data).
+/// reached them: one its sender took (`accepted`; not one held for sending
+/// hours, a limit or a paused automation, waiting to be offered again, or
+/// failed), not a staff test send (keys from `?3`, `<install>-test-`: it
+/// went to staff, the contact only lent it their data).
 const LAST_MESSAGE_WHERE: &str = "contact_id = ?1 AND channel = ?2 AND kind = 'message'
-     AND status <> 'failed' AND substr(idempotency_key, 1, length(?3)) <> ?3
+     AND status = 'accepted' AND substr(idempotency_key, 1, length(?3)) <> ?3
      ORDER BY created_at DESC, id DESC LIMIT 1";
 
 /// Of `contacts`, the one sent the newest message on `channel` that may

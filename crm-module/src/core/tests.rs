@@ -643,6 +643,7 @@ fn sms_stop_is_an_opt_out_not_a_reply() {
     let reply = s.automation(json!({"name": "Replies", "run_window": {"mode": "any_time"}, "trigger": {"type": "sms_reply", "sms_id": "sms-1"}, "steps": []}));
     s.contact("c1", json!({}));
     s.contact("c2", json!({}));
+    s.hand_over();
     let phone1: String = s
         .conn
         .query_row("SELECT phone FROM contacts WHERE id='c1'", [], |r| r.get(0))
@@ -2395,6 +2396,7 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     let form = |who: &str, id: &str| json!({"type": "form.submitted", "submission": {"id": id, "form_id": "f1", "form_name": "Intake", "contact_id": who, "answers": {}}});
     s.push(form("son", "sub1")).unwrap();
     s.push(form("other", "sub2")).unwrap();
+    s.hand_over();
     let who_replied = |s: &Sim| -> Vec<(String, Option<String>)> {
         s.conn
             .prepare("SELECT contact_id, automation_id FROM events WHERE kind LIKE 'message_replied%' ORDER BY id")
@@ -2413,6 +2415,7 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     // another on the number was texted since.
     let asked = s.messages_to("son")[0].key.clone();
     s.push(form("mom", "sub3")).unwrap();
+    s.hand_over();
     s.push(json!({"type": "sms.received", "from": "617-555-0123", "body": "Yes, Tuesday", "in_reply_to": asked}))
         .unwrap();
     assert_eq!(who_replied(&s)[1], ("son".to_string(), Some(texts.clone())));
@@ -2436,6 +2439,54 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     s.push(json!({"type": "sms.received", "from": "+16175550177", "body": "Who is this?"}))
         .unwrap();
     assert_eq!(who_replied(&s)[4], ("cousin".to_string(), None));
+}
+
+/// A text still in the outbox (held by a sending limit or a paused
+/// automation, or waiting to be offered again) has reached nobody: a reply
+/// or a STOP that does not name the message it answers answers the newest
+/// text its sender took.
+#[test]
+fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
+    let mut s = Sim::new();
+    let welcome = s.automation(
+        json!({"name": "Welcome", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"id": "hi", "type": "send_sms", "message": "Welcome to {{practice}}"}]}),
+    );
+    s.automation(json!({"name": "Thanks", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted"},
+        "steps": [{"id": "ty", "type": "send_sms", "message": "Thanks for your form"}]}));
+    s.contact("c1", json!({"phone": "+16175550123"}));
+    s.hand_over();
+    let sent = s.messages_to("c1")[0].key.clone();
+    s.advance(HOUR);
+    s.submit_form("c1", "sub1");
+    let held = s.messages_to("c1")[1].key.clone();
+    assert_ne!(sent, held);
+    let answered = |s: &Sim, kind: &str| -> (Option<String>, Option<String>) {
+        s.conn
+            .query_row(
+                "SELECT message_key, automation_id FROM events WHERE kind = ?1",
+                [kind],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "Sounds good"}))
+        .unwrap();
+    assert_eq!(
+        answered(&s, "message_replied"),
+        (Some(sent.clone()), Some(welcome.clone())),
+        "the text that went, not the one held"
+    );
+    s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "STOP"}))
+        .unwrap();
+    assert_eq!(answered(&s, "sms_opt_out").0, Some(sent));
+    assert_eq!(
+        s.value::<i64>("SELECT COUNT(*) FROM events WHERE kind = 'message_delivered'"),
+        1,
+        "implied for the text that went only"
+    );
 }
 
 #[test]
@@ -3032,6 +3083,7 @@ fn engagement_events_name_a_message_of_their_channel() {
                   {"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
     s.contact("c1", json!({}));
     s.advance(HOUR);
+    s.hand_over();
     let key = |s: &Sim, channel: &str| {
         s.messages_to("c1")
             .iter()
