@@ -373,3 +373,59 @@ fn saving_the_settings_unchanged_keeps_the_smtp_password() {
         "Riverside Family Practice & Annex"
     );
 }
+
+/// Closing while the relay answers an email: the close waits for the
+/// relay's answer and records it, so the email is not sent a second time
+/// after the next open (a relay has no idempotency key to know it by). The
+/// email queued behind it is not started: it waits in the outbox, its
+/// attempts untouched, and goes after the next open.
+#[test]
+fn closing_during_a_relay_send_records_its_answer() {
+    let server = SmtpServer::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _host) = news_practice(&dir, server.port, 30);
+    // The relay stores p1's email and answers 3 s later.
+    m.push(&contact("p1", "slow3s@patients.example")).unwrap();
+    m.push(&contact("p2", "sam@patients.example")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.received_files("eml").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never got p1's email\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(m);
+    let db = dir.path().join("practice.db");
+    let row = |contact: &str| -> (String, i64) {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT status, attempts FROM outbox WHERE kind = 'message' AND contact_id = ?1",
+            [contact],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(row("p1"), ("accepted".to_string(), 1), "the relay's 250");
+    assert_eq!(row("p2"), ("pending".to_string(), 0), "not started");
+    let config = practice_config(json!({
+        "host": "127.0.0.1", "port": server.port, "security": "none", "timeout_seconds": 30}));
+    let m = Module::open(&db, &config.to_string()).unwrap();
+    m.set_host(Some(Arc::new(Collect::default()))).unwrap();
+    m.wait_idle(Duration::from_secs(60)).unwrap();
+    drop(m);
+    let to: Vec<Value> = server
+        .received()
+        .iter()
+        .map(|mail| mail["rcpt_tos"][0].clone())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            json!("slow3s@patients.example"),
+            json!("sam@patients.example")
+        ],
+        "each email once"
+    );
+}

@@ -14,7 +14,13 @@ Recipients are answered by their local part:
                     servers do, so the test can check it is never reported)
   defer451@...   -> 451 4.3.0 at RCPT
   reject554@...  -> accepted at RCPT, 554 5.7.1 after DATA
+  slow3s@...     -> accepted, the message stored, and the 250 after DATA
+                    sent 3 seconds later (a relay busy scanning it)
   anything else  -> accepted
+
+A sender (MAIL FROM) whose local part is unknown-sender is refused with
+553 5.1.8 (the sender's domain unknown), as relays refuse a practice's
+misconfigured From address.
 
 With --auth, AUTH PLAIN/LOGIN is offered over plaintext and checked against
 USER:PASSWORD (wrong credentials get 535 5.7.8); clients that do not log in
@@ -25,6 +31,7 @@ away) or on SIGTERM/SIGINT, and after --max-seconds in any case.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -98,6 +105,13 @@ class Sink:
         self.count = 0
         self.lock = threading.Lock()
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address.split("@", 1)[0].lower() == "unknown-sender":
+            return "553 5.1.8 <%s>: Sender address rejected: Domain not found" % address
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lower()
         if local == "reject550":
@@ -124,6 +138,8 @@ class Sink:
         write_atomically(
             base + ".json", json.dumps(summary, ensure_ascii=False).encode("utf-8")
         )
+        if any(r.split("@", 1)[0].lower() == "slow3s" for r in envelope.rcpt_tos):
+            await asyncio.sleep(3)
         return "250 2.0.0 Ok: queued as TEST%04d for <%s>" % (n, envelope.rcpt_tos[0])
 
 

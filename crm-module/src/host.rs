@@ -230,12 +230,12 @@ pub fn run_dispatcher(
     for mut job in jobs {
         // A STOP, an unsubscribe, a hard bounce or an exit committed while
         // the row waited in this queue: nobody is asked, and the worker
-        // screens it again (its attempts untouched).
-        if rescreen.is_stale(&job) {
-            if !bounce_stale(&worker, &job) {
-                break;
-            }
-            continue;
+        // screens it again (its attempts untouched). Nor once the module
+        // is closing.
+        match hold_back(&worker, &rescreen, &job) {
+            Some(true) => continue,
+            Some(false) => break,
+            None => {}
         }
         // An email is stored as its parts; its MIME is written here, on the
         // dispatcher's thread, whoever delivers it.
@@ -337,33 +337,41 @@ pub fn run_dispatcher(
 }
 
 /// Sends `job` back to the worker unasked (`NotHandled`, its attempts
-/// untouched), to be screened again: its contact changed after it was
-/// screened. False when the worker is gone.
-pub(crate) fn bounce_stale(worker: &crossbeam_channel::Sender<Request>, job: &DueEffect) -> bool {
-    let why = "the contact's consent or enrollment changed after it was screened";
-    answer(
+/// untouched) when [`Rescreen::holds_back`] says so: its contact changed
+/// after it was screened (it is screened again), or the module is closing
+/// (it waits in the outbox for the next open). `None` when it may go on;
+/// `Some(false)` when the worker is gone.
+///
+/// [`Rescreen::holds_back`]: crate::messaging::handover::Rescreen::holds_back
+pub(crate) fn hold_back(
+    worker: &crossbeam_channel::Sender<Request>,
+    rescreen: &crate::messaging::handover::Rescreen,
+    job: &DueEffect,
+) -> Option<bool> {
+    let why = rescreen.holds_back(job)?;
+    Some(answer(
         worker,
         job.id,
         HostAnswer::NotHandled,
         Some(why.into()),
         AnsweredBy::Host,
-    )
+    ))
 }
 
 /// The relay thread: sends each email through the SMTP sender it came with
 /// and answers the worker. An email whose contact changed while it waited
-/// here (behind a slow relay) goes back to be screened again.
+/// here (behind a slow relay) goes back to be screened again; once the
+/// module is closing, the emails not started go back unsent.
 fn run_relay(
     jobs: Receiver<(DueEffect, Arc<dyn Sender>)>,
     worker: crossbeam_channel::Sender<Request>,
     rescreen: &crate::messaging::handover::Rescreen,
 ) {
     for (job, sender) in jobs {
-        if rescreen.is_stale(&job) {
-            if !bounce_stale(&worker, &job) {
-                break;
-            }
-            continue;
+        match hold_back(&worker, rescreen, &job) {
+            Some(true) => continue,
+            Some(false) => break,
+            None => {}
         }
         let (outcome, error) = send_contained(sender.as_ref(), &job);
         if !answer(&worker, job.id, outcome, error, AnsweredBy::Relay) {

@@ -420,8 +420,13 @@ impl Module {
         }
     }
 
-    /// Stops the threads and closes the database. Effects not yet answered by
-    /// the host stay in the outbox and are delivered after the next open.
+    /// Stops the threads and closes the database. Nothing new is handed over
+    /// once it starts; it waits for the deliveries under way (a host
+    /// callback, an email the SMTP relay is sending, at most its
+    /// `timeout_seconds` per reply, a plugin call, at most its deadline)
+    /// and records their answers, so that what was accepted is not offered
+    /// again. Effects not yet accepted stay in the outbox and are delivered
+    /// after the next open. Dropping the module does the same.
     pub fn close(self) {
         self.shutdown();
     }

@@ -139,6 +139,11 @@ const HANDOVER_GRAIN: Millis = crate::clock::MINUTE;
 /// Manual clock: how long (real time) an advance waits for an answer from
 /// the host, a sender or a plugin before it goes on without waiting.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
+/// Closing: how long the worker waits for the next answer to a row in
+/// flight before it goes without it. A relay's reply may take its
+/// longest timeout.
+const CLOSE_PATIENCE: Duration =
+    Duration::from_secs(crate::messaging::smtp::MAX_TIMEOUT_SECONDS as u64 + 60);
 
 /// A clock advance asked for: by how much, and where its result goes.
 type Advance = (Millis, Sender<Result<()>>);
@@ -321,6 +326,37 @@ impl Worker {
         }
         // Wake anyone still waiting.
         self.idle_waiters.clear();
+        self.record_last_answers(&rx);
+    }
+
+    /// On closing: waits for the answers to the rows in flight and records
+    /// them. What the host, the SMTP relay or a plugin took is then never
+    /// offered again after the next open (a relay cannot tell a second send
+    /// of the same key from a new email). The dispatcher, the relay and the
+    /// plugin pool start nothing once [`Rescreen::close`] is called and
+    /// answer the rows not started "not handled" (they stay due), so this
+    /// waits only for the calls under way: a host callback, a relay send
+    /// (at most its timeout), a plugin call (at most its deadline). Other
+    /// requests that arrive meanwhile are dropped: their callers see the
+    /// module closed. Should an answer never come (a defect ended the
+    /// thread that owed it), the worker gives up after [`CLOSE_PATIENCE`]
+    /// with no answer, and the row is offered again after the next open.
+    ///
+    /// [`Rescreen::close`]: crate::messaging::handover::Rescreen::close
+    fn record_last_answers(&mut self, rx: &Receiver<Request>) {
+        self.rescreen.close();
+        while !self.in_flight.is_empty() {
+            match rx.recv_timeout(CLOSE_PATIENCE) {
+                Ok(r @ (Request::Answer { .. } | Request::PluginStep { .. })) => {
+                    let _ = self.guarded("recording an answer at close", |w| {
+                        w.round(vec![r]);
+                        Ok(())
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
     }
 
     /// Adds what is queued on `rx` to `batch`, up to [`MAX_GROUP`] requests,
@@ -332,7 +368,11 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        self.stopping |= batch.iter().any(|r| matches!(r, Request::Shutdown));
+        if !self.stopping && batch.iter().any(|r| matches!(r, Request::Shutdown)) {
+            self.stopping = true;
+            // Nothing more starts; the rows waiting for a taker go back.
+            self.rescreen.close();
+        }
     }
 
     /// One turn of the loop: the round of requests, the clock advances it

@@ -638,10 +638,14 @@ pub unsafe extern "C" fn crm_open(
     })
 }
 
-/// Closes the module: stops its threads (waiting for a host callback in
-/// flight), closes the database and frees the handle. Effects the host has
-/// not yet accepted stay in the database and are offered again after the
-/// next crm_open(). NULL is a no-op. Strings returned earlier stay valid
+/// Closes the module: stops its threads, closes the database and frees the
+/// handle. Nothing new is handed over once it starts; it waits for the
+/// deliveries under way (a host callback in flight, an email the built-in
+/// SMTP relay is sending, at most its `timeout_seconds` per reply, a plugin
+/// call, at most its deadline) and records their answers, so that what was
+/// accepted is not offered again. Effects not yet accepted stay in the
+/// database and are offered again after the next crm_open(). NULL is a
+/// no-op. Strings returned earlier stay valid
 /// (free them with crm_string_free()).
 ///
 /// Called from inside a host callback it does nothing (the handle stays

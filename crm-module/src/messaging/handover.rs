@@ -41,10 +41,15 @@ use crate::settings::Resolved;
 /// contact was marked after that, so it is screened again, its attempts
 /// untouched. Marking over-approximates: a mark from a request that was
 /// rolled back only costs a second screening.
+///
+/// It also tells them when the module closes: from then on nothing more is
+/// started, and every row they still hold is answered unasked, so that the
+/// worker can record the answers of the calls under way before it goes.
 #[derive(Debug, Default)]
 pub struct Rescreen {
     epoch: std::sync::atomic::AtomicU64,
     marks: parking_lot::Mutex<Marks>,
+    closing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +86,25 @@ impl Rescreen {
     pub fn mark_everyone(&self) {
         let at = self.next();
         self.marks.lock().everyone = at;
+    }
+
+    /// The module is closing: no row is handed to anyone any more.
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Why `row` must not be handed to its taker now: the module is
+    /// closing, or its contact changed after it was screened
+    /// ([`Rescreen::is_stale`]). `None` when it may go.
+    pub fn holds_back(&self, row: &DueEffect) -> Option<&'static str> {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            Some("the module is closing")
+        } else if self.is_stale(row) {
+            Some("the contact's consent or enrollment changed after it was screened")
+        } else {
+            None
+        }
     }
 
     /// Whether `row` was screened before a mark of its contact (or of

@@ -69,11 +69,10 @@ fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>, resc
         // A row whose contact changed while it waited for a free thread
         // goes back to be screened again.
         let (Job::Step(effect) | Job::Send { effect, .. }) = &job;
-        if rescreen.is_stale(effect) {
-            if !crate::host::bounce_stale(worker, effect) {
-                return;
-            }
-            continue;
+        match crate::host::hold_back(worker, rescreen, effect) {
+            Some(true) => continue,
+            Some(false) => return,
+            None => {}
         }
         // A defect in a call (ours, not the plugin's: its traps are caught
         // by the engine) is answered as a failure that may pass, so the
