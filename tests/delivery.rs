@@ -429,3 +429,94 @@ fn closing_during_a_relay_send_records_its_answer() {
         "each email once"
     );
 }
+
+/// A relay that refuses the module's login takes no email from these
+/// settings: every email waits, its attempts untouched, however long it
+/// takes to fix them (two days here), and goes at the end of its pause once
+/// they are fixed.
+#[test]
+fn a_relay_refusing_the_login_holds_email_until_the_settings_are_fixed() {
+    let server = SmtpServer::start(Some("crm-relay:right-password"));
+    let dir = tempfile::tempdir().unwrap();
+    let m = relay_practice(&dir, server.port, "news", "wrong-password");
+    m.push(&contact("p1", "pat@patients.example")).unwrap();
+    m.push(&contact("p2", "sam@patients.example")).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    m.advance_clock(2 * 24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(60)).unwrap();
+    let db = dir.path().join("practice.db");
+    assert_eq!(email_rows(&db), vec![("retry".to_string(), 0); 2]);
+    assert!(count_events(&db, "effect_held") >= 2);
+    assert_eq!(count_events(&db, "message_failed"), 0);
+    let mut settings = m.execute(r#"{"command": "settings.get"}"#).unwrap();
+    settings["email_delivery"]["smtp"]["password"] = json!("right-password");
+    m.execute(&json!({"command": "settings.update", "settings": settings}).to_string())
+        .unwrap();
+    m.advance_clock(16 * 60_000).unwrap();
+    m.wait_idle(Duration::from_secs(60)).unwrap();
+    assert_eq!(email_rows(&db), vec![("accepted".to_string(), 1); 2]);
+    assert_eq!(server.received().len(), 2, "{}", server.log());
+}
+
+/// A relay that refuses the practice's sender address (`553 5.1.8`, its
+/// domain unknown) refuses no patient's address: no bounce, no address
+/// marked undeliverable, no channel fallback. The email is retried.
+#[test]
+fn a_relay_refusing_the_sender_address_bounces_nobody() {
+    let server = SmtpServer::start(Some("crm-relay:right-password"));
+    let dir = tempfile::tempdir().unwrap();
+    let m = relay_practice(&dir, server.port, "unknown-sender", "right-password");
+    m.push(&contact("p1", "pat@patients.example")).unwrap();
+    m.push(&contact("p2", "sam@patients.example")).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let db = dir.path().join("practice.db");
+    assert_eq!(email_rows(&db), vec![("retry".to_string(), 1); 2]);
+    for kind in ["message_bounced", "address_undeliverable", "message_failed"] {
+        assert_eq!(count_events(&db, kind), 0, "{kind}");
+    }
+    assert!(server.received().is_empty());
+}
+
+/// A practice whose email goes through the relay on `port`, logging in as
+/// `crm-relay` with `password`, sending from `<sender>@riverside.example`,
+/// with an automation emailing every new contact (an SMS fallback on it).
+fn relay_practice(dir: &tempfile::TempDir, port: u16, sender: &str, password: &str) -> Module {
+    let mut config = practice_config(json!({
+        "host": "127.0.0.1", "port": port, "security": "none", "timeout_seconds": 10,
+        "username": "crm-relay", "password": password}));
+    config["initial_settings"]["email_sender"]["from_address"] =
+        json!(format!("{sender}@riverside.example"));
+    let m = Module::open(&dir.path().join("practice.db"), &config.to_string()).unwrap();
+    m.set_host(Some(Arc::new(Collect::default()))).unwrap();
+    m.execute(
+        r#"{"command": "automation.create", "automation_id": "news", "definition": {
+        "name": "News", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "News", "body": "<p>Hi</p>",
+                   "fallback": {"message": "News from us"}}]}}"#,
+    )
+    .unwrap();
+    m.execute(r#"{"command": "automation.activate", "automation_id": "news"}"#)
+        .unwrap();
+    m
+}
+
+/// (status, attempts) of every message row, by contact.
+fn email_rows(db: &std::path::Path) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT status, attempts FROM outbox WHERE kind = 'message' ORDER BY contact_id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// How many event-log rows of `kind` there are.
+fn count_events(db: &std::path::Path, kind: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM events WHERE kind = ?1", [kind], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}

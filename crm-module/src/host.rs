@@ -126,6 +126,7 @@ impl Sender for SmtpEmailSender {
         match self.smtp.send(&email) {
             SmtpOutcome::Accepted { .. } => (HostAnswer::Accepted, None),
             SmtpOutcome::RetryLater { reason } => (HostAnswer::RetryLater, Some(reason)),
+            SmtpOutcome::Held { reason } => (HostAnswer::Held, Some(reason)),
             SmtpOutcome::Bounced { reason } => (HostAnswer::Bounced, Some(reason)),
             SmtpOutcome::Failed { reason } => (HostAnswer::Failed, Some(reason)),
         }
@@ -294,7 +295,7 @@ pub fn run_dispatcher(
             Some(s) if by_relay => smtp
                 .get(&s)
                 .map(|s| s as Arc<dyn Sender>)
-                .map_err(|e| (HostAnswer::RetryLater, format!("email_delivery.smtp.{e}"))),
+                .map_err(|e| (HostAnswer::Held, format!("email_delivery.smtp.{e}"))),
             // Without a host for this kind (it was cleared or replaced since
             // the worker handed the row over), nobody is asked and no attempt
             // is used: the row waits for a host that handles it.
@@ -367,15 +368,31 @@ fn run_relay(
     worker: crossbeam_channel::Sender<Request>,
     rescreen: &crate::messaging::handover::Rescreen,
 ) {
-    for (job, sender) in jobs {
+    // The sender that last answered `Held`, with its reason: the emails
+    // queued for it behind that answer are held too, unsent (one refused
+    // login, not one per email: relays lock accounts that keep failing).
+    let mut held: Option<(Arc<dyn Sender>, String)> = None;
+    for (job, sender) in jobs.iter() {
         match hold_back(&worker, rescreen, &job) {
             Some(true) => continue,
             Some(false) => break,
             None => {}
         }
-        let (outcome, error) = send_contained(sender.as_ref(), &job);
+        let (outcome, error) = match &held {
+            Some((h, why)) if Arc::ptr_eq(h, &sender) => (HostAnswer::Held, Some(why.clone())),
+            _ => send_contained(sender.as_ref(), &job),
+        };
+        held = match (outcome, &error) {
+            (HostAnswer::Held, Some(why)) => Some((sender.clone(), why.clone())),
+            _ => None,
+        };
         if !answer(&worker, job.id, outcome, error, AnsweredBy::Relay) {
             break;
+        }
+        // Emails queued after the worker sees the answer come at the end
+        // of the pause: the first of them asks the relay again.
+        if held.is_some() && jobs.is_empty() {
+            held = None;
         }
     }
 }

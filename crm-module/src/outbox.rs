@@ -104,6 +104,12 @@ pub enum HostAnswer {
     /// the module's own sender saw (the SMTP relay's `5.1.x`). Recorded as
     /// a bounce, not an error.
     Bounced,
+    /// Not taken, and no fault of the effect's: the module's own sender
+    /// takes nothing with its settings now (the SMTP relay refused its
+    /// login, or lacks what the settings ask for). The row waits
+    /// [`HELD_PAUSE`], its attempts untouched, and is offered again: fixing
+    /// the settings (or the relay's account) cures it.
+    Held,
     /// Not offered to anyone: no registered sender takes effects of this
     /// kind now (no host callbacks, or none for this kind). The row is left
     /// as it was, its attempts untouched, until a taker is registered.
@@ -127,6 +133,10 @@ pub fn test_send_prefix(install_id: &str) -> String {
 
 /// Attempts before a retried effect is marked failed.
 pub const MAX_ATTEMPTS: i64 = 8;
+
+/// How long a row answered [`HostAnswer::Held`] waits before it is offered
+/// again.
+pub const HELD_PAUSE: Millis = 15 * MINUTE;
 
 /// Backoff before attempt `attempts + 1`: 1 min, 5 min, 15 min, 1 h, then 4 h.
 pub fn backoff(attempts: i64) -> Millis {
@@ -645,20 +655,29 @@ pub fn record_answer(
     error: Option<&str>,
     now: Millis,
 ) -> Result<&'static str> {
-    let attempts: i64 = conn
+    let tried: i64 = conn
         .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .optional()?
-        .unwrap_or(0)
-        + 1;
+        .unwrap_or(0);
+    let attempts = tried + 1;
+    if answer == HostAnswer::Held {
+        // No attempt used, and no hand-over: `handed_over_at` stays.
+        conn.prepare_cached(
+            "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3, last_error = ?4
+              WHERE id = ?1 AND status IN ('pending','retry')",
+        )?
+        .execute(params![id, now + HELD_PAUSE, now, error])?;
+        return Ok("retry");
+    }
     let (status, next) = match answer {
         HostAnswer::Accepted => ("accepted", now),
         HostAnswer::Failed | HostAnswer::Bounced => ("failed", now),
         HostAnswer::RetryLater if attempts >= MAX_ATTEMPTS => ("failed", now),
         HostAnswer::RetryLater => ("retry", now + backoff(attempts)),
         // Nobody was asked: the row stays as it is.
-        HostAnswer::NotHandled => return Ok("pending"),
+        HostAnswer::NotHandled | HostAnswer::Held => return Ok("pending"),
     };
     let changed = conn
         .prepare_cached(

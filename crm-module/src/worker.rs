@@ -1050,6 +1050,7 @@ impl Worker {
             return self.in_core(now, |ctx| ingest::bounced_at_hand_over(ctx, &row.key));
         }
         let kind = match (row.kind, status) {
+            _ if answer == HostAnswer::Held => "effect_held",
             (EffectKind::Message, "accepted") => "message_sent",
             (EffectKind::Message, "failed") => "message_failed",
             (_, "accepted") => "effect_accepted",
@@ -1063,6 +1064,8 @@ impl Worker {
         };
         let detail = match (status, error) {
             ("accepted", _) => None,
+            // No attempt used: the sender's settings held it.
+            _ if answer == HostAnswer::Held => Some(json!({"source": source, "error": error})),
             (_, Some(e)) => {
                 Some(json!({"source": source, "error": e, "attempts": row.attempts + 1}))
             }

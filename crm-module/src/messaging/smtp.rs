@@ -10,13 +10,20 @@
 //! |------------------------------------------------|-----------------------------|
 //! | `2xx` after `DATA`                             | [`SmtpOutcome::Accepted`]   |
 //! | `4xx` at any stage                             | [`SmtpOutcome::RetryLater`] |
-//! | `530`, `534`, `535`, `538` (relay login)       | [`SmtpOutcome::RetryLater`] |
-//! | `5xx` with an enhanced status `5.1.x` (the address: no such mailbox, bad address) | [`SmtpOutcome::Bounced`] |
-//! | other `5xx`                                    | [`SmtpOutcome::Failed`]     |
+//! | `530`, `534`, `535`, `538` (relay login)       | [`SmtpOutcome::Held`]       |
+//! | `5xx` with `5.1.7` / `5.1.8` (the practice's sender address) | [`SmtpOutcome::RetryLater`] |
+//! | `5xx` with a recipient's address status (`5.1.1`-`5.1.4`, `5.1.6`, `5.1.10`: no such mailbox, bad address, no mail for its domain) | [`SmtpOutcome::Bounced`] |
+//! | other `5xx` (`5.1.0`, "other address status", among them: it may be either address) | [`SmtpOutcome::Failed`] |
 //! | no connection, timeout, TLS error, broken talk | [`SmtpOutcome::RetryLater`] |
+//! | the relay lacks what the settings ask (STARTTLS, a login mechanism) | [`SmtpOutcome::Held`] |
 //!
-//! Login failures are 5xx but say nothing about the message: they are a
-//! settings problem that fixing the settings cures, so the message waits.
+//! Login failures are 5xx but say nothing about the message: the settings
+//! (or the relay's account) are wrong, and fixing them cures every message
+//! alike. So the message waits, its attempts untouched. A refused sender
+//! address is no recipient's bounce either; since the sender is written
+//! into each message when it is composed, a change of settings does not
+//! cure the messages already queued, so they are retried (the relay may
+//! have been fixed) and, after their attempts, failed as errors.
 //!
 //! Reasons carry SMTP codes (`550`, enhanced `5.1.1`) and fixed wording only:
 //! never an address, a server's free text (which often quotes the recipient)
@@ -193,14 +200,22 @@ pub enum SmtpOutcome {
         /// shortened to 200 characters).
         response: String,
     },
-    /// Try again later: a 4xx answer, a relay login failure, no connection,
-    /// a timeout, a TLS error or a broken conversation.
+    /// Try again later: a 4xx answer, no connection, a timeout, a TLS
+    /// error or a broken conversation.
     RetryLater {
         /// SMTP codes and fixed wording only.
         reason: String,
     },
-    /// The relay refused the recipient's address for good (5xx with an
-    /// enhanced status `5.1.x`): a hard bounce.
+    /// The relay takes no mail from these settings: it refused the login,
+    /// or lacks what the settings ask for (STARTTLS, a login mechanism). Nothing is wrong with the message: it waits until the
+    /// settings (or the relay's account) are fixed.
+    Held {
+        /// SMTP codes and fixed wording only.
+        reason: String,
+    },
+    /// The relay refused the recipient's address for good (5xx with a
+    /// recipient's address status, `5.1.1` to `5.1.4`, `5.1.6` or `5.1.10`): a hard
+    /// bounce.
     Bounced {
         /// SMTP codes and fixed wording only.
         reason: String,
@@ -359,10 +374,11 @@ fn outcome_for_error(err: &lettre::transport::smtp::Error) -> SmtpOutcome {
         return retry("smtp: sender shut down");
     }
     if err.is_client() {
-        return retry(
-            "smtp: the relay lacks a needed capability (STARTTLS, a login \
-             mechanism, 8BITMIME or SMTPUTF8)",
-        );
+        return SmtpOutcome::Held {
+            reason: "smtp: the relay lacks a needed capability (STARTTLS, a login \
+                     mechanism, 8BITMIME or SMTPUTF8)"
+                .to_owned(),
+        };
     }
     if err.is_response() {
         return retry("smtp: connection closed or unreadable answer from the relay");
@@ -394,12 +410,22 @@ fn outcome_for_reply(code: u16, enhanced: Option<&str>) -> SmtpOutcome {
     };
     match code {
         400..=499 => retry(format!("{codes}: temporarily refused")),
-        530 | 534 | 535 | 538 => retry(format!(
-            "{codes}: relay login refused or required (check the SMTP settings)"
-        )),
-        500..=599 if enhanced.is_some_and(|e| e.starts_with("5.1.")) => SmtpOutcome::Bounced {
-            reason: format!("{codes}: address refused"),
+        530 | 534 | 535 | 538 => SmtpOutcome::Held {
+            reason: format!("{codes}: relay login refused or required (check the SMTP settings)"),
         },
+        500..=599 if matches!(enhanced, Some("5.1.7" | "5.1.8")) => retry(format!(
+            "{codes}: the relay refused the sender address (check the email sender in settings)"
+        )),
+        500..=599
+            if matches!(
+                enhanced,
+                Some("5.1.1" | "5.1.2" | "5.1.3" | "5.1.4" | "5.1.6" | "5.1.10")
+            ) =>
+        {
+            SmtpOutcome::Bounced {
+                reason: format!("{codes}: address refused"),
+            }
+        }
         500..=599 => SmtpOutcome::Failed {
             reason: format!("{codes}: permanently refused"),
         },
@@ -655,10 +681,31 @@ mod tests {
             SmtpOutcome::RetryLater { .. }
         ));
         for login in [530, 534, 535, 538] {
-            let SmtpOutcome::RetryLater { reason } = outcome_for_reply(login, Some("5.7.8")) else {
-                panic!("{login} must be retried");
+            let SmtpOutcome::Held { reason } = outcome_for_reply(login, Some("5.7.8")) else {
+                panic!("{login} must hold the message");
             };
             assert!(reason.contains("SMTP settings"), "{reason}");
+        }
+        // The practice's own sender address refused: no recipient's bounce.
+        for sender in ["5.1.7", "5.1.8"] {
+            let SmtpOutcome::RetryLater { reason } = outcome_for_reply(553, Some(sender)) else {
+                panic!("{sender} must be retried");
+            };
+            assert!(reason.contains("sender address"), "{reason}");
+        }
+        // "Other address status": either address, so no bounce either.
+        assert!(matches!(
+            outcome_for_reply(550, Some("5.1.0")),
+            SmtpOutcome::Failed { .. }
+        ));
+        for recipient in ["5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10"] {
+            assert!(
+                matches!(
+                    outcome_for_reply(550, Some(recipient)),
+                    SmtpOutcome::Bounced { .. }
+                ),
+                "{recipient}"
+            );
         }
     }
 
