@@ -520,3 +520,29 @@ fn count_events(db: &std::path::Path, kind: &str) -> i64 {
     })
     .unwrap()
 }
+
+/// Internationalized addresses through a relay without SMTPUTF8 (aiosmtpd's
+/// default): a domain outside ASCII goes as punycode; a mailbox name
+/// outside ASCII can never go through this relay, so it fails at once
+/// (an error, no bounce), instead of waiting as if the settings were wrong.
+#[test]
+fn internationalized_addresses_through_a_relay_without_smtputf8() {
+    let server = SmtpServer::start_with(&["--no-smtputf8"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _host) = news_practice(&dir, server.port, 10);
+    m.push(&contact("p1", "pat@bücher.example")).unwrap();
+    m.push(&contact("p2", "jürgen@beispiel.example")).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let received = server.received();
+    assert_eq!(received.len(), 1, "{received:?}\n{}", server.log());
+    assert_eq!(
+        received[0]["rcpt_tos"],
+        json!(["pat@xn--bcher-kva.example"])
+    );
+    let db = dir.path().join("practice.db");
+    assert_eq!(
+        email_rows(&db),
+        [("accepted".to_string(), 1), ("failed".to_string(), 1)]
+    );
+    assert_eq!(count_events(&db, "address_undeliverable"), 0);
+}

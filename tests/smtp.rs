@@ -378,8 +378,8 @@ fn relay_login() {
     };
     let smtp = SmtpSender::new(&bad).expect("sender");
     let outcome = smtp.send(&marketing_email("ann@example.org", "out_auth_bad"));
-    let SmtpOutcome::RetryLater { reason } = &outcome else {
-        panic!("a refused login is a settings problem, retried: {outcome:?}");
+    let SmtpOutcome::Held { reason } = &outcome else {
+        panic!("a refused login is a settings problem: the message waits: {outcome:?}");
     };
     assert!(reason.starts_with("smtp 535"), "{reason}");
     assert!(!reason.contains("wrong"), "{reason}");

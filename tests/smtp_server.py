@@ -22,6 +22,9 @@ A sender (MAIL FROM) whose local part is unknown-sender is refused with
 553 5.1.8 (the sender's domain unknown), as relays refuse a practice's
 misconfigured From address.
 
+With --no-smtputf8, SMTPUTF8 is not offered (a relay that takes ASCII
+addresses only).
+
 With --auth, AUTH PLAIN/LOGIN is offered over plaintext and checked against
 USER:PASSWORD (wrong credentials get 535 5.7.8); clients that do not log in
 are still served.
@@ -136,7 +139,8 @@ class Sink:
         write_atomically(base + ".eml", raw)
         summary = summarize(envelope, raw)
         write_atomically(
-            base + ".json", json.dumps(summary, ensure_ascii=False).encode("utf-8")
+            base + ".json",
+            json.dumps(summary, ensure_ascii=False).encode("utf-8", "surrogateescape"),
         )
         if any(r.split("@", 1)[0].lower() == "slow3s" for r in envelope.rcpt_tos):
             await asyncio.sleep(3)
@@ -163,10 +167,15 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--auth", default=None, help="USER:PASSWORD")
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--no-smtputf8",
+        action="store_true",
+        help="do not offer SMTPUTF8 (addresses must be ASCII)",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    smtp_kwargs = {}
+    smtp_kwargs = {"enable_SMTPUTF8": not args.no_smtputf8}
     if args.auth is not None:
         smtp_kwargs.update(
             authenticator=make_authenticator(args.auth),

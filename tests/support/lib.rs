@@ -482,7 +482,13 @@ impl SmtpServer {
     /// Starts `tests/smtp_server.py` on a free port; `auth` is `USER:PASS` to require a login.
     pub fn start(auth: Option<&str>) -> SmtpServer {
         let extra: Vec<&str> = auth.map(|a| vec!["--auth", a]).unwrap_or_default();
-        let server = ScriptServer::start(python(), "smtp_server.py", "mail", &extra);
+        SmtpServer::start_with(&extra)
+    }
+
+    /// Starts `tests/smtp_server.py` with these options (`--no-smtputf8`,
+    /// `--auth USER:PASS`).
+    pub fn start_with(extra: &[&str]) -> SmtpServer {
+        let server = ScriptServer::start(python(), "smtp_server.py", "mail", extra);
         SmtpServer {
             port: server.port,
             server,

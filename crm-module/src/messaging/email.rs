@@ -258,10 +258,7 @@ impl Assembled {
     /// payload edited by hand, say).
     pub fn rfc5322(&self) -> Result<Vec<u8>, String> {
         let address = |value: &str, field: &str| -> Result<Address, String> {
-            value
-                .trim()
-                .parse()
-                .map_err(|_| format!("{field}: not a valid address"))
+            ascii_domain(value).ok_or_else(|| format!("{field}: not a valid address"))
         };
         let from_address = address(&self.from.from_address, "sender.from_address")?;
         let to = address(&self.envelope_to, "to")?;
@@ -813,6 +810,20 @@ fn tidy_lines(s: &str) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// `text` as an address whose domain is ASCII (an internationalized
+/// domain as punycode, `bücher.example` → `xn--bcher-kva.example`), the
+/// form every relay and mail client takes in headers and envelopes; `None`
+/// when it is no address. A mailbox name outside ASCII stays as it is (only
+/// SMTPUTF8 carries it).
+pub(crate) fn ascii_domain(text: &str) -> Option<Address> {
+    let address = text.trim().parse::<Address>().ok()?;
+    if address.domain().is_ascii() {
+        return Some(address);
+    }
+    let domain = idna::domain_to_ascii(address.domain()).ok()?;
+    Address::new(address.user(), domain).ok()
 }
 
 #[cfg(test)]

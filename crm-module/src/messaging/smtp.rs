@@ -43,7 +43,7 @@ use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::{PoolConfig, SmtpTransport};
 use lettre::{Address, Transport};
 
-use crate::messaging::email::ComposedEmail;
+use crate::messaging::email::{ComposedEmail, ascii_domain};
 
 /// Default for [`SmtpSettings::timeout_seconds`].
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
@@ -297,12 +297,14 @@ impl SmtpSender {
     /// answer arrived gives [`SmtpOutcome::RetryLater`], so a retry can
     /// deliver the message twice; the `Message-ID` stays the same.
     pub fn send(&self, email: &ComposedEmail) -> SmtpOutcome {
-        let Ok(from) = email.envelope_from.trim().parse::<Address>() else {
+        let Some(from) = ascii_domain(&email.envelope_from) else {
             return failed("envelope_from: not a valid address");
         };
-        let Ok(to) = email.envelope_to.trim().parse::<Address>() else {
+        let Some(to) = ascii_domain(&email.envelope_to) else {
             return failed("envelope_to: not a valid address");
         };
+        // Only a mailbox name outside ASCII needs the relay's SMTPUTF8.
+        let needs_smtputf8 = !from.user().is_ascii() || !to.user().is_ascii();
         let Ok(envelope) = Envelope::new(Some(from), vec![to]) else {
             return failed("envelope: not valid");
         };
@@ -313,6 +315,11 @@ impl SmtpSender {
             Ok(response) => SmtpOutcome::Accepted {
                 response: describe_response(&response),
             },
+            // This relay can never take that address; the next one may.
+            Err(err) if needs_smtputf8 && err.is_client() => failed(
+                "smtp: the relay takes no address with non-ASCII characters before the @ \
+                 (it lacks SMTPUTF8)",
+            ),
             Err(err) => outcome_for_error(&err),
         }
     }
