@@ -36,12 +36,12 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use lettre::Transport;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::{PoolConfig, SmtpTransport};
-use lettre::{Address, Transport};
 
 use crate::messaging::email::{ComposedEmail, ascii_domain};
 
