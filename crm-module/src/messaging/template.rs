@@ -50,6 +50,13 @@ pub const ALLOWED_TAGS: &[&str] = &["if", "elif", "else", "endif"];
 /// unit per instruction and per 64 bytes of data, so about 12 MB of output).
 pub const RENDER_FUEL: u64 = 200_000;
 
+/// Most words, values and symbols in one tag (`{{ }}` or `{% %}`). The
+/// engine parses and compiles a chain of filters, `not`s or operators by
+/// recursion, one level a link: 20,000 of them in one tag overflowed the
+/// stack of the thread saving the template, which aborts the host's
+/// process. A real tag has a few dozen.
+pub const MAX_TAG_TOKENS: usize = 256;
+
 /// Keywords of the expression language that are not variables.
 const KEYWORDS: &[&str] = &[
     "and", "or", "not", "is", "in", "if", "else", "true", "false", "none", "True", "False", "None",
@@ -462,6 +469,14 @@ fn scan(source: &str) -> Result<Vec<(String, usize)>, Refusal> {
         }
         let (tokens, end) =
             tokenize(source, body, kind).ok_or_else(|| Refusal::unclosed(start, "unclosed tag"))?;
+        if tokens.len() > MAX_TAG_TOKENS {
+            return Err(Refusal::new(
+                start,
+                format!(
+                    "tag too long: at most {MAX_TAG_TOKENS} words, values and symbols in one tag"
+                ),
+            ));
+        }
         match kind {
             TagKind::Variable => check_expression(&tokens, &mut variables)?,
             TagKind::Block => check_block(start, &tokens, &mut variables)?,
@@ -703,6 +718,29 @@ mod tests {
         assert_eq!(validate("html_body", src, &custom), Ok(()));
         assert_eq!(validate("subject", "No placeholders at all", &[]), Ok(()));
         assert_eq!(validate("subject", "{{- firstname -}}!", &[]), Ok(()));
+    }
+
+    /// Long chains in one tag are refused before the engine parses them
+    /// (which recursed once a link and overflowed the stack); a long but
+    /// real chain is kept.
+    #[test]
+    fn refuses_a_tag_too_long_before_the_engine_parses_it() {
+        let chains = [
+            format!("{{{{ {} firstname }}}}", "not ".repeat(20_000)),
+            format!("{{{{ firstname{} }}}}", " | upper".repeat(10_000)),
+            format!("{{{{ firstname{} }}}}", " ~ firstname".repeat(10_000)),
+            format!(
+                "{{% if firstname{} %}}x{{% endif %}}",
+                " and firstname".repeat(10_000)
+            ),
+        ];
+        for source in &chains {
+            let err = validate("body", source, &[]).unwrap_err();
+            assert!(err.message.starts_with("tag too long"), "{}", err.message);
+            assert_eq!((err.line, err.column), (1, 1));
+        }
+        let long = format!("{{{{ firstname{} }}}}", " | trim".repeat(100));
+        validate("body", &long, &[]).unwrap();
     }
 
     #[test]
