@@ -2684,6 +2684,44 @@ fn the_hosts_sync_cannot_undo_a_persons_own_opt_out() {
     assert_eq!(sms_of(&s, "sibling"), "subscribed");
 }
 
+/// In an email's HTML too: a link whose target is a contact's value
+/// (`href="{{website}}"`) is left as the contact typed it; the links the
+/// template wrote (a placeholder in their query, `&amp;` in their source)
+/// are wrapped.
+#[test]
+fn an_emails_links_from_contact_values_are_not_tracked() {
+    let mut s = Sim::new();
+    s.contact("c0", json!({"website": "https://example.org"}));
+    s.automation(json!({"name": "Site", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "send_email", "subject": "Hi", "body":
+            "<a href=\"{{website}}\">your site</a> <a href=\"https://riverside.example/book?a=1&amp;b=2\">book</a> \
+             <a href='https://riverside.example/p?who={{lastname}}'>you</a>"}]}));
+    s.contact("c1", json!({"website": "https://evil.example/login"}));
+    s.submit_form("c1", "sub1");
+    let msgs = s.messages_to("c1");
+    let html = msgs[0].payload["rendered"]["html"].as_str().unwrap();
+    // As typed (escaped as every value in HTML), not a tracking link.
+    assert!(
+        html.contains("href=\"https:&#x2f;&#x2f;evil.example&#x2f;login\""),
+        "{html}"
+    );
+    let targets: Vec<String> = s
+        .conn
+        .prepare("SELECT url FROM message_links ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "https://riverside.example/book?a=1&b=2",
+            "https://riverside.example/p?who=c1"
+        ]
+    );
+}
+
 #[test]
 fn only_the_templates_own_links_are_tracked() {
     let mut s = Sim::new();

@@ -410,7 +410,13 @@ pub fn email(
         None => None,
     };
     if let Some(b) = base.filter(|_| tracking.email_clicks) {
-        let (wrapped, links) = tracking::wrap_html_links(&html, b, &|i| sign(TokenKind::Click, i));
+        // Only links the template wrote: a URL from a contact's field
+        // (`href="{{website}}"`) is left as typed, never a signed redirect.
+        let written = tracking::TemplateLinks::of_html(&content.html_body);
+        let (wrapped, links) =
+            tracking::wrap_html_links(&html, b, &|url| written.admits(url), &|i| {
+                sign(TokenKind::Click, i)
+            });
         html = wrapped;
         if let Some(t) = &text {
             // The text part's links get the same indexes only when they are the same links.

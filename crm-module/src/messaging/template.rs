@@ -258,6 +258,15 @@ fn environment<'s>(html: bool) -> Environment<'s> {
     env.set_debug(true);
     if html {
         env.set_auto_escape_callback(|_| AutoEscape::Html);
+        // A value that would run as a script where it is a link's target
+        // (`href="{{website}}"` with "javascript:…" typed into the field)
+        // is made inert, in the email and in the preview the EHR shows.
+        env.set_formatter(|out, state, value| {
+            if value.as_str().is_some_and(is_script_url) {
+                std::fmt::Write::write_str(out, "unsafe:").map_err(minijinja::Error::from)?;
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
     }
     env.add_filter("capitalize", minijinja::filters::capitalize);
     env.add_filter("default", minijinja::filters::default);
@@ -271,6 +280,22 @@ fn environment<'s>(html: bool) -> Environment<'s> {
     env.add_test("undefined", minijinja::tests::is_undefined);
     env.add_test("none", minijinja::tests::is_none);
     env
+}
+
+/// Whether `text` is a URL a browser would run as a script: `javascript:`,
+/// `vbscript:` or an HTML `data:` URL, read as browsers read a scheme
+/// (case-insensitive, leading blanks and control characters skipped, tabs
+/// and line breaks inside it ignored).
+fn is_script_url(text: &str) -> bool {
+    let scheme: String = text
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ["javascript:", "vbscript:", "data:text/html"]
+        .iter()
+        .any(|s| scheme.starts_with(s))
 }
 
 /// Maps an engine error to a [`TemplateError`]. Details are kept for syntax
@@ -718,6 +743,31 @@ mod tests {
         assert_eq!(validate("html_body", src, &custom), Ok(()));
         assert_eq!(validate("subject", "No placeholders at all", &[]), Ok(()));
         assert_eq!(validate("subject", "{{- firstname -}}!", &[]), Ok(()));
+    }
+
+    /// A contact's value that is a script URL renders inert in HTML (as
+    /// typed in text), however its scheme is written.
+    #[test]
+    fn a_script_url_from_a_value_renders_inert_in_html() {
+        let source = r#"<a href="{{ website }}">site</a>"#;
+        for url in [
+            "javascript:alert(1)",
+            " JavaScript:alert(1)",
+            "java\tscript:alert(1)",
+            "vbscript:msgbox(1)",
+            "data:text/html;base64,PHNjcmlwdD4=",
+        ] {
+            let vars = BTreeMap::from([("website".to_owned(), url.to_owned())]);
+            let html = render("html_body", source, &vars, true).unwrap();
+            assert!(html.starts_with("<a href=\"unsafe:"), "{url}: {html}");
+            assert_eq!(
+                render("text_body", "{{ website }}", &vars, false).unwrap(),
+                url
+            );
+        }
+        let vars = BTreeMap::from([("website".to_owned(), "https://example.org".to_owned())]);
+        let html = render("html_body", source, &vars, true).unwrap();
+        assert!(html.starts_with("<a href=\"https:"), "{html}");
     }
 
     /// Long chains in one tag are refused before the engine parses them

@@ -758,9 +758,14 @@ fn parse_attrs(html: &str, mut pos: usize) -> Option<(Vec<Attr>, usize)> {
 ///   `#anchors`, relative links stay as they are;
 /// * targets already under `base_url` (the unsubscribe URL, the pixel),
 ///   targets still containing a `{{…}}` placeholder (such as
-///   [`UNSUBSCRIBE_PLACEHOLDER`]) and tags carrying [`NO_TRACK_ATTRIBUTE`]
-///   are left untouched;
+///   [`UNSUBSCRIBE_PLACEHOLDER`]), targets `admit` refuses and tags
+///   carrying [`NO_TRACK_ATTRIBUTE`] are left untouched;
 /// * after 65 536 links the rest stay unwrapped.
+///
+/// In a rendered message, `admit` is [`TemplateLinks::admits`] of
+/// [`TemplateLinks::of_html`]: only links the template wrote are tracked,
+/// so a URL a contact typed into a field (`<a href="{{website}}">`) never
+/// becomes a signed redirect on the practice's tracking domain.
 ///
 /// Wrap after placeholders were filled, so the stored targets are the real
 /// ones. A tag left unclosed at the end of the body stops the scan; the rest
@@ -768,6 +773,7 @@ fn parse_attrs(html: &str, mut pos: usize) -> Option<(Vec<Attr>, usize)> {
 pub fn wrap_html_links(
     html: &str,
     base_url: &str,
+    admit: &dyn Fn(&str) -> bool,
     sign: &dyn Fn(u16) -> String,
 ) -> (String, Vec<Link>) {
     let base = trim_base(base_url);
@@ -800,7 +806,7 @@ pub fn wrap_html_links(
         };
         let target = decode_attr(&html[start..stop]);
         let target = target.trim();
-        if !should_wrap(target, base) {
+        if !should_wrap(target, base) || !admit(target) {
             continue;
         }
         let Ok(index) = u16::try_from(links.len()) else {
@@ -972,6 +978,12 @@ impl TemplateLinks {
             }
         }
         found
+    }
+
+    /// The links of an HTML template's source, its character references
+    /// decoded (`&amp;` → `&`) as a link's target is before it is wrapped.
+    pub fn of_html(template: &str) -> TemplateLinks {
+        TemplateLinks::of(&decode_attr(template))
     }
 
     /// Whether a URL of the rendered message is one the template wrote.
@@ -1591,7 +1603,7 @@ mod tests {
         let html = format!(
             "<p>Hi {name}</p><a href=\"https://portal.example.com/confirm?email={email}&amp;c={contact_id}\">Confirm</a>"
         );
-        let (body, links) = wrap_html_links(&html, BASE, &|i| {
+        let (body, links) = wrap_html_links(&html, BASE, &|_| true, &|i| {
             r.sign(TokenKind::Click, message_id, i, NOW)
         });
         let (sms, _) = wrap_text_links(
@@ -1635,7 +1647,7 @@ mod tests {
             "<a\n  href = \" https://example.com/spaced \"\n>s</a>",
             "</body></html>"
         );
-        let (out, links) = wrap_html_links(html, &format!("{BASE}/"), &sign);
+        let (out, links) = wrap_html_links(html, &format!("{BASE}/"), &|_| true, &sign);
         let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
         assert_eq!(
             urls,
@@ -1676,12 +1688,12 @@ mod tests {
         // Nothing to wrap: unchanged.
         let plain = "<p>No links <b>here</b> &amp; <a name=x>anchor</a></p>";
         assert_eq!(
-            wrap_html_links(plain, BASE, &sign),
+            wrap_html_links(plain, BASE, &|_| true, &sign),
             (plain.to_string(), vec![])
         );
         // An unclosed tag at the end stops the scan without losing text.
         let broken = "<a href=\"https://example.com/a\">a</a><a href=\"https://x";
-        let (out, links) = wrap_html_links(broken, BASE, &sign);
+        let (out, links) = wrap_html_links(broken, BASE, &|_| true, &sign);
         assert_eq!(links.len(), 1);
         assert!(out.ends_with("<a href=\"https://x"));
     }
