@@ -247,10 +247,15 @@ pub fn all_by_phone(conn: &Connection, phone: &str, region: &str) -> Result<Vec<
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
-/// Every contact with this email address, oldest first.
+/// The contacts with address `?1`, whatever the case of its letters (a
+/// mailbox is the same mail system's whatever the case it is written in),
+/// through the index `contacts_email` (migration 29), oldest first.
+pub(crate) const ALL_BY_EMAIL_SQL: &str = "SELECT id FROM contacts
+     WHERE email = ?1 COLLATE NOCASE AND email IS NOT NULL ORDER BY created_at, id";
+
+/// Every contact with this email address (whatever its case), oldest first.
 pub fn all_by_email(conn: &Connection, email: &str) -> Result<Vec<String>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM contacts WHERE email = ?1 ORDER BY created_at, id")?;
+    let mut stmt = conn.prepare_cached(ALL_BY_EMAIL_SQL)?;
     let ids = stmt
         .query_map([email], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;

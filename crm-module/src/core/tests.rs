@@ -3158,8 +3158,8 @@ fn engagement_events_name_a_message_of_their_channel() {
 
 /// The footer's link opens a page that asks (a link scanner's GET
 /// unsubscribes no one) with a button that posts back; the post
-/// unsubscribes the address the email went to, even after the contact's
-/// address changed.
+/// unsubscribes the address the email went to (for every contact who has
+/// it, whatever its case), even after the contact's address changed.
 #[test]
 fn the_unsubscribe_page_asks_and_the_address_the_email_went_to_leaves() {
     let mut s = Sim::new();
@@ -3176,7 +3176,8 @@ fn the_unsubscribe_page_asks_and_the_address_the_email_went_to_leaves() {
         .to_string();
     s.push(json!({"type": "contact.upserted", "contact": {"id": "pat", "email": "new@patients.example"}}))
         .unwrap();
-    s.contact("old_mate", json!({"email": "old@patients.example"}));
+    // The same mailbox written in other letters' case.
+    s.contact("old_mate", json!({"email": "Old@Patients.EXAMPLE"}));
     s.contact("new_mate", json!({"email": "new@patients.example"}));
     let email_of = |s: &Sim, id: &str| -> String {
         s.conn
@@ -3218,7 +3219,7 @@ fn the_unsubscribe_page_asks_and_the_address_the_email_went_to_leaves() {
     assert_eq!(
         email_of(&s, "old_mate"),
         "unsubscribed",
-        "the address it went to"
+        "the address it went to, whatever its case"
     );
     assert_eq!(
         email_of(&s, "new_mate"),

@@ -671,6 +671,13 @@ UPDATE subscription_audit SET happened_at = at;
 UPDATE ingested_events SET fingerprint = NULL
     WHERE type LIKE 'appointment.%' OR type = 'contact.upserted';
 "#,
+    // 29: an address is found whatever the case of its letters
+    // (`Ann.Lee@Example.COM` is `ann.lee@example.com` to every mail
+    // system): the unsubscribe link covers every contact who has it.
+    r#"
+DROP INDEX contacts_email;
+CREATE INDEX contacts_email ON contacts(email COLLATE NOCASE) WHERE email IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema.
@@ -1263,6 +1270,21 @@ mod tests {
                 assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_address_is_found_by_its_index_whatever_its_case() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::core::contacts::ALL_BY_EMAIL_SQL,
+            ["ann@example.com"],
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("INDEX contacts_email")),
+            "{plan:?}"
+        );
     }
 
     #[test]
