@@ -611,12 +611,18 @@ fn is_http_url(url: &str) -> bool {
 }
 
 /// Whether a found http(s) target should be wrapped: not already one of our
-/// tracking/unsubscribe URLs and not a template with placeholders left.
+/// tracking/unsubscribe URLs (`{base}/o/`, `/c/`, `/u/`) and not a template
+/// with placeholders left. Other pages under the base are wrapped: a
+/// practice may serve its tracking from its own site
+/// (`https://riverside.example`), and its booking page there is a link
+/// like any.
 fn should_wrap(url: &str, base: &str) -> bool {
     let ours = !base.is_empty()
-        && url
-            .get(..base.len() + 1)
-            .is_some_and(|p| p.eq_ignore_ascii_case(&format!("{base}/")));
+        && ["o", "c", "u"].iter().any(|kind| {
+            let prefix = format!("{base}/{kind}/");
+            url.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        });
     is_http_url(url) && !ours && !url.contains("{{") && !url.contains(UNSUBSCRIBE_PLACEHOLDER)
 }
 
@@ -756,7 +762,8 @@ fn parse_attrs(html: &str, mut pos: usize) -> Option<(Vec<Attr>, usize)> {
 /// * the target is decoded (`&amp;` → `&`) and trimmed; only absolute
 ///   `http://`/`https://` targets are wrapped — `mailto:`, `tel:`,
 ///   `#anchors`, relative links stay as they are;
-/// * targets already under `base_url` (the unsubscribe URL, the pixel),
+/// * the module's own URLs under `base_url` (`/o/`, `/c/`, `/u/`: the
+///   unsubscribe URL, the pixel),
 ///   targets still containing a `{{…}}` placeholder (such as
 ///   [`UNSUBSCRIBE_PLACEHOLDER`]), targets `admit` refuses and tags
 ///   carrying [`NO_TRACK_ATTRIBUTE`] are left untouched;
@@ -863,7 +870,7 @@ fn trim_url_end(mut url: &str) -> &str {
 /// A URL runs to the next whitespace, control character, `<`, `>`, `"` or
 /// `` ` ``; trailing sentence punctuation (`.,;:!?'*` and unbalanced `)`,
 /// `]`, `}`) is not part of it. URLs without a scheme (`example.com/book`)
-/// are not recognized. URLs already under `base_url`, URLs still holding
+/// are not recognized. The module's own URLs (`{base}/o/`, `/c/`, `/u/`), URLs still holding
 /// a `{{…}}` placeholder and URLs `admit` refuses are left untouched; after
 /// 65 536 links the rest stay unwrapped.
 ///
@@ -1640,6 +1647,7 @@ mod tests {
             "<a href=\"#top\">Top</a> ",
             "<a href=\"{{unsubscribe_link}}\">Unsubscribe</a> ",
             "<a href=\"https://t.example-practice.com/u/abc\">Unsub (rendered)</a> ",
+            "<a href=\"https://t.example-practice.com/book\">A page on the site</a> ",
             "<a title=\"see href='https://evil.example'\" href=\"https://example.com/second\">2</a> ",
             "<a href=\"https://example.com/private\" data-no-track>nt</a> ",
             "<abbr href=\"https://example.com/no\">abbr</abbr> ",
@@ -1654,13 +1662,14 @@ mod tests {
             vec![
                 "https://example.com/book?a=1&b=2",
                 "HTTP://Example.com/x",
+                "https://t.example-practice.com/book",
                 "https://example.com/second",
                 "https://example.com/spaced",
             ]
         );
         assert_eq!(
             links.iter().map(|l| l.index).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3]
+            vec![0, 1, 2, 3, 4]
         );
         for l in &links {
             let url = click_url(BASE, &sign(l.index));
