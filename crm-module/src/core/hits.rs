@@ -57,6 +57,28 @@ fn message_key(ctx: &Ctx<'_>, message_id: i64) -> Result<Option<(String, String)
         .optional()?)
 }
 
+/// When message `?1` last reached its recipient's side: its sender took it
+/// (the hand-over the sender accepted) or a receipt said it was delivered
+/// (not one a person's own engagement implied). The events are read through
+/// the partial index `events_message_history`, whose condition is repeated.
+const DELIVERED_AT_SQL: &str = "SELECT MAX(t) FROM (
+     SELECT handed_over_at AS t FROM outbox WHERE idempotency_key = ?1 AND status = 'accepted'
+     UNION ALL
+     SELECT MAX(at) FROM events WHERE message_key = ?1 AND kind = 'message_delivered'
+        AND json_extract(detail, '$.implied_by') IS NULL
+        AND message_key IS NOT NULL AND (kind = 'message_delivered' OR kind = 'message_bounced'
+          OR kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied'))";
+
+/// Seconds from when message `key` reached its recipient's side to now;
+/// `None` when it is not known to have.
+fn seconds_since_delivery(ctx: &Ctx<'_>, key: &str) -> Result<Option<i64>> {
+    let at: Option<i64> = ctx
+        .conn
+        .prepare_cached(DELIVERED_AT_SQL)?
+        .query_row([key], |r| r.get(0))?;
+    Ok(at.map(|at| (ctx.now - at).max(0) / 1000))
+}
+
 /// Answers one hit and records what it means.
 pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
     let method = hit.method.to_ascii_uppercase();
@@ -80,7 +102,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
     // A person's open or click is a GET (a form's POST for a click);
     // a HEAD comes from prefetchers and link scanners, whatever agent
     // they claim.
-    let context = OpenContext {
+    let mut context = OpenContext {
         user_agent: hit.user_agent.clone(),
         seconds_since_delivery: None,
         ip_class: hit.ip_class.clone(),
@@ -98,6 +120,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
+                context.seconds_since_delivery = seconds_since_delivery(ctx, &key)?;
                 let machine = machine(tracking::classify_open(&context));
                 ingest::engagement_from(ctx, &key, "message_opened", machine)?;
             }
@@ -117,6 +140,7 @@ pub fn handle(ctx: &mut Ctx<'_>, hit: &Hit) -> Result<HitResponse> {
             if let Some(claims) = claims
                 && let Some((key, _)) = message_key(ctx, claims.message_id)?
             {
+                context.seconds_since_delivery = seconds_since_delivery(ctx, &key)?;
                 let machine = machine(tracking::classify_click(&context));
                 ingest::engagement_from(ctx, &key, "message_clicked", machine)?;
             }
