@@ -253,6 +253,7 @@ impl JsonSchema for LocalTime {
 
 /// One weekday row of the "Only during specific hours" panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DayHours {
     /// The weekday this row configures.
     pub day: Weekday,
@@ -276,7 +277,7 @@ impl DayHours {
 /// Serialized as `{"mode":"any_time"}` or
 /// `{"mode":"specific_hours","days":[...7 rows...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "mode", rename_all = "snake_case")]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunWindow {
     /// No restriction: steps run as soon as they are due.
     AnyTime,

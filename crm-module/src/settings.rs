@@ -614,6 +614,15 @@ impl Settings {
                 "email_footer.postal_address",
                 Err(format!("must be at most {MAX_POSTAL_ADDRESS} characters")),
             );
+        } else if postal
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\r')
+        {
+            // It goes into every marketing email's text and HTML.
+            check(
+                "email_footer.postal_address",
+                Err("must not contain control characters (line breaks are allowed)".into()),
+            );
         }
         check("email_footer.text", self.check_footer_text());
 
@@ -847,6 +856,8 @@ impl Settings {
         let tz =
             parse_tz(&self.time_zone).map_err(|m| Error::invalid(format!("time_zone: {m}")))?;
         let mut doc = self.clone();
+        // The zone as a zone picker names it.
+        doc.time_zone = doc.time_zone.trim().to_owned();
         for value in [
             &mut doc.email_sender.reply_to,
             &mut doc.practice_phone,
@@ -1028,6 +1039,33 @@ mod tests {
         LocalTime::from_hm(h, m).unwrap()
     }
 
+    /// The zone is stored as a zone picker names it; a misspelt field in a
+    /// run window or one of its rows is refused, not dropped.
+    #[test]
+    fn a_zone_is_stored_trimmed_and_a_window_has_no_unknown_fields() {
+        let s = Settings {
+            time_zone: " Europe/London ".into(),
+            ..Settings::default()
+        };
+        assert_eq!(s.validate().unwrap().doc.time_zone, "Europe/London");
+        let day = |extra: &str| {
+            format!(r#"{{"day": "mon", "enabled": true, "start": "09:00", "end": "17:00"{extra}}}"#)
+        };
+        for window in [
+            format!(
+                r#"{{"mode": "specific_hours", "days": [{}], "time_zone": "Europe/Paris"}}"#,
+                day("")
+            ),
+            format!(
+                r#"{{"mode": "specific_hours", "days": [{}]}}"#,
+                day(r#", "enable": true"#)
+            ),
+        ] {
+            let err = serde_json::from_str::<RunWindow>(&window).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{window}: {err}");
+        }
+    }
+
     #[test]
     fn default_settings_validate() {
         let d = Settings::default();
@@ -1191,6 +1229,19 @@ mod tests {
             &with("{{unsubscribe_link}}", &"x".repeat(501)),
             "email_footer.postal_address",
             "at most 500",
+        );
+        only_error(
+            &with(
+                "{{unsubscribe_link}}",
+                "12 River Road\u{0}\u{1b}[31m Boston",
+            ),
+            "email_footer.postal_address",
+            "control characters",
+        );
+        assert!(
+            with("{{unsubscribe_link}}", "12 River Road\r\nBoston, MA")
+                .validate_all()
+                .is_empty()
         );
         only_error(&with("  ", ""), "email_footer.text", "required");
         only_error(

@@ -327,6 +327,9 @@ pub fn check_adapters(
             continue;
         };
         let field = format!("{channel}_delivery.plugin_id");
+        // A malformed id is refused without being quoted (it is input that
+        // failed the rules: it may hold anything); a well-formed one is.
+        crate::model::contact::validate_id(&field, id)?;
         let Some((d, _)) = registry::descriptor(conn, id)? else {
             return Err(Error::invalid(format!(
                 "{field}: no plugin {id:?} is installed"
@@ -368,6 +371,29 @@ mod tests {
 
     /// A custom step's plugin and step type ids are checked before they
     /// are looked up, so a bad one is refused without being quoted back.
+    /// A sender adapter's id in settings that breaks the id rules is
+    /// refused without being quoted; a well-formed unknown one is named.
+    #[test]
+    fn an_adapters_id_is_checked_before_it_is_quoted() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&conn).unwrap();
+        let with = |id: &str| crate::settings::Settings {
+            sms_delivery: crate::settings::SmsDelivery::Plugin {
+                plugin_id: id.into(),
+            },
+            ..crate::settings::Settings::default()
+        };
+        let err = check_adapters(&conn, &with("Pat Quill +16175550101\n<b>")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("sms_delivery.plugin_id"), "{text}");
+        assert!(!text.contains("Pat") && !text.contains("1617"), "{text}");
+        let err = check_adapters(&conn, &with("twilio-sms")).unwrap_err();
+        assert!(
+            err.to_string().contains("no plugin \"twilio-sms\""),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_custom_steps_ids_are_checked_before_they_are_looked_up() {
         let mut s = Sim::new();
