@@ -525,9 +525,11 @@ impl Settings {
     ///   dotted domain; `email_sender.reply_to`: the same when set.
     /// * `email_footer.postal_address`: may be blank — blank means *not set
     ///   yet*, so that a new database's default settings validate. Until it
-    ///   is set the engine sends no marketing email (each such step fails
-    ///   with reason `no_postal_address`), since a marketing email must carry
-    ///   the practice's postal address. When set: at most 500 characters.
+    ///   is set the engine sends no marketing email (each one fails with
+    ///   reason `no_postal_address`, and its step's SMS fallback goes
+    ///   instead), since a marketing email must carry the practice's postal
+    ///   address. When set: at most 500 characters, no control characters
+    ///   but line breaks.
     /// * `email_footer.text`: required, at most 2000 characters, a valid
     ///   template ([`crate::messaging::template::validate`], standard
     ///   placeholders only) that contains `{{unsubscribe_link}}`.

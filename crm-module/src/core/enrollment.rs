@@ -714,12 +714,16 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
     let primary = step.kind.channel().unwrap_or("email");
     let reason = match queue_message(ctx, e, sid, &step.kind, &contact, &key, None)? {
         Sent::Queued => return step_done(ctx, e, sid, None),
+        // A marketing email the practice's settings cannot make compliant
+        // (no postal address, no tracking address for its unsubscribe
+        // link) fails as an error, and may not go out: the fallback goes.
+        Sent::Failed(reason @ ("no_postal_address" | "no_unsubscribe_link")) => reason,
         Sent::Failed(reason) => return step_failed(ctx, e, sid, reason),
-        Sent::Suppressed(reason) => reason,
+        Sent::Suppressed(reason) => reason.as_str(),
     };
     // Channel fallback (issue 3 §7): the primary channel may not be used; try the other one.
     let Some(fallback) = step.kind.fallback() else {
-        return step_failed(ctx, e, sid, reason.as_str());
+        return step_failed(ctx, e, sid, reason);
     };
     let fb_key = fallback_key(&key);
     match queue_message(ctx, e, sid, &fallback, &contact, &fb_key, Some(primary))? {
@@ -727,11 +731,11 @@ fn send_message(ctx: &mut Ctx<'_>, e: &Enrollment, step: &Step) -> Result<()> {
             ctx,
             e,
             sid,
-            Some(json!({"fallback": fallback.channel(), "primary_reason": reason.as_str()})),
+            Some(json!({"fallback": fallback.channel(), "primary_reason": reason})),
         ),
         Sent::Suppressed(fb_reason) => Log {
             step_id: Some(sid),
-            detail: Some(json!({"reason": reason.as_str(), "fallback_reason": fb_reason.as_str()})),
+            detail: Some(json!({"reason": reason, "fallback_reason": fb_reason.as_str()})),
             ..log_for("step_failed", e)
         }
         .write(ctx.conn, ctx.now),

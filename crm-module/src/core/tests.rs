@@ -3672,6 +3672,33 @@ fn email_with_sms_fallback_goes_by_sms_when_there_is_no_email() {
     assert_eq!(s.enrollment(&a, "c1"), ("completed".into(), None, false));
 }
 
+/// A marketing email the practice's settings cannot make compliant (no
+/// postal address) may not go out: it fails as an error (the practice's
+/// to fix), and the step's SMS fallback goes instead.
+#[test]
+fn a_marketing_email_without_a_postal_address_goes_by_its_fallback() {
+    let mut s = Sim::new();
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["email_footer"]["postal_address"] = json!("");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    let a = s.automation(email_then_sms());
+    s.contact("c1", json!({}));
+    let msgs = s.messages_to("c1");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].channel.as_deref(), Some("sms"));
+    assert_eq!(msgs[0].payload["fallback_for"], "email");
+    let failed = fallback_events(&s, "message_failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "email");
+    assert_eq!(s.count("step_completed", Some(&a)), 1);
+    assert_eq!(s.count("step_failed", Some(&a)), 0);
+    let primary: String = s.value(
+        "SELECT json_extract(detail, '$.primary_reason') FROM events WHERE kind = 'step_completed'",
+    );
+    assert_eq!(primary, "no_postal_address");
+}
+
 #[test]
 fn unsubscribed_sms_with_email_fallback_goes_by_email() {
     let mut s = Sim::new();

@@ -675,7 +675,7 @@ fn sections(
     .help("Printed in the footer of every email. Marketing email must carry the practice's postal address.");
     if doc.email_footer.postal_address.trim().is_empty() {
         postal.warning = Some(
-            "No postal address yet: marketing email is not sent until one is set (each marketing email step fails with no_postal_address)."
+            "No postal address yet: marketing email is not sent until one is set (each marketing email fails with no_postal_address; a step's SMS fallback goes instead)."
                 .into(),
         );
     }
@@ -924,7 +924,7 @@ fn tracking_address(doc: &Settings) -> SettingsField {
     .help("The public https address where PracticeEHR serves open pixels, tracked links and unsubscribe pages. Required for any tracking, email or SMS, and for marketing email, whose unsubscribe link it serves.");
     if doc.tracking.base_url.is_none() {
         field.warning = Some(
-            "No tracking address yet: marketing email is not sent until one is set, since it must carry an unsubscribe link (each marketing email step fails with no_unsubscribe_link)."
+            "No tracking address yet: marketing email is not sent until one is set, since it must carry an unsubscribe link (each marketing email fails with no_unsubscribe_link; a step's SMS fallback goes instead)."
                 .into(),
         );
     }
