@@ -3699,6 +3699,33 @@ fn a_marketing_email_without_a_postal_address_goes_by_its_fallback() {
     assert_eq!(primary, "no_postal_address");
 }
 
+/// A message whose content renders to nothing for a contact (only a first
+/// name they lack) is not sent, and fails as its content's fault
+/// (`render_failed`), not their address's: a blank text was handed over,
+/// and an empty subject read `invalid_address`.
+#[test]
+fn a_message_that_renders_empty_for_a_contact_is_not_sent() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Blank", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "t", "type": "send_sms", "message": "{{firstname}}"},
+                  {"id": "m", "type": "send_email", "subject": "{{ firstname }}", "body": "<p>Hi</p>"}]}));
+    s.contact("c1", json!({"first_name": null}));
+    assert!(s.messages_to("c1").is_empty());
+    let failed = fallback_events(&s, "message_failed");
+    assert_eq!(
+        failed
+            .iter()
+            .map(|(channel, _, _)| channel.as_str())
+            .collect::<Vec<_>>(),
+        ["sms", "email"]
+    );
+    let reasons: Vec<String> = s.texts(
+        "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = ?1 ORDER BY id",
+        "message_failed",
+    );
+    assert_eq!(reasons, ["render_failed", "render_failed"]);
+}
+
 #[test]
 fn unsubscribed_sms_with_email_fallback_goes_by_email() {
     let mut s = Sim::new();

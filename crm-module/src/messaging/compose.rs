@@ -484,7 +484,10 @@ pub fn email(
     };
     Ok(match email::assemble(&parts) {
         Ok(a) => Ok(rendered_email(&a, unsubscribe_url)?),
-        Err(reason) => Err(ComposeError::Address(reason)),
+        // Only the recipient's address is the contact's; the rest (a
+        // subject that renders empty for them, the sender) is the content's.
+        Err(reason) if reason.starts_with("to:") => Err(ComposeError::Address(reason)),
+        Err(reason) => Err(ComposeError::Render(reason)),
     })
 }
 
@@ -548,6 +551,13 @@ pub fn sms_message(
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
+    // `{{firstname}}` alone, for a contact without one: nothing to say
+    // (the consent footer alone is no message).
+    if text.trim().is_empty() {
+        return Ok(Err(ComposeError::Render(
+            "message: empty for this contact".into(),
+        )));
+    }
     // First message of a thread (nothing sent to this number before): the consent footer.
     let first = opens_thread(ctx, key, &to)?;
     if first
