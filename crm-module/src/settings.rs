@@ -899,6 +899,33 @@ impl Settings {
                     .into(),
             );
         }
+        // Written is not enough: the link must come out for every contact,
+        // not sit in a comment or under a condition.
+        const LINK: &str = "https://unsubscribe.invalid/u/sample";
+        let standard = crate::messaging::template::STANDARD_PLACEHOLDERS;
+        for set in [true, false] {
+            let vars: std::collections::BTreeMap<String, String> = standard
+                .iter()
+                .filter(|name| set || **name == "unsubscribe_link")
+                .map(|name| {
+                    let value = if *name == "unsubscribe_link" {
+                        LINK
+                    } else {
+                        "sample"
+                    };
+                    ((*name).to_owned(), value.to_owned())
+                })
+                .collect();
+            let rendered =
+                crate::messaging::template::render("email_footer.text", text, &vars, false)
+                    .map_err(|e| e.message)?;
+            if !rendered.contains(LINK) {
+                return Err(
+                    "must show {{unsubscribe_link}} to every contact (not inside a comment or a condition)"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -1256,6 +1283,13 @@ mod tests {
             "email_footer.text",
             "unknown placeholder fistname",
         );
+        for hidden in [
+            "Thanks {# {{unsubscribe_link}} #}",
+            "{% if false %}{{unsubscribe_link}}{% endif %}",
+            "{% if firstname %}Hi {{firstname}}: {{unsubscribe_link}}{% endif %}",
+        ] {
+            only_error(&with(hidden, ""), "email_footer.text", "to every contact");
+        }
         only_error(
             &with("{% for x in y %}{{unsubscribe_link}}", ""),
             "email_footer.text",
