@@ -962,6 +962,18 @@ impl Settings {
     }
 }
 
+/// The keyword to tell people to reply with: `usual` when the list has it,
+/// else the list's first (as it reads, in upper case). Settings always
+/// have at least one keyword in each list.
+fn keyword_to_name(list: &[String], usual: &str) -> String {
+    if list.iter().any(|k| fold_keyword(k) == usual) {
+        return usual.to_owned();
+    }
+    list.first()
+        .map(|k| k.trim().to_uppercase())
+        .unwrap_or_else(|| usual.to_owned())
+}
+
 /// Folds a keyword or an SMS body for keyword matching: upper case, no spaces
 /// or punctuation ("Opt out!" → "OPTOUT").
 pub fn fold_keyword(s: &str) -> String {
@@ -994,15 +1006,18 @@ impl Resolved {
                 .any(|k| fold_keyword(k) == b)
     }
 
-    /// The answer to a STOP: no marketing, how to come back.
+    /// The answer to a STOP: no marketing, how to come back (with a
+    /// keyword the practice's opt-in list has).
     pub fn stop_confirmation(&self) -> String {
         format!(
-            "{}: you are unsubscribed and will receive no more text messages. Reply START to resubscribe.",
-            self.doc.practice_name
+            "{}: you are unsubscribed and will receive no more text messages. Reply {} to resubscribe.",
+            self.doc.practice_name,
+            keyword_to_name(&self.doc.sms_opt_in_keywords, "START")
         )
     }
 
-    /// The answer to HELP: who we are, how to reach us, how to stop.
+    /// The answer to HELP: who we are, how to reach us, how to stop (the
+    /// opt-out keywords always include STOP).
     pub fn help_answer(&self) -> String {
         match &self.doc.practice_phone {
             Some(p) => format!(
@@ -1093,6 +1108,27 @@ mod tests {
             let err = serde_json::from_str::<RunWindow>(&window).unwrap_err();
             assert!(err.to_string().contains("unknown field"), "{window}: {err}");
         }
+    }
+
+    /// The STOP confirmation names an opt-in keyword that works: the
+    /// practice's own when START is not one of them.
+    #[test]
+    fn the_keyword_answers_name_keywords_the_practice_has() {
+        let defaults = Settings::default().validate().unwrap();
+        assert!(defaults.stop_confirmation().contains("Reply START"));
+        assert!(defaults.help_answer().contains("Reply STOP"));
+        let own = Settings {
+            sms_opt_in_keywords: vec!["unstop".into(), "Yes".into()],
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(
+            own.stop_confirmation()
+                .contains("Reply UNSTOP to resubscribe"),
+            "{}",
+            own.stop_confirmation()
+        );
     }
 
     #[test]
