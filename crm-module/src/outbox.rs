@@ -73,7 +73,11 @@ pub struct Effect {
     /// The email/SMS asset (template) id, for engagement triggers.
     pub asset_id: Option<String>,
     /// Not handed over before this instant (an SMS held until the
-    /// recipient's sending hours open); `None`: at once.
+    /// recipient's sending hours open: written with the hold's reason,
+    /// [`HELD_FOR_SENDING_HOURS`], so that a change of the practice's zone
+    /// or hours releases it); `None`: at once.
+    ///
+    /// [`HELD_FOR_SENDING_HOURS`]: crate::messaging::handover::HELD_FOR_SENDING_HOURS
     pub not_before: Option<Millis>,
 }
 
@@ -155,8 +159,8 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id,
              enrollment_id, step_id, channel, asset_id, status, next_attempt_at, created_at, updated_at,
-             exempt)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, ?11, ?12)
+             exempt, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, ?11, ?12, ?13)
          ON CONFLICT(idempotency_key) DO NOTHING",
     )?;
     for e in effects {
@@ -176,7 +180,12 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
             e.asset_id,
             e.not_before.map_or(now, |t| t.max(now)),
             now,
-            e.exempt_from_limits()
+            e.exempt_from_limits(),
+            // Held for the sending hours, as a text the hand-over holds is:
+            // a change of the zone or the hours releases it.
+            e.not_before
+                .filter(|t| *t > now)
+                .map(|_| crate::messaging::handover::HELD_FOR_SENDING_HOURS)
         ])?;
     }
     Ok(())

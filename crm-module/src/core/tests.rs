@@ -3837,17 +3837,23 @@ fn sms_fallback_after_a_late_bounce_waits_for_sending_hours() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(m[1].not_before.unwrap_or(s.now), next, "{c}: outbox row");
         next
     };
     // New York opens at 08:00 EST the next morning (13:00Z).
-    assert_eq!(
-        held(&s, "c1"),
-        parse_rfc3339("2026-01-06T13:00:00Z").unwrap()
-    );
+    let morning = parse_rfc3339("2026-01-06T13:00:00Z").unwrap();
+    assert_eq!(held(&s, "c1"), morning);
+    assert_eq!(s.messages_to("c1")[1].not_before, Some(morning));
     // 18:30 in Los Angeles is inside its hours: at once.
     assert_eq!(held(&s, "c2"), s.now);
     assert_eq!(s.messages_to("c2")[1].not_before, None);
+    // The hold is for the sending hours: a change of the practice's zone
+    // (or of the hours) releases it, to be screened again for the new
+    // ones, as any text held for them.
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["time_zone"] = json!("America/Chicago");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    assert_eq!(held(&s, "c1"), s.now, "released");
 }
 
 #[test]
