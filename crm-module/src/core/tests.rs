@@ -4284,7 +4284,7 @@ fn the_builders_preview_renders_a_steps_own_message() {
         "steps": [{"id": "mail", "name": "Welcome email", "type": "send_email", "subject": "Hi {{firstname}}",
                    "preheader": "From {{practice}}", "body": "<p>Welcome {{firstname}}</p>",
                    "sender": {"from_name": "Dr. Lee", "from_address": "lee@riverside.example"}},
-                  {"id": "text", "type": "send_sms", "message": "Hi {{firstname}}"},
+                  {"id": "text", "type": "send_sms", "message": "Hi {{firstname}}", "sender_number": "+16175559999"},
                   {"id": "saved", "type": "send_sms", "template_id": "ping"},
                   {"id": "wait", "type": "delay", "amount": 1, "unit": "days"}]}));
     // The builder's Preview button opens it.
@@ -4331,7 +4331,16 @@ fn the_builders_preview_renders_a_steps_own_message() {
     .unwrap();
     assert_eq!(text["header"]["name"], "Step text");
     assert_eq!(text["sms"]["text"], "Hi Alex Reply STOP to opt out");
+    assert_eq!(
+        text["sms"]["sender_number"], "+16175559999",
+        "the step's own"
+    );
     let saved = preview(&s, json!({"automation_id": a, "step_id": "saved"})).unwrap();
+    assert_eq!(
+        saved["sms"]["sender_number"],
+        Value::Null,
+        "the practice has none set"
+    );
     assert_eq!(saved["header"]["template_id"], "ping");
     assert_eq!(saved["header"]["name"], "Ping");
     assert_eq!(saved["actions"].as_array().unwrap().len(), 2);

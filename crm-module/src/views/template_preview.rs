@@ -166,6 +166,10 @@ pub struct SmsPreview {
     /// Characters, segments, credits, encoding, units left in the last
     /// segment and the characters that force UCS-2.
     pub counter: SmsMeasure,
+    /// The number it is sent from: the step's own sender number, else the
+    /// practice's (`sms.sender_number`); `None` when neither is set (the
+    /// host's SMS gateway chooses).
+    pub sender_number: Option<String>,
 }
 
 /// A field that failed to render.
@@ -428,6 +432,8 @@ struct Source {
     channel: String,
     content: Content,
     sender: Option<SenderOverride>,
+    /// An SMS step's own sender number.
+    sms_sender: Option<String>,
 }
 
 /// The template or step the parameters name.
@@ -443,6 +449,7 @@ fn source(conn: &Connection, p: &TemplatePreviewParams) -> Result<Source> {
                 channel: t.channel,
                 content: t.content,
                 sender: None,
+                sms_sender: None,
             })
         }
         (None, Some(automation_id), Some(step_id)) => {
@@ -453,13 +460,17 @@ fn source(conn: &Connection, p: &TemplatePreviewParams) -> Result<Source> {
                     "step {step_id} of automation {automation_id}"
                 )));
             };
-            let (template_id, channel, sender) = match &step.kind {
+            let (template_id, channel, sender, sms_sender) = match &step.kind {
                 StepKind::SendEmail {
                     template_id,
                     sender,
                     ..
-                } => (template_id, "email", sender.clone()),
-                StepKind::SendSms { template_id, .. } => (template_id, "sms", None),
+                } => (template_id, "email", sender.clone(), None),
+                StepKind::SendSms {
+                    template_id,
+                    sender_number,
+                    ..
+                } => (template_id, "sms", None, sender_number.clone()),
                 _ => {
                     return Err(Error::invalid(format!(
                         "step_id: step {step_id} sends no email or SMS"
@@ -479,6 +490,7 @@ fn source(conn: &Connection, p: &TemplatePreviewParams) -> Result<Source> {
                 channel: channel.to_string(),
                 content: compose::content_of(conn, &step.kind)?,
                 sender,
+                sms_sender,
             })
         }
         _ => Err(Error::invalid(
@@ -514,6 +526,11 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: TemplatePreviewParams) -> Result<TemplateP
             text: r.text,
             consent_footer_appended: r.footer_appended,
             counter: r.measure,
+            sender_number: t
+                .sms_sender
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .or_else(|| ctx.settings.doc.sms.sender_number.clone()),
         };
         (Label::new("sms", "SMS"), None, Some(preview), r.problems)
     } else {
