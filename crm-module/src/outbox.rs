@@ -656,6 +656,15 @@ pub(crate) fn sample(
     }
 }
 
+/// The reason the row with this id last waited or failed (`last_error`).
+pub fn last_error(conn: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT last_error FROM outbox WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
 /// Records the host's answer. Returns the new status.
 pub fn record_answer(
     conn: &Connection,

@@ -1040,9 +1040,14 @@ impl Worker {
         if row.status != "pending" && row.status != "retry" {
             return Ok(());
         }
+        // A row held again for the same reason (every 15 minutes while
+        // the relay refuses the login) is logged once, not at every try.
+        let held_again =
+            answer == HostAnswer::Held && outbox::last_error(&self.conn, id)?.as_deref() == error;
         let status = outbox::record_answer(&self.conn, id, answer, error, now)?;
-        if crate::outbox::is_test_send(&self.install_id, &row.key) {
-            // "Test to" samples never reach analytics.
+        if crate::outbox::is_test_send(&self.install_id, &row.key) || held_again {
+            // "Test to" samples never reach analytics; a hold is logged
+            // when it starts.
             return Ok(());
         }
         if answer == HostAnswer::Bounced && row.kind == EffectKind::Message {
