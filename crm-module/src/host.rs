@@ -229,6 +229,7 @@ pub fn run_dispatcher(
         .spawn(move || run_relay(relay_rx, relay_worker, &relay_rescreen))
         .ok();
     for mut job in jobs {
+        let _under_way = rescreen.take();
         // A STOP, an unsubscribe, a hard bounce or an exit committed while
         // the row waited in this queue: nobody is asked, and the worker
         // screens it again (its attempts untouched). Nor once the module
@@ -373,6 +374,7 @@ fn run_relay(
     // login, not one per email: relays lock accounts that keep failing).
     let mut held: Option<(Arc<dyn Sender>, String)> = None;
     for (job, sender) in jobs.iter() {
+        let _under_way = rescreen.take();
         match hold_back(&worker, rescreen, &job) {
             Some(true) => continue,
             Some(false) => break,

@@ -139,11 +139,6 @@ const HANDOVER_GRAIN: Millis = crate::clock::MINUTE;
 /// Manual clock: how long (real time) an advance waits for an answer from
 /// the host, a sender or a plugin before it goes on without waiting.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
-/// Closing: how long the worker waits for the next answer to a row in
-/// flight before it goes without it. A relay's reply may take its
-/// longest timeout.
-const CLOSE_PATIENCE: Duration =
-    Duration::from_secs(crate::messaging::smtp::MAX_TIMEOUT_SECONDS as u64 + 60);
 
 /// A clock advance asked for: by how much, and where its result goes.
 type Advance = (Millis, Sender<Result<()>>);
@@ -338,23 +333,35 @@ impl Worker {
     /// waits only for the calls under way: a host callback, a relay send
     /// (at most its timeout), a plugin call (at most its deadline). Other
     /// requests that arrive meanwhile are dropped: their callers see the
-    /// module closed. Should an answer never come (a defect ended the
-    /// thread that owed it), the worker gives up after [`CLOSE_PATIENCE`]
-    /// with no answer, and the row is offered again after the next open.
+    /// module closed. It ends once no taker holds a row
+    /// ([`Rescreen::nothing_under_way`]) and the answers they sent are
+    /// recorded: the rows still in a queue are not sent, and stay due for
+    /// the next open.
     ///
     /// [`Rescreen::close`]: crate::messaging::handover::Rescreen::close
+    /// [`Rescreen::nothing_under_way`]: crate::messaging::handover::Rescreen::nothing_under_way
     fn record_last_answers(&mut self, rx: &Receiver<Request>) {
         self.rescreen.close();
+        let record = |w: &mut Self, r: Request| {
+            if matches!(r, Request::Answer { .. } | Request::PluginStep { .. }) {
+                let _ = w.guarded("recording an answer at close", |w| {
+                    w.round(vec![r]);
+                    Ok(())
+                });
+            }
+        };
         while !self.in_flight.is_empty() {
-            match rx.recv_timeout(CLOSE_PATIENCE) {
-                Ok(r @ (Request::Answer { .. } | Request::PluginStep { .. })) => {
-                    let _ = self.guarded("recording an answer at close", |w| {
-                        w.round(vec![r]);
-                        Ok(())
-                    });
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => record(self, r),
+                Err(RecvTimeoutError::Timeout) if self.rescreen.nothing_under_way() => {
+                    // Every answer owed is in the channel by now.
+                    while let Ok(r) = rx.try_recv() {
+                        record(self, r);
+                    }
+                    break;
                 }
-                Ok(_) => {}
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
     }

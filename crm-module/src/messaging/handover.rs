@@ -50,6 +50,23 @@ pub struct Rescreen {
     epoch: std::sync::atomic::AtomicU64,
     marks: parking_lot::Mutex<Marks>,
     closing: std::sync::atomic::AtomicBool,
+    /// Rows a taker holds outside its queue (from taking it to sending its
+    /// answer), see [`Rescreen::take`].
+    under_way: std::sync::atomic::AtomicUsize,
+}
+
+/// A row a taker (the dispatcher, the relay, a plugin thread) holds: from
+/// when it takes the row off its queue until its answer is sent to the
+/// worker. Dropping it ends that.
+#[derive(Debug)]
+pub struct UnderWay<'a>(&'a Rescreen);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0
+            .under_way
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +109,22 @@ impl Rescreen {
     pub fn close(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A taker took a row off its queue: held until the guard drops, after
+    /// its answer was sent. Taken before [`Rescreen::holds_back`] is asked,
+    /// so that once [`Rescreen::close`] was called and nothing is under
+    /// way, no row can still be sent: the rows left in the queues are
+    /// answered unasked.
+    pub fn take(&self) -> UnderWay<'_> {
+        self.under_way
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        UnderWay(self)
+    }
+
+    /// Whether no taker holds a row (every answer owed was sent).
+    pub fn nothing_under_way(&self) -> bool {
+        self.under_way.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Why `row` must not be handed to its taker now: the module is

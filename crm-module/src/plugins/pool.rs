@@ -66,6 +66,7 @@ pub fn spawn(
 
 fn run(jobs: Receiver<Job>, plugins: &PluginHost, worker: &Sender<Request>, rescreen: &Rescreen) {
     for job in jobs {
+        let _under_way = rescreen.take();
         // A row whose contact changed while it waited for a free thread
         // goes back to be screened again.
         let (Job::Step(effect) | Job::Send { effect, .. }) = &job;
