@@ -1279,6 +1279,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 channel: Some(channel.clone()),
                 asset_id: None,
                 not_before: None,
+                hold: None,
             });
             Ok((
                 to_json(TestSendResult {

@@ -73,12 +73,18 @@ pub struct Effect {
     /// The email/SMS asset (template) id, for engagement triggers.
     pub asset_id: Option<String>,
     /// Not handed over before this instant (an SMS held until the
-    /// recipient's sending hours open: written with the hold's reason,
-    /// [`HELD_FOR_SENDING_HOURS`], so that a change of the practice's zone
-    /// or hours releases it); `None`: at once.
+    /// recipient's sending hours, and its automation's run window, open);
+    /// `None`: at once.
+    pub not_before: Option<Millis>,
+    /// Why it waits until `not_before`, written as its `last_error`: a
+    /// text held for the sending hours alone carries
+    /// [`HELD_FOR_SENDING_HOURS`], so that a change of the practice's
+    /// zone or hours releases it to be screened again for the new ones.
+    /// `None` for a hold the hand-over's screening would not redo (the
+    /// run window's).
     ///
     /// [`HELD_FOR_SENDING_HOURS`]: crate::messaging::handover::HELD_FOR_SENDING_HOURS
-    pub not_before: Option<Millis>,
+    pub hold: Option<&'static str>,
 }
 
 impl Effect {
@@ -181,11 +187,7 @@ pub fn write(conn: &Connection, effects: &[Effect], now: Millis) -> Result<()> {
             e.not_before.map_or(now, |t| t.max(now)),
             now,
             e.exempt_from_limits(),
-            // Held for the sending hours, as a text the hand-over holds is:
-            // a change of the zone or the hours releases it.
-            e.not_before
-                .filter(|t| *t > now)
-                .map(|_| crate::messaging::handover::HELD_FOR_SENDING_HOURS)
+            e.hold.filter(|_| e.not_before.is_some_and(|t| t > now))
         ])?;
     }
     Ok(())
@@ -653,6 +655,7 @@ pub(crate) fn sample(
         channel: channel.map(str::to_string),
         asset_id: None,
         not_before: Some(at),
+        hold: None,
     }
 }
 

@@ -659,6 +659,7 @@ fn effect_base(key: &str, kind: EffectKind, e: &Enrollment, sid: &str) -> Effect
         channel: None,
         asset_id: None,
         not_before: None,
+        hold: None,
     }
 }
 
@@ -784,10 +785,16 @@ pub fn send_fallback(
         // A receipt can come at any hour: the SMS waits for the recipient's
         // sending hours (and the automation's run window), as an SMS step does.
         let open_at = sms_open_at(ctx, window, &e.contact_id)?;
+        // Held for the sending hours alone (not the run window): the
+        // hand-over's screening redoes that hold, so a change of the
+        // zone or the hours may release it.
+        let hours_alone =
+            open_at == sms_open_at(ctx, &crate::schedule::RunWindow::AnyTime, &e.contact_id)?;
         if open_at > ctx.now
             && let Some(queued) = ctx.effects.iter_mut().rev().find(|x| x.key == fb_key)
         {
             queued.not_before = Some(open_at);
+            queued.hold = hours_alone.then_some(crate::messaging::handover::HELD_FOR_SENDING_HOURS);
         }
     }
     Ok(true)

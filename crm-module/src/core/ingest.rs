@@ -1471,5 +1471,6 @@ fn compliance_sms(ctx: &mut Ctx<'_>, event_id: &str, c: &Contact, text: &str, pu
         asset_id: None,
         // A reply to the contact's own message: at once, at any hour.
         not_before: None,
+        hold: None,
     });
 }

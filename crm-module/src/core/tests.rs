@@ -3815,37 +3815,44 @@ fn hard_bounce_sends_the_sms_fallback_once() {
 fn sms_fallback_after_a_late_bounce_waits_for_sending_hours() {
     let mut s = Sim::new();
     s.automation(email_then_sms());
+    // The same steps in an automation that runs 09:00-17:00 only.
+    let mut windowed = email_then_sms();
+    windowed["run_window"] = every_day("09:00", "17:00");
+    windowed["trigger"] = json!({"type": "form_submitted"});
+    s.automation(windowed);
     s.contact("c1", json!({}));
     s.contact("c2", json!({"time_zone": "America/Los_Angeles"}));
+    s.submit_form("c1", "sub1");
     let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
     let (k1, k2) = (key(&s, "c1"), key(&s, "c2"));
+    let k3 = s.messages_to("c1")[1].key.clone();
     // 21:30 in New York (02:30Z): past the 08:00-21:00 SMS hours there.
     s.advance(parse_rfc3339("2026-01-06T02:30:00Z").unwrap() - s.now);
-    for k in [&k1, &k2] {
+    for k in [&k1, &k2, &k3] {
         s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "hard"}))
             .unwrap();
     }
-    let held = |s: &Sim, c: &str| {
-        let m = s.messages_to(c);
-        assert_eq!(m.len(), 2, "{c}: the email and its SMS fallback");
-        assert_eq!(m[1].channel.as_deref(), Some("sms"));
-        let next: i64 = s
-            .conn
+    let fallback_of = |s: &Sim, k: &str| -> i64 {
+        s.conn
             .query_row(
-                "SELECT next_attempt_at FROM outbox WHERE idempotency_key = ?1",
-                [&m[1].key],
+                "SELECT next_attempt_at FROM outbox WHERE idempotency_key = ?1 || '-fallback'",
+                [k],
                 |r| r.get(0),
             )
-            .unwrap();
-        next
+            .unwrap()
+    };
+    let held = |s: &Sim, c: &str| {
+        let k = if c == "c1" { &k1 } else { &k2 };
+        fallback_of(s, k)
     };
     // New York opens at 08:00 EST the next morning (13:00Z).
     let morning = parse_rfc3339("2026-01-06T13:00:00Z").unwrap();
     assert_eq!(held(&s, "c1"), morning);
-    assert_eq!(s.messages_to("c1")[1].not_before, Some(morning));
+    // The windowed automation's opens at 09:00 (14:00Z).
+    let nine = parse_rfc3339("2026-01-06T14:00:00Z").unwrap();
+    assert_eq!(fallback_of(&s, &k3), nine);
     // 18:30 in Los Angeles is inside its hours: at once.
     assert_eq!(held(&s, "c2"), s.now);
-    assert_eq!(s.messages_to("c2")[1].not_before, None);
     // The hold is for the sending hours: a change of the practice's zone
     // (or of the hours) releases it, to be screened again for the new
     // ones, as any text held for them.
@@ -3854,6 +3861,8 @@ fn sms_fallback_after_a_late_bounce_waits_for_sending_hours() {
     s.cmd(json!({"command": "settings.update", "settings": doc}))
         .unwrap();
     assert_eq!(held(&s, "c1"), s.now, "released");
+    // A hold for the run window is not the hand-over's to redo: it stays.
+    assert_eq!(fallback_of(&s, &k3), nine);
 }
 
 #[test]
