@@ -252,8 +252,11 @@ impl JsonSchema for LocalTime {
 // ---------------------------------------------------------------------------
 
 /// One weekday row of the "Only during specific hours" panel.
+///
+/// Other fields in a row are ignored: the builder's view shows each row
+/// with its `label` ("Monday"), and a screen may post its rows back as it
+/// got them. A misspelt field still fails, as every field is required.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct DayHours {
     /// The weekday this row configures.
     pub day: Weekday,
