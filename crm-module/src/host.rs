@@ -218,6 +218,7 @@ pub fn run_dispatcher(
     worker: crossbeam_channel::Sender<Request>,
     plugin_jobs: crossbeam_channel::Sender<crate::plugins::pool::Job>,
     rescreen: Arc<crate::messaging::handover::Rescreen>,
+    clock: Arc<crate::clock::Clock>,
 ) {
     use crate::plugins::pool::Job;
     let mut smtp = SmtpCache::default();
@@ -226,7 +227,7 @@ pub fn run_dispatcher(
     // Without its thread (it could not start), the relay is called here.
     let relay = std::thread::Builder::new()
         .name("crm-relay".into())
-        .spawn(move || run_relay(relay_rx, relay_worker, &relay_rescreen))
+        .spawn(move || run_relay(relay_rx, relay_worker, &relay_rescreen, &clock))
         .ok();
     for mut job in jobs {
         let _under_way = rescreen.take();
@@ -368,11 +369,13 @@ fn run_relay(
     jobs: Receiver<(DueEffect, Arc<dyn Sender>)>,
     worker: crossbeam_channel::Sender<Request>,
     rescreen: &crate::messaging::handover::Rescreen,
+    clock: &crate::clock::Clock,
 ) {
-    // The sender that last answered `Held`, with its reason: the emails
-    // queued for it behind that answer are held too, unsent (one refused
-    // login, not one per email: relays lock accounts that keep failing).
-    let mut held: Option<(Arc<dyn Sender>, String)> = None;
+    // The sender that last answered `Held`, with its reason and when the
+    // hold's pause ends: until then every email for that sender is held
+    // too, unsent (one refused login a pause, not one per email: relays
+    // lock accounts that keep failing). New settings are a new sender.
+    let mut held: Option<(Arc<dyn Sender>, String, crate::clock::Millis)> = None;
     for (job, sender) in jobs.iter() {
         let _under_way = rescreen.take();
         match hold_back(&worker, rescreen, &job) {
@@ -381,20 +384,24 @@ fn run_relay(
             None => {}
         }
         let (outcome, error) = match &held {
-            Some((h, why)) if Arc::ptr_eq(h, &sender) => (HostAnswer::Held, Some(why.clone())),
-            _ => send_contained(sender.as_ref(), &job),
-        };
-        held = match (outcome, &error) {
-            (HostAnswer::Held, Some(why)) => Some((sender.clone(), why.clone())),
-            _ => None,
+            Some((h, why, until)) if Arc::ptr_eq(h, &sender) && clock.now() < *until => {
+                (HostAnswer::Held, Some(why.clone()))
+            }
+            _ => {
+                let (outcome, error) = send_contained(sender.as_ref(), &job);
+                held = match (outcome, &error) {
+                    (HostAnswer::Held, Some(why)) => Some((
+                        sender.clone(),
+                        why.clone(),
+                        clock.now() + crate::outbox::HELD_PAUSE,
+                    )),
+                    _ => None,
+                };
+                (outcome, error)
+            }
         };
         if !answer(&worker, job.id, outcome, error, AnsweredBy::Relay) {
             break;
-        }
-        // Emails queued after the worker sees the answer come at the end
-        // of the pause: the first of them asks the relay again.
-        if held.is_some() && jobs.is_empty() {
-            held = None;
         }
     }
 }

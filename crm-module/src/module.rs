@@ -189,11 +189,20 @@ impl Module {
             .name("crm-worker".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the worker: {e}")))?;
-        let (host2, settings2, tx2) = (host.clone(), settings.clone(), tx.clone());
+        let (host2, settings2, tx2, clock2) =
+            (host.clone(), settings.clone(), tx.clone(), clock.clone());
         let d = std::thread::Builder::new()
             .name("crm-dispatcher".into())
             .spawn(move || {
-                crate::host::run_dispatcher(jobs_rx, host2, settings2, tx2, plugin_jobs, rescreen)
+                crate::host::run_dispatcher(
+                    jobs_rx,
+                    host2,
+                    settings2,
+                    tx2,
+                    plugin_jobs,
+                    rescreen,
+                    clock2,
+                )
             })
             .map_err(|e| Error::Internal(format!("cannot start the dispatcher: {e}")))?;
         let worker_thread = w.thread().id();
