@@ -580,18 +580,18 @@ fn payload_text(conn: &Connection, key: &str, path: &str) -> Result<Option<Strin
     Ok(text.flatten())
 }
 
-/// The newest message on channel `?2` to contact `?1` that may have
-/// reached them: one its sender took (`accepted`; not one held for sending
+/// The message on channel `?2` to contact `?1` that reached them last: the
+/// one its sender took last (`accepted`; not one held for sending
 /// hours, a limit or a paused automation, waiting to be offered again, or
 /// failed), not a staff test send (keys from `?3`, `<install>-test-`: it
 /// went to staff, the contact only lent it their data).
 const LAST_MESSAGE_WHERE: &str = "contact_id = ?1 AND channel = ?2 AND kind = 'message'
      AND status = 'accepted' AND substr(idempotency_key, 1, length(?3)) <> ?3
-     ORDER BY created_at DESC, id DESC LIMIT 1";
+     ORDER BY COALESCE(handed_over_at, created_at) DESC, id DESC LIMIT 1";
 
-/// Of `contacts`, the one sent the newest message on `channel` that may
-/// have reached them (the earlier in the list on a tie); `None` when none
-/// was sent any.
+/// Of `contacts`, the one a message on `channel` reached last (its sender
+/// took it last; the earlier in the list on a tie); `None` when none was
+/// sent any.
 pub fn last_messaged<'a>(
     conn: &Connection,
     install_id: &str,
@@ -599,7 +599,7 @@ pub fn last_messaged<'a>(
     channel: &str,
 ) -> Result<Option<&'a String>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT created_at, id FROM outbox WHERE {LAST_MESSAGE_WHERE}"
+        "SELECT COALESCE(handed_over_at, created_at), id FROM outbox WHERE {LAST_MESSAGE_WHERE}"
     ))?;
     let tests = test_send_prefix(install_id);
     let mut newest: Option<((Millis, i64), &String)> = None;
@@ -618,8 +618,8 @@ pub fn last_messaged<'a>(
     Ok(newest.map(|(_, contact)| contact))
 }
 
-/// The newest message on a channel to a contact that may have reached
-/// them (not failed, not a staff test send).
+/// The message on a channel to a contact that reached them last (its
+/// sender took it last; not a staff test send).
 pub fn last_message(
     conn: &Connection,
     install_id: &str,

@@ -1047,12 +1047,20 @@ impl Worker {
         if row.status != "pending" && row.status != "retry" {
             return Ok(());
         }
+        // Staff wait for a "Test to" sample: one the relay holds (a refused
+        // login) fails at once with the reason, rather than wait unseen.
+        let test_send = crate::outbox::is_test_send(&self.install_id, &row.key);
+        let answer = if test_send && answer == HostAnswer::Held {
+            HostAnswer::Failed
+        } else {
+            answer
+        };
         // A row held again for the same reason (every 15 minutes while
         // the relay refuses the login) is logged once, not at every try.
         let held_again =
             answer == HostAnswer::Held && outbox::last_error(&self.conn, id)?.as_deref() == error;
         let status = outbox::record_answer(&self.conn, id, answer, error, now)?;
-        if crate::outbox::is_test_send(&self.install_id, &row.key) || held_again {
+        if test_send || held_again {
             // "Test to" samples never reach analytics; a hold is logged
             // when it starts.
             return Ok(());

@@ -58,14 +58,15 @@ fn message_key(ctx: &Ctx<'_>, message_id: i64) -> Result<Option<(String, String)
 }
 
 /// When message `?1` last reached its recipient's side: its sender took it
-/// (the hand-over the sender accepted) or a receipt said it was delivered
-/// (not one a person's own engagement implied). The events are read through
+/// (the hand-over the sender accepted) or, for an email, a receipt said it
+/// was delivered (not one a person's own engagement implied; a text's
+/// receipt may come from its carrier well after the phone showed it). The events are read through
 /// the partial index `events_message_history`, whose condition is repeated.
 const DELIVERED_AT_SQL: &str = "SELECT MAX(t) FROM (
      SELECT handed_over_at AS t FROM outbox WHERE idempotency_key = ?1 AND status = 'accepted'
      UNION ALL
      SELECT MAX(at) FROM events WHERE message_key = ?1 AND kind = 'message_delivered'
-        AND json_extract(detail, '$.implied_by') IS NULL
+        AND channel = 'email' AND json_extract(detail, '$.implied_by') IS NULL
         AND message_key IS NOT NULL AND (kind = 'message_delivered' OR kind = 'message_bounced'
           OR kind = 'message_opened' OR kind = 'message_clicked' OR kind = 'message_replied'))";
 

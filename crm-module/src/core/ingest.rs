@@ -926,8 +926,8 @@ fn engagement_of(
 
 /// Who of the contacts with `phone` (a family phone is shared) sent a
 /// text: the one the answered message went to (`in_reply_to`), or else the
-/// one texted last (a text that may have reached them: no test send, none
-/// that failed), or else the one created first (the number's owner).
+/// one a text reached last (one its sender took: no test send, none held
+/// or failed), or else the one created first (the number's owner).
 fn replier(
     ctx: &Ctx<'_>,
     phone: &str,

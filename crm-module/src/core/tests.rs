@@ -2489,6 +2489,48 @@ fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
     );
 }
 
+/// Of two texts sent, a reply answers the one handed over last, not the
+/// one created last: a text held from 09:00 (a sending limit) and sent at
+/// 11:00 came after one created at 10:00 and sent at once.
+#[test]
+fn a_reply_answers_the_text_handed_over_last() {
+    let mut s = Sim::new();
+    s.automation(
+        json!({"name": "Welcome", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"id": "hi", "type": "send_sms", "message": "Welcome to {{practice}}"}]}),
+    );
+    s.automation(json!({"name": "Thanks", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted"},
+        "steps": [{"id": "ty", "type": "send_sms", "message": "Thanks for your form"}]}));
+    s.contact("c1", json!({"phone": "+16175550123"}));
+    s.advance(HOUR);
+    s.submit_form("c1", "sub1");
+    let (held, sent) = (
+        s.messages_to("c1")[0].key.clone(),
+        s.messages_to("c1")[1].key.clone(),
+    );
+    let accept = |s: &Sim, key: &str| {
+        let id: i64 = s
+            .conn
+            .query_row(
+                "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
+            .unwrap();
+    };
+    accept(&s, &sent);
+    s.advance(HOUR);
+    accept(&s, &held);
+    s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "Sounds good"}))
+        .unwrap();
+    let answered: String = s.value("SELECT message_key FROM events WHERE kind = 'message_replied'");
+    assert_eq!(answered, held);
+}
+
 #[test]
 fn stop_unsubscribes_the_number_once_and_yes_is_no_consent() {
     let mut s = Sim::new();

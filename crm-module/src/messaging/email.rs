@@ -193,12 +193,10 @@ pub fn assemble(parts: &EmailParts<'_>) -> Result<Assembled, String> {
         .trim()
         .parse()
         .map_err(|_| "to: not a valid address".to_owned())?;
-    let from_address: Address = parts
-        .sender
-        .from_address
-        .trim()
-        .parse()
-        .map_err(|_| "sender.from_address: not a valid address".to_owned())?;
+    // In ASCII (an internationalized domain as punycode), as the headers
+    // and the envelope: the Message-ID is built from its domain.
+    let from_address: Address = ascii_domain(&parts.sender.from_address)
+        .ok_or_else(|| "sender.from_address: not a valid address".to_owned())?;
     if let Some(r) = &parts.sender.reply_to
         && !r.trim().is_empty()
     {

@@ -316,10 +316,14 @@ impl SmtpSender {
                 response: describe_response(&response),
             },
             // This relay can never take that address; the next one may.
-            Err(err) if needs_smtputf8 && err.is_client() => failed(
-                "smtp: the relay takes no address with non-ASCII characters before the @ \
+            Err(err)
+                if needs_smtputf8 && err.is_client() && err.to_string().contains("SMTPUTF8") =>
+            {
+                failed(
+                    "smtp: the relay takes no address with non-ASCII characters before the @ \
                  (it lacks SMTPUTF8)",
-            ),
+                )
+            }
             Err(err) => outcome_for_error(&err),
         }
     }
@@ -382,8 +386,8 @@ fn outcome_for_error(err: &lettre::transport::smtp::Error) -> SmtpOutcome {
     }
     if err.is_client() {
         return SmtpOutcome::Held {
-            reason: "smtp: the relay lacks a needed capability (STARTTLS, a login \
-                     mechanism, 8BITMIME or SMTPUTF8)"
+            reason: "smtp: the relay lacks a needed capability (STARTTLS or a login \
+                     mechanism)"
                 .to_owned(),
         };
     }
