@@ -329,7 +329,11 @@ pub fn check_adapters(
         let field = format!("{channel}_delivery.plugin_id");
         // A malformed id is refused without being quoted (it is input that
         // failed the rules: it may hold anything); a well-formed one is.
-        crate::model::contact::validate_id(&field, id)?;
+        if !super::descriptor::is_id(id, 3) {
+            return Err(Error::invalid(format!(
+                "{field}: not a plugin id (3 to 64 lowercase letters, digits and '-')"
+            )));
+        }
         let Some((d, _)) = registry::descriptor(conn, id)? else {
             return Err(Error::invalid(format!(
                 "{field}: no plugin {id:?} is installed"
@@ -383,10 +387,17 @@ mod tests {
             },
             ..crate::settings::Settings::default()
         };
-        let err = check_adapters(&conn, &with("Pat Quill +16175550101\n<b>")).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("sms_delivery.plugin_id"), "{text}");
-        assert!(!text.contains("Pat") && !text.contains("1617"), "{text}");
+        for bad in ["Pat Quill +16175550101\n<b>", "+16175550101", "<script>"] {
+            let text = check_adapters(&conn, &with(bad)).unwrap_err().to_string();
+            assert!(
+                text.contains("sms_delivery.plugin_id: not a plugin id"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("Pat") && !text.contains("1617") && !text.contains('<'),
+                "{text}"
+            );
+        }
         let err = check_adapters(&conn, &with("twilio-sms")).unwrap_err();
         assert!(
             err.to_string().contains("no plugin \"twilio-sms\""),

@@ -251,13 +251,18 @@ pub fn property_order(schema_text: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn check_id(what: &str, id: &str, min: usize) -> Result<()> {
-    let ok = (min..=64).contains(&id.len())
+/// Whether `id` is `min` to 64 lowercase letters, digits and '-', not
+/// starting with '-' (a plugin's id takes at least 3).
+pub(crate) fn is_id(id: &str, min: usize) -> bool {
+    (min..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-');
-    if ok {
+        && !id.starts_with('-')
+}
+
+fn check_id(what: &str, id: &str, min: usize) -> Result<()> {
+    if is_id(id, min) {
         Ok(())
     } else {
         Err(Error::invalid(format!(
