@@ -2747,21 +2747,24 @@ fn an_emails_links_from_contact_values_are_not_tracked() {
         html.contains("href=\"https:&#x2f;&#x2f;evil.example&#x2f;login\""),
         "{html}"
     );
-    let targets: Vec<String> = s
-        .conn
-        .prepare("SELECT url FROM message_links ORDER BY idx")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
     assert_eq!(
-        targets,
+        tracked_links(&s),
         [
             "https://riverside.example/book?a=1&b=2",
             "https://riverside.example/p?who=c1"
         ]
     );
+}
+
+/// The targets of every tracked link, in the order they were wrapped.
+fn tracked_links(s: &Sim) -> Vec<String> {
+    s.conn
+        .prepare("SELECT url FROM message_links ORDER BY message_id, idx")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
@@ -2781,14 +2784,7 @@ fn only_the_templates_own_links_are_tracked() {
         !sms.contains("riverside.example/book"),
         "the template's link is wrapped: {sms}"
     );
-    let targets: Vec<String> = s
-        .conn
-        .prepare("SELECT url FROM message_links ORDER BY url")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let targets = tracked_links(&s);
     assert!(
         targets
             .iter()
