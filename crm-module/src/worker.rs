@@ -351,15 +351,16 @@ impl Worker {
             }
         };
         while !self.in_flight.is_empty() {
+            if self.rescreen.nothing_under_way() {
+                // Every answer owed is in the channel by now (the rows
+                // still queued are answered unasked, never sent).
+                while let Ok(r) = rx.try_recv() {
+                    record(self, r);
+                }
+                break;
+            }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(r) => record(self, r),
-                Err(RecvTimeoutError::Timeout) if self.rescreen.nothing_under_way() => {
-                    // Every answer owed is in the channel by now.
-                    while let Ok(r) = rx.try_recv() {
-                        record(self, r);
-                    }
-                    break;
-                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
