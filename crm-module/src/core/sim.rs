@@ -250,6 +250,20 @@ impl Sim {
             .unwrap()
     }
 
+    /// The host takes the effect with idempotency key `key` (its answer
+    /// recorded as the dispatcher records it).
+    pub fn accept(&self, key: &str) {
+        let id: i64 = self
+            .conn
+            .query_row(
+                "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        outbox::record_answer(&self.conn, id, crate::HostAnswer::Accepted, None, self.now).unwrap();
+    }
+
     /// The host takes every message due in the outbox, as the dispatcher
     /// hands them over and the host answers accepted.
     pub fn hand_over(&mut self) {

@@ -2510,21 +2510,9 @@ fn a_reply_answers_the_text_handed_over_last() {
         s.messages_to("c1")[0].key.clone(),
         s.messages_to("c1")[1].key.clone(),
     );
-    let accept = |s: &Sim, key: &str| {
-        let id: i64 = s
-            .conn
-            .query_row(
-                "SELECT id FROM outbox WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .unwrap();
-        crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
-            .unwrap();
-    };
-    accept(&s, &sent);
+    s.accept(&sent);
     s.advance(HOUR);
-    accept(&s, &held);
+    s.accept(&held);
     s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "Sounds good"}))
         .unwrap();
     let answered: String = s.value("SELECT message_key FROM events WHERE kind = 'message_replied'");
@@ -2963,13 +2951,9 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
     )
     .unwrap();
     let soft_key = s.messages_to("soft")[0].key.clone();
-    let soft_id: i64 = s.value(&format!(
-        "SELECT id FROM outbox WHERE idempotency_key = '{soft_key}'"
-    ));
     for i in 1..=4 {
         // Each bounce is a hand-over's: the host took the message again.
-        crate::outbox::record_answer(&s.conn, soft_id, crate::HostAnswer::Accepted, None, s.now)
-            .unwrap();
+        s.accept(&soft_key);
         s.push(json!({"type": "delivery.receipt", "message_key": soft_key, "status": "bounced", "bounce": "soft"})).unwrap();
         let status: String = s
             .conn
@@ -3021,16 +3005,8 @@ fn each_hand_over_counts_one_outcome_whatever_receipts_repeat() {
         s.push(json!({"type": "delivery.receipt", "message_key": k, "status": status, "bounce": bounce}))
             .unwrap();
     };
-    let accept = |s: &mut Sim, c: &str| {
-        let id: i64 = s.value(&format!(
-            "SELECT id FROM outbox WHERE idempotency_key = '{}'",
-            key(s, c)
-        ));
-        crate::outbox::record_answer(&s.conn, id, crate::HostAnswer::Accepted, None, s.now)
-            .unwrap();
-    };
     for c in ["soft", "late", "failed", "hard", "relay"] {
-        accept(&mut s, c);
+        s.accept(&key(&s, c));
     }
     // The same soft bounce three times: one bounce, one resend waiting.
     for _ in 0..3 {
@@ -4092,26 +4068,8 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
     // Once a text with the footer is accepted (the kid's here, Mum's
     // still waiting, in a paused automation say), the thread is open: no
     // footer.
-    let accept = |s: &Sim, key: &str| {
-        let id: i64 = s
-            .conn
-            .query_row(
-                "SELECT id FROM outbox WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .unwrap();
-        crate::outbox::record_answer(
-            &s.conn,
-            id,
-            crate::outbox::HostAnswer::Accepted,
-            None,
-            s.now,
-        )
-        .unwrap();
-    };
     let kids = s.messages_to("kid")[0].key.clone();
-    accept(&s, &kids);
+    s.accept(&kids);
     s.contact("dad", json!({"phone": "617.555.0100"}));
     assert_eq!(texts(&s, "dad"), ["Hi Pat"]);
     assert_eq!(
@@ -4151,7 +4109,7 @@ fn the_consent_footer_opens_each_number_not_each_contact() {
     s.contact("gran", json!({"phone": "+1 617 555 0177"}));
     assert_eq!(texts(&s, "gran"), ["Hi Pat Reply STOP to opt out"]);
     let grans = s.messages_to("gran")[0].key.clone();
-    accept(&s, &grans);
+    s.accept(&grans);
     s.contact("grandad", json!({"phone": "6175550177"}));
     assert_eq!(texts(&s, "grandad"), ["Hi Pat"]);
 }
