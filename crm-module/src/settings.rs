@@ -465,13 +465,23 @@ fn check_https_url(value: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// True when `source` shows the placeholder `{{ name }}` (spaces inside the
-/// braces allowed, no filters) outside every comment and every
-/// `{% if %}` … `{% endif %}` block: to every contact, whatever their
-/// values. (`if`, `elif`, `else` and `endif` are the only block tags a
-/// template may have.)
-fn has_top_level_placeholder(source: &str, name: &str) -> bool {
-    let mut depth = 0usize;
+/// Where a template puts a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Nowhere.
+    Missing,
+    /// Only inside a comment or an `{% if %}` … `{% endif %}` block: some
+    /// contacts, or none, see it.
+    Hidden,
+    /// Outside every comment and condition: every contact sees it.
+    Shown,
+}
+
+/// Where `source` puts the placeholder `{{ name }}` (spaces and trim
+/// markers inside the braces allowed, no filters). `if`, `elif`, `else`
+/// and `endif` are the only block tags a template may have.
+fn placement(source: &str, name: &str) -> Placement {
+    let (mut depth, mut seen) = (0usize, false);
     let mut rest = source;
     while let Some(start) = rest.find('{') {
         let after = &rest[start..];
@@ -485,40 +495,28 @@ fn has_top_level_placeholder(source: &str, name: &str) -> bool {
             }
         };
         let Some(end) = after[2..].find(close) else {
-            return false;
+            break;
         };
         let inner =
             after[2..2 + end].trim_matches(|c: char| c.is_whitespace() || c == '-' || c == '+');
         match kind {
-            'v' if depth == 0 && inner == name => return true,
+            'v' if inner == name && depth == 0 => return Placement::Shown,
+            'v' if inner == name => seen = true,
             'b' => match inner.split_whitespace().next() {
                 Some("if") => depth += 1,
                 Some("endif") => depth = depth.saturating_sub(1),
                 _ => {}
             },
+            'c' => seen |= placement(inner, name) != Placement::Missing,
             _ => {}
         }
         rest = &after[2 + end + 2..];
     }
-    false
-}
-
-/// True when `source` holds the placeholder `{{ name }}` (spaces inside the
-/// braces allowed, no filters).
-fn has_placeholder(source: &str, name: &str) -> bool {
-    let mut rest = source;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return false;
-        };
-        let inner = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
-        if inner == name {
-            return true;
-        }
-        rest = &after[end + 2..];
+    if seen {
+        Placement::Hidden
+    } else {
+        Placement::Missing
     }
-    false
 }
 
 /// True when the words of `keyword` appear, in order and as whole words, in
@@ -931,21 +929,19 @@ impl Settings {
                 e.message
             }
         })?;
-        if !has_placeholder(text, "unsubscribe_link") {
-            return Err(
+        match placement(text, "unsubscribe_link") {
+            Placement::Shown => Ok(()),
+            Placement::Missing => Err(
                 "must contain {{unsubscribe_link}} (every marketing email needs a working unsubscribe link)"
                     .into(),
-            );
-        }
-        // Written is not enough: the link must come out for every contact,
-        // not sit in a comment or under a condition.
-        if !has_top_level_placeholder(text, "unsubscribe_link") {
-            return Err(
+            ),
+            // Written is not enough: the link must come out for every
+            // contact, not sit in a comment or under a condition.
+            Placement::Hidden => Err(
                 "must show {{unsubscribe_link}} to every contact (not inside a comment or a condition)"
                     .into(),
-            );
+            ),
         }
-        Ok(())
     }
 
     fn check_consent_footer(&self) -> std::result::Result<(), String> {
