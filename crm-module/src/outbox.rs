@@ -676,29 +676,34 @@ pub fn record_answer(
     error: Option<&str>,
     now: Millis,
 ) -> Result<&'static str> {
-    let tried: i64 = conn
-        .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .unwrap_or(0);
-    let attempts = tried + 1;
-    if answer == HostAnswer::Held {
-        // No attempt used, and no hand-over: `handed_over_at` stays.
-        conn.prepare_cached(
-            "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3, last_error = ?4
-              WHERE id = ?1 AND status IN ('pending','retry')",
-        )?
-        .execute(params![id, now + HELD_PAUSE, now, error])?;
-        return Ok("retry");
-    }
-    let (status, next) = match answer {
-        HostAnswer::Accepted => ("accepted", now),
-        HostAnswer::Failed | HostAnswer::Bounced => ("failed", now),
-        HostAnswer::RetryLater if attempts >= MAX_ATTEMPTS => ("failed", now),
-        HostAnswer::RetryLater => ("retry", now + backoff(attempts)),
+    // This answer's attempt: one more than the row had.
+    let attempt = || -> Result<i64> {
+        Ok(conn
+            .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .unwrap_or(0)
+            + 1)
+    };
+    let (status, next, attempts) = match answer {
         // Nobody was asked: the row stays as it is.
-        HostAnswer::NotHandled | HostAnswer::Held => return Ok("pending"),
+        HostAnswer::NotHandled => return Ok("pending"),
+        HostAnswer::Held => {
+            // No attempt used, and no hand-over: `handed_over_at` stays.
+            conn.prepare_cached(
+                "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3, last_error = ?4
+                  WHERE id = ?1 AND status IN ('pending','retry')",
+            )?
+            .execute(params![id, now + HELD_PAUSE, now, error])?;
+            return Ok("retry");
+        }
+        HostAnswer::Accepted => ("accepted", now, attempt()?),
+        HostAnswer::Failed | HostAnswer::Bounced => ("failed", now, attempt()?),
+        HostAnswer::RetryLater => match attempt()? {
+            a if a >= MAX_ATTEMPTS => ("failed", now, a),
+            a => ("retry", now + backoff(a), a),
+        },
     };
     let changed = conn
         .prepare_cached(
