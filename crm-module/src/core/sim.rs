@@ -267,20 +267,19 @@ impl Sim {
     /// The host takes every message due in the outbox, as the dispatcher
     /// hands them over and the host answers accepted.
     pub fn hand_over(&mut self) {
-        let ids: Vec<i64> = self
+        let keys: Vec<String> = self
             .conn
             .prepare(
-                "SELECT id FROM outbox WHERE kind = 'message' AND status IN ('pending', 'retry')
-                  AND next_attempt_at <= ?1 ORDER BY id",
+                "SELECT idempotency_key FROM outbox WHERE kind = 'message'
+                  AND status IN ('pending', 'retry') AND next_attempt_at <= ?1 ORDER BY id",
             )
             .unwrap()
             .query_map([self.now], |r| r.get(0))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        for id in ids {
-            outbox::record_answer(&self.conn, id, crate::HostAnswer::Accepted, None, self.now)
-                .unwrap();
+        for key in keys {
+            self.accept(&key);
         }
     }
 
