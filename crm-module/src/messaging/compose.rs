@@ -412,11 +412,15 @@ pub fn email(
     if let Some(b) = base.filter(|_| tracking.email_clicks) {
         // Only links the template wrote: a URL from a contact's field
         // (`href="{{website}}"`) is left as typed, never a signed redirect.
-        let written = tracking::TemplateLinks::of_html(&content.html_body);
+        // The template is read for its links only if the body has one.
+        let written = std::cell::OnceCell::new();
+        let admit = |url: &str| {
+            written
+                .get_or_init(|| tracking::TemplateLinks::of_html(&content.html_body))
+                .admits(url)
+        };
         let (wrapped, links) =
-            tracking::wrap_html_links(&html, b, &|url| written.admits(url), &|i| {
-                sign(TokenKind::Click, i)
-            });
+            tracking::wrap_html_links(&html, b, &admit, &|i| sign(TokenKind::Click, i));
         html = wrapped;
         if let Some(t) = &text {
             // The text part's links get the same indexes only when they are the same links.
