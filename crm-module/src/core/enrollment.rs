@@ -788,8 +788,8 @@ pub fn send_fallback(
         // Held for the sending hours alone (not the run window): the
         // hand-over's screening redoes that hold, so a change of the
         // zone or the hours may release it.
-        let hours_alone =
-            open_at == sms_open_at(ctx, &crate::schedule::RunWindow::AnyTime, &e.contact_id)?;
+        let hours_alone = open_at > ctx.now
+            && open_at == sms_open_at(ctx, &crate::schedule::RunWindow::AnyTime, &e.contact_id)?;
         if open_at > ctx.now
             && let Some(queued) = ctx.effects.iter_mut().rev().find(|x| x.key == fb_key)
         {
