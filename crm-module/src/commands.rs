@@ -1303,6 +1303,11 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 // Sending hours: rows already screened are decided again.
                 ctx.rescreen_everyone();
             }
+            if resolved.doc.email_delivery != ctx.settings.doc.email_delivery {
+                // New relay settings may cure a refused login: what the
+                // old ones held goes again now, not at the end of its pause.
+                crate::outbox::release_held_by_sender(ctx.conn, ctx.now)?;
+            }
             Ok((to_json(resolved.doc.without_secrets())?, None))
         }
         Command::PluginInstall {

@@ -118,7 +118,8 @@ pub enum HostAnswer {
     /// takes nothing with its settings now (the SMTP relay refused its
     /// login, or lacks what the settings ask for). The row waits
     /// [`HELD_PAUSE`], its attempts untouched, and is offered again: fixing
-    /// the settings (or the relay's account) cures it.
+    /// the settings (or the relay's account) cures it. A change of the
+    /// email delivery settings offers it again at once.
     Held,
     /// Not offered to anyone: no registered sender takes effects of this
     /// kind now (no host callbacks, or none for this kind). The row is left
@@ -147,6 +148,29 @@ pub const MAX_ATTEMPTS: i64 = 8;
 /// How long a row answered [`HostAnswer::Held`] waits before it is offered
 /// again.
 pub const HELD_PAUSE: Millis = 15 * MINUTE;
+
+/// What the `last_error` of a row answered [`HostAnswer::Held`] starts
+/// with, before the sender's reason: a change of the email delivery
+/// settings releases the rows that carry it ([`release_held_by_sender`]).
+pub const HELD_BY_SENDER: &str = "held by the sender's settings: ";
+
+/// The `last_error` a row answered [`HostAnswer::Held`] for `reason` keeps.
+pub fn held_by_sender(reason: Option<&str>) -> String {
+    format!("{HELD_BY_SENDER}{}", reason.unwrap_or("no reason given"))
+}
+
+/// Releases the rows the module's own sender held (the email delivery
+/// settings changed, so the refused login or missing capability may be
+/// cured): they are offered again at once, their attempts untouched.
+pub fn release_held_by_sender(conn: &Connection, now: Millis) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE outbox SET next_attempt_at = ?1, updated_at = ?1
+              WHERE status = 'retry' AND next_attempt_at > ?1
+                AND substr(last_error, 1, length(?2)) = ?2",
+        )?
+        .execute(params![now, HELD_BY_SENDER])?)
+}
 
 /// Backoff before attempt `attempts + 1`: 1 min, 5 min, 15 min, 1 h, then 4 h.
 pub fn backoff(attempts: i64) -> Millis {
@@ -695,7 +719,7 @@ pub fn record_answer(
                 "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3, last_error = ?4
                   WHERE id = ?1 AND status IN ('pending','retry')",
             )?
-            .execute(params![id, now + HELD_PAUSE, now, error])?;
+            .execute(params![id, now + HELD_PAUSE, now, held_by_sender(error)])?;
             return Ok("retry");
         }
         HostAnswer::Accepted => ("accepted", now, attempt()?),

@@ -1058,8 +1058,8 @@ impl Worker {
         };
         // A row held again for the same reason (every 15 minutes while
         // the relay refuses the login) is logged once, not at every try.
-        let held_again =
-            answer == HostAnswer::Held && outbox::last_error(&self.conn, id)?.as_deref() == error;
+        let held_again = answer == HostAnswer::Held
+            && outbox::last_error(&self.conn, id)? == Some(outbox::held_by_sender(error));
         let status = outbox::record_answer(&self.conn, id, answer, error, now)?;
         if test_send || held_again {
             // "Test to" samples never reach analytics; a hold is logged
