@@ -3434,6 +3434,57 @@ fn template_preview_sms_counter() {
     assert!(v["email"].is_null());
 }
 
+/// With SMS clicks tracked, the preview counts the text as it goes: its
+/// link at the length of the click-tracking link that replaces it (here it
+/// takes the text past one segment). The text still shows the link as
+/// written.
+#[test]
+fn template_preview_sms_counts_tracked_links_as_sent() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Book", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "contact_created"},
+        "steps": [{"id": "sms", "type": "send_sms",
+                   "message": "Hi {{ firstname }}, your annual check-up is due soon. Book at https://riverside.example/book or call us."}]}));
+    s.contact("c1", json!({"first_name": "Pat", "phone": "+16175550123"}));
+    let msgs = s.messages_to("c1");
+    let sent = &msgs[0].payload["rendered"];
+    let sent_text = sent["text"].as_str().unwrap();
+    assert!(
+        sent_text.contains("https://t.riverside.example/c/"),
+        "{sent_text}"
+    );
+    let v = preview(
+        &s,
+        json!({"automation_id": a, "step_id": "sms", "contact_id": "c1"}),
+    )
+    .unwrap();
+    let sms = &v["sms"];
+    assert!(
+        sms["text"]
+            .as_str()
+            .unwrap()
+            .contains("https://riverside.example/book"),
+        "{sms}"
+    );
+    assert_eq!(sms["tracked_links"], 1);
+    assert_eq!(sms["counter"]["characters"], sent_text.chars().count());
+    assert_eq!(sms["counter"]["segments"], sent["segments"]);
+    assert_eq!(sent["segments"], 2, "{sent_text}");
+    // Without click tracking the link goes, and is counted, as written.
+    s.settings.doc.tracking.sms_clicks = false;
+    let v = preview(
+        &s,
+        json!({"automation_id": a, "step_id": "sms", "contact_id": "c1"}),
+    )
+    .unwrap();
+    assert_eq!(v["sms"]["tracked_links"], 0);
+    assert_eq!(
+        v["sms"]["counter"]["characters"],
+        v["sms"]["text"].as_str().unwrap().chars().count()
+    );
+    assert_eq!(v["sms"]["counter"]["segments"], 1);
+}
+
 #[test]
 fn template_preview_unknown_template_and_bad_params() {
     let mut s = Sim::new();

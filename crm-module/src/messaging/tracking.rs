@@ -569,6 +569,18 @@ pub fn open_url(base_url: &str, token: &str) -> String {
     format!("{}/o/{token}", trim_base(base_url))
 }
 
+/// A token as long as a signed one that verifies as nothing: what a
+/// preview puts in the links it wraps, to measure a text as it is sent
+/// without handing out a working link.
+pub fn sample_token() -> String {
+    let b64 = |bytes: usize| (bytes * 4).div_ceil(3);
+    format!(
+        "{TOKEN_PREFIX}.{}.{}",
+        "x".repeat(b64(PAYLOAD_LEN)),
+        "x".repeat(b64(TAG_LEN))
+    )
+}
+
 /// A wrapped link: `{base}/c/{token}`.
 pub fn click_url(base_url: &str, token: &str) -> String {
     format!("{}/c/{token}", trim_base(base_url))
@@ -1357,6 +1369,18 @@ mod tests {
                 .sign(TokenKind::Open, 1, 0, 0),
             UNSIGNABLE_TOKEN
         );
+    }
+
+    #[test]
+    fn a_sample_token_is_as_long_as_a_signed_one_and_verifies_as_nothing() {
+        let r = ring();
+        let sample = sample_token();
+        assert_eq!(
+            sample.len(),
+            r.sign(TokenKind::Click, i64::MAX, u16::MAX, NOW).len()
+        );
+        assert_eq!(sample.len(), r.sign(TokenKind::Click, 1, 0, NOW).len());
+        assert!(r.authenticate(&sample).is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! unsubscribe link is the sample URL [`PREVIEW_UNSUBSCRIBE_URL`], shown as
 //! text, not as a link. No tracking is applied (no wrapped links, no open
 //! pixel). SMS text gets the consent footer as on the first message of a
-//! thread, and the segment counter of [`sms::measure`].
+//! thread, and the segment counter of [`sms::measure`], taken of the text as
+//! it is sent: with `tracking.sms_clicks` on, its links at the length of
+//! their click-tracking links.
 //!
 //! A rendering problem does not fail the view: it is listed in `problems`
 //! (field and message) and the field renders empty. The same rendering serves
@@ -31,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::messaging::compose::{self, Content, html_escape};
 use crate::messaging::email::{self, ComposedEmail, EmailParts, SenderIdentity};
 use crate::messaging::sms::{self, SmsMeasure};
-use crate::messaging::template;
+use crate::messaging::{template, tracking};
 use crate::model::automation::{SenderOverride, StepKind};
 use crate::model::contact::validate_id;
 use crate::settings::Resolved;
@@ -164,8 +166,14 @@ pub struct SmsPreview {
     /// True when the consent footer was appended (it is not already in the text).
     pub consent_footer_appended: bool,
     /// Characters, segments, credits, encoding, units left in the last
-    /// segment and the characters that force UCS-2.
+    /// segment and the characters that force UCS-2, of the text as it is
+    /// sent: with `tracking.sms_clicks` on, each of `tracked_links` counts
+    /// at the length of its click-tracking link.
     pub counter: SmsMeasure,
+    /// How many of the text's links go as click-tracking links
+    /// (`{tracking.base_url}/c/…`, `tracking.sms_clicks`); 0 when SMS
+    /// clicks are not tracked. `text` shows them as written.
+    pub tracked_links: usize,
     /// The number it is sent from: the step's own sender number, else the
     /// practice's (`sms.sender_number`); `None` when neither is set (the
     /// host's SMS gateway chooses).
@@ -423,6 +431,24 @@ pub(crate) fn render_sms(
     }
 }
 
+/// The counter of `r`'s text as a send writes it, and how many links it
+/// wraps: with `tracking.sms_clicks`, the links the template wrote go as
+/// click-tracking links ([`compose::sms_message`] wraps them the same way), each
+/// here with a [`tracking::sample_token`] of a real token's length.
+fn measure_as_sent(settings: &Resolved, content: &Content, r: &RenderedSms) -> (SmsMeasure, usize) {
+    let tracking = &settings.doc.tracking;
+    let Some(base) = tracking.base_url.as_deref().filter(|_| tracking.sms_clicks) else {
+        return (r.measure.clone(), 0);
+    };
+    let written = tracking::TemplateLinks::of(&content.message);
+    let token = tracking::sample_token();
+    let (text, links) =
+        tracking::wrap_text_links(&r.text, base, &|url| written.admits(url), &|_| {
+            token.clone()
+        });
+    (sms::measure(&text), links.len())
+}
+
 /// What a preview renders: a saved template, or a step's message.
 struct Source {
     template_id: Option<String>,
@@ -522,10 +548,12 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: TemplatePreviewParams) -> Result<TemplateP
     };
     let (channel, email, sms, problems) = if t.channel == "sms" {
         let r = render_sms(ctx.conn, ctx.settings, ctx.now, &t.content, &contact);
+        let (counter, tracked_links) = measure_as_sent(ctx.settings, &t.content, &r);
         let preview = SmsPreview {
             text: r.text,
             consent_footer_appended: r.footer_appended,
-            counter: r.measure,
+            counter,
+            tracked_links,
             sender_number: t
                 .sms_sender
                 .clone()
