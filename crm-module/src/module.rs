@@ -441,13 +441,18 @@ impl Module {
     }
 
     fn shutdown(&self) {
+        // The views' connection closes first: it is read-only, and a
+        // read-only connection closing last leaves the write-ahead log
+        // beside the file. The last writable one to close folds the log
+        // into the database file and removes it, so the closed file alone
+        // holds everything (a host may copy or move it).
+        self.reader.lock().take();
         let _ = self.tx.send(Request::Shutdown);
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         // The worker exits on Shutdown; dropping its job sender ends the dispatcher.
         for t in threads {
             let _ = t.join();
         }
-        self.reader.lock().take();
     }
 }
 
@@ -720,6 +725,30 @@ mod tests {
         drop(first);
         let again = Module::open(&path, "").expect("open after close");
         again.view("automation_list", "").expect("view");
+    }
+
+    /// A closed database is one file: the log folded into it and removed,
+    /// so a copy of the file alone has everything committed.
+    #[test]
+    fn a_closed_database_file_holds_everything_without_its_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let m = Module::open(&path, "").expect("open");
+        m.execute(r#"{"command": "list.create", "list_id": "a", "name": "A"}"#)
+            .expect("a list");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1"}}"#)
+            .expect("a contact");
+        m.view("automation_list", "").expect("a view");
+        m.close();
+        let log = std::fs::metadata(dir.path().join("m.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(log, 0, "the log is left with {log} bytes");
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).expect("copy");
+        let conn = Connection::open(&copy).expect("open the copy");
+        let contacts: i64 = conn
+            .query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
+            .expect("contacts");
+        assert_eq!(contacts, 1);
     }
 
     #[test]
