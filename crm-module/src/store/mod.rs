@@ -107,6 +107,13 @@ pub fn open_with(path: &Path, access: Access, storage: &StorageConfig) -> Result
 /// taken before the schema is migrated.
 pub fn open_writer(path: &Path, storage: &StorageConfig) -> Result<(Connection, HandleLock)> {
     let conn = connect(path, Access::Write)?;
+    // SQLite opens a file it may not write read-only, silently: every
+    // write would then fail, and on the system clock scheduled work retry.
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(Error::Storage(
+            "cannot open the database for writing: the file (or its directory) is read-only".into(),
+        ));
+    }
     let lock = HandleLock::acquire(&conn)?;
     Ok((configure(conn, Access::Write, storage)?, lock))
 }
@@ -249,6 +256,43 @@ mod tests {
     fn pragma(conn: &Connection, name: &str) -> i64 {
         conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// A database file the process may not write is refused at open (SQLite
+    /// would open it read-only), and no lock file is made beside it.
+    #[test]
+    fn a_database_file_that_cannot_be_written_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(open(&path, Access::Write).unwrap());
+        let _ = std::fs::remove_file(dir.path().join("s.db-lock"));
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&path, perms).unwrap();
+        // Root writes a read-only file: make it immutable too, where the
+        // file system can.
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+            eprintln!("skipped: this process can write the file whatever its mode");
+            return;
+        }
+        let refused = open_writer(&path, &StorageConfig::default());
+        if immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&path)
+                .status();
+        }
+        match refused {
+            Err(Error::Storage(message)) => assert!(message.contains("read-only"), "{message}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a file that cannot be written opened for writing"),
+        }
+        assert!(!dir.path().join("s.db-lock").exists());
     }
 
     #[test]
