@@ -182,6 +182,16 @@ pub struct Worker {
     /// Rows handed over during the current [`Worker::settle`]: not handed
     /// over again in it (a row whose answer could not be recorded stays due).
     settled: HashSet<i64>,
+    /// Rows whose answers were lost with a round that did not commit (a
+    /// full disk, an I/O error), with the module time until which they are
+    /// not handed over again: the row stays due in the database, and
+    /// without this it went back to its taker at once, in a loop, for as
+    /// long as nothing could commit.
+    cooling: std::collections::HashMap<i64, Millis>,
+    /// After scheduled work failed on the system clock: the module time
+    /// before which it is not tried again, and how many times in a row it
+    /// failed (the pause doubles, up to a minute).
+    due_backoff: Option<(Millis, u32)>,
     idle_waiters: Vec<(Sender<bool>, std::time::Instant)>,
     /// The current round holds one write request only: it runs without a
     /// savepoint (see [`Worker::in_savepoint`]).
@@ -242,6 +252,8 @@ impl Worker {
             flying: std::collections::HashMap::new(),
             stalled: HashSet::new(),
             settled: HashSet::new(),
+            cooling: std::collections::HashMap::new(),
+            due_backoff: None,
             idle_waiters: Vec::new(),
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
@@ -322,6 +334,16 @@ impl Worker {
         // Wake anyone still waiting.
         self.idle_waiters.clear();
         self.record_last_answers(&rx);
+        // The closed database is one file: the log folded into it and
+        // emptied, so a host that copies or moves the file has everything
+        // committed (SQLite's own fold at the last close is skipped while
+        // another connection or a statement is still open).
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            self.log(
+                LogLevel::Warn,
+                &format!("folding the log into the database at close failed: {e}"),
+            );
+        }
     }
 
     /// On closing: waits for the answers to the rows in flight and records
@@ -399,10 +421,22 @@ impl Worker {
         // enrollments overdue, an edit that moved contacts off a removed
         // step, a window held open by a change of settings.
         let now = self.clock.now();
-        let due =
-            !self.clock.is_manual() || self.next_due().ok().flatten().is_some_and(|t| t <= now);
-        if due && let Err(e) = self.guarded("scheduled work", |w| w.run_due(now)) {
-            self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
+        let backing_off = self.due_backoff.is_some_and(|(until, _)| now < until);
+        let due = !backing_off
+            && (!self.clock.is_manual()
+                || self.next_due().ok().flatten().is_some_and(|t| t <= now));
+        if due {
+            match self.guarded("scheduled work", |w| w.run_due(now)) {
+                Ok(()) => self.due_backoff = None,
+                Err(e) => {
+                    self.log(LogLevel::Error, &format!("scheduled work failed: {e}"));
+                    // Not again at once (a full disk fails every try): after
+                    // a second, doubling to a minute while it keeps failing.
+                    let failures = self.due_backoff.map_or(0, |(_, n)| n) + 1;
+                    let pause = (1_000 << (failures - 1).min(6)).min(60_000);
+                    self.due_backoff = Some((now + pause, failures));
+                }
+            }
         }
         self.dispatch();
         self.publish_rows_written();
@@ -474,7 +508,11 @@ impl Worker {
             return None;
         }
         let now = self.clock.now();
-        let next = [self.next_due().ok().flatten(), self.wake_for_hand_over(now)]
+        let due = match self.due_backoff {
+            Some((until, _)) if now < until => Some(until),
+            _ => self.next_due().ok().flatten(),
+        };
+        let next = [due, self.wake_for_hand_over(now)]
             .into_iter()
             .flatten()
             .min();
@@ -493,16 +531,21 @@ impl Worker {
         if self.stopping || self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
+        let held_back = self.held_back(now);
         let woken = self.with_takers(now, |takers, exempt| {
-            if outbox::any_due(&self.conn, now, &self.in_flight, takers)?
-                || outbox::any_exempt_due(&self.conn, now, &self.in_flight, takers, exempt)?
+            if outbox::any_due(&self.conn, now, &held_back, takers)?
+                || outbox::any_exempt_due(&self.conn, now, &held_back, takers, exempt)?
             {
                 return Ok::<_, Error>(Some(now));
             }
             self.next_takeable(now, takers, exempt)
         });
-        // Look again soon rather than spin on an error.
-        woken.unwrap_or(Some(now + 1_000))
+        // Look again soon rather than spin on an error; a row cooling after
+        // a lost answer is due again when its pause ends.
+        match woken {
+            Ok(next) => next.into_iter().chain(self.cooled_after(now)).min(),
+            Err(_) => Some(now + 1_000),
+        }
     }
 
     /// The earliest due time after `after` of an outbox row some taker can
@@ -640,6 +683,7 @@ impl Worker {
                     &r
                 {
                     self.landed(*outbox_id);
+                    self.cool(*outbox_id);
                 }
                 reply_error(r, &err, &mut advances);
             }
@@ -647,6 +691,8 @@ impl Worker {
         }
         let mut settings_changed = false;
         let mut plugins_changed = false;
+        // The rows whose answers this round records.
+        let mut answered: Vec<i64> = Vec::new();
         self.lone_write = batch
             .iter()
             .filter(|r| {
@@ -708,6 +754,7 @@ impl Worker {
                     by,
                 } => {
                     self.landed(outbox_id);
+                    answered.push(outbox_id);
                     if answer == HostAnswer::NotHandled {
                         // Nobody was asked (the host changed since the row
                         // was handed over, or its contact changed since it
@@ -732,6 +779,7 @@ impl Worker {
                 }
                 Request::PluginStep { outbox_id, report } => {
                     self.landed(outbox_id);
+                    answered.push(outbox_id);
                     if let Err(e) = self.in_savepoint(|w| w.plugin_step(outbox_id, report)) {
                         self.log(
                             LogLevel::Error,
@@ -762,6 +810,9 @@ impl Worker {
             }
             self.log(LogLevel::Error, &format!("commit failed: {e}"));
             self.reload();
+            for id in answered {
+                self.cool(id);
+            }
         } else if settings_changed {
             self.reload();
         }
@@ -772,6 +823,37 @@ impl Worker {
             reply(failure.as_ref());
         }
         advances
+    }
+
+    /// A row whose answer was lost with its round: not handed over again
+    /// for [`ANSWER_RETRY_MS`] (the same pause as a row deferred in the
+    /// database, which could not be written either).
+    fn cool(&mut self, outbox_id: i64) {
+        let until = self.clock.now() + ANSWER_RETRY_MS;
+        self.cooling.insert(outbox_id, until);
+    }
+
+    /// The rows not to hand over at `now`: those in flight, those handed
+    /// over during the current [`Worker::settle`], and those cooling after
+    /// a lost answer.
+    fn held_back(&self, now: Millis) -> std::borrow::Cow<'_, HashSet<i64>> {
+        let cooling = || self.cooling.iter().filter(move |(_, until)| **until > now);
+        if self.settled.is_empty() && cooling().next().is_none() {
+            return std::borrow::Cow::Borrowed(&self.in_flight);
+        }
+        std::borrow::Cow::Owned(
+            self.in_flight
+                .iter()
+                .chain(&self.settled)
+                .chain(cooling().map(|(id, _)| id))
+                .copied()
+                .collect(),
+        )
+    }
+
+    /// When the first row cooling at `now` may be handed over again.
+    fn cooled_after(&self, now: Millis) -> Option<Millis> {
+        self.cooling.values().copied().filter(|t| *t > now).min()
     }
 
     /// A row handed over is back (answered, or its answer lost).
@@ -1280,7 +1362,10 @@ impl Worker {
                     .flatten()
             };
             let due = self.next_takeable(now, takers, exempt).ok().flatten();
-            due.into_iter().chain(slot).min()
+            due.into_iter()
+                .chain(slot)
+                .chain(self.cooled_after(now))
+                .min()
         })
     }
 
@@ -1328,7 +1413,13 @@ impl Worker {
                     self.conn.execute_batch("RELEASE item")?
                 }
                 Err(e) => {
-                    self.conn.execute_batch("ROLLBACK TO item; RELEASE item")?;
+                    let undone = self.conn.execute_batch("ROLLBACK TO item; RELEASE item");
+                    if undone.is_err() || self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back (a full
+                        // disk, an I/O error): the item's own error says
+                        // why, and nothing can be recorded of it.
+                        return Err(e);
+                    }
                     self.quarantine(now, enrollment_id, automation_id.as_deref(), &e)?;
                 }
             }
@@ -1473,13 +1564,9 @@ impl Worker {
         let senders = self.sender_channels();
         let now = self.clock.now();
         let room = MAX_IN_FLIGHT - self.in_flight.len();
-        let union;
-        let exclude = if self.settled.is_empty() {
-            &self.in_flight
-        } else {
-            union = self.in_flight.union(&self.settled).copied().collect();
-            &union
-        };
+        self.cooling.retain(|_, until| *until > now);
+        let exclude = self.held_back(now);
+        let exclude = &*exclude;
         // Nothing due that anyone takes (the common case while ingesting
         // without a host): no sending limits to count.
         let open = outbox::Takers {
@@ -1869,6 +1956,94 @@ mod tests {
         assert!(at >= now + ANSWER_RETRY_MS, "deferred: {}", at - now);
         let idle = w.wait_time().expect("system clock");
         assert!(idle > Duration::from_secs(50), "no loop: {idle:?}");
+    }
+
+    /// Answers lost with their round (SQLite rolled its transaction back, as
+    /// on a full disk) leave their rows due, but the rows are not handed
+    /// over again at once: the loop sleeps until their pause ends, instead
+    /// of handing them to the host again and again while nothing commits.
+    #[test]
+    fn rows_whose_answers_were_lost_with_their_round_wait_before_going_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let now = crate::clock::system_now();
+        let ids = [
+            queue_task(&w, "test-a", "c1", now - 1_000),
+            queue_task(&w, "test-b", "c2", now - 1_000),
+        ];
+        w.in_flight.extend(ids);
+        w.abort_request = Some(0);
+        w.round(
+            ids.iter()
+                .map(|&outbox_id| Request::Answer {
+                    outbox_id,
+                    answer: HostAnswer::Accepted,
+                    error: None,
+                    by: AnsweredBy::Host,
+                })
+                .collect(),
+        );
+        assert!(w.in_flight.is_empty(), "the answers landed");
+        let pending: i64 = w
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND attempts = 0",
+                [],
+                |r| r.get(0),
+            )
+            .expect("rows");
+        assert_eq!(pending, 2, "nothing of the answers was kept");
+        let idle = w.wait_time().expect("system clock");
+        assert!(
+            idle > Duration::from_secs(50),
+            "not again at once: {idle:?}"
+        );
+        // Another row falls due meanwhile: it goes, the two still wait.
+        queue_task(&w, "test-c", "c3", now - 500);
+        assert_eq!(w.wait_time(), Some(Duration::ZERO));
+    }
+
+    /// Scheduled work that fails on the system clock (a full disk) is not
+    /// tried again at once in a loop: the worker waits a second, then
+    /// longer while it keeps failing.
+    #[test]
+    fn failing_scheduled_work_on_the_system_clock_waits_before_trying_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = system_worker(&dir);
+        let (_tx, rx) = crossbeam_channel::unbounded::<Request>();
+        for text in [
+            r#"{"command": "automation.create", "automation_id": "w", "definition": {
+                "name": "W", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                "steps": [{"id": "wait", "type": "delay", "amount": 1, "unit": "days"},
+                          {"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "desk"}}]}}"#,
+            r#"{"command": "automation.activate", "automation_id": "w"}"#,
+        ] {
+            let command: Command = serde_json::from_str(text).expect("a command");
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            w.round(vec![Request::Command { command, reply }]);
+            answer.try_recv().expect("answered").expect("done");
+        }
+        let events = Event::parse_batch(
+            r#"[{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1"}}]"#,
+        )
+        .expect("events");
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        w.round(vec![Request::Push { events, reply }]);
+        answer.try_recv().expect("answered").expect("pushed");
+        let now = crate::clock::system_now();
+        let waiting = w
+            .conn
+            .execute("UPDATE enrollments SET wake_at = ?1", [now - 1_000])
+            .expect("overdue");
+        assert_eq!(waiting, 1);
+        assert_eq!(w.wait_time(), Some(Duration::ZERO), "overdue: run it");
+        w.faults = vec!["run_due", "run_due"];
+        w.turn(Vec::new(), &rx);
+        assert_eq!(w.faults.len(), 1, "it ran, and failed");
+        let pause = w.wait_time().expect("system clock");
+        assert!(pause > Duration::from_millis(500), "{pause:?}");
+        w.turn(Vec::new(), &rx);
+        assert_eq!(w.faults.len(), 1, "not tried again during the pause");
     }
 
     /// At its last attempt, a custom step whose answers cannot be recorded
