@@ -140,17 +140,18 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> 
             let cutoff = ctx.now - (*days as i64) * DAY;
             // A dormancy period fires once: after a firing (its mark's `at`,
             // an enrollment or one ignored for an active enrollment), only
-            // activity after it starts a new one. Activity that happened
-            // before, pushed late, moves Last Activity but is the same
-            // period.
+            // the contact's own activity after it starts a new one (their
+            // engagement clock). The module's messages, the host's record
+            // updates and activity that happened before, pushed late, move
+            // Last Activity but are the same period: a win-back's own text
+            // a week after it fired must not make it fire again.
             let candidates: Vec<(String, Millis)> = {
                 let mut stmt = ctx.conn.prepare_cached(
                     "SELECT c.id, c.last_activity FROM contacts c
                      WHERE c.last_activity <= ?1
-                       AND c.last_activity > coalesce(
-                           (SELECT max(m.at) FROM trigger_marks m WHERE m.automation_id = ?2
-                              AND m.contact_id = c.id AND m.mark >= 'inactive:' AND m.mark < 'inactive;'),
-                           -9223372036854775808)
+                       AND NOT EXISTS (SELECT 1 FROM trigger_marks m WHERE m.automation_id = ?2
+                              AND m.contact_id = c.id AND m.mark >= 'inactive:' AND m.mark < 'inactive;'
+                              AND m.at >= coalesce(c.last_engaged_at, -9223372036854775808))
                      ORDER BY c.last_activity, c.id",
                 )?;
                 let rows =

@@ -1177,6 +1177,40 @@ fn inactive_for_n_fires_once_per_dormancy_period_without_backfill() {
     );
 }
 
+/// The automation's own messages after its firing (here a text a week
+/// later) move Last Activity but start no new dormancy period: a patient
+/// who never answers is enrolled once, not every 97 days, and a 30-day
+/// nudge shaped alike does not keep the 90-day win-back from firing. The
+/// patient's own activity starts a new one.
+#[test]
+fn inactive_for_n_is_not_rearmed_by_its_own_messages() {
+    let mut s = Sim::new();
+    let shape = |days: i64| {
+        json!({"name": format!("Quiet {days}"), "run_window": {"mode": "any_time"},
+            "trigger": {"type": "inactive_for_days", "days": days},
+            "steps": [{"id": "mail", "type": "send_email", "subject": "We miss you", "body": "b"},
+                      {"id": "wait", "type": "delay", "amount": 7, "unit": "days"},
+                      {"id": "text", "type": "send_sms", "message": "Book with us"}]})
+    };
+    let nudge = s.automation(shape(30));
+    let winback = s.automation(shape(90));
+    s.contact(
+        "quiet",
+        json!({"email": "q@example.org", "phone": "+16175550123"}),
+    );
+    s.advance(500 * DAY);
+    assert_eq!(s.count("enrolled", Some(&nudge)), 1, "the nudge");
+    assert_eq!(s.count("enrolled", Some(&winback)), 1, "the win-back");
+    assert_eq!(s.messages_to("quiet").len(), 4);
+    s.push(json!({"type": "page.visited", "contact_id": "quiet", "page": "/book"}))
+        .unwrap();
+    // The nudge fires 30 days on; its own messages keep the patient active
+    // in Last Activity's sense, so the win-back fires 90 days after its text.
+    s.advance(150 * DAY);
+    assert_eq!(s.count("enrolled", Some(&nudge)), 2, "a new period");
+    assert_eq!(s.count("enrolled", Some(&winback)), 2);
+}
+
 /// Activity pushed late, from before the firing, moves Last Activity but
 /// starts no new dormancy period; a crossing while the contact is still in
 /// the automation is recorded and ignored once, not again every day, and
