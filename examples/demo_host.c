@@ -19,6 +19,7 @@
  * Usage: demo_host DB_PATH [CONTACTS] [DAYS]
  */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -418,16 +419,34 @@ static const char *WINBACK =
     "\"assignee\":{\"kind\":\"queue\",\"name\":\"front_desk\"},\"due_in_minutes\":60}"
     "]}}";
 
+/* A whole number from min to max given on the command line as `name`; any
+ * other text ends the program with status 2 and says why. */
+static int count_arg(const char *text, const char *name, long min, long max) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "demo_host: %s must be a whole number from %ld to %ld, got \"%s\"\n",
+                name, min, max, text);
+        exit(2);
+    }
+    return (int)v;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) {
+    if (argc < 2 || argc > 4) {
         fprintf(stderr, "usage: %s DB_PATH [CONTACTS] [DAYS]\n", argv[0]);
         return 2;
     }
-    int contacts = argc > 2 ? atoi(argv[2]) : 2200;
-    int days = argc > 3 ? atoi(argv[3]) : 90;
+    int contacts = argc > 2 ? count_arg(argv[2], "CONTACTS", 10, 1000000) : 2200;
+    int days = argc > 3 ? count_arg(argv[3], "DAYS", 1, 3650) : 90;
     int existing = contacts * 7 / 10;
     max_people = contacts;
     people = calloc((size_t)max_people, sizeof *people);
+    if (people == NULL) {
+        fprintf(stderr, "demo_host: out of memory for %d contacts\n", contacts);
+        return 1;
+    }
 
     printf("CRM module %s — demo host\n", crm_version());
     /* Monday 6 Oct 2025, 08:00 in New York. */

@@ -74,3 +74,31 @@ fn demo_host_is_clean_under_valgrind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
 }
+
+/// Counts that are not whole numbers in range are refused with the usage's
+/// status and a reason, before the database is touched (a negative count
+/// crashed the program).
+#[test]
+fn demo_host_refuses_counts_out_of_range() {
+    let exe = build();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    for args in [
+        &["-5"][..],
+        &["abc"],
+        &["600", "-3"],
+        &["600", "40x"],
+        &["5"],
+    ] {
+        let out = Command::new(&exe).arg(&db).args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            support::describe(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must be a whole number"), "{args:?}: {err}");
+        assert!(!db.exists(), "{args:?} created the database");
+    }
+}
