@@ -572,18 +572,11 @@ pub fn sms_message(
     }
     let signer = signer(ctx.conn)?;
     let message_id = number(ctx, key, &contact.id, "sms")?;
-    if let (Some(b), Some(r)) = (
-        s.tracking
-            .base_url
-            .as_deref()
-            .filter(|_| s.tracking.sms_clicks),
-        signer.as_ref(),
-    ) {
-        let written = tracking::TemplateLinks::of(&content.message);
-        let (wrapped, links) =
-            tracking::wrap_text_links(&text, b, &|url| written.admits(url), &|i| {
-                r.sign(TokenKind::Click, message_id, i, ctx.now)
-            });
+    if let Some(r) = signer.as_ref()
+        && let Some((wrapped, links)) = wrap_sms_links(&s.tracking, content, &text, &|i| {
+            r.sign(TokenKind::Click, message_id, i, ctx.now)
+        })
+    {
         text = wrapped;
         store_links(ctx, message_id, &links)?;
     }
@@ -603,6 +596,29 @@ pub fn sms_message(
         "segments": measure.segments,
         "credits": measure.credits,
     })))
+}
+
+/// `text` (an SMS rendered from `content`) with the links its template
+/// wrote wrapped into click-tracking links signed by `sign`, and those
+/// links; `None` when SMS clicks are not tracked. The send and the
+/// template preview's counter wrap alike through here.
+pub(crate) fn wrap_sms_links(
+    tracking: &crate::settings::TrackingSettings,
+    content: &Content,
+    text: &str,
+    sign: &dyn Fn(u16) -> String,
+) -> Option<(String, Vec<tracking::Link>)> {
+    let base = tracking
+        .base_url
+        .as_deref()
+        .filter(|_| tracking.sms_clicks)?;
+    let written = tracking::TemplateLinks::of(&content.message);
+    Some(tracking::wrap_text_links(
+        text,
+        base,
+        &|url| written.admits(url),
+        sign,
+    ))
 }
 
 /// Escapes text for HTML content and quoted attribute values.

@@ -433,20 +433,15 @@ pub(crate) fn render_sms(
 
 /// The counter of `r`'s text as a send writes it, and how many links it
 /// wraps: with `tracking.sms_clicks`, the links the template wrote go as
-/// click-tracking links ([`compose::sms_message`] wraps them the same way), each
-/// here with a [`tracking::sample_token`] of a real token's length.
+/// click-tracking links ([`compose::wrap_sms_links`], as a send wraps
+/// them), each here with a [`tracking::sample_token`] of a real token's
+/// length.
 fn measure_as_sent(settings: &Resolved, content: &Content, r: &RenderedSms) -> (SmsMeasure, usize) {
-    let tracking = &settings.doc.tracking;
-    let Some(base) = tracking.base_url.as_deref().filter(|_| tracking.sms_clicks) else {
-        return (r.measure.clone(), 0);
-    };
-    let written = tracking::TemplateLinks::of(&content.message);
     let token = tracking::sample_token();
-    let (text, links) =
-        tracking::wrap_text_links(&r.text, base, &|url| written.admits(url), &|_| {
-            token.clone()
-        });
-    (sms::measure(&text), links.len())
+    match compose::wrap_sms_links(&settings.doc.tracking, content, &r.text, &|_| token.clone()) {
+        Some((text, links)) => (sms::measure(&text), links.len()),
+        None => (r.measure.clone(), 0),
+    }
 }
 
 /// What a preview renders: a saved template, or a step's message.
