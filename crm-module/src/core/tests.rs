@@ -2475,13 +2475,9 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     assert_eq!(who_replied(&s)[4], ("cousin".to_string(), None));
 }
 
-/// A text still in the outbox (held by a sending limit or a paused
-/// automation, or waiting to be offered again) has reached nobody: a reply
-/// or a STOP that does not name the message it answers answers the newest
-/// text its sender took.
-#[test]
-fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
-    let mut s = Sim::new();
+/// Two automations texting each contact: "Welcome" when created, "Thanks"
+/// when they submit a form. Returns the id of "Welcome".
+fn welcome_and_thanks_texts(s: &mut Sim) -> String {
     let welcome = s.automation(
         json!({"name": "Welcome", "run_window": {"mode": "any_time"},
         "trigger": {"type": "contact_created"},
@@ -2490,6 +2486,17 @@ fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
     s.automation(json!({"name": "Thanks", "run_window": {"mode": "any_time"},
         "trigger": {"type": "form_submitted"},
         "steps": [{"id": "ty", "type": "send_sms", "message": "Thanks for your form"}]}));
+    welcome
+}
+
+/// A text still in the outbox (held by a sending limit or a paused
+/// automation, or waiting to be offered again) has reached nobody: a reply
+/// or a STOP that does not name the message it answers answers the newest
+/// text its sender took.
+#[test]
+fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
+    let mut s = Sim::new();
+    let welcome = welcome_and_thanks_texts(&mut s);
     s.contact("c1", json!({"phone": "+16175550123"}));
     s.hand_over();
     let sent = s.messages_to("c1")[0].key.clone();
@@ -2529,14 +2536,7 @@ fn a_reply_without_the_message_it_answers_is_to_a_text_that_was_sent() {
 #[test]
 fn a_reply_answers_the_text_handed_over_last() {
     let mut s = Sim::new();
-    s.automation(
-        json!({"name": "Welcome", "run_window": {"mode": "any_time"},
-        "trigger": {"type": "contact_created"},
-        "steps": [{"id": "hi", "type": "send_sms", "message": "Welcome to {{practice}}"}]}),
-    );
-    s.automation(json!({"name": "Thanks", "run_window": {"mode": "any_time"},
-        "trigger": {"type": "form_submitted"},
-        "steps": [{"id": "ty", "type": "send_sms", "message": "Thanks for your form"}]}));
+    welcome_and_thanks_texts(&mut s);
     s.contact("c1", json!({"phone": "+16175550123"}));
     s.advance(HOUR);
     s.submit_form("c1", "sub1");
