@@ -234,8 +234,9 @@ typedef struct crm_host_callbacks {
 
 /**
  * The request conflicts with the current state (e.g. advancing a system
- * clock, editing a deleted automation, calling a forbidden function from a
- * host callback). Nothing changed.
+ * clock, creating an automation under an id already used, deleting a
+ * template automations use, calling a forbidden function from a host
+ * callback). Nothing changed.
  */
 #define CRM_ERR_CONFLICT 4
 
@@ -286,14 +287,19 @@ extern "C" {
  *
  * Errors: CRM_ERR_NULL (db_path or out NULL), CRM_ERR_UTF8, CRM_ERR_TOO_LARGE,
  * CRM_ERR_INVALID (bad config, empty path), CRM_ERR_CONFLICT (the database
- * is already open in another handle, in this process or another),
- * CRM_ERR_STORAGE (cannot open or migrate the database).
+ * is already open in another handle, in this process or another; or it
+ * was written by a newer version of the module, whose schema this build
+ * does not know), CRM_ERR_STORAGE (cannot open or migrate the database,
+ * e.g. a file that is not a database, or one the process may not write).
  *
  * Thread safety: may be called from any thread, concurrently (each call
  * makes its own handle). One handle per database file: while a handle is
  * open, the module holds a lock on `<db_path>-lock` (a file it creates
- * beside the database and leaves there), and another open of the same
- * file is refused; the lock goes with crm_close() or the process.
+ * beside the database; an open that succeeded leaves it there, one that
+ * failed removes the one it made), and another open of the same file is
+ * refused; the lock goes with crm_close() or the process. Like SQLite's
+ * `-wal` and `-shm` files, the `-lock` file must not be deleted while a
+ * handle is open: a second handle would make a new one and open.
  *
  * # Safety
  * `db_path` and `config_json` are NULL or NUL-terminated strings; `out` is
@@ -410,7 +416,8 @@ crm_status crm_execute(struct crm_module *m, const char *command_json, char **ou
  * forged token gets a 404 answer, not an error.
  *
  * Errors: CRM_ERR_NULL, CRM_ERR_UTF8, CRM_ERR_TOO_LARGE, CRM_ERR_INVALID,
- * CRM_ERR_STORAGE, CRM_ERR_CLOSED, CRM_ERR_CONFLICT (see below).
+ * CRM_ERR_STORAGE, CRM_ERR_CLOSED, CRM_ERR_CONFLICT (from a log callback:
+ * see the thread safety below).
  *
  * Thread safety: safe to call concurrently on one handle; also from an
  * effect callback. From a log callback running on the module's worker

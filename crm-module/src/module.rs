@@ -142,7 +142,7 @@ impl Module {
         }
         let storage = config.storage;
         storage.validate()?;
-        let (mut conn, lock) = store::open_writer(path, &storage)?;
+        let (mut conn, mut lock) = store::open_writer(path, &storage)?;
         let install_id = match store::get_setting(&conn, "install_id")? {
             Some(Value::String(s)) => s,
             _ => {
@@ -209,6 +209,8 @@ impl Module {
         threads.insert(0, d);
         threads.insert(0, w);
         threads.push(checkpointer);
+        // Opened: the lock file stays beside the database from now on.
+        lock.keep();
         Ok(Module {
             tx,
             clock,
@@ -725,6 +727,46 @@ mod tests {
         drop(first);
         let again = Module::open(&path, "").expect("open after close");
         again.view("automation_list", "").expect("view");
+    }
+
+    /// An open that fails leaves nothing beside the database: the lock
+    /// file it made goes with it. One an open that succeeded made stays,
+    /// and a failed open leaves it too.
+    #[test]
+    fn a_failed_open_removes_the_lock_file_it_made() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notes.db");
+        let lock = dir.path().join("notes.db-lock");
+        std::fs::write(&path, "not a database, but the host's notes\n".repeat(200))
+            .expect("a file");
+        match Module::open(&path, "") {
+            Err(Error::Storage(message)) => {
+                assert!(message.contains("not a database"), "{message}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a text file opened as a database"),
+        }
+        assert!(!lock.exists(), "the failed open left its lock file");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("the file").len(),
+            "not a database, but the host's notes\n".len() * 200
+        );
+
+        // A database from a newer module: refused, and the lock file its
+        // earlier opens left stays where it was.
+        let newer = dir.path().join("newer.db");
+        Module::open(&newer, "").expect("open").close();
+        assert!(dir.path().join("newer.db-lock").exists());
+        Connection::open(&newer)
+            .expect("plain SQLite")
+            .pragma_update(None, "user_version", 10_000)
+            .expect("a newer schema");
+        match Module::open(&newer, "") {
+            Err(Error::Conflict(message)) => assert!(message.contains("newer module"), "{message}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a newer schema opened"),
+        }
+        assert!(dir.path().join("newer.db-lock").exists());
     }
 
     /// A closed database is one file: the log folded into it and removed,

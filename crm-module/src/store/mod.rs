@@ -124,42 +124,134 @@ pub fn open_writer(path: &Path, storage: &StorageConfig) -> Result<(Connection, 
 /// a second worker and dispatcher over the same outbox and schedule (every
 /// effect offered twice, date triggers evaluated twice), so opening one is
 /// refused. The operating system releases the lock when the handle is
-/// closed or its process dies (`flock` on Unix, `LockFileEx` on Windows;
-/// the file itself stays). On a file system without locks, the handle
-/// opens unlocked.
+/// closed or its process dies (`flock` on Unix, `LockFileEx` on Windows).
+/// The file stays after an open that succeeded; an open that fails removes
+/// the lock file it made, so a failed open leaves nothing beside the
+/// database. On a file system without locks, the handle opens unlocked.
+///
+/// The lock is only as good as the file: like SQLite's `-wal` and `-shm`,
+/// the `-lock` file must not be deleted while a handle is open (a second
+/// handle would make a new one and lock that).
 #[derive(Debug)]
 pub struct HandleLock {
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
+    /// The lock file, when this handle made it and its open has not yet
+    /// succeeded ([`HandleLock::keep`]): dropping the lock removes it.
+    made: Option<std::path::PathBuf>,
 }
 
 impl HandleLock {
+    /// How many times a lock file replaced while it was being locked is
+    /// tried again (another failed open removing the file it made).
+    const ATTEMPTS: usize = 8;
+
     fn acquire(conn: &Connection) -> Result<HandleLock> {
         // SQLite's own name for the file (a `file:` URI resolved, the path
         // made absolute); none for an in-memory or temporary database.
         let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
-            return Ok(HandleLock { _file: None });
+            return Ok(HandleLock {
+                file: None,
+                made: None,
+            });
         };
-        let file = std::fs::OpenOptions::new()
+        let path = std::path::PathBuf::from(format!("{db}-lock"));
+        for _ in 0..Self::ATTEMPTS {
+            if let Some(lock) = Self::try_acquire(&path)? {
+                return Ok(lock);
+            }
+        }
+        Err(Error::Storage(
+            "cannot lock the database's lock file: it was replaced while it was being locked"
+                .into(),
+        ))
+    }
+
+    /// One attempt: `None` when the file locked is no longer the one at
+    /// `path` (removed by a failed open in another process), so that the
+    /// lock held would guard nothing.
+    fn try_acquire(path: &std::path::Path) -> Result<Option<HandleLock>> {
+        let cannot_open = |e: std::io::Error| {
+            Error::Storage(format!("cannot open the database's lock file: {e}"))
+        };
+        let (file, made) = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .open(format!("{db}-lock"))
-            .map_err(|e| Error::Storage(format!("cannot open the database's lock file: {e}")))?;
+            .create_new(true)
+            .open(path)
+        {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(cannot_open)?,
+                false,
+            ),
+            Err(e) => return Err(cannot_open(e)),
+        };
         match file.try_lock() {
-            Ok(()) => Ok(HandleLock { _file: Some(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Conflict(
-                "the database is already open in another handle (in this process or another): \
-                 one handle per database file; nothing was opened"
-                    .into(),
-            )),
-            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                Ok(HandleLock { _file: None })
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Conflict(
+                    "the database is already open in another handle (in this process or another): \
+                     one handle per database file; nothing was opened"
+                        .into(),
+                ));
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
-                "cannot lock the database's lock file: {e}"
-            ))),
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return Ok(Some(HandleLock {
+                    file: None,
+                    made: made.then(|| path.to_path_buf()),
+                }));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::Storage(format!(
+                    "cannot lock the database's lock file: {e}"
+                )));
+            }
         }
+        if !same_file(&file, path) {
+            return Ok(None);
+        }
+        Ok(Some(HandleLock {
+            file: Some(file),
+            made: made.then(|| path.to_path_buf()),
+        }))
+    }
+
+    /// The open succeeded: the lock file stays when the handle closes.
+    pub fn keep(&mut self) {
+        self.made = None;
+    }
+}
+
+impl Drop for HandleLock {
+    fn drop(&mut self) {
+        // Removed while still locked: an open racing with this one either
+        // fails to lock it or finds it replaced (`same_file`) and tries again.
+        if let Some(path) = self.made.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        self.file.take();
+    }
+}
+
+/// Whether `path` still names the open `file` (Unix: same device and
+/// inode). Elsewhere an open file cannot be removed, so it always does.
+fn same_file(file: &std::fs::File, path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
     }
 }
 
