@@ -283,7 +283,9 @@ impl DayHours {
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunWindow {
     /// No restriction: steps run as soon as they are due.
-    AnyTime,
+    // Written `{}`, not as a unit variant, so that serde refuses a field
+    // given with it (`days` sent with `any_time` is an error, not ignored).
+    AnyTime {},
     /// Steps run only inside the enabled weekday rows, in the practice's time zone.
     SpecificHours {
         /// Exactly seven rows, one per weekday.
@@ -302,7 +304,7 @@ impl RunWindow {
     /// `"days[2].end: must be later than start (09:00)"`.
     pub fn validate(&self) -> Result<(), String> {
         let days = match self {
-            RunWindow::AnyTime => return Ok(()),
+            RunWindow::AnyTime {} => return Ok(()),
             RunWindow::SpecificHours { days } => days,
         };
         if days.len() != 7 {
@@ -374,7 +376,7 @@ impl RunWindow {
     /// out of range, or have `start >= end` never open.
     pub fn next_open(&self, now_ms: i64, tz: Tz) -> Option<i64> {
         let days = match self {
-            RunWindow::AnyTime => return Some(now_ms),
+            RunWindow::AnyTime {} => return Some(now_ms),
             RunWindow::SpecificHours { days } => days,
         };
         let today = local_date(now_ms, tz);
@@ -417,7 +419,7 @@ impl RunWindow {
     /// of the run window.
     pub fn day_start(&self, date: NaiveDate, tz: Tz) -> Option<i64> {
         match self {
-            RunWindow::AnyTime => Some(local_to_utc_ms(date, 0, tz)),
+            RunWindow::AnyTime {} => Some(local_to_utc_ms(date, 0, tz)),
             RunWindow::SpecificHours { days } => {
                 let weekday = Weekday::of(date);
                 days.iter()
@@ -744,7 +746,7 @@ mod tests {
 
     #[test]
     fn serde_round_trip() {
-        let any = serde_json::to_value(RunWindow::AnyTime).expect("serialize");
+        let any = serde_json::to_value(RunWindow::AnyTime {}).expect("serialize");
         assert_eq!(any, serde_json::json!({"mode": "any_time"}));
 
         let bh = RunWindow::business_hours();
@@ -790,7 +792,7 @@ mod tests {
 
     #[test]
     fn validate_accepts_defaults() {
-        assert_eq!(RunWindow::AnyTime.validate(), Ok(()));
+        assert_eq!(RunWindow::AnyTime {}.validate(), Ok(()));
         assert_eq!(RunWindow::business_hours().validate(), Ok(()));
         assert_eq!(every_day("00:00", "24:00").validate(), Ok(()));
     }
@@ -885,8 +887,8 @@ mod tests {
     #[test]
     fn any_time_is_always_open() {
         let now = ms("2026-03-08T07:30:12.345Z");
-        assert_eq!(RunWindow::AnyTime.next_open(now, New_York), Some(now));
-        assert!(RunWindow::AnyTime.is_open(now, New_York));
+        assert_eq!(RunWindow::AnyTime {}.next_open(now, New_York), Some(now));
+        assert!(RunWindow::AnyTime {}.is_open(now, New_York));
     }
 
     #[test]
@@ -1200,11 +1202,11 @@ mod tests {
         assert_eq!(bh.day_start(d(2026, 1, 17), New_York), None);
         // AnyTime: local midnight.
         assert_eq!(
-            RunWindow::AnyTime.day_start(d(2026, 1, 17), New_York),
+            RunWindow::AnyTime {}.day_start(d(2026, 1, 17), New_York),
             Some(ms("2026-01-17T05:00:00Z"))
         );
         assert_eq!(
-            RunWindow::AnyTime.day_start(d(2026, 7, 1), Sydney),
+            RunWindow::AnyTime {}.day_start(d(2026, 7, 1), Sydney),
             Some(ms("2026-06-30T14:00:00Z"))
         );
     }

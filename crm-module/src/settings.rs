@@ -77,12 +77,14 @@ pub struct Settings {
 }
 
 /// How email messages are delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum EmailDelivery {
     /// Email effects go to the host's `deliver` callback, like every other effect.
-    #[default]
-    Host,
+    // Written `{}`, not as a unit variant, so that serde refuses a field
+    // given with it (an `smtp` relay sent with `host` is an error, not
+    // ignored).
+    Host {},
     /// The module sends email itself through this SMTP relay; the host still
     /// gets SMS, property and task effects.
     Smtp {
@@ -98,18 +100,30 @@ pub enum EmailDelivery {
 }
 
 /// How SMS messages are delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SmsDelivery {
     /// SMS effects go to the host's `deliver` callback.
-    #[default]
-    Host,
+    // `{}`: a field given with it is refused (see `EmailDelivery`).
+    Host {},
     /// The module sends SMS through an installed sender adapter (a
     /// WebAssembly plugin declaring the `sms` channel).
     Plugin {
         /// The adapter's plugin id.
         plugin_id: String,
     },
+}
+
+impl Default for EmailDelivery {
+    fn default() -> Self {
+        EmailDelivery::Host {}
+    }
+}
+
+impl Default for SmsDelivery {
+    fn default() -> Self {
+        SmsDelivery::Host {}
+    }
 }
 
 impl Settings {
@@ -1205,7 +1219,7 @@ mod tests {
         );
         let mut days = match RunWindow::business_hours() {
             RunWindow::SpecificHours { days } => days,
-            RunWindow::AnyTime => unreachable!(),
+            RunWindow::AnyTime {} => unreachable!(),
         };
         days[2] = DayHours {
             day: Weekday::Wed,
@@ -1223,7 +1237,7 @@ mod tests {
         );
         assert!(
             Settings {
-                default_run_window: RunWindow::AnyTime,
+                default_run_window: RunWindow::AnyTime {},
                 ..d()
             }
             .validate_all()
@@ -1626,7 +1640,7 @@ mod tests {
         let s: Settings =
             serde_json::from_value(serde_json::json!({"practice_name": "P", "time_zone": "UTC"}))
                 .unwrap();
-        assert_eq!(s.email_delivery, EmailDelivery::Host);
+        assert_eq!(s.email_delivery, EmailDelivery::Host {});
         assert_eq!(
             serde_json::to_value(&s.email_delivery).unwrap(),
             serde_json::json!({"mode": "host"})
@@ -1653,6 +1667,40 @@ mod tests {
             "practice_name": "P", "time_zone": "UTC", "email_delivery": {"mode": "smtp"}
         }));
         assert!(bad.is_err());
+    }
+
+    /// `host` delivery has no fields: a relay or an adapter sent with it is
+    /// refused (it was dropped, and the settings read as saved).
+    #[test]
+    fn host_delivery_refuses_the_fields_of_the_other_modes() {
+        for (doc, field) in [
+            (
+                serde_json::json!({"practice_name": "P", "time_zone": "UTC",
+                    "email_delivery": {"mode": "host", "smtp": {"host": "smtp.example", "port": 587}}}),
+                "smtp",
+            ),
+            (
+                serde_json::json!({"practice_name": "P", "time_zone": "UTC",
+                    "sms_delivery": {"mode": "host", "plugin_id": "twilio"}}),
+                "plugin_id",
+            ),
+        ] {
+            let e = serde_json::from_value::<Settings>(doc.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{doc}: {e}"
+            );
+        }
+        let s: Settings = serde_json::from_value(serde_json::json!({"practice_name": "P",
+            "time_zone": "UTC", "email_delivery": {"mode": "host"}, "sms_delivery": {"mode": "host"}}))
+        .unwrap();
+        assert_eq!(s.email_delivery, EmailDelivery::Host {});
+        assert_eq!(
+            serde_json::to_value(&s.sms_delivery).unwrap(),
+            serde_json::json!({"mode": "host"})
+        );
     }
 
     #[test]

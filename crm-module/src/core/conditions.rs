@@ -65,7 +65,7 @@ pub fn evaluate(
             }
             engaged
         }
-        Condition::GoalReached => e.goal_reached_at.is_some(),
+        Condition::GoalReached {} => e.goal_reached_at.is_some(),
         Condition::All { conditions } => {
             for c in conditions {
                 if !evaluate(ctx, e, contact, c)? {

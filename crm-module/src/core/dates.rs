@@ -218,7 +218,7 @@ mod tests {
         // Any time: every day is its own evaluation.
         assert_eq!(
             days(
-                &RunWindow::AnyTime,
+                &RunWindow::AnyTime {},
                 "2026-01-12T05:00:00Z",
                 "2026-01-12T05:00:00Z",
                 None

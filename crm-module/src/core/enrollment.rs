@@ -579,7 +579,7 @@ fn run_step(
         } => {
             let contact = contacts::require(ctx.conn, &e.contact_id)?;
             let assignee = match assignee {
-                Assignee::ContactOwner => match contact.props.get("owner") {
+                Assignee::ContactOwner {} => match contact.props.get("owner") {
                     Some(Value::Object(o)) => {
                         json!({"kind": "staff", "id": o.get("id"), "name": o.get("name")})
                     }
@@ -789,7 +789,7 @@ pub fn send_fallback(
         // hand-over's screening redoes that hold, so a change of the
         // zone or the hours may release it.
         let hours_alone = open_at > ctx.now
-            && open_at == sms_open_at(ctx, &crate::schedule::RunWindow::AnyTime, &e.contact_id)?;
+            && open_at == sms_open_at(ctx, &crate::schedule::RunWindow::AnyTime {}, &e.contact_id)?;
         if open_at > ctx.now
             && let Some(queued) = ctx.effects.iter_mut().rev().find(|x| x.key == fb_key)
         {

@@ -23,7 +23,9 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
                     .then_some(Some("created")),
             };
         }
-        (Trigger::StatusChangedToPatient, Signal::BecamePatient) => return Some(Some("patient")),
+        (Trigger::StatusChangedToPatient {}, Signal::BecamePatient) => {
+            return Some(Some("patient"));
+        }
         (Trigger::FormSubmitted { form_id }, Signal::FormSubmitted { form_id: got }) => {
             form_id.as_ref().is_none_or(|f| f == got)
         }

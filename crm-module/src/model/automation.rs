@@ -174,7 +174,9 @@ pub enum Trigger {
         source: Option<String>,
     },
     /// Lifecycle: Status flips Lead → Patient.
-    StatusChangedToPatient,
+    // Written `{}`, not as a unit variant, so that serde refuses a field
+    // given with it (as it does for the other variants).
+    StatusChangedToPatient {},
     /// Forms & lists: a form submission; `form_id` absent means any form.
     FormSubmitted {
         /// The form to watch, or none for any.
@@ -243,7 +245,7 @@ impl Trigger {
     pub fn kind_id(&self) -> &'static str {
         match self {
             Trigger::ContactCreated { .. } => "contact_created",
-            Trigger::StatusChangedToPatient => "status_changed_to_patient",
+            Trigger::StatusChangedToPatient {} => "status_changed_to_patient",
             Trigger::FormSubmitted { .. } => "form_submitted",
             Trigger::AddedToList { .. } => "added_to_list",
             Trigger::RemovedFromList { .. } => "removed_from_list",
@@ -342,7 +344,8 @@ pub enum Assignee {
         name: Option<String>,
     },
     /// Whoever owns the contact when the step runs.
-    ContactOwner,
+    // `{}`: a field given with it is refused (see `Trigger`).
+    ContactOwner {},
     /// A shared queue such as `front_desk`.
     Queue {
         /// Queue name.
@@ -482,7 +485,8 @@ pub enum Condition {
         engagement: StepEngagement,
     },
     /// Whether this enrollment has reached the automation's goal.
-    GoalReached,
+    // `{}`: a field given with it is refused (see `Trigger`).
+    GoalReached {},
     /// All of the conditions hold.
     All {
         /// The conditions.
@@ -1319,7 +1323,7 @@ fn validate_condition(c: &Condition, path: &str) -> Result<()> {
         Condition::StepEngagement { step_id, .. } => {
             validate_id("step_id", step_id).map_err(|e| e.at(path))
         }
-        Condition::GoalReached => Ok(()),
+        Condition::GoalReached {} => Ok(()),
         Condition::All { conditions } | Condition::Any { conditions } => {
             if conditions.is_empty() || conditions.len() > 20 {
                 return Err(Error::invalid(format!(
@@ -1654,6 +1658,71 @@ mod tests {
         ] {
             let e = step(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("unknown field `{field}`")), "{e}");
+        }
+    }
+
+    /// A kind that has no fields refuses one given with it, as the kinds
+    /// with fields do: a field sent with the wrong kind (a builder that
+    /// switched modes, a typo) is an error, not silently dropped.
+    #[test]
+    fn a_kind_without_fields_refuses_a_field_given_with_it() {
+        fn refused<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+            v: serde_json::Value,
+            field: &str,
+        ) {
+            let e = serde_json::from_value::<T>(v.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("unknown field `{field}`")), "{v}: {e}");
+        }
+        refused::<Trigger>(
+            json!({"type": "status_changed_to_patient", "form_id": "intake"}),
+            "form_id",
+        );
+        refused::<Assignee>(
+            json!({"kind": "contact_owner", "name": "front_desk"}),
+            "name",
+        );
+        refused::<Condition>(
+            json!({"type": "goal_reached", "conditions": [{"type": "goal_reached"}]}),
+            "conditions",
+        );
+        refused::<crate::schedule::RunWindow>(
+            json!({"mode": "any_time", "days": [{"day": "mon", "enabled": true, "start": "09:00", "end": "17:00"}]}),
+            "days",
+        );
+        // Alone, each is taken, and written back as it came.
+        for (v, back) in [
+            (
+                serde_json::to_value(
+                    serde_json::from_value::<Trigger>(json!({"type": "status_changed_to_patient"}))
+                        .unwrap(),
+                ),
+                json!({"type": "status_changed_to_patient"}),
+            ),
+            (
+                serde_json::to_value(
+                    serde_json::from_value::<Assignee>(json!({"kind": "contact_owner"})).unwrap(),
+                ),
+                json!({"kind": "contact_owner"}),
+            ),
+            (
+                serde_json::to_value(
+                    serde_json::from_value::<Condition>(json!({"type": "goal_reached"})).unwrap(),
+                ),
+                json!({"type": "goal_reached"}),
+            ),
+            (
+                serde_json::to_value(
+                    serde_json::from_value::<crate::schedule::RunWindow>(
+                        json!({"mode": "any_time"}),
+                    )
+                    .unwrap(),
+                ),
+                json!({"mode": "any_time"}),
+            ),
+        ] {
+            assert_eq!(v.unwrap(), back);
         }
     }
 

@@ -1064,9 +1064,9 @@ fn details(ctx: &Ctx<'_>, rec: Option<&AutomationRecord>) -> DetailsTab {
     let window = own.unwrap_or(default_window);
     let rows_source = match window {
         RunWindow::SpecificHours { .. } => window.clone(),
-        RunWindow::AnyTime => match default_window {
+        RunWindow::AnyTime {} => match default_window {
             RunWindow::SpecificHours { .. } => default_window.clone(),
-            RunWindow::AnyTime => RunWindow::business_hours(),
+            RunWindow::AnyTime {} => RunWindow::business_hours(),
         },
     };
     let days = match rows_source {
@@ -1081,7 +1081,7 @@ fn details(ctx: &Ctx<'_>, rec: Option<&AutomationRecord>) -> DetailsTab {
                 end: r.end.to_string(),
             })
             .collect(),
-        RunWindow::AnyTime => Vec::new(),
+        RunWindow::AnyTime {} => Vec::new(),
     };
     let specific = matches!(window, RunWindow::SpecificHours { .. });
     let tz = ctx.settings.doc.time_zone.clone();
@@ -1272,7 +1272,7 @@ fn trigger_summary(t: &Trigger, names: &Names) -> String {
                 .map(source_label)
                 .unwrap_or_else(|| "Any source".into())
         ),
-        Trigger::StatusChangedToPatient => "Lead → Patient".into(),
+        Trigger::StatusChangedToPatient {} => "Lead → Patient".into(),
         Trigger::FormSubmitted { form_id } => format!(
             "Form: {}",
             form_id
@@ -1400,7 +1400,7 @@ fn step_summary(s: &Step, names: &Names, flow: Option<&Flow>) -> String {
 fn assignee_label(a: &Assignee) -> String {
     match a {
         Assignee::Staff { id, name } => name.clone().unwrap_or_else(|| id.clone()),
-        Assignee::ContactOwner => "the contact owner".into(),
+        Assignee::ContactOwner {} => "the contact owner".into(),
         Assignee::Queue { name } => match name.as_str() {
             "front_desk" => "the front desk".into(),
             other => format!("the {} queue", humanize(other).to_lowercase()),
@@ -1452,7 +1452,7 @@ fn condition_summary(c: &Condition, names: &Names, flow: Option<&Flow>) -> Strin
             };
             format!("{verb} \"{title}\"")
         }
-        Condition::GoalReached => "the goal is reached".into(),
+        Condition::GoalReached {} => "the goal is reached".into(),
         Condition::All { conditions } | Condition::Any { conditions } => {
             let joiner = if matches!(c, Condition::All { .. }) {
                 " and "
@@ -1664,7 +1664,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
                     .help("Send different welcome flows depending on where the lead came from."),
             );
         }
-        Trigger::StatusChangedToPatient => {}
+        Trigger::StatusChangedToPatient {} => {}
         Trigger::FormSubmitted { form_id } => {
             fields.push(
                 Field::new("form_id", "Form", FieldKind::Select, any_or(form_id))
@@ -2019,7 +2019,7 @@ fn step_panel(
                     "Front desk queue",
                 ),
             ];
-            if !matches!(assignee, Assignee::ContactOwner)
+            if !matches!(assignee, Assignee::ContactOwner {})
                 && !matches!(assignee, Assignee::Queue { name } if name == "front_desk")
             {
                 who.push(opt(

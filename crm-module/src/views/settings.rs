@@ -277,7 +277,7 @@ fn delivery_fields(
         _ => None,
     };
     let mode_value = match delivery {
-        EmailDelivery::Host => "host",
+        EmailDelivery::Host {} => "host",
         EmailDelivery::Smtp { .. } => "smtp",
         EmailDelivery::Plugin { .. } => "plugin",
     };
@@ -417,7 +417,7 @@ fn sms_delivery_fields(
 ) -> Vec<SettingsField> {
     let current = match delivery {
         SmsDelivery::Plugin { plugin_id } => Some(plugin_id),
-        SmsDelivery::Host => None,
+        SmsDelivery::Host {} => None,
     };
     vec![
         SettingsField::new(
@@ -451,7 +451,7 @@ fn day_rows(window: &RunWindow) -> Result<Value> {
     let template = RunWindow::business_hours();
     let source = match window {
         RunWindow::SpecificHours { .. } => window,
-        RunWindow::AnyTime => &template,
+        RunWindow::AnyTime {} => &template,
     };
     let RunWindow::SpecificHours { days } = source else {
         return Ok(Value::Array(Vec::new()));
@@ -1208,7 +1208,7 @@ mod tests {
         let mut doc = Settings {
             practice_name: "Bright Smiles Dental".into(),
             time_zone: "Europe/Berlin".into(),
-            default_run_window: crate::schedule::RunWindow::AnyTime,
+            default_run_window: crate::schedule::RunWindow::AnyTime {},
             ..Settings::default()
         };
         doc.email_footer.postal_address = "1 Main St, Boston, MA 02110".into();
