@@ -414,6 +414,22 @@ pub(crate) fn check_email(value: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// [`check_email`] for the practice's own addresses (From, Reply-To), which
+/// must also be ASCII: a mailbox name or domain in other characters needs
+/// SMTPUTF8 (RFC 6531) at every relay and inbox on the way, and a message
+/// sent without it is refused.
+fn check_sender_email(value: &str) -> std::result::Result<(), String> {
+    check_email(value)?;
+    if !value.trim().is_ascii() {
+        return Err(
+            "must be ASCII: a mailbox name or domain in other characters is not \
+                    accepted by every relay (write an international domain in its xn-- form)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// A public https base URL without user info, query or fragment.
 fn check_https_url(value: &str) -> std::result::Result<(), String> {
     let value = value.trim();
@@ -572,7 +588,7 @@ impl Settings {
     /// * `default_run_window`: a valid run window (errors point into it,
     ///   e.g. `default_run_window.days[2].end`).
     /// * `email_sender.from_address`: required, a valid email address with a
-    ///   dotted domain; `email_sender.reply_to`: the same when set.
+    ///   dotted domain, in ASCII; `email_sender.reply_to`: the same when set.
     /// * `email_footer.postal_address`: may be blank — blank means *not set
     ///   yet*, so that a new database's default settings validate. Until it
     ///   is set the engine sends no marketing email (each one fails with
@@ -650,12 +666,12 @@ impl Settings {
         );
         check(
             "email_sender.from_address",
-            check_email(&self.email_sender.from_address),
+            check_sender_email(&self.email_sender.from_address),
         );
         if !is_blank(&self.email_sender.reply_to) {
             check(
                 "email_sender.reply_to",
-                check_email(self.email_sender.reply_to.as_deref().unwrap_or_default()),
+                check_sender_email(self.email_sender.reply_to.as_deref().unwrap_or_default()),
             );
         }
 
@@ -1279,6 +1295,18 @@ mod tests {
             "email_sender.from_address",
             "required",
         );
+        // A practice's own address is sent without SMTPUTF8.
+        for bad in ["empfang@praxis-müller.de", "réception@cabinet.example"] {
+            let mut s = Settings::default();
+            s.email_sender.from_address = bad.into();
+            only_error(&s, "email_sender.from_address", "must be ASCII");
+            let mut s = Settings::default();
+            s.email_sender.reply_to = Some(bad.into());
+            only_error(&s, "email_sender.reply_to", "must be ASCII");
+        }
+        let mut s = Settings::default();
+        s.email_sender.from_address = "empfang@xn--praxis-mller-rlb.de".into();
+        assert!(s.validate().is_ok());
         only_error(
             &with(|e| e.reply_to = Some("front desk".into())),
             "email_sender.reply_to",
