@@ -9,7 +9,8 @@
  * receipts), then prints the Automation list and each automation's
  * Performance view as the host UI would render them.
  *
- * The practice is simulated with a fixed-seed PRNG, so every run prints the
+ * The practice is simulated with fixed-seed PRNGs (one for the practice, one
+ * for the providers answering in the callbacks), so every run prints the
  * same figures. Recipient behaviour is driven by what the module actually
  * sends: the host's deliver_message callback decides, per message, whether it
  * will be delivered, opened, clicked or answered, and pushes those events back
@@ -34,15 +35,25 @@
 #define DAY_MS (24LL * 3600 * 1000)
 
 /* ---- deterministic randomness ------------------------------------------ */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
-static double rnd(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+/* Two fixed-seed streams: the practice's (the main thread) and the
+ * providers' (the host callbacks, on the module's dispatcher thread, drawn
+ * only under queue_lock). Neither thread touches the other's state. */
+typedef struct {
+    uint64_t state;
+} rng;
+static rng practice_rng = {0x9E3779B97F4A7C15ULL};
+static rng provider_rng = {0xD1B54A32D192ED03ULL};
+static double rnd_from(rng *r) {
+    r->state ^= r->state >> 12;
+    r->state ^= r->state << 25;
+    r->state ^= r->state >> 27;
+    return (double)((r->state * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
 }
-static int chance(double p) { return rnd() < p; }
-static int between(int lo, int hi) { return lo + (int)(rnd() * (hi - lo + 1)); }
+static int chance_from(rng *r, double p) { return rnd_from(r) < p; }
+static int between_from(rng *r, int lo, int hi) { return lo + (int)(rnd_from(r) * (hi - lo + 1)); }
+/* The practice's stream, for the main thread. */
+static int chance(double p) { return chance_from(&practice_rng, p); }
+static int between(int lo, int hi) { return between_from(&practice_rng, lo, hi); }
 
 /* ---- the practice --------------------------------------------------------- */
 enum { LEAD = 0, PATIENT = 1 };
@@ -72,28 +83,50 @@ static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static long delivered_messages, delivered_tasks, delivered_properties;
 static char *sample_email, *sample_sms, *sample_stop;
 
-static void enqueue(int day, const char *fmt, ...) {
+/* Adds an event to the queue; the caller holds queue_lock. */
+static void enqueue_locked(int day, const char *fmt, va_list ap) {
     char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&queue_lock);
     if (queue_len == queue_cap) {
         queue_cap = queue_cap ? queue_cap * 2 : 1024;
         queue = realloc(queue, queue_cap * sizeof *queue);
+        if (queue == NULL) {
+            fprintf(stderr, "demo_host: out of memory for the providers' queue\n");
+            exit(1);
+        }
     }
     queue[queue_len].day = day;
     queue[queue_len].json = strdup(buf);
     queue_len++;
+}
+
+/* Adds an event to the queue, taking queue_lock. */
+static void enqueue(int day, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&queue_lock);
+    enqueue_locked(day, fmt, ap);
     pthread_mutex_unlock(&queue_lock);
+    va_end(ap);
+}
+
+/* enqueue() for a caller that holds queue_lock (the callbacks). */
+static void answer(int day, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    enqueue_locked(day, fmt, ap);
+    va_end(ap);
 }
 
 static int person_index(const char *contact_id) {
-    return (contact_id && contact_id[0] == 'p') ? atoi(contact_id + 1) : -1;
+    int i = (contact_id && contact_id[0] == 'p') ? atoi(contact_id + 1) : -1;
+    return i >= 0 && i < max_people ? i : -1;
 }
 
-/* ---- host callbacks (run on the module's dispatcher thread) -------------- */
+/* ---- host callbacks (run on the module's dispatcher thread) --------------
+ * They share the queue, the people's booking state, `today` and the
+ * counters with the main thread: all of it is read and written under
+ * queue_lock, and they draw from the providers' own random stream. */
 static int on_message(void *user, const char *key, const char *payload) {
     (void)user;
     json_error_t err;
@@ -119,7 +152,6 @@ static int on_message(void *user, const char *key, const char *payload) {
     if (channel && strcmp(channel, "sms") == 0 && !sample_sms) sample_sms = json_dumps(msg, JSON_INDENT(2));
     const char *purpose = json_string_value(json_object_get(msg, "purpose"));
     if (purpose && strcmp(purpose, "stop_confirmation") == 0 && !sample_stop) sample_stop = json_dumps(msg, JSON_INDENT(2));
-    pthread_mutex_unlock(&queue_lock);
 
     /* A message retried after a soft bounce comes again under the same key
        (its payload's "attempt" counts): what each attempt sets off is an
@@ -127,36 +159,37 @@ static int on_message(void *user, const char *key, const char *payload) {
        used again for a different event). */
     json_int_t attempt = json_integer_value(json_object_get(msg, "attempt"));
     if (attempt < 1) attempt = 1;
-    double r = rnd();
+    double r = rnd_from(&provider_rng);
     if (r < 0.015) {
-        enqueue(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"failed\"}", key,
+        answer(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"failed\"}", key,
                 (int)attempt, key);
     } else if (r < 0.04) {
-        enqueue(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"bounced\",\"bounce\":\"%s\"}",
-                key, (int)attempt, key, chance(0.6) ? "hard" : "soft");
+        answer(today + 1, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"bounced\",\"bounce\":\"%s\"}",
+                key, (int)attempt, key, chance_from(&provider_rng, 0.6) ? "hard" : "soft");
     } else {
-        enqueue(today, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"delivered\"}", key,
+        answer(today, "{\"event_id\":\"r-%s-%d\",\"type\":\"delivery.receipt\",\"message_key\":\"%s\",\"status\":\"delivered\"}", key,
                 (int)attempt, key);
         if (channel && strcmp(channel, "email") == 0) {
-            if (chance(0.46)) {
-                int d = today + between(0, 2);
-                enqueue(d, "{\"event_id\":\"o-%s-%d\",\"type\":\"email.opened\",\"message_key\":\"%s\"}", key, (int)attempt, key);
-                if (chance(0.28)) {
-                    enqueue(d, "{\"event_id\":\"k-%s-%d\",\"type\":\"email.clicked\",\"message_key\":\"%s\"}", key, (int)attempt, key);
+            if (chance_from(&provider_rng, 0.46)) {
+                int d = today + between_from(&provider_rng, 0, 2);
+                answer(d, "{\"event_id\":\"o-%s-%d\",\"type\":\"email.opened\",\"message_key\":\"%s\"}", key, (int)attempt, key);
+                if (chance_from(&provider_rng, 0.28)) {
+                    answer(d, "{\"event_id\":\"k-%s-%d\",\"type\":\"email.clicked\",\"message_key\":\"%s\"}", key, (int)attempt, key);
                     if (idx >= 0) people[idx].nudged = 1;
                 }
-                if (chance(0.03)) enqueue(d + 1, "{\"event_id\":\"e-%s-%d\",\"type\":\"email.replied\",\"message_key\":\"%s\"}", key, (int)attempt, key);
+                if (chance_from(&provider_rng, 0.03)) answer(d + 1, "{\"event_id\":\"e-%s-%d\",\"type\":\"email.replied\",\"message_key\":\"%s\"}", key, (int)attempt, key);
             }
-            if (winback && idx >= 0 && chance(0.22) && people[idx].booked_day < 0) people[idx].booked_day = today + between(1, 14);
+            if (winback && idx >= 0 && chance_from(&provider_rng, 0.22) && people[idx].booked_day < 0) people[idx].booked_day = today + between_from(&provider_rng, 1, 14);
         } else if (channel && idx >= 0) {
-            if (chance(0.12)) {
-                const char *body = chance(0.2) ? "STOP" : (chance(0.5) ? "yes please" : "can you book me Tuesday?");
-                enqueue(today + between(0, 1), "{\"event_id\":\"s-%s-%d\",\"type\":\"sms.received\",\"contact_id\":\"%s\",\"body\":\"%s\",\"in_reply_to\":\"%s\"}",
+            if (chance_from(&provider_rng, 0.12)) {
+                const char *body = chance_from(&provider_rng, 0.2) ? "STOP" : (chance_from(&provider_rng, 0.5) ? "yes please" : "can you book me Tuesday?");
+                answer(today + between_from(&provider_rng, 0, 1), "{\"event_id\":\"s-%s-%d\",\"type\":\"sms.received\",\"contact_id\":\"%s\",\"body\":\"%s\",\"in_reply_to\":\"%s\"}",
                         key, (int)attempt, contact, body, key);
             }
             people[idx].nudged = 1;
         }
     }
+    pthread_mutex_unlock(&queue_lock);
     json_decref(msg);
     return CRM_EFFECT_ACCEPTED;
 }
@@ -258,9 +291,11 @@ static void before_start(int days, char out[32]) {
 static void new_contact(int status) {
     if (n_people == max_people) return;
     int i = n_people++;
+    pthread_mutex_lock(&queue_lock);
     people[i].exists = 1;
     people[i].status = status;
     people[i].booked_day = -1;
+    pthread_mutex_unlock(&queue_lock);
     const char *source = status == PATIENT ? "import" : SOURCES[between(0, 5)];
     const char *sub = chance(0.93) ? "subscribed" : "unknown";
     /* An imported patient's last visit, as the EHR has it: within the year
@@ -286,8 +321,10 @@ static void book(int i) {
     int appt = next_appt_id++;
     push("{\"event_id\":\"h%d\",\"type\":\"appointment.booked\",\"appointment\":{\"id\":\"ap%d\",\"contact_id\":\"p%05d\",\"provider_id\":\"dr%d\",\"clinic_id\":\"main\"}}",
          next_event_id++, appt, i, between(1, 4));
+    pthread_mutex_lock(&queue_lock);
     people[i].status = PATIENT;
     people[i].booked_day = -1;
+    pthread_mutex_unlock(&queue_lock);
     if (chance(0.9))
         enqueue(today + between(2, 10), "{\"event_id\":\"c-ap%d\",\"type\":\"appointment.completed\",\"appointment\":{\"id\":\"ap%d\",\"contact_id\":\"p%05d\"}}", appt, appt, i);
     else
@@ -313,7 +350,9 @@ static void next_day(void) {
     flush();
     check(crm_clock_advance(crm, DAY_MS), "crm_clock_advance");
     check(crm_wait_idle(crm, 120000), "crm_wait_idle");
+    pthread_mutex_lock(&queue_lock);
     today++;
+    pthread_mutex_unlock(&queue_lock);
 }
 
 /* ---- rendering the views -------------------------------------------------- */
@@ -448,6 +487,17 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    /* The demo simulates a practice from its first day: on a database it
+       already filled, it would push its whole history again. */
+    FILE *existing_db = fopen(argv[1], "rb");
+    if (existing_db != NULL) {
+        fclose(existing_db);
+        fprintf(stderr, "demo_host: %s already exists: the demo simulates a practice from its first day, "
+                        "so give it the path of a new database\n", argv[1]);
+        free(people);
+        return 2;
+    }
+
     printf("CRM module %s — demo host\n", crm_version());
     /* Monday 6 Oct 2025, 08:00 in New York. */
     check(crm_open(argv[1],
@@ -484,15 +534,20 @@ int main(int argc, char **argv) {
         int arrivals = leads_per_day + (chance(0.5) ? 1 : 0);
         for (int k = 0; k < arrivals; k++) new_contact(LEAD);
         for (int i = 0; i < n_people; i++) {
-            person *p = &people[i];
-            if (p->booked_day >= 0 && p->booked_day <= today) book(i);
-            else if (p->status == LEAD && chance(p->nudged ? 0.03 : 0.008)) book(i);
-            else if (p->status == PATIENT && i < existing && chance(0.0015)) book(i);
+            /* The callbacks may be setting this person's booking state. */
+            pthread_mutex_lock(&queue_lock);
+            person p = people[i];
+            pthread_mutex_unlock(&queue_lock);
+            if (p.booked_day >= 0 && p.booked_day <= today) book(i);
+            else if (p.status == LEAD && chance(p.nudged ? 0.03 : 0.008)) book(i);
+            else if (p.status == PATIENT && i < existing && chance(0.0015)) book(i);
         }
         push_due();
         next_day();
         if ((d + 1) % 30 == 0) printf("  day %d: %d contacts\n", d + 1, n_people);
     }
+    /* The providers' answers to the last day's messages (receipts, opens). */
+    push_due();
     flush();
     check(crm_wait_idle(crm, 120000), "crm_wait_idle");
 

@@ -102,3 +102,89 @@ fn demo_host_refuses_counts_out_of_range() {
         assert!(!db.exists(), "{args:?} created the database");
     }
 }
+
+/// Every message the host took has its answer in the figures: the
+/// providers' receipts for the last simulated day's messages are pushed
+/// before the screens are printed (they were left in the program's queue,
+/// and the last day's sends read neither delivered nor bounced).
+#[test]
+fn demo_host_pushes_the_answers_to_the_last_days_messages() {
+    let exe = build();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&exe)
+        .arg(dir.path().join("demo.db"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "  Email      619        597     277       81        5       12      10          46  96.4%"
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("Email ") || l.starts_with("SMS "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|n| n.replace(',', "").parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 4, "two channels of two automations in:\n{text}");
+    for row in rows {
+        let [
+            sent,
+            delivered,
+            _opened,
+            _clicked,
+            _replied,
+            bounced,
+            failed,
+            _suppressed,
+        ] = row[..]
+        else {
+            panic!("{row:?}")
+        };
+        assert!(sent > 0, "{row:?}");
+        assert_eq!(
+            delivered + bounced + failed,
+            sent,
+            "sent, delivered, opened, clicked, replied, bounced, failed, suppressed: {row:?}"
+        );
+    }
+}
+
+/// On a database it already filled, the demo stops before it opens it: it
+/// would push its whole history again (it stopped after 30 days of
+/// events, at "automation welcome already exists").
+#[test]
+fn demo_host_refuses_a_database_that_exists() {
+    let exe = build();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let first = Command::new(&exe)
+        .arg(&db)
+        .args(["100", "5"])
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", support::describe(&first));
+    let before = std::fs::read(&db).unwrap();
+    let again = Command::new(&exe)
+        .arg(&db)
+        .args(["100", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "{}",
+        support::describe(&again)
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(again.stdout.is_empty(), "{}", support::describe(&again));
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the database changed"
+    );
+}
