@@ -120,7 +120,8 @@ pub enum Command {
         /// The new content.
         template: TemplateInput,
     },
-    /// Deletes a template (steps using it then fail with `template_not_found`).
+    /// Deletes a template. Refused (conflict) while an automation's steps
+    /// use it: take it out of them first.
     #[serde(rename = "template.delete")]
     TemplateDelete {
         /// The template.

@@ -78,7 +78,8 @@ pub struct PushResult {
     /// The host's event id.
     pub event_id: String,
     /// `applied`, `duplicate` (seen before: no effect) or `stale` (an older
-    /// contact update: recorded, properties kept).
+    /// contact update: recorded, properties kept; or an opt-out older
+    /// than every channel's last subscription change: recorded only).
     pub outcome: String,
 }
 
