@@ -971,6 +971,13 @@ pub struct TemplateLinks {
     prefixes: Vec<String>,
 }
 
+/// Where the first template tag of a link starts: a placeholder (`{{`), a
+/// statement (`{%`, as in `{% if %}`) or a comment (`{#`). What follows
+/// it is written when the message is rendered.
+fn template_tag(url: &str) -> Option<usize> {
+    ["{{", "{%", "{#"].iter().filter_map(|t| url.find(t)).min()
+}
+
 impl TemplateLinks {
     /// Finds the `http://` and `https://` links of a template's source.
     pub fn of(template: &str) -> TemplateLinks {
@@ -984,10 +991,18 @@ impl TemplateLinks {
                 continue;
             };
             let end = url_end(template, after_scheme);
-            let url = trim_url_end(&template[start..end]);
+            let raw = &template[start..end];
+            let url = trim_url_end(raw);
             pos = end.max(pos);
-            match url.find("{{") {
-                None => found.exact.push(url.to_string()),
+            match template_tag(url) {
+                None => {
+                    found.exact.push(url.to_string());
+                    // In an attribute the link runs to its quote: a final
+                    // `.` or `)` there is the link's own.
+                    if raw != url && template_tag(raw).is_none() {
+                        found.exact.push(raw.to_string());
+                    }
+                }
                 // The host must be written out: `https://{{site}}/x` is the
                 // contact's host, not the template's.
                 Some(p) if template[after_scheme..start + p].contains(['/', '?', '#']) => {
@@ -1793,6 +1808,35 @@ mod tests {
         );
         assert!(!t.admits("https://evil.example/prize"));
         assert!(!TemplateLinks::of("Hi {{firstname}}").admits("https://evil.example"));
+    }
+
+    /// An href whose path a `{% if %}` chooses, or that ends in a `.` or an
+    /// unbalanced `)` inside its quotes, is still the template's link (both
+    /// went out untracked).
+    #[test]
+    fn template_links_built_with_statements_or_ending_in_punctuation_are_the_templates() {
+        let t = TemplateLinks::of_html(
+            r#"<a href="https://practice.example/book{% if vip %}/vip{% else %}/std{% endif %}">Book</a>
+               <a href="https://practice.example/menu.">Menu</a>
+               <a href="https://practice.example/map)">Map</a>
+               <a href="https://practice.example{% if a %}.evil.example{% endif %}/x">x</a>
+               <a href="https://portal.example/p{# tracking id #}?a=1">Portal</a>"#,
+        );
+        assert!(t.admits("https://practice.example/book/vip"));
+        assert!(t.admits("https://practice.example/book/std"));
+        assert!(t.admits("https://practice.example/menu."));
+        assert!(t.admits("https://practice.example/map)"));
+        assert!(t.admits("https://portal.example/p?a=1"));
+        assert!(
+            !t.admits("https://practice.example.evil.example/x"),
+            "a statement before the host is complete may change the host"
+        );
+        // The rendered message's links are wrapped.
+        let html = r#"<a href="https://practice.example/book/vip">Book</a> <a href="https://practice.example/menu.">Menu</a>"#;
+        let (out, links) = wrap_html_links(html, BASE, &|u| t.admits(u), &|i| format!("tok{i}"));
+        assert_eq!(links.len(), 2, "{out}");
+        assert_eq!(links[1].url, "https://practice.example/menu.");
+        assert!(!out.contains("practice.example/menu"), "{out}");
     }
 
     #[test]
