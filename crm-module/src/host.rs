@@ -216,7 +216,7 @@ pub fn run_dispatcher(
     host: HostSlot,
     settings: Arc<RwLock<Resolved>>,
     worker: crossbeam_channel::Sender<Request>,
-    plugin_jobs: crossbeam_channel::Sender<crate::plugins::pool::Job>,
+    plugin_jobs: crate::plugins::pool::Queue,
     rescreen: Arc<crate::messaging::handover::Rescreen>,
     clock: Arc<crate::clock::Clock>,
 ) {
@@ -265,9 +265,7 @@ pub fn run_dispatcher(
             }
         }
         if job.kind == EffectKind::PluginStep {
-            if plugin_jobs.send(Job::Step(job)).is_err() {
-                break;
-            }
+            plugin_jobs.send(Job::Step(job));
             continue;
         }
         let adapter = match (job.kind, job.channel.as_deref()) {
@@ -277,15 +275,10 @@ pub fn run_dispatcher(
             _ => None,
         };
         if let Some(plugin_id) = adapter {
-            if plugin_jobs
-                .send(Job::Send {
-                    effect: job,
-                    plugin_id,
-                })
-                .is_err()
-            {
-                break;
-            }
+            plugin_jobs.send(Job::Send {
+                effect: job,
+                plugin_id,
+            });
             continue;
         }
         let smtp_settings = match &settings.read().doc.email_delivery {
