@@ -144,7 +144,15 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
 
 /// [`json_error`] for a part of a document at path `at`.
 fn json_error_at(at: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error {
-    let path = match (at, safe_path(e.path())) {
+    // The path of an unknown field may end with the field itself: the
+    // message names it, or says it is not shown (and then the path must
+    // not).
+    let message = e.inner().to_string();
+    let unknown_field = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    let path = match (at, safe_path(e.path(), unknown_field)) {
         ("", p) => p,
         (at, p) if p.is_empty() || p == "." => at.to_string(),
         (at, p) if p.starts_with('[') => format!("{at}{p}"),
@@ -175,6 +183,20 @@ fn is_field_name(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
 }
 
+/// Whether an unknown field's name may be quoted: it is written like the
+/// module's own field names (a letter or `_`, then letters, digits and
+/// `_`). A key that starts with a digit or holds `.`, `-`, `$` is more
+/// likely data put where a field belongs (a phone number, a date, an
+/// address's local part) than a misspelt field.
+fn is_identifier(key: &str) -> bool {
+    key.len() <= 64
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The JSON path of an error, with any map key that does not look like a
 /// field name replaced by `?` (map keys are the host's, and could be data).
 /// A host's key as an error message may show it: itself when it looks like
@@ -183,10 +205,18 @@ pub(crate) fn shown_key(key: &str) -> &str {
     if is_field_name(key) { key } else { "?" }
 }
 
-fn safe_path(path: &serde_path_to_error::Path) -> String {
+/// The path, shown safely; without its last key when that is
+/// `unknown_field` (the message speaks of it).
+fn safe_path(path: &serde_path_to_error::Path, unknown_field: Option<&str>) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
-    for segment in path.iter() {
+    let mut segments: Vec<&Segment> = path.iter().collect();
+    if let (Some(Segment::Map { key }), Some(field)) = (segments.last(), unknown_field)
+        && key == field
+    {
+        segments.pop();
+    }
+    for segment in segments {
         match segment {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
             Segment::Map { key } | Segment::Enum { variant: key } => {
@@ -277,7 +307,7 @@ fn redact(msg: &str) -> String {
             "unknown field " => input
                 .strip_prefix('`')
                 .and_then(|f| f.strip_suffix('`'))
-                .filter(|f| is_field_name(f))
+                .filter(|f| is_identifier(f))
                 .map(|f| format!("`{f}`")),
             "invalid type: " | "invalid value: " => input
                 .split_whitespace()
@@ -403,6 +433,11 @@ mod tests {
             "jane.doe@example.com is sick",
             "Zoë",
             "a`b, expected x",
+            // Data where a field belongs: a phone number, a date, a
+            // mailbox name.
+            "6175550123",
+            "1985-03-07",
+            "jane.doe",
         ] {
             let text = serde_json::json!({ key: 1 }).to_string();
             let m = parse_json::<Strict>(&text).unwrap_err().to_string();
@@ -411,7 +446,12 @@ mod tests {
                 "{key}: {m}"
             );
             assert!(
-                !m.contains(key) && !m.contains("Jane") && !m.contains("Zo"),
+                !m.contains(key)
+                    && !m.contains("Jane")
+                    && !m.contains("jane")
+                    && !m.contains("Zo")
+                    && !m.contains("555")
+                    && !m.contains("1985"),
                 "{key}: {m}"
             );
         }
