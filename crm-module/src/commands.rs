@@ -1265,6 +1265,19 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 &key,
             )?;
             let to = rendered["to"].as_str().unwrap_or_default().to_string();
+            // Rendered with a contact's data, the sample carries their name,
+            // as an automation's message does: a sender adapter's logs and
+            // reasons are scrubbed of it (`plugins::redact`).
+            let placeholders = match contact_id.as_deref() {
+                Some(id) => {
+                    let c = crate::core::contacts::require(ctx.conn, id)?;
+                    serde_json::json!({
+                        "firstname": c.text("first_name").unwrap_or(""),
+                        "lastname": c.text("last_name").unwrap_or(""),
+                    })
+                }
+                None => serde_json::json!({}),
+            };
             ctx.effects.push(crate::outbox::Effect {
                 key: key.clone(),
                 kind: crate::outbox::EffectKind::Message,
@@ -1272,6 +1285,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     "key": key, "kind": "message", "channel": channel, "category": "test",
                     "purpose": "test_send", "contact_id": contact_id, "to": to,
                     "template_id": template_id, "rendered": rendered,
+                    "placeholders": placeholders,
                 }),
                 contact_id: contact_id.clone().unwrap_or_default(),
                 automation_id: None,

@@ -3561,6 +3561,35 @@ fn template_test_send_queues_one_test_message_without_analytics_or_consent() {
     assert_eq!(m.payload["purpose"], "test_send");
     assert_eq!(m.payload["to"], "staff@practice.example");
     assert_eq!(m.payload["rendered"]["subject"], "[Test] Hello Pat");
+    // The contact's name goes with it, for a sender adapter's scrubbing.
+    let adapter_sees = crate::plugins::pool::outgoing(&crate::outbox::DueEffect {
+        id: 1,
+        key: m.key.clone(),
+        kind: m.kind,
+        payload: m.payload.to_string(),
+        channel: m.channel.clone(),
+        contact_id: Some("c1".into()),
+        screened: 0,
+        exempt: false,
+    });
+    assert!(
+        m.payload["placeholders"]["firstname"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    assert_eq!(
+        adapter_sees.map(|o| o.patient).ok(),
+        Some(vec![
+            m.payload["placeholders"]["firstname"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            m.payload["placeholders"]["lastname"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        ])
+    );
     assert!(m.key.starts_with("t-test-welcome-"), "{}", m.key);
     assert_eq!(events(&s), before_events, "no event rows");
     assert_eq!(s.count("message_queued", None), 0);

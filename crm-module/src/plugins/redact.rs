@@ -11,7 +11,8 @@
 //!
 //! - **a step call** ([`Redactor::contact`]): every string in the contact JSON,
 //!   at any depth (tags, staff names, custom properties), except the
-//!   contact's top-level `id`, which is an id and stays; numbers of
+//!   contact's top-level `id`, which is an id and stays; the first and last
+//!   name also as whole words from [`MIN_NAME_CHARS`] characters; numbers of
 //!   [`MIN_NUMBER_DIGITS`] digits or more, as text (a record or member number
 //!   stored as a number); smaller numbers (counts, amounts) stay;
 //! - **a send** ([`Redactor::message`]): the recipient `to`, the subject, the
@@ -160,6 +161,15 @@ impl Redactor {
                             contact_value(value, &mut out);
                         }
                     }
+                    // The names also as whole words from MIN_NAME_CHARS, as
+                    // in a send: `Li` and `Wu` are shorter than MIN_CHARS.
+                    names.extend(
+                        ["first_name", "last_name"]
+                            .iter()
+                            .filter_map(|f| fields.get(*f).and_then(Value::as_str))
+                            .map(|n| n.trim().to_string())
+                            .filter(|n| n.chars().count() >= MIN_NAME_CHARS),
+                    );
                 }
                 // Not an object (the module always passes one): scrub every
                 // value it holds.
@@ -307,6 +317,18 @@ mod tests {
         Redactor::contact(v.to_string())
     }
 
+    /// A step call's contact names of two letters are scrubbed as whole
+    /// words, as a send's are (they were under MIN_CHARS, and logged as
+    /// they came).
+    #[test]
+    fn a_step_calls_short_names_are_scrubbed_as_whole_words() {
+        let r = contact(json!({"id": "c9", "first_name": "Al", "last_name": "Wu", "city": "MA"}));
+        assert_eq!(
+            r.redact("scored Al Wu: 42 (Wu's visits; always, wuxia)"),
+            format!("scored {MARKER} {MARKER}: 42 ({MARKER}'s visits; always, wuxia)")
+        );
+    }
+
     #[test]
     fn the_plugins_secrets_are_scrubbed_too() {
         let r = Redactor::contact(r#"{"id": "c1", "first_name": "Ann"}"#.into())
@@ -348,9 +370,10 @@ mod tests {
     fn short_values_and_small_numbers_stay_large_numbers_go() {
         let r = contact(json!({"id": "c1", "first_name": "Al", "state": "MA",
             "no_show_count": 2, "balance": 120.5, "member_number": 48_213_377}));
+        // A short value stays (`MA`); a short name goes, as a whole word.
         assert_eq!(
             r.redact("Al in MA: 2 no-shows, balance 120.5, member 48213377"),
-            "Al in MA: 2 no-shows, balance 120.5, member [redacted]"
+            "[redacted] in MA: 2 no-shows, balance 120.5, member [redacted]"
         );
     }
 
