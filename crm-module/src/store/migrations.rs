@@ -1,6 +1,16 @@
 //! Versioned schema migrations. Each entry runs once, in order, inside one
 //! transaction with the `user_version` bump; a database newer than this build
 //! is refused rather than misread.
+//!
+//! Foreign keys are on while they run, and SQLite cannot turn them off
+//! inside a transaction. A table rebuilt by copying (6 and 8 rebuild
+//! `enrollments`, `outbox` and `appointments`) must therefore be one no
+//! other table references: dropping `contacts`, `automations`, `forms` or
+//! `lists` for a copy would fail on a database with rows while passing on
+//! an empty one. Such a rebuild needs its own step with foreign keys off
+//! outside the transaction and `PRAGMA foreign_key_check` before it
+//! commits. A new migration that moves rows gets a test on a database
+//! that holds some (as `rows_written_before_the_table_rebuilds_come_through_every_migration`).
 
 use rusqlite::Connection;
 
@@ -734,6 +744,103 @@ mod tests {
                 .unwrap();
         }
         conn
+    }
+
+    /// A database from before the table rebuilds (migrations 6 and 8: the
+    /// enrollments, the outbox and the appointments copied into new tables)
+    /// comes through every later migration with its rows, their values and
+    /// its foreign keys intact (the rebuilds had run on empty databases
+    /// only).
+    #[test]
+    fn rows_written_before_the_table_rebuilds_come_through_every_migration() {
+        let conn = at_version(5);
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        conn.execute_batch(
+            "INSERT INTO contacts (id, props, created_at, last_activity)
+                 VALUES ('c1', '{\"first_name\":\"Ann\"}', 1, 2), ('c2', '{}', 3, 4);
+             INSERT INTO automations (id, name, status, current_version, entered_by, updated_by, created_at, updated_at)
+                 VALUES ('a1', 'Welcome', 'active', 1, 'Dr. A', 'Dr. A', 1, 1);
+             INSERT INTO automation_versions (automation_id, version, definition, created_at)
+                 VALUES ('a1', 1, '{}', 1);
+             INSERT INTO enrollments (id, automation_id, contact_id, enrolled_version, version, state,
+                                      step_id, step_phase, step_started_at, wake_at, enrolled_at)
+                 VALUES (7, 'a1', 'c1', 1, 1, 'active', 's2', 'waiting', 10, 500, 5);
+             INSERT INTO enrollments (id, automation_id, contact_id, enrolled_version, version, state,
+                                      enrolled_at, ended_at, exit_reason, goal_reached_at)
+                 VALUES (8, 'a1', 'c2', 1, 1, 'exited', 6, 60, 'goal_met', 55);
+             INSERT INTO outbox (id, idempotency_key, kind, payload, contact_id, automation_id,
+                                 enrollment_id, step_id, channel, status, attempts, next_attempt_at,
+                                 created_at, updated_at, last_error)
+                 VALUES (3, 'k-7-s1', 'message', '{\"channel\":\"email\"}', 'c1', 'a1', 7, 's1',
+                         'email', 'retry', 2, 900, 10, 20, 'busy'),
+                        (4, 'k-8-t', 'task', '{}', 'c2', 'a1', 8, 't', NULL, 'accepted', 1, 30, 30, 31, NULL);
+             INSERT INTO appointments (id, contact_id, status, starts_at, provider_id, clinic_id, updated_at)
+                 VALUES ('ap1', 'c1', 'booked', 86400000, 'dr1', 'main', 40);",
+        )
+        .unwrap();
+        let rows = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(|v| v.join("|"))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        };
+        const ENROLLMENTS: &str =
+            "SELECT id, automation_id, contact_id, enrolled_version, version, state,
+            step_id, step_phase, step_started_at, wake_at, enrolled_at, ended_at, exit_reason,
+            goal_reached_at FROM enrollments ORDER BY id";
+        const OUTBOX: &str = "SELECT id, idempotency_key, kind, payload, contact_id, automation_id,
+            enrollment_id, step_id, channel, status, attempts, next_attempt_at, created_at,
+            updated_at, last_error FROM outbox ORDER BY id";
+        const APPOINTMENTS: &str = "SELECT id, contact_id, status, starts_at, provider_id,
+            clinic_id, updated_at FROM appointments ORDER BY id";
+        let before = [rows(ENROLLMENTS), rows(OUTBOX), rows(APPOINTMENTS)];
+        migrate(&conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        assert_eq!(
+            [rows(ENROLLMENTS), rows(OUTBOX), rows(APPOINTMENTS)],
+            before
+        );
+        assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 5);
+        assert!(rows("PRAGMA foreign_key_check").is_empty());
+        assert_eq!(
+            rows("PRAGMA integrity_check"),
+            vec!["Text(\"ok\")".to_string()]
+        );
+        // The rebuilt tables' indexes serve as before: the active
+        // enrollment is due through `enrollments_due`, the retry through
+        // `outbox_due`.
+        let due: i64 = conn
+            .query_row(
+                "SELECT id FROM enrollments INDEXED BY enrollments_due
+                  WHERE state = 'active' AND wake_at IS NOT NULL AND held = 0 AND wake_at <= 1000",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(due, 7);
+        let retry: i64 = conn
+            .query_row(
+                "SELECT id FROM outbox INDEXED BY outbox_due
+                  WHERE status IN ('pending','retry') AND kind = 'message' AND channel = 'email'
+                    AND next_attempt_at <= 1000",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(retry, 3);
     }
 
     /// Each contact's id and `column`, by id.
