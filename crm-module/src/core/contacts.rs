@@ -105,9 +105,17 @@ impl Contact {
             "insurance_verification" => self.insurance_verification.clone().map(Value::String),
             "portal_active" => Some(Value::Bool(self.portal_active)),
             "age" => {
+                use chrono::Datelike as _;
                 let dob = chrono::NaiveDate::parse_from_str(self.text("dob")?, "%Y-%m-%d").ok()?;
                 let today = crate::schedule::local_date(now, tz);
-                let years = today.years_since(dob)?;
+                if today < dob {
+                    return None;
+                }
+                // A year older on the birthday as the module keeps it: a
+                // 29 February birthday on 28 February in other years, the
+                // day its birthday trigger fires.
+                let this_year = crate::schedule::birthday_in_year(dob, today.year());
+                let years = today.year() - dob.year() - i32::from(today < this_year);
                 Some(Value::from(years))
             }
             other => self.props.get(other).cloned().filter(|v| !v.is_null()),
@@ -783,6 +791,36 @@ mod tests {
             op,
             Some(&json!(30))
         ));
+    }
+
+    /// Age counts a year on the birthday as the module keeps it: a leapling
+    /// turns a year older on 28 February in other years, the day the
+    /// birthday trigger fires for them (chrono's `years_since` waited for
+    /// 1 March, so the birthday's own run saw the old age).
+    #[test]
+    fn age_turns_on_the_birthday_the_trigger_observes() {
+        let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        let at = |s: &str| crate::clock::parse_rfc3339(s).unwrap();
+        let born = |dob: &str| {
+            Contact::with_props("c1", Map::from_iter([("dob".to_string(), json!(dob))]))
+        };
+        let age = |dob: &str, now: &str| born(dob).property("age", at(now), tz);
+        let leapling = "2000-02-29";
+        assert_eq!(age(leapling, "2027-02-27T12:00:00-05:00"), Some(json!(26)));
+        assert_eq!(age(leapling, "2027-02-28T00:00:00-05:00"), Some(json!(27)));
+        assert_eq!(age(leapling, "2028-02-28T12:00:00-05:00"), Some(json!(27)));
+        assert_eq!(age(leapling, "2028-02-29T00:00:00-05:00"), Some(json!(28)));
+        let other = "1961-03-01";
+        assert_eq!(age(other, "2026-02-28T23:59:00-05:00"), Some(json!(64)));
+        assert_eq!(age(other, "2026-03-01T00:00:00-05:00"), Some(json!(65)));
+        // In the practice's zone: 04:00 UTC on 1 March is still 28 February.
+        assert_eq!(age(other, "2026-03-01T04:00:00Z"), Some(json!(64)));
+        assert_eq!(
+            age("2030-01-01", "2026-03-01T12:00:00Z"),
+            None,
+            "born later"
+        );
+        assert_eq!(age("not a date", "2026-03-01T12:00:00Z"), None);
     }
 
     /// The indexed columns as stored, and what the indexes find.
