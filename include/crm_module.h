@@ -482,7 +482,10 @@ crm_status crm_clock_advance(struct crm_module *m, int64_t ms);
 
 /**
  * Reads the module's current time, in milliseconds since the Unix epoch
- * (UTC), into `*out_ms` (0 on failure).
+ * (UTC), into `*out_ms` (0 on failure). It never goes back: a handle opened
+ * with a clock behind the database's last recorded instant (a manual start
+ * in the past, a wall clock set back) starts at that instant, and the
+ * system clock holds there until the wall clock passes it.
  *
  * Errors: CRM_ERR_NULL.
  *

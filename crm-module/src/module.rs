@@ -44,7 +44,9 @@ pub enum ClockConfig {
     System {},
     /// Time moves only when the host advances it.
     Manual {
-        /// Start instant, RFC 3339.
+        /// Start instant, RFC 3339. A database that recorded a later
+        /// instant starts the clock there: the module's time never goes
+        /// back.
         start: String,
     },
 }
@@ -133,7 +135,7 @@ impl Module {
     /// Opens with a typed config.
     pub fn open_with(path: &Path, config: OpenConfig) -> Result<Module> {
         let clock = Arc::new(match &config.clock {
-            ClockConfig::System {} => Clock::System,
+            ClockConfig::System {} => Clock::system(),
             ClockConfig::Manual { start } => Clock::manual(
                 parse_rfc3339(start).map_err(|m| Error::invalid(format!("clock.start: {m}")))?,
             ),
@@ -144,6 +146,11 @@ impl Module {
         let storage = config.storage;
         storage.validate()?;
         let (mut conn, mut lock) = store::open_writer(path, &storage)?;
+        // The clock never goes back across opens (`clock`): a clock behind
+        // the database's last recorded instant starts at it.
+        if let Some(last) = store::last_recorded_at(&conn)? {
+            clock.not_before(last);
+        }
         let install_id = match store::get_setting(&conn, "install_id")? {
             Some(Value::String(s)) => s,
             _ => {
@@ -768,6 +775,61 @@ mod tests {
             Ok(_) => panic!("a newer schema opened"),
         }
         assert!(dir.path().join("newer.db-lock").exists());
+    }
+
+    /// The clock does not go back across opens: reopened with a clock
+    /// before the database's last recorded instant, the module starts at
+    /// that instant. An update pushed then applies (it read as older than
+    /// the record, stale, until the old time came round again), and a
+    /// delay started before waits its own two days, not years.
+    #[test]
+    fn a_clock_behind_the_database_starts_at_its_last_recorded_instant() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let manual =
+            |start: &str| format!(r#"{{"clock": {{"mode": "manual", "start": "{start}"}}}}"#);
+        let later = crate::clock::parse_rfc3339("2036-01-07T15:00:00Z").unwrap();
+        let m = Module::open(&path, &manual("2036-01-07T15:00:00Z")).expect("open");
+        m.execute(
+            r#"{"command": "automation.create", "automation_id": "a1", "definition": {
+                "name": "Wait", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                "steps": [{"id": "d", "type": "delay", "amount": 2, "unit": "days"},
+                          {"id": "t", "type": "create_task", "title": "Call",
+                           "assignee": {"kind": "queue", "name": "front_desk"}}]}}"#,
+        )
+        .expect("automation");
+        m.execute(r#"{"command": "automation.activate", "automation_id": "a1"}"#)
+            .expect("activate");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1", "first_name": "Ann"}}"#)
+            .expect("a contact");
+        m.close();
+
+        for clock in [manual("2030-01-07T15:00:00Z"), String::new()] {
+            let m = Module::open(&path, &clock).expect("reopen");
+            assert!(
+                m.now() >= later,
+                "{clock:?}: the clock went back to {}",
+                m.now()
+            );
+            m.close();
+        }
+        let m = Module::open(&path, &manual("2030-01-07T15:00:00Z")).expect("reopen");
+        let out = m
+            .push(r#"{"event_id": "e2", "type": "contact.upserted", "contact": {"id": "c1", "first_name": "Anne"}}"#)
+            .expect("an update");
+        assert_eq!(out.outcome, "applied", "{out:?}");
+        m.advance_clock(2 * crate::clock::DAY).expect("two days");
+        m.close();
+        let conn = Connection::open(&path).expect("plain SQLite");
+        let (props, tasks): (String, i64) = conn
+            .query_row(
+                "SELECT props, (SELECT COUNT(*) FROM tasks) FROM contacts WHERE id = 'c1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the contact");
+        assert!(props.contains(r#""first_name":"Anne""#), "{props}");
+        assert_eq!(tasks, 1, "the delay's task");
     }
 
     /// A closed database is one file: the log folded into it and removed,

@@ -1757,7 +1757,7 @@ mod tests {
     /// A worker on the system clock, with [`Taker`] registered.
     fn system_worker(dir: &tempfile::TempDir) -> Worker {
         let mut w = worker(dir);
-        w.clock = Arc::new(Clock::System);
+        w.clock = Arc::new(Clock::system());
         *w.host.write() = Some(Arc::new(Taker));
         w
     }

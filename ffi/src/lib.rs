@@ -940,7 +940,10 @@ pub unsafe extern "C" fn crm_clock_advance(m: *mut crm_module, ms: i64) -> crm_s
 }
 
 /// Reads the module's current time, in milliseconds since the Unix epoch
-/// (UTC), into `*out_ms` (0 on failure).
+/// (UTC), into `*out_ms` (0 on failure). It never goes back: a handle opened
+/// with a clock behind the database's last recorded instant (a manual start
+/// in the past, a wall clock set back) starts at that instant, and the
+/// system clock holds there until the wall clock passes it.
 ///
 /// Errors: CRM_ERR_NULL.
 ///

@@ -301,6 +301,17 @@ fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Resul
     Ok(conn)
 }
 
+/// The last instant the database recorded: the latest time among the
+/// event log's newest rows (it is appended to with the module's clock in
+/// every transaction that changes anything; a row logged for an earlier
+/// instant, as an enrollment dated from its trigger, is outweighed by its
+/// neighbours). `None` for a database with no log yet.
+pub fn last_recorded_at(conn: &Connection) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MAX(at) FROM (SELECT at FROM events ORDER BY id DESC LIMIT 64)")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// Reads a setting's JSON value.
 pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<serde_json::Value>> {
     let text: Option<String> = conn
