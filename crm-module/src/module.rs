@@ -92,6 +92,10 @@ pub struct Module {
     host: HostSlot,
     settings: Arc<RwLock<Resolved>>,
     reader: Mutex<Option<Connection>>,
+    /// Set when closing starts: a view asked for then (a host callback
+    /// answering during the close) does not open the views' connection
+    /// again, which would close after the writer's and leave the log.
+    closing: std::sync::atomic::AtomicBool,
     plugins: Arc<crate::plugins::PluginHost>,
     path: PathBuf,
     storage: StorageConfig,
@@ -225,6 +229,7 @@ impl Module {
             host,
             settings,
             reader: Mutex::new(Some(reader)),
+            closing: std::sync::atomic::AtomicBool::new(false),
             plugins,
             path: path.to_path_buf(),
             storage,
@@ -366,6 +371,9 @@ impl Module {
         }
         let settings = self.settings.read().clone();
         let mut guard = self.reader.lock();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         if guard.is_none() {
             *guard = Some(store::open_with(&self.path, Access::Read, &self.storage)?);
         }
@@ -456,7 +464,11 @@ impl Module {
         // beside the file. The last writable one to close folds the log
         // into the database file and removes it, so the closed file alone
         // holds everything (a host may copy or move it).
-        self.reader.lock().take();
+        {
+            let mut reader = self.reader.lock();
+            self.closing.store(true, Ordering::SeqCst);
+            reader.take();
+        }
         let _ = self.tx.send(Request::Shutdown);
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         // The worker exits on Shutdown; dropping its job sender ends the dispatcher.
@@ -830,6 +842,26 @@ mod tests {
             .expect("the contact");
         assert!(props.contains(r#""first_name":"Anne""#), "{props}");
         assert_eq!(tasks, 1, "the delay's task");
+    }
+
+    /// A view asked for while the module closes (a host callback answering
+    /// during the close) is refused as closed: it opened the views'
+    /// connection again, which then closed after the writer's, and a
+    /// read-only connection closing last leaves the log and its index
+    /// beside the file.
+    #[test]
+    fn a_view_during_the_close_leaves_no_log_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let m = Module::open(&path, "").expect("open");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1"}}"#)
+            .expect("a contact");
+        m.shutdown();
+        assert!(matches!(m.view("automation_list", ""), Err(Error::Closed)));
+        drop(m);
+        for file in ["m.db-wal", "m.db-shm"] {
+            assert!(!dir.path().join(file).exists(), "{file} is left");
+        }
     }
 
     /// A closed database is one file: the log folded into it and removed,
