@@ -137,7 +137,17 @@ pub fn evaluate(ctx: &mut Ctx<'_>, entry: &Entry, due: Millis) -> Result<usize> 
             }
         }
         Trigger::InactiveForDays { days } => {
-            let cutoff = ctx.now - (*days as i64) * DAY;
+            // Whole calendar days in the practice's zone, as the builder's
+            // "days since last activity" counts them: a contact last active
+            // on 1 March is N days inactive on the Nth day after, whatever
+            // the hour of the visit. (Elapsed hours made that day depend on
+            // the visit's hour against the window's, and on a DST change.)
+            let tz = ctx.settings.tz;
+            let first_day_not_counted = local_date(ctx.now, tz)
+                .checked_sub_days(chrono::Days::new(u64::from(*days).saturating_sub(1)));
+            let cutoff = first_day_not_counted.map_or(ctx.now - (*days as i64) * DAY, |d| {
+                crate::schedule::local_to_utc_ms(d, 0, tz) - 1
+            });
             // A dormancy period fires once: after a firing (its mark's `at`,
             // an enrollment or one ignored for an active enrollment), only
             // the contact's own activity after it starts a new one (their

@@ -1268,6 +1268,57 @@ fn inactive_for_n_fires_once_per_dormancy_period_whatever_arrives_late_or_while_
     );
 }
 
+/// Inactive for N counts calendar days in the practice's zone, as the
+/// builder's "days since last activity" does: a contact last active on
+/// 1 March is enrolled at the window's opening on the 30th day after
+/// (31 March), whether the visit was at 08:30 or 10:00 and across the
+/// spring change. Counted in elapsed hours, the 10:00 visit and the 08:30
+/// one across the change fired on 1 April.
+#[test]
+fn inactive_for_n_fires_on_the_nth_calendar_day_whatever_the_hour() {
+    use crate::clock::to_rfc3339;
+    let mut s = Sim::new();
+    let a = s.automation(
+        json!({"name": "Nudge", "run_window": every_day("09:00", "17:00"),
+        "trigger": {"type": "inactive_for_days", "days": 30},
+        "steps": [{"type": "delay", "amount": 60, "unit": "days"}]}),
+    );
+    let at = |t: &str| parse_rfc3339(t).unwrap();
+    // To Sunday 1 March 2026 (EST), then the visits of that day, pushed as
+    // the host's record of each patient's last visit.
+    s.advance(at("2026-03-01T07:00:00-05:00") - s.now);
+    for (id, visit) in [
+        ("early", "2026-03-01T08:30:00-05:00"),
+        ("late", "2026-03-01T10:00:00-05:00"),
+        ("evening", "2026-03-01T23:30:00-05:00"),
+    ] {
+        s.advance(at(visit) - s.now);
+        s.push(json!({"type": "contact.upserted", "contact": {"id": id},
+            "last_activity_at": to_rfc3339(at(visit))}))
+            .unwrap();
+    }
+    s.advance(at("2026-04-02T12:00:00-04:00") - s.now);
+    for id in ["early", "late", "evening"] {
+        let enrolled = s.texts(
+            "SELECT contact_id FROM enrollments WHERE automation_id = ?1",
+            &a,
+        );
+        let when: i64 = s
+            .conn
+            .query_row(
+                "SELECT enrolled_at FROM enrollments WHERE automation_id = ?1 AND contact_id = ?2",
+                [&a, id],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("{id} not enrolled ({enrolled:?}): {e}"));
+        assert_eq!(
+            to_rfc3339(when),
+            "2026-03-31T13:00:00.000Z",
+            "{id}: 09:00 EDT on 31 March"
+        );
+    }
+}
+
 /// A run window open every day from `start` to `end`, New York time.
 fn every_day(start: &str, end: &str) -> Value {
     let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -1723,7 +1774,9 @@ fn last_activity_moves_on_touch_and_reactivation_goal() {
             |r| r.get(0),
         )
         .unwrap();
-    assert!(last > s.now - 2 * DAY, "the email touched the record");
+    // Queued on the 90th calendar day since the contact was created
+    // (from its local midnight), two or three days before now.
+    assert!(last > s.now - 3 * DAY, "the email touched the record");
     s.advance(HOUR);
     s.push(json!({"type": "page.visited", "contact_id": "c1", "page": "/book"}))
         .unwrap();
