@@ -864,6 +864,65 @@ mod tests {
         }
     }
 
+    /// Every view, built on a database with an automation that branches,
+    /// a contact and a template, validates against the schema published
+    /// for it. The builder's palette left out `branches` where false while
+    /// its schema required it, and fields always written as `null` read
+    /// as optional: view schemas are now made as the module writes.
+    #[test]
+    fn every_view_validates_against_its_published_schema() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = Module::open(
+            &dir.path().join("m.db"),
+            r#"{"clock": {"mode": "manual", "start": "2030-01-07T14:00:00Z"}}"#,
+        )
+        .expect("open");
+        m.execute(
+            r#"{"command": "template.create", "template_id": "t1", "template": {
+                "channel": "email", "name": "Hello", "subject": "Hi {{firstname}}", "html_body": "<p>Hello</p>"}}"#,
+        )
+        .expect("template");
+        m.execute(
+            r#"{"command": "automation.create", "automation_id": "a1", "definition": {
+                "name": "Welcome", "goal": "book_appointment", "run_window": {"mode": "any_time"},
+                "trigger": {"type": "contact_created"},
+                "steps": [{"id": "e", "type": "send_email", "template_id": "t1"},
+                          {"id": "b", "type": "branch", "condition": {"type": "goal_reached"},
+                           "yes": [], "no": [{"id": "t", "type": "create_task", "title": "Call",
+                                              "assignee": {"kind": "contact_owner"}}]}]}}"#,
+        )
+        .expect("automation");
+        m.execute(r#"{"command": "automation.activate", "automation_id": "a1"}"#)
+            .expect("activate");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1", "first_name": "Ann", "email": "ann@example.com", "email_subscription": "subscribed"}}"#)
+            .expect("a contact");
+        let schemas = crate::views::schemas();
+        for (view, params) in [
+            ("automation_list", ""),
+            ("automation_builder", r#"{"automation_id": "a1"}"#),
+            ("automation_builder", ""),
+            ("automation_performance", r#"{"automation_id": "a1"}"#),
+            ("settings", ""),
+            (
+                "template_preview",
+                r#"{"template_id": "t1", "contact_id": "c1"}"#,
+            ),
+            ("plugins", ""),
+        ] {
+            let out = m.view(view, params).expect("the view");
+            let validator = jsonschema::validator_for(&schemas[view]).expect("a schema");
+            let errors: Vec<String> = validator
+                .iter_errors(&out)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{view} {params}: {errors:#?}");
+        }
+        assert_eq!(
+            schemas.as_object().map(|o| o.len()),
+            Some(crate::views::VIEW_NAMES.len())
+        );
+    }
+
     /// A closed database is one file: the log folded into it and removed,
     /// so a copy of the file alone has everything committed.
     #[test]

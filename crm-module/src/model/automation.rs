@@ -392,7 +392,8 @@ pub struct EmailFallback {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SettableProperty {
-    /// `lead` or `patient`.
+    /// `patient` only: Lead → Patient is for good, and a patient never
+    /// becomes a lead again.
     Status,
     /// A lead source.
     LeadSource,

@@ -97,10 +97,40 @@ impl Limits {
 /// the value they had (the defaults at a first install; the stored ones on
 /// a replacement or `plugin.configure`). Checked as [`Limits`] fields when
 /// the command is read.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]
-#[schemars(with = "Limits")]
 pub struct LimitChanges(serde_json::Map<String, serde_json::Value>);
+
+/// [`Limits`]' schema without its defaults: a field left out keeps the
+/// value it had, which on `plugin.configure` or a replacement is the stored
+/// one, so a client that fills in a schema's defaults must not find any.
+impl JsonSchema for LimitChanges {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LimitChanges".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = Limits::json_schema(generator);
+        if let Some(fields) = schema
+            .get_mut("properties")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for field in fields.values_mut() {
+                if let Some(field) = field.as_object_mut() {
+                    field.remove("default");
+                }
+            }
+        }
+        schema.insert(
+            "description".into(),
+            "Limits to change: a field given changes, one left out keeps the value it had \
+             (the default at a first install, the stored one on a replacement or \
+             `plugin.configure`)."
+                .into(),
+        );
+        schema
+    }
+}
 
 impl<'de> Deserialize<'de> for LimitChanges {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -178,5 +208,31 @@ mod tests {
         let e = serde_json::from_str::<LimitChanges>(r#"{"deadline": 5}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         assert!(serde_json::from_str::<LimitChanges>(r#"{"fuel": "lots"}"#).is_err());
+    }
+
+    /// The changes' schema names every limit and gives no default: a field
+    /// left out keeps its stored value, and a client filling in defaults
+    /// from the schema reset a plugin's limits.
+    #[test]
+    fn the_changes_schema_has_the_limits_fields_and_no_defaults() {
+        let changes = schemars::schema_for!(LimitChanges).to_value();
+        let limits = schemars::schema_for!(Limits).to_value();
+        let names = |s: &serde_json::Value| {
+            let mut v: Vec<String> = s["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&changes), names(&limits));
+        assert_eq!(changes["additionalProperties"], false);
+        for (name, field) in changes["properties"].as_object().unwrap() {
+            assert!(field.get("default").is_none(), "{name}: {field}");
+            assert!(field.get("type").is_some(), "{name}: {field}");
+        }
+        assert!(limits["properties"]["deadline_ms"].get("default").is_some());
     }
 }

@@ -90,32 +90,33 @@ pub fn query(
     }
 }
 
-/// JSON Schemas (schemars 1.x, `schemars::schema_for!`) of every view model, keyed by view name.
+/// JSON Schemas (schemars 1.x) of every view model as the module writes it
+/// ([`crate::schema::output`]), keyed by view name.
 pub fn schemas() -> Value {
     let mut out = serde_json::Map::new();
     out.insert(
         "automation_list".into(),
-        schemars::schema_for!(automation_list::AutomationListView).to_value(),
+        crate::schema::output::<automation_list::AutomationListView>().to_value(),
     );
     out.insert(
         "automation_builder".into(),
-        schemars::schema_for!(builder::BuilderView).to_value(),
+        crate::schema::output::<builder::BuilderView>().to_value(),
     );
     out.insert(
         "automation_performance".into(),
-        schemars::schema_for!(performance::PerformanceView).to_value(),
+        crate::schema::output::<performance::PerformanceView>().to_value(),
     );
     out.insert(
         "settings".into(),
-        schemars::schema_for!(settings::SettingsView).to_value(),
+        crate::schema::output::<settings::SettingsView>().to_value(),
     );
     out.insert(
         "template_preview".into(),
-        schemars::schema_for!(template_preview::TemplatePreviewView).to_value(),
+        crate::schema::output::<template_preview::TemplatePreviewView>().to_value(),
     );
     out.insert(
         "plugins".into(),
-        schemars::schema_for!(plugins::PluginsView).to_value(),
+        crate::schema::output::<plugins::PluginsView>().to_value(),
     );
     Value::Object(out)
 }
