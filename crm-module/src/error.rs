@@ -148,18 +148,14 @@ fn json_error_at(at: &str, e: serde_path_to_error::Error<serde_json::Error>) -> 
     // message names it, or says it is not shown (and then the path must
     // not).
     let message = e.inner().to_string();
-    let unknown_field = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name);
-    let path = match (at, safe_path(e.path(), unknown_field)) {
+    let path = match (at, safe_path(e.path(), unknown_field_name(&message))) {
         ("", p) => p,
         (at, p) if p.is_empty() || p == "." => at.to_string(),
         (at, p) if p.starts_with('[') => format!("{at}{p}"),
         (at, p) => format!("{at}.{p}"),
     };
     let inner = e.inner();
-    let what = redact(&inner.to_string());
+    let what = redact(&message);
     let location = if inner.line() > 0 {
         format!(" (line {} column {})", inner.line(), inner.column())
     } else {
@@ -272,6 +268,32 @@ const UNEXPECTED_KINDS: [&str; 14] = [
     "enum",
 ];
 
+/// The input a serde message echoes after its opening words, and the rest:
+/// the input runs to serde's own last `, expected ` or `, there are no `
+/// (the input itself may hold either).
+fn split_input(rest: &str) -> (&str, &str) {
+    let cut = [", expected ", ", there are no "]
+        .iter()
+        .filter_map(|t| rest.rfind(t))
+        .max();
+    match cut {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    }
+}
+
+/// `x` of an input serde wrote as `` `x` ``.
+fn backticked(input: &str) -> Option<&str> {
+    input.strip_prefix('`')?.strip_suffix('`')
+}
+
+/// The field an `unknown field `x`, expected …` message names, read as
+/// [`redact`] reads it.
+fn unknown_field_name(msg: &str) -> Option<&str> {
+    let rest = strip_position(msg).strip_prefix("unknown field ")?;
+    backticked(split_input(rest).0)
+}
+
 /// Removes the input echoed inside serde messages: `invalid type: string "x"`
 /// becomes `invalid type: string`, `unknown variant `x`` becomes
 /// `unknown variant`, and `unknown field `x`` keeps `x` only when it looks
@@ -294,19 +316,10 @@ fn redact(msg: &str) -> String {
         let Some(rest) = msg.strip_prefix(prefix) else {
             continue;
         };
-        let cut = [", expected ", ", there are no "]
-            .iter()
-            .filter_map(|t| rest.rfind(t))
-            .max();
-        let (input, tail) = match cut {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
+        let (input, tail) = split_input(rest);
         let head = prefix.trim_end().trim_end_matches(':');
         let shown = match prefix {
-            "unknown field " => input
-                .strip_prefix('`')
-                .and_then(|f| f.strip_suffix('`'))
+            "unknown field " => backticked(input)
                 .filter(|f| is_identifier(f))
                 .map(|f| format!("`{f}`")),
             "invalid type: " | "invalid value: " => input
