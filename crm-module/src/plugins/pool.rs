@@ -198,7 +198,7 @@ pub fn spawn(
 }
 
 fn run(jobs: &Taker, plugins: &PluginHost, worker: &Sender<Request>, rescreen: &Rescreen) {
-    while let Some((_running, job)) = jobs.take() {
+    while let Some((running, job)) = jobs.take() {
         let _under_way = rescreen.take();
         // A row whose contact changed while it waited for a free thread
         // goes back to be screened again.
@@ -213,20 +213,12 @@ fn run(jobs: &Taker, plugins: &PluginHost, worker: &Sender<Request>, rescreen: &
         // row is retried under its key and the thread lives on; otherwise
         // the row stayed in flight for good and the pool shrank.
         let request = match job {
-            Job::Step(effect) => {
-                // The plugin's id is read from the payload only for a
-                // defect's report: `step` reads the payload itself.
-                let plugin_id = || {
-                    serde_json::from_str::<Value>(&effect.payload)
-                        .ok()
-                        .and_then(|v| v["plugin_id"].as_str().map(str::to_string))
-                        .unwrap_or_default()
-                };
-                Request::PluginStep {
-                    outbox_id: effect.id,
-                    report: contained(plugin_id, || step(plugins, &effect)),
-                }
-            }
+            Job::Step(effect) => Request::PluginStep {
+                outbox_id: effect.id,
+                // The queue read the plugin's id from the payload
+                // (`Job::plugin_id`); `step` reads the payload itself.
+                report: contained(|| running.plugin.clone(), || step(plugins, &effect)),
+            },
             Job::Send { effect, plugin_id } => {
                 let report = contained(|| plugin_id.clone(), || send(plugins, &plugin_id, &effect));
                 let (answer, error) = match &report.result {

@@ -151,7 +151,8 @@ impl Redactor {
     /// whole word; a string that is both counts everywhere.
     fn patterns(&self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
-        let mut names = Vec::new();
+        // The contact's names, as given (trimmed and bounded below).
+        let mut names: Vec<String> = Vec::new();
         match &self.source {
             Source::Nothing => {}
             Source::Contact(json) => match serde_json::from_str::<Value>(json) {
@@ -167,8 +168,7 @@ impl Redactor {
                         ["first_name", "last_name"]
                             .iter()
                             .filter_map(|f| fields.get(*f).and_then(Value::as_str))
-                            .map(|n| n.trim().to_string())
-                            .filter(|n| n.chars().count() >= MIN_NAME_CHARS),
+                            .map(str::to_string),
                     );
                 }
                 // Not an object (the module always passes one): scrub every
@@ -191,11 +191,7 @@ impl Redactor {
                 {
                     text(&form, &mut out);
                 }
-                names.extend(
-                    (message_names.iter())
-                        .map(|n| n.trim().to_string())
-                        .filter(|n| n.chars().count() >= MIN_NAME_CHARS),
-                );
+                names.extend(message_names.iter().cloned());
             }
         }
         for secret in &self.secrets {
@@ -203,7 +199,11 @@ impl Redactor {
         }
         out.retain(|p| p.chars().count() >= MIN_CHARS);
         let mut all: Vec<(String, bool)> = (out.into_iter().map(|p| (p, false)))
-            .chain(names.into_iter().map(|n| (n, true)))
+            .chain(
+                (names.iter().map(|n| n.trim()))
+                    .filter(|n| n.chars().count() >= MIN_NAME_CHARS)
+                    .map(|n| (n.to_string(), true)),
+            )
             .collect();
         // (p, false) sorts first: a string that is both counts everywhere.
         all.sort_unstable();
