@@ -172,7 +172,10 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * crm_set_host_callbacks(), crm_wait_idle() (it would wait for the
  * callback itself) or crm_clock_advance() (it would wait for the
  * callback's answer): they return CRM_ERR_CONFLICT at once and change
- * nothing; nor crm_close() (ignored, sets CRM_ERR_CONFLICT).
+ * nothing; nor crm_close() (ignored, sets CRM_ERR_CONFLICT). A
+ * `delivery.receipt` that deliver_message pushes for the message it is
+ * delivering records that message as accepted: the callback's return value
+ * then changes nothing (a soft bounce still has it offered again).
  *
  * A NULL effect callback means "not handled": effects of that kind are not
  * offered and use none of their attempts; they wait in the module's durable

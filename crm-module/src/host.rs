@@ -459,6 +459,7 @@ mod tests {
             channel: Some(channel.into()),
             contact_id: None,
             screened: 0,
+            attempts: 0,
             exempt: false,
         };
         assert!(is_email(&job(EffectKind::Message, "email")));

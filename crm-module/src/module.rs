@@ -973,4 +973,165 @@ mod tests {
         m.view("automation_list", "").expect("view");
         m.shutdown();
     }
+
+    /// A practice whose one automation emails each new contact (template
+    /// `t1`), at 2030-01-07 14:00 on the manual clock, with contact `c1`
+    /// pushed. Returns the module and the email's key.
+    fn one_email(path: &Path) -> (Module, String) {
+        let m = Module::open(
+            path,
+            &format!(
+                r#"{{"clock": {{"mode": "manual", "start": "2030-01-07T14:00:00Z"}}, "initial_settings": {}}}"#,
+                practice(r#"{}"#)
+            ),
+        )
+        .expect("open");
+        m.execute(
+            r#"{"command": "template.create", "template_id": "t1", "template": {
+                "channel": "email", "name": "Hello", "subject": "Hi", "html_body": "<p>Hello</p>"}}"#,
+        )
+        .expect("template");
+        m.execute(
+            r#"{"command": "automation.create", "automation_id": "a1", "definition": {
+                "name": "Welcome", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                "steps": [{"id": "e", "type": "send_email", "template_id": "t1"}]}}"#,
+        )
+        .expect("automation");
+        m.execute(r#"{"command": "automation.activate", "automation_id": "a1"}"#)
+            .expect("activate");
+        m.push(r#"{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1", "email": "ann@example.com", "email_subscription": "subscribed"}}"#)
+            .expect("a contact");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        let conn = Connection::open(path).expect("read");
+        let key = conn
+            .query_row(
+                "SELECT idempotency_key FROM outbox WHERE channel = 'email'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the email");
+        (m, key)
+    }
+
+    /// Settings of a practice that can send email, with `more` fields.
+    fn practice(more: &str) -> String {
+        let mut v: Value = serde_json::from_str(
+            r#"{"practice_name": "Riverside", "time_zone": "UTC",
+                "email_footer": {"postal_address": "12 River Road, Boston", "text": "Unsubscribe: {{unsubscribe_link}}"},
+                "tracking": {"base_url": "https://t.example.org"}}"#,
+        )
+        .expect("settings");
+        let more: Value = serde_json::from_str(more).expect("more");
+        for (k, x) in more.as_object().expect("an object") {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    }
+
+    /// (kind, count) of the email's events, and its outbox status and answers.
+    fn email_record(path: &Path, key: &str) -> (Vec<(String, i64)>, String, i64) {
+        let conn = Connection::open(path).expect("read");
+        let mut stmt = conn
+            .prepare(
+                "SELECT kind, count(*) FROM events WHERE message_key = ?1
+                  AND kind IN ('message_sent', 'message_bounced', 'message_suppressed', 'message_delivered')
+                  GROUP BY kind ORDER BY kind",
+            )
+            .expect("events");
+        let kinds = stmt
+            .query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        let (status, attempts) = conn
+            .query_row(
+                "SELECT status, attempts FROM outbox WHERE idempotency_key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the row");
+        (kinds, status, attempts)
+    }
+
+    /// Keys the host was handed, in order.
+    #[derive(Default)]
+    struct Handed {
+        keys: Mutex<Vec<String>>,
+        /// Pushes a soft bounce for the first delivery before answering it.
+        module: Mutex<std::sync::Weak<Module>>,
+    }
+
+    impl Host for Handed {
+        fn deliver(
+            &self,
+            d: crate::host::Delivery<'_>,
+        ) -> (crate::outbox::HostAnswer, Option<String>) {
+            let first = {
+                let mut keys = self.keys.lock();
+                keys.push(d.key.to_string());
+                keys.len() == 1
+            };
+            let module = self.module.lock().upgrade();
+            if let Some(m) = module.filter(|_| first) {
+                let receipt = serde_json::json!({"event_id": "r1", "type": "delivery.receipt",
+                    "message_key": d.key, "status": "bounced", "bounce": "soft"});
+                m.push(&receipt.to_string()).expect("the receipt");
+            }
+            (crate::outbox::HostAnswer::Accepted, None)
+        }
+    }
+
+    /// The host takes an email and pushes its hard bounce, and the process
+    /// stops before the callback's answer is recorded. The receipt records
+    /// the hand-over as taken: after the restart the email is not handed
+    /// over again, and it reads sent once and bounced, not suppressed
+    /// against the address its own bounce marked undeliverable.
+    #[test]
+    fn a_receipt_before_the_answer_was_recorded_counts_the_send_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        // No host yet: the row is as a stopped process left it, pending.
+        let (m, key) = one_email(&path);
+        let receipt = serde_json::json!({"event_id": "r1", "type": "delivery.receipt",
+            "message_key": key, "status": "bounced", "bounce": "hard"});
+        m.push(&receipt.to_string()).expect("the receipt");
+        let host = Arc::new(Handed::default());
+        m.set_host(Some(host.clone())).expect("host");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        m.shutdown();
+        assert!(host.keys.lock().is_empty(), "handed over again");
+        let (kinds, status, attempts) = email_record(&path, &key);
+        assert_eq!(
+            kinds,
+            [("message_bounced".into(), 1), ("message_sent".into(), 1)]
+        );
+        assert_eq!((status.as_str(), attempts), ("accepted", 1));
+    }
+
+    /// A soft bounce the host pushes from inside its delivery callback,
+    /// before answering Accepted: the message is handed over again after
+    /// the backoff (the answer no longer overwrote the resend), and each
+    /// hand-over is one send.
+    #[test]
+    fn a_soft_bounce_pushed_before_the_callback_answers_is_sent_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let (m, key) = one_email(&path);
+        let m = Arc::new(m);
+        let host = Arc::new(Handed::default());
+        *host.module.lock() = Arc::downgrade(&m);
+        m.set_host(Some(host.clone())).expect("host");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        assert_eq!(email_record(&path, &key).1, "retry");
+        m.advance_clock(crate::clock::DAY).expect("a day");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        m.shutdown();
+        assert_eq!(*host.keys.lock(), [key.clone(), key.clone()]);
+        let (kinds, status, attempts) = email_record(&path, &key);
+        assert_eq!(
+            kinds,
+            [("message_bounced".into(), 1), ("message_sent".into(), 2)]
+        );
+        assert_eq!((status.as_str(), attempts), ("accepted", 2));
+    }
 }

@@ -235,6 +235,10 @@ pub struct DueEffect {
     /// The hand-over epoch it was screened at
     /// ([`crate::messaging::handover::Rescreen`]); 0 before.
     pub screened: u64,
+    /// The row's answers before this hand-over (`attempts`): the answer to
+    /// it is recorded only while the row still has as many (a delivery
+    /// receipt pushed first may have recorded the hand-over as taken).
+    pub attempts: i64,
     /// A message outside the sending limits
     /// ([`Effect::exempt_from_limits`]): in flight, it takes none of them.
     pub exempt: bool,
@@ -360,9 +364,10 @@ pub fn due_within(
                 channel: channel.map(str::to_string),
                 contact_id: r.get(5)?,
                 screened: 0,
+                attempts: r.get(4)?,
                 exempt: r.get(6)?,
             };
-            Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(4)?, due))
+            Ok((r.get::<_, Millis>(0)?, due))
         };
         let want = (lane_limit + exclude.len()) as i64;
         let lane: Vec<_> = if exempt_only {
@@ -375,24 +380,24 @@ pub fn due_within(
         };
         for row in lane {
             let row = row?;
-            if !exclude.contains(&row.2.id) && taken < lane_limit {
+            if !exclude.contains(&row.1.id) && taken < lane_limit {
                 taken += 1;
                 rows.push(row);
             }
         }
     }
     // Oldest first across the lanes, as one queue.
-    rows.sort_unstable_by_key(|(at, _, due)| (*at, due.id));
+    rows.sort_unstable_by_key(|(at, due)| (*at, due.id));
     rows.truncate(limit);
     let out = rows
         .into_iter()
-        .map(|(_, attempts, mut due)| {
+        .map(|(_, mut due)| {
             // A retried effect (host said retry, or a soft bounce) keeps its
             // key; `attempt` tells the host it is asked again on purpose.
-            if attempts > 0
+            if due.attempts > 0
                 && let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&due.payload)
             {
-                m.insert("attempt".into(), Value::from(attempts + 1));
+                m.insert("attempt".into(), Value::from(due.attempts + 1));
                 due.payload = Value::Object(m).to_string();
             }
             due
@@ -522,6 +527,8 @@ pub fn next_due(conn: &Connection, takers: Takers<'_>, after: Millis) -> Result<
 /// Facts of an outbox row needed to log its outcome.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Row id.
+    pub id: i64,
     /// Kind.
     pub kind: EffectKind,
     /// Key.
@@ -556,10 +563,11 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         asset_id: r.get(7)?,
         status: r.get(8)?,
         attempts: r.get(9)?,
+        id: r.get(10)?,
     })
 }
 
-const ROW_COLUMNS: &str = "kind, idempotency_key, contact_id, automation_id, enrollment_id, step_id, channel, asset_id, status, attempts";
+const ROW_COLUMNS: &str = "kind, idempotency_key, contact_id, automation_id, enrollment_id, step_id, channel, asset_id, status, attempts, id";
 
 /// Looks a row up by id.
 pub fn by_id(conn: &Connection, id: i64) -> Result<Option<Row>> {

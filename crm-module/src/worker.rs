@@ -155,6 +155,8 @@ struct Flying {
     contact: Option<String>,
     /// A message outside the sending limits: it takes none of the budget.
     exempt: bool,
+    /// The row's answers before this hand-over ([`DueEffect::attempts`]).
+    attempts: i64,
 }
 
 /// The worker's state.
@@ -753,6 +755,7 @@ impl Worker {
                     error,
                     by,
                 } => {
+                    let handed = self.flying.get(&outbox_id).map(|f| f.attempts);
                     self.landed(outbox_id);
                     answered.push(outbox_id);
                     if answer == HostAnswer::NotHandled {
@@ -768,7 +771,7 @@ impl Worker {
                         if let AnsweredBy::Plugin(figures) = &by {
                             crate::plugins::registry::record_call(&w.conn, figures, w.clock.now())?;
                         }
-                        w.record_answer(outbox_id, answer, error.as_deref(), &by)
+                        w.record_answer(outbox_id, handed, answer, error.as_deref(), &by)
                     }) {
                         self.log(
                             LogLevel::Error,
@@ -1115,9 +1118,12 @@ impl Worker {
         serde_json::to_value(response).map_err(|e| Error::Internal(e.to_string()))
     }
 
+    /// Records the answer to the hand-over of row `id` made when the row
+    /// had `handed` answers (`None`: not known, as in tests).
     fn record_answer(
         &mut self,
         id: i64,
+        handed: Option<i64>,
         answer: HostAnswer,
         error: Option<&str>,
         by: &AnsweredBy,
@@ -1127,7 +1133,13 @@ impl Worker {
         let Some(row) = outbox::by_id(&self.conn, id)? else {
             return Ok(());
         };
-        if row.status != "pending" && row.status != "retry" {
+        // Answered already: a final answer, or a delivery receipt the host
+        // pushed before returning, which recorded this hand-over as taken
+        // (`ingest`'s receipt on a pending row) and may have set the row
+        // to be sent again (a soft bounce) since.
+        if (row.status != "pending" && row.status != "retry")
+            || handed.is_some_and(|a| a != row.attempts)
+        {
             return Ok(());
         }
         // Staff wait for a "Test to" sample: one the relay holds (a refused
@@ -1610,6 +1622,7 @@ impl Worker {
                         channel: row.channel.clone(),
                         contact: row.contact_id.clone(),
                         exempt: row.exempt,
+                        attempts: row.attempts,
                     };
                     self.flying.insert(row.id, flying);
                     let id = row.id;
@@ -1845,6 +1858,7 @@ mod tests {
                 channel: Some("email".into()),
                 contact: None,
                 exempt: false,
+                attempts: 0,
             };
             w.flying.insert(*id, flying);
         }
@@ -1867,6 +1881,7 @@ mod tests {
             channel: Some("sms".into()),
             contact: None,
             exempt,
+            attempts: 0,
         };
         w.flying.insert(1, fly(true));
         assert_eq!(w.budgets(now)["sms"], 1);
@@ -1890,6 +1905,7 @@ mod tests {
             channel: Some("email".into()),
             contact_id: Some(contact.into()),
             screened: 0,
+            attempts: 0,
             exempt: false,
         };
         w.rescreen.mark("c1");
@@ -1902,6 +1918,7 @@ mod tests {
             channel: Some("email".into()),
             contact: Some("c2".into()),
             exempt: false,
+            attempts: 0,
         };
         w.flying.insert(7, flying);
         w.rescreen.mark("c2");

@@ -1124,9 +1124,12 @@ fn receipt_from(
     bounce: Option<BounceKind>,
     at_hand_over: bool,
 ) -> Result<()> {
-    let row = message(ctx, key)?;
+    let mut row = message(ctx, key)?;
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
+    }
+    if !at_hand_over && row.status == "pending" {
+        row = taken_before_its_answer(ctx, &row)?;
     }
     let (kind, mut detail) = match status {
         DeliveryStatus::Delivered => ("message_delivered", json!({})),
@@ -1261,6 +1264,30 @@ fn receipt_from(
         never_reached(ctx, &row)?;
     }
     Ok(())
+}
+
+/// A receipt for message `row`, whose hand-over has no answer yet: the host
+/// pushed it from inside its delivery callback, before returning, or the
+/// process stopped before the callback's answer was recorded. Either way
+/// the host took the message, so the hand-over is recorded as taken here
+/// (its one send attempt, `message_sent` with `"by": "receipt"`), and the
+/// callback's own answer, when it comes, finds it answered (the worker
+/// records an answer only for a row with the answers it had when handed
+/// over). Left pending, a hard-bounced email was handed over again after a
+/// restart and suppressed against the address the bounce had marked
+/// undeliverable: bounced, suppressed, and never counted as sent. Returns
+/// the row as it is now.
+fn taken_before_its_answer(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<outbox::Row> {
+    outbox::record_answer(
+        ctx.conn,
+        row.id,
+        outbox::HostAnswer::Accepted,
+        None,
+        ctx.now,
+    )?;
+    Log::for_effect("message_sent", row, Some(json!({"by": "receipt"})))
+        .write(ctx.conn, ctx.now)?;
+    message(ctx, &row.key)
 }
 
 /// A hard bounce of email `row`: the contact's address is undeliverable

@@ -2917,6 +2917,7 @@ fn stop_gets_one_confirmation_and_help_gets_an_answer() {
             channel: m.channel.clone(),
             contact_id: Some(m.contact_id.clone()),
             screened: 0,
+            attempts: 0,
             exempt: false,
         };
         let out = crate::plugins::pool::outgoing(&due).expect("an adapter can send it");
@@ -3623,6 +3624,7 @@ fn template_test_send_queues_one_test_message_without_analytics_or_consent() {
         channel: m.channel.clone(),
         contact_id: Some("c1".into()),
         screened: 0,
+        attempts: 0,
         exempt: false,
     });
     assert!(

@@ -471,6 +471,7 @@ mod tests {
                     channel: r.get(3)?,
                     contact_id: r.get(4)?,
                     screened: 0,
+                    attempts: 0,
                     exempt: false,
                 })
             })
@@ -492,6 +493,7 @@ mod tests {
             channel: None,
             contact_id: Some(contact.into()),
             screened,
+            attempts: 0,
             exempt: false,
         };
         r.mark("c1");

@@ -373,6 +373,7 @@ mod tests {
             channel: None,
             contact_id: Some("c1".into()),
             screened: 0,
+            attempts: 0,
             exempt: false,
         }
     }

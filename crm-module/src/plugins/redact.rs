@@ -442,6 +442,7 @@ mod tests {
             channel: Some("sms".into()),
             contact_id: Some("c1".into()),
             screened: 0,
+            attempts: 0,
             exempt: false,
         };
         let m = crate::plugins::pool::outgoing(&effect).unwrap();
