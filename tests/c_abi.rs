@@ -464,13 +464,80 @@ fn an_effect_without_its_callback_waits_and_uses_no_attempts() {
     assert_eq!(unsafe { crm_set_host_callbacks(h.0, ptr::null()) }, CRM_OK);
 }
 
+/// Two handles: a task callback of `own` calls what it may not call on
+/// its own handle on `other` too.
+struct Pair {
+    own: std::sync::atomic::AtomicPtr<crm_module>,
+    other: std::sync::atomic::AtomicPtr<crm_module>,
+    /// crm_wait_idle(own), crm_wait_idle(other),
+    /// crm_set_host_callbacks(other), crm_set_host_callbacks(own).
+    codes: Mutex<Vec<[c_int; 4]>>,
+}
+
+unsafe extern "C" fn call_both(
+    user_data: *mut c_void,
+    _key: *const c_char,
+    _payload: *const c_char,
+) -> c_int {
+    let p = unsafe { &*(user_data as *const Pair) };
+    let own = p.own.load(std::sync::atomic::Ordering::Acquire);
+    let other = p.other.load(std::sync::atomic::Ordering::Acquire);
+    let codes = unsafe {
+        [
+            crm_wait_idle(own, 0),
+            crm_wait_idle(other, 0),
+            crm_set_host_callbacks(other, ptr::null()),
+            crm_set_host_callbacks(own, ptr::null()),
+        ]
+    };
+    p.codes.lock().unwrap().push(codes);
+    CRM_EFFECT_ACCEPTED
+}
+
+/// A callback may not wait for its own handle nor replace its callbacks
+/// (it would wait for itself), but another handle's are not its own: a
+/// host with one database per practice may wait for or re-register one
+/// from a callback of another.
+#[test]
+fn a_callback_is_refused_only_its_own_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = Handle::open(&dir.path().join("own.db"), Some(MANUAL));
+    let other = Handle::open(&dir.path().join("other.db"), Some(MANUAL));
+    let pair = Box::new(Pair {
+        own: std::sync::atomic::AtomicPtr::new(own.0),
+        other: std::sync::atomic::AtomicPtr::new(other.0),
+        codes: Mutex::new(Vec::new()),
+    });
+    let cb = crm_host_callbacks {
+        version: CRM_HOST_CALLBACKS_VERSION,
+        user_data: &*pair as *const Pair as *mut c_void,
+        deliver_message: None,
+        write_property: None,
+        create_task: Some(call_both),
+        log: None,
+    };
+    assert_eq!(unsafe { crm_set_host_callbacks(own.0, &cb) }, CRM_OK);
+    own.execute(CREATE_TASK_AUTOMATION).unwrap();
+    own.execute(r#"{"command":"automation.activate","automation_id":"t1"}"#)
+        .unwrap();
+    own.push(&contact_event("e1", "c1")).unwrap();
+    own.wait_idle();
+    assert_eq!(
+        *pair.codes.lock().unwrap(),
+        [[CRM_ERR_CONFLICT, CRM_OK, CRM_OK, CRM_ERR_CONFLICT]]
+    );
+    drop(own);
+    drop(other);
+}
+
 /// What a log callback saw when it called into the module from the
 /// worker's own thread.
 struct ReentrantLog {
     m: std::sync::atomic::AtomicPtr<crm_module>,
     /// (crm_push_event, crm_execute, crm_wait_idle, crm_clock_advance,
-    /// crm_query_view) status codes, and the push's message.
-    calls: Mutex<Vec<([c_int; 5], String)>>,
+    /// crm_query_view, crm_execute of a plugin.install) status codes, and
+    /// the push's message.
+    calls: Mutex<Vec<([c_int; 6], String)>>,
 }
 
 unsafe extern "C" fn reentrant_log(user_data: *mut c_void, _level: c_int, _message: *const c_char) {
@@ -496,10 +563,13 @@ unsafe extern "C" fn reentrant_log(user_data: *mut c_void, _level: c_int, _messa
     if view == CRM_OK {
         take(out);
     }
+    // Refused before the component is read (this path does not exist).
+    let install = cs(r#"{"command":"plugin.install","path":"/nonexistent/plugin.wasm"}"#);
+    let install = unsafe { crm_execute(m, install.as_ptr(), &mut out) };
     r.calls
         .lock()
         .unwrap()
-        .push(([push, execute, wait, advance, view], push_message));
+        .push(([push, execute, wait, advance, view, install], push_message));
 }
 
 #[test]
@@ -541,13 +611,13 @@ fn a_call_from_the_workers_own_thread_is_refused_not_deadlocked() {
     let (calls, state) = done
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("a call from a log callback on the worker's thread deadlocked the module");
-    let ([push, execute, wait, advance, view], message) = calls
+    let ([push, execute, wait, advance, view, install], message) = calls
         .first()
         .cloned()
         .expect("a log line on the worker's thread");
     assert_eq!(
-        [push, execute, wait, advance],
-        [CRM_ERR_CONFLICT; 4],
+        [push, execute, wait, advance, install],
+        [CRM_ERR_CONFLICT; 5],
         "{message}"
     );
     assert!(message.contains("worker"), "{message}");

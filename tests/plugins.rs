@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 struct Collect {
     got: Mutex<Vec<(EffectKind, Value)>>,
     logs: Mutex<Vec<(LogLevel, String)>>,
+    /// The thread each log line came on, with the line.
+    log_threads: Mutex<Vec<(std::thread::ThreadId, String)>>,
 }
 
 impl Host for Collect {
@@ -27,6 +29,7 @@ impl Host for Collect {
 
     fn log(&self, level: LogLevel, message: &str) {
         self.logs.lock().unwrap().push((level, message.to_string()));
+        (self.log_threads.lock().unwrap()).push((std::thread::current().id(), message.to_string()));
     }
 }
 
@@ -350,6 +353,15 @@ fn the_welcome_series_runs_the_lead_score_custom_step() {
 fn plugins_survive_a_restart_and_are_managed_by_commands() {
     let mut p = Practice::new();
     p.install("test_steps.wasm", json!({}));
+    p.idle();
+    // What the plugin logged while it described itself reached the host's
+    // log callback on a thread of the module's, not the installing caller's.
+    let lines = p.host.log_threads.lock().unwrap().clone();
+    let described: Vec<_> = (lines.iter())
+        .filter(|(_, line)| line.contains("(installing): describing the test steps"))
+        .collect();
+    assert_eq!(described.len(), 1, "{lines:?}");
+    assert_ne!(described[0].0, std::thread::current().id());
     p.automation(
         "echo",
         json!([{"id": "e", "type": "custom", "plugin_id": "test-steps", "step_type": "echo", "config": {"value": "after restart"}}]),

@@ -63,7 +63,7 @@ fn overhead(wasm_path: &Path, calls: usize) -> Overhead {
     let wasm = std::fs::read(wasm_path).expect("read the component");
     let host = PluginHost::new(Arc::new(parking_lot::RwLock::new(None)));
     let t = Instant::now();
-    let prepared = host.prepare(wasm.clone()).expect("prepare");
+    let prepared = host.prepare(wasm.clone()).0.expect("prepare");
     let compile = t.elapsed();
     let plugin_id = prepared.descriptor.id.clone();
     // Imported interfaces, for the printout (outside the timed calls).

@@ -7,7 +7,7 @@
 //! serialized through the worker thread; views read through their own
 //! connection and see the last committed state. Host callbacks run on the
 //! module's dispatcher thread; [`Host::log`] also runs on the worker's
-//! thread, where the methods that wait for the worker (push, execute,
+//! thread and the plugin threads (never on a caller's), and on the worker's thread the methods that wait for the worker (push, execute,
 //! tracking hits, clock advances, [`Module::wait_idle`]) return
 //! [`Error::Conflict`] at once instead of waiting for themselves.
 
@@ -242,12 +242,16 @@ impl Module {
         })
     }
 
-    /// Sets (or clears) the host callbacks. Pending effects are delivered once set.
+    /// Sets (or clears) the host callbacks. Pending effects are delivered
+    /// once set. Refused with [`Error::Closed`], changing nothing, once the
+    /// worker is gone.
     pub fn set_host(&self, host: Option<Arc<dyn Host>>) -> Result<()> {
-        *self.host.write() = host;
-        self.tx
-            .send(Request::HostChanged)
-            .map_err(|_| Error::Closed)
+        let old = std::mem::replace(&mut *self.host.write(), host);
+        if self.tx.send(Request::HostChanged).is_err() {
+            *self.host.write() = old;
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     /// Whether host callbacks are registered (see [`Module::set_host`]).
@@ -288,6 +292,7 @@ impl Module {
 
     /// Pushes one event (JSON). Durable when it returns `Ok`.
     pub fn push(&self, event_json: &str) -> Result<PushResult> {
+        self.not_on_worker()?;
         let ev = Event::parse(event_json)?;
         let id = ev.event_id.clone();
         let out = self.call(|reply| Request::Push {
@@ -302,6 +307,7 @@ impl Module {
 
     /// Pushes a JSON array of events atomically: all are applied or none.
     pub fn push_batch(&self, events_json: &str) -> Result<Vec<PushResult>> {
+        self.not_on_worker()?;
         let events = Event::parse_batch(events_json)?;
         self.push_events(events)
     }
@@ -325,6 +331,7 @@ impl Module {
 
     /// Runs a command (JSON in, JSON out).
     pub fn execute(&self, command_json: &str) -> Result<Value> {
+        self.not_on_worker()?;
         if command_json.len() > crate::event::MAX_BATCH_BYTES {
             return Err(Error::TooLarge("a command is limited to 64 MiB".into()));
         }
@@ -335,6 +342,9 @@ impl Module {
     /// Runs a typed command. `plugin.install` compiles and describes the
     /// component here, on the caller's thread, before the worker stores it.
     pub fn execute_command(&self, mut command: Command) -> Result<Value> {
+        // Refused before a component is read and compiled on the worker's
+        // thread, inside its open transaction.
+        self.not_on_worker()?;
         if let Command::PluginInstall {
             path,
             wasm_base64,
@@ -343,7 +353,12 @@ impl Module {
         } = &mut command
         {
             let wasm = read_component(path.as_deref(), wasm_base64.as_deref())?;
-            *prepared = Some(Box::new(self.plugins.prepare(wasm)?));
+            let (ready, lines) = self.plugins.prepare(wasm);
+            if !lines.is_empty() {
+                // The host's `log` callback runs on the module's threads.
+                let _ = self.tx.send(Request::Log { lines });
+            }
+            *prepared = Some(Box::new(ready?));
             // The bytes travel in `prepared`; the base64 copy is not needed.
             *wasm_base64 = None;
         }
@@ -355,6 +370,7 @@ impl Module {
     /// `location`, `body_base64`, `body_text`, `cache_control`) and records
     /// the open, click or unsubscribe. See [`crate::core::hits`].
     pub fn tracking_hit(&self, request_json: &str) -> Result<Value> {
+        self.not_on_worker()?;
         let hit: crate::core::hits::Hit = parse_json(request_json)?;
         self.call(|reply| Request::Hit { hit, reply })
     }

@@ -81,6 +81,13 @@ pub enum Request {
         /// The result and figures.
         report: crate::plugins::Report<crate::plugins::StepResult>,
     },
+    /// Lines for the host's `log` callback from a thread of the host's
+    /// (a plugin describing itself during `plugin.install`): the callback
+    /// runs on the module's threads only.
+    Log {
+        /// Level and text of each line.
+        lines: Vec<(LogLevel, String)>,
+    },
     /// Host callbacks were set or cleared.
     HostChanged,
     /// Reply `true` once nothing is queued, due or in flight, or `false`
@@ -504,6 +511,12 @@ impl Worker {
         crate::host::log(&self.host, level, msg);
     }
 
+    fn log_lines(&self, lines: &[(LogLevel, String)]) {
+        for (level, line) in lines {
+            self.log(*level, line);
+        }
+    }
+
     /// How long to sleep before scheduled work is due (system clock only).
     fn wait_time(&self) -> Option<Duration> {
         if self.clock.is_manual() {
@@ -681,11 +694,13 @@ impl Worker {
             for r in batch {
                 // The answer is lost with the round: the row stays due and
                 // is handed over again under its key.
-                if let Request::Answer { outbox_id, .. } | Request::PluginStep { outbox_id, .. } =
-                    &r
-                {
-                    self.landed(*outbox_id);
-                    self.cool(*outbox_id);
+                match &r {
+                    Request::Answer { outbox_id, .. } | Request::PluginStep { outbox_id, .. } => {
+                        self.landed(*outbox_id);
+                        self.cool(*outbox_id);
+                    }
+                    Request::Log { lines } => self.log_lines(lines),
+                    _ => {}
                 }
                 reply_error(r, &err, &mut advances);
             }
@@ -795,6 +810,7 @@ impl Worker {
                 }
                 Request::AdvanceBy { by, reply } => advances.push((by, reply)),
                 Request::WaitIdle { reply, deadline } => self.idle_waiters.push((reply, deadline)),
+                Request::Log { lines } => self.log_lines(&lines),
                 Request::HostChanged | Request::Shutdown => {}
             }
         }

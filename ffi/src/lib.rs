@@ -22,7 +22,7 @@
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -264,44 +264,55 @@ unsafe impl Send for crm_host_callbacks {}
 unsafe impl Sync for crm_host_callbacks {}
 
 thread_local! {
-    /// Set while this thread runs a host callback: re-entrant calls that
-    /// would deadlock (crm_set_host_callbacks, crm_close) are refused.
-    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// The handles (their callback slots' addresses) whose host callbacks
+    /// this thread is running, innermost last: re-entrant calls on such a
+    /// handle that would deadlock (crm_set_host_callbacks, crm_close) are
+    /// refused. Calls on another handle are not.
+    static IN_CALLBACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Marks this thread as running a host callback until dropped. Scopes
-/// nest (a callback that calls into the module, which logs on the same
-/// thread): dropping one restores the value it found, so leaving the inner
-/// callback does not clear the mark of the outer one.
+/// The address that names a handle's callback slot in [`IN_CALLBACK`].
+fn slot_id(slot: &Arc<RwLock<Option<crm_host_callbacks>>>) -> usize {
+    Arc::as_ptr(slot) as usize
+}
+
+/// Marks this thread as running a callback of the handle with slot `slot`
+/// until dropped. Scopes nest (a callback that calls into the module, which
+/// logs on the same thread): dropping one removes its own mark only.
 struct CallbackScope {
-    previous: bool,
+    slot: usize,
 }
 
 impl CallbackScope {
-    fn enter() -> CallbackScope {
-        CallbackScope {
-            previous: IN_CALLBACK.with(|c| c.replace(true)),
-        }
+    fn enter(slot: usize) -> CallbackScope {
+        IN_CALLBACK.with(|c| c.borrow_mut().push(slot));
+        CallbackScope { slot }
     }
 }
 
 impl Drop for CallbackScope {
     fn drop(&mut self) {
-        IN_CALLBACK.with(|c| c.set(self.previous));
+        IN_CALLBACK.with(|c| {
+            let mut marks = c.borrow_mut();
+            if let Some(i) = marks.iter().rposition(|s| *s == self.slot) {
+                marks.remove(i);
+            }
+        });
     }
 }
 
-fn in_callback() -> bool {
-    IN_CALLBACK.with(|c| c.get())
+/// Whether this thread runs a callback of the handle with slot `slot`.
+fn in_callback(slot: usize) -> bool {
+    IN_CALLBACK.with(|c| c.borrow().contains(&slot))
 }
 
 /// Why a call that waits for the worker cannot run inside a callback.
 const WAITS_FOR_ITSELF: &str = " (it would wait for the callback itself)";
 
-/// Refuses `function` on a thread inside a host callback (`why`, if not
-/// empty, says what it would do there).
-fn refuse_in_callback(function: &str, why: &str) -> Result<(), Failure> {
-    if in_callback() {
+/// Refuses `function` on handle `h` on a thread inside one of `h`'s host
+/// callbacks (`why`, if not empty, says what it would do there).
+fn refuse_in_callback(h: &crm_module, function: &str, why: &str) -> Result<(), Failure> {
+    if in_callback(slot_id(&h.callbacks)) {
         return Err(Failure::new(
             CRM_ERR_CONFLICT,
             format!("conflict: {function} cannot be called from a host callback{why}"),
@@ -366,7 +377,7 @@ impl Host for CallbackHost {
         };
         let key = c_arg(delivery.key);
         let payload = c_arg(delivery.payload);
-        let _scope = CallbackScope::enter();
+        let _scope = CallbackScope::enter(slot_id(&self.callbacks));
         // SAFETY: the host registered `f` and `user_data` for this purpose;
         // the strings outlive the call.
         let rc = unsafe { f(cb.user_data, key.as_ptr(), payload.as_ptr()) };
@@ -388,7 +399,7 @@ impl Host for CallbackHost {
         let Some(cb) = guard.as_ref() else { return };
         let Some(f) = cb.log else { return };
         let message = c_arg(message);
-        let _scope = CallbackScope::enter();
+        let _scope = CallbackScope::enter(slot_id(&self.callbacks));
         // SAFETY: as in `deliver`.
         unsafe { f(cb.user_data, level as c_int, message.as_ptr()) }
     }
@@ -455,7 +466,13 @@ fn guard(body: impl FnOnce() -> FfiResult) -> crm_status {
     withhold_panic_messages();
     clear_error();
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => CRM_OK,
+        Ok(Ok(())) => {
+            // A call a callback made on this thread during this one (a
+            // plugin's log line during crm_execute) may have failed: its
+            // error is not this call's.
+            clear_error();
+            CRM_OK
+        }
         Ok(Err(f)) => {
             set_error(f.code, &f.message);
             f.code
@@ -673,10 +690,10 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
         if m.is_null() {
             return Ok(());
         }
-        refuse_in_callback("crm_close", "")?;
         {
             // SAFETY: `m` is a live handle (per the contract).
             let h = unsafe { &*m };
+            refuse_in_callback(h, "crm_close", "")?;
             // No callback runs after this: the write lock waits for those
             // in flight (which may still call into this handle), and the
             // cleared slot starts no new one. Only then is the handle taken
@@ -936,7 +953,7 @@ pub unsafe extern "C" fn crm_clock_advance(m: *mut crm_module, ms: i64) -> crm_s
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        refuse_in_callback("crm_clock_advance", WAITS_FOR_ITSELF)?;
+        refuse_in_callback(h, "crm_clock_advance", WAITS_FOR_ITSELF)?;
         h.module.advance_clock(ms)?;
         Ok(())
     })
@@ -991,7 +1008,7 @@ pub unsafe extern "C" fn crm_wait_idle(m: *mut crm_module, timeout_ms: i64) -> c
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        refuse_in_callback("crm_wait_idle", WAITS_FOR_ITSELF)?;
+        refuse_in_callback(h, "crm_wait_idle", WAITS_FOR_ITSELF)?;
         let ms = u64::try_from(timeout_ms).map_err(|_| {
             Failure::new(
                 CRM_ERR_INVALID,
@@ -1028,7 +1045,7 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { handle(m) }?;
-        refuse_in_callback("crm_set_host_callbacks", "")?;
+        refuse_in_callback(h, "crm_set_host_callbacks", "")?;
         let new = if callbacks.is_null() {
             None
         } else {
@@ -1171,18 +1188,25 @@ mod tests {
 
     #[test]
     fn a_nested_callback_scope_keeps_the_outer_mark() {
-        assert!(!in_callback());
-        let outer = CallbackScope::enter();
+        let (a, b) = (1, 2);
+        assert!(!in_callback(a));
+        let outer = CallbackScope::enter(a);
         {
-            let _inner = CallbackScope::enter();
-            assert!(in_callback());
+            let _inner = CallbackScope::enter(a);
+            assert!(in_callback(a));
         }
         assert!(
-            in_callback(),
+            in_callback(a),
             "leaving the inner callback cleared the outer's mark"
         );
+        {
+            // A callback of another handle, inside: its mark is its own.
+            let _other = CallbackScope::enter(b);
+            assert!(in_callback(a) && in_callback(b));
+        }
+        assert!(in_callback(a) && !in_callback(b));
         drop(outer);
-        assert!(!in_callback());
+        assert!(!in_callback(a));
     }
 
     unsafe extern "C" fn accept(_: *mut c_void, _: *const c_char, _: *const c_char) -> c_int {

@@ -167,6 +167,20 @@ pub struct PluginHost {
     host: HostSlot,
 }
 
+/// A call's log lines and stderr as lines for the host's `log` callback,
+/// tagged with the plugin id. They were scrubbed of the call's patient
+/// values as the plugin wrote them ([`sandbox::CallState`]), before any
+/// cut, so nothing here holds a value the module passed in.
+fn log_lines<T>(id: &str, c: &Called<T>) -> Vec<(LogLevel, String)> {
+    let mut lines: Vec<(LogLevel, String)> = (c.logs.iter())
+        .map(|(level, line)| (*level, format!("plugin {id}: {line}")))
+        .collect();
+    if !c.stderr.is_empty() {
+        lines.push((LogLevel::Warn, format!("plugin {id} stderr: {}", c.stderr)));
+    }
+    lines
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
         .iter()
@@ -207,24 +221,33 @@ impl PluginHost {
         Ok(entry)
     }
 
-    /// Compiles, links and describes a component: what `plugin.install` stores.
+    /// Compiles, links and describes a component: what `plugin.install`
+    /// stores, and the lines it logged while describing itself. This runs
+    /// on the caller's thread, where the host's `log` callback must not
+    /// be called: the caller hands the lines to the worker.
     ///
     /// # Errors
     ///
     /// [`Error::Invalid`] or [`Error::TooLarge`] with the reason the
     /// component cannot be loaded, or its declaration is wrong.
-    pub fn prepare(&self, wasm: Vec<u8>) -> Result<Prepared> {
+    pub fn prepare(&self, wasm: Vec<u8>) -> (Result<Prepared>, Vec<(LogLevel, String)>) {
         let sha = sha256_hex(&wasm);
         let cached = self.linked.lock().contains_key(&sha);
-        let prepared = self.describe(wasm, &sha);
+        let mut logs = Vec::new();
+        let prepared = self.describe(wasm, &sha, &mut logs);
         if prepared.is_err() && !cached {
             // A component refused keeps no compiled code.
             self.linked.lock().remove(&sha);
         }
-        prepared
+        (prepared, logs)
     }
 
-    fn describe(&self, wasm: Vec<u8>, sha: &str) -> Result<Prepared> {
+    fn describe(
+        &self,
+        wasm: Vec<u8>,
+        sha: &str,
+        logs: &mut Vec<(LogLevel, String)>,
+    ) -> Result<Prepared> {
         let (linked, contract) = self.link(&wasm, sha)?;
         let runtime = self.runtime()?;
         let settings = Arc::new(PluginSettings::default());
@@ -233,12 +256,12 @@ impl PluginHost {
         let described = match &linked {
             Linked::Step(pre) => {
                 let c = runtime.with_step(pre, &settings, &nothing, |g, s| g.call_describe(s));
-                self.forward_logs("(installing)", &c);
+                logs.extend(log_lines("(installing)", &c));
                 c.result.map(|d| Descriptor::from_step(d, &contract))
             }
             Linked::Sender(pre) => {
                 let c = runtime.with_sender(pre, &settings, &nothing, |g, s| g.call_describe(s));
-                self.forward_logs("(installing)", &c);
+                logs.extend(log_lines("(installing)", &c));
                 c.result.map(|d| Descriptor::from_sender(d, &contract))
             }
         };
@@ -336,20 +359,11 @@ impl PluginHost {
         }
     }
 
-    /// Hands a call's log lines and stderr to the host's `log` callback,
-    /// tagged with the plugin id. They were scrubbed of the call's patient
-    /// values as the plugin wrote them ([`sandbox::CallState`]), before any
-    /// cut, so nothing here holds a value the module passed in.
+    /// Hands a call's log lines and stderr to the host's `log` callback
+    /// ([`log_lines`]).
     fn forward_logs<T>(&self, id: &str, c: &Called<T>) {
-        for (level, line) in &c.logs {
-            crate::host::log(&self.host, *level, &format!("plugin {id}: {line}"));
-        }
-        if !c.stderr.is_empty() {
-            crate::host::log(
-                &self.host,
-                LogLevel::Warn,
-                &format!("plugin {id} stderr: {}", c.stderr),
-            );
+        for (level, line) in log_lines(id, c) {
+            crate::host::log(&self.host, level, &line);
         }
     }
 

@@ -32,6 +32,9 @@ crm_plugin_sdk::export_step_plugin!(TestSteps);
 
 impl Guest for TestSteps {
     fn describe() -> Description {
+        // A line logged while the module installs the plugin: the host's
+        // log callback must get it on the module's threads, not the caller's.
+        crm_plugin_sdk::info!("describing the test steps");
         describe()
     }
 
