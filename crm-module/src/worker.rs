@@ -497,10 +497,23 @@ impl Worker {
     /// Tests: panics if `at` is one of the points a test asked for (once).
     #[cfg(test)]
     fn inject(&mut self, at: &str) {
-        if let Some(i) = self.faults.iter().position(|f| *f == at) {
-            self.faults.remove(i);
+        if self.injected(at) {
             panic!("a fault injected at {at}");
         }
+    }
+
+    /// Tests: whether `at` is one of the points a test asked to fail at
+    /// (once).
+    #[cfg(test)]
+    fn injected(&mut self, at: &str) -> bool {
+        let i = self.faults.iter().position(|f| *f == at);
+        i.map(|i| self.faults.remove(i)).is_some()
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected(&mut self, _at: &str) -> bool {
+        false
     }
 
     #[cfg(not(test))]
@@ -1018,12 +1031,24 @@ impl Worker {
             return match contained(|| f(self)) {
                 Ok(v) => Ok(v),
                 Err(e) => {
-                    // SQLite may already have rolled back (a full disk, an I/O error).
-                    if !self.conn.is_autocommit() {
-                        self.conn.execute_batch("ROLLBACK")?;
-                    }
                     self.catalog = before;
-                    self.conn.execute_batch("BEGIN IMMEDIATE")?;
+                    // SQLite may already have rolled back (a full disk, an
+                    // I/O error). The round goes on in a new transaction;
+                    // if this one cannot be undone, or none begins, the
+                    // round is lost: nothing of the request is committed.
+                    let undone = if self.conn.is_autocommit() {
+                        Ok(())
+                    } else if self.injected("lone_rollback") {
+                        Err(rusqlite::Error::InvalidQuery)
+                    } else {
+                        self.conn.execute_batch("ROLLBACK")
+                    };
+                    if undone
+                        .and_then(|()| self.conn.execute_batch("BEGIN IMMEDIATE"))
+                        .is_err()
+                    {
+                        self.lose_round();
+                    }
                     Err(e)
                 }
             };
@@ -1065,19 +1090,27 @@ impl Worker {
         let undone = self.conn.execute_batch("ROLLBACK TO req; RELEASE req");
         self.catalog = before;
         if undone.is_err() || self.conn.is_autocommit() {
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            self.log(
-                LogLevel::Error,
-                "the database rolled back the whole transaction of a round: its requests are refused",
-            );
-            self.lost = Some(Error::Storage(
-                "the database rolled back the transaction (disk full or I/O error?); \
-                 nothing of this request was kept"
-                    .into(),
-            ));
+            self.lose_round();
         }
+    }
+
+    /// The round's transaction is gone or cannot be trusted: it is rolled
+    /// back if still open, and the round's requests are refused rather
+    /// than run outside a transaction or committed beside a half-undone
+    /// one.
+    fn lose_round(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.log(
+            LogLevel::Error,
+            "the database rolled back the whole transaction of a round: its requests are refused",
+        );
+        self.lost = Some(Error::Storage(
+            "the database rolled back the transaction (disk full or I/O error?); \
+             nothing of this request was kept"
+                .into(),
+        ));
     }
 
     /// Tests: SQLite rolls back the whole transaction during the request
@@ -1242,14 +1275,21 @@ impl Worker {
     /// handed over before the clock passes its instant by more.
     fn run_due_transaction(&mut self, until: Millis, grained: bool) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let r = self
-            .run_due_chunk(until, grained)
-            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
-        if let Err(e) = r {
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
+        let r = self.run_due_chunk(until, grained).and_then(|reached| {
+            self.inject("due_commit");
+            self.conn.execute_batch("COMMIT")?;
+            Ok(reached)
+        });
+        match r {
+            // The manual clock moves to the items' instants once their work
+            // is committed: work rolled back runs again at its own instant.
+            Ok(reached) => reached.into_iter().for_each(|t| self.clock.advance_to(t)),
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         self.dispatch();
         Ok(())
@@ -1397,40 +1437,43 @@ impl Worker {
         })
     }
 
-    fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<()> {
+    fn run_due_chunk(&mut self, until: Millis, grained: bool) -> Result<Option<Millis>> {
         let settings = self.settings.clone();
         let manual = self.clock.is_manual();
+        let start = self.clock.now();
+        // The manual clock's instant after the items run so far, for the
+        // caller to move the clock to once they are committed.
+        let mut reached: Option<Millis> = None;
         let mut last: Option<(Millis, Option<i64>, Option<String>)> = None;
         // When the first item that queued an effect ran.
         let mut queued_at: Option<Millis> = None;
         for _ in 0..DUE_CHUNK {
             let Some(item) = due::next(&self.conn, until)? else {
-                return Ok(());
+                return Ok(reached);
             };
             let (at, enrollment_id, automation_id) =
                 (item.due, item.enrollment_id, item.automation_id.clone());
             if grained && queued_at.is_some_and(|q| at > q + HANDOVER_GRAIN) {
-                return Ok(());
+                return Ok(reached);
             }
+            let now = if manual {
+                // Items come in time order: each runs at its own instant,
+                // or at the clock's if it was due before.
+                at.max(reached.unwrap_or(start))
+            } else {
+                self.clock.now()
+            };
             let this = Some((at, enrollment_id, automation_id.clone()));
             if this == last {
                 // The item did not move: never spin on it.
                 let err = Error::Internal("scheduled item did not advance".into());
-                self.quarantine(
-                    self.clock.now(),
-                    enrollment_id,
-                    automation_id.as_deref(),
-                    &err,
-                )?;
+                self.quarantine(now, enrollment_id, automation_id.as_deref(), &err)?;
                 continue;
             }
             last = this;
-            let now = if manual {
-                self.clock.advance_to(at);
-                at.max(self.clock.now())
-            } else {
-                self.clock.now()
-            };
+            if manual {
+                reached = Some(now);
+            }
             self.conn.execute_batch("SAVEPOINT item")?;
             let r = contained(|| self.run_item(now, &settings, &item));
             match r {
@@ -1452,7 +1495,7 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(reached)
     }
 
     /// Runs one scheduled item at `now`; returns how many effects it queued.
@@ -2471,6 +2514,45 @@ mod tests {
         assert_eq!(lists(&w), 1);
     }
 
+    /// The round's one write fails after writing, and its rollback fails
+    /// too: the round is lost, not committed with the request's writes.
+    #[test]
+    fn a_lone_request_whose_rollback_fails_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        let answer = |w: &mut Worker, command: Value| {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let command: Command = serde_json::from_value(command).expect("a command");
+            w.round(vec![Request::Command { command, reply }]);
+            rx.try_recv().expect("answered")
+        };
+        answer(
+            &mut w,
+            json!({"command": "list.create", "list_id": "l", "name": "L"}),
+        )
+        .expect("a list");
+        let events = Event::parse_batch(
+            r#"[{"event_id": "c1", "type": "contact.upserted", "contact": {"id": "p1"}}]"#,
+        )
+        .expect("events");
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        w.round(vec![Request::Push { events, reply }]);
+        rx.try_recv().expect("answered").expect("pushed");
+        // p1 joins, then the unknown contact fails the command.
+        w.faults = vec!["lone_rollback"];
+        let r = answer(
+            &mut w,
+            json!({"command": "list.add_contacts", "list_id": "l", "contact_ids": ["p1", "nobody"]}),
+        );
+        assert!(r.is_err(), "{r:?}");
+        assert!(w.conn.is_autocommit(), "no transaction left open");
+        let members: i64 = w
+            .conn
+            .query_row("SELECT count(*) FROM list_members", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(members, 0, "the failed command's join was committed");
+    }
+
     fn request<T>(
         tx: &Sender<Request>,
         make: impl FnOnce(Sender<Result<T>>) -> Request,
@@ -2574,5 +2656,64 @@ mod tests {
             2
         );
         assert_eq!(count("SELECT count(*) FROM tasks"), 1, "the third item ran");
+    }
+    /// A clock advance whose scheduled work is rolled back (its commit
+    /// failed) leaves the manual clock where the committed work left it:
+    /// the items run again later at their own instants, not at the last
+    /// instant the failed chunk reached.
+    #[test]
+    fn a_rolled_back_chunk_of_scheduled_work_leaves_the_clock_behind_it() {
+        use crate::clock::HOUR;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = worker(&dir);
+        w.faults = vec!["due_commit"];
+        let clock = w.clock.clone();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || w.run(rx));
+        for (id, hours) in [("a1", 1), ("a2", 2)] {
+            for text in [
+                json!({"command": "automation.create", "automation_id": id, "definition": {
+                    "name": id, "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+                    "steps": [{"id": "wait", "type": "delay", "amount": hours, "unit": "hours"},
+                              {"id": "call", "type": "create_task", "title": "Call",
+                               "assignee": {"kind": "queue", "name": "desk"}}]}}),
+                json!({"command": "automation.activate", "automation_id": id}),
+            ] {
+                let command: Command = serde_json::from_value(text).expect("a command");
+                request(&tx, |reply| Request::Command { command, reply }).expect("done");
+            }
+        }
+        let events = Event::parse_batch(
+            r#"[{"event_id": "c1", "type": "contact.upserted", "contact": {"id": "p1"}}]"#,
+        )
+        .expect("events");
+        request(&tx, |reply| Request::Push { events, reply }).expect("pushed");
+        // Both delays end in one chunk, whose commit fails.
+        let failed = request(&tx, |reply| Request::AdvanceBy {
+            by: 3 * HOUR,
+            reply,
+        });
+        assert!(matches!(failed, Err(Error::Internal(_))), "{failed:?}");
+        assert_eq!(clock.now(), 0, "the clock moved past work rolled back");
+        request(&tx, |reply| Request::AdvanceBy {
+            by: 3 * HOUR,
+            reply,
+        })
+        .expect("advanced");
+        tx.send(Request::Shutdown).expect("shutdown");
+        thread.join().expect("the worker thread ends normally");
+        let conn =
+            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let tasks: Vec<(String, i64)> = conn
+            .prepare(
+                "SELECT automation_id, at FROM events WHERE kind = 'step_executed' AND step_id = 'call'
+                  ORDER BY automation_id",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<std::result::Result<_, _>>()
+            .expect("rows");
+        assert_eq!(tasks, [("a1".into(), HOUR), ("a2".into(), 2 * HOUR)]);
     }
 }
