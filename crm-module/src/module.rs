@@ -144,9 +144,12 @@ impl Module {
                 parse_rfc3339(start).map_err(|m| Error::invalid(format!("clock.start: {m}")))?,
             ),
         });
-        if let Some(s) = &config.initial_settings {
-            s.validate().map_err(|e| e.at("initial_settings"))?;
-        }
+        // Stored in the canonical form `settings.update` stores (trimmed,
+        // numbers in E.164).
+        let initial_settings = match &config.initial_settings {
+            Some(s) => Some(s.validate().map_err(|e| e.at("initial_settings"))?.doc),
+            None => None,
+        };
         let storage = config.storage;
         storage.validate()?;
         let (mut conn, mut lock) = store::open_writer(path, &storage)?;
@@ -165,7 +168,7 @@ impl Module {
         };
         crate::messaging::compose::ensure_key_ring(&conn, clock.now())?;
         if store::get_setting(&conn, "settings")?.is_none() {
-            let doc = config.initial_settings.clone().unwrap_or_default();
+            let doc = initial_settings.unwrap_or_default();
             let v = serde_json::to_value(&doc).map_err(|e| Error::Internal(e.to_string()))?;
             store::put_setting(&conn, "settings", &v)?;
         }
@@ -1149,5 +1152,51 @@ mod tests {
             [("message_bounced".into(), 1), ("message_sent".into(), 2)]
         );
         assert_eq!((status.as_str(), attempts), ("accepted", 2));
+    }
+
+    /// Initial settings are checked and stored as `settings.update` would
+    /// store them: a sender adapter's id that is no plugin id is refused
+    /// without being quoted, and the SMS number is kept in E.164 form.
+    #[test]
+    fn initial_settings_are_stored_in_their_canonical_form() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let config = |more: &str| format!(r#"{{"initial_settings": {}}}"#, practice(more));
+        match Module::open(
+            &path,
+            &config(
+                r#"{"sms_delivery": {"mode": "plugin", "plugin_id": "Pat Quill +16175550101"}}"#,
+            ),
+        ) {
+            Err(Error::Invalid(message)) => {
+                assert!(
+                    message.starts_with("initial_settings: sms_delivery.plugin_id: "),
+                    "{message}"
+                );
+                assert!(
+                    !message.contains("Quill") && !message.contains("555"),
+                    "{message}"
+                );
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("opened"),
+        }
+        assert!(!path.exists());
+        let m = Module::open(
+            &path,
+            &config(r#"{"sms": {"sender_number": " (617) 555-0100 "}}"#),
+        )
+        .expect("open");
+        let shown = m
+            .execute(r#"{"command": "settings.get"}"#)
+            .expect("settings");
+        assert_eq!(shown["sms"]["sender_number"], "+16175550100");
+        m.shutdown();
+        // The stored document too, as `settings.update` would have stored it.
+        let conn = Connection::open(&path).expect("read");
+        let stored = store::get_setting(&conn, "settings")
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored["sms"]["sender_number"], "+16175550100");
     }
 }

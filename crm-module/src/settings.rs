@@ -868,10 +868,16 @@ impl Settings {
             ("email_delivery.plugin_id", self.adapter_for("email")),
             ("sms_delivery.plugin_id", self.adapter_for("sms")),
         ] {
-            if let Some(id) = id
-                && id.trim().is_empty()
-            {
-                check(path, Err("choose a sender adapter".into()));
+            match id {
+                Some(id) if id.trim().is_empty() => {
+                    check(path, Err("choose a sender adapter".into()))
+                }
+                // Not quoted: input that failed the rules may hold anything.
+                Some(id) if !crate::plugins::descriptor::is_id(id, 3) => check(
+                    path,
+                    Err("not a plugin id (3 to 64 lowercase letters, digits and '-')".into()),
+                ),
+                _ => {}
             }
         }
 
