@@ -164,13 +164,16 @@ pub fn held_by_sender(reason: Option<&str>) -> String {
 /// cured): they are offered again at once, their attempts untouched.
 pub fn release_held_by_sender(conn: &Connection, now: Millis) -> Result<usize> {
     Ok(conn
-        .prepare_cached(
-            "UPDATE outbox SET next_attempt_at = ?1, updated_at = ?1
-              WHERE status = 'retry' AND next_attempt_at > ?1
-                AND substr(last_error, 1, length(?2)) = ?2",
-        )?
+        .prepare_cached(RELEASE_HELD_SQL)?
         .execute(params![now, HELD_BY_SENDER])?)
 }
+
+/// [`release_held_by_sender`]'s statement (`?1` now, `?2` the prefix): the
+/// email lane of `outbox_due` after now, not a scan of every row ever
+/// written (the module's own sender holds only email).
+const RELEASE_HELD_SQL: &str = "UPDATE outbox SET next_attempt_at = ?1, updated_at = ?1
+    WHERE status IN ('pending','retry') AND kind = 'message' AND channel = 'email'
+      AND next_attempt_at > ?1 AND status = 'retry' AND substr(last_error, 1, length(?2)) = ?2";
 
 /// Backoff before attempt `attempts + 1`: 1 min, 5 min, 15 min, 1 h, then 4 h.
 pub fn backoff(attempts: i64) -> Millis {
@@ -891,6 +894,7 @@ mod tests {
         for plan in [
             crate::store::query_plan(&conn, DUE_SQL, params!["message", "email", 100, 10]),
             crate::store::query_plan(&conn, NEXT_DUE_SQL, params!["message", "email", 0]),
+            crate::store::query_plan(&conn, RELEASE_HELD_SQL, params![0, HELD_BY_SENDER]),
         ] {
             let plan = plan.join("; ");
             assert!(
