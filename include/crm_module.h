@@ -160,7 +160,9 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * Threads: the effect callbacks (deliver_message, write_property,
  * create_task) run on the module's dispatcher thread, one at a time; `log`
  * runs on the module's internal threads (worker, dispatcher, or a plugin
- * thread forwarding a WebAssembly plugin's log line). An effect callback
+ * thread forwarding a WebAssembly plugin's log line), never on a thread of
+ * the host's, and may run on several at once, beside an effect callback:
+ * the callbacks must be thread-safe. An effect callback
  * may call crm_push_event(), crm_push_events(), crm_execute(),
  * crm_tracking_hit(), crm_query_view(), crm_clock_now() and the error
  * functions. `log` may call crm_query_view(), crm_clock_now() and the
@@ -171,8 +173,9 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * itself), so a log callback should not call them. No callback may call
  * crm_set_host_callbacks(), crm_wait_idle() (it would wait for the
  * callback itself) or crm_clock_advance() (it would wait for the
- * callback's answer): they return CRM_ERR_CONFLICT at once and change
- * nothing; nor crm_close() (ignored, sets CRM_ERR_CONFLICT). A
+ * callback's answer) on its own handle: they return CRM_ERR_CONFLICT at
+ * once and change nothing; nor crm_close() of it (ignored, sets
+ * CRM_ERR_CONFLICT). Those calls on another handle are not refused. A
  * `delivery.receipt` that deliver_message pushes for the message it is
  * delivering records that message as accepted: the callback's return value
  * then changes nothing (a soft bounce still has it offered again).
