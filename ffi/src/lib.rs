@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::crm_module::{Delivery, EffectKind, Host, HostAnswer, LogLevel, Module};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 
 /// The library's own Rust allocations go through mimalloc in release builds:
 /// the engine allocates small, short-lived values on every event (JSON,
@@ -166,10 +166,10 @@ const VERSION: &CStr =
 /// destroys.
 pub struct crm_module {
     module: Module,
-    /// The callbacks currently registered. The [`CallbackHost`] registered in
-    /// the module reads them under this lock, so replacing or clearing them
-    /// waits for callbacks in flight.
-    callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+    /// The callbacks currently registered, which the [`CallbackHost`]
+    /// registered in the module calls; replacing or clearing them waits for
+    /// their calls in flight.
+    callbacks: Arc<CallbackSlot>,
     /// Held by crm_set_host_callbacks() around both the slot and the
     /// module's host, so that concurrent registrations apply whole, one
     /// after the other: the last call wins for both.
@@ -253,15 +253,84 @@ pub struct crm_host_callbacks {
 /// The `Host` the module calls. It reads the callbacks from the handle's
 /// shared slot.
 struct CallbackHost {
-    callbacks: Arc<RwLock<Option<crm_host_callbacks>>>,
+    callbacks: Arc<CallbackSlot>,
+}
+
+/// The callbacks registered on a handle, and their calls in flight. A call
+/// takes the registration current when it starts and counts itself in it
+/// until it returns; replacing or clearing the registration waits for the
+/// calls of the one it replaces only. Calls that start meanwhile use the
+/// new one, so a steady stream of calls (log lines from several threads)
+/// never holds a replacement or a close up, and a callback in flight that
+/// waits for the module, whose threads log meanwhile, cannot deadlock it.
+#[derive(Default)]
+struct CallbackSlot {
+    current: Mutex<Option<Arc<Registration>>>,
+}
+
+/// One registration of callbacks and how many of its calls are in flight.
+struct Registration {
+    callbacks: crm_host_callbacks,
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// A call of a registration's callbacks in flight, counted until dropped.
+struct InFlight(Arc<Registration>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut n = self.0.in_flight.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+impl CallbackSlot {
+    /// The current callbacks, counted in flight until the guard drops.
+    /// Counted under the slot's lock: a replacement that has swapped the
+    /// registration sees every call of the old one that can still start.
+    fn enter(&self) -> Option<InFlight> {
+        let current = self.current.lock();
+        let registration = current.as_ref()?.clone();
+        *registration.in_flight.lock() += 1;
+        Some(InFlight(registration))
+    }
+
+    /// Whether callbacks are registered.
+    #[cfg(test)]
+    fn is_set(&self) -> bool {
+        self.current.lock().is_some()
+    }
+
+    /// Registers `new` (or clears) and waits until no call of the
+    /// callbacks it replaces is in flight; returns those callbacks. Must
+    /// not run inside one of those calls (it would wait for itself).
+    fn replace(&self, new: Option<crm_host_callbacks>) -> Option<crm_host_callbacks> {
+        let new = new.map(|callbacks| {
+            Arc::new(Registration {
+                callbacks,
+                in_flight: Mutex::new(0),
+                idle: Condvar::new(),
+            })
+        });
+        let old = std::mem::replace(&mut *self.current.lock(), new)?;
+        let mut n = old.in_flight.lock();
+        while *n > 0 {
+            old.idle.wait(&mut n);
+        }
+        Some(old.callbacks)
+    }
 }
 
 // SAFETY: the struct only holds function pointers and the host's `user_data`
 // pointer. The C contract (documented on crm_host_callbacks) is that the
 // callbacks are thread-safe and that `user_data` may be used from the
 // module's threads until the callbacks are replaced or the module closed;
-// replacing and closing wait for callbacks in flight (the write lock of the
-// slot, and the dispatcher join in Module::close).
+// replacing and closing wait for callbacks in flight (`CallbackSlot::replace`,
+// and the dispatcher join in Module::close).
 unsafe impl Send for crm_host_callbacks {}
 // SAFETY: see the `Send` impl: shared access only ever calls the callbacks.
 unsafe impl Sync for crm_host_callbacks {}
@@ -275,7 +344,7 @@ thread_local! {
 }
 
 /// The address that names a handle's callback slot in [`IN_CALLBACK`].
-fn slot_id(slot: &Arc<RwLock<Option<crm_host_callbacks>>>) -> usize {
+fn slot_id(slot: &Arc<CallbackSlot>) -> usize {
     Arc::as_ptr(slot) as usize
 }
 
@@ -350,20 +419,17 @@ fn effect_callback(
 
 impl Host for CallbackHost {
     fn handles(&self, kind: EffectKind) -> bool {
-        self.callbacks
-            .read_recursive()
+        (self.callbacks.current.lock())
             .as_ref()
-            .is_some_and(|cb| effect_callback(cb, kind).is_some())
+            .is_some_and(|r| effect_callback(&r.callbacks, kind).is_some())
     }
 
     fn deliver(&self, delivery: Delivery<'_>) -> (HostAnswer, Option<String>) {
-        // `read_recursive`: a callback may re-enter the module, whose threads
-        // may log (a read) while a writer waits in crm_set_host_callbacks.
-        let guard = self.callbacks.read_recursive();
+        let call = self.callbacks.enter();
         // Without a callback for this kind (cleared or replaced since the
         // worker handed the effect over), nobody is asked: the effect waits
         // in the outbox, its attempts untouched.
-        let Some(cb) = guard.as_ref() else {
+        let Some(cb) = call.as_ref().map(|c| &c.0.callbacks) else {
             return (
                 HostAnswer::NotHandled,
                 Some("no host callbacks registered".into()),
@@ -398,8 +464,10 @@ impl Host for CallbackHost {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        let guard = self.callbacks.read_recursive();
-        let Some(cb) = guard.as_ref() else { return };
+        let call = self.callbacks.enter();
+        let Some(cb) = call.as_ref().map(|c| &c.0.callbacks) else {
+            return;
+        };
         let Some(f) = cb.log else { return };
         let message = c_arg(message);
         let _scope = CallbackScope::enter(slot_id(&self.callbacks));
@@ -658,7 +726,7 @@ pub unsafe extern "C" fn crm_open(
         let module = Module::open(Path::new(path), config)?;
         let handle = Box::new(crm_module {
             module,
-            callbacks: Arc::new(RwLock::new(None)),
+            callbacks: Arc::new(CallbackSlot::default()),
             registration: Mutex::new(()),
         });
         // SAFETY: `out` is writable per the contract.
@@ -697,12 +765,12 @@ pub unsafe extern "C" fn crm_close(m: *mut crm_module) {
             // SAFETY: `m` is a live handle (per the contract).
             let h = unsafe { &*m };
             refuse_in_callback(h, "crm_close", "")?;
-            // No callback runs after this: the write lock waits for those
-            // in flight (which may still call into this handle), and the
+            // No callback runs after this: clearing waits for those in
+            // flight (which may still call into this handle), and the
             // cleared slot starts no new one. Only then is the handle taken
             // apart.
             let _registration = h.registration.lock();
-            *h.callbacks.write() = None;
+            h.callbacks.replace(None);
         }
         // SAFETY: `m` came from Box::into_raw in crm_open and is used by no
         // one else (per the contract); no callback can reach it any more.
@@ -1070,8 +1138,8 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
         let set = new.is_some();
         // One registration at a time, the slot and the host together.
         let _registration = h.registration.lock();
-        // The write lock waits for callbacks in flight.
-        let old = std::mem::replace(&mut *h.callbacks.write(), new);
+        // Waits for the calls of the callbacks replaced.
+        let old = h.callbacks.replace(new);
         let host: Option<Arc<dyn Host>> = if set {
             Some(Arc::new(CallbackHost {
                 callbacks: h.callbacks.clone(),
@@ -1081,7 +1149,7 @@ pub unsafe extern "C" fn crm_set_host_callbacks(
         };
         if let Err(e) = h.module.set_host(host) {
             // Refused (the module is closing): nothing changes.
-            *h.callbacks.write() = old;
+            h.callbacks.replace(old);
             return Err(e.into());
         }
         Ok(())
@@ -1216,6 +1284,79 @@ mod tests {
         CRM_EFFECT_ACCEPTED
     }
 
+    unsafe extern "C" fn slow_log(_: *mut c_void, _: c_int, _: *const c_char) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    /// Clearing the callbacks waits for the calls in flight when it starts,
+    /// not for a moment with none: log lines from four threads, one after
+    /// the other without a pause, never hold it up. (With a lock that let
+    /// new readers in while a writer waited, it waited as long as they
+    /// kept coming.)
+    #[test]
+    fn steady_log_lines_never_hold_a_replacement_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
+        let mut m = ptr::null_mut();
+        // SAFETY: valid strings and out-pointer.
+        assert_eq!(
+            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
+            CRM_OK
+        );
+        struct Ptr(*mut crm_module);
+        // SAFETY: crm_set_host_callbacks is documented as safe on any thread.
+        unsafe impl Send for Ptr {}
+        let cb = crm_host_callbacks {
+            version: CRM_HOST_CALLBACKS_VERSION,
+            user_data: ptr::null_mut(),
+            deliver_message: None,
+            write_property: None,
+            create_task: None,
+            log: Some(slow_log),
+        };
+        // SAFETY: a live handle and a valid struct.
+        assert_eq!(unsafe { crm_set_host_callbacks(m, &cb) }, CRM_OK);
+        // SAFETY: a live handle, closed at the end of the test.
+        let host = CallbackHost {
+            callbacks: unsafe { handle(m) }
+                .ok()
+                .expect("a handle")
+                .callbacks
+                .clone(),
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (done, cleared) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (host, stop) = (&host, &stop);
+                s.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        host.log(LogLevel::Info, "a line");
+                    }
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let shared = Ptr(m);
+            s.spawn(move || {
+                let shared = shared;
+                // SAFETY: a live handle; NULL clears.
+                let rc = unsafe { crm_set_host_callbacks(shared.0, ptr::null()) };
+                let _ = done.send(rc);
+            });
+            // A hang would keep the log threads going: they stop after the
+            // answer, or after 20 s without one.
+            let rc = cleared.recv_timeout(std::time::Duration::from_secs(20));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(
+                rc.ok(),
+                Some(CRM_OK),
+                "clearing waited for log lines that kept coming"
+            );
+        });
+        // SAFETY: no other thread uses the handle any more.
+        unsafe { crm_close(m) };
+    }
+
     #[test]
     fn concurrent_registrations_leave_the_slot_and_the_host_in_step() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1257,7 +1398,7 @@ mod tests {
                         if set {
                             // SAFETY: a live handle, not closed yet.
                             let h = unsafe { handle(shared.0) }.ok().expect("a handle");
-                            if h.callbacks.read().is_some() != h.module.has_host() {
+                            if h.callbacks.is_set() != h.module.has_host() {
                                 disagreements.lock().push(round);
                             }
                         }
