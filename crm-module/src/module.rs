@@ -1072,11 +1072,14 @@ mod tests {
         (kinds, status, attempts)
     }
 
-    /// Keys the host was handed, in order.
+    /// A host that records the keys it is handed and follows a script: for
+    /// the n-th delivery, the receipts it pushes from inside the callback
+    /// (`soft`, `hard`, `delivered`, `failed`), then its answer; Accepted
+    /// without receipts past the script.
     #[derive(Default)]
     struct Handed {
         keys: Mutex<Vec<String>>,
-        /// Pushes a soft bounce for the first delivery before answering it.
+        script: Vec<(Vec<&'static str>, crate::outbox::HostAnswer)>,
         module: Mutex<std::sync::Weak<Module>>,
     }
 
@@ -1085,19 +1088,46 @@ mod tests {
             &self,
             d: crate::host::Delivery<'_>,
         ) -> (crate::outbox::HostAnswer, Option<String>) {
-            let first = {
+            let n = {
                 let mut keys = self.keys.lock();
                 keys.push(d.key.to_string());
-                keys.len() == 1
+                keys.len() - 1
             };
-            let module = self.module.lock().upgrade();
-            if let Some(m) = module.filter(|_| first) {
-                let receipt = serde_json::json!({"event_id": "r1", "type": "delivery.receipt",
-                    "message_key": d.key, "status": "bounced", "bounce": "soft"});
-                m.push(&receipt.to_string()).expect("the receipt");
+            let Some((receipts, answer)) = self.script.get(n) else {
+                return (crate::outbox::HostAnswer::Accepted, None);
+            };
+            let module = self.module.lock().upgrade().expect("the module");
+            for (i, receipt) in receipts.iter().enumerate() {
+                let mut event = serde_json::json!({"event_id": format!("r{n}-{i}"),
+                    "type": "delivery.receipt", "message_key": d.key});
+                match *receipt {
+                    "soft" | "hard" => {
+                        event["status"] = "bounced".into();
+                        event["bounce"] = (*receipt).into();
+                    }
+                    status => event["status"] = status.into(),
+                }
+                module.push(&event.to_string()).expect("the receipt");
             }
-            (crate::outbox::HostAnswer::Accepted, None)
+            (*answer, None)
         }
+    }
+
+    /// A module for `one_email` whose host follows `script` ([`Handed`]).
+    fn scripted(
+        path: &Path,
+        script: Vec<(Vec<&'static str>, crate::outbox::HostAnswer)>,
+    ) -> (Arc<Module>, Arc<Handed>, String) {
+        let (m, key) = one_email(path);
+        let m = Arc::new(m);
+        let host = Arc::new(Handed {
+            script,
+            ..Handed::default()
+        });
+        *host.module.lock() = Arc::downgrade(&m);
+        m.set_host(Some(host.clone())).expect("host");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        (m, host, key)
     }
 
     /// The host takes an email and pushes its hard bounce, and the process
@@ -1133,14 +1163,10 @@ mod tests {
     /// hand-over is one send.
     #[test]
     fn a_soft_bounce_pushed_before_the_callback_answers_is_sent_again() {
+        use crate::outbox::HostAnswer::Accepted;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("m.db");
-        let (m, key) = one_email(&path);
-        let m = Arc::new(m);
-        let host = Arc::new(Handed::default());
-        *host.module.lock() = Arc::downgrade(&m);
-        m.set_host(Some(host.clone())).expect("host");
-        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        let (m, host, key) = scripted(&path, vec![(vec!["soft"], Accepted)]);
         assert_eq!(email_record(&path, &key).1, "retry");
         m.advance_clock(crate::clock::DAY).expect("a day");
         m.wait_idle(Duration::from_secs(30)).expect("idle");
@@ -1152,6 +1178,60 @@ mod tests {
             [("message_bounced".into(), 1), ("message_sent".into(), 2)]
         );
         assert_eq!((status.as_str(), attempts), ("accepted", 2));
+    }
+
+    /// The resend after a soft bounce soft-bounces too, its receipt pushed
+    /// from inside the callback: that is the resend's outcome (not the
+    /// first bounce again), and the message goes a third time.
+    #[test]
+    fn a_receipt_pushed_during_a_resend_is_the_resends_outcome() {
+        use crate::outbox::HostAnswer::Accepted;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let (m, host, key) = scripted(
+            &path,
+            vec![(vec!["soft"], Accepted), (vec!["soft"], Accepted)],
+        );
+        for _ in 0..2 {
+            m.advance_clock(crate::clock::DAY).expect("a day");
+            m.wait_idle(Duration::from_secs(30)).expect("idle");
+        }
+        m.shutdown();
+        assert_eq!(host.keys.lock().len(), 3, "handed over");
+        let (kinds, status, _) = email_record(&path, &key);
+        assert_eq!(
+            kinds,
+            [("message_bounced".into(), 2), ("message_sent".into(), 3)]
+        );
+        assert_eq!(status, "accepted");
+    }
+
+    /// The host asked to be asked again, then (its process gone, or its
+    /// queue sending the message after all) pushed the hard bounce before
+    /// the module asked again: the host took the message. It is not handed
+    /// over again and reads sent once and bounced, not suppressed against
+    /// the address its own bounce marked undeliverable.
+    #[test]
+    fn a_receipt_for_a_message_the_host_asked_to_retry_is_its_outcome() {
+        use crate::outbox::HostAnswer::RetryLater;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let (m, host, key) = scripted(&path, vec![(vec![], RetryLater)]);
+        m.set_host(None).expect("no host");
+        let receipt = serde_json::json!({"event_id": "late", "type": "delivery.receipt",
+            "message_key": key, "status": "bounced", "bounce": "hard"});
+        m.push(&receipt.to_string()).expect("the receipt");
+        m.set_host(Some(host.clone())).expect("host");
+        m.advance_clock(crate::clock::DAY).expect("a day");
+        m.wait_idle(Duration::from_secs(30)).expect("idle");
+        m.shutdown();
+        assert_eq!(host.keys.lock().len(), 1, "handed over");
+        let (kinds, status, _) = email_record(&path, &key);
+        assert_eq!(
+            kinds,
+            [("message_bounced".into(), 1), ("message_sent".into(), 1)]
+        );
+        assert_eq!(status, "accepted");
     }
 
     /// Initial settings are checked and stored as `settings.update` would

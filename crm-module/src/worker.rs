@@ -166,6 +166,12 @@ struct Flying {
     attempts: i64,
 }
 
+impl crate::core::InFlight for std::collections::HashMap<i64, Flying> {
+    fn answers_when_handed(&self, id: i64) -> Option<i64> {
+        self.get(&id).map(|f| f.attempts)
+    }
+}
+
 /// The worker's state.
 pub struct Worker {
     conn: Connection,
@@ -1012,6 +1018,7 @@ impl Worker {
         let settings = self.settings.clone();
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
         ctx.rescreen = Some(&self.rescreen);
+        ctx.in_flight = Some(&self.flying);
         let value = f(&mut ctx)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;
@@ -1138,6 +1145,7 @@ impl Worker {
         for (i, ev) in events.iter().enumerate() {
             let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
             ctx.rescreen = Some(&self.rescreen);
+            ctx.in_flight = Some(&self.flying);
             let located = |e: Error| {
                 if events.len() > 1 {
                     e.at(&format!("events[{i}] ({})", ev.event_id))
@@ -1503,6 +1511,7 @@ impl Worker {
         self.inject("run_item");
         let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
         ctx.rescreen = Some(&self.rescreen);
+        ctx.in_flight = Some(&self.flying);
         let n = due::run(&mut ctx, item)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;

@@ -744,12 +744,23 @@ fn email_engagement(ctx: &mut Ctx<'_>, key: &str, kind: &'static str) -> Result<
 /// it is a repeat, a late bounce revokes it; a message that failed or has
 /// an outcome already is left as it is.
 pub(crate) fn delivery_implied(ctx: &Ctx<'_>, row: &outbox::Row, by: &str) -> Result<()> {
+    if row.kind != outbox::EffectKind::Message || outbox::is_test_send(ctx.install_id, &row.key) {
+        return Ok(());
+    }
+    // Answered by the person before the host answered the hand-over in
+    // flight (an open pushed from inside the delivery callback): the host
+    // took it. (Not in flight, the hand-over's time is not known: a row
+    // left unanswered by a stopped process waits for its receipt.)
+    let taken;
+    let row = if in_flight_unanswered(ctx, row) == Some(true) {
+        taken = taken_before_its_answer(ctx, row)?;
+        &taken
+    } else {
+        row
+    };
     // Only a message its sender took (not one held for sending hours or
     // a limit, nor one waiting to be sent again).
-    if row.kind != outbox::EffectKind::Message
-        || row.status != "accepted"
-        || outbox::is_test_send(ctx.install_id, &row.key)
-    {
+    if row.status != "accepted" {
         return Ok(());
     }
     // No outcome for the hand-over it answers: none at all, or a soft
@@ -1128,7 +1139,8 @@ fn receipt_from(
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
-    if !at_hand_over && row.status == "pending" {
+    let last = last_outcome(ctx, key)?;
+    if !at_hand_over && unanswered(ctx, &row, last.as_ref()) {
         row = taken_before_its_answer(ctx, &row)?;
     }
     let (kind, mut detail) = match status {
@@ -1161,7 +1173,6 @@ fn receipt_from(
     //   real outcome: it revokes the soft bounce (and a delivery cancels
     //   the resend). A soft bounce of the resend counts again.
     // The module's own relay's bounce at hand-over is always a new attempt's.
-    let last = last_outcome(ctx, key)?;
     let delivered_before = matches!(last.as_ref(), Some((k, _, _)) if k == "message_delivered");
     // A soft bounce of this very hand-over: no answer since (bounces
     // recorded before the attempt was kept: the resend still waits).
@@ -1266,18 +1277,44 @@ fn receipt_from(
     Ok(())
 }
 
-/// A receipt for message `row`, whose hand-over has no answer yet: the host
-/// pushed it from inside its delivery callback, before returning, or the
-/// process stopped before the callback's answer was recorded. Either way
-/// the host took the message, so the hand-over is recorded as taken here
-/// (its one send attempt, `message_sent` with `"by": "receipt"`), and the
-/// callback's own answer, when it comes, finds it answered (the worker
-/// records an answer only for a row with the answers it had when handed
-/// over). Left pending, a hard-bounced email was handed over again after a
-/// restart and suppressed against the address the bounce had marked
-/// undeliverable: bounced, suppressed, and never counted as sent. Returns
-/// the row as it is now.
-fn taken_before_its_answer(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<outbox::Row> {
+/// Whether message `row`'s latest hand-over has no answer recorded, given
+/// its latest delivery outcome `last`: in flight (the worker's
+/// [`super::InFlight`]) with the answers it was handed over with; or, not
+/// in flight, waiting to be offered (`pending`, never answered; `retry`
+/// after a "retry later") rather than to be sent again after a soft bounce
+/// of its last hand-over. A receipt, an open or a click for such a
+/// message says the host took it: the host pushed it from inside its
+/// delivery callback before returning, the process stopped before the
+/// callback's answer was recorded, or the host sent the message after
+/// asking to be asked again.
+fn unanswered(ctx: &Ctx<'_>, row: &outbox::Row, last: Option<&DeliveryOutcome>) -> bool {
+    if let Some(unanswered) = in_flight_unanswered(ctx, row) {
+        return unanswered;
+    }
+    let awaiting_resend = matches!(last, Some((kind, bounce, attempt))
+        if kind == "message_bounced" && bounce.as_deref() == Some("soft")
+            && attempt.is_none_or(|a| a == row.attempts));
+    row.status == "pending" || (row.status == "retry" && !awaiting_resend)
+}
+
+/// For message `row` in flight: whether nothing was recorded of it since
+/// it was handed over (it has the answers it had then). `None` when it is
+/// not in flight.
+fn in_flight_unanswered(ctx: &Ctx<'_>, row: &outbox::Row) -> Option<bool> {
+    let handed = ctx.in_flight?.answers_when_handed(row.id)?;
+    Some(handed == row.attempts)
+}
+
+/// Records the hand-over of message `row`, which has no answer yet
+/// ([`unanswered`]), as taken: its one send attempt, `message_sent` with
+/// `"by": "receipt"`. The callback's own answer, when it comes, finds it
+/// answered (the worker records an answer only for a row with the answers
+/// it had when handed over). Left unanswered, a hard-bounced email was
+/// handed over again after a restart and suppressed against the address
+/// the bounce had marked undeliverable (bounced, suppressed, never counted
+/// as sent), and a soft bounce pushed from the callback was overwritten by
+/// its answer (never sent again). Returns the row as it is now.
+fn taken_before_its_answer(ctx: &Ctx<'_>, row: &outbox::Row) -> Result<outbox::Row> {
     outbox::record_answer(
         ctx.conn,
         row.id,

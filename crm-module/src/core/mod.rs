@@ -67,6 +67,16 @@ pub struct Ctx<'a> {
     /// Where changes that may hold back a row already screened for
     /// hand-over are marked (the worker's; none elsewhere).
     pub rescreen: Option<&'a crate::messaging::handover::Rescreen>,
+    /// The rows handed over whose answers have not come back (the
+    /// worker's; none elsewhere).
+    pub in_flight: Option<&'a dyn InFlight>,
+}
+
+/// Rows handed over whose answers have not come back.
+pub trait InFlight {
+    /// The answers (`attempts`) row `id` had when it was handed over, if it
+    /// is in flight.
+    fn answers_when_handed(&self, id: i64) -> Option<i64>;
 }
 
 impl<'a> Ctx<'a> {
@@ -88,6 +98,7 @@ impl<'a> Ctx<'a> {
             effects: Vec::new(),
             depth: 0,
             rescreen: None,
+            in_flight: None,
         }
     }
 
