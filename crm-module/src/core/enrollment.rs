@@ -948,18 +948,35 @@ fn set_property(
     let name = property.property();
     let new_value = match property {
         SettableProperty::Tags => {
-            crate::model::contact::normalize_property("tags", json!(merge_tags(&contact, value)))?
+            crate::model::contact::normalize_property("tags", json!(merge_tags(&contact, value)))
         }
-        _ => crate::model::contact::normalize_property(name, value.clone())?,
+        _ => crate::model::contact::normalize_property(name, value.clone()),
     };
     let mut map = serde_json::Map::new();
-    map.insert(name.to_string(), new_value.clone());
-    let signals = write_props(
-        ctx,
-        &mut contact,
-        map,
-        &format!("automation:{}", e.automation_id),
-    )?;
+    let written = new_value.and_then(|new_value| {
+        map.insert(name.to_string(), new_value.clone());
+        let actor = format!("automation:{}", e.automation_id);
+        // The record's own limits are checked before anything is written.
+        write_props(ctx, &mut contact, map, &actor).map(|signals| (new_value, signals))
+    });
+    let (new_value, signals) = match written {
+        Ok(written) => written,
+        // The value may not be set on this contact (a 101st tag, a 201st
+        // property): the step fails and the flow goes on, as for a failed
+        // message. The event that set the automation off is the host's
+        // and is not refused for it.
+        Err(err @ (Error::Invalid(_) | Error::TooLarge(_))) => {
+            Log {
+                step_id: Some(sid),
+                detail: Some(json!({"reason": "value_refused", "property": name,
+                    "error": err.to_string()})),
+                ..log_for("step_failed", e)
+            }
+            .write(ctx.conn, ctx.now)?;
+            return Ok(StepOutcome::Next);
+        }
+        Err(err) => return Err(err),
+    };
     // Written back only as stored: a Patient kept as one (an automation
     // saved before Lead was refused) sends the host no "lead".
     if contact.props.get(name) == Some(&new_value) {

@@ -336,6 +336,51 @@ fn property_changed_with_and_without_value_and_set_property_cascades() {
     );
 }
 
+/// A Set property step whose value may not be set on the contact (a
+/// 101st tag) fails the step, and the flow goes on; the host's event that
+/// set the automation off is applied, alone or in a batch.
+#[test]
+fn a_set_property_the_contact_cannot_take_fails_the_step_not_the_push() {
+    let mut s = Sim::new();
+    let tagger = s.automation(json!({"name": "Tagger", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "probe"},
+        "steps": [{"id": "tag", "type": "set_property", "property": "tags", "value": {"add": ["one-more"]}},
+                  {"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "desk"}}]}));
+    let tags: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    s.contact("c1", json!({"tags": tags}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "probe": 1}}))
+        .expect("the host's event is applied");
+    let failed: String = s
+        .conn
+        .query_row(
+            "SELECT detail FROM events WHERE kind = 'step_failed' AND step_id = 'tag'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(failed.contains("value_refused"), "{failed}");
+    assert_eq!(
+        s.count("step_executed", Some(&tagger)),
+        2,
+        "the flow went on"
+    );
+    let probe: i64 = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.probe') FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(probe, 1);
+    assert!(
+        !s.effects
+            .iter()
+            .any(|e| e.kind == crate::outbox::EffectKind::Property),
+        "nothing written back"
+    );
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
