@@ -466,6 +466,24 @@ pub struct AuditSource<'a> {
     pub message_key: Option<&'a str>,
 }
 
+/// A staff member (`owner`, `provider`) given by id alone names the member
+/// the record already holds: their stored display name is kept.
+fn keep_staff_name(key: &str, new: &mut Value, old: Option<&Value>) {
+    if crate::model::contact::property_type(key) != Some(crate::model::contact::PropertyType::Staff)
+    {
+        return;
+    }
+    let (Some(new), Some(old)) = (new.as_object_mut(), old.and_then(Value::as_object)) else {
+        return;
+    };
+    if !new.contains_key("name")
+        && new.get("id") == old.get("id")
+        && let Some(name) = old.get("name")
+    {
+        new.insert("name".into(), name.clone());
+    }
+}
+
 /// Applies a property map to a contact and returns the change signals.
 /// Subscription changes are audited. Status Lead → Patient yields
 /// [`Signal::BecamePatient`] as well.
@@ -494,13 +512,14 @@ pub fn apply_props(
         }
     }
     let asked_status = new.get("status").cloned();
-    for (k, v) in new {
+    for (k, mut v) in new {
         if k == "id" {
             continue;
         }
         if v.is_null() {
             merged.remove(&k);
         } else {
+            keep_staff_name(&k, &mut v, c.props.get(&k));
             merged.insert(k, v);
         }
     }

@@ -381,6 +381,30 @@ fn a_set_property_the_contact_cannot_take_fails_the_step_not_the_push() {
     );
 }
 
+/// A staff member given by id alone: the same member keeps the display
+/// name the record holds; another one gets none, never their id (which
+/// would reach patients as `{{owner}}`).
+#[test]
+fn a_staff_member_without_a_name_keeps_the_known_one_and_is_never_named_by_id() {
+    let mut s = Sim::new();
+    s.contact("c1", json!({"owner": {"id": "s-17", "name": "Sarah Chen"}}));
+    let owner = |s: &Sim| -> Value {
+        let props: String = s
+            .conn
+            .query_row("SELECT props FROM contacts WHERE id = 'c1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        serde_json::from_str::<Value>(&props).unwrap()["owner"].clone()
+    };
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-17"}}}))
+        .unwrap();
+    assert_eq!(owner(&s), json!({"id": "s-17", "name": "Sarah Chen"}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-18"}}}))
+        .unwrap();
+    assert_eq!(owner(&s), json!({"id": "s-18"}));
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();

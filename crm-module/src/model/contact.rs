@@ -233,13 +233,23 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             };
             let id = o.get("id").and_then(Value::as_str).unwrap_or("");
             validate_id(&format!("{name}.id"), id)?;
-            let display = o.get("name").and_then(Value::as_str).unwrap_or(id);
-            if display.chars().count() > 200 || o.len() > 2 {
+            // Without a name, none is made up: the id is the host's own and
+            // must not reach a patient as `{{owner}}` (a partial update
+            // naming the same member keeps the stored name, see
+            // `core::contacts::apply_props`).
+            let display = match o.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) if n.chars().count() <= 200 => Some(n.trim()),
+                Some(_) => return Err(bad("a staff member {\"id\", \"name\"}")),
+            };
+            if o.len() > 2 {
                 return Err(bad("a staff member {\"id\", \"name\"}"));
             }
             let mut m = Map::new();
             m.insert("id".into(), Value::String(id.to_string()));
-            m.insert("name".into(), Value::String(display.to_string()));
+            if let Some(display) = display.filter(|d| !d.is_empty()) {
+                m.insert("name".into(), Value::String(display.to_string()));
+            }
             Ok(Value::Object(m))
         }
         PropertyType::Tags => {
