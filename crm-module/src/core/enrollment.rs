@@ -1049,14 +1049,16 @@ fn merge_tags(contact: &contacts::Contact, change: &Value) -> Vec<String> {
             })
             .unwrap_or_default()
     };
+    // Tags are one whatever their case, as conditions and triggers read
+    // them: adding `VIP` to `vip` changes nothing, removing `VIP` removes it.
     let mut tags = strings(contact.props.get("tags"));
     for t in strings(change.get("add")) {
-        if !tags.contains(&t) {
+        if !tags.iter().any(|have| have.eq_ignore_ascii_case(&t)) {
             tags.push(t);
         }
     }
     let remove = strings(change.get("remove"));
-    tags.retain(|t| !remove.contains(t));
+    tags.retain(|t| !remove.iter().any(|r| r.eq_ignore_ascii_case(t)));
     tags
 }
 

@@ -405,6 +405,31 @@ fn a_staff_member_without_a_name_keeps_the_known_one_and_is_never_named_by_id() 
     assert_eq!(owner(&s), json!({"id": "s-18"}));
 }
 
+/// Tags are one whatever their case, in what the host pushes and in Set
+/// property, as in conditions: removing `VIP` removes `vip`, adding `VIP`
+/// to `vip` changes nothing.
+#[test]
+fn tags_are_one_whatever_their_case() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Tags", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "set_property", "property": "tags", "value": {"remove": ["VIP"], "add": ["Other"]}}]}));
+    s.contact("c1", json!({"tags": ["vip", " VIP ", "other"]}));
+    let tags = |s: &Sim| -> Value {
+        let props: String = s
+            .conn
+            .query_row("SELECT props FROM contacts WHERE id = 'c1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        serde_json::from_str::<Value>(&props).unwrap()["tags"].clone()
+    };
+    assert_eq!(tags(&s), json!(["other", "vip"]));
+    s.push(json!({"type": "form.submitted", "submission": {"id": "f1", "form_id": "x", "form_name": "X", "contact_id": "c1"}}))
+        .unwrap();
+    assert_eq!(tags(&s), json!(["other"]));
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();

@@ -260,8 +260,10 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             for item in items {
                 match item {
                     Value::String(s) if !s.trim().is_empty() && s.len() <= 100 => {
+                        // One tag whatever its case (the first spelling is
+                        // kept), as conditions and triggers compare them.
                         let t = s.trim().to_string();
-                        if !tags.contains(&t) {
+                        if !tags.iter().any(|have| have.eq_ignore_ascii_case(&t)) {
                             tags.push(t);
                         }
                     }
