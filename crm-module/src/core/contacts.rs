@@ -499,12 +499,14 @@ pub fn apply_props(
         UpsertMode::Partial => c.props.clone(),
     };
     if mode == UpsertMode::Full {
-        // Subscriptions are consent, and an address that hard-bounced stays
-        // undeliverable: a full replace that omits them keeps them.
+        // Subscriptions are consent, an address that hard-bounced stays
+        // undeliverable, and the status is the module's (Lead until the
+        // first booking): a full replace that omits them keeps them.
         for k in [
             "email_subscription",
             "sms_subscription",
             crate::messaging::consent::EMAIL_UNDELIVERABLE,
+            "status",
         ] {
             if let Some(v) = c.props.get(k) {
                 merged.insert(k.into(), v.clone());

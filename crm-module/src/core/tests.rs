@@ -430,6 +430,28 @@ fn tags_are_one_whatever_their_case() {
     assert_eq!(tags(&s), json!(["other"]));
 }
 
+/// A full replace that leaves the status out keeps it, as it keeps the
+/// subscriptions: a Lead stays one, and nothing fires Property changed.
+#[test]
+fn a_full_replace_without_the_status_keeps_it_and_fires_nothing() {
+    let mut s = Sim::new();
+    let changed = s.automation(json!({"name": "Status", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "status"}, "steps": []}));
+    s.contact("c1", json!({"status": "lead", "first_name": "Ann"}));
+    s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Anne"}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&changed)), 0);
+    let status: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT json_extract(props, '$.status') FROM contacts WHERE id = 'c1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("lead"));
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
