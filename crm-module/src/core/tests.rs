@@ -452,6 +452,29 @@ fn a_full_replace_without_the_status_keeps_it_and_fires_nothing() {
     assert_eq!(status.as_deref(), Some("lead"));
 }
 
+/// Property changed to a staff member: named by id (an object or the id
+/// as text) or by display name; a rename of the same member is no change.
+#[test]
+fn property_changed_to_a_staff_member_matches_by_id_or_name() {
+    let mut s = Sim::new();
+    let ids = [
+        s.automation(json!({"name": "By object", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "owner", "new_value": {"id": "s-17"}}, "steps": []})),
+        s.automation(json!({"name": "By id", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "owner", "new_value": "s-17"}, "steps": []})),
+        s.automation(json!({"name": "By name", "run_window": {"mode": "any_time"},
+            "trigger": {"type": "property_changed", "property": "owner", "new_value": "Sarah Chen"}, "steps": []})),
+    ];
+    s.contact("c1", json!({"owner": {"id": "s-1", "name": "Lee"}}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-17", "name": "Sarah Chen"}}}))
+        .unwrap();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-17", "name": "Dr. Sarah Chen"}}}))
+        .unwrap();
+    for a in &ids {
+        assert_eq!(s.count("enrolled", Some(a)), 1, "{a}");
+    }
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();

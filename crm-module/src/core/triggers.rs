@@ -47,6 +47,13 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
             // renamed is not a change to them).
             property == p
                 && new_value.as_ref().is_none_or(|want| {
+                    // A staff member is the one with that id (or display
+                    // name, given as text): a rename is no change to them.
+                    let staff_id = match want {
+                        serde_json::Value::Object(o) if is_staff(p) => o.get("id").cloned(),
+                        _ => None,
+                    };
+                    let want = staff_id.as_ref().unwrap_or(want);
                     let (want, v) = (comparable(p, want), comparable(p, v));
                     value_matches(&v, &want) && !value_matches(&comparable(p, old_value), &want)
                 })
@@ -233,4 +240,10 @@ fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether `property` holds a staff member (`owner`, `provider`).
+fn is_staff(property: &str) -> bool {
+    crate::model::contact::property_type(property)
+        == Some(crate::model::contact::PropertyType::Staff)
 }

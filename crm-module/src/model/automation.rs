@@ -976,6 +976,20 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
                 )))),
                 ("tags", _) | (_, None) => Ok(()),
                 (p, Some(_)) if crate::model::contact::DERIVED_PROPERTIES.contains(&p) => Ok(()),
+                // A staff member may be named by id or display name, as in
+                // If/then conditions.
+                (p, Some(Value::String(s)))
+                    if crate::model::contact::property_type(p)
+                        == Some(crate::model::contact::PropertyType::Staff) =>
+                {
+                    if s.trim().is_empty() || s.chars().count() > 200 {
+                        Err(loc(Error::invalid(
+                            "new_value: a staff member's id or name (1 to 200 characters)",
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                }
                 (p, Some(v)) => normalize_property(p, v.clone()).map(|_| ()).map_err(loc),
             }
         }
