@@ -543,7 +543,7 @@ pub fn apply_props(
     let old_status = c.status().to_string();
     for k in keys {
         let (old, new) = (c.props.get(k), merged.get(k));
-        if old == new {
+        if old == new || same_value(k, old, new) {
             continue;
         }
         if k == "email_subscription" || k == "sms_subscription" {
@@ -563,6 +563,20 @@ pub fn apply_props(
         signals.push(Signal::BecamePatient);
     }
     Ok(signals)
+}
+
+/// Whether two values of `property` are one value written differently (a
+/// lead source as the builder names it, `5` and `5.0`): no change for
+/// Property changed to react to.
+fn same_value(property: &str, old: Option<&Value>, new: Option<&Value>) -> bool {
+    use crate::model::contact::comparable;
+    match (old, new) {
+        (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
+        (Some(a @ Value::String(_)), Some(b @ Value::String(_))) if property == "lead_source" => {
+            comparable(property, a) == comparable(property, b)
+        }
+        _ => false,
+    }
 }
 
 /// Reasons for an update that may lift a person's own opt-out: a staff

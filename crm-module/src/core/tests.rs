@@ -475,6 +475,26 @@ fn property_changed_to_a_staff_member_matches_by_id_or_name() {
     }
 }
 
+/// A value written differently is no change: a lead source as the
+/// builder names it, a number with a fraction of zero.
+#[test]
+fn property_changed_ignores_one_value_written_differently() {
+    let mut s = Sim::new();
+    let source = s.automation(json!({"name": "Source", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "lead_source"}, "steps": []}));
+    let score = s.automation(json!({"name": "Score", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "score"}, "steps": []}));
+    s.contact("c1", json!({"lead_source": "walk_in", "score": 5}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "Walk-in", "score": 5.0}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&source)), 0);
+    assert_eq!(s.count("enrolled", Some(&score)), 0);
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "import", "score": 6}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&source)), 1);
+    assert_eq!(s.count("enrolled", Some(&score)), 1);
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
