@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::catalog::{self, Catalog};
 use crate::core::{Ctx, dates, enrollment, lists, triggers};
 use crate::error::{Error, Result};
-use crate::model::automation::{AutomationDefinition, AutomationStatus, Reference};
+use crate::model::automation::{AutomationDefinition, AutomationStatus, Reference, Trigger};
 use crate::model::contact::validate_id;
 use crate::settings::{Resolved, Settings};
 
@@ -581,7 +581,6 @@ fn normalize_senders(
 /// trigger's channel: an SMS template under Email engagement (or the
 /// reverse) would save and never fire.
 fn check_trigger_template(ctx: &Ctx<'_>, def: &AutomationDefinition) -> Result<()> {
-    use crate::model::automation::Trigger;
     match &def.trigger {
         Trigger::EmailEngagement {
             email_id: Some(t), ..
@@ -749,6 +748,18 @@ fn prepare_definition(
     }
     check_message_steps(ctx, &def)?;
     normalize_senders(&mut def.steps, ctx.settings)?;
+    // A date the trigger waits for is kept as the record stores dates
+    // (`1985-3-7` as `1985-03-07`), or it would never match.
+    if let Trigger::PropertyChanged {
+        property,
+        new_value: Some(value),
+    } = &mut def.trigger
+        && crate::model::contact::property_type(property)
+            == Some(crate::model::contact::PropertyType::Date)
+    {
+        *value = crate::model::contact::normalize_property(property, value.clone())
+            .map_err(|e| e.at("definition.trigger.new_value"))?;
+    }
     check_trigger_template(ctx, &def)?;
     check_references(ctx, &def)?;
     if def.run_window.is_none() {

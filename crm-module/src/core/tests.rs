@@ -495,6 +495,19 @@ fn property_changed_ignores_one_value_written_differently() {
     assert_eq!(s.count("enrolled", Some(&score)), 1);
 }
 
+/// A date of birth the trigger waits for, written short, is kept as the
+/// record keeps dates, and fires.
+#[test]
+fn property_changed_to_a_date_written_short_fires() {
+    let mut s = Sim::new();
+    let dob = s.automation(json!({"name": "DOB", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "dob", "new_value": "1985-3-7"}, "steps": []}));
+    s.contact("c1", json!({"dob": "1985-03-08"}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "dob": "1985-03-07"}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&dob)), 1);
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
