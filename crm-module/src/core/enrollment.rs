@@ -1333,13 +1333,10 @@ fn checked_changes(
 ) -> std::result::Result<serde_json::Map<String, Value>, String> {
     let mut map = serde_json::Map::new();
     for (i, (name, value)) in changes.iter().enumerate() {
-        // A name that is not a property name is not echoed: it could be
-        // anything, a patient's email among them.
-        crate::model::contact::validate_key(name)
-            .map_err(|e| format!("property change {}: {e}", i + 1))?;
         // The guide's rule for a plugin's names: `Email` or `STATUS` would
         // be custom properties a host matching names without case takes for
-        // the real ones. Not echoed either: `1979-11-23` is a valid key.
+        // the real ones. Not echoed: it could be anything, a patient's email
+        // or `1979-11-23` among them.
         let snake = name.starts_with(|c: char| c.is_ascii_lowercase())
             && name
                 .bytes()
@@ -1350,6 +1347,8 @@ fn checked_changes(
                 i + 1
             ));
         }
+        crate::model::contact::validate_key(name)
+            .map_err(|e| format!("property change {}: {e}", i + 1))?;
         let settable: Option<SettableProperty> =
             serde_json::from_value(Value::String(name.clone())).ok();
         let normalized = match settable {

@@ -148,6 +148,16 @@ pub fn validate_key(key: &str) -> Result<()> {
             "property names may use only letters, digits, '_', '-' and '.'",
         ));
     }
+    // `Email` or `STATUS` is the known field misspelt, not a property of
+    // its own: kept as one, the contact would have no email.
+    if let Some((known, _)) = KNOWN_PROPERTIES
+        .iter()
+        .find(|(known, _)| *known != key && known.eq_ignore_ascii_case(key))
+    {
+        return Err(Error::invalid(format!(
+            "{key}: the known field is written `{known}` (property names are case-sensitive)"
+        )));
+    }
     Ok(())
 }
 
@@ -402,6 +412,24 @@ pub fn value_matches(actual: &Value, expected: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A known field written in another case is refused, naming the
+    /// field as the module knows it: kept as a custom property, `Email`
+    /// left the contact without an email.
+    #[test]
+    fn a_known_field_in_another_case_is_refused() {
+        for (key, known) in [
+            ("Email", "email"),
+            ("STATUS", "status"),
+            ("First_Name", "first_name"),
+        ] {
+            match normalize_property(key, json!("x")) {
+                Err(Error::Invalid(m)) => assert!(m.contains(&format!("`{known}`")), "{m}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        assert!(normalize_property("emails", json!("x")).is_ok());
+    }
 
     #[test]
     fn ids_are_up_to_128_bytes_of_visible_characters() {
