@@ -413,13 +413,17 @@ pub struct TestSendResult {
     pub to: String,
 }
 
-/// Custom property names seen on contacts: placeholders templates may use.
+/// The placeholders of the custom properties seen on contacts, which
+/// templates may use ([`crate::model::contact::placeholder_name`]).
 pub fn custom_properties(conn: &rusqlite::Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT key FROM custom_properties ORDER BY key")?;
-    let keys = stmt
-        .query_map([], |r| r.get(0))?
+    let mut names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .map(|k| k.map(|k| crate::model::contact::placeholder_name(&k).into_owned()))
         .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(keys)
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Validates every template field; the error names the field, the

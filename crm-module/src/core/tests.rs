@@ -3014,6 +3014,37 @@ fn tracked_links(s: &Sim) -> Vec<String> {
         .collect()
 }
 
+/// A custom property named with `-` or `.` is a placeholder with `_`
+/// (`{{plan-type}}` would be a subtraction); a property named like the
+/// placeholder comes first.
+#[test]
+fn custom_properties_with_dashes_and_dots_are_placeholders_with_underscores() {
+    let mut s = Sim::new();
+    s.contact(
+        "c0",
+        json!({"plan-type": "Silver", "insurance.carrier": "Aetna", "plan_code": "S"}),
+    );
+    s.automation(json!({"name": "Plan", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "send_sms", "message": "Plan {{plan_type}} via {{insurance_carrier}}"}]}));
+    let e = s
+        .cmd(
+            json!({"command": "automation.create", "automation_id": "bad", "definition": {
+            "name": "Bad", "trigger": {"type": "contact_created"},
+            "steps": [{"type": "send_sms", "message": "Plan {{plan_typ}}"}]}}),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("did you mean plan_type?"), "{e}");
+    s.contact(
+        "c1",
+        json!({"plan-type": "Gold", "insurance.carrier": "Aetna", "sms_subscription": "subscribed"}),
+    );
+    s.push(json!({"type": "form.submitted", "submission": {"id": "f1", "form_id": "x", "form_name": "X", "contact_id": "c1"}}))
+        .unwrap();
+    let msgs = s.messages_to("c1");
+    let sms = msgs[0].payload["rendered"]["text"].as_str().unwrap();
+    assert!(sms.starts_with("Plan Gold via Aetna"), "{sms}");
+}
+
 #[test]
 fn only_the_templates_own_links_are_tracked() {
     let mut s = Sim::new();

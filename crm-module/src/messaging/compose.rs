@@ -140,6 +140,9 @@ pub fn variables(
     unsubscribe_link: &str,
 ) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
+    // Properties whose placeholder is not their name (`plan-type` as
+    // `plan_type`): a property named like the placeholder comes first.
+    let mut renamed = Vec::new();
     for (k, v) in &contact.props {
         let text = match v {
             Value::String(s) => s.clone(),
@@ -156,7 +159,15 @@ pub fn variables(
                 .join(", "),
             _ => continue,
         };
-        vars.insert(k.clone(), text);
+        match crate::model::contact::placeholder_name(k) {
+            std::borrow::Cow::Borrowed(_) => {
+                vars.insert(k.clone(), text);
+            }
+            std::borrow::Cow::Owned(name) => renamed.push((name, text)),
+        }
+    }
+    for (name, text) in renamed {
+        vars.entry(name).or_insert(text);
     }
     let owner = contact
         .props

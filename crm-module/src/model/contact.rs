@@ -161,6 +161,17 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The placeholder a custom property is written as in templates: its name,
+/// with `-` and `.` written `_` (`{{plan-type}}` would read as a
+/// subtraction, `{{insurance.carrier}}` as an attribute).
+pub fn placeholder_name(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['-', '.']) {
+        std::borrow::Cow::Owned(key.replace(['-', '.'], "_"))
+    } else {
+        std::borrow::Cow::Borrowed(key)
+    }
+}
+
 /// Validates and canonicalizes one property value. `Value::Null` clears the
 /// property and is always valid. The error names the property, never the value.
 pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
