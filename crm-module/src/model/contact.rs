@@ -161,6 +161,28 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// An address of the shape mail can go to: one `@`, a local part without
+/// empty dot-separated pieces, a dotted domain of non-empty labels that do
+/// not start or end with `-`. `ann@@example.com` or `ann@example..com`
+/// would be kept and fail at every send. (A cheap check on every pushed
+/// address; the composer parses the address fully when it sends.)
+fn is_address(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let labels: Vec<&str> = domain.split('.').collect();
+    local.len() <= 64
+        && !local.is_empty()
+        && local.split('.').all(|piece| !piece.is_empty())
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
 /// The placeholder a custom property is written as in templates: its name,
 /// with `-` and `.` written `_` (`{{plan-type}}` would read as a
 /// subtraction, `{{insurance.carrier}}` as an attribute).
@@ -199,10 +221,8 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             Value::String(s) => {
                 let s = s.trim().to_string();
                 let ok = s.len() <= 254
-                    && s.split_once('@').is_some_and(|(l, d)| {
-                        !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
-                    })
-                    && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+                    && is_address(&s);
                 if ok {
                     Ok(Value::String(s))
                 } else {
@@ -423,6 +443,23 @@ pub fn value_matches(actual: &Value, expected: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An address the composer could not send to is refused at the push.
+    #[test]
+    fn malformed_email_addresses_are_refused() {
+        for bad in [
+            "ann@@example.com",
+            "a@b@example.com",
+            "ann@example..com",
+            "@example.com",
+            "ann@example",
+        ] {
+            assert!(normalize_property("email", json!(bad)).is_err(), "{bad}");
+        }
+        for good in [" Ann.Lee+news@example.com ", "o'brien@mail.example.org"] {
+            assert!(normalize_property("email", json!(good)).is_ok(), "{good}");
+        }
+    }
 
     /// A known field written in another case is refused, naming the
     /// field as the module knows it: kept as a custom property, `Email`
