@@ -267,6 +267,10 @@ fn connect(path: &Path, access: Access) -> Result<Connection> {
 }
 
 /// The module's pragmas on a new connection; the writer also migrates.
+/// Bytes the write-ahead log's file is cut back to when the log starts
+/// over (SQLite's `journal_size_limit`): 64 MiB.
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(256);
@@ -296,6 +300,10 @@ fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Resul
         mmap_bytes = u64::from(storage.mmap_mib) << 20,
     ))?;
     if access == Access::Write {
+        // The log is emptied by checkpoints but its file keeps the size of
+        // the largest burst until the module closes: once the log starts
+        // over, a file past this is cut back to it.
+        conn.execute_batch(&format!("PRAGMA journal_size_limit={WAL_SIZE_LIMIT}"))?;
         migrations::migrate(&conn)?;
     }
     Ok(conn)
@@ -398,6 +406,38 @@ mod tests {
         assert!(!dir.path().join("s.db-lock").exists());
     }
 
+    /// After a burst, the log's file is cut back to [`WAL_SIZE_LIMIT`] when
+    /// the log starts over, not kept at the burst's size until close.
+    #[test]
+    fn the_logs_file_is_cut_back_after_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let writer = open(&path, Access::Write).unwrap();
+        writer.execute_batch("CREATE TABLE blobs (v BLOB)").unwrap();
+        let wal = || {
+            std::fs::metadata(dir.path().join("w.db-wal"))
+                .unwrap()
+                .len()
+        };
+        // One transaction of 72 MiB: the log grows past the limit.
+        writer.execute_batch("BEGIN").unwrap();
+        for _ in 0..72 {
+            writer
+                .execute("INSERT INTO blobs (v) VALUES (zeroblob(1048576))", [])
+                .unwrap();
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        assert!(wal() > WAL_SIZE_LIMIT as u64, "{}", wal());
+        // Copied into the database; the next write starts the log over.
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+            .unwrap();
+        writer
+            .execute("INSERT INTO blobs (v) VALUES (zeroblob(10))", [])
+            .unwrap();
+        assert!(wal() <= WAL_SIZE_LIMIT as u64, "{}", wal());
+    }
+
     #[test]
     fn every_access_gets_the_configured_cache_and_mapping() {
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +452,7 @@ mod tests {
             assert_eq!(pragma(&conn, "cache_size"), -8 * 1024, "{access:?}");
             assert_eq!(pragma(&conn, "mmap_size"), 3 << 20, "{access:?}");
         }
+        assert_eq!(pragma(&writer, "journal_size_limit"), WAL_SIZE_LIMIT);
         let defaults = open(&path, Access::Read).unwrap();
         assert_eq!(pragma(&defaults, "mmap_size"), 0);
         assert_eq!(pragma(&defaults, "cache_size"), -32 * 1024);
