@@ -321,8 +321,12 @@ pub fn normalize_property(name: &str, value: Value) -> Result<Value> {
             Value::Bool(_) => Ok(value),
             _ => Err(bad("true or false")),
         },
-        PropertyType::Count => match value.as_u64() {
-            Some(n) if n <= u32::MAX as u64 => Ok(Value::from(n)),
+        // A whole number however it was written (`2.0`, as `balance` takes it).
+        PropertyType::Count => match (value.as_u64(), value.as_f64()) {
+            (Some(n), _) if n <= u32::MAX as u64 => Ok(Value::from(n)),
+            (None, Some(f)) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => {
+                Ok(Value::from(f as u64))
+            }
             _ => Err(bad("a non-negative integer")),
         },
         // A whole number is stored as an integer, however it was written:
@@ -443,6 +447,21 @@ pub fn value_matches(actual: &Value, expected: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A count written with a fraction of zero is the whole number.
+    #[test]
+    fn a_count_written_as_a_whole_float_is_the_integer() {
+        assert_eq!(
+            normalize_property("no_show_count", json!(2.0)).unwrap(),
+            json!(2)
+        );
+        for bad in [json!(2.5), json!(-1), json!("2")] {
+            assert!(
+                normalize_property("no_show_count", bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     /// An address the composer could not send to is refused at the push.
     #[test]
