@@ -2108,13 +2108,7 @@ mod tests {
             w.round(vec![Request::Command { command, reply }]);
             answer.try_recv().expect("answered").expect("done");
         }
-        let events = Event::parse_batch(
-            r#"[{"event_id": "e1", "type": "contact.upserted", "contact": {"id": "c1"}}]"#,
-        )
-        .expect("events");
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        w.round(vec![Request::Push { events, reply }]);
-        answer.try_recv().expect("answered").expect("pushed");
+        push_contact(&mut w, "e1", "c1");
         let now = crate::clock::system_now();
         let waiting = w
             .conn
@@ -2299,6 +2293,16 @@ mod tests {
             [id],
         )?;
         Ok(())
+    }
+
+    /// Pushes contact `contact` (event `event_id`) in a round of its own.
+    fn push_contact(w: &mut Worker, event_id: &str, contact: &str) {
+        let event =
+            json!([{"event_id": event_id, "type": "contact.upserted", "contact": {"id": contact}}]);
+        let events = Event::parse_batch(&event.to_string()).expect("events");
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        w.round(vec![Request::Push { events, reply }]);
+        rx.try_recv().expect("answered").expect("pushed");
     }
 
     fn list_create(id: &str) -> Command {
@@ -2540,13 +2544,7 @@ mod tests {
             json!({"command": "list.create", "list_id": "l", "name": "L"}),
         )
         .expect("a list");
-        let events = Event::parse_batch(
-            r#"[{"event_id": "c1", "type": "contact.upserted", "contact": {"id": "p1"}}]"#,
-        )
-        .expect("events");
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        w.round(vec![Request::Push { events, reply }]);
-        rx.try_recv().expect("answered").expect("pushed");
+        push_contact(&mut w, "c1", "p1");
         // p1 joins, then the unknown contact fails the command.
         w.faults = vec!["lone_rollback"];
         let r = answer(

@@ -1284,6 +1284,18 @@ mod tests {
         CRM_EFFECT_ACCEPTED
     }
 
+    /// A handle on a new database in `dir`, with the default config.
+    fn open_in(dir: &tempfile::TempDir) -> *mut crm_module {
+        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
+        let mut m = ptr::null_mut();
+        // SAFETY: valid strings and out-pointer.
+        assert_eq!(
+            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
+            CRM_OK
+        );
+        m
+    }
+
     unsafe extern "C" fn slow_log(_: *mut c_void, _: c_int, _: *const c_char) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -1296,13 +1308,7 @@ mod tests {
     #[test]
     fn steady_log_lines_never_hold_a_replacement_up() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
-        let mut m = ptr::null_mut();
-        // SAFETY: valid strings and out-pointer.
-        assert_eq!(
-            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
-            CRM_OK
-        );
+        let m = open_in(&dir);
         struct Ptr(*mut crm_module);
         // SAFETY: crm_set_host_callbacks is documented as safe on any thread.
         unsafe impl Send for Ptr {}
@@ -1360,13 +1366,7 @@ mod tests {
     #[test]
     fn concurrent_registrations_leave_the_slot_and_the_host_in_step() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = CString::new(dir.path().join("m.db").to_str().expect("UTF-8")).expect("path");
-        let mut m = ptr::null_mut();
-        // SAFETY: valid strings and out-pointer.
-        assert_eq!(
-            unsafe { crm_open(path.as_ptr(), ptr::null(), &mut m) },
-            CRM_OK
-        );
+        let m = open_in(&dir);
         struct Ptr(*mut crm_module);
         // SAFETY: crm_set_host_callbacks is documented as safe concurrently.
         unsafe impl Sync for Ptr {}
