@@ -87,8 +87,12 @@ pub fn evaluate(
 
 /// Compares a property value; missing values only satisfy `is_not_set` and `not_equals`.
 pub fn compare(actual: Option<&Value>, op: CompareOp, expected: Option<&Value>) -> bool {
-    let present = actual.is_some_and(|v| {
-        !v.is_null() && v != &Value::String(String::new()) && v != &Value::Array(vec![])
+    // Blank text is no value, as a blank placeholder renders nothing.
+    let present = actual.is_some_and(|v| match v {
+        Value::Null => false,
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        _ => true,
     });
     match op {
         CompareOp::IsSet => present,
@@ -110,10 +114,22 @@ pub fn compare(actual: Option<&Value>, op: CompareOp, expected: Option<&Value>) 
         },
         CompareOp::GreaterThan | CompareOp::LessThan => {
             let num = |v: Option<&Value>| v.and_then(crate::model::contact::as_number);
-            match (num(actual), num(expected)) {
-                (Some(a), Some(e)) if op == CompareOp::GreaterThan => a > e,
-                (Some(a), Some(e)) => a < e,
-                _ => false,
+            // Dates (a custom property holding one) compare as dates.
+            let date = |v: Option<&Value>| {
+                v.and_then(Value::as_str)
+                    .and_then(|s| chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok())
+            };
+            let order = match (num(actual), num(expected)) {
+                (Some(a), Some(e)) => a.partial_cmp(&e),
+                _ => match (date(actual), date(expected)) {
+                    (Some(a), Some(e)) => Some(a.cmp(&e)),
+                    _ => None,
+                },
+            };
+            match order {
+                Some(o) if op == CompareOp::GreaterThan => o.is_gt(),
+                Some(o) => o.is_lt(),
+                None => false,
             }
         }
     }
@@ -123,6 +139,36 @@ pub fn compare(actual: Option<&Value>, op: CompareOp, expected: Option<&Value>) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Custom values as staff write them: a number with spaces around it,
+    /// a date, blank text (no value), text that Rust would read as
+    /// infinity (not a number).
+    #[test]
+    fn custom_values_compare_as_staff_read_them() {
+        let v = |x: Value| Some(x);
+        assert!(compare(
+            v(json!(" 12")).as_ref(),
+            CompareOp::GreaterThan,
+            v(json!(5)).as_ref()
+        ));
+        assert!(compare(
+            v(json!("2026-01-01")).as_ref(),
+            CompareOp::LessThan,
+            v(json!("2026-02-01")).as_ref()
+        ));
+        assert!(!compare(
+            v(json!("2026-03-01")).as_ref(),
+            CompareOp::LessThan,
+            v(json!("2026-02-01")).as_ref()
+        ));
+        assert!(!compare(v(json!("   ")).as_ref(), CompareOp::IsSet, None));
+        assert!(compare(v(json!("   ")).as_ref(), CompareOp::IsNotSet, None));
+        assert!(!compare(
+            v(json!("infinity")).as_ref(),
+            CompareOp::GreaterThan,
+            v(json!(5)).as_ref()
+        ));
+    }
 
     #[test]
     fn comparisons() {

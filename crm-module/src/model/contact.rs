@@ -397,7 +397,9 @@ pub fn display_name(props: &Map<String, Value>) -> String {
 pub fn as_number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
+        // Text holding a number, spaces around it allowed; not `inf` or
+        // `NaN`, which Rust's parser reads as numbers.
+        Value::String(s) => s.trim().parse().ok().filter(|f: &f64| f.is_finite()),
         _ => None,
     }
 }
