@@ -959,10 +959,28 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let row = automation_row(ctx, &id)?;
             let def = prepare_definition(ctx, definition, Some(&id))?;
             let by = staff(&updated_by)?;
+            let text = definition_text(&def)?;
+            let current: String = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT definition FROM automation_versions WHERE automation_id = ?1 AND version = ?2",
+                )?
+                .query_row(params![id, row.version], |r| r.get(0))?;
+            if text == current {
+                // Nothing changed (a builder saving as staff leave it): no
+                // version, and Last Updated and Entered By stay.
+                let out = AutomationResult {
+                    automation_id: id,
+                    version: row.version,
+                    status: row.status,
+                    enrollments_affected: 0,
+                };
+                return Ok((to_json(out)?, None));
+            }
             let version = row.version + 1;
             ctx.conn.execute(
                 "INSERT INTO automation_versions (automation_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, version, definition_text(&def)?, ctx.now],
+                params![id, version, text, ctx.now],
             )?;
             ctx.conn.execute(
                 "UPDATE automations SET name = ?2, current_version = ?3, updated_by = ?4, updated_at = ?5 WHERE id = ?1",

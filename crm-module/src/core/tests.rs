@@ -508,6 +508,38 @@ fn property_changed_to_a_date_written_short_fires() {
     assert_eq!(s.count("enrolled", Some(&dob)), 1);
 }
 
+/// Saving an automation unchanged (as a builder does when staff leave it)
+/// makes no version and leaves Last Updated; a real change makes one.
+#[test]
+fn an_update_that_changes_nothing_makes_no_version() {
+    let mut s = Sim::new();
+    let def = json!({"name": "Call", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "call", "type": "create_task", "title": "Call", "assignee": {"kind": "queue", "name": "desk"}}]});
+    let a = s.automation(def.clone());
+    let updated = |s: &Sim| -> (i64, i64) {
+        s.conn
+            .query_row(
+                "SELECT current_version, updated_at FROM automations WHERE id = ?1",
+                [&a],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let before = updated(&s);
+    s.advance(crate::clock::HOUR);
+    let out = s
+        .cmd(json!({"command": "automation.update", "automation_id": a, "definition": def}))
+        .unwrap();
+    assert_eq!(out["version"], before.0);
+    assert_eq!(updated(&s), before, "nothing changed");
+    let mut changed = def.clone();
+    changed["name"] = json!("Call them");
+    let out = s
+        .cmd(json!({"command": "automation.update", "automation_id": a, "definition": changed}))
+        .unwrap();
+    assert_eq!(out["version"], before.0 + 1);
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
