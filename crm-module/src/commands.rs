@@ -581,6 +581,64 @@ fn normalize_senders(
     Ok(())
 }
 
+/// A lead source as the builder offers it: `Walk-in` or `walk in` for a
+/// source the builder lists is stored as its option (`walk_in`), so that
+/// the select shows it; a host-defined one is kept as written.
+fn builder_source(source: &mut String) {
+    let folded = crate::model::contact::fold_source(source);
+    if crate::model::contact::LEAD_SOURCES.contains(&folded.as_str()) {
+        *source = folded;
+    }
+}
+
+/// The values a trigger waits for, stored as the builder offers them and
+/// the record stores them: a date (`1985-3-7` as `1985-03-07`, or it would
+/// never match), a status in lowercase, a lead source as its option.
+fn normalize_trigger(trigger: &mut Trigger) -> Result<()> {
+    use crate::model::contact::{PropertyType, normalize_property, property_type};
+    match trigger {
+        Trigger::ContactCreated {
+            source: Some(source),
+        } => builder_source(source),
+        Trigger::PropertyChanged {
+            property,
+            new_value: Some(value),
+        } => match (property.as_str(), &mut *value) {
+            ("lead_source", Value::String(source)) => builder_source(source),
+            (p, _)
+                if matches!(
+                    property_type(p),
+                    Some(PropertyType::Date | PropertyType::Choice(_))
+                ) =>
+            {
+                *value = normalize_property(p, value.clone())
+                    .map_err(|e| e.at("definition.trigger.new_value"))?;
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A Set property step's lead source, stored as the builder offers it.
+fn normalize_set_values(steps: &mut [crate::model::automation::Step]) {
+    use crate::model::automation::{SettableProperty, StepKind};
+    for step in steps {
+        if let StepKind::SetProperty {
+            property: SettableProperty::LeadSource,
+            value: Value::String(source),
+        } = &mut step.kind
+        {
+            builder_source(source);
+        }
+        if let Some((yes, no)) = step.kind.paths_mut() {
+            normalize_set_values(yes);
+            normalize_set_values(no);
+        }
+    }
+}
+
 /// The message an engagement trigger watches is a saved template of the
 /// trigger's channel: an SMS template under Email engagement (or the
 /// reverse) would save and never fire.
@@ -752,18 +810,8 @@ fn prepare_definition(
     }
     check_message_steps(ctx, &def)?;
     normalize_senders(&mut def.steps, ctx.settings)?;
-    // A date the trigger waits for is kept as the record stores dates
-    // (`1985-3-7` as `1985-03-07`), or it would never match.
-    if let Trigger::PropertyChanged {
-        property,
-        new_value: Some(value),
-    } = &mut def.trigger
-        && crate::model::contact::property_type(property)
-            == Some(crate::model::contact::PropertyType::Date)
-    {
-        *value = crate::model::contact::normalize_property(property, value.clone())
-            .map_err(|e| e.at("definition.trigger.new_value"))?;
-    }
+    normalize_trigger(&mut def.trigger)?;
+    normalize_set_values(&mut def.steps);
     check_trigger_template(ctx, &def)?;
     check_references(ctx, &def)?;
     if def.run_window.is_none() {

@@ -540,6 +540,34 @@ fn an_update_that_changes_nothing_makes_no_version() {
     assert_eq!(out["version"], before.0 + 1);
 }
 
+/// Values a trigger waits for or a step sets are stored as the builder
+/// offers them, so that its selects show them: a lead source as its
+/// option, a status in lowercase. A host-defined source is kept.
+#[test]
+fn trigger_and_step_values_are_stored_as_the_builder_offers_them() {
+    let mut s = Sim::new();
+    let stored = |s: &Sim, a: &str| -> Value {
+        let text: String = s
+            .conn
+            .query_row(
+                "SELECT definition FROM automation_versions WHERE automation_id = ?1",
+                [a],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let walk_in = s.automation(json!({"name": "Walk-ins", "trigger": {"type": "contact_created", "source": "Walk-in"},
+        "steps": [{"id": "src", "type": "set_property", "property": "lead_source", "value": "Website Form"}]}));
+    let def = stored(&s, &walk_in);
+    assert_eq!(def["trigger"]["source"], "walk_in");
+    assert_eq!(def["steps"][0]["value"], "website_form");
+    let patient = s.automation(json!({"name": "Patients", "trigger": {"type": "property_changed", "property": "status", "new_value": "Patient"}, "steps": []}));
+    assert_eq!(stored(&s, &patient)["trigger"]["new_value"], "patient");
+    let referral = s.automation(json!({"name": "Referral", "trigger": {"type": "contact_created", "source": "Dr. Referral"}, "steps": []}));
+    assert_eq!(stored(&s, &referral)["trigger"]["source"], "Dr. Referral");
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();
