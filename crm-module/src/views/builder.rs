@@ -1693,6 +1693,8 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
                 .map(|(n, _)| *n)
                 .chain(["insurance_verification", "portal_active"])
                 .map(|n| opt(json!(n), &property_label(n)))
+                // The host's own fields, by the name it gives them.
+                .chain(names.custom_properties.iter().map(|n| opt(json!(n), n)))
                 .collect();
             fields.push(
                 Field::new("property", "Property", FieldKind::Select, json!(property))
@@ -2167,6 +2169,13 @@ fn condition_options(
                 "Contact property",
             )
         })
+        .chain(names.custom_properties.iter().map(|n| {
+            grouped(
+                json!({"type": "property", "property": n}),
+                n,
+                "Contact property",
+            )
+        }))
         .collect();
     out.extend(names.lists.iter().map(|(id, name)| {
         grouped(
@@ -2489,6 +2498,55 @@ mod tests {
             required("t1"),
             both(false),
             "a saved template brings its content"
+        );
+    }
+
+    /// The host's own contact fields (custom properties) are offered as
+    /// Property changed's property and as If/then subjects, by name, as the
+    /// module accepts them (SPEC §1: usable in filters).
+    #[test]
+    fn custom_properties_are_offered_beside_the_known_ones() {
+        let db = db();
+        db.conn
+            .execute(
+                "INSERT INTO custom_properties (key, first_seen) VALUES ('favorite_color', 0)",
+                [],
+            )
+            .unwrap();
+        db.automation(
+            "a4",
+            "draft",
+            NOW - 1000,
+            &[json!({
+                "name": "Colors", "trigger": {"type": "property_changed", "property": "favorite_color"},
+                "steps": [{"id": "b", "type": "branch",
+                           "condition": {"type": "property", "property": "favorite_color", "op": "is_set"},
+                           "yes": [], "no": []}]
+            })],
+        );
+        let offered = |node: &str, field: &str| -> Vec<Value> {
+            let v = db
+                .query(
+                    "automation_builder",
+                    json!({"automation_id": "a4", "selected_node": node}),
+                )
+                .unwrap();
+            let fields = v["build"]["config_panel"]["fields"]
+                .as_array()
+                .unwrap()
+                .clone();
+            let f = fields.iter().find(|f| f["id"] == field).unwrap().clone();
+            f["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["value"].clone())
+                .collect()
+        };
+        assert!(offered("trigger", "property").contains(&json!("favorite_color")));
+        assert!(
+            offered("b", "condition")
+                .contains(&json!({"type": "property", "property": "favorite_color"}))
         );
     }
 

@@ -470,6 +470,9 @@ pub(crate) struct Names {
     pub(crate) sms_templates: Vec<(String, String)>,
     /// Installed step plugins and whether each is enabled.
     pub(crate) step_plugins: Vec<(crate::plugins::descriptor::Descriptor, bool)>,
+    /// Custom properties seen on contacts, by name (SPEC §1: usable in
+    /// filters): offered beside the known ones.
+    pub(crate) custom_properties: Vec<String>,
 }
 
 /// Most lists/forms/templates a picker offers.
@@ -495,6 +498,12 @@ impl Names {
             sms_templates: read(
                 "SELECT id, name FROM templates WHERE channel = 'sms' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
+            custom_properties: read(
+                "SELECT key, key FROM custom_properties ORDER BY key LIMIT ?1",
+            )?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect(),
             ..Names::step_plugins(conn)?
         })
     }
