@@ -1366,8 +1366,8 @@ fn check_comparison(
     use crate::model::contact::{PropertyType as T, normalize_property, property_type};
     let numeric = || match value {
         Value::Number(_) => Ok(()),
-        // As the comparison reads it: untrimmed.
-        Value::String(s) if s.parse::<f64>().is_ok() => Ok(()),
+        // As the comparison reads it (`contact::as_number`).
+        Value::String(_) if crate::model::contact::as_number(value).is_some() => Ok(()),
         _ => Err("value: must be a number".to_string()),
     };
     let ordered = matches!(op, CompareOp::GreaterThan | CompareOp::LessThan);
@@ -1931,7 +1931,8 @@ mod tests {
                 c("dob", "equals", json!("1980-3-4")),
                 "value: must be a date",
             ),
-            (c("balance", "equals", json!(" 3")), "must be a number"),
+            (c("balance", "equals", json!("3 dollars")), "must be a number"),
+            (c("balance", "equals", json!("inf")), "must be a number"),
             (
                 c("last_activity", "greater_than", json!(30)),
                 "compare days_since_last_activity",
