@@ -621,16 +621,28 @@ fn normalize_trigger(trigger: &mut Trigger) -> Result<()> {
     Ok(())
 }
 
-/// A Set property step's lead source, stored as the builder offers it.
+/// A Set property step's value, stored as the builder shows it: a lead
+/// source as its option, a tag change with both its lists (`add`,
+/// `remove`), so that saving the builder's panel back changes nothing.
 fn normalize_set_values(steps: &mut [crate::model::automation::Step]) {
     use crate::model::automation::{SettableProperty, StepKind};
     for step in steps {
-        if let StepKind::SetProperty {
-            property: SettableProperty::LeadSource,
-            value: Value::String(source),
-        } = &mut step.kind
-        {
-            builder_source(source);
+        match &mut step.kind {
+            StepKind::SetProperty {
+                property: SettableProperty::LeadSource,
+                value: Value::String(source),
+            } => builder_source(source),
+            StepKind::SetProperty {
+                property: SettableProperty::Tags,
+                value: Value::Object(change),
+            } => {
+                for list in ["add", "remove"] {
+                    change
+                        .entry(list)
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                }
+            }
+            _ => {}
         }
         if let Some((yes, no)) = step.kind.paths_mut() {
             normalize_set_values(yes);

@@ -558,10 +558,15 @@ fn trigger_and_step_values_are_stored_as_the_builder_offers_them() {
         serde_json::from_str(&text).unwrap()
     };
     let walk_in = s.automation(json!({"name": "Walk-ins", "trigger": {"type": "contact_created", "source": "Walk-in"},
-        "steps": [{"id": "src", "type": "set_property", "property": "lead_source", "value": "Website Form"}]}));
+        "steps": [{"id": "src", "type": "set_property", "property": "lead_source", "value": "Website Form"},
+                  {"id": "tag", "type": "set_property", "property": "tags", "value": {"add": ["vip"]}}]}));
     let def = stored(&s, &walk_in);
     assert_eq!(def["trigger"]["source"], "walk_in");
     assert_eq!(def["steps"][0]["value"], "website_form");
+    assert_eq!(
+        def["steps"][1]["value"],
+        json!({"add": ["vip"], "remove": []})
+    );
     let patient = s.automation(json!({"name": "Patients", "trigger": {"type": "property_changed", "property": "status", "new_value": "Patient"}, "steps": []}));
     assert_eq!(stored(&s, &patient)["trigger"]["new_value"], "patient");
     let referral = s.automation(json!({"name": "Referral", "trigger": {"type": "contact_created", "source": "Dr. Referral"}, "steps": []}));

@@ -1931,7 +1931,10 @@ mod tests {
                 c("dob", "equals", json!("1980-3-4")),
                 "value: must be a date",
             ),
-            (c("balance", "equals", json!("3 dollars")), "must be a number"),
+            (
+                c("balance", "equals", json!("3 dollars")),
+                "must be a number",
+            ),
             (c("balance", "equals", json!("inf")), "must be a number"),
             (
                 c("last_activity", "greater_than", json!(30)),
