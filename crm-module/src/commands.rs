@@ -448,9 +448,13 @@ fn check_template(t: &TemplateInput, custom: &[String]) -> Result<()> {
                     "template: an email template needs a subject and an html_body",
                 ));
             }
-            if t.subject.chars().count() > 500 || t.html_body.len() > 512 * 1024 {
+            if t.subject.chars().count() > 500
+                || t.preheader.chars().count() > 500
+                || t.html_body.len() > 512 * 1024
+            {
                 return Err(Error::TooLarge(
-                    "template: subject up to 500 characters, body up to 512 KiB".into(),
+                    "template: subject and preheader up to 500 characters, body up to 512 KiB"
+                        .into(),
                 ));
             }
             let mut fields = vec![

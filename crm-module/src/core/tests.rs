@@ -573,6 +573,26 @@ fn trigger_and_step_values_are_stored_as_the_builder_offers_them() {
     assert_eq!(stored(&s, &referral)["trigger"]["source"], "Dr. Referral");
 }
 
+/// An email's preheader is bounded as its subject is (the builder shows
+/// the limit): 100,000 characters were accepted.
+#[test]
+fn an_emails_preheader_is_bounded_like_its_subject() {
+    let mut s = Sim::new();
+    let long = "x".repeat(501);
+    let e = s
+        .cmd(json!({"command": "automation.create", "definition": {"name": "Long", "trigger": {"type": "contact_created"},
+            "steps": [{"type": "send_email", "subject": "Hi", "preheader": long, "body": "<p>Hi</p>"}]}}))
+        .unwrap_err();
+    assert!(e.to_string().contains("preheader"), "{e}");
+    let e = s
+        .cmd(
+            json!({"command": "template.create", "template": {"channel": "email", "name": "Long",
+            "subject": "Hi", "preheader": long, "html_body": "<p>Hi</p>"}}),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("preheader"), "{e}");
+}
+
 #[test]
 fn email_engagement_trigger_and_branch_on_step_engagement() {
     let mut s = Sim::new();

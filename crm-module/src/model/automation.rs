@@ -1125,6 +1125,7 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
             StepKind::SendEmail {
                 template_id,
                 subject,
+                preheader,
                 body,
                 fallback,
                 ..
@@ -1132,8 +1133,13 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 if template_id.is_none() && (subject.trim().is_empty() || body.trim().is_empty()) {
                     return err("an email needs a template_id or a subject and a body");
                 }
-                if subject.chars().count() > 500 || body.len() > 512 * 1024 {
-                    return err("subject is limited to 500 characters and body to 512 KiB");
+                if subject.chars().count() > 500
+                    || preheader.chars().count() > 500
+                    || body.len() > 512 * 1024
+                {
+                    return err(
+                        "subject and preheader are limited to 500 characters and body to 512 KiB",
+                    );
                 }
                 if let Some(f) = fallback {
                     if f.message.trim().is_empty() {

@@ -1826,6 +1826,7 @@ fn name_field(s: &Step) -> Field {
         FieldKind::Text,
         s.name.as_ref().map(|n| json!(n)).unwrap_or(Value::Null),
     )
+    .range(1, 200)
     .placeholder(default_title)
     .help("The title on the canvas card.")
 }
@@ -1866,11 +1867,13 @@ fn step_panel(
                     .required_inline(template_id)
                     .range(0, 500),
                 Field::new("preheader", "Preheader", FieldKind::Text, json!(preheader))
+                    .range(0, 500)
                     .help("The preview line inboxes show after the subject."),
                 Field::new("body", "Body", FieldKind::Textarea, json!(body))
                     .required_inline(template_id)
                     .help("Placeholders {{firstname}}, {{lastname}}, {{practice}}, {{owner}} and {{unsubscribe_link}} are replaced per contact. The compliant footer is appended."),
                 Field::new("sender.from_name", "From name", FieldKind::Text, any_or(&sender.from_name))
+                    .range(0, crate::settings::MAX_FROM_NAME as i64)
                     .placeholder("Module default"),
                 Field::new("sender.from_address", "From address", FieldKind::Text, any_or(&sender.from_address))
                     .placeholder("Module default"),
