@@ -10,6 +10,8 @@
 //! Every config field's `id` is the dot-separated path of the definition field
 //! it edits, relative to the node (`subject`, `sender.from_name`, `value.add`;
 //! for the trigger node, relative to `trigger`, with `type` the criterion).
+//! A `disabled` field (the SMS counter, `sms_counter`) is shown, edits
+//! nothing, and is not written back.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -372,7 +374,8 @@ pub enum FieldKind {
 /// A form field.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Field {
-    /// Path of the definition field it edits (dot-separated, relative to the node).
+    /// Path of the definition field it edits (dot-separated, relative to the
+    /// node); a `disabled` field edits nothing and is not written back.
     pub id: String,
     /// Label.
     pub label: String,
