@@ -1438,6 +1438,29 @@ fn check_comparison(
     }
 }
 
+/// The comparisons an If/then condition on `property` may use, as saving
+/// checks them (the builder offers these): having a value or not for
+/// every property, and of the others those the property's type has.
+pub fn operators_for(property: &str) -> Vec<CompareOp> {
+    use CompareOp::*;
+    [
+        Equals,
+        NotEquals,
+        Contains,
+        GreaterThan,
+        LessThan,
+        IsSet,
+        IsNotSet,
+    ]
+    .into_iter()
+    .filter(|op| {
+        matches!(op, IsSet | IsNotSet)
+            || !check_comparison(property, *op, &Value::Null)
+                .is_err_and(|m| m.starts_with("cannot be compared"))
+    })
+    .collect()
+}
+
 /// The comparison's name, as the definition writes it.
 fn op_name(op: CompareOp) -> String {
     serde_json::to_value(op)
@@ -1971,6 +1994,51 @@ mod tests {
         ] {
             let e = with(bad.clone()).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// The comparisons offered for a property are those saving accepts:
+    /// each offered one saves with a value of the property's type, and
+    /// the others are refused whatever the value.
+    #[test]
+    fn the_operators_offered_are_those_saving_accepts() {
+        use CompareOp::*;
+        let sample = |p: &str| match p {
+            "status" => json!("patient"),
+            "owner" => json!("s1"),
+            "balance" | "age" => json!(3),
+            "tags" => json!("vip"),
+            "marketing_only" => json!(true),
+            "dob" => json!("1980-03-04"),
+            _ => json!("x"),
+        };
+        for (property, want) in [
+            ("status", vec![Equals, NotEquals, Contains, IsSet, IsNotSet]),
+            ("owner", vec![Equals, NotEquals, IsSet, IsNotSet]),
+            (
+                "balance",
+                vec![Equals, NotEquals, GreaterThan, LessThan, IsSet, IsNotSet],
+            ),
+            ("tags", vec![Equals, NotEquals, Contains, IsSet, IsNotSet]),
+            (
+                "favorite_color",
+                vec![
+                    Equals,
+                    NotEquals,
+                    Contains,
+                    GreaterThan,
+                    LessThan,
+                    IsSet,
+                    IsNotSet,
+                ],
+            ),
+        ] {
+            let got = operators_for(property);
+            assert_eq!(got, want, "{property}");
+            for op in [Equals, NotEquals, Contains, GreaterThan, LessThan] {
+                let r = check_comparison(property, op, &sample(property));
+                assert_eq!(r.is_ok(), got.contains(&op), "{property} {op:?}: {r:?}");
+            }
         }
     }
 

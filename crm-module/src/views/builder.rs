@@ -468,14 +468,19 @@ pub struct FieldOption {
     /// A line explaining the option.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Of an If/then property subject: the comparisons its type has (saving
+    /// refuses the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operators: Option<Vec<crate::model::automation::CompareOp>>,
 }
 
-fn opt(value: Value, label: &str) -> FieldOption {
+pub(crate) fn opt(value: Value, label: &str) -> FieldOption {
     FieldOption {
         value,
         label: label.to_string(),
         group: None,
         description: None,
+        operators: None,
     }
 }
 
@@ -2168,20 +2173,16 @@ fn condition_options(
                 .iter()
                 .filter(|n| !matches!(**n, "last_activity" | "created_at")),
         )
-        .map(|n| {
-            grouped(
+        .map(|n| (*n, property_label(n)))
+        .chain((names.custom_properties.iter()).map(|n| (n.as_str(), n.clone())))
+        .map(|(n, label)| FieldOption {
+            operators: Some(crate::model::automation::operators_for(n)),
+            ..grouped(
                 json!({"type": "property", "property": n}),
-                &property_label(n),
+                &label,
                 "Contact property",
             )
         })
-        .chain(names.custom_properties.iter().map(|n| {
-            grouped(
-                json!({"type": "property", "property": n}),
-                n,
-                "Contact property",
-            )
-        }))
         .collect();
     out.extend(names.lists.iter().map(|(id, name)| {
         grouped(
@@ -2553,6 +2554,35 @@ mod tests {
         assert!(
             offered("b", "condition")
                 .contains(&json!({"type": "property", "property": "favorite_color"}))
+        );
+        // Each property subject says which comparisons it takes.
+        let v = db
+            .query(
+                "automation_builder",
+                json!({"automation_id": "a4", "selected_node": "b"}),
+            )
+            .unwrap();
+        let condition = (v["build"]["config_panel"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter())
+        .find(|f| f["id"] == "condition")
+        .unwrap()
+        .clone();
+        let operators = |property: &str| {
+            (condition["options"].as_array().unwrap().iter())
+                .find(|o| o["value"]["property"] == property)
+                .map(|o| o["operators"].clone())
+                .unwrap()
+        };
+        assert_eq!(
+            operators("owner"),
+            json!(["equals", "not_equals", "is_set", "is_not_set"])
+        );
+        assert!(
+            operators("favorite_color")
+                .to_string()
+                .contains("greater_than")
         );
     }
 

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::builder::FieldOption;
+use super::builder::{FieldOption, opt};
 use super::{Action, ActionStyle, Ctx};
 use crate::error::{Error, Result};
 use crate::messaging::smtp::{MAX_TIMEOUT_SECONDS, SmtpSecurity, SmtpSettings};
@@ -237,15 +237,6 @@ fn section(
         description: description.to_string(),
         fields,
         note: note.map(str::to_string),
-    }
-}
-
-fn opt(value: Value, label: &str) -> FieldOption {
-    FieldOption {
-        value,
-        label: label.to_string(),
-        group: None,
-        description: None,
     }
 }
 
