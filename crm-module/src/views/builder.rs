@@ -44,6 +44,14 @@ pub struct BuilderParams {
     /// default), a step id, or an End node id (`end`, `<branch>.yes.end`, `<branch>.no.end`).
     #[serde(default)]
     pub selected_node: Option<String>,
+    /// The definition as the UI holds it, with changes not saved yet (a
+    /// criterion just chosen, a step just dragged from the palette, with an
+    /// id the UI gives it): the canvas and the panels are built from it
+    /// instead of the saved version, so that a new node's fields, options
+    /// and limits come from the module. It is not validated (saving does
+    /// that), but its step ids must be present and distinct.
+    #[serde(default)]
+    pub draft: Option<AutomationDefinition>,
 }
 
 /// The builder's editing tabs.
@@ -812,8 +820,31 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
     let tab = p.tab.unwrap_or(BuilderTab::Build);
     let selected = p.selected_node.unwrap_or_else(|| TRIGGER_NODE.to_string());
     crate::model::contact::validate_id_up_to("params: selected_node", &selected, 300)?;
-    let def = rec.as_ref().map(|r| &r.current.def);
-    let flow = rec.as_ref().map(|r| &r.current.flow);
+    let draft = match p.draft {
+        Some(d) => {
+            let ids = d.step_ids();
+            let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+            if ids.iter().any(|id| id.is_empty()) || distinct.len() != ids.len() {
+                return Err(Error::invalid(
+                    "params: draft: every step needs an id of its own (the UI gives new steps one)",
+                ));
+            }
+            for id in &ids {
+                crate::model::contact::validate_id_up_to("params: draft: step id", id, 300)?;
+            }
+            let flow = Flow::new(&d);
+            Some((d, flow))
+        }
+        None => None,
+    };
+    let def = match &draft {
+        Some((d, _)) => Some(d),
+        None => rec.as_ref().map(|r| &r.current.def),
+    };
+    let flow = match &draft {
+        Some((_, f)) => Some(f),
+        None => rec.as_ref().map(|r| &r.current.flow),
+    };
 
     let canvas = Canvas {
         nodes: canvas_nodes(def, &names, flow, &selected),
@@ -2505,6 +2536,62 @@ mod tests {
             required("t1"),
             both(false),
             "a saved template brings its content"
+        );
+    }
+
+    /// A draft (changes the UI holds, not saved) gets its panels from the
+    /// module: the secondary control of a criterion just chosen in the
+    /// create wizard, the fields and limits of a step just dragged in.
+    #[test]
+    fn a_draft_gets_the_panels_of_its_unsaved_nodes() {
+        let db = db();
+        let field_ids = |v: &Value| -> Vec<String> {
+            (v["build"]["config_panel"]["fields"]
+                .as_array()
+                .unwrap()
+                .iter())
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect()
+        };
+        let draft = json!({"name": "New", "trigger": {"type": "added_to_list", "list_id": ""}, "steps": []});
+        let v = db
+            .query("automation_builder", json!({"draft": draft}))
+            .unwrap();
+        assert!(
+            field_ids(&v).contains(&"list_id".to_string()),
+            "{:?}",
+            field_ids(&v)
+        );
+        db.automation(
+            "a5",
+            "draft",
+            NOW - 1000,
+            &[json!({"name": "Saved", "trigger": {"type": "contact_created"}, "steps": []})],
+        );
+        let draft = json!({"name": "Saved", "trigger": {"type": "contact_created"},
+            "steps": [{"id": "new1", "type": "delay", "amount": 1, "unit": "weeks"}]});
+        let v = db
+            .query(
+                "automation_builder",
+                json!({"automation_id": "a5", "selected_node": "new1", "draft": draft}),
+            )
+            .unwrap();
+        let amount = (v["build"]["config_panel"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter())
+        .find(|f| f["id"] == "amount")
+        .unwrap()
+        .clone();
+        assert_eq!(amount["max"], 52, "{amount}");
+        let nameless = json!({"name": "Saved", "trigger": {"type": "contact_created"},
+            "steps": [{"type": "delay", "amount": 1, "unit": "weeks"}]});
+        assert!(
+            db.query(
+                "automation_builder",
+                json!({"automation_id": "a5", "draft": nameless})
+            )
+            .is_err()
         );
     }
 
