@@ -177,8 +177,8 @@ impl Module {
         let plugins = Arc::new(crate::plugins::PluginHost::new(host.clone()));
         let (tx, rx) = unbounded();
         let (jobs_tx, jobs_rx) = bounded(1024);
-        // Checkpoints off the worker's thread; it ends when the worker's
-        // connection is dropped (so it is joined after the worker).
+        // Checkpoints off the worker's thread; the worker stops and joins
+        // it at close, before its own connection closes.
         let checkpointer = store::checkpoint::start(path, &mut conn, &storage)?;
         let mut worker = Worker::new(
             conn,
@@ -189,6 +189,7 @@ impl Module {
             plugins.clone(),
             jobs_tx,
         )?;
+        worker.set_checkpointer(checkpointer);
         // Installed plugins are compiled now (the engine starts only if there are any).
         worker.reload_plugins();
         let rows_written = worker.rows_written();
@@ -223,7 +224,6 @@ impl Module {
         let worker_thread = w.thread().id();
         threads.insert(0, d);
         threads.insert(0, w);
-        threads.push(checkpointer);
         // Opened: the lock file stays beside the database from now on.
         lock.keep();
         Ok(Module {

@@ -218,6 +218,9 @@ pub struct Worker {
     /// Contacts whose rows must be screened again before they leave
     /// (shared with the dispatcher).
     rescreen: Arc<crate::messaging::handover::Rescreen>,
+    /// The checkpoint thread ([`crate::store::checkpoint`]), stopped and
+    /// joined before the final fold of the log at close.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     /// The connection's count when the worker was made (the migrations and
     /// the open's own writes).
     rows_before: u64,
@@ -273,6 +276,7 @@ impl Worker {
             lone_write: false,
             rows_written: Arc::new(AtomicU64::new(0)),
             rescreen: Arc::default(),
+            checkpointer: None,
             rows_before: conn_changes,
             lost: None,
             stopping: false,
@@ -297,6 +301,13 @@ impl Worker {
     /// [`crate::messaging::handover::Rescreen`]).
     pub fn rescreen(&self) -> Arc<crate::messaging::handover::Rescreen> {
         self.rescreen.clone()
+    }
+
+    /// Hands the worker the checkpoint thread its connection's log hook
+    /// wakes: at close the worker stops it first, so that its own
+    /// connection closes last and removes the log.
+    pub fn set_checkpointer(&mut self, thread: std::thread::JoinHandle<()>) {
+        self.checkpointer = Some(thread);
     }
 
     fn publish_rows_written(&self) {
@@ -352,7 +363,17 @@ impl Worker {
         // The closed database is one file: the log folded into it and
         // emptied, so a host that copies or moves the file has everything
         // committed (SQLite's own fold at the last close is skipped while
-        // another connection or a statement is still open).
+        // another connection or a statement is still open). The checkpoint
+        // thread's connection closes first (dropping the hook ends the
+        // thread): this one, closing last, then removes the log and its
+        // index. (Closing after the checkpoint thread had read nothing, a
+        // race under load left an empty log beside the file.)
+        let unhooked = self
+            .conn
+            .wal_hook(None::<fn(&mut rusqlite::hooks::Wal, i32) -> rusqlite::Result<()>>);
+        if let (Ok(()), Some(thread)) = (unhooked, self.checkpointer.take()) {
+            let _ = thread.join();
+        }
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             self.log(
                 LogLevel::Warn,
