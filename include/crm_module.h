@@ -175,10 +175,13 @@ typedef void (*crm_log_fn)(void *user_data, int level, const char *message);
  * callback itself) or crm_clock_advance() (it would wait for the
  * callback's answer) on its own handle: they return CRM_ERR_CONFLICT at
  * once and change nothing; nor crm_close() of it (ignored, sets
- * CRM_ERR_CONFLICT). Those calls on another handle are not refused. A
- * `delivery.receipt` that deliver_message pushes for the message it is
- * delivering records that message as accepted: the callback's return value
- * then changes nothing (a soft bounce still has it offered again).
+ * CRM_ERR_CONFLICT). Those calls on another handle are not refused; two
+ * handles whose callbacks replace or close each other at the same time
+ * wait for each other's callback, so a host should not do that. A
+ * `delivery.receipt`, `email.opened`, `email.clicked` or SMS reply that
+ * deliver_message pushes for the message it is delivering records that
+ * message as accepted: the callback's return value then changes nothing
+ * (a soft bounce still has it offered again).
  *
  * A NULL effect callback means "not handled": effects of that kind are not
  * offered and use none of their attempts; they wait in the module's durable

@@ -636,6 +636,20 @@ fn normalize_set_values(steps: &mut [crate::model::automation::Step]) {
                 property: SettableProperty::LeadSource,
                 value: Value::String(source),
             } => builder_source(source),
+            // A status or subscription in the case the builder offers it.
+            StepKind::SetProperty {
+                property:
+                    property @ (SettableProperty::Status
+                    | SettableProperty::SmsSubscription
+                    | SettableProperty::EmailSubscription),
+                value: value @ Value::String(_),
+            } => {
+                if let Ok(canonical) =
+                    crate::model::contact::normalize_property(property.property(), value.clone())
+                {
+                    *value = canonical;
+                }
+            }
             StepKind::SetProperty {
                 property: SettableProperty::Tags,
                 value: Value::Object(change),
@@ -1030,6 +1044,19 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     "SELECT definition FROM automation_versions WHERE automation_id = ?1 AND version = ?2",
                 )?
                 .query_row(params![id, row.version], |r| r.get(0))?;
+            // The stored definition as saving normalizes today: one saved
+            // by an earlier version (a `Walk-in` source, a tag change with
+            // one list) is the same automation.
+            let current = match serde_json::from_str::<AutomationDefinition>(&current) {
+                Ok(mut stored) => {
+                    normalize_set_values(&mut stored.steps);
+                    match normalize_trigger(&mut stored.trigger) {
+                        Ok(()) => definition_text(&stored)?,
+                        Err(_) => current,
+                    }
+                }
+                Err(_) => current,
+            };
             if text == current {
                 // Nothing changed (a builder saving as staff leave it): no
                 // version, and Last Updated and Entered By stay.

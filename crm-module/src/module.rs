@@ -150,6 +150,14 @@ impl Module {
             Some(s) => Some(s.validate().map_err(|e| e.at("initial_settings"))?.doc),
             None => None,
         };
+        // Used only for a new database: a database that has settings keeps
+        // opening with a config whose adapter id never took effect.
+        if let Some(s) = &initial_settings
+            && !path.exists()
+        {
+            s.check_adapter_ids()
+                .map_err(|e| e.at("initial_settings"))?;
+        }
         let storage = config.storage;
         storage.validate()?;
         let (mut conn, mut lock) = store::open_writer(path, &storage)?;

@@ -868,16 +868,10 @@ impl Settings {
             ("email_delivery.plugin_id", self.adapter_for("email")),
             ("sms_delivery.plugin_id", self.adapter_for("sms")),
         ] {
-            match id {
-                Some(id) if id.trim().is_empty() => {
-                    check(path, Err("choose a sender adapter".into()))
-                }
-                // Not quoted: input that failed the rules may hold anything.
-                Some(id) if !crate::plugins::descriptor::is_id(id, 3) => check(
-                    path,
-                    Err("not a plugin id (3 to 64 lowercase letters, digits and '-')".into()),
-                ),
-                _ => {}
+            if let Some(id) = id
+                && id.trim().is_empty()
+            {
+                check(path, Err("choose a sender adapter".into()));
             }
         }
 
@@ -948,6 +942,28 @@ impl Settings {
             doc.sms.sender_number = Some(e164);
         }
         Ok(Resolved { doc, tz })
+    }
+
+    /// The sender adapters' plugin ids are written like plugin ids (not
+    /// quoted when refused: input that failed the rules may hold
+    /// anything). `settings.update` checks more (the plugin is installed
+    /// and sends the channel); initial settings, stored before any plugin
+    /// can be, are checked for this only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the field.
+    pub fn check_adapter_ids(&self) -> Result<()> {
+        for channel in ["email", "sms"] {
+            if let Some(id) = self.adapter_for(channel)
+                && !crate::plugins::descriptor::is_id(id, 3)
+            {
+                return Err(Error::invalid(format!(
+                    "{channel}_delivery.plugin_id: not a plugin id (3 to 64 lowercase letters, digits and '-')"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn check_footer_text(&self) -> std::result::Result<(), String> {

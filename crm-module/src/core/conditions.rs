@@ -170,6 +170,22 @@ mod tests {
         ));
     }
 
+    /// A staff member given as an object is the one with its id.
+    #[test]
+    fn a_staff_member_object_matches_by_id() {
+        let owner = json!({"id": "s-17", "name": "Sarah"});
+        assert!(compare(
+            Some(&owner),
+            CompareOp::Equals,
+            Some(&json!({"id": "S-17"}))
+        ));
+        assert!(!compare(
+            Some(&owner),
+            CompareOp::Equals,
+            Some(&json!({"id": "s-18"}))
+        ));
+    }
+
     #[test]
     fn comparisons() {
         assert!(compare(

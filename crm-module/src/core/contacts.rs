@@ -478,9 +478,9 @@ fn keep_staff_name(key: &str, new: &mut Value, old: Option<&Value>) {
     };
     if !new.contains_key("name")
         && new.get("id") == old.get("id")
-        && let Some(name) = old.get("name")
+        && let Some(name) = crate::model::contact::staff_name(&Value::Object(old.clone()))
     {
-        new.insert("name".into(), name.clone());
+        new.insert("name".into(), Value::String(name.to_string()));
     }
 }
 

@@ -580,8 +580,9 @@ fn run_step(
             let contact = contacts::require(ctx.conn, &e.contact_id)?;
             let assignee = match assignee {
                 Assignee::ContactOwner {} => match contact.props.get("owner") {
-                    Some(Value::Object(o)) => {
-                        json!({"kind": "staff", "id": o.get("id"), "name": o.get("name")})
+                    Some(owner @ Value::Object(o)) => {
+                        json!({"kind": "staff", "id": o.get("id"),
+                               "name": crate::model::contact::staff_name(owner)})
                     }
                     _ => {
                         json!({"kind": "queue", "name": "front_desk", "note": "contact has no owner"})
@@ -887,7 +888,7 @@ fn queue_message(
         "firstname": contact.text("first_name").unwrap_or(""),
         "lastname": contact.text("last_name").unwrap_or(""),
         "practice": ctx.settings.doc.practice_name,
-        "owner": contact.props.get("owner").and_then(|o| o.get("name")).and_then(Value::as_str).unwrap_or(""),
+        "owner": contact.props.get("owner").and_then(crate::model::contact::staff_name).unwrap_or(""),
     });
     let content = Value::Object(Map::from_iter([
         ("template_id".to_owned(), json!(template_id)),

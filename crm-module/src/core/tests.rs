@@ -403,6 +403,20 @@ fn a_staff_member_without_a_name_keeps_the_known_one_and_is_never_named_by_id() 
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-18"}}}))
         .unwrap();
     assert_eq!(owner(&s), json!({"id": "s-18"}));
+    // A name earlier versions made of the id is not carried over either.
+    s.conn
+        .execute(
+            "UPDATE contacts SET props = json_set(props, '$.owner', json('{\"id\": \"s-18\", \"name\": \"s-18\"}')) WHERE id = 'c1'",
+            [],
+        )
+        .unwrap();
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-18"}}}))
+        .unwrap();
+    assert_eq!(owner(&s), json!({"id": "s-18"}));
+    assert_eq!(
+        crate::model::contact::staff_name(&json!({"id": "s-18", "name": "s-18"})),
+        None
+    );
 }
 
 /// Tags are one whatever their case, in what the host pushes and in Set
@@ -559,8 +573,10 @@ fn trigger_and_step_values_are_stored_as_the_builder_offers_them() {
     };
     let walk_in = s.automation(json!({"name": "Walk-ins", "trigger": {"type": "contact_created", "source": "Walk-in"},
         "steps": [{"id": "src", "type": "set_property", "property": "lead_source", "value": "Website Form"},
-                  {"id": "tag", "type": "set_property", "property": "tags", "value": {"add": ["vip"]}}]}));
+                  {"id": "tag", "type": "set_property", "property": "tags", "value": {"add": ["vip"]}},
+                  {"id": "st", "type": "set_property", "property": "status", "value": "Patient"}]}));
     let def = stored(&s, &walk_in);
+    assert_eq!(def["steps"][2]["value"], "patient");
     assert_eq!(def["trigger"]["source"], "walk_in");
     assert_eq!(def["steps"][0]["value"], "website_form");
     assert_eq!(
@@ -591,6 +607,43 @@ fn an_emails_preheader_is_bounded_like_its_subject() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("preheader"), "{e}");
+}
+
+/// A definition stored by an earlier version, in a form saving now
+/// normalizes (a short date): saving it unchanged makes no version, and the
+/// date it waits for still matches.
+#[test]
+fn a_definition_stored_in_an_older_form_is_the_same_automation() {
+    let mut s = Sim::new();
+    let def = json!({"name": "Old", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "dob", "new_value": "1985-03-07"}, "steps": []});
+    let a = s.automation(def.clone());
+    // As an earlier version stored it.
+    s.conn
+        .execute(
+            "UPDATE automation_versions SET definition = json_set(definition, '$.trigger.new_value', '1985-3-7')
+              WHERE automation_id = ?1",
+            [&a],
+        )
+        .unwrap();
+    s.catalog = crate::catalog::Catalog::load(&s.conn).unwrap();
+    let version = |s: &Sim| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT current_version FROM automations WHERE id = ?1",
+                [&a],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let before = version(&s);
+    s.cmd(json!({"command": "automation.update", "automation_id": a, "definition": def}))
+        .unwrap();
+    assert_eq!(version(&s), before, "saved unchanged");
+    s.contact("c1", json!({"dob": "1985-03-08"}));
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "dob": "1985-03-07"}}))
+        .unwrap();
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
 }
 
 #[test]

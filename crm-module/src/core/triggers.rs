@@ -49,11 +49,16 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
                 && new_value.as_ref().is_none_or(|want| {
                     // A staff member is the one with that id (or display
                     // name, given as text): a rename is no change to them.
-                    let staff_id = match want {
+                    // A date as the record stores it (a trigger saved by
+                    // an earlier version may hold `1985-3-7`).
+                    let canonical = match want {
                         serde_json::Value::Object(o) if is_staff(p) => o.get("id").cloned(),
+                        serde_json::Value::String(_) if is_date(p) => {
+                            crate::model::contact::normalize_property(p, want.clone()).ok()
+                        }
                         _ => None,
                     };
-                    let want = staff_id.as_ref().unwrap_or(want);
+                    let want = canonical.as_ref().unwrap_or(want);
                     let (want, v) = (comparable(p, want), comparable(p, v));
                     value_matches(&v, &want) && !value_matches(&comparable(p, old_value), &want)
                 })
@@ -240,6 +245,12 @@ fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether `property` holds a date (`dob`).
+fn is_date(property: &str) -> bool {
+    crate::model::contact::property_type(property)
+        == Some(crate::model::contact::PropertyType::Date)
 }
 
 /// Whether `property` holds a staff member (`owner`, `provider`).

@@ -169,11 +169,8 @@ pub fn variables(
     for (name, text) in renamed {
         vars.entry(name).or_insert(text);
     }
-    let owner = contact
-        .props
-        .get("owner")
-        .and_then(|o| o.get("name"))
-        .and_then(Value::as_str)
+    let owner = (contact.props.get("owner"))
+        .and_then(crate::model::contact::staff_name)
         .unwrap_or("");
     vars.insert(
         "firstname".into(),

@@ -150,9 +150,9 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
     // `Email` or `STATUS` is the known field misspelt, not a property of
     // its own: kept as one, the contact would have no email.
-    if let Some((known, _)) = KNOWN_PROPERTIES
-        .iter()
-        .find(|(known, _)| *known != key && known.eq_ignore_ascii_case(key))
+    if let Some(known) = (KNOWN_PROPERTIES.iter().map(|(known, _)| *known))
+        .chain(DERIVED_PROPERTIES.iter().copied())
+        .find(|known| *known != key && known.eq_ignore_ascii_case(key))
     {
         return Err(Error::invalid(format!(
             "{key}: the known field is written `{known}` (property names are case-sensitive)"
@@ -179,8 +179,18 @@ fn is_address(s: &str) -> bool {
             !l.is_empty()
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
         })
+}
+
+/// A staff member's display name: none when not given, or when it is the
+/// member's id (earlier versions made the id the name when the host sent
+/// none, and an id must not reach patients as `{{owner}}`).
+pub fn staff_name(member: &Value) -> Option<&str> {
+    let name = member.get("name").and_then(Value::as_str)?;
+    let id = member.get("id").and_then(Value::as_str);
+    (!name.trim().is_empty() && Some(name) != id).then_some(name)
 }
 
 /// The placeholder a custom property is written as in templates: its name,
@@ -432,6 +442,16 @@ pub fn value_matches(actual: &Value, expected: &Value) -> bool {
             as_number(actual).is_some_and(|a| as_number(expected) == Some(a))
         }
         (Value::Array(items), e) if !e.is_array() => items.iter().any(|i| value_matches(i, e)),
+        // A staff member given as an object is the one with its id.
+        (Value::Object(a), Value::Object(b)) if b.contains_key("id") => {
+            match (
+                a.get("id").and_then(Value::as_str),
+                b.get("id").and_then(Value::as_str),
+            ) {
+                (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+                _ => false,
+            }
+        }
         (Value::Object(a), Value::String(b)) => {
             // Staff members match by id or display name.
             a.get("id")

@@ -266,11 +266,11 @@ fn connect(path: &Path, access: Access) -> Result<Connection> {
         .map_err(|e| Error::Storage(format!("cannot open the database: {e}")))
 }
 
-/// The module's pragmas on a new connection; the writer also migrates.
 /// Bytes the write-ahead log's file is cut back to when the log starts
 /// over (SQLite's `journal_size_limit`): 64 MiB.
 pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
+/// The module's pragmas on a new connection; the writer also migrates.
 fn configure(conn: Connection, access: Access, storage: &StorageConfig) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(256);

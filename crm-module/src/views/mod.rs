@@ -503,6 +503,8 @@ impl Names {
             )?
             .into_iter()
             .map(|(key, _)| key)
+            // Only names saving accepts (earlier versions kept `Email` too).
+            .filter(|key| crate::model::contact::validate_key(key).is_ok())
             .collect(),
             ..Names::step_plugins(conn)?
         })
