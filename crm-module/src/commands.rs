@@ -754,6 +754,17 @@ fn automation_row(ctx: &Ctx<'_>, id: &str) -> Result<Row> {
     })
 }
 
+/// The answer to a command that changed nothing of automation `id`.
+fn unchanged(id: String, row: &Row) -> Result<(Value, Option<Catalog>)> {
+    let out = AutomationResult {
+        automation_id: id,
+        version: row.version,
+        status: row.status,
+        enrollments_affected: 0,
+    };
+    Ok((to_json(out)?, None))
+}
+
 fn staff(who: &Option<String>) -> Result<String> {
     match who {
         Some(w) if w.trim().is_empty() || w.chars().count() > 200 => {
@@ -1060,13 +1071,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             if text == current {
                 // Nothing changed (a builder saving as staff leave it): no
                 // version, and Last Updated and Entered By stay.
-                let out = AutomationResult {
-                    automation_id: id,
-                    version: row.version,
-                    status: row.status,
-                    enrollments_affected: 0,
-                };
-                return Ok((to_json(out)?, None));
+                return unchanged(id, &row);
             }
             let version = row.version + 1;
             ctx.conn.execute(
@@ -1165,13 +1170,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             }
             if row.status == AutomationStatus::Inactive {
                 // Paused already: nothing changes, Last Updated included.
-                let out = AutomationResult {
-                    automation_id: id,
-                    version: row.version,
-                    status: row.status,
-                    enrollments_affected: 0,
-                };
-                return Ok((to_json(out)?, None));
+                return unchanged(id, &row);
             }
             ctx.conn.execute(
                 "UPDATE automations SET status = 'inactive', updated_at = ?2 WHERE id = ?1",

@@ -2463,10 +2463,7 @@ mod tests {
             .expect("created");
         assert_eq!(before, 0, "the clock started at 0");
 
-        tx.send(Request::Shutdown).expect("shutdown");
-        thread.join().expect("the worker thread ends normally");
-        let conn =
-            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let conn = stopped(&tx, thread, &dir);
         let ids: Vec<String> = conn
             .prepare("SELECT id FROM lists ORDER BY id")
             .expect("prepare")
@@ -2581,6 +2578,17 @@ mod tests {
         assert_eq!(members, 0, "the failed command's join was committed");
     }
 
+    /// Stops the worker running on `thread` and opens its database to read.
+    fn stopped(
+        tx: &Sender<Request>,
+        thread: std::thread::JoinHandle<()>,
+        dir: &tempfile::TempDir,
+    ) -> Connection {
+        tx.send(Request::Shutdown).expect("shutdown");
+        thread.join().expect("the worker thread ends normally");
+        crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open")
+    }
+
     fn request<T>(
         tx: &Sender<Request>,
         make: impl FnOnce(Sender<Result<T>>) -> Request,
@@ -2611,10 +2619,7 @@ mod tests {
         }
         // Friday 09:00's evaluation fails.
         request(&tx, |reply| Request::AdvanceBy { by: DAY, reply }).expect("advanced");
-        tx.send(Request::Shutdown).expect("shutdown");
-        thread.join().expect("the worker thread ends normally");
-        let conn =
-            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let conn = stopped(&tx, thread, &dir);
         let next: i64 = conn
             .query_row(
                 "SELECT next_eval_at FROM automations WHERE id = 'b'",
@@ -2667,11 +2672,7 @@ mod tests {
             reply,
         })
         .expect("advanced");
-        tx.send(Request::Shutdown).expect("shutdown");
-        thread.join().expect("the worker thread ends normally");
-
-        let conn =
-            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let conn = stopped(&tx, thread, &dir);
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect("count") };
         assert_eq!(
             count(
@@ -2728,10 +2729,7 @@ mod tests {
             reply,
         })
         .expect("advanced");
-        tx.send(Request::Shutdown).expect("shutdown");
-        thread.join().expect("the worker thread ends normally");
-        let conn =
-            crate::store::open(&dir.path().join("w.db"), crate::store::Access::Read).expect("open");
+        let conn = stopped(&tx, thread, &dir);
         let tasks: Vec<(String, i64)> = conn
             .prepare(
                 "SELECT automation_id, at FROM events WHERE kind = 'step_executed' AND step_id = 'call'

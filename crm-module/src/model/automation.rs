@@ -444,6 +444,19 @@ pub enum CompareOp {
     IsNotSet,
 }
 
+impl CompareOp {
+    /// Every comparison, in the order the builder lists them.
+    pub const ALL: [CompareOp; 7] = [
+        CompareOp::Equals,
+        CompareOp::NotEquals,
+        CompareOp::Contains,
+        CompareOp::GreaterThan,
+        CompareOp::LessThan,
+        CompareOp::IsSet,
+        CompareOp::IsNotSet,
+    ];
+}
+
 /// Engagement with an earlier step, for If/then conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -1443,22 +1456,14 @@ fn check_comparison(
 /// every property, and of the others those the property's type has.
 pub fn operators_for(property: &str) -> Vec<CompareOp> {
     use CompareOp::*;
-    [
-        Equals,
-        NotEquals,
-        Contains,
-        GreaterThan,
-        LessThan,
-        IsSet,
-        IsNotSet,
-    ]
-    .into_iter()
-    .filter(|op| {
-        matches!(op, IsSet | IsNotSet)
-            || !check_comparison(property, *op, &Value::Null)
-                .is_err_and(|m| m.starts_with("cannot be compared"))
-    })
-    .collect()
+    CompareOp::ALL
+        .into_iter()
+        .filter(|op| {
+            matches!(op, IsSet | IsNotSet)
+                || !check_comparison(property, *op, &Value::Null)
+                    .is_err_and(|m| m.starts_with("cannot be compared"))
+        })
+        .collect()
 }
 
 /// The comparison's name, as the definition writes it.
