@@ -1153,13 +1153,8 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 };
                 return Ok((to_json(out)?, Some(cat)));
             }
-            let out = AutomationResult {
-                automation_id: id,
-                version: row.version,
-                status: row.status,
-                enrollments_affected: 0,
-            };
-            Ok((to_json(out)?, None))
+            // Active already.
+            unchanged(id, &row)
         }
         Command::AutomationPause { automation_id: id } => {
             let row = automation_row(ctx, &id)?;
