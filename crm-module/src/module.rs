@@ -936,6 +936,22 @@ mod tests {
             ),
             ("plugins", ""),
         ] {
+            // The parameters as published too.
+            let all = crate::schema::all();
+            let given: Value = if params.is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::from_str(params).expect("params")
+            };
+            let params_schema = &all["view_params"][view];
+            assert!(
+                jsonschema::is_valid(params_schema, &given),
+                "{view} {params} against {params_schema}"
+            );
+            assert!(
+                !jsonschema::is_valid(params_schema, &serde_json::json!({"junk": 1})),
+                "{view}"
+            );
             let out = m.view(view, params).expect("the view");
             let validator = jsonschema::validator_for(&schemas[view]).expect("a schema");
             let errors: Vec<String> = validator

@@ -1,5 +1,6 @@
 //! JSON Schemas of everything the host exchanges with the module: pushed
-//! events, commands, the open config, settings, and every view model.
+//! events, commands, the open config, settings, every view model and the
+//! parameters of each view.
 //! Published through the `schemas` view and in `include/crm_schemas.json`.
 //!
 //! What the host sends is described as the module reads it (schemars'
@@ -28,5 +29,6 @@ pub fn all() -> Value {
         "automation_definition": schemars::schema_for!(crate::model::automation::AutomationDefinition),
         "push_result": output::<Vec<crate::module::PushResult>>(),
         "views": crate::views::schemas(),
+        "view_params": crate::views::params_schemas(),
     })
 }

@@ -22,8 +22,8 @@ pub mod template_preview;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
 use crate::catalog::{self, Version};
@@ -77,7 +77,10 @@ pub fn query(
         "automation_performance" => to_json(&performance::build(&ctx, parse_params(params)?)?),
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
-        "plugins" => to_json(&plugins::build(ctx.conn, ctx.now)?),
+        "plugins" => {
+            let NoParams {} = parse_params(params)?;
+            to_json(&plugins::build(ctx.conn, ctx.now)?)
+        }
         other => {
             // A malformed name is refused as invalid, unquoted.
             crate::model::contact::validate_id("view", other)?;
@@ -126,6 +129,24 @@ pub(crate) struct Ctx<'a> {
     pub(crate) conn: &'a Connection,
     pub(crate) settings: &'a Resolved,
     pub(crate) now: Millis,
+}
+
+/// Parameters of a view that takes none (`plugins`): send `null` or `{}`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The JSON Schema of each view's parameters (what `params_json` may hold),
+/// keyed by view name.
+pub fn params_schemas() -> Value {
+    serde_json::json!({
+        "automation_list": schemars::schema_for!(automation_list::ListParams),
+        "automation_builder": schemars::schema_for!(builder::BuilderParams),
+        "automation_performance": schemars::schema_for!(performance::PerformanceParams),
+        "settings": schemars::schema_for!(settings::SettingsParams),
+        "template_preview": schemars::schema_for!(template_preview::TemplatePreviewParams),
+        "plugins": schemars::schema_for!(NoParams),
+    })
 }
 
 fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T> {
