@@ -1049,26 +1049,13 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
             let def = prepare_definition(ctx, definition, Some(&id))?;
             let by = staff(&updated_by)?;
             let text = definition_text(&def)?;
-            let current: String = ctx
-                .conn
-                .prepare_cached(
-                    "SELECT definition FROM automation_versions WHERE automation_id = ?1 AND version = ?2",
-                )?
-                .query_row(params![id, row.version], |r| r.get(0))?;
+            let old = catalog::load_version(ctx.conn, &id, row.version)?;
             // The stored definition as saving normalizes today: one saved
             // by an earlier version (a `Walk-in` source, a tag change with
             // one list) is the same automation.
-            let current = match serde_json::from_str::<AutomationDefinition>(&current) {
-                Ok(mut stored) => {
-                    normalize_set_values(&mut stored.steps);
-                    match normalize_trigger(&mut stored.trigger) {
-                        Ok(()) => definition_text(&stored)?,
-                        Err(_) => current,
-                    }
-                }
-                Err(_) => current,
-            };
-            if text == current {
+            let mut stored = old.def.clone();
+            normalize_set_values(&mut stored.steps);
+            if normalize_trigger(&mut stored.trigger).is_ok() && definition_text(&stored)? == text {
                 // Nothing changed (a builder saving as staff leave it): no
                 // version, and Last Updated and Entered By stay.
                 return unchanged(id, &row);
@@ -1089,7 +1076,6 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 &def,
                 row.status == AutomationStatus::Active,
             )?;
-            let old = catalog::load_version(ctx.conn, &id, row.version)?;
             let new = catalog::load_version(ctx.conn, &id, version)?;
             if old.def.goal != new.def.goal {
                 crate::core::goals::rebase(ctx.conn, &id, new.def.goal)?;

@@ -1037,13 +1037,20 @@ impl Worker {
     /// it produced to the outbox (in the caller's transaction).
     fn in_core<T>(&self, now: Millis, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         let settings = self.settings.clone();
-        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-        ctx.rescreen = Some(&self.rescreen);
-        ctx.in_flight = Some(&self.flying);
+        let mut ctx = self.core_ctx(now, &settings);
         let value = f(&mut ctx)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;
         Ok(value)
+    }
+
+    /// A context for the core on the worker's connection, with the marks
+    /// it makes for rows already screened and the rows in flight.
+    fn core_ctx<'a>(&'a self, now: Millis, settings: &'a Resolved) -> Ctx<'a> {
+        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
+        ctx.rescreen = Some(&self.rescreen);
+        ctx.in_flight = Some(&self.flying);
+        ctx
     }
 
     /// Runs one request so that, if it fails, it changes nothing while the
@@ -1164,9 +1171,7 @@ impl Worker {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let mut ctx = Ctx::new(&self.conn, now, &self.catalog, &settings, &self.install_id);
-            ctx.rescreen = Some(&self.rescreen);
-            ctx.in_flight = Some(&self.flying);
+            let mut ctx = self.core_ctx(now, &settings);
             let located = |e: Error| {
                 if events.len() > 1 {
                     e.at(&format!("events[{i}] ({})", ev.event_id))
@@ -1530,9 +1535,7 @@ impl Worker {
     /// Runs one scheduled item at `now`; returns how many effects it queued.
     fn run_item(&mut self, now: Millis, settings: &Resolved, item: &due::Item) -> Result<usize> {
         self.inject("run_item");
-        let mut ctx = Ctx::new(&self.conn, now, &self.catalog, settings, &self.install_id);
-        ctx.rescreen = Some(&self.rescreen);
-        ctx.in_flight = Some(&self.flying);
+        let mut ctx = self.core_ctx(now, settings);
         let n = due::run(&mut ctx, item)?;
         let effects = ctx.take_effects();
         outbox::write(&self.conn, &effects, now)?;

@@ -469,16 +469,15 @@ pub struct AuditSource<'a> {
 /// A staff member (`owner`, `provider`) given by id alone names the member
 /// the record already holds: their stored display name is kept.
 fn keep_staff_name(key: &str, new: &mut Value, old: Option<&Value>) {
-    if crate::model::contact::property_type(key) != Some(crate::model::contact::PropertyType::Staff)
-    {
+    if !crate::model::contact::is_staff(key) {
         return;
     }
-    let (Some(new), Some(old)) = (new.as_object_mut(), old.and_then(Value::as_object)) else {
+    let (Some(new), Some(old)) = (new.as_object_mut(), old) else {
         return;
     };
     if !new.contains_key("name")
         && new.get("id") == old.get("id")
-        && let Some(name) = crate::model::contact::staff_name(&Value::Object(old.clone()))
+        && let Some(name) = crate::model::contact::staff_name(old)
     {
         new.insert("name".into(), Value::String(name.to_string()));
     }

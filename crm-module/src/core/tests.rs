@@ -350,28 +350,15 @@ fn a_set_property_the_contact_cannot_take_fails_the_step_not_the_push() {
     s.contact("c1", json!({"tags": tags}));
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "probe": 1}}))
         .expect("the host's event is applied");
-    let failed: String = s
-        .conn
-        .query_row(
-            "SELECT detail FROM events WHERE kind = 'step_failed' AND step_id = 'tag'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let failed: String =
+        s.value("SELECT detail FROM events WHERE kind = 'step_failed' AND step_id = 'tag'");
     assert!(failed.contains("value_refused"), "{failed}");
     assert_eq!(
         s.count("step_executed", Some(&tagger)),
         2,
         "the flow went on"
     );
-    let probe: i64 = s
-        .conn
-        .query_row(
-            "SELECT json_extract(props, '$.probe') FROM contacts WHERE id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let probe: i64 = s.value("SELECT json_extract(props, '$.probe') FROM contacts WHERE id = 'c1'");
     assert_eq!(probe, 1);
     assert!(
         !s.effects
@@ -388,15 +375,7 @@ fn a_set_property_the_contact_cannot_take_fails_the_step_not_the_push() {
 fn a_staff_member_without_a_name_keeps_the_known_one_and_is_never_named_by_id() {
     let mut s = Sim::new();
     s.contact("c1", json!({"owner": {"id": "s-17", "name": "Sarah Chen"}}));
-    let owner = |s: &Sim| -> Value {
-        let props: String = s
-            .conn
-            .query_row("SELECT props FROM contacts WHERE id = 'c1'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        serde_json::from_str::<Value>(&props).unwrap()["owner"].clone()
-    };
+    let owner = |s: &Sim| super::contacts::require(&s.conn, "c1").unwrap().props["owner"].clone();
     s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": "s-17"}}}))
         .unwrap();
     assert_eq!(owner(&s), json!({"id": "s-17", "name": "Sarah Chen"}));
@@ -429,15 +408,7 @@ fn tags_are_one_whatever_their_case() {
         "trigger": {"type": "form_submitted"},
         "steps": [{"type": "set_property", "property": "tags", "value": {"remove": ["VIP"], "add": ["Other"]}}]}));
     s.contact("c1", json!({"tags": ["vip", " VIP ", "other"]}));
-    let tags = |s: &Sim| -> Value {
-        let props: String = s
-            .conn
-            .query_row("SELECT props FROM contacts WHERE id = 'c1'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        serde_json::from_str::<Value>(&props).unwrap()["tags"].clone()
-    };
+    let tags = |s: &Sim| super::contacts::require(&s.conn, "c1").unwrap().props["tags"].clone();
     assert_eq!(tags(&s), json!(["other", "vip"]));
     s.push(json!({"type": "form.submitted", "submission": {"id": "f1", "form_id": "x", "form_name": "X", "contact_id": "c1"}}))
         .unwrap();
@@ -455,14 +426,8 @@ fn a_full_replace_without_the_status_keeps_it_and_fires_nothing() {
     s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Anne"}}))
         .unwrap();
     assert_eq!(s.count("enrolled", Some(&changed)), 0);
-    let status: Option<String> = s
-        .conn
-        .query_row(
-            "SELECT json_extract(props, '$.status') FROM contacts WHERE id = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status: Option<String> =
+        s.value("SELECT json_extract(props, '$.status') FROM contacts WHERE id = 'c1'");
     assert_eq!(status.as_deref(), Some("lead"));
 }
 

@@ -52,7 +52,9 @@ pub fn matches(trigger: &Trigger, signal: &Signal) -> Option<Option<&'static str
                     // A date as the record stores it (a trigger saved by
                     // an earlier version may hold `1985-3-7`).
                     let canonical = match want {
-                        serde_json::Value::Object(o) if is_staff(p) => o.get("id").cloned(),
+                        serde_json::Value::Object(o) if crate::model::contact::is_staff(p) => {
+                            o.get("id").cloned()
+                        }
                         serde_json::Value::String(_) if is_date(p) => {
                             crate::model::contact::normalize_property(p, want.clone()).ok()
                         }
@@ -251,10 +253,4 @@ fn unenroll(ctx: &mut Ctx<'_>, contact_id: &str, signals: &[Signal]) -> Result<(
 fn is_date(property: &str) -> bool {
     crate::model::contact::property_type(property)
         == Some(crate::model::contact::PropertyType::Date)
-}
-
-/// Whether `property` holds a staff member (`owner`, `provider`).
-fn is_staff(property: &str) -> bool {
-    crate::model::contact::property_type(property)
-        == Some(crate::model::contact::PropertyType::Staff)
 }

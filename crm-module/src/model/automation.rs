@@ -991,10 +991,7 @@ fn validate_trigger(t: &Trigger) -> Result<()> {
                 (p, Some(_)) if crate::model::contact::DERIVED_PROPERTIES.contains(&p) => Ok(()),
                 // A staff member may be named by id or display name, as in
                 // If/then conditions.
-                (p, Some(Value::String(s)))
-                    if crate::model::contact::property_type(p)
-                        == Some(crate::model::contact::PropertyType::Staff) =>
-                {
+                (p, Some(Value::String(s))) if crate::model::contact::is_staff(p) => {
                     if s.trim().is_empty() || s.chars().count() > 200 {
                         Err(loc(Error::invalid(
                             "new_value: a staff member's id or name (1 to 200 characters)",

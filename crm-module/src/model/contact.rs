@@ -184,6 +184,11 @@ fn is_address(s: &str) -> bool {
         })
 }
 
+/// Whether `property` holds a staff member (`owner`, `provider`).
+pub fn is_staff(property: &str) -> bool {
+    property_type(property) == Some(PropertyType::Staff)
+}
+
 /// A staff member's display name: none when not given, or when it is the
 /// member's id (earlier versions made the id the name when the host sent
 /// none, and an id must not reach patients as `{{owner}}`).

@@ -2293,6 +2293,17 @@ mod tests {
         })
     }
 
+    /// The config panel's field `id` in builder view `v`.
+    fn panel_field(v: &Value, id: &str) -> Value {
+        (v["build"]["config_panel"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter())
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no field {id}"))
+        .clone()
+    }
+
     fn db() -> Db {
         let db = Db::new();
         db.conn
@@ -2576,13 +2587,7 @@ mod tests {
                 json!({"automation_id": "a5", "selected_node": "new1", "draft": draft}),
             )
             .unwrap();
-        let amount = (v["build"]["config_panel"]["fields"]
-            .as_array()
-            .unwrap()
-            .iter())
-        .find(|f| f["id"] == "amount")
-        .unwrap()
-        .clone();
+        let amount = panel_field(&v, "amount");
         assert_eq!(amount["max"], 52, "{amount}");
         let nameless = json!({"name": "Saved", "trigger": {"type": "contact_created"},
             "steps": [{"type": "delay", "amount": 1, "unit": "weeks"}]});
@@ -2625,12 +2630,7 @@ mod tests {
                     json!({"automation_id": "a4", "selected_node": node}),
                 )
                 .unwrap();
-            let fields = v["build"]["config_panel"]["fields"]
-                .as_array()
-                .unwrap()
-                .clone();
-            let f = fields.iter().find(|f| f["id"] == field).unwrap().clone();
-            f["options"]
+            panel_field(&v, field)["options"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -2649,13 +2649,7 @@ mod tests {
                 json!({"automation_id": "a4", "selected_node": "b"}),
             )
             .unwrap();
-        let condition = (v["build"]["config_panel"]["fields"]
-            .as_array()
-            .unwrap()
-            .iter())
-        .find(|f| f["id"] == "condition")
-        .unwrap()
-        .clone();
+        let condition = panel_field(&v, "condition");
         let operators = |property: &str| {
             (condition["options"].as_array().unwrap().iter())
                 .find(|o| o["value"]["property"] == property)
@@ -2713,13 +2707,7 @@ mod tests {
             .unwrap()
         };
         let picker = |v: &Value, field: &str| -> (String, Vec<(Value, String)>) {
-            let f = v["build"]["config_panel"]["fields"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["id"] == field)
-                .unwrap_or_else(|| panic!("no field {field}"))
-                .clone();
+            let f = panel_field(v, field);
             let options = f["options"]
                 .as_array()
                 .unwrap()
@@ -2793,13 +2781,7 @@ mod tests {
                 json!({"automation_id": "a1", "selected_node": "s2"}),
             )
             .unwrap();
-        let amount = v["build"]["config_panel"]["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == "amount")
-            .unwrap()
-            .clone();
+        let amount = panel_field(&v, "amount");
         assert_eq!(
             (amount["min"].clone(), amount["max"].clone()),
             (json!(1), json!(365))
