@@ -984,4 +984,40 @@ fn the_sms_adapter_sends_through_a_real_http_provider() {
     assert_eq!(sms["sent"], 1, "{sms}");
     assert_eq!(sms["failed"], 5, "{sms}");
     assert_eq!(sms["send_attempts"], 6, "{sms}");
+
+    // The first SMS soft-bounces: it is sent again with a key of its own,
+    // so that a provider deduplicating by key sends it (it dropped it as a
+    // repeat), and the provider's receipt naming that key is the message's.
+    reconfigure(format!("{origin}/v1/messages"), vec![origin.clone()], true);
+    let key = body["idempotency_key"].as_str().unwrap().to_string();
+    p.push(
+        json!({"event_id": "soft-1", "type": "delivery.receipt", "message_key": key,
+        "status": "bounced", "bounce": "soft"}),
+    );
+    let before = provider.requests().len();
+    p.m().advance_clock(10 * 60_000).unwrap();
+    p.idle();
+    // p1's SMS again (beside p3's, which waited after the 503).
+    let again: Vec<(Value, Value)> = (provider.requests().into_iter().skip(before))
+        .map(|r| {
+            (
+                serde_json::from_str(r["body"].as_str().unwrap()).unwrap(),
+                r["headers"].clone(),
+            )
+        })
+        .filter(|(b, _): &(Value, Value)| b["to"] == body["to"])
+        .collect();
+    assert_eq!(again.len(), 1, "{}", provider.log());
+    let resend_key = format!("{key}-resend1");
+    assert_eq!(again[0].0["idempotency_key"], resend_key.as_str());
+    assert_eq!(again[0].1["idempotency-key"], resend_key.as_str());
+    assert_eq!(again[0].0["text"], body["text"]);
+    p.push(
+        json!({"event_id": "dlr-1", "type": "delivery.receipt", "message_key": resend_key,
+        "status": "delivered"}),
+    );
+    p.idle();
+    let delivered = p.events("message_delivered");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].0, "p1");
 }

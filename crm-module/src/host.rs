@@ -41,7 +41,10 @@ pub enum LogLevel {
 /// One effect handed to the host.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery<'a> {
-    /// Stable idempotency key: the same effect always comes with the same key.
+    /// Stable idempotency key: the same effect always comes with the same
+    /// key. A message that soft-bounced comes again under it with
+    /// `"resend": n` in the payload, to be sent again: carry out each key
+    /// and `resend` once.
     pub key: &'a str,
     /// What it is.
     pub kind: EffectKind,

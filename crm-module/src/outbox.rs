@@ -137,6 +137,27 @@ pub fn is_test_send(install_id: &str, key: &str) -> bool {
 /// What follows the install id in a test send's key.
 const TEST_SEND: &str = "-test-";
 
+/// What a message's key takes for its n-th send after soft bounces.
+const RESEND: &str = "-resend";
+
+/// The key a sender adapter passes to its provider for a message keyed
+/// `key` that soft-bounced `resend` times (the payload's `resend`): the
+/// key itself for the first send, `<key>-resend<n>` for the n-th send
+/// again, so that a provider deduplicating by it sends it again.
+pub fn send_key(key: &str, resend: u64) -> String {
+    if resend == 0 {
+        key.to_string()
+    } else {
+        format!("{key}{RESEND}{resend}")
+    }
+}
+
+/// The message key a [`send_key`] with a resend number was made from.
+pub fn resent_key(send_key: &str) -> Option<&str> {
+    let (key, n) = send_key.rsplit_once(RESEND)?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(key)
+}
+
 /// The start of every test send's key (`<install>-test-`).
 pub fn test_send_prefix(install_id: &str) -> String {
     format!("{install_id}{TEST_SEND}")

@@ -711,7 +711,16 @@ fn patient_booking(
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
-    match outbox::by_key(ctx.conn, key)? {
+    let row = match outbox::by_key(ctx.conn, key)? {
+        // The key a sender adapter gave its provider for a resend after a
+        // soft bounce (`outbox::send_key`), as a provider's receipt names it.
+        None => match outbox::resent_key(key) {
+            Some(message_key) => outbox::by_key(ctx.conn, message_key)?,
+            None => None,
+        },
+        found => found,
+    };
+    match row {
         Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
         _ => Err(Error::not_found(format!("message {key}"))),
     }
@@ -1136,6 +1145,8 @@ fn receipt_from(
     at_hand_over: bool,
 ) -> Result<()> {
     let mut row = message(ctx, key)?;
+    // The message's own key (a resend's send key names it too).
+    let key = &row.key.clone();
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
@@ -1245,11 +1256,21 @@ fn receipt_from(
                 .query_row([key], |r| r.get(0))?;
             // `soft` counts this bounce too: bounces 1..=MAX are retried.
             if soft <= MAX_SOFT_BOUNCES {
+                // Handed over again as a new send: `resend` in the payload
+                // (the host carries out each key and resend once; a sender
+                // adapter's provider gets a key of its own for it).
                 ctx.conn
                     .prepare_cached(
-                        "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3 WHERE idempotency_key = ?1",
+                        "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, updated_at = ?3,
+                                payload = json_set(payload, '$.resend', ?4)
+                          WHERE idempotency_key = ?1",
                     )?
-                    .execute(params![key, ctx.now + crate::outbox::backoff(soft + 1), ctx.now])?;
+                    .execute(params![
+                        key,
+                        ctx.now + crate::outbox::backoff(soft + 1),
+                        ctx.now,
+                        soft
+                    ])?;
             } else {
                 ctx.conn
                     .prepare_cached("UPDATE outbox SET status = 'failed', updated_at = ?2 WHERE idempotency_key = ?1")?

@@ -3359,6 +3359,16 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
             .unwrap();
         let expect = if i <= 3 { "retry" } else { "failed" };
         assert_eq!(status, expect);
+        // Sent again as a new send: the payload counts them for the host.
+        let resend: i64 = s
+            .conn
+            .query_row(
+                "SELECT json_extract(payload, '$.resend') FROM outbox WHERE idempotency_key = ?1",
+                [&soft_key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(resend, i.min(3));
     }
     let suppressed: i64 = s
         .conn
@@ -3373,6 +3383,47 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
         "after 3 soft bounces the message is suppressed"
     );
     let _ = a;
+}
+
+/// A sender adapter gives its provider `<key>-resend<n>` for a message
+/// sent again after a soft bounce: the provider's receipt naming that key
+/// is the message's.
+#[test]
+fn a_receipt_naming_a_resends_send_key_is_the_messages() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
+    s.contact("p", json!({}));
+    let key = s.messages_to("p")[0].key.clone();
+    s.accept(&key);
+    s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    s.accept(&key);
+    let send_key = crate::outbox::send_key(&key, 1);
+    assert_eq!(send_key, format!("{key}-resend1"));
+    s.push(json!({"type": "delivery.receipt", "message_key": send_key, "status": "delivered"}))
+        .unwrap();
+    let delivered: Vec<String> = s
+        .conn
+        .prepare("SELECT message_key FROM events WHERE kind = 'message_delivered'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(delivered, std::slice::from_ref(&key));
+    for unknown in [
+        format!("{key}-resend"),
+        format!("{key}-resendx"),
+        format!("{key}x-resend1"),
+    ] {
+        let e = s
+            .push(
+                json!({"type": "delivery.receipt", "message_key": unknown, "status": "delivered"}),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::NotFound, "{unknown}: {e}");
+    }
 }
 
 /// Each hand-over has one outcome: a soft bounce pushed again (a retried

@@ -318,13 +318,15 @@ pub fn outgoing(effect: &DueEffect) -> std::result::Result<Outgoing, &'static st
     let text = |x: &Value| x.as_str().map(str::to_string);
     let channel = text(&v["channel"]).ok_or("channel: missing")?;
     let to = text(&v["to"]).ok_or("to: missing")?;
+    // A send again after soft bounces has a key of its own for the provider.
+    let key = crate::outbox::send_key(&effect.key, v["resend"].as_u64().unwrap_or(0));
     let patient: Vec<String> = ["firstname", "lastname"]
         .iter()
         .filter_map(|p| text(&v["placeholders"][p]))
         .collect();
     Ok(match channel.as_str() {
         "sms" => Outgoing {
-            key: effect.key.clone(),
+            key: key.clone(),
             channel,
             to,
             from: text(&r["from"]).unwrap_or_default(),
@@ -335,7 +337,7 @@ pub fn outgoing(effect: &DueEffect) -> std::result::Result<Outgoing, &'static st
             patient,
         },
         "email" => Outgoing {
-            key: effect.key.clone(),
+            key,
             channel,
             to,
             from: text(&r["envelope_from"]).ok_or("rendered.envelope_from: missing")?,
