@@ -717,6 +717,50 @@ fn a_branching_plugin_step_reached_again_after_an_edit_is_called_again() {
     assert_eq!(p.events("completed").len(), 1, "p1 did not finish");
 }
 
+/// The answer of an earlier call of a branching custom step (the contact
+/// left the step in an edit while that call waited, and came back to it in
+/// a later version) does not finish the new call: the new call's config
+/// decides the path.
+#[test]
+fn an_earlier_calls_answer_does_not_finish_the_step_reached_again() {
+    let p = Practice::new();
+    p.install("test_steps.wasm", json!({}));
+    let wait = json!({"id": "w", "type": "delay", "amount": 10, "unit": "minutes"});
+    let branchy = |yes: bool, path: Value| {
+        json!({"id": "b", "type": "custom", "plugin_id": "test-steps", "step_type": "branchy",
+            "config": {"yes": yes}, "yes": path, "no": []})
+    };
+    let update = |steps: Value| {
+        p.ok(
+            json!({"command": "automation.update", "automation_id": "edits", "definition": {
+            "name": "edits", "trigger": {"type": "contact_created"}, "steps": steps}}),
+        );
+    };
+    p.automation("edits", json!([branchy(true, json!([wait.clone()]))]));
+    // The plugin is off: the first call waits, retried at 1, 6 and 21 min.
+    p.ok(json!({"command": "plugin.disable", "plugin_id": "test-steps"}));
+    p.push(contact(1, false));
+    p.idle();
+    // The edit takes the step out (p1 goes on to the delay pulled out of
+    // it), the next puts it back after the delay, taking NO: p1 reaches it
+    // again at 10 min and calls it again (retried at 11, 16 and 31 min).
+    update(json!([wait.clone()]));
+    update(json!([wait, branchy(false, json!([]))]));
+    p.m().advance_clock(20 * 60_000).unwrap();
+    p.idle();
+    assert!(p.events("step_completed").iter().all(|(_, s, _)| s != "b"));
+    // Back on: the first call's answer comes first (21 min), then the new one's.
+    p.ok(json!({"command": "plugin.enable", "plugin_id": "test-steps"}));
+    p.m().advance_clock(15 * 60_000).unwrap();
+    p.idle();
+    let branched: Vec<Value> = (p.events("step_completed").into_iter())
+        .filter(|(_, s, _)| s == "b")
+        .map(|(_, _, d)| d["path"].clone())
+        .collect();
+    assert_eq!(branched, [json!("no")]);
+    assert_eq!(p.events("completed").len(), 1, "p1 did not finish");
+}
+
 #[test]
 fn an_instruction_budget_stops_a_loop_deterministically() {
     let p = Practice::new();

@@ -1199,6 +1199,12 @@ pub fn finish_custom_step(
     if e.state != "active" || e.phase != Phase::Calling || e.step_id.as_deref() != Some(step_id) {
         return Ok(None);
     }
+    // The answer of an earlier call of this step (the contact left it in an
+    // edit and came back to it) is not this call's: its config and contact
+    // were the old ones.
+    if key != call_key(ctx.install_id, &e, step_id) {
+        return Ok(None);
+    }
     let catalog = ctx.catalog;
     let Some(entry) = catalog.get(&e.automation_id) else {
         return Ok(None);
