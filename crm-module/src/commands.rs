@@ -451,9 +451,10 @@ fn check_template(t: &TemplateInput, custom: &[String]) -> Result<()> {
             if t.subject.chars().count() > 500
                 || t.preheader.chars().count() > 500
                 || t.html_body.len() > 512 * 1024
+                || t.text_body.as_ref().is_some_and(|b| b.len() > 512 * 1024)
             {
                 return Err(Error::TooLarge(
-                    "template: subject and preheader up to 500 characters, body up to 512 KiB"
+                    "template: subject and preheader up to 500 characters, html_body and text_body up to 512 KiB each"
                         .into(),
                 ));
             }

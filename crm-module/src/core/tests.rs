@@ -572,6 +572,17 @@ fn an_emails_preheader_is_bounded_like_its_subject() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("preheader"), "{e}");
+    // The plain-text part is bounded as the HTML part is: it had no limit
+    // (its links numbered past the HTML part's could run out of indexes).
+    let text = "https://a.example/ ".repeat(30_000);
+    let e = s
+        .cmd(
+            json!({"command": "template.create", "template": {"channel": "email", "name": "Long",
+            "subject": "Hi", "html_body": "<p>Hi</p>", "text_body": text}}),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), crate::error::ErrorCode::TooLarge, "{e}");
+    assert!(e.to_string().contains("text_body"), "{e}");
 }
 
 /// A definition stored by an earlier version, in a form saving now

@@ -430,25 +430,24 @@ pub fn email(
         let (wrapped, links) =
             tracking::wrap_html_links(&html, b, &admit, &|i| sign(TokenKind::Click, i));
         html = wrapped;
-        if let Some(t) = &text {
-            // The text part's links get the same indexes only when they are the same links.
-            let offset = links.len() as u16;
+        // The text part's links are numbered on from the HTML part's (at
+        // most 65,536 in all: past that they are left as written).
+        if let Some(t) = &text
+            && let Ok(offset) = u16::try_from(links.len())
+        {
             let written = content
                 .text_body
                 .as_deref()
                 .map(tracking::TemplateLinks::of)
                 .unwrap_or_default();
-            let (wt, tlinks) = tracking::wrap_text_links(t, b, &|url| written.admits(url), &|i| {
-                sign(TokenKind::Click, offset + i)
-            });
+            let (wt, tlinks) = tracking::wrap_text_links_from(
+                t,
+                b,
+                &|url| written.admits(url),
+                &|i| sign(TokenKind::Click, i),
+                offset,
+            );
             text = Some(wt);
-            let tlinks: Vec<_> = tlinks
-                .into_iter()
-                .map(|l| tracking::Link {
-                    index: offset + l.index,
-                    url: l.url,
-                })
-                .collect();
             store_links(ctx, message_id, &tlinks)?;
         }
         store_links(ctx, message_id, &links)?;

@@ -896,6 +896,19 @@ pub fn wrap_text_links(
     admit: &dyn Fn(&str) -> bool,
     sign: &dyn Fn(u16) -> String,
 ) -> (String, Vec<Link>) {
+    wrap_text_links_from(text, base_url, admit, sign, 0)
+}
+
+/// [`wrap_text_links`], numbering the links from `first` (an email's text
+/// part goes on from its HTML part's links). Links past index 65,535 are
+/// left as written.
+pub fn wrap_text_links_from(
+    text: &str,
+    base_url: &str,
+    admit: &dyn Fn(&str) -> bool,
+    sign: &dyn Fn(u16) -> String,
+    first: u16,
+) -> (String, Vec<Link>) {
     let base = trim_base(base_url);
     let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len() + 64);
@@ -922,7 +935,10 @@ pub fn wrap_text_links(
             pos = end.max(pos);
             continue;
         }
-        let Ok(index) = u16::try_from(links.len()) else {
+        let Some(index) = u16::try_from(links.len())
+            .ok()
+            .and_then(|n| first.checked_add(n))
+        else {
             break;
         };
         out.push_str(&text[copied..start]);
@@ -964,8 +980,9 @@ fn url_end(text: &str, after_scheme: usize) -> usize {
 /// with a placeholder's value (see [`wrap_text_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TemplateLinks {
-    /// Links written out in full.
-    exact: Vec<String>,
+    /// Links written out in full (a set: a body may hold thousands, each
+    /// looked up once per link of the rendered message).
+    exact: std::collections::HashSet<String>,
     /// The fixed start of links that continue with a placeholder, each with
     /// its host complete (`https://portal.example/c?p=`).
     prefixes: Vec<String>,
@@ -996,11 +1013,11 @@ impl TemplateLinks {
             pos = end.max(pos);
             match template_tag(url) {
                 None => {
-                    found.exact.push(url.to_string());
+                    found.exact.insert(url.to_string());
                     // In an attribute the link runs to its quote: a final
                     // `.` or `)` there is the link's own.
                     if raw != url && template_tag(raw).is_none() {
-                        found.exact.push(raw.to_string());
+                        found.exact.insert(raw.to_string());
                     }
                 }
                 // The host must be written out: `https://{{site}}/x` is the
@@ -1022,7 +1039,7 @@ impl TemplateLinks {
 
     /// Whether a URL of the rendered message is one the template wrote.
     pub fn admits(&self, url: &str) -> bool {
-        self.exact.iter().any(|e| e == url) || self.prefixes.iter().any(|p| url.starts_with(p))
+        self.exact.contains(url) || self.prefixes.iter().any(|p| url.starts_with(p))
     }
 }
 
@@ -1787,6 +1804,19 @@ mod tests {
             wrap_text_links(sms, BASE, &|_| true, &sign),
             (sms.to_string(), vec![])
         );
+    }
+
+    /// An email's text part numbers its links on from its HTML part's, up
+    /// to the last index a token holds; the links past it stay as written.
+    #[test]
+    fn text_links_numbered_on_stop_at_the_last_index() {
+        let sign = |i: u16| format!("T{i}");
+        let text = "https://a.example/1 https://a.example/2 https://a.example/3";
+        let (out, links) = wrap_text_links_from(text, BASE, &|_| true, &sign, u16::MAX - 1);
+        let indexes: Vec<u16> = links.iter().map(|l| l.index).collect();
+        assert_eq!(indexes, [u16::MAX - 1, u16::MAX]);
+        assert!(out.ends_with(" https://a.example/3"), "{out}");
+        assert!(out.contains(&format!("T{}", u16::MAX)), "{out}");
     }
 
     #[test]
