@@ -1307,7 +1307,9 @@ pub fn validate_set_property(property: SettableProperty, value: &Value) -> Resul
         p => normalize_property(p.property(), value.clone())
             .map(|_| ())
             .and_then(|_| {
-                if value.is_null() {
+                // Blank text clears nothing either: a Set property that
+                // writes `""` would erase the lead source it means to set.
+                if value.is_null() || value.as_str().is_some_and(|s| s.trim().is_empty()) {
                     Err(Error::invalid("value: required"))
                 } else {
                     Ok(())
@@ -2106,6 +2108,13 @@ mod tests {
         let err = status("Lead").unwrap_err();
         assert!(err.contains("only be set to Patient"), "{err}");
         assert!(status("patient").is_ok());
+
+        // A blank lead source would erase the one it means to set.
+        for blank in [json!(""), json!("  "), Value::Null] {
+            let err = validate_set_property(SettableProperty::LeadSource, &blank).unwrap_err();
+            assert!(err.to_string().contains("value: required"), "{err}");
+        }
+        assert!(validate_set_property(SettableProperty::LeadSource, &json!("walk_in")).is_ok());
 
         let mut d = welcome();
         d.name = "  ".into();

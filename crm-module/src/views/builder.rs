@@ -480,6 +480,12 @@ pub struct FieldOption {
     /// refuses the others).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operators: Option<Vec<crate::model::automation::CompareOp>>,
+    /// Of an If/then property subject that takes fixed values (Status, Lead
+    /// Source, a subscription, Insurance Verification, a yes/no property):
+    /// those values, for a select in place of free text. A stored value
+    /// not among them (a lead source of the host's own) is shown as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<FieldOption>>,
 }
 
 pub(crate) fn opt(value: Value, label: &str) -> FieldOption {
@@ -489,6 +495,7 @@ pub(crate) fn opt(value: Value, label: &str) -> FieldOption {
         group: None,
         description: None,
         operators: None,
+        values: None,
     }
 }
 
@@ -2084,7 +2091,7 @@ fn step_panel(
                 )
                 .required()
                 .options(who)
-                .help("A staff member, the contact's owner, or a queue such as the front desk."),
+                .help("A staff member, the contact's owner, or a queue such as the front desk (a queue's name is 1 to 100 characters)."),
                 Field::new(
                     "due_in_minutes",
                     "Due within (minutes)",
@@ -2208,6 +2215,7 @@ fn condition_options(
         .chain((names.custom_properties.iter()).map(|n| (n.as_str(), n.clone())))
         .map(|(n, label)| FieldOption {
             operators: Some(crate::model::automation::operators_for(n)),
+            values: value_choices(n),
             ..grouped(
                 json!({"type": "property", "property": n}),
                 &label,
@@ -2665,6 +2673,20 @@ mod tests {
                 .to_string()
                 .contains("greater_than")
         );
+        // A subject with fixed values offers them; free text has none.
+        let values = |property: &str| {
+            (condition["options"].as_array().unwrap().iter())
+                .find(|o| o["value"]["property"] == property)
+                .map(|o| o["values"].clone())
+                .unwrap()
+        };
+        let status: Vec<Value> = (values("status").as_array().unwrap().iter())
+            .map(|o| o["value"].clone())
+            .collect();
+        assert_eq!(status, [json!("lead"), json!("patient")]);
+        assert!(values("lead_source").to_string().contains("walk_in"));
+        assert_eq!(values("favorite_color"), Value::Null);
+        assert_eq!(values("first_name"), Value::Null);
     }
 
     /// Template and engagement pickers offer the saved templates of their
