@@ -565,14 +565,36 @@ pub fn apply_props(
 }
 
 /// Whether two values of `property` are one value written differently (a
-/// lead source as the builder names it, `5` and `5.0`): no change for
-/// Property changed to react to.
+/// lead source as the builder names it, `5` and `5.0`, the same tags in
+/// another case, a staff member renamed): no change for Property changed
+/// to react to.
 fn same_value(property: &str, old: Option<&Value>, new: Option<&Value>) -> bool {
-    use crate::model::contact::comparable;
+    use crate::model::contact::{comparable, is_staff};
     match (old, new) {
         (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
         (Some(a @ Value::String(_)), Some(b @ Value::String(_))) if property == "lead_source" => {
             comparable(property, a) == comparable(property, b)
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) if property == "tags" => {
+            let folded = |tags: &[Value]| {
+                let mut set: Vec<String> = (tags.iter())
+                    .filter_map(Value::as_str)
+                    .map(|t| t.trim().to_lowercase())
+                    .collect();
+                set.sort_unstable();
+                set.dedup();
+                set
+            };
+            folded(a) == folded(b)
+        }
+        (Some(a @ Value::Object(_)), Some(b @ Value::Object(_))) if is_staff(property) => {
+            match (
+                a.get("id").and_then(Value::as_str),
+                b.get("id").and_then(Value::as_str),
+            ) {
+                (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+                _ => false,
+            }
         }
         _ => false,
     }

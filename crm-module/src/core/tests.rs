@@ -398,6 +398,47 @@ fn a_staff_member_without_a_name_keeps_the_known_one_and_is_never_named_by_id() 
     );
 }
 
+/// The same tags in another case, and the same staff member under a
+/// fuller name, are no change for Property changed "any change": the
+/// host echoing a write-back in its own spelling enrolled the contact
+/// again.
+#[test]
+fn a_respelled_tag_or_renamed_owner_is_no_change() {
+    let mut s = Sim::new();
+    let tags = s.automation(
+        json!({"name": "Tags changed", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "tags"}, "steps": []}),
+    );
+    let owner = s.automation(
+        json!({"name": "Owner changed", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "owner"}, "steps": []}),
+    );
+    s.contact(
+        "c1",
+        json!({"tags": ["VIP"], "owner": {"id": "s1", "name": "Sarah"}}),
+    );
+    s.advance(MINUTE);
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": [" vip"],
+        "owner": {"id": "S1", "name": "Sarah Chen"}}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&tags)), 0);
+    assert_eq!(s.count("enrolled", Some(&owner)), 0);
+    // The record takes the host's spelling and name all the same.
+    let owner_name: String =
+        s.value("SELECT json_extract(props, '$.owner.name') FROM contacts WHERE id = 'c1'");
+    assert_eq!(owner_name, "Sarah Chen");
+    // A real change still fires.
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "tags": ["vip", "new"],
+        "owner": {"id": "s2", "name": "Sam"}}}),
+    )
+    .unwrap();
+    assert_eq!(s.count("enrolled", Some(&tags)), 1);
+    assert_eq!(s.count("enrolled", Some(&owner)), 1);
+}
+
 /// Tags are one whatever their case, in what the host pushes and in Set
 /// property, as in conditions: removing `VIP` removes `vip`, adding `VIP`
 /// to `vip` changes nothing.
