@@ -543,13 +543,13 @@ const CRITERIA: [(&str, &str, &str, &str); 10] = [
         "added_to_list",
         "Added to list",
         "forms_lists",
-        "Fires each time the contact joins the list: a manual add, an import, or a dynamic list starting to match them.",
+        "Fires each time the contact joins the list: added by staff (list.add_contacts) or by an automation's Add to list step.",
     ),
     (
         "removed_from_list",
         "Removed from list",
         "forms_lists",
-        "Fires each time the contact leaves the list, including falling out of a dynamic list.",
+        "Fires each time the contact leaves the list (removed by staff).",
     ),
     (
         "property_changed",
