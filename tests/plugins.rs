@@ -761,6 +761,42 @@ fn an_earlier_calls_answer_does_not_finish_the_step_reached_again() {
     assert_eq!(p.events("completed").len(), 1, "p1 did not finish");
 }
 
+/// Two automations whose custom steps set each other's trigger: each
+/// answer goes on with the cascade that made its call, so the loop is cut
+/// at the cascade limit and the module goes idle. (Each answer was a new
+/// cascade: they called each other forever, with no time passing.)
+#[test]
+fn custom_steps_setting_each_others_trigger_stop_at_the_cascade_limit() {
+    let p = Practice::new();
+    p.install("test_steps.wasm", json!({}));
+    for (id, on, to) in [
+        ("ping", "walk_in", "website_form"),
+        ("pong", "website_form", "walk_in"),
+    ] {
+        p.ok(json!({"command": "automation.create", "automation_id": id, "definition": {
+            "name": id, "trigger": {"type": "property_changed", "property": "lead_source", "new_value": on},
+            "steps": [{"id": "flip", "type": "custom", "plugin_id": "test-steps", "step_type": "echo",
+                       "config": {"value": to, "property": "lead_source"}}]}}));
+        p.ok(json!({"command": "automation.activate", "automation_id": id}));
+    }
+    p.push(contact(1, false));
+    p.push(json!({"event_id": "walk-in", "type": "contact.upserted",
+        "contact": {"id": "p1", "lead_source": "walk_in"}}));
+    p.idle();
+    let enrolled = p.events("enrolled").len();
+    let limit = crm_module::core::MAX_CASCADE as usize;
+    assert!((limit - 1..=limit + 1).contains(&enrolled), "{enrolled}");
+    assert_eq!(p.events("cascade_limited").len(), 1);
+    // Nothing is left running: a later change starts the loop once more, cut again.
+    p.push(json!({"event_id": "import", "type": "contact.upserted",
+        "contact": {"id": "p1", "lead_source": "import"}}));
+    p.push(json!({"event_id": "walk-in-2", "type": "contact.upserted",
+        "contact": {"id": "p1", "lead_source": "walk_in"}}));
+    p.idle();
+    assert_eq!(p.events("enrolled").len(), 2 * enrolled);
+    assert_eq!(p.events("cascade_limited").len(), 2);
+}
+
 #[test]
 fn an_instruction_budget_stops_a_loop_deterministically() {
     let p = Practice::new();

@@ -211,6 +211,8 @@ impl Module {
         let reader = store::open_with(path, Access::Read, &storage)?;
         let w = std::thread::Builder::new()
             .name("crm-worker".into())
+            // Trigger cascades recurse (up to `core::MAX_CASCADE` deep).
+            .stack_size(8 * 1024 * 1024)
             .spawn(move || worker.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the worker: {e}")))?;
         let (host2, settings2, tx2, clock2) =

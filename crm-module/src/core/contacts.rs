@@ -1,5 +1,7 @@
 //! The mirrored contact record: load, save, diff, touch, subscriptions.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value, json};
 
@@ -59,6 +61,11 @@ pub struct Contact {
     pub last_engaged_at: Option<Millis>,
     /// Host time of the newest applied update.
     pub source_updated_at: Option<Millis>,
+    /// When the module itself last wrote each property it wrote (Set
+    /// property, a custom step's changes) and the host has not updated
+    /// since: a host update that happened before it is stale for that
+    /// property ([`Contact::newer_module_writes`]).
+    pub module_writes: BTreeMap<String, Millis>,
 }
 
 impl Contact {
@@ -123,7 +130,7 @@ impl Contact {
     }
 }
 
-const COLUMNS: &str = "id, props, insurance_verification, portal_active, created_at, last_activity, last_engaged_at, source_updated_at";
+const COLUMNS: &str = "id, props, insurance_verification, portal_active, created_at, last_activity, last_engaged_at, source_updated_at, module_writes";
 
 type RawContact = (
     String,
@@ -134,6 +141,7 @@ type RawContact = (
     Millis,
     Option<Millis>,
     Option<Millis>,
+    Option<String>,
 );
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawContact> {
@@ -146,6 +154,7 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawContact> {
         r.get(5)?,
         r.get(6)?,
         r.get(7)?,
+        r.get(8)?,
     ))
 }
 
@@ -155,11 +164,16 @@ pub fn load(conn: &Connection, id: &str) -> Result<Option<Contact>> {
         .prepare_cached(&format!("SELECT {COLUMNS} FROM contacts WHERE id = ?1"))?
         .query_row([id], read)
         .optional()?;
-    let Some((id, props, iv, portal, created, last, engaged, src)) = row else {
+    let Some((id, props, iv, portal, created, last, engaged, src, writes)) = row else {
         return Ok(None);
     };
     let props: Map<String, Value> = serde_json::from_str(&props)
         .map_err(|_| Error::Internal(format!("contact {id}: stored properties unreadable")))?;
+    let module_writes = match writes {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|_| Error::Internal(format!("contact {id}: stored write times unreadable")))?,
+        None => BTreeMap::new(),
+    };
     Ok(Some(Contact {
         id,
         props,
@@ -169,6 +183,7 @@ pub fn load(conn: &Connection, id: &str) -> Result<Option<Contact>> {
         last_activity: last,
         last_engaged_at: engaged,
         source_updated_at: src,
+        module_writes,
     }))
 }
 
@@ -370,7 +385,7 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
         .prepare_cached(
             "UPDATE contacts SET props = ?2, status = ?3, email_subscription = ?4, sms_subscription = ?5,
                  insurance_verification = ?6, portal_active = ?7, last_activity = ?8,
-                 last_engaged_at = ?9, source_updated_at = ?10
+                 last_engaged_at = ?9, source_updated_at = ?10, module_writes = ?15
              WHERE id = ?1 AND email IS ?11 AND phone IS ?12 AND dob IS ?13 AND phone_key IS ?14",
         )?
         .execute(params![
@@ -388,6 +403,7 @@ pub fn save(conn: &Connection, c: &Contact) -> Result<()> {
             phone,
             text("dob"),
             phone.and_then(phone_key),
+            writes_text(c),
         ])?;
     if updated == 1 {
         return Ok(());
@@ -406,6 +422,13 @@ fn props_text(c: &Contact) -> Result<String> {
     serde_json::to_string(&c.props).map_err(|e| Error::Internal(format!("contact {}: {e}", c.id)))
 }
 
+/// The stored text of a contact's module write times (NULL for none).
+fn writes_text(c: &Contact) -> Option<String> {
+    (!c.module_writes.is_empty())
+        .then(|| serde_json::to_string(&c.module_writes).ok())
+        .flatten()
+}
+
 /// Writes a contact's whole row (insert, or replace every column).
 fn write_row(conn: &Connection, c: &Contact, props: &str) -> Result<()> {
     let text = |k: &str| c.props.get(k).and_then(Value::as_str);
@@ -413,14 +436,15 @@ fn write_row(conn: &Connection, c: &Contact, props: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO contacts (id, props, status, email, phone, dob, email_subscription, sms_subscription,
                                insurance_verification, portal_active, created_at, last_activity,
-                               last_engaged_at, source_updated_at, phone_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                               last_engaged_at, source_updated_at, phone_key, module_writes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT(id) DO UPDATE SET props = excluded.props, status = excluded.status,
              email = excluded.email, phone = excluded.phone, dob = excluded.dob,
              email_subscription = excluded.email_subscription, sms_subscription = excluded.sms_subscription,
              insurance_verification = excluded.insurance_verification, portal_active = excluded.portal_active,
              last_activity = excluded.last_activity, last_engaged_at = excluded.last_engaged_at,
-             source_updated_at = excluded.source_updated_at, phone_key = excluded.phone_key",
+             source_updated_at = excluded.source_updated_at, phone_key = excluded.phone_key,
+             module_writes = excluded.module_writes",
     )?
     .execute(params![
         c.id,
@@ -438,6 +462,7 @@ fn write_row(conn: &Connection, c: &Contact, props: &str) -> Result<()> {
         c.last_engaged_at,
         c.source_updated_at,
         phone.and_then(phone_key),
+        writes_text(c),
     ])?;
     Ok(())
 }
@@ -800,7 +825,40 @@ impl Contact {
             last_activity: 0,
             last_engaged_at: None,
             source_updated_at: None,
+            module_writes: BTreeMap::new(),
         }
+    }
+
+    /// Takes out of a host update that happened at `occurred` the
+    /// properties the module wrote after that (the host did not know of
+    /// the module's write), and forgets the write times of the others it
+    /// gives: the host's value is the newer one. A full replace keeps the
+    /// module's value. Returns the properties kept, sorted.
+    pub fn newer_module_writes(
+        &mut self,
+        update: &mut Map<String, Value>,
+        mode: UpsertMode,
+        occurred: Millis,
+    ) -> Vec<String> {
+        let mut kept = Vec::new();
+        let props = &self.props;
+        self.module_writes.retain(|name, written| {
+            if *written > occurred {
+                match (mode, props.get(name)) {
+                    (UpsertMode::Full, Some(v)) => {
+                        update.insert(name.clone(), v.clone());
+                    }
+                    _ => {
+                        update.remove(name);
+                    }
+                }
+                kept.push(name.clone());
+                true
+            } else {
+                !(mode == UpsertMode::Full || update.contains_key(name))
+            }
+        });
+        kept
     }
 }
 

@@ -624,6 +624,8 @@ fn run_step(
                     "config": config, "contact": contacts::plugin_view(&contact),
                     "automation_id": e.automation_id, "enrollment_id": e.id, "step_id": sid,
                     "now": crate::clock::to_rfc3339(ctx.now),
+                    // The cascade its answer goes on with (not sent to the plugin).
+                    "cascade": ctx.depth,
                 }),
                 ..effect_base(&key, EffectKind::PluginStep, e, sid)
             });
@@ -1010,6 +1012,9 @@ fn write_props(
     map: serde_json::Map<String, Value>,
     actor: &str,
 ) -> Result<Vec<Signal>> {
+    for name in map.keys() {
+        contact.module_writes.insert(name.clone(), ctx.now);
+    }
     let signals = contacts::apply_props(
         ctx,
         contact,
@@ -1205,6 +1210,18 @@ pub fn finish_custom_step(
     if key != call_key(ctx.install_id, &e, step_id) {
         return Ok(None);
     }
+    // The answer goes on with the cascade that made the call: two
+    // automations whose custom steps set each other's trigger would
+    // otherwise call each other forever, each answer a new cascade.
+    ctx.depth = ctx
+        .conn
+        .prepare_cached(
+            "SELECT json_extract(payload, '$.cascade') FROM outbox WHERE idempotency_key = ?1",
+        )?
+        .query_row([key], |r| r.get::<_, Option<u32>>(0))
+        .optional()?
+        .flatten()
+        .unwrap_or(0);
     let catalog = ctx.catalog;
     let Some(entry) = catalog.get(&e.automation_id) else {
         return Ok(None);

@@ -419,6 +419,7 @@ fn upsert(
             last_activity: last_active.unwrap_or(ctx.now),
             last_engaged_at: last_active,
             source_updated_at: Some(occurred),
+            module_writes: Default::default(),
         };
         let mut initial = props.clone();
         initial.remove("id");
@@ -464,6 +465,24 @@ fn upsert(
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
+    // What the module wrote after this update happened stays: the host did
+    // not know of it (a late echo of an earlier write-back).
+    let fresher;
+    let props = if c.module_writes.is_empty() {
+        props
+    } else {
+        let mut update = props.clone();
+        let kept = c.newer_module_writes(&mut update, mode, occurred);
+        if !kept.is_empty() {
+            Log {
+                detail: Some(json!({"event_id": ev.event_id, "kept": kept})),
+                ..Log::new("contact_update_stale", &id)
+            }
+            .write(ctx.conn, ctx.now)?;
+        }
+        fresher = update;
+        &fresher
+    };
     let old_phone = c.text("phone").map(str::to_string);
     let mut changes = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
     if c.text("phone") != old_phone.as_deref() {

@@ -38,9 +38,15 @@ use crate::messaging::consent::Category;
 use crate::outbox::Effect;
 use crate::settings::Resolved;
 
-/// How deep triggers may cascade inside one event (an automation setting a
-/// property that fires another automation, …).
-pub const MAX_CASCADE: u32 = 8;
+/// How deep triggers may cascade (an automation setting a property that
+/// fires another automation, …): inside one event, and on through the
+/// answers of custom steps, whose property changes go on with the cascade
+/// that called them. Inside one event a chain is bounded anyway (an
+/// automation a contact is active in does not enroll them again), so this
+/// cuts only chains of more automations than a practice builds, and loops
+/// through plugin answers, which would otherwise run forever with no time
+/// passing. A cut is logged (`cascade_limited`).
+pub const MAX_CASCADE: u32 = 32;
 
 /// Everything the core works with while handling one input.
 pub struct Ctx<'a> {

@@ -336,6 +336,89 @@ fn property_changed_with_and_without_value_and_set_property_cascades() {
     );
 }
 
+/// Automations chained inside one event (each tags the contact with what
+/// the next one waits for) all run, up to the cascade limit; the link past
+/// it is cut and logged. The limit was 8: a chain of ten stopped at its
+/// ninth automation.
+#[test]
+fn a_chain_of_automations_in_one_event_runs_to_the_cascade_limit() {
+    let mut s = Sim::new();
+    let links = super::MAX_CASCADE as usize + 3;
+    let ids: Vec<String> = (1..=links)
+        .map(|k| {
+            let trigger = if k == 1 {
+                json!({"type": "form_submitted"})
+            } else {
+                json!({"type": "property_changed", "property": "tags", "new_value": format!("t{}", k - 1)})
+            };
+            s.automation(json!({"name": format!("Link {k}"), "run_window": {"mode": "any_time"},
+                "trigger": trigger,
+                "steps": [{"type": "set_property", "property": "tags", "value": {"add": [format!("t{k}")]}}]}))
+        })
+        .collect();
+    s.contact("c1", json!({}));
+    s.submit_form("c1", "f1");
+    let enrolled: Vec<i64> = ids.iter().map(|a| s.count("enrolled", Some(a))).collect();
+    let ran = super::MAX_CASCADE as usize;
+    assert!(enrolled[..ran].iter().all(|n| *n == 1), "{enrolled:?}");
+    assert!(enrolled[ran..].iter().all(|n| *n == 0), "{enrolled:?}");
+    assert_eq!(s.count("cascade_limited", None), 1);
+}
+
+/// The module's own writes are newer than what the host knew before
+/// them: an update that happened before a Set property (or a late echo of
+/// an earlier write-back) does not overwrite what it wrote, partial or
+/// full (SPEC §1: an update older than the stored one is ignored for
+/// properties); its other properties apply, and the host's later updates
+/// win.
+#[test]
+fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
+    let mut s = Sim::new();
+    let walk_in = s.automation(json!({"name": "Walk-ins", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "lead_source", "new_value": "walk_in"}, "steps": []}));
+    s.automation(json!({"name": "Source", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "set_property", "property": "lead_source", "value": "website_form"}]}));
+    let start = s.now;
+    s.contact("c1", json!({"lead_source": "import"}));
+    s.advance(HOUR);
+    s.submit_form("c1", "f1");
+    let prop = |s: &Sim, name: &str| -> Option<String> {
+        s.value(&format!(
+            "SELECT json_extract(props, '$.{name}') FROM contacts WHERE id = 'c1'"
+        ))
+    };
+    assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
+    let at = |ms: i64| crate::clock::to_rfc3339(start + ms);
+    s.push(
+        json!({"type": "contact.upserted", "occurred_at": at(30 * MINUTE),
+        "contact": {"id": "c1", "lead_source": "walk_in", "first_name": "Ann"}}),
+    )
+    .unwrap();
+    assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
+    assert_eq!(prop(&s, "first_name").as_deref(), Some("Ann"));
+    s.push(
+        json!({"type": "contact.upserted", "occurred_at": at(45 * MINUTE), "mode": "full",
+        "contact": {"id": "c1", "first_name": "Ann", "email": "c1@example.com"}}),
+    )
+    .unwrap();
+    assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
+    assert_eq!(s.count("enrolled", Some(&walk_in)), 0);
+    let kept: i64 = s.value(
+        "SELECT COUNT(*) FROM events WHERE kind = 'contact_update_stale'
+          AND json_extract(detail, '$.kept[0]') = 'lead_source'",
+    );
+    assert_eq!(kept, 2);
+    // The host's update after the write is the newer one.
+    s.advance(MINUTE);
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "walk_in"}}))
+        .unwrap();
+    assert_eq!(prop(&s, "lead_source").as_deref(), Some("walk_in"));
+    assert_eq!(s.count("enrolled", Some(&walk_in)), 1);
+    // Forgotten once the host gave its own value.
+    let writes: Option<String> = s.value("SELECT module_writes FROM contacts WHERE id = 'c1'");
+    assert_eq!(writes, None);
+}
+
 /// A Set property step whose value may not be set on the contact (a
 /// 101st tag) fails the step, and the flow goes on; the host's event that
 /// set the automation off is applied, alone or in a batch.

@@ -688,6 +688,14 @@ UPDATE ingested_events SET fingerprint = NULL
 DROP INDEX contacts_email;
 CREATE INDEX contacts_email ON contacts(email COLLATE NOCASE) WHERE email IS NOT NULL;
 "#,
+    // 30: when the module itself last wrote each property it wrote (Set
+    // property, a custom step's changes), `{"lead_source": <ms>, ...}`: a
+    // host update that happened before the module's write is stale for
+    // that property (a late echo of an earlier write-back, or an update
+    // from before the automation ran, no longer overwrites it).
+    r#"
+ALTER TABLE contacts ADD COLUMN module_writes TEXT;
+"#,
 ];
 
 /// Brings the database to the newest schema.
