@@ -593,7 +593,7 @@ pub fn apply_props(
 /// lead source as the builder names it, `5` and `5.0`, the same tags in
 /// another case, a staff member renamed): no change for Property changed
 /// to react to.
-fn same_value(property: &str, old: Option<&Value>, new: Option<&Value>) -> bool {
+pub(crate) fn same_value(property: &str, old: Option<&Value>, new: Option<&Value>) -> bool {
     use crate::model::contact::{comparable, is_staff};
     match (old, new) {
         (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),

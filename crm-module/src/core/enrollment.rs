@@ -984,11 +984,15 @@ fn set_property(
     // saved before Lead was refused) sends the host no "lead".
     if contact.props.get(name) == Some(&new_value) {
         let key = effect_key(ctx.install_id, e.id, sid);
+        let mut payload = json!({
+            "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
+            "automation_id": e.automation_id, "step_id": sid,
+        });
+        if property == SettableProperty::Tags {
+            payload["change"] = tags_change(value);
+        }
         ctx.effects.push(Effect {
-            payload: json!({
-                "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
-                "automation_id": e.automation_id, "step_id": sid,
-            }),
+            payload,
             ..effect_base(&key, EffectKind::Property, e, sid)
         });
     }
@@ -1041,6 +1045,24 @@ fn write_props(
         )?;
     }
     Ok(signals)
+}
+
+/// A tag change as a write-back carries it beside the whole list:
+/// `{"add": [..], "remove": [..]}`, trimmed, so that a host that keeps its
+/// own tags applies the change to them (a tag its staff added meanwhile
+/// stays).
+fn tags_change(change: &Value) -> Value {
+    let list = |k: &str| -> Vec<Value> {
+        (change
+            .get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten())
+        .filter_map(Value::as_str)
+        .map(|t| Value::String(t.trim().to_string()))
+        .collect()
+    };
+    json!({"add": list("add"), "remove": list("remove")})
 }
 
 /// The contact's tags after a `{"add": [..], "remove": [..]}` change.
@@ -1320,11 +1342,17 @@ fn apply_plugin_changes(
     let signals = write_props(ctx, &mut contact, map, &format!("plugin:{plugin_id}"))?;
     for (name, value) in written {
         let effect_key = property_key(key, &name);
+        let mut payload = json!({
+            "key": effect_key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": value,
+            "automation_id": e.automation_id, "step_id": sid, "plugin_id": plugin_id,
+        });
+        if name == "tags"
+            && let Some((_, asked)) = changes.iter().find(|(n, _)| n == "tags")
+        {
+            payload["change"] = tags_change(asked);
+        }
         ctx.effects.push(Effect {
-            payload: json!({
-                "key": effect_key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": value,
-                "automation_id": e.automation_id, "step_id": sid, "plugin_id": plugin_id,
-            }),
+            payload,
             ..effect_base(&effect_key, EffectKind::Property, e, sid)
         });
     }

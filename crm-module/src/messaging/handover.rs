@@ -201,9 +201,16 @@ pub fn screen(
         // tag list merged), so an older one retried after a newer one was
         // accepted would put the host's record back.
         if row.kind == EffectKind::Property {
+            let mut row = row;
             match superseded_by(conn, row.id)? {
                 Some(newer) => held.push((row.id, Held::Superseded(newer))),
-                None => go.push(row),
+                None => match still_holds(conn, &row.payload)? {
+                    Some(payload) => {
+                        row.payload = payload;
+                        go.push(row);
+                    }
+                    None => held.push((row.id, Held::Outdated)),
+                },
             }
             continue;
         }
@@ -261,6 +268,61 @@ enum Held {
     /// A property write-back that a newer one (this key) of the same
     /// property of the same contact replaces.
     Superseded(String),
+    /// A property write-back the contact's record no longer holds: the
+    /// host changed the property since (see [`still_holds`]).
+    Outdated,
+}
+
+/// The payload to hand over for a property write-back whose value the
+/// contact's record still holds, or `None` when the record has changed
+/// since (the host's newer update): written back then, it would put the
+/// host's own newer value back. A tag change always goes (the host's
+/// update did not know of it), with the tags the record holds now, the
+/// change applied: a tag the host added meanwhile stays.
+fn still_holds(conn: &Connection, payload: &str) -> Result<Option<String>> {
+    use serde_json::Value;
+    let Ok(mut p) = serde_json::from_str::<Value>(payload) else {
+        return Ok(Some(payload.to_string()));
+    };
+    let (Some(contact_id), Some(property)) = (p["contact_id"].as_str(), p["property"].as_str())
+    else {
+        return Ok(Some(payload.to_string()));
+    };
+    let Some(contact) = contacts::load(conn, contact_id)? else {
+        return Ok(Some(payload.to_string()));
+    };
+    let now = contact.props.get(property);
+    if property == "tags"
+        && let Some(change) = p.get("change")
+    {
+        let list = |k: &str| -> Vec<String> {
+            (change[k].as_array().into_iter().flatten())
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        };
+        let (add, remove) = (list("add"), list("remove"));
+        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+        let mut tags: Vec<String> = (now.and_then(Value::as_array).into_iter().flatten())
+            .filter_map(Value::as_str)
+            .filter(|t| !remove.iter().any(|r| same(r, t)))
+            .map(str::to_string)
+            .collect();
+        for t in add {
+            if !tags.iter().any(|have| same(have, &t)) {
+                tags.push(t);
+            }
+        }
+        tags.sort();
+        p["value"] = json!(tags);
+        return Ok(Some(p.to_string()));
+    }
+    let written = p.get("value");
+    if now == written || contacts::same_value(property, now, written) {
+        Ok(Some(payload.to_string()))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The key of the newest write-back of the same contact and property
@@ -401,10 +463,23 @@ fn record(ctx: &mut Ctx<'_>, held: &[(i64, Held)]) -> Result<()> {
                 ingest::never_reached(ctx, &row)?;
             }
             Held::Superseded(newer) => {
-                fail(
+                if let Some(row) = fail(
                     *id,
                     format!("superseded: write-back {newer} of the same property follows"),
-                )?;
+                )? {
+                    let detail = json!({"reason": "superseded", "by": newer});
+                    Log::for_effect("write_back_dropped", &row, Some(detail)).write(conn, now)?;
+                }
+            }
+            Held::Outdated => {
+                if let Some(row) = fail(
+                    *id,
+                    "outdated: the contact's record has changed since (the host's newer update)"
+                        .into(),
+                )? {
+                    let detail = json!({"reason": "changed_since"});
+                    Log::for_effect("write_back_dropped", &row, Some(detail)).write(conn, now)?;
+                }
             }
             Held::Paused => {
                 conn.prepare_cached(
@@ -628,6 +703,59 @@ mod tests {
             .unwrap();
         assert_eq!(status, "failed");
         assert!(error.contains(&writes[1].key), "{error}");
+    }
+
+    /// A write-back waiting while the host changed the property itself (a
+    /// newer update: staff reassigned the contact) does not go: it would
+    /// put the host's own newer value back. A tag change goes all the
+    /// same (the host did not know of it) with the tags the record holds
+    /// now, the change applied, and the change itself for a host that
+    /// keeps its own tags: a tag staff added meanwhile stays.
+    #[test]
+    fn a_write_back_the_host_has_changed_since_does_not_go() {
+        let mut s = Sim::new();
+        s.automation(json!({"name": "Assign", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+            "steps": [{"type": "set_property", "property": "owner", "value": {"id": "s1", "name": "Sarah"}},
+                      {"type": "set_property", "property": "tags", "value": {"add": ["welcomed"], "remove": ["new"]}}]}));
+        s.contact("c1", json!({"tags": ["new", "vip"]}));
+        s.contact("c2", json!({}));
+        let writes = pending(&s, EffectKind::Property);
+        assert_eq!(writes.len(), 4);
+        let payload = |w: &DueEffect| serde_json::from_str::<Value>(&w.payload).unwrap();
+        assert_eq!(
+            payload(&writes[1])["change"],
+            json!({"add": ["welcomed"], "remove": ["new"]})
+        );
+        // The host was away. Staff reassign c1 and tag them, in the EHR,
+        // whose update does not have the module's tag change yet.
+        s.advance(HOUR);
+        s.push(json!({"type": "contact.upserted", "contact": {"id": "c1",
+            "owner": {"id": "s2", "name": "Tom"}, "tags": ["new", "vip", "payment-plan"]}}))
+            .unwrap();
+        let go = screen(&s.conn, &s.catalog, &s.settings, "t", writes.clone(), s.now).unwrap();
+        assert_eq!(
+            keys(&go),
+            [
+                writes[1].key.as_str(),
+                writes[2].key.as_str(),
+                writes[3].key.as_str()
+            ],
+            "c1's owner does not go back to Sarah"
+        );
+        assert_eq!(
+            payload(&go[0])["value"],
+            json!(["payment-plan", "vip", "welcomed"])
+        );
+        let dropped = s.texts(
+            "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'write_back_dropped' AND contact_id = ?1",
+            "c1",
+        );
+        assert_eq!(dropped, ["changed_since"]);
+        let status: String = s.value(&format!(
+            "SELECT status FROM outbox WHERE id = {}",
+            writes[0].id
+        ));
+        assert_eq!(status, "failed");
     }
 
     /// An SMS held at hand-over for the sending hours is screened again
