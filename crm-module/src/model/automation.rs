@@ -1212,6 +1212,13 @@ fn validate_chain(steps: &[Step], path: &str, depth: usize) -> Result<()> {
                 if title.trim().is_empty() || title.chars().count() > 300 {
                     return err("title: must be 1 to 300 characters");
                 }
+                // Written as it is: the task carries the contact's id, and a
+                // placeholder would reach the front desk as typed.
+                if ["{{", "{%", "{#"].iter().any(|t| title.contains(t)) {
+                    return err(
+                        "title: placeholders are not filled in a task's title (the task names its contact by id)",
+                    );
+                }
                 if *due_in_minutes > 60 * 24 * 365 {
                     return err("due_in_minutes: at most a year");
                 }
@@ -2115,6 +2122,23 @@ mod tests {
             assert!(err.to_string().contains("value: required"), "{err}");
         }
         assert!(validate_set_property(SettableProperty::LeadSource, &json!("walk_in")).is_ok());
+
+        // A task's title is written as it is: a placeholder is refused.
+        let mut d = welcome();
+        d.steps.insert(
+            0,
+            Step {
+                id: String::new(),
+                name: None,
+                kind: StepKind::CreateTask {
+                    title: "Call {{firstname}} to book".into(),
+                    assignee: Assignee::ContactOwner {},
+                    due_in_minutes: 5,
+                },
+            },
+        );
+        let e = d.validate_and_assign_ids().unwrap_err().to_string();
+        assert!(e.contains("placeholders are not filled"), "{e}");
 
         let mut d = welcome();
         d.name = "  ".into();

@@ -2082,7 +2082,8 @@ fn step_panel(
                 Field::new("title", "Task title", FieldKind::Text, json!(title))
                     .required()
                     .range(1, 300)
-                    .placeholder("e.g. Call this person back"),
+                    .placeholder("e.g. Call this person back")
+                    .help("Written as it is, without placeholders: the task carries the contact, whom the EHR shows by name."),
                 Field::new(
                     "assignee",
                     "Assignee",
