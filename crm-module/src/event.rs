@@ -380,7 +380,14 @@ fn locate(event: &Value, err: Error) -> Error {
             continue;
         };
         if message.contains(&format!("`{key}`")) {
-            return err; // the message names it already (an unknown field)
+            // The message names it already (an unknown field); serde lists
+            // the type's own fields only.
+            if message.contains("unknown field") {
+                return Error::Invalid(format!(
+                    "{message}; every event also takes `event_id`, `type` and `occurred_at`"
+                ));
+            }
+            return err;
         }
         // Inside an object field, when the field takes an object at all.
         let takes_object = fails(Some((key, Value::Object(Map::new())))).is_none();
@@ -743,6 +750,10 @@ mod tests {
             assert!(
                 m.contains("unknown field") && m.contains(field),
                 "{text}: {m}"
+            );
+            assert!(
+                m.contains("also takes `event_id`, `type` and `occurred_at`"),
+                "{m}"
             );
             let batch = format!("[{text}]");
             let m = Event::parse_batch(&batch).unwrap_err().to_string();

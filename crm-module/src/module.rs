@@ -396,6 +396,7 @@ impl Module {
             parse_json(params_json)?
         };
         if name == "schemas" {
+            crate::views::no_params(&params)?;
             return Ok(crate::schema::all());
         }
         let settings = self.settings.read().clone();
@@ -966,6 +967,15 @@ mod tests {
             schemas.as_object().map(|o| o.len()),
             Some(crate::views::VIEW_NAMES.len())
         );
+        // `schemas` takes none either.
+        let e = m.view("schemas", r#"{"junk": 1}"#).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::Invalid, "{e}");
+        assert!(m.view("schemas", "{}").is_ok());
+        let all = crate::schema::all();
+        assert!(!jsonschema::is_valid(
+            &all["view_params"]["schemas"],
+            &serde_json::json!({"junk": 1})
+        ));
     }
 
     /// A closed database is one file: the log folded into it and removed,

@@ -80,7 +80,7 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum EmailDelivery {
-    /// Email effects go to the host's `deliver` callback, like every other effect.
+    /// Email messages go to the host's `deliver_message` callback (`Host::deliver` in Rust), as SMS do by default.
     // Written `{}`, not as a unit variant, so that serde refuses a field
     // given with it (an `smtp` relay sent with `host` is an error, not
     // ignored).
@@ -103,7 +103,7 @@ pub enum EmailDelivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SmsDelivery {
-    /// SMS effects go to the host's `deliver` callback.
+    /// SMS messages go to the host's `deliver_message` callback (`Host::deliver` in Rust).
     // `{}`: a field given with it is refused (see `EmailDelivery`).
     Host {},
     /// The module sends SMS through an installed sender adapter (a

@@ -1543,8 +1543,9 @@ impl Worker {
             self.log(
                 LogLevel::Info,
                 &format!(
-                    "automation {:?}: date trigger enrolled {n} contacts",
-                    item.automation_id
+                    "automation {}: date trigger enrolled {n} contact{}",
+                    item.automation_id.as_deref().unwrap_or("-"),
+                    if n == 1 { "" } else { "s" }
                 ),
             );
         }
@@ -1562,7 +1563,14 @@ impl Worker {
         automation_id: Option<&str>,
         err: &Error,
     ) -> Result<()> {
-        self.log(LogLevel::Error, &format!("scheduled item failed (enrollment {enrollment_id:?}, automation {automation_id:?}): {err}"));
+        let enrollment = enrollment_id.map_or("-".into(), |id| id.to_string());
+        let automation = automation_id.unwrap_or("-");
+        self.log(
+            LogLevel::Error,
+            &format!(
+                "scheduled item failed (enrollment {enrollment}, automation {automation}): {err}"
+            ),
+        );
         if let Some(id) = enrollment_id {
             self.conn.execute(
                 "UPDATE enrollments SET state = 'exited', exit_reason = 'error', ended_at = ?2, wake_at = NULL WHERE id = ?1",

@@ -146,7 +146,15 @@ pub fn params_schemas() -> Value {
         "settings": schemars::schema_for!(settings::SettingsParams),
         "template_preview": schemars::schema_for!(template_preview::TemplatePreviewParams),
         "plugins": schemars::schema_for!(NoParams),
+        "schemas": schemars::schema_for!(NoParams),
     })
+}
+
+/// Refuses parameters for a view that takes none (`schemas`, served by
+/// `Module::view` before [`query`]).
+pub fn no_params(params: &Value) -> Result<()> {
+    let NoParams {} = parse_params(params)?;
+    Ok(())
 }
 
 fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T> {
