@@ -64,7 +64,8 @@ pub struct Contact {
     /// When the module itself last wrote each property it wrote (Set
     /// property, a custom step's changes) and the host has not updated
     /// since: a host update that happened before it is stale for that
-    /// property ([`Contact::newer_module_writes`]).
+    /// property ([`Contact::newer_module_writes`]). Tags are kept tag by
+    /// tag: `tags:+<tag>` added, `tags:-<tag>` removed.
     pub module_writes: BTreeMap<String, Millis>,
 }
 
@@ -589,6 +590,27 @@ pub fn apply_props(
     Ok(signals)
 }
 
+/// A tag list after a `{"add": [..], "remove": [..]}` change. Tags are one
+/// whatever their case, as conditions and triggers read them: adding `VIP`
+/// to `vip` changes nothing, removing `VIP` removes it.
+pub fn change_tags(tags: Option<&Value>, change: &Value) -> Vec<String> {
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        (v.and_then(Value::as_array).into_iter().flatten())
+            .filter_map(Value::as_str)
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let mut tags = strings(tags);
+    for t in strings(change.get("add")) {
+        if !tags.iter().any(|have| have.eq_ignore_ascii_case(&t)) {
+            tags.push(t);
+        }
+    }
+    let remove = strings(change.get("remove"));
+    tags.retain(|t| !remove.iter().any(|r| r.eq_ignore_ascii_case(t)));
+    tags
+}
+
 /// Whether two values of `property` are one value written differently (a
 /// lead source as the builder names it, `5` and `5.0`, the same tags in
 /// another case, a staff member renamed): no change for Property changed
@@ -604,7 +626,7 @@ pub(crate) fn same_value(property: &str, old: Option<&Value>, new: Option<&Value
             let folded = |tags: &[Value]| {
                 let mut set: Vec<String> = (tags.iter())
                     .filter_map(Value::as_str)
-                    .map(|t| t.trim().to_lowercase())
+                    .map(|t| t.trim().to_ascii_lowercase())
                     .collect();
                 set.sort_unstable();
                 set.dedup();
@@ -829,11 +851,36 @@ impl Contact {
         }
     }
 
+    /// Records the tags the module adds and removes in writing the tag
+    /// list `new` at `at`, tag by tag (see [`Contact::module_writes`]).
+    pub fn record_tag_writes(&mut self, new: &Value, at: Millis) {
+        let list = |v: Option<&Value>| -> Vec<String> {
+            (v.and_then(Value::as_array).into_iter().flatten())
+                .filter_map(Value::as_str)
+                .map(|t| t.trim().to_string())
+                .collect()
+        };
+        let (old, new) = (list(self.props.get("tags")), list(Some(new)));
+        let missing = |from: &[String], t: &String| !from.iter().any(|o| o.eq_ignore_ascii_case(t));
+        let added = new.iter().filter(|t| missing(&old, t)).map(|t| ('+', t));
+        let removed = old.iter().filter(|t| missing(&new, t)).map(|t| ('-', t));
+        for (sign, tag) in added.chain(removed).collect::<Vec<_>>() {
+            self.module_writes.retain(|name, _| {
+                !name
+                    .strip_prefix("tags:")
+                    .is_some_and(|n| n[1..].eq_ignore_ascii_case(tag))
+            });
+            self.module_writes.insert(format!("tags:{sign}{tag}"), at);
+        }
+    }
+
     /// Takes out of a host update that happened at `occurred` the
     /// properties the module wrote after that (the host did not know of
     /// the module's write), and forgets the write times of the others it
     /// gives: the host's value is the newer one. A full replace keeps the
-    /// module's value. Returns the properties kept, sorted.
+    /// module's value. Tags the module added or removed after it are
+    /// applied to the update's tags (a tag the host's staff added stays).
+    /// Returns the properties kept.
     pub fn newer_module_writes(
         &mut self,
         update: &mut Map<String, Value>,
@@ -842,22 +889,41 @@ impl Contact {
     ) -> Vec<String> {
         let mut kept = Vec::new();
         let props = &self.props;
+        let full = mode == UpsertMode::Full;
+        let host_tags = full || update.contains_key("tags");
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
         self.module_writes.retain(|name, written| {
-            if *written > occurred {
-                match (mode, props.get(name)) {
-                    (UpsertMode::Full, Some(v)) => {
-                        update.insert(name.clone(), v.clone());
-                    }
-                    _ => {
-                        update.remove(name);
-                    }
+            if let Some(tag) = name.strip_prefix("tags:") {
+                if !host_tags {
+                    return true;
                 }
-                kept.push(name.clone());
-                true
-            } else {
-                !(mode == UpsertMode::Full || update.contains_key(name))
+                if *written > occurred {
+                    let (sign, tag) = tag.split_at(1);
+                    if sign == "+" { &mut add } else { &mut remove }.push(json!(tag));
+                    return true;
+                }
+                return false;
             }
+            if *written <= occurred {
+                return !(full || update.contains_key(name));
+            }
+            match (mode, props.get(name)) {
+                (UpsertMode::Full, Some(v)) => {
+                    update.insert(name.clone(), v.clone());
+                }
+                _ => {
+                    update.remove(name);
+                }
+            }
+            kept.push(name.clone());
+            true
         });
+        if !add.is_empty() || !remove.is_empty() {
+            let change = json!({"add": add, "remove": remove});
+            let tags = change_tags(update.get("tags"), &change);
+            update.insert("tags".into(), json!(tags));
+            kept.push("tags".into());
+        }
         kept
     }
 }

@@ -955,6 +955,7 @@ fn set_property(
         }
         _ => crate::model::contact::normalize_property(name, value.clone()),
     };
+    let previous = contact.props.get(name).cloned().unwrap_or(Value::Null);
     let mut map = serde_json::Map::new();
     let written = new_value.and_then(|new_value| {
         map.insert(name.to_string(), new_value.clone());
@@ -986,7 +987,7 @@ fn set_property(
         let key = effect_key(ctx.install_id, e.id, sid);
         let mut payload = json!({
             "key": key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": new_value,
-            "automation_id": e.automation_id, "step_id": sid,
+            "previous": previous, "automation_id": e.automation_id, "step_id": sid,
         });
         if property == SettableProperty::Tags {
             payload["change"] = tags_change(value);
@@ -1016,8 +1017,16 @@ fn write_props(
     map: serde_json::Map<String, Value>,
     actor: &str,
 ) -> Result<Vec<Signal>> {
-    for name in map.keys() {
-        contact.module_writes.insert(name.clone(), ctx.now);
+    // When the write happened: the host's event that set the automation off
+    // (a staff edit pushed right after it, processed in the same round, is
+    // newer), or now for a step after a delay.
+    let at = ctx.occurred_at.unwrap_or(ctx.now);
+    for (name, value) in &map {
+        if name == "tags" {
+            contact.record_tag_writes(value, at);
+        } else {
+            contact.module_writes.insert(name.clone(), at);
+        }
     }
     let signals = contacts::apply_props(
         ctx,
@@ -1067,27 +1076,7 @@ fn tags_change(change: &Value) -> Value {
 
 /// The contact's tags after a `{"add": [..], "remove": [..]}` change.
 fn merge_tags(contact: &contacts::Contact, change: &Value) -> Vec<String> {
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(|s| s.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    // Tags are one whatever their case, as conditions and triggers read
-    // them: adding `VIP` to `vip` changes nothing, removing `VIP` removes it.
-    let mut tags = strings(contact.props.get("tags"));
-    for t in strings(change.get("add")) {
-        if !tags.iter().any(|have| have.eq_ignore_ascii_case(&t)) {
-            tags.push(t);
-        }
-    }
-    let remove = strings(change.get("remove"));
-    tags.retain(|t| !remove.iter().any(|r| r.eq_ignore_ascii_case(t)));
-    tags
+    contacts::change_tags(contact.props.get("tags"), change)
 }
 
 /// Moves the active enrollments of an automation to a new version (issue 2
@@ -1339,12 +1328,15 @@ fn apply_plugin_changes(
         Err(reason) => return Ok(Err(reason)),
     };
     let written = map.clone();
+    let previous: Vec<Value> = (written.keys())
+        .map(|name| contact.props.get(name).cloned().unwrap_or(Value::Null))
+        .collect();
     let signals = write_props(ctx, &mut contact, map, &format!("plugin:{plugin_id}"))?;
-    for (name, value) in written {
+    for ((name, value), previous) in written.into_iter().zip(previous) {
         let effect_key = property_key(key, &name);
         let mut payload = json!({
             "key": effect_key, "kind": "property", "contact_id": e.contact_id, "property": name, "value": value,
-            "automation_id": e.automation_id, "step_id": sid, "plugin_id": plugin_id,
+            "previous": previous, "automation_id": e.automation_id, "step_id": sid, "plugin_id": plugin_id,
         });
         if name == "tags"
             && let Some((_, asked)) = changes.iter().find(|(n, _)| n == "tags")

@@ -343,6 +343,8 @@ fn property_changed_with_and_without_value_and_set_property_cascades() {
 #[test]
 fn a_chain_of_automations_in_one_event_runs_to_the_cascade_limit() {
     let mut s = Sim::new();
+    // A chain of twelve in one event runs whole (the limit was 8).
+    const { assert!(super::MAX_CASCADE >= 12) };
     let links = super::MAX_CASCADE as usize + 3;
     let ids: Vec<String> = (1..=links)
         .map(|k| {
@@ -377,9 +379,13 @@ fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
     let walk_in = s.automation(json!({"name": "Walk-ins", "run_window": {"mode": "any_time"},
         "trigger": {"type": "property_changed", "property": "lead_source", "new_value": "walk_in"}, "steps": []}));
     s.automation(json!({"name": "Source", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
-        "steps": [{"type": "set_property", "property": "lead_source", "value": "website_form"}]}));
+        "steps": [{"type": "set_property", "property": "lead_source", "value": "website_form"},
+                  {"type": "set_property", "property": "tags", "value": {"add": ["welcomed"], "remove": ["new"]}}]}));
     let start = s.now;
-    s.contact("c1", json!({"lead_source": "import"}));
+    s.contact(
+        "c1",
+        json!({"lead_source": "import", "tags": ["new", "vip"]}),
+    );
     s.advance(HOUR);
     s.submit_form("c1", "f1");
     let prop = |s: &Sim, name: &str| -> Option<String> {
@@ -389,13 +395,22 @@ fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
     };
     assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
     let at = |ms: i64| crate::clock::to_rfc3339(start + ms);
+    let tags = |s: &Sim| -> Vec<String> {
+        let mut tags: Vec<String> = serde_json::from_str(&prop(s, "tags").unwrap()).unwrap();
+        tags.sort();
+        tags
+    };
+    // Staff tagged the contact in the EHR before the automation ran: that
+    // tag stays, and so do the module's own tag changes.
     s.push(
         json!({"type": "contact.upserted", "occurred_at": at(30 * MINUTE),
-        "contact": {"id": "c1", "lead_source": "walk_in", "first_name": "Ann"}}),
+        "contact": {"id": "c1", "lead_source": "walk_in", "first_name": "Ann",
+                    "tags": ["new", "vip", "payment-plan"]}}),
     )
     .unwrap();
     assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
     assert_eq!(prop(&s, "first_name").as_deref(), Some("Ann"));
+    assert_eq!(tags(&s), ["payment-plan", "vip", "welcomed"]);
     s.push(
         json!({"type": "contact.upserted", "occurred_at": at(45 * MINUTE), "mode": "full",
         "contact": {"id": "c1", "first_name": "Ann", "email": "c1@example.com"}}),
@@ -408,15 +423,47 @@ fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
           AND json_extract(detail, '$.kept[0]') = 'lead_source'",
     );
     assert_eq!(kept, 2);
+    assert_eq!(tags(&s), ["welcomed"], "the full record had no tags");
     // The host's update after the write is the newer one.
     s.advance(MINUTE);
-    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "walk_in"}}))
-        .unwrap();
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "walk_in",
+        "tags": ["vip"]}}),
+    )
+    .unwrap();
     assert_eq!(prop(&s, "lead_source").as_deref(), Some("walk_in"));
+    assert_eq!(tags(&s), ["vip"]);
     assert_eq!(s.count("enrolled", Some(&walk_in)), 1);
     // Forgotten once the host gave its own value.
     let writes: Option<String> = s.value("SELECT module_writes FROM contacts WHERE id = 'c1'");
     assert_eq!(writes, None);
+}
+
+/// The module's write is as old as the host's event that set it off: a
+/// staff edit made after that event, though pushed after the automation
+/// ran (the form came an hour late), is the newer and applies.
+#[test]
+fn a_host_edit_after_the_event_that_set_a_write_off_applies() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Source", "run_window": {"mode": "any_time"}, "trigger": {"type": "form_submitted"},
+        "steps": [{"type": "set_property", "property": "lead_source", "value": "website_form"}]}));
+    let start = s.now;
+    s.contact("c1", json!({"lead_source": "import"}));
+    s.advance(HOUR);
+    let at = |ms: i64| crate::clock::to_rfc3339(start + ms);
+    s.push(
+        json!({"type": "form.submitted", "occurred_at": at(10 * MINUTE), "submission": {"id": "f1",
+        "form_id": "intake", "form_name": "Intake", "contact_id": "c1", "answers": {}}}),
+    )
+    .unwrap();
+    s.push(
+        json!({"type": "contact.upserted", "occurred_at": at(20 * MINUTE),
+        "contact": {"id": "c1", "lead_source": "walk_in"}}),
+    )
+    .unwrap();
+    let source: String =
+        s.value("SELECT json_extract(props, '$.lead_source') FROM contacts WHERE id = 'c1'");
+    assert_eq!(source, "walk_in");
 }
 
 /// A Set property step whose value may not be set on the contact (a

@@ -197,9 +197,10 @@ pub fn screen(
         // contact is in the automation and it runs; a message also needs
         // the contact's consent still. A property write-back goes (the
         // module's record already holds the change) unless a newer one of
-        // the same property follows it: each carries the whole value (a
-        // tag list merged), so an older one retried after a newer one was
-        // accepted would put the host's record back.
+        // the same property follows it (each carries the whole value, so
+        // an older one retried after a newer one was accepted would put
+        // the host's record back) or the host has changed the property
+        // since (`still_holds`).
         if row.kind == EffectKind::Property {
             let mut row = row;
             match superseded_by(conn, row.id)? {
@@ -273,12 +274,14 @@ enum Held {
     Outdated,
 }
 
-/// The payload to hand over for a property write-back whose value the
-/// contact's record still holds, or `None` when the record has changed
-/// since (the host's newer update): written back then, it would put the
-/// host's own newer value back. A tag change always goes (the host's
-/// update did not know of it), with the tags the record holds now, the
-/// change applied: a tag the host added meanwhile stays.
+/// The payload to hand over for a property write-back, or `None` when the
+/// host has changed the property since: the record holds neither the
+/// value written back nor the one it replaced (`previous`; the host
+/// sending its old value again, unaware of the write, is no change of
+/// its own). Written back then, it would put the host's own newer value
+/// back. A tag change always goes (the host's update did not know of it),
+/// its `value` the record's tags with the change applied: a tag the host
+/// added meanwhile stays.
 fn still_holds(conn: &Connection, payload: &str) -> Result<Option<String>> {
     use serde_json::Value;
     let Ok(mut p) = serde_json::from_str::<Value>(payload) else {
@@ -295,30 +298,14 @@ fn still_holds(conn: &Connection, payload: &str) -> Result<Option<String>> {
     if property == "tags"
         && let Some(change) = p.get("change")
     {
-        let list = |k: &str| -> Vec<String> {
-            (change[k].as_array().into_iter().flatten())
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        };
-        let (add, remove) = (list("add"), list("remove"));
-        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
-        let mut tags: Vec<String> = (now.and_then(Value::as_array).into_iter().flatten())
-            .filter_map(Value::as_str)
-            .filter(|t| !remove.iter().any(|r| same(r, t)))
-            .map(str::to_string)
-            .collect();
-        for t in add {
-            if !tags.iter().any(|have| same(have, &t)) {
-                tags.push(t);
-            }
-        }
-        tags.sort();
-        p["value"] = json!(tags);
+        p["value"] = json!(contacts::change_tags(now, change));
         return Ok(Some(p.to_string()));
     }
-    let written = p.get("value");
-    if now == written || contacts::same_value(property, now, written) {
+    let holds = |v: Option<&Value>| {
+        let v = v.filter(|v| !v.is_null());
+        now == v || contacts::same_value(property, now, v)
+    };
+    if holds(p.get("value")) || p.get("previous").is_some_and(|was| holds(Some(was))) {
         Ok(Some(payload.to_string()))
     } else {
         Ok(None)
@@ -719,8 +706,9 @@ mod tests {
                       {"type": "set_property", "property": "tags", "value": {"add": ["welcomed"], "remove": ["new"]}}]}));
         s.contact("c1", json!({"tags": ["new", "vip"]}));
         s.contact("c2", json!({}));
+        s.contact("c3", json!({"owner": {"id": "s0", "name": "Olga"}}));
         let writes = pending(&s, EffectKind::Property);
-        assert_eq!(writes.len(), 4);
+        assert_eq!(writes.len(), 6);
         let payload = |w: &DueEffect| serde_json::from_str::<Value>(&w.payload).unwrap();
         assert_eq!(
             payload(&writes[1])["change"],
@@ -732,16 +720,16 @@ mod tests {
         s.push(json!({"type": "contact.upserted", "contact": {"id": "c1",
             "owner": {"id": "s2", "name": "Tom"}, "tags": ["new", "vip", "payment-plan"]}}))
             .unwrap();
+        // c3's whole record again, with the owner the host had (it does
+        // not have the write-back yet): no change of the host's, it goes.
+        s.push(
+            json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c3",
+            "first_name": "Pat", "owner": {"id": "s0", "name": "Olga"}}}),
+        )
+        .unwrap();
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", writes.clone(), s.now).unwrap();
-        assert_eq!(
-            keys(&go),
-            [
-                writes[1].key.as_str(),
-                writes[2].key.as_str(),
-                writes[3].key.as_str()
-            ],
-            "c1's owner does not go back to Sarah"
-        );
+        let expected: Vec<&str> = writes[1..].iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys(&go), expected, "c1's owner does not go back to Sarah");
         assert_eq!(
             payload(&go[0])["value"],
             json!(["payment-plan", "vip", "welcomed"])

@@ -131,7 +131,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: Millis,
 }
 
-/// Parameters of a view that takes none (`plugins`): send `null` or `{}`.
+/// Parameters of a view that takes none (`plugins`, `schemas`): send `null` or `{}`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
