@@ -243,8 +243,28 @@ pub struct StepRow {
     /// If/then branches: how many went each way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub branch_paths: Option<BranchSplit>,
+    /// Create task and Set property steps: of the Completed, the tasks and
+    /// write-backs that never took effect in the host: refused by it (or
+    /// retried until the attempts ran out), withdrawn before hand-over
+    /// (the contact left), or dropped (the host changed the property
+    /// since, or a newer write-back replaced it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_carried_out: Option<NotCarriedOut>,
     /// Row actions (step analytics for message and wait steps).
     pub actions: Vec<Action>,
+}
+
+/// Tasks or write-backs a step queued that never took effect in the host.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NotCarriedOut {
+    /// Refused by the host, or retried until the attempts ran out
+    /// (`effect_failed`).
+    pub refused: u64,
+    /// Withdrawn before hand-over (`task_withdrawn`) or dropped
+    /// (`write_back_dropped`).
+    pub withdrawn: u64,
+    /// "2 refused · 1 withdrawn".
+    pub display: String,
 }
 
 /// Counts of a branch's two paths.
@@ -319,6 +339,8 @@ struct StepCounts {
     avg_ms: Option<f64>,
     yes: u64,
     no: u64,
+    refused: u64,
+    withdrawn: u64,
 }
 
 /// Adds the `(channel, count)` rows of `sql` (bound to the automation id) to
@@ -400,7 +422,8 @@ pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*
        'step_executed', 'step_completed', 'step_failed',
        'message_queued', 'message_sent', 'message_delivered', 'message_opened',
        'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-       'message_suppressed', 'message_delivery_revoked', 'message_bounce_revoked')
+       'message_suppressed', 'message_delivery_revoked', 'message_bounce_revoked',
+       'effect_failed', 'task_withdrawn', 'write_back_dropped')
      GROUP BY kind, step_id, channel";
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
@@ -445,6 +468,19 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         for row in rows {
             let (kind, step, channel, n) = row?;
             let n = n as u64;
+            if let Some(step) = step.as_ref()
+                && matches!(
+                    kind.as_str(),
+                    "effect_failed" | "task_withdrawn" | "write_back_dropped"
+                )
+            {
+                let c = per_step.entry(step.clone()).or_default();
+                match kind.as_str() {
+                    "effect_failed" => c.refused += n,
+                    _ => c.withdrawn += n,
+                }
+                continue;
+            }
             if let Some(step) = step
                 && kind.starts_with("step_")
             {
@@ -978,6 +1014,19 @@ fn step_row(
             no: c.no,
             display: format!("YES {} · NO {}", fmt_count(c.yes), fmt_count(c.no)),
         }),
+        not_carried_out: matches!(
+            step.kind,
+            StepKind::CreateTask { .. } | StepKind::SetProperty { .. }
+        )
+        .then(|| NotCarriedOut {
+            refused: c.refused,
+            withdrawn: c.withdrawn,
+            display: format!(
+                "{} refused · {} withdrawn",
+                fmt_count(c.refused),
+                fmt_count(c.withdrawn)
+            ),
+        }),
         actions,
     }
 }
@@ -1316,6 +1365,37 @@ mod tests {
                 .unwrap();
         }
         db
+    }
+
+    /// A task step's row says how many of its tasks never took effect in
+    /// the host: refused (or retried out) and withdrawn. It said Completed
+    /// only.
+    #[test]
+    fn a_task_steps_row_counts_the_tasks_refused_and_withdrawn() {
+        let db = seeded();
+        let at = NOW - DAY;
+        db.events("a1", "step_executed", Some("s5"), 4, at, None);
+        db.events("a1", "step_completed", Some("s5"), 4, at, None);
+        db.events("a1", "effect_failed", Some("s5"), 2, at, None);
+        db.events("a1", "task_withdrawn", Some("s5"), 1, at, None);
+        // Another step's: not this row's.
+        db.events("a1", "effect_failed", Some("s1"), 5, at, None);
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let row = |id: &str| {
+            (v["steps"]["rows"].as_array().unwrap().iter())
+                .find(|r| r["step_id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let task = row("s5");
+        assert_eq!(task["completed"], 4);
+        assert_eq!(
+            task["not_carried_out"],
+            json!({"refused": 2, "withdrawn": 1, "display": "2 refused · 1 withdrawn"})
+        );
+        assert!(row("s1").get("not_carried_out").is_none());
     }
 
     #[test]
