@@ -64,7 +64,7 @@ pub struct Contact {
     /// When the module itself last wrote each property it wrote (Set
     /// property, a custom step's changes) and the host has not updated
     /// since: a host update that happened before it is stale for that
-    /// property ([`Contact::newer_module_writes`]). Tags are kept tag by
+    /// property ([`keep_module_writes`]). Tags are kept tag by
     /// tag: `tags:+<tag>` added, `tags:-<tag>` removed.
     pub module_writes: BTreeMap<String, Millis>,
 }
@@ -873,59 +873,135 @@ impl Contact {
             self.module_writes.insert(format!("tags:{sign}{tag}"), at);
         }
     }
+}
 
-    /// Takes out of a host update that happened at `occurred` the
-    /// properties the module wrote after that (the host did not know of
-    /// the module's write), and forgets the write times of the others it
-    /// gives: the host's value is the newer one. A full replace keeps the
-    /// module's value. Tags the module added or removed after it are
-    /// applied to the update's tags (a tag the host's staff added stays).
-    /// Returns the properties kept.
-    pub fn newer_module_writes(
-        &mut self,
-        update: &mut Map<String, Value>,
-        mode: UpsertMode,
-        occurred: Millis,
-    ) -> Vec<String> {
-        let mut kept = Vec::new();
-        let props = &self.props;
-        let full = mode == UpsertMode::Full;
-        let host_tags = full || update.contains_key("tags");
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        self.module_writes.retain(|name, written| {
-            if let Some(tag) = name.strip_prefix("tags:") {
-                if !host_tags {
-                    return true;
-                }
-                if *written > occurred {
-                    let (sign, tag) = tag.split_at(1);
-                    if sign == "+" { &mut add } else { &mut remove }.push(json!(tag));
-                    return true;
-                }
-                return false;
+/// The newest write-back of a contact's property: its status and the value
+/// it replaced (`previous`), while the outbox holds it.
+fn last_write_back(
+    conn: &Connection,
+    contact_id: &str,
+    property: &str,
+) -> Result<Option<(String, Option<Value>)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT status, json_extract(payload, '$.previous') FROM outbox
+              WHERE contact_id = ?1 AND channel IS NULL AND kind = 'property'
+                AND json_extract(payload, '$.property') = ?2
+              ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![contact_id, property], |r| {
+            let previous: Option<String> = r.get(1)?;
+            Ok((
+                r.get(0)?,
+                previous.map(|p| serde_json::from_str(&p).unwrap_or(Value::String(p))),
+            ))
+        })
+        .optional()?)
+}
+
+/// Weighs a host update that happened at `occurred` against what the module
+/// wrote itself ([`Contact::module_writes`]) and keeps the module's value
+/// where the host did not know of its write:
+/// - the update gives the module's own value: the host has it (its echo);
+///   the write is forgotten;
+/// - it happened before the write: the module's value stays;
+/// - it gives the value the write replaced (`previous`: the host's record
+///   from before it has the write-back, or an echo of an earlier one): the
+///   module's value stays until the host gives it back;
+/// - otherwise (the host refused the write-back, or staff changed the
+///   property to something else since) the host's value is the newer one,
+///   and a write-back still waiting is dropped at hand-over.
+///
+/// A full replace keeps the module's value as a partial update does. Tags
+/// go tag by tag: a tag the module added stays until the host's list has
+/// it (or the host refused the change), one it removed stays removed.
+/// Returns the properties kept, those the update gave otherwise.
+pub fn keep_module_writes(
+    conn: &Connection,
+    c: &mut Contact,
+    update: &mut Map<String, Value>,
+    mode: UpsertMode,
+    occurred: Millis,
+) -> Result<Vec<String>> {
+    let full = mode == UpsertMode::Full;
+    let gives = |update: &Map<String, Value>, name: &str| full || update.contains_key(name);
+    let mut kept = Vec::new();
+    let mut forget = Vec::new();
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    let entries: Vec<(String, Millis)> = c
+        .module_writes
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for (name, written) in entries {
+        if let Some(tag) = name.strip_prefix("tags:") {
+            if !gives(update, "tags") {
+                continue;
             }
-            if *written <= occurred {
-                return !(full || update.contains_key(name));
+            let (sign, tag) = tag.split_at(1);
+            let has = (update
+                .get("tags")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten())
+            .filter_map(Value::as_str)
+            .any(|t| t.trim().eq_ignore_ascii_case(tag));
+            let holds = (sign == "+") == has;
+            let refused = || -> Result<bool> {
+                Ok(last_write_back(conn, &c.id, "tags")?.is_some_and(|(s, _)| s == "failed"))
+            };
+            if holds || (written <= occurred && refused()?) {
+                forget.push(name.clone());
+            } else if sign == "+" {
+                add.push(json!(tag));
+            } else {
+                remove.push(json!(tag));
             }
-            match (mode, props.get(name)) {
+            continue;
+        }
+        if !gives(update, &name) {
+            continue;
+        }
+        let mine = c.props.get(&name);
+        let theirs = update.get(&name).filter(|v| !v.is_null());
+        let unaware = if mine == theirs || same_value(&name, mine, theirs) {
+            forget.push(name.clone());
+            continue;
+        } else if written > occurred {
+            true
+        } else {
+            match last_write_back(conn, &c.id, &name)? {
+                Some((status, previous)) if status != "failed" => {
+                    let previous = previous.as_ref().filter(|v| !v.is_null());
+                    theirs == previous || same_value(&name, theirs, previous)
+                }
+                _ => false,
+            }
+        };
+        if unaware {
+            match (mode, mine) {
                 (UpsertMode::Full, Some(v)) => {
                     update.insert(name.clone(), v.clone());
                 }
                 _ => {
-                    update.remove(name);
+                    update.remove(&name);
                 }
             }
-            kept.push(name.clone());
-            true
-        });
-        if !add.is_empty() || !remove.is_empty() {
-            let change = json!({"add": add, "remove": remove});
-            let tags = change_tags(update.get("tags"), &change);
-            update.insert("tags".into(), json!(tags));
-            kept.push("tags".into());
+            kept.push(name);
+        } else {
+            forget.push(name);
         }
-        kept
     }
+    if !add.is_empty() || !remove.is_empty() {
+        let change = json!({"add": add, "remove": remove});
+        let tags = change_tags(update.get("tags"), &change);
+        update.insert("tags".into(), json!(tags));
+        kept.push("tags".into());
+    }
+    for name in forget {
+        c.module_writes.remove(&name);
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]

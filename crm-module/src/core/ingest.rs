@@ -472,7 +472,7 @@ fn upsert(
         props
     } else {
         let mut update = props.clone();
-        let kept = c.newer_module_writes(&mut update, mode, occurred);
+        let kept = contacts::keep_module_writes(ctx.conn, &mut c, &mut update, mode, occurred)?;
         if !kept.is_empty() {
             Log {
                 detail: Some(json!({"event_id": ev.event_id, "kept": kept})),

@@ -424,8 +424,28 @@ fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
     );
     assert_eq!(kept, 2);
     assert_eq!(tags(&s), ["welcomed"], "the full record had no tags");
-    // The host's update after the write is the newer one.
+    // After the write, the host sending the value it had before (it does
+    // not have the write-back yet) is no change of its own: the module's
+    // value and tags stay.
     s.advance(MINUTE);
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "import",
+        "tags": ["vip"]}}),
+    )
+    .unwrap();
+    assert_eq!(prop(&s, "lead_source").as_deref(), Some("website_form"));
+    assert_eq!(tags(&s), ["vip", "welcomed"]);
+    // Its echo of the write-back, then a change of its own, are the host's.
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "website_form",
+        "tags": ["vip", "welcomed"]}}),
+    )
+    .unwrap();
+    let writes: Option<String> = s.value("SELECT module_writes FROM contacts WHERE id = 'c1'");
+    assert_eq!(
+        writes, None,
+        "forgotten once the host gave the module's value"
+    );
     s.push(
         json!({"type": "contact.upserted", "contact": {"id": "c1", "lead_source": "walk_in",
         "tags": ["vip"]}}),
@@ -434,9 +454,59 @@ fn a_host_update_from_before_the_modules_write_does_not_overwrite_it() {
     assert_eq!(prop(&s, "lead_source").as_deref(), Some("walk_in"));
     assert_eq!(tags(&s), ["vip"]);
     assert_eq!(s.count("enrolled", Some(&walk_in)), 1);
-    // Forgotten once the host gave its own value.
-    let writes: Option<String> = s.value("SELECT module_writes FROM contacts WHERE id = 'c1'");
-    assert_eq!(writes, None);
+}
+
+/// A host update after the module's write that gives neither the module's
+/// value nor the one it replaced is the host's own change (staff set
+/// another): it applies, and the write-back still waiting is dropped at
+/// hand-over. Echoes of two write-backs in a row, the earlier one last,
+/// do not undo the later.
+#[test]
+fn the_host_s_own_change_after_a_write_applies_and_a_late_echo_does_not() {
+    let mut s = Sim::new();
+    let tom = s.automation(json!({"name": "Tom's", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "property_changed", "property": "owner", "new_value": "s2"}, "steps": []}));
+    for (form, owner) in [("a", "s1"), ("b", "s2")] {
+        s.automation(
+            json!({"name": format!("Assign {owner}"), "run_window": {"mode": "any_time"},
+            "trigger": {"type": "form_submitted", "form_id": form},
+            "steps": [{"type": "set_property", "property": "owner", "value": {"id": owner}}]}),
+        );
+    }
+    s.contact("c1", json!({"owner": {"id": "s0", "name": "Olga"}}));
+    let form = |s: &mut Sim, id: &str, form: &str| {
+        s.push(
+            json!({"type": "form.submitted", "submission": {"id": id, "form_id": form,
+            "form_name": form, "contact_id": "c1", "answers": {}}}),
+        )
+        .unwrap();
+    };
+    let owner = |s: &Sim| -> String {
+        s.value("SELECT json_extract(props, '$.owner.id') FROM contacts WHERE id = 'c1'")
+    };
+    form(&mut s, "f1", "a");
+    form(&mut s, "f2", "b");
+    assert_eq!(owner(&s), "s2");
+    assert_eq!(s.count("enrolled", Some(&tom)), 1);
+    for key in s.texts(
+        "SELECT idempotency_key FROM outbox WHERE kind = 'property' AND contact_id = ?1",
+        "c1",
+    ) {
+        s.accept(&key);
+    }
+    // The host echoes the first write-back after the second: no change.
+    s.advance(MINUTE);
+    let echo = |s: &mut Sim, id: &str| {
+        s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "owner": {"id": id}}}))
+            .unwrap();
+    };
+    echo(&mut s, "s1");
+    assert_eq!(owner(&s), "s2");
+    echo(&mut s, "s2");
+    assert_eq!(s.count("enrolled", Some(&tom)), 1, "no second enrollment");
+    // Staff assign someone else: theirs.
+    echo(&mut s, "s7");
+    assert_eq!(owner(&s), "s7");
 }
 
 /// The module's write is as old as the host's event that set it off: a
