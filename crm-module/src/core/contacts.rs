@@ -590,23 +590,25 @@ pub fn apply_props(
     Ok(signals)
 }
 
+/// The tags of a JSON list, trimmed (what is not text left out).
+pub fn tag_list(v: Option<&Value>) -> Vec<String> {
+    (v.and_then(Value::as_array).into_iter().flatten())
+        .filter_map(Value::as_str)
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
 /// A tag list after a `{"add": [..], "remove": [..]}` change. Tags are one
 /// whatever their case, as conditions and triggers read them: adding `VIP`
 /// to `vip` changes nothing, removing `VIP` removes it.
 pub fn change_tags(tags: Option<&Value>, change: &Value) -> Vec<String> {
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        (v.and_then(Value::as_array).into_iter().flatten())
-            .filter_map(Value::as_str)
-            .map(|s| s.trim().to_string())
-            .collect()
-    };
-    let mut tags = strings(tags);
-    for t in strings(change.get("add")) {
+    let mut tags = tag_list(tags);
+    for t in tag_list(change.get("add")) {
         if !tags.iter().any(|have| have.eq_ignore_ascii_case(&t)) {
             tags.push(t);
         }
     }
-    let remove = strings(change.get("remove"));
+    let remove = tag_list(change.get("remove"));
     tags.retain(|t| !remove.iter().any(|r| r.eq_ignore_ascii_case(t)));
     tags
 }
@@ -854,13 +856,7 @@ impl Contact {
     /// Records the tags the module adds and removes in writing the tag
     /// list `new` at `at`, tag by tag (see [`Contact::module_writes`]).
     pub fn record_tag_writes(&mut self, new: &Value, at: Millis) {
-        let list = |v: Option<&Value>| -> Vec<String> {
-            (v.and_then(Value::as_array).into_iter().flatten())
-                .filter_map(Value::as_str)
-                .map(|t| t.trim().to_string())
-                .collect()
-        };
-        let (old, new) = (list(self.props.get("tags")), list(Some(new)));
+        let (old, new) = (tag_list(self.props.get("tags")), tag_list(Some(new)));
         let missing = |from: &[String], t: &String| !from.iter().any(|o| o.eq_ignore_ascii_case(t));
         let added = new.iter().filter(|t| missing(&old, t)).map(|t| ('+', t));
         let removed = old.iter().filter(|t| missing(&new, t)).map(|t| ('-', t));

@@ -1061,16 +1061,7 @@ fn write_props(
 /// own tags applies the change to them (a tag its staff added meanwhile
 /// stays).
 fn tags_change(change: &Value) -> Value {
-    let list = |k: &str| -> Vec<Value> {
-        (change
-            .get(k)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten())
-        .filter_map(Value::as_str)
-        .map(|t| Value::String(t.trim().to_string()))
-        .collect()
-    };
+    let list = |k: &str| contacts::tag_list(change.get(k));
     json!({"add": list("add"), "remove": list("remove")})
 }
 
