@@ -880,16 +880,17 @@ fn last_write_back(
 ) -> Result<Option<(String, Option<Value>)>> {
     Ok(conn
         .prepare_cached(
-            "SELECT status, json_extract(payload, '$.previous') FROM outbox
+            "SELECT status, payload -> '$.previous' FROM outbox
               WHERE contact_id = ?1 AND channel IS NULL AND kind = 'property'
                 AND json_extract(payload, '$.property') = ?2
               ORDER BY id DESC LIMIT 1",
         )?
         .query_row(params![contact_id, property], |r| {
+            // `->` gives the value as JSON text, whatever its type.
             let previous: Option<String> = r.get(1)?;
             Ok((
                 r.get(0)?,
-                previous.map(|p| serde_json::from_str(&p).unwrap_or(Value::String(p))),
+                previous.and_then(|p| serde_json::from_str(&p).ok()),
             ))
         })
         .optional()?)
@@ -1005,6 +1006,38 @@ mod tests {
     use super::*;
     use crate::store::{self, Access};
     use serde_json::json;
+
+    /// The value a write-back replaced reads back whatever its type (a
+    /// plugin writes numbers and flags to custom properties): a number read
+    /// as text failed the host's push.
+    #[test]
+    fn a_write_backs_previous_value_reads_back_whatever_its_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("t.db"), Access::Write).unwrap();
+        for (i, (property, previous)) in [
+            ("score", json!(5)),
+            ("vip", json!(true)),
+            ("lead_source", json!("import")),
+            ("owner", json!({"id": "s0"})),
+            ("note", Value::Null),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let payload =
+                json!({"contact_id": "c1", "property": property, "value": 1, "previous": previous});
+            conn.execute(
+                "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, status, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, 'property', ?2, 'c1', 'accepted', 0, 0, 0)",
+                params![format!("k{i}"), payload.to_string()],
+            )
+            .unwrap();
+            let (status, read) = last_write_back(&conn, "c1", property).unwrap().unwrap();
+            assert_eq!(status, "accepted");
+            assert_eq!(read.unwrap_or(Value::Null), previous, "{property}");
+        }
+        assert!(last_write_back(&conn, "c1", "other").unwrap().is_none());
+    }
 
     /// Days since a moment are whole calendar days in the practice's time
     /// zone: 23:30 yesterday is 1 day ago at 00:30 today, and a condition
