@@ -730,19 +730,23 @@ fn patient_booking(
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
-    let row = match outbox::by_key(ctx.conn, key)? {
-        // The key a sender adapter gave its provider for a resend after a
-        // soft bounce (`outbox::send_key`), as a provider's receipt names it.
+    match named(ctx, key)? {
+        Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
+        _ => Err(Error::not_found(format!("message {key}"))),
+    }
+}
+
+/// The outbox row a key the host names: the row's own, or the key a sender
+/// adapter gave its provider for a resend after a soft bounce
+/// (`outbox::send_key`), as the provider's receipt or reply names it.
+fn named(ctx: &Ctx<'_>, key: &str) -> Result<Option<outbox::Row>> {
+    Ok(match outbox::by_key(ctx.conn, key)? {
         None => match outbox::resent_key(key) {
             Some(message_key) => outbox::by_key(ctx.conn, message_key)?,
             None => None,
         },
         found => found,
-    };
-    match row {
-        Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
-        _ => Err(Error::not_found(format!("message {key}"))),
-    }
+    })
 }
 
 /// Message `key`, which an event of `channel` names in `field`: an
@@ -978,7 +982,7 @@ fn replier(
         return Ok(family.into_iter().next());
     }
     if let Some(key) = in_reply_to
-        && let Some(to) = outbox::by_key(ctx.conn, key)?.and_then(|row| row.contact_id)
+        && let Some(to) = named(ctx, key)?.and_then(|row| row.contact_id)
         && family.contains(&to)
     {
         return Ok(Some(to));

@@ -3053,6 +3053,14 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     s.push(json!({"type": "sms.received", "from": "+16175550177", "body": "Who is this?"}))
         .unwrap();
     assert_eq!(who_replied(&s)[4], ("cousin".to_string(), None));
+    // Naming the message by the key a sender adapter gave its provider for
+    // a resend after a soft bounce: still that message's recipient.
+    s.push(
+        json!({"type": "sms.received", "from": "617-555-0123", "body": "Tuesday it is",
+        "in_reply_to": crate::outbox::send_key(&asked, 1)}),
+    )
+    .unwrap();
+    assert_eq!(who_replied(&s)[5].0, "son");
 }
 
 /// Two automations texting each contact: "Welcome" when created, "Thanks"
