@@ -568,7 +568,7 @@ pub fn apply_props(
     let old_status = c.status().to_string();
     for k in keys {
         let (old, new) = (c.props.get(k), merged.get(k));
-        if old == new || same_value(k, old, new) {
+        if same_value(k, old, new) {
             continue;
         }
         if k == "email_subscription" || k == "sms_subscription" {
@@ -613,22 +613,25 @@ pub fn change_tags(tags: Option<&Value>, change: &Value) -> Vec<String> {
     tags
 }
 
-/// Whether two values of `property` are one value written differently (a
-/// lead source as the builder names it, `5` and `5.0`, the same tags in
-/// another case, a staff member renamed): no change for Property changed
-/// to react to.
+/// Whether two values of `property` are one value, perhaps written
+/// differently (a lead source as the builder names it, `5` and `5.0`, the
+/// same tags in another case, a staff member renamed): no change for
+/// Property changed to react to. A null is no value.
 pub(crate) fn same_value(property: &str, old: Option<&Value>, new: Option<&Value>) -> bool {
-    use crate::model::contact::{comparable, is_staff};
+    use crate::model::contact::{comparable, is_staff, value_matches};
+    let (old, new) = (old.filter(|v| !v.is_null()), new.filter(|v| !v.is_null()));
+    if old == new {
+        return true;
+    }
     match (old, new) {
         (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
         (Some(a @ Value::String(_)), Some(b @ Value::String(_))) if property == "lead_source" => {
             comparable(property, a) == comparable(property, b)
         }
-        (Some(Value::Array(a)), Some(Value::Array(b))) if property == "tags" => {
-            let folded = |tags: &[Value]| {
-                let mut set: Vec<String> = (tags.iter())
-                    .filter_map(Value::as_str)
-                    .map(|t| t.trim().to_ascii_lowercase())
+        (Some(a @ Value::Array(_)), Some(b @ Value::Array(_))) if property == "tags" => {
+            let folded = |tags: &Value| {
+                let mut set: Vec<String> = (tag_list(Some(tags)).iter())
+                    .map(|t| t.to_ascii_lowercase())
                     .collect();
                 set.sort_unstable();
                 set.dedup();
@@ -636,14 +639,11 @@ pub(crate) fn same_value(property: &str, old: Option<&Value>, new: Option<&Value
             };
             folded(a) == folded(b)
         }
-        (Some(a @ Value::Object(_)), Some(b @ Value::Object(_))) if is_staff(property) => {
-            match (
-                a.get("id").and_then(Value::as_str),
-                b.get("id").and_then(Value::as_str),
-            ) {
-                (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
-                _ => false,
-            }
+        // The same member by id, as filters compare them.
+        (Some(a @ Value::Object(_)), Some(b @ Value::Object(b_fields)))
+            if is_staff(property) && b_fields.contains_key("id") =>
+        {
+            value_matches(a, b)
         }
         _ => false,
     }
@@ -925,6 +925,10 @@ pub fn keep_module_writes(
     let mut kept = Vec::new();
     let mut forget = Vec::new();
     let (mut add, mut remove) = (Vec::new(), Vec::new());
+    // The host's tags, and whether it refused the newest tag write-back
+    // (asked once, when a tag needs it).
+    let host_tags = tag_list(update.get("tags"));
+    let mut tags_refused: Option<bool> = None;
     let entries: Vec<(String, Millis)> = c
         .module_writes
         .iter()
@@ -936,16 +940,14 @@ pub fn keep_module_writes(
                 continue;
             }
             let (sign, tag) = tag.split_at(1);
-            let has = (update
-                .get("tags")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten())
-            .filter_map(Value::as_str)
-            .any(|t| t.trim().eq_ignore_ascii_case(tag));
+            let has = host_tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
             let holds = (sign == "+") == has;
-            let refused = || -> Result<bool> {
-                Ok(last_write_back(conn, &c.id, "tags")?.is_some_and(|(s, _)| s == "failed"))
+            let mut refused = || -> Result<bool> {
+                if tags_refused.is_none() {
+                    let last = last_write_back(conn, &c.id, "tags")?;
+                    tags_refused = Some(last.is_some_and(|(status, _)| status == "failed"));
+                }
+                Ok(tags_refused == Some(true))
             };
             if holds || (written <= occurred && refused()?) {
                 forget.push(name.clone());
@@ -960,8 +962,8 @@ pub fn keep_module_writes(
             continue;
         }
         let mine = c.props.get(&name);
-        let theirs = update.get(&name).filter(|v| !v.is_null());
-        let unaware = if mine == theirs || same_value(&name, mine, theirs) {
+        let theirs = update.get(&name);
+        let unaware = if same_value(&name, mine, theirs) {
             forget.push(name.clone());
             continue;
         } else if written > occurred {
@@ -969,8 +971,7 @@ pub fn keep_module_writes(
         } else {
             match last_write_back(conn, &c.id, &name)? {
                 Some((status, previous)) if status != "failed" => {
-                    let previous = previous.as_ref().filter(|v| !v.is_null());
-                    theirs == previous || same_value(&name, theirs, previous)
+                    same_value(&name, theirs, previous.as_ref())
                 }
                 _ => false,
             }

@@ -950,9 +950,10 @@ fn set_property(
     let mut contact = contacts::require(ctx.conn, &e.contact_id)?;
     let name = property.property();
     let new_value = match property {
-        SettableProperty::Tags => {
-            crate::model::contact::normalize_property("tags", json!(merge_tags(&contact, value)))
-        }
+        SettableProperty::Tags => crate::model::contact::normalize_property(
+            "tags",
+            json!(contacts::change_tags(contact.props.get("tags"), value)),
+        ),
         _ => crate::model::contact::normalize_property(name, value.clone()),
     };
     let previous = contact.props.get(name).cloned().unwrap_or(Value::Null);
@@ -1063,11 +1064,6 @@ fn write_props(
 fn tags_change(change: &Value) -> Value {
     let list = |k: &str| contacts::tag_list(change.get(k));
     json!({"add": list("add"), "remove": list("remove")})
-}
-
-/// The contact's tags after a `{"add": [..], "remove": [..]}` change.
-fn merge_tags(contact: &contacts::Contact, change: &Value) -> Vec<String> {
-    contacts::change_tags(contact.props.get("tags"), change)
 }
 
 /// Moves the active enrollments of an automation to a new version (issue 2
@@ -1390,7 +1386,7 @@ fn checked_changes(
             Some(SettableProperty::Tags) => {
                 crate::model::automation::validate_set_property(SettableProperty::Tags, value)
                     .map_err(|e| format!("property change {name}: {e}"))?;
-                crate::model::contact::normalize_property("tags", json!(merge_tags(contact, value)))
+                crate::model::contact::normalize_property("tags", json!(contacts::change_tags(contact.props.get("tags"), value)))
             }
             Some(p) => crate::model::automation::validate_set_property(p, value)
                 .and_then(|()| crate::model::contact::normalize_property(p.property(), value.clone())),

@@ -465,13 +465,10 @@ fn upsert(
         return Ok(Outcome::Stale);
     }
     c.source_updated_at = Some(occurred);
-    // What the module wrote after this update happened stays: the host did
-    // not know of it (a late echo of an earlier write-back).
-    let fresher;
-    let props = if c.module_writes.is_empty() {
-        props
-    } else {
-        let mut update = props.clone();
+    // What the module wrote that this update did not know of stays (a late
+    // echo of an earlier write-back, the host's record before it has one).
+    let mut update = props.clone();
+    if !c.module_writes.is_empty() {
         let kept = contacts::keep_module_writes(ctx.conn, &mut c, &mut update, mode, occurred)?;
         if !kept.is_empty() {
             Log {
@@ -480,11 +477,9 @@ fn upsert(
             }
             .write(ctx.conn, ctx.now)?;
         }
-        fresher = update;
-        &fresher
-    };
+    }
     let old_phone = c.text("phone").map(str::to_string);
-    let mut changes = contacts::apply_props(ctx, &mut c, props.clone(), mode, audit)?;
+    let mut changes = contacts::apply_props(ctx, &mut c, update, mode, audit)?;
     if c.text("phone") != old_phone.as_deref() {
         changes.extend(number_stop(ctx, &mut c)?);
     }

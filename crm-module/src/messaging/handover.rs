@@ -301,10 +301,7 @@ fn still_holds(conn: &Connection, payload: &str) -> Result<Option<String>> {
         p["value"] = json!(contacts::change_tags(now, change));
         return Ok(Some(p.to_string()));
     }
-    let holds = |v: Option<&Value>| {
-        let v = v.filter(|v| !v.is_null());
-        now == v || contacts::same_value(property, now, v)
-    };
+    let holds = |v: Option<&Value>| contacts::same_value(property, now, v);
     if holds(p.get("value")) || p.get("previous").is_some_and(|was| holds(Some(was))) {
         Ok(Some(payload.to_string()))
     } else {

@@ -78,7 +78,7 @@ pub fn query(
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
         "plugins" => {
-            let NoParams {} = parse_params(params)?;
+            no_params(params)?;
             to_json(&plugins::build(ctx.conn, ctx.now)?)
         }
         other => {
@@ -150,8 +150,8 @@ pub fn params_schemas() -> Value {
     })
 }
 
-/// Refuses parameters for a view that takes none (`schemas`, served by
-/// `Module::view` before [`query`]).
+/// Refuses parameters for a view that takes none (`plugins`, and
+/// `schemas`, which `Module::view` serves before [`query`]).
 pub fn no_params(params: &Value) -> Result<()> {
     let NoParams {} = parse_params(params)?;
     Ok(())
