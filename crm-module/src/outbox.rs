@@ -152,10 +152,31 @@ pub fn send_key(key: &str, resend: u64) -> String {
     }
 }
 
-/// The message key a [`send_key`] with a resend number was made from.
-pub fn resent_key(send_key: &str) -> Option<&str> {
+/// The message key and resend number (1 or more) a [`send_key`] with a
+/// resend number was made from; `None` for any other text (no number, a
+/// zero, leading zeros).
+pub fn resent_key(send_key: &str) -> Option<(&str, u64)> {
     let (key, n) = send_key.rsplit_once(RESEND)?;
-    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(key)
+    let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0');
+    Some((key, n.parse().ok().filter(|_| digits)?))
+}
+
+/// How many times the message with this key was to be sent again after a
+/// soft bounce so far (its payload's `resend`: counted at the bounce; 0 for
+/// a message never resent or an unknown key), and when it was last handed
+/// over.
+pub fn resends(conn: &Connection, key: &str) -> Result<(u64, Option<Millis>)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT json_extract(payload, '$.resend'), handed_over_at FROM outbox WHERE idempotency_key = ?1",
+        )?
+        .query_row([key], |r| {
+            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<Millis>>(1)?))
+        })
+        .optional()?
+        .map_or((0, None), |(n, at)| {
+            (n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0), at)
+        }))
 }
 
 /// The start of every test send's key (`<install>-test-`).

@@ -181,7 +181,8 @@ pub struct crm_module {
 /// carry out each key at most once, except a message that soft-bounced,
 /// which comes again under its key with `"resend": n` (1, 2, 3) in the
 /// payload to be sent again: carry out each key and `resend` once (a
-/// re-delivery after a restart repeats both). `payload_json` is the effect as a JSON
+/// re-delivery after a restart repeats both; a delivery receipt naming
+/// `<key>-resend<n>` is about that send). `payload_json` is the effect as a JSON
 /// object (it repeats the key and the kind). Both strings are valid only
 /// during the call. Returns CRM_EFFECT_ACCEPTED, CRM_EFFECT_RETRY or
 /// CRM_EFFECT_FAILED.

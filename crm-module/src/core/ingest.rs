@@ -725,8 +725,14 @@ fn patient_booking(
 }
 
 fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
-    match named(ctx, key)? {
-        Some(r) if r.kind == outbox::EffectKind::Message => Ok(r),
+    Ok(message_send(ctx, key)?.0)
+}
+
+/// The message a key names, and the send of it the key names, if it names
+/// one ([`named_send`]).
+fn message_send(ctx: &Ctx<'_>, key: &str) -> Result<(outbox::Row, Option<u64>)> {
+    match named_send(ctx, key)? {
+        Some((r, send)) if r.kind == outbox::EffectKind::Message => Ok((r, send)),
         _ => Err(Error::not_found(format!("message {key}"))),
     }
 }
@@ -735,13 +741,24 @@ fn message(ctx: &Ctx<'_>, key: &str) -> Result<outbox::Row> {
 /// adapter gave its provider for a resend after a soft bounce
 /// (`outbox::send_key`), as the provider's receipt or reply names it.
 fn named(ctx: &Ctx<'_>, key: &str) -> Result<Option<outbox::Row>> {
-    Ok(match outbox::by_key(ctx.conn, key)? {
-        None => match outbox::resent_key(key) {
-            Some(message_key) => outbox::by_key(ctx.conn, message_key)?,
-            None => None,
-        },
-        found => found,
-    })
+    Ok(named_send(ctx, key)?.map(|(row, _)| row))
+}
+
+/// [`named`], with the resend the key names: `None` for the row's own key
+/// (its latest send, as far as the module can tell), `Some(n)` for
+/// `<key>-resend<n>`. A resend number the message has not reached names
+/// nothing.
+fn named_send(ctx: &Ctx<'_>, key: &str) -> Result<Option<(outbox::Row, Option<u64>)>> {
+    if let Some(row) = outbox::by_key(ctx.conn, key)? {
+        return Ok(Some((row, None)));
+    }
+    let Some((message_key, n)) = outbox::resent_key(key) else {
+        return Ok(None);
+    };
+    if outbox::resends(ctx.conn, message_key)?.0 < n {
+        return Ok(None);
+    }
+    Ok(outbox::by_key(ctx.conn, message_key)?.map(|row| (row, Some(n))))
 }
 
 /// Message `key`, which an event of `channel` names in `field`: an
@@ -1162,25 +1179,39 @@ fn receipt_from(
     bounce: Option<BounceKind>,
     at_hand_over: bool,
 ) -> Result<()> {
-    let mut row = message(ctx, key)?;
+    let (mut row, send) = message_send(ctx, key)?;
     // The message's own key (a resend's send key names it too).
     let key = &row.key.clone();
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
+    let (resends, handed_over_at) = outbox::resends(ctx.conn, key)?;
+    let earlier = match send {
+        Some(n) => n < resends,
+        // The message's own key: its latest send, unless the message was
+        // sent again and the receipt tells of something that happened
+        // before that send was handed over (a provider's retried webhook
+        // about the first send, say).
+        None => {
+            resends > 0
+                && row.status == "accepted"
+                && matches!((ctx.occurred_at, handed_over_at), (Some(at), Some(h)) if at < h)
+        }
+    };
+    if earlier {
+        return earlier_send(ctx, &row, status, bounce, send);
+    }
     let last = last_outcome(ctx, key)?;
     if !at_hand_over && unanswered(ctx, &row, last.as_ref()) {
         row = taken_before_its_answer(ctx, &row)?;
     }
-    let (kind, mut detail) = match status {
-        DeliveryStatus::Delivered => ("message_delivered", json!({})),
+    let kind = outcome_kind(status);
+    let mut detail = match status {
+        DeliveryStatus::Delivered => json!({}),
         // The hand-over it answers (the row's answers so far): a later
         // receipt with no hand-over between is about the same one.
-        DeliveryStatus::Bounced => (
-            "message_bounced",
-            json!({"bounce": bounce, "attempt": row.attempts}),
-        ),
-        DeliveryStatus::Failed => ("message_failed", json!({"source": "channel"})),
+        DeliveryStatus::Bounced => json!({"bounce": bounce, "attempt": row.attempts}),
+        DeliveryStatus::Failed => json!({"source": "channel"}),
     };
     if at_hand_over {
         detail["at"] = json!("hand_over");
@@ -1364,6 +1395,44 @@ fn taken_before_its_answer(ctx: &Ctx<'_>, row: &outbox::Row) -> Result<outbox::R
     Log::for_effect("message_sent", row, Some(json!({"by": "receipt"})))
         .write(ctx.conn, ctx.now)?;
     message(ctx, &row.key)
+}
+
+/// A receipt about an earlier send of message `row` than its latest (it
+/// names `<key>-resend<n>` with `n` below the payload's `resend` (`resend`
+/// is that `n`), or it happened before the latest send was handed over): a
+/// send that soft-bounced and was sent again, its outcome counted then. The
+/// receipt is recorded only (`receipt_repeated` after `resent`); a hard
+/// bounce still marks an email address undeliverable. Taken for the latest
+/// send's, a provider's retried webhook about the first send's soft bounce
+/// revoked the resend's delivery, or handed the message over a third time.
+fn earlier_send(
+    ctx: &mut Ctx<'_>,
+    row: &outbox::Row,
+    status: DeliveryStatus,
+    bounce: Option<BounceKind>,
+    resend: Option<u64>,
+) -> Result<()> {
+    if status == DeliveryStatus::Bounced
+        && bounce == Some(BounceKind::Hard)
+        && row.channel.as_deref() == Some("email")
+    {
+        address_undeliverable(ctx, row)?;
+    }
+    Log::for_effect(
+        "receipt_repeated",
+        row,
+        Some(json!({"status": outcome_kind(status), "after": "resent", "resend": resend})),
+    )
+    .write(ctx.conn, ctx.now)
+}
+
+/// The event-log kind of a receipt's outcome.
+fn outcome_kind(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Delivered => "message_delivered",
+        DeliveryStatus::Bounced => "message_bounced",
+        DeliveryStatus::Failed => "message_failed",
+    }
 }
 
 /// A hard bounce of email `row`: the contact's address is undeliverable

@@ -3011,6 +3011,13 @@ fn a_reply_from_a_family_phone_is_the_texted_persons() {
     s.push(form("son", "sub1")).unwrap();
     s.push(form("other", "sub2")).unwrap();
     s.hand_over();
+    // The son's text soft-bounces and is sent again (`-resend1`, named
+    // below).
+    let first = s.messages_to("son")[0].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": first, "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    s.advance(HOUR);
+    s.hand_over();
     let who_replied = |s: &Sim| -> Vec<(String, Option<String>)> {
         s.conn
             .prepare("SELECT contact_id, automation_id FROM events WHERE kind LIKE 'message_replied%' ORDER BY id")
@@ -3675,6 +3682,9 @@ fn a_receipt_naming_a_resends_send_key_is_the_messages() {
     for unknown in [
         format!("{key}-resend"),
         format!("{key}-resendx"),
+        format!("{key}-resend0"),
+        format!("{key}-resend01"),
+        format!("{key}-resend2"),
         format!("{key}x-resend1"),
     ] {
         let e = s
@@ -3684,6 +3694,89 @@ fn a_receipt_naming_a_resends_send_key_is_the_messages() {
             .unwrap_err();
         assert_eq!(e.code(), crate::ErrorCode::NotFound, "{unknown}: {e}");
     }
+}
+
+/// A receipt about a send before the latest (naming `<key>-resend<n>`
+/// below the message's resends, or with the message's own key and dated
+/// before the latest send was handed over) is recorded only: a provider's
+/// retried webhook about the first soft bounce neither takes back the
+/// resend's delivery nor hands the message over a third time.
+#[test]
+fn a_receipt_about_an_earlier_send_counts_nothing() {
+    let mut s = Sim::new();
+    s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
+    for c in ["after", "before", "named"] {
+        s.contact(c, json!({}));
+    }
+    let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
+    let outcome = |s: &Sim, c: &str| -> (String, i64, i64, i64) {
+        let k = key(s, c);
+        let n = |kind: &str| -> i64 {
+            s.value(&format!(
+                "SELECT COUNT(*) FROM events WHERE message_key = '{k}' AND kind = '{kind}'"
+            ))
+        };
+        (
+            s.value(&format!(
+                "SELECT status FROM outbox WHERE idempotency_key = '{k}'"
+            )),
+            n("message_delivered") - n("message_delivery_revoked"),
+            n("message_bounced") - n("message_bounce_revoked"),
+            n("receipt_repeated"),
+        )
+    };
+    let first_sent = s.now;
+    let bounced_at = crate::clock::to_rfc3339(first_sent + MINUTE);
+    for c in ["after", "before", "named"] {
+        let k = key(&s, c);
+        s.accept(&k);
+        s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "soft",
+                      "occurred_at": bounced_at}))
+            .unwrap();
+    }
+    s.advance(HOUR);
+    s.hand_over(); // the resends
+    // The resend delivered, then the first bounce again (a new event id).
+    let k = key(&s, "after");
+    s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 1), "status": "delivered"}))
+        .unwrap();
+    s.push(
+        json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "soft",
+                  "occurred_at": bounced_at}),
+    )
+    .unwrap();
+    assert_eq!(outcome(&s, "after"), ("accepted".into(), 1, 1, 1));
+    // The first bounce again before the resend's receipt: no third send.
+    let k = key(&s, "before");
+    s.push(
+        json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "soft",
+                  "occurred_at": bounced_at}),
+    )
+    .unwrap();
+    assert_eq!(outcome(&s, "before"), ("accepted".into(), 0, 1, 1));
+    // The resend soft-bounces in turn (dated after it was handed over): it
+    // counts, and the message goes a third time.
+    s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    assert_eq!(outcome(&s, "before"), ("retry".into(), 0, 2, 1));
+    // A receipt naming the first send's key with its resend number: after
+    // the second resend, one about the first resend counts nothing.
+    let k = key(&s, "named");
+    s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 1), "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    s.advance(HOUR);
+    s.hand_over();
+    s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 2), "status": "delivered"}))
+        .unwrap();
+    s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 1), "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    assert_eq!(outcome(&s, "named"), ("accepted".into(), 1, 2, 1));
+    // A resend the message never had names nothing.
+    let e = s
+        .push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 3), "status": "delivered"}))
+        .unwrap_err();
+    assert_eq!(e.code(), crate::ErrorCode::NotFound, "{e}");
 }
 
 /// Each hand-over has one outcome: a soft bounce pushed again (a retried
