@@ -741,6 +741,68 @@ fn one_long_advance_hands_each_effect_over_at_its_own_instant() {
     assert_eq!(m.now() - start, 5 * 24 * 3_600_000);
 }
 
+/// An effect already waiting in the outbox is handed over at its instant
+/// even when the advance runs scheduled items that queue nothing around it:
+/// a text held for the recipient's sending hours (08:00 in Los Angeles,
+/// 16:00Z) went out at 17:00Z, with the next item that queued something,
+/// because the items of another automation's delays (15:00Z, 17:00Z) ran in
+/// one transaction past it.
+#[test]
+fn one_long_advance_hands_a_waiting_effect_over_between_items_that_queue_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(&dir);
+    let _host = {
+        let host = Arc::new(Collect::default());
+        m.set_host(Some(host.clone())).unwrap();
+        host
+    };
+    // The text's run window (07:30-10:15 in New York) never meets the
+    // recipient's sending hours (from 08:00 in Los Angeles, 11:00 in New
+    // York): the step runs in its window, and the hand-over holds the text.
+    let days: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|d| json!({"day": d, "enabled": true, "start": "07:30", "end": "10:15"}))
+        .collect();
+    for (id, window, steps) in [
+        (
+            "text",
+            json!({"mode": "specific_hours", "days": days}),
+            json!([{"id": "t", "type": "send_sms", "message": "Hi {{firstname}}"}]),
+        ),
+        (
+            "wait",
+            json!({"mode": "any_time"}),
+            json!([{"id": "w1", "type": "delay", "amount": 1, "unit": "hours"},
+                   {"id": "w2", "type": "delay", "amount": 2, "unit": "hours"}]),
+        ),
+    ] {
+        m.execute(&json!({"command": "automation.create", "automation_id": id, "definition": {
+            "name": id, "run_window": window, "trigger": {"type": "contact_created"}, "steps": steps}})
+            .to_string())
+            .unwrap();
+        m.execute(&json!({"command": "automation.activate", "automation_id": id}).to_string())
+            .unwrap();
+    }
+    // 14:00Z: 06:00 in Los Angeles.
+    let start = m.now();
+    m.push(&json!({"event_id": "c1", "type": "contact.upserted", "contact": {"id": "p1", "first_name": "Pat",
+        "phone": "+16175550100", "sms_subscription": "subscribed", "time_zone": "America/Los_Angeles"}})
+        .to_string())
+        .unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    m.advance_clock(24 * 3_600_000).unwrap();
+    m.wait_idle(Duration::from_secs(30)).unwrap();
+    let log = rusqlite::Connection::open(dir.path().join("practice.db")).unwrap();
+    let sent: Vec<i64> = log
+        .prepare("SELECT at FROM events WHERE kind = 'message_sent'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sent, [start + 2 * 3_600_000], "sent at 16:00Z");
+}
+
 /// Blocks in its first delivery until the test releases it; takes everything.
 struct BlocksFirst {
     release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,

@@ -1345,7 +1345,8 @@ impl Worker {
     /// sending hours, retries and channel fallbacks act at the simulated
     /// times they would on the system clock. An effect an item queued is
     /// handed over before the clock passes its instant by more than
-    /// [`HANDOVER_GRAIN`] (items closer than that run in its transaction).
+    /// [`HANDOVER_GRAIN`] (items closer than that run in its transaction);
+    /// one already waiting is handed over before any item due after it runs.
     /// When answers stop coming for [`SETTLE_PATIENCE`] (a host holding a
     /// callback), the advance stops waiting: effects are still handed over
     /// as they fall due, but their answers are recorded as they come.
@@ -1370,7 +1371,11 @@ impl Worker {
             };
             if item == Some(next) {
                 let grained = patient && self.anyone_takes();
-                self.run_due_transaction(to, grained)?;
+                // Items up to the next hand-over only: one that queues
+                // nothing must not carry the clock past an effect already
+                // waiting in the outbox (held for sending hours, a retry,
+                // a freed sending-limit slot).
+                self.run_due_transaction(handover.map_or(to, |h| h.min(to)), grained)?;
             } else {
                 self.clock.advance_to(next);
                 if !patient {
