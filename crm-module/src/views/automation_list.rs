@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Action, ActionStyle, Column, Ctx, GoalCell, Label, StatCard, Timestamp, ViewRef, floor1,
-    fmt_count, fmt_rate, num_f, num_u,
+    fmt_count, fmt_rate_above_zero, num_f, num_u,
 };
 use crate::core::goals;
 use crate::error::{Error, Result};
@@ -449,7 +449,10 @@ fn stat_cards(all: &[Item]) -> Vec<StatCard> {
             label: "Active automations".into(),
             value: Some(num_u(active)),
             display: fmt_count(active),
-            hint: format!("of {} automations", fmt_count(live)),
+            hint: format!(
+                "of {}",
+                super::plural(&fmt_count(live), "automation", "automations")
+            ),
             definition: Some("Automations currently enrolling and running contacts.".into()),
         },
         StatCard {
@@ -478,10 +481,14 @@ fn stat_cards(all: &[Item]) -> Vec<StatCard> {
             id: "avg_conversion_rate".into(),
             label: "Avg. conversion rate".into(),
             value: avg.and_then(num_f),
-            display: fmt_rate(avg),
+            display: fmt_rate_above_zero(avg, with_enrollments.iter().any(|a| a.goals > 0)),
             hint: format!(
-                "Mean over {} automations with enrollments",
-                fmt_count(with_enrollments.len() as u64)
+                "Mean over {} with enrollments",
+                super::plural(
+                    &fmt_count(with_enrollments.len() as u64),
+                    "automation",
+                    "automations"
+                )
             ),
             definition: Some(
                 "The mean of each automation's conversion rate ((goals reached ÷ contacts enrolled) × 100), over the automations with at least one enrollment."
@@ -522,7 +529,7 @@ fn row(ctx: &Ctx<'_>, a: &Item) -> AutomationRow {
         enrolled_display: fmt_count(a.enrolled),
         goals_reached: a.goals,
         conversion,
-        conversion_display: fmt_rate(conversion),
+        conversion_display: super::fmt_share(a.goals, a.enrolled),
         goal: GoalCell::of(a.goal),
         entered_by: a.entered_by.clone(),
         last_updated: Timestamp::new(ctx, a.updated_at),
@@ -616,6 +623,8 @@ mod tests {
         assert_eq!(cards[3]["label"], "Avg. conversion rate");
         assert_eq!(cards[3]["value"], 34.0);
         assert_eq!(cards[3]["display"], "34%");
+        assert_eq!(cards[0]["hint"], "of 3 automations");
+        assert_eq!(cards[3]["hint"], "Mean over 2 automations with enrollments");
 
         let toolbar = v["toolbar"].as_array().unwrap();
         assert_eq!(toolbar.len(), 2);
@@ -686,6 +695,19 @@ mod tests {
         );
         assert_eq!(rows[1]["enrolled"], 0);
         assert_eq!(rows[1]["conversion_display"], "—");
+        // One automation: the hints in the singular.
+        db.conn
+            .execute(
+                "UPDATE automations SET deleted_at = ?1 WHERE id <> 'a1'",
+                [NOW],
+            )
+            .unwrap();
+        let one = db.query("automation_list", Value::Null).unwrap();
+        assert_eq!(one["stat_cards"][0]["hint"], "of 1 automation");
+        assert_eq!(
+            one["stat_cards"][3]["hint"],
+            "Mean over 1 automation with enrollments"
+        );
 
         let footer = v["footer"].as_array().unwrap();
         assert_eq!(footer.len(), 2);

@@ -671,6 +671,22 @@ pub(crate) fn fmt_rate(r: Option<f64>) -> String {
     r.map(fmt_percent).unwrap_or_else(|| DASH.to_string())
 }
 
+/// [`fmt_rate`] of a rate that is known to be above zero when `nonzero`:
+/// under a tenth of a percent it reads "<0.1%", where its truncated value
+/// would read "0%" (1 bounce in 1,500 sends is not none).
+pub(crate) fn fmt_rate_above_zero(r: Option<f64>, nonzero: bool) -> String {
+    match r {
+        Some(v) if nonzero && v < 0.1 => "<0.1%".to_string(),
+        _ => fmt_rate(r),
+    }
+}
+
+/// The display of `part ÷ whole` ([`rate`]): "97.9%", "<0.1%" for a share
+/// above zero but under a tenth of a percent, "—" when `whole` is 0.
+pub(crate) fn fmt_share(part: u64, whole: u64) -> String {
+    fmt_rate_above_zero(rate(part, whole), part > 0)
+}
+
 /// A JSON number of a count.
 pub(crate) fn num_u(n: u64) -> Number {
     Number::from(n)
@@ -874,6 +890,10 @@ mod tests {
         assert_eq!(fmt_rate(rate(228, 1245)), "18.3%");
         assert_eq!(fmt_rate(rate(1, 0)), DASH);
         assert_eq!(fmt_rate(rate(9_999, 10_000)), "99.9%");
+        assert_eq!(fmt_share(1, 1_500), "<0.1%");
+        assert_eq!(fmt_share(0, 1_500), "0%");
+        assert_eq!(fmt_share(2, 2_000), "0.1%");
+        assert_eq!(fmt_share(1, 0), DASH);
         assert_eq!(floor1(34.06), 34.0);
         assert_eq!(floor1(0.3 * 100.0 / 1.0), 30.0);
         assert_eq!(fmt_duration(0.0), "< 1 sec");

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::builder::{Header, TabItem, header, tabs};
 use super::{
     Action, Column, Ctx, DASH, GoalCell, Label, StatCard, fmt_count, fmt_duration,
-    fmt_duration_short, fmt_rate, humanize, load_automation, num_f, num_u, rate, round1,
+    fmt_duration_short, fmt_share, humanize, load_automation, num_f, num_u, rate, round1,
 };
 use crate::clock::Millis;
 use crate::core::goals;
@@ -661,7 +661,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             hint: if enrolled == 0 {
                 "No enrollments yet".into()
             } else {
-                format!("{} of enrolled", fmt_rate(rate(completed, enrolled)))
+                format!("{} of enrolled", fmt_share(completed, enrolled))
             },
             definition: Some(
                 "Contacts who walked through every step and reached the End of automation node. Structural finish line."
@@ -683,7 +683,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             id: "conversion".into(),
             label: "Conversion".into(),
             value: conversion.and_then(num_f),
-            display: fmt_rate(conversion),
+            display: fmt_share(goals, enrolled),
             hint: if enrolled == 0 {
                 "No enrollments yet".into()
             } else {
@@ -707,7 +707,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             value,
             display: fmt_count(value),
             share,
-            share_display: fmt_rate(share),
+            share_display: fmt_share(value, enrolled),
         }
     })
     .collect();
@@ -734,12 +734,12 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             ChannelRow {
                 send_attempts: attempts,
                 bounce_rate: bounce,
-                bounce_rate_display: fmt_rate(bounce),
+                bounce_rate_display: fmt_share(bounced, attempts),
                 error_rate: error,
-                error_rate_display: fmt_rate(error),
+                error_rate_display: fmt_share(c.failed, attempts),
                 opt_outs: c.opt_outs,
                 opt_out_rate: opt_out,
-                opt_out_rate_display: fmt_rate(opt_out),
+                opt_out_rate_display: fmt_share(c.opt_outs, delivered),
                 channel: Label::new(&ch, &channel_label(&ch)),
                 queued: c.queued,
                 sent: c.sent,
@@ -751,7 +751,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                 failed: c.failed,
                 suppressed: c.suppressed,
                 delivery_rate: delivery,
-                delivery_rate_display: fmt_rate(delivery),
+                delivery_rate_display: fmt_share(delivered, attempts),
             }
         })
         .collect();
@@ -768,7 +768,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                     count,
                     count_display: fmt_count(count),
                     share,
-                    share_display: fmt_rate(share),
+                    share_display: fmt_share(count, exited),
                 }
             })
             .collect(),
@@ -788,7 +788,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
                     count,
                     count_display: fmt_count(count),
                     share,
-                    share_display: fmt_rate(share),
+                    share_display: fmt_share(count, suppressed_total),
                 }
             })
             .collect(),
@@ -1008,7 +1008,7 @@ fn step_row(
         avg_time_ms: c.avg_ms.map(round1),
         avg_time_display: c.avg_ms.map(fmt_duration).unwrap_or_else(|| DASH.into()),
         conversion,
-        conversion_display: fmt_rate(conversion),
+        conversion_display: fmt_share(c.completed, c.completed + c.failed),
         branch_paths: step.kind.paths().is_some().then(|| BranchSplit {
             yes: c.yes,
             no: c.no,
