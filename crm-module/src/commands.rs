@@ -705,10 +705,13 @@ pub struct AutomationResult {
     pub automation_id: String,
     /// Its current version.
     pub version: i64,
-    /// Its status.
+    /// Its status (for `automation.delete`, the status it had).
     pub status: AutomationStatus,
     /// Enrollments moved to the new version (update) or exited (delete).
     pub enrollments_affected: usize,
+    /// True when the automation is deleted (`automation.delete`): it has
+    /// left the views, and its id cannot be used again.
+    pub deleted: bool,
 }
 
 /// Result of a list command.
@@ -762,6 +765,7 @@ fn unchanged(id: String, row: &Row) -> Result<(Value, Option<Catalog>)> {
         version: row.version,
         status: row.status,
         enrollments_affected: 0,
+        deleted: false,
     };
     Ok((to_json(out)?, None))
 }
@@ -1038,6 +1042,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 version: 1,
                 status: AutomationStatus::Draft,
                 enrollments_affected: 0,
+                deleted: false,
             };
             Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
         }
@@ -1114,6 +1119,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 version,
                 status: row.status,
                 enrollments_affected: moved,
+                deleted: false,
             };
             Ok((to_json(out)?, Some(cat)))
         }
@@ -1137,6 +1143,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                     version: row.version,
                     status: AutomationStatus::Active,
                     enrollments_affected: 0,
+                    deleted: false,
                 };
                 return Ok((to_json(out)?, Some(cat)));
             }
@@ -1166,6 +1173,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 version: row.version,
                 status: AutomationStatus::Inactive,
                 enrollments_affected: 0,
+                deleted: false,
             };
             Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
         }
@@ -1189,6 +1197,7 @@ pub fn execute(ctx: &mut Ctx<'_>, cmd: Command) -> Result<(Value, Option<Catalog
                 version: row.version,
                 status: row.status,
                 enrollments_affected: active.len(),
+                deleted: true,
             };
             Ok((to_json(out)?, Some(Catalog::load(ctx.conn)?)))
         }

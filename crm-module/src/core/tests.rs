@@ -2138,8 +2138,11 @@ fn delete_exits_active_contacts() {
     let mut s = Sim::new();
     let a = s.automation(five_steps(false));
     s.contact("c1", json!({}));
-    s.cmd(json!({"command": "automation.delete", "automation_id": a}))
+    let out = s
+        .cmd(json!({"command": "automation.delete", "automation_id": a}))
         .unwrap();
+    assert_eq!(out["deleted"], true);
+    assert_eq!(out["enrollments_affected"], 1);
     assert_eq!(
         s.enrollment(&a, "c1").1.as_deref(),
         Some("automation_deleted")
