@@ -823,7 +823,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
         Some(id) => Some(load_automation(ctx.conn, id)?),
         None => None,
     };
-    let names = Names::load(ctx.conn)?;
+    let mut names = Names::load(ctx.conn)?;
     let tab = p.tab.unwrap_or(BuilderTab::Build);
     let selected = p.selected_node.unwrap_or_else(|| TRIGGER_NODE.to_string());
     crate::model::contact::validate_id_up_to("params: selected_node", &selected, 300)?;
@@ -852,6 +852,9 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: BuilderParams) -> Result<BuilderView> {
         Some((_, f)) => Some(f),
         None => rec.as_ref().map(|r| &r.current.flow),
     };
+    if let Some(def) = def {
+        names.include(ctx.conn, def)?;
+    }
 
     let canvas = Canvas {
         nodes: canvas_nodes(def, &names, flow, &selected),
@@ -1658,7 +1661,18 @@ fn picker_options(
     name_of: impl Fn(&str) -> String,
 ) -> Vec<FieldOption> {
     let mut options = vec![opt(Value::Null, none)];
-    options.extend(entries.iter().map(|(id, n)| opt(json!(id), n)));
+    options.extend(choices(entries, current.as_deref(), name_of));
+    options
+}
+
+/// `entries`, then the current value when it is not among them (named by
+/// `name_of`).
+fn choices(
+    entries: &[(String, String)],
+    current: Option<&str>,
+    name_of: impl Fn(&str) -> String,
+) -> Vec<FieldOption> {
+    let mut options: Vec<FieldOption> = entries.iter().map(|(id, n)| opt(json!(id), n)).collect();
     if let Some(c) = current
         && !entries.iter().any(|(id, _)| id == c)
     {
@@ -1680,12 +1694,10 @@ fn template_options(
     })
 }
 
-fn list_options(names: &Names) -> Vec<FieldOption> {
-    names
-        .lists
-        .iter()
-        .map(|(id, name)| opt(json!(id), name))
-        .collect()
+/// The static lists a list picker offers, with `current` when it is not
+/// among them (named as the canvas names it).
+fn list_options(names: &Names, current: &str) -> Vec<FieldOption> {
+    choices(&names.lists, Some(current), |l| names.list(l))
 }
 
 fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
@@ -1723,7 +1735,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
         Trigger::AddedToList { list_id } | Trigger::RemovedFromList { list_id } => {
             fields.push(
                 Field::new("list_id", "List", FieldKind::ListPicker, json!(list_id))
-                    .options(list_options(names))
+                    .options(list_options(names, list_id))
                     .required()
                     .help("Pick the list to watch."),
             );
@@ -2126,7 +2138,7 @@ fn step_panel(
             fields.push(
                 Field::new("list_id", "List", FieldKind::ListPicker, json!(list_id))
                     .required()
-                    .options(list_options(names))
+                    .options(list_options(names, list_id))
                     .help("Static list membership."),
             );
         }
@@ -2332,6 +2344,59 @@ mod tests {
             .iter()
             .map(|n| n["id"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// A practice with more lists than a picker offers: the automation's
+    /// own list (past the first 1,000 by name) is named on the canvas, and
+    /// offered by its pickers and the If/then subjects.
+    #[test]
+    fn an_automations_list_past_the_pickers_limit_is_named_and_offered() {
+        let db = Db::new();
+        for i in 0..crate::views::PICKER_LIMIT {
+            db.conn
+                .execute(
+                    "INSERT INTO lists (id, name, created_at) VALUES (?1, ?2, 0)",
+                    [format!("b{i:04}"), format!("Import batch {i:04}")],
+                )
+                .unwrap();
+        }
+        db.conn
+            .execute(
+                "INSERT INTO lists (id, name, created_at) VALUES ('zeta', 'Zeta VIPs', 0)",
+                [],
+            )
+            .unwrap();
+        let def = json!({"name": "VIPs", "trigger": {"type": "added_to_list", "list_id": "zeta"},
+            "steps": [{"id": "s1", "type": "add_to_list", "list_id": "zeta"},
+                      {"id": "s2", "type": "branch",
+                       "condition": {"type": "list_membership", "list_id": "zeta", "member": true},
+                       "yes": [], "no": []}]});
+        db.automation("a1", "active", NOW - 1000, &[def]);
+        let view = |node: &str| {
+            db.query(
+                "automation_builder",
+                json!({"automation_id": "a1", "selected_node": node}),
+            )
+            .unwrap()
+        };
+        let v = view("trigger");
+        let nodes = &v["build"]["canvas"]["nodes"];
+        assert_eq!(nodes[0]["summary"], "List: Zeta VIPs");
+        assert_eq!(nodes[1]["summary"], "List: Zeta VIPs");
+        let offers = |field: &Value| {
+            field["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["value"] == "zeta" && o["label"] == "Zeta VIPs")
+        };
+        assert!(offers(&panel_field(&v, "list_id")));
+        assert!(offers(&panel_field(&view("s1"), "list_id")));
+        let subjects = view("s2").to_string();
+        assert!(
+            subjects.contains("Zeta VIPs"),
+            "the If/then offers the list"
+        );
     }
 
     #[test]

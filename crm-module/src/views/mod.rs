@@ -505,7 +505,7 @@ pub(crate) struct Names {
 }
 
 /// Most lists/forms/templates a picker offers.
-const PICKER_LIMIT: usize = 1000;
+pub(crate) const PICKER_LIMIT: usize = 1000;
 
 impl Names {
     pub(crate) fn load(conn: &Connection) -> Result<Names> {
@@ -537,6 +537,55 @@ impl Names {
             .collect(),
             ..Names::step_plugins(conn)?
         })
+    }
+
+    /// Adds the lists, templates and form `def` names that the pickers'
+    /// [`PICKER_LIMIT`] left out (a practice with more lists than that),
+    /// so that the builder names them and its pickers offer them. An id
+    /// nothing has (a draft's typo) stays unnamed.
+    pub(crate) fn include(
+        &mut self,
+        conn: &Connection,
+        def: &crate::model::automation::AutomationDefinition,
+    ) -> Result<()> {
+        use crate::model::automation::{Reference, Trigger};
+        let name = |sql: &str, id: &str| -> Result<Option<(String, String)>> {
+            Ok(conn
+                .prepare_cached(sql)?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        };
+        let missing =
+            |entries: &[(String, String)], id: &str| !entries.iter().any(|(i, _)| i == id);
+        for (_, r) in def.references() {
+            match r {
+                Reference::List(id) if missing(&self.lists, &id) => {
+                    let sql = "SELECT id, name FROM lists WHERE id = ?1 AND deleted_at IS NULL";
+                    self.lists.extend(name(sql, &id)?);
+                }
+                Reference::Template(id)
+                    if missing(&self.email_templates, &id) && missing(&self.sms_templates, &id) =>
+                {
+                    let sql =
+                        "SELECT channel, name FROM templates WHERE id = ?1 AND deleted_at IS NULL";
+                    if let Some((channel, n)) = name(sql, &id)? {
+                        let to = match channel.as_str() {
+                            "email" => &mut self.email_templates,
+                            _ => &mut self.sms_templates,
+                        };
+                        to.push((id, n));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Trigger::FormSubmitted { form_id: Some(id) } = &def.trigger
+            && missing(&self.forms, id.as_str())
+        {
+            let sql = "SELECT id, name FROM forms WHERE id = ?1";
+            self.forms.extend(name(sql, id.as_str())?);
+        }
+        Ok(())
     }
 
     /// Only the installed step plugins (no list or form names): for screens
