@@ -92,7 +92,22 @@ pub struct DayPoint {
     pub goal_reached: u64,
 }
 
-/// A top performing step.
+/// The step types "Top performing steps" ranks: those whose work leaves the
+/// module and can fail (messages, tasks, write-backs, plugin steps). A wait,
+/// an If/then and an Add to list always complete: at 100 % they outranked
+/// an email delivered at 99.9 % over 10,000 sends.
+const RANKED_STEPS: &[&str] = &[
+    "send_email",
+    "send_sms",
+    "create_task",
+    "set_property",
+    "custom",
+];
+
+/// A top performing step: of the steps that reach outside the module
+/// (messages, tasks, property write-backs, plugin steps; not waits, If/then
+/// branches or Add to list, which always complete), the highest conversion,
+/// then the most executed.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TopStep {
     /// Step id.
@@ -616,7 +631,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let rows = step_rows(ctx, id, &rec.current.flow, def, &per_step)?;
     let mut top: Vec<&StepRow> = rows
         .iter()
-        .filter(|r| !r.removed && r.executed > 0)
+        .filter(|r| !r.removed && r.executed > 0 && RANKED_STEPS.contains(&r.step_type.id.as_str()))
         .collect();
     top.sort_by(|a, b| {
         b.conversion
@@ -1557,7 +1572,15 @@ mod tests {
         assert_eq!(rows[5]["path_label"], "NO path of \"Booked?\"");
         assert_eq!(rows[0]["actions"][0]["id"], "step_analytics");
 
-        assert_eq!(v["top_steps"][0]["step_id"], "s2");
+        // The SMS (98.8 %), then the email (97.9 %): the wait's 100 % is
+        // no performance.
+        let top: Vec<&str> = v["top_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["step_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(top, ["s3", "s1"]);
         assert_eq!(v["goal_funnel"][2]["share_display"], "18.1%");
         assert_eq!(v["channel_breakdown"][0]["channel"]["label"], "Email");
         assert_eq!(v["channel_breakdown"][0]["delivery_rate_display"], "87.7%");
