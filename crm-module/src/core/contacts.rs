@@ -531,6 +531,7 @@ pub fn apply_props(
             "email_subscription",
             "sms_subscription",
             crate::messaging::consent::EMAIL_UNDELIVERABLE,
+            crate::messaging::consent::SMS_UNDELIVERABLE,
             "status",
         ] {
             if let Some(v) = c.props.get(k) {

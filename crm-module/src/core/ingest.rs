@@ -1256,7 +1256,7 @@ fn receipt_from(
             Some(("message_bounced", Some("hard"), _)) => return repeated(ctx, "hard_bounce"),
             _ if row.status == "failed" => {
                 // Counted as nothing, but what it says of the address holds.
-                if bounce == Some(BounceKind::Hard) && row.channel.as_deref() == Some("email") {
+                if bounce == Some(BounceKind::Hard) {
                     address_undeliverable(ctx, &row)?;
                 }
                 return repeated(ctx, "failed");
@@ -1292,7 +1292,7 @@ fn receipt_from(
         (DeliveryStatus::Bounced, Some(BounceKind::Hard)) | (DeliveryStatus::Failed, _)
     );
     match (status, bounce, row.channel.as_deref()) {
-        (DeliveryStatus::Bounced, Some(BounceKind::Hard), Some("email")) => {
+        (DeliveryStatus::Bounced, Some(BounceKind::Hard), _) => {
             address_undeliverable(ctx, &row)?;
         }
         // Delivered once already (this late bounce revokes that): handing
@@ -1412,10 +1412,7 @@ fn earlier_send(
     bounce: Option<BounceKind>,
     resend: Option<u64>,
 ) -> Result<()> {
-    if status == DeliveryStatus::Bounced
-        && bounce == Some(BounceKind::Hard)
-        && row.channel.as_deref() == Some("email")
-    {
+    if status == DeliveryStatus::Bounced && bounce == Some(BounceKind::Hard) {
         address_undeliverable(ctx, row)?;
     }
     Log::for_effect(
@@ -1435,14 +1432,18 @@ fn outcome_kind(status: DeliveryStatus) -> &'static str {
     }
 }
 
-/// A hard bounce of email `row`: the contact's address is undeliverable
-/// (consent suppresses every later email to it until it changes).
+/// A hard bounce of message `row`: the contact's email address or mobile
+/// number is undeliverable (consent suppresses every later message to it
+/// on that channel until it changes).
 fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
     let contact_id = row.contact_id.as_deref().unwrap_or_default();
+    let channel = row.channel.as_deref().unwrap_or("email");
     let mut c = contacts::require(ctx.conn, contact_id)?;
-    if let Some(address) = c.text("email").map(str::to_string) {
-        c.props
-            .insert(consent::EMAIL_UNDELIVERABLE.into(), Value::String(address));
+    if let Some(address) = c.text(consent::address_field(channel)).map(str::to_string) {
+        c.props.insert(
+            consent::undeliverable_property(channel).into(),
+            Value::String(address),
+        );
         contacts::save(ctx.conn, &c)?;
         ctx.rescreen(contact_id);
         Log::for_effect(

@@ -3570,6 +3570,46 @@ fn a_late_soft_bounce_never_sends_a_delivered_or_failed_message_again() {
     }
 }
 
+/// A text's hard bounce (a landline, a number out of service) makes the
+/// number undeliverable as an email's does its address: later texts to it
+/// are suppressed, through a full sync written another way, until the
+/// number changes. Before, the next automation texted the dead number again.
+#[test]
+fn an_sms_hard_bounce_makes_the_number_undeliverable() {
+    let mut s = Sim::new();
+    welcome_and_thanks_texts(&mut s);
+    s.contact("c1", json!({"phone": "+16175550123"}));
+    s.hand_over();
+    let key = s.messages_to("c1")[0].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "hard"}))
+        .unwrap();
+    assert_eq!(
+        s.value::<String>(
+            "SELECT json_extract(props, '$.sms_undeliverable') FROM contacts WHERE id = 'c1'"
+        ),
+        "+16175550123"
+    );
+    assert_eq!(s.count("address_undeliverable", None), 1);
+    s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Pat",
+        "phone": "(617) 555-0123", "sms_subscription": "subscribed"}}))
+        .unwrap();
+    s.submit_form("c1", "f1");
+    assert_eq!(s.messages_to("c1").len(), 1, "no text to a dead number");
+    let why: String = s.value(
+        "SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'message_suppressed' AND contact_id = 'c1'",
+    );
+    assert_eq!(why, "undeliverable");
+    // The host cannot push the mark; a new number clears it.
+    let pushed = s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "c1", "sms_undeliverable": null}}),
+    );
+    assert_eq!(pushed.unwrap_err().code(), crate::ErrorCode::Invalid);
+    s.push(json!({"type": "contact.upserted", "contact": {"id": "c1", "phone": "+16175550188"}}))
+        .unwrap();
+    s.submit_form("c1", "f2");
+    assert_eq!(s.messages_to("c1").len(), 2, "the new number is texted");
+}
+
 #[test]
 fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppress() {
     let mut s = Sim::new();

@@ -77,13 +77,42 @@ impl Suppression {
 /// The property marking an email address that hard-bounced.
 pub const EMAIL_UNDELIVERABLE: &str = "email_undeliverable";
 
-/// Whether `address` is the one of this contact's that hard-bounced.
-fn hard_bounced(contact: &Contact, address: &str) -> bool {
-    contact
+/// The property marking a mobile number that hard-bounced (a landline, a
+/// number out of service).
+pub const SMS_UNDELIVERABLE: &str = "sms_undeliverable";
+
+/// The property marking the contact's address on `channel` (`email`,
+/// `sms`) undeliverable.
+pub fn undeliverable_property(channel: &str) -> &'static str {
+    if channel == "sms" {
+        SMS_UNDELIVERABLE
+    } else {
+        EMAIL_UNDELIVERABLE
+    }
+}
+
+/// The contact property holding the address of `channel` (`email`, `sms`).
+pub fn address_field(channel: &str) -> &'static str {
+    if channel == "sms" { "phone" } else { "email" }
+}
+
+/// Whether `address` is the one of this contact's on `channel` that
+/// hard-bounced: the same email address whatever its case, the same
+/// number's digits however written.
+fn hard_bounced(contact: &Contact, channel: &str, address: &str) -> bool {
+    let Some(bounced) = contact
         .props
-        .get(EMAIL_UNDELIVERABLE)
+        .get(undeliverable_property(channel))
         .and_then(serde_json::Value::as_str)
-        .is_some_and(|bounced| bounced.eq_ignore_ascii_case(address))
+    else {
+        return false;
+    };
+    if channel == "sms" {
+        let key = crate::core::contacts::phone_key;
+        key(bounced).is_some_and(|k| key(address) == Some(k))
+    } else {
+        bounced.eq_ignore_ascii_case(address)
+    }
 }
 
 /// Decides whether a message may go out; returns the address to use.
@@ -93,11 +122,10 @@ pub fn check(
     category: Category,
     bypass_preferences: bool,
 ) -> Result<String, Suppression> {
-    let field = if channel == "sms" { "phone" } else { "email" };
-    let Some(address) = contact.text(field) else {
+    let Some(address) = contact.text(address_field(channel)) else {
         return Err(Suppression::NoAddress);
     };
-    if channel == "email" && hard_bounced(contact, address) {
+    if hard_bounced(contact, channel, address) {
         return Err(Suppression::Undeliverable);
     }
     match (contact.subscription(channel), category) {
@@ -194,7 +222,7 @@ pub enum HandOver {
 
 /// Decides the hand-over of a (non-compliance) message on `channel` to
 /// `contact` at `now`: it goes only if the channel is not unsubscribed, the
-/// email address has not hard-bounced, and, for an SMS, the recipient's
+/// address has not hard-bounced, and, for an SMS, the recipient's
 /// sending hours are open. (A STOP confirmation or a HELP answer goes at
 /// once, whatever the hour, without asking: see [`super::handover`].)
 pub fn at_hand_over(
@@ -206,10 +234,9 @@ pub fn at_hand_over(
     if contact.subscription(channel) == "unsubscribed" {
         return HandOver::Suppress(Suppression::Unsubscribed);
     }
-    if channel == "email"
-        && contact
-            .text("email")
-            .is_some_and(|a| hard_bounced(contact, a))
+    if contact
+        .text(address_field(channel))
+        .is_some_and(|a| hard_bounced(contact, channel, a))
     {
         return HandOver::Suppress(Suppression::Undeliverable);
     }

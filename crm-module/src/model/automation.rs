@@ -1403,11 +1403,12 @@ fn check_comparison(
             Value::Bool(_) => Ok(()),
             _ => Err("value: must be true or false".into()),
         },
-        ("insurance_verification" | crate::messaging::consent::EMAIL_UNDELIVERABLE, _)
-            if !ordered =>
-        {
-            Ok(())
-        }
+        (
+            "insurance_verification"
+            | crate::messaging::consent::EMAIL_UNDELIVERABLE
+            | crate::messaging::consent::SMS_UNDELIVERABLE,
+            _,
+        ) if !ordered => Ok(()),
         (_, Some(T::Number | T::Count)) if !contains => numeric(),
         (_, Some(T::Tags)) if !ordered => match value {
             Value::String(s) if !s.trim().is_empty() => Ok(()),

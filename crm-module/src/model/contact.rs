@@ -79,6 +79,7 @@ pub const DERIVED_PROPERTIES: &[&str] = &[
     "insurance_verification",
     "portal_active",
     crate::messaging::consent::EMAIL_UNDELIVERABLE,
+    crate::messaging::consent::SMS_UNDELIVERABLE,
 ];
 
 /// Maximum number of properties on one contact.

@@ -729,6 +729,7 @@ pub(crate) fn property_label(name: &str) -> String {
         "insurance_verification" => "Insurance verification",
         "portal_active" => "Patient portal active",
         "email_undeliverable" => "Email address that hard-bounced",
+        "sms_undeliverable" => "Mobile number that hard-bounced",
         other => return humanize(other),
     };
     known.to_string()
