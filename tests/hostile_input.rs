@@ -403,6 +403,10 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             json!({"automation_id": "a1", "selected_node": "b1.yes.end"}),
         ),
         ("automation_performance", json!({"automation_id": "a1"})),
+        (
+            "step_analytics",
+            json!({"automation_id": "a1", "step_id": "s1"}),
+        ),
         ("settings", json!({})),
         (
             "template_preview",

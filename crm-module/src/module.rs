@@ -932,6 +932,10 @@ mod tests {
             ("automation_builder", r#"{"automation_id": "a1"}"#),
             ("automation_builder", ""),
             ("automation_performance", r#"{"automation_id": "a1"}"#),
+            (
+                "step_analytics",
+                r#"{"automation_id": "a1", "step_id": "e"}"#,
+            ),
             ("settings", ""),
             (
                 "template_preview",

@@ -267,8 +267,26 @@ impl Sim {
     /// The host takes every message due in the outbox, as the dispatcher
     /// hands them over and the host answers accepted.
     pub fn hand_over(&mut self) {
-        let keys: Vec<String> = self
-            .conn
+        for key in self.due_messages() {
+            self.accept(&key);
+        }
+    }
+
+    /// [`Sim::hand_over`], each acceptance also logged `message_sent` as
+    /// the worker logs it: the send attempts of the channel figures.
+    pub fn hand_over_logged(&mut self) {
+        for key in self.due_messages() {
+            self.accept(&key);
+            let row = outbox::by_key(&self.conn, &key).unwrap().unwrap();
+            super::log::Entry::for_effect("message_sent", &row, None)
+                .write(&self.conn, self.now)
+                .unwrap();
+        }
+    }
+
+    /// The keys of the messages due in the outbox, in order.
+    fn due_messages(&self) -> Vec<String> {
+        self.conn
             .prepare(
                 "SELECT idempotency_key FROM outbox WHERE kind = 'message'
                   AND status IN ('pending', 'retry') AND next_attempt_at <= ?1 ORDER BY id",
@@ -277,10 +295,7 @@ impl Sim {
             .query_map([self.now], |r| r.get(0))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        for key in keys {
-            self.accept(&key);
-        }
+            .unwrap()
     }
 
     /// Message effects to a contact, in order.

@@ -18,6 +18,7 @@ pub mod builder;
 pub mod performance;
 pub mod plugins;
 pub mod settings;
+pub mod step_analytics;
 pub mod template_preview;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -41,6 +42,7 @@ pub const VIEW_NAMES: &[&str] = &[
     "automation_performance",
     "settings",
     "template_preview",
+    "step_analytics",
     "plugins",
 ];
 
@@ -48,15 +50,17 @@ pub const VIEW_NAMES: &[&str] = &[
 ///
 /// `params` may be `null` (every parameter at its default) or an object; see
 /// [`automation_list::ListParams`], [`builder::BuilderParams`] and
-/// [`performance::PerformanceParams`] and
-/// [`template_preview::TemplatePreviewParams`]; `settings` takes none
+/// [`performance::PerformanceParams`],
+/// [`template_preview::TemplatePreviewParams`] and
+/// [`step_analytics::StepAnalyticsParams`]; `settings` takes none
 /// ([`settings::SettingsParams`]).
 ///
 /// # Errors
 ///
 /// * [`Error::NotFound`] for an unknown view name (the message lists the known
 ///   ones), an unknown or deleted automation, an unknown canvas node, or an
-///   unknown template or contact (`template_preview`).
+///   unknown template or contact (`template_preview`), or a step the
+///   automation never had (`step_analytics`).
 /// * [`Error::Invalid`] naming the parameter when `params` do not fit the view.
 /// * [`Error::Storage`] when the database fails.
 pub fn query(
@@ -77,6 +81,7 @@ pub fn query(
         "automation_performance" => to_json(&performance::build(&ctx, parse_params(params)?)?),
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
+        "step_analytics" => to_json(&step_analytics::build(&ctx, parse_params(params)?)?),
         "plugins" => {
             no_params(params)?;
             to_json(&plugins::build(ctx.conn, ctx.now)?)
@@ -118,6 +123,10 @@ pub fn schemas() -> Value {
         crate::schema::output::<template_preview::TemplatePreviewView>().to_value(),
     );
     out.insert(
+        "step_analytics".into(),
+        crate::schema::output::<step_analytics::StepAnalyticsView>().to_value(),
+    );
+    out.insert(
         "plugins".into(),
         crate::schema::output::<plugins::PluginsView>().to_value(),
     );
@@ -145,6 +154,7 @@ pub fn params_schemas() -> Value {
         "automation_performance": schemars::schema_for!(performance::PerformanceParams),
         "settings": schemars::schema_for!(settings::SettingsParams),
         "template_preview": schemars::schema_for!(template_preview::TemplatePreviewParams),
+        "step_analytics": schemars::schema_for!(step_analytics::StepAnalyticsParams),
         "plugins": schemars::schema_for!(NoParams),
         "schemas": schemars::schema_for!(NoParams),
     })
@@ -252,7 +262,8 @@ pub struct StatCard {
     /// Card title.
     pub label: String,
     /// The raw number (counts are integers, rates are percentages with one
-    /// decimal); null when undefined (e.g. a rate with nothing to divide by).
+    /// decimal, durations are milliseconds, as the card's `definition`
+    /// says); null when undefined (e.g. a rate with nothing to divide by).
     pub value: Option<Number>,
     /// The formatted value ("1,245", "18.3%", "—").
     pub display: String,
@@ -322,12 +333,14 @@ pub struct ViewLinkParams {
     /// The builder tab to open (`details` or `build`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tab: Option<String>,
-    /// The step to preview (`template_preview`).
+    /// The step to preview (`template_preview`) or whose analytics to
+    /// show (`step_analytics`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_id: Option<String>,
 }
 
-/// A view the UI navigates to: ask [`query`] for `view` with `params`.
+/// A view the UI navigates to (a page, or a modal such as
+/// `step_analytics`): ask [`query`] for `view` with `params`.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ViewRef {
     /// View name (one of [`VIEW_NAMES`]).
@@ -352,6 +365,19 @@ impl ViewRef {
     pub(crate) fn step_preview(automation_id: &str, step_id: &str) -> Self {
         ViewRef {
             view: "template_preview".to_string(),
+            params: ViewLinkParams {
+                automation_id: Some(automation_id.to_string()),
+                tab: None,
+                step_id: Some(step_id.to_string()),
+            },
+        }
+    }
+
+    /// The `step_analytics` modal of an automation's email, SMS or Delay
+    /// step.
+    pub(crate) fn step_analytics(automation_id: &str, step_id: &str) -> Self {
+        ViewRef {
+            view: "step_analytics".to_string(),
             params: ViewLinkParams {
                 automation_id: Some(automation_id.to_string()),
                 tab: None,

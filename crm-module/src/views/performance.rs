@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::builder::{Header, TabItem, header, tabs};
 use super::{
-    Action, Column, Ctx, DASH, GoalCell, Label, StatCard, fmt_count, fmt_duration,
+    Action, Column, Ctx, DASH, GoalCell, Label, StatCard, ViewRef, fmt_count, fmt_duration,
     fmt_duration_short, fmt_share, humanize, load_automation, num_f, num_u, rate, round1,
 };
 use crate::clock::Millis;
@@ -265,7 +265,9 @@ pub struct StepRow {
     /// since, or a newer write-back replaced it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_carried_out: Option<NotCarriedOut>,
-    /// Row actions (step analytics for message and wait steps).
+    /// Row actions: `step_analytics` ("Step analytics", chart icon) on
+    /// email, SMS and Delay steps, which opens the `step_analytics` view
+    /// of the step (its `view` carries `automation_id` and `step_id`).
     pub actions: Vec<Action>,
 }
 
@@ -346,45 +348,26 @@ pub struct ExitReason {
 
 const CONVERSION_DEFINITION: &str = "(goals reached ÷ contacts enrolled) × 100. Goals are counted when a contact meets the automation's goal criteria inside the lookback window (default 30 days). If no goal is defined, conversion only counts leads whose Status changed to Patient.";
 
+/// One step's counts from the event log.
 #[derive(Default, Clone, Copy)]
-struct StepCounts {
-    executed: u64,
-    completed: u64,
-    failed: u64,
-    avg_ms: Option<f64>,
+pub(crate) struct StepCounts {
+    /// `step_executed`.
+    pub(crate) executed: u64,
+    /// `step_completed`.
+    pub(crate) completed: u64,
+    /// `step_failed`.
+    pub(crate) failed: u64,
+    /// Mean `duration_ms` of the completions.
+    pub(crate) avg_ms: Option<f64>,
     yes: u64,
     no: u64,
     refused: u64,
     withdrawn: u64,
 }
 
-/// Adds the `(channel, count)` rows of `sql` (bound to the automation id) to
-/// one field of the channels already counted.
-fn add_by_channel(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    automation_id: &str,
-    channels: &mut [(String, ChannelCounts)],
-    field: impl Fn(&mut ChannelCounts) -> &mut u64,
-) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![automation_id], |r| {
-        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    for row in rows {
-        let (channel, n) = row?;
-        if let Some((_, c)) = channels
-            .iter_mut()
-            .find(|(ch, _)| Some(ch) == channel.as_ref())
-        {
-            *field(c) += n as u64;
-        }
-    }
-    Ok(())
-}
-
+/// Message counts of one channel (of one step, or of the whole automation).
 #[derive(Default, Clone, Copy)]
-struct ChannelCounts {
+pub(crate) struct ChannelCounts {
     queued: u64,
     sent: u64,
     delivered: u64,
@@ -403,19 +386,272 @@ struct ChannelCounts {
     opt_outs: u64,
 }
 
-/// Opt-outs per channel caused by the automation's messages (an SMS STOP
-/// reply, an unsubscribe link), from the rare rows of the partial index
-/// `events_opt_outs` (its condition, repeated on the first line, is what lets
-/// SQLite use it) joined to the outbox by message key. One per message: a
-/// STOP from a family phone unsubscribes everyone on the number (an
-/// `sms_opt_out` each) but is one reply to one message, so the rate stays a
-/// share of the messages delivered.
-pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.channel, count(DISTINCT e.message_key)
+impl ChannelCounts {
+    fn add(&mut self, o: &ChannelCounts) {
+        self.queued += o.queued;
+        self.sent += o.sent;
+        self.delivered += o.delivered;
+        self.opened += o.opened;
+        self.clicked += o.clicked;
+        self.replied += o.replied;
+        self.bounced += o.bounced;
+        self.failed += o.failed;
+        self.suppressed += o.suppressed;
+        self.revoked += o.revoked;
+        self.bounces_revoked += o.bounces_revoked;
+        self.failed_before_handover += o.failed_before_handover;
+        self.opt_outs += o.opt_outs;
+    }
+
+    /// The channel's figures and SPEC §5 rates, as the channel breakdown
+    /// shows them.
+    pub(crate) fn row(&self, channel: &str) -> ChannelRow {
+        let c = self;
+        // Send attempts: every hand-over the sender accepted, plus the ones
+        // that failed at or before it (SPEC §5).
+        let attempts = c.sent + c.failed_before_handover;
+        let delivered = c.delivered.saturating_sub(c.revoked);
+        let bounced = c.bounced.saturating_sub(c.bounces_revoked);
+        let delivery = rate(delivered, attempts);
+        let (bounce, error, opt_out) = (
+            rate(bounced, attempts),
+            rate(c.failed, attempts),
+            rate(c.opt_outs, delivered),
+        );
+        ChannelRow {
+            send_attempts: attempts,
+            bounce_rate: bounce,
+            bounce_rate_display: fmt_share(bounced, attempts),
+            error_rate: error,
+            error_rate_display: fmt_share(c.failed, attempts),
+            opt_outs: c.opt_outs,
+            opt_out_rate: opt_out,
+            opt_out_rate_display: fmt_share(c.opt_outs, delivered),
+            channel: Label::new(channel, &channel_label(channel)),
+            queued: c.queued,
+            sent: c.sent,
+            delivered,
+            opened: c.opened,
+            clicked: c.clicked,
+            replied: c.replied,
+            bounced,
+            failed: c.failed,
+            suppressed: c.suppressed,
+            delivery_rate: delivery,
+            delivery_rate_display: fmt_share(delivered, attempts),
+        }
+    }
+}
+
+/// The step and message counts of one automation, read from the event log
+/// in one fixed set of aggregate queries ([`Counts::read`]): what the
+/// Performance tab's step table and channel breakdown show, and what
+/// `step_analytics` shows of one step.
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Per step id.
+    pub(crate) per_step: HashMap<String, StepCounts>,
+    /// Message counts per (step, channel): the step whose message it is
+    /// (None for a message logged without one), and the channel it went
+    /// by. A step's channel fallback is under the fallback's channel.
+    messages: HashMap<(Option<String>, String), ChannelCounts>,
+}
+
+impl Counts {
+    /// Reads the counts of automation `automation_id`.
+    pub(crate) fn read(conn: &rusqlite::Connection, automation_id: &str) -> Result<Counts> {
+        let mut counts = Counts::default();
+        // Step and message counts per (kind, step, channel), in one pass.
+        {
+            let mut stmt = conn.prepare_cached(STEP_COUNTS_SQL)?;
+            let rows = stmt.query_map(params![automation_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (kind, step, channel, n) = row?;
+                let n = n as u64;
+                if let Some(step) = step.as_ref()
+                    && matches!(
+                        kind.as_str(),
+                        "effect_failed" | "task_withdrawn" | "write_back_dropped"
+                    )
+                {
+                    let c = counts.per_step.entry(step.clone()).or_default();
+                    match kind.as_str() {
+                        "effect_failed" => c.refused += n,
+                        _ => c.withdrawn += n,
+                    }
+                    continue;
+                }
+                if let Some(step) = step.as_ref()
+                    && kind.starts_with("step_")
+                {
+                    let c = counts.per_step.entry(step.clone()).or_default();
+                    match kind.as_str() {
+                        "step_executed" => c.executed += n,
+                        "step_completed" => c.completed += n,
+                        _ => c.failed += n,
+                    }
+                    continue;
+                }
+                let Some(channel) = channel else { continue };
+                let c = counts.messages.entry((step, channel)).or_default();
+                match kind.as_str() {
+                    "message_queued" => c.queued += n,
+                    "message_sent" => c.sent += n,
+                    "message_delivered" => c.delivered += n,
+                    // A bounce came after the delivery receipt: not delivered.
+                    "message_delivery_revoked" => c.revoked += n,
+                    // A delivery, hard bounce or failure of the same hand-over
+                    // came after a soft bounce: that is its outcome.
+                    "message_bounce_revoked" => c.bounces_revoked += n,
+                    "message_opened" => c.opened += n,
+                    "message_clicked" => c.clicked += n,
+                    "message_replied" => c.replied += n,
+                    "message_bounced" => c.bounced += n,
+                    "message_failed" => c.failed += n,
+                    "message_suppressed" => c.suppressed += n,
+                    _ => {}
+                }
+            }
+        }
+        // Send attempts and opt-outs, for the SPEC §5 rates.
+        counts.add(conn, FAILED_BEFORE_HANDOVER_SQL, automation_id, |c| {
+            &mut c.failed_before_handover
+        })?;
+        counts.add(conn, BOUNCED_AT_HANDOVER_SQL, automation_id, |c| {
+            &mut c.failed_before_handover
+        })?;
+        counts.add(conn, OPT_OUTS_SQL, automation_id, |c| &mut c.opt_outs)?;
+        // Durations and branch paths: the details of completed steps only.
+        {
+            let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
+            let rows = stmt.query_map(params![automation_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<f64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (step, avg, yes, no) = row?;
+                let c = counts.per_step.entry(step).or_default();
+                c.avg_ms = avg;
+                c.yes = yes.unwrap_or(0) as u64;
+                c.no = no.unwrap_or(0) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Adds the `(step, channel, count)` rows of `sql` (bound to the
+    /// automation id) to one field of the messages already counted: of
+    /// that step and channel, else of the channel with no step (so the
+    /// channel's totals never lose a count), and nothing for a channel no
+    /// message of the automation used.
+    fn add(
+        &mut self,
+        conn: &rusqlite::Connection,
+        sql: &str,
+        automation_id: &str,
+        field: impl Fn(&mut ChannelCounts) -> &mut u64,
+    ) -> Result<()> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![automation_id], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (step, channel, n) = row?;
+            let Some(channel) = channel else { continue };
+            let mut key = (step, channel);
+            if !self.messages.contains_key(&key) {
+                // Only channels the automation's messages used count.
+                if !self.messages.keys().any(|(_, ch)| *ch == key.1) {
+                    continue;
+                }
+                // A message whose step the log names no message of: the
+                // channel's, and no step's.
+                key.0 = None;
+            }
+            *field(self.messages.entry(key).or_default()) += n as u64;
+        }
+        Ok(())
+    }
+
+    /// One step's counts (zero when it has none).
+    pub(crate) fn step(&self, step_id: &str) -> StepCounts {
+        self.per_step.get(step_id).copied().unwrap_or_default()
+    }
+
+    /// The messages of one step sent by `channel` (its own channel, or its
+    /// fallback's); None when the log has none.
+    pub(crate) fn messages_of(&self, step_id: &str, channel: &str) -> Option<ChannelCounts> {
+        self.messages
+            .get(&(Some(step_id.to_string()), channel.to_string()))
+            .copied()
+    }
+
+    /// The automation's messages per channel (every step's, a fallback in
+    /// its own channel), email first, then SMS, then any other by name.
+    pub(crate) fn by_channel(&self) -> Vec<(String, ChannelCounts)> {
+        let mut channels: Vec<(String, ChannelCounts)> = Vec::new();
+        for ((_, channel), c) in &self.messages {
+            match channels.iter_mut().find(|(ch, _)| ch == channel) {
+                Some((_, total)) => total.add(c),
+                None => channels.push((channel.clone(), *c)),
+            }
+        }
+        channels.sort_by(|a, b| {
+            channel_rank(&a.0)
+                .cmp(&channel_rank(&b.0))
+                .then(a.0.cmp(&b.0))
+        });
+        channels
+    }
+}
+
+/// Messages that failed at or before the hand-over, per step and channel:
+/// a sender's refusal (the host's, the SMTP relay's (source `relay`; `host`
+/// before the relay was told apart), or a sender adapter plugin's
+/// (`plugin:<id>`)) or a message that could not be composed. Each is a
+/// send attempt.
+const FAILED_BEFORE_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND kind = 'message_failed'
+       AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'relay', 'compose')
+            OR json_extract(detail, '$.source') LIKE 'plugin:%')
+     GROUP BY step_id, channel";
+
+/// Hard bounces the module's own sender saw (the SMTP relay's 5.1.x), per
+/// step and channel: attempts that were never accepted.
+const BOUNCED_AT_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND kind = 'message_bounced'
+       AND json_extract(detail, '$.at') = 'hand_over'
+     GROUP BY step_id, channel";
+
+/// Opt-outs per step and channel caused by the automation's messages (an
+/// SMS STOP reply, an unsubscribe link), from the rare rows of the partial
+/// index `events_opt_outs` (its condition, repeated on the first line, is
+/// what lets SQLite use it) joined to the outbox by message key: the step
+/// and channel are the message's. One per message: a STOP from a family
+/// phone unsubscribes everyone on the number (an `sms_opt_out` each) but is
+/// one reply to one message, so the rate stays a share of the messages
+/// delivered.
+pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.step_id, o.channel, count(DISTINCT e.message_key)
      FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
      WHERE e.message_key IS NOT NULL AND (e.kind = 'sms_opt_out' OR e.kind = 'subscription_changed')
        AND (e.kind = 'sms_opt_out' OR json_extract(e.detail, '$.reason') = 'unsubscribe_link')
        AND o.automation_id = ?1
-     GROUP BY o.channel";
+     GROUP BY o.step_id, o.channel";
 
 /// Completed steps' mean duration and branch paths per step, read from the
 /// covering index `events_step_completed` (the same expressions). Named
@@ -467,125 +703,9 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         total("exited"),
     );
 
-    // 2. Step and message counts per (kind, step, channel), in one pass.
-    let mut per_step: HashMap<String, StepCounts> = HashMap::new();
-    let mut channels: Vec<(String, ChannelCounts)> = Vec::new();
-    {
-        let mut stmt = ctx.conn.prepare_cached(STEP_COUNTS_SQL)?;
-        let rows = stmt.query_map(params![id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (kind, step, channel, n) = row?;
-            let n = n as u64;
-            if let Some(step) = step.as_ref()
-                && matches!(
-                    kind.as_str(),
-                    "effect_failed" | "task_withdrawn" | "write_back_dropped"
-                )
-            {
-                let c = per_step.entry(step.clone()).or_default();
-                match kind.as_str() {
-                    "effect_failed" => c.refused += n,
-                    _ => c.withdrawn += n,
-                }
-                continue;
-            }
-            if let Some(step) = step
-                && kind.starts_with("step_")
-            {
-                let c = per_step.entry(step).or_default();
-                match kind.as_str() {
-                    "step_executed" => c.executed += n,
-                    "step_completed" => c.completed += n,
-                    _ => c.failed += n,
-                }
-                continue;
-            }
-            let Some(channel) = channel else { continue };
-            let idx = match channels.iter().position(|(c, _)| *c == channel) {
-                Some(i) => i,
-                None => {
-                    channels.push((channel, ChannelCounts::default()));
-                    channels.len() - 1
-                }
-            };
-            let c = &mut channels[idx].1;
-            match kind.as_str() {
-                "message_queued" => c.queued += n,
-                "message_sent" => c.sent += n,
-                "message_delivered" => c.delivered += n,
-                // A bounce came after the delivery receipt: not delivered.
-                "message_delivery_revoked" => c.revoked += n,
-                // A delivery, hard bounce or failure of the same hand-over
-                // came after a soft bounce: that is its outcome.
-                "message_bounce_revoked" => c.bounces_revoked += n,
-                "message_opened" => c.opened += n,
-                "message_clicked" => c.clicked += n,
-                "message_replied" => c.replied += n,
-                "message_bounced" => c.bounced += n,
-                "message_failed" => c.failed += n,
-                "message_suppressed" => c.suppressed += n,
-                _ => {}
-            }
-        }
-    }
-    // Send attempts and opt-outs per channel, for the SPEC §5 rates.
-    {
-        // A sender's refusal counts: the host's, the SMTP relay's (source
-        // `relay`; `host` before the relay was told apart), or a sender
-        // adapter plugin's (`plugin:<id>`).
-        add_by_channel(
-            ctx.conn,
-            "SELECT channel, count(*) FROM events
-             WHERE automation_id = ?1 AND kind = 'message_failed'
-               AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'relay', 'compose')
-                    OR json_extract(detail, '$.source') LIKE 'plugin:%')
-             GROUP BY channel",
-            id,
-            &mut channels,
-            |c| &mut c.failed_before_handover,
-        )?;
-        // The module's own sender saw the hard bounce (the SMTP relay's
-        // 5.1.x): an attempt that was never accepted.
-        add_by_channel(
-            ctx.conn,
-            "SELECT channel, count(*) FROM events
-             WHERE automation_id = ?1 AND kind = 'message_bounced'
-               AND json_extract(detail, '$.at') = 'hand_over'
-             GROUP BY channel",
-            id,
-            &mut channels,
-            |c| &mut c.failed_before_handover,
-        )?;
-        add_by_channel(ctx.conn, OPT_OUTS_SQL, id, &mut channels, |c| {
-            &mut c.opt_outs
-        })?;
-    }
-    // Durations and branch paths: the details of completed steps only.
-    {
-        let mut stmt = ctx.conn.prepare_cached(STEP_DETAILS_SQL)?;
-        let rows = stmt.query_map(params![id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<f64>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (step, avg, yes, no) = row?;
-            let c = per_step.entry(step).or_default();
-            c.avg_ms = avg;
-            c.yes = yes.unwrap_or(0) as u64;
-            c.no = no.unwrap_or(0) as u64;
-        }
-    }
+    // 2. Step and message counts per (kind, step, channel), send attempts,
+    // opt-outs, durations and branch paths.
+    let counts = Counts::read(ctx.conn, id)?;
 
     // 3b. Suppressed messages by reason.
     let mut suppressed: Vec<(String, u64)> = Vec::new();
@@ -628,7 +748,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     let engagement_over_time = engagement_over_time(ctx, id, goals::counted_ids(def.goal))?;
 
     // Steps table.
-    let rows = step_rows(ctx, id, &rec.current.flow, def, &per_step)?;
+    let rows = step_rows(ctx, id, &rec.current.flow, def, &counts.per_step)?;
     let mut top: Vec<&StepRow> = rows
         .iter()
         .filter(|r| !r.removed && r.executed > 0 && RANKED_STEPS.contains(&r.step_type.id.as_str()))
@@ -727,48 +847,10 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
     })
     .collect();
 
-    channels.sort_by(|a, b| {
-        channel_rank(&a.0)
-            .cmp(&channel_rank(&b.0))
-            .then(a.0.cmp(&b.0))
-    });
-    let channel_breakdown = channels
+    let channel_breakdown = counts
+        .by_channel()
         .into_iter()
-        .map(|(ch, c)| {
-            // Send attempts: every hand-over the sender accepted, plus the ones
-            // that failed at or before it (SPEC §5).
-            let attempts = c.sent + c.failed_before_handover;
-            let delivered = c.delivered.saturating_sub(c.revoked);
-            let bounced = c.bounced.saturating_sub(c.bounces_revoked);
-            let delivery = rate(delivered, attempts);
-            let (bounce, error, opt_out) = (
-                rate(bounced, attempts),
-                rate(c.failed, attempts),
-                rate(c.opt_outs, delivered),
-            );
-            ChannelRow {
-                send_attempts: attempts,
-                bounce_rate: bounce,
-                bounce_rate_display: fmt_share(bounced, attempts),
-                error_rate: error,
-                error_rate_display: fmt_share(c.failed, attempts),
-                opt_outs: c.opt_outs,
-                opt_out_rate: opt_out,
-                opt_out_rate_display: fmt_share(c.opt_outs, delivered),
-                channel: Label::new(&ch, &channel_label(&ch)),
-                queued: c.queued,
-                sent: c.sent,
-                delivered,
-                opened: c.opened,
-                clicked: c.clicked,
-                replied: c.replied,
-                bounced,
-                failed: c.failed,
-                suppressed: c.suppressed,
-                delivery_rate: delivery,
-                delivery_rate_display: fmt_share(delivered, attempts),
-            }
-        })
+        .map(|(ch, c)| c.row(&ch))
         .collect();
 
     let exits = Exits {
@@ -904,6 +986,7 @@ fn step_rows(
         let (depth, path) = pos.get(&id).cloned().unwrap_or((0, None));
         rows.push(step_row(
             &names,
+            automation_id,
             step,
             depth,
             path,
@@ -919,37 +1002,9 @@ fn step_rows(
         .filter(|s| !flow.contains(s))
         .collect();
     if !missing.is_empty() {
-        let mut stmt = ctx.conn.prepare_cached(
-            "SELECT definition FROM automation_versions
-             WHERE automation_id = ?1 AND version < (SELECT current_version FROM automations WHERE id = ?1)
-             ORDER BY version DESC",
-        )?;
-        let defs = stmt.query_map(params![automation_id], |r| r.get::<_, String>(0))?;
-        for text in defs {
-            if missing.is_empty() {
-                break;
-            }
-            let Ok(old) = serde_json::from_str::<AutomationDefinition>(&text?) else {
-                continue;
-            };
-            let old_flow = Flow::new(&old);
-            let old_pos = positions(&old);
-            for id in old_flow.ordered_ids() {
-                if missing.remove(id.as_str())
-                    && let Some(step) = old_flow.step(&id)
-                {
-                    // Where it was: its depth and path in that version.
-                    let (depth, path) = old_pos.get(&id).cloned().unwrap_or((0, None));
-                    rows.push(step_row(
-                        &names,
-                        step,
-                        depth,
-                        path,
-                        true,
-                        per_step.get(&id).copied().unwrap_or_default(),
-                    ));
-                }
-            }
+        for (step, depth, path) in removed_steps(ctx.conn, automation_id, &mut missing)? {
+            let c = per_step.get(&step.id).copied().unwrap_or_default();
+            rows.push(step_row(&names, automation_id, &step, depth, path, true, c));
         }
         // History whose definition is gone entirely.
         let mut rest: Vec<&str> = missing.into_iter().collect();
@@ -958,6 +1013,7 @@ fn step_rows(
             let c = per_step.get(id).copied().unwrap_or_default();
             let mut row = step_row(
                 &names,
+                automation_id,
                 &Step {
                     id: id.to_string(),
                     name: Some(format!("Step {id}")),
@@ -978,8 +1034,47 @@ fn step_rows(
     Ok(rows)
 }
 
+/// The steps named in `missing` that the current version no longer has,
+/// each as the newest earlier version that had it defined it, with its
+/// depth and path there; the ids found are taken out of `missing` (what is
+/// left, no version's definition has).
+pub(crate) fn removed_steps(
+    conn: &rusqlite::Connection,
+    automation_id: &str,
+    missing: &mut HashSet<&str>,
+) -> Result<Vec<(Step, u32, Option<String>)>> {
+    let mut found = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT definition FROM automation_versions
+         WHERE automation_id = ?1 AND version < (SELECT current_version FROM automations WHERE id = ?1)
+         ORDER BY version DESC",
+    )?;
+    let defs = stmt.query_map(params![automation_id], |r| r.get::<_, String>(0))?;
+    for text in defs {
+        if missing.is_empty() {
+            break;
+        }
+        let Ok(old) = serde_json::from_str::<AutomationDefinition>(&text?) else {
+            continue;
+        };
+        let old_flow = Flow::new(&old);
+        let old_pos = positions(&old);
+        for id in old_flow.ordered_ids() {
+            if missing.remove(id.as_str())
+                && let Some(step) = old_flow.step(&id)
+            {
+                // Where it was: its depth and path in that version.
+                let (depth, path) = old_pos.get(&id).cloned().unwrap_or((0, None));
+                found.push((step.clone(), depth, path));
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn step_row(
     names: &super::Names,
+    automation_id: &str,
     step: &Step,
     depth: u32,
     path_label: Option<String>,
@@ -994,11 +1089,10 @@ fn step_row(
         step.kind,
         StepKind::SendEmail { .. } | StepKind::SendSms { .. } | StepKind::Delay { .. }
     ) {
-        actions.push(Action::new(
-            "step_analytics",
-            "Step analytics",
-            Some("fa-chart-column"),
-        ));
+        actions.push(
+            Action::new("step_analytics", "Step analytics", Some("fa-chart-column"))
+                .view(ViewRef::step_analytics(automation_id, &step.id)),
+        );
     }
     StepRow {
         step_id: step.id.clone(),
