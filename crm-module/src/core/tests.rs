@@ -3692,7 +3692,19 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
         suppressed, 1,
         "after 3 soft bounces the message is suppressed"
     );
-    let _ = a;
+    // In the figures it is four bounces, not a message held back: the one
+    // suppressed email is the hard-bounced address's second.
+    let v = s.view("automation_performance", json!({"automation_id": a}));
+    let email = &v["channel_breakdown"][0];
+    assert_eq!(
+        (email["suppressed"].as_u64(), email["bounced"].as_u64()),
+        (Some(1), Some(5))
+    );
+    assert_eq!(v["suppressions"]["total"], 1);
+    assert_eq!(
+        v["suppressions"]["reasons"][0]["reason"]["id"],
+        "undeliverable"
+    );
 }
 
 /// A sender adapter gives its provider `<key>-resend<n>` for a message

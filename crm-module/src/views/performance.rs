@@ -150,8 +150,9 @@ pub struct ChannelRow {
     /// Internal or channel failures.
     pub failed: u64,
     /// Not sent: consent or compliance held them back (unsubscribed, no
-    /// consent, an undeliverable address, the soft bounces used up), with the reason
-    /// in the suppressions table.
+    /// consent, an undeliverable address), with the reason in the
+    /// suppressions table. A message whose soft bounces were used up is not
+    /// among them: it was sent, and each bounce counts in `bounced`.
     pub suppressed: u64,
     /// Send attempts: hand-overs the sender accepted (a resend after a soft
     /// bounce is one more) plus those that failed at or before the
@@ -377,6 +378,10 @@ pub(crate) struct ChannelCounts {
     bounced: u64,
     failed: u64,
     suppressed: u64,
+    /// Of `suppressed`, the messages given up after their soft bounces
+    /// (logged `message_suppressed`, reason `soft_bounce_limit`): sent, so
+    /// not suppressed in the figures.
+    used_up: u64,
     /// Deliveries a later bounce took back.
     revoked: u64,
     /// Soft bounces the same hand-over's later outcome took back.
@@ -397,6 +402,7 @@ impl ChannelCounts {
         self.bounced += o.bounced;
         self.failed += o.failed;
         self.suppressed += o.suppressed;
+        self.used_up += o.used_up;
         self.revoked += o.revoked;
         self.bounces_revoked += o.bounces_revoked;
         self.failed_before_handover += o.failed_before_handover;
@@ -436,7 +442,7 @@ impl ChannelCounts {
             replied: c.replied,
             bounced,
             failed: c.failed,
-            suppressed: c.suppressed,
+            suppressed: c.suppressed.saturating_sub(c.used_up),
             delivery_rate: delivery,
             delivery_rate_display: fmt_share(delivered, attempts),
         }
@@ -528,6 +534,9 @@ impl Counts {
             &mut c.failed_before_handover
         })?;
         counts.add(conn, OPT_OUTS_SQL, automation_id, |c| &mut c.opt_outs)?;
+        counts.add(conn, SOFT_BOUNCES_USED_UP_SQL, automation_id, |c| {
+            &mut c.used_up
+        })?;
         // Durations and branch paths: the details of completed steps only.
         {
             let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
@@ -631,6 +640,14 @@ const FAILED_BEFORE_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM
             OR json_extract(detail, '$.source') LIKE 'plugin:%')
      GROUP BY step_id, channel";
 
+/// Messages given up after their soft bounces, per step and channel: logged
+/// `message_suppressed` (reason `soft_bounce_limit`), but sent, so not
+/// counted as suppressed.
+const SOFT_BOUNCES_USED_UP_SQL: &str = "SELECT step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND kind = 'message_suppressed'
+       AND json_extract(detail, '$.reason') = 'soft_bounce_limit'
+     GROUP BY step_id, channel";
+
 /// Hard bounces the module's own sender saw (the SMTP relay's 5.1.x), per
 /// step and channel: attempts that were never accepted.
 const BOUNCED_AT_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM events
@@ -713,6 +730,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         let mut stmt = ctx.conn.prepare_cached(
             "SELECT coalesce(json_extract(detail, '$.reason'), 'unknown'), count(*) FROM events
              WHERE automation_id = ?1 AND kind = 'message_suppressed'
+               AND coalesce(json_extract(detail, '$.reason'), '') <> 'soft_bounce_limit'
              GROUP BY 1 ORDER BY 2 DESC, 1",
         )?;
         let rows = stmt.query_map(params![id], |r| {
