@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::log::Entry;
 use super::{Ctx, Signal};
-use crate::clock::{DAY, Millis};
+use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::event::UpsertMode;
 
@@ -39,8 +39,9 @@ pub fn plugin_view(c: &Contact) -> Value {
     Value::Object(m)
 }
 
-/// Contact-initiated inactivity after which activity counts as reactivation.
-pub const REACTIVATION_GAP: Millis = 90 * DAY;
+/// Calendar days of contact-initiated inactivity (in the practice's zone)
+/// after which activity counts as reactivation.
+pub const REACTIVATION_DAYS: i64 = 90;
 
 /// A contact as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -468,17 +469,26 @@ fn write_row(conn: &Connection, c: &Contact, props: &str) -> Result<()> {
     Ok(())
 }
 
-/// Marks activity: moves Last Activity; `inbound` (contact-initiated) also
-/// moves the engagement clock and reports a reactivation when the previous
-/// contact-initiated activity is more than 90 days old.
-pub fn touch(c: &mut Contact, now: Millis, inbound: bool) -> Option<Signal> {
+/// Marks activity: moves Last Activity.
+pub fn touch(c: &mut Contact, now: Millis) {
     c.last_activity = c.last_activity.max(now);
-    if !inbound {
-        return None;
-    }
+}
+
+/// Marks contact-initiated activity: moves Last Activity and the
+/// engagement clock, and reports a reactivation when the previous
+/// contact-initiated activity is [`REACTIVATION_DAYS`] calendar days old or
+/// more in the practice's zone `tz`: the measure of *Inactive for N days*,
+/// so that a contact a win-back enrolled this morning (last seen 90 days
+/// ago, late in the evening) who books today is reactivated. (Elapsed
+/// hours left that booking 89 days and some hours after, no reactivation.)
+pub fn engage(c: &mut Contact, now: Millis, tz: chrono_tz::Tz) -> Option<Signal> {
+    touch(c, now);
     let previous = c.last_engaged_at.unwrap_or(c.created_at);
     c.last_engaged_at = Some(now.max(previous));
-    (now - previous > REACTIVATION_GAP).then_some(Signal::Reactivated)
+    let days = crate::schedule::local_date(now, tz)
+        .signed_duration_since(crate::schedule::local_date(previous, tz))
+        .num_days();
+    (days >= REACTIVATION_DAYS).then_some(Signal::Reactivated)
 }
 
 /// Who changed a subscription, and why, for the audit log.

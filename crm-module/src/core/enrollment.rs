@@ -1040,7 +1040,7 @@ fn write_props(
             message_key: None,
         },
     )?;
-    contacts::touch(contact, ctx.now, false);
+    contacts::touch(contact, ctx.now);
     contacts::save(ctx.conn, contact)?;
     if signals.contains(&Signal::BecamePatient) {
         // The record says Patient now, but nobody booked: the Status

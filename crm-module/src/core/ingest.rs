@@ -209,7 +209,7 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
                 c.insurance_verification.as_deref() != Some("verified") && value == "verified";
             let old_value = json!(c.insurance_verification);
             c.insurance_verification = Some(value.to_string());
-            contacts::touch(&mut c, ctx.now, false);
+            contacts::touch(&mut c, ctx.now);
             // The status, its time and the touch: the only columns this
             // event changes, in one write of the row.
             ctx.conn
@@ -359,7 +359,7 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
             {
                 signals.push(owed);
             }
-            contacts::touch(&mut c, ctx.now, false);
+            contacts::touch(&mut c, ctx.now);
             contacts::save(ctx.conn, &c)?;
             triggers::fire(ctx, &c.id, &signals)?;
             Ok(Outcome::Applied)
@@ -371,7 +371,7 @@ fn apply_event(ctx: &mut Ctx<'_>, ev: &Event) -> Result<Outcome> {
 /// signal, saves. At the instant it happened (the event's `occurred_at`): a
 /// visit on day 80 of a quiet spell, pushed on day 95, ends an 80-day gap.
 fn inbound(ctx: &Ctx<'_>, c: &mut Contact, signals: &mut Vec<Signal>) -> Result<()> {
-    if let Some(s) = contacts::touch(c, ctx.occurred_at.unwrap_or(ctx.now), true) {
+    if let Some(s) = contacts::engage(c, ctx.occurred_at.unwrap_or(ctx.now), ctx.settings.tz) {
         signals.push(s);
     }
     contacts::save(ctx.conn, c)
@@ -446,7 +446,7 @@ fn upsert(
     // (SPEC §1), so it is not the contact's own activity and never a
     // reactivation (the win-back email delivered would reach its goal).
     if let Some(at) = last_active {
-        contacts::touch(&mut c, at, false);
+        contacts::touch(&mut c, at);
     }
     if c.source_updated_at.is_some_and(|s| occurred < s) {
         let mut signals = stale_opt_outs(ctx, &mut c, props, occurred, audit)?;
@@ -484,7 +484,7 @@ fn upsert(
         changes.extend(number_stop(ctx, &mut c)?);
     }
     if !changes.is_empty() {
-        contacts::touch(&mut c, ctx.now, false);
+        contacts::touch(&mut c, ctx.now);
         let changed: Vec<&str> = changes
             .iter()
             .filter_map(|s| match s {
@@ -539,7 +539,7 @@ fn stale_opt_outs(
         return Ok(Vec::new());
     }
     let signals = contacts::apply_props(ctx, c, opt_outs, UpsertMode::Partial, audit)?;
-    contacts::touch(c, ctx.now, false);
+    contacts::touch(c, ctx.now);
     Ok(signals)
 }
 
@@ -669,7 +669,7 @@ fn appointment_event(ctx: &mut Ctx<'_>, a: &Appointment, status: &str) -> Result
     if inbound_activity {
         inbound(ctx, &mut c, &mut signals)?;
     } else {
-        contacts::touch(&mut c, ctx.now, false);
+        contacts::touch(&mut c, ctx.now);
         contacts::save(ctx.conn, &c)?;
     }
     triggers::fire(ctx, &c.id, &signals)?;
@@ -1100,7 +1100,7 @@ fn sms_received(
         .write(ctx.conn, ctx.now)?;
         // An inbound text touches the record, as a STOP does (a keyword,
         // not engagement).
-        contacts::touch(&mut c, ctx.now, false);
+        contacts::touch(&mut c, ctx.now);
         contacts::save(ctx.conn, &c)?;
         let text = ctx.settings.help_answer();
         compliance_sms(ctx, event_id, &c, &text, "help_answer");
@@ -1538,7 +1538,7 @@ fn start_one(ctx: &mut Ctx<'_>, mut c: Contact, key: Option<&str>) -> Result<()>
     let Some(change) = contacts::set_subscription(ctx, &mut c, "sms", "subscribed", src)? else {
         return Ok(());
     };
-    contacts::touch(&mut c, ctx.now, false);
+    contacts::touch(&mut c, ctx.now);
     contacts::save(ctx.conn, &c)?;
     Log {
         channel: Some("sms"),
@@ -1592,7 +1592,7 @@ fn stop_one(ctx: &mut Ctx<'_>, mut c: Contact, key: Option<&str>) -> Result<bool
         message_key: key,
     };
     let change = contacts::set_subscription(ctx, &mut c, "sms", "unsubscribed", src)?;
-    contacts::touch(&mut c, ctx.now, false);
+    contacts::touch(&mut c, ctx.now);
     contacts::save(ctx.conn, &c)?;
     let changed = change.is_some();
     if changed {

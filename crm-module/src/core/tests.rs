@@ -2316,6 +2316,32 @@ fn last_activity_moves_on_touch_and_reactivation_goal() {
     );
 }
 
+/// Reactivation is measured as *Inactive for N days* measures the quiet:
+/// in calendar days in the practice's zone. A patient last seen late on 4
+/// January, whom the win-back enrolls on 4 April (the 90th day after), and
+/// who books that morning, is reactivated; in elapsed time the booking
+/// came 89 days and 10.5 hours after the visit, and the goal was never
+/// reached.
+#[test]
+fn a_booking_on_the_day_a_win_back_enrolls_is_a_reactivation() {
+    let mut s = Sim::new();
+    let a = s.automation(json!({"name": "Win-back", "goal": "patient_reactivation", "run_window": {"mode": "any_time"},
+        "trigger": {"type": "inactive_for_days", "days": 90}, "steps": [{"type": "delay", "amount": 30, "unit": "days"}]}));
+    // 22:30 in New York on Sunday 4 January.
+    s.push(json!({"type": "contact.upserted", "reason": "import", "last_activity_at": "2026-01-05T03:30:00Z",
+        "contact": {"id": "c1", "email": "c1@example.com", "email_subscription": "subscribed"}}))
+        .unwrap();
+    // To 10:00 in New York on 4 April (EDT).
+    s.advance(89 * DAY);
+    assert_eq!(s.count("enrolled", Some(&a)), 1);
+    assert!(!s.enrollment(&a, "c1").2);
+    s.book("c1", "ap1");
+    assert!(
+        s.enrollment(&a, "c1").2,
+        "back on the day the win-back counted 90 quiet days"
+    );
+}
+
 #[test]
 fn host_seeded_last_activity_lets_win_back_see_patients_quiet_at_import() {
     use crate::clock::to_rfc3339;
