@@ -162,21 +162,17 @@ pub fn resent_key(send_key: &str) -> Option<(&str, u64)> {
 }
 
 /// How many times the message with this key was to be sent again after a
-/// soft bounce so far (its payload's `resend`: counted at the bounce; 0 for
-/// a message never resent or an unknown key), and when it was last handed
-/// over.
-pub fn resends(conn: &Connection, key: &str) -> Result<(u64, Option<Millis>)> {
-    Ok(conn
+/// soft bounce so far (its payload's `resend`, counted at the bounce, so
+/// one more than the resends handed over while it waits for the next; 0
+/// for a message never resent or an unknown key).
+pub fn resends(conn: &Connection, key: &str) -> Result<u64> {
+    let n: Option<Option<i64>> = conn
         .prepare_cached(
-            "SELECT json_extract(payload, '$.resend'), handed_over_at FROM outbox WHERE idempotency_key = ?1",
+            "SELECT json_extract(payload, '$.resend') FROM outbox WHERE idempotency_key = ?1",
         )?
-        .query_row([key], |r| {
-            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<Millis>>(1)?))
-        })
-        .optional()?
-        .map_or((0, None), |(n, at)| {
-            (n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0), at)
-        }))
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(n.flatten().and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
 }
 
 /// The start of every test send's key (`<install>-test-`).

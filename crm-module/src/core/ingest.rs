@@ -755,7 +755,7 @@ fn named_send(ctx: &Ctx<'_>, key: &str) -> Result<Option<(outbox::Row, Option<u6
     let Some((message_key, n)) = outbox::resent_key(key) else {
         return Ok(None);
     };
-    if outbox::resends(ctx.conn, message_key)?.0 < n {
+    if outbox::resends(ctx.conn, message_key)? < n {
         return Ok(None);
     }
     Ok(outbox::by_key(ctx.conn, message_key)?.map(|row| (row, Some(n))))
@@ -1144,10 +1144,12 @@ pub const MAX_SOFT_BOUNCES: i64 = 3;
 pub const SOFT_BOUNCES_SQL: &str = "SELECT COUNT(*) FROM events WHERE message_key = ?1
     AND kind = 'message_bounced' AND json_extract(detail, '$.bounce') = 'soft'";
 
-/// A delivery receipt: logged; a hard bounce marks the email address
-/// undeliverable (consent then suppresses every later email to it); a soft
-/// bounce hands the message back to the host with backoff, under the same
-/// key, until [`MAX_SOFT_BOUNCES`], then records it suppressed.
+/// A delivery receipt: logged; a hard bounce marks the email address or
+/// mobile number undeliverable (consent then suppresses every later message
+/// to it on that channel); a soft bounce hands the message back to the host
+/// with backoff, under the same key with the next `resend`, until
+/// [`MAX_SOFT_BOUNCES`], then gives it up (`message_suppressed`, reason
+/// `soft_bounce_limit`).
 fn receipt(
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -1185,23 +1187,12 @@ fn receipt_from(
     if outbox::is_test_send(ctx.install_id, key) {
         return Ok(()); // "Test to" samples never reach analytics
     }
-    let (resends, handed_over_at) = outbox::resends(ctx.conn, key)?;
-    let earlier = match send {
-        Some(n) => n < resends,
-        // The message's own key: its latest send, unless the message was
-        // sent again and the receipt tells of something that happened
-        // before that send was handed over (a provider's retried webhook
-        // about the first send, say).
-        None => {
-            resends > 0
-                && row.status == "accepted"
-                && matches!((ctx.occurred_at, handed_over_at), (Some(at), Some(h)) if at < h)
-        }
-    };
-    if earlier {
+    let last = last_outcome(ctx, key)?;
+    // A resend was handed over (more than one hand-over): a receipt may
+    // be about a send before it.
+    if !at_hand_over && row.attempts > 1 && about_an_earlier_send(ctx, &row, send, last.as_ref())? {
         return earlier_send(ctx, &row, status, bounce, send);
     }
-    let last = last_outcome(ctx, key)?;
     if !at_hand_over && unanswered(ctx, &row, last.as_ref()) {
         row = taken_before_its_answer(ctx, &row)?;
     }
@@ -1361,10 +1352,61 @@ fn unanswered(ctx: &Ctx<'_>, row: &outbox::Row, last: Option<&DeliveryOutcome>) 
     if let Some(unanswered) = in_flight_unanswered(ctx, row) {
         return unanswered;
     }
-    let awaiting_resend = matches!(last, Some((kind, bounce, attempt))
+    row.status == "pending" || (row.status == "retry" && !soft_bounced_last(row, last))
+}
+
+/// Whether the last hand-over of message `row` soft-bounced (its outcome
+/// `last` is a soft bounce of that hand-over): the message waits to be sent
+/// again.
+fn soft_bounced_last(row: &outbox::Row, last: Option<&DeliveryOutcome>) -> bool {
+    matches!(last, Some((kind, bounce, attempt))
         if kind == "message_bounced" && bounce.as_deref() == Some("soft")
-            && attempt.is_none_or(|a| a == row.attempts));
-    row.status == "pending" || (row.status == "retry" && !awaiting_resend)
+            && attempt.is_none_or(|a| a == row.attempts))
+}
+
+/// When the last soft bounce of message `?1` was recorded, through the
+/// partial index `events_message_outcome`.
+const LAST_SOFT_BOUNCE_SQL: &str = "SELECT max(at) FROM events WHERE message_key = ?1
+    AND kind = 'message_bounced' AND json_extract(detail, '$.bounce') = 'soft'";
+
+/// Whether a receipt for message `row` (naming resend `send` of it, or its
+/// own key: `None`) is about an earlier send than the last one handed over.
+/// The payload's `resend` counts the sends again scheduled, so while the
+/// message waits for one, the last handed over is the one before. A
+/// receipt naming the message's own key is about the last send, unless it
+/// says it happened (`occurred_at`) no later than the soft bounce that made
+/// the module send it again was recorded: the resend went after that
+/// bounce and its backoff, so only an earlier send's news (a provider's
+/// retried webhook about the first bounce) can be dated before. Without
+/// `occurred_at`, it is taken for the last send's.
+fn about_an_earlier_send(
+    ctx: &Ctx<'_>,
+    row: &outbox::Row,
+    send: Option<u64>,
+    last: Option<&DeliveryOutcome>,
+) -> Result<bool> {
+    let waiting =
+        soft_bounced_last(row, last) && (row.status == "retry" || row.status == "pending");
+    let resends = outbox::resends(ctx.conn, &row.key)?;
+    let last_sent = if waiting {
+        resends.saturating_sub(1)
+    } else {
+        resends
+    };
+    Ok(match send {
+        Some(n) => n < last_sent,
+        None if last_sent == 0 => false,
+        None => {
+            let Some(at) = ctx.occurred_at else {
+                return Ok(false);
+            };
+            let bounced_at: Option<Millis> = ctx
+                .conn
+                .prepare_cached(LAST_SOFT_BOUNCE_SQL)?
+                .query_row([&row.key], |r| r.get(0))?;
+            bounced_at.is_some_and(|b| at <= b)
+        }
+    })
 }
 
 /// For message `row` in flight: whether nothing was recorded of it since
@@ -1397,14 +1439,14 @@ fn taken_before_its_answer(ctx: &Ctx<'_>, row: &outbox::Row) -> Result<outbox::R
     message(ctx, &row.key)
 }
 
-/// A receipt about an earlier send of message `row` than its latest (it
-/// names `<key>-resend<n>` with `n` below the payload's `resend` (`resend`
-/// is that `n`), or it happened before the latest send was handed over): a
-/// send that soft-bounced and was sent again, its outcome counted then. The
-/// receipt is recorded only (`receipt_repeated` after `resent`); a hard
-/// bounce still marks an email address undeliverable. Taken for the latest
-/// send's, a provider's retried webhook about the first send's soft bounce
-/// revoked the resend's delivery, or handed the message over a third time.
+/// A receipt about an earlier send of message `row` than the last one
+/// handed over ([`about_an_earlier_send`]; `resend` is the send it names,
+/// if it names one): a send that soft-bounced and was sent again, its
+/// outcome counted then. The receipt is recorded only (`receipt_repeated`
+/// after `resent`); a hard bounce still marks the address undeliverable.
+/// Taken for the latest send's, a provider's retried webhook about the
+/// first send's soft bounce revoked the resend's delivery, or handed the
+/// message over a third time.
 fn earlier_send(
     ctx: &mut Ctx<'_>,
     row: &outbox::Row,

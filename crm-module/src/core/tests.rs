@@ -3787,7 +3787,7 @@ fn a_receipt_about_an_earlier_send_counts_nothing() {
     let mut s = Sim::new();
     s.automation(json!({"name": "Hello", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
         "steps": [{"id": "mail", "type": "send_email", "subject": "Hi", "body": "Hi"}]}));
-    for c in ["after", "before", "named"] {
+    for c in ["after", "before", "named", "late", "skew"] {
         s.contact(c, json!({}));
     }
     let key = |s: &Sim, c: &str| s.messages_to(c)[0].key.clone();
@@ -3809,7 +3809,8 @@ fn a_receipt_about_an_earlier_send_counts_nothing() {
     };
     let first_sent = s.now;
     let bounced_at = crate::clock::to_rfc3339(first_sent + MINUTE);
-    for c in ["after", "before", "named"] {
+    s.advance(MINUTE);
+    for c in ["after", "before", "named", "late", "skew"] {
         let k = key(&s, c);
         s.accept(&k);
         s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "soft",
@@ -3853,6 +3854,25 @@ fn a_receipt_about_an_earlier_send_counts_nothing() {
     s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 1), "status": "bounced", "bounce": "soft"}))
         .unwrap();
     assert_eq!(outcome(&s, "named"), ("accepted".into(), 1, 2, 1));
+    // The first resend soft-bounces, then turns out delivered before the
+    // second goes: that is its outcome, and the second is not sent.
+    let k = key(&s, "late");
+    let resend1 = crate::outbox::send_key(&k, 1);
+    s.push(json!({"type": "delivery.receipt", "message_key": resend1, "status": "bounced", "bounce": "soft"}))
+        .unwrap();
+    s.push(json!({"type": "delivery.receipt", "message_key": resend1, "status": "delivered"}))
+        .unwrap();
+    assert_eq!(outcome(&s, "late"), ("accepted".into(), 1, 1, 0));
+    // The resend's own bounce, dated a moment before its hand-over was
+    // recorded (a provider's clock, whole seconds) but after the first
+    // bounce: the resend's, and it counts.
+    let k = key(&s, "skew");
+    s.push(
+        json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "hard",
+                  "occurred_at": crate::clock::to_rfc3339(s.now - 1_000)}),
+    )
+    .unwrap();
+    assert_eq!(outcome(&s, "skew"), ("accepted".into(), 0, 2, 0));
     // A resend the message never had names nothing.
     let e = s
         .push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 3), "status": "delivered"}))
