@@ -1474,24 +1474,51 @@ fn outcome_kind(status: DeliveryStatus) -> &'static str {
     }
 }
 
-/// A hard bounce of message `row`: the contact's email address or mobile
-/// number is undeliverable (consent suppresses every later message to it
-/// on that channel until it changes).
+/// A hard bounce of message `row`: the email address or mobile number it
+/// went to is undeliverable (consent suppresses every later message to it
+/// on that channel until it changes), for its contact and, for a number,
+/// everyone who shares it; not for a contact whose address has changed
+/// since.
 fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
-    let contact_id = row.contact_id.as_deref().unwrap_or_default();
     let channel = row.channel.as_deref().unwrap_or("email");
-    let mut c = contacts::require(ctx.conn, contact_id)?;
-    if let Some(address) = c.text(consent::address_field(channel)).map(str::to_string) {
+    // The address the message went to: a contact who has changed it since
+    // keeps the new one.
+    let Some(to) = outbox::recipient(ctx.conn, &row.key)? else {
+        return Ok(());
+    };
+    // A number is the line's, whoever has it: everyone sharing it (a
+    // family phone) is marked, as a STOP stops them all.
+    let ids = match channel {
+        "sms" => {
+            let region = ctx.settings.doc.sms.default_region.as_str();
+            contacts::all_by_phone(ctx.conn, &to, region)?
+        }
+        _ => row.contact_id.iter().cloned().collect(),
+    };
+    let mut marked = 0;
+    for id in ids {
+        let Some(mut c) = contacts::load(ctx.conn, &id)? else {
+            continue;
+        };
+        let Some(address) = c.text(consent::address_field(channel)).map(str::to_string) else {
+            continue;
+        };
+        if !consent::same_address(channel, &address, &to) {
+            continue;
+        }
         c.props.insert(
             consent::undeliverable_property(channel).into(),
             Value::String(address),
         );
         contacts::save(ctx.conn, &c)?;
-        ctx.rescreen(contact_id);
+        ctx.rescreen(&id);
+        marked += 1;
+    }
+    if marked > 0 {
         Log::for_effect(
             "address_undeliverable",
             row,
-            Some(json!({"reason": "hard_bounce"})),
+            Some(json!({"reason": "hard_bounce", "contacts": marked})),
         )
         .write(ctx.conn, ctx.now)?;
     }

@@ -3605,16 +3605,33 @@ fn an_sms_hard_bounce_makes_the_number_undeliverable() {
     let mut s = Sim::new();
     welcome_and_thanks_texts(&mut s);
     s.contact("c1", json!({"phone": "+16175550123"}));
+    // Her son shares the number (written another way); a neighbour was
+    // texted, then gave a new number before his text's bounce came.
+    s.contact("son", json!({"phone": "(617) 555-0123"}));
+    s.contact("moved", json!({"phone": "+16175550177"}));
     s.hand_over();
+    let moved_key = s.messages_to("moved")[0].key.clone();
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "moved", "phone": "+16175550199"}}),
+    )
+    .unwrap();
     let key = s.messages_to("c1")[0].key.clone();
-    s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "hard"}))
-        .unwrap();
+    for k in [&key, &moved_key] {
+        s.push(json!({"type": "delivery.receipt", "message_key": k, "status": "bounced", "bounce": "hard"}))
+            .unwrap();
+    }
+    let mark = |s: &Sim, id: &str| -> Option<String> {
+        s.value(&format!(
+            "SELECT json_extract(props, '$.sms_undeliverable') FROM contacts WHERE id = '{id}'"
+        ))
+    };
+    assert_eq!(mark(&s, "c1").as_deref(), Some("+16175550123"));
     assert_eq!(
-        s.value::<String>(
-            "SELECT json_extract(props, '$.sms_undeliverable') FROM contacts WHERE id = 'c1'"
-        ),
-        "+16175550123"
+        mark(&s, "son").as_deref(),
+        Some("(617) 555-0123"),
+        "the line's, whoever has it"
     );
+    assert_eq!(mark(&s, "moved"), None, "not the number that bounced");
     assert_eq!(s.count("address_undeliverable", None), 1);
     s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Pat",
         "phone": "(617) 555-0123", "sms_subscription": "subscribed"}}))
@@ -3644,6 +3661,19 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
                   {"type": "send_email", "subject": "Two", "body": "b"}]}));
     s.contact("hard", json!({}));
     s.contact("soft", json!({}));
+    // A new address given before the old one's bounce came stays good.
+    s.contact("moved", json!({}));
+    let moved_key = s.messages_to("moved")[0].key.clone();
+    s.push(
+        json!({"type": "contact.upserted", "contact": {"id": "moved", "email": "new@example.com"}}),
+    )
+    .unwrap();
+    s.push(json!({"type": "delivery.receipt", "message_key": moved_key, "status": "bounced", "bounce": "hard"}))
+        .unwrap();
+    let mark: Option<String> = s.value(
+        "SELECT json_extract(props, '$.email_undeliverable') FROM contacts WHERE id = 'moved'",
+    );
+    assert_eq!(mark, None);
     let hard_key = s.messages_to("hard")[0].key.clone();
     s.push(json!({"type": "delivery.receipt", "message_key": hard_key, "status": "bounced", "bounce": "hard"})).unwrap();
     s.advance(2 * DAY);
@@ -3724,7 +3754,7 @@ fn hard_bounce_makes_the_address_undeliverable_and_soft_bounces_retry_then_suppr
     let email = &v["channel_breakdown"][0];
     assert_eq!(
         (email["suppressed"].as_u64(), email["bounced"].as_u64()),
-        (Some(1), Some(5))
+        (Some(1), Some(6))
     );
     assert_eq!(v["suppressions"]["total"], 1);
     assert_eq!(

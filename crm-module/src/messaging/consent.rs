@@ -100,18 +100,22 @@ pub fn address_field(channel: &str) -> &'static str {
 /// hard-bounced: the same email address whatever its case, the same
 /// number's digits however written.
 fn hard_bounced(contact: &Contact, channel: &str, address: &str) -> bool {
-    let Some(bounced) = contact
+    contact
         .props
         .get(undeliverable_property(channel))
         .and_then(serde_json::Value::as_str)
-    else {
-        return false;
-    };
+        .is_some_and(|bounced| same_address(channel, bounced, address))
+}
+
+/// Whether `a` and `b` are one address on `channel`: the same email
+/// address whatever its case, the same number's digits (its last ten)
+/// however written.
+pub fn same_address(channel: &str, a: &str, b: &str) -> bool {
     if channel == "sms" {
         let key = crate::core::contacts::phone_key;
-        key(bounced).is_some_and(|k| key(address) == Some(k))
+        key(a).is_some_and(|k| key(b) == Some(k))
     } else {
-        bounced.eq_ignore_ascii_case(address)
+        a.eq_ignore_ascii_case(b)
     }
 }
 
