@@ -69,7 +69,8 @@ pub enum GoalKind {
     BookAppointment,
     /// An existing Patient books another appointment after enrolling.
     RebookAppointment,
-    /// A contact whose last contact-initiated activity is over 90 days old does something again.
+    /// A contact whose last contact-initiated activity is 90 calendar days
+    /// old or more does something again.
     PatientReactivation,
     /// A review is attached to the contact.
     ReviewSubmitted,
@@ -580,7 +581,8 @@ pub enum StepKind {
         #[serde(default)]
         bypass_preferences: bool,
         /// SMS → email fallback: the email sent instead when the SMS may not
-        /// go out (no number, no consent) or fails.
+        /// go out (no number, no consent, a number that hard-bounced) or
+        /// fails.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fallback: Option<EmailFallback>,
     },

@@ -687,7 +687,7 @@ fn goal_description(g: GoalKind) -> &'static str {
             "An existing Patient books another appointment after enrolling."
         }
         GoalKind::PatientReactivation => {
-            "A contact whose Last Activity was over 90 days old records any new activity."
+            "A contact whose last own activity (a visit, booking, form, open, click or reply) is 90 calendar days old or more does something again."
         }
         GoalKind::ReviewSubmitted => {
             "A review is attached to the contact (Google, internal, intake form)."

@@ -92,22 +92,16 @@ pub struct DayPoint {
     pub goal_reached: u64,
 }
 
-/// The step types "Top performing steps" ranks: those whose work leaves the
-/// module and can fail (messages, tasks, write-backs, plugin steps). A wait,
-/// an If/then and an Add to list always complete: at 100 % they outranked
-/// an email delivered at 99.9 % over 10,000 sends.
-const RANKED_STEPS: &[&str] = &[
-    "send_email",
-    "send_sms",
-    "create_task",
-    "set_property",
-    "custom",
-];
+/// The step types "Top performing steps" ranks: those whose conversion
+/// measures an outcome (messages that could not go, plugin calls that
+/// failed). A wait, an If/then, a task, a property change or an Add to list
+/// completes as it runs (it fails only on an error): at 100 % they
+/// outranked an email delivered at 99.9 % over 10,000 sends.
+const RANKED_STEPS: &[&str] = &["send_email", "send_sms", "custom"];
 
-/// A top performing step: of the steps that reach outside the module
-/// (messages, tasks, property write-backs, plugin steps; not waits, If/then
-/// branches or Add to list, which always complete), the highest conversion,
-/// then the most executed.
+/// A top performing step: of the message and plugin steps (not waits,
+/// If/then branches, tasks, property changes or Add to list, which
+/// complete as they run), the highest conversion, then the most executed.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TopStep {
     /// Step id.

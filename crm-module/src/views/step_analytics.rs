@@ -15,7 +15,8 @@
 //! counted by the Performance view in the fallback's own channel, and so it
 //! is here: not in the step's own figures but beside them, in `fallback`.
 //! Summed over the automation's steps, `figures` and `fallback` give the
-//! Performance view's channel rows.
+//! Performance view's channel rows, less what the log holds of messages
+//! without a step.
 //!
 //! Every figure is all time, as on the Performance tab, which has no date
 //! range either. A Delay's figures come from the step table's counts (Avg.
