@@ -1055,6 +1055,12 @@ fn sms_received(
         (None, None) => return Err(Error::invalid("sms.received needs contact_id or from")),
     };
     let mut c = contacts::require(ctx.conn, &id)?;
+    if c.props.contains_key(consent::SMS_UNDELIVERABLE)
+        && let Some(number) = from.or(c.text("phone")).map(str::to_string)
+    {
+        number_reachable(ctx, &number, region)?;
+        c = contacts::require(ctx.conn, &id)?;
+    }
     let replied_to = match in_reply_to {
         // A STOP answering a message the module does not know (or an
         // email: the host's mistake) still stops.
@@ -1521,6 +1527,33 @@ fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
             Some(json!({"reason": "hard_bounce", "contacts": marked})),
         )
         .write(ctx.conn, ctx.now)?;
+    }
+    Ok(())
+}
+
+/// A text came from `number`: it reaches a phone after all, so the mark a
+/// hard bounce left on it ([`address_undeliverable`]) goes, for everyone
+/// who has the number (logged `address_deliverable`).
+fn number_reachable(ctx: &mut Ctx<'_>, number: &str, region: &str) -> Result<()> {
+    for id in contacts::all_by_phone(ctx.conn, number, region)? {
+        let Some(mut c) = contacts::load(ctx.conn, &id)? else {
+            continue;
+        };
+        let marked = c
+            .props
+            .get(consent::SMS_UNDELIVERABLE)
+            .and_then(Value::as_str)
+            .is_some_and(|bounced| consent::same_address("sms", bounced, number));
+        if marked {
+            c.props.remove(consent::SMS_UNDELIVERABLE);
+            contacts::save(ctx.conn, &c)?;
+            Log {
+                channel: Some("sms"),
+                detail: Some(json!({"reason": "sms_received"})),
+                ..Log::new("address_deliverable", &id)
+            }
+            .write(ctx.conn, ctx.now)?;
+        }
     }
     Ok(())
 }

@@ -3651,6 +3651,11 @@ fn an_sms_hard_bounce_makes_the_number_undeliverable() {
         .unwrap();
     s.submit_form("c1", "f2");
     assert_eq!(s.messages_to("c1").len(), 2, "the new number is texted");
+    // A text from the son's number proves it reachable: his mark goes.
+    s.push(json!({"type": "sms.received", "from": "+16175550123", "body": "Is this the clinic?"}))
+        .unwrap();
+    assert_eq!(mark(&s, "son"), None);
+    assert_eq!(s.count("address_deliverable", None), 1);
 }
 
 #[test]
