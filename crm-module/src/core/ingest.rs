@@ -1055,7 +1055,7 @@ fn sms_received(
         (None, None) => return Err(Error::invalid("sms.received needs contact_id or from")),
     };
     let mut c = contacts::require(ctx.conn, &id)?;
-    if c.props.contains_key(consent::SMS_UNDELIVERABLE)
+    if consent::undeliverable(&c, "sms")
         && let Some(number) = from.or(c.text("phone")).map(str::to_string)
     {
         number_reachable(ctx, &number, region)?;
@@ -1194,9 +1194,11 @@ fn receipt_from(
         return Ok(()); // "Test to" samples never reach analytics
     }
     let last = last_outcome(ctx, key)?;
-    // A resend was handed over (more than one hand-over): a receipt may
-    // be about a send before it.
-    if !at_hand_over && row.attempts > 1 && about_an_earlier_send(ctx, &row, send, last.as_ref())? {
+    // Sends handed over, the one in flight included: past the first, a
+    // receipt may be about a send before the last.
+    let handed = row.attempts + i64::from(in_flight_unanswered(ctx, &row) == Some(true));
+    if !at_hand_over && handed > 1 && about_an_earlier_send(ctx, &row, handed, send, last.as_ref())?
+    {
         return earlier_send(ctx, &row, status, bounce, send);
     }
     if !at_hand_over && unanswered(ctx, &row, last.as_ref()) {
@@ -1269,6 +1271,19 @@ fn receipt_from(
         }
     }
     log(kind, detail).write(ctx.conn, ctx.now)?;
+    if bounce_revoked {
+        // The resend that bounce scheduled will not go: the count of
+        // resends goes back, so that receipts naming the sends are read
+        // against the sends made.
+        ctx.conn
+            .prepare_cached(
+                "UPDATE outbox SET payload = CASE WHEN json_extract(payload, '$.resend') > 1
+                        THEN json_set(payload, '$.resend', json_extract(payload, '$.resend') - 1)
+                        ELSE json_remove(payload, '$.resend') END
+                  WHERE idempotency_key = ?1 AND json_extract(payload, '$.resend') IS NOT NULL",
+            )?
+            .execute(params![key])?;
+    }
     if bounce_revoked && status != DeliveryStatus::Failed {
         // The hand-over's outcome after all: no resend. (A failure is
         // made final below.)
@@ -1370,10 +1385,12 @@ fn soft_bounced_last(row: &outbox::Row, last: Option<&DeliveryOutcome>) -> bool 
             && attempt.is_none_or(|a| a == row.attempts))
 }
 
-/// When the last soft bounce of message `?1` was recorded, through the
-/// partial index `events_message_outcome`.
+/// When the last soft bounce of message `?1` before its hand-over `?2` was
+/// recorded (the bounce that scheduled the send `?2`), through the partial
+/// index `events_message_outcome`.
 const LAST_SOFT_BOUNCE_SQL: &str = "SELECT max(at) FROM events WHERE message_key = ?1
-    AND kind = 'message_bounced' AND json_extract(detail, '$.bounce') = 'soft'";
+    AND kind = 'message_bounced' AND json_extract(detail, '$.bounce') = 'soft'
+    AND json_extract(detail, '$.attempt') < ?2";
 
 /// Whether a receipt for message `row` (naming resend `send` of it, or its
 /// own key: `None`) is about an earlier send than the last one handed over.
@@ -1388,11 +1405,15 @@ const LAST_SOFT_BOUNCE_SQL: &str = "SELECT max(at) FROM events WHERE message_key
 fn about_an_earlier_send(
     ctx: &Ctx<'_>,
     row: &outbox::Row,
+    handed: i64,
     send: Option<u64>,
     last: Option<&DeliveryOutcome>,
 ) -> Result<bool> {
-    let waiting =
-        soft_bounced_last(row, last) && (row.status == "retry" || row.status == "pending");
+    // Waiting: the last hand-over soft-bounced and none went since (one in
+    // flight is the resend, gone).
+    let waiting = handed == row.attempts
+        && soft_bounced_last(row, last)
+        && (row.status == "retry" || row.status == "pending");
     let resends = outbox::resends(ctx.conn, &row.key)?;
     let last_sent = if waiting {
         resends.saturating_sub(1)
@@ -1409,7 +1430,7 @@ fn about_an_earlier_send(
             let bounced_at: Option<Millis> = ctx
                 .conn
                 .prepare_cached(LAST_SOFT_BOUNCE_SQL)?
-                .query_row([&row.key], |r| r.get(0))?;
+                .query_row(params![row.key, handed], |r| r.get(0))?;
             bounced_at.is_some_and(|b| at <= b)
         }
     })
@@ -1501,7 +1522,6 @@ fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
         }
         _ => row.contact_id.iter().cloned().collect(),
     };
-    let mut marked = 0;
     for id in ids {
         let Some(mut c) = contacts::load(ctx.conn, &id)? else {
             continue;
@@ -1509,7 +1529,8 @@ fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
         let Some(address) = c.text(consent::address_field(channel)).map(str::to_string) else {
             continue;
         };
-        if !consent::same_address(channel, &address, &to) {
+        // A number's contacts were found by it, in any of its forms.
+        if channel != "sms" && !consent::same_address(channel, &address, &to) {
             continue;
         }
         c.props.insert(
@@ -1518,15 +1539,18 @@ fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
         );
         contacts::save(ctx.conn, &c)?;
         ctx.rescreen(&id);
-        marked += 1;
-    }
-    if marked > 0 {
-        Log::for_effect(
-            "address_undeliverable",
-            row,
-            Some(json!({"reason": "hard_bounce", "contacts": marked})),
-        )
-        .write(ctx.conn, ctx.now)?;
+        let detail = Some(json!({"reason": "hard_bounce"}));
+        let log = if row.contact_id.as_deref() == Some(id.as_str()) {
+            Log::for_effect("address_undeliverable", row, detail)
+        } else {
+            Log {
+                channel: Some(channel),
+                message_key: Some(&row.key),
+                detail,
+                ..Log::new("address_undeliverable", &id)
+            }
+        };
+        log.write(ctx.conn, ctx.now)?;
     }
     Ok(())
 }
@@ -1535,16 +1559,13 @@ fn address_undeliverable(ctx: &mut Ctx<'_>, row: &outbox::Row) -> Result<()> {
 /// hard bounce left on it ([`address_undeliverable`]) goes, for everyone
 /// who has the number (logged `address_deliverable`).
 fn number_reachable(ctx: &mut Ctx<'_>, number: &str, region: &str) -> Result<()> {
+    // Found by the number in any of its forms; the mark is on the number
+    // as the contact has it.
     for id in contacts::all_by_phone(ctx.conn, number, region)? {
         let Some(mut c) = contacts::load(ctx.conn, &id)? else {
             continue;
         };
-        let marked = c
-            .props
-            .get(consent::SMS_UNDELIVERABLE)
-            .and_then(Value::as_str)
-            .is_some_and(|bounced| consent::same_address("sms", bounced, number));
-        if marked {
+        if consent::undeliverable(&c, "sms") {
             c.props.remove(consent::SMS_UNDELIVERABLE);
             contacts::save(ctx.conn, &c)?;
             Log {

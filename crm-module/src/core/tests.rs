@@ -3632,7 +3632,7 @@ fn an_sms_hard_bounce_makes_the_number_undeliverable() {
         "the line's, whoever has it"
     );
     assert_eq!(mark(&s, "moved"), None, "not the number that bounced");
-    assert_eq!(s.count("address_undeliverable", None), 1);
+    assert_eq!(s.count("address_undeliverable", None), 2, "one per contact");
     s.push(json!({"type": "contact.upserted", "mode": "full", "contact": {"id": "c1", "first_name": "Pat",
         "phone": "(617) 555-0123", "sms_subscription": "subscribed"}}))
         .unwrap();
@@ -3656,6 +3656,33 @@ fn an_sms_hard_bounce_makes_the_number_undeliverable() {
         .unwrap();
     assert_eq!(mark(&s, "son"), None);
     assert_eq!(s.count("address_deliverable", None), 1);
+}
+
+/// Outside North America the number the text went to (E.164) and the one
+/// the contact has (national) end in other digits: the hard bounce still
+/// marks the contact, and a text from the number lifts it.
+#[test]
+fn an_sms_hard_bounce_marks_a_national_number_outside_north_america() {
+    let mut s = Sim::new();
+    let mut doc = serde_json::to_value(&s.settings.doc).unwrap();
+    doc["sms"]["default_region"] = json!("AU");
+    s.cmd(json!({"command": "settings.update", "settings": doc}))
+        .unwrap();
+    welcome_and_thanks_texts(&mut s);
+    s.contact("au", json!({"phone": "0412 345 678"}));
+    s.hand_over();
+    let key = s.messages_to("au")[0].key.clone();
+    s.push(json!({"type": "delivery.receipt", "message_key": key, "status": "bounced", "bounce": "hard"}))
+        .unwrap();
+    let mark = |s: &Sim| -> Option<String> {
+        s.value("SELECT json_extract(props, '$.sms_undeliverable') FROM contacts WHERE id = 'au'")
+    };
+    assert_eq!(mark(&s).as_deref(), Some("0412 345 678"));
+    s.submit_form("au", "f1");
+    assert_eq!(s.messages_to("au").len(), 1, "no text to the dead number");
+    s.push(json!({"type": "sms.received", "from": "+61412345678", "body": "Hello?"}))
+        .unwrap();
+    assert_eq!(mark(&s), None);
 }
 
 #[test]
@@ -3812,9 +3839,9 @@ fn a_receipt_naming_a_resends_send_key_is_the_messages() {
     }
 }
 
-/// A receipt about a send before the latest (naming `<key>-resend<n>`
-/// below the message's resends, or with the message's own key and dated
-/// before the latest send was handed over) is recorded only: a provider's
+/// A receipt about a send before the last one handed over (naming
+/// `<key>-resend<n>` below it, or with the message's own key and dated no
+/// later than the bounce that scheduled the last send) is recorded only: a provider's
 /// retried webhook about the first soft bounce neither takes back the
 /// resend's delivery nor hands the message over a third time.
 #[test]
@@ -3898,6 +3925,12 @@ fn a_receipt_about_an_earlier_send_counts_nothing() {
     s.push(json!({"type": "delivery.receipt", "message_key": resend1, "status": "delivered"}))
         .unwrap();
     assert_eq!(outcome(&s, "late"), ("accepted".into(), 1, 1, 0));
+    // A late hard bounce of that resend is its outcome after all: it takes
+    // the delivery back (the resend that never went is no longer counted).
+    s.push(json!({"type": "delivery.receipt", "message_key": resend1, "status": "bounced", "bounce": "hard"}))
+        .unwrap();
+    let (_, delivered, bounced, repeated) = outcome(&s, "late");
+    assert_eq!((delivered, bounced, repeated), (0, 2, 0));
     // The resend's own bounce, dated a moment before its hand-over was
     // recorded (a provider's clock, whole seconds) but after the first
     // bounce: the resend's, and it counts.

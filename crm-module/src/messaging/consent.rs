@@ -91,6 +91,14 @@ pub fn undeliverable_property(channel: &str) -> &'static str {
     }
 }
 
+/// Whether the contact's current address on `channel` is one that
+/// hard-bounced.
+pub fn undeliverable(contact: &Contact, channel: &str) -> bool {
+    contact
+        .text(address_field(channel))
+        .is_some_and(|a| hard_bounced(contact, channel, a))
+}
+
 /// The contact property holding the address of `channel` (`email`, `sms`).
 pub fn address_field(channel: &str) -> &'static str {
     if channel == "sms" { "phone" } else { "email" }
@@ -238,10 +246,7 @@ pub fn at_hand_over(
     if contact.subscription(channel) == "unsubscribed" {
         return HandOver::Suppress(Suppression::Unsubscribed);
     }
-    if contact
-        .text(address_field(channel))
-        .is_some_and(|a| hard_bounced(contact, channel, a))
-    {
+    if undeliverable(contact, channel) {
         return HandOver::Suppress(Suppression::Undeliverable);
     }
     if channel == "sms" {
