@@ -1517,6 +1517,11 @@ mod tests {
             json!({"refused": 2, "withdrawn": 1, "display": "2 refused · 1 withdrawn"})
         );
         assert!(row("s1").get("not_carried_out").is_none());
+        // At 100 % it is no top performer: a task completes as it runs.
+        let top: Vec<&str> = (v["top_steps"].as_array().unwrap().iter())
+            .map(|t| t["step_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(top, ["s3", "s1"]);
     }
 
     #[test]
