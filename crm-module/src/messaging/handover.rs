@@ -1032,7 +1032,7 @@ mod tests {
     #[test]
     fn a_message_withdrawn_after_the_end_sends_no_fallback() {
         let mut s = Sim::new();
-        s.automation(json!({"name": "Recall", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
+        let a = s.automation(json!({"name": "Recall", "run_window": {"mode": "any_time"}, "trigger": {"type": "contact_created"},
             "goal": "book_appointment", "unenrollment": {"goal_met": true},
             "steps": [{"id": "m", "type": "send_email", "subject": "Hi", "body": "<p>Book now</p>",
                        "fallback": {"message": "Hi {{firstname}}, book now"}}]}));
@@ -1042,6 +1042,17 @@ mod tests {
         let go = screen(&s.conn, &s.catalog, &s.settings, "t", waiting(&s), s.now).unwrap();
         assert!(go.is_empty(), "{:?}", keys(&go));
         assert_eq!(s.count("message_withdrawn", None), 1);
+        // The channel breakdown shows it: queued, neither sent nor suppressed.
+        let email =
+            &s.view("automation_performance", json!({"automation_id": a}))["channel_breakdown"][0];
+        assert_eq!(
+            (
+                email["queued"].as_u64(),
+                email["withdrawn"].as_u64(),
+                email["sent"].as_u64()
+            ),
+            (Some(1), Some(1), Some(0))
+        );
         assert_eq!(rows_ending(&s, "-m-fallback"), []);
         assert!(waiting(&s).is_empty());
     }

@@ -148,6 +148,11 @@ pub struct ChannelRow {
     /// suppressions table. A message whose soft bounces were used up is not
     /// among them: it was sent, and each bounce counts in `bounced`.
     pub suppressed: u64,
+    /// Queued but withdrawn before they were handed over: their contact
+    /// left the automation (or met the goal after its End) or the
+    /// automation was deleted while they waited (a sending limit, the
+    /// sending hours, a retry). Neither sent nor suppressed.
+    pub withdrawn: u64,
     /// Send attempts: hand-overs the sender accepted (a resend after a soft
     /// bounce is one more) plus those that failed at or before the
     /// hand-over; a "retry later" answer is none.
@@ -372,6 +377,7 @@ pub(crate) struct ChannelCounts {
     bounced: u64,
     failed: u64,
     suppressed: u64,
+    withdrawn: u64,
     /// Of `suppressed`, the messages given up after their soft bounces
     /// (logged `message_suppressed`, reason `soft_bounce_limit`): sent, so
     /// not suppressed in the figures.
@@ -396,6 +402,7 @@ impl ChannelCounts {
         self.bounced += o.bounced;
         self.failed += o.failed;
         self.suppressed += o.suppressed;
+        self.withdrawn += o.withdrawn;
         self.used_up += o.used_up;
         self.revoked += o.revoked;
         self.bounces_revoked += o.bounces_revoked;
@@ -437,6 +444,7 @@ impl ChannelCounts {
             bounced,
             failed: c.failed,
             suppressed: c.suppressed.saturating_sub(c.used_up),
+            withdrawn: c.withdrawn,
             delivery_rate: delivery,
             delivery_rate_display: fmt_share(delivered, attempts),
         }
@@ -516,6 +524,7 @@ impl Counts {
                     "message_bounced" => c.bounced += n,
                     "message_failed" => c.failed += n,
                     "message_suppressed" => c.suppressed += n,
+                    "message_withdrawn" => c.withdrawn += n,
                     _ => {}
                 }
             }
@@ -684,7 +693,7 @@ pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*
        'step_executed', 'step_completed', 'step_failed',
        'message_queued', 'message_sent', 'message_delivered', 'message_opened',
        'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-       'message_suppressed', 'message_delivery_revoked', 'message_bounce_revoked',
+       'message_suppressed', 'message_withdrawn', 'message_delivery_revoked', 'message_bounce_revoked',
        'effect_failed', 'task_withdrawn', 'write_back_dropped')
      GROUP BY kind, step_id, channel";
 
