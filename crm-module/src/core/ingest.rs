@@ -1197,7 +1197,9 @@ fn receipt_from(
     // Sends handed over, the one in flight included: past the first, a
     // receipt may be about a send before the last.
     let handed = row.attempts + i64::from(in_flight_unanswered(ctx, &row) == Some(true));
-    if !at_hand_over && handed > 1 && about_an_earlier_send(ctx, &row, handed, send, last.as_ref())?
+    if !at_hand_over
+        && (handed > 1 || send.is_some())
+        && about_an_earlier_send(ctx, &row, handed, send, last.as_ref())?
     {
         return earlier_send(ctx, &row, status, bounce, send);
     }
@@ -1421,6 +1423,13 @@ fn about_an_earlier_send(
         resends
     };
     Ok(match send {
+        // The resend still waiting to go: nothing can be known of it.
+        Some(n) if n > last_sent => {
+            return Err(Error::not_found(format!(
+                "message {}: resend {n} was not sent yet",
+                row.key
+            )));
+        }
         Some(n) => n < last_sent,
         None if last_sent == 0 => false,
         None => {

@@ -3909,6 +3909,9 @@ fn a_receipt_about_an_earlier_send_counts_nothing() {
     let k = key(&s, "named");
     s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 1), "status": "bounced", "bounce": "soft"}))
         .unwrap();
+    // The second resend waits: nothing is known of it yet.
+    let early = s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 2), "status": "delivered"}));
+    assert_eq!(early.unwrap_err().code(), crate::ErrorCode::NotFound);
     s.advance(HOUR);
     s.hand_over();
     s.push(json!({"type": "delivery.receipt", "message_key": crate::outbox::send_key(&k, 2), "status": "delivered"}))
