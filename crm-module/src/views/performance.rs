@@ -391,6 +391,14 @@ pub(crate) struct ChannelCounts {
     opt_outs: u64,
 }
 
+impl StepCounts {
+    /// Executed but neither completed nor failed: in the step now, or left
+    /// while in it (an exit, an edit that moved the contact on).
+    pub(crate) fn in_step(&self) -> u64 {
+        self.executed.saturating_sub(self.completed + self.failed)
+    }
+}
+
 impl ChannelCounts {
     fn add(&mut self, o: &ChannelCounts) {
         self.queued += o.queued;
@@ -1103,7 +1111,7 @@ fn step_row(
     c: StepCounts,
 ) -> StepRow {
     let conversion = rate(c.completed, c.completed + c.failed);
-    let in_step = c.executed.saturating_sub(c.completed + c.failed);
+    let in_step = c.in_step();
     let type_id = step.kind.type_id();
     let mut actions = Vec::new();
     if matches!(

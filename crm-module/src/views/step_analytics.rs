@@ -342,9 +342,8 @@ fn card(id: &str, label: &str, n: u64, hint: String, definition: &str) -> StatCa
 const SENT_DEFINITION: &str = "Send attempts: the hand-overs the sender accepted (a resend after a soft bounce is one more) plus the messages that failed at or before the hand-over. Messages consent held back are not sent, and not here.";
 const DELIVERED_DEFINITION: &str = "Messages delivered: a delivery receipt, the module's relay taking it, or a person's answer to it with no receipt; less those a later bounce took back. The rate is delivered ÷ send attempts × 100.";
 
-fn email_cards(ctx: &Ctx<'_>, m: &MessageStepAnalytics) -> Vec<StatCard> {
-    let f = &m.figures;
-    let tracking = &ctx.settings.doc.tracking;
+/// The Sent and Delivered cards, which email and SMS steps share.
+fn sent_and_delivered(f: &ChannelRow) -> Vec<StatCard> {
     vec![
         card(
             "sent",
@@ -360,6 +359,14 @@ fn email_cards(ctx: &Ctx<'_>, m: &MessageStepAnalytics) -> Vec<StatCard> {
             format!("{} delivery rate", f.delivery_rate_display),
             DELIVERED_DEFINITION,
         ),
+    ]
+}
+
+fn email_cards(ctx: &Ctx<'_>, m: &MessageStepAnalytics) -> Vec<StatCard> {
+    let f = &m.figures;
+    let tracking = &ctx.settings.doc.tracking;
+    let mut cards = sent_and_delivered(f);
+    cards.extend([
         card(
             "opened",
             "Opened",
@@ -389,26 +396,14 @@ fn email_cards(ctx: &Ctx<'_>, m: &MessageStepAnalytics) -> Vec<StatCard> {
             format!("{} bounce rate", f.bounce_rate_display),
             "Bounces (hard and soft), one per hand-over. The rate is bounced ÷ send attempts × 100.",
         ),
-    ]
+    ]);
+    cards
 }
 
 fn sms_cards(m: &MessageStepAnalytics) -> Vec<StatCard> {
     let f = &m.figures;
-    vec![
-        card(
-            "sent",
-            "Sent",
-            f.send_attempts,
-            format!("{} queued", fmt_count(f.queued)),
-            SENT_DEFINITION,
-        ),
-        card(
-            "delivered",
-            "Delivered",
-            f.delivered,
-            format!("{} delivery rate", f.delivery_rate_display),
-            DELIVERED_DEFINITION,
-        ),
+    let mut cards = sent_and_delivered(f);
+    cards.extend([
         card(
             "clicked",
             "Clicked",
@@ -430,7 +425,8 @@ fn sms_cards(m: &MessageStepAnalytics) -> Vec<StatCard> {
             format!("{} opt-out rate", f.opt_out_rate_display),
             "Texts answered with STOP (or another opt-out keyword), one per text. The rate is opt-outs ÷ delivered × 100.",
         ),
-    ]
+    ]);
+    cards
 }
 
 /// A signal's level: `not_enough_data` below the sample, else by its
@@ -524,7 +520,7 @@ fn wait_analytics(
         })?;
     let waiting_now = waiting as u64;
     let longest = since.map(|s| (ctx.now - s).max(0));
-    let in_step = c.executed.saturating_sub(c.completed + c.failed);
+    let in_step = c.in_step();
     Ok(WaitStepAnalytics {
         // As set, whatever the step is named.
         scheduled: Step {
