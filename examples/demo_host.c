@@ -425,6 +425,18 @@ static void print_performance(const char *id) {
         json_array_foreach(reasons, i, r) printf("  %s %s", s(json_object_get(r, "reason"), "label"), s(r, "count_display"));
         printf("\n");
     }
+    json_t *detail = json_object_get(v, "detailed_analytics");
+    printf("\n  %s (%s)\n", s(detail, "title"), s(detail, "scope"));
+    json_array_foreach(json_object_get(detail, "cards"), i, r) printf("  %-24s %-8s %s\n", s(r, "label"), s(r, "display"), s(r, "hint"));
+    /* The latest engagement, by contact id (the view also names the contact). */
+    json_t *timeline = json_object_get(v, "engagement_timeline");
+    printf("\n  %s, latest 5:\n", s(timeline, "title"));
+    json_array_foreach(json_object_get(timeline, "entries"), i, r) {
+        if (i == 5) break;
+        json_t *step = json_object_get(r, "step");
+        printf("  %-22s %-13s %-12s %s\n", s(r, "at_display"), s(json_object_get(r, "kind"), "label"), s(r, "contact_id"),
+               json_is_string(step) ? json_string_value(step) : "");
+    }
     json_decref(v);
 }
 

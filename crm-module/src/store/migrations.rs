@@ -1342,7 +1342,11 @@ mod tests {
     fn performance_view_reads_opt_outs_and_step_details_from_their_indexes() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
-        let plan = crate::store::query_plan(&conn, crate::views::performance::OPT_OUTS_SQL, ["a1"]);
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::views::performance::OPT_OUTS_SQL,
+            rusqlite::params!["a1", 0, 1],
+        );
         assert!(
             plan.iter().any(|l| l.contains("events_opt_outs"))
                 && !plan.iter().any(|l| l == "SCAN e"),
@@ -1385,6 +1389,47 @@ mod tests {
                 assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
             }
         }
+    }
+
+    #[test]
+    fn detailed_analytics_and_timeline_read_through_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        // Time to first action: the action rows by automation, then each
+        // enrollment's messages by contact; the log is never scanned.
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::views::detailed_analytics::FIRST_ACTION_SQL,
+            ["a1"],
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("INDEX events_automation"))
+                && plan.iter().any(|l| l.contains("INDEX outbox_contact"))
+                && !plan
+                    .iter()
+                    .any(|l| l.starts_with("SCAN events") || l.starts_with("SCAN o")),
+            "{plan:?}"
+        );
+        let plan =
+            crate::store::query_plan(&conn, crate::views::detailed_analytics::CLICKS_SQL, ["a1"]);
+        assert!(
+            plan.iter().any(|l| l.contains("INDEX events_automation")),
+            "{plan:?}"
+        );
+        // The timeline's ids and times from the indexes alone.
+        let plan = crate::store::query_plan(
+            &conn,
+            crate::views::engagement_timeline::LATEST_SQL,
+            rusqlite::params!["a1", "g1", "g2", 40],
+        );
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("COVERING INDEX events_automation"))
+                && plan
+                    .iter()
+                    .any(|l| l.contains("COVERING INDEX events_goals")),
+            "{plan:?}"
+        );
     }
 
     #[test]

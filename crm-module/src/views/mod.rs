@@ -15,6 +15,9 @@
 
 pub mod automation_list;
 pub mod builder;
+pub mod detailed_analytics;
+pub mod engagement_grade;
+pub mod engagement_timeline;
 pub mod performance;
 pub mod plugins;
 pub mod settings;

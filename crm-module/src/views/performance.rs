@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::builder::{Header, TabItem, header, tabs};
+use super::detailed_analytics::{self, DetailedAnalytics, Totals};
+use super::engagement_timeline::{self, EngagementTimeline};
 use super::{
     Action, Column, Ctx, DASH, GoalCell, Label, StatCard, ViewRef, fmt_count, fmt_duration,
     fmt_duration_short, fmt_share, humanize, load_automation, num_f, num_u, rate, round1,
@@ -64,6 +66,12 @@ pub struct PerformanceView {
     pub exits: Exits,
     /// Messages not sent, by reason (consent, compliance): never silently dropped.
     pub suppressions: Exits,
+    /// Figures of the whole automation, every message and step together:
+    /// conversion, time in flow, time to first action, unique clicks, the
+    /// SPEC §5 rates and the engagement grade.
+    pub detailed_analytics: DetailedAnalytics,
+    /// The latest opens, clicks, replies and goals reached.
+    pub engagement_timeline: EngagementTimeline,
 }
 
 /// The engagement-over-time chart.
@@ -399,7 +407,68 @@ impl StepCounts {
     }
 }
 
+/// What messages came to, as the SPEC §5 rates divide it: of one channel
+/// ([`ChannelCounts::outcomes`]) or of every channel together
+/// ([`Counts::outcomes`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcomes {
+    /// Send attempts: hand-overs the sender accepted plus those that failed
+    /// at or before the hand-over.
+    pub(crate) attempts: u64,
+    /// Delivered, less the deliveries a later bounce took back.
+    pub(crate) delivered: u64,
+    /// Bounced (hard and soft), less the soft bounces the same hand-over's
+    /// later outcome took back.
+    pub(crate) bounced: u64,
+    /// Internal or channel failures.
+    pub(crate) failed: u64,
+    /// Messages clicked (each message's first click by a person).
+    pub(crate) clicked: u64,
+    /// Opt-outs the messages caused.
+    pub(crate) opt_outs: u64,
+    /// Emails opened (each email's first open by a person).
+    pub(crate) email_opened: u64,
+    /// Emails delivered.
+    pub(crate) email_delivered: u64,
+}
+
+impl Outcomes {
+    /// Messages whose outcome is recorded: delivered, bounced or failed.
+    pub(crate) fn settled(&self) -> u64 {
+        self.delivered + self.bounced + self.failed
+    }
+
+    fn add(&mut self, o: &Outcomes) {
+        self.attempts += o.attempts;
+        self.delivered += o.delivered;
+        self.bounced += o.bounced;
+        self.failed += o.failed;
+        self.clicked += o.clicked;
+        self.opt_outs += o.opt_outs;
+        self.email_opened += o.email_opened;
+        self.email_delivered += o.email_delivered;
+    }
+}
+
 impl ChannelCounts {
+    /// The outcomes of these messages, sent by `channel`.
+    pub(crate) fn outcomes(&self, channel: &str) -> Outcomes {
+        let delivered = self.delivered.saturating_sub(self.revoked);
+        let email = channel == "email";
+        Outcomes {
+            // Every hand-over the sender accepted, plus the ones that
+            // failed at or before it (SPEC §5).
+            attempts: self.sent + self.failed_before_handover,
+            delivered,
+            bounced: self.bounced.saturating_sub(self.bounces_revoked),
+            failed: self.failed,
+            clicked: self.clicked,
+            opt_outs: self.opt_outs,
+            email_opened: if email { self.opened } else { 0 },
+            email_delivered: if email { delivered } else { 0 },
+        }
+    }
+
     fn add(&mut self, o: &ChannelCounts) {
         self.queued += o.queued;
         self.sent += o.sent;
@@ -422,11 +491,12 @@ impl ChannelCounts {
     /// shows them.
     pub(crate) fn row(&self, channel: &str) -> ChannelRow {
         let c = self;
-        // Send attempts: every hand-over the sender accepted, plus the ones
-        // that failed at or before it (SPEC §5).
-        let attempts = c.sent + c.failed_before_handover;
-        let delivered = c.delivered.saturating_sub(c.revoked);
-        let bounced = c.bounced.saturating_sub(c.bounces_revoked);
+        let Outcomes {
+            attempts,
+            delivered,
+            bounced,
+            ..
+        } = c.outcomes(channel);
         let delivery = rate(delivered, attempts);
         let (bounce, error, opt_out) = (
             rate(bounced, attempts),
@@ -474,13 +544,64 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    /// Reads the counts of automation `automation_id`.
+    /// Reads the counts of automation `automation_id`, all time.
     pub(crate) fn read(conn: &rusqlite::Connection, automation_id: &str) -> Result<Counts> {
+        let mut counts = Counts::read_with(
+            conn,
+            STEP_COUNTS_SQL,
+            automation_id,
+            (Millis::MIN, Millis::MAX),
+        )?;
+        // Durations and branch paths: the details of completed steps only.
+        {
+            let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
+            let rows = stmt.query_map(params![automation_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<f64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (step, avg, yes, no) = row?;
+                let c = counts.per_step.entry(step).or_default();
+                c.avg_ms = avg;
+                c.yes = yes.unwrap_or(0) as u64;
+                c.no = no.unwrap_or(0) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Reads the message counts of automation `automation_id` logged in
+    /// `from..to` (each event counts when it happened: a delivery in the
+    /// period of a message sent before it counts in the period); no step
+    /// counts.
+    pub(crate) fn read_during(
+        conn: &rusqlite::Connection,
+        automation_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Counts> {
+        Counts::read_with(conn, MESSAGE_COUNTS_SQL, automation_id, (from, to))
+    }
+
+    /// The counts `counts_sql` ([`STEP_COUNTS_SQL`] or
+    /// [`MESSAGE_COUNTS_SQL`]) reads in `window`, with the send attempts and
+    /// opt-outs of that window.
+    fn read_with(
+        conn: &rusqlite::Connection,
+        counts_sql: &str,
+        automation_id: &str,
+        window: (Millis, Millis),
+    ) -> Result<Counts> {
         let mut counts = Counts::default();
+        let (from, to) = window;
         // Step and message counts per (kind, step, channel), in one pass.
         {
-            let mut stmt = conn.prepare_cached(STEP_COUNTS_SQL)?;
-            let rows = stmt.query_map(params![automation_id], |r| {
+            let mut stmt = conn.prepare_cached(counts_sql)?;
+            let rows = stmt.query_map(params![automation_id, from, to], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<String>>(1)?,
@@ -538,40 +659,27 @@ impl Counts {
             }
         }
         // Send attempts and opt-outs, for the SPEC §5 rates.
-        counts.add(conn, FAILED_BEFORE_HANDOVER_SQL, automation_id, |c| {
+        counts.add(
+            conn,
+            FAILED_BEFORE_HANDOVER_SQL,
+            automation_id,
+            window,
+            |c| &mut c.failed_before_handover,
+        )?;
+        counts.add(conn, BOUNCED_AT_HANDOVER_SQL, automation_id, window, |c| {
             &mut c.failed_before_handover
         })?;
-        counts.add(conn, BOUNCED_AT_HANDOVER_SQL, automation_id, |c| {
-            &mut c.failed_before_handover
+        counts.add(conn, OPT_OUTS_SQL, automation_id, window, |c| {
+            &mut c.opt_outs
         })?;
-        counts.add(conn, OPT_OUTS_SQL, automation_id, |c| &mut c.opt_outs)?;
-        counts.add(conn, SOFT_BOUNCES_USED_UP_SQL, automation_id, |c| {
+        counts.add(conn, SOFT_BOUNCES_USED_UP_SQL, automation_id, window, |c| {
             &mut c.used_up
         })?;
-        // Durations and branch paths: the details of completed steps only.
-        {
-            let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
-            let rows = stmt.query_map(params![automation_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<f64>>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (step, avg, yes, no) = row?;
-                let c = counts.per_step.entry(step).or_default();
-                c.avg_ms = avg;
-                c.yes = yes.unwrap_or(0) as u64;
-                c.no = no.unwrap_or(0) as u64;
-            }
-        }
         Ok(counts)
     }
 
     /// Adds the `(step, channel, count)` rows of `sql` (bound to the
-    /// automation id) to one field of the messages already counted: of
+    /// automation id and the window's ends) to one field of the messages already counted: of
     /// that step and channel, else of the channel with no step (so the
     /// channel's totals never lose a count), and nothing for a channel no
     /// message of the automation used.
@@ -580,10 +688,11 @@ impl Counts {
         conn: &rusqlite::Connection,
         sql: &str,
         automation_id: &str,
+        (from, to): (Millis, Millis),
         field: impl Fn(&mut ChannelCounts) -> &mut u64,
     ) -> Result<()> {
         let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![automation_id], |r| {
+        let rows = stmt.query_map(params![automation_id, from, to], |r| {
             Ok((
                 r.get::<_, Option<String>>(0)?,
                 r.get::<_, Option<String>>(1)?,
@@ -621,6 +730,15 @@ impl Counts {
             .copied()
     }
 
+    /// What the automation's messages came to, every channel together.
+    pub(crate) fn outcomes(&self) -> Outcomes {
+        let mut total = Outcomes::default();
+        for ((_, channel), c) in &self.messages {
+            total.add(&c.outcomes(channel));
+        }
+        total
+    }
+
     /// The automation's messages per channel (every step's, a fallback in
     /// its own channel), email first, then SMS, then any other by name.
     pub(crate) fn by_channel(&self) -> Vec<(String, ChannelCounts)> {
@@ -646,7 +764,7 @@ impl Counts {
 /// (`plugin:<id>`)) or a message that could not be composed. Each is a
 /// send attempt.
 const FAILED_BEFORE_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND kind = 'message_failed'
+     WHERE automation_id = ?1 AND kind = 'message_failed' AND at >= ?2 AND at < ?3
        AND (coalesce(json_extract(detail, '$.source'), 'host') IN ('host', 'relay', 'compose')
             OR json_extract(detail, '$.source') LIKE 'plugin:%')
      GROUP BY step_id, channel";
@@ -655,14 +773,14 @@ const FAILED_BEFORE_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM
 /// `message_suppressed` (reason `soft_bounce_limit`), but sent, so not
 /// counted as suppressed.
 const SOFT_BOUNCES_USED_UP_SQL: &str = "SELECT step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND kind = 'message_suppressed'
+     WHERE automation_id = ?1 AND kind = 'message_suppressed' AND at >= ?2 AND at < ?3
        AND json_extract(detail, '$.reason') = 'soft_bounce_limit'
      GROUP BY step_id, channel";
 
 /// Hard bounces the module's own sender saw (the SMTP relay's 5.1.x), per
 /// step and channel: attempts that were never accepted.
 const BOUNCED_AT_HANDOVER_SQL: &str = "SELECT step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND kind = 'message_bounced'
+     WHERE automation_id = ?1 AND kind = 'message_bounced' AND at >= ?2 AND at < ?3
        AND json_extract(detail, '$.at') = 'hand_over'
      GROUP BY step_id, channel";
 
@@ -678,7 +796,7 @@ pub(crate) const OPT_OUTS_SQL: &str = "SELECT o.step_id, o.channel, count(DISTIN
      FROM events e JOIN outbox o ON o.idempotency_key = e.message_key
      WHERE e.message_key IS NOT NULL AND (e.kind = 'sms_opt_out' OR e.kind = 'subscription_changed')
        AND (e.kind = 'sms_opt_out' OR json_extract(e.detail, '$.reason') = 'unsubscribe_link')
-       AND o.automation_id = ?1
+       AND o.automation_id = ?1 AND e.at >= ?2 AND e.at < ?3
      GROUP BY o.step_id, o.channel";
 
 /// Completed steps' mean duration and branch paths per step, read from the
@@ -693,17 +811,36 @@ pub(crate) const STEP_DETAILS_SQL: &str = "SELECT step_id,
      WHERE kind = 'step_completed' AND automation_id = ?1 AND step_id IS NOT NULL
      GROUP BY step_id";
 
-/// Step and message counts per (kind, step, channel) of automation `?1`, in
-/// one pass over `events_automation` (automation, kind, step, channel, at),
-/// which covers it.
-pub(crate) const STEP_COUNTS_SQL: &str = "SELECT kind, step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND kind IN (
-       'step_executed', 'step_completed', 'step_failed',
-       'message_queued', 'message_sent', 'message_delivered', 'message_opened',
+/// The message kinds [`Counts`] counts, as an SQL list.
+macro_rules! message_kinds {
+    () => {
+        "'message_queued', 'message_sent', 'message_delivered', 'message_opened',
        'message_clicked', 'message_replied', 'message_bounced', 'message_failed',
-       'message_suppressed', 'message_withdrawn', 'message_delivery_revoked', 'message_bounce_revoked',
-       'effect_failed', 'task_withdrawn', 'write_back_dropped')
-     GROUP BY kind, step_id, channel";
+       'message_suppressed', 'message_withdrawn', 'message_delivery_revoked', 'message_bounce_revoked'"
+    };
+}
+
+/// Step and message counts per (kind, step, channel) of automation `?1`
+/// logged in `?2..?3`, in one pass over `events_automation` (automation,
+/// kind, step, channel, at), which covers it.
+pub(crate) const STEP_COUNTS_SQL: &str = concat!(
+    "SELECT kind, step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (
+       'step_executed', 'step_completed', 'step_failed', ",
+    message_kinds!(),
+    ", 'effect_failed', 'task_withdrawn', 'write_back_dropped')
+     GROUP BY kind, step_id, channel"
+);
+
+/// [`STEP_COUNTS_SQL`] of the message kinds only: what a period's rates
+/// need, without reading the far more numerous step rows.
+pub(crate) const MESSAGE_COUNTS_SQL: &str = concat!(
+    "SELECT kind, step_id, channel, count(*) FROM events
+     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (",
+    message_kinds!(),
+    ")
+     GROUP BY kind, step_id, channel"
+);
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
     let rec = load_automation(ctx.conn, &p.automation_id)?;
@@ -921,6 +1058,24 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         definition: "Messages a step did not send because consent or compliance forbade it (no recorded consent, unsubscribed, undeliverable address, no unsubscribe link or postal address), recorded with the reason.".into(),
     };
 
+    let detailed_analytics = detailed_analytics::build(
+        ctx,
+        id,
+        Totals {
+            enrolled,
+            goals,
+            outcomes: counts.outcomes(),
+            time_in_flow: &time_in_flow,
+            conversion_definition: CONVERSION_DEFINITION,
+        },
+    )?;
+    let step_titles: HashMap<String, String> = rows
+        .iter()
+        .map(|r| (r.step_id.clone(), r.title.clone()))
+        .collect();
+    let engagement_timeline =
+        engagement_timeline::build(ctx, id, goals::counted_ids(def.goal), &step_titles)?;
+
     Ok(PerformanceView {
         automation_id: rec.id.clone(),
         header: header(Some(&rec), false),
@@ -939,6 +1094,8 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
         time_in_flow,
         exits,
         suppressions,
+        detailed_analytics,
+        engagement_timeline,
     })
 }
 
@@ -1308,7 +1465,7 @@ fn channel_rank(c: &str) -> u8 {
     }
 }
 
-fn channel_label(c: &str) -> String {
+pub(crate) fn channel_label(c: &str) -> String {
     match c {
         "email" => "Email".into(),
         "sms" => "SMS".into(),
@@ -1785,7 +1942,11 @@ mod tests {
     #[test]
     fn step_query_uses_the_event_index() {
         let db = seeded();
-        let plan = crate::store::query_plan(&db.conn, super::STEP_COUNTS_SQL, ["a1"]);
+        let plan = crate::store::query_plan(
+            &db.conn,
+            super::STEP_COUNTS_SQL,
+            rusqlite::params!["a1", 0, 1],
+        );
         assert!(
             plan.iter()
                 .any(|l| l.contains("COVERING INDEX events_automation ")),
