@@ -21,20 +21,31 @@ pub const MIN_FIRST_ACTIONS: usize = 10;
 
 /// Each enrollment's first open, click or reply by a person (the message's
 /// first of each is logged as such; a machine's never), with the hand-over
-/// of its first message: the earliest `handed_over_at` of its messages in
-/// the outbox, found by contact (`outbox_contact`), so that only the rows
-/// of enrollments that acted are read. A message resent after a soft
-/// bounce counts from its last hand-over, the one that reached the
-/// recipient.
+/// of its first message the sender took: the earliest `handed_over_at` of
+/// its accepted messages in the outbox, found by the enrollment's contact
+/// (`outbox_contact`; not the event's, which for a reply from a family
+/// phone is the member who answered), so that only the rows of enrollments
+/// that acted are read. A message refused at hand-over or still to be
+/// resent is no send; one resent after a soft bounce counts from its last
+/// hand-over, the one that reached the recipient.
 pub(crate) const FIRST_ACTION_SQL: &str = "SELECT a.first_action,
        (SELECT min(o.handed_over_at) FROM outbox o
-        WHERE o.contact_id = a.contact_id AND o.enrollment_id = a.enrollment_id
-          AND o.kind = 'message')
-     FROM (SELECT enrollment_id, contact_id, min(at) AS first_action FROM events
+        WHERE o.contact_id = (SELECT contact_id FROM enrollments WHERE id = a.enrollment_id)
+          AND o.enrollment_id = a.enrollment_id
+          AND o.kind = 'message' AND o.status = 'accepted')
+     FROM (SELECT enrollment_id, min(at) AS first_action FROM events
            WHERE automation_id = ?1
              AND kind IN ('message_opened', 'message_clicked', 'message_replied')
              AND enrollment_id IS NOT NULL
            GROUP BY enrollment_id) a";
+
+/// How long after its first message an action counts when the two periods'
+/// times to first action are compared, and how long before today the
+/// enrollments compared must have had it: the recent period's youngest
+/// enrollments have had hours to act, the baseline's months, and without
+/// the same horizon for both the change would lean negative with nothing
+/// changed.
+pub const FIRST_ACTION_HORIZON: Millis = 7 * crate::clock::DAY;
 
 /// Distinct contacts who clicked, and all clicks by people (repeats too).
 pub(crate) const CLICKS_SQL: &str =
@@ -75,9 +86,11 @@ pub struct FirstAction {
     /// Enrollments measured (a message handed over, then an action).
     pub measured: u64,
     /// The median of the enrollments whose first message went in the last
-    /// 30 days.
+    /// 30 days, at least 7 days before today, of their actions within 7
+    /// days of it (the same horizon for both periods).
     pub recent_median_ms: Option<f64>,
-    /// The median of those whose first message went in the 90 days before.
+    /// The median of those whose first message went in the 90 days before,
+    /// of their actions within 7 days of it.
     pub baseline_median_ms: Option<f64>,
     /// Recent minus baseline, when each has at least 10 enrollments
     /// (negative: contacts act sooner).
@@ -125,9 +138,12 @@ fn first_action(ctx: &Ctx<'_>, automation_id: &str, periods: &Periods) -> Result
         };
         let took = action - sent;
         all.push(took);
-        if (periods.recent_start..periods.end).contains(&sent) {
+        if took > FIRST_ACTION_HORIZON || sent > periods.end - FIRST_ACTION_HORIZON {
+            continue;
+        }
+        if sent >= periods.recent_start {
             recent.push(took);
-        } else if (periods.baseline_start..periods.recent_start).contains(&sent) {
+        } else if sent >= periods.baseline_start {
             baseline.push(took);
         }
     }
@@ -187,9 +203,12 @@ pub(crate) fn build(
         .conn
         .prepare_cached(CLICKS_SQL)?
         .query_row(params![automation_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let during = |from, to| Counts::read_during(ctx.conn, automation_id, from, to);
-    let recent = during(periods.recent_start, periods.end)?.outcomes();
-    let baseline = during(periods.baseline_start, periods.recent_start)?.outcomes();
+    let [baseline, recent] = Counts::read_periods(
+        ctx.conn,
+        automation_id,
+        (periods.baseline_start, periods.recent_start, periods.end),
+    )?
+    .map(|c| c.outcomes());
     let grade = engagement_grade::grade(&recent, &baseline, &periods);
 
     let o = t.outcomes;
@@ -248,7 +267,7 @@ pub(crate) fn build(
                 ),
                 None if first_action.measured == 0 => "No open, click or reply yet".to_string(),
                 None => format!(
-                    "{} contacts acted; too few in the last 30 days or the {BASELINE_DAYS} before to compare",
+                    "{} measured; too few in the last 30 days or the {BASELINE_DAYS} before to compare",
                     fmt_count(first_action.measured)
                 ),
             },
@@ -453,6 +472,117 @@ mod tests {
             .map(|e| format!("{e} at {}", e.instance_path()))
             .collect();
         assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    /// Enrollment `id` of contact `contact` in automation `a1`, whose
+    /// messages went at `sent` (`(handed_over_at, status)` each), and
+    /// whose first action, by `actor`, came at `action`.
+    fn acted(
+        db: &Db,
+        id: i64,
+        contact: &str,
+        sent: &[(Millis, &str)],
+        action: Millis,
+        actor: &str,
+    ) {
+        let c = &db.conn;
+        for who in [contact, actor] {
+            c.execute(
+                "INSERT OR IGNORE INTO contacts (id, props, created_at, last_activity) VALUES (?1, '{}', 0, 0)",
+                [who],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO enrollments (id, automation_id, contact_id, enrolled_version, version, state, enrolled_at)
+             VALUES (?1, 'a1', ?2, 1, 1, 'active', ?3)",
+            rusqlite::params![id, contact, sent[0].0],
+        )
+        .unwrap();
+        for (i, (at, status)) in sent.iter().enumerate() {
+            c.execute(
+                "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id, enrollment_id, channel,
+                                     status, attempts, next_attempt_at, created_at, updated_at, handed_over_at)
+                 VALUES (?1, 'message', '{}', ?2, 'a1', ?3, 'sms', ?4, 1, 0, ?5, ?5, ?5)",
+                rusqlite::params![format!("k{id}-{i}"), contact, id, status, at],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO events (at, kind, contact_id, automation_id, version, enrollment_id, step_id, channel)
+             VALUES (?1, 'message_replied', ?2, 'a1', 1, ?3, 's1', 'sms')",
+            rusqlite::params![action, actor, id],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn first_action_periods_are_compared_over_the_same_horizon() {
+        let db = Db::new();
+        db.automation(
+            "a1",
+            "active",
+            NOW - 200 * DAY,
+            &[
+                json!({"name": "Recall", "trigger": {"type": "contact_created"},
+                     "steps": [{"id": "s1", "type": "send_sms", "message": "Hi"}]}),
+            ],
+        );
+        let mut id = 0;
+        let mut next = || {
+            id += 1;
+            (id, format!("c{id}"))
+        };
+        // The baseline: ten answer within the hour, ten only 20 days on.
+        for took in [HOUR; 10].into_iter().chain([20 * DAY; 10]) {
+            let (id, c) = next();
+            let sent = NOW - 60 * DAY;
+            acted(&db, id, &c, &[(sent, "accepted")], sent + took, &c);
+        }
+        // The last 30 days: ten answer within the hour of the text the
+        // sender took, six of them after one refused at hand-over three
+        // hours before (no send: counted from it, their 4 hours would be
+        // the median); five sent two days ago answered in 30 minutes, too
+        // young to compare.
+        for i in 0..10 {
+            let (id, c) = next();
+            let sent = NOW - 20 * DAY;
+            let refused = (sent - 3 * HOUR, "failed");
+            let texts: &[(Millis, &str)] = if i < 6 {
+                &[refused, (sent, "accepted")]
+            } else {
+                &[(sent, "accepted")]
+            };
+            acted(&db, id, &c, texts, sent + HOUR, &c);
+        }
+        for _ in 0..5 {
+            let (id, c) = next();
+            let sent = NOW - 2 * DAY;
+            acted(&db, id, &c, &[(sent, "accepted")], sent + 30 * MINUTE, &c);
+        }
+        // An answer from the family member who shares the phone: the
+        // enrollment's contact got the text.
+        let (id, c) = next();
+        acted(
+            &db,
+            id,
+            &c,
+            &[(NOW - 20 * DAY, "accepted")],
+            NOW - 20 * DAY + HOUR,
+            "family",
+        );
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let first = &v["detailed_analytics"]["time_to_first_action"];
+        assert_eq!(first["measured"], 36);
+        assert_eq!(first["recent_median_ms"], HOUR as f64);
+        assert_eq!(first["baseline_median_ms"], HOUR as f64);
+        assert_eq!(first["change_display"], "no change");
+        assert_eq!(
+            card(&v, "time_to_first_action")["hint"],
+            "no change vs the 90 days before"
+        );
     }
 
     /// `n` events of `kind` on the email channel of automation `a1` at `at`.

@@ -194,7 +194,7 @@ pub struct GradeComponent {
 
 /// The letter of a score: 0 is B, every half step a letter step.
 pub(crate) fn letter(score: f64) -> &'static str {
-    const UP: [(f64, &str); 4] = [(2.5, "A+"), (1.75, "A"), (1.0, "A−"), (0.5, "B+")];
+    const UP: [(f64, &str); 4] = [(2.0, "A+"), (1.5, "A"), (1.0, "A−"), (0.5, "B+")];
     const DOWN: [(f64, &str); 8] = [
         (-0.5, "B"),
         (-1.0, "B−"),
@@ -213,6 +213,12 @@ pub(crate) fn letter(score: f64) -> &'static str {
         .map_or("F", |(_, l)| l)
 }
 
+/// Rounds to one decimal, without a −0.
+fn tenth(v: f64) -> f64 {
+    // −0 + 0 is +0 in IEEE 754; any other value is unchanged.
+    round1(v) + 0.0
+}
+
 /// Grades `recent` against `baseline`.
 pub(crate) fn grade(recent: &Outcomes, baseline: &Outcomes, periods: &Periods) -> EngagementGrade {
     let mut weighted = 0.0;
@@ -220,8 +226,12 @@ pub(crate) fn grade(recent: &Outcomes, baseline: &Outcomes, periods: &Periods) -
     let components: Vec<GradeComponent> = COMPONENTS
         .iter()
         .map(|c| {
-            let (rp, rw) = (c.ratio)(recent);
-            let (bp, bw) = (c.ratio)(baseline);
+            // A period's opens and clicks may be of messages delivered in
+            // the period before, and a take-back is counted when it came:
+            // a part is capped at its whole, so a share stays a share.
+            let capped = |(part, whole): (u64, u64)| (part.min(whole), whole);
+            let (rp, rw) = capped((c.ratio)(recent));
+            let (bp, bw) = capped((c.ratio)(baseline));
             let counted = rw >= MIN_DENOMINATOR && bw >= MIN_DENOMINATOR;
             let steps = counted.then(|| {
                 let (rp, rw, bp, bw) = (rp as f64, rw as f64, bp as f64, bw as f64);
@@ -232,10 +242,7 @@ pub(crate) fn grade(recent: &Outcomes, baseline: &Outcomes, periods: &Periods) -
                 let noise = 100.0 * (pooled * (1.0 - pooled) * (1.0 / rw + 1.0 / bw)).sqrt();
                 let beyond = diff.signum() * (diff.abs() - noise).max(0.0);
                 let signed = if c.higher_is_better { beyond } else { -beyond };
-                match (signed / c.step).clamp(-CAP, CAP) {
-                    0.0 => 0.0, // not −0
-                    steps => steps,
-                }
+                (signed / c.step).clamp(-CAP, CAP)
             });
             if let Some(s) = steps {
                 weighted += c.weight * s;
@@ -248,14 +255,15 @@ pub(crate) fn grade(recent: &Outcomes, baseline: &Outcomes, periods: &Periods) -
                 recent_display: fmt_rate(recent_rate),
                 baseline: baseline_rate,
                 baseline_display: fmt_rate(baseline_rate),
-                steps: steps.map(round1),
+                steps: steps.map(tenth),
                 weight: c.weight,
                 counted,
             }
         })
         .collect();
     let delivery_counted = components[0].counted;
-    let score = (delivery_counted && weights > 0.0).then(|| weighted / weights);
+    // The letter is the shown score's: 0.46 shows as 0.5, a B+.
+    let score = (delivery_counted && weights > 0.0).then(|| tenth(weighted / weights));
     let day = |d: chrono::NaiveDate| d.format("%b %-d").to_string();
     let last = |d: chrono::NaiveDate| d.pred_opt().unwrap_or(d);
     let (recent_first, baseline_first) = (periods.recent_first, periods.baseline_first);
@@ -263,7 +271,7 @@ pub(crate) fn grade(recent: &Outcomes, baseline: &Outcomes, periods: &Periods) -
     EngagementGrade {
         display: grade.clone().unwrap_or_else(|| DASH.to_string()),
         grade,
-        score: score.map(round1),
+        score,
         as_of: periods.today.format("%Y-%m-%d").to_string(),
         recent_period: format!("{} – {}", day(recent_first), day(last(periods.today))),
         baseline_period: format!("{} – {}", day(baseline_first), day(last(recent_first))),
@@ -315,8 +323,9 @@ mod tests {
             (0.49, "B"),
             (0.5, "B+"),
             (1.0, "A−"),
-            (1.75, "A"),
-            (2.5, "A+"),
+            (1.5, "A"),
+            (1.99, "A"),
+            (2.0, "A+"),
             (8.0, "A+"),
             (-0.49, "B"),
             (-0.5, "B−"),
@@ -332,6 +341,12 @@ mod tests {
         for (score, want) in cases {
             assert_eq!(letter(score), want, "{score}");
         }
+    }
+
+    #[test]
+    fn no_minus_zero() {
+        assert!(tenth(-0.04).is_sign_positive());
+        assert_eq!(tenth(-0.06), -0.1);
     }
 
     #[test]
@@ -385,6 +400,19 @@ mod tests {
         assert_eq!(g.components[1].recent_display, "—");
         assert_eq!(g.score, Some(-0.9));
         assert_eq!(g.display, "B−");
+    }
+
+    #[test]
+    fn a_part_larger_than_its_whole_reads_as_all_of_it() {
+        // 60 opens in the period of emails mostly delivered before it.
+        let baseline = outcomes(100, 100, 0, 0, 0, (30, 100));
+        let recent = outcomes(20, 20, 0, 0, 0, (60, 20));
+        let g = grade(&recent, &baseline, &periods());
+        let open = &g.components[1];
+        assert_eq!(open.recent, Some(100.0));
+        assert_eq!(open.recent_display, "100%");
+        // 100 % against 30 % of 20 and 100 (noise 12.1 points): capped.
+        assert_eq!(open.steps, Some(8.0));
     }
 
     #[test]

@@ -124,7 +124,9 @@ pub(crate) fn build(
         let Some(kind) = labels.iter().find(|l| l.id == kind_id) else {
             continue;
         };
-        let contact_id = contact_id.unwrap_or_default();
+        let Some(contact_id) = contact_id else {
+            continue; // every engagement names its contact
+        };
         let contact = match names.get(&contact_id) {
             Some(name) => name.clone(),
             None => {

@@ -546,12 +546,24 @@ pub(crate) struct Counts {
 impl Counts {
     /// Reads the counts of automation `automation_id`, all time.
     pub(crate) fn read(conn: &rusqlite::Connection, automation_id: &str) -> Result<Counts> {
-        let mut counts = Counts::read_with(
-            conn,
-            STEP_COUNTS_SQL,
-            automation_id,
-            (Millis::MIN, Millis::MAX),
-        )?;
+        let mut counts = Counts::default();
+        // Step and message counts per (kind, step, channel), in one pass.
+        {
+            let mut stmt = conn.prepare_cached(STEP_COUNTS_SQL)?;
+            let rows = stmt.query_map(params![automation_id, Millis::MIN, Millis::MAX], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (kind, step, channel, n) = row?;
+                counts.count(&kind, step, channel, n as u64);
+            }
+        }
+        counts.add_attempts_and_opt_outs(conn, automation_id, (Millis::MIN, Millis::MAX))?;
         // Durations and branch paths: the details of completed steps only.
         {
             let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
@@ -574,108 +586,110 @@ impl Counts {
         Ok(counts)
     }
 
-    /// Reads the message counts of automation `automation_id` logged in
-    /// `from..to` (each event counts when it happened: a delivery in the
-    /// period of a message sent before it counts in the period); no step
-    /// counts.
-    pub(crate) fn read_during(
+    /// Reads the message counts of automation `automation_id` logged in two
+    /// adjoining periods, `from..split` and `split..to`, in one pass (each
+    /// event counts when it happened: a delivery in the period of a message
+    /// sent before it counts in the period); no step counts.
+    pub(crate) fn read_periods(
         conn: &rusqlite::Connection,
         automation_id: &str,
-        from: Millis,
-        to: Millis,
-    ) -> Result<Counts> {
-        Counts::read_with(conn, MESSAGE_COUNTS_SQL, automation_id, (from, to))
-    }
-
-    /// The counts `counts_sql` ([`STEP_COUNTS_SQL`] or
-    /// [`MESSAGE_COUNTS_SQL`]) reads in `window`, with the send attempts and
-    /// opt-outs of that window.
-    fn read_with(
-        conn: &rusqlite::Connection,
-        counts_sql: &str,
-        automation_id: &str,
-        window: (Millis, Millis),
-    ) -> Result<Counts> {
-        let mut counts = Counts::default();
-        let (from, to) = window;
-        // Step and message counts per (kind, step, channel), in one pass.
+        (from, split, to): (Millis, Millis, Millis),
+    ) -> Result<[Counts; 2]> {
+        let mut parts = [Counts::default(), Counts::default()];
         {
-            let mut stmt = conn.prepare_cached(counts_sql)?;
-            let rows = stmt.query_map(params![automation_id, from, to], |r| {
+            let mut stmt = conn.prepare_cached(MESSAGE_PERIODS_SQL)?;
+            let rows = stmt.query_map(params![automation_id, from, to, split], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })?;
             for row in rows {
-                let (kind, step, channel, n) = row?;
-                let n = n as u64;
-                if let Some(step) = step.as_ref()
-                    && matches!(
-                        kind.as_str(),
-                        "effect_failed" | "task_withdrawn" | "write_back_dropped"
-                    )
-                {
-                    let c = counts.per_step.entry(step.clone()).or_default();
-                    match kind.as_str() {
-                        "effect_failed" => c.refused += n,
-                        _ => c.withdrawn += n,
+                let (kind, step, channel, before, after) = row?;
+                for (part, n) in parts.iter_mut().zip([before, after]) {
+                    if n > 0 {
+                        part.count(&kind, step.clone(), channel.clone(), n as u64);
                     }
-                    continue;
-                }
-                if let Some(step) = step.as_ref()
-                    && kind.starts_with("step_")
-                {
-                    let c = counts.per_step.entry(step.clone()).or_default();
-                    match kind.as_str() {
-                        "step_executed" => c.executed += n,
-                        "step_completed" => c.completed += n,
-                        _ => c.failed += n,
-                    }
-                    continue;
-                }
-                let Some(channel) = channel else { continue };
-                let c = counts.messages.entry((step, channel)).or_default();
-                match kind.as_str() {
-                    "message_queued" => c.queued += n,
-                    "message_sent" => c.sent += n,
-                    "message_delivered" => c.delivered += n,
-                    // A bounce came after the delivery receipt: not delivered.
-                    "message_delivery_revoked" => c.revoked += n,
-                    // A delivery, hard bounce or failure of the same hand-over
-                    // came after a soft bounce: that is its outcome.
-                    "message_bounce_revoked" => c.bounces_revoked += n,
-                    "message_opened" => c.opened += n,
-                    "message_clicked" => c.clicked += n,
-                    "message_replied" => c.replied += n,
-                    "message_bounced" => c.bounced += n,
-                    "message_failed" => c.failed += n,
-                    "message_suppressed" => c.suppressed += n,
-                    "message_withdrawn" => c.withdrawn += n,
-                    _ => {}
                 }
             }
         }
-        // Send attempts and opt-outs, for the SPEC §5 rates.
-        counts.add(
-            conn,
-            FAILED_BEFORE_HANDOVER_SQL,
-            automation_id,
-            window,
-            |c| &mut c.failed_before_handover,
-        )?;
-        counts.add(conn, BOUNCED_AT_HANDOVER_SQL, automation_id, window, |c| {
+        for (part, window) in parts.iter_mut().zip([(from, split), (split, to)]) {
+            part.add_attempts_and_opt_outs(conn, automation_id, window)?;
+        }
+        Ok(parts)
+    }
+
+    /// Counts `n` events of `kind` of `step` by `channel`.
+    fn count(&mut self, kind: &str, step: Option<String>, channel: Option<String>, n: u64) {
+        if let Some(step) = step.as_ref()
+            && matches!(
+                kind,
+                "effect_failed" | "task_withdrawn" | "write_back_dropped"
+            )
+        {
+            let c = self.per_step.entry(step.clone()).or_default();
+            match kind {
+                "effect_failed" => c.refused += n,
+                _ => c.withdrawn += n,
+            }
+            return;
+        }
+        if let Some(step) = step.as_ref()
+            && kind.starts_with("step_")
+        {
+            let c = self.per_step.entry(step.clone()).or_default();
+            match kind {
+                "step_executed" => c.executed += n,
+                "step_completed" => c.completed += n,
+                _ => c.failed += n,
+            }
+            return;
+        }
+        let Some(channel) = channel else { return };
+        let c = self.messages.entry((step, channel)).or_default();
+        match kind {
+            "message_queued" => c.queued += n,
+            "message_sent" => c.sent += n,
+            "message_delivered" => c.delivered += n,
+            // A bounce came after the delivery receipt: not delivered.
+            "message_delivery_revoked" => c.revoked += n,
+            // A delivery, hard bounce or failure of the same hand-over
+            // came after a soft bounce: that is its outcome.
+            "message_bounce_revoked" => c.bounces_revoked += n,
+            "message_opened" => c.opened += n,
+            "message_clicked" => c.clicked += n,
+            "message_replied" => c.replied += n,
+            "message_bounced" => c.bounced += n,
+            "message_failed" => c.failed += n,
+            "message_suppressed" => c.suppressed += n,
+            "message_withdrawn" => c.withdrawn += n,
+            _ => {}
+        }
+    }
+
+    /// Adds the send attempts that failed at or before the hand-over, the
+    /// opt-outs and the messages given up after their soft bounces, of
+    /// `window`, to the messages already counted (the SPEC §5 rates).
+    fn add_attempts_and_opt_outs(
+        &mut self,
+        conn: &rusqlite::Connection,
+        automation_id: &str,
+        window: (Millis, Millis),
+    ) -> Result<()> {
+        let id = automation_id;
+        self.add(conn, FAILED_BEFORE_HANDOVER_SQL, id, window, |c| {
             &mut c.failed_before_handover
         })?;
-        counts.add(conn, OPT_OUTS_SQL, automation_id, window, |c| {
-            &mut c.opt_outs
+        self.add(conn, BOUNCED_AT_HANDOVER_SQL, id, window, |c| {
+            &mut c.failed_before_handover
         })?;
-        counts.add(conn, SOFT_BOUNCES_USED_UP_SQL, automation_id, window, |c| {
+        self.add(conn, OPT_OUTS_SQL, id, window, |c| &mut c.opt_outs)?;
+        self.add(conn, SOFT_BOUNCES_USED_UP_SQL, id, window, |c| {
             &mut c.used_up
-        })?;
-        Ok(counts)
+        })
     }
 
     /// Adds the `(step, channel, count)` rows of `sql` (bound to the
@@ -832,15 +846,17 @@ pub(crate) const STEP_COUNTS_SQL: &str = concat!(
      GROUP BY kind, step_id, channel"
 );
 
-/// [`STEP_COUNTS_SQL`] of the message kinds only: what a period's rates
-/// need, without reading the far more numerous step rows.
-pub(crate) const MESSAGE_COUNTS_SQL: &str = concat!(
-    "SELECT kind, step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (",
-    message_kinds!(),
-    ")
-     GROUP BY kind, step_id, channel"
-);
+/// [`STEP_COUNTS_SQL`] of the kinds [`Outcomes`] are made of, split at
+/// `?4`: the counts of `?2..?4` and of `?4..?3` per (kind, step, channel),
+/// what two periods' rates need, in one streaming pass over the index
+/// (no step rows, no queued, suppressed or withdrawn messages).
+pub(crate) const MESSAGE_PERIODS_SQL: &str = "SELECT kind, step_id, channel,
+            count(*) FILTER (WHERE at < ?4), count(*) FILTER (WHERE at >= ?4)
+     FROM events
+     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (
+       'message_sent', 'message_delivered', 'message_delivery_revoked', 'message_bounced',
+       'message_bounce_revoked', 'message_failed', 'message_opened', 'message_clicked')
+     GROUP BY kind, step_id, channel";
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
     let rec = load_automation(ctx.conn, &p.automation_id)?;
