@@ -412,6 +412,10 @@ fn mutated_events_commands_and_view_requests_are_answered_cleanly_and_refusals_c
             "template_preview",
             json!({"template_id": "t1", "contact_id": "p1"}),
         ),
+        (
+            "picker_options",
+            json!({"picker": "lists", "query": "l", "limit": 5}),
+        ),
     ];
 
     let mut r = Rng(env_number("CRM_HOSTILE_SEED", SEED));

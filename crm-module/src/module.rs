@@ -942,6 +942,7 @@ mod tests {
                 r#"{"template_id": "t1", "contact_id": "c1"}"#,
             ),
             ("plugins", ""),
+            ("picker_options", r#"{"picker": "email_templates"}"#),
         ] {
             // The parameters as published too.
             let all = crate::schema::all();

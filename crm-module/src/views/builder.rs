@@ -17,9 +17,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::picker_options::Picker;
 use super::{
-    Action, ActionStyle, AutomationRecord, Ctx, Label, Names, Timestamp, ViewRef, clip, humanize,
-    load_automation,
+    Action, ActionStyle, AutomationRecord, Ctx, Label, Names, PICKER_LIMIT, Timestamp, ViewRef,
+    clip, humanize, load_automation,
 };
 use crate::error::{Error, Result};
 use crate::model::automation::{
@@ -410,6 +411,29 @@ pub struct Field {
     pub max: Option<i64>,
     /// Shown but not editable.
     pub disabled: bool,
+    /// A picker whose `options` were cut at the first 1,000 by name (a
+    /// practice with more lists, forms or templates): the
+    /// `picker_options` view finds the others by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<PickerSearch>,
+}
+
+/// Where a picker cut at the first 1,000 by name finds the others.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PickerSearch {
+    /// `picker_options`.
+    pub view: String,
+    /// Its parameters; add `query` (part of the name) and `limit`.
+    pub params: PickerSearchParams,
+    /// "Showing the first 1,000 by name. Search to find the others."
+    pub note: String,
+}
+
+/// The parameters of a [`PickerSearch`].
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PickerSearchParams {
+    /// Which picker.
+    pub picker: Picker,
 }
 
 impl Field {
@@ -426,7 +450,23 @@ impl Field {
             min: None,
             max: None,
             disabled: false,
+            search: None,
         }
+    }
+
+    /// Names the `picker_options` search when `picker`'s choices were cut.
+    fn searchable(mut self, names: &Names, picker: Picker) -> Self {
+        if names.is_cut(picker) {
+            self.search = Some(PickerSearch {
+                view: "picker_options".into(),
+                params: PickerSearchParams { picker },
+                note: format!(
+                    "Showing the first {} by name. Search to find the others.",
+                    super::fmt_count(PICKER_LIMIT as u64)
+                ),
+            });
+        }
+        self
     }
 
     fn required(mut self) -> Self {
@@ -1727,6 +1767,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
         Trigger::FormSubmitted { form_id } => {
             fields.push(
                 Field::new("form_id", "Form", FieldKind::Select, any_or(form_id))
+                    .searchable(names, Picker::Forms)
                     .options(picker_options("Any form", &names.forms, form_id, |f| {
                         names.form(f)
                     }))
@@ -1737,6 +1778,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
             fields.push(
                 Field::new("list_id", "List", FieldKind::ListPicker, json!(list_id))
                     .options(list_options(names, list_id))
+                    .searchable(names, Picker::Lists)
                     .required()
                     .help("Pick the list to watch."),
             );
@@ -1807,6 +1849,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
             fields.push(
                 Field::new("email_id", "Email", FieldKind::Select, any_or(email_id))
                     .options(template_options(names, "email", "Any marketing email", email_id))
+                    .searchable(names, Picker::EmailTemplates)
                     .help("Any marketing email, or pick one saved email so only its opens and clicks count."),
             );
         }
@@ -1814,6 +1857,7 @@ fn trigger_fields(t: Option<&Trigger>, names: &Names) -> Vec<Field> {
             fields.push(
                 Field::new("sms_id", "SMS", FieldKind::Select, any_or(sms_id))
                     .options(template_options(names, "sms", "Any marketing SMS", sms_id))
+                    .searchable(names, Picker::SmsTemplates)
                     .help("STOP is not a reply, it is an opt-out: it goes to the SMS Subscription audit log and never fires this trigger."),
             );
         }
@@ -1921,6 +1965,7 @@ fn step_panel(
             fields.extend([
                 Field::new("template_id", "Saved template", FieldKind::Select, any_or(template_id))
                     .options(template_options(names, "email", "Inline content", template_id))
+                    .searchable(names, Picker::EmailTemplates)
                     .help("Use a saved email, or write the subject and body here."),
                 Field::new("subject", "Subject", FieldKind::Text, json!(subject))
                     .required_inline(template_id)
@@ -1973,7 +2018,8 @@ fn step_panel(
         } => {
             fields.extend([
                 Field::new("template_id", "Saved SMS", FieldKind::Select, any_or(template_id))
-                    .options(template_options(names, "sms", "Inline message", template_id)),
+                    .options(template_options(names, "sms", "Inline message", template_id))
+                    .searchable(names, Picker::SmsTemplates),
                 Field::new("message", "Message", FieldKind::Textarea, json!(message))
                     .required_inline(template_id)
                     .range(0, 1600)
@@ -2140,6 +2186,7 @@ fn step_panel(
                 Field::new("list_id", "List", FieldKind::ListPicker, json!(list_id))
                     .required()
                     .options(list_options(names, list_id))
+                    .searchable(names, Picker::Lists)
                     .help("Static list membership."),
             );
         }
@@ -2393,6 +2440,31 @@ mod tests {
         };
         assert!(offers(&panel_field(&v, "list_id")));
         assert!(offers(&panel_field(&view("s1"), "list_id")));
+        // The pickers say they were cut, and where to find the rest.
+        for field in [
+            panel_field(&v, "list_id"),
+            panel_field(&view("s1"), "list_id"),
+        ] {
+            let search = &field["search"];
+            assert_eq!(search["view"], "picker_options");
+            assert_eq!(search["params"], json!({"picker": "lists"}));
+            assert!(search["note"].as_str().unwrap().contains("first 1,000"));
+            let found = db
+                .query(
+                    "picker_options",
+                    json!({"picker": "lists", "query": "zeta vip"}),
+                )
+                .unwrap();
+            assert_eq!(
+                found["options"][0],
+                json!({"value": "zeta", "label": "Zeta VIPs"})
+            );
+        }
+        // With 1,000 lists exactly, nothing was cut.
+        db.conn
+            .execute("UPDATE lists SET deleted_at = 1 WHERE id = 'b0000'", [])
+            .unwrap();
+        assert!(panel_field(&view("s1"), "list_id").get("search").is_none());
         let subjects = view("s2").to_string();
         assert!(
             subjects.contains("Zeta VIPs"),

@@ -19,6 +19,7 @@ pub mod detailed_analytics;
 pub mod engagement_grade;
 pub mod engagement_timeline;
 pub mod performance;
+pub mod picker_options;
 pub mod plugins;
 pub mod settings;
 pub mod step_analytics;
@@ -47,6 +48,7 @@ pub const VIEW_NAMES: &[&str] = &[
     "template_preview",
     "step_analytics",
     "plugins",
+    "picker_options",
 ];
 
 /// Builds the view `name` with JSON `params`, reading through `conn` (a read connection or transaction).
@@ -55,7 +57,8 @@ pub const VIEW_NAMES: &[&str] = &[
 /// [`automation_list::ListParams`], [`builder::BuilderParams`] and
 /// [`performance::PerformanceParams`],
 /// [`template_preview::TemplatePreviewParams`] and
-/// [`step_analytics::StepAnalyticsParams`]; `settings` takes none
+/// [`step_analytics::StepAnalyticsParams`] and
+/// [`picker_options::PickerOptionsParams`]; `settings` takes none
 /// ([`settings::SettingsParams`]).
 ///
 /// # Errors
@@ -85,6 +88,7 @@ pub fn query(
         "settings" => to_json(&settings::build(&ctx, parse_params(params)?)?),
         "template_preview" => to_json(&template_preview::build(&ctx, parse_params(params)?)?),
         "step_analytics" => to_json(&step_analytics::build(&ctx, parse_params(params)?)?),
+        "picker_options" => to_json(&picker_options::build(&ctx, parse_params(params)?)?),
         "plugins" => {
             no_params(params)?;
             to_json(&plugins::build(ctx.conn, ctx.now)?)
@@ -133,6 +137,10 @@ pub fn schemas() -> Value {
         "plugins".into(),
         crate::schema::output::<plugins::PluginsView>().to_value(),
     );
+    out.insert(
+        "picker_options".into(),
+        crate::schema::output::<picker_options::PickerOptionsView>().to_value(),
+    );
     Value::Object(out)
 }
 
@@ -159,6 +167,7 @@ pub fn params_schemas() -> Value {
         "template_preview": schemars::schema_for!(template_preview::TemplatePreviewParams),
         "step_analytics": schemars::schema_for!(step_analytics::StepAnalyticsParams),
         "plugins": schemars::schema_for!(NoParams),
+        "picker_options": schemars::schema_for!(picker_options::PickerOptionsParams),
         "schemas": schemars::schema_for!(NoParams),
     })
 }
@@ -531,6 +540,8 @@ pub(crate) struct Names {
     /// Custom properties seen on contacts, by name (SPEC §1: usable in
     /// filters): offered beside the known ones.
     pub(crate) custom_properties: Vec<String>,
+    /// The pickers whose names were cut at [`PICKER_LIMIT`].
+    pub(crate) cut: Vec<picker_options::Picker>,
 }
 
 /// Most lists/forms/templates a picker offers.
@@ -538,34 +549,58 @@ pub(crate) const PICKER_LIMIT: usize = 1000;
 
 impl Names {
     pub(crate) fn load(conn: &Connection) -> Result<Names> {
+        use picker_options::Picker;
+        // One more than the limit, to tell a picker that was cut.
         let read = |sql: &str| -> Result<Vec<(String, String)>> {
             let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![PICKER_LIMIT as i64], |r| {
+            let rows = stmt.query_map(params![PICKER_LIMIT as i64 + 1], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         };
+        let mut cut = Vec::new();
+        let mut picker = |p: Picker, sql: &str| -> Result<Vec<(String, String)>> {
+            let mut names = read(sql)?;
+            if names.len() > PICKER_LIMIT {
+                names.truncate(PICKER_LIMIT);
+                cut.push(p);
+            }
+            Ok(names)
+        };
         Ok(Names {
-            lists: read(
+            lists: picker(
+                Picker::Lists,
                 "SELECT id, name FROM lists WHERE deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
-            forms: read("SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1")?,
-            email_templates: read(
+            forms: picker(
+                Picker::Forms,
+                "SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1",
+            )?,
+            email_templates: picker(
+                Picker::EmailTemplates,
                 "SELECT id, name FROM templates WHERE channel = 'email' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
-            sms_templates: read(
+            sms_templates: picker(
+                Picker::SmsTemplates,
                 "SELECT id, name FROM templates WHERE channel = 'sms' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
             )?,
             custom_properties: read(
                 "SELECT key, key FROM custom_properties ORDER BY key LIMIT ?1",
             )?
             .into_iter()
+            .take(PICKER_LIMIT)
             .map(|(key, _)| key)
             // Only names saving accepts (earlier versions kept `Email` too).
             .filter(|key| crate::model::contact::validate_key(key).is_ok())
             .collect(),
+            cut,
             ..Names::step_plugins(conn)?
         })
+    }
+
+    /// Whether `picker`'s choices were cut at [`PICKER_LIMIT`].
+    pub(crate) fn is_cut(&self, picker: picker_options::Picker) -> bool {
+        self.cut.contains(&picker)
     }
 
     /// Adds the lists, templates and form `def` names that the pickers'
