@@ -24,10 +24,13 @@ pub const MIN_FIRST_ACTIONS: usize = 10;
 /// of its first message the sender took: the earliest `handed_over_at` of
 /// its accepted messages in the outbox, found by the enrollment's contact
 /// (`outbox_contact`; not the event's, which for a reply from a family
-/// phone is the member who answered), so that only the rows of enrollments
-/// that acted are read. A message refused at hand-over or still to be
-/// resent is no send; one resent after a soft bounce counts from its last
-/// hand-over, the one that reached the recipient.
+/// phone is the member who answered), so that only the enrollments that
+/// acted are looked up (every open, click and reply of the automation is
+/// read from the table for its enrollment: the index has none). A message
+/// refused at hand-over, still to be resent, or failed or given up after
+/// its hand-over is no send; one that hard-bounced after it is (the
+/// sender took it); one resent after a soft bounce counts from its last
+/// hand-over.
 pub(crate) const FIRST_ACTION_SQL: &str = "SELECT a.first_action,
        (SELECT min(o.handed_over_at) FROM outbox o
         WHERE o.contact_id = (SELECT contact_id FROM enrollments WHERE id = a.enrollment_id)
@@ -267,7 +270,7 @@ pub(crate) fn build(
                 ),
                 None if first_action.measured == 0 => "No open, click or reply yet".to_string(),
                 None => format!(
-                    "{} measured; too few in the last 30 days or the {BASELINE_DAYS} before to compare",
+                    "{} measured; too few to compare the last 30 days (to a week ago) with the {BASELINE_DAYS} before",
                     fmt_count(first_action.measured)
                 ),
             },
@@ -518,16 +521,7 @@ mod tests {
 
     #[test]
     fn first_action_periods_are_compared_over_the_same_horizon() {
-        let db = Db::new();
-        db.automation(
-            "a1",
-            "active",
-            NOW - 200 * DAY,
-            &[
-                json!({"name": "Recall", "trigger": {"type": "contact_created"},
-                     "steps": [{"id": "s1", "type": "send_sms", "message": "Hi"}]}),
-            ],
-        );
+        let db = recall(json!({"id": "s1", "type": "send_sms", "message": "Hi"}));
         let mut id = 0;
         let mut next = || {
             id += 1;
@@ -585,31 +579,73 @@ mod tests {
         );
     }
 
+    /// A database with automation `a1`, "Recall", live for 200 days, whose
+    /// one step is `step`.
+    fn recall(step: Value) -> Db {
+        let db = Db::new();
+        let def =
+            json!({"name": "Recall", "trigger": {"type": "contact_created"}, "steps": [step]});
+        db.automation("a1", "active", NOW - 200 * DAY, &[def]);
+        db
+    }
+
     /// `n` events of `kind` on the email channel of automation `a1` at `at`.
     fn events(db: &Db, kind: &str, n: usize, at: Millis) {
+        channel_events(db, "email", kind, n, at);
+    }
+
+    /// `n` events of `kind` on `channel` of automation `a1` at `at`.
+    fn channel_events(db: &Db, channel: &str, kind: &str, n: usize, at: Millis) {
         for _ in 0..n {
             db.conn
                 .execute(
                     "INSERT INTO events (at, kind, contact_id, automation_id, version, step_id, channel)
-                     VALUES (?1, ?2, 'c1', 'a1', 1, 's1', 'email')",
-                    rusqlite::params![at, kind],
+                     VALUES (?1, ?2, 'c1', 'a1', 1, 's1', ?3)",
+                    rusqlite::params![at, kind, channel],
                 )
                 .unwrap();
         }
     }
 
     #[test]
+    fn an_opt_out_counts_in_a_period_where_its_channel_only_had_a_reply() {
+        let db = recall(json!({"id": "s1", "type": "send_email", "subject": "Hi", "body": "Hi"}));
+        // Email in both periods; texts in the baseline only.
+        for at in [NOW - 60 * DAY, NOW - 10 * DAY] {
+            events(&db, "message_sent", 40, at);
+            events(&db, "message_delivered", 40, at);
+        }
+        channel_events(&db, "sms", "message_sent", 40, NOW - 60 * DAY);
+        channel_events(&db, "sms", "message_delivered", 40, NOW - 60 * DAY);
+        // Lately, a reply to an old text, and a STOP to another.
+        channel_events(&db, "sms", "message_replied", 1, NOW - 10 * DAY);
+        db.conn
+            .execute(
+                "INSERT INTO outbox (idempotency_key, kind, payload, contact_id, automation_id, step_id, channel,
+                                     status, next_attempt_at, created_at, updated_at)
+                 VALUES ('k-old', 'message', '{}', 'c1', 'a1', 's1', 'sms', 'accepted', 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+        db.conn
+            .execute(
+                "INSERT INTO events (at, kind, contact_id, message_key) VALUES (?1, 'sms_opt_out', 'c1', 'k-old')",
+                [NOW - 10 * DAY],
+            )
+            .unwrap();
+        let v = db
+            .query("automation_performance", json!({"automation_id": "a1"}))
+            .unwrap();
+        let opt_out = &v["detailed_analytics"]["engagement_grade"]["components"][3];
+        assert_eq!(opt_out["rate"]["id"], "opt_out_rate");
+        // 1 of the 40 emails delivered lately; none in the baseline.
+        assert_eq!(opt_out["recent"], 2.5);
+        assert_eq!(opt_out["baseline"], 0.0);
+    }
+
+    #[test]
     fn the_grade_compares_the_last_30_days_with_the_90_before() {
-        let db = Db::new();
-        db.automation(
-            "a1",
-            "active",
-            NOW - 200 * DAY,
-            &[
-                json!({"name": "Recall", "trigger": {"type": "contact_created"},
-                     "steps": [{"id": "s1", "type": "send_email", "subject": "Hi", "body": "Hi"}]}),
-            ],
-        );
+        let db = recall(json!({"id": "s1", "type": "send_email", "subject": "Hi", "body": "Hi"}));
         // The baseline: every one delivered.
         events(&db, "message_sent", 40, NOW - 60 * DAY);
         events(&db, "message_delivered", 40, NOW - 60 * DAY);

@@ -62,8 +62,9 @@ impl Picker {
 pub struct PickerOptionsParams {
     /// Which picker: as its field's `search.params.picker` says.
     pub picker: Picker,
-    /// Part of the name, any case (ASCII letters: SQLite's `LIKE`); empty
-    /// or absent for the first by name. At most 200 characters.
+    /// Part of the name, any case (ASCII letters: SQLite's `LIKE`), spaces
+    /// around it ignored; empty or absent for the first by name. At most
+    /// 200 characters, no control characters.
     #[serde(default)]
     pub query: String,
     /// Most choices to return, 1 to 1,000 (default 50).
@@ -78,7 +79,8 @@ pub struct PickerOptionsView {
     /// The query, as given.
     pub query: String,
     /// Matching choices by name (then id), as the field's `options` give
-    /// them: `value` the id to store, `label` the name.
+    /// them: `value` the id to store, `label` the name (never the field's
+    /// null choice, such as "Any form").
     pub options: Vec<FieldOption>,
     /// More match than `limit`: a longer query narrows them.
     pub more: bool,
@@ -105,10 +107,17 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PickerOptionsParams) -> Result<PickerOptio
             "params: query: at most {MAX_QUERY_CHARS} characters"
         )));
     }
+    // SQLite's LIKE reads a pattern only up to a NUL.
+    if p.query.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "params: query: must not contain control characters",
+        ));
+    }
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit as usize > PICKER_LIMIT {
         return Err(Error::invalid(format!(
-            "params: limit: must be 1 to {PICKER_LIMIT}"
+            "params: limit: must be 1 to {}",
+            super::fmt_count(PICKER_LIMIT as u64)
         )));
     }
     let mut stmt = ctx.conn.prepare_cached(p.picker.sql())?;
@@ -201,6 +210,7 @@ mod tests {
                 json!({"picker": "lists", "query": "x".repeat(201)}),
                 "query",
             ),
+            (json!({"picker": "lists", "query": "vip\u{0}x"}), "control"),
             (json!({"query": "x"}), "picker"),
             (json!({"picker": "lists", "junk": 1}), "junk"),
         ] {
