@@ -20,22 +20,16 @@ use crate::error::Result;
 pub const MIN_FIRST_ACTIONS: usize = 10;
 
 /// Each enrollment's first open, click or reply by a person (the message's
-/// first of each is logged as such; a machine's never), with the hand-over
-/// of its first message the sender took: the earliest `handed_over_at` of
-/// its accepted messages in the outbox, found by the enrollment's contact
-/// (`outbox_contact`; not the event's, which for a reply from a family
-/// phone is the member who answered), so that only the enrollments that
-/// acted are looked up (every open, click and reply of the automation is
-/// read from the table for its enrollment: the index has none). A message
-/// refused at hand-over, still to be resent, or failed or given up after
-/// its hand-over is no send; one that hard-bounced after it is (the
-/// sender took it); one resent after a soft bounce counts from its last
-/// hand-over.
+/// first of each is logged as such; a machine's never), with its first
+/// hand-over the sender accepted (`message_sent`: a message refused at
+/// hand-over is none; one that failed, bounced or was resent after it
+/// counts from that first hand-over), sought in the covering index
+/// `events_first_sent` for the enrollments that acted only. The actions'
+/// rows are read from the table for their enrollment (`events_automation`
+/// has none).
 pub(crate) const FIRST_ACTION_SQL: &str = "SELECT a.first_action,
-       (SELECT min(o.handed_over_at) FROM outbox o
-        WHERE o.contact_id = (SELECT contact_id FROM enrollments WHERE id = a.enrollment_id)
-          AND o.enrollment_id = a.enrollment_id
-          AND o.kind = 'message' AND o.status = 'accepted')
+       (SELECT min(s.at) FROM events s INDEXED BY events_first_sent
+        WHERE s.kind = 'message_sent' AND s.automation_id = ?1 AND s.enrollment_id = a.enrollment_id)
      FROM (SELECT enrollment_id, min(at) AS first_action FROM events
            WHERE automation_id = ?1
              AND kind IN ('message_opened', 'message_clicked', 'message_replied')
@@ -129,16 +123,21 @@ fn fmt_change(ms: f64) -> String {
 fn first_action(ctx: &Ctx<'_>, automation_id: &str, periods: &Periods) -> Result<FirstAction> {
     let mut stmt = ctx.conn.prepare_cached(FIRST_ACTION_SQL)?;
     let rows = stmt.query_map(params![automation_id], |r| {
-        Ok((r.get::<_, Millis>(0)?, r.get::<_, Option<Millis>>(1)?))
+        Ok((
+            r.get::<_, Option<Millis>>(0)?,
+            r.get::<_, Option<Millis>>(1)?,
+        ))
     })?;
     let (mut all, mut recent, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for row in rows {
-        let (action, sent) = row?;
-        // An action before any hand-over on record (the message's record
-        // was erased): nothing to measure.
-        let Some(sent) = sent.filter(|s| *s <= action) else {
+        // An action with no hand-over on record before it: nothing to
+        // measure.
+        let (Some(action), Some(sent)) = row? else {
             continue;
         };
+        if sent > action {
+            continue;
+        }
         let took = action - sent;
         all.push(took);
         if took > FIRST_ACTION_HORIZON || sent > periods.end - FIRST_ACTION_HORIZON {
@@ -510,11 +509,22 @@ mod tests {
                 rusqlite::params![format!("k{id}-{i}"), contact, id, status, at],
             )
             .unwrap();
+            // As the dispatcher logs the host's answer.
+            let logged = match *status {
+                "accepted" => "message_sent",
+                _ => "message_failed",
+            };
+            log(c, *at, logged, contact, id);
         }
+        log(c, action, "message_replied", actor, id);
+    }
+
+    /// Logs `kind` of enrollment `id` of automation `a1` by `contact` at `at`.
+    fn log(c: &rusqlite::Connection, at: Millis, kind: &str, contact: &str, id: i64) {
         c.execute(
             "INSERT INTO events (at, kind, contact_id, automation_id, version, enrollment_id, step_id, channel)
-             VALUES (?1, 'message_replied', ?2, 'a1', 1, ?3, 's1', 'sms')",
-            rusqlite::params![action, actor, id],
+             VALUES (?1, ?2, ?3, 'a1', 1, ?4, 's1', 'sms')",
+            rusqlite::params![at, kind, contact, id],
         )
         .unwrap();
     }
