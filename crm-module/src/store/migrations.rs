@@ -1427,17 +1427,6 @@ mod tests {
             plan.iter().any(|l| l.contains("INDEX events_automation")),
             "{plan:?}"
         );
-        // The grade's two periods in one pass over the index alone.
-        let plan = crate::store::query_plan(
-            &conn,
-            crate::views::performance::MESSAGE_PERIODS_SQL,
-            rusqlite::params!["a1", 0, 2, 1],
-        );
-        assert!(
-            plan.iter()
-                .any(|l| l.contains("COVERING INDEX events_automation")),
-            "{plan:?}"
-        );
         // The timeline's ids and times from the indexes alone.
         let plan = crate::store::query_plan(
             &conn,

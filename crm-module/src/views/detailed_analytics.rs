@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::engagement_grade::{self, BASELINE_DAYS, EngagementGrade, Periods};
-use super::performance::{Counts, Outcomes, TimeInFlow};
+use super::performance::{Outcomes, TimeInFlow};
 use super::{
     Ctx, DASH, StatCard, fmt_count, fmt_duration_short, fmt_share, num_f, num_u, rate, round1,
 };
@@ -176,6 +176,12 @@ pub(crate) struct Totals<'a> {
     pub(crate) goals: u64,
     /// The messages' outcomes, all time.
     pub(crate) outcomes: Outcomes,
+    /// The engagement grade's periods, as of today.
+    pub(crate) periods: Periods,
+    /// The outcomes of the baseline period.
+    pub(crate) baseline: Outcomes,
+    /// The outcomes of the recent period.
+    pub(crate) recent: Outcomes,
     /// Time in flow.
     pub(crate) time_in_flow: &'a TimeInFlow,
     /// The Conversion card's definition.
@@ -199,19 +205,13 @@ pub(crate) fn build(
     automation_id: &str,
     t: Totals<'_>,
 ) -> Result<DetailedAnalytics> {
-    let periods = Periods::as_of(ctx.now, ctx.settings.tz);
+    let periods = t.periods;
     let first_action = first_action(ctx, automation_id, &periods)?;
     let (unique_clicks, clicks): (i64, i64) = ctx
         .conn
         .prepare_cached(CLICKS_SQL)?
         .query_row(params![automation_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let [baseline, recent] = Counts::read_periods(
-        ctx.conn,
-        automation_id,
-        (periods.baseline_start, periods.recent_start, periods.end),
-    )?
-    .map(|c| c.outcomes());
-    let grade = engagement_grade::grade(&recent, &baseline, &periods);
+    let grade = engagement_grade::grade(&t.recent, &t.baseline, &periods);
 
     let o = t.outcomes;
     let with = |mut c: StatCard, hint: String, definition: &str| {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::builder::{Header, TabItem, header, tabs};
 use super::detailed_analytics::{self, DetailedAnalytics, Totals};
+use super::engagement_grade::Periods;
 use super::engagement_timeline::{self, EngagementTimeline};
 use super::{
     Action, Column, Ctx, DASH, GoalCell, Label, StatCard, ViewRef, fmt_count, fmt_duration,
@@ -546,24 +547,51 @@ pub(crate) struct Counts {
 impl Counts {
     /// Reads the counts of automation `automation_id`, all time.
     pub(crate) fn read(conn: &rusqlite::Connection, automation_id: &str) -> Result<Counts> {
+        // Two empty periods: nothing is counted in them.
+        Ok(Counts::read_with_periods(conn, automation_id, (0, 0, 0))?.0)
+    }
+
+    /// Reads the counts of automation `automation_id`, all time, and in
+    /// the same pass over the log those of two adjoining periods,
+    /// `from..split` and `split..to` (each event counts when it happened: a
+    /// delivery in the period of a message sent before it counts in the
+    /// period). The periods' counts have no durations or branch paths.
+    pub(crate) fn read_with_periods(
+        conn: &rusqlite::Connection,
+        automation_id: &str,
+        (from, split, to): (Millis, Millis, Millis),
+    ) -> Result<(Counts, [Counts; 2])> {
         let mut counts = Counts::default();
+        let mut parts = [Counts::default(), Counts::default()];
         // Step and message counts per (kind, step, channel), in one pass.
         {
             let mut stmt = conn.prepare_cached(STEP_COUNTS_SQL)?;
-            let rows = stmt.query_map(params![automation_id, Millis::MIN, Millis::MAX], |r| {
+            let rows = stmt.query_map(params![automation_id, from, split, to], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })?;
             for row in rows {
-                let (kind, step, channel, n) = row?;
+                let (kind, step, channel, n, before, after) = row?;
+                for (part, n) in parts.iter_mut().zip([before, after]) {
+                    if n > 0 {
+                        part.count(&kind, step.clone(), channel.clone(), n as u64);
+                    }
+                }
                 counts.count(&kind, step, channel, n as u64);
             }
         }
         counts.add_attempts_and_opt_outs(conn, automation_id, (Millis::MIN, Millis::MAX))?;
+        for (part, window) in parts.iter_mut().zip([(from, split), (split, to)]) {
+            if window.0 < window.1 {
+                part.add_attempts_and_opt_outs(conn, automation_id, window)?;
+            }
+        }
         // Durations and branch paths: the details of completed steps only.
         {
             let mut stmt = conn.prepare_cached(STEP_DETAILS_SQL)?;
@@ -583,43 +611,7 @@ impl Counts {
                 c.no = no.unwrap_or(0) as u64;
             }
         }
-        Ok(counts)
-    }
-
-    /// Reads the message counts of automation `automation_id` logged in two
-    /// adjoining periods, `from..split` and `split..to`, in one pass (each
-    /// event counts when it happened: a delivery in the period of a message
-    /// sent before it counts in the period); no step counts.
-    pub(crate) fn read_periods(
-        conn: &rusqlite::Connection,
-        automation_id: &str,
-        (from, split, to): (Millis, Millis, Millis),
-    ) -> Result<[Counts; 2]> {
-        let mut parts = [Counts::default(), Counts::default()];
-        {
-            let mut stmt = conn.prepare_cached(MESSAGE_PERIODS_SQL)?;
-            let rows = stmt.query_map(params![automation_id, from, to, split], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (kind, step, channel, before, after) = row?;
-                for (part, n) in parts.iter_mut().zip([before, after]) {
-                    if n > 0 {
-                        part.count(&kind, step.clone(), channel.clone(), n as u64);
-                    }
-                }
-            }
-        }
-        for (part, window) in parts.iter_mut().zip([(from, split), (split, to)]) {
-            part.add_attempts_and_opt_outs(conn, automation_id, window)?;
-        }
-        Ok(parts)
+        Ok((counts, parts))
     }
 
     /// Counts `n` events of `kind` of `step` by `channel`.
@@ -834,35 +826,21 @@ macro_rules! message_kinds {
     };
 }
 
-/// Step and message counts per (kind, step, channel) of automation `?1`
-/// logged in `?2..?3`, in one pass over `events_automation` (automation,
-/// kind, step, channel, at), which covers it.
+/// Step and message counts per (kind, step, channel) of automation `?1`:
+/// all time, then of `?2..?3` and of `?3..?4` (two periods), in one pass
+/// over `events_automation` (automation, kind, step, channel, at), which
+/// covers it.
 pub(crate) const STEP_COUNTS_SQL: &str = concat!(
-    "SELECT kind, step_id, channel, count(*) FROM events
-     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (
+    "SELECT kind, step_id, channel, count(*),
+            count(*) FILTER (WHERE at >= ?2 AND at < ?3),
+            count(*) FILTER (WHERE at >= ?3 AND at < ?4)
+     FROM events
+     WHERE automation_id = ?1 AND kind IN (
        'step_executed', 'step_completed', 'step_failed', ",
     message_kinds!(),
     ", 'effect_failed', 'task_withdrawn', 'write_back_dropped')
      GROUP BY kind, step_id, channel"
 );
-
-/// [`STEP_COUNTS_SQL`] of the message kinds but `message_queued`, split at
-/// `?4`: the counts of `?2..?4` and of `?4..?3` per (kind, step, channel),
-/// what two periods' rates need, in one streaming pass over the index (no
-/// step rows). The rare kinds the rates are not made of (replies,
-/// suppressions, withdrawals) are read too: a message of a channel in the
-/// period is what lets that channel's opt-outs count ([`Counts::add`]).
-/// Queued messages, as many rows as those sent, are not: reading them
-/// made the pass 1.7 times as long (11.7 against 7.0 ms for the largest
-/// automation of a 20,000-contact benchmark).
-pub(crate) const MESSAGE_PERIODS_SQL: &str = "SELECT kind, step_id, channel,
-            count(*) FILTER (WHERE at < ?4), count(*) FILTER (WHERE at >= ?4)
-     FROM events
-     WHERE automation_id = ?1 AND at >= ?2 AND at < ?3 AND kind IN (
-       'message_sent', 'message_delivered', 'message_opened', 'message_clicked',
-       'message_replied', 'message_bounced', 'message_failed', 'message_suppressed',
-       'message_withdrawn', 'message_delivery_revoked', 'message_bounce_revoked')
-     GROUP BY kind, step_id, channel";
 
 pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceView> {
     let rec = load_automation(ctx.conn, &p.automation_id)?;
@@ -892,7 +870,12 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
 
     // 2. Step and message counts per (kind, step, channel), send attempts,
     // opt-outs, durations and branch paths.
-    let counts = Counts::read(ctx.conn, id)?;
+    let periods = Periods::as_of(ctx.now, ctx.settings.tz);
+    let (counts, [baseline, recent]) = Counts::read_with_periods(
+        ctx.conn,
+        id,
+        (periods.baseline_start, periods.recent_start, periods.end),
+    )?;
 
     // 3b. Suppressed messages by reason.
     let mut suppressed: Vec<(String, u64)> = Vec::new();
@@ -1087,6 +1070,9 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PerformanceParams) -> Result<PerformanceVi
             enrolled,
             goals,
             outcomes: counts.outcomes(),
+            periods,
+            baseline: baseline.outcomes(),
+            recent: recent.outcomes(),
             time_in_flow: &time_in_flow,
             conversion_definition: CONVERSION_DEFINITION,
         },
@@ -1967,7 +1953,7 @@ mod tests {
         let plan = crate::store::query_plan(
             &db.conn,
             super::STEP_COUNTS_SQL,
-            rusqlite::params!["a1", 0, 1],
+            rusqlite::params!["a1", 0, 1, 2],
         );
         assert!(
             plan.iter()
