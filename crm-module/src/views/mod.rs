@@ -550,17 +550,11 @@ pub(crate) const PICKER_LIMIT: usize = 1000;
 impl Names {
     pub(crate) fn load(conn: &Connection) -> Result<Names> {
         use picker_options::Picker;
-        // One more than the limit, to tell a picker that was cut.
-        let read = |sql: &str| -> Result<Vec<(String, String)>> {
-            let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![PICKER_LIMIT as i64 + 1], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        };
         let mut cut = Vec::new();
-        let mut picker = |p: Picker, sql: &str| -> Result<Vec<(String, String)>> {
-            let mut names = read(sql)?;
+        // The first by name, one more than the limit to tell a picker that
+        // was cut: what `picker_options` finds with no query.
+        let mut picker = |p: Picker| -> Result<Vec<(String, String)>> {
+            let mut names = picker_options::matching(conn, p, "", PICKER_LIMIT + 1)?;
             if names.len() > PICKER_LIMIT {
                 names.truncate(PICKER_LIMIT);
                 cut.push(p);
@@ -568,31 +562,18 @@ impl Names {
             Ok(names)
         };
         Ok(Names {
-            lists: picker(
-                Picker::Lists,
-                "SELECT id, name FROM lists WHERE deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
-            )?,
-            forms: picker(
-                Picker::Forms,
-                "SELECT id, name FROM forms ORDER BY name COLLATE NOCASE, id LIMIT ?1",
-            )?,
-            email_templates: picker(
-                Picker::EmailTemplates,
-                "SELECT id, name FROM templates WHERE channel = 'email' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
-            )?,
-            sms_templates: picker(
-                Picker::SmsTemplates,
-                "SELECT id, name FROM templates WHERE channel = 'sms' AND deleted_at IS NULL ORDER BY name COLLATE NOCASE, id LIMIT ?1",
-            )?,
-            custom_properties: read(
-                "SELECT key, key FROM custom_properties ORDER BY key LIMIT ?1",
-            )?
-            .into_iter()
-            .take(PICKER_LIMIT)
-            .map(|(key, _)| key)
-            // Only names saving accepts (earlier versions kept `Email` too).
-            .filter(|key| crate::model::contact::validate_key(key).is_ok())
-            .collect(),
+            lists: picker(Picker::Lists)?,
+            forms: picker(Picker::Forms)?,
+            email_templates: picker(Picker::EmailTemplates)?,
+            sms_templates: picker(Picker::SmsTemplates)?,
+            custom_properties: conn
+                .prepare_cached("SELECT key FROM custom_properties ORDER BY key LIMIT ?1")?
+                .query_map(params![PICKER_LIMIT as i64], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                // Only names saving accepts (earlier versions kept `Email` too).
+                .filter(|key| crate::model::contact::validate_key(key).is_ok())
+                .collect(),
             cut,
             ..Names::step_plugins(conn)?
         })

@@ -3,7 +3,7 @@
 //! a picker's `options`; a practice with more gets a field whose `search`
 //! names this view, which finds any of them by part of its name.
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,23 @@ fn contains_pattern(query: &str) -> String {
     p
 }
 
+/// The `(id, name)` choices of `picker` whose name contains `query` (any
+/// case, ASCII letters; every one for an empty query), by name then id, at
+/// most `limit`: this view's search, and the builder's first choices
+/// ([`super::Names`]).
+pub(crate) fn matching(
+    conn: &Connection,
+    picker: Picker,
+    query: &str,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(picker.sql())?;
+    let rows = stmt.query_map(params![contains_pattern(query), limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Builds the view.
 pub(crate) fn build(ctx: &Ctx<'_>, p: PickerOptionsParams) -> Result<PickerOptionsView> {
     if p.query.chars().count() > MAX_QUERY_CHARS {
@@ -120,13 +137,7 @@ pub(crate) fn build(ctx: &Ctx<'_>, p: PickerOptionsParams) -> Result<PickerOptio
             super::fmt_count(PICKER_LIMIT as u64)
         )));
     }
-    let mut stmt = ctx.conn.prepare_cached(p.picker.sql())?;
-    let mut found: Vec<(String, String)> = stmt
-        .query_map(
-            params![contains_pattern(p.query.trim()), i64::from(limit) + 1],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut found = matching(ctx.conn, p.picker, p.query.trim(), limit as usize + 1)?;
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);
     Ok(PickerOptionsView {
