@@ -219,25 +219,25 @@ pub(crate) fn build(
         c.definition = Some(definition.to_string());
         c
     };
-    let share_card = |id: &str, label: &str, part: u64, whole: u64, of: &str, definition: &str| {
-        with(
-            card(
-                id,
-                label,
-                rate(part, whole).and_then(num_f),
-                fmt_share(part, whole),
-            ),
-            format!("{} of {} {of}", fmt_count(part), fmt_count(whole)),
-            definition,
-        )
-    };
+    let share_card =
+        |id: &str, label: &str, (part, whole): (u64, u64), of: &str, definition: &str| {
+            with(
+                card(
+                    id,
+                    label,
+                    rate(part, whole).and_then(num_f),
+                    fmt_share(part, whole),
+                ),
+                format!("{} of {} {of}", fmt_count(part), fmt_count(whole)),
+                definition,
+            )
+        };
     let tif = t.time_in_flow;
     let cards = vec![
         share_card(
             "conversion",
             "Conversion",
-            t.goals,
-            t.enrolled,
+            (t.goals, t.enrolled),
             "enrolled",
             t.conversion_definition,
         ),
@@ -288,8 +288,7 @@ pub(crate) fn build(
         share_card(
             "delivery_rate",
             "Delivery rate",
-            o.delivered,
-            o.attempts,
+            o.delivery(),
             "send attempts",
             "(successful deliveries ÷ total send attempts) × 100, aggregated across every email and SMS sent from any step in this automation. A send is \"delivered\" when the receiving server accepts it without bounce or hard error.",
         ),
@@ -309,24 +308,21 @@ pub(crate) fn build(
         share_card(
             "bounce_rate",
             "Bounce rate",
-            o.bounced,
-            o.attempts,
+            o.bounce(),
             "send attempts",
             "(bounced sends ÷ total send attempts) × 100. Includes hard bounces (invalid recipient) and soft bounces (mailbox full, server error). Calculated across every send in the automation.",
         ),
         share_card(
             "error_rate",
             "Error rate",
-            o.failed,
-            o.attempts,
+            o.error(),
             "send attempts",
             "(failed sends ÷ total send attempts) × 100: messages that could not be sent or that their channel reported failed - API errors, rate-limit drops, template render failures, a carrier's failure report. Excludes recipient-side bounces.",
         ),
         share_card(
             "opt_out_rate",
             "Opt-out rate",
-            o.opt_outs,
-            o.delivered,
+            o.opt_out(),
             "delivered",
             "(unsubscribes ÷ successful deliveries) × 100. Counts one-click email unsubscribes and SMS STOP responses across every message in this automation.",
         ),

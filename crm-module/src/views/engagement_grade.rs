@@ -98,7 +98,7 @@ pub(crate) const COMPONENTS: [Component; 5] = [
         weight: 0.15,
         step: 0.25,
         higher_is_better: false,
-        ratio: |o| (o.opt_outs, o.delivered),
+        ratio: Outcomes::opt_out,
     },
     Component {
         id: "bounce_rate",

@@ -434,6 +434,26 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
+    /// Delivery rate (SPEC §5) as (part, whole): delivered ÷ send attempts.
+    pub(crate) fn delivery(&self) -> (u64, u64) {
+        (self.delivered, self.attempts)
+    }
+
+    /// Bounce rate: bounced (hard and soft) ÷ send attempts.
+    pub(crate) fn bounce(&self) -> (u64, u64) {
+        (self.bounced, self.attempts)
+    }
+
+    /// Error rate: failures ÷ send attempts (bounces apart).
+    pub(crate) fn error(&self) -> (u64, u64) {
+        (self.failed, self.attempts)
+    }
+
+    /// Opt-out rate: opt-outs ÷ delivered.
+    pub(crate) fn opt_out(&self) -> (u64, u64) {
+        (self.opt_outs, self.delivered)
+    }
+
     /// Messages whose outcome is recorded: delivered, bounced or failed.
     pub(crate) fn settled(&self) -> u64 {
         self.delivered + self.bounced + self.failed
@@ -492,40 +512,34 @@ impl ChannelCounts {
     /// shows them.
     pub(crate) fn row(&self, channel: &str) -> ChannelRow {
         let c = self;
-        let Outcomes {
-            attempts,
-            delivered,
-            bounced,
-            ..
-        } = c.outcomes(channel);
-        let delivery = rate(delivered, attempts);
-        let (bounce, error, opt_out) = (
-            rate(bounced, attempts),
-            rate(c.failed, attempts),
-            rate(c.opt_outs, delivered),
-        );
+        let o = c.outcomes(channel);
+        let share = |(part, whole): (u64, u64)| (rate(part, whole), fmt_share(part, whole));
+        let (delivery_rate, delivery_rate_display) = share(o.delivery());
+        let (bounce_rate, bounce_rate_display) = share(o.bounce());
+        let (error_rate, error_rate_display) = share(o.error());
+        let (opt_out_rate, opt_out_rate_display) = share(o.opt_out());
         ChannelRow {
-            send_attempts: attempts,
-            bounce_rate: bounce,
-            bounce_rate_display: fmt_share(bounced, attempts),
-            error_rate: error,
-            error_rate_display: fmt_share(c.failed, attempts),
+            send_attempts: o.attempts,
+            bounce_rate,
+            bounce_rate_display,
+            error_rate,
+            error_rate_display,
             opt_outs: c.opt_outs,
-            opt_out_rate: opt_out,
-            opt_out_rate_display: fmt_share(c.opt_outs, delivered),
+            opt_out_rate,
+            opt_out_rate_display,
             channel: Label::new(channel, &channel_label(channel)),
             queued: c.queued,
             sent: c.sent,
-            delivered,
+            delivered: o.delivered,
             opened: c.opened,
             clicked: c.clicked,
             replied: c.replied,
-            bounced,
+            bounced: o.bounced,
             failed: c.failed,
             suppressed: c.suppressed.saturating_sub(c.used_up),
             withdrawn: c.withdrawn,
-            delivery_rate: delivery,
-            delivery_rate_display: fmt_share(delivered, attempts),
+            delivery_rate,
+            delivery_rate_display,
         }
     }
 }
@@ -685,10 +699,10 @@ impl Counts {
     }
 
     /// Adds the `(step, channel, count)` rows of `sql` (bound to the
-    /// automation id and the window's ends) to one field of the messages already counted: of
-    /// that step and channel, else of the channel with no step (so the
-    /// channel's totals never lose a count), and nothing for a channel no
-    /// message of the automation used.
+    /// automation id and the window's ends) to one field of the messages
+    /// already counted: of that step and channel, else of the channel with
+    /// no step (so the channel's totals never lose a count), and nothing
+    /// for a channel no message of the automation used.
     fn add(
         &mut self,
         conn: &rusqlite::Connection,
